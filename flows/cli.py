@@ -1,0 +1,191 @@
+"""The `volgraph` command: run, sim, gateway, check-config.
+
+`volgraph run` starts everything on embedded defaults — the local simulator speaking the
+Deribit protocol, an embedded PostgreSQL, the gateway with its dashboard — then the
+dataflow, prints the dashboard URL and a live status line; Ctrl-C stops it all cleanly.
+`volgraph run --live` takes the same path against the real exchange.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+from operators.graph import ConfigError, load_config
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="volgraph", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the whole system (simulator, PostgreSQL, gateway, flow)")
+    run.add_argument("--config", help="a graph.toml (default: the project's)")
+    run.add_argument("--live", action="store_true", help="connect to the real exchange, not the simulator")
+    run.add_argument("--pg", metavar="DSN", help="an external PostgreSQL instead of the embedded one")
+    run.add_argument("--port", type=int, help="gateway/dashboard port (default: graph.toml sinks.gateway.port)")
+    run.add_argument("--seconds", type=float, help="stop after this many seconds")
+    run.add_argument("--rate", type=int, help="simulator messages/s (default: graph.toml simulator.rate)")
+    run.add_argument("--no-postgres", action="store_true", help="run without persistence")
+
+    sub.add_parser("sim", help="the exchange simulator (Deribit JSON-RPC over websocket)", add_help=False)
+    sub.add_parser("gateway", help="the websocket gateway and dashboard server", add_help=False)
+    check = sub.add_parser("check-config", help="validate a graph.toml and print its nodes")
+    check.add_argument("path", nargs="?")
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # sim and gateway own their flags: hand the rest of the line over untouched
+    if argv and argv[0] == "sim":
+        from connectors.simulator import main as sim_main
+        return sim_main(argv[1:]) or 0
+    if argv and argv[0] == "gateway":
+        from connectors.gateway import main as gateway_main
+        return gateway_main(argv[1:]) or 0
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "check-config":
+            config = load_config(args.path)
+            print(f"{config.path}: ok")
+            for node in config.nodes:
+                print(f"  {node.name:<14} {node.level:<8} {node.fn_path}  inputs={list(node.inputs)} {node.params or ''}")
+            return 0
+        if args.command == "run":
+            return run_system(args)
+    except ConfigError as exc:
+        print(f"volgraph: {exc}", file=sys.stderr)
+        return 2
+    return 1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(host: str, port: int, proc: subprocess.Popen, what: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"volgraph: the {what} exited with code {proc.returncode}; see its output above")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)  # start-up poll in the CLI, not a test
+    raise SystemExit(f"volgraph: the {what} did not listen on {host}:{port} within {timeout_s:.0f} s")
+
+
+def run_system(args) -> int:
+    from bytewax.testing import run_main
+
+    from connectors.deribit import DeribitSource
+    from connectors.gateway_sink import GatewaySink
+    from flows.metrics import COUNTERS
+    from flows.surface import build_flow
+    from operators import iv, svi
+
+    config = load_config(args.config)
+    data_dir = Path(config.runtime.data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(data_dir / "numba"))
+    children: list[subprocess.Popen] = []
+    py = [sys.executable, "-m", "flows.cli"]
+    try:
+        if args.live:
+            url = config.source.url
+        else:
+            sim = config.simulator
+            sim_port = sim.port or free_port()
+            children.append(subprocess.Popen(py + ["sim", "--host", sim.host, "--port", str(sim_port),
+                                                   "--seed", str(sim.seed), "--rate", str(args.rate or sim.rate),
+                                                   "--scale", sim.scale,
+                                                   "--currencies", ",".join(config.source.currencies)]))
+            wait_for_port(sim.host, sim_port, children[-1], "simulator")
+            url = f"ws://{sim.host}:{sim_port}/ws/api/v2"
+
+        gw = config.sinks.gateway
+        gw_port = args.port or gw.port
+        gw_cmd = py + ["gateway", "--host", gw.host, "--port", str(gw_port)]
+        if gw.publish_token:
+            gw_cmd += ["--publish-token", gw.publish_token]
+        children.append(subprocess.Popen(gw_cmd))
+        wait_for_port(gw.host, gw_port, children[-1], "gateway")
+        sinks = [GatewaySink(f"ws://{gw.host}:{gw_port}/publish", token=gw.publish_token)]
+
+        pg_line = "off"
+        if not args.no_postgres and config.sinks.postgres.enabled:
+            from connectors.postgres import PostgresSink, connect, embedded_postgres, migrate
+
+            dsn = args.pg or config.sinks.postgres.dsn or embedded_postgres(data_dir / "pg")
+            with connect(dsn) as conn:
+                migrate(conn)
+            sinks.append(PostgresSink(dsn, batch_rows=config.sinks.postgres.batch_rows,
+                                      flush_ms=config.sinks.postgres.flush_ms,
+                                      spill_dir=str(data_dir / "spill")))
+            pg_line = dsn if args.pg or config.sinks.postgres.dsn else f"embedded, {data_dir / 'pg'}"
+
+        iv.warm_up()  # compile numba kernels before the first market data arrives
+        svi.warm_up()
+        src = config.source
+        source = DeribitSource(url=url, currencies=src.currencies, depth=src.depth, interval=src.book_interval,
+                               heartbeat_s=src.heartbeat_s, queue_max=src.queue_max,
+                               max_frame_bytes=src.max_frame_bytes, run_seconds=args.seconds)
+        flow = build_flow(config, source, sinks)
+        print(f"volgraph: dashboard http://{gw.host}:{gw_port}/   feed {url}   postgres {pg_line}", flush=True)
+        print("volgraph: Ctrl-C stops everything", flush=True)
+        stop = threading.Event()
+        status = threading.Thread(target=_status_line, args=(COUNTERS, stop), daemon=True)
+        status.start()
+        try:
+            run_main(flow)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            stop.set()
+            status.join(timeout=2)
+            print()
+        return 0
+    finally:
+        for child in reversed(children):
+            if child.poll() is None:
+                child.send_signal(signal.SIGINT)
+        for child in reversed(children):
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+def _status_line(counters, stop: threading.Event) -> None:
+    tty = sys.stdout.isatty()
+    last = counters.snapshot()
+    last_t = time.monotonic()
+    every = 1.0 if tty else 10.0
+    while not stop.wait(every):
+        now = counters.snapshot()
+        t = time.monotonic()
+        dt = max(t - last_t, 1e-9)
+        rate = (now.get("messages_in", 0) - last.get("messages_in", 0)) / dt
+        fits = (now.get("fits", 0) - last.get("fits", 0)) / dt
+        errors = sum(v for k, v in now.items() if k.startswith("errors."))
+        line = (f"msgs/s {rate:9,.0f}   fits/s {fits:6.1f}   lag {now.get('patch_lag_ms', 0):6.0f} ms   "
+                f"patches {now.get('patches', 0):8,.0f}   errors {errors:,.0f}")
+        if tty:
+            sys.stdout.write("\r\x1b[2K" + line)
+        else:
+            sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+        last, last_t = now, t
+
+
+if __name__ == "__main__":
+    sys.exit(main())

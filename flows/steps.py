@@ -1,0 +1,134 @@
+"""bytewax adapters for the keyed steps: they own the epoch timer and the snapshots, and
+delegate every decision to the pure state logic in operators/ (chain, surface)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Callable, Optional
+
+from bytewax.operators import StatefulBatchLogic
+
+from flows.metrics import COUNTERS
+from operators.chain import ChainLogic, ChainState, FitBudget
+from operators.events import split_chain_key
+from operators.graph import Config
+from operators.surface import SurfaceLogic, SurfaceState
+
+
+def _at(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000.0, tz=timezone.utc)
+
+
+class ChainStep(StatefulBatchLogic):
+    """Marks dirty on each batch; recomputes on the epoch notification.
+
+    bytewax's builder is not told the key, so values arrive as (key, event) and the logic
+    is made on the first batch (or from the snapshot on resume)."""
+
+    def __init__(self, make: Callable[[ChainState], ChainLogic], resume: Optional[ChainState]):
+        self.make = make
+        self.logic: Optional[ChainLogic] = make(resume) if resume is not None else None
+        self._due: Optional[int] = None
+        self._reported: dict[str, int] = {}
+
+    def on_batch(self, values):
+        if self.logic is None:
+            underlying, expiry_ms = split_chain_key(values[0][0])
+            self.logic = self.make(ChainState(self.venue_hint, underlying, expiry_ms))
+        self.logic.on_items(event for _, event in values)
+        if self._due is None:
+            self._due = self.logic.next_epoch_ms()
+        return [], StatefulBatchLogic.RETAIN
+
+    def on_notify(self):
+        self._due = None
+        if self.logic.expired():
+            return [("expired", self.logic.state.expiry_ms)], StatefulBatchLogic.DISCARD
+        out = [("fit", fit, chain) for fit, chain in self.logic.on_epoch()]
+        self._report()
+        if self.logic.pending():  # deferred by the fit interval or the budget
+            self._due = self.logic.next_epoch_ms()
+        return out, StatefulBatchLogic.RETAIN
+
+    def on_eof(self):
+        # A finite input (replay, --seconds) ends: publish what is owed instead of dropping it.
+        if self.logic is None:
+            return [], StatefulBatchLogic.RETAIN
+        out = [("fit", fit, chain) for fit, chain in self.logic.on_epoch(flush=True)]
+        self._report()
+        return out, StatefulBatchLogic.RETAIN
+
+    def notify_at(self):
+        return _at(self._due) if self._due is not None else None
+
+    def snapshot(self):
+        return self.logic.state if self.logic is not None else None
+
+    def _report(self) -> None:
+        counts = self.logic.counters
+        for name in ("iv_solves", "fits", "fits_deferred"):
+            delta = counts[name] - self._reported.get(name, 0)
+            if delta:
+                COUNTERS.add(name, delta)
+                self._reported[name] = counts[name]
+
+
+class SurfaceStep(StatefulBatchLogic):
+    """Collects fits per underlying; one patch per epoch. Values arrive as (key, item)."""
+
+    def __init__(self, make: Callable[[SurfaceState], SurfaceLogic], resume: Optional[SurfaceState]):
+        self.make = make
+        self.logic: Optional[SurfaceLogic] = make(resume) if resume is not None else None
+        self._due: Optional[int] = None
+
+    def on_batch(self, values):
+        if self.logic is None:
+            self.logic = self.make(SurfaceState(self.venue_hint, values[0][0]))
+        self.logic.on_items(item for _, item in values)
+        if self._due is None and self.logic.has_work():
+            self._due = (self.logic.now_ms() // self.logic.epoch_ms + 1) * self.logic.epoch_ms
+        return [], StatefulBatchLogic.RETAIN
+
+    def on_notify(self):
+        self._due = None
+        patch = self.logic.on_epoch()
+        return ([patch] if patch is not None else []), StatefulBatchLogic.RETAIN
+
+    def on_eof(self):
+        return self.on_notify() if self.logic is not None else ([], StatefulBatchLogic.RETAIN)
+
+    def notify_at(self):
+        return _at(self._due) if self._due is not None else None
+
+    def snapshot(self):
+        return self.logic.state if self.logic is not None else None
+
+
+def chain_builder(config: Config, now_ms: Callable[[], int]):
+    budget = FitBudget(config.chain.fits_per_epoch)
+
+    def make(state: ChainState) -> ChainLogic:
+        return ChainLogic(state, epoch_ms=config.runtime.epoch_ms,
+                          fit_interval_ms=config.chain.fit_interval_ms, min_quotes=config.chain.min_quotes,
+                          max_rel_spread=config.chain.max_rel_spread, budget=budget, now_ms=now_ms)
+
+    def build(resume: Optional[ChainState]) -> ChainStep:
+        step = ChainStep(make, resume)
+        step.venue_hint = config.source.venue
+        return step
+
+    return build
+
+
+def surface_builder(config: Config, now_ms: Callable[[], int]):
+    def make(state: SurfaceState) -> SurfaceLogic:
+        return SurfaceLogic(state, nodes=config.nodes, tenors_days=config.surface.tenors_days,
+                            drop_calendar_violators=config.surface.drop_calendar_violators,
+                            epoch_ms=config.runtime.epoch_ms, now_ms=now_ms)
+
+    def build(resume: Optional[SurfaceState]) -> SurfaceStep:
+        step = SurfaceStep(make, resume)
+        step.venue_hint = config.source.venue
+        return step
+
+    return build

@@ -1,0 +1,181 @@
+"""The volgraph dataflow (DESIGN.md §4), read top to bottom like its diagram:
+
+    feed ─► book[instrument] ─► chain[underlying|expiry] ─► surface[underlying] ─► gateway
+                                                  └──────── fits ─────────────────► postgres
+
+Run it with `volgraph run` (simulator, embedded PostgreSQL and gateway included) or, with
+everything external, `python -m bytewax.run flows.surface:flow` (configured by the
+environment: VOLGRAPH_CONFIG, VOLGRAPH_URL, VOLGRAPH_PG_DSN, VOLGRAPH_GATEWAY_URL).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Callable, Optional
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from flows.metrics import COUNTERS
+from flows.steps import chain_builder, surface_builder
+from operators.book import book_step
+from operators.chain import now_wall_ms
+from operators.events import (BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument,
+                              SmileFit, StatusReport, SurfacePatch, Ticker, chain_key)
+from operators.graph import Config, load_config
+
+
+def build_flow(config: Config, source, sinks: list, *, now_ms: Callable[[], int] = now_wall_ms,
+               flow_id: str = "volgraph") -> Dataflow:
+    """`source` yields normalised events; each sink receives fits, patches and status reports."""
+    flow = Dataflow(flow_id)
+    feed = op.input("feed", flow, ReportingSource(source, config.runtime.status_interval_ms))
+
+    # book[instrument]: L2 state, gaps, top-N quotes; tickers pass through to their chain
+    to_book = op.filter_map("to_book", feed, _book_keyed)
+    books = op.stateful_map("book", to_book, book_step(config.source.depth))
+    routed = op.flat_map("book_out", books, lambda kv: kv[1])
+    errors = op.filter_map("errors", routed, lambda kv: kv[1] if kv[0] == "" else None)
+    quotes = op.filter("quotes", routed, lambda kv: kv[0] != "")
+    futures = op.filter_map("futures", feed, _future_keyed)
+
+    # chain[underlying|expiry]: forward, IVs, SVI — once per epoch
+    chain_in = op.map("chain_in", op.merge("chain_merge", quotes, futures), lambda kv: (kv[0], kv))
+    chain_out = op.stateful_batch("chain", chain_in, chain_builder(config, now_ms))
+
+    # surface[underlying]: analytics nodes, calendar, tenors — one patch per epoch
+    indices = op.filter_map("indices", feed, lambda e: (e.underlying, e) if isinstance(e, IndexPrice) else None)
+    to_surface = op.map("to_surface", op.merge("surface_merge", op.map("fit_key", chain_out, _surface_keyed), indices),
+                        lambda kv: (kv[0], kv))
+    patches = op.map("patches", op.stateful_batch("surface", to_surface, surface_builder(config, now_ms)),
+                     lambda kv: _count_patch(kv[1]))
+
+    fits = op.filter_map("fits", chain_out, lambda kv: kv[1][1] if kv[1][0] == "fit" else None)
+    statuses = op.filter("status", feed, lambda e: isinstance(e, StatusReport))
+    op.inspect("count_errors", errors, lambda _s, e: COUNTERS.add(f"errors.{e.reason}"))
+    out = op.merge("out", fits, patches, statuses)
+    for i, sink in enumerate(sinks):
+        op.output(f"sink_{i}", out, sink)
+    return flow
+
+
+def _book_keyed(event):
+    if isinstance(event, (Instrument, BookUpdate, Ticker)):
+        return event.instrument, event
+    return None
+
+
+def _future_keyed(event):
+    if isinstance(event, FuturePrice):
+        return chain_key(event.underlying, event.expiry_ms), event
+    return None
+
+
+def _surface_keyed(kv):
+    key, item = kv
+    return key.split("|")[0], item
+
+
+def _count_patch(patch: SurfacePatch) -> SurfacePatch:
+    COUNTERS.add("patches")
+    COUNTERS.set("patch_lag_ms", patch.ts_emit_ms - patch.ts_exchange_ms)
+    return patch
+
+
+class ReportingSource(FixedPartitionedSource):
+    """Wraps a source: counts events in and interleaves a StatusReport every interval."""
+
+    def __init__(self, inner: FixedPartitionedSource, interval_ms: int):
+        self.inner = inner
+        self.interval_ms = interval_ms
+
+    def list_parts(self):
+        return self.inner.list_parts()
+
+    def build_part(self, step_id, for_part, resume_state):
+        return _ReportingPartition(self.inner.build_part(step_id, for_part, resume_state), for_part,
+                                   self.interval_ms)
+
+
+class _ReportingPartition(StatefulSourcePartition):
+    def __init__(self, inner: StatefulSourcePartition, name: str, interval_ms: int):
+        self.inner = inner
+        self.name = f"{name}@{os.getpid()}"
+        self.interval_ms = interval_ms
+        self.next_report_ms = 0
+
+    def next_batch(self):
+        batch = list(self.inner.next_batch())
+        if batch:
+            COUNTERS.add("messages_in", len(batch))
+            for e in batch:
+                if isinstance(e, FeedError):
+                    COUNTERS.add(f"errors.{e.reason}")
+        now = int(time.time() * 1000)
+        if now >= self.next_report_ms:
+            self.next_report_ms = now + self.interval_ms
+            batch.append(StatusReport(self.name, now, COUNTERS.started_ms, COUNTERS.snapshot()))
+        return batch
+
+    def next_awake(self):
+        inner = self.inner.next_awake()
+        report = datetime.fromtimestamp(self.next_report_ms / 1000.0, tz=timezone.utc)
+        # None means "poll again at once": keep it, or the report timer would throttle the feed
+        return None if inner is None else min(inner, report)
+
+    def snapshot(self):
+        return self.inner.snapshot()
+
+    def close(self):
+        self.inner.close()
+
+
+class CallbackSink(DynamicSink):
+    """Hands every output item to a function (the CLI's status line, tests)."""
+
+    def __init__(self, fn: Callable[[object], None]):
+        self.fn = fn
+
+    def build(self, step_id, worker_index, worker_count):
+        fn = self.fn
+
+        class _Part(StatelessSinkPartition):
+            def write_batch(self, items):
+                for item in items:
+                    fn(item)
+
+        return _Part()
+
+
+def default_flow(config_path: Optional[str] = None) -> Dataflow:
+    """The flow as `python -m bytewax.run flows.surface:flow` builds it: all parts external."""
+    from connectors.deribit import DeribitSource
+    from connectors.gateway_sink import GatewaySink
+    from connectors.postgres import PostgresSink
+
+    config = load_config(config_path or os.environ.get("VOLGRAPH_CONFIG"))
+    src = config.source
+    source = DeribitSource(url=os.environ.get("VOLGRAPH_URL", src.url), currencies=src.currencies,
+                           depth=src.depth, interval=src.book_interval, heartbeat_s=src.heartbeat_s,
+                           queue_max=src.queue_max, max_frame_bytes=src.max_frame_bytes)
+    sinks = []
+    gw = config.sinks.gateway
+    if gw.enabled:
+        url = os.environ.get("VOLGRAPH_GATEWAY_URL", f"ws://{gw.host}:{gw.port}/publish")
+        sinks.append(GatewaySink(url, token=gw.publish_token))
+    pg = config.sinks.postgres
+    dsn = os.environ.get("VOLGRAPH_PG_DSN", pg.dsn)
+    if pg.enabled and dsn:
+        sinks.append(PostgresSink(dsn, batch_rows=pg.batch_rows, flush_ms=pg.flush_ms))
+    return build_flow(config, source, sinks)
+
+
+def __getattr__(name: str):
+    # `flow` is built on first access so importing this module stays side-effect free.
+    if name == "flow":
+        return default_flow()
+    raise AttributeError(name)

@@ -1,0 +1,119 @@
+"""Chain step logic with an injected clock: quotes mark dirty, epochs solve and fit,
+the fit interval and the per-epoch budget hold, stale books are withheld."""
+
+import math
+
+import numpy as np
+import pytest
+
+from operators.black import black_price
+from operators.chain import MS_PER_YEAR, ChainLogic, ChainState, FitBudget
+from operators.events import Quote, Ticker
+from operators.svi import total_variance
+
+T0 = 1_900_000_000_000
+EXPIRY = T0 + int(0.25 * MS_PER_YEAR)
+FORWARD = 60_000.0
+TRUE = (0.01, 0.06, -0.35, 0.02, 0.15)  # raw SVI, T = 0.25
+STRIKES = np.arange(40_000.0, 90_001.0, 2_500.0)
+
+
+class Clock:
+    def __init__(self, ms):
+        self.ms = ms
+
+    def __call__(self):
+        return self.ms
+
+
+def quotes(forward=FORWARD, half_spread_vol=0.004, stale=()):
+    t = (EXPIRY - T0) / MS_PER_YEAR
+    out = []
+    for strike in STRIKES:
+        vol = math.sqrt(total_variance(TRUE, math.log(strike / forward)) / t)
+        for cp in ("C", "P"):
+            bid = float(black_price(forward, strike, t, vol - half_spread_vol, cp == "C")) / forward
+            ask = float(black_price(forward, strike, t, vol + half_spread_vol, cp == "C")) / forward
+            out.append(Quote("deribit", f"X-{strike}-{cp}", "BTC", EXPIRY, float(strike), cp, T0, T0,
+                             ((bid, 1.0),), ((ask, 1.0),), stale=strike in stale))
+    return out
+
+
+def logic(clock, **kw):
+    opts = dict(epoch_ms=50, fit_interval_ms=200, min_quotes=6, max_rel_spread=1.0, budget=FitBudget(8))
+    opts.update(kw)
+    return ChainLogic(ChainState("deribit", "BTC", EXPIRY), now_ms=clock, **opts)
+
+
+def test_epoch_solves_and_fits_close_to_the_true_smile():
+    clock = Clock(T0)
+    chain = logic(clock)
+    chain.on_items(quotes() + [Ticker("deribit", "X", T0, T0, underlying_px=FORWARD)])
+    assert chain.pending()
+    out = chain.on_epoch()
+    assert len(out) == 1
+    fit, update = out[0]
+    assert fit.forward == pytest.approx(FORWARD, rel=1e-4)
+    assert fit.butterfly_ok and fit.n_quotes == len(STRIKES)
+    t = fit.t_years
+    k = np.log(np.asarray(update.strikes) / fit.forward)
+    fitted = np.sqrt(total_variance((fit.a, fit.b, fit.rho, fit.m, fit.sigma), k) / t)
+    true = np.sqrt(total_variance(TRUE, np.log(np.asarray(update.strikes) / FORWARD)) / t)
+    assert np.max(np.abs(fitted - true)) * 100 < 0.2  # vol points
+    assert chain.counters["iv_solves"] == 2 * len(STRIKES)  # bid and ask of each OTM option
+
+
+def test_fit_interval_then_only_dirty_strikes_resolve():
+    clock = Clock(T0)
+    chain = logic(clock)
+    chain.on_items(quotes() + [Ticker("deribit", "X", T0, T0, underlying_px=FORWARD)])
+    assert chain.on_epoch()
+    solves = chain.counters["iv_solves"]
+    one = [q for q in quotes(half_spread_vol=0.006) if q.strike == 70_000.0 and q.option_type == "C"]
+    clock.ms += 50
+    chain.on_items(one)
+    assert chain.on_epoch() == []  # inside fit_interval_ms: solved, not refitted
+    assert chain.counters["iv_solves"] == solves + 2  # that strike's bid and ask only
+    assert chain.pending()  # the smile changed: a fit is owed
+    clock.ms += 200
+    (fit, _), = chain.on_epoch()
+    assert fit.warm and chain.counters["fits"] == 2
+
+
+def test_budget_defers_fits_to_the_next_epoch():
+    clock = Clock(T0)
+    budget = FitBudget(1)
+    a, b = logic(clock, budget=budget), logic(clock, budget=budget)
+    for chain in (a, b):
+        chain.on_items(quotes() + [Ticker("deribit", "X", T0, T0, underlying_px=FORWARD)])
+    assert len(a.on_epoch()) == 1
+    assert b.on_epoch() == [] and b.counters["fits_deferred"] == 1 and b.pending()
+    clock.ms += 50
+    assert len(b.on_epoch()) == 1
+
+
+def test_stale_strikes_are_withheld_from_the_fit():
+    clock = Clock(T0)
+    chain = logic(clock)
+    chain.on_items(quotes(stale={50_000.0, 70_000.0}) + [Ticker("deribit", "X", T0, T0, underlying_px=FORWARD)])
+    (fit, update), = chain.on_epoch()
+    assert 50_000.0 not in update.strikes and 70_000.0 not in update.strikes
+    assert fit.n_quotes == len(STRIKES) - 2
+
+
+def test_forward_move_resolves_every_strike_of_the_expiry():
+    clock = Clock(T0)
+    chain = logic(clock)
+    chain.on_items(quotes() + [Ticker("deribit", "X", T0, T0, underlying_px=FORWARD)])
+    chain.on_epoch()
+    solves = chain.counters["iv_solves"]
+    clock.ms += 300
+    chain.on_items(quotes(forward=FORWARD * 1.01) + [Ticker("deribit", "X", T0, T0, underlying_px=FORWARD * 1.01)])
+    (fit, _), = chain.on_epoch()
+    assert chain.counters["iv_solves"] == solves + 2 * len(STRIKES)
+    assert fit.forward == pytest.approx(FORWARD * 1.01, rel=1e-4)
+
+
+def test_expired_chain_says_so():
+    clock = Clock(EXPIRY)
+    assert logic(clock).expired()
