@@ -59,7 +59,11 @@ class ChainStep(StatefulBatchLogic):
         return out, StatefulBatchLogic.RETAIN
 
     def notify_at(self):
-        return _at(self._due) if self._due is not None else None
+        if self.logic is None:
+            return None
+        # wake at expiry even with no traffic, so the expiry leaves the surface on time
+        due = self.logic.state.expiry_ms if self._due is None else min(self._due, self.logic.state.expiry_ms)
+        return _at(due)
 
     def snapshot(self):
         return self.logic.state if self.logic is not None else None

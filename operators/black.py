@@ -42,19 +42,24 @@ def d1_d2(forward, strike, t_years, vol):
 def greeks(forward, strike, t_years, vol, is_call):
     """Forward delta, vega (per unit vol), gamma (per unit forward), vanna, volga.
 
-    Returns a dict of arrays. Vega, vanna and volga are per 1.00 of vol (not per point).
+    Returns a dict of arrays (broadcast shape). Vega, vanna and volga are per 1.00 of vol
+    (not per vol point): vega = ∂P/∂σ, gamma = ∂²P/∂F², vanna = ∂²P/∂F∂σ = ∂delta/∂σ,
+    volga = ∂²P/∂σ². Gamma, vega, vanna and volga are the same for calls and puts.
+    NaN wherever the inputs are not finite or forward, strike, t_years or vol is ≤ 0.
     """
-    forward = np.asarray(forward, float)
-    strike = np.asarray(strike, float)
-    t_years = np.asarray(t_years, float)
-    vol = np.asarray(vol, float)
-    d1, d2 = d1_d2(forward, strike, t_years, vol)
-    sqrt_t = np.sqrt(t_years)
-    pdf = np.exp(-0.5 * d1 * d1) / np.sqrt(2.0 * np.pi)
-    delta = np.where(np.asarray(is_call, bool), ndtr(d1), ndtr(d1) - 1.0)
-    vega = forward * pdf * sqrt_t
-    with np.errstate(divide="ignore", invalid="ignore"):
+    forward, strike, t_years, vol, is_call = np.broadcast_arrays(
+        np.asarray(forward, float), np.asarray(strike, float), np.asarray(t_years, float),
+        np.asarray(vol, float), np.asarray(is_call, bool))
+    with np.errstate(all="ignore"):
+        valid = ((forward > 0) & (strike > 0) & (t_years > 0) & (vol > 0) & np.isfinite(forward)
+                 & np.isfinite(strike) & np.isfinite(t_years) & np.isfinite(vol))
+        d1, d2 = d1_d2(forward, strike, t_years, vol)
+        sqrt_t = np.sqrt(t_years)
+        pdf = np.exp(-0.5 * d1 * d1) / np.sqrt(2.0 * np.pi)
+        delta = np.where(is_call, ndtr(d1), -ndtr(-d1))  # N(d1) − 1 without cancellation
+        vega = forward * pdf * sqrt_t
         gamma = pdf / (forward * vol * sqrt_t)
         vanna = -pdf * d2 / vol
         volga = vega * d1 * d2 / vol
-    return {"delta": delta, "vega": vega, "gamma": gamma, "vanna": vanna, "volga": volga}
+    out = {"delta": delta, "vega": vega, "gamma": gamma, "vanna": vanna, "volga": volga}
+    return {name: np.where(valid, v, np.nan) for name, v in out.items()}

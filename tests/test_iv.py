@@ -1,0 +1,335 @@
+"""The Black-76 implied-vol solver (operators.iv) and greeks (operators.black).
+
+Checked against a plain, obviously-correct reference in extended precision (mpmath pricing,
+bisection on the vol), on random samples and hypothesis properties.
+The accuracy floor: |σ − σ_true| ≤ 1e-12 + 4·ε·P/vega, with P the double price handed in.
+"""
+
+from __future__ import annotations
+
+import math
+
+import mpmath as mp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from operators import black, iv
+
+EPS = 2.0**-52
+MP_DPS = 40
+SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+# ------------------------------------------------------------------ the plain reference
+
+
+def ref_price(forward, strike, t_years, vol, is_call, dps=MP_DPS):
+    """Black-76 undiscounted price in extended precision (mpmath), as an mpf."""
+    with mp.workdps(dps):
+        f, k, t, v = (mp.mpf(float(a)) for a in (forward, strike, t_years, vol))
+        sd = v * mp.sqrt(t)
+        d1 = mp.log(f / k) / sd + sd / 2
+        d2 = d1 - sd
+        if is_call:
+            return f * mp.ncdf(d1) - k * mp.ncdf(d2)
+        return k * mp.ncdf(-d2) - f * mp.ncdf(-d1)
+
+
+def ref_vega(forward, strike, t_years, vol):
+    with mp.workdps(MP_DPS):
+        f, k, t, v = (mp.mpf(float(a)) for a in (forward, strike, t_years, vol))
+        sd = v * mp.sqrt(t)
+        d1 = mp.log(f / k) / sd + sd / 2
+        return float(f * mp.npdf(d1) * mp.sqrt(t))
+
+
+def ref_implied_vol(price, forward, strike, t_years, is_call, iterations=160):
+    """Bisection on σ with mpmath prices: slow, and obviously right. None if out of bounds."""
+    with mp.workdps(MP_DPS):
+        p = mp.mpf(float(price))
+        lo, hi = mp.mpf("1e-9"), mp.mpf(1)
+        if ref_price(forward, strike, t_years, lo, is_call) >= p:
+            return None
+        while ref_price(forward, strike, t_years, hi, is_call) < p:
+            hi *= 2
+            if hi > 1e4:
+                return None
+        for _ in range(iterations):
+            mid = (lo + hi) / 2
+            if ref_price(forward, strike, t_years, mid, is_call) < p:
+                lo = mid
+            else:
+                hi = mid
+        return float((lo + hi) / 2)
+
+
+def random_options(n, seed, *, k_range=1.5, t_min=1.0 / 8760.0, t_max=3.0, vol_min=0.05, vol_max=3.0):
+    """The issue's population: k in [−1.5, 1.5], T 1 hour … 3 years, σ in [0.05, 3], C and P."""
+    rng = np.random.default_rng(seed)
+    k = rng.uniform(-k_range, k_range, n)
+    t = np.exp(rng.uniform(math.log(t_min), math.log(t_max), n))
+    vol = rng.uniform(vol_min, vol_max, n)
+    call = rng.random(n) < 0.5
+    forward = np.exp(rng.uniform(math.log(50.0), math.log(2e5), n))
+    strike = forward * np.exp(k)
+    price = np.array([float(ref_price(forward[i], strike[i], t[i], vol[i], call[i])) for i in range(n)])
+    vega = np.array([ref_vega(forward[i], strike[i], t[i], vol[i]) for i in range(n)])
+    return price, forward, strike, t, vol, call, vega
+
+
+def floor_bound(price, vega):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return 1e-12 + 4.0 * EPS * price / vega
+
+
+# ------------------------------------------------------------------ accuracy
+
+
+@pytest.mark.parametrize("seed,kwargs", [
+    (11, {}),
+    (12, {"t_max": 2.0 / 365.0}),  # hour-to-day options: where wing prices are hardest
+    (13, {"vol_min": 2.0}),  # high vol: prices near the upper bound
+    (14, {"k_range": 0.02}),  # near the money
+])
+def test_accuracy_floor_on_random_sample(seed, kwargs):
+    price, forward, strike, t, vol, call, vega = random_options(1500, seed, **kwargs)
+    got, status = iv.implied_vol_and_status(price, forward, strike, t, call)
+    ok = status == iv.OK
+    assert ok.sum() > 300, "the sample should mostly be solvable"
+    err = np.abs(got - vol)
+    bound = floor_bound(price, vega)
+    worst = np.argmax(np.where(ok, err / bound, 0.0))
+    assert np.all(err[ok] <= bound[ok]), (
+        f"worst: F={forward[worst]!r} K={strike[worst]!r} t={t[worst]!r} vol={vol[worst]!r} "
+        f"call={call[worst]} price={price[worst]!r}: got {got[worst]!r}, bound {bound[worst]:.3g}")
+    # every non-OK element carries a reason and a NaN, never a wrong number
+    assert np.all(np.isnan(got[~ok]))
+    assert set(np.unique(status[~ok])) <= {iv.BELOW_INTRINSIC, iv.LOW_INFORMATION}
+    # and no-information means what it says: the time value is (nearly) gone
+    intrinsic = np.where(call, np.maximum(forward - strike, 0), np.maximum(strike - forward, 0))
+    below = status == iv.BELOW_INTRINSIC
+    assert np.all(price[below] <= intrinsic[below])
+    low = status == iv.LOW_INFORMATION
+    assert np.all((price[low] - intrinsic[low] <= 16 * EPS * price[low])
+                  | ((price[low] - intrinsic[low]) / np.sqrt(forward[low] * strike[low]) < 2.3e-308))
+
+
+def test_matches_reference_bisection():
+    """Solving the same double price: ours against mpmath bisection of that exact price."""
+    price, forward, strike, t, vol, call, vega = random_options(60, 21)
+    got, status = iv.implied_vol_and_status(price, forward, strike, t, call)
+    checked = 0
+    for i in range(len(price)):
+        if status[i] != iv.OK:
+            continue
+        ref = ref_implied_vol(price[i], forward[i], strike[i], t[i], call[i])
+        assert ref is not None
+        # the reference inverts the rounded price exactly: only our evaluation error remains
+        assert abs(got[i] - ref) <= floor_bound(price[i], vega[i]), (i, got[i], ref)
+        checked += 1
+    assert checked >= 30
+
+
+def test_known_values():
+    # ATM: b = 2Φ(σ√T/2) − 1 has a closed form inverse
+    f, t, vol = 100.0, 0.25, 0.8
+    price = float(ref_price(f, f, t, vol, True))
+    assert iv.implied_vol(price, f, f, t, True) == pytest.approx(vol, abs=1e-14)
+    assert iv.implied_vol(price, f, f, t, False) == pytest.approx(vol, abs=1e-14)
+    # a plain textbook case, priced in mpmath
+    price = float(ref_price(100.0, 120.0, 0.5, 0.3, True))
+    assert abs(float(iv.implied_vol(price, 100.0, 120.0, 0.5, True)) - 0.3) < 1e-13
+
+
+# ------------------------------------------------------------------ properties (hypothesis)
+
+forwards = st.floats(1.0, 1e6)
+log_moneyness = st.floats(-1.5, 1.5)
+t_years_st = st.floats(1.0 / 8760.0, 3.0)
+vols = st.floats(0.05, 3.0)
+
+
+@SETTINGS
+@given(forwards, log_moneyness, t_years_st, vols, st.booleans())
+def test_round_trip_price_iv_price(forward, k, t, vol, is_call):
+    strike = forward * math.exp(k)
+    price = float(ref_price(forward, strike, t, vol, is_call))
+    got, status = iv.implied_vol_and_status(price, forward, strike, t, is_call)
+    if status != iv.OK:
+        assert math.isnan(got)
+        assume(False)
+    vega = ref_vega(forward, strike, t, vol)
+    assert abs(float(got) - vol) <= floor_bound(price, vega)
+    # and back to the price: the solved vol reprices to within the double-precision floor
+    repriced = ref_price(forward, strike, t, float(got), is_call)
+    assert abs(float(repriced) - price) <= 4 * EPS * price + 1e-12 * vega
+
+
+@SETTINGS
+@given(forwards, log_moneyness, t_years_st, vols)
+def test_put_call_parity_of_ivs(forward, k, t, vol):
+    strike = forward * math.exp(k)
+    with mp.workdps(MP_DPS):
+        call_mp = ref_price(forward, strike, t, vol, True)
+        put_mp = call_mp - (mp.mpf(forward) - mp.mpf(strike))  # parity, undiscounted
+    call_px, put_px = float(call_mp), float(put_mp)
+    vols_out, status = iv.implied_vol_and_status([call_px, put_px], forward, strike, t, [True, False])
+    assume(np.all(status == iv.OK))
+    vega = ref_vega(forward, strike, t, vol)
+    tol = floor_bound(call_px, vega) + floor_bound(put_px, vega)
+    assert abs(vols_out[0] - vols_out[1]) <= tol
+
+
+@SETTINGS
+@given(forwards, log_moneyness, t_years_st, st.floats(0.0, 1.0), st.floats(0.0, 1.0), st.booleans())
+def test_monotone_in_price(forward, k, t, u1, u2, is_call):
+    strike = forward * math.exp(k)
+    intrinsic = max(forward - strike, 0.0) if is_call else max(strike - forward, 0.0)
+    upper = forward if is_call else strike
+    p1, p2 = sorted(intrinsic + u * (upper - intrinsic) for u in (u1, u2))
+    v, status = iv.implied_vol_and_status([p1, p2], forward, strike, t, is_call)
+    assume(np.all(status == iv.OK))
+    assert v[0] <= v[1]
+
+
+@SETTINGS
+@given(forwards, log_moneyness, t_years_st, st.floats(-0.5, 1.5), st.booleans())
+def test_nan_and_codes_exactly_out_of_bounds(forward, k, t, u, is_call):
+    strike = forward * math.exp(k)
+    intrinsic = max(forward - strike, 0.0) if is_call else max(strike - forward, 0.0)
+    upper = forward if is_call else strike
+    price = intrinsic + u * (upper - intrinsic)
+    vol, status = iv.implied_vol_and_status(price, forward, strike, t, is_call)
+    vol, status = float(vol), int(status)
+    if price < 0:
+        assert status == iv.BAD_INPUT
+    elif price <= intrinsic:
+        assert status == iv.BELOW_INTRINSIC
+    elif price >= upper:
+        assert status == iv.ABOVE_MAX
+    elif price - intrinsic > 16 * EPS * price and (price - intrinsic) / math.sqrt(forward * strike) > 1e-300:
+        assert status == iv.OK
+    else:
+        assert status in (iv.OK, iv.LOW_INFORMATION)
+    assert math.isnan(vol) == (status != iv.OK)
+    if status == iv.OK:
+        assert vol > 0 and math.isfinite(vol)
+
+
+any_float = st.floats(allow_nan=True, allow_infinity=True)
+
+
+@settings(max_examples=500, deadline=None)
+@given(any_float, any_float, any_float, any_float, st.booleans())
+def test_no_exceptions_on_any_float(price, forward, strike, t, is_call):
+    vol, status = iv.implied_vol_and_status(price, forward, strike, t, is_call)
+    assert int(status) in iv.STATUS_NAMES
+    assert math.isnan(float(vol)) == (int(status) != iv.OK)
+    if not all(math.isfinite(a) for a in (price, forward, strike)) or math.isnan(t) or t == math.inf:
+        assert status == iv.BAD_INPUT
+    elif price < 0 or forward <= 0 or strike <= 0:
+        assert status == iv.BAD_INPUT
+    elif t <= 0:
+        assert status == iv.EXPIRED
+
+
+def test_special_inputs_codes():
+    nan, inf = math.nan, math.inf
+    cases = [
+        ((nan, 100, 100, 1, True), iv.BAD_INPUT),
+        ((inf, 100, 100, 1, True), iv.BAD_INPUT),
+        ((5.0, -100, 100, 1, True), iv.BAD_INPUT),
+        ((5.0, 0.0, 100, 1, True), iv.BAD_INPUT),
+        ((5.0, 100, 0.0, 1, True), iv.BAD_INPUT),
+        ((5.0, 100, inf, 1, True), iv.BAD_INPUT),
+        ((-1.0, 100, 100, 1, True), iv.BAD_INPUT),
+        ((5.0, 100, 100, nan, True), iv.BAD_INPUT),
+        ((5.0, 100, 100, 0.0, True), iv.EXPIRED),
+        ((5.0, 100, 100, -inf, True), iv.EXPIRED),
+        ((0.0, 100, 100, 1, True), iv.BELOW_INTRINSIC),
+        ((10.0, 110, 100, 1, True), iv.BELOW_INTRINSIC),  # exactly intrinsic
+        ((9.0, 110, 100, 1, True), iv.BELOW_INTRINSIC),
+        ((110.0, 110, 100, 1, True), iv.ABOVE_MAX),  # call ≥ F
+        ((100.0, 110, 100, 1, False), iv.ABOVE_MAX),  # put ≥ K
+        ((10.0 + 1e-14, 110, 100, 1, True), iv.LOW_INFORMATION),  # a few ulps of time value
+        ((10.5, 110, 100, 1, True), iv.OK),
+    ]
+    for args, want in cases:
+        vol, status = iv.implied_vol_and_status(*args)
+        assert int(status) == want, (args, iv.STATUS_NAMES[int(status)])
+        assert math.isnan(float(vol)) == (want != iv.OK)
+
+
+def test_broadcasting_shapes_and_option_type_strings():
+    strikes = np.array([[80.0, 100.0, 120.0], [90.0, 100.0, 110.0]])
+    prices = black.black_price(100.0, strikes, 0.5, 0.6, True)
+    vol = iv.implied_vol(prices, 100.0, strikes, 0.5, "C")
+    assert vol.shape == (2, 3)
+    np.testing.assert_allclose(vol, 0.6, atol=1e-12)
+    assert iv.implied_vol_status(prices, 100.0, strikes, 0.5, True).dtype == np.int8
+    put = black.black_price(100.0, 120.0, 0.5, 0.6, False)
+    assert float(iv.implied_vol(put, 100.0, 120.0, 0.5, "put")) == pytest.approx(0.6, abs=1e-12)
+    with pytest.raises(ValueError, match="is_call"):
+        iv.implied_vol(put, 100.0, 120.0, 0.5, "X")
+    assert np.ndim(iv.implied_vol(5.0, 100.0, 100.0, 1.0, True)) == 0
+    empty = iv.implied_vol(np.array([]), 100.0, 100.0, 1.0, True)
+    assert empty.shape == (0,)
+
+
+def test_coin_quoted_prices_convert_with_the_forward():
+    forward, strike, t, vol = 64_000.0, 70_000.0, 30 / 365, 0.55
+    price_usd = float(ref_price(forward, strike, t, vol, True))
+    price_coin = price_usd / forward
+    got = float(iv.implied_vol_coin(price_coin, forward, strike, t, True))
+    assert abs(got - vol) < 1e-11
+    v2, s2 = iv.implied_vol_coin_and_status(price_coin, forward, strike, t, True)
+    assert float(v2) == got and int(s2) == iv.OK
+    np.testing.assert_allclose(black.coin_to_usd(price_coin, forward), price_coin * forward)
+
+
+def test_warm_up_runs():
+    iv.warm_up()
+
+
+# ------------------------------------------------------------------ greeks vs finite differences
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.floats(100.0, 1e5), st.floats(-1.0, 1.0), st.floats(0.01, 3.0), st.floats(0.1, 2.0), st.booleans())
+def test_greeks_against_central_differences(forward, k, t, vol, is_call):
+    strike = forward * math.exp(k)
+
+    def price(f=forward, v=vol):
+        return float(ref_price(f, strike, t, v, is_call, dps=50))
+
+    g = black.greeks(forward, strike, t, vol, is_call)
+    hf, hv = forward * 1e-5, 1e-5
+    with mp.workdps(50):
+        d_f = (price(f=forward + hf) - price(f=forward - hf)) / (2 * hf)
+        d_v = (price(v=vol + hv) - price(v=vol - hv)) / (2 * hv)
+        gamma = (price(f=forward + hf) - 2 * price() + price(f=forward - hf)) / hf**2
+        volga = (price(v=vol + hv) - 2 * price() + price(v=vol - hv)) / hv**2
+        vanna = (price(f=forward + hf, v=vol + hv) - price(f=forward + hf, v=vol - hv)
+                 - price(f=forward - hf, v=vol + hv) + price(f=forward - hf, v=vol - hv)) / (4 * hf * hv)
+    scale_p = forward  # price scale: greeks are compared relative to natural magnitudes
+    assert abs(float(g["delta"]) - d_f) <= 1e-7
+    assert abs(float(g["vega"]) - d_v) <= 1e-7 * scale_p
+    assert abs(float(g["gamma"]) - gamma) <= 1e-5 / forward
+    assert abs(float(g["volga"]) - volga) <= 1e-5 * scale_p
+    assert abs(float(g["vanna"]) - vanna) <= 1e-5
+
+
+def test_greeks_put_call_relations_and_bad_input():
+    f, k, t, v = 100.0, 110.0, 0.5, 0.7
+    gc = black.greeks(f, k, t, v, True)
+    gp = black.greeks(f, k, t, v, False)
+    assert float(gc["delta"]) - float(gp["delta"]) == pytest.approx(1.0, abs=1e-15)
+    for name in ("vega", "gamma", "vanna", "volga"):
+        assert float(gc[name]) == pytest.approx(float(gp[name]), rel=1e-15)
+    bad = black.greeks([100.0, 100.0, -1.0], 100.0, [0.0, 1.0, 1.0], [0.5, 0.0, 0.5], True)
+    for arr in bad.values():
+        assert np.all(np.isnan(arr))
+    # the price function agrees with the mpmath reference
+    assert float(black.black_price(f, k, t, v, True)) == pytest.approx(float(ref_price(f, k, t, v, True)), rel=1e-13)

@@ -1,0 +1,48 @@
+"""The bytewax adapters: epoch timers, expiry removal and snapshots, driven by a fake clock."""
+
+import pickle
+
+from bytewax.operators import StatefulBatchLogic
+
+from flows.steps import chain_builder, surface_builder
+from operators.events import chain_key
+from operators.graph import load_config
+from tests.test_chain import EXPIRY, FORWARD, T0, Clock, quotes
+from operators.events import Ticker
+
+
+def test_chain_step_times_epochs_resumes_from_snapshot_and_leaves_at_expiry():
+    clock = Clock(T0 + 7)
+    build = chain_builder(load_config(), clock)
+    step = build(None)
+    key = chain_key("BTC", EXPIRY)
+    step.on_batch([(key, q) for q in quotes()] + [(key, Ticker("deribit", "X", T0, T0, underlying_px=FORWARD))])
+    assert step.notify_at().timestamp() * 1000 == T0 + 50  # next 50 ms epoch boundary
+    clock.ms = T0 + 50
+    out, discard = step.on_notify()
+    assert [o[0] for o in out] == ["fit"] and discard is StatefulBatchLogic.RETAIN
+    # nothing owed: the only wake-up left is the expiry itself
+    assert step.notify_at().timestamp() * 1000 == EXPIRY
+    resumed = build(pickle.loads(pickle.dumps(step.snapshot())))
+    assert resumed.logic.state.last_fit == step.logic.state.last_fit
+    assert resumed.logic.state.bid_iv == step.logic.state.bid_iv
+    clock.ms = EXPIRY
+    out, discard = resumed.on_notify()
+    assert out == [("expired", EXPIRY)] and discard is StatefulBatchLogic.DISCARD
+
+
+def test_surface_step_removes_an_expired_expiry():
+    clock = Clock(T0 + 7)
+    chain = chain_builder(load_config(), clock)(None)
+    key = chain_key("BTC", EXPIRY)
+    chain.on_batch([(key, q) for q in quotes()] + [(key, Ticker("deribit", "X", T0, T0, underlying_px=FORWARD))])
+    clock.ms = T0 + 50
+    (fit_item,), _ = chain.on_notify()
+    surface = surface_builder(load_config(), clock)(None)
+    surface.on_batch([("BTC", fit_item)])
+    clock.ms = T0 + 100
+    (patch,), _ = surface.on_notify()
+    assert [v.expiry_ms for v in patch.expiries] == [EXPIRY] and patch.removed == ()
+    surface.on_batch([("BTC", ("expired", EXPIRY))])
+    (patch,), _ = surface.on_notify()
+    assert patch.expiries == () and patch.removed == (EXPIRY,)
