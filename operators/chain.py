@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 
 from operators import forward as fwd
-from operators import iv, svi
+from operators import iv, small_moves, svi
 from operators.events import ChainUpdate, FuturePrice, Quote, SmileFit, Ticker
 
 MS_PER_YEAR = 365.0 * 86_400_000.0  # ACT/365, to the millisecond
@@ -76,18 +76,34 @@ class ChainState:
     last_fit: Optional[SmileFit] = None
     last_fit_ms: int = 0
     smile_changed: bool = False
-    # last solved OTM IVs per slot (decimals, NaN = none)
-    bid_iv: list[float] = field(default_factory=list)
-    ask_iv: list[float] = field(default_factory=list)
+    # Solve state per slot, in normalised Black space (see operators/small_moves.py):
+    # side: the OTM option used (True = call); x0: ln(F/K) at the last exact solve;
+    # s0/s1/s2: total std σ√T there and its first/second x-derivatives, [bid, ask];
+    # s: the published total std (NaN = no vol). Published σ = s/√T, exact in T.
+    side: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    x0: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    s0: np.ndarray = field(default_factory=lambda: np.zeros((2, 0)))
+    s1: np.ndarray = field(default_factory=lambda: np.zeros((2, 0)))
+    s2: np.ndarray = field(default_factory=lambda: np.zeros((2, 0)))
+    s: np.ndarray = field(default_factory=lambda: np.zeros((2, 0)))
 
     def slot_of(self, strike: float) -> int:
         idx = self.slot.get(strike)
         if idx is None:
             idx = self.slot[strike] = len(self.strikes)
             self.strikes.append(strike)
-            for arr in (self.call_bid, self.call_ask, self.put_bid, self.put_ask, self.bid_iv, self.ask_iv):
+            for arr in (self.call_bid, self.call_ask, self.put_bid, self.put_ask):
                 arr.append(math.nan)
+            self.side = np.append(self.side, False)
+            self.x0 = np.append(self.x0, math.nan)
+            nan2 = np.full((2, 1), math.nan)
+            self.s0, self.s1, self.s2, self.s = (np.concatenate([a, nan2], axis=1)
+                                                 for a in (self.s0, self.s1, self.s2, self.s))
         return idx
+
+    def prices_coin(self, side: np.ndarray) -> np.ndarray:
+        """[bid, ask] coin prices of the OTM option per slot (NaN = no quote)."""
+        return np.stack([np.where(side, self.call_bid, self.put_bid), np.where(side, self.call_ask, self.put_ask)])
 
 
 def _best(levels) -> float:
@@ -98,7 +114,9 @@ class ChainLogic:
     """The per-expiry logic; `on_items` marks dirty, `on_epoch` recomputes."""
 
     def __init__(self, state: ChainState, *, epoch_ms: int, fit_interval_ms: int, min_quotes: int,
-                 max_rel_spread: float, budget: FitBudget, now_ms: Callable[[], int] = now_wall_ms):
+                 max_rel_spread: float, budget: FitBudget, now_ms: Callable[[], int] = now_wall_ms,
+                 skip_bp: float = 0.25, approx_bp: float = 50.0, taylor2_bp: float = 2.0,
+                 change_bp: float = 0.05):
         self.state = state
         self.epoch_ms = epoch_ms
         self.fit_interval_ms = fit_interval_ms
@@ -106,7 +124,10 @@ class ChainLogic:
         self.max_rel_spread = max_rel_spread
         self.budget = budget
         self.now_ms = now_ms
-        self.counters = {"items": 0, "iv_solves": 0, "fits": 0, "fits_deferred": 0}
+        self.skip_bp, self.approx_bp, self.taylor2_bp = skip_bp, approx_bp, taylor2_bp
+        self.change_bp = change_bp  # a published vol moving less than this does not dirty the fit
+        self.counters = {"items": 0, "iv_solves": 0, "iv_full": 0, "iv_taylor": 0, "iv_skipped": 0,
+                         "fits": 0, "fits_deferred": 0}
 
     # ------------------------------------------------------------------ items: mark dirty
     def on_items(self, items: Iterable) -> None:
@@ -163,12 +184,10 @@ class ChainLogic:
             self._update_forward()
         if s.forward is None:
             return []
-        if s.forward_dirty:
-            s.dirty.update(range(len(s.strikes)))
-            s.forward_dirty = False
-        if s.dirty:
-            self._solve(sorted(s.dirty), t)
+        if s.dirty or s.forward_dirty:
+            self._solve(t)
             s.dirty.clear()
+            s.forward_dirty = False
         if not s.smile_changed:
             return []
         if flush:
@@ -194,30 +213,73 @@ class ChainLogic:
             s.forward_dirty = True
         s.forward_method = est.method
 
-    def _solve(self, idx: list[int], t: float) -> None:
-        """OTM IVs (puts below the forward, calls at and above) for the given slots."""
+    def _solve(self, t: float) -> None:
+        """Bring every slot's published vol to within 1 bp of an exact solve.
+
+        Dirty quotes, side flips (the forward crossed the strike) and unsolved slots get a
+        full solve; after a forward move the others skip or take a Taylor step from their
+        last exact point when the move is small enough (operators/small_moves.py).
+        """
         s = self.state
-        sel = np.asarray(idx)
-        strikes = np.asarray(s.strikes)[sel]
-        is_call = strikes >= s.forward
-        bid_coin = np.where(is_call, np.asarray(s.call_bid)[sel], np.asarray(s.put_bid)[sel])
-        ask_coin = np.where(is_call, np.asarray(s.call_ask)[sel], np.asarray(s.put_ask)[sel])
-        prices = np.concatenate([bid_coin, ask_coin]) * s.forward
-        vols = iv.implied_vol(prices, s.forward, np.concatenate([strikes, strikes]), t,
-                              np.concatenate([is_call, is_call]))
-        self.counters["iv_solves"] += len(prices)
-        n = len(sel)
-        for j, slot in enumerate(idx):
-            b, a = float(vols[j]), float(vols[n + j])
-            if not (_same(b, s.bid_iv[slot]) and _same(a, s.ask_iv[slot])):
-                s.bid_iv[slot], s.ask_iv[slot] = b, a
-                s.smile_changed = True
+        n = len(s.strikes)
+        strikes = np.asarray(s.strikes)
+        side = strikes >= s.forward
+        x = np.log(s.forward / strikes)
+        full = np.zeros(n, bool)
+        full[list(s.dirty)] = True
+        full |= (side != s.side) | ~np.isfinite(s.x0)
+        old = s.s.copy()
+        prices = s.prices_coin(side)
+        # every slot not solved now is re-planned from its exact point (x back at x0 gives s0)
+        moved = ~full
+        if moved.any():
+            sqrt_t = math.sqrt(t)
+            dx = x[moved] - s.x0[moved]
+            plan = []
+            for j in (0, 1):
+                action, ds = small_moves.plan_moves(dx, s.s1[j, moved], s.s2[j, moved], sqrt_t,
+                                                    self.skip_bp, self.approx_bp, self.taylor2_bp)
+                # a put's coin price must stay below K/F (its upper bound) for a vol to exist
+                bound_ok = side[moved] | (prices[j, moved] < strikes[moved] / s.forward)
+                has_vol = np.isfinite(s.s0[j, moved])
+                action = np.where(has_vol & bound_ok, action, small_moves.FULL)
+                plan.append((action, ds))
+            needs_full = (plan[0][0] == small_moves.FULL) | (plan[1][0] == small_moves.FULL)
+            idx = np.flatnonzero(moved)
+            keep = idx[~needs_full]
+            for j in (0, 1):
+                action, ds = plan[j]
+                s.s[j, keep] = s.s0[j, keep] + ds[~needs_full]
+                self.counters["iv_skipped"] += int((action[~needs_full] == small_moves.SKIP).sum())
+                self.counters["iv_taylor"] += int((action[~needs_full] == small_moves.TAYLOR).sum())
+            full[idx[needs_full]] = True
+        sel = np.flatnonzero(full)
+        if sel.size:
+            k = strikes[sel]
+            vols = iv.implied_vol_coin(prices[:, sel].reshape(-1), s.forward, np.concatenate([k, k]), t,
+                                       np.concatenate([side[sel], side[sel]])).reshape(2, -1)
+            total_std = vols * math.sqrt(t)
+            s.side[sel] = side[sel]
+            s.x0[sel] = x[sel]
+            s.s0[:, sel] = s.s[:, sel] = total_std
+            for j in (0, 1):
+                s.s1[j, sel], s.s2[j, sel] = small_moves.s_derivatives(x[sel], total_std[j], side[sel])
+            self.counters["iv_full"] += 2 * sel.size
+            self.counters["iv_solves"] += 2 * sel.size
+        with np.errstate(invalid="ignore"):
+            delta_bp = np.abs(s.s - old) / math.sqrt(t) * 1e4
+        if np.any(delta_bp > self.change_bp) or np.any(np.isnan(s.s) != np.isnan(old)):
+            s.smile_changed = True
+
+    def published_vols(self, t: float) -> tuple[np.ndarray, np.ndarray]:
+        """(bid_iv, ask_iv) per slot as published now: decimals, NaN = none."""
+        sqrt_t = math.sqrt(t)
+        return self.state.s[0] / sqrt_t, self.state.s[1] / sqrt_t
 
     def _fit(self, epoch: int, ts: int, now: int, t: float) -> list:
         s = self.state
         strikes = np.asarray(s.strikes)
-        bid_iv = np.asarray(s.bid_iv)
-        ask_iv = np.asarray(s.ask_iv)
+        bid_iv, ask_iv = self.published_vols(t)
         two_sided = np.isfinite(bid_iv) & np.isfinite(ask_iv) & (ask_iv >= bid_iv)
         mid = 0.5 * (bid_iv + ask_iv)
         with np.errstate(invalid="ignore", divide="ignore"):

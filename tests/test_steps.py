@@ -2,6 +2,8 @@
 
 import pickle
 
+import numpy as np
+
 from bytewax.operators import StatefulBatchLogic
 
 from flows.steps import chain_builder, surface_builder
@@ -25,7 +27,7 @@ def test_chain_step_times_epochs_resumes_from_snapshot_and_leaves_at_expiry():
     assert step.notify_at().timestamp() * 1000 == EXPIRY
     resumed = build(pickle.loads(pickle.dumps(step.snapshot())))
     assert resumed.logic.state.last_fit == step.logic.state.last_fit
-    assert resumed.logic.state.bid_iv == step.logic.state.bid_iv
+    assert np.array_equal(resumed.logic.state.s, step.logic.state.s, equal_nan=True)
     clock.ms = EXPIRY
     out, discard = resumed.on_notify()
     assert out == [("expired", EXPIRY)] and discard is StatefulBatchLogic.DISCARD

@@ -1,0 +1,1212 @@
+"""`volgraph sim`: a local Deribit look-alike (JSON-RPC v2 over websocket) driven by a known,
+arbitrage-free "true" volatility surface, for tests and benchmarks.
+
+It speaks the subset of Deribit that volgraph uses (PROTOCOLS.md §A) with the real frame shapes:
+public/get_instruments, public/subscribe, public/unsubscribe, public/set_heartbeat (then
+heartbeat and test_request frames, closing sessions that do not answer), public/test,
+public/get_time, public/get_index_price; channels book.{instrument}.{interval},
+ticker.{instrument}.{interval} and deribit_price_index.{index}.
+
+The market: per currency a seeded spot process (GBM with jumps) and an SSVI surface
+(θ(T) from an ATM term structure, power-law φ with η(1+|ρ|) ≤ 2, so butterfly- and
+calendar-free by construction); raw SVI slices follow from it. Option prices are Black-76
+(operators.black) at the true vol on each expiry's forward (spot × e^{basis·T}), in coin.
+Book bids are rounded down and asks up to Deribit's option ticks (0.0001 coin, 0.0005 at
+0.005 and above), so every best bid ≤ true price ≤ best ask. The sequence of market states
+is a function of the seed and the tick count; frame timestamps are wall clock.
+
+It must never be used as a source of truth about Deribit's behaviour beyond PROTOCOLS.md, and
+it never imports flows or the parser in connectors/deribit.py (the tests compare the two).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import calendar
+import collections
+import itertools
+import logging
+import math
+import random
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import orjson
+from websockets.exceptions import ConnectionClosed
+
+from operators.black import black_price, d1_d2, greeks
+
+log = logging.getLogger(__name__)
+
+YEAR_MS = 365 * 86_400_000  # ACT/365 (DESIGN.md §6)
+VERSION = "1.2.26-volgraph-sim"
+_MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
+PERPETUAL_EXPIRATION_MS = 32_503_708_800_000  # what Deribit lists for perpetuals (year 3000)
+
+# Deribit option ticks (coin): 0.0001 below 0.005, 0.0005 from 0.005 up.
+OPT_TICK_SMALL = 0.0001
+OPT_TICK_LARGE = 0.0005
+OPT_TICK_ABOVE = 0.005
+
+
+@dataclass(frozen=True)
+class CurrencyModel:
+    """The true market of one currency. Vols are decimals; times in years."""
+
+    spot_usd: float
+    spot_vol: float  # GBM diffusion vol of the spot
+    jump_per_year: float  # Poisson intensity of spot jumps
+    jump_mean: float  # mean log-jump
+    jump_sd: float
+    atm_vol_short: float  # ATM vol as T → 0
+    atm_vol_long: float  # ATM vol as T → ∞
+    term_tau_years: float  # decay of the ATM term structure
+    rho: float  # SSVI skew
+    eta: float  # SSVI power-law φ(θ) = η / (θ^γ (1+θ)^(1−γ)); η(1+|ρ|) ≤ 2 keeps it arb-free
+    gamma: float
+    basis_per_year: float  # forward = spot × e^{basis·T}
+    strike_step_min: float  # smallest "nice" strike step in USD
+    future_tick_usd: float
+    option_min_amount: float  # contracts (coin)
+    future_contract_usd: float
+    level_vol: float = 0.3  # vol-of-vol of the level multiplier λ (per √year)
+    level_kappa: float = 2.0  # its mean reversion per year
+
+
+MODELS: dict[str, CurrencyModel] = {
+    "BTC": CurrencyModel(100_000.0, 0.50, 20.0, 0.0, 0.02, 0.55, 0.50, 0.25, -0.10, 1.0, 0.4, 0.03,
+                         50.0, 2.5, 0.1, 10.0),
+    "ETH": CurrencyModel(3_500.0, 0.65, 20.0, 0.0, 0.03, 0.70, 0.62, 0.25, -0.15, 1.0, 0.4, 0.03,
+                         5.0, 0.05, 1.0, 1.0),
+}
+
+# How many expiries of each Deribit kind, and strikes per expiry.
+SCALES: dict[str, dict[str, Any]] = {
+    "small": {"plan": {"daily": 1, "weekly": 1, "monthly": 0, "quarterly": 0}, "n_strikes": 12,
+              "n_sd": 2.5, "depth": 5},
+    "seed": {"plan": {"daily": 2, "weekly": 3, "monthly": 4, "quarterly": 3},
+             "n_strikes": {"BTC": 167, "ETH": 84}, "n_sd": 4.0, "depth": 8},
+}
+
+
+# ---------------------------------------------------------------- calendar
+
+
+def _at_0800(d: datetime) -> int:
+    return calendar.timegm((d.year, d.month, d.day, 8, 0, 0)) * 1000
+
+
+def _last_friday(year: int, month: int) -> datetime:
+    last = calendar.monthrange(year, month)[1]
+    d = datetime(year, month, last, tzinfo=timezone.utc)
+    return d - timedelta(days=(d.weekday() - 4) % 7)
+
+
+def deribit_expiries(now_ms: int, daily: int = 2, weekly: int = 2, monthly: int = 3, quarterly: int = 2,
+                     min_life_ms: int = 30 * 60_000) -> list[int]:
+    """Deribit-like expiries at 08:00 UTC after now (+min_life): the next `daily` days, then
+    Fridays, last Fridays of months, last Fridays of quarter months, without duplicates."""
+    cutoff = now_ms + min_life_ms
+    today = datetime.fromtimestamp(now_ms / 1000.0, tz=timezone.utc).replace(hour=0, minute=0, second=0,
+                                                                             microsecond=0)
+    chosen: list[int] = []
+
+    def take(candidates, n):
+        got = 0
+        for ts in candidates:
+            if got >= n:
+                break
+            if ts > cutoff and ts not in chosen:
+                chosen.append(ts)
+                got += 1
+
+    days = (today + timedelta(days=i) for i in range(0, 4000))
+    take((_at_0800(d) for d in days), daily)
+    take((_at_0800(today + timedelta(days=i)) for i in range(0, 4000) if (today + timedelta(days=i)).weekday() == 4),
+         weekly)
+
+    def month_ends(quarter_only: bool):
+        y, m = today.year, today.month
+        for _ in range(240):
+            if not quarter_only or m in (3, 6, 9, 12):
+                yield _at_0800(_last_friday(y, m))
+            m += 1
+            if m == 13:
+                y, m = y + 1, 1
+
+    take(month_ends(False), monthly)
+    take(month_ends(True), quarterly)
+    return sorted(chosen)
+
+
+def expiry_code(expiry_ms: int) -> str:
+    dt = datetime.fromtimestamp(expiry_ms / 1000.0, tz=timezone.utc)
+    return f"{dt.day}{_MONTHS[dt.month - 1]}{dt.year % 100:02d}"
+
+
+def _nice_step(raw: float, minimum: float) -> float:
+    raw = max(raw, minimum)
+    mag = 10.0 ** math.floor(math.log10(raw))
+    for mult in (1.0, 2.0, 2.5, 5.0, 10.0):
+        if mult * mag >= raw - 1e-12:
+            return mult * mag
+    return 10.0 * mag
+
+
+def _strike_txt(k: float) -> str:
+    return str(int(k)) if k == int(k) else repr(k).replace(".", "d")
+
+
+# ---------------------------------------------------------------- ticks
+
+
+def floor_tick(price_coin: float) -> float:
+    """Round a bid down to Deribit's option tick for its price."""
+    if price_coin >= OPT_TICK_ABOVE:
+        return round(math.floor(price_coin / OPT_TICK_LARGE + 1e-9) * OPT_TICK_LARGE, 4)
+    return round(math.floor(price_coin / OPT_TICK_SMALL + 1e-9) * OPT_TICK_SMALL, 4)
+
+
+def ceil_tick(price_coin: float) -> float:
+    """Round an ask up to Deribit's option tick for its price (at least one small tick)."""
+    p = max(price_coin, OPT_TICK_SMALL)
+    if p > OPT_TICK_ABOVE:
+        return round(math.ceil(p / OPT_TICK_LARGE - 1e-9) * OPT_TICK_LARGE, 4)
+    return round(math.ceil(p / OPT_TICK_SMALL - 1e-9) * OPT_TICK_SMALL, 4)
+
+
+def floor_ticks(price_coin: np.ndarray) -> np.ndarray:
+    """floor_tick over an array (same results, one numpy pass per tick instead of per message)."""
+    tick = np.where(price_coin >= OPT_TICK_ABOVE, OPT_TICK_LARGE, OPT_TICK_SMALL)
+    return np.round(np.floor(price_coin / tick + 1e-9) * tick, 4)
+
+
+def ceil_ticks(price_coin: np.ndarray) -> np.ndarray:
+    p = np.maximum(price_coin, OPT_TICK_SMALL)
+    tick = np.where(p > OPT_TICK_ABOVE, OPT_TICK_LARGE, OPT_TICK_SMALL)
+    return np.round(np.ceil(p / tick - 1e-9) * tick, 4)
+
+
+def book_levels(bid_coin: np.ndarray, ask_coin: np.ndarray, depth: int) -> tuple[list, list]:
+    """Tick-aligned book prices for many options at once: bids floored, asks ceiled, deeper
+    levels half a spread apart (at least one tick). Returns per-option lists, best first;
+    bids stop before reaching zero."""
+    bid0 = floor_ticks(bid_coin)
+    ask0 = ceil_ticks(ask_coin)
+    ask0 = np.where(ask0 <= bid0, ceil_ticks(bid0 + OPT_TICK_SMALL), ask0)
+    step = np.maximum(floor_ticks((ask0 - bid0) / 2), np.where(bid0 >= OPT_TICK_ABOVE, OPT_TICK_LARGE,
+                                                                  OPT_TICK_SMALL))
+    bids = np.empty((len(bid0), depth))
+    asks = np.empty((len(ask0), depth))
+    bids[:, 0], asks[:, 0] = bid0, ask0
+    for j in range(1, depth):
+        prev = bids[:, j - 1]
+        bids[:, j] = np.where(prev > 0, floor_ticks(np.maximum(prev - step, 0.0)), 0.0)
+        asks[:, j] = ceil_ticks(asks[:, j - 1] + step)
+    bid_lists = [[p for p in row if p > 0] for row in bids.tolist()]
+    return bid_lists, asks.tolist()
+
+
+def _ncdf(x: float) -> float:
+    return 0.5 * math.erfc(-x / math.sqrt(2.0))
+
+
+def _implied_vol(price_usd: float, forward: float, strike: float, t_years: float, is_call: bool) -> Optional[float]:
+    """Scalar Black-76 IV by safeguarded Newton/bisection, for ticker bid_iv/ask_iv only.
+    None when the price is outside the no-arbitrage band (the ticker then sends a sentinel)."""
+    intrinsic = max(forward - strike, 0.0) if is_call else max(strike - forward, 0.0)
+    upper = forward if is_call else strike
+    if not intrinsic < price_usd < upper or t_years <= 0:
+        return None
+    sqrt_t = math.sqrt(t_years)
+    lo, hi, vol = 1e-4, 20.0, 0.6
+    for _ in range(60):
+        s = vol * sqrt_t
+        d1 = math.log(forward / strike) / s + 0.5 * s
+        d2 = d1 - s
+        px = forward * _ncdf(d1) - strike * _ncdf(d2) if is_call else strike * _ncdf(-d2) - forward * _ncdf(-d1)
+        diff = px - price_usd
+        if diff == 0.0:
+            return vol
+        if diff > 0:
+            hi = vol
+        else:
+            lo = vol
+        vega = forward * math.exp(-0.5 * d1 * d1) / math.sqrt(2 * math.pi) * sqrt_t
+        nxt = vol - diff / vega if vega > 1e-300 else 0.5 * (lo + hi)
+        if not lo < nxt < hi:
+            nxt = 0.5 * (lo + hi)
+        if abs(nxt - vol) < 1e-12 or hi - lo < 1e-12:  # converged in vol, not in price
+            return nxt
+        vol = nxt
+    return vol
+
+
+# ---------------------------------------------------------------- the market
+
+
+class _Currency:
+    """Instruments, state and current prices of one currency (vectorised over options)."""
+
+    def __init__(self, name: str, model: CurrencyModel, expiries: list[int], n_strikes: int, n_sd: float,
+                 seed: int, index: int, created_ms: int):
+        self.name = name
+        self.model = model
+        self.rng = np.random.default_rng([seed, index])  # the market path: seed and tick count only
+        self.spot = model.spot_usd
+        self.level = 1.0  # multiplier on all ATM vols (uniform in T keeps θ(T) increasing)
+        self.expiries = expiries
+        self.created_ms = created_ms
+        self.n_strikes = n_strikes
+        self.n_sd = n_sd
+        self.futures: dict[int, str] = {}  # expiry → future name (not for dailies)
+        self.perpetual = f"{name}-PERPETUAL"
+        self.price_version = -1
+        self._build_instruments(created_ms)
+
+    # SSVI -------------------------------------------------------------------------------------
+    def atm_vol(self, t_years):
+        m = self.model
+        t = np.asarray(t_years, float)
+        return self.level * (m.atm_vol_long + (m.atm_vol_short - m.atm_vol_long) * np.exp(-t / m.term_tau_years))
+
+    def theta(self, t_years):
+        t = np.asarray(t_years, float)
+        return self.atm_vol(t) ** 2 * t
+
+    def phi(self, theta):
+        m = self.model
+        return m.eta / (theta ** m.gamma * (1.0 + theta) ** (1.0 - m.gamma))
+
+    def total_variance(self, k, t_years):
+        th = self.theta(t_years)
+        ph = self.phi(th)
+        rho = self.model.rho
+        return 0.5 * th * (1.0 + rho * ph * k + np.sqrt((ph * k + rho) ** 2 + 1.0 - rho * rho))
+
+    def raw_svi(self, t_years: float) -> tuple[float, float, float, float, float]:
+        """SSVI slice → raw SVI (a, b, ρ, m, σ) (Gatheral–Jacquier 2014, lemma 3.3)."""
+        th = float(self.theta(t_years))
+        ph = float(self.phi(th))
+        rho = self.model.rho
+        return (0.5 * th * (1.0 - rho * rho), 0.5 * th * ph, rho, -rho / ph, math.sqrt(1.0 - rho * rho) / ph)
+
+    def forward(self, t_years):
+        return self.spot * np.exp(self.model.basis_per_year * np.asarray(t_years, float))
+
+    # instruments ------------------------------------------------------------------------------
+    def _build_instruments(self, now_ms: int) -> None:
+        names, strikes, exp_idx, calls = [], [], [], []
+        self.strikes_by_expiry: dict[int, list[float]] = {}
+        for e_i, expiry in enumerate(self.expiries):
+            t = max((expiry - now_ms) / YEAR_MS, 1e-6)
+            fwd = float(self.forward(t))
+            sd = float(self.atm_vol(t)) * math.sqrt(t)
+            lo, hi = fwd * math.exp(-self.n_sd * sd), fwd * math.exp(self.n_sd * sd)
+            step = _nice_step((hi - lo) / max(self.n_strikes - 1, 1), self.model.strike_step_min)
+            # centre the grid on the forward so the money is always covered
+            first = max(step, round(fwd / step) * step - step * ((self.n_strikes - 1) // 2))
+            ks = [first + i * step for i in range(self.n_strikes)]
+            self.strikes_by_expiry[expiry] = ks
+            code = expiry_code(expiry)
+            for k in ks:
+                for cp in ("C", "P"):
+                    names.append(f"{self.name}-{code}-{_strike_txt(k)}-{cp}")
+                    strikes.append(k)
+                    exp_idx.append(e_i)
+                    calls.append(cp == "C")
+            if t * 365 > 1.5:  # Deribit lists futures for weeklies and longer, not dailies
+                self.futures[expiry] = f"{self.name}-{code}"
+        self.names = names
+        self.index_of = {n: i for i, n in enumerate(names)}
+        self.strike = np.array(strikes, float)
+        self.exp_idx = np.array(exp_idx, np.int64)
+        self.is_call = np.array(calls, bool)
+        self.future_expiry = {name: e for e, name in self.futures.items()}
+        self.future_expiry[self.perpetual] = 0
+        rng = random.Random(f"{self.name}-static")
+        self.open_interest = [round(rng.uniform(0, 2000), 1) for _ in names]
+
+    def underlying_index(self, expiry: int) -> str:
+        return self.futures.get(expiry) or f"SYN.{self.name}-{expiry_code(expiry)}"
+
+    # dynamics ---------------------------------------------------------------------------------
+    def step(self, dt_years: float) -> None:
+        """One tick of the spot (GBM + compound Poisson jumps) and the vol level (OU)."""
+        m = self.model
+        z, z_level = self.rng.standard_normal(2)
+        n_jumps = self.rng.poisson(m.jump_per_year * dt_years)
+        jump = float(self.rng.normal(m.jump_mean, m.jump_sd, n_jumps).sum()) if n_jumps else 0.0
+        comp = m.jump_per_year * (math.exp(m.jump_mean + 0.5 * m.jump_sd ** 2) - 1.0)  # keeps E[S] driftless
+        self.spot *= math.exp((-0.5 * m.spot_vol ** 2 - comp) * dt_years + m.spot_vol * math.sqrt(dt_years) * z + jump)
+        self.level += m.level_kappa * (1.0 - self.level) * dt_years + m.level_vol * math.sqrt(dt_years) * z_level
+        self.level = min(max(self.level, 0.5), 2.0)
+
+    def reprice(self, now_ms: int) -> None:
+        """All option prices at the current state (vectorised: 3 Black-76 calls per tick)."""
+        exp = np.array(self.expiries, np.int64)
+        self.t_e = np.maximum((exp - now_ms) / YEAR_MS, 1e-6)
+        self.fwd_e = self.forward(self.t_e)
+        t = self.t_e[self.exp_idx]
+        f = self.fwd_e[self.exp_idx]
+        k = np.log(self.strike / f)
+        w = self.total_variance(k, t)
+        vol = np.sqrt(w / t)
+        z = np.abs(k) / (vol * np.sqrt(t))
+        half = 0.005 + 0.015 * np.minimum(z, 3.0) / 3.0  # half-spread in vol: 0.5 pt ATM, 2 pts in the wings
+        true_usd = black_price(f, self.strike, t, vol, self.is_call)
+        bid_usd = black_price(f, self.strike, t, np.maximum(vol - half, 0.01), self.is_call)
+        ask_usd = black_price(f, self.strike, t, vol + half, self.is_call)
+        g = greeks(f, self.strike, t, vol, self.is_call)
+        self.t = t
+        self.f = f
+        self.vol = vol
+        self.true_coin = true_usd / f
+        self.bid_coin = np.minimum(bid_usd / f, self.true_coin)
+        self.ask_coin = np.maximum(ask_usd / f, self.true_coin)
+        self.delta = g["delta"]
+        self.gamma = g["gamma"]
+        self.vega_usd_pt = g["vega"] / 100.0  # per vol point, as Deribit shows it
+        d1, _ = d1_d2(f, self.strike, t, vol)
+        pdf = np.exp(-0.5 * d1 * d1) / math.sqrt(2 * math.pi)
+        self.theta_usd_day = -f * pdf * vol / (2 * np.sqrt(t)) / 365.0  # undiscounted Black-76 theta per day
+
+
+class _Book:
+    __slots__ = ("bids", "asks", "change_id")
+
+    def __init__(self):
+        self.bids: dict[float, float] = {}
+        self.asks: dict[float, float] = {}
+        self.change_id = 0
+
+
+class _Conn:
+    def __init__(self, ws, queue_max: int):
+        self.ws = ws
+        self.channels: set[str] = set()
+        self.out: asyncio.Queue = asyncio.Queue(queue_max)
+        self.heartbeat_task: Optional[asyncio.Task] = None
+        self.test_outstanding = False
+        self.closed = False
+        self.rate_limited = False
+
+
+# ---------------------------------------------------------------- the server
+
+
+class Simulator:
+    """An in-process Deribit simulator. start() → "ws://127.0.0.1:PORT"; stop() shuts it down.
+
+    Thread model: everything runs on the simulator's own thread and asyncio loop once started;
+    the inspection methods (true_vol, spot, …) read the current state and are meant for tests.
+    advance() steps the market by hand and is only for a simulator that is not started.
+    """
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, seed: int = 7, rate: float = 2000.0,
+                 currencies: Sequence[str] = ("BTC", "ETH"), scale: str = "small",
+                 n_expiries: Optional[int] = None, n_strikes: Optional[int] = None,
+                 plan: Optional[dict[str, int]] = None, depth: Optional[int] = None,
+                 tick_ms: float = 100.0, now_ms: Optional[int] = None, book_share: float = 0.9,
+                 min_heartbeat_s: float = 10.0, conn_queue_max: int = 100_000,
+                 max_message_bytes: int = 1 << 20):
+        if scale not in SCALES:
+            raise ValueError(f"scale={scale!r}: use one of {', '.join(SCALES)}")
+        unknown = [c for c in currencies if c.upper() not in MODELS]
+        if unknown:
+            raise ValueError(f"currencies {unknown}: the simulator models {', '.join(MODELS)}")
+        if rate < 0:
+            raise ValueError(f"rate={rate}: messages per second must be >= 0")
+        cfg = SCALES[scale]
+        self.host, self.port = host, port
+        self.seed = seed
+        self.rate = float(rate)
+        self.tick_ms = float(tick_ms)
+        self.book_share = book_share
+        self.min_heartbeat_s = min_heartbeat_s
+        self.conn_queue_max = conn_queue_max
+        self.max_message_bytes = max_message_bytes
+        self.depth = depth or cfg["depth"]
+        self._fixed_clock = now_ms is not None
+        self._start_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+        self._ticks = 0
+        self._model_ms = self._start_ms
+        plan = plan or cfg["plan"]
+        self._cur: dict[str, _Currency] = {}
+        for i, c in enumerate(currencies):
+            c = c.upper()
+            exps = deribit_expiries(self._start_ms, **plan)
+            if n_expiries is not None:
+                exps = exps[:n_expiries]
+            ns = n_strikes or (cfg["n_strikes"][c] if isinstance(cfg["n_strikes"], dict) else cfg["n_strikes"])
+            self._cur[c] = _Currency(c, MODELS[c], exps, ns, cfg["n_sd"], seed, i, self._start_ms)
+        self._by_option: dict[str, tuple[_Currency, int]] = {}
+        self._by_future: dict[str, _Currency] = {}
+        for cur in self._cur.values():
+            for n, i in cur.index_of.items():
+                self._by_option[n] = (cur, i)
+            for n in cur.future_expiry:
+                self._by_future[n] = cur
+        self._index_names = {f"{c.lower()}_usd": cur for c, cur in self._cur.items()}
+        self._rng = random.Random(seed)  # message choices (which channel, amounts)
+        self._change_ids = itertools.count(10_000_000 + 1_000 * (seed % 1000))
+        self._books: dict[str, _Book] = {}
+        self._reprice_all()
+        self._instrument_cache: dict[tuple[str, str], list] = {}
+
+        self._conns: set[_Conn] = set()
+        self._subs: dict[str, set[_Conn]] = {}
+        self._sub_lists: Optional[tuple[list, list, list]] = None
+        self._gap_next: set[str] = set()
+        self._rate_limit_next = 0
+        self.counters: collections.Counter = collections.Counter({k: 0 for k in (
+            "connections", "connections_open", "requests", "messages_sent", "book_messages", "ticker_messages",
+            "index_messages", "snapshots", "test_requests_sent", "test_answers", "heartbeats_sent",
+            "heartbeat_closes", "slow_closes", "gaps_injected", "drops_injected", "subscribe_calls",
+            "unsubscribe_calls", "rpc_errors", "ticks")})
+        self._cond = threading.Condition()
+        self._thread: Optional[threading.Thread] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._server = None
+        self._stopped: Optional[asyncio.Event] = None
+        self._started = threading.Event()
+        self._start_error: Optional[BaseException] = None
+        self.url: Optional[str] = None
+
+    # ------------------------------------------------ inspection (tests)
+
+    def now_ms(self) -> int:
+        """The model clock: wall clock when live, start + ticks × tick_ms with a fixed now_ms."""
+        return self._model_ms
+
+    def expiries(self, underlying: str) -> list[int]:
+        return list(self._currency(underlying).expiries)
+
+    def strikes(self, underlying: str, expiry_ms: int) -> list[float]:
+        return list(self._currency(underlying).strikes_by_expiry[expiry_ms])
+
+    def instrument_names(self, underlying: str, kind: str = "option") -> list[str]:
+        cur = self._currency(underlying)
+        if kind == "option":
+            return list(cur.names)
+        return [cur.futures[e] for e in cur.expiries if e in cur.futures] + [cur.perpetual]
+
+    def spot(self, underlying: str) -> float:
+        return self._currency(underlying).spot
+
+    def forward(self, underlying: str, expiry_ms: int) -> float:
+        cur = self._currency(underlying)
+        return float(cur.forward(self._t_years(expiry_ms)))
+
+    def true_svi(self, underlying: str, expiry_ms: int) -> tuple[float, float, float, float, float, float]:
+        """Raw SVI (a, b, ρ, m, σ) of the true slice in k = ln(K/F), and its t_years, now."""
+        t = self._t_years(expiry_ms)
+        return (*self._currency(underlying).raw_svi(t), t)
+
+    def true_vol(self, underlying: str, expiry_ms: int, strike: float, forward: Optional[float] = None) -> float:
+        """The true Black-76 vol (decimal) at `strike`; k is taken against `forward` if given
+        (e.g. the ticker's underlying_price), else the model's current forward."""
+        cur = self._currency(underlying)
+        t = self._t_years(expiry_ms)
+        fwd = float(cur.forward(t)) if forward is None else forward
+        return math.sqrt(float(cur.total_variance(math.log(strike / fwd), t)) / t)
+
+    def quote_levels(self, instrument: str) -> tuple[list[float], list[float]]:
+        """The book prices (bids best first, asks best first) the market wants now; no side effects."""
+        return self._target_prices(instrument)
+
+    def true_price_coin(self, instrument: str) -> float:
+        cur, i = self._by_option[instrument]
+        return float(cur.true_coin[i])
+
+    def advance(self, n_ticks: int = 1) -> None:
+        """Step the market n ticks by hand (a simulator that is not started only)."""
+        if self._thread is not None:
+            raise RuntimeError("advance() is for a stopped simulator; a started one ticks on its own")
+        for _ in range(n_ticks):
+            self._step()
+        self._reprice_all()
+
+    def inject(self, kind: str, instrument: Optional[str] = None) -> None:
+        """Faults: "gap" (the next change of `instrument`, or of any book, skips a change_id),
+        "drop" (abort every connection), "rate_limit" (the next request gets error 10028 and
+        the session is closed)."""
+        if kind not in ("gap", "drop", "rate_limit"):
+            raise ValueError(f"inject({kind!r}): known faults are gap, drop, rate_limit")
+        if instrument is not None and instrument not in self._by_option and instrument not in self._by_future:
+            raise ValueError(f"inject({kind!r}, {instrument!r}): unknown instrument")
+        if self._loop is None:
+            self._inject(kind, instrument)
+        else:
+            self._loop.call_soon_threadsafe(self._inject, kind, instrument)
+
+    def wait_for(self, predicate: Callable[[dict], bool], timeout: float) -> bool:
+        """Wait until predicate(counters) holds (re-checked on notable events and every 50 ms)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate(dict(self.counters)):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.05))
+        return True
+
+    def _currency(self, underlying: str) -> _Currency:
+        try:
+            return self._cur[underlying.upper()]
+        except KeyError:
+            raise ValueError(f"underlying {underlying!r}: this simulator runs {', '.join(self._cur)}") from None
+
+    def _t_years(self, expiry_ms: int) -> float:
+        return max((expiry_ms - self._model_ms) / YEAR_MS, 1e-6)
+
+    def _bump(self, key: str, n: int = 1, notify: bool = False) -> None:
+        self.counters[key] += n
+        if notify:
+            with self._cond:
+                self._cond.notify_all()
+
+    # ------------------------------------------------ market
+
+    def _step(self) -> None:
+        dt_years = self.tick_ms / YEAR_MS
+        for cur in self._cur.values():
+            cur.step(dt_years)
+        self._ticks += 1
+        self.counters["ticks"] = self._ticks
+        if self._fixed_clock:
+            self._model_ms = self._start_ms + int(self._ticks * self.tick_ms)
+        else:
+            self._model_ms = int(time.time() * 1000)
+
+    def _reprice_all(self) -> None:
+        for cur in self._cur.values():
+            cur.reprice(self._model_ms)
+            cur.bid_levels, cur.ask_levels = book_levels(cur.bid_coin, cur.ask_coin, self.depth)
+
+    def _target_prices(self, instrument: str) -> tuple[list[float], list[float]]:
+        hit = self._by_option.get(instrument)
+        depth = self.depth
+        if hit is not None:
+            cur, i = hit
+            return list(cur.bid_levels[i]), list(cur.ask_levels[i])
+        cur = self._by_future[instrument]
+        fwd = self._future_price(cur, instrument)
+        tick = cur.model.future_tick_usd
+        bid0 = math.floor(fwd / tick - 0.5) * tick
+        bids = [round(bid0 - j * tick, 2) for j in range(depth)]
+        asks = [round(bid0 + (j + 2) * tick, 2) for j in range(depth)]
+        return bids, asks
+
+    def _future_price(self, cur: _Currency, instrument: str) -> float:
+        expiry = cur.future_expiry[instrument]
+        if expiry == 0:
+            return cur.spot * 1.0001  # a perpetual trades a hair above the index
+        return float(cur.forward(self._t_years(expiry)))
+
+    def _amount(self, instrument: str) -> float:
+        # random() scaled, not randint(): this runs for every level of every message
+        hit = self._by_option.get(instrument)
+        if hit is not None:
+            return round(hit[0].model.option_min_amount * (int(self._rng.random() * 500) + 1), 1)
+        cur = self._by_future[instrument]
+        return float(cur.model.future_contract_usd * (int(self._rng.random() * 5000) + 1))
+
+    def _book_state(self, instrument: str) -> _Book:
+        book = self._books.get(instrument)
+        if book is None:
+            book = _Book()
+            bids, asks = self._target_prices(instrument)
+            book.bids = {px: self._amount(instrument) for px in bids}
+            book.asks = {px: self._amount(instrument) for px in asks}
+            book.change_id = next(self._change_ids)
+            self._books[instrument] = book
+        return book
+
+    def _snapshot_data(self, instrument: str, ts: int) -> dict:
+        book = self._book_state(instrument)
+        return {"type": "snapshot", "timestamp": ts, "instrument_name": instrument, "change_id": book.change_id,
+                "bids": [["new", px, amt] for px, amt in sorted(book.bids.items(), reverse=True)],
+                "asks": [["new", px, amt] for px, amt in sorted(book.asks.items())]}
+
+    def _diff(self, instrument: str, book: _Book) -> tuple[list, list]:
+        bids_t, asks_t = self._target_prices(instrument)
+        out = []
+        for side, target in ((book.bids, bids_t), (book.asks, asks_t)):
+            changes = []
+            tset = set(target)
+            for px in [p for p in side if p not in tset]:
+                del side[px]
+                changes.append(["delete", px, 0.0])
+            for px in target:
+                if px not in side:
+                    amt = self._amount(instrument)
+                    side[px] = amt
+                    changes.append(["new", px, amt])
+            out.append(changes)
+        if not out[0] and not out[1]:
+            # Prices unchanged: someone re-sized a level (the common case on a real book).
+            sides = [s for s in (0, 1) if (book.bids, book.asks)[s]]
+            if sides:
+                s = self._rng.choice(sides)
+                side = (book.bids, book.asks)[s]
+                px = self._rng.choice(list(side))
+                amt = self._amount(instrument)
+                if amt == side[px]:
+                    amt = round(amt + (self._by_option[instrument][0].model.option_min_amount
+                                       if instrument in self._by_option else 10.0), 1)
+                side[px] = amt
+                out[s].append(["change", px, amt])
+        return out[0], out[1]
+
+    def _change_data(self, instrument: str, ts: int) -> Optional[dict]:
+        book = self._book_state(instrument)
+        if instrument in self._gap_next or "*" in self._gap_next:
+            self._gap_next.discard(instrument)
+            self._gap_next.discard("*")
+            self._diff(instrument, book)  # a change that is never sent: subscribers see a gap
+            book.change_id = next(self._change_ids)
+            self._bump("gaps_injected", notify=True)
+        bids, asks = self._diff(instrument, book)
+        if not bids and not asks:
+            return None
+        prev = book.change_id
+        book.change_id = next(self._change_ids)
+        return {"type": "change", "timestamp": ts, "prev_change_id": prev, "instrument_name": instrument,
+                "change_id": book.change_id, "bids": bids, "asks": asks}
+
+    def _ticker_data(self, instrument: str, ts: int) -> dict:
+        hit = self._by_option.get(instrument)
+        book = self._books.get(instrument)
+        if book is None:
+            bids_t, asks_t = self._target_prices(instrument)
+            best_bid, best_ask = (bids_t[0] if bids_t else 0.0), (asks_t[0] if asks_t else 0.0)
+            bid_amt = ask_amt = 0.0
+        else:
+            best_bid = max(book.bids) if book.bids else 0.0
+            best_ask = min(book.asks) if book.asks else 0.0
+            bid_amt = book.bids.get(best_bid, 0.0)
+            ask_amt = book.asks.get(best_ask, 0.0)
+        if hit is None:
+            return self._future_ticker(instrument, ts, best_bid, bid_amt, best_ask, ask_amt)
+        cur, i = hit
+        f = float(cur.f[i])
+        k = float(cur.strike[i])
+        t = float(cur.t[i])
+        call = bool(cur.is_call[i])
+        mark = float(cur.true_coin[i])
+        bid_iv = _implied_vol(best_bid * f, f, k, t, call) if best_bid > 0 else None
+        ask_iv = _implied_vol(best_ask * f, f, k, t, call) if best_ask > 0 else None
+        expiry = cur.expiries[int(cur.exp_idx[i])]
+        return {
+            "timestamp": ts,
+            "stats": {"volume_usd": 0.0, "volume": 0.0, "price_change": None, "low": None, "high": None},
+            "state": "open",
+            "settlement_price": round(mark, 8),
+            "open_interest": cur.open_interest[i],
+            "min_price": OPT_TICK_SMALL,
+            "max_price": ceil_tick(mark + 0.05 + 0.1 * mark),
+            "mark_price": round(mark, 8),
+            "mark_iv": round(float(cur.vol[i]) * 100.0, 2),
+            "last_price": None,
+            "interest_rate": 0.0,
+            "instrument_name": instrument,
+            "index_price": round(cur.spot, 2),
+            "greeks": {"vega": round(float(cur.vega_usd_pt[i]), 5), "theta": round(float(cur.theta_usd_day[i]), 5),
+                       "rho": 0.0, "gamma": round(float(cur.gamma[i]), 8), "delta": round(float(cur.delta[i]), 5)},
+            "estimated_delivery_price": round(cur.spot, 2),
+            "bid_iv": round(bid_iv * 100.0, 2) if bid_iv is not None else 0.0,
+            "best_bid_price": best_bid,
+            "best_bid_amount": bid_amt,
+            "best_ask_price": best_ask,
+            "best_ask_amount": ask_amt,
+            "ask_iv": round(ask_iv * 100.0, 2) if ask_iv is not None else (500.0 if best_ask > 0 else 0.0),
+            "underlying_price": round(f, 4),
+            "underlying_index": cur.underlying_index(expiry),
+        }
+
+    def _future_ticker(self, instrument: str, ts: int, best_bid: float, bid_amt: float, best_ask: float,
+                       ask_amt: float) -> dict:
+        cur = self._by_future[instrument]
+        mark = round(self._future_price(cur, instrument), 2)
+        data = {
+            "timestamp": ts,
+            "stats": {"volume_usd": 0.0, "volume": 0.0, "price_change": 0.0, "low": mark, "high": mark},
+            "state": "open",
+            "settlement_price": mark,
+            "open_interest": 1_000_000.0,
+            "min_price": round(mark * 0.97, 2),
+            "max_price": round(mark * 1.03, 2),
+            "mark_price": mark,
+            "last_price": mark,
+            "instrument_name": instrument,
+            "index_price": round(cur.spot, 2),
+            "estimated_delivery_price": round(cur.spot, 2),
+            "best_bid_price": best_bid,
+            "best_bid_amount": bid_amt,
+            "best_ask_price": best_ask,
+            "best_ask_amount": ask_amt,
+        }
+        if cur.future_expiry[instrument] == 0:
+            data["interest_value"] = 0.0
+            data["funding_8h"] = 0.0001
+            data["current_funding"] = 0.0
+        return data
+
+    # ------------------------------------------------ JSON-RPC
+
+    def _instrument_rows(self, currency: str, kind: Optional[str]) -> list:
+        key = (currency, kind or "any")
+        rows = self._instrument_cache.get(key)
+        if rows is not None:
+            return rows
+        cur = self._cur[currency]
+        lower = currency.lower()
+        rows = []
+        created = cur.created_ms - 86_400_000
+        if kind in (None, "option"):
+            for i, name in enumerate(cur.names):
+                expiry = cur.expiries[int(cur.exp_idx[i])]
+                rows.append({
+                    "tick_size": OPT_TICK_SMALL, "tick_size_steps": [{"above_price": OPT_TICK_ABOVE,
+                                                                      "tick_size": OPT_TICK_LARGE}],
+                    "taker_commission": 0.0003, "strike": float(cur.strike[i]),
+                    "settlement_period": _period(expiry, cur.created_ms), "settlement_currency": currency,
+                    "rfq": False, "quote_currency": currency, "price_index": f"{lower}_usd",
+                    "option_type": "call" if cur.is_call[i] else "put",
+                    "min_trade_amount": cur.model.option_min_amount, "maker_commission": 0.0003, "kind": "option",
+                    "is_active": True, "instrument_name": name, "instrument_id": 100_000 + i,
+                    "expiration_timestamp": expiry, "creation_timestamp": created, "counter_currency": "USD",
+                    "contract_size": 1.0, "block_trade_tick_size": OPT_TICK_SMALL,
+                    "block_trade_min_trade_amount": 25, "block_trade_commission": 0.0003, "base_currency": currency})
+        if kind in (None, "future"):
+            for j, (name, expiry) in enumerate(sorted(cur.future_expiry.items(), key=lambda kv: kv[1] or 1 << 62)):
+                rows.append({
+                    "tick_size": cur.model.future_tick_usd, "tick_size_steps": [], "taker_commission": 0.0005,
+                    "settlement_period": "perpetual" if expiry == 0 else _period(expiry, cur.created_ms),
+                    "settlement_currency": currency, "rfq": False, "quote_currency": "USD",
+                    "price_index": f"{lower}_usd", "min_trade_amount": cur.model.future_contract_usd,
+                    "max_liquidation_commission": 0.0075, "max_leverage": 50, "maker_commission": 0.0,
+                    "kind": "future", "is_active": True, "instrument_name": name, "instrument_id": 200_000 + j,
+                    "future_type": "reversed", "instrument_type": "reversed",
+                    "expiration_timestamp": PERPETUAL_EXPIRATION_MS if expiry == 0 else expiry,
+                    "creation_timestamp": created, "counter_currency": "USD",
+                    "contract_size": cur.model.future_contract_usd, "block_trade_tick_size": 0.01,
+                    "block_trade_min_trade_amount": 200_000, "block_trade_commission": 0.00025,
+                    "base_currency": currency})
+        self._instrument_cache[key] = rows
+        return rows
+
+    def _valid_channel(self, ch: str) -> bool:
+        parts = ch.split(".")
+        if len(parts) == 3 and parts[0] in ("book", "ticker") and parts[2] in ("100ms", "agg2", "raw"):
+            return parts[1] in self._by_option or parts[1] in self._by_future
+        return len(parts) == 2 and parts[0] == "deribit_price_index" and parts[1] in self._index_names
+
+    def _handle(self, conn: _Conn, raw: Any) -> list[bytes]:
+        """One request → the frames to send, in order (the response first)."""
+        us_in = int(time.time() * 1_000_000)
+        try:
+            msg = orjson.loads(raw)
+            if not isinstance(msg, dict):
+                raise ValueError("not an object")
+        except (orjson.JSONDecodeError, ValueError):
+            return [self._error(None, -32700, "Parse error", us_in)]
+        self.counters["requests"] += 1
+        req_id = msg.get("id")
+        method = msg.get("method")
+        params = msg.get("params") or {}
+        if not isinstance(params, dict):
+            return [self._error(req_id, -32602, "Invalid params", us_in, {"reason": "params must be an object"})]
+        if self._rate_limit_next:
+            self._rate_limit_next -= 1
+            conn.rate_limited = True  # Deribit terminates the session after too_many_requests
+            return [self._error(req_id, 10028, "too_many_requests", us_in)]
+        after: list[bytes] = []
+        if method == "public/test":
+            if conn.test_outstanding:
+                conn.test_outstanding = False
+                self._bump("test_answers", notify=True)
+            result: Any = {"version": VERSION}
+        elif method == "public/hello":
+            result = {"version": VERSION}
+        elif method == "public/get_time":
+            result = int(time.time() * 1000)
+        elif method == "public/set_heartbeat":
+            interval = params.get("interval")
+            if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval < self.min_heartbeat_s:
+                return [self._error(req_id, -32602, "Invalid params", us_in,
+                                    {"reason": f"must be a number >= {self.min_heartbeat_s:g}", "param": "interval"})]
+            if conn.heartbeat_task is not None:
+                conn.heartbeat_task.cancel()
+            conn.heartbeat_task = asyncio.get_running_loop().create_task(self._heartbeats(conn, float(interval)))
+            result = "ok"
+        elif method == "public/disable_heartbeat":
+            if conn.heartbeat_task is not None:
+                conn.heartbeat_task.cancel()
+                conn.heartbeat_task = None
+            conn.test_outstanding = False
+            result = "ok"
+        elif method == "public/get_instruments":
+            currency = str(params.get("currency", "")).upper()
+            kind = params.get("kind")
+            if currency not in self._cur or kind not in (None, "option", "future"):
+                return [self._error(req_id, -32602, "Invalid params", us_in,
+                                    {"reason": "wrong format", "param": "currency" if currency not in self._cur
+                                     else "kind"})]
+            result = [] if params.get("expired") is True else self._instrument_rows(currency, kind)
+        elif method == "public/get_index_price":
+            cur = self._index_names.get(str(params.get("index_name", "")))
+            if cur is None:
+                return [self._error(req_id, -32602, "Invalid params", us_in,
+                                    {"reason": "wrong format", "param": "index_name"})]
+            result = {"index_price": round(cur.spot, 2), "estimated_delivery_price": round(cur.spot, 2)}
+        elif method in ("public/subscribe", "public/unsubscribe"):
+            channels = params.get("channels")
+            if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
+                return [self._error(req_id, -32602, "Invalid params", us_in,
+                                    {"reason": "must be a list of strings", "param": "channels"})]
+            if method == "public/subscribe":
+                self.counters["subscribe_calls"] += 1
+                result = [c for c in dict.fromkeys(channels) if self._valid_channel(c)]
+                ts = int(time.time() * 1000)
+                for ch in result:
+                    if ch not in conn.channels:
+                        conn.channels.add(ch)
+                        self._subs.setdefault(ch, set()).add(conn)
+                        self._sub_lists = None
+                        after.extend(self._initial_frames(ch, ts))
+                self._bump("subscribed", 0, notify=True)
+            else:
+                self.counters["unsubscribe_calls"] += 1
+                result = [c for c in dict.fromkeys(channels) if c in conn.channels]
+                for ch in result:
+                    self._unsubscribe(conn, ch)
+        elif method == "public/unsubscribe_all":
+            for ch in list(conn.channels):
+                self._unsubscribe(conn, ch)
+            result = "ok"
+        else:
+            return [self._error(req_id, -32601, "Method not found", us_in)]
+        us_out = int(time.time() * 1_000_000)
+        resp = orjson.dumps({"jsonrpc": "2.0", "id": req_id, "result": result, "usIn": us_in, "usOut": us_out,
+                             "usDiff": us_out - us_in, "testnet": False})
+        return [resp, *after]
+
+    def _error(self, req_id: Any, code: int, message: str, us_in: int, data: Optional[dict] = None) -> bytes:
+        self.counters["rpc_errors"] += 1
+        err: dict[str, Any] = {"message": message, "code": code}
+        if data:
+            err["data"] = data
+        us_out = int(time.time() * 1_000_000)
+        return orjson.dumps({"jsonrpc": "2.0", "id": req_id, "error": err, "usIn": us_in, "usOut": us_out,
+                             "usDiff": us_out - us_in, "testnet": False})
+
+    def _unsubscribe(self, conn: _Conn, ch: str) -> None:
+        conn.channels.discard(ch)
+        subs = self._subs.get(ch)
+        if subs is not None:
+            subs.discard(conn)
+            if not subs:
+                del self._subs[ch]
+        self._sub_lists = None
+
+    def _initial_frames(self, ch: str, ts: int) -> list[bytes]:
+        kind, _, rest = ch.partition(".")
+        if kind == "book":
+            self.counters["snapshots"] += 1
+            return [_notification(ch, self._snapshot_data(rest.rsplit(".", 1)[0], ts))]
+        if kind == "ticker":
+            return [_notification(ch, self._ticker_data(rest.rsplit(".", 1)[0], ts))]
+        cur = self._index_names[rest]
+        return [_notification(ch, {"index_name": rest, "price": round(cur.spot, 2), "timestamp": ts})]
+
+    # ------------------------------------------------ generation
+
+    def _channel_lists(self) -> tuple[list, list, list]:
+        if self._sub_lists is None:
+            books, tickers, indices = [], [], []
+            for ch in self._subs:
+                (books if ch.startswith("book.") else tickers if ch.startswith("ticker.") else indices).append(ch)
+            books.sort()
+            tickers.sort()
+            indices.sort()
+            self._sub_lists = (books, tickers, indices)
+        return self._sub_lists
+
+    def _message(self, ch: str, ts: int) -> Optional[bytes]:
+        kind, _, rest = ch.partition(".")
+        if kind == "book":
+            data = self._change_data(rest.rsplit(".", 1)[0], ts)
+            if data is None:
+                return None
+            self.counters["book_messages"] += 1
+        elif kind == "ticker":
+            data = self._ticker_data(rest.rsplit(".", 1)[0], ts)
+            self.counters["ticker_messages"] += 1
+        else:
+            cur = self._index_names[rest]
+            data = {"index_name": rest, "price": round(cur.spot, 2), "timestamp": ts}
+            self.counters["index_messages"] += 1
+        return _notification(ch, data)
+
+    def _deliver(self, ch: str, frame: bytes) -> None:
+        for conn in list(self._subs.get(ch, ())):
+            self._send(conn, frame)
+
+    def _send(self, conn: _Conn, frame: bytes) -> None:
+        if conn.closed:
+            return
+        try:
+            conn.out.put_nowait(frame)
+            self.counters["messages_sent"] += 1
+        except asyncio.QueueFull:
+            # A client that cannot keep up is cut off, never allowed to grow our memory.
+            self._bump("slow_closes", notify=True)
+            self._close(conn, 1008, "slow consumer")
+
+    async def _emit(self, n: int) -> None:
+        books, tickers, indices = self._channel_lists()
+        if not (books or tickers or indices):
+            return
+        ts = int(time.time() * 1000)
+        rng = self._rng
+        for ch in indices:
+            self._deliver(ch, self._message(ch, ts))
+        n -= len(indices)
+        for j in range(max(n, 0)):
+            books, tickers, _ = self._channel_lists()
+            if books and (not tickers or rng.random() < self.book_share):
+                ch = books[int(rng.random() * len(books))]
+            elif tickers:
+                ch = tickers[int(rng.random() * len(tickers))]
+            else:
+                break
+            frame = self._message(ch, ts)
+            if frame is not None:
+                self._deliver(ch, frame)
+            if j % 500 == 499:
+                await asyncio.sleep(0)  # let requests and heartbeats through during big bursts
+
+    async def _ticker_loop(self) -> None:
+        tick_s = self.tick_ms / 1000.0
+        next_t = time.monotonic()
+        carry = 0.0
+        while True:
+            next_t += tick_s
+            delay = next_t - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                await asyncio.sleep(0)
+                if delay < -1.0:  # far behind (a stalled machine): do not burst to catch up
+                    next_t = time.monotonic()
+            self._step()
+            self._reprice_all()
+            carry += self.rate * tick_s
+            n = int(carry)
+            carry -= n
+            await self._emit(n)
+
+    def _inject(self, kind: str, instrument: Optional[str]) -> None:
+        if kind == "gap":
+            self._gap_next.add(instrument or "*")
+            if instrument is not None and self._loop is not None:
+                ch_prefix = f"book.{instrument}."
+                for ch in list(self._subs):
+                    if ch.startswith(ch_prefix):
+                        frame = self._message(ch, int(time.time() * 1000))
+                        if frame is not None:
+                            self._deliver(ch, frame)
+        elif kind == "drop":
+            self._bump("drops_injected", notify=True)
+            for conn in list(self._conns):
+                conn.closed = True
+                transport = getattr(conn.ws, "transport", None)
+                if transport is not None:
+                    transport.abort()  # abrupt, like a network failure: no close handshake
+        elif kind == "rate_limit":
+            self._rate_limit_next += 1
+
+    # ------------------------------------------------ connections
+
+    def _close(self, conn: _Conn, code: int, reason: str) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        asyncio.get_running_loop().create_task(conn.ws.close(code, reason))
+
+    async def _heartbeats(self, conn: _Conn, interval_s: float) -> None:
+        hb = orjson.dumps({"jsonrpc": "2.0", "method": "heartbeat", "params": {"type": "heartbeat"}})
+        test = orjson.dumps({"jsonrpc": "2.0", "method": "heartbeat", "params": {"type": "test_request"}})
+        while not conn.closed:
+            await asyncio.sleep(interval_s / 2)
+            self._send(conn, hb)
+            self.counters["heartbeats_sent"] += 1
+            await asyncio.sleep(interval_s / 2)
+            if conn.test_outstanding:
+                # Like the real server: an unanswered test_request ends the session.
+                self._bump("heartbeat_closes", notify=True)
+                self._close(conn, 1000, "test_request not answered with public/test")
+                return
+            conn.test_outstanding = True
+            self._send(conn, test)
+            self._bump("test_requests_sent", notify=True)
+
+    async def _writer(self, conn: _Conn) -> None:
+        ws = conn.ws
+        out = conn.out
+        while True:
+            frame = await out.get()
+            await ws.send(frame, text=True)
+
+    async def _serve_conn(self, ws) -> None:
+        conn = _Conn(ws, self.conn_queue_max)
+        self._conns.add(conn)
+        self.counters["connections_open"] += 1
+        self._bump("connections", notify=True)
+        writer = asyncio.get_running_loop().create_task(self._writer(conn))
+        try:
+            while not conn.closed:
+                raw = await ws.recv(decode=False)
+                frames = self._handle(conn, raw)
+                if conn.rate_limited:  # the error goes out, then the session ends
+                    conn.closed = True
+                    await ws.send(frames[0], text=True)
+                    await ws.close(1008, "too_many_requests")
+                    break
+                for frame in frames:
+                    self._send(conn, frame)
+        except ConnectionClosed:  # a client that left or vanished: clean up below
+            pass
+        except Exception:  # a simulator bug: say so, and end only this session
+            log.exception("simulator session failed")
+        finally:
+            conn.closed = True
+            writer.cancel()
+            if conn.heartbeat_task is not None:
+                conn.heartbeat_task.cancel()
+            for ch in list(conn.channels):
+                self._unsubscribe(conn, ch)
+            self._conns.discard(conn)
+            self.counters["connections_open"] -= 1
+            self._bump("disconnects", 0, notify=True)
+
+    # ------------------------------------------------ lifecycle
+
+    def start(self, timeout: float = 10.0) -> str:
+        if self._thread is not None:
+            raise RuntimeError("Simulator.start() called twice")
+        self._thread = threading.Thread(target=self._run, name="deribit-sim", daemon=True)
+        self._thread.start()
+        if not self._started.wait(timeout):
+            raise RuntimeError(f"simulator did not start within {timeout}s")
+        if self._start_error is not None:
+            raise RuntimeError(f"simulator failed to start on {self.host}:{self.port}: {self._start_error}")
+        return self.url
+
+    def stop(self, timeout: float = 10.0) -> None:
+        loop = self._loop
+        if loop is not None and self._stopped is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(self._stopped.set)
+            except RuntimeError:
+                pass
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def __enter__(self) -> "Simulator":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._main())
+        except BaseException as exc:  # report start failures to start()
+            self._start_error = exc
+            self._started.set()
+        finally:
+            loop.close()
+
+    async def _main(self) -> None:
+        from websockets.asyncio.server import serve
+
+        self._stopped = asyncio.Event()
+        self._model_ms = self._model_ms if self._fixed_clock else int(time.time() * 1000)
+        server = await serve(self._serve_conn, self.host, self.port, compression=None,
+                             max_size=self.max_message_bytes, ping_interval=20, ping_timeout=20,
+                             write_limit=1 << 22)  # a deep write buffer: bursts of a tick go out at once
+        self._server = server
+        port = server.sockets[0].getsockname()[1]
+        self.port = port
+        self.url = f"ws://{self.host}:{port}/ws/api/v2"
+        self._started.set()
+        ticker = asyncio.get_running_loop().create_task(self._ticker_loop())
+        try:
+            await self._stopped.wait()
+        finally:
+            ticker.cancel()
+            server.close()
+            await server.wait_closed()
+
+
+def _period(expiry_ms: int, now_ms: int) -> str:
+    days = (expiry_ms - now_ms) / 86_400_000
+    d = datetime.fromtimestamp(expiry_ms / 1000.0, tz=timezone.utc)
+    if days <= 1.5 and d.weekday() != 4:
+        return "day"
+    if _at_0800(_last_friday(d.year, d.month)) == expiry_ms:
+        return "month"
+    return "week"
+
+
+def _notification(channel: str, data: dict) -> bytes:
+    return orjson.dumps({"jsonrpc": "2.0", "method": "subscription", "params": {"channel": channel, "data": data}})
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """`volgraph sim`: run the simulator until interrupted; prints its URL."""
+    p = argparse.ArgumentParser(prog="volgraph sim", description="Run a local Deribit-like exchange simulator.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0 = any free port")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--rate", type=float, default=2000.0, help="messages per second across subscribed channels")
+    p.add_argument("--currencies", default="BTC,ETH", help="comma-separated, e.g. BTC,ETH")
+    p.add_argument("--scale", choices=sorted(SCALES), default="small")
+    p.add_argument("--n-expiries", type=int, default=None)
+    p.add_argument("--n-strikes", type=int, default=None)
+    p.add_argument("--min-heartbeat", type=float, default=10.0, help="smallest set_heartbeat interval accepted (s)")
+    p.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
+    args = p.parse_args(argv)
+    sim = Simulator(host=args.host, port=args.port, seed=args.seed, rate=args.rate,
+                    currencies=[c.strip() for c in args.currencies.split(",") if c.strip()], scale=args.scale,
+                    n_expiries=args.n_expiries, n_strikes=args.n_strikes, min_heartbeat_s=args.min_heartbeat)
+    url = sim.start()
+    n_opts = sum(len(c.names) for c in sim._cur.values())
+    print(f"volgraph sim: {url}  ({n_opts} options, seed {args.seed}, {args.rate:g} msg/s)", flush=True)
+    done = threading.Event()
+    try:
+        done.wait(args.seconds)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sim.stop()
+        print(f"volgraph sim: stopped; {sim.counters}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,260 @@
+"""DeribitClient and DeribitSource against the simulator over real websockets on 127.0.0.1:
+discovery, subscription, snapshot + chained changes, heartbeats, gap resync, reconnects,
+queue overflow. Waits are on queues/conditions with timeouts, never sleeps."""
+
+from __future__ import annotations
+
+import collections
+import math
+import time
+
+import pytest
+from bytewax.dataflow import Dataflow
+import bytewax.operators as op
+from bytewax.testing import TestingSink, run_main
+
+from connectors.deribit import DeribitClient, DeribitSource
+from connectors.simulator import Simulator
+from operators.events import BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument, Ticker
+
+
+@pytest.fixture
+def sim():
+    s = Simulator(seed=21, rate=600, currencies=["BTC", "ETH"], min_heartbeat_s=0.2)
+    s.start()
+    yield s
+    s.stop()
+
+
+def make_client(url, currencies=("BTC",), **kw):
+    kw.setdefault("heartbeat_s", 0.3)
+    kw.setdefault("reconnect_min_s", 0.05)
+    kw.setdefault("reconnect_max_s", 0.5)
+    kw.setdefault("seed", 1)
+    kw.setdefault("subscribe_per_s", 1000.0)
+    return DeribitClient(url, currencies, **kw)
+
+
+def collect(client, events, until, timeout=20.0, what="condition"):
+    """Drain into `events` until until(events) holds; fail with the counters if it never does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        events.extend(client.drain(5_000, timeout=0.1))
+        if until(events):
+            return events
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; counters {client.counters()}")
+
+
+def books(events):
+    out = collections.defaultdict(list)
+    for e in events:
+        if isinstance(e, BookUpdate):
+            out[e.instrument].append(e)
+    return out
+
+
+def check_chains(events):
+    """Per instrument: a snapshot first, then changes chaining by change_id; after a seq_gap
+    FeedError the next book event is a snapshot."""
+    last: dict[str, int | None] = {}
+    for e in events:
+        if isinstance(e, FeedError) and e.reason == "seq_gap":
+            last[e.instrument] = None
+        elif isinstance(e, BookUpdate):
+            if e.kind == "snapshot":
+                last[e.instrument] = e.seq
+            else:
+                assert last.get(e.instrument) is not None, f"change before snapshot: {e}"
+                assert e.prev_seq == last[e.instrument], f"broken chain: {e}"
+                last[e.instrument] = e.seq
+
+
+def test_discovery_subscription_chains_and_heartbeats(sim):
+    client = make_client(sim.url).start()
+    try:
+        n_opts = len(sim.instrument_names("BTC"))
+        n_futs = len(sim.instrument_names("BTC", "future"))
+        events: list = []
+        collect(client, events, lambda ev: len(books(ev)) == n_opts and sum(
+            len(v) >= 3 for v in books(ev).values()) >= 5 and any(isinstance(e, FuturePrice) for e in ev)
+            and any(isinstance(e, IndexPrice) for e in ev), what="snapshots and changes")
+        insts = [e for e in events if isinstance(e, Instrument)]
+        assert len(insts) == n_opts + n_futs
+        assert {i.instrument for i in insts if i.kind == "option"} == set(sim.instrument_names("BTC"))
+        assert all(i.expiry_ms in sim.expiries("BTC") for i in insts if i.kind == "option")
+        # instruments come before any market event about them
+        first_market = next(i for i, e in enumerate(events) if not isinstance(e, Instrument))
+        assert all(isinstance(e, Instrument) for e in events[:first_market]) and first_market == len(insts)
+        for inst, bk in books(events).items():
+            assert bk[0].kind == "snapshot"
+        check_chains(events)
+        assert not [e for e in events if isinstance(e, FeedError)]
+        ticks = [e for e in events if isinstance(e, Ticker) and e.mark_iv is not None]
+        assert ticks and all(0.05 < t.mark_iv < 5 for t in ticks)  # decimals
+        assert all(0 < t.mark_px < 1 for t in ticks)  # coin
+        # heartbeats: the sim sends test_requests every 0.3 s; the client answers each
+        assert sim.wait_for(lambda k: k["test_answers"] >= 3, 10)
+        assert client.wait_for(lambda k: k.get("heartbeats_answered", 0) >= 3, 10)
+        assert sim.counters["heartbeat_closes"] == 0
+        assert client.wait_for(lambda k: k.get("sessions_streaming", 0) >= 1, 10)
+        c = client.counters()
+        assert c["frames"] > 0 and c["bytes"] > 0 and c["events.BookUpdate"] >= len(books(events))
+        assert c["subscribed_channels"] == 2 * n_opts + n_futs + 1
+    finally:
+        client.stop()
+    assert not client._thread.is_alive()
+
+
+def test_gap_gives_seq_gap_then_a_fresh_snapshot(sim):
+    client = make_client(sim.url, ("ETH",)).start()
+    try:
+        target = sim.instrument_names("ETH")[7]
+        events: list = []
+        collect(client, events, lambda ev: len(books(ev).get(target, [])) >= 2, what="target streaming")
+        sim.inject("gap", target)
+
+        def resynced(ev):
+            gap = [i for i, e in enumerate(ev) if isinstance(e, FeedError) and e.reason == "seq_gap"
+                   and e.instrument == target]
+            return gap and any(isinstance(e, BookUpdate) and e.instrument == target and e.kind == "snapshot"
+                               for e in ev[gap[0]:])
+
+        collect(client, events, resynced, what="seq_gap and resnapshot")
+        gap = next(e for e in events if isinstance(e, FeedError) and e.reason == "seq_gap")
+        assert gap.instrument == target and "prev_change_id" in gap.detail
+        check_chains(events)
+        c = client.counters()
+        assert c["gaps"] == 1 and c["resyncs"] >= 1 and c["errors.seq_gap"] == 1
+        assert sim.counters["unsubscribe_calls"] >= 1 and sim.counters["gaps_injected"] == 1
+        # the book keeps streaming after the fresh snapshot
+        n = len(books(events)[target])
+        collect(client, events, lambda ev: len(books(ev)[target]) >= n + 2, what="changes after resync")
+        check_chains(events)
+    finally:
+        client.stop()
+
+
+def test_dropped_connection_reconnects_and_resubscribes(sim):
+    client = make_client(sim.url, ("BTC",)).start()
+    try:
+        events: list = []
+        n_opts = len(sim.instrument_names("BTC"))
+        collect(client, events, lambda ev: len(books(ev)) == n_opts, what="first snapshots")
+        mark = len(events)
+        sim.inject("drop")
+        assert client.wait_for(lambda k: k.get("reconnects", 0) >= 1 and k.get("sessions_streaming", 0) >= 2, 20)
+
+        def all_resnapshotted(ev):
+            snaps = {e.instrument for e in ev[mark:] if isinstance(e, BookUpdate) and e.kind == "snapshot"}
+            return len(snaps) == n_opts
+
+        collect(client, events, all_resnapshotted, what="snapshots after reconnect")
+        errors = [e for e in events[mark:] if isinstance(e, FeedError)]
+        assert errors and errors[0].reason == "disconnect"
+        assert sim.counters["connections"] >= 2 and sim.counters["drops_injected"] == 1
+        check_chains(events[mark:])
+    finally:
+        client.stop()
+
+
+def test_full_queue_drops_never_block_and_resync_the_books(sim):
+    client = make_client(sim.url, ("BTC",), queue_max=40).start()
+    try:
+        # Do not read: the socket loop must keep going and count drops instead of blocking.
+        assert client.wait_for(lambda k: k.get("queue_drops", 0) > 50, 20)
+        assert sim.wait_for(lambda k: k["test_answers"] >= 2, 10)  # heartbeats still answered
+        events: list = []
+
+        def healed(ev):
+            pending = {}
+            for e in ev:
+                if isinstance(e, FeedError) and e.reason == "seq_gap":
+                    pending[e.instrument] = True
+                elif isinstance(e, BookUpdate) and e.kind == "snapshot":
+                    pending[e.instrument] = False
+            return ev and not any(pending.values()) and client.counters().get("queue_len", 0) == 0
+
+        collect(client, events, healed, what="every dropped book resnapshotted")
+        check_chains(events)
+        c = client.counters()
+        assert c["gaps_queue"] >= 1 and c["resyncs"] >= 1
+    finally:
+        client.stop()
+
+
+def test_instrument_filters_keep_the_strikes_nearest_the_money(sim):
+    client = make_client(sim.url, ("BTC",), max_expiries=1, max_strikes=4, include_futures=False).start()
+    try:
+        events: list = []
+        collect(client, events, lambda ev: len(books(ev)) == 8, what="8 filtered books")
+        opts = [e for e in events if isinstance(e, Instrument)]
+        expiry = sim.expiries("BTC")[0]
+        assert len(opts) == 8 and {o.expiry_ms for o in opts} == {expiry}
+        strikes = sorted({o.strike for o in opts})
+        spot = sim.spot("BTC")
+        all_strikes = sim.strikes("BTC", expiry)
+        nearest = sorted(all_strikes, key=lambda k: abs(math.log(k / spot)))[:4]
+        assert strikes == sorted(nearest) or len(set(strikes) & set(nearest)) >= 3  # spot moves a little
+        assert client.wait_for(lambda k: k.get("sessions_streaming", 0) >= 1, 10)
+        assert client.counters()["subscribed_channels"] == 8 * 2 + 1
+    finally:
+        client.stop()
+
+
+def test_rate_limit_error_ends_the_session_and_the_client_comes_back(sim):
+    sim.inject("rate_limit")
+    client = make_client(sim.url, ("ETH",)).start()
+    try:
+        assert client.wait_for(lambda k: k.get("errors.rate_limited", 0) >= 1
+                               and k.get("sessions_streaming", 0) >= 1, 20)
+        events: list = []
+        collect(client, events, lambda ev: any(isinstance(e, BookUpdate) for e in ev), what="books after 10028")
+        assert any(isinstance(e, FeedError) and e.reason == "rate_limited" for e in events)
+    finally:
+        client.stop()
+
+
+def test_unreachable_server_backs_off_and_stops_cleanly():
+    sim = Simulator(seed=1, currencies=["BTC"])
+    url = sim.start()
+    sim.stop()  # the port is now closed
+    client = make_client(url, ("BTC",)).start()
+    try:
+        assert client.wait_for(lambda k: k.get("errors.disconnect", 0) >= 2 and k.get("reconnects", 0) >= 1, 20)
+        assert client.counters().get("connects", 0) == 0
+    finally:
+        client.stop()
+    assert not client._thread.is_alive()
+
+
+def test_client_arguments_are_checked():
+    with pytest.raises(ValueError, match="interval"):
+        DeribitClient(interval="1s")
+    with pytest.raises(ValueError, match="heartbeat_s"):
+        DeribitClient(heartbeat_s=0)
+    with pytest.raises(ValueError, match="queue_max"):
+        DeribitClient(queue_max=0)
+
+
+def test_source_in_a_dataflow_one_partition_per_currency(sim):
+    source = DeribitSource(sim.url, ["BTC", "ETH"], heartbeat_s=0.3, run_seconds=2.5, max_expiries=1,
+                           max_strikes=3, reconnect_min_s=0.05, subscribe_per_s=1000.0)
+    assert source.list_parts() == ["deribit-BTC", "deribit-ETH"]
+    out: list = []
+    flow = Dataflow("deribit_source_test")
+    op.output("out", op.input("in", flow, source), TestingSink(out))
+    run_main(flow)
+    by_type = collections.Counter(type(e).__name__ for e in out)
+    assert by_type["Instrument"] >= 2 * 6 and by_type["BookUpdate"] >= 2 * 6
+    underlyings = {e.underlying for e in out if isinstance(e, Instrument)}
+    assert underlyings == {"BTC", "ETH"}
+    assert {e.underlying for e in out if isinstance(e, IndexPrice)} <= {"BTC", "ETH"}
+    check_chains(out)
+    part = source.build_part("in", "deribit-ETH", None)
+    try:
+        assert part.snapshot() is None and part.client.currencies == ("ETH",)
+        assert part.next_batch() == [] or True  # non-blocking either way
+        assert part.next_awake() is None or part.next_awake().tzinfo is not None
+    finally:
+        part.close()
