@@ -197,8 +197,15 @@ def test_prepare_slice_uses_otm_two_sided_quotes_and_weights():
     mid = 0.5 * (bid[s.idx] + ask[s.idx])
     assert np.allclose(s.total_variance, mid ** 2 * t)
     assert np.allclose(s.w_bid, bid[s.idx] ** 2 * t) and np.allclose(s.w_ask, ask[s.idx] ** 2 * t)
-    # equal spreads: weights follow vega, largest at the money
-    assert np.argmax(s.weights) == 2
+    # weights are 1/band² in vol: equal bands weigh equally, a wider band (a vega-poor
+    # quote: the same price spread is more vol) weighs by the inverse square of its width
+    assert np.allclose(s.weights, 1.0 / 0.02 ** 2)
+    wide = ask.copy()
+    wide[6] = bid[6] + 0.04
+    assert np.allclose(svi.prepare_slice(strikes, F, t, bid, wide, is_call).weights[3], 1.0 / 0.04 ** 2)
+    tight = ask.copy()
+    tight[6] = bid[6] + 0.001  # below the 0.5 vol pt floor: no quote is trusted more than that
+    assert np.allclose(svi.prepare_slice(strikes, F, t, bid, tight, is_call).weights[3], 1.0 / 0.005 ** 2)
     with pytest.raises(ValueError, match="forward"):
         svi.prepare_slice(strikes, -1.0, t, bid, ask, is_call)
     with pytest.raises(ValueError, match="equal length"):

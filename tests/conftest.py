@@ -1,0 +1,155 @@
+"""Shared test fixtures: the repo on sys.path, one embedded PostgreSQL per session (a real
+server via pgserver in a temp dir), a fresh database per test, and free TCP ports.
+
+Keep this small and general; area-specific fixtures live in their test files.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # the packages are not installed into the venv
+    sys.path.insert(0, str(ROOT))
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (bind to 0, read it back, release it).
+    Prefer passing port 0 to a server and reading its bound port where the API allows."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def unused_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory):
+    """A real PostgreSQL 16 for the whole session (pgserver; deleted at exit)."""
+    from connectors.postgres import embedded_server
+
+    return embedded_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
+
+
+@pytest.fixture(scope="session")
+def pg_dsn(pg_server) -> str:
+    """DSN of the session server's default database (shared: prefer `pg_db`)."""
+    return pg_server.get_uri()
+
+
+@pytest.fixture
+def pg_db(pg_server) -> str:
+    """DSN of a fresh, empty database on the session server, dropped after the test."""
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server.get_uri(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield pg_server.get_uri(database=name)
+    with psycopg.connect(pg_server.get_uri(), autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+# ---------------------------------------------------------------- surface event builders
+
+
+class SurfaceFactory:
+    """Builds consistent SmileFit / ExpiryView / SurfacePatch / SurfaceSnapshot events for
+    sink, gateway and persistence tests. Values are arbitrary but deterministic per seed."""
+
+    def __init__(self, venue: str = "deribit", underlying: str = "BTC", seed: int = 7) -> None:
+        import random
+
+        self.venue = venue
+        self.underlying = underlying
+        self.rng = random.Random(seed)
+        self.t0_ms = 1_767_225_600_000  # 2026-01-01T00:00Z
+
+    def expiry(self, i: int) -> int:
+        return self.t0_ms + (i + 1) * 7 * 86_400_000 + 8 * 3_600_000  # weekly, 08:00 UTC
+
+    def fit(self, expiry_ms: int, epoch: int, **overrides):
+        from operators.events import SmileFit
+
+        r = self.rng.random
+        values = dict(
+            venue=self.venue, underlying=self.underlying, expiry_ms=expiry_ms, epoch=epoch,
+            ts_exchange_ms=epoch * 50, ts_emit_ms=epoch * 50 + 3, t_years=0.01 + r(), forward=90_000 + 1000 * r(),
+            a=0.01 * r(), b=0.1 + r() * 0.1, rho=-0.5 + r() * 0.4, m=0.01 * r(), sigma=0.05 + 0.1 * r(),
+            rmse_vol_pts=0.3 * r(), n_quotes=10 + int(30 * r()), butterfly_ok=r() > 0.2, min_g=r() - 0.1,
+            fit_ms=2 + r(), inside_band_frac=r() if r() > 0.3 else None, warm=r() > 0.5,
+        )
+        values.update(overrides)
+        return SmileFit(**values)
+
+    def view(self, expiry_ms: int, epoch: int, n_strikes: int = 5, **overrides):
+        from operators.events import ExpiryView
+
+        r = self.rng.random
+        strikes = tuple(float(80_000 + 2_500 * i) for i in range(n_strikes))
+        values = dict(
+            expiry_ms=expiry_ms, fit=self.fit(expiry_ms, epoch), atm_vol=0.4 + 0.2 * r(), rr25=0.05 * r() - 0.025,
+            bf25=0.01 * r(), rr10=0.1 * r() - 0.05, bf10=None if r() < 0.2 else 0.02 * r(),
+            analytics={"skew_slope": r(), "missing": None}, strikes=strikes,
+            bid_iv=tuple(None if r() < 0.1 else 0.4 + 0.1 * r() for _ in strikes),
+            ask_iv=tuple(0.5 + 0.1 * r() for _ in strikes), calendar_ok=r() > 0.1,
+        )
+        values.update(overrides)
+        return ExpiryView(**values)
+
+    def tenors(self):
+        from operators.events import TenorPoint
+
+        return tuple(TenorPoint(tenor_days=d, atm_vol=0.5 + 0.1 * self.rng.random()) for d in (1, 7, 30))
+
+    def calendar(self, expiries):
+        from operators.events import CalendarCheck
+
+        return tuple(
+            CalendarCheck(expiry_ms_1=e1, expiry_ms_2=e2, ok=True, worst=0.001 * self.rng.random())
+            for e1, e2 in zip(expiries, expiries[1:])
+        )
+
+    def patch(self, epoch: int, changed=(), removed=(), index_px: "float | None" = 95_000.0, n_strikes: int = 5):
+        from operators.events import SurfacePatch
+
+        expiries = tuple(self.view(self.expiry(i), epoch, n_strikes) for i in changed)
+        return SurfacePatch(
+            venue=self.venue, underlying=self.underlying, epoch=epoch, ts_exchange_ms=epoch * 50,
+            ts_emit_ms=epoch * 50 + 5, expiries=expiries, removed=tuple(self.expiry(i) for i in removed),
+            tenors=self.tenors(), calendar=self.calendar([v.expiry_ms for v in expiries]), index_px=index_px,
+        )
+
+    @staticmethod
+    def fold(events, start=None):
+        """The reference state: apply_patch for patches, a snapshot replaces the state."""
+        from operators.events import SurfaceSnapshot, apply_patch
+
+        state = start
+        for ev in events:
+            state = ev if isinstance(ev, SurfaceSnapshot) else apply_patch(state, ev)
+        return state
+
+    def snapshot(self, epoch: int, expiries=(), index_px: "float | None" = 95_000.0, n_strikes: int = 5):
+        from operators.events import SurfaceSnapshot
+
+        views = tuple(self.view(self.expiry(i), epoch, n_strikes) for i in sorted(expiries))
+        return SurfaceSnapshot(
+            venue=self.venue, underlying=self.underlying, epoch=epoch, ts_exchange_ms=epoch * 50,
+            ts_emit_ms=epoch * 50 + 5, expiries=views, tenors=self.tenors(),
+            calendar=self.calendar([v.expiry_ms for v in views]), index_px=index_px,
+        )
+
+
+@pytest.fixture(scope="session")
+def surface_factory():
+    """The SurfaceFactory class (stateless; instantiate per test with a seed)."""
+    return SurfaceFactory

@@ -1,0 +1,345 @@
+"""PostgreSQL persistence against a real server (pgserver): migrations, idempotent writes,
+the surface rebuild, buffering and spilling through a database outage, the bytewax sink."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from connectors import postgres as pg
+from operators.events import SmileFit, StatusReport, SurfacePatch
+
+
+def count(dsn: str, table: str, where: str = "TRUE") -> int:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(f"SELECT count(*) FROM {table} WHERE {where}").fetchone()[0]
+
+
+def table_rows(dsn: str, table: str) -> list[tuple]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2, 3, 4").fetchall()
+
+
+# ---------------------------------------------------------------- migrations
+
+
+def test_migrate_applies_each_file_once(pg_db):
+    with pg.connect(pg_db) as conn:
+        assert pg.migrate(conn) == [1]
+        assert pg.migrate(conn) == []
+        versions = conn.execute("SELECT version, name FROM schema_version ORDER BY version").fetchall()
+        tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+    assert versions == [(1, "001_init.sql")]
+    assert {"smile_fits", "expiry_views", "surface_state", "schema_version"} <= tables
+
+
+def test_migrate_runs_new_files_in_order_and_names_a_bad_one(pg_db, tmp_path):
+    (tmp_path / "001_a.sql").write_text("CREATE TABLE a (x int);")
+    (tmp_path / "002_b.sql").write_text("INSERT INTO a VALUES (2);")
+    with pg.connect(pg_db) as conn:
+        assert pg.migrate(conn, tmp_path) == [1, 2]
+        (tmp_path / "003_c.sql").write_text("INSERT INTO a VALUES (3);")
+        (tmp_path / "004_bad.sql").write_text("INSERT INTO no_such_table VALUES (1);")
+        with pytest.raises(RuntimeError, match="004_bad.sql"):
+            pg.migrate(conn, tmp_path)
+        # The failed run rolled back whole: 003 is not half-applied.
+        assert conn.execute("SELECT array_agg(x ORDER BY x) FROM a").fetchone()[0] == [2]
+        assert [r[0] for r in conn.execute("SELECT version FROM schema_version ORDER BY 1")] == [1, 2]
+        (tmp_path / "004_bad.sql").write_text("INSERT INTO a VALUES (4);")
+        assert pg.migrate(conn, tmp_path) == [3, 4]
+        assert conn.execute("SELECT array_agg(x ORDER BY x) FROM a").fetchone()[0] == [2, 3, 4]
+
+
+def test_migration_files_must_be_numbered(tmp_path):
+    (tmp_path / "init.sql").write_text("SELECT 1;")
+    with pytest.raises(ValueError, match="NNN_name.sql"):
+        pg.sql_files(tmp_path)
+
+
+# ---------------------------------------------------------------- writes and rebuild
+
+
+def test_writes_are_idempotent(pg_db, surface_factory):
+    f = surface_factory()
+    events = [
+        f.fit(f.expiry(0), 100),
+        f.patch(100, changed=[0, 1, 2]),
+        f.patch(101, changed=[1], removed=[2], index_px=None),
+    ]
+    with pg.connect(pg_db) as conn:
+        pg.migrate(conn)
+        first = pg.write_events(conn, events)
+        before = {t: table_rows(pg_db, t) for t in pg.TABLES}
+        second = pg.write_events(conn, events)
+        after = {t: table_rows(pg_db, t) for t in pg.TABLES}
+    # 1 fit event + 4 fits inside views (the first patch's expiry-0 fit has epoch 100 like the
+    # standalone fit: same key, written once).
+    assert first["smile_fits"] == 4
+    assert second["smile_fits"] == 0
+    assert first["expiry_views"] == 5  # 3 views + 1 view + 1 tombstone
+    assert first["surface_state"] == 2
+    assert before == after
+    assert count(pg_db, "expiry_views", "removed") == 1
+
+
+def test_latest_surface_matches_apply_patch_with_snapshots_and_removals(pg_db, surface_factory):
+    f = surface_factory(underlying="ETH")
+    events = [
+        f.patch(10, changed=[0, 1, 2, 3]),
+        f.patch(11, changed=[1], removed=[3], index_px=None),
+        f.patch(12, changed=[3], removed=[0]),  # 3 comes back
+        f.snapshot(13, expiries=[1, 2, 4], index_px=None),  # older views no longer count
+        f.patch(14, changed=[5], index_px=None),  # keeps the snapshot's (absent) index
+        f.patch(14, changed=[2], removed=[5]),  # same epoch twice: last write wins
+    ]
+    with pg.connect(pg_db) as conn:
+        pg.migrate(conn)
+        for ev in events:
+            pg.write_events(conn, [ev])
+        assert pg.latest_surface(conn, "deribit", "ETH") == f.fold(events)
+        assert pg.latest_surface(conn, "deribit", "SOL") is None
+        assert [e.expiry_ms for e in f.fold(events).expiries] == [f.expiry(i) for i in (1, 2, 4)]
+
+
+def test_smile_fit_columns_round_trip(pg_db, surface_factory):
+    f = surface_factory()
+    fit = f.fit(f.expiry(3), 77, inside_band_frac=None, rho=-0.123456789012345678)
+    with pg.connect(pg_db) as conn:
+        pg.migrate(conn)
+        pg.write_events(conn, [fit])
+        row = conn.execute(
+            "SELECT " + ", ".join(pg.TABLES["smile_fits"]["cols"]) + " FROM smile_fits"
+        ).fetchone()
+    assert SmileFit(*row) == fit
+
+
+def surface_ops():
+    """A sequence of patch/snapshot operations over 6 expiries with non-decreasing epochs."""
+    op = st.tuples(
+        st.sampled_from(["patch", "patch", "patch", "snapshot"]),
+        st.integers(0, 1),  # epoch step: 0 = same epoch again
+        st.sets(st.integers(0, 5), max_size=4),
+        st.sets(st.integers(0, 5), max_size=3),
+        st.booleans(),
+    )
+    return st.lists(op, min_size=1, max_size=8)
+
+
+FLOATS = st.floats(allow_nan=False, allow_infinity=False, width=64)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=surface_ops(), batch_size=st.integers(1, 5), atm=FLOATS, seed=st.integers(0, 2**16))
+def test_latest_surface_is_the_fold_of_written_events(pg_db, surface_factory, ops, batch_size, atm, seed):
+    f = surface_factory(underlying=f"U{uuid.uuid4().hex[:8]}", seed=seed)
+    events, epoch = [], 1000
+    for kind, step, changed, removed, has_index in ops:
+        epoch += step
+        index_px = 90_000.0 + seed if has_index else None
+        if kind == "snapshot":
+            events.append(f.snapshot(epoch, expiries=changed, index_px=index_px))
+        else:
+            ev = f.patch(epoch, changed=sorted(changed), removed=sorted(removed), index_px=index_px)
+            # Arbitrary finite doubles must survive jsonb exactly (the rebuild compares floats).
+            views = tuple(dataclasses.replace(v, atm_vol=atm) for v in ev.expiries)
+            events.append(dataclasses.replace(ev, expiries=views))
+    with pg.connect(pg_db) as conn:
+        pg.migrate(conn)
+        for i in range(0, len(events), batch_size):
+            pg.write_events(conn, events[i : i + batch_size])
+        assert pg.latest_surface(conn, f.venue, f.underlying) == f.fold(events)
+
+
+# ---------------------------------------------------------------- the writer
+
+
+def test_writer_writes_in_batches_and_ignores_other_events(pg_db, surface_factory, tmp_path):
+    f = surface_factory()
+    writer = pg.PostgresWriter(pg_db, name="w1", flush_ms=20, batch_rows=4, spill_dir=tmp_path)
+    try:
+        patches = [f.patch(200 + i, changed=[i % 3]) for i in range(10)]
+        for p in patches:
+            writer.submit(p)
+        writer.submit(StatusReport(source="worker-0", ts_ms=1, started_ms=0))
+        assert writer.flush(timeout=30)
+        stats = writer.stats()
+    finally:
+        assert writer.close(timeout=10)
+    assert stats["written_events"] == 10
+    assert stats["ignored"] == 1 and stats["ignored_types"] == {"StatusReport": 1} and stats["errors"] == {}
+    assert stats["batches"] >= 3  # batch_rows = 4
+    assert stats["rows_written"]["surface_state"] == 10
+    assert stats["pending"] == 0 and stats["spilled"] == 0
+    with pg.connect(pg_db) as conn:
+        assert pg.latest_surface(conn, "deribit", "BTC") == f.fold(patches)
+
+
+def test_writer_rejects_only_the_event_the_database_refuses(pg_db, surface_factory, tmp_path):
+    f = surface_factory()
+    good = [f.fit(f.expiry(i), 300) for i in range(5)]
+    bad = f.fit(f.expiry(9), 300, n_quotes=2**40)  # does not fit the integer column
+    writer = pg.PostgresWriter(pg_db, name="w2", flush_ms=20, spill_dir=tmp_path)
+    try:
+        for ev in good[:2] + [bad] + good[2:]:
+            writer.submit(ev)
+        assert writer.flush(timeout=30)
+        stats = writer.stats()
+    finally:
+        writer.close(timeout=10)
+    assert stats["rejected"] == 1
+    assert stats["errors"] == {"rejected.NumericValueOutOfRange": 1}
+    assert count(pg_db, "smile_fits") == 5
+    rejected = (tmp_path / "w2.rejected.jsonl").read_text().splitlines()
+    assert len(rejected) == 1 and str(2**40) in rejected[0]
+
+
+def test_writer_refuses_bad_options(pg_db):
+    with pytest.raises(ValueError, match="batch_rows"):
+        pg.PostgresWriter(pg_db, batch_rows=0)
+    with pytest.raises(ValueError, match="file names"):
+        pg.PostgresWriter(pg_db, name="a/b")
+
+
+# ---------------------------------------------------------------- outages (own server)
+
+
+class Outage:
+    """A dedicated pgserver instance this module may stop and start."""
+
+    def __init__(self, server) -> None:
+        self.server = server
+
+    @property
+    def dsn(self) -> str:
+        return self.server.get_uri()
+
+    def stop(self) -> None:
+        from pgserver._commands import pg_ctl
+
+        pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=self.server.pgdata, user=self.server.system_user)
+
+    def start(self) -> None:
+        with self.server._lock:
+            self.server.ensure_postgres_running()
+
+
+@pytest.fixture(scope="module")
+def outage_server(tmp_path_factory):
+    return pg.embedded_server(tmp_path_factory.mktemp("pg_outage") / "data", cleanup_mode="delete")
+
+
+@pytest.fixture
+def outage(outage_server):
+    ctl = Outage(outage_server)
+    yield ctl
+    ctl.start()  # leave it running for the next test and the session cleanup
+    with psycopg.connect(ctl.dsn, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS smile_fits, expiry_views, surface_state, schema_version")
+
+
+def test_writer_buffers_spills_and_recovers_when_the_database_returns(outage, surface_factory, tmp_path):
+    f = surface_factory()
+    writer = pg.PostgresWriter(
+        outage.dsn, name="w3", flush_ms=10, batch_rows=8, max_buffer_rows=5, spill_segment_rows=4,
+        spill_dir=tmp_path, retry_min_ms=10, retry_max_ms=200,
+    )
+    try:
+        before = [f.patch(500 + i, changed=[i % 4]) for i in range(3)]
+        for ev in before:
+            writer.submit(ev)
+        assert writer.flush(timeout=30)
+
+        outage.stop()
+        during = [f.patch(503 + i, changed=[i % 4], removed=[(i + 1) % 4] if i % 5 == 0 else []) for i in range(20)]
+        during += [f.fit(f.expiry(7), 600 + i) for i in range(5)]
+        for ev in during:
+            writer.submit(ev)
+        # 25 events, 5 fit in memory, the rest go to disk while the database is away.
+        assert writer.wait_until(lambda s: s["spilled"] == 20 and s["retries"] >= 1, timeout=30), writer.stats()
+        assert writer.stats()["buffered"] == 5
+        assert len(list(tmp_path.glob("w3.spill.*.jsonl"))) == 5  # 20 rows / 4 per segment
+        assert not writer.db_up
+
+        outage.start()
+        assert writer.flush(timeout=60), writer.stats()
+        stats = writer.stats()
+    finally:
+        writer.close(timeout=10)
+    assert stats["written_events"] == 28 and stats["pending"] == 0 and stats["spill_pending"] == 0
+    assert stats["errors"].get("db_down.write", 0) + stats["errors"].get("db_down.connect", 0) == stats["retries"]
+    assert list(tmp_path.glob("w3.spill.*.jsonl")) == []
+    with pg.connect(outage.dsn) as conn:
+        patches = [ev for ev in before + during if isinstance(ev, SurfacePatch)]
+        assert pg.latest_surface(conn, "deribit", "BTC") == f.fold(patches)
+    assert count(outage.dsn, "smile_fits", "epoch >= 600") == 5
+
+
+def test_unwritten_events_survive_a_writer_restart_on_disk(outage, surface_factory, tmp_path):
+    f = surface_factory()
+    events = [f.patch(700 + i, changed=[i % 3]) for i in range(6)]
+    outage.stop()
+    first = pg.PostgresWriter(
+        outage.dsn, name="w4", flush_ms=10, max_buffer_rows=100, spill_dir=tmp_path, retry_min_ms=10, retry_max_ms=50
+    )
+    for ev in events:
+        first.submit(ev)
+    assert first.wait_until(lambda s: s["buffered"] == 6 and s["retries"] >= 1, timeout=30)
+    assert not first.close(timeout=0.2)  # the database is down: everything goes to disk
+    assert sum(1 for p in tmp_path.glob("w4.spill.*.jsonl") for _ in p.open()) == 6
+
+    outage.start()
+    second = pg.PostgresWriter(outage.dsn, name="w4", flush_ms=10, spill_dir=tmp_path)
+    assert second.pending() == 6
+    assert second.flush(timeout=60)
+    assert second.close(timeout=10)
+    assert list(tmp_path.glob("w4.spill.*.jsonl")) == []
+    with pg.connect(outage.dsn) as conn:
+        assert pg.latest_surface(conn, "deribit", "BTC") == f.fold(events)
+
+
+def test_a_corrupt_spill_line_is_set_aside_and_the_rest_written(pg_db, surface_factory, tmp_path):
+    from operators.events import to_json
+
+    f = surface_factory()
+    good = [f.patch(750 + i, changed=[i]) for i in range(3)]
+    lines = [to_json(good[0]), to_json(good[1])[:40], to_json(good[2])]  # a line cut by a crash
+    (tmp_path / "w5.spill.000000000001.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    writer = pg.PostgresWriter(pg_db, name="w5", flush_ms=10, spill_dir=tmp_path)
+    assert writer.pending() == 3
+    assert writer.flush(timeout=30) and writer.close(timeout=10)
+    assert writer.stats()["errors"] == {"rejected.spill_corrupt": 1}
+    assert len((tmp_path / "w5.rejected.jsonl").read_text().splitlines()) == 1
+    assert list(tmp_path.glob("w5.spill.*")) == []
+    with pg.connect(pg_db) as conn:
+        assert pg.latest_surface(conn, "deribit", "BTC") == f.fold([good[0], good[2]])
+
+
+# ---------------------------------------------------------------- bytewax sink
+
+
+def test_postgres_sink_in_a_dataflow(pg_db, surface_factory, tmp_path):
+    from bytewax.dataflow import Dataflow
+    from bytewax.operators import input as bw_input
+    from bytewax.operators import output as bw_output
+    from bytewax.testing import TestingSource, run_main
+
+    f = surface_factory(underlying="ETH")
+    events = [f.patch(800 + i, changed=[i % 4], removed=[3] if i == 5 else []) for i in range(12)]
+    events += [f.fit(f.expiry(1), 900), StatusReport(source="w", ts_ms=0, started_ms=0)]
+    sink = pg.PostgresSink(pg_db, spill_dir=tmp_path, flush_ms=20, batch_rows=5)
+    flow = Dataflow("pg_sink_test")
+    stream = bw_input("inp", flow, TestingSource(events, batch_size=3))
+    bw_output("pg", stream, sink)
+    run_main(flow)
+
+    (writer,) = sink.writers
+    stats = writer.stats()
+    assert stats["written_events"] == 13 and stats["ignored"] == 1 and stats["pending"] == 0
+    with pg.connect(pg_db) as conn:
+        assert pg.latest_surface(conn, "deribit", "ETH") == f.fold(events[:12])
+    assert count(pg_db, "smile_fits", "epoch = 900") == 1
