@@ -89,6 +89,8 @@ MODELS: dict[str, CurrencyModel] = {
 SCALES: dict[str, dict[str, Any]] = {
     "small": {"plan": {"daily": 1, "weekly": 1, "monthly": 0, "quarterly": 0}, "n_strikes": 12,
               "n_sd": 2.5, "depth": 5},
+    "medium": {"plan": {"daily": 1, "weekly": 2, "monthly": 3, "quarterly": 2}, "n_strikes": 25,
+               "n_sd": 3.0, "depth": 5},
     "seed": {"plan": {"daily": 2, "weekly": 3, "monthly": 4, "quarterly": 3},
              "n_strikes": {"BTC": 167, "ETH": 84}, "n_sd": 4.0, "depth": 8},
 }

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -85,6 +86,8 @@ def wait_for_port(host: str, port: int, proc: subprocess.Popen, what: str, timeo
 
 
 def run_system(args) -> int:
+    # pgserver's platformdirs warns on machines without a login session; nothing to act on
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     from bytewax.testing import run_main
 
     from connectors.deribit import DeribitSource

@@ -11,6 +11,7 @@ environment: VOLGRAPH_CONFIG, VOLGRAPH_URL, VOLGRAPH_PG_DSN, VOLGRAPH_GATEWAY_UR
 from __future__ import annotations
 
 import os
+import socket
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Optional
@@ -104,7 +105,8 @@ class ReportingSource(FixedPartitionedSource):
 class _ReportingPartition(StatefulSourcePartition):
     def __init__(self, inner: StatefulSourcePartition, name: str, interval_ms: int):
         self.inner = inner
-        self.name = f"{name}@{os.getpid()}"
+        # one report per process: the counters are process-wide, whatever the partition
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.interval_ms = interval_ms
         self.next_report_ms = 0
 

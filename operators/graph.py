@@ -134,7 +134,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "source.max_frame_bytes": (lambda v: v >= 1024, "an integer ≥ 1024"),
     "simulator.port": (lambda v: 0 <= v <= 65535, "a port from 0 to 65535 (0 = any free port)"),
     "simulator.rate": (lambda v: v >= 1, "an integer ≥ 1 (messages per second)"),
-    "simulator.scale": (lambda v: v in ("small", "seed"), 'one of "small", "seed"'),
+    "simulator.scale": (lambda v: v in ("small", "medium", "seed"), 'one of "small", "medium", "seed"'),
     "chain.fit_interval_ms": (lambda v: v >= 0, "an integer ≥ 0"),
     "chain.min_quotes": (lambda v: v >= 5, "an integer ≥ 5 (SVI has 5 parameters)"),
     "chain.fits_per_epoch": (lambda v: v >= 1, "an integer ≥ 1"),
