@@ -46,6 +46,11 @@ class Counters:
         if name == "patch_lag_ms":
             _lag.set(value)
 
+    def max(self, name: str, value: float) -> None:
+        with self._lock:
+            if value > self._values.get(name, float("-inf")):
+                self._values[name] = value
+
     def snapshot(self) -> dict[str, float]:
         with self._lock:
             return dict(self._values)

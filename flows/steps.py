@@ -35,7 +35,8 @@ class ChainStep(StatefulBatchLogic):
         if self.logic is None:
             underlying, expiry_ms = split_chain_key(values[0][0])
             self.logic = self.make(ChainState(self.venue_hint, underlying, expiry_ms))
-        self.logic.on_items(event for _, event in values)
+        for _, events in values:  # each value is one source batch of this expiry's events
+            self.logic.on_items(events)
         if self._due is None:
             self._due = self.logic.next_epoch_ms()
         return [], StatefulBatchLogic.RETAIN
@@ -43,8 +44,10 @@ class ChainStep(StatefulBatchLogic):
     def on_notify(self):
         self._due = None
         if self.logic.expired():
+            self.logic.budget.forget(self.logic.key)
             return [("expired", self.logic.state.expiry_ms)], StatefulBatchLogic.DISCARD
         out = [("fit", fit, chain) for fit, chain in self.logic.on_epoch()]
+        out.extend(("error", e) for e in self.logic.take_errors())
         self._report()
         if self.logic.pending():  # deferred by the fit interval or the budget
             self._due = self.logic.next_epoch_ms()
@@ -55,6 +58,7 @@ class ChainStep(StatefulBatchLogic):
         if self.logic is None:
             return [], StatefulBatchLogic.RETAIN
         out = [("fit", fit, chain) for fit, chain in self.logic.on_epoch(flush=True)]
+        out.extend(("error", e) for e in self.logic.take_errors())
         self._report()
         return out, StatefulBatchLogic.RETAIN
 
@@ -70,11 +74,13 @@ class ChainStep(StatefulBatchLogic):
 
     def _report(self) -> None:
         counts = self.logic.counters
-        for name in ("iv_solves", "fits", "fits_deferred"):
+        for name in ("items", "dirty", "iv_solves", "iv_full", "iv_taylor", "iv_skipped", "fits",
+                     "fits_deferred", "epoch_us"):
             delta = counts[name] - self._reported.get(name, 0)
             if delta:
                 COUNTERS.add(name, delta)
                 self._reported[name] = counts[name]
+        COUNTERS.max("audit_max_err_bp", counts["audit_max_err_bp"])
 
 
 class SurfaceStep(StatefulBatchLogic):
@@ -111,10 +117,14 @@ class SurfaceStep(StatefulBatchLogic):
 def chain_builder(config: Config, now_ms: Callable[[], int]):
     budget = FitBudget(config.chain.fits_per_epoch)
 
+    c = config.chain
+
     def make(state: ChainState) -> ChainLogic:
-        return ChainLogic(state, epoch_ms=config.runtime.epoch_ms,
-                          fit_interval_ms=config.chain.fit_interval_ms, min_quotes=config.chain.min_quotes,
-                          max_rel_spread=config.chain.max_rel_spread, budget=budget, now_ms=now_ms)
+        return ChainLogic(state, epoch_ms=config.runtime.epoch_ms, fit_interval_ms=c.fit_interval_ms,
+                          min_quotes=c.min_quotes, max_rel_spread=c.max_rel_spread, budget=budget, now_ms=now_ms,
+                          depth=config.source.depth, skip_bp=c.skip_bp, approx_bp=c.approx_bp,
+                          taylor2_bp=c.taylor2_bp, change_bp=c.change_bp, fit_change_bp=c.fit_change_bp,
+                          audit_every=c.audit_every)
 
     def build(resume: Optional[ChainState]) -> ChainStep:
         step = ChainStep(make, resume)

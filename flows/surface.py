@@ -1,7 +1,13 @@
 """The volgraph dataflow (DESIGN.md §4), read top to bottom like its diagram:
 
-    feed ─► book[instrument] ─► chain[underlying|expiry] ─► surface[underlying] ─► gateway
-                                                  └──────── fits ─────────────────► postgres
+    feed ─► chain[underlying|expiry] ─────────────► surface[underlying] ─► gateway, postgres
+            L2 books, forward, IVs (dirty strikes,      analytics nodes, calendar,
+            small moves), SVI fit schedule              tenors, one patch per epoch
+                          └──────────── fits ────────────────────────────────► postgres
+
+(The L2 books live inside the chain step, keyed by expiry, rather than in a step of their
+own keyed by instrument: a batch of one expiry's events is then one bytewax item instead
+of one item per message per step — see README, Benchmarks.)
 
 Run it with `volgraph run` (simulator, embedded PostgreSQL and gateway included) or, with
 everything external, `python -m bytewax.run flows.surface:flow` (configured by the
@@ -23,7 +29,6 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from flows.metrics import COUNTERS
 from flows.steps import chain_builder, surface_builder
-from operators.book import book_step
 from operators.chain import now_wall_ms
 from operators.events import (BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument,
                               SmileFit, StatusReport, SurfacePatch, Ticker, chain_key)
@@ -34,46 +39,30 @@ def build_flow(config: Config, source, sinks: list, *, now_ms: Callable[[], int]
                flow_id: str = "volgraph") -> Dataflow:
     """`source` yields normalised events; each sink receives fits, patches and status reports."""
     flow = Dataflow(flow_id)
-    feed = op.input("feed", flow, ReportingSource(source, config.runtime.status_interval_ms))
+    # the source's events, grouped per expiry: (chain key, [events]) — one bytewax item per
+    # expiry per source batch instead of one per message (bytewax costs µs per item per step)
+    feed = op.input("feed", flow, BatchingSource(source, config.runtime.status_interval_ms))
 
-    # book[instrument]: L2 state, gaps, top-N quotes; tickers pass through to their chain
-    to_book = op.filter_map("to_book", feed, _book_keyed)
-    books = op.stateful_map("book", to_book, book_step(config.source.depth))
-    routed = op.flat_map("book_out", books, lambda kv: kv[1])
-    errors = op.filter_map("errors", routed, lambda kv: kv[1] if kv[0] == "" else None)
-    quotes = op.filter("quotes", routed, lambda kv: kv[0] != "")
-    futures = op.filter_map("futures", feed, _future_keyed)
-
-    # chain[underlying|expiry]: forward, IVs, SVI — once per epoch
-    chain_in = op.map("chain_in", op.merge("chain_merge", quotes, futures), lambda kv: (kv[0], kv))
+    # chain[underlying|expiry]: L2 books, forward, IVs, SVI — once per epoch
+    chain_in = op.filter_map("chain_in", feed, lambda x: (x[0], x) if type(x) is tuple else None)
     chain_out = op.stateful_batch("chain", chain_in, chain_builder(config, now_ms))
 
     # surface[underlying]: analytics nodes, calendar, tenors — one patch per epoch
-    indices = op.filter_map("indices", feed, lambda e: (e.underlying, e) if isinstance(e, IndexPrice) else None)
-    to_surface = op.map("to_surface", op.merge("surface_merge", op.map("fit_key", chain_out, _surface_keyed), indices),
-                        lambda kv: (kv[0], kv))
+    fits_and_ends = op.filter("fits_and_ends", chain_out, lambda kv: kv[1][0] != "error")
+    indices = op.filter_map("indices", feed, lambda e: (e.underlying, e) if type(e) is IndexPrice else None)
+    to_surface = op.map("to_surface", op.merge("surface_merge", op.map("fit_key", fits_and_ends, _surface_keyed),
+                                                  indices), lambda kv: (kv[0], kv))
     patches = op.map("patches", op.stateful_batch("surface", to_surface, surface_builder(config, now_ms)),
                      lambda kv: _count_patch(kv[1]))
 
-    fits = op.filter_map("fits", chain_out, lambda kv: kv[1][1] if kv[1][0] == "fit" else None)
-    statuses = op.filter("status", feed, lambda e: isinstance(e, StatusReport))
+    errors = op.filter_map("errors", chain_out, lambda kv: kv[1][1] if kv[1][0] == "error" else None)
     op.inspect("count_errors", errors, lambda _s, e: COUNTERS.add(f"errors.{e.reason}"))
+    fits = op.filter_map("fits", chain_out, lambda kv: kv[1][1] if kv[1][0] == "fit" else None)
+    statuses = op.filter("status", feed, lambda e: type(e) is StatusReport)
     out = op.merge("out", fits, patches, statuses)
     for i, sink in enumerate(sinks):
         op.output(f"sink_{i}", out, sink)
     return flow
-
-
-def _book_keyed(event):
-    if isinstance(event, (Instrument, BookUpdate, Ticker)):
-        return event.instrument, event
-    return None
-
-
-def _future_keyed(event):
-    if isinstance(event, FuturePrice):
-        return chain_key(event.underlying, event.expiry_ms), event
-    return None
 
 
 def _surface_keyed(kv):
@@ -87,8 +76,9 @@ def _count_patch(patch: SurfacePatch) -> SurfacePatch:
     return patch
 
 
-class ReportingSource(FixedPartitionedSource):
-    """Wraps a source: counts events in and interleaves a StatusReport every interval."""
+class BatchingSource(FixedPartitionedSource):
+    """Wraps a source of events: groups each batch per expiry key, interleaves a
+    StatusReport every interval, counts events in and feed errors by reason."""
 
     def __init__(self, inner: FixedPartitionedSource, interval_ms: int):
         self.inner = inner
@@ -98,30 +88,61 @@ class ReportingSource(FixedPartitionedSource):
         return self.inner.list_parts()
 
     def build_part(self, step_id, for_part, resume_state):
-        return _ReportingPartition(self.inner.build_part(step_id, for_part, resume_state), for_part,
-                                   self.interval_ms)
+        return _BatchingPartition(self.inner.build_part(step_id, for_part, resume_state), self.interval_ms)
 
 
-class _ReportingPartition(StatefulSourcePartition):
-    def __init__(self, inner: StatefulSourcePartition, name: str, interval_ms: int):
+class _BatchingPartition(StatefulSourcePartition):
+    def __init__(self, inner: StatefulSourcePartition, interval_ms: int):
         self.inner = inner
         # one report per process: the counters are process-wide, whatever the partition
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.interval_ms = interval_ms
         self.next_report_ms = 0
+        self.route: dict[str, str] = {}  # option instrument → chain key, learnt from Instrument events
+        self.expiries: dict[str, set[str]] = {}  # underlying → its chain keys
 
     def next_batch(self):
-        batch = list(self.inner.next_batch())
-        if batch:
-            COUNTERS.add("messages_in", len(batch))
-            for e in batch:
-                if isinstance(e, FeedError):
+        events = self.inner.next_batch()
+        out: list = []
+        if events:
+            COUNTERS.add("messages_in", len(events))
+            groups: dict[str, list] = {}
+            route = self.route
+            index: dict[str, IndexPrice] = {}
+            for e in events:
+                kind = type(e)
+                if kind is BookUpdate or kind is Ticker:
+                    key = route.get(e.instrument)
+                    if key is not None:
+                        groups.setdefault(key, []).append(e)
+                    elif kind is BookUpdate:
+                        COUNTERS.add("errors.unknown_instrument")
+                elif kind is Instrument:
+                    if e.kind == "option":
+                        key = route[e.instrument] = chain_key(e.underlying, e.expiry_ms)
+                        self.expiries.setdefault(e.underlying, set()).add(key)
+                        groups.setdefault(key, []).append(e)
+                elif kind is FuturePrice:
+                    groups.setdefault(chain_key(e.underlying, e.expiry_ms), []).append(e)
+                elif kind is IndexPrice:
+                    index[e.underlying] = e  # the latest per batch is all that matters
+                elif kind is FeedError:
                     COUNTERS.add(f"errors.{e.reason}")
+                    key = route.get(e.instrument)
+                    if key is not None:
+                        groups.setdefault(key, []).append(e)
+                else:
+                    out.append(e)
+            for underlying, e in index.items():
+                out.append(e)
+                for key in self.expiries.get(underlying, ()):
+                    groups.setdefault(key, []).append(e)
+            out.extend(groups.items())
         now = int(time.time() * 1000)
         if now >= self.next_report_ms:
             self.next_report_ms = now + self.interval_ms
-            batch.append(StatusReport(self.name, now, COUNTERS.started_ms, COUNTERS.snapshot()))
-        return batch
+            out.append(StatusReport(self.name, now, COUNTERS.started_ms, COUNTERS.snapshot()))
+        return out
 
     def next_awake(self):
         inner = self.inner.next_awake()

@@ -1,8 +1,8 @@
 """Order-book state per instrument: L2 levels from snapshots and changes, gap detection,
-and the top-N Quote that the chain step prices.
+and the top-N Quote view of it.
 
-Keyed by instrument. Pure state logic: no I/O, no sockets, no numerics beyond sorting.
-A sequence gap or a crossed book makes the book stale: its Quote says so and the chain
+The chain step keeps one OrderBook per option of its expiry. Pure state logic: no I/O,
+no sockets, no numerics beyond sorting. A sequence gap or a crossed book makes the book stale: its Quote says so and the chain
 withholds that strike until a fresh snapshot arrives (the connector resubscribes).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from operators.events import BookUpdate, FeedError, Instrument, Quote, Ticker, chain_key
+from operators.events import BookUpdate, FeedError, Instrument, Quote
 
 
 class OrderBook:
@@ -67,35 +67,3 @@ class OrderBook:
         asks = tuple(sorted(self.asks.items())[: self.depth])
         return Quote(update.venue, inst.instrument, inst.underlying, inst.expiry_ms, float(inst.strike),
                      inst.option_type, update.ts_exchange_ms, update.ts_recv_ms, bids, asks, self.stale)
-
-
-def book_step(depth: int):
-    """A `stateful_map` mapper: (book | None, Instrument | BookUpdate | Ticker) →
-    (book, [(chain key, event)]). Errors come out under the key "" ."""
-
-    def step(book: Optional[OrderBook], event):
-        if book is None:
-            book = OrderBook(depth)
-        if isinstance(event, Instrument):
-            book.instrument = event
-            return book, []
-        inst = book.instrument
-        if inst is None:
-            return book, [("", FeedError(event.venue, "unknown_instrument",
-                                         f"{type(event).__name__} before the instrument was listed",
-                                         event.ts_recv_ms, event.instrument))]
-        if inst.kind != "option":
-            return book, []
-        key = chain_key(inst.underlying, inst.expiry_ms)
-        if isinstance(event, Ticker):
-            return book, [(key, event)]  # the chain takes the forward (underlying_px) from it
-        out = []
-        error = book.apply(event)
-        if error is not None:
-            out.append(("", error))
-        quote = book.quote(event)
-        if quote is not None:
-            out.append((key, quote))
-        return book, out
-
-    return step

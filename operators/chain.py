@@ -21,7 +21,9 @@ import numpy as np
 
 from operators import forward as fwd
 from operators import iv, small_moves, svi
-from operators.events import ChainUpdate, FuturePrice, Quote, SmileFit, Ticker
+from operators.book import OrderBook
+from operators.events import (BookUpdate, ChainUpdate, FeedError, FuturePrice, IndexPrice, Instrument, Quote,
+                              SmileFit, Ticker, chain_key)
 
 MS_PER_YEAR = 365.0 * 86_400_000.0  # ACT/365, to the millisecond
 
@@ -34,33 +36,52 @@ def t_years(expiry_ms: int, ts_ms: int) -> float:
     return (expiry_ms - ts_ms) / MS_PER_YEAR
 
 
-@dataclass
 class FitBudget:
-    """Fits allowed per epoch on one worker, shared by all its chain keys."""
+    """Fits allowed per epoch on one worker, shared by all its chain keys, stalest first.
 
-    per_epoch: int
-    epoch: int = -1
-    used: int = 0
+    A key asking for a fit registers when its fit became owed; within an epoch a key is
+    only granted a fit when fewer keys that have waited longer are still waiting than
+    there are fits left, so no expiry starves: with K keys owed fits and B fits per epoch,
+    every key is fitted within ceil(K / B) epochs of asking.
+    """
 
-    def take(self, epoch: int) -> bool:
+    def __init__(self, per_epoch: int):
+        self.per_epoch = per_epoch
+        self.epoch = -1
+        self.used = 0
+        self.waiting: dict[str, int] = {}  # key → ms its fit became owed
+
+    def take(self, epoch: int, key: str = "", owed_since_ms: int = 0) -> bool:
         if epoch != self.epoch:
             self.epoch, self.used = epoch, 0
-        if self.used >= self.per_epoch:
+        since = self.waiting.setdefault(key, owed_since_ms)
+        left = self.per_epoch - self.used
+        if left <= 0:
+            return False
+        older = sum(1 for k, t in self.waiting.items() if (t, k) < (since, key))
+        if older >= left:
             return False
         self.used += 1
+        del self.waiting[key]
         return True
+
+    def forget(self, key: str) -> None:
+        self.waiting.pop(key, None)
 
 
 @dataclass
 class ChainState:
-    """Everything needed to resume an expiry: current quotes, forward inputs, last fit."""
+    """Everything needed to resume an expiry: books, forward inputs, solve state, last fit."""
 
     venue: str
     underlying: str
     expiry_ms: int
     strikes: list[float] = field(default_factory=list)
     slot: dict[float, int] = field(default_factory=dict)
-    # coin prices per slot; NaN = no quote / stale
+    # option instrument → (slot, is_call); its L2 book
+    options: dict[str, tuple[int, bool]] = field(default_factory=dict)
+    books: dict[str, OrderBook] = field(default_factory=dict)
+    # best coin prices per slot; NaN = no quote / stale
     call_bid: list[float] = field(default_factory=list)
     call_ask: list[float] = field(default_factory=list)
     put_bid: list[float] = field(default_factory=list)
@@ -69,6 +90,7 @@ class ChainState:
     future_bid: Optional[float] = None
     future_ask: Optional[float] = None
     underlying_px: Optional[float] = None
+    index_px: Optional[float] = None
     forward: Optional[float] = None
     forward_method: str = ""
     forward_dirty: bool = False
@@ -76,6 +98,7 @@ class ChainState:
     last_fit: Optional[SmileFit] = None
     last_fit_ms: int = 0
     smile_changed: bool = False
+    fit_owed_since_ms: int = 0
     # Solve state per slot, in normalised Black space (see operators/small_moves.py):
     # side: the OTM option used (True = call); x0: ln(F/K) at the last exact solve;
     # s0/s1/s2: total std σ√T there and its first/second x-derivatives, [bid, ask];
@@ -86,6 +109,7 @@ class ChainState:
     s1: np.ndarray = field(default_factory=lambda: np.zeros((2, 0)))
     s2: np.ndarray = field(default_factory=lambda: np.zeros((2, 0)))
     s: np.ndarray = field(default_factory=lambda: np.zeros((2, 0)))
+    s_at_fit: np.ndarray = field(default_factory=lambda: np.zeros((2, 0)))  # published s at the last fit
 
     def slot_of(self, strike: float) -> int:
         idx = self.slot.get(strike)
@@ -106,8 +130,6 @@ class ChainState:
         return np.stack([np.where(side, self.call_bid, self.put_bid), np.where(side, self.call_ask, self.put_ask)])
 
 
-def _best(levels) -> float:
-    return levels[0][0] if levels else math.nan
 
 
 class ChainLogic:
@@ -115,45 +137,99 @@ class ChainLogic:
 
     def __init__(self, state: ChainState, *, epoch_ms: int, fit_interval_ms: int, min_quotes: int,
                  max_rel_spread: float, budget: FitBudget, now_ms: Callable[[], int] = now_wall_ms,
-                 skip_bp: float = 0.25, approx_bp: float = 50.0, taylor2_bp: float = 2.0,
-                 change_bp: float = 0.05):
+                 depth: int = 5, skip_bp: float = 0.25, approx_bp: float = 50.0, taylor2_bp: float = 2.0,
+                 change_bp: float = 0.05, fit_change_bp: float = 0.5, audit_every: int = 0):
         self.state = state
+        self.key = chain_key(state.underlying, state.expiry_ms)
         self.epoch_ms = epoch_ms
         self.fit_interval_ms = fit_interval_ms
         self.min_quotes = min_quotes
         self.max_rel_spread = max_rel_spread
         self.budget = budget
         self.now_ms = now_ms
+        self.depth = depth
         self.skip_bp, self.approx_bp, self.taylor2_bp = skip_bp, approx_bp, taylor2_bp
-        self.change_bp = change_bp  # a published vol moving less than this does not dirty the fit
-        self.counters = {"items": 0, "iv_solves": 0, "iv_full": 0, "iv_taylor": 0, "iv_skipped": 0,
-                         "fits": 0, "fits_deferred": 0}
+        self.change_bp = change_bp  # a published vol moving less than this is not a change
+        self.fit_change_bp = fit_change_bp  # the smile must move this much (max over strikes) to refit
+        self.audit_every = audit_every  # every N epochs compare published vols to an exact solve
+        self.errors: list[FeedError] = []
+        self.epochs = 0
+        self.counters = {"items": 0, "dirty": 0, "iv_solves": 0, "iv_full": 0, "iv_taylor": 0, "iv_skipped": 0,
+                         "fits": 0, "fits_deferred": 0, "epoch_us": 0, "audit_max_err_bp": 0.0}
 
     # ------------------------------------------------------------------ items: mark dirty
     def on_items(self, items: Iterable) -> None:
+        """Apply events to the books and forward inputs; only marks what is dirty."""
         s = self.state
         for item in items:
             self.counters["items"] += 1
-            if isinstance(item, Quote):
-                idx = s.slot_of(item.strike)
-                bid = math.nan if item.stale else _best(item.bids)
-                ask = math.nan if item.stale else _best(item.asks)
-                if item.option_type == "C":
-                    s.call_bid[idx], s.call_ask[idx] = bid, ask
-                else:
-                    s.put_bid[idx], s.put_ask[idx] = bid, ask
-                s.dirty.add(idx)
-                s.ts_exchange_ms = max(s.ts_exchange_ms, item.ts_exchange_ms)
-            elif isinstance(item, Ticker):
+            kind = type(item)
+            if kind is BookUpdate:
+                entry = s.options.get(item.instrument)
+                if entry is None:
+                    self.errors.append(FeedError(item.venue, "unknown_instrument",
+                                                 "book update before the instrument was listed",
+                                                 item.ts_recv_ms, item.instrument))
+                    continue
+                book = s.books[item.instrument]
+                error = book.apply(item)
+                if error is not None:
+                    self.errors.append(error)
+                idx, is_call = entry
+                bid = ask = math.nan
+                if not book.stale:
+                    if book.bids:
+                        bid = max(book.bids)
+                    if book.asks:
+                        ask = min(book.asks)
+                self._set_quote(idx, is_call, bid, ask)
+                if item.ts_exchange_ms > s.ts_exchange_ms:
+                    s.ts_exchange_ms = item.ts_exchange_ms
+            elif kind is Ticker:
                 if item.underlying_px is not None and item.underlying_px != s.underlying_px:
                     s.underlying_px = item.underlying_px
                     s.forward_dirty = True
-                s.ts_exchange_ms = max(s.ts_exchange_ms, item.ts_exchange_ms)
-            elif isinstance(item, FuturePrice):
+                if item.ts_exchange_ms > s.ts_exchange_ms:
+                    s.ts_exchange_ms = item.ts_exchange_ms
+            elif kind is Instrument:
+                if item.kind == "option" and item.instrument not in s.options:
+                    s.options[item.instrument] = (s.slot_of(float(item.strike)), item.option_type == "C")
+                    s.books[item.instrument] = OrderBook(self.depth, item)
+            elif kind is FuturePrice:
                 if (item.bid, item.ask) != (s.future_bid, s.future_ask):
                     s.future_bid, s.future_ask = item.bid, item.ask
                     s.forward_dirty = True
-                s.ts_exchange_ms = max(s.ts_exchange_ms, item.ts_exchange_ms)
+                if item.ts_exchange_ms > s.ts_exchange_ms:
+                    s.ts_exchange_ms = item.ts_exchange_ms
+            elif kind is IndexPrice:
+                s.index_px = item.price
+                # only an expiry whose forward comes from the index is moved by it
+                if s.forward_method in ("index", "none", ""):
+                    s.forward_dirty = True
+            elif kind is FeedError:
+                # the connector saw a gap: withhold that book until its fresh snapshot
+                entry = s.options.get(item.instrument)
+                if entry is not None and item.reason == "seq_gap":
+                    s.books[item.instrument].stale = True
+                    self._set_quote(entry[0], entry[1], math.nan, math.nan)
+            elif kind is Quote:
+                idx = s.slot_of(item.strike)
+                bid = math.nan if item.stale or not item.bids else item.bids[0][0]
+                ask = math.nan if item.stale or not item.asks else item.asks[0][0]
+                self._set_quote(idx, item.option_type == "C", bid, ask)
+                if item.ts_exchange_ms > s.ts_exchange_ms:
+                    s.ts_exchange_ms = item.ts_exchange_ms
+
+    def _set_quote(self, idx: int, is_call: bool, bid: float, ask: float) -> None:
+        s = self.state
+        bids, asks = (s.call_bid, s.call_ask) if is_call else (s.put_bid, s.put_ask)
+        if not (_same(bids[idx], bid) and _same(asks[idx], ask)):
+            bids[idx], asks[idx] = bid, ask
+            s.dirty.add(idx)
+
+    def take_errors(self) -> list:
+        errors, self.errors = self.errors, []
+        return errors
 
     def pending(self) -> bool:
         s = self.state
@@ -172,14 +248,23 @@ class ChainLogic:
 
         flush=True (end of a finite input) fits an owed smile regardless of interval and budget.
         """
+        started = time.perf_counter()
+        try:
+            return self._epoch(flush)
+        finally:
+            self.counters["epoch_us"] += int((time.perf_counter() - started) * 1e6)
+
+    def _epoch(self, flush: bool) -> list:
         s = self.state
         now = self.now_ms()
         epoch = now // self.epoch_ms
+        self.epochs += 1
         ts = s.ts_exchange_ms or now
         t = t_years(s.expiry_ms, ts)
         if t <= 0 or not s.strikes:
             s.dirty.clear()
             return []
+        self.counters["dirty"] += len(s.dirty) + (1 if s.forward_dirty else 0)
         if s.forward_dirty or s.forward is None or s.dirty:
             self._update_forward()
         if s.forward is None:
@@ -188,23 +273,59 @@ class ChainLogic:
             self._solve(t)
             s.dirty.clear()
             s.forward_dirty = False
+        if self.audit_every and self.epochs % self.audit_every == 0:
+            self._audit(t)
         if not s.smile_changed:
             return []
+        if not flush and not self._moved_materially(t):
+            s.smile_changed = False
+            s.fit_owed_since_ms = 0
+            self.budget.forget(self.key)
+            return []
+        if not s.fit_owed_since_ms:
+            s.fit_owed_since_ms = now
         if flush:
             return self._fit(epoch, ts, now, t)
         if now - s.last_fit_ms < self.fit_interval_ms:
             return []
-        if not self.budget.take(epoch):
+        if not self.budget.take(epoch, self.key, s.fit_owed_since_ms):
             self.counters["fits_deferred"] += 1
             return []
         return self._fit(epoch, ts, now, t)
+
+    def _moved_materially(self, t: float) -> bool:
+        """Has any published vol moved by fit_change_bp since the last fit (or appeared/gone)?"""
+        s = self.state
+        if s.last_fit is None or s.s_at_fit.shape != s.s.shape:
+            return True
+        if not np.array_equal(np.isnan(s.s), np.isnan(s.s_at_fit)):
+            return True
+        with np.errstate(invalid="ignore"):
+            moved = np.nanmax(np.abs(s.s - s.s_at_fit), initial=0.0) / math.sqrt(t) * 1e4
+        return bool(moved >= self.fit_change_bp)
+
+    def _audit(self, t: float) -> None:
+        """Compare every published vol with an exact solve from the same quotes and forward."""
+        s = self.state
+        strikes = np.asarray(s.strikes)
+        side = strikes >= s.forward
+        prices = s.prices_coin(side)
+        exact = iv.implied_vol_coin(prices.reshape(-1), s.forward, np.concatenate([strikes, strikes]), t,
+                                    np.concatenate([side, side])).reshape(2, -1)
+        published = s.s / math.sqrt(t)
+        both = np.isfinite(exact) & np.isfinite(published)
+        if both.any():
+            err = float(np.max(np.abs(published[both] - exact[both]))) * 1e4
+            self.counters["audit_max_err_bp"] = max(self.counters["audit_max_err_bp"], err)
+        self.counters["audit_mismatch"] = self.counters.get("audit_mismatch", 0) + int(
+            np.sum(np.isfinite(exact) != np.isfinite(published)))
 
     def _update_forward(self) -> None:
         s = self.state
         est = fwd.estimate_forward(
             np.asarray(s.strikes), np.asarray(s.call_bid), np.asarray(s.call_ask),
             np.asarray(s.put_bid), np.asarray(s.put_ask),
-            future_bid=s.future_bid, future_ask=s.future_ask, underlying_px=s.underlying_px,
+            future_bid=s.future_bid, future_ask=s.future_ask, underlying_px=s.underlying_px, index_px=s.index_px,
             prices_in_coin=True)
         if est is None or not math.isfinite(est.forward) or est.forward <= 0:
             return
@@ -286,6 +407,7 @@ class ChainLogic:
             rel_spread = (ask_iv - bid_iv) / mid
         usable = two_sided & (rel_spread <= self.max_rel_spread)
         s.smile_changed = False
+        s.fit_owed_since_ms = 0
         if usable.sum() < self.min_quotes:
             return []
         order = np.argsort(strikes[usable])
@@ -308,6 +430,8 @@ class ChainLogic:
             n_quotes=int(usable.sum()), butterfly_ok=bool(fit.butterfly_ok), min_g=_finite(fit.min_g),
             fit_ms=fit_ms, inside_band_frac=_opt(fit.inside_band_frac), warm=prev is not None)
         s.last_fit, s.last_fit_ms = smile, now
+        s.s_at_fit = s.s.copy()
+        s.fit_owed_since_ms = 0
         chain = ChainUpdate(
             venue=s.venue, underlying=s.underlying, expiry_ms=s.expiry_ms, epoch=epoch,
             ts_exchange_ms=ts, ts_emit_ms=now, t_years=t, forward=s.forward,

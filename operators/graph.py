@@ -62,6 +62,12 @@ class Chain:
     min_quotes: int
     fits_per_epoch: int
     max_rel_spread: float
+    fit_change_bp: float
+    skip_bp: float
+    approx_bp: float
+    taylor2_bp: float
+    change_bp: float
+    audit_every: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +145,12 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "chain.min_quotes": (lambda v: v >= 5, "an integer ≥ 5 (SVI has 5 parameters)"),
     "chain.fits_per_epoch": (lambda v: v >= 1, "an integer ≥ 1"),
     "chain.max_rel_spread": (lambda v: v > 0, "a number > 0"),
+    "chain.fit_change_bp": (lambda v: v >= 0, "a number ≥ 0"),
+    "chain.skip_bp": (lambda v: 0 <= v <= 0.5, "a number from 0 to 0.5 (the skipped drift counts twice toward the 1 bp bound)"),
+    "chain.approx_bp": (lambda v: v >= 0, "a number ≥ 0"),
+    "chain.taylor2_bp": (lambda v: 0 <= v <= 5, "a number from 0 to 5 (larger second-order terms leave third-order errors near 1 bp)"),
+    "chain.change_bp": (lambda v: 0 <= v <= 1, "a number from 0 to 1"),
+    "chain.audit_every": (lambda v: v >= 0, "an integer ≥ 0 (0 = off)"),
     "surface.tenors_days": (lambda v: all(isinstance(d, int) and d > 0 for d in v), "a list of positive integers"),
     "sinks.gateway.port": (lambda v: 0 <= v <= 65535, "a port from 0 to 65535"),
     "sinks.postgres.batch_rows": (lambda v: v >= 1, "an integer ≥ 1"),

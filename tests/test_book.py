@@ -3,8 +3,8 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from operators.book import OrderBook, book_step
-from operators.events import BookUpdate, FeedError, Instrument, Quote, Ticker, chain_key
+from operators.book import OrderBook
+from operators.events import BookUpdate, FeedError, Instrument
 
 EXPIRY = 1_800_000_000_000
 INST = Instrument("deribit", "BTC-1JAN27-50000-C", "BTC", "option", EXPIRY, 50000.0, "C", 0.0001, 1.0, "BTC")
@@ -62,18 +62,3 @@ def test_crossed_book_is_stale_and_reported():
     book = OrderBook(depth=5, instrument=INST)
     err = book.apply(update(1, None, "snapshot", [(0.03, 1.0)], [(0.02, 1.0)]))
     assert err.reason == "crossed_book" and book.stale
-
-
-def test_book_step_routes_by_chain_key_and_reports_unknown_instruments():
-    step = book_step(depth=3)
-    state, out = step(None, update(1, None, "snapshot", [(0.01, 1.0)], [(0.02, 1.0)]))
-    assert out[0][0] == "" and out[0][1].reason == "unknown_instrument"
-    state, out = step(state, INST)
-    assert out == []
-    state, out = step(state, update(1, None, "snapshot", [(0.01, 1.0)], [(0.02, 1.0)]))
-    key, quote = out[0]
-    assert key == chain_key("BTC", EXPIRY) and isinstance(quote, Quote)
-    assert quote.strike == 50000.0 and quote.option_type == "C" and quote.bids == ((0.01, 1.0),)
-    ticker = Ticker("deribit", INST.instrument, 5, 6, underlying_px=50123.0)
-    state, out = step(state, ticker)
-    assert out == [(key, ticker)]

@@ -117,3 +117,85 @@ def test_forward_move_resolves_every_strike_of_the_expiry():
 def test_expired_chain_says_so():
     clock = Clock(EXPIRY)
     assert logic(clock).expired()
+
+
+def test_no_expiry_starves_under_the_fit_budget():
+    """12 expiries all re-quoted every epoch, 2 fits per epoch: each one is refitted
+    within ceil(12 / 2) = 6 epochs of owing a fit, every time."""
+    clock = Clock(T0)
+    budget = FitBudget(2)
+    chains = []
+    for i in range(12):
+        state = ChainState("deribit", "BTC", EXPIRY + i * 86_400_000)
+        chains.append(ChainLogic(state, epoch_ms=50, fit_interval_ms=0, min_quotes=6, max_rel_spread=1.0,
+                                 budget=budget, now_ms=clock, fit_change_bp=0.0))
+    last_fit_epoch = {i: None for i in range(12)}
+    worst_wait = 0
+    for epoch in range(36):
+        clock.ms = T0 + epoch * 50
+        bump = 0.004 + 0.0001 * (epoch % 7)  # a changed smile every epoch
+        for i, chain in enumerate(reversed(chains)):  # a fixed, unfair notification order
+            chain.on_items([q for q in quotes(half_spread_vol=bump)] +
+                           [Ticker("deribit", "X", clock.ms, clock.ms, underlying_px=FORWARD)])
+        for i, chain in enumerate(reversed(chains)):
+            if chain.on_epoch():
+                j = chains.index(chain)
+                if last_fit_epoch[j] is not None:
+                    worst_wait = max(worst_wait, epoch - last_fit_epoch[j])
+                last_fit_epoch[j] = epoch
+    assert all(e is not None for e in last_fit_epoch.values())
+    assert worst_wait <= 6
+    assert sum(c.counters["fits"] for c in chains) == 2 * 36  # the budget is used, never exceeded
+
+
+def test_books_in_the_chain_gap_and_unknown_instruments():
+    from operators.events import BookUpdate, FeedError, Instrument
+
+    clock = Clock(T0)
+    chain = logic(clock)
+    insts = [Instrument("deribit", f"O-{k}-{cp}", "BTC", "option", EXPIRY, float(k), cp, 0.0001, 1.0, "BTC")
+             for k in STRIKES for cp in "CP"]
+    px = {q.instrument.split("X-")[1]: q for q in quotes()}
+    updates = []
+    for inst in insts:
+        q = px[f"{inst.strike}-{inst.option_type}"]
+        updates.append(BookUpdate("deribit", inst.instrument, T0, T0, 1, None, "snapshot", q.bids, q.asks))
+    chain.on_items(insts + updates + [Ticker("deribit", "X", T0, T0, underlying_px=FORWARD)])
+    (fit, update), = chain.on_epoch()
+    assert fit.n_quotes == len(STRIKES)
+    # the connector reports a gap on the 70,000 call: withheld from the next fit
+    clock.ms += 300
+    chain.on_items([FeedError("deribit", "seq_gap", "gap", T0, "O-70000.0-C"),
+                    BookUpdate("deribit", "NOPE", T0, T0, 1, None, "snapshot", (), ())])
+    (fit, update), = chain.on_epoch()
+    assert 70_000.0 not in update.strikes and fit.n_quotes == len(STRIKES) - 1
+    assert [e.reason for e in chain.take_errors()] == ["unknown_instrument"]
+    # a fresh snapshot brings it back
+    clock.ms += 300
+    q = px["70000.0-C"]
+    chain.on_items([BookUpdate("deribit", "O-70000.0-C", T0, T0, 9, None, "snapshot", q.bids, q.asks)])
+    (fit, update), = chain.on_epoch()
+    assert 70_000.0 in update.strikes
+
+
+def test_an_index_move_only_moves_expiries_priced_off_the_index():
+    from operators.events import IndexPrice
+
+    clock = Clock(T0)
+    on_index, on_ticker = logic(clock), logic(clock)
+    # one expiry has no ticker forward and only one-sided quotes: its forward is the index
+    calls_only = [q for q in quotes() if q.option_type == "C"]
+    on_index.on_items(calls_only + [IndexPrice("deribit", "BTC", T0, T0, FORWARD)])
+    on_ticker.on_items(quotes() + [Ticker("deribit", "X", T0, T0, underlying_px=FORWARD)])
+    on_index.on_epoch()
+    on_ticker.on_epoch()
+    assert on_index.state.forward_method == "index" and on_ticker.state.forward_method != "index"
+    solves = (on_index.counters["iv_solves"], on_ticker.counters["iv_solves"])
+    clock.ms += 50
+    moved = IndexPrice("deribit", "BTC", clock.ms, clock.ms, FORWARD * 1.002)
+    for chain in (on_index, on_ticker):
+        chain.on_items([moved])
+        chain.on_epoch()
+    assert on_index.state.forward == pytest.approx(FORWARD * 1.002)
+    assert on_index.counters["iv_taylor"] + on_index.counters["iv_full"] > 0
+    assert on_ticker.counters["iv_solves"] == solves[1] and on_ticker.counters["iv_taylor"] == 0

@@ -18,7 +18,7 @@ def test_chain_step_times_epochs_resumes_from_snapshot_and_leaves_at_expiry():
     build = chain_builder(load_config(), clock)
     step = build(None)
     key = chain_key("BTC", EXPIRY)
-    step.on_batch([(key, q) for q in quotes()] + [(key, Ticker("deribit", "X", T0, T0, underlying_px=FORWARD))])
+    step.on_batch([(key, quotes() + [Ticker("deribit", "X", T0, T0, underlying_px=FORWARD)])])
     assert step.notify_at().timestamp() * 1000 == T0 + 50  # next 50 ms epoch boundary
     clock.ms = T0 + 50
     out, discard = step.on_notify()
@@ -37,7 +37,7 @@ def test_surface_step_removes_an_expired_expiry():
     clock = Clock(T0 + 7)
     chain = chain_builder(load_config(), clock)(None)
     key = chain_key("BTC", EXPIRY)
-    chain.on_batch([(key, q) for q in quotes()] + [(key, Ticker("deribit", "X", T0, T0, underlying_px=FORWARD))])
+    chain.on_batch([(key, quotes() + [Ticker("deribit", "X", T0, T0, underlying_px=FORWARD)])])
     clock.ms = T0 + 50
     (fit_item,), _ = chain.on_notify()
     surface = surface_builder(load_config(), clock)(None)
