@@ -180,8 +180,14 @@ def _status_line(counters, stop: threading.Event) -> None:
         rate = (now.get("messages_in", 0) - last.get("messages_in", 0)) / dt
         fits = (now.get("fits", 0) - last.get("fits", 0)) / dt
         errors = sum(v for k, v in now.items() if k.startswith("errors."))
-        line = (f"msgs/s {rate:9,.0f}   fits/s {fits:6.1f}   lag {now.get('patch_lag_ms', 0):6.0f} ms   "
-                f"patches {now.get('patches', 0):8,.0f}   errors {errors:,.0f}")
+
+        def per_s(name):
+            return (now.get(name, 0) - last.get(name, 0)) / dt
+
+        line = (f"msgs/s {rate:9,.0f}   fits/s {fits:6.1f}   IV/s full {per_s('iv_full'):8,.0f} "
+                f"taylor {per_s('iv_taylor'):8,.0f} skip {per_s('iv_skipped'):8,.0f}   "
+                f"epoch cpu {per_s('epoch_us') / 1e4:4.1f} %   lag {now.get('patch_lag_ms', 0):5.0f} ms   "
+                f"deferred {now.get('fits_deferred', 0):,.0f}   errors {errors:,.0f}")
         if tty:
             sys.stdout.write("\r\x1b[2K" + line)
         else:

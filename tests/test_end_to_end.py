@@ -92,7 +92,11 @@ def test_simulator_to_gateway_and_postgres(simulator, gateway, pg_db, tmp_path):
     svi.warm_up()
 
     client = DashboardClient(f"{ws_base}/ws")
-    config = load_config(overrides={"chain": {"fit_interval_ms": 200}})
+    # an analytic added in graph.toml alone must reach the gateway and PostgreSQL
+    graph = tmp_path / "graph.toml"
+    graph.write_text('[chain]\nfit_interval_ms = 200\n\n[nodes.rr15]\nfn = "operators.analytics:risk_reversal"\n'
+                     'inputs = ["fit"]\nlevel = "expiry"\ndelta = 0.15\n')
+    config = load_config(graph)
     source = DeribitSource(url=sim_url, currencies=CURRENCIES, depth=5, interval="100ms", heartbeat_s=10,
                            queue_max=100_000, max_frame_bytes=1 << 20, run_seconds=RUN_SECONDS)
     pg_sink = PostgresSink(pg_db, spill_dir=tmp_path / "spill", flush_ms=100)
@@ -102,6 +106,8 @@ def test_simulator_to_gateway_and_postgres(simulator, gateway, pg_db, tmp_path):
     with connect(pg_db) as conn:
         stored = {u: latest_surface(conn, "deribit", u) for u in CURRENCIES}
         n_fits = conn.execute("SELECT count(*) FROM smile_fits").fetchone()[0]
+        rr15_rows = conn.execute("SELECT count(*) FROM expiry_views WHERE analytics ? 'rr15'").fetchone()[0]
+    assert rr15_rows > 0
     assert n_fits >= sum(len(sim.expiries(u)) for u in CURRENCIES)
 
     # 1. every simulated expiry is fitted, close to the true smile at the quoted strikes
@@ -123,6 +129,7 @@ def test_simulator_to_gateway_and_postgres(simulator, gateway, pg_db, tmp_path):
             rms = math.sqrt(float(np.mean(err_pts ** 2)))
             assert rms <= 0.5 and np.max(np.abs(err_pts)) <= 1.5, (u, expiry_ms, rms, err_pts)
             assert view.atm_vol is not None and view.rr25 is not None
+            assert view.analytics["rr15"] < view.rr25 < 0  # further in the put wing: more negative
 
     # 2. the dashboard client's merged snapshot + patches equal the latest rows in PostgreSQL
     same = client.wait_until(lambda: all(client.surfaces.get(u) == stored[u] for u in CURRENCIES), timeout=30)
