@@ -33,8 +33,7 @@ class ChainStep(StatefulBatchLogic):
 
     def on_batch(self, values):
         if self.logic is None:
-            underlying, expiry_ms = split_chain_key(values[0][0])
-            self.logic = self.make(ChainState(self.venue_hint, underlying, expiry_ms))
+            self.logic = self.make(ChainState(*split_chain_key(values[0][0])))
         for _, events in values:  # each value is one source batch of this expiry's events
             self.logic.on_items(events)
         if self._due is None:
@@ -93,7 +92,7 @@ class SurfaceStep(StatefulBatchLogic):
 
     def on_batch(self, values):
         if self.logic is None:
-            self.logic = self.make(SurfaceState(self.venue_hint, values[0][0]))
+            self.logic = self.make(SurfaceState(*values[0][0].split("|")))
         self.logic.on_items(item for _, item in values)
         if self._due is None and self.logic.has_work():
             self._due = (self.logic.now_ms() // self.logic.epoch_ms + 1) * self.logic.epoch_ms
@@ -127,9 +126,7 @@ def chain_builder(config: Config, now_ms: Callable[[], int]):
                           audit_every=c.audit_every)
 
     def build(resume: Optional[ChainState]) -> ChainStep:
-        step = ChainStep(make, resume)
-        step.venue_hint = config.source.venue
-        return step
+        return ChainStep(make, resume)
 
     return build
 
@@ -141,8 +138,6 @@ def surface_builder(config: Config, now_ms: Callable[[], int]):
                             epoch_ms=config.runtime.epoch_ms, now_ms=now_ms)
 
     def build(resume: Optional[SurfaceState]) -> SurfaceStep:
-        step = SurfaceStep(make, resume)
-        step.venue_hint = config.source.venue
-        return step
+        return SurfaceStep(make, resume)
 
     return build

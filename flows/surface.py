@@ -31,7 +31,8 @@ from flows.metrics import COUNTERS
 from flows.steps import chain_builder, surface_builder
 from operators.chain import now_wall_ms
 from operators.events import (BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument,
-                              SmileFit, StatusReport, SurfacePatch, Ticker, chain_key)
+                              SmileFit, StatusReport, SurfacePatch, Ticker, chain_key,
+                              surface_key)
 from operators.graph import Config, load_config
 
 
@@ -49,7 +50,8 @@ def build_flow(config: Config, source, sinks: list, *, now_ms: Callable[[], int]
 
     # surface[underlying]: analytics nodes, calendar, tenors — one patch per epoch
     fits_and_ends = op.filter("fits_and_ends", chain_out, lambda kv: kv[1][0] != "error")
-    indices = op.filter_map("indices", feed, lambda e: (e.underlying, e) if type(e) is IndexPrice else None)
+    indices = op.filter_map("indices", feed,
+                            lambda e: (surface_key(e.venue, e.underlying), e) if type(e) is IndexPrice else None)
     to_surface = op.map("to_surface", op.merge("surface_merge", op.map("fit_key", fits_and_ends, _surface_keyed),
                                                   indices), lambda kv: (kv[0], kv))
     patches = op.map("patches", op.stateful_batch("surface", to_surface, surface_builder(config, now_ms)),
@@ -67,7 +69,7 @@ def build_flow(config: Config, source, sinks: list, *, now_ms: Callable[[], int]
 
 def _surface_keyed(kv):
     key, item = kv
-    return key.split("|")[0], item
+    return key.rsplit("|", 1)[0], item  # venue|underlying|expiry → venue|underlying
 
 
 def _count_patch(patch: SurfacePatch) -> SurfacePatch:
@@ -108,7 +110,7 @@ class _BatchingPartition(StatefulSourcePartition):
             COUNTERS.add("messages_in", len(events))
             groups: dict[str, list] = {}
             route = self.route
-            index: dict[str, IndexPrice] = {}
+            index: dict[tuple[str, str], IndexPrice] = {}
             for e in events:
                 kind = type(e)
                 if kind is BookUpdate or kind is Ticker:
@@ -119,13 +121,13 @@ class _BatchingPartition(StatefulSourcePartition):
                         COUNTERS.add("errors.unknown_instrument")
                 elif kind is Instrument:
                     if e.kind == "option":
-                        key = route[e.instrument] = chain_key(e.underlying, e.expiry_ms)
-                        self.expiries.setdefault(e.underlying, set()).add(key)
+                        key = route[e.instrument] = chain_key(e.venue, e.underlying, e.expiry_ms)
+                        self.expiries.setdefault((e.venue, e.underlying), set()).add(key)
                         groups.setdefault(key, []).append(e)
                 elif kind is FuturePrice:
-                    groups.setdefault(chain_key(e.underlying, e.expiry_ms), []).append(e)
+                    groups.setdefault(chain_key(e.venue, e.underlying, e.expiry_ms), []).append(e)
                 elif kind is IndexPrice:
-                    index[e.underlying] = e  # the latest per batch is all that matters
+                    index[(e.venue, e.underlying)] = e  # the latest per batch is all that matters
                 elif kind is FeedError:
                     COUNTERS.add(f"errors.{e.reason}")
                     key = route.get(e.instrument)
@@ -133,9 +135,9 @@ class _BatchingPartition(StatefulSourcePartition):
                         groups.setdefault(key, []).append(e)
                 else:
                     out.append(e)
-            for underlying, e in index.items():
+            for venue_underlying, e in index.items():
                 out.append(e)
-                for key in self.expiries.get(underlying, ()):
+                for key in self.expiries.get(venue_underlying, ()):
                     groups.setdefault(key, []).append(e)
             out.extend(groups.items())
         now = int(time.time() * 1000)

@@ -1,6 +1,6 @@
 """Chain state per (underlying, expiry): quotes in, forward and implied vols, SVI fits out.
 
-Keyed by `chain_key(underlying, expiry_ms)`. Items only mark strikes dirty; once per epoch
+Keyed by `chain_key(venue, underlying, expiry_ms)`. Items only mark strikes dirty; once per epoch
 (`epoch_ms`) the step solves the dirty strikes' IVs in one vectorised call (all strikes
 when the forward moved), and refits SVI when the smile changed, at most once per
 `fit_interval_ms`, warm-started from the last fit and within a per-worker fit budget.
@@ -140,7 +140,7 @@ class ChainLogic:
                  depth: int = 5, skip_bp: float = 0.25, approx_bp: float = 50.0, taylor2_bp: float = 2.0,
                  change_bp: float = 0.05, fit_change_bp: float = 0.5, audit_every: int = 0):
         self.state = state
-        self.key = chain_key(state.underlying, state.expiry_ms)
+        self.key = chain_key(state.venue, state.underlying, state.expiry_ms)
         self.epoch_ms = epoch_ms
         self.fit_interval_ms = fit_interval_ms
         self.min_quotes = min_quotes

@@ -24,14 +24,22 @@ SCHEMA_VERSION = 1
 Level = tuple[float, float]  # (price, size); size 0 deletes the level in a change
 
 
-def chain_key(underlying: str, expiry_ms: int) -> str:
-    """The key of the per-expiry chain state: `BTC|1767254400000`."""
-    return f"{underlying}|{expiry_ms}"
+CONSOLIDATED = "all"  # the venue name of the surface combined across venues
 
 
-def split_chain_key(key: str) -> tuple[str, int]:
-    underlying, expiry = key.split("|")
-    return underlying, int(expiry)
+def chain_key(venue: str, underlying: str, expiry_ms: int) -> str:
+    """The key of the per-expiry chain state: `deribit|BTC|1767254400000`."""
+    return f"{venue}|{underlying}|{expiry_ms}"
+
+
+def split_chain_key(key: str) -> tuple[str, str, int]:
+    venue, underlying, expiry = key.split("|")
+    return venue, underlying, int(expiry)
+
+
+def surface_key(venue: str, underlying: str) -> str:
+    """The key of the per-underlying surface state: `deribit|BTC`."""
+    return f"{venue}|{underlying}"
 
 
 # ---------------------------------------------------------------- market events (sources)

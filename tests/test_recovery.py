@@ -65,7 +65,7 @@ def test_chain_snapshot_is_current_state_not_history():
 
     clock = Clock(T0)
     step: ChainStep = chain_builder(load_config(), clock)(None)
-    key = chain_key("BTC", EXPIRY)
+    key = chain_key("deribit", "BTC", EXPIRY)
     step.on_batch([(key, quotes() + [Ticker("deribit", "X", T0, T0, underlying_px=FORWARD)])])
     size_once = len(pickle.dumps(step.snapshot()))
     for i in range(50):  # many more ticks on the same strikes

@@ -17,7 +17,7 @@ def test_chain_step_times_epochs_resumes_from_snapshot_and_leaves_at_expiry():
     clock = Clock(T0 + 7)
     build = chain_builder(load_config(), clock)
     step = build(None)
-    key = chain_key("BTC", EXPIRY)
+    key = chain_key("deribit", "BTC", EXPIRY)
     step.on_batch([(key, quotes() + [Ticker("deribit", "X", T0, T0, underlying_px=FORWARD)])])
     assert step.notify_at().timestamp() * 1000 == T0 + 50  # next 50 ms epoch boundary
     clock.ms = T0 + 50
@@ -36,15 +36,15 @@ def test_chain_step_times_epochs_resumes_from_snapshot_and_leaves_at_expiry():
 def test_surface_step_removes_an_expired_expiry():
     clock = Clock(T0 + 7)
     chain = chain_builder(load_config(), clock)(None)
-    key = chain_key("BTC", EXPIRY)
+    key = chain_key("deribit", "BTC", EXPIRY)
     chain.on_batch([(key, quotes() + [Ticker("deribit", "X", T0, T0, underlying_px=FORWARD)])])
     clock.ms = T0 + 50
     (fit_item,), _ = chain.on_notify()
     surface = surface_builder(load_config(), clock)(None)
-    surface.on_batch([("BTC", fit_item)])
+    surface.on_batch([("deribit|BTC", fit_item)])
     clock.ms = T0 + 100
     (patch,), _ = surface.on_notify()
     assert [v.expiry_ms for v in patch.expiries] == [EXPIRY] and patch.removed == ()
-    surface.on_batch([("BTC", ("expired", EXPIRY))])
+    surface.on_batch([("deribit|BTC", ("expired", EXPIRY))])
     (patch,), _ = surface.on_notify()
     assert patch.expiries == () and patch.removed == (EXPIRY,)
