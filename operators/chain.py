@@ -78,9 +78,18 @@ class ChainState:
     expiry_ms: int
     strikes: list[float] = field(default_factory=list)
     slot: dict[float, int] = field(default_factory=dict)
-    # option instrument → (slot, is_call); its L2 book
+    # option instrument → (slot, is_call); its L2 book. A consolidated chain holds the same
+    # (strike, type) from several venues: `legs` lists them, and the best fresh quote wins.
     options: dict[str, tuple[int, bool]] = field(default_factory=dict)
     books: dict[str, OrderBook] = field(default_factory=dict)
+    legs: dict[tuple[int, bool], list[str]] = field(default_factory=dict)
+    venue_seen_ms: dict[str, int] = field(default_factory=dict)  # last event per venue (freshness)
+    stale_venues: frozenset = frozenset()
+    # venue giving the best bid / ask per slot, calls and puts ("" = none)
+    call_bid_venue: list[str] = field(default_factory=list)
+    call_ask_venue: list[str] = field(default_factory=list)
+    put_bid_venue: list[str] = field(default_factory=list)
+    put_ask_venue: list[str] = field(default_factory=list)
     # best coin prices per slot; NaN = no quote / stale
     call_bid: list[float] = field(default_factory=list)
     call_ask: list[float] = field(default_factory=list)
@@ -118,6 +127,8 @@ class ChainState:
             self.strikes.append(strike)
             for arr in (self.call_bid, self.call_ask, self.put_bid, self.put_ask):
                 arr.append(math.nan)
+            for arr in (self.call_bid_venue, self.call_ask_venue, self.put_bid_venue, self.put_ask_venue):
+                arr.append("")
             self.side = np.append(self.side, False)
             self.x0 = np.append(self.x0, math.nan)
             nan2 = np.full((2, 1), math.nan)
@@ -138,7 +149,8 @@ class ChainLogic:
     def __init__(self, state: ChainState, *, epoch_ms: int, fit_interval_ms: int, min_quotes: int,
                  max_rel_spread: float, budget: FitBudget, now_ms: Callable[[], int] = now_wall_ms,
                  depth: int = 5, skip_bp: float = 0.25, approx_bp: float = 50.0, taylor2_bp: float = 2.0,
-                 change_bp: float = 0.05, fit_change_bp: float = 0.5, audit_every: int = 0):
+                 change_bp: float = 0.05, fit_change_bp: float = 0.5, audit_every: int = 0,
+                 venue_stale_ms: int = 5_000):
         self.state = state
         self.key = chain_key(state.venue, state.underlying, state.expiry_ms)
         self.epoch_ms = epoch_ms
@@ -152,6 +164,7 @@ class ChainLogic:
         self.change_bp = change_bp  # a published vol moving less than this is not a change
         self.fit_change_bp = fit_change_bp  # the smile must move this much (max over strikes) to refit
         self.audit_every = audit_every  # every N epochs compare published vols to an exact solve
+        self.venue_stale_ms = venue_stale_ms
         self.errors: list[FeedError] = []
         self.epochs = 0
         self.counters = {"items": 0, "dirty": 0, "iv_solves": 0, "iv_full": 0, "iv_taylor": 0, "iv_skipped": 0,
@@ -171,18 +184,11 @@ class ChainLogic:
                                                  "book update before the instrument was listed",
                                                  item.ts_recv_ms, item.instrument))
                     continue
-                book = s.books[item.instrument]
-                error = book.apply(item)
+                error = s.books[item.instrument].apply(item)
                 if error is not None:
                     self.errors.append(error)
-                idx, is_call = entry
-                bid = ask = math.nan
-                if not book.stale:
-                    if book.bids:
-                        bid = max(book.bids)
-                    if book.asks:
-                        ask = min(book.asks)
-                self._set_quote(idx, is_call, bid, ask)
+                self._requote(*entry)
+                s.venue_seen_ms[item.venue] = max(s.venue_seen_ms.get(item.venue, 0), item.ts_recv_ms)
                 if item.ts_exchange_ms > s.ts_exchange_ms:
                     s.ts_exchange_ms = item.ts_exchange_ms
             elif kind is Ticker:
@@ -193,8 +199,10 @@ class ChainLogic:
                     s.ts_exchange_ms = item.ts_exchange_ms
             elif kind is Instrument:
                 if item.kind == "option" and item.instrument not in s.options:
-                    s.options[item.instrument] = (s.slot_of(float(item.strike)), item.option_type == "C")
+                    leg = (s.slot_of(float(item.strike)), item.option_type == "C")
+                    s.options[item.instrument] = leg
                     s.books[item.instrument] = OrderBook(self.depth, item)
+                    s.legs.setdefault(leg, []).append(item.instrument)
             elif kind is FuturePrice:
                 if (item.bid, item.ask) != (s.future_bid, s.future_ask):
                     s.future_bid, s.future_ask = item.bid, item.ask
@@ -211,7 +219,7 @@ class ChainLogic:
                 entry = s.options.get(item.instrument)
                 if entry is not None and item.reason == "seq_gap":
                     s.books[item.instrument].stale = True
-                    self._set_quote(entry[0], entry[1], math.nan, math.nan)
+                    self._requote(*entry)
             elif kind is Quote:
                 idx = s.slot_of(item.strike)
                 bid = math.nan if item.stale or not item.bids else item.bids[0][0]
@@ -220,12 +228,51 @@ class ChainLogic:
                 if item.ts_exchange_ms > s.ts_exchange_ms:
                     s.ts_exchange_ms = item.ts_exchange_ms
 
+    def _requote(self, idx: int, is_call: bool) -> None:
+        """Best bid and ask of one (strike, type) across its venues' books; a stale, crossed
+        or silent venue is left out, never averaged in."""
+        s = self.state
+        bid = ask = math.nan
+        bid_venue = ask_venue = ""
+        for name in s.legs[(idx, is_call)]:
+            book = s.books[name]
+            venue = book.instrument.venue
+            if book.stale or venue in s.stale_venues:
+                continue
+            if book.bids:
+                b = max(book.bids)
+                if not b <= bid:  # also true while bid is NaN
+                    bid, bid_venue = b, venue
+            if book.asks:
+                a = min(book.asks)
+                if not a >= ask:
+                    ask, ask_venue = a, venue
+        if bid >= ask:  # venues crossing each other: no trustworthy quote for this strike
+            bid = ask = math.nan
+            bid_venue = ask_venue = ""
+        self._set_quote(idx, is_call, bid, ask)
+        if is_call:
+            s.call_bid_venue[idx], s.call_ask_venue[idx] = bid_venue, ask_venue
+        else:
+            s.put_bid_venue[idx], s.put_ask_venue[idx] = bid_venue, ask_venue
+
     def _set_quote(self, idx: int, is_call: bool, bid: float, ask: float) -> None:
         s = self.state
         bids, asks = (s.call_bid, s.call_ask) if is_call else (s.put_bid, s.put_ask)
         if not (_same(bids[idx], bid) and _same(asks[idx], ask)):
             bids[idx], asks[idx] = bid, ask
             s.dirty.add(idx)
+
+    def _check_venues(self, now: int) -> None:
+        """A venue silent for venue_stale_ms is excluded until it speaks again."""
+        s = self.state
+        if len(s.venue_seen_ms) < 2:
+            return  # a single-venue chain: staleness is per book (gaps), not per venue
+        stale = frozenset(v for v, seen in s.venue_seen_ms.items() if now - seen > self.venue_stale_ms)
+        if stale != s.stale_venues:
+            s.stale_venues = stale
+            for leg in s.legs:
+                self._requote(*leg)
 
     def take_errors(self) -> list:
         errors, self.errors = self.errors, []
@@ -264,6 +311,7 @@ class ChainLogic:
         if t <= 0 or not s.strikes:
             s.dirty.clear()
             return []
+        self._check_venues(now)
         self.counters["dirty"] += len(s.dirty) + (1 if s.forward_dirty else 0)
         if s.forward_dirty or s.forward is None or s.dirty:
             self._update_forward()
@@ -438,8 +486,16 @@ class ChainLogic:
             forward_method=s.forward_method, strikes=tuple(float(x) for x in k_strikes),
             bid_iv=tuple(_opt(x) for x in bid_iv[usable][order]),
             ask_iv=tuple(_opt(x) for x in ask_iv[usable][order]),
-            mid_iv=tuple(_opt(x) for x in mid[usable][order]))
+            mid_iv=tuple(_opt(x) for x in mid[usable][order]),
+            bid_venue=self._venues(s.call_bid_venue, s.put_bid_venue, usable, order),
+            ask_venue=self._venues(s.call_ask_venue, s.put_ask_venue, usable, order))
         return [(smile, chain)]
+
+
+    def _venues(self, calls: list[str], puts: list[str], usable: np.ndarray, order: np.ndarray) -> tuple[str, ...]:
+        side = self.state.side
+        picked = [calls[i] if side[i] else puts[i] for i in np.flatnonzero(usable)]
+        return tuple(picked[j] for j in order)
 
 
 def _same(a: float, b: float) -> bool:

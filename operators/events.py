@@ -179,6 +179,8 @@ class ChainUpdate:
     delta: tuple[Optional[float], ...] = ()
     vega: tuple[Optional[float], ...] = ()
     changed: tuple[float, ...] = ()  # strikes whose IVs changed this epoch
+    bid_venue: tuple[str, ...] = ()  # which venue's quote each bid/ask IV came from
+    ask_venue: tuple[str, ...] = ()
     v: int = SCHEMA_VERSION
 
 
@@ -225,6 +227,8 @@ class ExpiryView:
     bid_iv: tuple[Optional[float], ...] = ()
     ask_iv: tuple[Optional[float], ...] = ()
     calendar_ok: bool = True
+    bid_venue: tuple[str, ...] = ()  # venue attribution of each quote (consolidated surfaces)
+    ask_venue: tuple[str, ...] = ()
     v: int = SCHEMA_VERSION
 
 

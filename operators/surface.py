@@ -75,7 +75,8 @@ class SurfaceLogic:
             fixed = {name: analytics.get(name) for name in FIXED_FIELDS}
             changed[expiry_ms] = ExpiryView(expiry_ms=expiry_ms, fit=fit, analytics=analytics,
                                             strikes=chain.strikes, bid_iv=chain.bid_iv,
-                                            ask_iv=chain.ask_iv, **fixed)
+                                            ask_iv=chain.ask_iv, bid_venue=chain.bid_venue,
+                                            ask_venue=chain.ask_venue, **fixed)
         s.pending.clear()
         s.views.update(changed)
         checks = self._calendar()

@@ -199,3 +199,30 @@ def test_an_index_move_only_moves_expiries_priced_off_the_index():
     assert on_index.state.forward == pytest.approx(FORWARD * 1.002)
     assert on_index.counters["iv_taylor"] + on_index.counters["iv_full"] > 0
     assert on_ticker.counters["iv_solves"] == solves[1] and on_ticker.counters["iv_taylor"] == 0
+
+
+def test_consolidated_chain_takes_the_best_fresh_quote_with_venue_attribution():
+    from operators.events import BookUpdate, Instrument
+
+    clock = Clock(T0)
+    chain = logic(clock, venue_stale_ms=1_000)
+    base = {f"{q.strike}-{q.option_type}": q for q in quotes()}
+    events = []
+    for venue, name_fmt, shift in (("deribit", "D-{}-{}", 0.0), ("okx", "O-{}-{}", 0.25)):
+        for key, q in base.items():
+            strike, cp = key.split("-")
+            name = name_fmt.format(strike, cp)
+            events.append(Instrument(venue, name, "BTC", "option", EXPIRY, float(strike), cp, 0.0001, 1.0, "BTC"))
+            # okx quotes a tighter market on every strike: its bid is higher, its ask lower
+            spread = q.asks[0][0] - q.bids[0][0]
+            bid, ask = q.bids[0][0] + shift * spread, q.asks[0][0] - shift * spread
+            events.append(BookUpdate(venue, name, T0, T0, 1, None, "snapshot", ((bid, 1.0),), ((ask, 1.0),)))
+    chain.on_items(events + [Ticker("deribit", "X", T0, T0, underlying_px=FORWARD)])
+    (fit, update), = chain.on_epoch()
+    assert set(update.bid_venue) == {"okx"} and set(update.ask_venue) == {"okx"}
+    # okx goes silent: after venue_stale_ms it is excluded and deribit's quotes take over
+    clock.ms += 2_000
+    chain.on_items([BookUpdate("deribit", "D-70000.0-C", T0 + 2_000, T0 + 2_000, 2, 1, "change", (), ())])
+    (fit, update), = chain.on_epoch()
+    assert set(update.bid_venue) == {"deribit"} and set(update.ask_venue) == {"deribit"}
+    assert fit.n_quotes == len(STRIKES)
