@@ -37,6 +37,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     run.add_argument("--no-postgres", action="store_true", help="run without persistence")
 
     sub.add_parser("sim", help="the exchange simulator (Deribit JSON-RPC over websocket)", add_help=False)
+    sub.add_parser("sim-okx", help="the OKX simulator (OKX v5 public websocket)", add_help=False)
     sub.add_parser("gateway", help="the websocket gateway and dashboard server", add_help=False)
     check = sub.add_parser("check-config", help="validate a graph.toml and print its nodes")
     check.add_argument("path", nargs="?")
@@ -46,6 +47,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if argv and argv[0] == "sim":
         from connectors.simulator import main as sim_main
         return sim_main(argv[1:]) or 0
+    if argv and argv[0] == "sim-okx":
+        from connectors.okx_sim import main as okx_sim_main
+        return okx_sim_main(argv[1:]) or 0
     if argv and argv[0] == "gateway":
         from connectors.gateway import main as gateway_main
         return gateway_main(argv[1:]) or 0
@@ -90,10 +94,9 @@ def run_system(args) -> int:
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     from bytewax.testing import run_main
 
-    from connectors.deribit import DeribitSource
     from connectors.gateway_sink import GatewaySink
     from flows.metrics import COUNTERS
-    from flows.surface import build_flow
+    from flows.surface import build_flow, venue_sources
     from operators import iv, svi
 
     config = load_config(args.config)
@@ -103,17 +106,24 @@ def run_system(args) -> int:
     children: list[subprocess.Popen] = []
     py = [sys.executable, "-m", "flows.cli"]
     try:
-        if args.live:
-            url = config.source.url
-        else:
+        urls: dict[str, str] = {}
+        if not args.live:  # one simulator process per venue, each speaking that venue's protocol
             sim = config.simulator
-            sim_port = sim.port or free_port()
-            children.append(subprocess.Popen(py + ["sim", "--host", sim.host, "--port", str(sim_port),
-                                                   "--seed", str(sim.seed), "--rate", str(args.rate or sim.rate),
-                                                   "--scale", sim.scale,
-                                                   "--currencies", ",".join(config.source.currencies)]))
-            wait_for_port(sim.host, sim_port, children[-1], "simulator")
-            url = f"ws://{sim.host}:{sim_port}/ws/api/v2"
+            rate = str(args.rate or sim.rate)
+            if config.sources.deribit.enabled:
+                port = free_port() if not sim.port else sim.port
+                children.append(subprocess.Popen(py + [
+                    "sim", "--host", sim.host, "--port", str(port), "--seed", str(sim.seed), "--rate", rate,
+                    "--scale", sim.scale, "--currencies", ",".join(config.sources.deribit.currencies)]))
+                wait_for_port(sim.host, port, children[-1], "Deribit simulator")
+                urls["deribit"] = f"ws://{sim.host}:{port}/ws/api/v2"
+            if config.sources.okx.enabled:
+                port = free_port()
+                children.append(subprocess.Popen(py + [
+                    "sim-okx", "--host", sim.host, "--port", str(port), "--seed", str(sim.seed + 1), "--rate", rate,
+                    "--scale", sim.scale, "--families", ",".join(config.sources.okx.families)]))
+                wait_for_port(sim.host, port, children[-1], "OKX simulator")
+                urls["okx"] = f"ws://{sim.host}:{port}/ws/v5/public"
 
         gw = config.sinks.gateway
         gw_port = args.port or gw.port
@@ -138,12 +148,10 @@ def run_system(args) -> int:
 
         iv.warm_up()  # compile numba kernels before the first market data arrives
         svi.warm_up()
-        src = config.source
-        source = DeribitSource(url=url, currencies=src.currencies, depth=src.depth, interval=src.book_interval,
-                               heartbeat_s=src.heartbeat_s, queue_max=src.queue_max,
-                               max_frame_bytes=src.max_frame_bytes, run_seconds=args.seconds)
-        flow = build_flow(config, source, sinks)
-        print(f"volgraph: dashboard http://{gw.host}:{gw_port}/   feed {url}   postgres {pg_line}", flush=True)
+        sources = venue_sources(config, urls, run_seconds=args.seconds)
+        flow = build_flow(config, sources, sinks)
+        feeds = "  ".join(f"{v} {urls.get(v, getattr(config.sources, v).url)}" for v in config.sources.venues())
+        print(f"volgraph: dashboard http://{gw.host}:{gw_port}/   feeds {feeds}   postgres {pg_line}", flush=True)
         print("volgraph: Ctrl-C stops everything", flush=True)
         stop = threading.Event()
         status = threading.Thread(target=_status_line, args=(COUNTERS, stop), daemon=True)

@@ -121,9 +121,9 @@ def chain_builder(config: Config, now_ms: Callable[[], int]):
     def make(state: ChainState) -> ChainLogic:
         return ChainLogic(state, epoch_ms=config.runtime.epoch_ms, fit_interval_ms=c.fit_interval_ms,
                           min_quotes=c.min_quotes, max_rel_spread=c.max_rel_spread, budget=budget, now_ms=now_ms,
-                          depth=config.source.depth, skip_bp=c.skip_bp, approx_bp=c.approx_bp,
+                          depth=config.sources.deribit.depth, skip_bp=c.skip_bp, approx_bp=c.approx_bp,
                           taylor2_bp=c.taylor2_bp, change_bp=c.change_bp, fit_change_bp=c.fit_change_bp,
-                          audit_every=c.audit_every)
+                          audit_every=c.audit_every, venue_stale_ms=config.consolidation.venue_stale_ms)
 
     def build(resume: Optional[ChainState]) -> ChainStep:
         return ChainStep(make, resume)

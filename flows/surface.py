@@ -16,6 +16,7 @@ environment: VOLGRAPH_CONFIG, VOLGRAPH_URL, VOLGRAPH_PG_DSN, VOLGRAPH_GATEWAY_UR
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import time
@@ -31,18 +32,24 @@ from flows.metrics import COUNTERS
 from flows.steps import chain_builder, surface_builder
 from operators.chain import now_wall_ms
 from operators.events import (BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument,
-                              SmileFit, StatusReport, SurfacePatch, Ticker, chain_key,
-                              surface_key)
-from operators.graph import Config, load_config
+                              SmileFit, StatusReport, SurfacePatch, Ticker, CONSOLIDATED,
+                              chain_key, surface_key)
+from operators.graph import Config, ConfigError, load_config
 
 
 def build_flow(config: Config, source, sinks: list, *, now_ms: Callable[[], int] = now_wall_ms,
                flow_id: str = "volgraph") -> Dataflow:
-    """`source` yields normalised events; each sink receives fits, patches and status reports."""
+    """`source` (one, or a list with one per venue) yields normalised events; each sink
+    receives fits, patches and status reports. With several sources and consolidation on,
+    every option event also feeds the combined surface (venue "all")."""
     flow = Dataflow(flow_id)
-    # the source's events, grouped per expiry: (chain key, [events]) — one bytewax item per
+    sources = list(source) if isinstance(source, (list, tuple)) else [source]
+    consolidate = config.consolidation.enabled and len(sources) > 1
+    # each source's events, grouped per expiry: (chain key, [events]) — one bytewax item per
     # expiry per source batch instead of one per message (bytewax costs µs per item per step)
-    feed = op.input("feed", flow, BatchingSource(source, config.runtime.status_interval_ms))
+    feeds = [op.input(f"feed_{i}", flow, BatchingSource(src, config.runtime.status_interval_ms, consolidate))
+             for i, src in enumerate(sources)]
+    feed = feeds[0] if len(feeds) == 1 else op.merge("feeds", *feeds)
 
     # chain[underlying|expiry]: L2 books, forward, IVs, SVI — once per epoch
     chain_in = op.filter_map("chain_in", feed, lambda x: (x[0], x) if type(x) is tuple else None)
@@ -82,26 +89,30 @@ class BatchingSource(FixedPartitionedSource):
     """Wraps a source of events: groups each batch per expiry key, interleaves a
     StatusReport every interval, counts events in and feed errors by reason."""
 
-    def __init__(self, inner: FixedPartitionedSource, interval_ms: int):
+    def __init__(self, inner: FixedPartitionedSource, interval_ms: int, consolidate: bool = False):
         self.inner = inner
         self.interval_ms = interval_ms
+        self.consolidate = consolidate
 
     def list_parts(self):
         return self.inner.list_parts()
 
     def build_part(self, step_id, for_part, resume_state):
-        return _BatchingPartition(self.inner.build_part(step_id, for_part, resume_state), self.interval_ms)
+        return _BatchingPartition(self.inner.build_part(step_id, for_part, resume_state), self.interval_ms,
+                                  self.consolidate)
 
 
 class _BatchingPartition(StatefulSourcePartition):
-    def __init__(self, inner: StatefulSourcePartition, interval_ms: int):
+    def __init__(self, inner: StatefulSourcePartition, interval_ms: int, consolidate: bool):
         self.inner = inner
+        self.consolidate = consolidate
         # one report per process: the counters are process-wide, whatever the partition
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.interval_ms = interval_ms
         self.next_report_ms = 0
-        self.route: dict[str, str] = {}  # option instrument → chain key, learnt from Instrument events
-        self.expiries: dict[str, set[str]] = {}  # underlying → its chain keys
+        # option instrument → its chain keys (its venue's, and the combined one), from Instrument events
+        self.route: dict[str, tuple[str, ...]] = {}
+        self.expiries: dict[tuple[str, str], set[str]] = {}  # (venue, underlying) → chain keys
 
     def next_batch(self):
         events = self.inner.next_batch()
@@ -114,37 +125,50 @@ class _BatchingPartition(StatefulSourcePartition):
             for e in events:
                 kind = type(e)
                 if kind is BookUpdate or kind is Ticker:
-                    key = route.get(e.instrument)
-                    if key is not None:
-                        groups.setdefault(key, []).append(e)
+                    keys = route.get(e.instrument)
+                    if keys is not None:
+                        for key in keys:
+                            groups.setdefault(key, []).append(e)
                     elif kind is BookUpdate:
                         COUNTERS.add("errors.unknown_instrument")
                 elif kind is Instrument:
                     if e.kind == "option":
-                        key = route[e.instrument] = chain_key(e.venue, e.underlying, e.expiry_ms)
-                        self.expiries.setdefault((e.venue, e.underlying), set()).add(key)
-                        groups.setdefault(key, []).append(e)
+                        keys = route[e.instrument] = self._keys(e.venue, e.underlying, e.expiry_ms)
+                        for key in keys:
+                            groups.setdefault(key, []).append(e)
                 elif kind is FuturePrice:
-                    groups.setdefault(chain_key(e.venue, e.underlying, e.expiry_ms), []).append(e)
+                    for key in self._keys(e.venue, e.underlying, e.expiry_ms):
+                        groups.setdefault(key, []).append(e)
                 elif kind is IndexPrice:
                     index[(e.venue, e.underlying)] = e  # the latest per batch is all that matters
                 elif kind is FeedError:
                     COUNTERS.add(f"errors.{e.reason}")
-                    key = route.get(e.instrument)
-                    if key is not None:
+                    for key in route.get(e.instrument, ()):
                         groups.setdefault(key, []).append(e)
                 else:
                     out.append(e)
-            for venue_underlying, e in index.items():
+            for (venue, underlying), e in index.items():
                 out.append(e)
-                for key in self.expiries.get(venue_underlying, ()):
+                for key in self.expiries.get((venue, underlying), ()):
                     groups.setdefault(key, []).append(e)
+                if self.consolidate:
+                    out.append(dataclasses.replace(e, venue=CONSOLIDATED))
+                    for key in self.expiries.get((CONSOLIDATED, underlying), ()):
+                        groups.setdefault(key, []).append(e)
             out.extend(groups.items())
         now = int(time.time() * 1000)
         if now >= self.next_report_ms:
             self.next_report_ms = now + self.interval_ms
             out.append(StatusReport(self.name, now, COUNTERS.started_ms, COUNTERS.snapshot()))
         return out
+
+    def _keys(self, venue: str, underlying: str, expiry_ms: int) -> tuple[str, ...]:
+        keys = [chain_key(venue, underlying, expiry_ms)]
+        self.expiries.setdefault((venue, underlying), set()).add(keys[0])
+        if self.consolidate:
+            keys.append(chain_key(CONSOLIDATED, underlying, expiry_ms))
+            self.expiries.setdefault((CONSOLIDATED, underlying), set()).add(keys[1])
+        return tuple(keys)
 
     def next_awake(self):
         inner = self.inner.next_awake()
@@ -176,17 +200,38 @@ class CallbackSink(DynamicSink):
         return _Part()
 
 
+def venue_sources(config: Config, urls: Optional[dict[str, str]] = None, run_seconds: Optional[float] = None) -> list:
+    """One bytewax source per enabled venue; `urls` overrides a venue's URL (the simulators)."""
+    urls = urls or {}
+    sources = []
+    d = config.sources.deribit
+    if d.enabled:
+        from connectors.deribit import DeribitSource
+
+        sources.append(DeribitSource(url=urls.get("deribit", d.url), currencies=d.currencies, depth=d.depth,
+                                     interval=d.book_interval, heartbeat_s=d.heartbeat_s, queue_max=d.queue_max,
+                                     max_frame_bytes=d.max_frame_bytes, run_seconds=run_seconds))
+    o = config.sources.okx
+    if o.enabled:
+        from connectors.okx import OkxSource
+
+        sources.append(OkxSource(url=urls.get("okx", o.url), families=o.families, queue_max=o.queue_max,
+                                 max_frame_bytes=o.max_frame_bytes, run_seconds=run_seconds))
+    if not sources:
+        raise ConfigError(f"{config.path}: no venue is enabled; set [sources.deribit] or [sources.okx] enabled = true")
+    return sources
+
+
 def default_flow(config_path: Optional[str] = None) -> Dataflow:
-    """The flow as `python -m bytewax.run flows.surface:flow` builds it: all parts external."""
-    from connectors.deribit import DeribitSource
+    """The flow as `python -m bytewax.run flows.surface:flow` builds it: all parts external.
+    VOLGRAPH_URL / VOLGRAPH_OKX_URL override the venues' URLs."""
     from connectors.gateway_sink import GatewaySink
     from connectors.postgres import PostgresSink
 
     config = load_config(config_path or os.environ.get("VOLGRAPH_CONFIG"))
-    src = config.source
-    source = DeribitSource(url=os.environ.get("VOLGRAPH_URL", src.url), currencies=src.currencies,
-                           depth=src.depth, interval=src.book_interval, heartbeat_s=src.heartbeat_s,
-                           queue_max=src.queue_max, max_frame_bytes=src.max_frame_bytes)
+    urls = {venue: os.environ[var] for venue, var in (("deribit", "VOLGRAPH_URL"), ("okx", "VOLGRAPH_OKX_URL"))
+            if var in os.environ}
+    source = venue_sources(config, urls)
     sinks = []
     gw = config.sinks.gateway
     if gw.enabled:

@@ -36,8 +36,8 @@ class Runtime:
 
 
 @dataclass(frozen=True, slots=True)
-class Source:
-    venue: str
+class DeribitSourceConfig:
+    enabled: bool
     url: str
     currencies: list[str]
     book_interval: str
@@ -45,6 +45,30 @@ class Source:
     heartbeat_s: int
     queue_max: int
     max_frame_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class OkxSourceConfig:
+    enabled: bool
+    url: str
+    families: list[str]
+    queue_max: int
+    max_frame_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Sources:
+    deribit: DeribitSourceConfig
+    okx: OkxSourceConfig
+
+    def venues(self) -> list[str]:
+        return [name for name in ("deribit", "okx") if getattr(self, name).enabled]
+
+
+@dataclass(frozen=True, slots=True)
+class Consolidation:
+    enabled: bool
+    venue_stale_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +136,8 @@ class Node:
 class Config:
     path: str
     runtime: Runtime
-    source: Source
+    sources: Sources
+    consolidation: Consolidation
     simulator: Simulator
     chain: Chain
     surface: Surface
@@ -129,15 +154,20 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "runtime.workers": (lambda v: v >= 1, "an integer ≥ 1"),
     "runtime.processes": (lambda v: v >= 1, "an integer ≥ 1"),
     "runtime.status_interval_ms": (lambda v: v >= 50, "an integer ≥ 50"),
-    "source.venue": (lambda v: v in ("deribit",), 'one of: "deribit"'),
-    "source.url": (lambda v: v.startswith(("ws://", "wss://")), "a ws:// or wss:// URL"),
-    "source.currencies": (lambda v: len(v) > 0 and all(isinstance(c, str) and c.isupper() for c in v),
-                          'a non-empty list of upper-case currencies, e.g. ["BTC", "ETH"]'),
-    "source.book_interval": (lambda v: v in ("100ms", "agg2", "raw"), 'one of "100ms", "agg2", "raw"'),
-    "source.depth": (lambda v: 1 <= v <= 50, "an integer from 1 to 50"),
-    "source.heartbeat_s": (lambda v: v >= 10, "an integer ≥ 10 (Deribit's minimum)"),
-    "source.queue_max": (lambda v: v >= 100, "an integer ≥ 100"),
-    "source.max_frame_bytes": (lambda v: v >= 1024, "an integer ≥ 1024"),
+    "sources.deribit.url": (lambda v: v.startswith(("ws://", "wss://")), "a ws:// or wss:// URL"),
+    "sources.deribit.currencies": (lambda v: len(v) > 0 and all(isinstance(c, str) and c.isupper() for c in v),
+                                   'a non-empty list of upper-case currencies, e.g. ["BTC", "ETH"]'),
+    "sources.deribit.book_interval": (lambda v: v in ("100ms", "agg2", "raw"), 'one of "100ms", "agg2", "raw"'),
+    "sources.deribit.depth": (lambda v: 1 <= v <= 50, "an integer from 1 to 50"),
+    "sources.deribit.heartbeat_s": (lambda v: v >= 10, "an integer ≥ 10 (Deribit's minimum)"),
+    "sources.deribit.queue_max": (lambda v: v >= 100, "an integer ≥ 100"),
+    "sources.deribit.max_frame_bytes": (lambda v: v >= 1024, "an integer ≥ 1024"),
+    "sources.okx.url": (lambda v: v.startswith(("ws://", "wss://")), "a ws:// or wss:// URL"),
+    "sources.okx.families": (lambda v: len(v) > 0 and all(isinstance(c, str) and c.endswith("-USD") for c in v),
+                             'a non-empty list of OKX instrument families, e.g. ["BTC-USD", "ETH-USD"]'),
+    "sources.okx.queue_max": (lambda v: v >= 100, "an integer ≥ 100"),
+    "sources.okx.max_frame_bytes": (lambda v: v >= 1024, "an integer ≥ 1024"),
+    "consolidation.venue_stale_ms": (lambda v: v >= 100, "an integer ≥ 100"),
     "simulator.port": (lambda v: 0 <= v <= 65535, "a port from 0 to 65535 (0 = any free port)"),
     "simulator.rate": (lambda v: v >= 1, "an integer ≥ 1 (messages per second)"),
     "simulator.scale": (lambda v: v in ("small", "medium", "seed"), 'one of "small", "medium", "seed"'),

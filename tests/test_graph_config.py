@@ -17,7 +17,8 @@ def test_defaults_load_with_nodes_in_topological_order():
     config = load_config()
     assert config.path == str(DEFAULT_PATH)
     assert config.runtime.epoch_ms == 50
-    assert config.source.url == "wss://www.deribit.com/ws/api/v2"
+    assert config.sources.deribit.url == "wss://www.deribit.com/ws/api/v2"
+    assert config.sources.venues() == ["deribit"]
     assert {n.name for n in config.nodes} >= {"atm_vol", "rr25", "bf25", "rr10", "bf10"}
     assert dict(next(n for n in config.nodes if n.name == "rr10").params) == {"delta": 0.10}
 
@@ -42,8 +43,10 @@ def test_user_file_overrides_key_by_key_and_adds_nodes(tmp_path):
     ("[chian]\n", r"unknown key \[chian\] — did you mean 'chain'"),
     ("[runtime]\nepoch_ms = 0\n", r"runtime.epoch_ms = 0 is out of range; it must be an integer from 1 to 60000"),
     ("[runtime]\nepoch_ms = \"fast\"\n", r"runtime.epoch_ms = 'fast' must be an int"),
-    ("[source]\nurl = \"http://x\"\n", r"source.url = 'http://x' is out of range; it must be a ws:// or wss:// URL"),
-    ("[source]\nheartbeat_s = 5\n", r"source.heartbeat_s = 5 .*Deribit's minimum"),
+    ("[sources.deribit]\nurl = \"http://x\"\n",
+     r"sources.deribit.url = 'http://x' is out of range; it must be a ws:// or wss:// URL"),
+    ("[sources.deribit]\nheartbeat_s = 5\n", r"sources.deribit.heartbeat_s = 5 .*Deribit's minimum"),
+    ("[sources.okx]\nfamilies = [\"BTC\"]\n", r"sources.okx.families = \['BTC'\] .*instrument families"),
     ("[nodes.x]\nfn = \"operators.analytics:atm_vol\"\ninputs = [\"fitt\"]\nlevel = \"expiry\"\n",
      r"\[nodes.x\] has unknown input 'fitt' — did you mean 'fit'"),
     ("[nodes.x]\nfn = \"no_such_module:f\"\ninputs = [\"fit\"]\nlevel = \"expiry\"\n",
