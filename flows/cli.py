@@ -95,7 +95,7 @@ def run_system(args) -> int:
     from bytewax.testing import run_main
 
     from connectors.gateway_sink import GatewaySink
-    from flows.metrics import COUNTERS
+    from flows.metrics import COUNTERS, STOP
     from flows.surface import build_flow, venue_sources
     from operators import iv, svi
 
@@ -112,14 +112,14 @@ def run_system(args) -> int:
             rate = str(args.rate or sim.rate)
             if config.sources.deribit.enabled:
                 port = free_port() if not sim.port else sim.port
-                children.append(subprocess.Popen(py + [
+                children.append(subprocess.Popen(start_new_session=True, args=py + [
                     "sim", "--host", sim.host, "--port", str(port), "--seed", str(sim.seed), "--rate", rate,
                     "--scale", sim.scale, "--currencies", ",".join(config.sources.deribit.currencies)]))
                 wait_for_port(sim.host, port, children[-1], "Deribit simulator")
                 urls["deribit"] = f"ws://{sim.host}:{port}/ws/api/v2"
             if config.sources.okx.enabled:
                 port = free_port()
-                children.append(subprocess.Popen(py + [
+                children.append(subprocess.Popen(start_new_session=True, args=py + [
                     "sim-okx", "--host", sim.host, "--port", str(port), "--seed", str(sim.seed + 1), "--rate", rate,
                     "--scale", sim.scale, "--families", ",".join(config.sources.okx.families)]))
                 wait_for_port(sim.host, port, children[-1], "OKX simulator")
@@ -130,7 +130,7 @@ def run_system(args) -> int:
         gw_cmd = py + ["gateway", "--host", gw.host, "--port", str(gw_port)]
         if gw.publish_token:
             gw_cmd += ["--publish-token", gw.publish_token]
-        children.append(subprocess.Popen(gw_cmd))
+        children.append(subprocess.Popen(gw_cmd, start_new_session=True))
         wait_for_port(gw.host, gw_port, children[-1], "gateway")
         sinks = [GatewaySink(f"ws://{gw.host}:{gw_port}/publish", token=gw.publish_token)]
 
@@ -156,10 +156,17 @@ def run_system(args) -> int:
         stop = threading.Event()
         status = threading.Thread(target=_status_line, args=(COUNTERS, stop), daemon=True)
         status.start()
+
+        def on_interrupt(signum, frame):
+            # first Ctrl-C: end the input and let the flow drain; a second one: give up
+            print("\nvolgraph: stopping (Ctrl-C again to force)", flush=True)
+            STOP.set()
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+        signal.signal(signal.SIGINT, on_interrupt)
+        signal.signal(signal.SIGTERM, on_interrupt)
         try:
             run_main(flow)
-        except KeyboardInterrupt:
-            pass
         finally:
             stop.set()
             status.join(timeout=2)

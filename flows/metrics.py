@@ -57,3 +57,7 @@ class Counters:
 
 
 COUNTERS = Counters()
+
+# Set to end the flow cleanly: every source partition then ends its input (EOF), so the
+# steps flush what they owe and the sinks close (PostgreSQL rows written, not dropped).
+STOP = threading.Event()

@@ -28,7 +28,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from flows.metrics import COUNTERS
+from flows.metrics import COUNTERS, STOP
 from flows.steps import chain_builder, surface_builder
 from operators.chain import now_wall_ms
 from operators.events import (BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument,
@@ -115,6 +115,8 @@ class _BatchingPartition(StatefulSourcePartition):
         self.expiries: dict[tuple[str, str], set[str]] = {}  # (venue, underlying) → chain keys
 
     def next_batch(self):
+        if STOP.is_set():
+            raise StopIteration
         events = self.inner.next_batch()
         out: list = []
         if events:
