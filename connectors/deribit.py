@@ -14,8 +14,11 @@ puts them on the event queue.
 
 Staleness contract with the book step: a `FeedError(reason="seq_gap", instrument=X)` means
 "the book of X is incomplete: withhold it until the next snapshot of X". The client emits it
-on a change_id gap and when its queue overflowed and had to drop a book event of X; in both
-cases it resubscribes X's book channel, and X's next BookUpdate is a fresh snapshot.
+on a change_id gap, an unreadable or crossed book frame, and when X's book passed the queue's
+bound; in each case it resubscribes X's book channel and X's next BookUpdate is a fresh
+snapshot. It also emits it for every live book when a session ends (their snapshots follow the
+reconnect) and for a delisted option (no snapshot follows: withheld for good). Counters keep
+the causes apart (gaps, crossed, errors.<reason>, gaps_queue, delisted).
 """
 
 from __future__ import annotations
@@ -33,11 +36,12 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from connectors.folding import DROPPED, OVERFLOW, FoldingQueue
 from operators.events import BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument, Ticker
 
 log = logging.getLogger(__name__)
@@ -145,7 +149,7 @@ def format_instrument_name(underlying: str, expiry_ms: int, strike: Optional[flo
 class Control:
     """A session frame, not market data: heartbeat, test_request, or a response to our request."""
 
-    kind: str  # "heartbeat" | "test_request" | "response"
+    kind: str  # "heartbeat" | "test_request" | "response" | "instrument_state" (result = (name, state))
     id: Optional[int] = None
     result: Any = None
     error: Optional[dict] = None
@@ -170,8 +174,8 @@ def _num(value: Any, field: str, instrument: str = "") -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _Bad("bad_field", f"{field} must be a number, got {value!r:.60}", instrument)
     f = float(value)
-    if not math.isfinite(f):
-        raise _Bad("bad_price", f"{field} is not finite: {value!r}", instrument)
+    if not -MAX_AMOUNT < f < MAX_AMOUNT:  # also NaN and infinities
+        raise _Bad("bad_price", f"{field} is not finite or absurdly large: {value!r}", instrument)
     return f
 
 
@@ -183,6 +187,8 @@ def _opt_price(data: dict, field: str, instrument: str) -> Optional[float]:
     f = _num(value, field, instrument)
     if f < 0:
         raise _Bad("bad_price", f"{field} is negative: {f}", instrument)
+    if f >= MAX_PRICE:
+        raise _Bad("bad_price", f"{field} {f} is not a price (>= {MAX_PRICE:g})", instrument)
     return f if f > 0 else None
 
 
@@ -212,6 +218,9 @@ def _str(value: Any, field: str) -> str:
 
 
 _INF = float("inf")
+# No option (coin), future or index (USD) price comes near this; 1e308 on the wire is corruption.
+MAX_PRICE = 1e9
+MAX_AMOUNT = 1e12
 _DELETE_ACTIONS = {"new": False, "change": False, "delete": True}
 
 
@@ -241,9 +250,9 @@ def _levels(raw: Any, side: str, instrument: str, snapshot: bool) -> tuple[tuple
         if not ((tp is float or tp is int) and (ta is float or ta is int)):
             raise _Bad("bad_field", f"{side} level price/amount must be numbers, got {lvl!r:.60}", instrument)
         # chained comparisons also reject NaN and infinities
-        if not (0 < px < _INF and 0 <= amt < _INF):
-            raise _Bad("bad_price", f"{side} level price {px} amount {amt}: price must be > 0 "
-                       "and amount >= 0", instrument)
+        if not (0 < px < MAX_PRICE and 0 <= amt < MAX_AMOUNT):
+            raise _Bad("bad_price", f"{side} level price {px} amount {amt}: price must be in (0, {MAX_PRICE:g}) "
+                       f"and amount in [0, {MAX_AMOUNT:g})", instrument)
         append((float(px), 0.0 if delete else float(amt)))
     return tuple(out)
 
@@ -308,13 +317,30 @@ def _ticker(channel: str, data: dict, ts_recv_ms: int) -> list:
 def _index(channel: str, data: dict, ts_recv_ms: int) -> list:
     name = _str(data.get("index_name"), "index_name")
     price = _num(data.get("price"), "price", name)
-    if price <= 0:
+    if not 0 < price < MAX_PRICE:
         raise _Bad("bad_price", f"index {name} price {price} must be > 0", name)
     ts = _int(data.get("timestamp"), "timestamp", name)
     return [IndexPrice(VENUE, name.split("_", 1)[0].upper(), ts, ts_recv_ms, price)]
 
 
-_CHANNELS = (("book.", _book), ("ticker.", _ticker), ("deribit_price_index.", _index))
+_STATES = frozenset(("created", "started", "settled", "closed", "terminated", "deactivated", "archivized"))
+
+
+def _instrument_state(channel: str, data: dict, ts_recv_ms: int) -> list:
+    """instrument.state.{kind}.{currency}: a listing or delisting, for the client only."""
+    name = _str(data.get("instrument_name"), "instrument_name")
+    try:
+        parse_instrument_name(name)
+    except InstrumentNameError as exc:
+        raise _Bad("unknown_instrument", str(exc), name) from None
+    state = data.get("state")
+    if state not in _STATES:
+        raise _Bad("bad_field", f"instrument state {state!r:.40} is not one of {', '.join(sorted(_STATES))}", name)
+    return [Control("instrument_state", None, (name, state))]
+
+
+_CHANNELS = (("book.", _book), ("ticker.", _ticker), ("deribit_price_index.", _index),
+             ("instrument.state.", _instrument_state))
 
 
 def _instrument(row: Any, ts_recv_ms: int) -> Instrument:
@@ -348,6 +374,23 @@ def _instrument(row: Any, ts_recv_ms: int) -> Instrument:
         str(row.get("quote_currency", "")), ts_recv_ms)
 
 
+_CHANNEL_RE = re.compile(rb'"channel"\s*:\s*"((?:book|ticker)\.[A-Za-z0-9_.-]{1,120})"')
+
+
+def _salvage_channel(raw: Any, bad: _Bad) -> None:
+    """A frame we cannot decode may still name its channel near the start: then the client
+    knows which book lost a change and resyncs it now rather than at the next change."""
+    try:
+        head = bytes(raw[:512], "utf-8", "replace") if isinstance(raw, str) else bytes(raw[:512])
+        m = _CHANNEL_RE.search(head)
+    except Exception:  # noqa: BLE001 — best effort on a frame already known to be bad
+        return
+    if m:
+        channel = m.group(1).decode("ascii", "replace")
+        bad.instrument = _channel_instrument(channel)
+        bad.detail = f"{channel}: {bad.detail}"
+
+
 def _is_instrument_list(result: Any) -> bool:
     return (isinstance(result, list) and len(result) > 0 and isinstance(result[0], dict)
             and "instrument_name" in result[0] and "kind" in result[0])
@@ -367,6 +410,8 @@ def parse_frame(raw: bytes | str, ts_recv_ms: Optional[int] = None,
     try:
         return _parse(raw, ts_recv_ms, max_bytes)
     except _Bad as bad:
+        if not bad.instrument and bad.reason in ("oversized", "malformed_json"):
+            _salvage_channel(raw, bad)
         return [FeedError(VENUE, bad.reason, bad.detail, ts_recv_ms, bad.instrument)]
     except Exception as exc:  # a parser bug must not kill the feed; count it loudly
         return [FeedError(VENUE, "parse_error", f"{type(exc).__name__}: {exc}"[:300], ts_recv_ms)]
@@ -464,9 +509,27 @@ class RpcError(Exception):
 class DeribitClient:
     """One websocket session to Deribit (or the simulator), on its own thread and event loop.
 
-    Call start(); read with drain(); stop() shuts down and joins. Parsed market events land in
-    a bounded deque; when it is full, events are dropped (counted) and the affected books are
-    resynchronised (see the module docstring), the socket loop never blocks on the consumer.
+    Call start(); read with drain(); stop() shuts down and joins. Parsed market events wait in
+    a FoldingQueue (connectors/folding.py): under a slow consumer pending book changes of one
+    instrument fold into one exact change and tickers/index prices keep their latest value, so
+    the queue stays bounded and the socket loop never blocks on the consumer; past the bound a
+    book is resynchronised from a fresh snapshot (see the module docstring).
+
+    Instruments: discovered with public/get_instruments at connect, then refreshed every
+    `refresh_s` and on instrument.state notifications (within `instruments_per_s` /
+    `instruments_burst`, Deribit's 1 per 10 s, burst 5). New listings are announced (their
+    Instrument events first) and subscribed intraday; delisted ones are unsubscribed, dropped
+    from the queue and withheld downstream (a seq_gap FeedError with no snapshot to follow);
+    instruments reaching their expiry (08:00 UTC, by `clock_ms`) are unsubscribed and their
+    late frames dropped (counted `late_frames`), the chain step removes the expiry itself.
+
+    Liveness: set_heartbeat, test_requests answered at once on this loop; a session with no
+    frame, or no heartbeat, for `silence_factor` × heartbeat_s is closed and reconnected with
+    jittered exponential backoff; every book then starts again from a fresh snapshot and is
+    withheld downstream (seq_gap) from the disconnect until then.
+
+    `inline_work` (tests and demonstrations only) runs a function on the socket loop for each
+    market event: the naive design this client exists to avoid (see tests/test_starvation.py).
     """
 
     def __init__(self, url: str = DEFAULT_URL, currencies: Iterable[str] = ("BTC",), *,
@@ -477,13 +540,22 @@ class DeribitClient:
                  subscribe_burst: int = 10, subscribe_per_s: float = 3.0,
                  reconnect_min_s: float = 0.5, reconnect_max_s: float = 30.0,
                  resync_delay_s: float = 0.05, open_timeout_s: float = 10.0,
-                 proxy: Any = None, seed: Optional[int] = None):
+                 proxy: Any = None, seed: Optional[int] = None,
+                 refresh_s: float = 300.0, instruments_per_s: float = 0.1, instruments_burst: int = 5,
+                 track_instrument_state: bool = True, silence_factor: float = 2.0,
+                 fold_max_levels: int = 2_000, clock_ms: Optional[Callable[[], int]] = None,
+                 inline_work: Optional[Callable[[Any], None]] = None):
         if interval not in ("100ms", "agg2", "raw"):
             raise ValueError(f"interval={interval!r}: use '100ms' (unauthenticated), 'agg2' or 'raw'")
         if not heartbeat_s > 0:
             raise ValueError(f"heartbeat_s={heartbeat_s}: must be > 0 (Deribit requires >= 10)")
         if queue_max < 1:
             raise ValueError(f"queue_max={queue_max}: must be >= 1")
+        if not silence_factor > 1:
+            raise ValueError(f"silence_factor={silence_factor}: must be > 1 (2 = two heartbeat intervals)")
+        if not (instruments_per_s > 0 and instruments_burst >= 1 and refresh_s > 0):
+            raise ValueError(f"refresh_s={refresh_s}, instruments_per_s={instruments_per_s}, instruments_burst="
+                             f"{instruments_burst}: all must be positive (Deribit: 0.1 per s, burst 5)")
         self.url = url
         self.currencies = tuple(c.upper() for c in currencies)
         self.interval = interval
@@ -502,11 +574,16 @@ class DeribitClient:
         self.resync_delay_s = resync_delay_s
         self.open_timeout_s = open_timeout_s
         self.proxy = proxy
+        self.refresh_s = refresh_s
+        self.track_instrument_state = track_instrument_state
+        self.silence_factor = silence_factor
+        self.clock_ms = clock_ms or now_ms
+        self.inline_work = inline_work
         self._rng = random.Random(seed)
 
-        # deque append/popleft/len are atomic under the GIL: the loop thread appends, the
-        # consumer pops; no lock is needed for this one-producer one-consumer use.
-        self._queue: collections.deque = collections.deque()
+        # The loop thread pushes, the consumer drains: the lock guards the folding queue.
+        self._queue = FoldingQueue(queue_max, fold_max_levels)
+        self._qlock = threading.Lock()
         self._has_data = threading.Event()
         self._counters: collections.Counter = collections.Counter()
         self._cond = threading.Condition()  # notified on session milestones (tests, ops)
@@ -518,15 +595,22 @@ class DeribitClient:
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future] = {}
         self._last_change: dict[str, int] = {}
+        self._books: dict[str, tuple[dict, dict]] = {}  # levels, only to catch crossed changes
         self._stale: set[str] = set()
         self._resync_pending: set[str] = set()
         self._resync_task: Optional[asyncio.Task] = None
         self._discovering = 0
         self._tokens = float(subscribe_burst)
         self._tokens_ts = time.monotonic()
+        self._inst_bucket = [float(instruments_burst), time.monotonic(), instruments_per_s, instruments_burst]
         self._last_frame = time.monotonic()
+        self._last_heartbeat = time.monotonic()
+        self._refresh_wanted: set[str] = set()
+        self._wake: Optional[asyncio.Event] = None
+        self._tasks: set[asyncio.Task] = set()
         self.channels: list[str] = []  # the current session's subscriptions
-        self.instruments: dict[str, Instrument] = {}
+        self.instruments: dict[str, Instrument] = {}  # listed (last discovery)
+        self.active: dict[str, Instrument] = {}  # subscribed and emitted
 
     # -------------------------------------------------- consumer side (any thread)
 
@@ -552,29 +636,27 @@ class DeribitClient:
             self._cond.notify_all()
 
     def drain(self, max_items: int = 10_000, timeout: float = 0.0) -> list:
-        """Up to max_items events, oldest first. Non-blocking unless timeout > 0 (then waits at
-        most that long for the first event)."""
-        q = self._queue
-        if not q and timeout > 0:
+        """Up to max_items events, oldest first (folded where the consumer fell behind).
+        Non-blocking unless timeout > 0 (then waits at most that long for the first event)."""
+        if timeout > 0 and not len(self._queue):
             self._has_data.wait(timeout)
-        out = []
-        pop = q.popleft
-        try:
-            for _ in range(min(max_items, len(q))):
-                out.append(pop())
-        except IndexError:
-            pass
-        if not q:
-            self._has_data.clear()
-            if q:  # a producer appended between the check and the clear
-                self._has_data.set()
+        with self._qlock:
+            out = self._queue.drain(max_items)
+            if not len(self._queue):
+                self._has_data.clear()
         return out
 
     def counters(self) -> dict:
-        """A copy: frames, bytes, events.<Type>, errors.<reason>, gaps, reconnects,
-        heartbeats_answered, queue_drops, resyncs, connects, subscribed_channels, queue_len."""
+        """A copy: frames, bytes, events.<Type>, errors.<reason>, gaps, crossed, reconnects,
+        heartbeats_answered, queue_drops, resyncs, connects, subscribed_channels, listed,
+        delisted, expired, late_frames, queue_len, queue.<pushed|folded|drained|overflow|…>,
+        fold_ratio (events pushed per event drained)."""
         out = dict(self._counters)
-        out["queue_len"] = len(self._queue)
+        with self._qlock:
+            out["queue_len"] = len(self._queue)
+            for k, v in self._queue.counters.items():
+                out["queue." + k] = v
+            out["fold_ratio"] = self._queue.fold_ratio()
         return out
 
     def wait_for(self, predicate, timeout: float) -> bool:
@@ -612,6 +694,7 @@ class DeribitClient:
         from websockets.exceptions import WebSocketException
 
         self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
         if self._stopping:
             return
         attempt = 0
@@ -632,6 +715,7 @@ class DeribitClient:
             finally:
                 self._ws = None
                 self._fail_pending()
+                self._withhold_all("disconnected: withheld until the fresh snapshot after reconnecting")
             if self._stopping:
                 break
             attempt = 0 if healthy else attempt + 1
@@ -652,14 +736,34 @@ class DeribitClient:
                 fut.set_exception(ConnectionError("connection closed"))
         self._pending.clear()
 
+    def _withhold_all(self, detail: str) -> None:
+        """Every live book is stale once the session ends: say so downstream at once."""
+        for inst in list(self._last_change):
+            self._queue_discard(inst, "B")
+            self._bump("errors.seq_gap")
+            self._push_error("seq_gap", detail, inst)
+        self._last_change.clear()
+        self._books.clear()
+        self._stale.clear()
+        self._resync_pending.clear()
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
     async def _session(self, ws) -> bool:
         """Set up one connection and read until it ends. Returns True if it got to streaming."""
         self._last_change.clear()
+        self._books.clear()
         self._stale.clear()
         self._resync_pending.clear()
+        self._heartbeat_on = False
         reader = asyncio.get_running_loop().create_task(self._reader(ws))
         stopper = asyncio.get_running_loop().create_task(self._stop.wait())
         streaming = False
+        maintain = None
         try:
             setup = asyncio.get_running_loop().create_task(self._setup(ws))
             done, _ = await asyncio.wait({setup, reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -667,14 +771,18 @@ class DeribitClient:
                 setup.result()  # raises setup errors
                 streaming = True
                 self._bump("sessions_streaming", notify=True)
-                await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                maintain = asyncio.get_running_loop().create_task(self._maintain(ws))
+                await asyncio.wait({reader, stopper, maintain}, return_when=asyncio.FIRST_COMPLETED)
+                if maintain.done() and not maintain.cancelled():
+                    maintain.result()  # a maintenance failure ends the session, loudly
             else:
                 setup.cancel()
             if reader.done() and not reader.cancelled():
                 reader.result()  # raises the read error, if any
         finally:
-            for t in (reader, stopper):
-                t.cancel()
+            for t in (reader, stopper, maintain, *self._tasks):
+                if t is not None:
+                    t.cancel()
             if self._resync_task is not None:
                 self._resync_task.cancel()
                 self._resync_task = None
@@ -702,42 +810,65 @@ class DeribitClient:
     async def _setup(self, ws) -> None:
         hb = int(self.heartbeat_s) if float(self.heartbeat_s).is_integer() else self.heartbeat_s
         await self._call(ws, "public/set_heartbeat", {"interval": hb})
+        self._heartbeat_on = True
+        self._last_heartbeat = time.monotonic()
+        self.active.clear()  # a new session subscribes everything again
         channels: list[str] = []
         for cur in self.currencies:
-            options, futures = [], []
-            for name in [n for n, i in self.instruments.items() if i.underlying == cur]:
-                del self.instruments[name]  # rediscover: expired listings must not come back
-            for kind in ("option", "future") if self.include_futures else ("option",):
-                self._discovering += 1
-                try:
-                    await self._call(ws, "public/get_instruments",
-                                     {"currency": cur, "kind": kind, "expired": False}, timeout=60.0)
-                finally:
-                    self._discovering -= 1
-            for inst in self.instruments.values():
-                if inst.underlying != cur:
-                    continue
-                (options if inst.kind == "option" else futures).append(inst)
+            listed = await self._discover(ws, cur)
             spot = await self._spot(ws, cur)
-            chosen = self._filter_options(options, spot)
-            chosen_names = {i.instrument for i in chosen} | {f.instrument for f in futures}
-            for name in list(self.instruments):
-                inst = self.instruments[name]
-                if inst.underlying == cur and name not in chosen_names:
-                    del self.instruments[name]
-            for inst in chosen:
-                self._push(inst)
-                channels.append(f"book.{inst.instrument}.{self.interval}")
-                channels.append(f"ticker.{inst.instrument}.{self.interval}")
-            for inst in futures:
-                self._push(inst)
-                channels.append(f"ticker.{inst.instrument}.{self.interval}")
+            for inst in self._choose(listed, spot):
+                channels.extend(self._activate(inst))
             channels.append(f"deribit_price_index.{cur.lower()}_usd")
+            if self.track_instrument_state:
+                kinds = ("option", "future") if self.include_futures else ("option",)
+                channels.extend(f"instrument.state.{k}.{cur.lower()}" for k in kinds)
         self.channels = channels
+        await self._subscribe(ws, channels)
+        self._counters["subscribed_channels"] = len(self.channels)
+        self._counters["listed"] = len(self.active)
+
+    async def _subscribe(self, ws, channels: list[str], method: str = "public/subscribe") -> None:
         for i in range(0, len(channels), self.subscribe_batch):
             await self._subscribe_tokens()
-            await self._call(ws, "public/subscribe", {"channels": channels[i:i + self.subscribe_batch]})
-        self._counters["subscribed_channels"] = len(channels)
+            await self._call(ws, method, {"channels": channels[i:i + self.subscribe_batch]})
+
+    def _activate(self, inst: Instrument) -> list[str]:
+        """Announce an instrument (its Instrument event goes out before any market event about
+        it) and return its channels."""
+        self._push(inst)
+        self.active[inst.instrument] = inst
+        if inst.kind == "option":
+            return [f"book.{inst.instrument}.{self.interval}", f"ticker.{inst.instrument}.{self.interval}"]
+        return [f"ticker.{inst.instrument}.{self.interval}"]
+
+    async def _discover(self, ws, currency: str) -> dict[str, Instrument]:
+        """public/get_instruments for each kind → the live listing of `currency` (rate limited).
+        Instruments already past their expiry are left out even if still listed."""
+        names: set[str] = set()
+        for kind in ("option", "future") if self.include_futures else ("option",):
+            await self._instrument_tokens()
+            self._discovering += 1
+            try:
+                rows = await self._call(ws, "public/get_instruments",
+                                        {"currency": currency, "kind": kind, "expired": False}, timeout=60.0)
+            finally:
+                self._discovering -= 1
+            self._bump("discoveries")
+            if isinstance(rows, list):
+                names.update(r.get("instrument_name") for r in rows if isinstance(r, dict))
+        now = self.clock_ms()
+        for name in [n for n, i in self.instruments.items() if i.underlying == currency and n not in names]:
+            del self.instruments[name]
+        return {n: i for n, i in self.instruments.items()
+                if n in names and i.underlying == currency and (i.expiry_ms == 0 or i.expiry_ms > now)}
+
+    def _choose(self, listed: dict[str, Instrument], spot: Optional[float]) -> list[Instrument]:
+        options = [i for i in listed.values() if i.kind == "option"]
+        chosen = self._filter_options(options, spot)
+        if self.include_futures:
+            chosen.extend(sorted((i for i in listed.values() if i.kind != "option"), key=lambda i: i.instrument))
+        return chosen
 
     async def _spot(self, ws, currency: str) -> Optional[float]:
         try:
@@ -777,14 +908,124 @@ class DeribitClient:
                 return
             await asyncio.sleep((1 - self._tokens) / self.subscribe_per_s)
 
-    async def _watchdog(self, ws) -> None:
-        # Silence longer than ~2.5 heartbeat intervals means a dead connection (PROTOCOLS A.5).
-        silence_s = max(2.5 * self.heartbeat_s, 1.0)
+    async def _instrument_tokens(self) -> None:
+        """public/get_instruments has its own limit: 1 per 10 s, burst 5 (PROTOCOLS A.2)."""
+        b = self._inst_bucket
         while True:
-            await asyncio.sleep(silence_s / 5)
-            if time.monotonic() - self._last_frame > silence_s:
-                self._bump("errors.silence")
-                await ws.close(1001, "no frames within 2.5 heartbeat intervals")
+            now = time.monotonic()
+            b[0] = min(b[3], b[0] + (now - b[1]) * b[2])
+            b[1] = now
+            if b[0] >= 1:
+                b[0] -= 1
+                return
+            self._bump("instrument_calls_waited")
+            await asyncio.sleep((1 - b[0]) / b[2])
+
+    # -------------------------------------------------- listings and expiries
+
+    async def _maintain(self, ws) -> None:
+        """Expire instruments at their expiry, refresh listings on schedule or when told."""
+        next_refresh = time.monotonic() + self.refresh_s
+        while True:
+            now = self.clock_ms()
+            expired = [n for n, i in self.active.items() if 0 < i.expiry_ms <= now]
+            if expired:
+                await self._remove(ws, expired, "expired")
+            if time.monotonic() >= next_refresh:
+                self._refresh_wanted.update(self.currencies)
+                next_refresh = time.monotonic() + self.refresh_s
+            while self._refresh_wanted:
+                await self._refresh(ws, self._refresh_wanted.pop())
+            future = [i.expiry_ms for i in self.active.values() if i.expiry_ms > now]
+            wait_s = next_refresh - time.monotonic()
+            if future:  # wake at the next expiry (checked again at least every second)
+                wait_s = min(wait_s, max((min(future) - now) / 1000.0, 0.0), 1.0)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), max(wait_s, 0.001))
+            except asyncio.TimeoutError:
+                pass
+
+    async def _refresh(self, ws, currency: str) -> None:
+        listed = await self._discover(ws, currency)
+        gone = [n for n, i in self.active.items() if i.underlying == currency and n not in listed]
+        if gone:
+            await self._remove(ws, gone, "delisted")
+        new = [i for i in self._choose(listed, None if self.max_strikes is None else await self._spot(ws, currency))
+               if i.instrument not in self.active]
+        if new:
+            channels: list[str] = []
+            for inst in new:
+                channels.extend(self._activate(inst))  # Instrument events first, then subscribe
+            self.channels.extend(channels)
+            self._bump("listed_intraday", len(new), notify=True)
+            await self._subscribe(ws, channels)
+            self._counters["subscribed_channels"] = len(self.channels)
+        self._counters["listed"] = len(self.active)
+        self._bump("refreshes", notify=True)
+
+    async def _remove(self, ws, names: list[str], why: str) -> None:
+        """Stop emitting `names`: forget their state, drop their queued events, unsubscribe.
+        Delisted options are withheld downstream for good (a seq_gap no snapshot will end); at
+        expiry the chain step removes the whole expiry itself, so nothing is sent."""
+        channels: list[str] = []
+        for name in names:
+            inst = self.active.pop(name, None)
+            if inst is None:
+                continue
+            self._last_change.pop(name, None)
+            self._books.pop(name, None)
+            self._stale.discard(name)
+            self._resync_pending.discard(name)
+            self._queue_discard(name, "BTF")
+            if why != "expired" and inst.kind == "option":
+                self._bump("errors.seq_gap")
+                self._push_error("seq_gap", f"{why}: {name} is no longer listed; withheld for good", name)
+            channels.extend(c for c in self.channels if c.split(".")[1:2] == [name])
+        dropped = set(channels)
+        self.channels = [c for c in self.channels if c not in dropped]
+        self._bump(why, len(names), notify=True)
+        self._counters["listed"] = len(self.active)
+        self._counters["subscribed_channels"] = len(self.channels)
+        if channels:
+            try:
+                await self._subscribe(ws, channels, "public/unsubscribe")
+            except (RpcError, asyncio.TimeoutError) as exc:  # the server stops sending them anyway
+                self._bump("errors.unsubscribe_failed")
+                log.warning("unsubscribe of %d channels failed: %s", len(channels), exc)
+
+    def _on_instrument_state(self, name: str, state: str) -> None:
+        if state in ("created", "started"):
+            if name not in self.active:
+                try:
+                    currency = parse_instrument_name(name)[0]
+                except InstrumentNameError:
+                    return
+                if currency in self.currencies:
+                    self._refresh_wanted.add(currency)
+                    self._wake.set()
+        elif name in self.active:
+            inst = self.active[name]
+            # a settlement notice just before 08:00 is the normal expiry, not a delisting
+            why = "expired" if 0 < inst.expiry_ms <= self.clock_ms() + 60_000 else "delisted"
+            self._spawn(self._remove(self._ws, [name], why))
+
+    # -------------------------------------------------- reading
+
+    async def _watchdog(self, ws) -> None:
+        # No frame, or no heartbeat since set_heartbeat, for silence_factor × the interval
+        # means a dead or broken session (PROTOCOLS A.5): close it and reconnect.
+        silence_s = max(self.silence_factor * self.heartbeat_s, 0.2)
+        while True:
+            await asyncio.sleep(silence_s / 8)
+            now = time.monotonic()
+            if now - self._last_frame > silence_s:
+                self._bump("errors.silence", notify=True)
+                await ws.close(1001, "no frames within 2 heartbeat intervals")
+                return
+            if self._heartbeat_on and now - self._last_heartbeat > silence_s:
+                self._bump("errors.heartbeat_silence", notify=True)
+                await ws.close(1001, "no heartbeats within 2 heartbeat intervals")
                 return
 
     async def _reader(self, ws) -> None:
@@ -798,6 +1039,7 @@ class DeribitClient:
 
     async def _read_loop(self, ws, counters) -> None:
         monotonic = time.monotonic
+        inline = self.inline_work
         while True:
             raw = await ws.recv(decode=False)
             self._last_frame = monotonic()
@@ -809,31 +1051,42 @@ class DeribitClient:
                 if type(ev) is Control:
                     await self._control(ws, ev)
                 else:
+                    if inline is not None:
+                        inline(ev)  # the naive design: consumer work on the socket loop
                     self._route(ev)
 
     async def _control(self, ws, ctl: Control) -> None:
         if ctl.kind == "test_request":
+            self._last_heartbeat = time.monotonic()
             # Answer at once on this loop: an unanswered test_request closes the session.
             await ws.send(orjson.dumps({"jsonrpc": "2.0", "id": next(self._ids), "method": "public/test",
                                         "params": {}}), text=True)
             self._bump("heartbeats_answered", notify=True)
         elif ctl.kind == "heartbeat":
+            self._last_heartbeat = time.monotonic()
             self._counters["heartbeats"] += 1
+        elif ctl.kind == "instrument_state":
+            self._counters["instrument_states"] += 1
+            self._on_instrument_state(*ctl.result)
         else:
             fut = self._pending.get(ctl.id)
             if fut is not None and not fut.done():
                 fut.set_result(ctl)
 
     def _route(self, ev) -> None:
-        """Sequence bookkeeping, then the queue. Runs on the loop thread only."""
+        """Sequence and sanity bookkeeping, then the queue. Runs on the loop thread only."""
         counters = self._counters
         tname = type(ev).__name__
         counters["events." + tname] += 1
         if tname == "BookUpdate":
             inst = ev.instrument
+            if inst not in self.active:
+                counters["late_frames"] += 1  # expired or delisted: in flight when we left
+                return
             if ev.kind == "snapshot":
                 self._stale.discard(inst)
                 self._last_change[inst] = ev.seq
+                self._books[inst] = ({p: s for p, s in ev.bids if s > 0}, {p: s for p, s in ev.asks if s > 0})
             else:
                 last = self._last_change.get(inst)
                 if inst in self._stale or last is None:
@@ -843,43 +1096,86 @@ class DeribitClient:
                     counters["gaps"] += 1
                     self._mark_stale(inst, f"prev_change_id {ev.prev_seq} != last change_id {last}")
                     return
+                crossed = self._apply_levels(inst, ev)
+                if crossed is not None:
+                    counters["crossed"] += 1
+                    counters["errors.crossed_book"] += 1
+                    self._push(FeedError(VENUE, "crossed_book", crossed, ev.ts_recv_ms, inst))
+                    self._mark_stale(inst, f"crossed book after change_id {ev.seq}: {crossed}")
+                    return
                 self._last_change[inst] = ev.seq
             if not self._push(ev):
                 counters["gaps_queue"] += 1
-                self._mark_stale(inst, "event queue full: a book event was dropped")
+                self._mark_stale(inst, "event queue bound reached: book resynced from a fresh snapshot")
             return
         if tname == "FeedError":
             counters["errors." + ev.reason] += 1
-            if ev.instrument and ev.detail.startswith("book."):
-                # A book frame we could not read leaves that book incomplete: error, then resync.
-                self._push(ev)
-                self._mark_stale(ev.instrument, f"unreadable book frame: {ev.reason}")
-                return
+            if ev.instrument:
+                if ev.instrument not in self.active:
+                    counters["late_frames"] += 1
+                    return
+                if ev.detail.startswith("book."):
+                    # A book frame we could not read leaves that book incomplete: error, then resync.
+                    self._push(ev)
+                    self._mark_stale(ev.instrument, f"unreadable book frame: {ev.reason}")
+                    return
         elif tname == "Instrument":
             self.instruments[ev.instrument] = ev
-            return  # pushed by _setup once filtered
+            return  # announced by _activate once chosen
+        elif tname == "Ticker" or tname == "FuturePrice":
+            if ev.instrument not in self.active:
+                counters["late_frames"] += 1
+                return
         self._push(ev)
 
+    def _apply_levels(self, inst: str, ev: BookUpdate) -> Optional[str]:
+        """Apply a chained change to our copy of the levels; a description if it crosses."""
+        book = self._books.get(inst)
+        if book is None:
+            return None
+        bids, asks = book
+        for px, sz in ev.bids:
+            if sz > 0:
+                bids[px] = sz
+            else:
+                bids.pop(px, None)
+        for px, sz in ev.asks:
+            if sz > 0:
+                asks[px] = sz
+            else:
+                asks.pop(px, None)
+        if bids and asks:
+            best_bid, best_ask = max(bids), min(asks)
+            if best_bid >= best_ask:
+                return f"best bid {best_bid} >= best ask {best_ask}"
+        return None
+
     def _push(self, ev) -> bool:
-        if len(self._queue) >= self.queue_max:
-            self._counters["queue_drops"] += 1
-            return False
-        self._queue.append(ev)
+        with self._qlock:
+            result = self._queue.push(ev)
         if not self._has_data.is_set():
             self._has_data.set()
+        if result == OVERFLOW or result == DROPPED:
+            self._counters["queue_drops"] += 1
+            return False
         return True
 
+    def _queue_discard(self, inst: str, kinds: str) -> None:
+        with self._qlock:
+            self._queue.discard(inst, kinds)
+
     def _push_error(self, reason: str, detail: str, instrument: str = "") -> None:
-        # Staleness notices bypass the size limit: at most one per instrument per gap, and the
-        # book step must see them to withhold the book.
-        self._queue.append(FeedError(VENUE, reason, detail, now_ms(), instrument))
-        self._has_data.set()
+        # Errors are never folded or dropped: at most one per instrument per gap, and the book
+        # step must see them to withhold the book.
+        self._push(FeedError(VENUE, reason, detail, now_ms(), instrument))
 
     def _mark_stale(self, inst: str, detail: str) -> None:
         first = inst not in self._stale
         self._stale.add(inst)
         self._last_change.pop(inst, None)
+        self._books.pop(inst, None)
         if first:
+            self._queue_discard(inst, "B")  # its pending changes are moot: a snapshot follows
             self._counters["errors.seq_gap"] += 1
             self._push_error("seq_gap", detail, inst)
             with self._cond:
@@ -893,8 +1189,11 @@ class DeribitClient:
         await asyncio.sleep(self.resync_delay_s)  # gather the gaps of one burst into one call
         ws = self._ws
         while self._resync_pending and ws is not None:
-            insts = sorted(self._resync_pending)[: self.subscribe_batch]
+            insts = [i for i in sorted(self._resync_pending) if i in self.active][: self.subscribe_batch]
             self._resync_pending.difference_update(insts)
+            if not insts:
+                self._resync_pending.clear()
+                return
             channels = [f"book.{i}.{self.interval}" for i in insts]
             self._bump("resyncs", len(insts), notify=True)  # counted when requested
             try:

@@ -5,7 +5,13 @@ It speaks the subset of Deribit that volgraph uses (PROTOCOLS.md §A) with the r
 public/get_instruments, public/subscribe, public/unsubscribe, public/set_heartbeat (then
 heartbeat and test_request frames, closing sessions that do not answer), public/test,
 public/get_time, public/get_index_price; channels book.{instrument}.{interval},
-ticker.{instrument}.{interval} and deribit_price_index.{index}.
+ticker.{instrument}.{interval}, deribit_price_index.{index} and
+instrument.state.{kind}.{currency} (sent on listings and expiries).
+
+Faults, on command (`Simulator.inject`, or scheduled by market tick with `faults=` / `--faults`):
+dropped connections, stalls, stopped heartbeats, change_id gaps, malformed, oversized, crossed
+and badly priced frames, intraday listings and delistings. Their random choices come from a
+generator seeded by `seed`, so a schedule replays the same scenario.
 
 The market: per currency a seeded spot process (GBM with jumps) and an SSVI surface
 (θ(T) from an ATM term structure, power-law φ with η(1+|ρ|) ≤ 2, so butterfly- and
@@ -334,6 +340,34 @@ class _Currency:
         rng = random.Random(f"{self.name}-static")
         self.open_interest = [round(rng.uniform(0, 2000), 1) for _ in names]
 
+    def add_options(self, expiry: int, strikes: Sequence[float]) -> list[str]:
+        """List calls and puts at new (expiry, strike) pairs intraday; returns the new names.
+        Existing options keep their positions (the arrays are extended, never reordered)."""
+        expiry_of = [self.expiries[i] for i in self.exp_idx.tolist()]  # before the list changes
+        if expiry not in self.expiries:
+            self.expiries = sorted(self.expiries + [expiry])
+            self.strikes_by_expiry[expiry] = []
+        code = expiry_code(expiry)
+        new = []
+        for k in strikes:
+            k = float(k)
+            if k in self.strikes_by_expiry[expiry]:
+                continue
+            if f"{self.name}-{code}-{_strike_txt(k)}-C" in self.index_of:
+                continue  # the name is taken (an expiry on the same day): never list it twice
+            self.strikes_by_expiry[expiry] = sorted(self.strikes_by_expiry[expiry] + [k])
+            for cp in ("C", "P"):
+                name = f"{self.name}-{code}-{_strike_txt(k)}-{cp}"
+                self.index_of[name] = len(self.names)
+                self.names.append(name)
+                new.append(name)
+                expiry_of.append(expiry)
+                self.open_interest.append(100.0)
+            self.strike = np.append(self.strike, [k, k])
+            self.is_call = np.append(self.is_call, [True, False])
+        self.exp_idx = np.array([self.expiries.index(e) for e in expiry_of], np.int64)
+        return new
+
     def underlying_index(self, expiry: int) -> str:
         return self.futures.get(expiry) or f"SYN.{self.name}-{expiry_code(expiry)}"
 
@@ -395,8 +429,11 @@ class _Conn:
         self.out: asyncio.Queue = asyncio.Queue(queue_max)
         self.heartbeat_task: Optional[asyncio.Task] = None
         self.test_outstanding = False
+        self.test_sent = 0.0
         self.closed = False
         self.rate_limited = False
+        self.stalled_until = 0.0  # monotonic time until which nothing is sent (fault "stall")
+        self.heartbeats_off = False  # fault "heartbeat_stop"
 
 
 # ---------------------------------------------------------------- the server
@@ -416,7 +453,7 @@ class Simulator:
                  plan: Optional[dict[str, int]] = None, depth: Optional[int] = None,
                  tick_ms: float = 100.0, now_ms: Optional[int] = None, book_share: float = 0.9,
                  min_heartbeat_s: float = 10.0, conn_queue_max: int = 100_000,
-                 max_message_bytes: int = 1 << 20):
+                 max_message_bytes: int = 1 << 20, faults: Sequence[dict] = ()):
         if scale not in SCALES:
             raise ValueError(f"scale={scale!r}: use one of {', '.join(SCALES)}")
         unknown = [c for c in currencies if c.upper() not in MODELS]
@@ -466,11 +503,27 @@ class Simulator:
         self._sub_lists: Optional[tuple[list, list, list]] = None
         self._gap_next: set[str] = set()
         self._rate_limit_next = 0
+        # Faults (see inject): per-instrument corruptions of the next message, a schedule by
+        # market tick (the same schedule and seed replay the same scenario), and a log.
+        self._msg_faults: dict[str, list[tuple[str, dict]]] = {}
+        self._fault_rng = random.Random(f"{seed}-faults")
+        self._schedule: list[tuple[int, str, Optional[str], dict]] = []
+        for f in faults:
+            f = dict(f)
+            at_s = float(f.pop("at_s", 0.0))
+            kind = f.pop("kind")
+            self._check_fault(kind, f.get("instrument"))
+            self._schedule.append((round(at_s * 1000.0 / self.tick_ms), kind, f.pop("instrument", None), f))
+        self._schedule.sort(key=lambda x: x[0])
+        self._delisted: set[str] = set()
+        self._paused = False
+        self.fault_log: list[dict] = []
         self.counters: collections.Counter = collections.Counter({k: 0 for k in (
             "connections", "connections_open", "requests", "messages_sent", "book_messages", "ticker_messages",
             "index_messages", "snapshots", "test_requests_sent", "test_answers", "heartbeats_sent",
             "heartbeat_closes", "slow_closes", "gaps_injected", "drops_injected", "subscribe_calls",
-            "unsubscribe_calls", "rpc_errors", "ticks")})
+            "unsubscribe_calls", "rpc_errors", "ticks", "test_answer_ms_max", "faults_injected",
+            "faults_applied", "late_frames_sent", "state_notifications")})
         self._cond = threading.Condition()
         self._thread: Optional[threading.Thread] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -495,8 +548,10 @@ class Simulator:
     def instrument_names(self, underlying: str, kind: str = "option") -> list[str]:
         cur = self._currency(underlying)
         if kind == "option":
-            return list(cur.names)
-        return [cur.futures[e] for e in cur.expiries if e in cur.futures] + [cur.perpetual]
+            names = cur.names
+        else:
+            names = [cur.futures[e] for e in cur.expiries if e in cur.futures] + [cur.perpetual]
+        return [n for n in names if n not in self._delisted]
 
     def spot(self, underlying: str) -> float:
         return self._currency(underlying).spot
@@ -534,18 +589,91 @@ class Simulator:
             self._step()
         self._reprice_all()
 
-    def inject(self, kind: str, instrument: Optional[str] = None) -> None:
-        """Faults: "gap" (the next change of `instrument`, or of any book, skips a change_id),
-        "drop" (abort every connection), "rate_limit" (the next request gets error 10028 and
-        the session is closed)."""
-        if kind not in ("gap", "drop", "rate_limit"):
-            raise ValueError(f"inject({kind!r}): known faults are gap, drop, rate_limit")
+    FAULTS = ("gap", "drop", "rate_limit", "stall", "heartbeat_stop", "malformed", "oversized", "crossed",
+              "bad_price", "listing", "expire")
+
+    def inject(self, kind: str, instrument: Optional[str] = None, **params: Any) -> Any:
+        """Inject a fault now; returns once it is in effect (its result, for listing/expire).
+
+        Connection faults: "drop" (abort every connection, no close handshake); "stall"
+        (seconds=N: send nothing, heartbeats included, for N s but keep the socket);
+        "heartbeat_stop" (current sessions get no more heartbeats or test_requests);
+        "rate_limit" (the next request gets error 10028 and the session is closed).
+        Message faults on the next book change of `instrument` (None: any book;
+        channel="ticker" for its next ticker instead): "gap" (a change_id is skipped);
+        "malformed" (variant = truncated | nan_literal | garbage | not_object | wrong_type);
+        "oversized" (bytes=N of padding in a real change); "crossed" (the change also carries a
+        bid above the best ask that the book never had); "bad_price" (value = -0.001, 1e308,
+        "0.05", "NaN", "Infinity", None, … in place of the first level's price, or of
+        `field` of a ticker). Listings: "listing" (underlying=, new_expiry=False: a new strike
+        above the first expiry's grid, or True: a new expiry a week after the last one;
+        n_strikes=) lists calls and puts at once and sends instrument.state "created";
+        "expire" (`instrument`, or underlying= and expiry_ms= for a whole expiry) delists them:
+        instrument.state "settled", then `late` more frames (default 1) before they stop.
+        Choices are drawn from a seeded generator: the same faults at the same ticks replay.
+        """
+        self._check_fault(kind, instrument)
+        if self._loop is None or not self._thread or not self._thread.is_alive():
+            return self._inject(kind, instrument, params)
+        done = threading.Event()
+        box: list = []
+
+        def run() -> None:
+            try:
+                box.append((True, self._inject(kind, instrument, params)))
+            except BaseException as exc:  # noqa: BLE001 — handed to the caller
+                box.append((False, exc))
+            done.set()
+
+        self._loop.call_soon_threadsafe(run)
+        if not done.wait(10.0):
+            raise RuntimeError(f"inject({kind!r}) was not applied within 10 s: is the simulator loop stuck?")
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value
+
+    def _check_fault(self, kind: str, instrument: Optional[str]) -> None:
+        if kind not in self.FAULTS:
+            raise ValueError(f"inject({kind!r}): known faults are {', '.join(self.FAULTS)}")
         if instrument is not None and instrument not in self._by_option and instrument not in self._by_future:
             raise ValueError(f"inject({kind!r}, {instrument!r}): unknown instrument")
+
+    def pause(self, paused: bool = True) -> None:
+        """Stop (or resume) market messages; heartbeats and requests go on. Tests pause the
+        market to compare books once everything sent has been read."""
         if self._loop is None:
-            self._inject(kind, instrument)
+            self._paused = paused
         else:
-            self._loop.call_soon_threadsafe(self._inject, kind, instrument)
+            done = threading.Event()
+            self._loop.call_soon_threadsafe(lambda: (setattr(self, "_paused", paused), done.set()))
+            done.wait(10.0)
+
+    def books(self) -> dict[str, tuple[dict[float, float], dict[float, float], int]]:
+        """book() of every instrument with a book, at one instant (delisted ones left out)."""
+        def read():
+            return {n: (dict(b.bids), dict(b.asks), b.change_id) for n, b in self._books.items()
+                    if n not in self._delisted}
+        if self._loop is None:
+            return read()
+        done, box = threading.Event(), []
+        self._loop.call_soon_threadsafe(lambda: (box.append(read()), done.set()))
+        if not done.wait(10.0):
+            raise RuntimeError("books(): simulator loop did not answer within 10 s")
+        return box[0]
+
+    def book(self, instrument: str) -> tuple[dict[float, float], dict[float, float], int]:
+        """(bids, asks, change_id) of the book as last sent (copies, read on the loop thread)."""
+        def read():
+            b = self._books.get(instrument)
+            return (dict(b.bids), dict(b.asks), b.change_id) if b is not None else ({}, {}, 0)
+        if self._loop is None:
+            return read()
+        done, box = threading.Event(), []
+        self._loop.call_soon_threadsafe(lambda: (box.append(read()), done.set()))
+        if not done.wait(10.0):
+            raise RuntimeError("book(): simulator loop did not answer within 10 s")
+        return box[0]
 
     def wait_for(self, predicate: Callable[[dict], bool], timeout: float) -> bool:
         """Wait until predicate(counters) holds (re-checked on notable events and every 50 ms)."""
@@ -801,13 +929,16 @@ class Simulator:
                     "contract_size": cur.model.future_contract_usd, "block_trade_tick_size": 0.01,
                     "block_trade_min_trade_amount": 200_000, "block_trade_commission": 0.00025,
                     "base_currency": currency})
+        rows = [r for r in rows if r["instrument_name"] not in self._delisted]
         self._instrument_cache[key] = rows
         return rows
 
     def _valid_channel(self, ch: str) -> bool:
         parts = ch.split(".")
         if len(parts) == 3 and parts[0] in ("book", "ticker") and parts[2] in ("100ms", "agg2", "raw"):
-            return parts[1] in self._by_option or parts[1] in self._by_future
+            return (parts[1] in self._by_option or parts[1] in self._by_future) and parts[1] not in self._delisted
+        if len(parts) == 4 and parts[:2] == ["instrument", "state"]:
+            return parts[2] in ("option", "future", "any") and parts[3].upper() in self._cur
         return len(parts) == 2 and parts[0] == "deribit_price_index" and parts[1] in self._index_names
 
     def _handle(self, conn: _Conn, raw: Any) -> list[bytes]:
@@ -833,6 +964,8 @@ class Simulator:
         if method == "public/test":
             if conn.test_outstanding:
                 conn.test_outstanding = False
+                waited_ms = int((time.monotonic() - conn.test_sent) * 1000)
+                self.counters["test_answer_ms_max"] = max(self.counters["test_answer_ms_max"], waited_ms)
                 self._bump("test_answers", notify=True)
             result: Any = {"version": VERSION}
         elif method == "public/hello":
@@ -920,6 +1053,8 @@ class Simulator:
 
     def _initial_frames(self, ch: str, ts: int) -> list[bytes]:
         kind, _, rest = ch.partition(".")
+        if kind == "instrument":
+            return []  # notifications only when something is listed or delisted
         if kind == "book":
             self.counters["snapshots"] += 1
             return [_notification(ch, self._snapshot_data(rest.rsplit(".", 1)[0], ts))]
@@ -934,6 +1069,8 @@ class Simulator:
         if self._sub_lists is None:
             books, tickers, indices = [], [], []
             for ch in self._subs:
+                if ch.startswith("instrument.state."):
+                    continue  # sent on listings and expiries only
                 (books if ch.startswith("book.") else tickers if ch.startswith("ticker.") else indices).append(ch)
             books.sort()
             tickers.sort()
@@ -944,13 +1081,23 @@ class Simulator:
     def _message(self, ch: str, ts: int) -> Optional[bytes]:
         kind, _, rest = ch.partition(".")
         if kind == "book":
-            data = self._change_data(rest.rsplit(".", 1)[0], ts)
+            inst = rest.rsplit(".", 1)[0]
+            data = self._change_data(inst, ts)
             if data is None:
                 return None
             self.counters["book_messages"] += 1
+            if self._msg_faults:
+                fault = self._take_fault(inst, "book")
+                if fault is not None:
+                    return self._corrupt(fault[0], fault[1], ch, data, self._books.get(inst))
         elif kind == "ticker":
-            data = self._ticker_data(rest.rsplit(".", 1)[0], ts)
+            inst = rest.rsplit(".", 1)[0]
+            data = self._ticker_data(inst, ts)
             self.counters["ticker_messages"] += 1
+            if self._msg_faults:
+                fault = self._take_fault(inst, "ticker")
+                if fault is not None:
+                    return self._corrupt(fault[0], fault[1], ch, data, None)
         else:
             cur = self._index_names[rest]
             data = {"index_name": rest, "price": round(cur.spot, 2), "timestamp": ts}
@@ -1008,6 +1155,11 @@ class Simulator:
                 await asyncio.sleep(0)
                 if delay < -1.0:  # far behind (a stalled machine): do not burst to catch up
                     next_t = time.monotonic()
+            while self._schedule and self._schedule[0][0] <= self._ticks:
+                _, kind, inst, params = self._schedule.pop(0)
+                self._inject(kind, inst, dict(params))
+            if self._paused:
+                continue
             self._step()
             self._reprice_all()
             carry += self.rate * tick_s
@@ -1015,16 +1167,16 @@ class Simulator:
             carry -= n
             await self._emit(n)
 
-    def _inject(self, kind: str, instrument: Optional[str]) -> None:
+    def _inject(self, kind: str, instrument: Optional[str], params: dict) -> Any:
+        if kind == "malformed" and "variant" not in params:
+            params = {**params, "variant": self._fault_rng.choice(MALFORMED_VARIANTS)}
+        self._bump("faults_injected")
+        self.counters["faults." + kind] += 1
+        self.fault_log.append({"tick": self._ticks, "kind": kind, "instrument": instrument, **params})
         if kind == "gap":
             self._gap_next.add(instrument or "*")
-            if instrument is not None and self._loop is not None:
-                ch_prefix = f"book.{instrument}."
-                for ch in list(self._subs):
-                    if ch.startswith(ch_prefix):
-                        frame = self._message(ch, int(time.time() * 1000))
-                        if frame is not None:
-                            self._deliver(ch, frame)
+            if instrument is not None:
+                self._force_message(instrument, "book")
         elif kind == "drop":
             self._bump("drops_injected", notify=True)
             for conn in list(self._conns):
@@ -1034,6 +1186,148 @@ class Simulator:
                     transport.abort()  # abrupt, like a network failure: no close handshake
         elif kind == "rate_limit":
             self._rate_limit_next += 1
+        elif kind == "stall":
+            until = time.monotonic() + float(params.get("seconds", 5.0))
+            for conn in self._conns:
+                conn.stalled_until = until
+        elif kind == "heartbeat_stop":
+            for conn in self._conns:
+                conn.heartbeats_off = True
+        elif kind in ("malformed", "oversized", "crossed", "bad_price"):
+            channel = params.get("channel", "book")
+            self._msg_faults.setdefault(instrument or "*", []).append((kind, {**params, "channel": channel}))
+            if instrument is not None:
+                self._force_message(instrument, channel)
+        elif kind == "listing":
+            return self._list_new(params)
+        elif kind == "expire":
+            return self._expire(instrument, params)
+        self._bump("faults_applied", 0, notify=True)
+        return None
+
+    def _force_message(self, instrument: str, channel: str) -> None:
+        """Send the next message of `instrument` now (so a targeted fault shows at once)."""
+        if self._loop is None:
+            return
+        prefix = f"{channel}.{instrument}."
+        for ch in list(self._subs):
+            if ch.startswith(prefix):
+                frame = self._message(ch, int(time.time() * 1000))
+                if frame is not None:
+                    self._deliver(ch, frame)
+
+    def _take_fault(self, instrument: str, channel: str) -> Optional[tuple[str, dict]]:
+        for key in (instrument, "*"):
+            queue = self._msg_faults.get(key)
+            if queue:
+                for i, (kind, params) in enumerate(queue):
+                    if params["channel"] == channel:
+                        del queue[i]
+                        if not queue:
+                            del self._msg_faults[key]
+                        return kind, params
+        return None
+
+    def _corrupt(self, kind: str, params: dict, ch: str, data: dict, book: Optional[_Book]) -> bytes:
+        """The frame of `data` on `ch`, broken the way a faulty exchange breaks it."""
+        self._bump("faults_applied", notify=True)
+        sentinel = None
+        if kind == "crossed" and book is not None and book.asks:
+            best_ask = min(book.asks)
+            data["bids"] = list(data["bids"]) + [["new", round(best_ask + OPT_TICK_LARGE, 4), 1.0]]
+        elif kind == "bad_price":
+            value = params.get("value", -0.001)
+            if value in ("NaN", "Infinity", "-Infinity"):  # not JSON; some encoders write them anyway
+                sentinel, value = value, 1234567.8912345
+            if ch.startswith("book."):
+                side = "bids" if data["bids"] else "asks"
+                level = list(data[side][0])
+                level[1] = value
+                data[side] = [level] + list(data[side][1:])
+            else:
+                data[params.get("field", "best_bid_price")] = value
+        elif kind == "oversized":
+            data["padding"] = "x" * int(params.get("bytes", 2 << 20))
+        elif kind == "malformed" and params["variant"] == "wrong_type":
+            data["change_id" if ch.startswith("book.") else "timestamp"] = str(data.get("change_id", 0))
+        elif kind == "malformed" and params["variant"] == "nan_literal":
+            sentinel = "NaN"
+            data["bids" if ch.startswith("book.") and data.get("bids") else "timestamp"] = 1234567.8912345
+        frame = _notification(ch, data)
+        if sentinel is not None:
+            frame = frame.replace(b"1234567.8912345", sentinel.encode())
+        if kind == "malformed":
+            variant = params["variant"]
+            if variant == "truncated":
+                frame = frame[: len(frame) // 2]
+            elif variant == "garbage":
+                frame = bytes(self._fault_rng.randrange(256) for _ in range(64))
+            elif variant == "not_object":
+                frame = b"[" + frame + b"]"
+        return frame
+
+    def _list_new(self, params: dict) -> list[str]:
+        cur = self._currency(params.get("underlying", next(iter(self._cur))))
+        n = int(params.get("n_strikes", 2 if params.get("new_expiry") or "expiry_ms" in params else 1))
+        if params.get("new_expiry") or "expiry_ms" in params:
+            # expiry_ms: any time, e.g. seconds ahead, for tests of expiry handling (not 08:00)
+            expiry = int(params.get("expiry_ms", max(cur.expiries) + 7 * 86_400_000))
+            t = max((expiry - self._model_ms) / YEAR_MS, 1e-6)
+            fwd = float(cur.forward(t))
+            step = _nice_step(fwd * 0.05, cur.model.strike_step_min)
+            first = round(fwd / step) * step - step * ((n - 1) // 2)
+            strikes = [first + i * step for i in range(n)]
+        else:
+            expiry = cur.expiries[0]
+            ks = cur.strikes_by_expiry[expiry]
+            step = ks[1] - ks[0] if len(ks) > 1 else cur.model.strike_step_min
+            strikes = [ks[-1] + step * (i + 1) for i in range(n)]
+        new = cur.add_options(expiry, strikes)
+        for name in new:
+            self._by_option[name] = (cur, cur.index_of[name])
+        self._instrument_cache.clear()
+        self._reprice_all()
+        self._state_notify(cur.name, "option", new, "created")
+        self._bump("faults_applied", notify=True)
+        return new
+
+    def _expire(self, instrument: Optional[str], params: dict) -> list[str]:
+        if instrument is not None:
+            names = [instrument]
+            cur = self._by_option[instrument][0] if instrument in self._by_option else self._by_future[instrument]
+        else:
+            cur = self._currency(params.get("underlying", next(iter(self._cur))))
+            expiry = int(params.get("expiry_ms", cur.expiries[0]))
+            names = [n for n in cur.names if cur.expiries[int(cur.exp_idx[cur.index_of[n]])] == expiry]
+            if expiry in cur.futures:
+                names.append(cur.futures[expiry])
+        names = [n for n in names if n not in self._delisted]
+        self._delisted.update(names)
+        self._instrument_cache.clear()
+        for kind in ("option", "future"):
+            gone = [n for n in names if (n in self._by_option) == (kind == "option")]
+            if gone:
+                self._state_notify(cur.name, kind, gone, "settled")
+        ts = int(time.time() * 1000)
+        late = int(params.get("late", 1))
+        for name in names:
+            for ch in [c for c in self._subs if c.split(".")[1:2] == [name]]:
+                for _ in range(late):  # what is already in flight still arrives after the notice
+                    frame = self._message(ch, ts)
+                    if frame is not None:
+                        self._deliver(ch, frame)
+                        self.counters["late_frames_sent"] += 1
+                for conn in list(self._subs.get(ch, ())):
+                    self._unsubscribe(conn, ch)
+        self._bump("faults_applied", notify=True)
+        return names
+
+    def _state_notify(self, currency: str, kind: str, names: list[str], state: str) -> None:
+        ts = int(time.time() * 1000)
+        for ch in (f"instrument.state.{kind}.{currency.lower()}", f"instrument.state.any.{currency.lower()}"):
+            for name in names:
+                self._deliver(ch, _notification(ch, {"timestamp": ts, "state": state, "instrument_name": name}))
+                self.counters["state_notifications"] += len(self._subs.get(ch, ()))
 
     # ------------------------------------------------ connections
 
@@ -1048,15 +1342,24 @@ class Simulator:
         test = orjson.dumps({"jsonrpc": "2.0", "method": "heartbeat", "params": {"type": "test_request"}})
         while not conn.closed:
             await asyncio.sleep(interval_s / 2)
+            if conn.heartbeats_off:
+                return  # a server whose heartbeat machinery died: the client must notice
+            if conn.stalled_until > time.monotonic():
+                continue  # stalled: nothing goes out, nothing is expected
             self._send(conn, hb)
             self.counters["heartbeats_sent"] += 1
             await asyncio.sleep(interval_s / 2)
+            if conn.heartbeats_off:
+                return
+            if conn.stalled_until > time.monotonic():
+                continue
             if conn.test_outstanding:
                 # Like the real server: an unanswered test_request ends the session.
                 self._bump("heartbeat_closes", notify=True)
                 self._close(conn, 1000, "test_request not answered with public/test")
                 return
             conn.test_outstanding = True
+            conn.test_sent = time.monotonic()
             self._send(conn, test)
             self._bump("test_requests_sent", notify=True)
 
@@ -1065,6 +1368,9 @@ class Simulator:
         out = conn.out
         while True:
             frame = await out.get()
+            stall = conn.stalled_until - time.monotonic()
+            if stall > 0:  # a stalled exchange: the socket stays open, nothing comes out
+                await asyncio.sleep(stall)
             await ws.send(frame, text=True)
 
     async def _serve_conn(self, ws) -> None:
@@ -1161,6 +1467,52 @@ class Simulator:
             server.close()
             await server.wait_closed()
 
+    # ------------------------------------------------ offline frames (no socket)
+    # For recorded workloads (bench/workload.py) and replay files: the same frames a
+    # subscriber would read, produced by the same code, at a timestamp the caller chooses.
+    # Only for a simulator that is not started (like advance()).
+
+    def offline_instruments_frame(self, currency: str, kind: Optional[str] = None, req_id: int = 1,
+                                  ts_ms: int = 0) -> bytes:
+        """The public/get_instruments response frame for `currency` (kind None = options and futures)."""
+        self._offline_only("offline_instruments_frame")
+        currency = currency.upper()
+        if currency not in self._cur or kind not in (None, "option", "future"):
+            raise ValueError(f"offline_instruments_frame({currency!r}, kind={kind!r}): currency must be one of "
+                             f"{', '.join(self._cur)} and kind None, 'option' or 'future'")
+        us = ts_ms * 1000
+        return orjson.dumps({"jsonrpc": "2.0", "id": req_id, "result": self._instrument_rows(currency, kind),
+                             "usIn": us, "usOut": us, "usDiff": 0, "testnet": False})
+
+    def offline_initial_frame(self, channel: str, ts_ms: int) -> bytes:
+        """What a new subscriber of `channel` reads first: book snapshot, ticker or index price."""
+        self._offline_check(channel, "offline_initial_frame")
+        return self._initial_frames(channel, ts_ms)[0]
+
+    def offline_frame(self, channel: str, ts_ms: int) -> Optional[bytes]:
+        """The next notification on `channel` at the current market state: a book change against
+        what was last sent (None when nothing differs), a ticker, or an index price."""
+        self._offline_check(channel, "offline_frame")
+        return self._message(channel, ts_ms)
+
+    def offline_shock(self, underlying: str, rel_move: float) -> None:
+        """Move the spot of `underlying` by `rel_move` (0.01 = +1 %) at once and reprice every option."""
+        self._offline_only("offline_shock")
+        if not -0.5 < rel_move < 1.0:
+            raise ValueError(f"offline_shock(rel_move={rel_move}): use a relative move in (-0.5, 1.0), e.g. 0.01")
+        self._currency(underlying).spot *= 1.0 + rel_move
+        self._reprice_all()
+
+    def _offline_only(self, what: str) -> None:
+        if self._thread is not None:
+            raise RuntimeError(f"{what}() is for a simulator that is not started; a started one sends its own frames")
+
+    def _offline_check(self, channel: str, what: str) -> None:
+        self._offline_only(what)
+        if not self._valid_channel(channel):
+            raise ValueError(f"{what}({channel!r}): not a channel of this simulator; use book.<instrument>.100ms, "
+                             "ticker.<instrument>.100ms or deribit_price_index.<btc_usd|eth_usd>")
+
 
 def _period(expiry_ms: int, now_ms: int) -> str:
     days = (expiry_ms - now_ms) / 86_400_000
@@ -1170,6 +1522,9 @@ def _period(expiry_ms: int, now_ms: int) -> str:
     if _at_0800(_last_friday(d.year, d.month)) == expiry_ms:
         return "month"
     return "week"
+
+
+MALFORMED_VARIANTS = ("truncated", "nan_literal", "garbage", "not_object", "wrong_type")
 
 
 def _notification(channel: str, data: dict) -> bytes:
@@ -1192,10 +1547,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--n-strikes", type=int, default=None)
     p.add_argument("--min-heartbeat", type=float, default=10.0, help="smallest set_heartbeat interval accepted (s)")
     p.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--faults", default=None,
+                   help='a fault schedule, JSON or @file: [{"at_s": 5, "kind": "drop"}, {"at_s": 8, '
+                        '"kind": "gap", "instrument": "BTC-27DEC24-100000-C"}, {"at_s": 9, "kind": "stall", '
+                        '"seconds": 3}]; kinds: ' + ", ".join(Simulator.FAULTS))
     args = p.parse_args(argv)
+    faults: list = []
+    if args.faults:
+        text = open(args.faults[1:]).read() if args.faults.startswith("@") else args.faults
+        try:
+            faults = orjson.loads(text)
+            if not isinstance(faults, list) or not all(isinstance(f, dict) and "kind" in f for f in faults):
+                raise ValueError("expected a list of objects with a 'kind'")
+        except ValueError as exc:
+            p.error(f"--faults {args.faults[:80]!r}: {exc}; e.g. '[{{\"at_s\": 5, \"kind\": \"drop\"}}]'")
     sim = Simulator(host=args.host, port=args.port, seed=args.seed, rate=args.rate,
                     currencies=[c.strip() for c in args.currencies.split(",") if c.strip()], scale=args.scale,
-                    n_expiries=args.n_expiries, n_strikes=args.n_strikes, min_heartbeat_s=args.min_heartbeat)
+                    n_expiries=args.n_expiries, n_strikes=args.n_strikes, min_heartbeat_s=args.min_heartbeat,
+                    faults=faults)
     url = sim.start()
     n_opts = sum(len(c.names) for c in sim._cur.values())
     print(f"volgraph sim: {url}  ({n_opts} options, seed {args.seed}, {args.rate:g} msg/s)", flush=True)

@@ -100,7 +100,8 @@ def test_discovery_subscription_chains_and_heartbeats(sim):
         assert client.wait_for(lambda k: k.get("sessions_streaming", 0) >= 1, 10)
         c = client.counters()
         assert c["frames"] > 0 and c["bytes"] > 0 and c["events.BookUpdate"] >= len(books(events))
-        assert c["subscribed_channels"] == 2 * n_opts + n_futs + 1
+        # books and tickers of options, tickers of futures, the index, instrument.state × 2 kinds
+        assert c["subscribed_channels"] == 2 * n_opts + n_futs + 1 + 2
     finally:
         client.stop()
     assert not client._thread.is_alive()
@@ -197,7 +198,7 @@ def test_instrument_filters_keep_the_strikes_nearest_the_money(sim):
         nearest = sorted(all_strikes, key=lambda k: abs(math.log(k / spot)))[:4]
         assert strikes == sorted(nearest) or len(set(strikes) & set(nearest)) >= 3  # spot moves a little
         assert client.wait_for(lambda k: k.get("sessions_streaming", 0) >= 1, 10)
-        assert client.counters()["subscribed_channels"] == 8 * 2 + 1
+        assert client.counters()["subscribed_channels"] == 8 * 2 + 1 + 1  # + instrument.state.option
     finally:
         client.stop()
 
@@ -258,3 +259,134 @@ def test_source_in_a_dataflow_one_partition_per_currency(sim):
         assert part.next_awake() is None or part.next_awake().tzinfo is not None
     finally:
         part.close()
+
+
+# ---------------------------------------------------------------- the folding queue (pure)
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from connectors.folding import APPENDED, DROPPED, FOLDED, OVERFLOW, FoldingQueue  # noqa: E402
+from operators.book import OrderBook  # noqa: E402
+
+_INSTS = ("A", "B", "C")
+# bids and asks from disjoint price ranges: a book never crosses, so staleness only comes from
+# gaps and errors and must match exactly too
+_bid_px = st.sampled_from([1.0, 2.0, 3.0, 4.0, 5.0])
+_ask_px = st.sampled_from([6.0, 7.0, 8.0, 9.0, 10.0])
+_size = st.sampled_from([0.0, 0.0, 1.0, 2.5, 3.0])
+_step = st.one_of(
+    st.tuples(st.just("change"), st.sampled_from(_INSTS), st.lists(st.tuples(_bid_px, _size), max_size=4),
+              st.lists(st.tuples(_ask_px, _size), max_size=4)),
+    st.tuples(st.just("snapshot"), st.sampled_from(_INSTS), st.lists(st.tuples(_bid_px, _size), max_size=4),
+              st.lists(st.tuples(_ask_px, _size), max_size=4)),
+    st.tuples(st.just("gap"), st.sampled_from(_INSTS)),
+    st.tuples(st.just("error"), st.sampled_from(_INSTS)),
+    st.tuples(st.just("ticker"), st.sampled_from(_INSTS), st.floats(0.01, 1.0)),
+    st.tuples(st.just("index"), st.floats(1.0, 1e5)),
+    st.tuples(st.just("drain"), st.integers(0, 5)),
+)
+
+
+def _stream(steps):
+    """Turn drawn steps into a realistic event stream: per instrument, changes chain on the
+    last change_id, a "gap" skips one, snapshots restart the chain."""
+    seq = {i: None for i in _INSTS}
+    next_id = [100]
+    out = []
+    for step in steps:
+        kind = step[0]
+        if kind in ("change", "snapshot"):
+            _, inst, bids, asks = step
+            next_id[0] += 1
+            if kind == "snapshot":
+                out.append(BookUpdate("x", inst, next_id[0], next_id[0], next_id[0], None, "snapshot",
+                                      tuple(dict(bids).items()), tuple(dict(asks).items())))
+                seq[inst] = next_id[0]
+            elif seq[inst] is not None:
+                out.append(BookUpdate("x", inst, next_id[0], next_id[0], next_id[0], seq[inst], "change",
+                                      tuple(bids), tuple(asks)))
+                seq[inst] = next_id[0]
+        elif kind == "gap":
+            if seq[step[1]] is not None:
+                next_id[0] += 1
+                seq[step[1]] = next_id[0]  # a change that never arrives
+        elif kind == "error":
+            out.append(FeedError("x", "seq_gap", "test", 0, step[1]))
+        elif kind == "ticker":
+            out.append(Ticker("x", step[1], 0, 0, mark_px=step[2]))
+        elif kind == "index":
+            out.append(IndexPrice("x", "BTC", 0, 0, step[1]))
+        else:
+            out.append(("drain", step[1]))
+    return out
+
+
+def _apply(events):
+    """Books the way the chain step keeps them (seq_gap FeedError = stale), plus the last
+    ticker per instrument and the last index."""
+    books = {i: OrderBook(100) for i in _INSTS}
+    last = {}
+    for e in events:
+        if isinstance(e, BookUpdate):
+            books[e.instrument].apply(e)
+        elif isinstance(e, FeedError):
+            books[e.instrument].stale = True
+        elif isinstance(e, (Ticker, IndexPrice)):
+            last[(type(e).__name__, getattr(e, "instrument", ""))] = e
+    return {i: (b.bids, b.asks, b.last_seq, b.stale) for i, b in books.items()}, last
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_step, max_size=60))
+def test_folded_stream_gives_exactly_the_unfolded_books(steps):
+    stream = _stream(steps)
+    plain = [e for e in stream if not isinstance(e, tuple)]
+    q = FoldingQueue()
+    folded = []
+    for e in stream:
+        if isinstance(e, tuple):
+            folded.extend(q.drain(e[1]))  # a consumer that reads a little, now and then
+        else:
+            assert q.push(e) in (APPENDED, FOLDED)
+    folded.extend(q.drain(10**6))
+    assert len(q) == 0
+    assert _apply(folded) == _apply(plain)
+    assert len(folded) <= len(plain)
+    assert q.counters["pushed"] == len(plain) and q.counters["drained"] == len(folded)
+    assert q.counters["folded"] == len(plain) - len(folded)
+    # errors and Instrument-like events are never folded away, and keep their order
+    assert [e for e in folded if isinstance(e, FeedError)] == [e for e in plain if isinstance(e, FeedError)]
+    # per instrument, book events still chain exactly as the unfolded ones did at each snapshot
+    for e in folded:
+        if isinstance(e, BookUpdate) and e.kind == "change":
+            assert e.prev_seq is not None
+
+
+def test_folding_merges_changes_and_snapshots_exactly():
+    q = FoldingQueue()
+    q.push(BookUpdate("x", "A", 1, 1, 10, None, "snapshot", ((5.0, 1.0), (4.0, 2.0)), ((6.0, 1.0),)))
+    q.push(BookUpdate("x", "A", 2, 2, 11, 10, "change", ((5.0, 0.0), (3.0, 7.0)), ()))
+    q.push(BookUpdate("x", "A", 3, 3, 12, 11, "change", ((3.0, 8.0),), ((6.5, 1.0),)))
+    q.push(BookUpdate("x", "B", 1, 1, 20, 19, "change", ((1.0, 1.0),), ()))
+    q.push(BookUpdate("x", "B", 2, 2, 21, 20, "change", ((1.0, 0.0), (2.0, 1.0)), ()))
+    (a, b) = q.drain()
+    assert a.kind == "snapshot" and a.seq == 12 and a.prev_seq is None and a.ts_exchange_ms == 3
+    assert a.bids == ((4.0, 2.0), (3.0, 8.0)) and a.asks == ((6.0, 1.0), (6.5, 1.0))
+    assert b.kind == "change" and (b.prev_seq, b.seq) == (19, 21)
+    assert b.bids == ((1.0, 0.0), (2.0, 1.0))  # the delete survives: the consumer's level goes
+    assert q.fold_ratio() == 2.5
+
+
+def test_folding_bounds_overflow_books_and_drop_prices_counted():
+    q = FoldingQueue(max_slots=2, max_levels=3)
+    assert q.push(BookUpdate("x", "A", 1, 1, 1, None, "snapshot", ((1.0, 1.0),), ((2.0, 1.0),))) == APPENDED
+    assert q.push(BookUpdate("x", "A", 2, 2, 2, 1, "change", ((0.5, 1.0), (0.4, 1.0)), ())) == OVERFLOW
+    assert len(q) == 0  # nothing of A is kept: the caller resyncs it
+    assert q.push(Ticker("x", "A", 0, 0)) == APPENDED
+    assert q.push(Ticker("x", "B", 0, 0)) == APPENDED
+    assert q.push(Ticker("x", "C", 0, 0)) == DROPPED
+    assert q.push(BookUpdate("x", "C", 1, 1, 1, None, "snapshot")) == OVERFLOW
+    assert q.push(FeedError("x", "seq_gap", "d", 0, "C")) == APPENDED  # errors are never refused
+    assert q.counters["overflow"] == 2 and q.counters["dropped"] == 1 and len(q) == 3
+    assert q.discard("A") == 1 and len(q) == 2

@@ -415,3 +415,79 @@ def test_vector_ticks_match_the_scalar_rules(prices):
     arr = np.array(prices)
     assert floor_ticks(arr).tolist() == [floor_tick(p) for p in prices]
     assert ceil_ticks(arr).tolist() == [ceil_tick(p) for p in prices]
+
+
+# ---------------------------------------------------------------- faults
+
+def _fault_frames(seed):
+    """Frames of a not-started simulator with the same faults injected: the scenario's bytes."""
+    s = Simulator(seed=seed, currencies=["BTC"], now_ms=NOW_MS)
+    names = s.instrument_names("BTC")
+    out = []
+    for inst in names[:3]:
+        out.append(s.offline_initial_frame(f"book.{inst}.100ms", NOW_MS))
+    s.inject("malformed", names[0])  # variant drawn from the seeded fault generator
+    s.inject("crossed", names[1])
+    s.inject("bad_price", names[2], value="NaN")
+    s.advance(3)
+    for inst in names[:3]:
+        out.append(s.offline_frame(f"book.{inst}.100ms", NOW_MS + 300))
+    return out, s
+
+
+def test_faults_replay_identically_given_the_seed():
+    a, sim_a = _fault_frames(4)
+    b, _ = _fault_frames(4)
+    assert a == b
+    assert sim_a.counters["faults_applied"] == 3 and [f["kind"] for f in sim_a.fault_log] == [
+        "malformed", "crossed", "bad_price"]
+    crossed = orjson.loads(a[4])["params"]["data"]
+    _, asks, _ = sim_a.book(crossed["instrument_name"])
+    assert max(px for _, px, _ in crossed["bids"]) > min(asks)  # a bid above the book's best ask
+    assert b"NaN" in a[5] and parse_frame(a[5], 1)[0].reason == "malformed_json"
+    variant = sim_a.fault_log[0].get("variant")
+    first = parse_frame(a[3], 1)[0]
+    assert isinstance(first, FeedError) and first.reason in ("malformed_json", "bad_field"), variant
+
+
+def test_fault_arguments_are_checked():
+    s = Simulator(seed=1, currencies=["BTC"])
+    with pytest.raises(ValueError, match="known faults"):
+        s.inject("meteor")
+    with pytest.raises(ValueError, match="unknown instrument"):
+        s.inject("gap", "BTC-1JAN20-1-C")
+    with pytest.raises(ValueError, match="known faults"):
+        Simulator(seed=1, currencies=["BTC"], faults=[{"at_s": 1, "kind": "meteor"}])
+
+
+def test_listing_and_expiry_change_get_instruments_and_notify(sim):
+    c = RawClient(sim.url)
+    try:
+        c.call("public/subscribe", {"channels": ["instrument.state.option.btc"]})
+        new = sim.inject("listing", underlying="BTC", new_expiry=True, n_strikes=2)
+        notes = []
+        c.read_until(lambda m: m.get("method") == "subscription" and m["params"]["channel"].startswith(
+            "instrument.state") and notes.append(m["params"]["data"]) is None and len(notes) == len(new))
+        assert {n["instrument_name"] for n in notes} == set(new) and {n["state"] for n in notes} == {"created"}
+        listed = {r["instrument_name"] for r in c.call("public/get_instruments", {"currency": "BTC",
+                                                                                   "kind": "option"})["result"]}
+        assert set(new) <= listed
+        gone = sim.inject("expire", new[0])
+        note = c.read_until(lambda m: m.get("method") == "subscription")["params"]["data"]
+        assert note == {**note, "instrument_name": new[0], "state": "settled"}
+        listed = {r["instrument_name"] for r in c.call("public/get_instruments", {"currency": "BTC",
+                                                                                   "kind": "option"})["result"]}
+        assert gone == [new[0]] and new[0] not in listed and new[1] in listed
+        sub = c.call("public/subscribe", {"channels": [f"book.{new[0]}.100ms"]})
+        assert sub["result"] == []  # a delisted channel cannot be subscribed
+    finally:
+        c.close()
+
+
+def test_cli_runs_a_fault_schedule(capsys):
+    faults = '[{"at_s": 0, "kind": "gap"}, {"at_s": 0.1, "kind": "heartbeat_stop"}]'
+    assert main(["--seconds", "0.4", "--currencies", "BTC", "--faults", faults]) == 0
+    out = capsys.readouterr().out
+    assert "'faults_injected': 2" in out and "'faults.gap': 1" in out
+    with pytest.raises(SystemExit):
+        main(["--seconds", "0.1", "--faults", "[1, 2]"])
