@@ -7,7 +7,7 @@ to 3 years, σ in [0.05, 3.0], calls and puts; prices computed in extended preci
 and rounded once, cached under .data/bench_iv/ (gitignored; generated in chunks with a
 progress line, on every core — only the timing is pinned to one core).
 
-    .venv/bin/python bench/bench_iv.py [--n 1000000] [--seed 7]
+    .venv/bin/python bench/bench_iv.py [--n 1000000] [--seed 7] [--only-ours]
 
 Peers (the `bench` extra; each is skipped with a clear line if absent): py_vollib_vectorized
 (needs py_lets_be_rational==1.0.1 and py_vollib==1.0.1), lbriv (Cython Let's Be Rational),
@@ -213,6 +213,7 @@ def main(argv=None):
     ap.add_argument("--cpu", type=int, default=None, help="core to pin to (default: the first allowed)")
     ap.add_argument("--quantlib-max", type=int, default=None,
                     help="cap QuantLib (a Python loop) at this many options; default all")
+    ap.add_argument("--only-ours", action="store_true", help="time volgraph only (skip the peers)")
     args = ap.parse_args(argv)
 
     price, forward, strike, t_years, vol, is_call, vega = load_options(args.n, args.seed, args.cache_dir)
@@ -249,7 +250,7 @@ def main(argv=None):
     print(hdr)
     print("-" * len(hdr))
     full_args = (price, forward, strike, t_years, is_call)
-    for name, module, factory in PEERS:
+    for name, module, factory in (PEERS[:1] if args.only_ours else PEERS):
         try:
             solve = factory()
         except ImportError as exc:

@@ -92,6 +92,8 @@ def floor_bound(price, vega):
     (12, {"t_max": 2.0 / 365.0}),  # hour-to-day options: where wing prices are hardest
     (13, {"vol_min": 2.0}),  # high vol: prices near the upper bound
     (14, {"k_range": 0.02}),  # near the money
+    (15, {"k_range": 6.0, "vol_min": 0.01, "vol_max": 8.0}),  # beyond the guess tables (|x| > 3)
+    (16, {"k_range": 1e-4, "t_max": 1.0 / 365.0}),  # the corner: at the money, hours to expiry
 ])
 def test_accuracy_floor_on_random_sample(seed, kwargs):
     price, forward, strike, t, vol, call, vega = random_options(1500, seed, **kwargs)
@@ -333,3 +335,148 @@ def test_greeks_put_call_relations_and_bad_input():
         assert np.all(np.isnan(arr))
     # the price function agrees with the mpmath reference
     assert float(black.black_price(f, k, t, v, True)) == pytest.approx(float(ref_price(f, k, t, v, True)), rel=1e-13)
+
+
+# ------------------------------------------------------------------ the fast path's parts
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.floats(0.0, 60.0), st.floats(1e-12, 1e-3), st.floats(40.0, 1e6)))
+def test_erfcx_within_an_ulp(y):
+    """Our erfcx(y) = e^{y²}erfc(y) (the price needs no erfc) against mpmath."""
+    with mp.workdps(40):
+        ref = mp.exp(mp.mpf(y) ** 2) * mp.erfc(mp.mpf(y))
+        err = abs((mp.mpf(float(iv._erfcx(y))) - ref) / ref)
+    assert err <= 1.5 * EPS, (y, float(err) / EPS)
+
+
+def test_erfcx_on_a_dense_grid_and_at_the_piece_edges():
+    ys = np.concatenate([np.linspace(0.0, 3.0, 301), np.geomspace(3.0, 50.0, 200), [49.999999, 50.0, 50.000001]])
+    # the edges of the 32 pieces in z = 4/(4 + y), and just either side of them
+    z_edges = iv._ERFCX_Z0 + (1.0 - iv._ERFCX_Z0) * np.arange(33) / 32
+    edges = 4.0 / z_edges - 4.0
+    ys = np.concatenate([ys, edges, np.nextafter(edges, 0.0), np.nextafter(edges, np.inf)])
+    ys = ys[ys >= 0.0]
+    worst = 0.0
+    with mp.workdps(40):
+        for y in ys:
+            ref = mp.exp(mp.mpf(float(y)) ** 2) * mp.erfc(mp.mpf(float(y)))
+            worst = max(worst, float(abs((mp.mpf(float(iv._erfcx(float(y)))) - ref) / ref)))
+    assert worst <= 1.5 * EPS, worst / EPS
+    assert iv._erfcx(math.inf) == 0.0
+
+
+def ref_log_price(x, s, upper):
+    """ln b(x, s) or ln(e^{x/2} − b) in extended precision (the normalised OTM call)."""
+    with mp.workdps(MP_DPS):
+        x, s = mp.mpf(x), mp.mpf(s)
+        b = mp.exp(x / 2) * mp.ncdf(x / s + s / 2) - mp.exp(-x / 2) * mp.ncdf(x / s - s / 2)
+        return mp.log(mp.exp(x / 2) - b) if upper else mp.log(b)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(0.0, 6.0), st.floats(1e-4, 20.0), st.booleans())
+def test_price_evaluation_against_mpmath(a, s, upper):
+    """The erfcx form of ln b (or ln c) and its slope: the error, read as an error in s, is
+    far below the floor (it is what the accepted step inherits). Checked where each form is
+    used (its value ≤ half the bound): far past the root only the sign and slope matter."""
+    x = -a
+    f, f1, kappa = iv._price_eval(x, s, upper, math.exp(0.5 * x))
+    ref = ref_log_price(x, s, upper)
+    assume(mp.isfinite(ref) and ref > -700)
+    # each form is used where its root lies: ln b while b ≤ e^{x/2}/2, ln c above
+    assume(float(ref) <= 0.5 * x - math.log(2.0) + 1e-12)
+    assert math.isfinite(f) and math.isfinite(f1)
+    with mp.workdps(MP_DPS):
+        h = mp.mpf(s) * mp.mpf("1e-20")
+        slope = (ref_log_price(x, s + float(h), upper) - ref) / h if s + float(h) != s else None
+    # error in ln b over |s·d ln b/ds| is the relative error it induces in s
+    rel_s = abs(float(mp.mpf(f) - ref)) / abs(s * f1)
+    assert rel_s <= 4e-15 * (1.0 + 1.0 / max(a, 1e-300) * EPS / 4e-15), (a, s, upper, rel_s)
+    if slope is not None:
+        assert abs(f1 - float(slope)) <= 1e-9 * abs(float(slope)) + 1e-300
+    assert kappa == pytest.approx(a * a / s**3 - s / 4, rel=1e-12, abs=1e-12)
+
+
+def test_guess_tables_are_good_to_1e5_for_the_bulk():
+    """The tabulated guess is what makes one evaluation enough: check its accuracy directly."""
+    tab_flat = iv._tables()
+    rng = np.random.default_rng(5)
+    n = 20000
+    a = rng.uniform(0.0, 3.0, n)
+    s_true = np.exp(rng.uniform(math.log(1e-3), math.log(6.0), n))
+    x = -a
+    ex2p = np.exp(0.5 * x)
+    # b(x, s) in double from the solver's own evaluation (exact enough for a 1e-5 check)
+    rel = []
+    for i in range(n):
+        ln_b, _, _ = iv._price_eval(x[i], s_true[i], False, ex2p[i])  # ln β of this s
+        if ln_b < -700.0:
+            continue  # a subnormal price: no table (nor information) there
+        upper = ln_b > 0.5 * x[i] - math.log(2.0)  # β > e^{x/2}/2: the solver's split
+        target = iv._price_eval(x[i], s_true[i], True, ex2p[i])[0] if upper else ln_b
+        g = iv._table_guess(x[i], upper, target, tab_flat)
+        rel.append(abs(g / s_true[i] - 1.0) if g > 0 else math.inf)
+    rel = np.array(rel)
+    assert len(rel) > 0.5 * n  # the rest are deep-wing prices below 1e-304
+    assert np.quantile(rel, 0.5) < 1e-7
+    assert np.quantile(rel, 0.98) < 1e-5
+    assert np.quantile(rel, 0.999) < 1e-3
+
+
+def test_blocks_give_the_same_answer_as_one_by_one():
+    """The kernel works in blocks and compacts the solvable options: mixing reason codes across
+    block edges must not shift any answer."""
+    price, forward, strike, t, vol, call, vega = random_options(700, 31)
+    rng = np.random.default_rng(32)
+    # sprinkle every kind of bad input through the arrays
+    for idx, kind in zip(rng.choice(700, 120, replace=False), range(120)):
+        if kind % 5 == 0:
+            price[idx] = math.nan
+        elif kind % 5 == 1:
+            t[idx] = -1.0
+        elif kind % 5 == 2:
+            price[idx] = forward[idx] * 2 + strike[idx]
+        elif kind % 5 == 3:
+            forward[idx] = 0.0
+        else:
+            price[idx] = 0.0
+    got, status = iv.implied_vol_and_status(price, forward, strike, t, call)
+    for i in range(700):
+        v1, s1 = iv.implied_vol_and_status(price[i], forward[i], strike[i], t[i], call[i])
+        assert int(s1) == int(status[i]), i
+        assert (math.isnan(v1) and math.isnan(got[i])) or float(v1) == got[i], i
+    assert set(np.unique(status)) >= {iv.OK, iv.BAD_INPUT, iv.EXPIRED, iv.ABOVE_MAX, iv.BELOW_INTRINSIC}
+
+
+@pytest.mark.parametrize("a,s", [(0.0, 1e-200), (0.0, 1e-20), (0.0, 1e-9), (0.0, 3e-6), (0.0, 5e-6),
+                                 (0.0, 1e-4), (1e-10, 1e-9), (1e-10, 3e-6), (1e-10, 5e-6), (1e-10, 1e-4)])
+def test_tiny_time_value_near_the_money(a, s):
+    """σ√T ≪ 1 at the money: b ≈ s/√(2π) is a difference of two ~1 terms in the erfc/erfcx forms;
+    the Bachelier-limit branch keeps it (the old solver answered ~1e-16 for any s below that)."""
+    strike = float(math.exp(a))  # the reference prices this double strike exactly
+    with mp.workdps(40 - int(math.log10(s))):  # the two Φ's agree to ~s: carry the digits
+        f, k, sd = mp.mpf(1), mp.mpf(strike), mp.mpf(s)
+        d1 = mp.log(f / k) / sd + sd / 2
+        price = float(f * mp.ncdf(d1) - k * mp.ncdf(d1 - sd))  # the OTM call (K ≥ F)
+    vol, status = iv.implied_vol_and_status(price, 1.0, strike, 1.0, True)
+    assert int(status) == iv.OK, iv.STATUS_NAMES[int(status)]
+    assert abs(float(vol) / s - 1.0) <= 1e-10
+
+
+def test_extreme_but_valid_inputs_give_codes_not_crashes():
+    """Ratios F/K that underflow, subnormal prices, huge and tiny t: the table lookups and the
+    erfcx pieces must stay in bounds whatever the kernel is handed."""
+    tiny, huge = 5e-324, 1.7e308
+    price = np.array([1e-300, 1.0, tiny, 1e-310, 0.5, 1e300, 2.0, 1e-200, 3.0, 1.0])
+    forward = np.array([1.0, huge, 1.0, 1e-300, 1.0, huge, 1e-300, 1.0, 100.0, 1.0])
+    strike = np.array([1.0, tiny, 1.0, 1e300, 1e-300, 1.0, 1e300, 1e200, 100.0, 1.0 + 2e-16])
+    t = np.array([1e-300, 1.0, 1.0, 1.0, huge, 1e-12, 1.0, 1.0, 1e-300, 1e300])
+    call = np.array([True, False, True, False, True, True, False, True, True, False])
+    vol, status = iv.implied_vol_and_status(price, forward, strike, t, call)
+    assert set(np.unique(status)) <= set(iv.STATUS_NAMES)
+    assert np.array_equal(np.isnan(vol), status != iv.OK)
+    assert np.all(vol[status == iv.OK] > 0) and np.all(np.isfinite(vol[status == iv.OK]))
+    # the at-the-money ones solve exactly as s/√t with s = √(2π)·β·(1 + O(β²))
+    assert int(status[0]) == iv.OK
+    assert float(vol[0]) == pytest.approx(math.sqrt(2 * math.pi) * 1e-300 / math.sqrt(1e-300), rel=1e-12)
