@@ -118,7 +118,7 @@ def estimate_forward(strikes, call_bid, call_ask, put_bid, put_ask, *, future_bi
     """
     if _positive_finite(future_bid) and _positive_finite(future_ask) and future_bid <= future_ask:
         fb, fa = float(future_bid), float(future_ask)
-        return ForwardEstimate(0.5 * (fb + fa), METHOD_FUTURE, 0, fa - fb)
+        return ForwardEstimate(fb + 0.5 * (fa - fb), METHOD_FUTURE, 0, fa - fb)  # no overflow near max float
 
     k = np.asarray(strikes, dtype=np.float64).reshape(-1)
     if k.size:

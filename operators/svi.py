@@ -507,13 +507,15 @@ def _nelder_mead(k, W, wt, a_hi, x0, step, lo, hi, strict, gk, moff, margin, max
 # ------------------------------------------------------------------------- fitting
 
 
-def _check_grid(k: np.ndarray, n_near: int = 241, n_wing: int = 40) -> np.ndarray:
+def _check_grid(k: np.ndarray, n_near: int = 241, n_wing: int = 480) -> np.ndarray:
     """Fixed part of the butterfly check grid: quoted range ± padding, and far wings."""
     k_lo, k_hi = float(k.min()), float(k.max())
     span = max(k_hi - k_lo, 1e-3)
     pad = max(0.5 * span, 0.1)
     near = np.linspace(k_lo - pad, k_hi + pad, n_near)
-    wings = np.geomspace(0.05, 200.0, n_wing)  # far wings: g's asymptote is approached slowly
+    # far wings: g's asymptote is approached slowly, and with ρ → ±1 a shallow dip can sit
+    # tens of units out; 2 % spacing keeps such a dip between refinable neighbours
+    wings = np.geomspace(0.05, 1000.0, n_wing)
     return np.unique(np.concatenate([near, -wings + min(k_lo - pad, 0.0), wings + max(k_hi + pad, 0.0)]))
 
 
@@ -636,7 +638,7 @@ def _repair(kk, WW, wt, a_hi, params, lo, hi, gk, g_margin, maxiter, xtol, ftol,
     Nelder–Mead stalls on constraint boundaries, so each start is restarted while it gains.
     """
     span = max(float(kk.max() - kk.min()), 1e-3)
-    gk_coarse = _check_grid(kk, 81, 28)
+    gk_coarse = _check_grid(kk, 81, 120)
     margin = max(g_margin, 0.0) + _SEARCH_MARGIN
     f_free = _inner(kk, WW, wt, params.m, params.sigma, a_hi)[0]
     all_starts = list(starts) + [(params.m, math.log(params.sigma)), (params.m, math.log(params.sigma) + 1.0),
