@@ -1,0 +1,282 @@
+"""Deterministic benchmark workloads: recorded raw Deribit frames, made offline (no socket) by the
+exchange simulator's own market and frame code (connectors.simulator), cached as replay files
+(connectors.replay format) under .data/bench/ keyed by their parameters.
+
+A workload file is what a live session would have recorded: the public/get_instruments
+responses, the first frame of every subscribed channel (book snapshots, tickers, index), then
+the live stream — ≈90 % book changes, option and future tickers, index prices, burst ticks —
+with 1 % spot shocks where every book of the underlying is re-quoted at once.
+
+Scenarios: "seed" (BTC ~4,000 and ETH ~2,000 options, 8 levels a side; a BTC shock re-quotes
+4,008 books, 64,000+ levels) and "small" (tests; 48 options per currency).
+
+    .venv/bin/python bench/workload.py --scenario seed          # build (or find) the cache
+
+Benchmark input only: it never runs the dataflow and never opens a socket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import calendar
+import dataclasses
+import hashlib
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from connectors.deribit import parse_instrument_name  # noqa: E402
+from connectors.replay import write_frames  # noqa: E402
+from connectors.simulator import Simulator  # noqa: E402
+
+FORMAT_VERSION = 4
+CACHE_DIR = REPO / ".data" / "bench"
+START_MS = calendar.timegm((2026, 1, 5, 9, 0, 0)) * 1000  # a Monday, 09:00 UTC
+TICK_MS = 100  # the simulator's market tick; frames inside a tick are spread evenly over it
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    """Everything that determines the frames (the cache key is a hash of it)."""
+
+    scale: str = "seed"  # connectors.simulator.SCALES
+    seed: int = 7
+    n_messages: int = 1_000_000  # live frames after the preamble, shock frames not counted
+    rate_msg_s: float = 50_000.0  # nominal exchange rate outside bursts (sets timestamps)
+    book_share: float = 0.90
+    future_ticker_share: float = 0.01  # the rest of the non-book frames are option tickers
+    index_every_ticks: int = 10  # one deribit_price_index frame per currency per second
+    burst_prob: float = 0.05  # a burst tick carries burst_mult × the frames in the same 100 ms
+    burst_mult: float = 3.0
+    shock_at: tuple[float, ...] = (0.25, 0.75)  # fractions of n_messages where a shock starts
+    shock_underlying: str = "BTC"
+    shock_move: float = 0.01  # +1 % spot, every book of the underlying re-quoted
+    warmup_s: float = 0.0  # quiet traffic before the first live frame (shock files)
+    warmup_rate_msg_s: float = 2_000.0
+    currencies: tuple[str, ...] = ("BTC", "ETH")
+
+    def key(self) -> str:
+        raw = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        return hashlib.sha1(raw).hexdigest()[:10]
+
+
+SCENARIOS: dict[str, WorkloadSpec] = {
+    "seed": WorkloadSpec(),
+    "small": WorkloadSpec(scale="small", n_messages=40_000, rate_msg_s=5_000.0, shock_at=(0.5,)),
+}
+
+
+def shock_spec(scenario: str) -> WorkloadSpec:
+    """A file for the shock row alone: preamble, 6 s of quiet traffic (the engine settles),
+    one shock, then 2 s of quiet traffic."""
+    base = SCENARIOS[scenario]
+    quiet = 2_000.0 if base.scale == "seed" else 500.0
+    n_after = int(quiet * 2)
+    return dataclasses.replace(base, n_messages=n_after, rate_msg_s=quiet, burst_prob=0.0, shock_at=(0.0,),
+                               warmup_s=6.0, warmup_rate_msg_s=quiet)
+
+
+@dataclass
+class Meta:
+    spec: dict
+    frames: int = 0
+    preamble_frames: int = 0
+    first_live_ts_ms: int = 0
+    last_ts_ms: int = 0
+    live_frames: int = 0
+    avg_rate_msg_s: float = 0.0
+    n_options: dict = field(default_factory=dict)
+    depth: int = 0
+    kinds: dict = field(default_factory=dict)
+    shocks: list = field(default_factory=list)  # [{underlying, ts_ms, first_frame, n_frames, n_books, levels}]
+
+
+def _channels(sim: Simulator, currency: str) -> tuple[list[str], list[str], list[str]]:
+    options = sim.instrument_names(currency, "option")
+    futures = sim.instrument_names(currency, "future")
+    books = [f"book.{n}.100ms" for n in options]
+    opt_tickers = [f"ticker.{n}.100ms" for n in options]
+    fut_tickers = [f"ticker.{n}.100ms" for n in futures]
+    return books, opt_tickers, fut_tickers
+
+
+def generate(spec: WorkloadSpec, meta: Meta, progress=None) -> Iterator[tuple[int, bytes]]:
+    """Yield (ts_ms, frame) in order; fills `meta` as it goes. ts_recv_ms = exchange timestamp."""
+    sim = Simulator(scale=spec.scale, seed=spec.seed, now_ms=START_MS, currencies=spec.currencies,
+                    tick_ms=TICK_MS, book_share=spec.book_share)
+    rng = random.Random(f"workload-{spec.seed}")
+    meta.depth = sim.depth
+    kinds = {"instruments": 0, "snapshot": 0, "book": 0, "option_ticker": 0, "future_ticker": 0, "index": 0,
+             "shock": 0}
+    n = 0
+
+    def emit(ts: int, frame: Optional[bytes], kind: str):
+        nonlocal n
+        if frame is None:
+            return None
+        n += 1
+        kinds[kind] += 1
+        if progress is not None and n % 50_000 == 0:
+            progress(n)
+        return ts, frame
+
+    # --- preamble: discovery, then every channel's first frame, in the client's order
+    ts = START_MS
+    req = 1
+    per_cur = {}
+    for cur in spec.currencies:
+        for kind in ("option", "future"):
+            yield emit(ts, sim.offline_instruments_frame(cur, kind, req_id=req, ts_ms=ts), "instruments")
+            req += 1
+    for cur in spec.currencies:
+        books, opt_tickers, fut_tickers = _channels(sim, cur)
+        per_cur[cur] = (books, opt_tickers, fut_tickers)
+        meta.n_options[cur] = len(books)
+        for b, t in zip(books, opt_tickers):
+            yield emit(ts, sim.offline_initial_frame(b, ts), "snapshot")
+            yield emit(ts, sim.offline_initial_frame(t, ts), "option_ticker")
+        for t in fut_tickers:
+            yield emit(ts, sim.offline_initial_frame(t, ts), "future_ticker")
+        yield emit(ts, sim.offline_initial_frame(f"deribit_price_index.{cur.lower()}_usd", ts), "index")
+    meta.preamble_frames = n
+    all_books = [b for cur in spec.currencies for b in per_cur[cur][0]]
+    all_opt_tickers = [t for cur in spec.currencies for t in per_cur[cur][1]]
+    all_fut_tickers = [t for cur in spec.currencies for t in per_cur[cur][2]]
+    indices = [f"deribit_price_index.{cur.lower()}_usd" for cur in spec.currencies]
+
+    def tick_frames(n_frames: int, tick_no: int):
+        sim.advance(1)
+        t0 = sim.now_ms()
+        out = []
+        if tick_no % spec.index_every_ticks == 0:
+            out += [(ch, "index") for ch in indices]
+        for _ in range(max(n_frames - len(out), 0)):
+            r = rng.random()
+            if r < spec.book_share:
+                out.append((all_books[int(rng.random() * len(all_books))], "book"))
+            elif r < spec.book_share + spec.future_ticker_share:
+                out.append((all_fut_tickers[int(rng.random() * len(all_fut_tickers))], "future_ticker"))
+            else:
+                out.append((all_opt_tickers[int(rng.random() * len(all_opt_tickers))], "option_ticker"))
+        for j, (ch, kind) in enumerate(out):
+            ts_j = t0 + (j * TICK_MS) // max(len(out), 1)
+            yield emit(ts_j, sim.offline_frame(ch, ts_j), kind)
+
+    # --- warm-up: quiet traffic (shock files let the engine settle first)
+    tick_no = 0
+    for _ in range(int(spec.warmup_s * 1000 / TICK_MS)):
+        tick_no += 1
+        yield from tick_frames(max(int(spec.warmup_rate_msg_s * TICK_MS / 1000), 1), tick_no)
+
+    # --- live stream
+    live_start = n
+    shock_marks = sorted(int(f * spec.n_messages) for f in spec.shock_at)
+    per_tick = max(int(spec.rate_msg_s * TICK_MS / 1000), 1)
+    first_live = None
+    shocked = 0  # shock frames so far (not counted in n_messages)
+    while n - live_start - shocked < spec.n_messages:
+        if shock_marks and n - live_start - shocked >= shock_marks[0]:
+            shock_marks.pop(0)
+            before = n
+            yield from _shock(sim, spec, per_cur[spec.shock_underlying], meta, emit, lambda: n)
+            shocked += n - before
+            continue
+        tick_no += 1
+        burst = rng.random() < spec.burst_prob
+        k = min(int(per_tick * (spec.burst_mult if burst else 1.0)), spec.n_messages - (n - live_start - shocked))
+        for item in tick_frames(k, tick_no):
+            if first_live is None and item is not None:
+                first_live = item[0]
+            yield item
+    meta.frames = n
+    meta.live_frames = n - live_start
+    meta.kinds = kinds
+    meta.first_live_ts_ms = first_live or START_MS
+    meta.last_ts_ms = sim.now_ms()
+    span_s = max((meta.last_ts_ms - meta.first_live_ts_ms) / 1000.0, 1e-3)
+    meta.avg_rate_msg_s = meta.live_frames / span_s
+
+
+def _shock(sim: Simulator, spec: WorkloadSpec, channels, meta: Meta, emit, count):
+    books, _, fut_tickers = channels
+    und = spec.shock_underlying
+    sim.advance(1)
+    sim.offline_shock(und, spec.shock_move)
+    ts = sim.now_ms()
+    first = count()
+    levels = 0
+    by_depth = [0] * (sim.depth + 1)  # level prices within the top d of each side, d = 1..depth
+    yield emit(ts, sim.offline_frame(f"deribit_price_index.{und.lower()}_usd", ts), "shock")
+    for ch in fut_tickers:
+        yield emit(ts, sim.offline_frame(ch, ts), "shock")
+    last_frame: dict[str, int] = {}  # expiry_ms → index of its last shock frame
+    for ch in books:
+        frame = sim.offline_frame(ch, ts)
+        if frame is not None:
+            last_frame[str(parse_instrument_name(ch.split(".")[1])[1])] = count()
+            bids, asks = sim.quote_levels(ch.split(".")[1])
+            levels += len(bids) + len(asks)
+            for d in range(1, sim.depth + 1):
+                by_depth[d] += min(len(bids), d) + min(len(asks), d)
+        yield emit(ts, frame, "shock")
+    meta.shocks.append({"underlying": und, "ts_ms": ts, "first_frame": first, "n_frames": count() - first,
+                        "n_books": len(books), "levels": levels, "move": spec.shock_move,
+                        "levels_by_depth": {str(d): by_depth[d] for d in range(1, sim.depth + 1)},
+                        "expiry_last_frame": last_frame})
+
+
+def workload_path(spec: WorkloadSpec, name: str = "workload", cache_dir: Path = CACHE_DIR) -> Path:
+    return cache_dir / f"{name}_{spec.scale}_s{spec.seed}_n{spec.n_messages}_{spec.key()}_v{FORMAT_VERSION}.jsonl.gz"
+
+
+def ensure_workload(spec: WorkloadSpec, name: str = "workload", cache_dir: Path = CACHE_DIR,
+                    quiet: bool = False) -> tuple[Path, dict]:
+    """The cached recording for `spec` (generated on first use) and its metadata."""
+    path = workload_path(spec, name, cache_dir)
+    meta_path = path.with_name(path.name.replace(".jsonl.gz", ".meta.json"))
+    if path.exists() and meta_path.exists():
+        return path, json.loads(meta_path.read_text())
+    meta = Meta(spec=dataclasses.asdict(spec))
+    started = time.monotonic()
+
+    def progress(k: int) -> None:
+        if not quiet:
+            print(f"\r# generating {path.name}: {k:,} frames ({time.monotonic() - started:.0f} s)",
+                  end="", file=sys.stderr, flush=True)
+
+    write_frames(path, (x for x in generate(spec, meta, progress) if x is not None))
+    if not quiet:
+        print(f"\r# generated {path.name}: {meta.frames:,} frames in {time.monotonic() - started:.1f} s"
+              + " " * 10, file=sys.stderr, flush=True)
+    meta_path.write_text(json.dumps(dataclasses.asdict(meta), indent=1))
+    return path, dataclasses.asdict(meta)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Build (or find) a cached benchmark workload.")
+    p.add_argument("--scenario", choices=sorted(SCENARIOS), default="seed")
+    p.add_argument("--messages", type=int, default=None, help="live frames (default: the scenario's)")
+    p.add_argument("--seed", type=int, default=None)
+    args = p.parse_args(argv)
+    spec = SCENARIOS[args.scenario]
+    if args.messages is not None:
+        spec = dataclasses.replace(spec, n_messages=args.messages)
+    if args.seed is not None:
+        spec = dataclasses.replace(spec, seed=args.seed)
+    for name, s in (("workload", spec), ("shock", shock_spec(args.scenario))):
+        path, meta = ensure_workload(s, name)
+        print(f"{path}  frames={meta['frames']:,} preamble={meta['preamble_frames']:,} "
+              f"rate≈{meta['avg_rate_msg_s']:,.0f}/s options={meta['n_options']} shocks={meta['shocks']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

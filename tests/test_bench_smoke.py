@@ -1,0 +1,49 @@
+"""bench/bench_engine.py end to end on the tiny scenario: both systems run in their own processes
+on the same recorded frames and the JSON carries every figure. No timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench import bench_engine  # noqa: E402
+
+COLUMNS = ("messages", "msgs_per_s", "cpu_s_per_M_msgs", "latency_p50_ms", "latency_p99_ms", "latency_max_ms",
+           "iv_solves", "fits", "patches", "max_err_bp", "peak_rss_mb")
+
+
+def test_small_scenario_json_has_every_figure(tmp_path, capsys):
+    assert bench_engine.main(["--scenario", "small", "--seconds", "2", "--json", "--cache-dir", str(tmp_path)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ("machine", "date", "command", "workload", "systems", "shock", "goals", "speedup_vs_naive"):
+        assert key in out, key
+    assert set(out["systems"]) == {"volgraph", "naive", "volgraph_paced"}
+    w = out["workload"]
+    assert w["options"] == {"BTC": 48, "ETH": 48} and w["frames"] > w["preamble_frames"] > 0
+    for name, row in out["systems"].items():
+        for col in COLUMNS:
+            assert col in row, (name, col)
+        assert row["messages"] > 0, name
+        assert row["msgs_per_s"] > 0 and math.isfinite(row["msgs_per_s"]), name
+        assert row["cpu_s_per_M_msgs"] > 0, name
+        assert row["iv_solves"] > 0 and row["fits"] > 0 and row["patches"] > 0, name
+        assert row["peak_rss_mb"] > 10, name
+        assert row["latency_p50_ms"] is None or row["latency_p50_ms"] <= row["latency_max_ms"]
+    assert out["systems"]["naive"]["max_err_bp"] == 0.0  # exact by construction
+    err = out["systems"]["volgraph"]["max_err_bp"]
+    assert err == "n/a" or 0.0 <= err < 5.0
+    for name in ("volgraph", "naive"):
+        shock = out["shock"][name]
+        assert shock["shock_books"] == 48 and shock["shock_levels"] > 48
+        assert shock["absorb_ms"] is not None and shock["absorb_ms"] > 0
+        assert 0 < shock["expiries_absorbed"] <= shock["expiries"]
+    assert out["speedup_vs_naive"] > 0
+    assert {"throughput_msg_s", "speedup_vs_naive", "shock_ms", "paced_p99_ms"} <= set(out["goals"])
+    assert all(isinstance(g["met"], bool) for g in out["goals"].values())
+    # the workload was cached where we asked, keyed by its parameters
+    assert sorted(p.name.split("_")[0] for p in tmp_path.glob("*.jsonl.gz")) == ["shock", "workload"]
