@@ -36,6 +36,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     run.add_argument("--rate", type=int, help="simulator messages/s (default: graph.toml simulator.rate)")
     run.add_argument("--no-postgres", action="store_true", help="run without persistence")
 
+    replay = sub.add_parser("replay", help="run the system on a recorded file instead of a live feed")
+    replay.add_argument("file", help="a recording (volgraph record --out FILE)")
+    replay.add_argument("--venue", choices=("deribit", "okx"), default="deribit", help="whose protocol the file holds")
+    replay.add_argument("--speed", default="max", help='"max", or a factor of real time (1, 10, …)')
+    for flag, kw in (("--config", {}), ("--pg", {"metavar": "DSN"}), ("--port", {"type": int}),
+                     ("--seconds", {"type": float})):
+        replay.add_argument(flag, **kw)
+    replay.add_argument("--no-postgres", action="store_true")
+
+    sub.add_parser("record", help="record a venue's raw frames to a file for replay", add_help=False)
+    sub.add_parser("bench", help="the engine benchmark: volgraph vs the naive baseline", add_help=False)
+
     sub.add_parser("sim", help="the exchange simulator (Deribit JSON-RPC over websocket)", add_help=False)
     sub.add_parser("sim-okx", help="the OKX simulator (OKX v5 public websocket)", add_help=False)
     sub.add_parser("gateway", help="the websocket gateway and dashboard server", add_help=False)
@@ -50,6 +62,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     if argv and argv[0] == "sim-okx":
         from connectors.okx_sim import main as okx_sim_main
         return okx_sim_main(argv[1:]) or 0
+    if argv and argv[0] == "record":
+        from connectors.record import main as record_main
+        return record_main(argv[1:]) or 0
+    if argv and argv[0] == "bench":
+        # bench/ lives beside the packages in a checkout; it is not installed
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from bench.bench_engine import main as bench_main
+        return bench_main(argv[1:]) or 0
     if argv and argv[0] == "gateway":
         from connectors.gateway import main as gateway_main
         return gateway_main(argv[1:]) or 0
@@ -62,7 +82,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             for node in config.nodes:
                 print(f"  {node.name:<14} {node.level:<8} {node.fn_path}  inputs={list(node.inputs)} {node.params or ''}")
             return 0
-        if args.command == "run":
+        if args.command in ("run", "replay"):
             return run_system(args)
     except ConfigError as exc:
         print(f"volgraph: {exc}", file=sys.stderr)
@@ -107,7 +127,8 @@ def run_system(args) -> int:
     py = [sys.executable, "-m", "flows.cli"]
     try:
         urls: dict[str, str] = {}
-        if not args.live:  # one simulator process per venue, each speaking that venue's protocol
+        replaying = args.command == "replay"
+        if not replaying and not args.live:  # one simulator process per venue, each speaking its protocol
             sim = config.simulator
             rate = str(args.rate or sim.rate)
             if config.sources.deribit.enabled:
@@ -148,9 +169,13 @@ def run_system(args) -> int:
 
         iv.warm_up()  # compile numba kernels before the first market data arrives
         svi.warm_up()
-        sources = venue_sources(config, urls, run_seconds=args.seconds)
+        if replaying:
+            sources = [replay_source(args)]
+            feeds = f"replay {args.file} ({args.venue}, speed {args.speed})"
+        else:
+            sources = venue_sources(config, urls, run_seconds=args.seconds)
+            feeds = "  ".join(f"{v} {urls.get(v, getattr(config.sources, v).url)}" for v in config.sources.venues())
         flow = build_flow(config, sources, sinks)
-        feeds = "  ".join(f"{v} {urls.get(v, getattr(config.sources, v).url)}" for v in config.sources.venues())
         print(f"volgraph: dashboard http://{gw.host}:{gw_port}/   feeds {feeds}   postgres {pg_line}", flush=True)
         print("volgraph: Ctrl-C stops everything", flush=True)
         stop = threading.Event()
@@ -181,6 +206,17 @@ def run_system(args) -> int:
                 child.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 child.kill()
+
+
+def replay_source(args):
+    from connectors.replay import ReplaySource
+
+    if args.venue == "okx":
+        from connectors.okx import parse_frame
+    else:
+        from connectors.deribit import parse_frame
+    speed = args.speed if args.speed == "max" else float(args.speed)
+    return ReplaySource(args.file, speed=speed, parse=parse_frame, run_seconds=args.seconds)
 
 
 def _status_line(counters, stop: threading.Event) -> None:
