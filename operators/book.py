@@ -8,15 +8,20 @@ withholds that strike until a fresh snapshot arrives (the connector resubscribes
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 from operators.events import BookUpdate, FeedError, Instrument, Quote
 
 
 class OrderBook:
-    """One instrument's book. Levels are absolute sizes; size 0 deletes a level."""
+    """One instrument's book. Levels are absolute sizes; size 0 deletes a level.
 
-    __slots__ = ("instrument", "bids", "asks", "last_seq", "stale", "depth")
+    The best bid and ask are kept up to date as levels change (NaN on an empty side), so
+    reading them costs nothing; only deleting the best level rescans that side.
+    """
+
+    __slots__ = ("instrument", "bids", "asks", "last_seq", "stale", "depth", "best_bid", "best_ask")
 
     def __init__(self, depth: int, instrument: Optional[Instrument] = None):
         self.instrument = instrument
@@ -25,12 +30,16 @@ class OrderBook:
         self.last_seq: Optional[int] = None
         self.stale = True  # until the first snapshot
         self.depth = depth
+        self.best_bid = math.nan
+        self.best_ask = math.nan
 
     def apply(self, update: BookUpdate) -> Optional[FeedError]:
         """Apply a snapshot or change; returns a FeedError when the chain broke or the book is bad."""
         if update.kind == "snapshot":
-            self.bids = {px: sz for px, sz in update.bids if sz > 0}
-            self.asks = {px: sz for px, sz in update.asks if sz > 0}
+            bids = self.bids = {px: sz for px, sz in update.bids if sz > 0}
+            asks = self.asks = {px: sz for px, sz in update.asks if sz > 0}
+            self.best_bid = max(bids) if bids else math.nan
+            self.best_ask = min(asks) if asks else math.nan
             self.last_seq = update.seq
             self.stale = False
         else:
@@ -41,21 +50,29 @@ class OrderBook:
                 return FeedError(update.venue, "seq_gap",
                                  f"prev_change_id {update.prev_seq} != last change_id {self.last_seq}",
                                  update.ts_recv_ms, update.instrument)
+            bids, asks = self.bids, self.asks
+            best_bid, best_ask = self.best_bid, self.best_ask
+            rescan_bids = rescan_asks = False
             for px, sz in update.bids:
                 if sz > 0:
-                    self.bids[px] = sz
-                else:
-                    self.bids.pop(px, None)
+                    bids[px] = sz
+                    if not px <= best_bid:  # also when the side was empty (NaN)
+                        best_bid = px
+                elif bids.pop(px, None) is not None and px == best_bid:
+                    rescan_bids = True
             for px, sz in update.asks:
                 if sz > 0:
-                    self.asks[px] = sz
-                else:
-                    self.asks.pop(px, None)
+                    asks[px] = sz
+                    if not px >= best_ask:
+                        best_ask = px
+                elif asks.pop(px, None) is not None and px == best_ask:
+                    rescan_asks = True
+            self.best_bid = (max(bids) if bids else math.nan) if rescan_bids else best_bid
+            self.best_ask = (min(asks) if asks else math.nan) if rescan_asks else best_ask
             self.last_seq = update.seq
-        if self.bids and self.asks and max(self.bids) >= min(self.asks):
+        if self.best_bid >= self.best_ask:  # False when a side is empty (NaN)
             self.stale = True
-            return FeedError(update.venue, "crossed_book",
-                             f"best bid {max(self.bids)} >= best ask {min(self.asks)}",
+            return FeedError(update.venue, "crossed_book", f"best bid {self.best_bid} >= best ask {self.best_ask}",
                              update.ts_recv_ms, update.instrument)
         return None
 

@@ -239,14 +239,11 @@ class ChainLogic:
             venue = book.instrument.venue
             if book.stale or venue in s.stale_venues:
                 continue
-            if book.bids:
-                b = max(book.bids)
-                if not b <= bid:  # also true while bid is NaN
-                    bid, bid_venue = b, venue
-            if book.asks:
-                a = min(book.asks)
-                if not a >= ask:
-                    ask, ask_venue = a, venue
+            b, a = book.best_bid, book.best_ask
+            if b == b and not b <= bid:  # a bid (not NaN) above the best so far (or the first)
+                bid, bid_venue = b, venue
+            if a == a and not a >= ask:
+                ask, ask_venue = a, venue
         if bid >= ask:  # venues crossing each other: no trustworthy quote for this strike
             bid = ask = math.nan
             bid_venue = ask_venue = ""

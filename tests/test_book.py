@@ -62,3 +62,21 @@ def test_crossed_book_is_stale_and_reported():
     book = OrderBook(depth=5, instrument=INST)
     err = book.apply(update(1, None, "snapshot", [(0.03, 1.0)], [(0.02, 1.0)]))
     assert err.reason == "crossed_book" and book.stale
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), prices, sizes), max_size=40))
+def test_best_prices_track_the_levels(changes):
+    book = OrderBook(depth=5, instrument=INST)
+    book.apply(update(1, None, "snapshot", [], []))
+    seq = 1
+    for is_bid, p, s in changes:
+        side = [(p, s)]
+        err = book.apply(update(seq + 1, seq, bids=side if is_bid else [], asks=[] if is_bid else side))
+        seq += 1
+        if err is not None:  # crossed: a fresh snapshot restores a clean book
+            book.apply(update(seq + 1, None, "snapshot", [], []))
+            seq += 1
+            continue
+        assert (book.best_bid == max(book.bids)) if book.bids else book.best_bid != book.best_bid
+        assert (book.best_ask == min(book.asks)) if book.asks else book.best_ask != book.best_ask
