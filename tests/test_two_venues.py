@@ -1,0 +1,64 @@
+"""Two venues at once: Deribit and OKX simulators over loopback, each venue's surface kept
+apart, and a combined surface (venue "all") built from the best fresh quote per strike
+with venue attribution."""
+
+import math
+
+import numpy as np
+from bytewax.testing import run_main
+
+from connectors.deribit import DeribitSource
+from connectors.okx import OkxSource
+from connectors.okx_sim import OkxSimulator
+from connectors.simulator import Simulator
+from flows.surface import CallbackSink, build_flow
+from operators import iv, svi
+from operators.events import CONSOLIDATED, SurfacePatch, apply_patch
+from operators.graph import load_config
+
+PLAN = {"daily": 0, "weekly": 1, "monthly": 1, "quarterly": 1}
+
+
+def test_each_venue_and_the_combined_surface():
+    deribit = Simulator(seed=11, rate=1500, currencies=("BTC",), scale="small", plan=PLAN, n_strikes=13)
+    # another seed: the two markets move apart a little, so each venue is sometimes the better quote
+    okx = OkxSimulator(seed=12, rate=1500, families=["BTC-USD"], scale="small", plan=PLAN, n_strikes=13)
+    deribit_url, _ = deribit.start(), okx.start()
+    try:
+        iv.warm_up()
+        svi.warm_up()
+        config = load_config(overrides={"sources": {"okx": {"enabled": True}}})
+        sources = [DeribitSource(url=deribit_url, currencies=["BTC"], run_seconds=10.0),
+                   OkxSource(okx.url, ["BTC-USD"], run_seconds=10.0, connects_per_s=1000.0)]
+        out: list = []
+        run_main(build_flow(config, sources, [CallbackSink(out.append)]))
+    finally:
+        deribit.stop()
+        okx.stop()
+
+    surfaces = {}
+    for patch in (e for e in out if isinstance(e, SurfacePatch)):
+        key = (patch.venue, patch.underlying)
+        surfaces[key] = apply_patch(surfaces.get(key), patch)
+    assert set(surfaces) == {("deribit", "BTC"), ("okx", "BTC"), (CONSOLIDATED, "BTC")}
+    expiries = set(deribit.expiries("BTC")) & set(okx.expiries("BTC"))
+    combined = {v.expiry_ms: v for v in surfaces[(CONSOLIDATED, "BTC")].expiries}
+    assert expiries <= set(combined)
+
+    venues_used = set()
+    for expiry_ms in expiries:
+        view = combined[expiry_ms]
+        # every quote says which venue it came from; both venues contribute somewhere
+        assert len(view.bid_venue) == len(view.strikes) == len(view.ask_venue)
+        assert set(view.bid_venue) | set(view.ask_venue) <= {"deribit", "okx"}
+        venues_used |= set(view.bid_venue) | set(view.ask_venue)
+        fit = view.fit
+        assert fit.butterfly_ok and fit.venue == CONSOLIDATED
+        # the combined smile still sits on the (shared) true surface
+        strikes = np.asarray(view.strikes)
+        k = np.log(strikes / fit.forward)
+        fitted = np.sqrt(svi.total_variance((fit.a, fit.b, fit.rho, fit.m, fit.sigma), k) / fit.t_years)
+        true = np.array([deribit.true_vol("BTC", expiry_ms, K, forward=fit.forward) for K in strikes])
+        rms = math.sqrt(float(np.mean(((fitted - true) * 100) ** 2)))
+        assert rms <= 1.0, (expiry_ms, rms)
+    assert venues_used == {"deribit", "okx"}
