@@ -176,7 +176,17 @@ def run_system(args) -> int:
             sources = venue_sources(config, urls, run_seconds=args.seconds)
             feeds = "  ".join(f"{v} {urls.get(v, getattr(config.sources, v).url)}" for v in config.sources.venues())
         flow = build_flow(config, sources, sinks)
+        if config.runtime.metrics_port:
+            from flows.metrics import serve_metrics
+
+            try:
+                serve_metrics(config.runtime.metrics_port)
+            except OSError as exc:
+                print(f"volgraph: no /metrics ({exc}); set runtime.metrics_port to a free port or 0",
+                      file=sys.stderr)
         print(f"volgraph: dashboard http://{gw.host}:{gw_port}/   feeds {feeds}   postgres {pg_line}", flush=True)
+        if config.runtime.metrics_port:
+            print(f"volgraph: flow metrics http://127.0.0.1:{config.runtime.metrics_port}/metrics", flush=True)
         print("volgraph: Ctrl-C stops everything", flush=True)
         stop = threading.Event()
         status = threading.Thread(target=_status_line, args=(COUNTERS, stop), daemon=True)

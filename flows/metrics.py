@@ -7,15 +7,14 @@ import threading
 import time
 from collections import defaultdict
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 REGISTRY = CollectorRegistry(auto_describe=True)
-_events = Counter("volgraph_events_total", "Normalised market events into the flow", ["type"], registry=REGISTRY)
-_errors = Counter("volgraph_feed_errors_total", "Bad input, by reason", ["reason"], registry=REGISTRY)
-_fits = Counter("volgraph_fits_total", "SVI fits run", registry=REGISTRY)
-_iv = Counter("volgraph_iv_solves_total", "Implied vols solved", registry=REGISTRY)
-_patches = Counter("volgraph_patches_total", "Surface patches emitted", registry=REGISTRY)
-_lag = Gauge("volgraph_patch_lag_ms", "Exchange timestamp to patch emit, last patch", registry=REGISTRY)
+_counts = Counter("volgraph_flow", "Flow counters: messages_in, iv_full, iv_taylor, iv_skipped, dirty, fits, "
+                  "fits_deferred, patches, epoch_us (CPU µs in chain epochs), ...", ["name"], registry=REGISTRY)
+_errors = Counter("volgraph_feed_errors", "Bad input, by reason", ["reason"], registry=REGISTRY)
+_gauges = Gauge("volgraph_flow_gauge", "patch_lag_ms (exchange timestamp to patch), audit_max_err_bp",
+                ["name"], registry=REGISTRY)
 
 
 class Counters:
@@ -29,31 +28,31 @@ class Counters:
     def add(self, name: str, value: float = 1.0) -> None:
         with self._lock:
             self._values[name] += value
-        if name == "messages_in":
-            _events.labels("all").inc(value)
-        elif name.startswith("errors."):
+        if name.startswith("errors."):
             _errors.labels(name[7:]).inc(value)
-        elif name == "fits":
-            _fits.inc(value)
-        elif name == "iv_solves":
-            _iv.inc(value)
-        elif name == "patches":
-            _patches.inc(value)
+        else:
+            _counts.labels(name).inc(value)
 
     def set(self, name: str, value: float) -> None:
         with self._lock:
             self._values[name] = value
-        if name == "patch_lag_ms":
-            _lag.set(value)
+        _gauges.labels(name).set(value)
 
     def max(self, name: str, value: float) -> None:
         with self._lock:
-            if value > self._values.get(name, float("-inf")):
-                self._values[name] = value
+            if value <= self._values.get(name, float("-inf")):
+                return
+            self._values[name] = value
+        _gauges.labels(name).set(value)
 
     def snapshot(self) -> dict[str, float]:
         with self._lock:
             return dict(self._values)
+
+
+def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
+    """Expose REGISTRY at http://host:port/metrics (prometheus_client's own server thread)."""
+    start_http_server(port, addr=host, registry=REGISTRY)
 
 
 COUNTERS = Counters()

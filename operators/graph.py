@@ -32,6 +32,7 @@ class Runtime:
     workers: int
     processes: int
     status_interval_ms: int
+    metrics_port: int
     data_dir: str
 
 
@@ -154,6 +155,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "runtime.workers": (lambda v: v >= 1, "an integer ≥ 1"),
     "runtime.processes": (lambda v: v >= 1, "an integer ≥ 1"),
     "runtime.status_interval_ms": (lambda v: v >= 50, "an integer ≥ 50"),
+    "runtime.metrics_port": (lambda v: 0 <= v <= 65535, "a port from 1 to 65535, or 0 for no /metrics"),
     "sources.deribit.url": (lambda v: v.startswith(("ws://", "wss://")), "a ws:// or wss:// URL"),
     "sources.deribit.currencies": (lambda v: len(v) > 0 and all(isinstance(c, str) and c.isupper() for c in v),
                                    'a non-empty list of upper-case currencies, e.g. ["BTC", "ETH"]'),
