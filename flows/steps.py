@@ -36,6 +36,7 @@ class ChainStep(StatefulBatchLogic):
             self.logic = self.make(ChainState(*split_chain_key(values[0][0])))
         for _, events in values:  # each value is one source batch of this expiry's events
             self.logic.on_items(events)
+        self._report()
         if self._due is None:
             self._due = self.logic.next_epoch_ms()
         return [], StatefulBatchLogic.RETAIN
