@@ -37,6 +37,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 RESULT_MARK = "@@bench_engine@@ "
+CLUSTER_ROW = "volgraph_2proc"  # the scale-out row: 2 processes × 1 worker, one currency partition each
 PACED_RATE_MSG_S = 50_000.0
 WARMUP_S = 2.0  # paced run: latency counted for events entering after this much live traffic
 AUDIT_EVERY = 20  # epochs between exact re-solves in volgraph's audit mode
@@ -106,10 +107,14 @@ class _Probe:
         self._shock_expiry_frames = {int(e): i for e, i in (shock or {}).get("expiry_last_frame", {}).items()}
         self.speed = 1.0
         self.started = False
+        self.trace_wall: list[float] = []  # every batch: wall time and frames consumed after it
+        self.trace_offset: list[int] = []
 
     def record(self, part, batch: list) -> None:
         now = _wall_ms()
         before, self.offset = self.offset, part.offset
+        self.trace_wall.append(now)
+        self.trace_offset.append(self.offset)
         if not self.started and part.started_wall_ms is not None:
             self.started = True
             # exchange clock of the paced run: first_ts + (wall − start) × speed
@@ -145,22 +150,46 @@ class _Probe:
         i = fn(self.batch_max_ts, ts_exchange_ms)
         return self.batch_wall[i] if i < len(self.batch_wall) else None
 
+    def offset_at(self, wall_ms: float) -> int:
+        """Frames this partition had consumed by the given wall time."""
+        i = bisect.bisect_right(self.trace_wall, wall_ms)
+        return self.trace_offset[i - 1] if i else 0
 
-def _probe_source(inner, probe: _Probe):
+    def to_json(self) -> dict:
+        keys = ("preamble_frames", "batch_wall", "batch_max_ts", "live_wall", "live_offset", "offset", "end_wall",
+                "trace_wall", "trace_offset")
+        return {k: getattr(self, k) for k in keys}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "_Probe":
+        probe = cls(d["preamble_frames"], None)
+        for k, v in d.items():
+            setattr(probe, k, v)
+        return probe
+
+
+def _probe_source(inner, probe_for):
+    """Wraps a source; `probe_for(partition name)` gives the _Probe that partition records into
+    (a _Probe alone: every partition records into it)."""
     from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+    if isinstance(probe_for, _Probe):
+        single = probe_for
+        probe_for = lambda _name: single  # noqa: E731
+
     class _Part(StatefulSourcePartition):
-        def __init__(self, part):
+        def __init__(self, part, probe):
             self.part = part
+            self.probe = probe
 
         def next_batch(self):
             try:
                 batch = self.part.next_batch()
             except StopIteration:
-                if probe.end_wall is None:
-                    probe.end_wall = _wall_ms()
+                if self.probe.end_wall is None:
+                    self.probe.end_wall = _wall_ms()
                 raise
-            probe.record(self.part, batch)
+            self.probe.record(self.part, batch)
             return batch
 
         def next_awake(self):
@@ -177,7 +206,7 @@ def _probe_source(inner, probe: _Probe):
             return inner.list_parts()
 
         def build_part(self, step_id, for_part, resume_state):
-            return _Part(inner.build_part(step_id, for_part, resume_state))
+            return _Part(inner.build_part(step_id, for_part, resume_state), probe_for(for_part))
 
     return _Source()
 
@@ -224,7 +253,7 @@ def run_volgraph(job: dict) -> dict:
             fits[0] += 1
 
     source = ReplaySource(job["path"], speed=speed, batch_max=job.get("batch_max", 2000),
-                          run_seconds=job.get("seconds"), stamp_recv="wall")
+                          run_seconds=job.get("seconds"), stamp_recv="wall", prefetch=job.get("prefetch", True))
     flow = build_flow(config, _probe_source(source, probe), [CallbackSink(sink)], now_ms=now_ms,
                       flow_id="bench_volgraph")
     profiler = None
@@ -248,23 +277,10 @@ def run_volgraph(job: dict) -> dict:
     # processing latency: wall time from the oldest event a patch newly reflects entering the
     # source to the patch reaching the sink (per expiry view; the first view of each expiry
     # is skipped: it reflects the preamble)
-    lat_oldest, lat_newest, lat_exchange = [], [], []
-    prev_ts: dict[tuple[str, int], int] = {}
+    lat_exchange = []
     warm_until = (probe.live_wall or 0.0) + (_warmup_ms(meta) if speed != "max" else 0.0)
+    lat_oldest, lat_newest = _view_latencies(_patch_rows(patches), lambda _u: probe, warm_until)
     for wall_out, patch in patches:
-        for view in patch.expiries:
-            key = (patch.underlying, view.expiry_ms)
-            x = view.fit.ts_exchange_ms
-            xp = prev_ts.get(key)
-            prev_ts[key] = x
-            if xp is None:
-                continue
-            first_in = probe.entered_wall(xp, strictly_after=True)
-            newest_in = probe.entered_wall(x, strictly_after=False)
-            if first_in is None or newest_in is None or first_in < warm_until:
-                continue
-            lat_oldest.append(wall_out - first_in)
-            lat_newest.append(wall_out - newest_in)
         if speed != "max" and patch.ts_emit_ms and (probe.live_wall and wall_out >= warm_until):
             # the patch's own fields: emit time − newest exchange time it reflects, back in wall ms
             lat_exchange.append((patch.ts_emit_ms - patch.ts_exchange_ms) / probe.speed)
@@ -320,6 +336,34 @@ def run_volgraph(job: dict) -> dict:
     }
 
 
+def _patch_rows(patches) -> list:
+    """[(wall out, underlying, [(expiry_ms, fit ts_exchange_ms)])]: what latency needs of a patch."""
+    return [(wall, p.underlying, [(v.expiry_ms, v.fit.ts_exchange_ms) for v in p.expiries]) for wall, p in patches]
+
+
+def _view_latencies(rows: list, probe_for, warm_until: float) -> tuple[list[float], list[float]]:
+    """Processing latency per (patch, expiry view), oldest and newest (see the notes): wall out
+    minus when the events it newly reflects entered the source of its underlying
+    (`probe_for(underlying)`). The first view of each expiry reflects the preamble: skipped."""
+    lat_oldest, lat_newest = [], []
+    prev_ts: dict[tuple[str, int], int] = {}
+    for wall_out, underlying, views in sorted(rows, key=lambda r: r[0]):
+        probe = probe_for(underlying)
+        for expiry_ms, x in views:
+            key = (underlying, expiry_ms)
+            xp = prev_ts.get(key)
+            prev_ts[key] = x
+            if xp is None or probe is None:
+                continue
+            first_in = probe.entered_wall(xp, strictly_after=True)
+            newest_in = probe.entered_wall(x, strictly_after=False)
+            if first_in is None or newest_in is None or first_in < warm_until:
+                continue
+            lat_oldest.append(wall_out - first_in)
+            lat_newest.append(wall_out - newest_in)
+    return lat_oldest, lat_newest
+
+
 def _kept_levels(shock: dict, config) -> Optional[int]:
     """Level prices of the shocked books within the depth the engine keeps per side."""
     from bench.naive import _depth
@@ -329,6 +373,279 @@ def _kept_levels(shock: dict, config) -> Optional[int]:
 
 def _opt_int(v) -> Optional[int]:
     return None if v is None else int(v)
+
+
+# ============================================================== children: volgraph on a cluster
+
+
+class _CpuSampler:
+    """(wall ms, process CPU s) every `period_s` on a daemon thread, so the CPU a process spent
+    inside any wall-clock window can be read afterwards (the window is only known once every
+    process of the cluster has reported)."""
+
+    def __init__(self, period_s: float = 0.02):
+        import threading
+
+        self.samples: list[tuple[float, float]] = [(_wall_ms(), time.process_time())]
+        self._stop = threading.Event()
+        self._period_s = period_s
+        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._period_s):
+            self.samples.append((_wall_ms(), time.process_time()))
+
+    def stop(self) -> list[tuple[float, float]]:
+        self._stop.set()
+        self._thread.join()
+        self.samples.append((_wall_ms(), time.process_time()))
+        return self.samples
+
+
+def _cpu_at(samples: list, wall_ms: float) -> float:
+    """Process CPU seconds at a wall time, interpolated between samples."""
+    walls = [w for w, _ in samples]
+    i = bisect.bisect_right(walls, wall_ms)
+    if i == 0:
+        return samples[0][1]
+    if i >= len(samples):
+        return samples[-1][1]
+    (w0, c0), (w1, c1) = samples[i - 1], samples[i]
+    return c0 + (c1 - c0) * ((wall_ms - w0) / (w1 - w0) if w1 > w0 else 0.0)
+
+
+def run_cluster_proc(job: dict) -> dict:
+    """One process of a bytewax cluster (`bytewax.testing.cluster_main`, 1 worker) running the
+    flow over the per-currency recordings; returns its raw observations — per-partition probes,
+    CPU samples, patches — for the parent to combine with the other processes' (child process)."""
+    from bytewax.testing import cluster_main
+
+    from connectors.replay import ReplaySource
+    from flows.metrics import COUNTERS
+    from flows.surface import CallbackSink, build_flow
+    from operators.events import SmileFit, SurfacePatch
+    from operators.graph import load_config
+
+    config = load_config(overrides={"chain": {"audit_every": AUDIT_EVERY}})
+    _warm_kernels()
+    parts = job["parts"]  # [{"path", "currency", "meta"}]
+    probes: dict[str, _Probe] = {}
+
+    def probe_for(name: str) -> _Probe:
+        if name not in probes:
+            meta = next(p["meta"] for p in parts if Path(p["path"]).name == name)
+            probes[name] = _Probe(meta["preamble_frames"], None)
+        return probes[name]
+
+    # one flow clock for the whole cluster: the workload's exchange clock from a wall time the
+    # parent chose, so both processes agree on epochs and expiries
+    base_wall, base_ts = job["base_wall_ms"], job["base_ts_ms"]
+
+    def now_ms() -> int:
+        return int(base_ts + (_wall_ms() - base_wall))
+
+    patches: list = []
+    fits = [0]
+
+    def sink(item) -> None:
+        if isinstance(item, SurfacePatch):
+            patches.append((_wall_ms(), item.underlying,
+                            [(v.expiry_ms, v.fit.ts_exchange_ms) for v in item.expiries]))
+        elif isinstance(item, SmileFit):
+            fits[0] += 1
+
+    source = ReplaySource([p["path"] for p in parts], speed="max", batch_max=job.get("batch_max", 2000),
+                          run_seconds=job.get("seconds"), stamp_recv="wall", prefetch=job.get("prefetch", True))
+    # cluster_main runs the worker on a thread of its own: the sampler finds it from the sink
+    stacks = _StackSampler() if job.get("profile") else None
+    sinks = [_SampledSink(sink, stacks) if stacks is not None else CallbackSink(sink)]
+    flow = build_flow(config, _probe_source(source, probe_for), sinks, now_ms=now_ms,
+                      flow_id="bench_volgraph_cluster")
+    sampler = _CpuSampler()
+    cluster_main(flow, job["addresses"], job["proc_id"], worker_count_per_proc=job.get("workers", 1))
+    end_wall = _wall_ms()
+    samples = sampler.stop()
+    profile_text = stacks.report() if stacks is not None else None
+    return {"proc_id": job["proc_id"], "end_wall": end_wall, "cpu_samples": samples,
+            "probes": {name: pr.to_json() for name, pr in probes.items()}, "patches": patches,
+            "fits_seen": fits[0], "counters": COUNTERS.snapshot(), "peak_rss_mb": _peak_rss_mb(),
+            "profile": profile_text}
+
+
+class _StackSampler:
+    """A sampling profiler for the bytewax worker thread of a cluster process (pyinstrument only
+    profiles the thread that starts it, and started on the worker thread it crashed the
+    process): every `interval_s`, the worker's Python stack from sys._current_frames(). Samples
+    with no Python frame are time in bytewax's Rust core (timely progress, exchange, routing —
+    pickling shows as the Python frames it calls, e.g. dataclasses' __getstate__)."""
+
+    def __init__(self, interval_s: float = 0.002):
+        import threading
+
+        self.interval_s = interval_s
+        self.worker_ident: Optional[int] = None
+        self.samples = 0
+        self.self_counts: dict[str, int] = {}
+        self.cum_counts: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stack-sampler", daemon=True)
+
+    def attach_here(self) -> None:
+        if self.worker_ident is None:
+            import threading
+
+            self.worker_ident = threading.get_ident()
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            frame = sys._current_frames().get(self.worker_ident)
+            self.samples += 1
+            if frame is None:
+                self.self_counts["(no Python frame: bytewax Rust core)"] = \
+                    self.self_counts.get("(no Python frame: bytewax Rust core)", 0) + 1
+                continue
+            top = True
+            seen = set()
+            while frame is not None:
+                code = frame.f_code
+                name = f"{code.co_name}  {Path(code.co_filename).name}:{code.co_firstlineno}"
+                if top:
+                    self.self_counts[name] = self.self_counts.get(name, 0) + 1
+                    top = False
+                if name not in seen:
+                    seen.add(name)
+                    self.cum_counts[name] = self.cum_counts.get(name, 0) + 1
+                frame = frame.f_back
+
+    def report(self, top: int = 25) -> str:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        n = max(self.samples, 1)
+        lines = [f"worker-thread stack samples: {self.samples:,} every {self.interval_s * 1000:g} ms",
+                 "  self time (innermost Python frame):"]
+        for name, c in sorted(self.self_counts.items(), key=lambda kv: -kv[1])[:top]:
+            lines.append(f"    {100.0 * c / n:5.1f} %  {name}")
+        lines.append("  inclusive time (frame anywhere on the stack):")
+        for name, c in sorted(self.cum_counts.items(), key=lambda kv: -kv[1])[:top]:
+            lines.append(f"    {100.0 * c / n:5.1f} %  {name}")
+        return "\n".join(lines)
+
+
+def _SampledSink(fn, sampler: _StackSampler):
+    """A CallbackSink whose build (on the worker thread) points the sampler at that thread."""
+    from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+    class _Part(StatelessSinkPartition):
+        def write_batch(self, items):
+            for item in items:
+                fn(item)
+
+    class _Sink(DynamicSink):
+        def build(self, step_id, worker_index, worker_count):
+            sampler.attach_here()
+            return _Part()
+
+    return _Sink()
+
+
+def _free_ports(n: int) -> list[int]:
+    """n ephemeral loopback ports, free when asked (bound together so they differ)."""
+    import socket
+
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def run_cluster(job: dict) -> dict:
+    """Runs `job["processes"]` cluster processes on loopback, as a StatefulSet would (one pod
+    per process id, all given every address), and combines what they saw into one row:
+    frames over BOTH processes in the window where every partition is live, CPU of all
+    processes over that window, latency per expiry view against the source partition of its
+    underlying, peak RSS per process (parent side)."""
+    n = job["processes"]
+    ports = _free_ports(n)
+    addresses = [f"127.0.0.1:{p}" for p in ports]
+    base = dict(job, addresses=addresses, base_wall_ms=_wall_ms() + 0.0)
+    procs = []
+    for i in range(n):
+        child = dict(base, proc_id=i, kind="cluster_proc")
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(child)]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(REPO)))
+    outs, failed = [], []
+    for i, proc in enumerate(procs):
+        try:
+            stdout, stderr = proc.communicate(timeout=job.get("seconds", 60) * 4 + 300)
+        except subprocess.TimeoutExpired:
+            for other in procs:  # a peer died and this one waits for it forever: end them all
+                if other.poll() is None:
+                    other.kill()
+            stdout, stderr = proc.communicate()
+        res = next((json.loads(line[len(RESULT_MARK):]) for line in reversed(stdout.splitlines())
+                    if line.startswith(RESULT_MARK)), None)
+        if res is None:
+            failed.append(f"--- process {i} (exit {proc.returncode}):\n{stderr[-2500:]}")
+        else:
+            outs.append(res)
+    if failed:
+        raise RuntimeError(f"bench cluster {job['name']}: {len(failed)} of {n} processes failed\n" + "\n".join(failed))
+    return combine_cluster(job, outs)
+
+
+def combine_cluster(job: dict, outs: list[dict]) -> dict:
+    probes = {name: _Probe.from_json(d) for o in outs for name, d in o["probes"].items()}
+    placement = {o["proc_id"]: sorted(o["probes"]) for o in outs}
+    by_currency = {p["currency"]: Path(p["path"]).name for p in job["parts"]}
+    live = [pr.live_wall for pr in probes.values()]
+    end_wall = max(o["end_wall"] for o in outs)
+    messages, elapsed_s, cpu_s, per_proc_cpu = 0, float("nan"), float("nan"), []
+    if probes and all(w is not None for w in live):
+        # the window: from the moment every partition is in its live stream (BTC's preamble is
+        # twice ETH's) to the end of the last process
+        w0 = max(live)
+        messages = sum(pr.offset - max(pr.offset_at(w0), pr.preamble_frames) for pr in probes.values())
+        elapsed_s = (end_wall - w0) / 1000.0
+        per_proc_cpu = [_cpu_at(o["cpu_samples"], end_wall) - _cpu_at(o["cpu_samples"], w0) for o in outs]
+        cpu_s = sum(per_proc_cpu)
+    rows = [r for o in outs for r in o["patches"]]
+    lat_oldest, lat_newest = _view_latencies(
+        rows, lambda u: probes.get(by_currency.get(u, "")), max(live) if probes and None not in live else 0.0)
+    counters: dict[str, float] = {}
+    for o in outs:
+        for k, v in o["counters"].items():
+            counters[k] = max(counters.get(k, v), v) if k == "audit_max_err_bp" else counters.get(k, 0) + v
+    metas = {Path(p["path"]).name: p["meta"] for p in job["parts"]}
+    return {
+        "system": job["name"], "processes": len(outs), "workers_per_process": job.get("workers", 1),
+        "placement": placement,
+        "messages": messages, "events_in": int(counters.get("messages_in", 0)), "seconds": elapsed_s,
+        "msgs_per_s": messages / elapsed_s if messages and elapsed_s > 0 else None,
+        "cpu_s_per_M_msgs": cpu_s / messages * 1e6 if messages else None,
+        "msgs_per_cpu_s": messages / cpu_s if messages and cpu_s > 0 else None,
+        "cpu_s_per_proc": per_proc_cpu,
+        "latency_p50_ms": _pct(lat_oldest, 50), "latency_p99_ms": _pct(lat_oldest, 99),
+        "latency_max_ms": _pct(lat_oldest, 100),
+        "newest_latency_p50_ms": _pct(lat_newest, 50), "newest_latency_p99_ms": _pct(lat_newest, 99),
+        "exchange_latency_p50_ms": None, "exchange_latency_p99_ms": None, "exchange_latency_max_ms": None,
+        "iv_solves": int(counters.get("iv_solves", 0)),
+        "iv_full": _opt_int(counters.get("iv_full")), "iv_taylor": _opt_int(counters.get("iv_taylor")),
+        "iv_skipped": _opt_int(counters.get("iv_skipped")),
+        "fits": int(counters.get("fits", sum(o["fits_seen"] for o in outs))), "patches": len(rows),
+        "max_err_bp": counters.get("audit_max_err_bp", "n/a"), "audit_every": AUDIT_EVERY,
+        "peak_rss_mb": max(o["peak_rss_mb"] for o in outs),
+        "peak_rss_mb_per_proc": [o["peak_rss_mb"] for o in sorted(outs, key=lambda o: o["proc_id"])],
+        "speed": "max", "shock": None,
+        "profile": {o["proc_id"]: o["profile"] for o in outs if o.get("profile")} or None,
+        "reached_eof": bool(probes) and all(pr.offset >= metas[name]["frames"] for name, pr in probes.items()),
+    }
 
 
 # ============================================================== child: naive
@@ -439,20 +756,22 @@ def _f(v, fmt="{:,.0f}", none="n/a") -> str:
 
 
 def run_all(args) -> dict:
-    from bench.workload import CACHE_DIR, SCENARIOS, ensure_workload, shock_spec
+    from bench.workload import CACHE_DIR, ensure_workload, shock_spec, split_by_currency, workload_for
 
-    spec = SCENARIOS[args.scenario]
-    if args.messages:
-        import dataclasses
-
-        spec = dataclasses.replace(spec, n_messages=args.messages)
+    spec = workload_for(args.scenario, args.seconds, args.messages)
     cache = Path(args.cache_dir) if args.cache_dir else CACHE_DIR
     path, meta = ensure_workload(spec, "workload", cache)
     shock_path, shock_meta = ensure_workload(shock_spec(args.scenario), "shock", cache)
+    split = split_by_currency(path, meta)
     paced_speed = PACED_RATE_MSG_S / meta["avg_rate_msg_s"]
-    base = {"meta": meta, "path": str(path), "seconds": args.seconds}
+    prefetch = not args.no_prefetch
+    base = {"meta": meta, "path": str(path), "seconds": args.seconds, "prefetch": prefetch}
+    cluster = dict(name=CLUSTER_ROW, kind="cluster", processes=2, workers=1, seconds=args.seconds, prefetch=prefetch,
+                   base_ts_ms=meta["first_live_ts_ms"],
+                   parts=[{"path": str(p), "currency": c, "meta": m} for c, (p, m) in split.items()])
     jobs = [
         dict(base, name="volgraph", kind="volgraph", speed="max"),
+        cluster,
         dict(base, name="naive", kind="naive"),
         dict(base, name="volgraph_paced", kind="volgraph", speed=paced_speed),
         dict(meta=shock_meta, path=str(shock_path), seconds=None, name="volgraph_shock", kind="volgraph",
@@ -461,12 +780,15 @@ def run_all(args) -> dict:
     ]
     if args.profile:
         jobs.append(dict(base, name="volgraph_profile", kind="volgraph", speed="max", profile=True))
+        jobs.append(dict(cluster, name=CLUSTER_ROW + "_profile", profile=True))
     results = {}
     load_before = os.getloadavg()
     for job in jobs:
         print(f"# running {job['name']} …", file=sys.stderr, flush=True)
-        results[job["name"]] = _child(job)
+        results[job["name"]] = run_cluster(job) if job["kind"] == "cluster" else _child(job)
     return {"path": str(path), "meta": meta, "shock_meta": shock_meta, "paced_speed": paced_speed,
+            "split": {c: {"path": str(p), "frames": m["frames"], "preamble_frames": m["preamble_frames"]}
+                      for c, (p, m) in split.items()},
             "results": results, "loadavg": [round(x, 2) for x in load_before + os.getloadavg()]}
 
 
@@ -480,8 +802,10 @@ def summarise(run: dict, args, command: str) -> dict:
                "latency_max_ms", "newest_latency_p50_ms", "newest_latency_p99_ms", "exchange_latency_p50_ms",
                "exchange_latency_p99_ms", "exchange_latency_max_ms", "iv_solves", "iv_full", "iv_taylor",
                "iv_skipped", "fits", "patches", "max_err_bp", "peak_rss_mb", "seconds", "reached_eof")
-    systems = {name: {k: r[name][k] for k in columns} for name in ("volgraph", "naive", "volgraph_paced")}
+    systems = {name: {k: r[name][k] for k in columns} for name in ("volgraph", CLUSTER_ROW, "naive", "volgraph_paced")}
     systems["volgraph_paced"]["target_msgs_per_s"] = PACED_RATE_MSG_S
+    for k in ("processes", "workers_per_process", "placement", "peak_rss_mb_per_proc", "cpu_s_per_proc"):
+        systems[CLUSTER_ROW][k] = r[CLUSTER_ROW][k]
     goals = {
         "throughput_msg_s": {"goal": f"≥ {GOALS['throughput_msg_s']:,.0f} msg/s", "value": vg["msgs_per_s"],
                              "met": bool(vg["msgs_per_s"] and vg["msgs_per_s"] >= GOALS["throughput_msg_s"])},
@@ -512,7 +836,24 @@ def summarise(run: dict, args, command: str) -> dict:
         "goals": goals,
         "audit_every": vg["audit_every"],
         "profile_top": _profile_top(r["volgraph_profile"]["profile"]) if "volgraph_profile" in r else None,
+        "cluster_profile_top": ({str(i): _profile_top(t) for i, t in r[CLUSTER_ROW + "_profile"]["profile"].items()}
+                                if r.get(CLUSTER_ROW + "_profile", {}).get("profile") else None),
+        "split": run["split"],
+        "shock_definition": _shock_definition(run["shock_meta"]),
     }
+
+
+def _shock_definition(m: dict) -> str:
+    if not m.get("shocks"):
+        return "no shock in the shock workload"
+    sh, spec = m["shocks"][0], m["spec"]
+    return (f"one {sh['move'] * 100:+g} % {sh['underlying']} spot move at a single exchange timestamp: the "
+            f"{sh['underlying']} index, every {sh['underlying']} future ticker and all {sh['n_books']:,} "
+            f"{sh['underlying']} option books re-quoted, {sh['n_frames']:,} frames back to back "
+            f"({sh['levels']:,} level prices), after {spec['warmup_s']:g} s of quiet traffic at "
+            f"{spec['warmup_rate_msg_s']:,.0f} msg/s (the engine settled), replayed at real time; "
+            f"volgraph's time is from the first shock frame entering to the last {sh['underlying']} expiry's "
+            "first patch that reflects all of its shocked books")
 
 
 def _profile_top(text: Optional[str], lines: int = 70) -> Optional[str]:
@@ -539,7 +880,12 @@ def print_table(s: dict) -> None:
            "IV solves (full/taylor/skip)", "fits", "patches", "max err bp", "peak RSS MB")
     rows = []
     for name, x in s["systems"].items():
-        label = name if name != "volgraph_paced" else f"volgraph @{PACED_RATE_MSG_S / 1000:.0f}k/s"
+        label = {"volgraph_paced": f"volgraph @{PACED_RATE_MSG_S / 1000:.0f}k/s",
+                 CLUSTER_ROW: f"volgraph {x.get('processes', 2)} proc × {x.get('workers_per_process', 1)} w",
+                 "volgraph": "volgraph 1 proc"}.get(name, name)
+        rss = _f(x["peak_rss_mb"], "{:,.0f}")
+        if x.get("peak_rss_mb_per_proc"):
+            rss = " + ".join(_f(v, "{:,.0f}") for v in x["peak_rss_mb_per_proc"]) + " (each)"
         rows.append((
             label, _f(x["messages"]), _f(x["msgs_per_s"]), _f(x["cpu_s_per_M_msgs"], "{:,.1f}"),
             _f(x["msgs_per_cpu_s"]),
@@ -547,18 +893,32 @@ def print_table(s: dict) -> None:
             f"{_f(x['latency_max_ms'], '{:.1f}')}",
             f"{_f(x['newest_latency_p50_ms'], '{:.1f}')}/{_f(x['newest_latency_p99_ms'], '{:.1f}')}",
             f"{_f(x['iv_solves'])} ({_f(x['iv_full'])}/{_f(x['iv_taylor'])}/{_f(x['iv_skipped'])})",
-            _f(x["fits"]), _f(x["patches"]), _f(x["max_err_bp"], "{:.3f}"), _f(x["peak_rss_mb"], "{:,.0f}")))
+            _f(x["fits"]), _f(x["patches"]), _f(x["max_err_bp"], "{:.3f}"), rss))
     widths = [max(len(str(r[i])) for r in rows + [hdr]) for i in range(len(hdr))]
     line = lambda r: " | ".join(str(c).ljust(widths[i]) for i, c in enumerate(r))  # noqa: E731
     print(line(hdr))
     print("-+-".join("-" * n for n in widths))
     for r in rows:
         print(line(r))
+    c = s["systems"][CLUSTER_ROW]
+    one = s["systems"]["volgraph"]
+    ratio = (c["msgs_per_s"] / one["msgs_per_s"]) if c["msgs_per_s"] and one["msgs_per_s"] else None
+    split = ", ".join(f"{k} {v['frames']:,} frames" for k, v in s["split"].items())
+    print(f"\nscale-out: {c.get('processes')} bytewax processes × {c.get('workers_per_process')} worker on "
+          f"loopback (bytewax.testing.cluster_main, as a StatefulSet's pods), the same workload split per "
+          f"currency ({split}, each with its own "
+          f"preamble), one partition each; partitions per process {c.get('placement')}; "
+          f"{_f(ratio, '{:.2f}')}× the 1-process msg/s; CPU s per process "
+          f"{' + '.join(_f(v, '{:.1f}') for v in c.get('cpu_s_per_proc') or [])}")
+    ran_out = [n for n, x in s["systems"].items() if x.get("reached_eof") and n != "volgraph_paced"]
+    if ran_out:
+        print(f"WARNING: {', '.join(ran_out)} reached the end of the workload before --seconds "
+              f"({s['seconds']} s): its msg/s includes the final flush; use --messages to lengthen it")
     p = s["systems"]["volgraph_paced"]
     print(f"\npaced run: {_f(p['msgs_per_s'])} msg/s achieved (target {PACED_RATE_MSG_S:,.0f}); "
           f"exchange ts → patch emit p50/p99/max: {_f(p['exchange_latency_p50_ms'], '{:.1f}')}/"
           f"{_f(p['exchange_latency_p99_ms'], '{:.1f}')}/{_f(p['exchange_latency_max_ms'], '{:.1f}')} ms")
-    print("\nshock row (one +1 % BTC spot move, every BTC book re-quoted, after 6 s of quiet traffic):")
+    print("\nshock row: " + s["shock_definition"] + ":")
     for name, x in s["shock"].items():
         if x is None:
             print(f"  {name}: n/a (the shock was not reached)")
@@ -580,6 +940,9 @@ def print_table(s: dict) -> None:
     if s.get("profile_top"):
         print("\npyinstrument profile of a volgraph run (top):")
         print(s["profile_top"])
+    for proc_id, text in (s.get("cluster_profile_top") or {}).items():
+        print(f"\npyinstrument profile of {CLUSTER_ROW}, process {proc_id} (top):")
+        print(text)
 
 
 FOOTNOTES = """
@@ -604,6 +967,11 @@ notes:
   naive: preamble (and for the shock, everything before it) loaded untimed, then one full
     recompute; IV solves count every book level it solves; its shock time is processing the
     shock frames one by one, end to end.
+  volgraph 2 proc × 1 w = the scale-out row: two bytewax processes of one worker on loopback,
+    fed the same frames split per currency (one file and partition each, like the live
+    sources); msgs and msg/s count both partitions from the moment BOTH are in their live
+    stream to the end of the last process; CPU is both processes' over that window; latency
+    is against the partition of the patch's underlying; RSS is each process's peak.
   shock absorbed = from the first shock frame entering until the last BTC expiry's first patch
     that reflects all of its shock (fit exchange ts ≥ the shock's, emitted after that expiry's
     last shocked book entered); "all in" = when the last shock frame entered the flow (the source
@@ -618,11 +986,14 @@ def main(argv=None) -> int:
     p.add_argument("--cache-dir", default=None, help="where workloads are cached (default .data/bench)")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     p.add_argument("--profile", action="store_true", help="also run volgraph under pyinstrument and print the top")
+    p.add_argument("--no-prefetch", action="store_true",
+                   help="decompress the replay inline instead of on a reader thread (for comparison)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child is not None:
         job = json.loads(args.child)
-        result = run_volgraph(job) if job["kind"] == "volgraph" else run_naive(job)
+        run = {"volgraph": run_volgraph, "cluster_proc": run_cluster_proc, "naive": run_naive}[job["kind"]]
+        result = run(job)
         print(RESULT_MARK + json.dumps(result), flush=True)
         return 0
     if args.profile:

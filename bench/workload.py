@@ -8,7 +8,14 @@ the live stream — ≈90 % book changes, option and future tickers, index price
 with 1 % spot shocks where every book of the underlying is re-quoted at once.
 
 Scenarios: "seed" (BTC ~4,000 and ETH ~2,000 options, 8 levels a side; a BTC shock re-quotes
-4,008 books, 64,000+ levels) and "small" (tests; 48 options per currency).
+4,008 books, 64,000+ levels; 3 M live frames, enough for 20 s at 150,000 msg/s) and "small"
+(tests; 48 options per currency). `workload_for(scenario, seconds)` lengthens a workload so a
+run of `seconds` at HEADROOM_MSG_S does not reach its end (a recording cannot be looped: the
+books' change ids would go back).
+
+split_by_currency() makes the per-currency files of a workload — the same frames, each file
+with its own discovery preamble, as one live partition per currency would have recorded —
+for the scale-out (2-process) run.
 
     .venv/bin/python bench/workload.py --scenario seed          # build (or find) the cache
 
@@ -20,9 +27,13 @@ from __future__ import annotations
 import argparse
 import calendar
 import dataclasses
+import gzip
 import hashlib
 import json
+import math
+import os
 import random
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -69,9 +80,26 @@ class WorkloadSpec:
 
 
 SCENARIOS: dict[str, WorkloadSpec] = {
-    "seed": WorkloadSpec(),
+    "seed": WorkloadSpec(n_messages=3_000_000),
     "small": WorkloadSpec(scale="small", n_messages=40_000, rate_msg_s=5_000.0, shock_at=(0.5,)),
 }
+
+
+HEADROOM_MSG_S = 150_000.0  # a max-speed run of N seconds must not run out below this rate
+HEADROOM_SCENARIOS = ("seed",)  # "small" is for tests: reaching its end early is fine there
+
+
+def workload_for(scenario: str, seconds: Optional[float], n_messages: Optional[int] = None) -> WorkloadSpec:
+    """The scenario's spec; with n_messages given, exactly that many live frames; otherwise
+    lengthened (in whole millions) so `seconds` at HEADROOM_MSG_S stays inside it."""
+    spec = SCENARIOS[scenario]
+    if n_messages:
+        return dataclasses.replace(spec, n_messages=n_messages)
+    if seconds and scenario in HEADROOM_SCENARIOS:
+        need = int(math.ceil(seconds * HEADROOM_MSG_S / 1e6)) * 1_000_000
+        if need > spec.n_messages:
+            return dataclasses.replace(spec, n_messages=need)
+    return spec
 
 
 def shock_spec(scenario: str) -> WorkloadSpec:
@@ -260,21 +288,113 @@ def ensure_workload(spec: WorkloadSpec, name: str = "workload", cache_dir: Path 
     return path, dataclasses.asdict(meta)
 
 
+_CURRENCY_RE = re.compile(rb'"instrument_name\\?":\\?"([A-Z0-9]+)-|"index_name\\?":\\?"([a-z0-9]+)_')
+
+
+def _frame_currency(line: bytes, lineno: int, path: Path) -> str:
+    """The currency a recorded line belongs to: its (first) instrument's or index's base."""
+    m = _CURRENCY_RE.search(line)
+    if m is None:
+        raise ValueError(f"{path}:{lineno}: cannot tell which currency this frame belongs to (no "
+                         "instrument_name or index_name); split_by_currency needs Deribit option, "
+                         f"future or index frames: {line[:120]!r}")
+    return (m.group(1) or m.group(2)).decode().upper()
+
+
+def split_path(path: Path, currency: str) -> Path:
+    return path.with_name(path.name.replace(".jsonl.gz", f".{currency}.jsonl.gz"))
+
+
+def split_by_currency(path: Path, meta: dict, quiet: bool = False) -> dict[str, tuple[Path, dict]]:
+    """Per-currency recordings of a workload (cached beside it): {currency: (path, meta)}.
+
+    Each keeps the frames of its currency in their order, so it starts with that currency's
+    instrument lists and first frames (its own preamble). Its meta is the workload's, restated
+    for the file: frames, preamble_frames, first_live_ts_ms, last_ts_ms, live_frames,
+    avg_rate_msg_s, n_options, and the shocks of that currency with their frame indices
+    renumbered for the file."""
+    currencies = list(meta["spec"]["currencies"])
+    out = {c: (split_path(path, c), split_path(path, c).with_name(
+        split_path(path, c).name.replace(".jsonl.gz", ".meta.json"))) for c in currencies}
+    if all(p.exists() and m.exists() for p, m in out.values()):
+        return {c: (p, json.loads(m.read_text())) for c, (p, m) in out.items()}
+    started = time.monotonic()
+    wanted: dict[int, list[tuple[dict, str, Optional[str]]]] = {}  # combined index → fields to renumber
+    shocks = {c: [] for c in currencies}
+    for shock in meta["shocks"]:
+        s2 = json.loads(json.dumps(shock))
+        shocks[shock["underlying"]].append(s2)
+        wanted.setdefault(shock["first_frame"], []).append((s2, "first_frame", None))
+        for e, idx in shock.get("expiry_last_frame", {}).items():
+            wanted.setdefault(idx, []).append((s2, "expiry_last_frame", e))
+    counts = {c: 0 for c in currencies}
+    preamble = {c: 0 for c in currencies}
+    first_live = {c: None for c in currencies}
+    last_ts = {c: 0 for c in currencies}
+    tmps = {c: p.with_name(p.name + f".tmp{os.getpid()}") for c, (p, _) in out.items()}
+    writers = {c: gzip.open(tmps[c], "wb", compresslevel=3) for c in currencies}
+    try:
+        with gzip.open(path, "rb") as fh:
+            for i, line in enumerate(fh):
+                if not line.strip():
+                    continue
+                cur = _frame_currency(line, i + 1, path)
+                if cur not in writers:
+                    raise ValueError(f"{path}:{i + 1}: frame of {cur}, not one of the workload's "
+                                     f"currencies {currencies}")
+                writers[cur].write(line)
+                if i in wanted:
+                    for shock, key, expiry in wanted.pop(i):
+                        if expiry is None:
+                            shock[key] = counts[cur]
+                        else:
+                            shock[key][expiry] = counts[cur]
+                if i < meta["preamble_frames"]:
+                    preamble[cur] += 1
+                else:
+                    ts = int(line[line.index(b":") + 1:line.index(b",")])  # {"ts_recv_ms":N,...
+                    if first_live[cur] is None:
+                        first_live[cur] = ts
+                    last_ts[cur] = ts
+                counts[cur] += 1
+    finally:
+        for w in writers.values():
+            w.close()
+    result = {}
+    for c, (p, mpath) in out.items():
+        os.replace(tmps[c], p)
+        live = counts[c] - preamble[c]
+        first = first_live[c] or meta["first_live_ts_ms"]
+        span_s = max((last_ts[c] - first) / 1000.0, 1e-3)
+        m = dict(meta, frames=counts[c], preamble_frames=preamble[c], live_frames=live, first_live_ts_ms=first,
+                 last_ts_ms=last_ts[c], avg_rate_msg_s=live / span_s,
+                 n_options={c: meta["n_options"][c]}, shocks=shocks[c], kinds={}, currency=c,
+                 split_of=path.name)
+        mpath.write_text(json.dumps(m, indent=1))
+        result[c] = (p, m)
+    if not quiet:
+        print(f"# split {path.name} per currency in {time.monotonic() - started:.1f} s: "
+              + ", ".join(f"{c} {result[c][1]['frames']:,} frames" for c in currencies), file=sys.stderr, flush=True)
+    return result
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Build (or find) a cached benchmark workload.")
     p.add_argument("--scenario", choices=sorted(SCENARIOS), default="seed")
     p.add_argument("--messages", type=int, default=None, help="live frames (default: the scenario's)")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--split", action="store_true", help="also write the per-currency files")
     args = p.parse_args(argv)
-    spec = SCENARIOS[args.scenario]
-    if args.messages is not None:
-        spec = dataclasses.replace(spec, n_messages=args.messages)
+    spec = workload_for(args.scenario, None, args.messages)
     if args.seed is not None:
         spec = dataclasses.replace(spec, seed=args.seed)
     for name, s in (("workload", spec), ("shock", shock_spec(args.scenario))):
         path, meta = ensure_workload(s, name)
         print(f"{path}  frames={meta['frames']:,} preamble={meta['preamble_frames']:,} "
               f"rate≈{meta['avg_rate_msg_s']:,.0f}/s options={meta['n_options']} shocks={meta['shocks']}")
+        if args.split and name == "workload":
+            for cur, (p2, m2) in split_by_currency(path, meta).items():
+                print(f"{p2}  frames={m2['frames']:,} preamble={m2['preamble_frames']:,}")
     return 0
 
 

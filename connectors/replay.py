@@ -6,6 +6,9 @@ File format: gzip-compressed JSON lines, one line per frame received,
 A recording starts with the public/get_instruments responses (they become Instrument events),
 then the subscriptions' first frames (book snapshots), then the live frames.
 
+Several files make several partitions (one per currency, say), which a bytewax cluster spreads
+over its workers. Decompression runs on a reader thread per partition (PrefetchReader).
+
 Translation only: bytes in, events out. It never computes anything about volatility and
 never sleeps: pacing (`speed`) is done with bytewax's `next_awake`.
 """
@@ -14,10 +17,13 @@ from __future__ import annotations
 
 import gzip
 import os
+import queue
+import threading
 import time
+import zlib
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional, Union
+from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -67,6 +73,7 @@ def _decode_line(line: bytes, path: Path, lineno: int) -> tuple[int, str]:
 
 
 _CHUNK_BYTES = 1 << 22
+_RAW_BLOCK_BYTES = 1 << 18  # compressed bytes per zlib call on the reader thread (~2 MB of text)
 
 
 def read_frames(path: Union[str, Path], skip: int = 0) -> Iterator[tuple[int, str]]:
@@ -99,37 +106,157 @@ def count_frames(path: Union[str, Path]) -> int:
         return sum(1 for line in fh if line.strip())
 
 
+class _End:
+    """The reader thread's last item: the file is done."""
+
+
+_END = _End()
+
+
+class PrefetchReader:
+    """(ts_recv_ms, frame) from a recording, like read_frames(path, skip), with the gzip
+    decompression on a background thread that stays at most `depth` blocks (~2 MB of text
+    each) ahead through a bounded queue. zlib releases the GIL, so on a second core reading
+    overlaps the flow's work (it was 6–11 % of volgraph's time inline; draining the seed
+    recording through the parser measured ~7 % less wall time this way). Line splitting and
+    the JSON decode of each line stay on the caller's thread: they hold the GIL either way.
+
+    Iterate it; close() stops the thread. An error on the thread (bad gzip, I/O) is raised to
+    the caller at the point it happened in the stream."""
+
+    def __init__(self, path: Union[str, Path], skip: int = 0, depth: int = 4):
+        if depth < 1:
+            raise ValueError(f"depth={depth}: the read-ahead queue needs at least 1 chunk")
+        self.path = Path(path)
+        self.skip = skip
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, name=f"replay-read:{self.path.name}", daemon=True)
+        self._thread.start()
+        self._gen = self._frames()
+
+    def __iter__(self) -> "PrefetchReader":
+        return self
+
+    def __next__(self) -> tuple[int, str]:
+        return next(self._gen)
+
+    def _put(self, item) -> bool:
+        # a bounded wait, re-checked, so close() always frees a reader blocked on a full queue
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _read(self) -> None:
+        # Raw reads and one zlib call per block: the thread holds the GIL only between calls
+        # (GzipFile.read's Python loop and a line split here held it long enough to slow the
+        # consumer down more than the decompression saved).
+        try:
+            with open(self.path, "rb") as fh:
+                d = zlib.decompressobj(wbits=31)  # gzip framing
+                fed = False  # the current member has had input
+                while not self._stop.is_set():
+                    raw = fh.read(_RAW_BLOCK_BYTES)
+                    if not raw:
+                        if fed and not d.eof:
+                            raise EOFError(f"{self.path}: the gzip stream ends early (a truncated recording?)")
+                        break
+                    while raw:
+                        fed = True
+                        text = d.decompress(raw)
+                        if text and not self._put(text):
+                            return
+                        raw = b""
+                        if d.eof:  # another gzip member may follow (concatenated files)
+                            raw, d, fed = d.unused_data, zlib.decompressobj(wbits=31), False
+            self._put(_END)
+        except BaseException as exc:  # handed to the consumer, raised there
+            self._put(exc)
+
+    def _frames(self) -> Iterator[tuple[int, str]]:
+        get, skip, path = self._q.get, self.skip, self.path
+        tail = b""
+        lineno = 0
+        while True:
+            item = get()
+            if item is _END:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            lines = (tail + item).split(b"\n")
+            tail = lines.pop()
+            if lineno + len(lines) <= skip:
+                lineno += len(lines)
+                continue
+            for line in lines:
+                lineno += 1
+                if lineno <= skip or not line.strip():
+                    continue
+                yield _decode_line(line, path, lineno)
+        if tail.strip():
+            lineno += 1
+            if lineno > skip:
+                yield _decode_line(tail, path, lineno)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._gen.close()
+        while True:  # free the queue (and a put waiting on it) at once
+            try:
+                self._q.get_nowait()
+            except queue.Empty:
+                break
+
+
 def _wall_ms() -> int:
     return int(time.time() * 1000)
 
 
 class ReplaySource(FixedPartitionedSource):
-    """One partition per recording file (`list_parts()` → [file name]).
+    """One partition per recording file (`list_parts()` → the file names, in the given order).
 
+    path: one recording, or several (e.g. one per currency, each with its own discovery
+    preamble) — on a bytewax cluster each partition runs on one worker, like a live source's
+    per-currency partitions. File names must differ (they are the partition keys).
     speed: "max" emits as fast as the flow accepts; a number paces the frames by their
     recorded ts_recv_ms gaps (1 = real time, 10 = ten times faster).
     parse: the venue parser, called as parse(frame, ts_recv_ms, max_frame_bytes) → events;
     Control objects (heartbeats, responses) are dropped.
     stamp_recv: "recorded" keeps the recorded ts_recv_ms; "wall" stamps the wall clock at
     replay time (latency measured in processing terms).
-    run_seconds / max_frames end this run early (an EOF to the flow); the resume state is
-    the count of frames consumed, so a restarted flow continues after them.
+    run_seconds / max_frames end this run early (an EOF to the flow), per partition; the
+    resume state is the count of frames consumed, so a restarted flow continues after them.
+    prefetch: decompress on a background thread (PrefetchReader) instead of inline.
     """
 
-    def __init__(self, path: Union[str, Path], *, speed: Union[str, float] = "max",
+    def __init__(self, path: Union[str, Path, Sequence[Union[str, Path]]], *, speed: Union[str, float] = "max",
                  parse: Callable[..., list] = parse_frame, batch_max: int = 2000,
                  run_seconds: Optional[float] = None, max_frames: Optional[int] = None,
-                 stamp_recv: str = "recorded", max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"replay file {self.path} does not exist; record one with "
-                                    "connectors.replay.write_frames or `bench/workload.py`")
+                 stamp_recv: str = "recorded", max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+                 prefetch: bool = True):
+        paths = [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]
+        if not paths:
+            raise ValueError("path=[]: give at least one recording file")
+        for p in paths:
+            if not p.is_file():
+                raise FileNotFoundError(f"replay file {p} does not exist; record one with "
+                                        "connectors.replay.write_frames or `bench/workload.py`")
+        names = [p.name for p in paths]
+        if len(set(names)) != len(names):
+            raise ValueError(f"replay files {[str(p) for p in paths]}: file names are the partition keys and "
+                             "must differ; rename or copy one of them")
         if speed != "max" and (isinstance(speed, bool) or not isinstance(speed, (int, float)) or not speed > 0):
             raise ValueError(f"speed={speed!r}: use \"max\" or a positive number (1 = real time)")
         if batch_max < 1:
             raise ValueError(f"batch_max={batch_max}: must be >= 1")
         if stamp_recv not in ("recorded", "wall"):
             raise ValueError(f"stamp_recv={stamp_recv!r}: use \"recorded\" or \"wall\"")
+        self.paths = paths
+        self.path = paths[0]  # the single-file case, as before
         self.speed = speed
         self.parse = parse
         self.batch_max = batch_max
@@ -137,22 +264,27 @@ class ReplaySource(FixedPartitionedSource):
         self.max_frames = max_frames
         self.stamp_recv = stamp_recv
         self.max_frame_bytes = max_frame_bytes
+        self.prefetch = prefetch
 
     def list_parts(self) -> list[str]:
-        return [self.path.name]
+        return [p.name for p in self.paths]
 
     def build_part(self, step_id: str, for_part: str, resume_state: Optional[int]) -> "ReplayPartition":
-        if for_part != self.path.name:
-            raise ValueError(f"replay partition {for_part!r} is not this source's file {self.path.name!r}")
-        return ReplayPartition(self, int(resume_state or 0))
+        for p in self.paths:
+            if p.name == for_part:
+                return ReplayPartition(self, int(resume_state or 0), p)
+        raise ValueError(f"replay partition {for_part!r} is not this source's file "
+                         f"({', '.join(repr(p.name) for p in self.paths)})")
 
 
 class ReplayPartition(StatefulSourcePartition):
-    def __init__(self, source: ReplaySource, offset: int):
+    def __init__(self, source: ReplaySource, offset: int, path: Optional[Path] = None):
         self.src = source
+        self.path = path or source.path
         self.offset = offset  # frames consumed so far, this run and earlier ones
         self.started_offset = offset
-        self._frames = read_frames(source.path, skip=offset)
+        self._reader = PrefetchReader(self.path, skip=offset) if source.prefetch else None
+        self._frames = self._reader if self._reader is not None else read_frames(self.path, skip=offset)
         self._next: Optional[tuple[int, str]] = None  # a frame read ahead, not yet due
         self._eof = False
         self.started_wall_ms: Optional[int] = None
@@ -224,4 +356,4 @@ class ReplayPartition(StatefulSourcePartition):
         return self.offset
 
     def close(self) -> None:
-        self._frames.close()
+        self._frames.close()  # PrefetchReader.close stops its thread

@@ -1,5 +1,6 @@
 """bench/bench_engine.py end to end on the tiny scenario: both systems run in their own processes
-on the same recorded frames and the JSON carries every figure. No timing is asserted."""
+on the same recorded frames, volgraph also as a 2-process bytewax cluster on loopback (the
+workload split per currency), and the JSON carries every figure. No timing is asserted."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def test_small_scenario_json_has_every_figure(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     for key in ("machine", "date", "command", "workload", "systems", "shock", "goals", "speedup_vs_naive"):
         assert key in out, key
-    assert set(out["systems"]) == {"volgraph", "naive", "volgraph_paced"}
+    assert set(out["systems"]) == {"volgraph", "volgraph_2proc", "naive", "volgraph_paced"}
     w = out["workload"]
     assert w["options"] == {"BTC": 48, "ETH": 48} and w["frames"] > w["preamble_frames"] > 0
     for name, row in out["systems"].items():
@@ -34,6 +35,17 @@ def test_small_scenario_json_has_every_figure(tmp_path, capsys):
         assert row["iv_solves"] > 0 and row["fits"] > 0 and row["patches"] > 0, name
         assert row["peak_rss_mb"] > 10, name
         assert row["latency_p50_ms"] is None or row["latency_p50_ms"] <= row["latency_max_ms"]
+    # the scale-out row: two processes, one currency partition each, both fed and both counted
+    two = out["systems"]["volgraph_2proc"]
+    assert two["processes"] == 2 and two["workers_per_process"] == 1
+    assert len(two["peak_rss_mb_per_proc"]) == 2 and all(v > 10 for v in two["peak_rss_mb_per_proc"])
+    assert len(two["cpu_s_per_proc"]) == 2 and all(v > 0 for v in two["cpu_s_per_proc"])
+    assert sorted(p for parts in two["placement"].values() for p in parts) == sorted(
+        Path(x["path"]).name for x in out["split"].values())
+    assert set(out["split"]) == {"BTC", "ETH"}
+    assert sum(x["frames"] for x in out["split"].values()) == w["frames"]
+    assert all(x["preamble_frames"] > 0 for x in out["split"].values())
+    assert "spot move" in out["shock_definition"] and "books" in out["shock_definition"]
     assert out["systems"]["naive"]["max_err_bp"] == 0.0  # exact by construction
     err = out["systems"]["volgraph"]["max_err_bp"]
     assert err == "n/a" or 0.0 <= err < 5.0
@@ -46,4 +58,6 @@ def test_small_scenario_json_has_every_figure(tmp_path, capsys):
     assert {"throughput_msg_s", "speedup_vs_naive", "shock_ms", "paced_p99_ms"} <= set(out["goals"])
     assert all(isinstance(g["met"], bool) for g in out["goals"].values())
     # the workload was cached where we asked, keyed by its parameters
-    assert sorted(p.name.split("_")[0] for p in tmp_path.glob("*.jsonl.gz")) == ["shock", "workload"]
+    assert sorted(p.name.split("_")[0] for p in tmp_path.glob("*.jsonl.gz")) == ["shock", "workload", "workload",
+                                                                                "workload"]
+    assert {p.name.split(".")[-3] for p in tmp_path.glob("workload*.jsonl.gz")} >= {"BTC", "ETH"}

@@ -18,7 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from connectors.deribit import Control, parse_frame
-from connectors.replay import ReplayFormatError, ReplaySource, count_frames, read_frames, write_frames
+from connectors.replay import (PrefetchReader, ReplayFormatError, ReplaySource, count_frames, read_frames,
+                               write_frames)
 from connectors.simulator import Simulator
 from flows.surface import CallbackSink, build_flow
 from operators.events import BookUpdate, FuturePrice, IndexPrice, Instrument, SmileFit, SurfacePatch, Ticker
@@ -291,3 +292,77 @@ def test_a_restarted_flow_resumes_after_the_consumed_frames(recording, frames, t
     # the second run parsed exactly the frames the first did not: none twice, none lost
     assert clock2.parsed == [ts for ts, _ in frames[150:]]
     assert any(isinstance(o, SmileFit) for o in out)
+
+
+# ---------------------------------------------------------------- several files, read-ahead thread
+
+
+def test_several_files_make_one_partition_each(tmp_path, frames):
+    btc, eth = tmp_path / "btc.jsonl.gz", tmp_path / "eth.jsonl.gz"
+    write_frames(btc, frames[:300])
+    write_frames(eth, frames[300:])
+    src = ReplaySource([btc, eth], batch_max=70)
+    assert src.list_parts() == ["btc.jsonl.gz", "eth.jsonl.gz"]
+    got_eth = drain(src.build_part("in", "eth.jsonl.gz", None))
+    got_btc = drain(src.build_part("in", "btc.jsonl.gz", None))
+    expect = lambda rows: [e for ts, f in rows for e in parse_frame(f, ts, 64 << 20) if not isinstance(e, Control)]  # noqa: E731
+    assert got_btc == expect(frames[:300]) and got_eth == expect(frames[300:])
+    # each partition resumes from its own offset
+    part = src.build_part("in", "eth.jsonl.gz", 5)
+    assert drain(part) == expect(frames[305:]) and part.snapshot() == len(frames) - 300
+    with pytest.raises(ValueError, match="'btc.jsonl.gz', 'eth.jsonl.gz'"):
+        src.build_part("in", "sol.jsonl.gz", None)
+    other = tmp_path / "again"
+    other.mkdir()
+    write_frames(other / "btc.jsonl.gz", frames[:3])
+    with pytest.raises(ValueError, match="must differ"):
+        ReplaySource([btc, other / "btc.jsonl.gz"])
+    with pytest.raises(ValueError, match="at least one"):
+        ReplaySource([])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2**53), st.text(max_size=300)), max_size=40), st.integers(0, 45),
+       st.integers(1, 3))
+def test_prefetch_reader_gives_what_read_frames_gives(tmp_path_factory, rows, skip, depth):
+    path = tmp_path_factory.mktemp("pf") / "f.jsonl.gz"
+    write_frames(path, rows)
+    reader = PrefetchReader(path, skip=skip, depth=depth)
+    try:
+        assert list(reader) == list(read_frames(path, skip=skip)) == [(ts, t) for ts, t in rows[skip:]]
+    finally:
+        reader.close()
+
+
+def test_prefetch_reader_spans_many_blocks_and_gzip_members(tmp_path, frames):
+    # a recording bigger than several read-ahead blocks, as two concatenated gzip members
+    big = frames * 40
+    a, b = tmp_path / "a.jsonl.gz", tmp_path / "b.jsonl.gz"
+    write_frames(a, big)
+    write_frames(b, frames[:10], compresslevel=1)
+    both = tmp_path / "both.jsonl.gz"
+    both.write_bytes(a.read_bytes() + b.read_bytes())
+    reader = PrefetchReader(both, skip=7, depth=1)
+    assert list(reader) == list(read_frames(both, skip=7)) == (big + frames[:10])[7:]
+    reader.close()
+
+
+def test_prefetch_reader_reports_a_truncated_file_and_stops_on_close(tmp_path, frames):
+    path = tmp_path / "cut.jsonl.gz"
+    write_frames(path, frames * 20)
+    path.write_bytes(path.read_bytes()[:-5000])
+    with pytest.raises(EOFError, match="cut.jsonl.gz: the gzip stream ends early"):
+        list(PrefetchReader(path))
+    # closed after one frame with the queue full: the thread ends (join waits on it, no sleep)
+    write_frames(path, frames * 200)
+    reader = PrefetchReader(path, depth=1)
+    assert next(reader) == frames[0]
+    reader.close()
+    reader._thread.join(timeout=10)
+    assert not reader._thread.is_alive()
+
+
+def test_prefetch_and_inline_partitions_emit_the_same_events(recording):
+    inline = drain(ReplaySource(recording, prefetch=False, batch_max=33).build_part("in", "btc.jsonl.gz", None))
+    ahead = drain(ReplaySource(recording, prefetch=True, batch_max=33).build_part("in", "btc.jsonl.gz", None))
+    assert inline == ahead and len(inline) > 100
