@@ -59,23 +59,23 @@ from __future__ import annotations
 import asyncio
 import calendar
 import collections
-import itertools
 import logging
 import math
-import random
 import re
-import threading
 import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any, Callable, Iterable, Optional
 
 import orjson
-from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from websockets.exceptions import WebSocketException
 
+from connectors.ws_client import BadFrame as _Bad
+from connectors.ws_client import (BoundedQueue, ClientPartition, ClientSource, FrameTap, TokenBucket, VenueClient,
+                                  check_frame, close_draining, filter_options, now_ms)
 from operators.events import BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument, Ticker
 
 log = logging.getLogger(__name__)
@@ -197,20 +197,6 @@ _SESSION_EVENTS = ("subscribe", "unsubscribe", "login", "channel-conn-count", "c
 NOTICE_SERVICE_UPGRADE = "64008"
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-class _Bad(Exception):
-    """Internal: a frame that fails validation; becomes a FeedError."""
-
-    def __init__(self, reason: str, detail: str, instrument: str = ""):
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-        self.instrument = instrument
-
-
 def _dec(value: Any, field: str, instrument: str = "") -> float:
     """An OKX decimal: a string such as "0.0415" (numbers tolerated). Finite, or bad input."""
     t = type(value)
@@ -239,15 +225,8 @@ def _opt_px(row: dict, field: str, instrument: str) -> Optional[float]:
     return f if f > 0 else None
 
 
-def _vol(row: dict, field: str, instrument: str) -> Optional[float]:
-    """A decimal vol (0.3676 = 36.76 %), no scaling; "0"/"" = none."""
-    value = row.get(field)
-    if value is None or value == "":
-        return None
-    f = _dec(value, field, instrument)
-    if f < 0:
-        raise _Bad("bad_price", f"{field} is negative: {f}", instrument)
-    return f if f > 0 else None
+# A decimal vol (0.3676 = 36.76 %), no scaling, follows the same rule: absent, "" or "0" = none.
+_vol = _opt_px
 
 
 def _size(row: dict, field: str, instrument: str) -> float:
@@ -495,11 +474,7 @@ _PONG = (b"pong", "pong")
 
 
 def _parse(raw: bytes | str, ts_recv_ms: int, max_bytes: int) -> list:
-    if not isinstance(raw, (bytes, bytearray, memoryview, str)):
-        raise _Bad("malformed_json", f"frame must be bytes or str, got {type(raw).__name__}")
-    if len(raw) > max_bytes:
-        raise _Bad("oversized", f"frame of {len(raw)} bytes exceeds max_frame_bytes={max_bytes}; "
-                   "raise max_frame_bytes if this frame is legitimate")
+    check_frame(raw, max_bytes)
     if raw in _PONG:
         return [Control("pong")]
     try:
@@ -583,6 +558,12 @@ def _event(msg: dict, ts_recv_ms: int) -> list:
     raise _Bad("unknown_message", f"event {event!r:.40} is not subscribe|unsubscribe|error|notice")
 
 
+def rest_instruments_frame(rows: list) -> str:
+    """The REST instruments response body around `rows` ({"code":"0","msg":"","data":rows}):
+    parse_frame turns it into Instrument events, so a recording keeps discovery as a frame."""
+    return orjson.dumps({"code": "0", "msg": "", "data": rows}).decode()
+
+
 def _rest_body(msg: dict, ts_recv_ms: int) -> list:
     code = _text(msg.get("code"))
     if code != "0":
@@ -638,14 +619,6 @@ class RestInstrumentsFetcher:
 # ---------------------------------------------------------------- live client
 
 
-async def _discard(ws) -> None:
-    try:
-        while True:
-            await ws.recv(decode=False)
-    except Exception:  # closed: exactly what we are waiting for
-        pass
-
-
 class _Shard:
     """One websocket connection's share of the subscriptions."""
 
@@ -663,7 +636,7 @@ class _Shard:
         self.acked = 0
 
 
-class OkxClient:
+class OkxClient(VenueClient):
     """OKX v5 public websocket sessions on one thread and event loop.
 
     Call start(); read with drain(); stop() shuts down and joins. Discovery first (REST, or the
@@ -672,7 +645,17 @@ class OkxClient:
     `depth_per_conn` per connection (OKX: fewer than 30 per connection). Parsed market events land
     in a bounded deque; when it is full, events are dropped (counted) and affected books are
     resynchronised; the socket loop never blocks on the consumer.
+
+    `frame_tap(ts_recv_ms, frame)` (recording, connectors/record.py) is called on the client's
+    loop with every websocket frame received, and with each REST instruments response as the
+    body text parse_frame reads (rest_instruments_frame), before it is parsed.
+
+    Counters: frames, bytes, events.<Type>, errors.<reason>, gaps, keepalives, seq_resets,
+    pings_sent, pongs, notices, proactive_reconnects, reconnects, connects, resyncs,
+    subscribe_requests, acks, queue_drops, subscribed_channels, connections, queue_len.
     """
+
+    venue = VENUE
 
     def __init__(self, url: str = DEFAULT_URL, families: Iterable[str] = ("BTC-USD", "ETH-USD"), *,
                  rest_url: Optional[str] = None,
@@ -683,7 +666,8 @@ class OkxClient:
                  ping_after_s: float = 20.0, pong_timeout_s: float = 10.0, subscribe_batch: int = 100,
                  subscribe_per_hour: int = 480, connects_per_s: float = 3.0,
                  reconnect_min_s: float = 0.5, reconnect_max_s: float = 30.0, resync_delay_s: float = 0.05,
-                 open_timeout_s: float = 10.0, proxy: Any = None, seed: Optional[int] = None):
+                 open_timeout_s: float = 10.0, proxy: Any = None, seed: Optional[int] = None,
+                 frame_tap: Optional[FrameTap] = None):
         self.families = tuple(families)
         for fam in self.families:
             family_coin(fam)  # raises with the fix
@@ -698,128 +682,30 @@ class OkxClient:
         if not 0 < ping_after_s < 30:
             raise ValueError(f"ping_after_s={ping_after_s}: OKX drops a silent connection after 30 s; "
                              "ping after N seconds of silence with 0 < N < 30")
-        if queue_max < 1:
-            raise ValueError(f"queue_max={queue_max}: must be >= 1")
         if subscribe_per_hour < 2:
             raise ValueError(f"subscribe_per_hour={subscribe_per_hour}: must be >= 2 (OKX allows 480)")
-        self.url = url
+        super().__init__(url=url, make_queue=BoundedQueue, thread_name=f"okx-{'-'.join(self.families)}",
+                         seed=seed, queue_max=queue_max, max_frame_bytes=max_frame_bytes, max_expiries=max_expiries,
+                         max_strikes=max_strikes, include_futures=include_futures, subscribe_batch=subscribe_batch,
+                         resync_delay_s=resync_delay_s, reconnect_min_s=reconnect_min_s,
+                         reconnect_max_s=reconnect_max_s, open_timeout_s=open_timeout_s, proxy=proxy,
+                         frame_tap=frame_tap)
         self.rest_url = rest_url or default_rest_url(url)
         self.fetcher = instruments_fetcher or RestInstrumentsFetcher(self.rest_url)
         self.book_channel = book_channel
         self.depth_per_conn = depth_per_conn
-        self.include_futures = include_futures
-        self.queue_max = queue_max
-        self.max_frame_bytes = max_frame_bytes
-        self.max_expiries = max_expiries
-        self.max_strikes = max_strikes
         self.ping_after_s = ping_after_s
         self.pong_timeout_s = pong_timeout_s
-        self.subscribe_batch = subscribe_batch
         self.subscribe_per_hour = subscribe_per_hour
         self.connects_per_s = connects_per_s
-        self.reconnect_min_s = reconnect_min_s
-        self.reconnect_max_s = reconnect_max_s
-        self.resync_delay_s = resync_delay_s
-        self.open_timeout_s = open_timeout_s
-        self.proxy = proxy
-        self._rng = random.Random(seed)
-
-        # deque append/popleft/len are atomic under the GIL: one producer (the loop thread),
-        # one consumer; no lock needed.
-        self._queue: collections.deque = collections.deque()
-        self._has_data = threading.Event()
-        self._counters: collections.Counter = collections.Counter()
-        self._cond = threading.Condition()
-        self._thread: Optional[threading.Thread] = None
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._stop: Optional[asyncio.Event] = None
-        self._stopping = False
-        self._ids = itertools.count(1)
         self._last_seq: dict[str, int] = {}
-        self._stale: set[str] = set()
         self._shard_of: dict[str, _Shard] = {}
-        self._connect_tokens = max(connects_per_s, 1.0)
-        self._connect_ts = time.monotonic()
+        # OKX allows 3 new connections per second per IP: one bucket over all connections
+        self._connect_bucket = TokenBucket(connects_per_s, max(connects_per_s, 1.0))
         self.shards: list[_Shard] = []
         self.instruments: dict[str, Instrument] = {}
 
-    # -------------------------------------------------- consumer side (any thread)
-
-    def start(self) -> "OkxClient":
-        if self._thread is not None:
-            raise RuntimeError("OkxClient.start() called twice; create a new client instead")
-        self._thread = threading.Thread(target=self._run, name=f"okx-{'-'.join(self.families)}", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stopping = True
-        loop = self._loop
-        if loop is not None and self._stop is not None and not loop.is_closed():
-            try:
-                loop.call_soon_threadsafe(self._stop.set)
-            except RuntimeError:
-                pass  # the loop already closed
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
-        with self._cond:
-            self._cond.notify_all()
-
-    def drain(self, max_items: int = 10_000, timeout: float = 0.0) -> list:
-        """Up to max_items events, oldest first. Non-blocking unless timeout > 0."""
-        q = self._queue
-        if not q and timeout > 0:
-            self._has_data.wait(timeout)
-        out = []
-        pop = q.popleft
-        try:
-            for _ in range(min(max_items, len(q))):
-                out.append(pop())
-        except IndexError:
-            pass
-        if not q:
-            self._has_data.clear()
-            if q:  # a producer appended between the check and the clear
-                self._has_data.set()
-        return out
-
-    def counters(self) -> dict:
-        """A copy: frames, bytes, events.<Type>, errors.<reason>, gaps, keepalives, seq_resets,
-        pings_sent, pongs, notices, proactive_reconnects, reconnects, connects, resyncs,
-        subscribe_requests, acks, queue_drops, subscribed_channels, connections, queue_len."""
-        out = dict(self._counters)
-        out["queue_len"] = len(self._queue)
-        return out
-
-    def wait_for(self, predicate, timeout: float) -> bool:
-        """Wait until predicate(counters()) holds (re-checked on session milestones and every 50 ms)."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while not predicate(self.counters()):
-                left = deadline - time.monotonic()
-                if left <= 0 or self._stopping:
-                    return predicate(self.counters())
-                self._cond.wait(min(left, 0.05))
-        return True
-
     # -------------------------------------------------- loop thread
-
-    def _bump(self, key: str, n: int = 1, notify: bool = False) -> None:
-        self._counters[key] += n
-        if notify:
-            with self._cond:
-                self._cond.notify_all()
-
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._main())
-        except Exception:  # never die silently: the counters say what happened
-            log.exception("okx client loop crashed")
-            self._bump("errors.client_crash", notify=True)
-        finally:
-            loop.close()
 
     async def _main(self) -> None:
         self._stop = asyncio.Event()
@@ -851,17 +737,6 @@ class OkxClient:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _backoff(self, attempt: int) -> bool:
-        """Sleep an exponential backoff with equal jitter; True if stop() came meanwhile."""
-        # half fixed, half random: a fleet of clients dropped together does not reconnect in lockstep
-        cap = min(self.reconnect_max_s, self.reconnect_min_s * (2 ** min(attempt, 16)))
-        delay = cap / 2 + self._rng.uniform(0, cap / 2)
-        try:
-            await asyncio.wait_for(self._stop.wait(), delay)
-            return True
-        except asyncio.TimeoutError:
-            return self._stopping
-
     async def _discover(self) -> list[dict]:
         """Instruments per family (REST or the plugged fetcher), filtered; returns the channel args."""
         books, others = [], []
@@ -871,10 +746,14 @@ class OkxClient:
                 del self.instruments[name]
             ts = now_ms()
             rows = await asyncio.to_thread(self.fetcher, "OPTION", fam)
+            if self.frame_tap is not None:
+                self._tap(ts, rest_instruments_frame(rows))
             options = self._instruments(instruments_from_rows(rows, ts))
             futures: list[Instrument] = []
             if self.include_futures:
                 rows = await asyncio.to_thread(self.fetcher, "FUTURES", fam)
+                if self.frame_tap is not None:
+                    self._tap(ts, rest_instruments_frame(rows))
                 futures = [i for i in self._instruments(instruments_from_rows(rows, ts)) if i.kind == "future"]
             options = [i for i in options if i.kind == "option" and i.underlying == coin]
             wrong = sorted({i.quote_currency for i in options if i.quote_currency != coin})
@@ -891,7 +770,7 @@ class OkxClient:
                     spot = await asyncio.to_thread(index_fn, fam)
                 except Exception:  # centring is best effort; the median strike will do
                     spot = None
-            chosen = self._filter_options(options, spot)
+            chosen = filter_options(options, spot, self.max_expiries, self.max_strikes)
             for inst in chosen + futures:
                 self.instruments[inst.instrument] = inst
                 self._push(inst)
@@ -913,26 +792,6 @@ class OkxClient:
                 self._route(ev)
         return out
 
-    def _filter_options(self, options: list[Instrument], spot: Optional[float]) -> list[Instrument]:
-        """Nearest max_expiries expiries; per expiry the max_strikes strikes nearest the index
-        (the median listed strike if the index is unknown). Calls and puts both kept."""
-        by_expiry: dict[int, list[Instrument]] = collections.defaultdict(list)
-        for inst in options:
-            by_expiry[inst.expiry_ms].append(inst)
-        expiries = sorted(by_expiry)
-        if self.max_expiries is not None:
-            expiries = expiries[: self.max_expiries]
-        out = []
-        for e in expiries:
-            insts = by_expiry[e]
-            if self.max_strikes is not None:
-                strikes = sorted({i.strike for i in insts})
-                center = spot if spot else strikes[len(strikes) // 2]
-                keep = set(sorted(strikes, key=lambda k: (abs(math.log(k / center)), k))[: self.max_strikes])
-                insts = [i for i in insts if i.strike in keep]
-            out.extend(sorted(insts, key=lambda i: (i.strike, i.option_type)))
-        return out
-
     def _plan(self, args: list[dict]) -> list[_Shard]:
         """Connection 0: everything but depth; then depth channels depth_per_conn per connection."""
         others = [a for a in args if a["channel"] not in DEPTH_CHANNELS]
@@ -941,18 +800,6 @@ class OkxClient:
         for i in range(0, len(depth), self.depth_per_conn):
             shards.append(_Shard(len(shards), depth[i:i + self.depth_per_conn]))
         return shards
-
-    async def _connect_token(self) -> None:
-        """OKX allows 3 new connections per second per IP: a token bucket over all shards."""
-        while True:
-            now = time.monotonic()
-            rate = self.connects_per_s
-            self._connect_tokens = min(max(rate, 1.0), self._connect_tokens + (now - self._connect_ts) * rate)
-            self._connect_ts = now
-            if self._connect_tokens >= 1:
-                self._connect_tokens -= 1
-                return
-            await asyncio.sleep((1 - self._connect_tokens) / rate)
 
     async def _request_slot(self, shard: _Shard) -> None:
         """At most subscribe_per_hour (un)subscribe requests per connection per rolling hour."""
@@ -968,17 +815,12 @@ class OkxClient:
             await asyncio.sleep(window[0] + 3600.0 - now)
 
     async def _shard_loop(self, shard: _Shard) -> None:
-        from websockets.asyncio.client import connect
-        from websockets.exceptions import WebSocketException
-
         attempt = 0
         while not self._stopping:
             healthy = proactive = False
-            await self._connect_token()
+            await self._connect_bucket.take()
             try:
-                async with connect(self.url, max_size=self.max_frame_bytes * 4, compression=None,
-                                   open_timeout=self.open_timeout_s, proxy=self.proxy,
-                                   ping_interval=None, close_timeout=2, max_queue=1024) as ws:
+                async with self._connect(self.max_frame_bytes * 4, ping_interval=None) as ws:
                     shard.ws = ws
                     self._bump("connects", notify=True)
                     healthy, proactive = await self._session(shard, ws)
@@ -1037,9 +879,7 @@ class OkxClient:
             if shard.resync_task is not None:
                 shard.resync_task.cancel()
                 shard.resync_task = None
-            discard = loop.create_task(_discard(ws))
-            await ws.close()
-            discard.cancel()
+            await close_draining(ws)
         return streaming, shard.notice.is_set()
 
     async def _subscribe(self, shard: _Shard, ws, op: str, args: list[dict]) -> None:
@@ -1067,15 +907,12 @@ class OkxClient:
                 self._bump("pings_sent", notify=True)
 
     async def _read_loop(self, shard: _Shard, ws) -> None:
-        counters = self._counters
         monotonic = time.monotonic
         limit = self.max_frame_bytes
         while True:
             raw = await ws.recv(decode=False)
             shard.last_frame = monotonic()
-            ts = now_ms()
-            counters["frames"] += 1
-            counters["bytes"] += len(raw)
+            ts = self._received(raw)
             for ev in parse_frame(raw, ts, limit):
                 if type(ev) is Control:
                     self._control(shard, ev)
@@ -1114,13 +951,7 @@ class OkxClient:
                 self._stale.discard(inst)
                 self._last_seq[inst] = ev.seq
             else:
-                last = self._last_seq.get(inst)
-                if inst in self._stale or last is None:
-                    counters["changes_skipped_stale"] += 1  # waiting for a fresh snapshot
-                    return
-                if ev.prev_seq != last:
-                    counters["gaps"] += 1
-                    self._mark_stale(inst, f"prevSeqId {ev.prev_seq} != last seqId {last}")
+                if not self._chain_continues(ev, self._last_seq.get(inst), "prevSeqId", "seqId"):
                     return
                 if ev.seq == ev.prev_seq and not ev.bids and not ev.asks:
                     counters["keepalives"] += 1  # ~60 s without change: alive, not a gap
@@ -1139,20 +970,6 @@ class OkxClient:
                 self._mark_stale(ev.instrument, f"unreadable book frame: {ev.reason}")
                 return
         self._push(ev)
-
-    def _push(self, ev) -> bool:
-        if len(self._queue) >= self.queue_max:
-            self._counters["queue_drops"] += 1
-            return False
-        self._queue.append(ev)
-        if not self._has_data.is_set():
-            self._has_data.set()
-        return True
-
-    def _push_error(self, reason: str, detail: str, instrument: str = "") -> None:
-        # Errors bypass the size limit: few, and the book step must see staleness notices.
-        self._queue.append(FeedError(VENUE, reason, detail, now_ms(), instrument))
-        self._has_data.set()
 
     def _withhold(self, shard: _Shard, why: str) -> None:
         """A closed connection loses its books' updates until the resubscription's snapshots:
@@ -1213,7 +1030,7 @@ class OkxClient:
 # ---------------------------------------------------------------- bytewax source
 
 
-class OkxSource(FixedPartitionedSource):
+class OkxSource(ClientSource):
     """One partition per instrument family ("okx-BTC-USD"), each owning its own OkxClient.
 
     snapshot() is None: a live source resubscribes after a restart and every book starts again
@@ -1230,47 +1047,12 @@ class OkxSource(FixedPartitionedSource):
         self.families = tuple(families)
         for fam in self.families:
             family_coin(fam)
-        self.queue_max = queue_max
-        self.max_frame_bytes = max_frame_bytes
-        self.run_seconds = run_seconds
-        self.max_expiries = max_expiries
-        self.max_strikes = max_strikes
-        self.batch_max = batch_max
-        self.idle_ms = idle_ms
-        self.client_kwargs = client_kwargs
+        super().__init__("okx", self.families, queue_max=queue_max, max_frame_bytes=max_frame_bytes,
+                         max_expiries=max_expiries, max_strikes=max_strikes, run_seconds=run_seconds,
+                         batch_max=batch_max, idle_ms=idle_ms, client_kwargs=client_kwargs)
 
-    def list_parts(self) -> list[str]:
-        return [f"okx-{f}" for f in self.families]
-
-    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> "OkxPartition":
-        family = for_part.split("-", 1)[1]
-        client = OkxClient(self.url, (family,), queue_max=self.queue_max, max_frame_bytes=self.max_frame_bytes,
-                           max_expiries=self.max_expiries, max_strikes=self.max_strikes, **self.client_kwargs)
-        return OkxPartition(client, self.run_seconds, self.batch_max, self.idle_ms)
+    def make_client(self, family: str) -> OkxClient:
+        return OkxClient(self.url, (family,), **self.client_options())
 
 
-class OkxPartition(StatefulSourcePartition):
-    def __init__(self, client: OkxClient, run_seconds: Optional[float], batch_max: int, idle_ms: float):
-        self.client = client.start()
-        self.deadline = time.monotonic() + run_seconds if run_seconds is not None else None
-        self.batch_max = batch_max
-        self.idle = timedelta(milliseconds=idle_ms)
-        self.awake: Optional[datetime] = None
-
-    def next_batch(self) -> list:
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-            self.client.stop()
-            raise StopIteration()
-        batch = self.client.drain(self.batch_max)
-        # Idle: wake again in a few ms rather than spin (bytewax asks next_awake after each batch).
-        self.awake = None if batch else datetime.now(timezone.utc) + self.idle
-        return batch
-
-    def next_awake(self) -> Optional[datetime]:
-        return self.awake
-
-    def snapshot(self) -> None:
-        return None
-
-    def close(self) -> None:
-        self.client.stop()
+OkxPartition = ClientPartition  # one started OkxClient, drained in batches

@@ -32,16 +32,15 @@ import collections
 import logging
 import math
 import random
-import threading
 import time
 import urllib.parse
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import orjson
-from websockets.exceptions import ConnectionClosed
 
-from connectors.simulator import MODELS, SCALES, YEAR_MS, _Currency, deribit_expiries
+from connectors.sim_server import SimConn, SimServer, add_common_args, add_size_args, serve_until_stopped
+from connectors.simulator import MODELS, SCALES, _Currency, book_levels, deribit_expiries, move_book
 from operators.black import black_price, greeks
 
 log = logging.getLogger(__name__)
@@ -73,23 +72,6 @@ def ceil_ticks(price_coin: np.ndarray) -> np.ndarray:
     p = np.maximum(price_coin, TICK_BANDS[0][1])
     tick = _tick_of(p)
     return np.round(np.ceil(p / tick - 1e-9) * tick, 4)
-
-
-def _book_prices(bid_coin: np.ndarray, ask_coin: np.ndarray, depth: int) -> tuple[list, list]:
-    """Tick-aligned prices per option, best first: bids floored, asks ceiled, deeper levels a
-    half-spread apart (at least one tick); bids stop before zero."""
-    bid0 = floor_ticks(bid_coin)
-    ask0 = ceil_ticks(ask_coin)
-    ask0 = np.where(ask0 <= bid0, ceil_ticks(bid0 + TICK_BANDS[0][1]), ask0)
-    step = np.maximum(floor_ticks((ask0 - bid0) / 2), _tick_of(bid0))
-    bids = np.empty((len(bid0), depth))
-    asks = np.empty((len(ask0), depth))
-    bids[:, 0], asks[:, 0] = bid0, ask0
-    for j in range(1, depth):
-        prev = bids[:, j - 1]
-        bids[:, j] = np.where(prev > 0, floor_ticks(np.maximum(prev - step, 0.0)), 0.0)
-        asks[:, j] = ceil_ticks(asks[:, j - 1] + step)
-    return [[p for p in row if p > 0] for row in bids.tolist()], asks.tolist()
 
 
 def _px(p: float) -> str:
@@ -155,7 +137,9 @@ class _Family:
 
     def reprice(self, now_ms: int) -> None:
         self.cur.reprice(now_ms)
-        self.bid_levels, self.ask_levels = _book_prices(self.cur.bid_coin, self.cur.ask_coin, self.depth)
+        # tick-aligned prices per option, best first, with this venue's tick bands
+        self.bid_levels, self.ask_levels = book_levels(self.cur.bid_coin, self.cur.ask_coin, self.depth,
+                                                       floor_ticks, ceil_ticks, _tick_of)
 
     def expiry_of(self, i: int) -> int:
         return self.cur.expiries[int(self.cur.exp_idx[i])]
@@ -171,28 +155,28 @@ class _Book:
         self.last_sent_ms = 0
 
 
-class _Conn:
+class _Conn(SimConn):
+    """A connection: subscriptions are "channel:instId|instFamily|instType" keys."""
+
     def __init__(self, ws, queue_max: int, conn_id: str):
-        self.ws = ws
+        super().__init__(ws, queue_max)
         self.conn_id = conn_id
-        self.subs: set[str] = set()
-        self.out: asyncio.Queue = asyncio.Queue(queue_max)
-        self.opened = time.monotonic()
-        self.last_out = time.monotonic()
-        self.requests: collections.deque = collections.deque()
-        self.closed = False
+        self.requests: collections.deque = collections.deque()  # times of (un)subscribe requests
 
 
 # ---------------------------------------------------------------- the server
 
 
-class OkxSimulator:
+class OkxSimulator(SimServer):
     """An in-process OKX v5 public simulator. start() → "ws://127.0.0.1:PORT/ws/v5/public".
 
     Everything runs on the simulator's own thread and asyncio loop once started; the inspection
     methods (true_vol, spot, …) read the current state and are meant for tests. advance() steps
     the market by hand and is only for a simulator that is not started.
     """
+
+    label = "OKX simulator"
+    thread_name = "okx-sim"
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, seed: int = 7, rate: float = 2000.0,
                  families: Sequence[str] = ("BTC-USD", "ETH-USD"), scale: str = "small",
@@ -205,18 +189,19 @@ class OkxSimulator:
                  conn_queue_max: int = 100_000, max_message_bytes: int = 1 << 20):
         if scale not in SCALES:
             raise ValueError(f"scale={scale!r}: use one of {', '.join(SCALES)}")
-        if rate < 0:
-            raise ValueError(f"rate={rate}: messages per second must be >= 0")
         fams = [f.upper() for f in families]
         bad = [f for f in fams if f.split("-")[0] not in MODELS or not f.endswith("-USD")]
         if bad:
             raise ValueError(f"families {bad}: the simulator models the crypto-margined families "
                              f"{', '.join(c + '-USD' for c in MODELS)}")
+        self._init_server(host=host, port=port, seed=seed, rate=rate, tick_ms=tick_ms, conn_queue_max=conn_queue_max,
+                          max_message_bytes=max_message_bytes, now_ms=now_ms, counter_keys=(
+            "connections", "connections_open", "requests", "messages_sent", "book_updates", "books5_messages",
+            "snapshots", "keepalives_sent", "summary_messages", "index_messages", "ticker_messages", "pings",
+            "pongs", "idle_drops", "notices_sent", "notice_closes", "gaps_injected", "resets_injected",
+            "drops_injected", "subscribe_requests", "unsubscribe_requests", "errors_sent", "rate_limited",
+            "http_requests", "slow_closes", "ticks"))
         cfg = SCALES[scale]
-        self.host, self.port = host, port
-        self.seed = seed
-        self.rate = float(rate)
-        self.tick_ms = float(tick_ms)
         self.summary_interval_ms = summary_interval_ms or 0.0
         self.index_interval_ms = index_interval_ms or 0.0
         self.ticker_interval_ms = ticker_interval_ms or 0.0
@@ -225,13 +210,7 @@ class OkxSimulator:
         self.notice_grace_s = notice_grace_s
         self.subscribe_per_hour = subscribe_per_hour
         self.summary_rows_per_frame = summary_rows_per_frame
-        self.conn_queue_max = conn_queue_max
-        self.max_message_bytes = max_message_bytes
         self.depth = depth or max(cfg["depth"], 5)
-        self._fixed_clock = now_ms is not None
-        self._start_ms = now_ms if now_ms is not None else int(time.time() * 1000)
-        self._model_ms = self._start_ms
-        self._ticks = 0
         plan = plan or cfg["plan"]
         self._fam: dict[str, _Family] = {}
         for i, fam in enumerate(fams):
@@ -254,26 +233,11 @@ class OkxSimulator:
         self._seq_base = 1_000_000 + 1_000 * (seed % 1000)
         self._books: dict[str, _Book] = {}
         self._reprice_all()
-        self._conns: set[_Conn] = set()
-        self._subs: dict[str, set[_Conn]] = {}
         self._book_list: Optional[list[str]] = None
         self._gap_next: set[str] = set()
         self._reset_next: set[str] = set()
         self._next_summary = self._next_index = self._next_ticker = self._next_keepalive = 0.0
         self._conn_ids = (f"{seed:04x}{n:04x}" for n in range(1 << 30))
-        self.counters: collections.Counter = collections.Counter({k: 0 for k in (
-            "connections", "connections_open", "requests", "messages_sent", "book_updates", "books5_messages",
-            "snapshots", "keepalives_sent", "summary_messages", "index_messages", "ticker_messages", "pings",
-            "pongs", "idle_drops", "notices_sent", "notice_closes", "gaps_injected", "resets_injected",
-            "drops_injected", "subscribe_requests", "unsubscribe_requests", "errors_sent", "rate_limited",
-            "http_requests", "slow_closes", "ticks")})
-        self._cond = threading.Condition()
-        self._thread: Optional[threading.Thread] = None
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._stopped: Optional[asyncio.Event] = None
-        self._started = threading.Event()
-        self._start_error: Optional[BaseException] = None
-        self.url: Optional[str] = None
         self.rest_url: Optional[str] = None
 
     # ------------------------------------------------ inspection (tests)
@@ -281,9 +245,6 @@ class OkxSimulator:
     @property
     def families(self) -> list[str]:
         return list(self._fam)
-
-    def now_ms(self) -> int:
-        return self._model_ms
 
     def _family(self, underlying: str) -> _Family:
         u = underlying.upper()
@@ -293,12 +254,6 @@ class OkxSimulator:
                              f"(or their coins {', '.join(self._by_coin)})")
         return fam
 
-    def expiries(self, underlying: str) -> list[int]:
-        return list(self._family(underlying).cur.expiries)
-
-    def strikes(self, underlying: str, expiry_ms: int) -> list[float]:
-        return list(self._family(underlying).cur.strikes_by_expiry[expiry_ms])
-
     def inst_ids(self, underlying: str, kind: str = "option") -> list[str]:
         fam = self._family(underlying)
         if kind == "option":
@@ -307,47 +262,13 @@ class OkxSimulator:
             return list(fam.futures)
         raise ValueError(f"kind={kind!r}: use 'option' or 'future'")
 
-    def spot(self, underlying: str) -> float:
-        return self._family(underlying).cur.spot
-
-    def _t_years(self, expiry_ms: int) -> float:
-        return max((expiry_ms - self._model_ms) / YEAR_MS, 1e-6)
-
-    def forward(self, underlying: str, expiry_ms: int) -> float:
-        return float(self._family(underlying).cur.forward(self._t_years(expiry_ms)))
-
-    def true_svi(self, underlying: str, expiry_ms: int) -> tuple[float, float, float, float, float, float]:
-        """Raw SVI (a, b, ρ, m, σ) of the true slice in k = ln(K/F), and its t_years, now."""
-        t = self._t_years(expiry_ms)
-        return (*self._family(underlying).cur.raw_svi(t), t)
-
-    def true_vol(self, underlying: str, expiry_ms: int, strike: float, forward: Optional[float] = None) -> float:
-        """The true Black-76 vol (decimal) at `strike`; k is taken against `forward` if given
-        (e.g. the fit's forward or opt-summary fwdPx), else the model's current forward."""
-        cur = self._family(underlying).cur
-        t = self._t_years(expiry_ms)
-        fwd = float(cur.forward(t)) if forward is None else forward
-        return math.sqrt(float(cur.total_variance(math.log(strike / fwd), t)) / t)
-
     def true_price_coin(self, inst_id: str) -> float:
         fam, i = self._by_option[inst_id]
         return float(fam.cur.true_coin[i])
 
-    def quote_levels(self, inst_id: str) -> tuple[list[float], list[float]]:
-        """The book prices (bids best first, asks best first) the market wants now."""
-        return self._target_prices(inst_id)
-
     def seq_of(self, inst_id: str) -> Optional[int]:
         book = self._books.get(inst_id)
         return None if book is None else book.seq
-
-    def advance(self, n_ticks: int = 1) -> None:
-        """Step the market n ticks by hand (a simulator that is not started only)."""
-        if self._thread is not None:
-            raise RuntimeError("advance() is for a stopped simulator; a started one ticks on its own")
-        for _ in range(n_ticks):
-            self._step()
-        self._reprice_all()
 
     def inject(self, kind: str, inst_id: Optional[str] = None) -> None:
         """Faults on command:
@@ -363,38 +284,15 @@ class OkxSimulator:
             raise ValueError(f"inject({kind!r}, {inst_id!r}): unknown instrument id")
         if kind == "keepalive" and inst_id is None:
             raise ValueError("inject('keepalive') needs an inst_id")
-        if self._loop is None:
-            self._inject(kind, inst_id)
-        else:
-            self._loop.call_soon_threadsafe(self._inject, kind, inst_id)
+        self._call_on_loop(lambda: self._inject(kind, inst_id), f"inject({kind!r})")
 
-    def wait_for(self, predicate: Callable[[dict], bool], timeout: float) -> bool:
-        """Wait until predicate(counters) holds (re-checked on notable events and every 50 ms)."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while not predicate(dict(self.counters)):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(min(left, 0.05))
-        return True
+    def _model(self, underlying: str) -> _Currency:
+        return self._family(underlying).cur
 
-    def _bump(self, key: str, n: int = 1, notify: bool = False) -> None:
-        self.counters[key] += n
-        if notify:
-            with self._cond:
-                self._cond.notify_all()
+    def _models(self):
+        return (f.cur for f in self._fam.values())
 
     # ------------------------------------------------ market
-
-    def _step(self) -> None:
-        dt_years = self.tick_ms / YEAR_MS
-        for f in self._fam.values():
-            f.cur.step(dt_years)
-        self._ticks += 1
-        self.counters["ticks"] = self._ticks
-        self._model_ms = self._start_ms + int(self._ticks * self.tick_ms) if self._fixed_clock \
-            else int(time.time() * 1000)
 
     def _reprice_all(self) -> None:
         for f in self._fam.values():
@@ -431,30 +329,9 @@ class OkxSimulator:
 
     def _diff(self, inst_id: str, book: _Book) -> tuple[list, list]:
         """Move the book to the target prices; returns the changed levels [(px, sz)] (sz 0 = delete)."""
-        bids_t, asks_t = self._target_prices(inst_id)
-        out = []
-        for side, target in ((book.bids, bids_t), (book.asks, asks_t)):
-            changes = []
-            tset = set(target)
-            for px in [p for p in side if p not in tset]:
-                del side[px]
-                changes.append((px, 0))
-            for px in target:
-                if px not in side:
-                    side[px] = self._size()
-                    changes.append((px, side[px]))
-            out.append(changes)
-        if not out[0] and not out[1]:
-            # prices unchanged: someone re-sized a level (the common case on a real book)
-            sides = [s for s in (0, 1) if (book.bids, book.asks)[s]]
-            if sides:
-                s = self._rng.choice(sides)
-                side = (book.bids, book.asks)[s]
-                px = self._rng.choice(list(side))
-                sz = self._size()
-                side[px] = sz if sz != side[px] else sz + 1
-                out[s].append((px, side[px]))
-        return out[0], out[1]
+        bids, asks = move_book(book.bids, book.asks, *self._target_prices(inst_id), self._size,
+                               lambda sz: sz + 1, self._rng)
+        return [(px, sz) for _, px, sz in bids], [(px, sz) for _, px, sz in asks]
 
     # ------------------------------------------------ frames
 
@@ -676,10 +553,7 @@ class OkxSimulator:
                 ack = {"id": req_id, **ack}
             out.append(orjson.dumps(ack))
             if op == "subscribe":
-                if key not in conn.subs:
-                    conn.subs.add(key)
-                    self._subs.setdefault(key, set()).add(conn)
-                    self._book_list = None
+                if self._subscribe(conn, key):
                     after.extend(self._initial_frames(key, ts))
             else:
                 self._unsubscribe(conn, key)
@@ -693,13 +567,7 @@ class OkxSimulator:
             body = {"id": req_id, **body}
         return orjson.dumps(body)
 
-    def _unsubscribe(self, conn: _Conn, key: str) -> None:
-        conn.subs.discard(key)
-        subs = self._subs.get(key)
-        if subs is not None:
-            subs.discard(conn)
-            if not subs:
-                del self._subs[key]
+    def _subscriptions_changed(self) -> None:
         self._book_list = None
 
     # ------------------------------------------------ generation
@@ -713,22 +581,6 @@ class OkxSimulator:
                     insts.add(inst)
             self._book_list = sorted(insts)
         return self._book_list
-
-    def _deliver(self, key: str, frame: bytes) -> None:
-        for conn in list(self._subs.get(key, ())):
-            self._send(conn, frame)
-
-    def _send(self, conn: _Conn, frame: bytes) -> None:
-        if conn.closed:
-            return
-        try:
-            conn.out.put_nowait(frame)
-            conn.last_out = time.monotonic()
-            self.counters["messages_sent"] += 1
-        except asyncio.QueueFull:
-            # a client that cannot keep up is cut off, never allowed to grow our memory
-            self._bump("slow_closes", notify=True)
-            self._close(conn, 1008, "slow consumer")
 
     def _book_move(self, inst_id: str, ts: int) -> None:
         """One market move of a book: an update on books, a snapshot on books5/bbo-tbt."""
@@ -763,7 +615,8 @@ class OkxSimulator:
         self._deliver(f"books:{inst_id}", frame)
         self._bump("keepalives_sent", notify=True)
 
-    async def _emit(self, n: int, now_s: float) -> None:
+    async def _emit(self, n: int) -> None:
+        now_s = time.monotonic()
         ts = int(time.time() * 1000)
         if self.index_interval_ms and now_s >= self._next_index:
             self._next_index = now_s + self.index_interval_ms / 1000.0
@@ -802,26 +655,6 @@ class OkxSimulator:
             if j % 500 == 499:
                 await asyncio.sleep(0)  # let requests and pings through during big bursts
 
-    async def _ticker_loop(self) -> None:
-        tick_s = self.tick_ms / 1000.0
-        next_t = time.monotonic()
-        carry = 0.0
-        while True:
-            next_t += tick_s
-            delay = next_t - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            else:
-                await asyncio.sleep(0)
-                if delay < -1.0:  # far behind (a stalled machine): do not burst to catch up
-                    next_t = time.monotonic()
-            self._step()
-            self._reprice_all()
-            carry += self.rate * tick_s
-            n = int(carry)
-            carry -= n
-            await self._emit(n, time.monotonic())
-
     def _inject(self, kind: str, inst_id: Optional[str]) -> None:
         ts = int(time.time() * 1000)
         if kind in ("gap", "reset"):
@@ -838,12 +671,7 @@ class OkxSimulator:
                 if self._loop is not None:
                     self._loop.call_later(self.notice_grace_s, self._notice_close, conn)
         elif kind == "drop":
-            self._bump("drops_injected", notify=True)
-            for conn in list(self._conns):
-                conn.closed = True
-                transport = getattr(conn.ws, "transport", None)
-                if transport is not None:
-                    transport.abort()  # abrupt, like a network failure: no close handshake
+            self._abort_all()
 
     def _notice_close(self, conn: _Conn) -> None:
         if not conn.closed:
@@ -851,12 +679,6 @@ class OkxSimulator:
             self._close(conn, 1012, "service upgrade")
 
     # ------------------------------------------------ connections
-
-    def _close(self, conn: _Conn, code: int, reason: str) -> None:
-        if conn.closed:
-            return
-        conn.closed = True
-        asyncio.get_running_loop().create_task(conn.ws.close(code, reason))
 
     async def _idle_watch(self, conn: _Conn) -> None:
         # OKX: no subscription, or nothing pushed, for more than 30 s ends the connection.
@@ -868,38 +690,11 @@ class OkxSimulator:
                 self._close(conn, 1000, f"no subscription or no data for {self.idle_drop_s:g} s")
                 return
 
-    async def _writer(self, conn: _Conn) -> None:
-        ws, out = conn.ws, conn.out
-        while True:
-            frame = await out.get()
-            await ws.send(frame, text=True)
+    def _new_conn(self, ws) -> _Conn:
+        return _Conn(ws, self.conn_queue_max, next(self._conn_ids))
 
-    async def _serve_conn(self, ws) -> None:
-        conn = _Conn(ws, self.conn_queue_max, next(self._conn_ids))
-        self._conns.add(conn)
-        self.counters["connections_open"] += 1
-        self._bump("connections", notify=True)
-        loop = asyncio.get_running_loop()
-        writer = loop.create_task(self._writer(conn))
-        watch = loop.create_task(self._idle_watch(conn))
-        try:
-            while not conn.closed:
-                raw = await ws.recv(decode=False)
-                for frame in self._handle(conn, raw):
-                    self._send(conn, frame)
-        except ConnectionClosed:  # a client that left or vanished: clean up below
-            pass
-        except Exception:  # a simulator bug: say so, and end only this session
-            log.exception("okx simulator session failed")
-        finally:
-            conn.closed = True
-            writer.cancel()
-            watch.cancel()
-            for key in list(conn.subs):
-                self._unsubscribe(conn, key)
-            self._conns.discard(conn)
-            self.counters["connections_open"] -= 1
-            self._bump("disconnects", notify=True)
+    def _conn_tasks(self, conn: _Conn) -> list:
+        return [self._idle_watch(conn)]
 
     def _http(self, connection, request):
         """Plain HTTP GETs on the websocket port: the REST paths the client uses."""
@@ -933,67 +728,14 @@ class OkxSimulator:
         response.headers["Content-Type"] = "application/json"
         return response
 
-    # ------------------------------------------------ lifecycle
+    # ------------------------------------------------ lifecycle (start, stop: SimServer)
 
-    def start(self, timeout: float = 10.0) -> str:
-        if self._thread is not None:
-            raise RuntimeError("OkxSimulator.start() called twice")
-        self._thread = threading.Thread(target=self._run, name="okx-sim", daemon=True)
-        self._thread.start()
-        if not self._started.wait(timeout):
-            raise RuntimeError(f"OKX simulator did not start within {timeout}s")
-        if self._start_error is not None:
-            raise RuntimeError(f"OKX simulator failed to start on {self.host}:{self.port}: {self._start_error}")
-        return self.url
+    def _serve_options(self) -> dict:
+        return {"ping_interval": None, "process_request": self._http}
 
-    def stop(self, timeout: float = 10.0) -> None:
-        loop = self._loop
-        if loop is not None and self._stopped is not None and not loop.is_closed():
-            try:
-                loop.call_soon_threadsafe(self._stopped.set)
-            except RuntimeError:
-                pass
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def __enter__(self) -> "OkxSimulator":
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._main())
-        except BaseException as exc:  # report start failures to start()
-            self._start_error = exc
-            self._started.set()
-        finally:
-            loop.close()
-
-    async def _main(self) -> None:
-        from websockets.asyncio.server import serve
-
-        self._stopped = asyncio.Event()
-        if not self._fixed_clock:
-            self._model_ms = int(time.time() * 1000)
-        server = await serve(self._serve_conn, self.host, self.port, compression=None,
-                             max_size=self.max_message_bytes, ping_interval=None, process_request=self._http,
-                             write_limit=1 << 22)
-        self.port = server.sockets[0].getsockname()[1]
+    def _listening(self) -> None:
         self.url = f"ws://{self.host}:{self.port}/ws/v5/public"
         self.rest_url = f"http://{self.host}:{self.port}"
-        self._started.set()
-        ticker = asyncio.get_running_loop().create_task(self._ticker_loop())
-        try:
-            await self._stopped.wait()
-        finally:
-            ticker.cancel()
-            server.close()
-            await server.wait_closed()
 
 
 # ---------------------------------------------------------------- CLI
@@ -1003,33 +745,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the OKX simulator until interrupted (or --seconds); prints its URLs."""
     p = argparse.ArgumentParser(prog="python -m connectors.okx_sim",
                                 description="Run a local OKX v5 public (options) simulator.")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0, help="0 = any free port")
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--rate", type=float, default=2000.0, help="book messages per second across subscriptions")
+    add_common_args(p, "book messages per second across subscriptions")
     p.add_argument("--families", default="BTC-USD,ETH-USD", help="comma-separated, e.g. BTC-USD,ETH-USD")
-    p.add_argument("--scale", choices=sorted(SCALES), default="small")
-    p.add_argument("--n-expiries", type=int, default=None)
-    p.add_argument("--n-strikes", type=int, default=None)
+    add_size_args(p, SCALES)
     p.add_argument("--idle-drop", type=float, default=30.0, help="seconds without data before a drop")
     p.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
     args = p.parse_args(argv)
     sim = OkxSimulator(host=args.host, port=args.port, seed=args.seed, rate=args.rate,
                        families=[f.strip() for f in args.families.split(",") if f.strip()], scale=args.scale,
                        n_expiries=args.n_expiries, n_strikes=args.n_strikes, idle_drop_s=args.idle_drop)
-    url = sim.start()
     n_opts = sum(len(f.ids) for f in sim._fam.values())
-    print(f"okx sim: {url}  REST {sim.rest_url}  ({n_opts} options, seed {args.seed}, {args.rate:g} msg/s)",
-          flush=True)
-    done = threading.Event()
-    try:
-        done.wait(args.seconds)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sim.stop()
-        print(f"okx sim: stopped; {dict(sim.counters)}", flush=True)
-    return 0
+    return serve_until_stopped(sim, args.seconds, lambda url: f"okx sim: {url}  REST {sim.rest_url}  ({n_opts} "
+                               f"options, seed {args.seed}, {args.rate:g} msg/s)", "okx sim")
 
 
 if __name__ == "__main__":

@@ -30,12 +30,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import calendar
-import collections
 import itertools
 import logging
 import math
 import random
-import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -43,13 +41,12 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import orjson
-from websockets.exceptions import ConnectionClosed
 
+from connectors.sim_server import YEAR_MS, SimConn, SimServer, add_common_args, add_size_args, serve_until_stopped
 from operators.black import black_price, d1_d2, greeks
 
 log = logging.getLogger(__name__)
 
-YEAR_MS = 365 * 86_400_000  # ACT/365 (DESIGN.md §6)
 VERSION = "1.2.26-volgraph-sim"
 _MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
 PERPETUAL_EXPIRATION_MS = 32_503_708_800_000  # what Deribit lists for perpetuals (year 3000)
@@ -200,24 +197,66 @@ def ceil_ticks(price_coin: np.ndarray) -> np.ndarray:
     return np.round(np.ceil(p / tick - 1e-9) * tick, 4)
 
 
-def book_levels(bid_coin: np.ndarray, ask_coin: np.ndarray, depth: int) -> tuple[list, list]:
+def tick_sizes(price_coin: np.ndarray) -> np.ndarray:
+    """Deribit's option tick at each price (coin)."""
+    return np.where(price_coin >= OPT_TICK_ABOVE, OPT_TICK_LARGE, OPT_TICK_SMALL)
+
+
+def book_levels(bid_coin: np.ndarray, ask_coin: np.ndarray, depth: int,
+                floor: Callable[[np.ndarray], np.ndarray] = floor_ticks,
+                ceil: Callable[[np.ndarray], np.ndarray] = ceil_ticks,
+                tick_of: Callable[[np.ndarray], np.ndarray] = tick_sizes) -> tuple[list, list]:
     """Tick-aligned book prices for many options at once: bids floored, asks ceiled, deeper
     levels half a spread apart (at least one tick). Returns per-option lists, best first;
-    bids stop before reaching zero."""
-    bid0 = floor_ticks(bid_coin)
-    ask0 = ceil_ticks(ask_coin)
-    ask0 = np.where(ask0 <= bid0, ceil_ticks(bid0 + OPT_TICK_SMALL), ask0)
-    step = np.maximum(floor_ticks((ask0 - bid0) / 2), np.where(bid0 >= OPT_TICK_ABOVE, OPT_TICK_LARGE,
-                                                                  OPT_TICK_SMALL))
+    bids stop before reaching zero. The tick functions default to Deribit's (a venue with
+    other ticks passes its own)."""
+    min_tick = float(np.min(tick_of(np.zeros(1))))
+    bid0 = floor(bid_coin)
+    ask0 = ceil(ask_coin)
+    ask0 = np.where(ask0 <= bid0, ceil(bid0 + min_tick), ask0)
+    step = np.maximum(floor((ask0 - bid0) / 2), tick_of(bid0))
     bids = np.empty((len(bid0), depth))
     asks = np.empty((len(ask0), depth))
     bids[:, 0], asks[:, 0] = bid0, ask0
     for j in range(1, depth):
         prev = bids[:, j - 1]
-        bids[:, j] = np.where(prev > 0, floor_ticks(np.maximum(prev - step, 0.0)), 0.0)
-        asks[:, j] = ceil_ticks(asks[:, j - 1] + step)
+        bids[:, j] = np.where(prev > 0, floor(np.maximum(prev - step, 0.0)), 0.0)
+        asks[:, j] = ceil(asks[:, j - 1] + step)
     bid_lists = [[p for p in row if p > 0] for row in bids.tolist()]
     return bid_lists, asks.tolist()
+
+
+def move_book(bids: dict, asks: dict, bids_target: list, asks_target: list, new_size: Callable[[], float],
+              other_size: Callable[[float], float], rng: random.Random) -> tuple[list, list]:
+    """Move a book (price → size per side, changed in place) to the target prices: levels off
+    the target are deleted, new target prices get new_size(); when no price moved, one random
+    level is re-sized instead (the common case on a real book; other_size(size) when new_size()
+    drew the size it already had). Returns per side the changes [(action, price, size)] with
+    action "delete" (size 0), "new" or "change", in the order they were made."""
+    out = []
+    for side, target in ((bids, bids_target), (asks, asks_target)):
+        changes = []
+        tset = set(target)
+        for px in [p for p in side if p not in tset]:
+            del side[px]
+            changes.append(("delete", px, 0))
+        for px in target:
+            if px not in side:
+                side[px] = new_size()
+                changes.append(("new", px, side[px]))
+        out.append(changes)
+    if not out[0] and not out[1]:
+        sides = [s for s in (0, 1) if (bids, asks)[s]]
+        if sides:
+            s = rng.choice(sides)
+            side = (bids, asks)[s]
+            px = rng.choice(list(side))
+            size = new_size()
+            if size == side[px]:
+                size = other_size(size)
+            side[px] = size
+            out[s].append(("change", px, size))
+    return out[0], out[1]
 
 
 def _ncdf(x: float) -> float:
@@ -422,30 +461,30 @@ class _Book:
         self.change_id = 0
 
 
-class _Conn:
+class _Conn(SimConn):
+    """A session: its subscriptions are channel names; heartbeat state on top."""
+
     def __init__(self, ws, queue_max: int):
-        self.ws = ws
-        self.channels: set[str] = set()
-        self.out: asyncio.Queue = asyncio.Queue(queue_max)
+        super().__init__(ws, queue_max)
         self.heartbeat_task: Optional[asyncio.Task] = None
         self.test_outstanding = False
         self.test_sent = 0.0
-        self.closed = False
-        self.rate_limited = False
-        self.stalled_until = 0.0  # monotonic time until which nothing is sent (fault "stall")
         self.heartbeats_off = False  # fault "heartbeat_stop"
 
 
 # ---------------------------------------------------------------- the server
 
 
-class Simulator:
+class Simulator(SimServer):
     """An in-process Deribit simulator. start() → "ws://127.0.0.1:PORT"; stop() shuts it down.
 
     Thread model: everything runs on the simulator's own thread and asyncio loop once started;
     the inspection methods (true_vol, spot, …) read the current state and are meant for tests.
     advance() steps the market by hand and is only for a simulator that is not started.
     """
+
+    label = "simulator"
+    thread_name = "deribit-sim"
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, seed: int = 7, rate: float = 2000.0,
                  currencies: Sequence[str] = ("BTC", "ETH"), scale: str = "small",
@@ -459,22 +498,17 @@ class Simulator:
         unknown = [c for c in currencies if c.upper() not in MODELS]
         if unknown:
             raise ValueError(f"currencies {unknown}: the simulator models {', '.join(MODELS)}")
-        if rate < 0:
-            raise ValueError(f"rate={rate}: messages per second must be >= 0")
+        self._init_server(host=host, port=port, seed=seed, rate=rate, tick_ms=tick_ms, conn_queue_max=conn_queue_max,
+                          max_message_bytes=max_message_bytes, now_ms=now_ms, counter_keys=(
+            "connections", "connections_open", "requests", "messages_sent", "book_messages", "ticker_messages",
+            "index_messages", "snapshots", "test_requests_sent", "test_answers", "heartbeats_sent",
+            "heartbeat_closes", "slow_closes", "gaps_injected", "drops_injected", "subscribe_calls",
+            "unsubscribe_calls", "rpc_errors", "ticks", "test_answer_ms_max", "faults_injected",
+            "faults_applied", "late_frames_sent", "state_notifications"))
         cfg = SCALES[scale]
-        self.host, self.port = host, port
-        self.seed = seed
-        self.rate = float(rate)
-        self.tick_ms = float(tick_ms)
         self.book_share = book_share
         self.min_heartbeat_s = min_heartbeat_s
-        self.conn_queue_max = conn_queue_max
-        self.max_message_bytes = max_message_bytes
         self.depth = depth or cfg["depth"]
-        self._fixed_clock = now_ms is not None
-        self._start_ms = now_ms if now_ms is not None else int(time.time() * 1000)
-        self._ticks = 0
-        self._model_ms = self._start_ms
         plan = plan or cfg["plan"]
         self._cur: dict[str, _Currency] = {}
         for i, c in enumerate(currencies):
@@ -497,9 +531,6 @@ class Simulator:
         self._books: dict[str, _Book] = {}
         self._reprice_all()
         self._instrument_cache: dict[tuple[str, str], list] = {}
-
-        self._conns: set[_Conn] = set()
-        self._subs: dict[str, set[_Conn]] = {}
         self._sub_lists: Optional[tuple[list, list, list]] = None
         self._gap_next: set[str] = set()
         self._rate_limit_next = 0
@@ -518,32 +549,8 @@ class Simulator:
         self._delisted: set[str] = set()
         self._paused = False
         self.fault_log: list[dict] = []
-        self.counters: collections.Counter = collections.Counter({k: 0 for k in (
-            "connections", "connections_open", "requests", "messages_sent", "book_messages", "ticker_messages",
-            "index_messages", "snapshots", "test_requests_sent", "test_answers", "heartbeats_sent",
-            "heartbeat_closes", "slow_closes", "gaps_injected", "drops_injected", "subscribe_calls",
-            "unsubscribe_calls", "rpc_errors", "ticks", "test_answer_ms_max", "faults_injected",
-            "faults_applied", "late_frames_sent", "state_notifications")})
-        self._cond = threading.Condition()
-        self._thread: Optional[threading.Thread] = None
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._server = None
-        self._stopped: Optional[asyncio.Event] = None
-        self._started = threading.Event()
-        self._start_error: Optional[BaseException] = None
-        self.url: Optional[str] = None
 
     # ------------------------------------------------ inspection (tests)
-
-    def now_ms(self) -> int:
-        """The model clock: wall clock when live, start + ticks × tick_ms with a fixed now_ms."""
-        return self._model_ms
-
-    def expiries(self, underlying: str) -> list[int]:
-        return list(self._currency(underlying).expiries)
-
-    def strikes(self, underlying: str, expiry_ms: int) -> list[float]:
-        return list(self._currency(underlying).strikes_by_expiry[expiry_ms])
 
     def instrument_names(self, underlying: str, kind: str = "option") -> list[str]:
         cur = self._currency(underlying)
@@ -553,41 +560,9 @@ class Simulator:
             names = [cur.futures[e] for e in cur.expiries if e in cur.futures] + [cur.perpetual]
         return [n for n in names if n not in self._delisted]
 
-    def spot(self, underlying: str) -> float:
-        return self._currency(underlying).spot
-
-    def forward(self, underlying: str, expiry_ms: int) -> float:
-        cur = self._currency(underlying)
-        return float(cur.forward(self._t_years(expiry_ms)))
-
-    def true_svi(self, underlying: str, expiry_ms: int) -> tuple[float, float, float, float, float, float]:
-        """Raw SVI (a, b, ρ, m, σ) of the true slice in k = ln(K/F), and its t_years, now."""
-        t = self._t_years(expiry_ms)
-        return (*self._currency(underlying).raw_svi(t), t)
-
-    def true_vol(self, underlying: str, expiry_ms: int, strike: float, forward: Optional[float] = None) -> float:
-        """The true Black-76 vol (decimal) at `strike`; k is taken against `forward` if given
-        (e.g. the ticker's underlying_price), else the model's current forward."""
-        cur = self._currency(underlying)
-        t = self._t_years(expiry_ms)
-        fwd = float(cur.forward(t)) if forward is None else forward
-        return math.sqrt(float(cur.total_variance(math.log(strike / fwd), t)) / t)
-
-    def quote_levels(self, instrument: str) -> tuple[list[float], list[float]]:
-        """The book prices (bids best first, asks best first) the market wants now; no side effects."""
-        return self._target_prices(instrument)
-
     def true_price_coin(self, instrument: str) -> float:
         cur, i = self._by_option[instrument]
         return float(cur.true_coin[i])
-
-    def advance(self, n_ticks: int = 1) -> None:
-        """Step the market n ticks by hand (a simulator that is not started only)."""
-        if self._thread is not None:
-            raise RuntimeError("advance() is for a stopped simulator; a started one ticks on its own")
-        for _ in range(n_ticks):
-            self._step()
-        self._reprice_all()
 
     FAULTS = ("gap", "drop", "rate_limit", "stall", "heartbeat_stop", "malformed", "oversized", "crossed",
               "bad_price", "listing", "expire")
@@ -613,25 +588,7 @@ class Simulator:
         Choices are drawn from a seeded generator: the same faults at the same ticks replay.
         """
         self._check_fault(kind, instrument)
-        if self._loop is None or not self._thread or not self._thread.is_alive():
-            return self._inject(kind, instrument, params)
-        done = threading.Event()
-        box: list = []
-
-        def run() -> None:
-            try:
-                box.append((True, self._inject(kind, instrument, params)))
-            except BaseException as exc:  # noqa: BLE001 — handed to the caller
-                box.append((False, exc))
-            done.set()
-
-        self._loop.call_soon_threadsafe(run)
-        if not done.wait(10.0):
-            raise RuntimeError(f"inject({kind!r}) was not applied within 10 s: is the simulator loop stuck?")
-        ok, value = box[0]
-        if not ok:
-            raise value
-        return value
+        return self._call_on_loop(lambda: self._inject(kind, instrument, params), f"inject({kind!r})")
 
     def _check_fault(self, kind: str, instrument: Optional[str]) -> None:
         if kind not in self.FAULTS:
@@ -642,49 +599,21 @@ class Simulator:
     def pause(self, paused: bool = True) -> None:
         """Stop (or resume) market messages; heartbeats and requests go on. Tests pause the
         market to compare books once everything sent has been read."""
-        if self._loop is None:
-            self._paused = paused
-        else:
-            done = threading.Event()
-            self._loop.call_soon_threadsafe(lambda: (setattr(self, "_paused", paused), done.set()))
-            done.wait(10.0)
+        self._call_on_loop(lambda: setattr(self, "_paused", paused), "pause()")
 
     def books(self) -> dict[str, tuple[dict[float, float], dict[float, float], int]]:
         """book() of every instrument with a book, at one instant (delisted ones left out)."""
         def read():
             return {n: (dict(b.bids), dict(b.asks), b.change_id) for n, b in self._books.items()
                     if n not in self._delisted}
-        if self._loop is None:
-            return read()
-        done, box = threading.Event(), []
-        self._loop.call_soon_threadsafe(lambda: (box.append(read()), done.set()))
-        if not done.wait(10.0):
-            raise RuntimeError("books(): simulator loop did not answer within 10 s")
-        return box[0]
+        return self._call_on_loop(read, "books()")
 
     def book(self, instrument: str) -> tuple[dict[float, float], dict[float, float], int]:
         """(bids, asks, change_id) of the book as last sent (copies, read on the loop thread)."""
         def read():
             b = self._books.get(instrument)
             return (dict(b.bids), dict(b.asks), b.change_id) if b is not None else ({}, {}, 0)
-        if self._loop is None:
-            return read()
-        done, box = threading.Event(), []
-        self._loop.call_soon_threadsafe(lambda: (box.append(read()), done.set()))
-        if not done.wait(10.0):
-            raise RuntimeError("book(): simulator loop did not answer within 10 s")
-        return box[0]
-
-    def wait_for(self, predicate: Callable[[dict], bool], timeout: float) -> bool:
-        """Wait until predicate(counters) holds (re-checked on notable events and every 50 ms)."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while not predicate(dict(self.counters)):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(min(left, 0.05))
-        return True
+        return self._call_on_loop(read, "book()")
 
     def _currency(self, underlying: str) -> _Currency:
         try:
@@ -692,27 +621,12 @@ class Simulator:
         except KeyError:
             raise ValueError(f"underlying {underlying!r}: this simulator runs {', '.join(self._cur)}") from None
 
-    def _t_years(self, expiry_ms: int) -> float:
-        return max((expiry_ms - self._model_ms) / YEAR_MS, 1e-6)
+    _model = _currency
 
-    def _bump(self, key: str, n: int = 1, notify: bool = False) -> None:
-        self.counters[key] += n
-        if notify:
-            with self._cond:
-                self._cond.notify_all()
+    def _models(self):
+        return self._cur.values()
 
     # ------------------------------------------------ market
-
-    def _step(self) -> None:
-        dt_years = self.tick_ms / YEAR_MS
-        for cur in self._cur.values():
-            cur.step(dt_years)
-        self._ticks += 1
-        self.counters["ticks"] = self._ticks
-        if self._fixed_clock:
-            self._model_ms = self._start_ms + int(self._ticks * self.tick_ms)
-        else:
-            self._model_ms = int(time.time() * 1000)
 
     def _reprice_all(self) -> None:
         for cur in self._cur.values():
@@ -765,34 +679,11 @@ class Simulator:
                 "asks": [["new", px, amt] for px, amt in sorted(book.asks.items())]}
 
     def _diff(self, instrument: str, book: _Book) -> tuple[list, list]:
-        bids_t, asks_t = self._target_prices(instrument)
-        out = []
-        for side, target in ((book.bids, bids_t), (book.asks, asks_t)):
-            changes = []
-            tset = set(target)
-            for px in [p for p in side if p not in tset]:
-                del side[px]
-                changes.append(["delete", px, 0.0])
-            for px in target:
-                if px not in side:
-                    amt = self._amount(instrument)
-                    side[px] = amt
-                    changes.append(["new", px, amt])
-            out.append(changes)
-        if not out[0] and not out[1]:
-            # Prices unchanged: someone re-sized a level (the common case on a real book).
-            sides = [s for s in (0, 1) if (book.bids, book.asks)[s]]
-            if sides:
-                s = self._rng.choice(sides)
-                side = (book.bids, book.asks)[s]
-                px = self._rng.choice(list(side))
-                amt = self._amount(instrument)
-                if amt == side[px]:
-                    amt = round(amt + (self._by_option[instrument][0].model.option_min_amount
-                                       if instrument in self._by_option else 10.0), 1)
-                side[px] = amt
-                out[s].append(["change", px, amt])
-        return out[0], out[1]
+        """Move the book to the target prices; the changed levels as [action, price, amount]."""
+        step = self._by_option[instrument][0].model.option_min_amount if instrument in self._by_option else 10.0
+        bids, asks = move_book(book.bids, book.asks, *self._target_prices(instrument),
+                               lambda: self._amount(instrument), lambda amt: round(amt + step, 1), self._rng)
+        return [[a, px, float(amt)] for a, px, amt in bids], [[a, px, float(amt)] for a, px, amt in asks]
 
     def _change_data(self, instrument: str, ts: int) -> Optional[dict]:
         book = self._book_state(instrument)
@@ -958,7 +849,7 @@ class Simulator:
             return [self._error(req_id, -32602, "Invalid params", us_in, {"reason": "params must be an object"})]
         if self._rate_limit_next:
             self._rate_limit_next -= 1
-            conn.rate_limited = True  # Deribit terminates the session after too_many_requests
+            conn.close_after = (1008, "too_many_requests")  # Deribit ends the session after this error
             return [self._error(req_id, 10028, "too_many_requests", us_in)]
         after: list[bytes] = []
         if method == "public/test":
@@ -980,6 +871,7 @@ class Simulator:
             if conn.heartbeat_task is not None:
                 conn.heartbeat_task.cancel()
             conn.heartbeat_task = asyncio.get_running_loop().create_task(self._heartbeats(conn, float(interval)))
+            conn.tasks.append(conn.heartbeat_task)  # cancelled when the session ends
             result = "ok"
         elif method == "public/disable_heartbeat":
             if conn.heartbeat_task is not None:
@@ -1011,19 +903,16 @@ class Simulator:
                 result = [c for c in dict.fromkeys(channels) if self._valid_channel(c)]
                 ts = int(time.time() * 1000)
                 for ch in result:
-                    if ch not in conn.channels:
-                        conn.channels.add(ch)
-                        self._subs.setdefault(ch, set()).add(conn)
-                        self._sub_lists = None
+                    if self._subscribe(conn, ch):
                         after.extend(self._initial_frames(ch, ts))
                 self._bump("subscribed", 0, notify=True)
             else:
                 self.counters["unsubscribe_calls"] += 1
-                result = [c for c in dict.fromkeys(channels) if c in conn.channels]
+                result = [c for c in dict.fromkeys(channels) if c in conn.subs]
                 for ch in result:
                     self._unsubscribe(conn, ch)
         elif method == "public/unsubscribe_all":
-            for ch in list(conn.channels):
+            for ch in list(conn.subs):
                 self._unsubscribe(conn, ch)
             result = "ok"
         else:
@@ -1042,13 +931,7 @@ class Simulator:
         return orjson.dumps({"jsonrpc": "2.0", "id": req_id, "error": err, "usIn": us_in, "usOut": us_out,
                              "usDiff": us_out - us_in, "testnet": False})
 
-    def _unsubscribe(self, conn: _Conn, ch: str) -> None:
-        conn.channels.discard(ch)
-        subs = self._subs.get(ch)
-        if subs is not None:
-            subs.discard(conn)
-            if not subs:
-                del self._subs[ch]
+    def _subscriptions_changed(self) -> None:
         self._sub_lists = None
 
     def _initial_frames(self, ch: str, ts: int) -> list[bytes]:
@@ -1104,21 +987,6 @@ class Simulator:
             self.counters["index_messages"] += 1
         return _notification(ch, data)
 
-    def _deliver(self, ch: str, frame: bytes) -> None:
-        for conn in list(self._subs.get(ch, ())):
-            self._send(conn, frame)
-
-    def _send(self, conn: _Conn, frame: bytes) -> None:
-        if conn.closed:
-            return
-        try:
-            conn.out.put_nowait(frame)
-            self.counters["messages_sent"] += 1
-        except asyncio.QueueFull:
-            # A client that cannot keep up is cut off, never allowed to grow our memory.
-            self._bump("slow_closes", notify=True)
-            self._close(conn, 1008, "slow consumer")
-
     async def _emit(self, n: int) -> None:
         books, tickers, indices = self._channel_lists()
         if not (books or tickers or indices):
@@ -1142,30 +1010,11 @@ class Simulator:
             if j % 500 == 499:
                 await asyncio.sleep(0)  # let requests and heartbeats through during big bursts
 
-    async def _ticker_loop(self) -> None:
-        tick_s = self.tick_ms / 1000.0
-        next_t = time.monotonic()
-        carry = 0.0
-        while True:
-            next_t += tick_s
-            delay = next_t - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            else:
-                await asyncio.sleep(0)
-                if delay < -1.0:  # far behind (a stalled machine): do not burst to catch up
-                    next_t = time.monotonic()
-            while self._schedule and self._schedule[0][0] <= self._ticks:
-                _, kind, inst, params = self._schedule.pop(0)
-                self._inject(kind, inst, dict(params))
-            if self._paused:
-                continue
-            self._step()
-            self._reprice_all()
-            carry += self.rate * tick_s
-            n = int(carry)
-            carry -= n
-            await self._emit(n)
+    def _before_tick(self) -> bool:
+        while self._schedule and self._schedule[0][0] <= self._ticks:
+            _, kind, inst, params = self._schedule.pop(0)
+            self._inject(kind, inst, dict(params))
+        return not self._paused
 
     def _inject(self, kind: str, instrument: Optional[str], params: dict) -> Any:
         if kind == "malformed" and "variant" not in params:
@@ -1178,12 +1027,7 @@ class Simulator:
             if instrument is not None:
                 self._force_message(instrument, "book")
         elif kind == "drop":
-            self._bump("drops_injected", notify=True)
-            for conn in list(self._conns):
-                conn.closed = True
-                transport = getattr(conn.ws, "transport", None)
-                if transport is not None:
-                    transport.abort()  # abrupt, like a network failure: no close handshake
+            self._abort_all()
         elif kind == "rate_limit":
             self._rate_limit_next += 1
         elif kind == "stall":
@@ -1331,12 +1175,6 @@ class Simulator:
 
     # ------------------------------------------------ connections
 
-    def _close(self, conn: _Conn, code: int, reason: str) -> None:
-        if conn.closed:
-            return
-        conn.closed = True
-        asyncio.get_running_loop().create_task(conn.ws.close(code, reason))
-
     async def _heartbeats(self, conn: _Conn, interval_s: float) -> None:
         hb = orjson.dumps({"jsonrpc": "2.0", "method": "heartbeat", "params": {"type": "heartbeat"}})
         test = orjson.dumps({"jsonrpc": "2.0", "method": "heartbeat", "params": {"type": "test_request"}})
@@ -1363,109 +1201,16 @@ class Simulator:
             self._send(conn, test)
             self._bump("test_requests_sent", notify=True)
 
-    async def _writer(self, conn: _Conn) -> None:
-        ws = conn.ws
-        out = conn.out
-        while True:
-            frame = await out.get()
-            stall = conn.stalled_until - time.monotonic()
-            if stall > 0:  # a stalled exchange: the socket stays open, nothing comes out
-                await asyncio.sleep(stall)
-            await ws.send(frame, text=True)
+    def _new_conn(self, ws) -> _Conn:
+        return _Conn(ws, self.conn_queue_max)
 
-    async def _serve_conn(self, ws) -> None:
-        conn = _Conn(ws, self.conn_queue_max)
-        self._conns.add(conn)
-        self.counters["connections_open"] += 1
-        self._bump("connections", notify=True)
-        writer = asyncio.get_running_loop().create_task(self._writer(conn))
-        try:
-            while not conn.closed:
-                raw = await ws.recv(decode=False)
-                frames = self._handle(conn, raw)
-                if conn.rate_limited:  # the error goes out, then the session ends
-                    conn.closed = True
-                    await ws.send(frames[0], text=True)
-                    await ws.close(1008, "too_many_requests")
-                    break
-                for frame in frames:
-                    self._send(conn, frame)
-        except ConnectionClosed:  # a client that left or vanished: clean up below
-            pass
-        except Exception:  # a simulator bug: say so, and end only this session
-            log.exception("simulator session failed")
-        finally:
-            conn.closed = True
-            writer.cancel()
-            if conn.heartbeat_task is not None:
-                conn.heartbeat_task.cancel()
-            for ch in list(conn.channels):
-                self._unsubscribe(conn, ch)
-            self._conns.discard(conn)
-            self.counters["connections_open"] -= 1
-            self._bump("disconnects", 0, notify=True)
+    # ------------------------------------------------ lifecycle (start, stop: SimServer)
 
-    # ------------------------------------------------ lifecycle
+    def _serve_options(self) -> dict:
+        return {"ping_interval": 20, "ping_timeout": 20}
 
-    def start(self, timeout: float = 10.0) -> str:
-        if self._thread is not None:
-            raise RuntimeError("Simulator.start() called twice")
-        self._thread = threading.Thread(target=self._run, name="deribit-sim", daemon=True)
-        self._thread.start()
-        if not self._started.wait(timeout):
-            raise RuntimeError(f"simulator did not start within {timeout}s")
-        if self._start_error is not None:
-            raise RuntimeError(f"simulator failed to start on {self.host}:{self.port}: {self._start_error}")
-        return self.url
-
-    def stop(self, timeout: float = 10.0) -> None:
-        loop = self._loop
-        if loop is not None and self._stopped is not None and not loop.is_closed():
-            try:
-                loop.call_soon_threadsafe(self._stopped.set)
-            except RuntimeError:
-                pass
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def __enter__(self) -> "Simulator":
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._main())
-        except BaseException as exc:  # report start failures to start()
-            self._start_error = exc
-            self._started.set()
-        finally:
-            loop.close()
-
-    async def _main(self) -> None:
-        from websockets.asyncio.server import serve
-
-        self._stopped = asyncio.Event()
-        self._model_ms = self._model_ms if self._fixed_clock else int(time.time() * 1000)
-        server = await serve(self._serve_conn, self.host, self.port, compression=None,
-                             max_size=self.max_message_bytes, ping_interval=20, ping_timeout=20,
-                             write_limit=1 << 22)  # a deep write buffer: bursts of a tick go out at once
-        self._server = server
-        port = server.sockets[0].getsockname()[1]
-        self.port = port
-        self.url = f"ws://{self.host}:{port}/ws/api/v2"
-        self._started.set()
-        ticker = asyncio.get_running_loop().create_task(self._ticker_loop())
-        try:
-            await self._stopped.wait()
-        finally:
-            ticker.cancel()
-            server.close()
-            await server.wait_closed()
+    def _listening(self) -> None:
+        self.url = f"ws://{self.host}:{self.port}/ws/api/v2"
 
     # ------------------------------------------------ offline frames (no socket)
     # For recorded workloads (bench/workload.py) and replay files: the same frames a
@@ -1537,14 +1282,9 @@ def _notification(channel: str, data: dict) -> bytes:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """`volgraph sim`: run the simulator until interrupted; prints its URL."""
     p = argparse.ArgumentParser(prog="volgraph sim", description="Run a local Deribit-like exchange simulator.")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0, help="0 = any free port")
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--rate", type=float, default=2000.0, help="messages per second across subscribed channels")
+    add_common_args(p, "messages per second across subscribed channels")
     p.add_argument("--currencies", default="BTC,ETH", help="comma-separated, e.g. BTC,ETH")
-    p.add_argument("--scale", choices=sorted(SCALES), default="small")
-    p.add_argument("--n-expiries", type=int, default=None)
-    p.add_argument("--n-strikes", type=int, default=None)
+    add_size_args(p, SCALES)
     p.add_argument("--min-heartbeat", type=float, default=10.0, help="smallest set_heartbeat interval accepted (s)")
     p.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--faults", default=None,
@@ -1565,18 +1305,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     currencies=[c.strip() for c in args.currencies.split(",") if c.strip()], scale=args.scale,
                     n_expiries=args.n_expiries, n_strikes=args.n_strikes, min_heartbeat_s=args.min_heartbeat,
                     faults=faults)
-    url = sim.start()
     n_opts = sum(len(c.names) for c in sim._cur.values())
-    print(f"volgraph sim: {url}  ({n_opts} options, seed {args.seed}, {args.rate:g} msg/s)", flush=True)
-    done = threading.Event()
-    try:
-        done.wait(args.seconds)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sim.stop()
-        print(f"volgraph sim: stopped; {sim.counters}", flush=True)
-    return 0
+    return serve_until_stopped(sim, args.seconds, lambda url: f"volgraph sim: {url}  ({n_opts} options, seed "
+                               f"{args.seed}, {args.rate:g} msg/s)", "volgraph sim")
 
 
 if __name__ == "__main__":

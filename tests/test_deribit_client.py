@@ -4,18 +4,14 @@ queue overflow. Waits are on queues/conditions with timeouts, never sleeps."""
 
 from __future__ import annotations
 
-import collections
 import math
-import time
 
 import pytest
-from bytewax.dataflow import Dataflow
-import bytewax.operators as op
-from bytewax.testing import TestingSink, run_main
 
 from connectors.deribit import DeribitClient, DeribitSource
 from connectors.simulator import Simulator
 from operators.events import BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument, Ticker
+from tests.connector_helpers import books, check_chains, collect, run_source
 
 
 @pytest.fixture
@@ -33,41 +29,6 @@ def make_client(url, currencies=("BTC",), **kw):
     kw.setdefault("seed", 1)
     kw.setdefault("subscribe_per_s", 1000.0)
     return DeribitClient(url, currencies, **kw)
-
-
-def collect(client, events, until, timeout=20.0, what="condition"):
-    """Drain into `events` until until(events) holds; fail with the counters if it never does."""
-    deadline = time.monotonic() + timeout
-    while True:
-        events.extend(client.drain(5_000, timeout=0.1))
-        if until(events):
-            return events
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; counters {client.counters()}")
-
-
-def books(events):
-    out = collections.defaultdict(list)
-    for e in events:
-        if isinstance(e, BookUpdate):
-            out[e.instrument].append(e)
-    return out
-
-
-def check_chains(events):
-    """Per instrument: a snapshot first, then changes chaining by change_id; after a seq_gap
-    FeedError the next book event is a snapshot."""
-    last: dict[str, int | None] = {}
-    for e in events:
-        if isinstance(e, FeedError) and e.reason == "seq_gap":
-            last[e.instrument] = None
-        elif isinstance(e, BookUpdate):
-            if e.kind == "snapshot":
-                last[e.instrument] = e.seq
-            else:
-                assert last.get(e.instrument) is not None, f"change before snapshot: {e}"
-                assert e.prev_seq == last[e.instrument], f"broken chain: {e}"
-                last[e.instrument] = e.seq
 
 
 def test_discovery_subscription_chains_and_heartbeats(sim):
@@ -242,11 +203,7 @@ def test_source_in_a_dataflow_one_partition_per_currency(sim):
     source = DeribitSource(sim.url, ["BTC", "ETH"], heartbeat_s=0.3, run_seconds=2.5, max_expiries=1,
                            max_strikes=3, reconnect_min_s=0.05, subscribe_per_s=1000.0)
     assert source.list_parts() == ["deribit-BTC", "deribit-ETH"]
-    out: list = []
-    flow = Dataflow("deribit_source_test")
-    op.output("out", op.input("in", flow, source), TestingSink(out))
-    run_main(flow)
-    by_type = collections.Counter(type(e).__name__ for e in out)
+    out, by_type = run_source(source, "deribit_source_test")
     assert by_type["Instrument"] >= 2 * 6 and by_type["BookUpdate"] >= 2 * 6
     underlyings = {e.underlying for e in out if isinstance(e, Instrument)}
     assert underlyings == {"BTC", "ETH"}

@@ -7,7 +7,6 @@ import calendar
 import json
 import math
 from datetime import datetime, timezone
-from pathlib import Path
 
 import orjson
 import pytest
@@ -17,9 +16,10 @@ from hypothesis import strategies as st
 from connectors.deribit import (Control, InstrumentNameError, format_instrument_name, instrument_kind,
                                 parse_frame, parse_instrument_name)
 from operators.events import BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument, Ticker
+from tests.connector_helpers import DELETE, json_paths, load_frames
+from tests.connector_helpers import frame_with as _frame_with
 
-FRAMES_FILE = Path(__file__).parent / "frames" / "deribit_real_shapes.jsonl"
-FRAMES = {row["name"]: row["frame"] for row in map(orjson.loads, FRAMES_FILE.read_bytes().splitlines())}
+FRAMES = load_frames("deribit_real_shapes.jsonl")
 TS = 1_733_990_400_999
 DEC27_MS = calendar.timegm((2024, 12, 27, 8, 0, 0)) * 1000
 
@@ -30,18 +30,10 @@ def parse(name: str, **kw) -> list:
 
 def frame_with(name: str, path: tuple, value) -> bytes:
     """A copy of a real-shaped frame with one field replaced (_DELETE removes it)."""
-    frame = orjson.loads(orjson.dumps(FRAMES[name]))
-    node = frame
-    for key in path[:-1]:
-        node = node[key]
-    if value is _DELETE:
-        del node[path[-1]]
-    else:
-        node[path[-1]] = value
-    return json.dumps(frame).encode()  # stdlib json: fuzzed values include ints beyond 64 bits
+    return _frame_with(FRAMES, name, path, value)
 
 
-_DELETE = object()
+_DELETE = DELETE
 
 
 # ---------------------------------------------------------------- instrument names
@@ -339,21 +331,11 @@ def test_fuzz_arbitrary_json_never_raises(value):
     _check_events(parse_frame(json.dumps(value), TS))
 
 
-def _paths(node, prefix=()):
-    yield prefix
-    if isinstance(node, dict):
-        for k, v in node.items():
-            yield from _paths(v, prefix + (k,))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            yield from _paths(v, prefix + (i,))
-
-
 @settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(sorted(FRAMES)), st.data())
 def test_fuzz_mutated_real_frames_never_raise(name, data):
     frame = orjson.loads(orjson.dumps(FRAMES[name]))
-    paths = [p for p in _paths(frame) if p]
+    paths = [p for p in json_paths(frame) if p]
     for _ in range(data.draw(st.integers(1, 3))):
         path = data.draw(st.sampled_from(paths))
         node = frame

@@ -5,20 +5,17 @@ match the simulator's true surface. Waits are on counters/conditions with timeou
 
 from __future__ import annotations
 
-import collections
 import math
-import time
 
-import bytewax.operators as op
 import numpy as np
 import pytest
-from bytewax.dataflow import Dataflow
-from bytewax.testing import TestingSink, run_main
+from bytewax.testing import run_main
 
 from connectors.okx import OkxClient, OkxSource, RestInstrumentsFetcher
 from connectors.okx_sim import OkxSimulator
 from operators.events import (BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument, SmileFit, SurfacePatch,
                               Ticker)
+from tests.connector_helpers import books, check_chains, collect, run_source
 
 
 @pytest.fixture
@@ -35,41 +32,6 @@ def make_client(url, families=("BTC-USD",), **kw):
     kw.setdefault("seed", 1)
     kw.setdefault("connects_per_s", 1000.0)
     return OkxClient(url, families, **kw)
-
-
-def collect(client, events, until, timeout=20.0, what="condition"):
-    """Drain into `events` until until(events) holds; fail with the counters if it never does."""
-    deadline = time.monotonic() + timeout
-    while True:
-        events.extend(client.drain(5_000, timeout=0.1))
-        if until(events):
-            return events
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; counters {client.counters()}")
-
-
-def books(events):
-    out = collections.defaultdict(list)
-    for e in events:
-        if isinstance(e, BookUpdate):
-            out[e.instrument].append(e)
-    return out
-
-
-def check_chains(events):
-    """Per instrument: a snapshot first, then changes chaining prevSeqId → seqId; after a
-    seq_gap FeedError the next book event of that instrument is a snapshot."""
-    last: dict[str, int | None] = {}
-    for e in events:
-        if isinstance(e, FeedError) and e.reason == "seq_gap":
-            last[e.instrument] = None
-        elif isinstance(e, BookUpdate):
-            if e.kind == "snapshot":
-                last[e.instrument] = e.seq
-            else:
-                assert last.get(e.instrument) is not None, f"change before snapshot: {e}"
-                assert e.prev_seq == last[e.instrument], f"broken chain: {e}"
-                last[e.instrument] = e.seq
 
 
 def test_discovery_snapshots_chained_updates_and_summary(sim):
@@ -320,11 +282,7 @@ def test_source_in_a_dataflow_one_partition_per_family(sim):
     source = OkxSource(sim.url, ["BTC-USD", "ETH-USD"], run_seconds=2.5, max_expiries=1, max_strikes=3,
                        reconnect_min_s=0.05, connects_per_s=1000.0)
     assert source.list_parts() == ["okx-BTC-USD", "okx-ETH-USD"]
-    out: list = []
-    flow = Dataflow("okx_source_test")
-    op.output("out", op.input("in", flow, source), TestingSink(out))
-    run_main(flow)
-    by_type = collections.Counter(type(e).__name__ for e in out)
+    out, by_type = run_source(source, "okx_source_test")
     assert by_type["Instrument"] >= 2 * 6 and by_type["BookUpdate"] >= 2 * 6 and by_type["Ticker"] >= 2 * 6
     assert {e.underlying for e in out if isinstance(e, Instrument)} == {"BTC", "ETH"}
     assert all(e.venue == "okx" for e in out)

@@ -8,7 +8,6 @@ import calendar
 import datetime
 import json
 import math
-from pathlib import Path
 
 import orjson
 import pytest
@@ -18,13 +17,14 @@ from hypothesis import strategies as st
 from connectors.okx import (Control, InstIdError, default_rest_url, family_coin, format_inst_id, inst_family,
                             instrument_from_row, instruments_from_rows, parse_frame, parse_inst_id)
 from operators.events import BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument, Ticker
+from tests.connector_helpers import DELETE, json_paths, load_frames
+from tests.connector_helpers import frame_with as _frame_with
 
-FRAMES_FILE = Path(__file__).parent / "frames" / "okx_real_shapes.jsonl"
-FRAMES = {row["name"]: row["frame"] for row in map(orjson.loads, FRAMES_FILE.read_bytes().splitlines())}
+FRAMES = load_frames("okx_real_shapes.jsonl")
 TS = 1_733_990_400_999
 DEC27_MS = calendar.timegm((2024, 12, 27, 8, 0, 0)) * 1000
 OPT = "BTC-USD-241227-100000-C"
-_DELETE = object()
+_DELETE = DELETE
 
 
 def parse(name: str, **kw) -> list:
@@ -33,15 +33,7 @@ def parse(name: str, **kw) -> list:
 
 def frame_with(name: str, path: tuple, value) -> bytes:
     """A copy of a real-shaped frame with one field replaced (_DELETE removes it)."""
-    frame = orjson.loads(orjson.dumps(FRAMES[name]))
-    node = frame
-    for key in path[:-1]:
-        node = node[key]
-    if value is _DELETE:
-        del node[path[-1]]
-    else:
-        node[path[-1]] = value
-    return json.dumps(frame).encode()  # stdlib json: fuzzed values include ints beyond 64 bits
+    return _frame_with(FRAMES, name, path, value)
 
 
 def only(events, cls):
@@ -368,17 +360,7 @@ def test_fuzz_json_never_raise(value):
     check_events(parse_frame(json.dumps(value).encode(), TS))
 
 
-def _paths(node, prefix=()):
-    yield prefix
-    if isinstance(node, dict):
-        for k, v in node.items():
-            yield from _paths(v, prefix + (k,))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            yield from _paths(v, prefix + (i,))
-
-
-MUTABLE = [(name, p) for name, frame in FRAMES.items() for p in _paths(frame) if p]
+MUTABLE = [(name, p) for name, frame in FRAMES.items() for p in json_paths(frame) if p]
 
 
 @settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])

@@ -1,0 +1,96 @@
+"""Shared helpers of the venue connector tests (tests/test_{deribit,okx}_{client,parse}.py):
+reading a client's events until a condition holds, grouping and chain-checking book events,
+and the hand-written real-shape frames with one field changed. Test support only: no fixtures
+with side effects, no sleeps."""
+
+from __future__ import annotations
+
+import collections
+import json
+import time
+from pathlib import Path
+
+import orjson
+
+from operators.events import BookUpdate, FeedError
+
+FRAMES_DIR = Path(__file__).parent / "frames"
+DELETE = object()  # frame_with(..., DELETE) removes the field
+
+
+def collect(client, events, until, timeout=20.0, what="condition"):
+    """Drain into `events` until until(events) holds; fail with the counters if it never does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        events.extend(client.drain(5_000, timeout=0.1))
+        if until(events):
+            return events
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; counters {client.counters()}")
+
+
+def books(events):
+    """BookUpdates per instrument, in order."""
+    out = collections.defaultdict(list)
+    for e in events:
+        if isinstance(e, BookUpdate):
+            out[e.instrument].append(e)
+    return out
+
+
+def check_chains(events):
+    """Per instrument: a snapshot first, then changes chaining prev_seq → seq (Deribit change_id,
+    OKX seqId); after a seq_gap FeedError the next book event of that instrument is a snapshot."""
+    last: dict[str, int | None] = {}
+    for e in events:
+        if isinstance(e, FeedError) and e.reason == "seq_gap":
+            last[e.instrument] = None
+        elif isinstance(e, BookUpdate):
+            if e.kind == "snapshot":
+                last[e.instrument] = e.seq
+            else:
+                assert last.get(e.instrument) is not None, f"change before snapshot: {e}"
+                assert e.prev_seq == last[e.instrument], f"broken chain: {e}"
+                last[e.instrument] = e.seq
+
+
+def run_source(source, flow_id: str) -> tuple[list, collections.Counter]:
+    """Run `source` alone in a bytewax flow until it ends; its events and their count by type."""
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.testing import TestingSink, run_main
+
+    out: list = []
+    flow = Dataflow(flow_id)
+    op.output("out", op.input("in", flow, source), TestingSink(out))
+    run_main(flow)
+    return out, collections.Counter(type(e).__name__ for e in out)
+
+
+def load_frames(file_name: str) -> dict:
+    """tests/frames/<file_name>: JSON lines {"name", "frame"} → {name: frame}."""
+    return {row["name"]: row["frame"] for row in map(orjson.loads, (FRAMES_DIR / file_name).read_bytes().splitlines())}
+
+
+def frame_with(frames: dict, name: str, path: tuple, value) -> bytes:
+    """A copy of a real-shaped frame with one field replaced (DELETE removes it)."""
+    frame = orjson.loads(orjson.dumps(frames[name]))
+    node = frame
+    for key in path[:-1]:
+        node = node[key]
+    if value is DELETE:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    return json.dumps(frame).encode()  # stdlib json: fuzzed values include ints beyond 64 bits
+
+
+def json_paths(node, prefix=()):
+    """Every path (tuple of keys and indices) into a decoded JSON value, the root () first."""
+    yield prefix
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from json_paths(v, prefix + (k,))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from json_paths(v, prefix + (i,))
