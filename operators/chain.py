@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Callable, Iterable, Optional
 
 import numpy as np
@@ -505,7 +504,3 @@ def _opt(x) -> Optional[float]:
 
 def _finite(x) -> float:
     return float(x) if x is not None and math.isfinite(x) else -1.0
-
-
-def epoch_datetime(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000.0, tz=timezone.utc)
