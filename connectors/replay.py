@@ -28,7 +28,10 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from connectors.deribit import Control, parse_frame
+from connectors.deribit import parse_frame
+from operators.events import EVENT_TYPES
+
+_EVENTS = frozenset(EVENT_TYPES.values())
 
 # Discovery responses are large (Deribit's BTC option listing is several MB); the live client
 # allows 64 MiB for them, so a replay of its recording must too.
@@ -225,7 +228,7 @@ class ReplaySource(FixedPartitionedSource):
     speed: "max" emits as fast as the flow accepts; a number paces the frames by their
     recorded ts_recv_ms gaps (1 = real time, 10 = ten times faster).
     parse: the venue parser, called as parse(frame, ts_recv_ms, max_frame_bytes) → events;
-    Control objects (heartbeats, responses) are dropped.
+    Anything that is not an event (either venue's session frames: heartbeats, acks, pongs) is dropped.
     stamp_recv: "recorded" keeps the recorded ts_recv_ms; "wall" stamps the wall clock at
     replay time (latency measured in processing terms).
     run_seconds / max_frames end this run early (an EOF to the flow), per partition; the
@@ -336,10 +339,10 @@ class ReplayPartition(StatefulSourcePartition):
                 break
             n += 1
             events = parse(item[1], now if wall else item[0], max_bytes)
-            if len(events) == 1 and type(events[0]) is not Control:
+            if len(events) == 1 and type(events[0]) in _EVENTS:
                 append(events[0])
-            else:
-                out.extend(ev for ev in events if type(ev) is not Control)
+            else:  # session frames (each venue's Control: heartbeats, acks, pongs) are not events
+                out.extend(ev for ev in events if type(ev) in _EVENTS)
         self.offset += n
         self._awake = None
         if due_ts is not None:
