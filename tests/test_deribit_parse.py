@@ -363,3 +363,39 @@ def test_fuzz_book_level_values(name, idx, side, value):
         _check_events(events)
         if isinstance(events[0], FeedError):
             assert events[0].reason in ("bad_price", "bad_field", "crossed_book", "malformed_json")  # inf → "Infinity"
+
+
+# ---------------------------------------------------------------- the hot path equals the careful one
+
+_book_level = st.tuples(st.sampled_from(["new", "change", "delete", "bogus", 3]),
+                        st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 10**10),
+                                  st.text(max_size=3)),
+                        st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 10**13)))
+
+
+@given(kind=st.sampled_from(["snapshot", "change", "other", None]), change_id=st.integers(0, 2**40),
+       prev=st.one_of(st.none(), st.integers(0, 2**40), st.text(max_size=2)),
+       bids=st.lists(_book_level.map(list), max_size=6), asks=st.lists(_book_level.map(list), max_size=6),
+       name=st.sampled_from(["BTC-27DEC24-100000-C", "", 7]))
+def test_fast_book_path_equals_the_careful_parser(kind, change_id, prev, bids, asks, name):
+    import orjson
+
+    from connectors import deribit
+
+    data = {"type": kind, "timestamp": 1_700_000_000_000, "instrument_name": name, "change_id": change_id,
+            "bids": bids, "asks": asks}
+    if prev is not None:
+        data["prev_change_id"] = prev
+    # orjson writes NaN and ±inf as null, which both paths must refuse
+    frame = orjson.dumps({"jsonrpc": "2.0", "method": "subscription",
+                          "params": {"channel": "book.BTC-27DEC24-100000-C.100ms", "data": data}})
+    fast = deribit._fast_book(orjson.loads(frame), 5)
+    try:
+        careful = deribit._book("book.BTC-27DEC24-100000-C.100ms", orjson.loads(frame)["params"]["data"], 5)
+    except deribit._Bad:
+        careful = None
+    if fast is not None:  # whenever the hot path answers, it answers exactly like the careful one
+        assert fast == careful
+        assert deribit.parse_frame(frame, 5) == fast
+    elif careful is not None:  # a frame the careful parser accepts must not be lost by the hot path
+        assert deribit.parse_frame(frame, 5) == careful
