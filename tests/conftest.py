@@ -31,12 +31,27 @@ def unused_port() -> int:
     return free_port()
 
 
+def private_dir(prefix: str):
+    """A directory of our own, outside pytest's basetemp: pytest deletes all but the newest
+    three basetemps of a user, so another pytest run on the same machine would otherwise
+    remove a live database's files from under this session."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory):
+def pg_server():
     """A real PostgreSQL 16 for the whole session (pgserver; deleted at exit)."""
     from connectors.postgres import embedded_server
 
-    return embedded_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
+    for base in private_dir("volgraph-pg-"):
+        server = embedded_server(base / "data", cleanup_mode="delete")
+        yield server
+        server.cleanup()  # stop it before its directory goes
 
 
 @pytest.fixture(scope="session")

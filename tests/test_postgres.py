@@ -8,6 +8,8 @@ import uuid
 
 import psycopg
 import pytest
+
+from tests.conftest import private_dir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -229,8 +231,11 @@ class Outage:
 
 
 @pytest.fixture(scope="module")
-def outage_server(tmp_path_factory):
-    return pg.embedded_server(tmp_path_factory.mktemp("pg_outage") / "data", cleanup_mode="delete")
+def outage_server():
+    for base in private_dir("volgraph-pg-outage-"):
+        server = pg.embedded_server(base / "data", cleanup_mode="delete")
+        yield server
+        server.cleanup()
 
 
 @pytest.fixture
