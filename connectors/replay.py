@@ -83,25 +83,30 @@ def read_frames(path: Union[str, Path], skip: int = 0) -> Iterator[tuple[int, st
     """Yield (ts_recv_ms, frame) from a recording, after skipping the first `skip` frames
     (skipped lines are not decoded)."""
     path = Path(path)
-    lineno = 0
     # Big decompressed chunks split on newlines: ~5x cheaper per line than GzipFile.readline.
     with gzip.open(path, "rb") as fh:
-        tail = b""
-        while True:
-            chunk = fh.read(_CHUNK_BYTES)
-            if not chunk:
-                break
-            lines = (tail + chunk).split(b"\n")
-            tail = lines.pop()
-            for line in lines:
-                lineno += 1
-                if lineno <= skip or not line.strip():
-                    continue
-                yield _decode_line(line, path, lineno)
-        if tail.strip():
+        yield from frames_in_chunks(iter(lambda: fh.read(_CHUNK_BYTES), b""), path, skip)
+
+
+def frames_in_chunks(chunks: Iterator[bytes], path: Path, skip: int) -> Iterator[tuple[int, str]]:
+    """Recording lines from decompressed chunks cut anywhere; the first `skip` are not decoded."""
+    tail = b""
+    lineno = 0
+    for chunk in chunks:
+        lines = (tail + chunk).split(b"\n")
+        tail = lines.pop()
+        if lineno + len(lines) <= skip:
+            lineno += len(lines)
+            continue
+        for line in lines:
             lineno += 1
-            if lineno > skip:
-                yield _decode_line(tail, path, lineno)
+            if lineno <= skip or not line.strip():
+                continue
+            yield _decode_line(line, path, lineno)
+    if tail.strip():
+        lineno += 1
+        if lineno > skip:
+            yield _decode_line(tail, path, lineno)
 
 
 def count_frames(path: Union[str, Path]) -> int:
@@ -181,29 +186,17 @@ class PrefetchReader:
             self._put(exc)
 
     def _frames(self) -> Iterator[tuple[int, str]]:
-        get, skip, path = self._q.get, self.skip, self.path
-        tail = b""
-        lineno = 0
+        return frames_in_chunks(self._chunks(), self.path, self.skip)
+
+    def _chunks(self) -> Iterator[bytes]:
+        get = self._q.get
         while True:
             item = get()
             if item is _END:
-                break
+                return
             if isinstance(item, BaseException):
                 raise item
-            lines = (tail + item).split(b"\n")
-            tail = lines.pop()
-            if lineno + len(lines) <= skip:
-                lineno += len(lines)
-                continue
-            for line in lines:
-                lineno += 1
-                if lineno <= skip or not line.strip():
-                    continue
-                yield _decode_line(line, path, lineno)
-        if tail.strip():
-            lineno += 1
-            if lineno > skip:
-                yield _decode_line(tail, path, lineno)
+            yield item
 
     def close(self) -> None:
         self._stop.set()
