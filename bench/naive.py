@@ -127,10 +127,11 @@ class NaiveEngine:
         exp.options.append(opt)
         self.options[inst.instrument] = (exp, opt)
 
-    def _book(self, update: BookUpdate) -> None:
+    def _apply_book(self, update: BookUpdate):
+        """The book change alone: (expiry, option) it touched, or None for an unknown name."""
         hit = self.options.get(update.instrument)
         if hit is None:
-            return
+            return None
         exp, opt = hit
         opt.book.apply(update)
         quote = opt.book.quote(update)
@@ -140,6 +141,13 @@ class NaiveEngine:
             opt.level_px = np.array([p for p, _ in quote.bids] + [p for p, _ in quote.asks], float)
             opt.n_bids = len(quote.bids)
         exp.ts_exchange_ms = max(exp.ts_exchange_ms, update.ts_exchange_ms)
+        return hit
+
+    def _book(self, update: BookUpdate) -> None:
+        hit = self._apply_book(update)
+        if hit is None:
+            return
+        exp, opt = hit
         if self._forward(exp):
             self._expiry_ivs(exp)
         else:
@@ -255,18 +263,7 @@ class NaiveEngine:
         if kind is Instrument:
             self._listing(event)
         elif kind is BookUpdate:
-            hit = self.options.get(event.instrument)
-            if hit is None:
-                return
-            exp, opt = hit
-            opt.book.apply(event)
-            quote = opt.book.quote(event)
-            if quote is None or quote.stale:
-                opt.level_px, opt.n_bids = np.zeros(0), 0
-            else:
-                opt.level_px = np.array([p for p, _ in quote.bids] + [p for p, _ in quote.asks], float)
-                opt.n_bids = len(quote.bids)
-            exp.ts_exchange_ms = max(exp.ts_exchange_ms, event.ts_exchange_ms)
+            self._apply_book(event)
         elif kind is Ticker:
             hit = self.options.get(event.instrument)
             if hit is not None and event.underlying_px is not None:
