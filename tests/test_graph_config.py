@@ -18,7 +18,7 @@ def test_defaults_load_with_nodes_in_topological_order():
     assert config.path == str(DEFAULT_PATH)
     assert config.runtime.epoch_ms == 50
     assert config.sources.deribit.url == "wss://www.deribit.com/ws/api/v2"
-    assert config.sources.venues() == ["deribit"]
+    assert config.sources.venues() == ["deribit", "okx"] and config.consolidation.enabled
     assert {n.name for n in config.nodes} >= {"atm_vol", "rr25", "bf25", "rr10", "bf10"}
     assert dict(next(n for n in config.nodes if n.name == "rr10").params) == {"delta": 0.10}
 
