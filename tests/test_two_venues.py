@@ -3,6 +3,7 @@ apart, and a combined surface (venue "all") built from the best fresh quote per 
 with venue attribution."""
 
 import math
+import threading
 
 import numpy as np
 from bytewax.testing import run_main
@@ -20,38 +21,56 @@ PLAN = {"daily": 0, "weekly": 1, "monthly": 1, "quarterly": 1}
 
 
 def test_each_venue_and_the_combined_surface():
+    """Both venues quote; then Deribit stalls (socket open, nothing sent) for longer than
+    venue_stale_ms: the combined surface must switch to OKX's quotes, never average them."""
     deribit = Simulator(seed=11, rate=1500, currencies=("BTC",), scale="small", plan=PLAN, n_strikes=13)
-    # another seed: the two markets move apart a little, so each venue is sometimes the better quote
+    # another seed: the two markets move apart a little, like two real venues
     okx = OkxSimulator(seed=12, rate=1500, families=["BTC-USD"], scale="small", plan=PLAN, n_strikes=13)
     deribit_url, _ = deribit.start(), okx.start()
+    out: list = []
+    stalled = threading.Event()
+
+    def collect(item):
+        out.append(item)
+        # once the combined surface is up, silence Deribit (from another thread: never block the flow)
+        if (not stalled.is_set() and isinstance(item, SurfacePatch) and item.venue == CONSOLIDATED
+                and len(item.expiries) >= 2):
+            stalled.set()
+            threading.Thread(target=deribit.inject, args=("stall",), kwargs={"seconds": 5.0}, daemon=True).start()
+
     try:
         iv.warm_up()
         svi.warm_up()
-        config = load_config(overrides={"sources": {"okx": {"enabled": True}}})
-        sources = [DeribitSource(url=deribit_url, currencies=["BTC"], run_seconds=10.0),
-                   OkxSource(okx.url, ["BTC-USD"], run_seconds=10.0, connects_per_s=1000.0)]
-        out: list = []
-        run_main(build_flow(config, sources, [CallbackSink(out.append)]))
+        config = load_config(overrides={"sources": {"okx": {"enabled": True}},
+                                        "consolidation": {"venue_stale_ms": 1500}})
+        sources = [DeribitSource(url=deribit_url, currencies=["BTC"], run_seconds=12.0),
+                   OkxSource(okx.url, ["BTC-USD"], run_seconds=12.0, connects_per_s=1000.0)]
+        run_main(build_flow(config, sources, [CallbackSink(collect)]))
     finally:
         deribit.stop()
         okx.stop()
+    assert stalled.is_set()
 
     surfaces = {}
+    attributions = []  # (time, set of venues quoted) of every combined view
     for patch in (e for e in out if isinstance(e, SurfacePatch)):
         key = (patch.venue, patch.underlying)
         surfaces[key] = apply_patch(surfaces.get(key), patch)
+        if patch.venue == CONSOLIDATED:
+            for view in patch.expiries:
+                attributions.append(set(view.bid_venue) | set(view.ask_venue))
     assert set(surfaces) == {("deribit", "BTC"), ("okx", "BTC"), (CONSOLIDATED, "BTC")}
     expiries = set(deribit.expiries("BTC")) & set(okx.expiries("BTC"))
     combined = {v.expiry_ms: v for v in surfaces[(CONSOLIDATED, "BTC")].expiries}
     assert expiries <= set(combined)
-
-    venues_used = set()
+    # before the stall Deribit quotes (it wins ties, being listed first); during it only OKX does
+    assert any("deribit" in a for a in attributions)
+    assert any(a == {"okx"} for a in attributions)
     for expiry_ms in expiries:
         view = combined[expiry_ms]
-        # every quote says which venue it came from; both venues contribute somewhere
+        # every quote says which venue it came from
         assert len(view.bid_venue) == len(view.strikes) == len(view.ask_venue)
         assert set(view.bid_venue) | set(view.ask_venue) <= {"deribit", "okx"}
-        venues_used |= set(view.bid_venue) | set(view.ask_venue)
         fit = view.fit
         assert fit.butterfly_ok and fit.venue == CONSOLIDATED
         # the combined smile still sits on the (shared) true surface
@@ -61,4 +80,3 @@ def test_each_venue_and_the_combined_surface():
         true = np.array([deribit.true_vol("BTC", expiry_ms, K, forward=fit.forward) for K in strikes])
         rms = math.sqrt(float(np.mean(((fitted - true) * 100) ** 2)))
         assert rms <= 1.0, (expiry_ms, rms)
-    assert venues_used == {"deribit", "okx"}
