@@ -167,8 +167,11 @@ def run_system(args) -> int:
                                       spill_dir=str(data_dir / "spill")))
             pg_line = dsn if args.pg or config.sinks.postgres.dsn else f"embedded, {data_dir / 'pg'}"
 
+        print("volgraph: warming the numeric kernels (compiled once, cached in the numba cache)…", flush=True)
+        started = time.monotonic()
         iv.warm_up()  # compile numba kernels before the first market data arrives
         svi.warm_up()
+        print(f"volgraph: kernels ready in {time.monotonic() - started:.1f} s", flush=True)
         if replaying:
             sources = [replay_source(args)]
             feeds = f"replay {args.file} ({args.venue}, speed {args.speed})"
