@@ -24,7 +24,6 @@ import bisect
 import datetime as _dt
 import json
 import math
-import platform
 import resource
 import subprocess
 import sys
@@ -35,6 +34,8 @@ from typing import Optional
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from bench.machine import describe_machine  # noqa: E402
 
 RESULT_MARK = "@@bench_engine@@ "
 CLUSTER_ROW = "volgraph_2proc"  # the scale-out row: 2 processes × 1 worker, one currency partition each
@@ -734,19 +735,6 @@ def _child(job: dict) -> dict:
     raise RuntimeError(f"bench child {job['name']} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
 
 
-def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{platform.node()} · {cpu} · {os.cpu_count()} cpus · Python {platform.python_version()} · "
-            f"{platform.system()} {platform.release()}")
-
-
 def _f(v, fmt="{:,.0f}", none="n/a") -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return none
@@ -825,7 +813,7 @@ def summarise(run: dict, args, command: str) -> dict:
     }
     meta = run["meta"]
     return {
-        "machine": _machine(), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": describe_machine(), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": command, "scenario": args.scenario, "seconds": args.seconds, "loadavg": run["loadavg"],
         "workload": {"path": run["path"], "frames": meta["frames"], "preamble_frames": meta["preamble_frames"],
                      "options": meta["n_options"], "depth": meta["depth"], "kinds": meta["kinds"],

@@ -24,7 +24,6 @@ import argparse
 import datetime as _dt
 import math
 import multiprocessing as mp_proc
-import platform
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from bench.machine import describe_machine  # noqa: E402
 
 EPS = 2.0**-52
 CACHE_VERSION = 1
@@ -192,18 +193,6 @@ def _overhead(solve, args, batch, budget_s=0.3):
             return el / calls * 1e6
 
 
-def _machine():
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.node()} · {cpu} · {os.cpu_count()} cpus · Python {platform.python_version()} · {platform.system()} {platform.release()}"
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=1_000_000, help="number of options (default 1,000,000)")
@@ -223,7 +212,7 @@ def main(argv=None):
     import numba
 
     print(f"# bench_iv · {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC")
-    print(f"# machine: {_machine()}")
+    print(f"# machine: {describe_machine()}")
     print(f"# command: {' '.join([Path(sys.executable).name, *sys.argv])}")
     print(f"# pinned to cpu {cpu} (os.sched_setaffinity); NUMBA_NUM_THREADS={os.environ.get('NUMBA_NUM_THREADS')}; "
           f"numba {numba.__version__}, numpy {np.__version__}")

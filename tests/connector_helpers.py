@@ -94,3 +94,18 @@ def json_paths(node, prefix=()):
     elif isinstance(node, list):
         for i, v in enumerate(node):
             yield from json_paths(v, prefix + (i,))
+
+
+def smile_error_pts(view, true_vol):
+    """Fitted minus true vol, in vol points, at the strikes quoted behind an ExpiryView;
+    true_vol(strike, forward) is the simulator's true smile taken against the fit's forward."""
+    import numpy as np
+
+    from operators.svi import total_variance
+
+    fit = view.fit
+    strikes = np.asarray(view.strikes)
+    fitted = np.sqrt(total_variance((fit.a, fit.b, fit.rho, fit.m, fit.sigma), np.log(strikes / fit.forward))
+                     / fit.t_years)
+    true = np.array([true_vol(K, fit.forward) for K in strikes])
+    return (fitted - true) * 100

@@ -24,6 +24,7 @@ from flows.surface import build_flow
 from operators import iv, svi
 from operators.events import SurfacePatch, SurfaceSnapshot, apply_patch, from_dict
 from operators.graph import load_config
+from tests.connector_helpers import smile_error_pts
 
 CURRENCIES = ("BTC", "ETH")
 RUN_SECONDS = 8.0
@@ -117,13 +118,8 @@ def test_simulator_to_gateway_and_postgres(simulator, gateway, pg_db, tmp_path):
         by_expiry = {v.expiry_ms: v for v in snap.expiries}
         assert set(by_expiry) == set(sim.expiries(u)), (u, sorted(by_expiry), sim.expiries(u))
         for expiry_ms, view in by_expiry.items():
-            fit = view.fit
-            strikes = np.asarray(view.strikes)
-            assert len(strikes) >= 6 and fit.butterfly_ok
-            k = np.log(strikes / fit.forward)
-            fitted = np.sqrt(svi.total_variance((fit.a, fit.b, fit.rho, fit.m, fit.sigma), k) / fit.t_years)
-            true = np.array([sim.true_vol(u, expiry_ms, K, forward=fit.forward) for K in strikes])
-            err_pts = (fitted - true) * 100
+            assert len(view.strikes) >= 6 and view.fit.butterfly_ok
+            err_pts = smile_error_pts(view, lambda K, f: sim.true_vol(u, expiry_ms, K, forward=f))
             band_pts = (np.asarray(view.ask_iv, float) - np.asarray(view.bid_iv, float)) * 100
             print(u, expiry_ms, "err", np.round(err_pts, 2).tolist(), "band", np.round(band_pts, 2).tolist())
             rms = math.sqrt(float(np.mean(err_pts ** 2)))

@@ -15,7 +15,7 @@ from connectors.okx import OkxClient, OkxSource, RestInstrumentsFetcher
 from connectors.okx_sim import OkxSimulator
 from operators.events import (BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument, SmileFit, SurfacePatch,
                               Ticker)
-from tests.connector_helpers import books, check_chains, collect, run_source
+from tests.connector_helpers import books, check_chains, collect, run_source, smile_error_pts
 
 
 @pytest.fixture
@@ -325,15 +325,10 @@ def test_flow_fits_match_the_true_surface():
         assert {e for (uu, e) in views if uu == u} == set(s.expiries(u)), u
         for expiry_ms in s.expiries(u):
             view = views[(u, expiry_ms)]
-            fit = view.fit
-            strikes = np.asarray(view.strikes)
-            assert len(strikes) >= 6 and fit.butterfly_ok
-            k = np.log(strikes / fit.forward)
-            fitted = np.sqrt(svi.total_variance((fit.a, fit.b, fit.rho, fit.m, fit.sigma), k) / fit.t_years)
-            true = np.array([s.true_vol(u, expiry_ms, K, forward=fit.forward) for K in strikes])
-            err_pts = (fitted - true) * 100
+            assert len(view.strikes) >= 6 and view.fit.butterfly_ok
+            err_pts = smile_error_pts(view, lambda K, f: s.true_vol(u, expiry_ms, K, forward=f))
             rms = math.sqrt(float(np.mean(err_pts ** 2)))
-            print(u, expiry_ms, len(strikes), f"rms {rms:.3f}", np.round(err_pts, 2).tolist())
+            print(u, expiry_ms, len(view.strikes), f"rms {rms:.3f}", np.round(err_pts, 2).tolist())
             assert rms <= 0.5, (u, expiry_ms, rms, err_pts)
 
 

@@ -16,6 +16,7 @@ from flows.surface import CallbackSink, build_flow
 from operators import iv, svi
 from operators.events import CONSOLIDATED, SurfacePatch, apply_patch
 from operators.graph import load_config
+from tests.connector_helpers import smile_error_pts
 
 PLAN = {"daily": 0, "weekly": 1, "monthly": 1, "quarterly": 1}
 
@@ -74,9 +75,6 @@ def test_each_venue_and_the_combined_surface():
         fit = view.fit
         assert fit.butterfly_ok and fit.venue == CONSOLIDATED
         # the combined smile still sits on the (shared) true surface
-        strikes = np.asarray(view.strikes)
-        k = np.log(strikes / fit.forward)
-        fitted = np.sqrt(svi.total_variance((fit.a, fit.b, fit.rho, fit.m, fit.sigma), k) / fit.t_years)
-        true = np.array([deribit.true_vol("BTC", expiry_ms, K, forward=fit.forward) for K in strikes])
-        rms = math.sqrt(float(np.mean(((fitted - true) * 100) ** 2)))
+        err_pts = smile_error_pts(view, lambda K, f: deribit.true_vol("BTC", expiry_ms, K, forward=f))
+        rms = math.sqrt(float(np.mean(err_pts ** 2)))
         assert rms <= 1.0, (expiry_ms, rms)
