@@ -31,8 +31,9 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
-from typing import Any, Callable, Iterable, Optional
+from typing import Annotated, Any, Callable, Iterable, Literal, Optional
 
+import msgspec
 import orjson
 from websockets.exceptions import WebSocketException
 
@@ -239,67 +240,133 @@ def _levels(raw: Any, side: str, instrument: str, snapshot: bool) -> tuple[tuple
     return tuple(out)
 
 
-def _fast_book(msg: Any, ts_recv_ms: int) -> Optional[list]:
-    """The common frame — a well-formed book notification — in one tight pass (the parser's
-    hot path: ~90 % of the traffic). None means "not that simple": the careful parser then
-    decides, with its precise error for anything malformed, so results are identical."""
-    if type(msg) is not dict or msg.get("method") != "subscription":
+# The hot path (~90 % of the traffic): a well-formed book notification, decoded and checked
+# by msgspec in C in one pass (types, level actions, price and amount ranges), ~5x cheaper than
+# orjson plus checks in Python. Anything it refuses goes to the careful parser below, which
+# gives the precise error, so both paths give identical results (tests/test_deribit_parse.py).
+_Px = Annotated[float, msgspec.Meta(gt=0, lt=MAX_PRICE)]
+_Amt = Annotated[float, msgspec.Meta(ge=0, lt=MAX_AMOUNT)]
+_Action = Literal["new", "change", "delete"]
+
+
+class _BookData(msgspec.Struct):
+    type: Literal["snapshot", "change"]
+    timestamp: int
+    instrument_name: Annotated[str, msgspec.Meta(min_length=1)]
+    change_id: int
+    bids: list[tuple[_Action, _Px, _Amt]]
+    asks: list[tuple[_Action, _Px, _Amt]]
+    prev_change_id: Optional[int] = None
+
+
+class _BookParams(msgspec.Struct):
+    channel: str
+    data: _BookData
+
+
+class _BookFrame(msgspec.Struct):
+    method: Literal["subscription"]
+    params: _BookParams
+
+
+_decode_book = msgspec.json.Decoder(_BookFrame).decode
+_NOT_FAST = (msgspec.ValidationError, msgspec.DecodeError)
+
+
+def _fast_book(raw: bytes | str, ts_recv_ms: int) -> Optional[list]:
+    """[BookUpdate] for a frame the hot path accepts; None sends it to the careful parser."""
+    try:
+        frame = _decode_book(raw)
+    except _NOT_FAST:
         return None
-    params = msg.get("params")
-    if type(params) is not dict:
+    params = frame.params
+    if not params.channel.startswith("book."):
         return None
-    channel = params.get("channel")
-    data = params.get("data")
-    if type(channel) is not str or not channel.startswith("book.") or type(data) is not dict:
-        return None
-    inst = data.get("instrument_name")
-    typ = data.get("type")
-    change_id = data.get("change_id")
-    ts = data.get("timestamp")
-    bids = data.get("bids")
-    asks = data.get("asks")
-    if (type(inst) is not str or not inst or type(change_id) is not int or type(ts) is not int
-            or type(bids) is not list or type(asks) is not list):
-        return None
-    if typ == "change":
-        prev = data.get("prev_change_id")
-        if type(prev) is not int:
-            return None
-        snapshot = False
-    elif typ == "snapshot":
+    d = params.data
+    if d.type == "snapshot":
+        for levels in (d.bids, d.asks):
+            for lvl in levels:
+                if lvl[0] != "new":
+                    return None  # the careful parser names the bad action
+        bids = tuple([(px, amt) for _, px, amt in d.bids])
+        asks = tuple([(px, amt) for _, px, amt in d.asks])
+        if bids and asks:
+            best_bid = max((p for p, q in bids if q > 0), default=None)
+            best_ask = min((p for p, q in asks if q > 0), default=None)
+            if best_bid is not None and best_ask is not None and best_bid >= best_ask:
+                return None  # crossed: the careful path reports it
         prev = None
-        snapshot = True
     else:
+        prev = d.prev_change_id
+        if prev is None:
+            return None
+        bids = tuple([(px, 0.0 if action == "delete" else amt) for action, px, amt in d.bids])
+        asks = tuple([(px, 0.0 if action == "delete" else amt) for action, px, amt in d.asks])
+    return [BookUpdate(VENUE, d.instrument_name, d.timestamp, ts_recv_ms, d.change_id, prev, d.type, bids, asks)]
+
+
+_Price = Optional[Annotated[float, msgspec.Meta(ge=0, lt=MAX_PRICE)]]  # 0 or absent: none
+_Number = Optional[Annotated[float, msgspec.Meta(gt=-MAX_AMOUNT, lt=MAX_AMOUNT)]]
+_PctIv = Optional[Annotated[float, msgspec.Meta(ge=0, lt=MAX_AMOUNT)]]
+
+
+class _TickerData(msgspec.Struct):
+    instrument_name: Annotated[str, msgspec.Meta(min_length=1)]
+    timestamp: int
+    state: str = "open"
+    best_bid_price: _Price = None
+    best_bid_amount: _Number = None
+    best_ask_price: _Price = None
+    best_ask_amount: _Number = None
+    mark_price: _Price = None
+    underlying_price: _Price = None
+    underlying_index: str = ""
+    index_price: _Price = None
+    bid_iv: _PctIv = None
+    ask_iv: _PctIv = None
+    mark_iv: _PctIv = None
+
+
+class _TickerParams(msgspec.Struct):
+    channel: str
+    data: _TickerData
+
+
+class _TickerFrame(msgspec.Struct):
+    method: Literal["subscription"]
+    params: _TickerParams
+
+
+_decode_ticker = msgspec.json.Decoder(_TickerFrame).decode
+
+
+def _fast_ticker(raw: bytes | str, ts_recv_ms: int) -> Optional[list]:
+    """The ticker notification (~10 % of the traffic) the same way; None: the careful parser."""
+    try:
+        frame = _decode_ticker(raw)
+    except _NOT_FAST:
         return None
-    sides = []
-    for raw in (bids, asks):
-        out = []
-        for lvl in raw:
-            if type(lvl) is not list or len(lvl) != 3:
-                return None
-            action, px, amt = lvl
-            tp, ta = type(px), type(amt)
-            if ((tp is not float and tp is not int) or (ta is not float and ta is not int)
-                    or not (0 < px < MAX_PRICE and 0 <= amt < MAX_AMOUNT)):
-                return None
-            if action == "new":
-                out.append((float(px), float(amt)))
-            elif snapshot:
-                return None
-            elif action == "change":
-                out.append((float(px), float(amt)))
-            elif action == "delete":
-                out.append((float(px), 0.0))
-            else:
-                return None
-        sides.append(tuple(out))
-    bids_t, asks_t = sides
-    if snapshot and bids_t and asks_t:
-        best_bid = max((p for p, q in bids_t if q > 0), default=None)
-        best_ask = min((p for p, q in asks_t if q > 0), default=None)
-        if best_bid is not None and best_ask is not None and best_bid >= best_ask:
-            return None  # crossed: the careful path reports it
-    return [BookUpdate(VENUE, inst, ts, ts_recv_ms, change_id, prev, typ, bids_t, asks_t)]
+    if not frame.params.channel.startswith("ticker."):
+        return None
+    d = frame.params.data
+    inst = d.instrument_name
+    try:
+        underlying, expiry_ms, strike, _ = parse_instrument_name(inst)
+    except InstrumentNameError:
+        return None
+    bid, ask = d.best_bid_price or None, d.best_ask_price or None
+    if bid is not None and ask is not None and bid > ask:
+        return None
+    bid_iv, ask_iv, mark_iv = d.bid_iv, d.ask_iv, d.mark_iv
+    tick = Ticker(VENUE, inst, d.timestamp, ts_recv_ms, d.state, bid, d.best_bid_amount or 0.0, ask,
+                  d.best_ask_amount or 0.0, d.mark_price or None, d.underlying_price or None, d.underlying_index,
+                  d.index_price or None,
+                  None if not bid_iv else bid_iv / 100.0,
+                  None if not ask_iv or ask_iv == 500.0 else ask_iv / 100.0,
+                  None if not mark_iv else mark_iv / 100.0)
+    if strike is not None:
+        return [tick]
+    return [tick, FuturePrice(VENUE, inst, underlying, expiry_ms, d.timestamp, ts_recv_ms, bid, ask, tick.mark_px)]
 
 
 def _book(channel: str, data: dict, ts_recv_ms: int) -> list:
@@ -464,13 +531,15 @@ def parse_frame(raw: bytes | str, ts_recv_ms: Optional[int] = None,
 
 def _parse(raw: bytes | str, ts_recv_ms: int, max_bytes: int) -> list:
     check_frame(raw, max_bytes)
+    fast = _fast_book(raw, ts_recv_ms)
+    if fast is None:
+        fast = _fast_ticker(raw, ts_recv_ms)
+    if fast is not None:
+        return fast
     try:
         msg = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise _Bad("malformed_json", f"not JSON: {exc}"[:200]) from None
-    fast = _fast_book(msg, ts_recv_ms)
-    if fast is not None:
-        return fast
     if not isinstance(msg, dict):
         raise _Bad("malformed_json", f"frame must be a JSON object, got {type(msg).__name__}")
     method = msg.get("method")

@@ -31,6 +31,7 @@ from operators.events import (
     SmileFit,
     SurfacePatch,
     SurfaceSnapshot,
+    dumps,
     from_dict,
     from_json,
     to_json,
@@ -171,7 +172,7 @@ SUPPORTED_EVENTS = (SmileFit, SurfacePatch, SurfaceSnapshot)
 
 
 def _json_text(value: Any) -> str:
-    return orjson.dumps(value).decode()
+    return dumps(value).decode()
 
 
 def _fit_row(fit: SmileFit) -> tuple:

@@ -16,7 +16,6 @@ environment: VOLGRAPH_CONFIG, VOLGRAPH_URL, VOLGRAPH_PG_DSN, VOLGRAPH_GATEWAY_UR
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import socket
 import time
@@ -24,6 +23,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable, Optional
 
 import bytewax.operators as op
+import msgspec
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -154,7 +154,7 @@ class _BatchingPartition(StatefulSourcePartition):
                 for key in self.expiries.get((venue, underlying), ()):
                     groups.setdefault(key, []).append(e)
                 if self.consolidate:
-                    out.append(dataclasses.replace(e, venue=CONSOLIDATED))
+                    out.append(msgspec.structs.replace(e, venue=CONSOLIDATED))
                     for key in self.expiries.get((CONSOLIDATED, underlying), ()):
                         groups.setdefault(key, []).append(e)
             out.extend(groups.items())

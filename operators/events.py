@@ -1,7 +1,7 @@
 """Event contracts: every event that crosses a step, a socket or a table (DESIGN.md §3).
 
-Frozen, slotted dataclasses; serialised with orjson as one JSON object with a `type` tag
-and a version field `v`. Pure data: no I/O, no bytewax, no numerics.
+Frozen msgspec Structs (slotted, cheap to build and to pickle); serialised as one JSON
+object with a `type` tag and a version field `v`. Pure data: no I/O, no bytewax, no numerics.
 
 Units are in the names: `*_ms` are UTC epoch milliseconds, prices named `*_px` are in the
 venue's quote unit (coin for Deribit options, USD for futures and indices), IVs are
@@ -11,12 +11,11 @@ exist (an empty book side, an IV the exchange marks as absent) is None, never Na
 
 from __future__ import annotations
 
-import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
+import msgspec
 import orjson
 
 SCHEMA_VERSION = 1
@@ -42,11 +41,15 @@ def surface_key(venue: str, underlying: str) -> str:
     return f"{venue}|{underlying}"
 
 
+class Event(msgspec.Struct, frozen=True):
+    """Base of every event: an immutable msgspec Struct (slotted; built in ~0.1 µs where a
+    frozen dataclass took 1.4 µs, which mattered at 100,000 book updates a second)."""
+
+
 # ---------------------------------------------------------------- market events (sources)
 
 
-@dataclass(frozen=True, slots=True)
-class Instrument:
+class Instrument(Event):
     """A listed instrument, from discovery (`public/get_instruments`)."""
 
     venue: str
@@ -63,8 +66,7 @@ class Instrument:
     v: int = SCHEMA_VERSION
 
 
-@dataclass(frozen=True, slots=True)
-class BookUpdate:
+class BookUpdate(Event):
     """An L2 book snapshot or change. Levels set absolute sizes; size 0 deletes."""
 
     venue: str
@@ -79,8 +81,7 @@ class BookUpdate:
     v: int = SCHEMA_VERSION
 
 
-@dataclass(frozen=True, slots=True)
-class Ticker:
+class Ticker(Event):
     """Top of book plus the exchange's own marks; IVs are decimals, None if absent."""
 
     venue: str
@@ -102,8 +103,7 @@ class Ticker:
     v: int = SCHEMA_VERSION
 
 
-@dataclass(frozen=True, slots=True)
-class IndexPrice:
+class IndexPrice(Event):
     venue: str
     underlying: str  # "BTC" for btc_usd
     ts_exchange_ms: int
@@ -112,8 +112,7 @@ class IndexPrice:
     v: int = SCHEMA_VERSION
 
 
-@dataclass(frozen=True, slots=True)
-class FuturePrice:
+class FuturePrice(Event):
     venue: str
     instrument: str
     underlying: str
@@ -126,8 +125,7 @@ class FuturePrice:
     v: int = SCHEMA_VERSION
 
 
-@dataclass(frozen=True, slots=True)
-class FeedError:
+class FeedError(Event):
     """Bad input, reported instead of raised. `reason` is a short counter label."""
 
     venue: str
@@ -141,8 +139,7 @@ class FeedError:
 # ---------------------------------------------------------------- derived events (steps)
 
 
-@dataclass(frozen=True, slots=True)
-class Quote:
+class Quote(Event):
     """Book state of one option after a book event: top-N levels, coin prices."""
 
     venue: str
@@ -159,8 +156,7 @@ class Quote:
     v: int = SCHEMA_VERSION
 
 
-@dataclass(frozen=True, slots=True)
-class ChainUpdate:
+class ChainUpdate(Event):
     """One expiry's strikes after an epoch: forward and per-strike IVs (decimals)."""
 
     venue: str
@@ -184,8 +180,7 @@ class ChainUpdate:
     v: int = SCHEMA_VERSION
 
 
-@dataclass(frozen=True, slots=True)
-class SmileFit:
+class SmileFit(Event):
     """An SVI fit of one expiry: raw params, quality and arbitrage diagnostics."""
 
     venue: str
@@ -211,8 +206,7 @@ class SmileFit:
     v: int = SCHEMA_VERSION
 
 
-@dataclass(frozen=True, slots=True)
-class ExpiryView:
+class ExpiryView(Event):
     """Everything the dashboard shows for one expiry."""
 
     expiry_ms: int
@@ -222,7 +216,7 @@ class ExpiryView:
     bf25: Optional[float] = None
     rr10: Optional[float] = None
     bf10: Optional[float] = None
-    analytics: dict[str, Optional[float]] = field(default_factory=dict)  # graph.toml nodes
+    analytics: dict[str, Optional[float]] = msgspec.field(default_factory=dict)  # graph.toml nodes
     strikes: tuple[float, ...] = ()  # the quotes behind the fit, for the smile plot
     bid_iv: tuple[Optional[float], ...] = ()
     ask_iv: tuple[Optional[float], ...] = ()
@@ -232,8 +226,7 @@ class ExpiryView:
     v: int = SCHEMA_VERSION
 
 
-@dataclass(frozen=True, slots=True)
-class TenorPoint:
+class TenorPoint(Event):
     """A fixed-tenor point interpolated in total variance at fixed k."""
 
     tenor_days: int
@@ -244,8 +237,7 @@ class TenorPoint:
     v: int = SCHEMA_VERSION
 
 
-@dataclass(frozen=True, slots=True)
-class CalendarCheck:
+class CalendarCheck(Event):
     """w(k, T2) ≥ w(k, T1) on a k-grid for one pair of consecutive expiries."""
 
     expiry_ms_1: int
@@ -255,8 +247,7 @@ class CalendarCheck:
     v: int = SCHEMA_VERSION
 
 
-@dataclass(frozen=True, slots=True)
-class SurfacePatch:
+class SurfacePatch(Event):
     """Changed expiries only; `removed` lists expiries gone (expired or dropped)."""
 
     venue: str
@@ -272,8 +263,7 @@ class SurfacePatch:
     v: int = SCHEMA_VERSION
 
 
-@dataclass(frozen=True, slots=True)
-class SurfaceSnapshot:
+class SurfaceSnapshot(Event):
     """The whole current surface of one underlying, for new clients."""
 
     venue: str
@@ -288,14 +278,13 @@ class SurfaceSnapshot:
     v: int = SCHEMA_VERSION
 
 
-@dataclass(frozen=True, slots=True)
-class StatusReport:
+class StatusReport(Event):
     """Liveness counters a flow worker publishes to the gateway (latest per source wins)."""
 
     source: str  # "worker-0"
     ts_ms: int
     started_ms: int
-    counters: dict[str, float] = field(default_factory=dict)  # messages_in, fits, errors.<reason>, ...
+    counters: dict[str, float] = msgspec.field(default_factory=dict)  # messages_in, fits, errors.<reason>, ...
     v: int = SCHEMA_VERSION
 
 
@@ -337,13 +326,21 @@ class ContractError(ValueError):
     """Bytes that are not a valid event of this schema."""
 
 
+_encode = msgspec.json.Encoder().encode
+
+
+def dumps(value: Any) -> bytes:
+    """JSON of an event, or of any value holding events (tuples, dicts); NaN → null."""
+    return _encode(value)
+
+
 def to_dict(event: Any) -> dict:
     """Plain JSON-ready dict with the `type` tag (nested events untagged)."""
-    return {"type": type(event).__name__, **orjson.loads(orjson.dumps(event))}
+    return {"type": type(event).__name__, **orjson.loads(_encode(event))}
 
 
 def to_json(event: Any) -> bytes:
-    body = orjson.dumps(event)
+    body = _encode(event)
     # Splice the tag in front rather than building a dict: this runs on every sink row.
     return b'{"type":"' + type(event).__name__.encode() + b'",' + body[1:] if body != b"{}" else body
 
@@ -372,7 +369,7 @@ def from_dict(data: dict) -> Any:
 def _build(cls: type, data: dict) -> Any:
     hints = _hints(cls)
     kwargs = {}
-    for f in dataclasses.fields(cls):
+    for f in msgspec.structs.fields(cls):
         if f.name in data:
             kwargs[f.name] = _coerce(hints[f.name], data[f.name], f"{cls.__name__}.{f.name}")
     try:
@@ -409,7 +406,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if origin is dict:
         _, vt = typing.get_args(tp)
         return {str(k): _coerce(vt, v, where) for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and issubclass(tp, Event):
         if not isinstance(value, dict):
             raise ContractError(f"{where} must be an object")
         return _build(tp, value)

@@ -122,7 +122,7 @@ class SurfaceLogic:
 
 
 def _fields(view: ExpiryView) -> dict:
-    return {name: getattr(view, name) for name in view.__dataclass_fields__}
+    return {name: getattr(view, name) for name in view.__struct_fields__}
 
 
 def _opt(x) -> Optional[float]:

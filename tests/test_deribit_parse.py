@@ -367,16 +367,22 @@ def test_fuzz_book_level_values(name, idx, side, value):
 
 # ---------------------------------------------------------------- the hot path equals the careful one
 
-_book_level = st.tuples(st.sampled_from(["new", "change", "delete", "bogus", 3]),
-                        st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 10**10),
-                                  st.text(max_size=3)),
-                        st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 10**13)))
+_odd_level = st.tuples(st.sampled_from(["new", "change", "delete", "bogus", 3]),
+                       st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 10**10),
+                                 st.text(max_size=3)),
+                       st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 10**13)))
+_good_level = st.tuples(st.sampled_from(["new", "change", "delete"]),
+                        st.one_of(st.floats(1e-4, 10.0), st.integers(1, 10**6)),
+                        st.one_of(st.floats(0.0, 1e4), st.integers(0, 10**6)))
+# mostly well-formed levels (the hot path's answers are what the test is about), some odd ones
+_book_level = st.one_of(_good_level, _good_level, _good_level, _odd_level)
 
 
-@given(kind=st.sampled_from(["snapshot", "change", "other", None]), change_id=st.integers(0, 2**40),
-       prev=st.one_of(st.none(), st.integers(0, 2**40), st.text(max_size=2)),
-       bids=st.lists(_book_level.map(list), max_size=6), asks=st.lists(_book_level.map(list), max_size=6),
-       name=st.sampled_from(["BTC-27DEC24-100000-C", "", 7]))
+@settings(max_examples=500, deadline=None)
+@given(kind=st.sampled_from(["snapshot", "change", "change", "change", "other", None]), change_id=st.integers(0, 2**40),
+       prev=st.one_of(st.integers(0, 2**40), st.integers(0, 2**40), st.none(), st.text(max_size=2)),
+       bids=st.lists(_book_level.map(list), max_size=4), asks=st.lists(_book_level.map(list), max_size=4),
+       name=st.sampled_from(["BTC-27DEC24-100000-C", "BTC-27DEC24-100000-C", "", 7]))
 def test_fast_book_path_equals_the_careful_parser(kind, change_id, prev, bids, asks, name):
     import orjson
 
@@ -389,9 +395,43 @@ def test_fast_book_path_equals_the_careful_parser(kind, change_id, prev, bids, a
     # orjson writes NaN and ±inf as null, which both paths must refuse
     frame = orjson.dumps({"jsonrpc": "2.0", "method": "subscription",
                           "params": {"channel": "book.BTC-27DEC24-100000-C.100ms", "data": data}})
-    fast = deribit._fast_book(orjson.loads(frame), 5)
+    fast = deribit._fast_book(frame, 5)
     try:
         careful = deribit._book("book.BTC-27DEC24-100000-C.100ms", orjson.loads(frame)["params"]["data"], 5)
+    except deribit._Bad:
+        careful = None
+    if fast is not None:  # whenever the hot path answers, it answers exactly like the careful one
+        assert fast == careful
+        assert deribit.parse_frame(frame, 5) == fast
+    elif careful is not None:  # a frame the careful parser accepts must not be lost by the hot path
+        assert deribit.parse_frame(frame, 5) == careful
+
+
+_ticker_value = st.one_of(st.none(), st.booleans(), st.floats(allow_nan=True, allow_infinity=True),
+                          st.integers(-5, 10**13), st.sampled_from([0, 0.0, 500, 500.0, 1e9, 1e12]), st.text(max_size=3))
+_TICKER_FIELDS = ("best_bid_price", "best_bid_amount", "best_ask_price", "best_ask_amount", "mark_price",
+                  "underlying_price", "index_price", "bid_iv", "ask_iv", "mark_iv", "state", "underlying_index")
+
+
+@settings(max_examples=500, deadline=None)
+@given(values=st.dictionaries(st.sampled_from(_TICKER_FIELDS), _ticker_value, max_size=len(_TICKER_FIELDS)),
+       prices=st.dictionaries(st.sampled_from(_TICKER_FIELDS[:7]), st.floats(0, 2.0), max_size=7),
+       name=st.sampled_from(["BTC-27DEC24-100000-C", "BTC-27DEC24", "BTC-PERPETUAL", "BTC-99XYZ24-1-C", "", 7]),
+       ts=st.one_of(st.integers(0, 2**53), st.floats(0, 1e13), st.none()),
+       state=st.sampled_from(["open", "closed", 3, None]))
+def test_fast_ticker_path_equals_the_careful_parser(values, prices, name, ts, state):
+    import orjson
+
+    from connectors import deribit
+
+    data = {"instrument_name": name, "timestamp": ts, "stats": {"volume": 1.0}, **prices, **values}
+    if state is not None:
+        data["state"] = state
+    channel = f"ticker.{name}.100ms"
+    frame = orjson.dumps({"jsonrpc": "2.0", "method": "subscription", "params": {"channel": channel, "data": data}})
+    fast = deribit._fast_ticker(frame, 5)
+    try:
+        careful = deribit._ticker(channel, orjson.loads(frame)["params"]["data"], 5)
     except deribit._Bad:
         careful = None
     if fast is not None:  # whenever the hot path answers, it answers exactly like the careful one

@@ -5,7 +5,6 @@ origin / token / capacity limits, and the dataflow's gateway sink (with healing)
 from __future__ import annotations
 
 import base64
-import dataclasses
 import functools
 import os
 import shutil
@@ -16,6 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import msgspec
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -264,7 +264,7 @@ def test_healthz_status_and_metrics(gateway, surface_factory):
         pub.send(to_json(StatusReport(source="worker-1", ts_ms=2, started_ms=0, counters={"messages_in": 34.0})), text=True)
         unfitted = f.view(f.expiry(5), 7, fit=f.fit(f.expiry(5), 7, n_quotes=0))
         patch = f.patch(7, changed=[0, 1])
-        patch = dataclasses.replace(patch, expiries=patch.expiries + (unfitted,))
+        patch = msgspec.structs.replace(patch, expiries=patch.expiries + (unfitted,))
         pub.send(to_json(patch), text=True)
         pub.send(b"not json", text=True)
         pub.send(b'{"type":"SurfacePatch","venue":"deribit","underlying":"BTC","epoch":"8"}', text=True)

@@ -3,9 +3,9 @@ the surface rebuild, buffering and spilling through a database outage, the bytew
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 
+import msgspec
 import psycopg
 import pytest
 
@@ -148,8 +148,8 @@ def test_latest_surface_is_the_fold_of_written_events(pg_db, surface_factory, op
         else:
             ev = f.patch(epoch, changed=sorted(changed), removed=sorted(removed), index_px=index_px)
             # Arbitrary finite doubles must survive jsonb exactly (the rebuild compares floats).
-            views = tuple(dataclasses.replace(v, atm_vol=atm) for v in ev.expiries)
-            events.append(dataclasses.replace(ev, expiries=views))
+            views = tuple(msgspec.structs.replace(v, atm_vol=atm) for v in ev.expiries)
+            events.append(msgspec.structs.replace(ev, expiries=views))
     with pg.connect(pg_db) as conn:
         pg.migrate(conn)
         for i in range(0, len(events), batch_size):

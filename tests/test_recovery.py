@@ -2,10 +2,10 @@
 rebuilt from them continue exactly where they were — the final surface equals the one of
 an uninterrupted run, and the snapshots hold current state only (no tick history)."""
 
-import dataclasses
 import pickle
 from datetime import timedelta
 
+import msgspec
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSource, run_main
 
@@ -21,8 +21,8 @@ def surfaces(out):
     merged = {}
     for patch in (o for o in out if isinstance(o, SurfacePatch)):
         merged[patch.underlying] = apply_patch(merged.get(patch.underlying), patch)
-    return {u: dataclasses.replace(snap, expiries=tuple(
-        dataclasses.replace(v, fit=dataclasses.replace(v.fit, fit_ms=0.0)) for v in snap.expiries))
+    return {u: msgspec.structs.replace(snap, expiries=tuple(
+        msgspec.structs.replace(v, fit=msgspec.structs.replace(v.fit, fit_ms=0.0)) for v in snap.expiries))
         for u, snap in merged.items()}
 
 

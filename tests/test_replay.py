@@ -246,7 +246,7 @@ def test_wall_stamping_replaces_the_recorded_receive_time(recording):
 
 
 def _fit_key(f: SmileFit) -> tuple:
-    return tuple(getattr(f, name) for name in f.__dataclass_fields__ if name not in ("ts_emit_ms", "fit_ms"))
+    return tuple(getattr(f, name) for name in f.__struct_fields__ if name not in ("ts_emit_ms", "fit_ms"))
 
 
 def test_replay_through_the_flow_gives_fits_and_patches(recording, frames):
