@@ -96,7 +96,9 @@ class SurfaceStep(StatefulBatchLogic):
             self.logic = self.make(SurfaceState(*values[0][0].split("|")))
         self.logic.on_items(item for _, item in values)
         if self._due is None and self.logic.has_work():
-            self._due = (self.logic.now_ms() // self.logic.epoch_ms + 1) * self.logic.epoch_ms
+            # fits come batched by the chain's epoch already: patch them at once rather than
+            # an epoch later (that cost a whole epoch of latency)
+            self._due = self.logic.now_ms()
         return [], StatefulBatchLogic.RETAIN
 
     def on_notify(self):
@@ -124,6 +126,7 @@ def chain_builder(config: Config, now_ms: Callable[[], int]):
                           min_quotes=c.min_quotes, max_rel_spread=c.max_rel_spread, budget=budget, now_ms=now_ms,
                           depth=config.sources.deribit.depth, skip_bp=c.skip_bp, approx_bp=c.approx_bp,
                           taylor2_bp=c.taylor2_bp, change_bp=c.change_bp, fit_change_bp=c.fit_change_bp,
+                          refit_forward_bp=c.refit_forward_bp,
                           audit_every=c.audit_every, venue_stale_ms=config.consolidation.venue_stale_ms)
 
     def build(resume: Optional[ChainState]) -> ChainStep:

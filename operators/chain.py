@@ -107,6 +107,7 @@ class ChainState:
     last_fit_ms: int = 0
     smile_changed: bool = False
     fit_owed_since_ms: int = 0
+    moving_until_ms: int = 0  # a market move lifted the fit interval until then
     # Solve state per slot, in normalised Black space (see operators/small_moves.py):
     # side: the OTM option used (True = call); x0: ln(F/K) at the last exact solve;
     # s0/s1/s2: total std σ√T there and its first/second x-derivatives, [bid, ask];
@@ -148,7 +149,8 @@ class ChainLogic:
     def __init__(self, state: ChainState, *, epoch_ms: int, fit_interval_ms: int, min_quotes: int,
                  max_rel_spread: float, budget: FitBudget, now_ms: Callable[[], int] = now_wall_ms,
                  depth: int = 5, skip_bp: float = 0.25, approx_bp: float = 50.0, taylor2_bp: float = 2.0,
-                 change_bp: float = 0.05, fit_change_bp: float = 0.5, audit_every: int = 0,
+                 change_bp: float = 0.05, fit_change_bp: float = 0.5, refit_forward_bp: float = 20.0,
+                 audit_every: int = 0,
                  venue_stale_ms: int = 5_000):
         self.state = state
         self.key = chain_key(state.venue, state.underlying, state.expiry_ms)
@@ -162,6 +164,7 @@ class ChainLogic:
         self.skip_bp, self.approx_bp, self.taylor2_bp = skip_bp, approx_bp, taylor2_bp
         self.change_bp = change_bp  # a published vol moving less than this is not a change
         self.fit_change_bp = fit_change_bp  # the smile must move this much (max over strikes) to refit
+        self.refit_forward_bp = refit_forward_bp  # a forward jump this large skips the fit interval
         self.audit_every = audit_every  # every N epochs compare published vols to an exact solve
         self.venue_stale_ms = venue_stale_ms
         self.errors: list[FeedError] = []
@@ -330,7 +333,11 @@ class ChainLogic:
             s.fit_owed_since_ms = now
         if flush:
             return self._fit(epoch, ts, now, t)
-        if now - s.last_fit_ms < self.fit_interval_ms:
+        if now >= s.moving_until_ms and self._last_fit_stale(t):
+            # a market move: refit each epoch it keeps changing the smile, for one interval
+            # (its books may arrive over several batches; the first fit sees only some)
+            s.moving_until_ms = now + self.fit_interval_ms
+        if now - s.last_fit_ms < self.fit_interval_ms and now >= s.moving_until_ms:
             return []
         if not self.budget.take(epoch, self.key, s.fit_owed_since_ms):
             self.counters["fits_deferred"] += 1
@@ -347,6 +354,20 @@ class ChainLogic:
         with np.errstate(invalid="ignore"):
             moved = np.nanmax(np.abs(s.s - s.s_at_fit), initial=0.0) / math.sqrt(t) * 1e4
         return bool(moved >= self.fit_change_bp)
+
+    def _last_fit_stale(self, t: float) -> bool:
+        """Is the last fit out of date beyond waiting for the interval: the forward left its
+        by refit_forward_bp, or a quarter of the smile moved by as much (a market move, not
+        one noisy wing quote)?"""
+        s = self.state
+        fit = s.last_fit
+        if fit is None or s.s_at_fit.shape != s.s.shape:
+            return False  # a first fit, or new strikes: the interval rules as usual
+        if abs(math.log(s.forward / fit.forward)) * 1e4 >= self.refit_forward_bp:
+            return True
+        with np.errstate(invalid="ignore"):
+            moved = np.abs(s.s - s.s_at_fit) / math.sqrt(t) * 1e4 >= self.refit_forward_bp
+        return bool(4 * np.count_nonzero(moved) >= np.count_nonzero(np.isfinite(s.s)))
 
     def _audit(self, t: float) -> None:
         """Compare every published vol with an exact solve from the same quotes and forward."""

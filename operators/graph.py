@@ -88,6 +88,7 @@ class Chain:
     fits_per_epoch: int
     max_rel_spread: float
     fit_change_bp: float
+    refit_forward_bp: float
     skip_bp: float
     approx_bp: float
     taylor2_bp: float
@@ -178,6 +179,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "chain.fits_per_epoch": (lambda v: v >= 1, "an integer ≥ 1"),
     "chain.max_rel_spread": (lambda v: v > 0, "a number > 0"),
     "chain.fit_change_bp": (lambda v: v >= 0, "a number ≥ 0"),
+    "chain.refit_forward_bp": (lambda v: v > 0, "a number > 0 (bp of forward move)"),
     "chain.skip_bp": (lambda v: 0 <= v <= 0.5, "a number from 0 to 0.5 (the skipped drift counts twice toward the 1 bp bound)"),
     "chain.approx_bp": (lambda v: v >= 0, "a number ≥ 0"),
     "chain.taylor2_bp": (lambda v: 0 <= v <= 5, "a number from 0 to 5 (larger second-order terms leave third-order errors near 1 bp)"),

@@ -114,6 +114,35 @@ def test_forward_move_resolves_every_strike_of_the_expiry():
     assert fit.forward == pytest.approx(FORWARD * 1.01, rel=1e-4)
 
 
+def test_a_forward_jump_refits_inside_the_fit_interval():
+    """A spot jump (forward 1 % away from the last fit's) refits at the next epoch; a small
+    forward drift with the same quotes re-solved waits for fit_interval_ms."""
+    clock = Clock(T0)
+    chain = logic(clock, fit_interval_ms=1_000, refit_forward_bp=20.0)
+    chain.on_items(quotes() + [Ticker("deribit", "X", T0, T0, underlying_px=FORWARD)])
+    assert chain.on_epoch()
+    clock.ms += 50
+    drift = FORWARD * 1.0005  # 5 bp: below refit_forward_bp
+    chain.on_items(quotes(forward=drift) + [Ticker("deribit", "X", T0, T0, underlying_px=drift)])
+    assert chain.on_epoch() == [] and chain.pending()  # owed, but inside the interval
+    clock.ms += 50
+    jump = FORWARD * 1.01
+    chain.on_items(quotes(forward=jump) + [Ticker("deribit", "X", T0, T0, underlying_px=jump)])
+    (fit, _), = chain.on_epoch()  # 100 ms after the last fit, interval 1,000 ms
+    assert fit.forward == pytest.approx(jump, rel=1e-4)
+    # the move's stragglers (books arriving in later batches) refit for one interval ...
+    clock.ms += 50
+    chain.on_items(quotes(forward=jump, half_spread_vol=0.006) + [Ticker("deribit", "X", T0, T0, underlying_px=jump)])
+    assert len(chain.on_epoch()) == 1
+    # ... then the interval rules again (5 bp moves are no market move)
+    clock.ms += 1_000
+    chain.on_items(quotes(forward=jump, half_spread_vol=0.0055) + [Ticker("deribit", "X", T0, T0, underlying_px=jump)])
+    assert len(chain.on_epoch()) == 1
+    clock.ms += 50
+    chain.on_items(quotes(forward=jump, half_spread_vol=0.005) + [Ticker("deribit", "X", T0, T0, underlying_px=jump)])
+    assert chain.on_epoch() == [] and chain.pending()
+
+
 def test_expired_chain_says_so():
     clock = Clock(EXPIRY)
     assert logic(clock).expired()
