@@ -102,6 +102,7 @@ class ChainState:
     forward: Optional[float] = None
     forward_method: str = ""
     forward_dirty: bool = False
+    solved_forward: Optional[float] = None  # the forward of the last _solve
     ts_exchange_ms: int = 0
     last_fit: Optional[SmileFit] = None
     last_fit_ms: int = 0
@@ -413,11 +414,15 @@ class ChainLogic:
         x = np.log(s.forward / strikes)
         full = np.zeros(n, bool)
         full[list(s.dirty)] = True
-        full |= (side != s.side) | ~np.isfinite(s.x0)
+        # with the forward where it was, a clean slot's published vol stands as it is
+        forward_moved = s.forward != s.solved_forward
+        s.solved_forward = s.forward
+        if forward_moved:
+            full |= (side != s.side) | ~np.isfinite(s.x0)
         old = s.s.copy()
         prices = s.prices_coin(side)
         # every slot not solved now is re-planned from its exact point (x back at x0 gives s0)
-        moved = ~full
+        moved = ~full if forward_moved else np.zeros(n, bool)
         if moved.any():
             sqrt_t = math.sqrt(t)
             dx = x[moved] - s.x0[moved]
