@@ -76,6 +76,7 @@ class ChainState:
     underlying: str
     expiry_ms: int
     strikes: list[float] = field(default_factory=list)
+    strike_arr: np.ndarray = field(default_factory=lambda: np.zeros(0))  # the same, for the kernels
     slot: dict[float, int] = field(default_factory=dict)
     # option instrument → (slot, is_call); its L2 book. A consolidated chain holds the same
     # (strike, type) from several venues: `legs` lists them, and the best fresh quote wins.
@@ -90,10 +91,10 @@ class ChainState:
     put_bid_venue: list[str] = field(default_factory=list)
     put_ask_venue: list[str] = field(default_factory=list)
     # best coin prices per slot; NaN = no quote / stale
-    call_bid: list[float] = field(default_factory=list)
-    call_ask: list[float] = field(default_factory=list)
-    put_bid: list[float] = field(default_factory=list)
-    put_ask: list[float] = field(default_factory=list)
+    call_bid: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    call_ask: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    put_bid: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    put_ask: np.ndarray = field(default_factory=lambda: np.zeros(0))
     dirty: set[int] = field(default_factory=set)
     future_bid: Optional[float] = None
     future_ask: Optional[float] = None
@@ -126,8 +127,9 @@ class ChainState:
         if idx is None:
             idx = self.slot[strike] = len(self.strikes)
             self.strikes.append(strike)
-            for arr in (self.call_bid, self.call_ask, self.put_bid, self.put_ask):
-                arr.append(math.nan)
+            self.strike_arr = np.append(self.strike_arr, strike)
+            self.call_bid, self.call_ask, self.put_bid, self.put_ask = (
+                np.append(a, math.nan) for a in (self.call_bid, self.call_ask, self.put_bid, self.put_ask))
             for arr in (self.call_bid_venue, self.call_ask_venue, self.put_bid_venue, self.put_ask_venue):
                 arr.append("")
             self.side = np.append(self.side, False)
@@ -373,7 +375,7 @@ class ChainLogic:
     def _audit(self, t: float) -> None:
         """Compare every published vol with an exact solve from the same quotes and forward."""
         s = self.state
-        strikes = np.asarray(s.strikes)
+        strikes = s.strike_arr
         side = strikes >= s.forward
         prices = s.prices_coin(side)
         exact = iv.implied_vol_coin(prices.reshape(-1), s.forward, np.concatenate([strikes, strikes]), t,
@@ -389,8 +391,7 @@ class ChainLogic:
     def _update_forward(self) -> None:
         s = self.state
         est = fwd.estimate_forward(
-            np.asarray(s.strikes), np.asarray(s.call_bid), np.asarray(s.call_ask),
-            np.asarray(s.put_bid), np.asarray(s.put_ask),
+            s.strike_arr, s.call_bid, s.call_ask, s.put_bid, s.put_ask,
             future_bid=s.future_bid, future_ask=s.future_ask, underlying_px=s.underlying_px, index_px=s.index_px,
             prices_in_coin=True)
         if est is None or not math.isfinite(est.forward) or est.forward <= 0:
@@ -409,7 +410,7 @@ class ChainLogic:
         """
         s = self.state
         n = len(s.strikes)
-        strikes = np.asarray(s.strikes)
+        strikes = s.strike_arr
         side = strikes >= s.forward
         x = np.log(s.forward / strikes)
         full = np.zeros(n, bool)
@@ -469,7 +470,7 @@ class ChainLogic:
 
     def _fit(self, epoch: int, ts: int, now: int, t: float) -> list:
         s = self.state
-        strikes = np.asarray(s.strikes)
+        strikes = s.strike_arr
         bid_iv, ask_iv = self.published_vols(t)
         two_sided = np.isfinite(bid_iv) & np.isfinite(ask_iv) & (ask_iv >= bid_iv)
         mid = 0.5 * (bid_iv + ask_iv)
