@@ -227,13 +227,15 @@ class ReplaySource(FixedPartitionedSource):
     run_seconds / max_frames end this run early (an EOF to the flow), per partition; the
     resume state is the count of frames consumed, so a restarted flow continues after them.
     prefetch: decompress on a background thread (PrefetchReader) instead of inline.
+    start_wall_ms: paced runs: the wall time (epoch ms) the first frame is due, so partitions
+    in several processes pace against one clock; default: when each partition starts.
     """
 
     def __init__(self, path: Union[str, Path, Sequence[Union[str, Path]]], *, speed: Union[str, float] = "max",
                  parse: Callable[..., list] = parse_frame, batch_max: int = 2000,
                  run_seconds: Optional[float] = None, max_frames: Optional[int] = None,
                  stamp_recv: str = "recorded", max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
-                 prefetch: bool = True):
+                 prefetch: bool = True, start_wall_ms: Optional[float] = None):
         paths = [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]
         if not paths:
             raise ValueError("path=[]: give at least one recording file")
@@ -261,6 +263,7 @@ class ReplaySource(FixedPartitionedSource):
         self.stamp_recv = stamp_recv
         self.max_frame_bytes = max_frame_bytes
         self.prefetch = prefetch
+        self.start_wall_ms = start_wall_ms
 
     def list_parts(self) -> list[str]:
         return [p.name for p in self.paths]
@@ -286,7 +289,9 @@ class ReplayPartition(StatefulSourcePartition):
         self.started_wall_ms: Optional[int] = None
         self.first_ts_ms: Optional[int] = None
         self._awake: Optional[datetime] = None
-        self._deadline_s = (time.monotonic() + source.run_seconds) if source.run_seconds is not None else None
+        # run_seconds counts from the start of pacing (a shared start may lie ahead)
+        ahead_s = max(0.0, (source.start_wall_ms - _wall_ms()) / 1000.0) if source.start_wall_ms else 0.0
+        self._deadline_s = (time.monotonic() + ahead_s + source.run_seconds) if source.run_seconds is not None else None
 
     def _peek(self) -> Optional[tuple[int, str]]:
         if self._next is None and not self._eof:
@@ -305,7 +310,7 @@ class ReplayPartition(StatefulSourcePartition):
             raise StopIteration
         now = _wall_ms()
         if self.started_wall_ms is None:
-            self.started_wall_ms, self.first_ts_ms = now, self._next[0]
+            self.started_wall_ms, self.first_ts_ms = src.start_wall_ms or now, self._next[0]
         limit = src.batch_max
         if src.max_frames is not None:
             limit = min(limit, src.max_frames - (self.offset - self.started_offset))

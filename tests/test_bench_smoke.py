@@ -23,7 +23,7 @@ def test_small_scenario_json_has_every_figure(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     for key in ("machine", "date", "command", "workload", "systems", "shock", "goals", "speedup_vs_naive"):
         assert key in out, key
-    assert set(out["systems"]) == {"volgraph", "volgraph_2proc", "naive", "volgraph_paced"}
+    assert set(out["systems"]) == {"volgraph", "volgraph_2proc", "naive", "volgraph_paced", "volgraph_2proc_paced"}
     w = out["workload"]
     assert w["options"] == {"BTC": 48, "ETH": 48} and w["frames"] > w["preamble_frames"] > 0
     for name, row in out["systems"].items():
@@ -43,6 +43,13 @@ def test_small_scenario_json_has_every_figure(tmp_path, capsys):
     assert sorted(p for parts in two["placement"].values() for p in parts) == sorted(
         Path(x["path"]).name for x in out["split"].values())
     assert set(out["split"]) == {"BTC", "ETH"}
+    # the paced rows measure exchange ts → patch emit (the cluster's processes pace from one start)
+    for name in ("volgraph_paced", "volgraph_2proc_paced"):
+        row = out["systems"][name]
+        assert row["target_msgs_per_s"] == bench_engine.PACED_RATE_MSG_S
+        assert 0 <= row["exchange_latency_p50_ms"] <= row["exchange_latency_p99_ms"] <= row["exchange_latency_max_ms"]
+    assert out["goals"]["paced_p99_ms"]["row"] in ("volgraph_paced", "volgraph_2proc_paced")
+    assert out["goals"]["throughput_msg_s"]["row"] in ("volgraph", "volgraph_2proc")
     assert sum(x["frames"] for x in out["split"].values()) == w["frames"]
     assert all(x["preamble_frames"] > 0 for x in out["split"].values())
     assert "spot move" in out["shock_definition"] and "books" in out["shock_definition"]

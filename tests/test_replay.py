@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from connectors.deribit import Control, parse_frame
 from connectors.replay import (PrefetchReader, ReplayFormatError, ReplaySource, count_frames, read_frames,
                                write_frames)
+from connectors.replay import _wall_ms as replay_wall_ms
 from connectors.simulator import Simulator
 from flows.surface import CallbackSink, build_flow
 from operators.events import BookUpdate, FuturePrice, IndexPrice, Instrument, SmileFit, SurfacePatch, Ticker
@@ -234,6 +235,20 @@ def test_paced_replay_waits_with_next_awake_not_sleep(tmp_path):
     assert wake == datetime.fromtimestamp((part.started_wall_ms + 40_000) / 1000.0, tz=timezone.utc)
     assert part.next_batch() == []  # not due yet: nothing, and the source does not block
     assert part.snapshot() == 1
+
+
+def test_a_shared_start_paces_from_that_wall_time(tmp_path):
+    """Partitions in several processes pace against one clock: nothing is due before the start,
+    the first frame is due at it, and run_seconds counts from it."""
+    path = tmp_path / "shared.jsonl.gz"
+    idx = '{"jsonrpc":"2.0","method":"subscription","params":{"channel":"deribit_price_index.btc_usd",' \
+          '"data":{"index_name":"btc_usd","price":100000.0,"timestamp":%d}}}'
+    write_frames(path, [(START_MS, idx % START_MS)])
+    start = replay_wall_ms() + 60_000
+    part = ReplaySource(path, speed=1.0, start_wall_ms=start, run_seconds=1.0).build_part("in", "shared.jsonl.gz", None)
+    assert part.next_batch() == []  # a minute early: not due, and not past run_seconds either
+    assert part.next_awake() == datetime.fromtimestamp(start / 1000.0, tz=timezone.utc)
+    assert part.snapshot() == 0
 
 
 def test_wall_stamping_replaces_the_recorded_receive_time(recording):
