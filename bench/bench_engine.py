@@ -78,11 +78,9 @@ def _warmup_ms(meta: dict) -> float:
 
 def _warm_kernels() -> None:
     # compile / load numba caches before timing anything, in both systems alike
-    from operators import analytics, iv, svi
+    from operators import chain
 
-    iv.warm_up()
-    svi.warm_up()
-    analytics.warm_up()
+    chain.warm_up()
 
 
 # ============================================================== child: volgraph

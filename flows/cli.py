@@ -117,7 +117,7 @@ def run_system(args) -> int:
     from connectors.gateway_sink import GatewaySink
     from flows.metrics import COUNTERS, STOP
     from flows.surface import build_flow, venue_sources
-    from operators import iv, svi
+    from operators import chain
 
     config = load_config(args.config)
     data_dir = Path(config.runtime.data_dir).resolve()
@@ -169,8 +169,7 @@ def run_system(args) -> int:
 
         print("volgraph: warming the numeric kernels (compiled once, cached in the numba cache)…", flush=True)
         started = time.monotonic()
-        iv.warm_up()  # compile numba kernels before the first market data arrives
-        svi.warm_up()
+        chain.warm_up()  # compile numba kernels before the first market data arrives
         print(f"volgraph: kernels ready in {time.monotonic() - started:.1f} s", flush=True)
         if replaying:
             sources = [replay_source(args)]

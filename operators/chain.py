@@ -27,6 +27,17 @@ from operators.events import (BookUpdate, ChainUpdate, FeedError, FuturePrice, I
 MS_PER_YEAR = 365.0 * 86_400_000.0  # ACT/365, to the millisecond
 
 
+def warm_up() -> None:
+    """Compile (or load from the numba cache) every kernel an epoch runs, before market data:
+    a JIT compile holds the GIL for long (the feed's heartbeats must not wait on it)."""
+    from operators import analytics
+
+    iv.warm_up()
+    small_moves.warm_up()
+    svi.warm_up()
+    analytics.warm_up()
+
+
 def now_wall_ms() -> int:
     return int(time.time() * 1000)
 
@@ -512,10 +523,9 @@ class ChainLogic:
         chain = ChainUpdate(
             venue=s.venue, underlying=s.underlying, expiry_ms=s.expiry_ms, epoch=epoch,
             ts_exchange_ms=ts, ts_emit_ms=now, t_years=t, forward=s.forward,
-            forward_method=s.forward_method, strikes=tuple(float(x) for x in k_strikes),
-            bid_iv=tuple(_opt(x) for x in bid_iv[usable][order]),
-            ask_iv=tuple(_opt(x) for x in ask_iv[usable][order]),
-            mid_iv=tuple(_opt(x) for x in mid[usable][order]),
+            forward_method=s.forward_method, strikes=tuple(k_strikes.tolist()),
+            bid_iv=_opt_tuple(bid_iv[usable][order]), ask_iv=_opt_tuple(ask_iv[usable][order]),
+            mid_iv=_opt_tuple(mid[usable][order]),
             bid_venue=self._venues(s.call_bid_venue, s.put_bid_venue, usable, order),
             ask_venue=self._venues(s.call_ask_venue, s.put_ask_venue, usable, order))
         return [(smile, chain)]
@@ -529,6 +539,11 @@ class ChainLogic:
 
 def _same(a: float, b: float) -> bool:
     return a == b or (a != a and b != b)
+
+
+def _opt_tuple(a: np.ndarray) -> tuple:
+    """Floats, None where not finite: the contract's "a value that does not exist"."""
+    return tuple(np.where(np.isfinite(a), a, None).tolist())
 
 
 def _opt(x) -> Optional[float]:

@@ -21,7 +21,7 @@ from connectors.gateway_sink import GatewaySink
 from connectors.postgres import PostgresSink, connect, latest_surface, migrate
 from connectors.simulator import Simulator
 from flows.surface import build_flow
-from operators import iv, svi
+from operators import chain
 from operators.events import SurfacePatch, SurfaceSnapshot, apply_patch, from_dict
 from operators.graph import load_config
 from tests.connector_helpers import smile_error_pts
@@ -89,8 +89,7 @@ def test_simulator_to_gateway_and_postgres(simulator, gateway, pg_db, tmp_path):
     ws_base = http_url.replace("http://", "ws://").rstrip("/")
     with connect(pg_db) as conn:
         migrate(conn)
-    iv.warm_up()
-    svi.warm_up()
+    chain.warm_up()
 
     client = DashboardClient(f"{ws_base}/ws")
     # an analytic added in graph.toml alone must reach the gateway and PostgreSQL

@@ -299,7 +299,7 @@ def test_flow_fits_match_the_true_surface():
     """OkxSource → flows.surface → SmileFits (venue okx) within 0.5 vol pts RMS of the true smile
     at the quoted strikes, for every simulated expiry of both families."""
     from flows.surface import CallbackSink, build_flow
-    from operators import iv, svi
+    from operators import chain
     from operators.graph import load_config
 
     # No daily: its hours-long T depends on when the test runs and its wings are a tick or two wide.
@@ -307,8 +307,7 @@ def test_flow_fits_match_the_true_surface():
                      plan={"daily": 0, "weekly": 2, "monthly": 1, "quarterly": 1}, n_strikes=15)
     s.start()
     try:
-        iv.warm_up()
-        svi.warm_up()
+        chain.warm_up()
         config = load_config()
         source = OkxSource(s.url, ["BTC-USD", "ETH-USD"], run_seconds=12.0, connects_per_s=1000.0)
         out: list = []

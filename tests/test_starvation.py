@@ -22,7 +22,7 @@ from bytewax.testing import run_main
 from connectors.deribit import DeribitClient, DeribitSource
 from connectors.simulator import Simulator
 from flows.surface import CallbackSink, build_flow
-from operators import iv, svi
+from operators import chain
 from operators.events import SurfacePatch
 from operators.graph import load_config
 from tests import slow_nodes
@@ -66,8 +66,7 @@ def test_saturated_flow_never_starves_heartbeats(tmp_path):
         ms = 120
     """))
     config = load_config(graph)
-    iv.warm_up()  # as `volgraph run` does: JIT compiles hold the GIL for long, before any feed
-    svi.warm_up()
+    chain.warm_up()  # as `volgraph run` does: JIT compiles hold the GIL for long, before any feed
     proc, url = _sim_process()
     stop = threading.Event()
     source = StoppableSource(DeribitSource(url, ["BTC"], heartbeat_s=HEARTBEAT_S, reconnect_min_s=0.05,

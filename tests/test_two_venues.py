@@ -13,7 +13,7 @@ from connectors.okx import OkxSource
 from connectors.okx_sim import OkxSimulator
 from connectors.simulator import Simulator
 from flows.surface import CallbackSink, build_flow
-from operators import iv, svi
+from operators import chain
 from operators.events import CONSOLIDATED, SurfacePatch, apply_patch
 from operators.graph import load_config
 from tests.connector_helpers import smile_error_pts
@@ -40,8 +40,7 @@ def test_each_venue_and_the_combined_surface():
             threading.Thread(target=deribit.inject, args=("stall",), kwargs={"seconds": 5.0}, daemon=True).start()
 
     try:
-        iv.warm_up()
-        svi.warm_up()
+        chain.warm_up()
         config = load_config(overrides={"sources": {"okx": {"enabled": True}},
                                         "consolidation": {"venue_stale_ms": 1500}})
         sources = [DeribitSource(url=deribit_url, currencies=["BTC"], run_seconds=12.0),
