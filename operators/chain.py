@@ -203,10 +203,13 @@ class ChainLogic:
                                                  "book update before the instrument was listed",
                                                  item.ts_recv_ms, name))
                     continue
-                error = books[name].apply(item)
+                book = books[name]
+                top = (book.best_bid, book.best_ask, book.stale)
+                error = book.apply(item)
                 if error is not None:
                     self.errors.append(error)
-                requote(*entry)
+                if (book.best_bid, book.best_ask, book.stale) != top:  # (NaN ≠ NaN: requoted, harmless)
+                    requote(*entry)  # most changes are below the top of the book: nothing to do
                 if item.ts_recv_ms > seen.get(item.venue, 0):
                     seen[item.venue] = item.ts_recv_ms
                 if item.ts_exchange_ms > s.ts_exchange_ms:
