@@ -468,8 +468,8 @@ class ChainLogic:
         sel = np.flatnonzero(full)
         if sel.size:
             k = strikes[sel]
-            vols = iv.implied_vol_coin(prices[:, sel].reshape(-1), s.forward, np.concatenate([k, k]), t,
-                                       np.concatenate([side[sel], side[sel]])).reshape(2, -1)
+            vols = iv.implied_vol_coin_flat(prices[:, sel].reshape(-1), s.forward, np.concatenate([k, k]), t,
+                                            np.concatenate([side[sel], side[sel]])).reshape(2, -1)
             total_std = vols * math.sqrt(t)
             s.side[sel] = side[sel]
             s.x0[sel] = x[sel]

@@ -679,6 +679,19 @@ def implied_vol_coin(price_coin, forward, strike, t_years, is_call):
     return implied_vol(price_usd, forward, strike, t_years, is_call)
 
 
+def implied_vol_coin_flat(price_coin: np.ndarray, forward: float, strike: np.ndarray, t_years: float,
+                          is_call: np.ndarray) -> np.ndarray:
+    """implied_vol_coin for the chain's epoch: 1-d prices and strikes of one length, bool call
+    flags, one forward and T — no broadcasting or flag parsing (that cost more than the solve)."""
+    n = price_coin.shape[0]
+    vol = np.empty(n)
+    status = np.empty(n, np.int8)
+    _iv_kernel(np.ascontiguousarray(price_coin * forward), np.full(n, float(forward)),
+               np.ascontiguousarray(strike, np.float64), np.full(n, float(t_years)),
+               np.ascontiguousarray(is_call, np.bool_), vol, status, _tables())
+    return vol
+
+
 def implied_vol_coin_and_status(price_coin, forward, strike, t_years, is_call):
     price_usd = np.asarray(price_coin, dtype=np.float64) * np.asarray(forward, dtype=np.float64)
     return implied_vol_and_status(price_usd, forward, strike, t_years, is_call)

@@ -480,3 +480,14 @@ def test_extreme_but_valid_inputs_give_codes_not_crashes():
     # the at-the-money ones solve exactly as s/√t with s = √(2π)·β·(1 + O(β²))
     assert int(status[0]) == iv.OK
     assert float(vol[0]) == pytest.approx(math.sqrt(2 * math.pi) * 1e-300 / math.sqrt(1e-300), rel=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(0, 40), forward=st.floats(1.0, 1e6), t=st.floats(1e-4, 5.0), seed=st.integers(0, 2**32 - 1))
+def test_the_chains_flat_call_equals_the_broadcasting_one(n, forward, t, seed):
+    rng = np.random.default_rng(seed)
+    strikes = forward * np.exp(rng.normal(0.0, 0.5, n))
+    prices = rng.uniform(0.0, 0.5, n)
+    calls = rng.random(n) < 0.5
+    flat = iv.implied_vol_coin_flat(prices, forward, strikes, t, calls)
+    np.testing.assert_array_equal(flat, iv.implied_vol_coin(prices, forward, strikes, t, calls))
