@@ -164,8 +164,7 @@ class ChainLogic:
                  max_rel_spread: float, budget: FitBudget, now_ms: Callable[[], int] = now_wall_ms,
                  depth: int = 5, skip_bp: float = 0.25, approx_bp: float = 50.0, taylor2_bp: float = 2.0,
                  change_bp: float = 0.05, fit_change_bp: float = 0.5, refit_forward_bp: float = 20.0,
-                 audit_every: int = 0,
-                 venue_stale_ms: int = 5_000):
+                 audit_every: int = 0, venue_stale_ms: int = 5_000):
         self.state = state
         self.key = chain_key(state.venue, state.underlying, state.expiry_ms)
         self.epoch_ms = epoch_ms
@@ -178,7 +177,7 @@ class ChainLogic:
         self.skip_bp, self.approx_bp, self.taylor2_bp = skip_bp, approx_bp, taylor2_bp
         self.change_bp = change_bp  # a published vol moving less than this is not a change
         self.fit_change_bp = fit_change_bp  # the smile must move this much (max over strikes) to refit
-        self.refit_forward_bp = refit_forward_bp  # a forward jump this large skips the fit interval
+        self.refit_forward_bp = refit_forward_bp  # a market move this large lifts the fit interval
         self.audit_every = audit_every  # every N epochs compare published vols to an exact solve
         self.venue_stale_ms = venue_stale_ms
         self.errors: list[FeedError] = []
@@ -208,8 +207,10 @@ class ChainLogic:
                 error = book.apply(item)
                 if error is not None:
                     self.errors.append(error)
-                if (book.best_bid, book.best_ask, book.stale) != top:  # (NaN ≠ NaN: requoted, harmless)
-                    requote(*entry)  # most changes are below the top of the book: nothing to do
+                # most changes are below the top of the book: nothing to requote (an unchanged
+                # top holds the same float objects, so even an empty side compares equal)
+                if (book.best_bid, book.best_ask, book.stale) != top:
+                    requote(*entry)
                 if item.ts_recv_ms > seen.get(item.venue, 0):
                     seen[item.venue] = item.ts_recv_ms
                 if item.ts_exchange_ms > s.ts_exchange_ms:
@@ -256,10 +257,9 @@ class ChainLogic:
         """Best bid and ask of one (strike, type) across its venues' books; a stale, crossed
         or silent venue is left out, never averaged in."""
         s = self.state
-        names = s.legs[(idx, is_call)]
         bid = ask = math.nan
         bid_venue = ask_venue = ""
-        for name in names:
+        for name in s.legs[(idx, is_call)]:
             book = s.books[name]
             venue = book.instrument.venue
             if book.stale or venue in s.stale_venues:
