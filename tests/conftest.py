@@ -12,10 +12,16 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # the packages are not installed into the venv
     sys.path.insert(0, str(ROOT))
+
+# No per-example deadline: it is a timed assert, and on a fresh clone the first example of a
+# numba kernel includes its compile (0.7 s on this box), which failed CI once.
+settings.register_profile("volgraph", deadline=None)
+settings.load_profile("volgraph")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
