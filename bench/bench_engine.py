@@ -217,7 +217,7 @@ def run_volgraph(job: dict) -> dict:
 
     from connectors.replay import ReplaySource
     from flows.metrics import COUNTERS
-    from flows.surface import CallbackSink, build_flow
+    from flows.surface import CallbackSink, build_flow, tune_gc
     from operators.events import SmileFit, SurfacePatch
     from operators.graph import ConfigError, load_config
 
@@ -262,6 +262,7 @@ def run_volgraph(job: dict) -> dict:
 
         profiler = Profiler(interval=0.001)
         profiler.start()
+    tune_gc()  # as `volgraph run` does
     run_main(flow)
     end_wall, end_cpu = _wall_ms(), time.process_time()
     profile_text = None
@@ -423,7 +424,7 @@ def run_cluster_proc(job: dict) -> dict:
 
     from connectors.replay import ReplaySource
     from flows.metrics import COUNTERS
-    from flows.surface import CallbackSink, build_flow
+    from flows.surface import CallbackSink, build_flow, tune_gc
     from operators.events import SmileFit, SurfacePatch
     from operators.graph import load_config
 
@@ -470,6 +471,7 @@ def run_cluster_proc(job: dict) -> dict:
     flow = build_flow(config, _probe_source(source, probe_for), sinks, now_ms=now_ms,
                       flow_id="bench_volgraph_cluster")
     sampler = _CpuSampler()
+    tune_gc()
     cluster_main(flow, job["addresses"], job["proc_id"], worker_count_per_proc=job.get("workers", 1))
     end_wall = _wall_ms()
     samples = sampler.stop()
@@ -674,6 +676,7 @@ def combine_cluster(job: dict, outs: list[dict]) -> dict:
 def run_naive(job: dict) -> dict:
     from bench.naive import NaiveEngine
     from connectors.replay import ReplaySource
+    from flows.surface import tune_gc
     from operators.graph import load_config
 
     meta = job["meta"]
@@ -699,6 +702,7 @@ def run_naive(job: dict) -> dict:
         for ev in part.next_batch():
             engine.load(ev)
     engine.recompute_all()
+    tune_gc()  # the same runtime as volgraph's
     latencies.clear()
     for key in engine.counters:
         engine.counters[key] = 0

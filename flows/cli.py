@@ -116,7 +116,7 @@ def run_system(args) -> int:
 
     from connectors.gateway_sink import GatewaySink
     from flows.metrics import COUNTERS, STOP
-    from flows.surface import build_flow, venue_sources
+    from flows.surface import build_flow, tune_gc, venue_sources
     from operators import chain
 
     config = load_config(args.config)
@@ -202,6 +202,7 @@ def run_system(args) -> int:
 
         signal.signal(signal.SIGINT, on_interrupt)
         signal.signal(signal.SIGTERM, on_interrupt)
+        tune_gc()
         try:
             run_main(flow)
         finally:

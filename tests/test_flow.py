@@ -96,3 +96,18 @@ def test_a_new_graph_toml_node_appears_in_patches(run_flow, tmp_path):
     assert views and all(v.analytics["rr15"] is not None for v in views)
     # a 15Δ risk reversal sits further in the wings than 25Δ: more negative under put skew
     assert all(v.analytics["rr15"] < v.rr25 < 0 for v in views)
+
+
+def test_tune_gc_freezes_the_built_process_and_collects_young_objects_less_often():
+    import gc
+
+    from flows.surface import tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == (10_000, 20, 20)
+        assert gc.get_freeze_count() > 1000  # modules, config, kernels: out of the collector
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
