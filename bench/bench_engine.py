@@ -110,7 +110,9 @@ class _Probe:
         self.trace_wall: list[float] = []  # every batch: wall time and frames consumed after it
         self.trace_offset: list[int] = []
 
-    def record(self, part, batch: list) -> None:
+    def record(self, part, batch: list, started: float) -> None:
+        """One source batch: `started` is when reading it began — its frames "enter" then, so
+        reading and parsing them count in every latency and in the shock time."""
         now = _wall_ms()
         before, self.offset = self.offset, part.offset
         self.trace_wall.append(now)
@@ -126,7 +128,7 @@ class _Probe:
             first = self.shock["first_frame"]
             last = first + self.shock["n_frames"] - 1
             if self.shock_first_wall is None and before <= first < self.offset:
-                self.shock_first_wall = now
+                self.shock_first_wall = started
             if self.shock_last_wall is None and before <= last < self.offset:
                 self.shock_last_wall = now
             if before <= last and first < self.offset:
@@ -141,7 +143,7 @@ class _Probe:
         if newest:
             if self.batch_max_ts and newest < self.batch_max_ts[-1]:
                 newest = self.batch_max_ts[-1]  # keep it monotone for bisect
-            self.batch_wall.append(now)
+            self.batch_wall.append(started)
             self.batch_max_ts.append(newest)
 
     def entered_wall(self, ts_exchange_ms: int, strictly_after: bool) -> Optional[float]:
@@ -183,13 +185,14 @@ def _probe_source(inner, probe_for):
             self.probe = probe
 
         def next_batch(self):
+            started = _wall_ms()
             try:
                 batch = self.part.next_batch()
             except StopIteration:
                 if self.probe.end_wall is None:
                     self.probe.end_wall = _wall_ms()
                 raise
-            self.probe.record(self.part, batch)
+            self.probe.record(self.part, batch, started)
             return batch
 
         def next_awake(self):
@@ -982,7 +985,7 @@ notes:
   CPU s/M msgs = process CPU time (all threads) over the same window, per million frames;
     msg/CPU-s = frames per CPU second, the throughput one free core would give.
   lat (processing) = wall time from the OLDEST event a patch newly reflects entering the source
-    to the patch reaching the sink, per (patch, expiry): for volgraph the first event whose
+    (when reading its source batch began: reading and parsing count) to the patch reaching the sink, per (patch, expiry): for volgraph the first event whose
     exchange timestamp is later than that expiry's previous fit (an upper bound: it may belong to
     another expiry); for naive the message that triggered the patch (every book change refits).
     "newest" is the same from the newest event the patch reflects (its fit's ts_exchange_ms).
@@ -1005,7 +1008,7 @@ notes:
     sources); msgs and msg/s count both partitions from the moment BOTH are in their live
     stream to the end of the last process; CPU is both processes' over that window; latency
     is against the partition of the patch's underlying; RSS is each process's peak.
-  shock absorbed = from the first shock frame entering until the last BTC expiry's first patch
+  shock absorbed = from the first shock frame entering (reading its source batch began) until the last BTC expiry's first patch
     that reflects all of its shock (fit exchange ts ≥ the shock's, emitted after that expiry's
     last shocked book entered); "all in" = when the last shock frame entered the flow (the source
     is pulled at the flow's pace, so this is ingest + book work for 4,021 frames)."""
