@@ -985,9 +985,10 @@ notes:
   CPU s/M msgs = process CPU time (all threads) over the same window, per million frames;
     msg/CPU-s = frames per CPU second, the throughput one free core would give.
   lat (processing) = wall time from the OLDEST event a patch newly reflects entering the source
-    (when reading its source batch began: reading and parsing count) to the patch reaching the sink, per (patch, expiry): for volgraph the first event whose
-    exchange timestamp is later than that expiry's previous fit (an upper bound: it may belong to
-    another expiry); for naive the message that triggered the patch (every book change refits).
+    (when reading its source batch began: reading and parsing count) to the patch reaching the
+    sink, per (patch, expiry): for volgraph the first event whose exchange timestamp is later
+    than that expiry's previous fit (an upper bound: it may belong to another expiry); for naive
+    the message that triggered the patch (every book change refits).
     "newest" is the same from the newest event the patch reflects (its fit's ts_exchange_ms).
     Max-speed runs replay faster than real time, so exchange timestamps are not wall time there.
   exchange ts → patch emit (paced runs only): SurfacePatch.ts_emit_ms − ts_exchange_ms, i.e. from
