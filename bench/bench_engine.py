@@ -315,20 +315,7 @@ def run_volgraph(job: dict) -> dict:
 
     return {
         "system": job["name"],
-        "messages": live_frames,
-        "events_in": int(counters.get("messages_in", 0)),
-        "seconds": elapsed_s,
-        "msgs_per_s": live_frames / elapsed_s if elapsed_s and elapsed_s > 0 else None,
-        "cpu_s_per_M_msgs": cpu_s / live_frames * 1e6 if live_frames else None,
-        "msgs_per_cpu_s": live_frames / cpu_s if live_frames and cpu_s > 0 else None,
-        "latency_p50_ms": _pct(lat_oldest, 50), "latency_p99_ms": _pct(lat_oldest, 99),
-        "latency_max_ms": _pct(lat_oldest, 100),
-        "newest_latency_p50_ms": _pct(lat_newest, 50), "newest_latency_p99_ms": _pct(lat_newest, 99),
-        "exchange_latency_p50_ms": _pct(lat_exchange, 50), "exchange_latency_p99_ms": _pct(lat_exchange, 99),
-        "exchange_latency_max_ms": _pct(lat_exchange, 100),
-        "iv_solves": int(counters.get("iv_solves", 0)),
-        "iv_full": _opt_int(counters.get("iv_full")), "iv_taylor": _opt_int(counters.get("iv_taylor")),
-        "iv_skipped": _opt_int(counters.get("iv_skipped")),
+        **_flow_figures(live_frames, elapsed_s, cpu_s, lat_oldest, lat_newest, lat_exchange, counters),
         "fits": int(counters.get("fits", fits[0])), "patches": len(patches),
         "max_err_bp": (counters.get("audit_max_err_bp") if audit != "n/a" else "n/a"),
         "audit_every": audit,
@@ -337,6 +324,26 @@ def run_volgraph(job: dict) -> dict:
         "shock": shock_row,
         "profile": profile_text,
         "reached_eof": live_frames + meta["preamble_frames"] >= meta["frames"],
+    }
+
+
+def _flow_figures(messages: int, elapsed_s: float, cpu_s: float, lat_oldest: list, lat_newest: list,
+                  lat_exchange: list, counters: dict) -> dict:
+    """The figures every volgraph row shares (one process or a cluster): rates, CPU, latency
+    percentiles and IV solve counts."""
+    return {
+        "messages": messages, "events_in": int(counters.get("messages_in", 0)), "seconds": elapsed_s,
+        "msgs_per_s": messages / elapsed_s if messages and elapsed_s and elapsed_s > 0 else None,
+        "cpu_s_per_M_msgs": cpu_s / messages * 1e6 if messages else None,
+        "msgs_per_cpu_s": messages / cpu_s if messages and cpu_s > 0 else None,
+        "latency_p50_ms": _pct(lat_oldest, 50), "latency_p99_ms": _pct(lat_oldest, 99),
+        "latency_max_ms": _pct(lat_oldest, 100),
+        "newest_latency_p50_ms": _pct(lat_newest, 50), "newest_latency_p99_ms": _pct(lat_newest, 99),
+        "exchange_latency_p50_ms": _pct(lat_exchange, 50), "exchange_latency_p99_ms": _pct(lat_exchange, 99),
+        "exchange_latency_max_ms": _pct(lat_exchange, 100),
+        "iv_solves": int(counters.get("iv_solves", 0)),
+        "iv_full": _opt_int(counters.get("iv_full")), "iv_taylor": _opt_int(counters.get("iv_taylor")),
+        "iv_skipped": _opt_int(counters.get("iv_skipped")),
     }
 
 
@@ -650,19 +657,8 @@ def combine_cluster(job: dict, outs: list[dict]) -> dict:
     return {
         "system": job["name"], "processes": len(outs), "workers_per_process": job.get("workers", 1),
         "placement": placement,
-        "messages": messages, "events_in": int(counters.get("messages_in", 0)), "seconds": elapsed_s,
-        "msgs_per_s": messages / elapsed_s if messages and elapsed_s > 0 else None,
-        "cpu_s_per_M_msgs": cpu_s / messages * 1e6 if messages else None,
-        "msgs_per_cpu_s": messages / cpu_s if messages and cpu_s > 0 else None,
+        **_flow_figures(messages, elapsed_s, cpu_s, lat_oldest, lat_newest, lat_exchange, counters),
         "cpu_s_per_proc": per_proc_cpu,
-        "latency_p50_ms": _pct(lat_oldest, 50), "latency_p99_ms": _pct(lat_oldest, 99),
-        "latency_max_ms": _pct(lat_oldest, 100),
-        "newest_latency_p50_ms": _pct(lat_newest, 50), "newest_latency_p99_ms": _pct(lat_newest, 99),
-        "exchange_latency_p50_ms": _pct(lat_exchange, 50), "exchange_latency_p99_ms": _pct(lat_exchange, 99),
-        "exchange_latency_max_ms": _pct(lat_exchange, 100),
-        "iv_solves": int(counters.get("iv_solves", 0)),
-        "iv_full": _opt_int(counters.get("iv_full")), "iv_taylor": _opt_int(counters.get("iv_taylor")),
-        "iv_skipped": _opt_int(counters.get("iv_skipped")),
         "fits": int(counters.get("fits", sum(o["fits_seen"] for o in outs))), "patches": len(rows),
         "max_err_bp": counters.get("audit_max_err_bp", "n/a"), "audit_every": AUDIT_EVERY,
         "peak_rss_mb": max(o["peak_rss_mb"] for o in outs),

@@ -643,11 +643,7 @@ def _prepare(price, forward, strike, t_years, is_call):
     if all(a.shape == shape for a in arrs) and all(a.flags.c_contiguous for a in arrs):
         return shape, [a.reshape(-1) for a in arrs]  # fast path: no copies
     shape = np.broadcast_shapes(*(a.shape for a in arrs))
-    size = math.prod(shape)
-    # a scalar (the chain's one forward and T) is filled, not broadcast: ~10x cheaper
-    return shape, [a.reshape(-1) if a.shape == shape and a.flags.c_contiguous
-                   else np.full(size, a[()], a.dtype) if a.ndim == 0
-                   else np.ascontiguousarray(np.broadcast_to(a, shape)).reshape(-1) for a in arrs]
+    return shape, [np.ascontiguousarray(np.broadcast_to(a, shape)).reshape(-1) for a in arrs]
 
 
 def implied_vol_and_status(price, forward, strike, t_years, is_call):
