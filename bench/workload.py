@@ -13,9 +13,10 @@ Scenarios: "seed" (BTC ~4,000 and ETH ~2,000 options, 8 levels a side; a BTC sho
 run of `seconds` at HEADROOM_MSG_S does not reach its end (a recording cannot be looped: the
 books' change ids would go back).
 
-split_by_currency() makes the per-currency files of a workload — the same frames, each file
-with its own discovery preamble, as one live partition per currency would have recorded —
-for the scale-out (2-process) run.
+split_recording() makes the per-partition files of a workload — the same frames, each file
+with its own discovery preamble, as the live source's partitions would have recorded them:
+one per currency, or one per (currency, worker slot) so each process reads only the
+expiries it computes (connectors/placement.py) — for the scale-out (2-process) runs.
 
     .venv/bin/python bench/workload.py --scenario seed          # build (or find) the cache
 
@@ -44,9 +45,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from connectors.deribit import parse_instrument_name  # noqa: E402
+from connectors.deribit import VENUE, parse_instrument_name  # noqa: E402
 from connectors.replay import write_frames  # noqa: E402
 from connectors.simulator import Simulator  # noqa: E402
+from connectors.placement import slot_names, worker_of  # noqa: E402
+from operators.events import chain_key  # noqa: E402
 
 FORMAT_VERSION = 4
 CACHE_DIR = REPO / ".data" / "bench"
@@ -289,93 +292,117 @@ def ensure_workload(spec: WorkloadSpec, name: str = "workload", cache_dir: Path 
 
 
 _CURRENCY_RE = re.compile(rb'"instrument_name\\?":\\?"([A-Z0-9]+)-|"index_name\\?":\\?"([a-z0-9]+)_')
+_NAME_RE = re.compile(rb'"instrument_name\\?":\\?"([A-Za-z0-9_.-]+)')
+_LIST_RE = re.compile(rb'"result\\?":\[')
 
 
-def _frame_currency(line: bytes, lineno: int, path: Path) -> str:
-    """The currency a recorded line belongs to: its (first) instrument's or index's base."""
+def _frame_targets(line: bytes, lineno: int, path: Path, workers: int) -> tuple[str, Optional[int]]:
+    """(currency, worker slot) a recorded line belongs to; slot None: every slot of the currency
+    (instrument lists, index prices, perpetuals: what every partition's connection receives)."""
     m = _CURRENCY_RE.search(line)
     if m is None:
         raise ValueError(f"{path}:{lineno}: cannot tell which currency this frame belongs to (no "
-                         "instrument_name or index_name); split_by_currency needs Deribit option, "
+                         "instrument_name or index_name); split_recording needs Deribit option, "
                          f"future or index frames: {line[:120]!r}")
-    return (m.group(1) or m.group(2)).decode().upper()
+    currency = (m.group(1) or m.group(2)).decode().upper()
+    if workers == 1 or m.group(2) is not None or _LIST_RE.search(line):
+        return currency, None
+    underlying, expiry_ms, _, _ = parse_instrument_name(_NAME_RE.search(line).group(1).decode())
+    if expiry_ms == 0:
+        return currency, None
+    return currency, worker_of(chain_key(VENUE, underlying, expiry_ms), workers)
 
 
-def split_path(path: Path, currency: str) -> Path:
-    return path.with_name(path.name.replace(".jsonl.gz", f".{currency}.jsonl.gz"))
+def split_path(path: Path, part: str) -> Path:
+    return path.with_name(path.name.replace(".jsonl.gz", f".{part}.jsonl.gz"))
 
 
-def split_by_currency(path: Path, meta: dict, quiet: bool = False) -> dict[str, tuple[Path, dict]]:
-    """Per-currency recordings of a workload (cached beside it): {currency: (path, meta)}.
+def split_recording(path: Path, meta: dict, workers: int = 1, quiet: bool = False) -> dict[str, tuple[Path, dict]]:
+    """Per-partition recordings of a workload (cached beside it): {part: (path, meta)}, as the
+    live source's partitions would have recorded them — one per currency, or with `workers`
+    > 1 one per (currency, worker slot) named by connectors.placement.slot_names ("BTC.w0of2"): a
+    slot keeps the options and futures whose chain key bytewax runs on worker k, plus what
+    every connection of that currency receives (instrument lists, index, perpetual), so
+    slot k read on worker k never ships a book event to another process.
 
-    Each keeps the frames of its currency in their order, so it starts with that currency's
-    instrument lists and first frames (its own preamble). Its meta is the workload's, restated
-    for the file: frames, preamble_frames, first_live_ts_ms, last_ts_ms, live_frames,
-    avg_rate_msg_s, n_options, and the shocks of that currency with their frame indices
-    renumbered for the file."""
+    Each keeps its frames in their order, so it starts with its own discovery preamble. Its
+    meta is the workload's restated for the file: frames, preamble_frames, first_live_ts_ms,
+    last_ts_ms, live_frames, avg_rate_msg_s, n_options of its currency, and the shocks of its
+    currency with first_frame, n_frames and expiry_last_frame counted in the file."""
     currencies = list(meta["spec"]["currencies"])
-    out = {c: (split_path(path, c), split_path(path, c).with_name(
-        split_path(path, c).name.replace(".jsonl.gz", ".meta.json"))) for c in currencies}
+    parts = {(c, k): name for c in currencies for k, name in enumerate(slot_names(c, workers))}
+    out = {name: (split_path(path, name), split_path(path, name).with_name(
+        split_path(path, name).name.replace(".jsonl.gz", ".meta.json"))) for name in parts.values()}
     if all(p.exists() and m.exists() for p, m in out.values()):
-        return {c: (p, json.loads(m.read_text())) for c, (p, m) in out.items()}
+        return {name: (p, json.loads(m.read_text())) for name, (p, m) in out.items()}
     started = time.monotonic()
-    wanted: dict[int, list[tuple[dict, str, Optional[str]]]] = {}  # combined index → fields to renumber
-    shocks = {c: [] for c in currencies}
-    for shock in meta["shocks"]:
-        s2 = json.loads(json.dumps(shock))
-        shocks[shock["underlying"]].append(s2)
-        wanted.setdefault(shock["first_frame"], []).append((s2, "first_frame", None))
-        for e, idx in shock.get("expiry_last_frame", {}).items():
-            wanted.setdefault(idx, []).append((s2, "expiry_last_frame", e))
-    counts = {c: 0 for c in currencies}
-    preamble = {c: 0 for c in currencies}
-    first_live = {c: None for c in currencies}
-    last_ts = {c: 0 for c in currencies}
-    tmps = {c: p.with_name(p.name + f".tmp{os.getpid()}") for c, (p, _) in out.items()}
-    writers = {c: gzip.open(tmps[c], "wb", compresslevel=3) for c in currencies}
+    shock_spans = [(s["first_frame"], s["first_frame"] + s["n_frames"], s) for s in meta["shocks"]]
+    expiry_last = {i: (s, e) for s in meta["shocks"] for e, i in s.get("expiry_last_frame", {}).items()}
+    shocks: dict[str, list[dict]] = {name: [] for name in out}
+    counts = dict.fromkeys(out, 0)
+    preamble = dict.fromkeys(out, 0)
+    first_live: dict[str, Optional[int]] = dict.fromkeys(out)
+    last_ts = dict.fromkeys(out, 0)
+    tmps = {name: p.with_name(p.name + f".tmp{os.getpid()}") for name, (p, _) in out.items()}
+    writers = {name: gzip.open(tmps[name], "wb", compresslevel=3) for name in out}
     try:
         with gzip.open(path, "rb") as fh:
             for i, line in enumerate(fh):
                 if not line.strip():
                     continue
-                cur = _frame_currency(line, i + 1, path)
-                if cur not in writers:
+                cur, slot = _frame_targets(line, i + 1, path, workers)
+                if cur not in currencies:
                     raise ValueError(f"{path}:{i + 1}: frame of {cur}, not one of the workload's "
                                      f"currencies {currencies}")
-                writers[cur].write(line)
-                if i in wanted:
-                    for shock, key, expiry in wanted.pop(i):
-                        if expiry is None:
-                            shock[key] = counts[cur]
-                        else:
-                            shock[key][expiry] = counts[cur]
-                if i < meta["preamble_frames"]:
-                    preamble[cur] += 1
-                else:
-                    ts = int(line[line.index(b":") + 1:line.index(b",")])  # {"ts_recv_ms":N,...
-                    if first_live[cur] is None:
-                        first_live[cur] = ts
-                    last_ts[cur] = ts
-                counts[cur] += 1
+                names = [parts[(cur, slot)]] if slot is not None else [parts[(cur, k)] for k in range(workers)]
+                ts = None if i < meta["preamble_frames"] else int(line[line.index(b":") + 1:line.index(b",")])
+                for name in names:
+                    writers[name].write(line)
+                    for lo, hi, shock in shock_spans:
+                        if lo <= i < hi:
+                            mine = _file_shock(shocks[name], shock)
+                            if mine["n_frames"] == 0:
+                                mine["first_frame"] = counts[name]
+                            mine["n_frames"] += 1
+                    if i in expiry_last:
+                        shock, expiry = expiry_last[i]
+                        _file_shock(shocks[name], shock)["expiry_last_frame"][expiry] = counts[name]
+                    if ts is None:
+                        preamble[name] += 1
+                    else:
+                        first_live[name] = first_live[name] or ts
+                        last_ts[name] = ts
+                    counts[name] += 1
     finally:
         for w in writers.values():
             w.close()
     result = {}
-    for c, (p, mpath) in out.items():
-        os.replace(tmps[c], p)
-        live = counts[c] - preamble[c]
-        first = first_live[c] or meta["first_live_ts_ms"]
-        span_s = max((last_ts[c] - first) / 1000.0, 1e-3)
-        m = dict(meta, frames=counts[c], preamble_frames=preamble[c], live_frames=live, first_live_ts_ms=first,
-                 last_ts_ms=last_ts[c], avg_rate_msg_s=live / span_s,
-                 n_options={c: meta["n_options"][c]}, shocks=shocks[c], kinds={}, currency=c,
-                 split_of=path.name)
+    for (cur, slot), name in parts.items():
+        p, mpath = out[name]
+        os.replace(tmps[name], p)
+        first = first_live[name] or meta["first_live_ts_ms"]
+        span_s = max((last_ts[name] - first) / 1000.0, 1e-3)
+        m = dict(meta, frames=counts[name], preamble_frames=preamble[name], live_frames=counts[name] - preamble[name],
+                 first_live_ts_ms=first, last_ts_ms=last_ts[name], avg_rate_msg_s=(counts[name] - preamble[name]) / span_s,
+                 n_options={cur: meta["n_options"][cur]}, shocks=[s for s in shocks[name] if s["n_frames"]],
+                 kinds={}, currency=cur, slot=slot, workers=workers, split_of=path.name)
         mpath.write_text(json.dumps(m, indent=1))
-        result[c] = (p, m)
+        result[name] = (p, m)
     if not quiet:
-        print(f"# split {path.name} per currency in {time.monotonic() - started:.1f} s: "
-              + ", ".join(f"{c} {result[c][1]['frames']:,} frames" for c in currencies), file=sys.stderr, flush=True)
+        print(f"# split {path.name} per partition in {time.monotonic() - started:.1f} s: "
+              + ", ".join(f"{name} {m['frames']:,} frames" for name, (_, m) in result.items()),
+              file=sys.stderr, flush=True)
     return result
+
+
+def _file_shock(file_shocks: list[dict], shock: dict) -> dict:
+    """This file's copy of a workload shock (its frame indices are renumbered per file)."""
+    for s in file_shocks:
+        if s["ts_ms"] == shock["ts_ms"] and s["underlying"] == shock["underlying"]:
+            return s
+    mine = dict(json.loads(json.dumps(shock)), n_frames=0, expiry_last_frame={})
+    file_shocks.append(mine)
+    return mine
 
 
 def main(argv=None) -> int:
@@ -383,7 +410,8 @@ def main(argv=None) -> int:
     p.add_argument("--scenario", choices=sorted(SCENARIOS), default="seed")
     p.add_argument("--messages", type=int, default=None, help="live frames (default: the scenario's)")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--split", action="store_true", help="also write the per-currency files")
+    p.add_argument("--split", action="store_true", help="also write the per-partition files")
+    p.add_argument("--workers", type=int, default=1, help="with --split: one file per currency and worker slot")
     args = p.parse_args(argv)
     spec = workload_for(args.scenario, None, args.messages)
     if args.seed is not None:
@@ -393,7 +421,7 @@ def main(argv=None) -> int:
         print(f"{path}  frames={meta['frames']:,} preamble={meta['preamble_frames']:,} "
               f"rate≈{meta['avg_rate_msg_s']:,.0f}/s options={meta['n_options']} shocks={meta['shocks']}")
         if args.split and name == "workload":
-            for cur, (p2, m2) in split_by_currency(path, meta).items():
+            for cur, (p2, m2) in split_recording(path, meta, args.workers).items():
                 print(f"{p2}  frames={m2['frames']:,} preamble={m2['preamble_frames']:,}")
     return 0
 

@@ -658,7 +658,8 @@ class DeribitClient(VenueClient):
                  refresh_s: float = 300.0, instruments_per_s: float = 0.1, instruments_burst: int = 5,
                  track_instrument_state: bool = True, silence_factor: float = 2.0,
                  fold_max_levels: int = 2_000, clock_ms: Optional[Callable[[], int]] = None,
-                 inline_work: Optional[Callable[[Any], None]] = None, frame_tap: Optional[FrameTap] = None):
+                 inline_work: Optional[Callable[[Any], None]] = None, frame_tap: Optional[FrameTap] = None,
+                 route: Optional[tuple[int, int]] = None):
         if interval not in ("100ms", "agg2", "raw"):
             raise ValueError(f"interval={interval!r}: use '100ms' (unauthenticated), 'agg2' or 'raw'")
         if not heartbeat_s > 0:
@@ -676,7 +677,7 @@ class DeribitClient(VenueClient):
                          include_futures=include_futures, subscribe_batch=subscribe_batch,
                          resync_delay_s=resync_delay_s, reconnect_min_s=reconnect_min_s,
                          reconnect_max_s=reconnect_max_s, open_timeout_s=open_timeout_s, proxy=proxy,
-                         frame_tap=frame_tap)
+                         frame_tap=frame_tap, route=route)
         self.interval = interval
         self.heartbeat_s = heartbeat_s
         self.discovery_max_bytes = max(discovery_max_bytes, max_frame_bytes)
@@ -870,9 +871,10 @@ class DeribitClient(VenueClient):
 
     def _choose(self, listed: dict[str, Instrument], spot: Optional[float]) -> list[Instrument]:
         options = [i for i in listed.values() if i.kind == "option"]
-        chosen = filter_options(options, spot, self.max_expiries, self.max_strikes)
+        chosen = [i for i in filter_options(options, spot, self.max_expiries, self.max_strikes) if self.on_this_worker(i)]
         if self.include_futures:
-            chosen.extend(sorted((i for i in listed.values() if i.kind != "option"), key=lambda i: i.instrument))
+            chosen.extend(sorted((i for i in listed.values() if i.kind != "option" and self.on_this_worker(i)),
+                                 key=lambda i: i.instrument))
         return chosen
 
     async def _spot(self, ws, currency: str) -> Optional[float]:
@@ -1155,7 +1157,8 @@ class DeribitClient(VenueClient):
 
 
 class DeribitSource(ClientSource):
-    """One partition per currency ("deribit-BTC"), each owning its own DeribitClient.
+    """One partition per currency ("deribit-BTC"), each owning its own DeribitClient; on a
+    cluster (route_workers > 1) one per currency and worker slot (see ClientSource).
 
     snapshot() is None: a live source resubscribes after a restart and every book starts again
     from a fresh snapshot. `run_seconds` ends the partition (StopIteration) after that long,
@@ -1167,19 +1170,20 @@ class DeribitSource(ClientSource):
                  interval: str = "100ms", heartbeat_s: float = 10, queue_max: int = 200_000,
                  max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, run_seconds: Optional[float] = None,
                  max_expiries: Optional[int] = None, max_strikes: Optional[int] = None,
-                 batch_max: int = 5_000, idle_ms: float = 5.0, **client_kwargs: Any):
+                 batch_max: int = 5_000, idle_ms: float = 5.0, route_workers: int = 1, **client_kwargs: Any):
         self.url = url
         self.currencies = tuple(c.upper() for c in currencies)
         super().__init__("deribit", self.currencies, queue_max=queue_max, max_frame_bytes=max_frame_bytes,
                          max_expiries=max_expiries, max_strikes=max_strikes, run_seconds=run_seconds,
-                         batch_max=batch_max, idle_ms=idle_ms, client_kwargs=client_kwargs)
+                         batch_max=batch_max, idle_ms=idle_ms, client_kwargs=client_kwargs,
+                         route_workers=route_workers)
         self.depth = depth  # levels kept downstream; the incremental channel always sends full depth
         self.interval = interval
         self.heartbeat_s = heartbeat_s
 
-    def make_client(self, currency: str) -> DeribitClient:
+    def make_client(self, currency: str, slot: int) -> DeribitClient:
         return DeribitClient(self.url, (currency,), interval=self.interval, heartbeat_s=self.heartbeat_s,
-                             **self.client_options())
+                             **self.client_options(slot))
 
 
 DeribitPartition = ClientPartition  # one started DeribitClient, drained in batches

@@ -667,7 +667,7 @@ class OkxClient(VenueClient):
                  subscribe_per_hour: int = 480, connects_per_s: float = 3.0,
                  reconnect_min_s: float = 0.5, reconnect_max_s: float = 30.0, resync_delay_s: float = 0.05,
                  open_timeout_s: float = 10.0, proxy: Any = None, seed: Optional[int] = None,
-                 frame_tap: Optional[FrameTap] = None):
+                 frame_tap: Optional[FrameTap] = None, route: Optional[tuple[int, int]] = None):
         self.families = tuple(families)
         for fam in self.families:
             family_coin(fam)  # raises with the fix
@@ -689,7 +689,7 @@ class OkxClient(VenueClient):
                          max_strikes=max_strikes, include_futures=include_futures, subscribe_batch=subscribe_batch,
                          resync_delay_s=resync_delay_s, reconnect_min_s=reconnect_min_s,
                          reconnect_max_s=reconnect_max_s, open_timeout_s=open_timeout_s, proxy=proxy,
-                         frame_tap=frame_tap)
+                         frame_tap=frame_tap, route=route)
         self.rest_url = rest_url or default_rest_url(url)
         self.fetcher = instruments_fetcher or RestInstrumentsFetcher(self.rest_url)
         self.book_channel = book_channel
@@ -771,7 +771,7 @@ class OkxClient(VenueClient):
                 except Exception:  # centring is best effort; the median strike will do
                     spot = None
             chosen = filter_options(options, spot, self.max_expiries, self.max_strikes)
-            for inst in chosen + futures:
+            for inst in [i for i in chosen + futures if self.on_this_worker(i)]:
                 self.instruments[inst.instrument] = inst
                 self._push(inst)
                 if inst.kind == "option":
@@ -1042,17 +1042,18 @@ class OkxSource(ClientSource):
                  queue_max: int = 200_000, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
                  run_seconds: Optional[float] = None, max_expiries: Optional[int] = None,
                  max_strikes: Optional[int] = None, batch_max: int = 5_000, idle_ms: float = 5.0,
-                 **client_kwargs: Any):
+                 route_workers: int = 1, **client_kwargs: Any):
         self.url = url
         self.families = tuple(families)
         for fam in self.families:
             family_coin(fam)
         super().__init__("okx", self.families, queue_max=queue_max, max_frame_bytes=max_frame_bytes,
                          max_expiries=max_expiries, max_strikes=max_strikes, run_seconds=run_seconds,
-                         batch_max=batch_max, idle_ms=idle_ms, client_kwargs=client_kwargs)
+                         batch_max=batch_max, idle_ms=idle_ms, client_kwargs=client_kwargs,
+                         route_workers=route_workers)
 
-    def make_client(self, family: str) -> OkxClient:
-        return OkxClient(self.url, (family,), **self.client_options())
+    def make_client(self, family: str, slot: int) -> OkxClient:
+        return OkxClient(self.url, (family,), **self.client_options(slot))
 
 
 OkxPartition = ClientPartition  # one started OkxClient, drained in batches

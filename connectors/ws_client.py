@@ -24,7 +24,8 @@ from typing import Any, Callable, Iterable, Optional
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from connectors.folding import DROPPED, OVERFLOW, FoldingQueue
-from operators.events import FeedError, Instrument
+from connectors.placement import slot_names, worker_of
+from operators.events import FeedError, Instrument, chain_key
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,8 @@ class VenueClient:
     def __init__(self, *, url: str, make_queue: Callable[[int], Any], thread_name: str, seed: Optional[int],
                  queue_max: int, max_frame_bytes: int, max_expiries: Optional[int], max_strikes: Optional[int],
                  include_futures: bool, subscribe_batch: int, resync_delay_s: float, reconnect_min_s: float,
-                 reconnect_max_s: float, open_timeout_s: float, proxy: Any, frame_tap: Optional[FrameTap]):
+                 reconnect_max_s: float, open_timeout_s: float, proxy: Any, frame_tap: Optional[FrameTap],
+                 route: Optional[tuple[int, int]] = None):
         if queue_max < 1:
             raise ValueError(f"queue_max={queue_max}: must be >= 1")
         if frame_tap is not None and not callable(frame_tap):
@@ -232,6 +234,9 @@ class VenueClient:
         self.open_timeout_s = open_timeout_s
         self.proxy = proxy
         self.frame_tap = frame_tap
+        if route is not None and not 0 <= route[0] < route[1]:
+            raise ValueError(f"route={route!r}: (worker slot, workers) with 0 <= slot < workers")
+        self.route = route  # read only the expiries whose chain runs on this worker (None: all)
         self._rng = random.Random(seed)
         self._queue = make_queue(queue_max)  # BoundedQueue or LockedFoldingQueue
         self._thread_name = thread_name
@@ -244,6 +249,14 @@ class VenueClient:
         self._stopping = False
         self._ids = itertools.count(1)
         self._stale: set[str] = set()  # books withheld until their next snapshot
+
+    def on_this_worker(self, inst: Instrument) -> bool:
+        """Whether this client reads `inst`: with a route, only options and futures whose chain
+        key bytewax runs on the client's own worker (perpetuals and the index: every slot)."""
+        if self.route is None or inst.expiry_ms == 0:
+            return True
+        slot, workers = self.route
+        return worker_of(chain_key(inst.venue, inst.underlying, inst.expiry_ms), workers) == slot
 
     # -------------------------------------------------- consumer side (any thread)
 
@@ -424,13 +437,23 @@ class ClientPartition(StatefulSourcePartition):
 
 class ClientSource(FixedPartitionedSource):
     """One partition per key ("<prefix>-<key>"), each owning its own client from make_client(key);
-    client_options() are the keyword arguments every venue's client takes from its source."""
+    client_options() are the keyword arguments every venue's client takes from its source.
+
+    route_workers > 1 (the cluster's bytewax workers): one partition per key and worker slot
+    ("deribit-BTC.w0of2", one websocket connection each), slot k reading only the expiries
+    whose chain step runs on worker k, and read there (connectors/placement.py): no book event
+    crosses between processes."""
 
     def __init__(self, prefix: str, keys: Iterable[str], *, queue_max: int, max_frame_bytes: int,
                  max_expiries: Optional[int], max_strikes: Optional[int], run_seconds: Optional[float],
-                 batch_max: int, idle_ms: float, client_kwargs: dict):
+                 batch_max: int, idle_ms: float, client_kwargs: dict, route_workers: int = 1):
+        if route_workers < 1:
+            raise ValueError(f"route_workers={route_workers}: the cluster's worker count (processes × workers), >= 1")
         self._prefix = prefix
         self._part_keys = tuple(keys)
+        self.route_workers = route_workers
+        self._parts = {f"{prefix}-{name}": (key, slot) for key in self._part_keys
+                       for slot, name in enumerate(slot_names(key, route_workers))}
         self.queue_max = queue_max
         self.max_frame_bytes = max_frame_bytes
         self.max_expiries = max_expiries
@@ -440,16 +463,20 @@ class ClientSource(FixedPartitionedSource):
         self.idle_ms = idle_ms
         self.client_kwargs = client_kwargs
 
-    def client_options(self) -> dict:
+    def client_options(self, slot: Optional[int] = None) -> dict:
+        route = (slot, self.route_workers) if slot is not None and self.route_workers > 1 else None
         return dict(queue_max=self.queue_max, max_frame_bytes=self.max_frame_bytes, max_expiries=self.max_expiries,
-                    max_strikes=self.max_strikes, **self.client_kwargs)
+                    max_strikes=self.max_strikes, route=route, **self.client_kwargs)
 
     def list_parts(self) -> list[str]:
-        return [f"{self._prefix}-{k}" for k in self._part_keys]
+        return list(self._parts)
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> ClientPartition:
-        key = for_part.split("-", 1)[1]
-        return ClientPartition(self.make_client(key), self.run_seconds, self.batch_max, self.idle_ms)
+        if for_part not in self._parts:
+            raise ValueError(f"partition {for_part!r} is not one of this source's {sorted(self._parts)}; was the "
+                             "flow resumed with another runtime.workers × runtime.processes or venue list?")
+        key, slot = self._parts[for_part]
+        return ClientPartition(self.make_client(key, slot), self.run_seconds, self.batch_max, self.idle_ms)
 
-    def make_client(self, key: str) -> VenueClient:
+    def make_client(self, key: str, slot: int) -> VenueClient:
         raise NotImplementedError

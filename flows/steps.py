@@ -9,14 +9,29 @@ from typing import Callable, Optional
 from bytewax.operators import StatefulBatchLogic
 
 from flows.metrics import COUNTERS
-from operators.chain import ChainLogic, ChainState, FitBudget
+from operators.chain import ChainLogic, ChainState, FitBudget, now_wall_ms
 from operators.events import split_chain_key
 from operators.graph import Config
 from operators.surface import SurfaceLogic, SurfaceState
 
 
-def _at(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000.0, tz=timezone.utc)
+class FlowClock:
+    """The flow's clock (`now_ms`: the wall clock live, the recording's in a replay, advancing
+    `rate` flow ms per wall ms) and bytewax's: bytewax wakes a step when the SYSTEM clock
+    reaches its notify_at, so a flow-clock due time is handed over as the wall time it falls
+    at. (Handed over as is, a replay's due times — months in the past — woke every step on
+    every activation: no epoch batching at all.)"""
+
+    def __init__(self, now_ms: Callable[[], int], rate: float = 1.0, wall_ms: Callable[[], float] = now_wall_ms):
+        if not rate > 0:
+            raise ValueError(f"clock rate {rate!r}: flow-clock ms per wall ms must be > 0")
+        self.now_ms = now_ms
+        self.rate = rate
+        self.wall_ms = wall_ms  # the system clock bytewax reads (tests pin it)
+
+    def wall_at(self, due_ms: float) -> datetime:
+        wall = self.wall_ms() + (due_ms - self.now_ms()) / self.rate
+        return datetime.fromtimestamp(wall / 1000.0, tz=timezone.utc)
 
 
 class ChainStep(StatefulBatchLogic):
@@ -25,8 +40,9 @@ class ChainStep(StatefulBatchLogic):
     bytewax's builder is not told the key, so values arrive as (key, event) and the logic
     is made on the first batch (or from the snapshot on resume)."""
 
-    def __init__(self, make: Callable[[ChainState], ChainLogic], resume: Optional[ChainState]):
+    def __init__(self, make: Callable[[ChainState], ChainLogic], resume: Optional[ChainState], clock: FlowClock):
         self.make = make
+        self.clock = clock
         self.logic: Optional[ChainLogic] = make(resume) if resume is not None else None
         self._due: Optional[int] = None
         self._reported: dict[str, int] = {}
@@ -67,7 +83,7 @@ class ChainStep(StatefulBatchLogic):
             return None
         # wake at expiry even with no traffic, so the expiry leaves the surface on time
         due = self.logic.state.expiry_ms if self._due is None else min(self._due, self.logic.state.expiry_ms)
-        return _at(due)
+        return self.clock.wall_at(due)
 
     def snapshot(self):
         return self.logic.state if self.logic is not None else None
@@ -86,8 +102,10 @@ class ChainStep(StatefulBatchLogic):
 class SurfaceStep(StatefulBatchLogic):
     """Collects fits per underlying; one patch per epoch. Values arrive as (key, item)."""
 
-    def __init__(self, make: Callable[[SurfaceState], SurfaceLogic], resume: Optional[SurfaceState]):
+    def __init__(self, make: Callable[[SurfaceState], SurfaceLogic], resume: Optional[SurfaceState],
+                 clock: FlowClock):
         self.make = make
+        self.clock = clock
         self.logic: Optional[SurfaceLogic] = make(resume) if resume is not None else None
         self._due: Optional[int] = None
 
@@ -110,14 +128,15 @@ class SurfaceStep(StatefulBatchLogic):
         return self.on_notify() if self.logic is not None else ([], StatefulBatchLogic.RETAIN)
 
     def notify_at(self):
-        return _at(self._due) if self._due is not None else None
+        return self.clock.wall_at(self._due) if self._due is not None else None
 
     def snapshot(self):
         return self.logic.state if self.logic is not None else None
 
 
-def chain_builder(config: Config, now_ms: Callable[[], int]):
+def chain_builder(config: Config, clock: FlowClock):
     budget = FitBudget(config.chain.fits_per_epoch)
+    now_ms = clock.now_ms
 
     c = config.chain
 
@@ -130,18 +149,20 @@ def chain_builder(config: Config, now_ms: Callable[[], int]):
                           audit_every=c.audit_every, venue_stale_ms=config.consolidation.venue_stale_ms)
 
     def build(resume: Optional[ChainState]) -> ChainStep:
-        return ChainStep(make, resume)
+        return ChainStep(make, resume, clock)
 
     return build
 
 
-def surface_builder(config: Config, now_ms: Callable[[], int]):
+def surface_builder(config: Config, clock: FlowClock):
+    now_ms = clock.now_ms
+
     def make(state: SurfaceState) -> SurfaceLogic:
         return SurfaceLogic(state, nodes=config.nodes, tenors_days=config.surface.tenors_days,
                             drop_calendar_violators=config.surface.drop_calendar_violators,
                             epoch_ms=config.runtime.epoch_ms, now_ms=now_ms)
 
     def build(resume: Optional[SurfaceState]) -> SurfaceStep:
-        return SurfaceStep(make, resume)
+        return SurfaceStep(make, resume, clock)
 
     return build

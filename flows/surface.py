@@ -30,7 +30,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from flows.metrics import COUNTERS, STOP
-from flows.steps import chain_builder, surface_builder
+from flows.steps import FlowClock, chain_builder, surface_builder
 from operators.chain import now_wall_ms
 from operators.events import (BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument,
                               SmileFit, StatusReport, SurfacePatch, Ticker, CONSOLIDATED,
@@ -39,10 +39,12 @@ from operators.graph import Config, ConfigError, load_config
 
 
 def build_flow(config: Config, source, sinks: list, *, now_ms: Callable[[], int] = now_wall_ms,
-               flow_id: str = "volgraph") -> Dataflow:
+               clock_rate: float = 1.0, flow_id: str = "volgraph") -> Dataflow:
     """`source` (one, or a list with one per venue) yields normalised events; each sink
     receives fits, patches and status reports. With several sources and consolidation on,
-    every option event also feeds the combined surface (venue "all")."""
+    every option event also feeds the combined surface (venue "all"). `now_ms` is the flow's
+    clock (a replay's exchange clock, say) and `clock_rate` its flow ms per wall ms (a paced
+    replay's speed): epochs fall every runtime.epoch_ms of it."""
     flow = Dataflow(flow_id)
     sources = list(source) if isinstance(source, (list, tuple)) else [source]
     consolidate = config.consolidation.enabled and len(sources) > 1
@@ -54,7 +56,8 @@ def build_flow(config: Config, source, sinks: list, *, now_ms: Callable[[], int]
 
     # chain[underlying|expiry]: L2 books, forward, IVs, SVI — once per epoch
     chain_in = op.filter_map("chain_in", feed, lambda x: (x[0], x) if type(x) is tuple else None)
-    chain_out = op.stateful_batch("chain", chain_in, chain_builder(config, now_ms))
+    clock = FlowClock(now_ms, clock_rate)
+    chain_out = op.stateful_batch("chain", chain_in, chain_builder(config, clock))
 
     # surface[underlying]: analytics nodes, calendar, tenors — one patch per epoch
     fits_and_ends = op.filter("fits_and_ends", chain_out, lambda kv: kv[1][0] != "error")
@@ -62,7 +65,7 @@ def build_flow(config: Config, source, sinks: list, *, now_ms: Callable[[], int]
                             lambda e: (surface_key(e.venue, e.underlying), e) if type(e) is IndexPrice else None)
     to_surface = op.map("to_surface", op.merge("surface_merge", op.map("fit_key", fits_and_ends, _surface_keyed),
                                                   indices), lambda kv: (kv[0], kv))
-    patches = op.map("patches", op.stateful_batch("surface", to_surface, surface_builder(config, now_ms)),
+    patches = op.map("patches", op.stateful_batch("surface", to_surface, surface_builder(config, clock)),
                      lambda kv: _count_patch(kv[1]))
 
     errors = op.filter_map("errors", chain_out, lambda kv: kv[1][1] if kv[1][0] == "error" else None)
@@ -220,19 +223,22 @@ def venue_sources(config: Config, urls: Optional[dict[str, str]] = None, run_sec
     """One bytewax source per enabled venue; `urls` overrides a venue's URL (the simulators)."""
     urls = urls or {}
     sources = []
+    # a partition per worker slot: each process reads the expiries it computes (connectors/placement.py)
+    workers = config.runtime.workers * config.runtime.processes
     d = config.sources.deribit
     if d.enabled:
         from connectors.deribit import DeribitSource
 
         sources.append(DeribitSource(url=urls.get("deribit", d.url), currencies=d.currencies, depth=d.depth,
                                      interval=d.book_interval, heartbeat_s=d.heartbeat_s, queue_max=d.queue_max,
-                                     max_frame_bytes=d.max_frame_bytes, run_seconds=run_seconds))
+                                     max_frame_bytes=d.max_frame_bytes, run_seconds=run_seconds,
+                                     route_workers=workers))
     o = config.sources.okx
     if o.enabled:
         from connectors.okx import OkxSource
 
         sources.append(OkxSource(url=urls.get("okx", o.url), families=o.families, queue_max=o.queue_max,
-                                 max_frame_bytes=o.max_frame_bytes, run_seconds=run_seconds))
+                                 max_frame_bytes=o.max_frame_bytes, run_seconds=run_seconds, route_workers=workers))
     if not sources:
         raise ConfigError(f"{config.path}: no venue is enabled; set [sources.deribit] or [sources.okx] enabled = true")
     return sources

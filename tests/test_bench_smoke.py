@@ -1,6 +1,6 @@
 """bench/bench_engine.py end to end on the tiny scenario: both systems run in their own processes
 on the same recorded frames, volgraph also as a 2-process bytewax cluster on loopback (the
-workload split per currency), and the JSON carries every figure. No timing is asserted."""
+workload split per currency and worker slot), and the JSON carries every figure. No timing is asserted."""
 
 from __future__ import annotations
 
@@ -35,14 +35,17 @@ def test_small_scenario_json_has_every_figure(tmp_path, capsys):
         assert row["iv_solves"] > 0 and row["fits"] > 0 and row["patches"] > 0, name
         assert row["peak_rss_mb"] > 10, name
         assert row["latency_p50_ms"] is None or row["latency_p50_ms"] <= row["latency_max_ms"]
-    # the scale-out row: two processes, one currency partition each, both fed and both counted
+    # the scale-out row: two processes, a partition per (currency, slot) each, all fed and counted
     two = out["systems"]["volgraph_2proc"]
     assert two["processes"] == 2 and two["workers_per_process"] == 1
     assert len(two["peak_rss_mb_per_proc"]) == 2 and all(v > 10 for v in two["peak_rss_mb_per_proc"])
     assert len(two["cpu_s_per_proc"]) == 2 and all(v > 0 for v in two["cpu_s_per_proc"])
     assert sorted(p for parts in two["placement"].values() for p in parts) == sorted(
         Path(x["path"]).name for x in out["split"].values())
-    assert set(out["split"]) == {"BTC", "ETH"}
+    assert set(out["split"]) == {"BTC.w0of2", "BTC.w1of2", "ETH.w0of2", "ETH.w1of2"}
+    # slot k is read on process k: no book event crosses between the processes
+    assert {int(proc): sorted(p.split(".")[-3] for p in parts) for proc, parts in two["placement"].items()} == {
+        0: ["w0of2", "w0of2"], 1: ["w1of2", "w1of2"]}
     # the paced rows measure exchange ts → patch emit (the cluster's processes pace from one start)
     for name in ("volgraph_paced", "volgraph_2proc_paced"):
         row = out["systems"][name]
@@ -50,21 +53,28 @@ def test_small_scenario_json_has_every_figure(tmp_path, capsys):
         assert 0 <= row["exchange_latency_p50_ms"] <= row["exchange_latency_p99_ms"] <= row["exchange_latency_max_ms"]
     assert out["goals"]["paced_p99_ms"]["row"] in ("volgraph_paced", "volgraph_2proc_paced")
     assert out["goals"]["throughput_msg_s"]["row"] in ("volgraph", "volgraph_2proc")
-    assert sum(x["frames"] for x in out["split"].values()) == w["frames"]
+    # every frame is in a slot file; instrument lists, index and perpetual frames in both slots
+    assert w["frames"] <= sum(x["frames"] for x in out["split"].values()) < 2 * w["frames"]
     assert all(x["preamble_frames"] > 0 for x in out["split"].values())
     assert "spot move" in out["shock_definition"] and "books" in out["shock_definition"]
     assert out["systems"]["naive"]["max_err_bp"] == 0.0  # exact by construction
     err = out["systems"]["volgraph"]["max_err_bp"]
     assert err == "n/a" or 0.0 <= err < 5.0
-    for name in ("volgraph", "naive"):
-        shock = out["shock"][name]
+    assert set(out["shock"]) == {"volgraph 1 proc", "volgraph 2 proc", "naive"}
+    for name, shock in out["shock"].items():
         assert shock["shock_books"] == 48 and shock["shock_levels"] > 48
         assert shock["absorb_ms"] is not None and shock["absorb_ms"] > 0
         assert 0 < shock["expiries_absorbed"] <= shock["expiries"]
+        if name != "naive":  # epoch terms: the tick that published the last expiry, and its work
+            assert shock["epoch_ms"] == 50 and 0 <= shock["arrival_in_epoch_ms"] < 50
+            if shock["expiries_absorbed"] == shock["expiries"]:
+                assert shock["ticks"] >= 0 and 0 <= shock["tick_ms"] < 50
+                if shock["ticks"]:  # end to end = the wait for a tick + the work after it
+                    assert shock["absorb_ms"] >= 50 - shock["arrival_in_epoch_ms"] - 1
     assert out["speedup_vs_naive"] > 0
-    assert {"throughput_msg_s", "speedup_vs_naive", "shock_ms", "paced_p99_ms"} <= set(out["goals"])
+    assert {"throughput_msg_s", "speedup_vs_naive", "shock_epochs", "paced_p99_ms"} <= set(out["goals"])
     assert all(isinstance(g["met"], bool) for g in out["goals"].values())
     # the workload was cached where we asked, keyed by its parameters
-    assert sorted(p.name.split("_")[0] for p in tmp_path.glob("*.jsonl.gz")) == ["shock", "workload", "workload",
-                                                                                "workload"]
-    assert {p.name.split(".")[-3] for p in tmp_path.glob("workload*.jsonl.gz")} >= {"BTC", "ETH"}
+    assert sorted(p.name.split("_")[0] for p in tmp_path.glob("*.jsonl.gz")) == ["shock"] * 5 + ["workload"] * 5
+    assert {".".join(p.name.split(".")[-4:-2]) for p in tmp_path.glob("workload*.jsonl.gz")} >= {
+        "BTC.w0of2", "ETH.w1of2"}

@@ -218,6 +218,38 @@ def test_source_in_a_dataflow_one_partition_per_currency(sim):
         part.close()
 
 
+def test_source_on_a_cluster_reads_each_expiry_on_the_worker_of_its_chain(sim):
+    """route_workers=2: a partition (connection) per currency and worker slot; slot k lists only
+    the options and futures whose chain key bytewax runs on worker k, and between them the
+    slots read exactly what one connection would."""
+    from connectors.placement import worker_of
+    from operators.events import chain_key
+
+    source = DeribitSource(sim.url, ["BTC", "ETH"], heartbeat_s=0.3, max_expiries=6, max_strikes=2,
+                           reconnect_min_s=0.05, subscribe_per_s=1000.0, route_workers=2)
+    assert source.list_parts() == ["deribit-BTC.w0of2", "deribit-BTC.w1of2", "deribit-ETH.w0of2",
+                                   "deribit-ETH.w1of2"]
+    whole = make_client(sim.url, ("BTC",), max_expiries=6, max_strikes=2).start()
+    parts = [source.build_part("in", name, None) for name in ("deribit-BTC.w0of2", "deribit-BTC.w1of2")]
+    try:
+        for client in [whole] + [p.client for p in parts]:
+            assert client.wait_for(lambda k: k.get("sessions_streaming", 0) >= 1, 10)
+        listed = [{n: i for n, i in p.client.active.items()} for p in parts]
+        assert listed[0] and listed[1] and set(listed[0]) & set(listed[1]) == {"BTC-PERPETUAL"}
+        assert set(listed[0]) | set(listed[1]) == set(whole.active)
+        for slot, insts in enumerate(listed):
+            assert parts[slot].client.route == (slot, 2)
+            for inst in insts.values():
+                if inst.expiry_ms:  # futures and options: their chain's worker; perpetuals: both
+                    assert worker_of(chain_key("deribit", inst.underlying, inst.expiry_ms), 2) == slot
+        with pytest.raises(ValueError, match="runtime.workers"):
+            source.build_part("in", "deribit-BTC", None)
+    finally:
+        whole.stop()
+        for p in parts:
+            p.close()
+
+
 # ---------------------------------------------------------------- the folding queue (pure)
 
 from hypothesis import given, settings  # noqa: E402

@@ -1,4 +1,4 @@
-"""flows/placement.py against real bytewax runs: where a key's stateful step runs, and which
+"""connectors/placement.py against real bytewax runs: where a key's stateful step runs, and which
 worker reads each slot of a source split per worker."""
 
 import random
@@ -11,7 +11,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSource, cluster_main
 
-from flows.placement import slot_names, worker_of
+from connectors.placement import slot_names, worker_of
 from operators.events import chain_key
 
 

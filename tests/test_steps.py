@@ -6,7 +6,7 @@ import numpy as np
 
 from bytewax.operators import StatefulBatchLogic
 
-from flows.steps import chain_builder, surface_builder
+from flows.steps import FlowClock, chain_builder, surface_builder
 from operators.events import chain_key
 from operators.graph import load_config
 from tests.test_chain import EXPIRY, FORWARD, T0, Clock, quotes
@@ -15,7 +15,7 @@ from operators.events import Ticker
 
 def test_chain_step_times_epochs_resumes_from_snapshot_and_leaves_at_expiry():
     clock = Clock(T0 + 7)
-    build = chain_builder(load_config(), clock)
+    build = chain_builder(load_config(), FlowClock(clock, wall_ms=clock))
     step = build(None)
     key = chain_key("deribit", "BTC", EXPIRY)
     step.on_batch([(key, quotes() + [Ticker("deribit", "X", T0, T0, underlying_px=FORWARD)])])
@@ -35,12 +35,12 @@ def test_chain_step_times_epochs_resumes_from_snapshot_and_leaves_at_expiry():
 
 def test_surface_step_removes_an_expired_expiry():
     clock = Clock(T0 + 7)
-    chain = chain_builder(load_config(), clock)(None)
+    chain = chain_builder(load_config(), FlowClock(clock, wall_ms=clock))(None)
     key = chain_key("deribit", "BTC", EXPIRY)
     chain.on_batch([(key, quotes() + [Ticker("deribit", "X", T0, T0, underlying_px=FORWARD)])])
     clock.ms = T0 + 50
     (fit_item,), _ = chain.on_notify()
-    surface = surface_builder(load_config(), clock)(None)
+    surface = surface_builder(load_config(), FlowClock(clock, wall_ms=clock))(None)
     surface.on_batch([("deribit|BTC", fit_item)])
     clock.ms = T0 + 100
     (patch,), _ = surface.on_notify()
