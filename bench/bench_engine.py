@@ -257,7 +257,7 @@ def run_volgraph(job: dict) -> dict:
         elif isinstance(item, SmileFit):
             fits[0] += 1
 
-    source = ReplaySource(job["path"], speed=speed, batch_max=job.get("batch_max", 2000),
+    source = ReplaySource(job["path"], speed=speed,
                           run_seconds=job.get("seconds"), stamp_recv="wall", prefetch=job.get("prefetch", True))
     flow = build_flow(config, _probe_source(source, probe), [CallbackSink(sink)], now_ms=now_ms,
                       clock_rate=probe.speed, flow_id="bench_volgraph")
@@ -510,7 +510,7 @@ def run_cluster_proc(job: dict) -> dict:
         elif isinstance(item, SmileFit):
             fits[0] += 1
 
-    source = ReplaySource([p["path"] for p in parts], speed=speed, batch_max=job.get("batch_max", 2000),
+    source = ReplaySource([p["path"] for p in parts], speed=speed,
                           run_seconds=job.get("seconds"), stamp_recv="wall", prefetch=job.get("prefetch", True),
                           start_wall_ms=base_wall if speed != "max" else None)
     # cluster_main runs the worker on a thread of its own: the sampler finds it from the sink

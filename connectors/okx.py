@@ -75,7 +75,7 @@ from websockets.exceptions import WebSocketException
 
 from connectors.ws_client import BadFrame as _Bad
 from connectors.ws_client import (BoundedQueue, ClientPartition, ClientSource, FrameTap, TokenBucket, VenueClient,
-                                  check_frame, close_draining, filter_options, now_ms)
+                                  SOURCE_BATCH_MAX, check_frame, close_draining, filter_options, now_ms)
 from operators.events import BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument, Ticker
 
 log = logging.getLogger(__name__)
@@ -1041,7 +1041,7 @@ class OkxSource(ClientSource):
     def __init__(self, url: str = DEFAULT_URL, families: Iterable[str] = ("BTC-USD", "ETH-USD"), *,
                  queue_max: int = 200_000, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
                  run_seconds: Optional[float] = None, max_expiries: Optional[int] = None,
-                 max_strikes: Optional[int] = None, batch_max: int = 5_000, idle_ms: float = 5.0,
+                 max_strikes: Optional[int] = None, batch_max: int = SOURCE_BATCH_MAX, idle_ms: float = 5.0,
                  route_workers: int = 1, **client_kwargs: Any):
         self.url = url
         self.families = tuple(families)

@@ -29,6 +29,7 @@ import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from connectors.deribit import parse_frame
+from connectors.ws_client import SOURCE_BATCH_MAX
 from operators.events import EVENT_TYPES
 
 _EVENTS = frozenset(EVENT_TYPES.values())
@@ -232,7 +233,7 @@ class ReplaySource(FixedPartitionedSource):
     """
 
     def __init__(self, path: Union[str, Path, Sequence[Union[str, Path]]], *, speed: Union[str, float] = "max",
-                 parse: Callable[..., list] = parse_frame, batch_max: int = 2000,
+                 parse: Callable[..., list] = parse_frame, batch_max: int = SOURCE_BATCH_MAX,
                  run_seconds: Optional[float] = None, max_frames: Optional[int] = None,
                  stamp_recv: str = "recorded", max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
                  prefetch: bool = True, start_wall_ms: Optional[float] = None):

@@ -435,6 +435,11 @@ class ClientPartition(StatefulSourcePartition):
         self.client.stop()
 
 
+# Events a source partition hands the flow per batch at most: a burst (a spot shock re-quotes
+# every book of an underlying at once) enters as one batch, so the epoch after it holds all of it.
+SOURCE_BATCH_MAX = 5_000
+
+
 class ClientSource(FixedPartitionedSource):
     """One partition per key ("<prefix>-<key>"), each owning its own client from make_client(key);
     client_options() are the keyword arguments every venue's client takes from its source.
