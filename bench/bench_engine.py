@@ -49,7 +49,7 @@ GOALS = {
     "throughput_msg_s": 100_000.0,
     "speedup_vs_naive": 20.0,
     "max_err_bp": 1.0,
-    "shock_epochs": 1,  # a 40,000-vol shock absorbed within one epoch (runtime.epoch_ms, 50 ms)
+    "shock_ms": 50.0,  # a 40,000-vol shock absorbed within one epoch (runtime.epoch_ms)
     "paced_p99_ms": 100.0,
 }
 
@@ -365,11 +365,9 @@ def _shock_row(shock: dict, probes: list, rows: list, kept_levels: Optional[int]
     """The shock row from what the source partitions saw (`probes`, each holding its file's share
     of the shock) and the patches (`rows`, as _patch_rows). An expiry is absorbed by its first
     patch that reflects the shock (fit exchange ts ≥ the shock's) and left after the last of its
-    shocked books entered. Epoch terms: the shock arrives inside one epoch of the flow clock
-    (`flow_ms_at(wall)`); the chain steps recompute at the next epoch tick; `ticks` counts the
-    epoch ticks from that one to the tick whose work published the last expiry (1 = the whole
-    shock absorbed by a single epoch's recompute), and `tick_ms` is that tick's work: from its
-    epoch boundary to the last expiry's patch."""
+    shocked books entered. `arrival_in_epoch_ms`: where in its epoch of the flow clock
+    (`flow_ms_at(wall)`) the shock entered — the chain steps tick at the end of the epoch a
+    batch entered in, at once if reading and applying it outlasted that epoch."""
     firsts = [p.shock_first_wall for p in probes if p.shock_first_wall is not None]
     if not firsts:
         return None
@@ -393,16 +391,7 @@ def _shock_row(shock: dict, probes: list, rows: list, kept_levels: Optional[int]
            "absorb_ms": (max(absorbed.values()) - first_wall) if absorbed else None,
            "first_expiry_ms": (min(absorbed.values()) - first_wall) if absorbed else None,
            "ingest_ms": (last_wall - first_wall) if last_wall is not None else None,
-           "epoch_ms": epoch_ms, "arrival_in_epoch_ms": None, "ticks": None, "tick_ms": None}
-    arrival = flow_ms_at(first_wall)
-    row["arrival_in_epoch_ms"] = arrival % epoch_ms
-    if absorbed and len(absorbed) == len(expiries):
-        done = flow_ms_at(max(absorbed.values()))
-        # epoch boundaries crossed between the arrival and the last expiry out: 1 = published by
-        # the first tick's recompute within its epoch (0: by a tick that ran late, already
-        # holding the shock); tick_ms = the time since the last boundary
-        ticks = int(done // epoch_ms - arrival // epoch_ms)
-        row.update(ticks=ticks, tick_ms=done - (done // epoch_ms) * epoch_ms if ticks else done - arrival)
+           "epoch_ms": epoch_ms, "arrival_in_epoch_ms": flow_ms_at(first_wall) % epoch_ms}
     return row
 
 
@@ -872,11 +861,11 @@ def summarise(run: dict, args, command: str) -> dict:
     err = vg["max_err_bp"]
     shocks = {"volgraph 1 proc": r["volgraph_shock"]["shock"], "volgraph 2 proc": r[CLUSTER_ROW + "_shock"]["shock"],
               "naive": r["naive_shock"]["shock"]}
-    # one epoch: every shocked expiry published by the first epoch tick after the shock arrived,
-    # that tick's work done within the epoch (so the next tick is not late)
-    in_one = {n: x for n, x in shocks.items() if n != "naive" and x and x.get("ticks") is not None}
-    shock_best = min(in_one, key=lambda n: (in_one[n]["ticks"], in_one[n]["tick_ms"])) if in_one else None
-    shock_vg = in_one.get(shock_best)
+    # the better of 1 and 2 processes, as for throughput (every shocked expiry absorbed)
+    done = {n: x for n, x in shocks.items() if n != "naive" and x and x["absorb_ms"] is not None
+            and x["expiries_absorbed"] == x["expiries"]}
+    shock_best = min(done, key=lambda n: done[n]["absorb_ms"]) if done else None
+    shock_vg = done.get(shock_best)
     columns = ("messages", "msgs_per_s", "cpu_s_per_M_msgs", "msgs_per_cpu_s", "latency_p50_ms", "latency_p99_ms",
                "latency_max_ms", "newest_latency_p50_ms", "newest_latency_p99_ms", "exchange_latency_p50_ms",
                "exchange_latency_p99_ms", "exchange_latency_max_ms", "iv_solves", "iv_full", "iv_taylor",
@@ -905,11 +894,9 @@ def summarise(run: dict, args, command: str) -> dict:
                              "value": speedup, "max_err_bp": err,
                              "met": bool(speedup and speedup >= GOALS["speedup_vs_naive"]
                                          and isinstance(err, (int, float)) and err <= GOALS["max_err_bp"])},
-        "shock_epochs": {"goal": "40,000-vol shock absorbed in one epoch tick",
-                         "value": (f"{shock_vg['ticks']} tick{'s' if shock_vg['ticks'] != 1 else ''}, "
-                                   f"+{shock_vg['tick_ms']:.1f} ms" if shock_vg else None),
-                         "row": shock_best,
-                         "met": bool(shock_vg and shock_vg["ticks"] <= GOALS["shock_epochs"])},
+        "shock_ms": {"goal": f"40,000-vol shock ≤ {GOALS['shock_ms']:.0f} ms (one epoch)",
+                     "value": shock_vg["absorb_ms"] if shock_vg else None, "row": shock_best,
+                     "met": bool(shock_vg and shock_vg["absorb_ms"] <= GOALS["shock_ms"])},
         "paced_p99_ms": {"goal": f"p99 ≤ {GOALS['paced_p99_ms']:.0f} ms at {PACED_RATE_MSG_S:,.0f} msg/s",
                          "value": paced["exchange_latency_p99_ms"], "row": paced_best,
                          "met": bool(paced["exchange_latency_p99_ms"] is not None
@@ -947,10 +934,6 @@ def _shock_definition(m: dict) -> str:
             f"{spec['warmup_rate_msg_s']:,.0f} msg/s (the engine settled), replayed at real time; "
             f"volgraph's time is from the first shock frame entering to the last {sh['underlying']} expiry's "
             "first patch that reflects all of its shocked books")
-
-
-def _ordinal(n: int) -> str:
-    return {1: "first", 2: "second", 3: "third"}.get(n, f"{n}th")
 
 
 def _profile_top(text: Optional[str], lines: int = 70) -> Optional[str]:
@@ -1004,8 +987,8 @@ def print_table(s: dict) -> None:
     split = ", ".join(f"{k} {v['frames']:,} frames" for k, v in s["split"].items())
     print(f"\nscale-out: {c.get('processes')} bytewax processes × {c.get('workers_per_process')} worker on "
           f"loopback (bytewax.testing.cluster_main, as a StatefulSet's pods), the same workload split per "
-          f"currency ({split}, each with its own "
-          f"preamble), one partition each; partitions per process {c.get('placement')}; "
+          f"currency and worker slot ({split}, each with its own preamble: slot k holds the expiries whose "
+          f"chain runs on worker k), one partition each; partitions per process {c.get('placement')}; "
           f"{_f(ratio, '{:.2f}')}× the 1-process msg/s; CPU s per process "
           f"{' + '.join(_f(v, '{:.1f}') for v in c.get('cpu_s_per_proc') or [])}")
     ran_out = [n for n, x in s["systems"].items() if x.get("reached_eof") and not n.endswith("_paced")]
@@ -1023,11 +1006,8 @@ def print_table(s: dict) -> None:
         if x is None:
             print(f"  {name}: n/a (the shock was not reached)")
             continue
-        epochs = ""
-        if x.get("ticks") is not None:
-            epochs = (f"; arrived {x['arrival_in_epoch_ms']:.0f} ms into its {x['epoch_ms']} ms epoch, all out "
-                      + ("within that epoch" if x["ticks"] == 0 else
-                         f"{x['tick_ms']:.1f} ms after the {_ordinal(x['ticks'])} epoch boundary after it"))
+        epochs = (f"; entered {x['arrival_in_epoch_ms']:.0f} ms into its {x['epoch_ms']} ms epoch"
+                  if x.get("epoch_ms") else "")
         print(f"  {name:15s} {x['shock_books']:,} books, {x['shock_levels']:,} level prices "
               f"({_f(x.get('shock_levels_kept'))} within the kept depth): last expiry out "
               f"{_f(x['absorb_ms'], '{:,.1f}')} ms after the first shock frame entered "
@@ -1070,8 +1050,11 @@ notes:
     the NEWEST exchange timestamp the patch reflects (the field is the max over its fits), in wall
     ms; the first 2 s of live traffic (a fifth of a short workload) are left out (the preamble's
     backlog), for the processing latencies of the paced runs too. This is the goal's "exchange-
-    timestamp → surface-patch latency"; the oldest-event latency (lat) also holds the wait for
-    the expiry's next fit, bounded below by chain.fit_interval_ms (250 ms) by design.
+    timestamp → surface-patch latency", i.e. how old the newest data is when a patch leaves: at
+    50,000 msg/s an epoch tick nearly always holds an event of its own millisecond, so its
+    p50 is ≈ 0 and its tail is the tick's work. The wait for the tick (up to an epoch) and for
+    the expiry's next fit (chain.fit_interval_ms, 250 ms, by design) show in the oldest-event
+    latency (lat).
   volgraph 2 proc @50k/s = the scale-out row paced: both processes pace their partition from one
     shared start (ReplaySource start_wall_ms), the flow clock being the recording's.
   max err bp = volgraph's audit mode (chain.audit_every epochs: every published vol against an
@@ -1080,20 +1063,20 @@ notes:
     recompute; IV solves count every book level it solves; its shock time is processing the
     shock frames one by one, end to end.
   volgraph 2 proc × 1 w = the scale-out row: two bytewax processes of one worker on loopback,
-    fed the same frames split per currency (one file and partition each, like the live
-    sources); msgs and msg/s count both partitions from the moment BOTH are in their live
-    stream to the end of the last process; CPU is both processes' over that window; latency
-    is against the partition of the patch's underlying; RSS is each process's peak.
+    fed the same frames split per currency and worker slot (one file and partition each, like
+    the live sources with route_workers = 2: slot k carries the expiries whose chain key bytewax
+    runs on worker k, so no book event crosses processes); msgs and msg/s count every partition
+    from the moment ALL are in their live stream to the end of the last process; CPU is both
+    processes' over that window; latency is against the partition that carries the patch's
+    expiry; RSS is each process's peak.
   shock: "last expiry out" = from the first shock frame entering (reading its source batch began)
     until the last BTC expiry's first patch that reflects all of its shock (fit exchange ts ≥ the
     shock's, emitted after that expiry's last shocked book entered); "all read" = when the last
-    shock frame entered (the source is pulled at the flow's pace: ingest + book work). Epoch
-    terms (the goal): chain steps recompute on a grid of runtime.epoch_ms ticks of the flow clock,
-    so a shock is absorbed in ONE epoch when its last expiry is out before the second boundary
-    after its arrival: the first tick's recompute holds all of it and finishes within its epoch
-    (goal "1 tick"; "+N ms" = after that boundary). The end-to-end figure therefore includes the
-    wait for that tick: ≥ epoch_ms − the arrival's offset in its epoch (the workload's shock
-    lands on a boundary: the longest wait, and the longest time to read it before the tick).
+    shock frame entered (the source is pulled at the flow's pace: ingest + book work). Chain
+    steps tick at the end of the epoch a batch entered in (runtime.epoch_ms of the flow clock),
+    at once when reading and applying it outlasted that epoch — so the whole shock is
+    published by one tick, and the time is the work, plus the wait for the boundary when the
+    work ends before it (the workload's shock enters on a boundary: up to a whole epoch).
     2 proc: the shock file split per (currency, worker slot) like the scale-out row."""
 
 

@@ -37,8 +37,8 @@ class FlowClock:
 class ChainStep(StatefulBatchLogic):
     """Marks dirty on each batch; recomputes on the epoch notification.
 
-    bytewax's builder is not told the key, so values arrive as (key, event) and the logic
-    is made on the first batch (or from the snapshot on resume)."""
+    bytewax's builder is not told the key, so values arrive as (key, events, flow ms they
+    entered) and the logic is made on the first batch (or from the snapshot on resume)."""
 
     def __init__(self, make: Callable[[ChainState], ChainLogic], resume: Optional[ChainState], clock: FlowClock):
         self.make = make
@@ -50,11 +50,15 @@ class ChainStep(StatefulBatchLogic):
     def on_batch(self, values):
         if self.logic is None:
             self.logic = self.make(ChainState(*split_chain_key(values[0][0])))
-        for _, events in values:  # each value is one source batch of this expiry's events
+        due = self._due
+        for _, events, entered_ms in values:  # each value is one source batch of this expiry's events
             self.logic.on_items(events)
+            # the tick of the epoch they entered in: when reading and applying a burst outlasted
+            # that epoch the tick is overdue and runs at once, holding all of the burst
+            entered_due = self.logic.next_epoch_ms(entered_ms)
+            due = entered_due if due is None else min(due, entered_due)
+        self._due = due
         self._report()
-        if self._due is None:
-            self._due = self.logic.next_epoch_ms()
         return [], StatefulBatchLogic.RETAIN
 
     def on_notify(self):

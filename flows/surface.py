@@ -48,15 +48,16 @@ def build_flow(config: Config, source, sinks: list, *, now_ms: Callable[[], int]
     flow = Dataflow(flow_id)
     sources = list(source) if isinstance(source, (list, tuple)) else [source]
     consolidate = config.consolidation.enabled and len(sources) > 1
-    # each source's events, grouped per expiry: (chain key, [events]) — one bytewax item per
-    # expiry per source batch instead of one per message (bytewax costs µs per item per step)
-    feeds = [op.input(f"feed_{i}", flow, BatchingSource(src, config.runtime.status_interval_ms, consolidate))
+    # each source's events, grouped per expiry: (chain key, [events], flow ms they entered) —
+    # one bytewax item per expiry per source batch instead of one per message (bytewax costs
+    # µs per item per step)
+    clock = FlowClock(now_ms, clock_rate)
+    feeds = [op.input(f"feed_{i}", flow, BatchingSource(src, config.runtime.status_interval_ms, consolidate, now_ms))
              for i, src in enumerate(sources)]
     feed = feeds[0] if len(feeds) == 1 else op.merge("feeds", *feeds)
 
     # chain[underlying|expiry]: L2 books, forward, IVs, SVI — once per epoch
     chain_in = op.filter_map("chain_in", feed, lambda x: (x[0], x) if type(x) is tuple else None)
-    clock = FlowClock(now_ms, clock_rate)
     chain_out = op.stateful_batch("chain", chain_in, chain_builder(config, clock))
 
     # surface[underlying]: analytics nodes, calendar, tenors — one patch per epoch
@@ -90,26 +91,31 @@ def _count_patch(patch: SurfacePatch) -> SurfacePatch:
 
 
 class BatchingSource(FixedPartitionedSource):
-    """Wraps a source of events: groups each batch per expiry key, interleaves a
-    StatusReport every interval, counts events in and feed errors by reason."""
+    """Wraps a source of events: groups each batch per expiry key, stamped with the flow time
+    reading it began (the epoch it entered in), interleaves a StatusReport every interval,
+    counts events in and feed errors by reason."""
 
-    def __init__(self, inner: FixedPartitionedSource, interval_ms: int, consolidate: bool = False):
+    def __init__(self, inner: FixedPartitionedSource, interval_ms: int, consolidate: bool = False,
+                 now_ms: Callable[[], int] = now_wall_ms):
         self.inner = inner
         self.interval_ms = interval_ms
         self.consolidate = consolidate
+        self.now_ms = now_ms
 
     def list_parts(self):
         return self.inner.list_parts()
 
     def build_part(self, step_id, for_part, resume_state):
         return _BatchingPartition(self.inner.build_part(step_id, for_part, resume_state), self.interval_ms,
-                                  self.consolidate)
+                                  self.consolidate, self.now_ms)
 
 
 class _BatchingPartition(StatefulSourcePartition):
-    def __init__(self, inner: StatefulSourcePartition, interval_ms: int, consolidate: bool):
+    def __init__(self, inner: StatefulSourcePartition, interval_ms: int, consolidate: bool,
+                 now_ms: Callable[[], int]):
         self.inner = inner
         self.consolidate = consolidate
+        self.now_ms = now_ms
         # one report per process: the counters are process-wide, whatever the partition
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.interval_ms = interval_ms
@@ -121,6 +127,7 @@ class _BatchingPartition(StatefulSourcePartition):
     def next_batch(self):
         if STOP.is_set():
             raise StopIteration
+        entered_ms = self.now_ms()
         events = self.inner.next_batch()
         out: list = []
         if events:
@@ -161,7 +168,7 @@ class _BatchingPartition(StatefulSourcePartition):
                     out.append(msgspec.structs.replace(e, venue=CONSOLIDATED))
                     for key in self.expiries.get((CONSOLIDATED, underlying), ()):
                         groups.setdefault(key, []).append(e)
-            out.extend(groups.items())
+            out.extend((key, evs, entered_ms) for key, evs in groups.items())
         now = int(time.time() * 1000)
         if now >= self.next_report_ms:
             self.next_report_ms = now + self.interval_ms

@@ -304,9 +304,10 @@ class ChainLogic:
         s = self.state
         return bool(s.dirty) or s.forward_dirty or s.smile_changed
 
-    def next_epoch_ms(self) -> int:
-        now = self.now_ms()
-        return (now // self.epoch_ms + 1) * self.epoch_ms
+    def next_epoch_ms(self, at_ms: Optional[int] = None) -> int:
+        """The epoch boundary after `at_ms` (default: now)."""
+        at = self.now_ms() if at_ms is None else at_ms
+        return (at // self.epoch_ms + 1) * self.epoch_ms
 
     def expired(self) -> bool:
         return self.now_ms() >= self.state.expiry_ms

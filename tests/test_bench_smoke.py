@@ -65,14 +65,10 @@ def test_small_scenario_json_has_every_figure(tmp_path, capsys):
         assert shock["shock_books"] == 48 and shock["shock_levels"] > 48
         assert shock["absorb_ms"] is not None and shock["absorb_ms"] > 0
         assert 0 < shock["expiries_absorbed"] <= shock["expiries"]
-        if name != "naive":  # epoch terms: the tick that published the last expiry, and its work
+        if name != "naive":  # where in its epoch the shock entered (the chain ticks at that epoch's end)
             assert shock["epoch_ms"] == 50 and 0 <= shock["arrival_in_epoch_ms"] < 50
-            if shock["expiries_absorbed"] == shock["expiries"]:
-                assert shock["ticks"] >= 0 and 0 <= shock["tick_ms"] < 50
-                if shock["ticks"]:  # end to end = the wait for a tick + the work after it
-                    assert shock["absorb_ms"] >= 50 - shock["arrival_in_epoch_ms"] - 1
     assert out["speedup_vs_naive"] > 0
-    assert {"throughput_msg_s", "speedup_vs_naive", "shock_epochs", "paced_p99_ms"} <= set(out["goals"])
+    assert {"throughput_msg_s", "speedup_vs_naive", "shock_ms", "paced_p99_ms"} <= set(out["goals"])
     assert all(isinstance(g["met"], bool) for g in out["goals"].values())
     # the workload was cached where we asked, keyed by its parameters
     assert sorted(p.name.split("_")[0] for p in tmp_path.glob("*.jsonl.gz")) == ["shock"] * 5 + ["workload"] * 5

@@ -68,10 +68,10 @@ def test_chain_snapshot_is_current_state_not_history():
     clock = Clock(T0)
     step: ChainStep = chain_builder(load_config(), FlowClock(clock, wall_ms=clock))(None)
     key = chain_key("deribit", "BTC", EXPIRY)
-    step.on_batch([(key, quotes() + [Ticker("deribit", "X", T0, T0, underlying_px=FORWARD)])])
+    step.on_batch([(key, quotes() + [Ticker("deribit", "X", T0, T0, underlying_px=FORWARD)], clock.ms)])
     size_once = len(pickle.dumps(step.snapshot()))
     for i in range(50):  # many more ticks on the same strikes
-        step.on_batch([(key, quotes(half_spread_vol=0.004 + i * 1e-5))])
+        step.on_batch([(key, quotes(half_spread_vol=0.004 + i * 1e-5), clock.ms)])
         clock.ms += 50
         step.on_notify()
     assert len(pickle.dumps(step.snapshot())) < 1.5 * size_once

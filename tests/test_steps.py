@@ -18,7 +18,7 @@ def test_chain_step_times_epochs_resumes_from_snapshot_and_leaves_at_expiry():
     build = chain_builder(load_config(), FlowClock(clock, wall_ms=clock))
     step = build(None)
     key = chain_key("deribit", "BTC", EXPIRY)
-    step.on_batch([(key, quotes() + [Ticker("deribit", "X", T0, T0, underlying_px=FORWARD)])])
+    step.on_batch([(key, quotes() + [Ticker("deribit", "X", T0, T0, underlying_px=FORWARD)], clock.ms)])
     assert step.notify_at().timestamp() * 1000 == T0 + 50  # next 50 ms epoch boundary
     clock.ms = T0 + 50
     out, discard = step.on_notify()
@@ -37,7 +37,7 @@ def test_surface_step_removes_an_expired_expiry():
     clock = Clock(T0 + 7)
     chain = chain_builder(load_config(), FlowClock(clock, wall_ms=clock))(None)
     key = chain_key("deribit", "BTC", EXPIRY)
-    chain.on_batch([(key, quotes() + [Ticker("deribit", "X", T0, T0, underlying_px=FORWARD)])])
+    chain.on_batch([(key, quotes() + [Ticker("deribit", "X", T0, T0, underlying_px=FORWARD)], clock.ms)])
     clock.ms = T0 + 50
     (fit_item,), _ = chain.on_notify()
     surface = surface_builder(load_config(), FlowClock(clock, wall_ms=clock))(None)
@@ -48,3 +48,21 @@ def test_surface_step_removes_an_expired_expiry():
     surface.on_batch([("deribit|BTC", ("expired", EXPIRY))])
     (patch,), _ = surface.on_notify()
     assert patch.expiries == () and patch.removed == (EXPIRY,)
+
+
+def test_a_batch_is_ticked_at_the_end_of_the_epoch_it_entered_in():
+    """Events that entered during an epoch belong to that epoch's tick: read and applied after
+    the boundary (a burst outlasting its epoch), the tick is overdue and runs at once."""
+    clock = Clock(T0 + 30)
+    step = chain_builder(load_config(), FlowClock(clock, wall_ms=clock))(None)
+    key = chain_key("deribit", "BTC", EXPIRY)
+    step.on_batch([(key, quotes() + [Ticker("deribit", "X", T0, T0, underlying_px=FORWARD)], T0 + 10)])
+    assert step.notify_at().timestamp() * 1000 == T0 + 50
+    clock.ms = T0 + 50
+    step.on_notify()
+    clock.ms = T0 + 130  # a batch that entered at T0 + 70 finishes applying only now
+    step.on_batch([(key, quotes(half_spread_vol=0.005), T0 + 70)])
+    assert step.notify_at().timestamp() * 1000 == T0 + 100 < clock.ms  # overdue: bytewax runs it now
+    step.on_notify()
+    step.on_batch([(key, quotes(half_spread_vol=0.006), T0 + 131)])
+    assert step.notify_at().timestamp() * 1000 == T0 + 150
