@@ -106,7 +106,7 @@ def test_tune_gc_freezes_the_built_process_and_collects_young_objects_less_often
     before = gc.get_threshold()
     try:
         tune_gc()
-        assert gc.get_threshold() == (10_000, 20, 20)
+        assert gc.get_threshold() == (300_000, 20, 20)
         assert gc.get_freeze_count() > 1000  # modules, config, kernels: out of the collector
     finally:
         gc.unfreeze()
