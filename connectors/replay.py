@@ -29,7 +29,7 @@ import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from connectors.deribit import parse_frame
-from connectors.ws_client import SOURCE_BATCH_MAX
+from connectors.ws_client import SOURCE_BATCH_MAX, SOURCE_GATHER_MS
 from operators.events import EVENT_TYPES
 
 _EVENTS = frozenset(EVENT_TYPES.values())
@@ -230,13 +230,16 @@ class ReplaySource(FixedPartitionedSource):
     prefetch: decompress on a background thread (PrefetchReader) instead of inline.
     start_wall_ms: paced runs: the wall time (epoch ms) the first frame is due, so partitions
     in several processes pace against one clock; default: when each partition starts.
+    gather_ms: paced runs: after a part batch, read again no sooner than this (frames gather
+    into batches as they do in a live partition's queue).
     """
 
     def __init__(self, path: Union[str, Path, Sequence[Union[str, Path]]], *, speed: Union[str, float] = "max",
                  parse: Callable[..., list] = parse_frame, batch_max: int = SOURCE_BATCH_MAX,
                  run_seconds: Optional[float] = None, max_frames: Optional[int] = None,
                  stamp_recv: str = "recorded", max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
-                 prefetch: bool = True, start_wall_ms: Optional[float] = None):
+                 prefetch: bool = True, start_wall_ms: Optional[float] = None,
+                 gather_ms: float = SOURCE_GATHER_MS):
         paths = [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]
         if not paths:
             raise ValueError("path=[]: give at least one recording file")
@@ -265,6 +268,7 @@ class ReplaySource(FixedPartitionedSource):
         self.max_frame_bytes = max_frame_bytes
         self.prefetch = prefetch
         self.start_wall_ms = start_wall_ms
+        self.gather_ms = gather_ms
 
     def list_parts(self) -> list[str]:
         return [p.name for p in self.paths]
@@ -348,6 +352,8 @@ class ReplayPartition(StatefulSourcePartition):
             item = self._peek()
             if item is not None and item[0] > due_ts:
                 wake_ms = self.started_wall_ms + (item[0] - self.first_ts_ms) / float(src.speed)
+                if n:  # a part batch: let the next frames gather, as a live partition does
+                    wake_ms = max(wake_ms, now + src.gather_ms)
                 self._awake = datetime.fromtimestamp(wake_ms / 1000.0, tz=timezone.utc)
         return out
 

@@ -5,11 +5,13 @@ queue overflow. Waits are on queues/conditions with timeouts, never sleeps."""
 from __future__ import annotations
 
 import math
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from connectors.deribit import DeribitClient, DeribitSource
 from connectors.simulator import Simulator
+from connectors.ws_client import SOURCE_BATCH_MAX, SOURCE_GATHER_MS
 from operators.events import BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument, Ticker
 from tests.connector_helpers import books, check_chains, collect, run_source
 
@@ -212,8 +214,14 @@ def test_source_in_a_dataflow_one_partition_per_currency(sim):
     part = source.build_part("in", "deribit-ETH", None)
     try:
         assert part.snapshot() is None and part.client.currencies == ("ETH",)
-        assert part.next_batch() == [] or True  # non-blocking either way
-        assert part.next_awake() is None or part.next_awake().tzinfo is not None
+        assert part.client.wait_for(lambda k: k.get("events.BookUpdate", 0) >= 1, 10)
+        before = datetime.now(timezone.utc)
+        batch = part.next_batch()  # never blocks: what the client queued so far
+        after = datetime.now(timezone.utc)
+        assert 0 < len(batch) < SOURCE_BATCH_MAX
+        # a part batch: the partition lets events gather SOURCE_GATHER_MS before reading again
+        gather = timedelta(milliseconds=SOURCE_GATHER_MS)
+        assert before + gather <= part.next_awake() <= after + gather
     finally:
         part.close()
 

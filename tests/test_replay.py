@@ -237,6 +237,21 @@ def test_paced_replay_waits_with_next_awake_not_sleep(tmp_path):
     assert part.snapshot() == 1
 
 
+def test_paced_replay_lets_frames_gather_after_a_part_batch(tmp_path):
+    """Frames due a millisecond apart: after a part batch the partition reads again no sooner
+    than gather_ms (a batch of many frames instead of a bytewax round per frame)."""
+    path = tmp_path / "gather.jsonl.gz"
+    idx = '{"jsonrpc":"2.0","method":"subscription","params":{"channel":"deribit_price_index.btc_usd",' \
+          '"data":{"index_name":"btc_usd","price":%s,"timestamp":%d}}}'
+    write_frames(path, [(START_MS + i, idx % (100000.0 + i, START_MS + i)) for i in range(10)])
+    part = ReplaySource(path, speed=1.0, gather_ms=7.0).build_part("in", "gather.jsonl.gz", None)
+    assert [e.price for e in part.next_batch()] == [100000.0]  # only the first is due at the start
+    read_ms = replay_wall_ms()
+    wake_ms = part.next_awake().timestamp() * 1000
+    # the next frame is due 1 ms after the start; the partition waits the 7 ms instead
+    assert wake_ms >= part.started_wall_ms + 7.0 and wake_ms <= read_ms + 7.0 + 1.0
+
+
 def test_a_shared_start_paces_from_that_wall_time(tmp_path):
     """Partitions in several processes pace against one clock: nothing is due before the start,
     the first frame is due at it, and run_seconds counts from it."""
