@@ -450,7 +450,6 @@ class ClientPartition(StatefulSourcePartition):
         self.client.stop()
 
 
-
 class ClientSource(FixedPartitionedSource):
     """One partition per key ("<prefix>-<key>"), each owning its own client from make_client(key);
     client_options() are the keyword arguments every venue's client takes from its source.

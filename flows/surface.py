@@ -20,7 +20,7 @@ import gc
 import os
 import socket
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Callable, Optional
 
 import bytewax.operators as op
@@ -33,7 +33,7 @@ from flows.metrics import COUNTERS, STOP
 from flows.steps import FlowClock, chain_builder, surface_builder
 from operators.chain import now_wall_ms
 from operators.events import (BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument,
-                              SmileFit, StatusReport, SurfacePatch, Ticker, CONSOLIDATED,
+                              StatusReport, SurfacePatch, Ticker, CONSOLIDATED,
                               chain_key, surface_key)
 from operators.graph import Config, ConfigError, load_config
 
