@@ -703,15 +703,14 @@ def combine_cluster(job: dict, outs: list[dict]) -> dict:
 def _expiry_probes(parts: list[dict], probes: dict):
     """probe_for(underlying, expiry_ms): the probe of the partition that carries that expiry's
     events — its currency's, or with a split per worker slot, the slot bytewax runs its chain on."""
-    from connectors.placement import worker_of
-    from operators.events import chain_key
+    from connectors.deribit import VENUE
+    from connectors.placement import expiry_slot
 
     by_slot = {(p["meta"].get("currency", p["currency"]), p["meta"].get("slot")): Path(p["path"]).name for p in parts}
     workers = max((p["meta"].get("workers") or 1) for p in parts)
 
     def probe_for(underlying: str, expiry_ms: int):
-        slot = worker_of(chain_key("deribit", underlying, expiry_ms), workers) if workers > 1 else None
-        return probes.get(by_slot.get((underlying, slot), ""))
+        return probes.get(by_slot.get((underlying, expiry_slot(VENUE, underlying, expiry_ms, workers)), ""))
 
     return probe_for
 

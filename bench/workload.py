@@ -48,8 +48,7 @@ if str(REPO) not in sys.path:
 from connectors.deribit import VENUE, parse_instrument_name  # noqa: E402
 from connectors.replay import write_frames  # noqa: E402
 from connectors.simulator import Simulator  # noqa: E402
-from connectors.placement import slot_names, worker_of  # noqa: E402
-from operators.events import chain_key  # noqa: E402
+from connectors.placement import expiry_slot, slot_names  # noqa: E402
 
 FORMAT_VERSION = 4
 CACHE_DIR = REPO / ".data" / "bench"
@@ -308,9 +307,7 @@ def _frame_targets(line: bytes, lineno: int, path: Path, workers: int) -> tuple[
     if workers == 1 or m.group(2) is not None or _LIST_RE.search(line):
         return currency, None
     underlying, expiry_ms, _, _ = parse_instrument_name(_NAME_RE.search(line).group(1).decode())
-    if expiry_ms == 0:
-        return currency, None
-    return currency, worker_of(chain_key(VENUE, underlying, expiry_ms), workers)
+    return currency, expiry_slot(VENUE, underlying, expiry_ms, workers)
 
 
 def split_path(path: Path, part: str) -> Path:

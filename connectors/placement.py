@@ -14,7 +14,11 @@ costs locality only, never correctness: bytewax still routes every key where it 
 
 from __future__ import annotations
 
+from typing import Optional
+
 from siphash24 import siphash13
+
+from operators.events import chain_key
 
 _ZERO_KEY = bytes(16)
 
@@ -25,6 +29,14 @@ def worker_of(key: str, workers: int) -> int:
         raise ValueError(f"workers={workers}: a cluster has at least one worker")
     digest = siphash13(key.encode("utf-8") + b"\xff", key=_ZERO_KEY).digest()
     return int.from_bytes(digest, "little") % workers
+
+
+def expiry_slot(venue: str, underlying: str, expiry_ms: int, workers: int) -> Optional[int]:
+    """The worker slot that reads an expiry's instruments: the worker its chain key runs on;
+    None for what every slot reads (a perpetual, expiry 0) or when there is one worker."""
+    if workers <= 1 or expiry_ms == 0:
+        return None
+    return worker_of(chain_key(venue, underlying, expiry_ms), workers)
 
 
 def slot_names(base: str, workers: int) -> list[str]:

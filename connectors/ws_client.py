@@ -24,8 +24,8 @@ from typing import Any, Callable, Iterable, Optional
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from connectors.folding import DROPPED, OVERFLOW, FoldingQueue
-from connectors.placement import slot_names, worker_of
-from operators.events import FeedError, Instrument, chain_key
+from connectors.placement import expiry_slot, slot_names
+from operators.events import FeedError, Instrument
 
 log = logging.getLogger(__name__)
 
@@ -253,10 +253,10 @@ class VenueClient:
     def on_this_worker(self, inst: Instrument) -> bool:
         """Whether this client reads `inst`: with a route, only options and futures whose chain
         key bytewax runs on the client's own worker (perpetuals and the index: every slot)."""
-        if self.route is None or inst.expiry_ms == 0:
+        if self.route is None:
             return True
         slot, workers = self.route
-        return worker_of(chain_key(inst.venue, inst.underlying, inst.expiry_ms), workers) == slot
+        return expiry_slot(inst.venue, inst.underlying, inst.expiry_ms, workers) in (None, slot)
 
     # -------------------------------------------------- consumer side (any thread)
 

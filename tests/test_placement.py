@@ -11,7 +11,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSource, cluster_main
 
-from connectors.placement import slot_names, worker_of
+from connectors.placement import expiry_slot, slot_names, worker_of
 from operators.events import chain_key
 
 
@@ -105,3 +105,10 @@ def test_slot_names():
     assert names == sorted(names) and names[10] == "BTC.w10of12" and names[2] == "BTC.w02of12"
     with pytest.raises(ValueError, match="at least one worker"):
         worker_of("x", 0)
+
+
+def test_expiry_slot_is_the_chain_keys_worker_and_none_for_what_every_slot_reads():
+    expiry = 1767686400000
+    assert expiry_slot("deribit", "BTC", expiry, 2) == worker_of(chain_key("deribit", "BTC", expiry), 2)
+    assert expiry_slot("deribit", "BTC", 0, 2) is None  # a perpetual: every slot
+    assert expiry_slot("deribit", "BTC", expiry, 1) is None  # one worker: one slot reads all
