@@ -75,6 +75,10 @@ class WorkloadSpec:
     warmup_s: float = 0.0  # quiet traffic before the first live frame (shock files)
     warmup_rate_msg_s: float = 2_000.0
     currencies: tuple[str, ...] = ("BTC", "ETH")
+    # the book channel recorded, as graph.toml's sources.deribit.book: "grouped" records
+    # book.X.none.<book_depth>.100ms (whole top-level snapshots), "incremental" book.X.100ms
+    book: str = "grouped"
+    book_depth: int = 10
 
     def key(self) -> str:
         raw = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
@@ -129,10 +133,13 @@ class Meta:
     shocks: list = field(default_factory=list)  # [{underlying, ts_ms, first_frame, n_frames, n_books, levels}]
 
 
-def _channels(sim: Simulator, currency: str) -> tuple[list[str], list[str], list[str]]:
+def _channels(sim: Simulator, currency: str, spec: WorkloadSpec) -> tuple[list[str], list[str], list[str]]:
     options = sim.instrument_names(currency, "option")
     futures = sim.instrument_names(currency, "future")
-    books = [f"book.{n}.100ms" for n in options]
+    if spec.book == "grouped":
+        books = [f"book.{n}.none.{spec.book_depth}.100ms" for n in options]
+    else:
+        books = [f"book.{n}.100ms" for n in options]
     opt_tickers = [f"ticker.{n}.100ms" for n in options]
     fut_tickers = [f"ticker.{n}.100ms" for n in futures]
     return books, opt_tickers, fut_tickers
@@ -167,7 +174,7 @@ def generate(spec: WorkloadSpec, meta: Meta, progress=None) -> Iterator[tuple[in
             yield emit(ts, sim.offline_instruments_frame(cur, kind, req_id=req, ts_ms=ts), "instruments")
             req += 1
     for cur in spec.currencies:
-        books, opt_tickers, fut_tickers = _channels(sim, cur)
+        books, opt_tickers, fut_tickers = _channels(sim, cur, spec)
         per_cur[cur] = (books, opt_tickers, fut_tickers)
         meta.n_options[cur] = len(books)
         for b, t in zip(books, opt_tickers):

@@ -201,6 +201,16 @@ def _str(value: Any, field: str) -> str:
 
 
 _INF = float("inf")
+GROUPED_DEPTHS = (1, 10, 20)  # the depths Deribit offers on book.{instrument}.{group}.{depth}.{interval}
+
+
+def grouped_depth(depth: int) -> int:
+    """The grouped channel depth that carries `depth` levels per side."""
+    for d in GROUPED_DEPTHS:
+        if d >= depth:
+            return d
+    raise ValueError(f"depth={depth}: a grouped book carries at most {GROUPED_DEPTHS[-1]} levels per side; "
+                     "use the incremental book for more")
 # No option (coin), future or index (USD) price comes near this; 1e308 on the wire is corruption.
 MAX_PRICE = 1e9
 MAX_AMOUNT = 1e12
@@ -269,8 +279,53 @@ class _BookFrame(msgspec.Struct):
     params: _BookParams
 
 
+class _GroupedData(msgspec.Struct):
+    timestamp: int
+    instrument_name: Annotated[str, msgspec.Meta(min_length=1)]
+    change_id: int
+    bids: tuple[tuple[_Px, _Amt], ...]
+    asks: tuple[tuple[_Px, _Amt], ...]
+    # an incremental book's fields: a frame carrying either is not a grouped snapshot
+    type: msgspec.UnsetType = msgspec.UNSET
+    prev_change_id: msgspec.UnsetType = msgspec.UNSET
+
+
+class _GroupedParams(msgspec.Struct):
+    channel: str
+    data: _GroupedData
+
+
+class _GroupedFrame(msgspec.Struct):
+    method: Literal["subscription"]
+    params: _GroupedParams
+
+
 _decode_book = msgspec.json.Decoder(_BookFrame).decode
+_decode_grouped = msgspec.json.Decoder(_GroupedFrame).decode
 _NOT_FAST = (msgspec.ValidationError, msgspec.DecodeError)
+# Grouped (depth-limited) channels are named book.{instrument}.{group}.{depth}.{interval};
+# the client always asks for group "none". The marker only picks which decoder to try: a frame
+# it misleads is refused by that decoder and read by the careful parser.
+_GROUPED_MARK = ".none."
+_GROUPED_MARK_B = _GROUPED_MARK.encode()
+
+
+def _fast_grouped(raw: bytes | str, ts_recv_ms: int) -> Optional[list]:
+    """A grouped book notification: a whole snapshot of [price, amount] pairs, decoded straight
+    into the BookUpdate's level tuples (no per-level Python work)."""
+    try:
+        frame = _decode_grouped(raw)
+    except _NOT_FAST:
+        return None
+    params = frame.params
+    if not params.channel.startswith("book."):
+        return None
+    d = params.data
+    bids, asks = d.bids, d.asks
+    # best bid and ask by value, not position (a venue's order is not checked elsewhere)
+    if bids and asks and max(bids)[0] >= min(asks)[0]:
+        return None  # crossed: the careful path reports it
+    return [BookUpdate(VENUE, d.instrument_name, d.timestamp, ts_recv_ms, d.change_id, None, "snapshot", bids, asks)]
 
 
 def _fast_book(raw: bytes | str, ts_recv_ms: int) -> Optional[list]:
@@ -531,7 +586,10 @@ def parse_frame(raw: bytes | str, ts_recv_ms: Optional[int] = None,
 
 def _parse(raw: bytes | str, ts_recv_ms: int, max_bytes: int) -> list:
     check_frame(raw, max_bytes)
-    fast = _fast_book(raw, ts_recv_ms)
+    if (_GROUPED_MARK in raw) if type(raw) is str else (type(raw) is bytes and _GROUPED_MARK_B in raw):
+        fast = _fast_grouped(raw, ts_recv_ms)
+    else:
+        fast = _fast_book(raw, ts_recv_ms)
     if fast is None:
         fast = _fast_ticker(raw, ts_recv_ms)
     if fast is not None:
@@ -659,9 +717,13 @@ class DeribitClient(VenueClient):
                  track_instrument_state: bool = True, silence_factor: float = 2.0,
                  fold_max_levels: int = 2_000, clock_ms: Optional[Callable[[], int]] = None,
                  inline_work: Optional[Callable[[Any], None]] = None, frame_tap: Optional[FrameTap] = None,
-                 route: Optional[tuple[int, int]] = None):
+                 route: Optional[tuple[int, int]] = None, book_depth: Optional[int] = None):
         if interval not in ("100ms", "agg2", "raw"):
             raise ValueError(f"interval={interval!r}: use '100ms' (unauthenticated), 'agg2' or 'raw'")
+        if book_depth is not None and (book_depth not in GROUPED_DEPTHS or interval == "raw"):
+            raise ValueError(f"book_depth={book_depth!r}, interval={interval!r}: a grouped book has depth "
+                             f"{', '.join(map(str, GROUPED_DEPTHS))} and interval '100ms' or 'agg2' "
+                             "(book_depth=None subscribes the incremental book)")
         if not heartbeat_s > 0:
             raise ValueError(f"heartbeat_s={heartbeat_s}: must be > 0 (Deribit requires >= 10)")
         if not silence_factor > 1:
@@ -679,6 +741,7 @@ class DeribitClient(VenueClient):
                          reconnect_max_s=reconnect_max_s, open_timeout_s=open_timeout_s, proxy=proxy,
                          frame_tap=frame_tap, route=route)
         self.interval = interval
+        self.book_depth = book_depth
         self.heartbeat_s = heartbeat_s
         self.discovery_max_bytes = max(discovery_max_bytes, max_frame_bytes)
         self.subscribe_burst = subscribe_burst
@@ -845,8 +908,13 @@ class DeribitClient(VenueClient):
         self._push(inst)
         self.active[inst.instrument] = inst
         if inst.kind == "option":
-            return [f"book.{inst.instrument}.{self.interval}", f"ticker.{inst.instrument}.{self.interval}"]
+            return [self._book_channel(inst.instrument), f"ticker.{inst.instrument}.{self.interval}"]
         return [f"ticker.{inst.instrument}.{self.interval}"]
+
+    def _book_channel(self, name: str) -> str:
+        if self.book_depth is None:
+            return f"book.{name}.{self.interval}"
+        return f"book.{name}.none.{self.book_depth}.{self.interval}"
 
     async def _discover(self, ws, currency: str) -> dict[str, Instrument]:
         """public/get_instruments for each kind → the live listing of `currency` (rate limited).
@@ -1054,7 +1122,8 @@ class DeribitClient(VenueClient):
             if ev.kind == "snapshot":
                 self._stale.discard(inst)
                 self._last_change[inst] = ev.seq
-                self._books[inst] = ({p: s for p, s in ev.bids if s > 0}, {p: s for p, s in ev.asks if s > 0})
+                if self.book_depth is None:  # a grouped book has no changes to check against a copy
+                    self._books[inst] = ({p: s for p, s in ev.bids if s > 0}, {p: s for p, s in ev.asks if s > 0})
             else:
                 if not self._chain_continues(ev, self._last_change.get(inst), "prev_change_id", "change_id"):
                     return
@@ -1140,7 +1209,7 @@ class DeribitClient(VenueClient):
             if not insts:
                 self._resync_pending.clear()
                 return
-            channels = [f"book.{i}.{self.interval}" for i in insts]
+            channels = [self._book_channel(i) for i in insts]
             self._bump("resyncs", len(insts), notify=True)  # counted when requested
             try:
                 await self._subscribe_bucket.take()
@@ -1163,10 +1232,15 @@ class DeribitSource(ClientSource):
     snapshot() is None: a live source resubscribes after a restart and every book starts again
     from a fresh snapshot. `run_seconds` ends the partition (StopIteration) after that long,
     for tests and `--seconds` runs. `max_expiries`/`max_strikes` trim the chain for small runs.
+    `book`: "incremental" (book.{instrument}.{interval}: a snapshot, then changes chained by
+    change_id) or "grouped" (book.{instrument}.none.{N}.{interval}, N the Deribit depth ≥
+    `depth`: every notification a whole snapshot of the top levels — no chain to break, and a
+    move of every level costs one short frame instead of a delete and a new per level).
     Other keyword arguments go to DeribitClient.
     """
 
     def __init__(self, url: str = DEFAULT_URL, currencies: Iterable[str] = ("BTC", "ETH"), *, depth: int = 5,
+                 book: str = "incremental",
                  interval: str = "100ms", heartbeat_s: float = 10, queue_max: int = 200_000,
                  max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, run_seconds: Optional[float] = None,
                  max_expiries: Optional[int] = None, max_strikes: Optional[int] = None,
@@ -1177,13 +1251,16 @@ class DeribitSource(ClientSource):
                          max_expiries=max_expiries, max_strikes=max_strikes, run_seconds=run_seconds,
                          batch_max=batch_max, idle_ms=idle_ms, client_kwargs=client_kwargs,
                          route_workers=route_workers)
+        if book not in ("incremental", "grouped"):
+            raise ValueError(f"book={book!r}: use \"grouped\" or \"incremental\"")
         self.depth = depth  # levels kept downstream; the incremental channel always sends full depth
+        self.book_depth = grouped_depth(depth) if book == "grouped" else None
         self.interval = interval
         self.heartbeat_s = heartbeat_s
 
     def make_client(self, currency: str, slot: int) -> DeribitClient:
         return DeribitClient(self.url, (currency,), interval=self.interval, heartbeat_s=self.heartbeat_s,
-                             **self.client_options(slot))
+                             book_depth=self.book_depth, **self.client_options(slot))
 
 
 DeribitPartition = ClientPartition  # one started DeribitClient, drained in batches

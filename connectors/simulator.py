@@ -4,9 +4,12 @@ arbitrage-free "true" volatility surface, for tests and benchmarks.
 It speaks the subset of Deribit that volgraph uses (PROTOCOLS.md §A) with the real frame shapes:
 public/get_instruments, public/subscribe, public/unsubscribe, public/set_heartbeat (then
 heartbeat and test_request frames, closing sessions that do not answer), public/test,
-public/get_time, public/get_index_price; channels book.{instrument}.{interval},
+public/get_time, public/get_index_price; channels book.{instrument}.{interval} (incremental),
+book.{instrument}.none.{depth}.{interval} (grouped: whole top-of-book snapshots),
 ticker.{instrument}.{interval}, deribit_price_index.{index} and
-instrument.state.{kind}.{currency} (sent on listings and expiries).
+instrument.state.{kind}.{currency} (sent on listings and expiries). One book per instrument
+moves for every book channel of it: an incremental subscriber sees the change, a grouped one
+the new top levels, at the same moment.
 
 Faults, on command (`Simulator.inject`, or scheduled by market tick with `faults=` / `--faults`):
 dropped connections, stalls, stopped heartbeats, change_id gaps, malformed, oversized, crossed
@@ -532,6 +535,7 @@ class Simulator(SimServer):
         self._reprice_all()
         self._instrument_cache: dict[tuple[str, str], list] = {}
         self._sub_lists: Optional[tuple[list, list, list]] = None
+        self._book_variants: dict[str, list[str]] = {}  # instrument → its book channels, when several
         self._gap_next: set[str] = set()
         self._rate_limit_next = 0
         # Faults (see inject): per-instrument corruptions of the next message, a schedule by
@@ -685,6 +689,13 @@ class Simulator(SimServer):
                                lambda: self._amount(instrument), lambda amt: round(amt + step, 1), self._rng)
         return [[a, px, float(amt)] for a, px, amt in bids], [[a, px, float(amt)] for a, px, amt in asks]
 
+    def _grouped_data(self, instrument: str, ts: int, depth: int) -> dict:
+        """A grouped book notification: the top `depth` levels per side as [price, amount]."""
+        book = self._book_state(instrument)
+        return {"timestamp": ts, "instrument_name": instrument, "change_id": book.change_id,
+                "bids": [[px, amt] for px, amt in sorted(book.bids.items(), reverse=True)[:depth]],
+                "asks": [[px, amt] for px, amt in sorted(book.asks.items())[:depth]]}
+
     def _change_data(self, instrument: str, ts: int) -> Optional[dict]:
         book = self._book_state(instrument)
         if instrument in self._gap_next or "*" in self._gap_next:
@@ -828,6 +839,9 @@ class Simulator(SimServer):
         parts = ch.split(".")
         if len(parts) == 3 and parts[0] in ("book", "ticker") and parts[2] in ("100ms", "agg2", "raw"):
             return (parts[1] in self._by_option or parts[1] in self._by_future) and parts[1] not in self._delisted
+        if len(parts) == 5 and parts[0] == "book" and parts[2] == "none" and parts[3] in GROUPED_DEPTHS \
+                and parts[4] in ("100ms", "agg2"):
+            return (parts[1] in self._by_option or parts[1] in self._by_future) and parts[1] not in self._delisted
         if len(parts) == 4 and parts[:2] == ["instrument", "state"]:
             return parts[2] in ("option", "future", "any") and parts[3].upper() in self._cur
         return len(parts) == 2 and parts[0] == "deribit_price_index" and parts[1] in self._index_names
@@ -940,7 +954,9 @@ class Simulator(SimServer):
             return []  # notifications only when something is listed or delisted
         if kind == "book":
             self.counters["snapshots"] += 1
-            return [_notification(ch, self._snapshot_data(rest.rsplit(".", 1)[0], ts))]
+            inst, depth = _book_channel(ch)
+            data = self._snapshot_data(inst, ts) if depth is None else self._grouped_data(inst, ts, depth)
+            return [_notification(ch, data)]
         if kind == "ticker":
             return [_notification(ch, self._ticker_data(rest.rsplit(".", 1)[0], ts))]
         cur = self._index_names[rest]
@@ -951,24 +967,41 @@ class Simulator(SimServer):
     def _channel_lists(self) -> tuple[list, list, list]:
         if self._sub_lists is None:
             books, tickers, indices = [], [], []
-            for ch in self._subs:
+            variants: dict[str, list[str]] = {}
+            for ch in sorted(self._subs):
                 if ch.startswith("instrument.state."):
                     continue  # sent on listings and expiries only
-                (books if ch.startswith("book.") else tickers if ch.startswith("ticker.") else indices).append(ch)
-            books.sort()
-            tickers.sort()
-            indices.sort()
+                if ch.startswith("book."):
+                    # one entry per instrument: its other book channels hear the same move
+                    chans = variants.setdefault(_book_channel(ch)[0], [])
+                    if not chans:
+                        books.append(ch)
+                    chans.append(ch)
+                    continue
+                (tickers if ch.startswith("ticker.") else indices).append(ch)
+            self._book_variants = {inst: chans for inst, chans in variants.items() if len(chans) > 1}
             self._sub_lists = (books, tickers, indices)
         return self._sub_lists
 
     def _message(self, ch: str, ts: int) -> Optional[bytes]:
         kind, _, rest = ch.partition(".")
         if kind == "book":
-            inst = rest.rsplit(".", 1)[0]
+            inst, depth = _book_channel(ch)
             data = self._change_data(inst, ts)
             if data is None:
                 return None
             self.counters["book_messages"] += 1
+            if self._sub_lists is None:
+                self._channel_lists()  # subscriptions changed: refresh the book variants
+            siblings = self._book_variants.get(inst) if self._book_variants else None
+            if siblings:
+                for other in siblings:  # the same move, in each other book channel's form
+                    if other != ch:
+                        other_depth = _book_channel(other)[1]
+                        self._deliver(other, _notification(other, data if other_depth is None
+                                                           else self._grouped_data(inst, ts, other_depth)))
+            if depth is not None:
+                data = self._grouped_data(inst, ts, depth)
             if self._msg_faults:
                 fault = self._take_fault(inst, "book")
                 if fault is not None:
@@ -1076,9 +1109,11 @@ class Simulator(SimServer):
         """The frame of `data` on `ch`, broken the way a faulty exchange breaks it."""
         self._bump("faults_applied", notify=True)
         sentinel = None
+        grouped = ch.startswith("book.") and _book_channel(ch)[1] is not None  # levels [price, amount]
         if kind == "crossed" and book is not None and book.asks:
             best_ask = min(book.asks)
-            data["bids"] = list(data["bids"]) + [["new", round(best_ask + OPT_TICK_LARGE, 4), 1.0]]
+            crossing = round(best_ask + OPT_TICK_LARGE, 4)
+            data["bids"] = list(data["bids"]) + [[crossing, 1.0] if grouped else ["new", crossing, 1.0]]
         elif kind == "bad_price":
             value = params.get("value", -0.001)
             if value in ("NaN", "Infinity", "-Infinity"):  # not JSON; some encoders write them anyway
@@ -1086,7 +1121,7 @@ class Simulator(SimServer):
             if ch.startswith("book."):
                 side = "bids" if data["bids"] else "asks"
                 level = list(data[side][0])
-                level[1] = value
+                level[0 if grouped else 1] = value
                 data[side] = [level] + list(data[side][1:])
             else:
                 data[params.get("field", "best_bid_price")] = value
@@ -1256,7 +1291,8 @@ class Simulator(SimServer):
         self._offline_only(what)
         if not self._valid_channel(channel):
             raise ValueError(f"{what}({channel!r}): not a channel of this simulator; use book.<instrument>.100ms, "
-                             "ticker.<instrument>.100ms or deribit_price_index.<btc_usd|eth_usd>")
+                             "book.<instrument>.none.<1|10|20>.100ms, ticker.<instrument>.100ms or "
+                             "deribit_price_index.<btc_usd|eth_usd>")
 
 
 def _period(expiry_ms: int, now_ms: int) -> str:
@@ -1270,6 +1306,13 @@ def _period(expiry_ms: int, now_ms: int) -> str:
 
 
 MALFORMED_VARIANTS = ("truncated", "nan_literal", "garbage", "not_object", "wrong_type")
+GROUPED_DEPTHS = ("1", "10", "20")  # Deribit's depths for book.{instrument}.{group}.{depth}.{interval}
+
+
+def _book_channel(channel: str) -> tuple[str, Optional[int]]:
+    """book.X.100ms → (X, None); book.X.none.10.100ms → (X, 10). Names contain no dots."""
+    parts = channel.split(".")
+    return parts[1], (int(parts[3]) if len(parts) == 5 else None)
 
 
 def _notification(channel: str, data: dict) -> bytes:

@@ -36,8 +36,14 @@ class OrderBook:
     def apply(self, update: BookUpdate) -> Optional[FeedError]:
         """Apply a snapshot or change; returns a FeedError when the chain broke or the book is bad."""
         if update.kind == "snapshot":
-            bids = self.bids = {px: sz for px, sz in update.bids if sz > 0}
-            asks = self.asks = {px: sz for px, sz in update.asks if sz > 0}
+            # built in C (a grouped channel sends every book as a snapshot); a snapshot holds
+            # live levels only, so one with a size-0 level takes the slow way
+            bids, asks = dict(update.bids), dict(update.asks)
+            if 0.0 in bids.values():
+                bids = {px: sz for px, sz in update.bids if sz > 0}
+            if 0.0 in asks.values():
+                asks = {px: sz for px, sz in update.asks if sz > 0}
+            self.bids, self.asks = bids, asks
             self.best_bid = max(bids) if bids else math.nan
             self.best_ask = min(asks) if asks else math.nan
             self.last_seq = update.seq

@@ -41,6 +41,7 @@ class DeribitSourceConfig:
     enabled: bool
     url: str
     currencies: list[str]
+    book: str
     book_interval: str
     depth: int
     heartbeat_s: int
@@ -160,6 +161,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "sources.deribit.url": (lambda v: v.startswith(("ws://", "wss://")), "a ws:// or wss:// URL"),
     "sources.deribit.currencies": (lambda v: len(v) > 0 and all(isinstance(c, str) and c.isupper() for c in v),
                                    'a non-empty list of upper-case currencies, e.g. ["BTC", "ETH"]'),
+    "sources.deribit.book": (lambda v: v in ("grouped", "incremental"), 'one of "grouped", "incremental"'),
     "sources.deribit.book_interval": (lambda v: v in ("100ms", "agg2", "raw"), 'one of "100ms", "agg2", "raw"'),
     "sources.deribit.depth": (lambda v: 1 <= v <= 50, "an integer from 1 to 50"),
     "sources.deribit.heartbeat_s": (lambda v: v >= 10, "an integer ≥ 10 (Deribit's minimum)"),
@@ -209,7 +211,20 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         if f.name in ("path", "nodes"):
             continue
         sections[f.name] = _section(typing.get_type_hints(Config)[f.name], merged.get(f.name, {}), f.name, where)
-    return Config(path=where, nodes=_nodes(nodes_raw, where), **sections)
+    config = Config(path=where, nodes=_nodes(nodes_raw, where), **sections)
+    _check_combinations(config, where)
+    return config
+
+
+def _check_combinations(config: Config, where: str) -> None:
+    """Keys valid alone but not together."""
+    d = config.sources.deribit
+    if d.book == "grouped" and d.depth > 20:
+        raise ConfigError(f'{where}: sources.deribit.depth = {d.depth} with sources.deribit.book = "grouped": a grouped '
+                          'book carries at most 20 levels per side; lower depth or set book = "incremental"')
+    if d.book == "grouped" and d.book_interval == "raw":
+        raise ConfigError(f'{where}: sources.deribit.book_interval = "raw" with sources.deribit.book = "grouped": '
+                          'grouped books come at "100ms" or "agg2"; change one of the two')
 
 
 def _read(path: Path) -> dict:

@@ -12,6 +12,7 @@ import pytest
 from connectors.deribit import DeribitClient, DeribitSource
 from connectors.simulator import Simulator
 from connectors.ws_client import SOURCE_BATCH_MAX, SOURCE_GATHER_MS
+from operators.book import OrderBook
 from operators.events import BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument, Ticker
 from tests.connector_helpers import books, check_chains, collect, run_source
 
@@ -95,6 +96,79 @@ def test_gap_gives_seq_gap_then_a_fresh_snapshot(sim):
         n = len(books(events)[target])
         collect(client, events, lambda ev: len(books(ev)[target]) >= n + 2, what="changes after resync")
         check_chains(events)
+    finally:
+        client.stop()
+
+
+def test_grouped_book_channel_gives_whole_snapshots_of_the_same_book(sim):
+    """book.X.none.10.100ms beside book.X.100ms on one simulator: every grouped notification is a
+    whole snapshot (no change chain), and both end on the same book, the simulator's."""
+    grouped = make_client(sim.url, ("ETH",), book_depth=10).start()
+    incremental = make_client(sim.url, ("ETH",)).start()
+    try:
+        names = sim.instrument_names("ETH")
+        g_events: list = []
+        i_events: list = []
+        collect(grouped, g_events, lambda ev: len(books(ev)) == len(names)
+                and sum(len(v) >= 3 for v in books(ev).values()) >= 5, what="grouped books moving")
+        collect(incremental, i_events, lambda ev: len(books(ev)) == len(names), what="incremental snapshots")
+        sim.pause()
+        final = sim.books()
+
+        def caught_up(ev):
+            by = books(ev)
+            return all(n in by and by[n][-1].seq == final[n][2] for n in names)
+
+        collect(grouped, g_events, caught_up, what="grouped books at the simulator's last change_id")
+        collect(incremental, i_events, caught_up, what="incremental books at the simulator's last change_id")
+        assert not [e for e in g_events + i_events if isinstance(e, FeedError)]
+        g_books = books(g_events)
+        assert all(e.kind == "snapshot" and e.prev_seq is None for v in g_books.values() for e in v)
+        assert max(len(v) for v in g_books.values()) >= 3
+        check_chains(i_events)
+        assert f"book.{names[0]}.none.10.100ms" in grouped.channels
+        assert f"book.{names[0]}.100ms" in incremental.channels
+        for name in names:
+            bids, asks, _ = final[name]
+            g, i = OrderBook(10), OrderBook(10)
+            for e in g_books[name]:
+                assert g.apply(e) is None
+            for e in books(i_events)[name]:
+                assert i.apply(e) is None
+            top_bids = dict(sorted(bids.items(), reverse=True)[:10])
+            top_asks = dict(sorted(asks.items())[:10])
+            assert g.bids == top_bids == dict(sorted(i.bids.items(), reverse=True)[:10])
+            assert g.asks == top_asks == dict(sorted(i.asks.items())[:10])
+            assert (g.best_bid, g.best_ask) == (i.best_bid, i.best_ask)
+        assert grouped.counters().get("gaps", 0) == 0
+    finally:
+        grouped.stop()
+        incremental.stop()
+
+
+def test_grouped_crossed_frame_is_an_error_and_the_next_snapshot_heals(sim):
+    client = make_client(sim.url, ("ETH",), book_depth=10).start()
+    try:
+        names = sim.instrument_names("ETH")
+        events: list = []
+        collect(client, events, lambda ev: len(books(ev)) == len(names), what="every book's first snapshot")
+        target = next(n for n in names if all(sim.book(n)[:2]))  # one with bids and asks
+        collect(client, events, lambda ev: len(books(ev)[target]) >= 2, what="target streaming")
+        sim.inject("crossed", target)
+        mark = len(events)
+
+        def healed(ev):
+            err = [i for i, e in enumerate(ev) if i >= mark and isinstance(e, FeedError) and e.instrument == target]
+            return err and any(isinstance(e, BookUpdate) and e.instrument == target for e in ev[err[0]:])
+
+        collect(client, events, healed, what="crossed_book error, then a good snapshot")
+        err = next(e for e in events[mark:] if isinstance(e, FeedError) and e.instrument == target)
+        assert err.reason == "crossed_book" and "best bid" in err.detail
+        book = OrderBook(10)
+        for e in books(events)[target]:
+            book.apply(e)
+        assert not book.stale and book.best_bid < book.best_ask
+        assert client.counters()["errors.crossed_book"] == 1
     finally:
         client.stop()
 

@@ -394,6 +394,41 @@ def test_fast_book_path_equals_the_careful_parser(kind, change_id, prev, bids, a
     _fast_equals_careful(deribit._fast_book, deribit._book, "book.BTC-27DEC24-100000-C.100ms", data)
 
 
+_odd_pair = st.tuples(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 10**10), st.text(max_size=3)),
+                      st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 10**13)))
+_good_pair = st.tuples(st.one_of(st.floats(1e-4, 10.0), st.integers(1, 10**6)),
+                       st.one_of(st.floats(0.0, 1e4), st.integers(0, 10**6)))
+_grouped_level = st.one_of(_good_pair, _good_pair, _good_pair, _odd_pair, _good_level)
+
+
+@settings(max_examples=500, deadline=None)
+@given(change_id=st.one_of(st.integers(0, 2**40), st.text(max_size=2)),
+       bids=st.lists(_grouped_level.map(list), max_size=6), asks=st.lists(_grouped_level.map(list), max_size=6),
+       name=st.sampled_from(["BTC-27DEC24-100000-C", "BTC-27DEC24-100000-C", "", 7]),
+       typ=st.sampled_from([None, None, None, "snapshot", "change"]))
+def test_fast_grouped_path_equals_the_careful_parser(change_id, bids, asks, name, typ):
+    from connectors import deribit
+
+    data = {"timestamp": 1_700_000_000_000, "instrument_name": name, "change_id": change_id, "bids": bids, "asks": asks}
+    if typ is not None:  # grouped notifications carry no type; a frame that has one goes the careful way
+        data["type"] = typ
+    _fast_equals_careful(deribit._fast_grouped, deribit._book, "book.BTC-27DEC24-100000-C.none.10.100ms", data)
+
+
+def test_grouped_book_is_a_whole_snapshot_of_pairs():
+    frame = orjson.dumps({"jsonrpc": "2.0", "method": "subscription", "params": {
+        "channel": "book.BTC-27DEC24-100000-C.none.10.100ms",
+        "data": {"timestamp": 1733990400123, "instrument_name": "BTC-27DEC24-100000-C", "change_id": 68219473999,
+                 "bids": [[0.041, 12.5], [0.0405, 3]], "asks": [[0.0425, 7.0]]}}})
+    (ev,) = parse_frame(frame, TS)
+    assert ev == BookUpdate("deribit", "BTC-27DEC24-100000-C", 1733990400123, TS, 68219473999, None, "snapshot",
+                            ((0.041, 12.5), (0.0405, 3.0)), ((0.0425, 7.0),))
+    crossed = frame.replace(b"[0.041,12.5]", b"[0.043,12.5]")
+    (err,) = parse_frame(crossed, TS)
+    assert (err.reason, err.instrument) == ("crossed_book", "BTC-27DEC24-100000-C")
+    assert "best bid 0.043 >= best ask 0.0425" in err.detail
+
+
 def _fast_equals_careful(fast_fn, careful_fn, channel: str, data: dict) -> None:
     import orjson
 
