@@ -60,13 +60,15 @@ def test_small_scenario_json_has_every_figure(tmp_path, capsys):
     assert out["systems"]["naive"]["max_err_bp"] == 0.0  # exact by construction
     err = out["systems"]["volgraph"]["max_err_bp"]
     assert err == "n/a" or 0.0 <= err < 5.0
-    assert set(out["shock"]) == {"volgraph 1 proc", "volgraph 2 proc", "naive"}
+    assert set(out["shock"]) == {"volgraph 1 proc", "volgraph 2 proc", "volgraph 2 proc, early", "naive"}
     for name, shock in out["shock"].items():
         assert shock["shock_books"] == 48 and shock["shock_levels"] > 48
         assert shock["absorb_ms"] is not None and shock["absorb_ms"] > 0
         assert 0 < shock["expiries_absorbed"] <= shock["expiries"]
         if name != "naive":  # where in its epoch the shock entered (the chain ticks at that epoch's end)
             assert shock["epoch_ms"] == 50 and 0 <= shock["arrival_in_epoch_ms"] < 50
+    # the shock rows enter late in their epoch (tick due before the shock is read), "early" at its start
+    assert "enters 40 ms into its epoch" in out["shock_definition"] and "early" in out["shock_definition"]
     assert out["speedup_vs_naive"] > 0
     assert {"throughput_msg_s", "speedup_vs_naive", "shock_ms", "paced_p99_ms"} <= set(out["goals"])
     assert all(isinstance(g["met"], bool) for g in out["goals"].values())
