@@ -14,38 +14,72 @@ from typing import Optional
 from operators.events import BookUpdate, FeedError, Instrument, Quote
 
 
+def _best_live(levels: tuple, pick) -> float:
+    """The best price among levels with a size (NaN if none): the slow way, for a snapshot
+    whose best level has size 0."""
+    live = [px for px, sz in levels if sz > 0]
+    return pick(live) if live else math.nan
+
+
 class OrderBook:
     """One instrument's book. Levels are absolute sizes; size 0 deletes a level.
 
     The best bid and ask are kept up to date as levels change (NaN on an empty side), so
-    reading them costs nothing; only deleting the best level rescans that side.
+    reading them costs nothing; only deleting the best level rescans that side. A snapshot is
+    kept as the venue's level tuples and turned into price → size dicts only when a change
+    arrives (a grouped channel sends nothing but snapshots: a shock re-quoting thousands of
+    books then costs one max and one min per book).
     """
 
-    __slots__ = ("instrument", "bids", "asks", "last_seq", "stale", "depth", "best_bid", "best_ask")
+    __slots__ = ("instrument", "_bids", "_asks", "_snap_bids", "_snap_asks", "last_seq", "stale", "depth",
+                 "best_bid", "best_ask")
 
     def __init__(self, depth: int, instrument: Optional[Instrument] = None):
         self.instrument = instrument
-        self.bids: dict[float, float] = {}
-        self.asks: dict[float, float] = {}
+        self._bids: Optional[dict[float, float]] = {}
+        self._asks: Optional[dict[float, float]] = {}
+        self._snap_bids: tuple = ()  # the last snapshot's levels, while _bids is None
+        self._snap_asks: tuple = ()
         self.last_seq: Optional[int] = None
         self.stale = True  # until the first snapshot
         self.depth = depth
         self.best_bid = math.nan
         self.best_ask = math.nan
 
+    @property
+    def bids(self) -> dict[float, float]:
+        if self._bids is None:
+            self._materialise()
+        return self._bids
+
+    @property
+    def asks(self) -> dict[float, float]:
+        if self._asks is None:
+            self._materialise()
+        return self._asks
+
+    def _materialise(self) -> None:
+        # a snapshot holds live levels only (a size-0 level in one is simply absent)
+        self._bids = {px: sz for px, sz in self._snap_bids if sz > 0}
+        self._asks = {px: sz for px, sz in self._snap_asks if sz > 0}
+        self._snap_bids = self._snap_asks = ()
+
     def apply(self, update: BookUpdate) -> Optional[FeedError]:
         """Apply a snapshot or change; returns a FeedError when the chain broke or the book is bad."""
         if update.kind == "snapshot":
-            # built in C (a grouped channel sends every book as a snapshot); a snapshot holds
-            # live levels only, so one with a size-0 level takes the slow way
-            bids, asks = dict(update.bids), dict(update.asks)
-            if 0.0 in bids.values():
-                bids = {px: sz for px, sz in update.bids if sz > 0}
-            if 0.0 in asks.values():
-                asks = {px: sz for px, sz in update.asks if sz > 0}
-            self.bids, self.asks = bids, asks
-            self.best_bid = max(bids) if bids else math.nan
-            self.best_ask = min(asks) if asks else math.nan
+            bids, asks = update.bids, update.asks
+            self._bids = self._asks = None
+            self._snap_bids, self._snap_asks = bids, asks
+            if bids:
+                top = max(bids)  # the highest price (tuples compare by price first)
+                self.best_bid = top[0] if top[1] > 0 else _best_live(bids, max)
+            else:
+                self.best_bid = math.nan
+            if asks:
+                top = min(asks)
+                self.best_ask = top[0] if top[1] > 0 else _best_live(asks, min)
+            else:
+                self.best_ask = math.nan
             self.last_seq = update.seq
             self.stale = False
         else:
@@ -56,7 +90,9 @@ class OrderBook:
                 return FeedError(update.venue, "seq_gap",
                                  f"prev_change_id {update.prev_seq} != last change_id {self.last_seq}",
                                  update.ts_recv_ms, update.instrument)
-            bids, asks = self.bids, self.asks
+            if self._bids is None:
+                self._materialise()
+            bids, asks = self._bids, self._asks
             best_bid, best_ask = self.best_bid, self.best_ask
             rescan_bids = rescan_asks = False
             for px, sz in update.bids:
