@@ -137,11 +137,15 @@ class _BatchingPartition(StatefulSourcePartition):
             index: dict[tuple[str, str], IndexPrice] = {}
             for e in events:
                 kind = type(e)
-                if kind is BookUpdate or kind is Ticker:
+                if kind is BookUpdate or kind is Ticker:  # the bulk: no list made per event
                     keys = route.get(e.instrument)
                     if keys is not None:
                         for key in keys:
-                            groups.setdefault(key, []).append(e)
+                            group = groups.get(key)
+                            if group is None:
+                                groups[key] = [e]
+                            else:
+                                group.append(e)
                     elif kind is BookUpdate:
                         COUNTERS.add("errors.unknown_instrument")
                 elif kind is Instrument:

@@ -181,6 +181,7 @@ class ChainLogic:
         self.audit_every = audit_every  # every N epochs compare published vols to an exact solve
         self.venue_stale_ms = venue_stale_ms
         self.errors: list[FeedError] = []
+        self._solo: Optional[dict[str, str]] = None  # see _solo_legs; rebuilt when options are added
         self.epochs = 0
         self.counters = {"items": 0, "dirty": 0, "iv_solves": 0, "iv_full": 0, "iv_taylor": 0, "iv_skipped": 0,
                          "fits": 0, "fits_deferred": 0, "epoch_us": 0, "audit_max_err_bp": 0.0}
@@ -190,6 +191,7 @@ class ChainLogic:
         """Apply events to the books and forward inputs; only marks what is dirty."""
         s = self.state
         options, books, seen, requote = s.options, s.books, s.venue_seen_ms, self._requote
+        solo = self._solo if self._solo is not None else self._solo_legs()
         n = 0
         for item in items:
             n += 1
@@ -210,7 +212,21 @@ class ChainLogic:
                 # most changes are below the top of the book: nothing to requote (an unchanged
                 # top holds the same float objects, so even an empty side compares equal)
                 if (book.best_bid, book.best_ask, book.stale) != top:
-                    requote(*entry)
+                    venue = solo.get(name)
+                    if venue is None or s.stale_venues:
+                        requote(*entry)
+                    else:  # its strike's only book (a crossed one is stale): its top is the quote
+                        idx, is_call = entry
+                        bid, ask = (math.nan, math.nan) if book.stale else (book.best_bid, book.best_ask)
+                        if is_call:
+                            s.call_bid[idx], s.call_ask[idx] = bid, ask
+                            s.call_bid_venue[idx] = venue if bid == bid else ""
+                            s.call_ask_venue[idx] = venue if ask == ask else ""
+                        else:
+                            s.put_bid[idx], s.put_ask[idx] = bid, ask
+                            s.put_bid_venue[idx] = venue if bid == bid else ""
+                            s.put_ask_venue[idx] = venue if ask == ask else ""
+                        s.dirty.add(idx)
                 if item.ts_recv_ms > seen.get(item.venue, 0):
                     seen[item.venue] = item.ts_recv_ms
                 if item.ts_exchange_ms > s.ts_exchange_ms:
@@ -225,6 +241,7 @@ class ChainLogic:
                 if item.kind == "option" and item.instrument not in s.options:
                     leg = (s.slot_of(float(item.strike)), item.option_type == "C")
                     s.options[item.instrument] = leg
+                    self._solo = None
                     s.books[item.instrument] = OrderBook(self.depth, item)
                     s.legs.setdefault(leg, []).append(item.instrument)
             elif kind is FuturePrice:
@@ -252,6 +269,12 @@ class ChainLogic:
                 if item.ts_exchange_ms > s.ts_exchange_ms:
                     s.ts_exchange_ms = item.ts_exchange_ms
         self.counters["items"] += n
+
+    def _solo_legs(self) -> dict[str, str]:
+        """Option → its venue, for the options that are their (strike, type)'s only book."""
+        s = self.state
+        self._solo = {names[0]: s.books[names[0]].instrument.venue for names in s.legs.values() if len(names) == 1}
+        return self._solo
 
     def _requote(self, idx: int, is_call: bool) -> None:
         """Best bid and ask of one (strike, type) across its venues' books; a stale, crossed

@@ -33,6 +33,7 @@ g ≥ 0 — a flat smile always passes, so the returned fit is arbitrage-free by
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -515,8 +516,15 @@ def _check_grid(k: np.ndarray, n_near: int = 241, n_wing: int = 480) -> np.ndarr
     near = np.linspace(k_lo - pad, k_hi + pad, n_near)
     # far wings: g's asymptote is approached slowly, and with ρ → ±1 a shallow dip can sit
     # tens of units out; 2 % spacing keeps such a dip between refinable neighbours
-    wings = np.geomspace(0.05, 1000.0, n_wing)
+    wings = _wings(n_wing)
     return np.unique(np.concatenate([near, -wings + min(k_lo - pad, 0.0), wings + max(k_hi + pad, 0.0)]))
+
+
+@functools.lru_cache(maxsize=4)
+def _wings(n_wing: int) -> np.ndarray:
+    wings = np.geomspace(0.05, 1000.0, n_wing)
+    wings.flags.writeable = False  # shared between fits
+    return wings
 
 
 def _params_tuple(obj: Any) -> Optional[SviParams]:
