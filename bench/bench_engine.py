@@ -21,6 +21,7 @@ os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 
 import argparse
 import bisect
+import dataclasses
 import datetime as _dt
 import json
 import math
@@ -826,9 +827,13 @@ def run_all(args) -> dict:
     cache = Path(args.cache_dir) if args.cache_dir else CACHE_DIR
     path, meta = ensure_workload(spec, "workload", cache)
     shock_path, shock_meta = ensure_workload(shock_spec(args.scenario), "shock", cache)
+    # the same shock on Deribit's grouped book channel (graph.toml sources.deribit.book = "grouped")
+    grouped_path, grouped_meta = ensure_workload(dataclasses.replace(shock_spec(args.scenario), book="grouped"),
+                                                 "shock", cache)
     # one partition per (currency, worker slot): each process reads the expiries it computes
     split = split_recording(path, meta, CLUSTER_PROCESSES)
     shock_split = split_recording(shock_path, shock_meta, CLUSTER_PROCESSES)
+    grouped_split = split_recording(grouped_path, grouped_meta, CLUSTER_PROCESSES)
     paced_speed = PACED_RATE_MSG_S / meta["avg_rate_msg_s"]
     prefetch = not args.no_prefetch
     base = {"meta": meta, "path": str(path), "seconds": args.seconds, "prefetch": prefetch}
@@ -852,6 +857,9 @@ def run_all(args) -> dict:
              parts=shock_parts, clock_offset_ms=late),
         dict(cluster, name=CLUSTER_ROW + "_shock_early", seconds=None, speed=1.0, shock=True, shock_meta=shock_meta,
              parts=shock_parts, clock_offset_ms=0),
+        dict(cluster, name=CLUSTER_ROW + "_shock_grouped", seconds=None, speed=1.0, shock=True, shock_meta=grouped_meta,
+             parts=[{"path": str(p), "currency": m["currency"], "meta": m} for p, m in grouped_split.values()],
+             clock_offset_ms=late),
         dict(meta=shock_meta, path=str(shock_path), seconds=None, name="naive_shock", kind="naive", shock=True),
     ]
     if args.profile:
@@ -874,7 +882,8 @@ def summarise(run: dict, args, command: str) -> dict:
     speedup = (vg["msgs_per_s"] / nv["msgs_per_s"]) if vg["msgs_per_s"] and nv["msgs_per_s"] else None
     err = vg["max_err_bp"]
     shocks = {"volgraph 1 proc": r["volgraph_shock"]["shock"], "volgraph 2 proc": r[CLUSTER_ROW + "_shock"]["shock"],
-              "volgraph 2 proc, early": r[CLUSTER_ROW + "_shock_early"]["shock"], "naive": r["naive_shock"]["shock"]}
+              "volgraph 2 proc, early": r[CLUSTER_ROW + "_shock_early"]["shock"],
+              "volgraph 2 proc, grouped": r[CLUSTER_ROW + "_shock_grouped"]["shock"], "naive": r["naive_shock"]["shock"]}
     # the engine's work for the shock: the better of 1 and 2 processes, entering late in an
     # epoch (every shocked expiry absorbed); the early row shows the wait for the epoch's end
     done = {n: x for n, x in shocks.items() if n in ("volgraph 1 proc", "volgraph 2 proc") and x
@@ -951,7 +960,9 @@ def _shock_definition(m: dict) -> str:
             f"first patch that reflects all of its shocked books. The shock enters {SHOCK_ENTRY_LATE_MS:.0f} ms "
             "into its epoch, so its tick falls due before it has been read and runs as soon as it is applied: "
             "the time is the engine's own work for it, the goal's measure. \"2 proc, early\" enters at the start "
-            "of an epoch: its tick waits for that epoch's end (epoch batching), then does the same work")
+            "of an epoch: its tick waits for that epoch's end (epoch batching), then does the same work. "
+            "\"2 proc, grouped\": the same shock recorded on Deribit's grouped book channel (a snapshot of the "
+            "top 10 levels per book instead of a change deleting and adding every level)")
 
 
 def _book_channel_text(spec: dict) -> str:

@@ -75,13 +75,17 @@ class WorkloadSpec:
     warmup_s: float = 0.0  # quiet traffic before the first live frame (shock files)
     warmup_rate_msg_s: float = 2_000.0
     currencies: tuple[str, ...] = ("BTC", "ETH")
-    # the book channel recorded, as graph.toml's sources.deribit.book: "grouped" records
-    # book.X.none.<book_depth>.100ms (whole top-level snapshots), "incremental" book.X.100ms
-    book: str = "grouped"
+    # the book channel recorded, as graph.toml's sources.deribit.book: "incremental" records
+    # book.X.100ms (changes chained by change_id), "grouped" book.X.none.<book_depth>.100ms
+    # (whole top-level snapshots)
+    book: str = "incremental"
     book_depth: int = 10
 
     def key(self) -> str:
-        raw = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        fields = dataclasses.asdict(self)
+        if self.book == "incremental":  # the recordings made before grouped books existed keep their key
+            del fields["book"], fields["book_depth"]
+        raw = json.dumps(fields, sort_keys=True).encode()
         return hashlib.sha1(raw).hexdigest()[:10]
 
 

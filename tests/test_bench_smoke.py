@@ -60,7 +60,8 @@ def test_small_scenario_json_has_every_figure(tmp_path, capsys):
     assert out["systems"]["naive"]["max_err_bp"] == 0.0  # exact by construction
     err = out["systems"]["volgraph"]["max_err_bp"]
     assert err == "n/a" or 0.0 <= err < 5.0
-    assert set(out["shock"]) == {"volgraph 1 proc", "volgraph 2 proc", "volgraph 2 proc, early", "naive"}
+    assert set(out["shock"]) == {"volgraph 1 proc", "volgraph 2 proc", "volgraph 2 proc, early",
+                                 "volgraph 2 proc, grouped", "naive"}
     for name, shock in out["shock"].items():
         assert shock["shock_books"] == 48 and shock["shock_levels"] > 48
         assert shock["absorb_ms"] is not None and shock["absorb_ms"] > 0
@@ -73,6 +74,6 @@ def test_small_scenario_json_has_every_figure(tmp_path, capsys):
     assert {"throughput_msg_s", "speedup_vs_naive", "shock_ms", "paced_p99_ms"} <= set(out["goals"])
     assert all(isinstance(g["met"], bool) for g in out["goals"].values())
     # the workload was cached where we asked, keyed by its parameters
-    assert sorted(p.name.split("_")[0] for p in tmp_path.glob("*.jsonl.gz")) == ["shock"] * 5 + ["workload"] * 5
+    assert sorted(p.name.split("_")[0] for p in tmp_path.glob("*.jsonl.gz")) == ["shock"] * 10 + ["workload"] * 5
     assert {".".join(p.name.split(".")[-4:-2]) for p in tmp_path.glob("workload*.jsonl.gz")} >= {
         "BTC.w0of2", "ETH.w1of2"}

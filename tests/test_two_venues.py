@@ -8,11 +8,10 @@ import threading
 import numpy as np
 from bytewax.testing import run_main
 
-from connectors.deribit import DeribitSource
 from connectors.okx import OkxSource
 from connectors.okx_sim import OkxSimulator
 from connectors.simulator import Simulator
-from flows.surface import CallbackSink, build_flow
+from flows.surface import CallbackSink, build_flow, venue_sources
 from operators import chain
 from operators.events import CONSOLIDATED, SurfacePatch, apply_patch
 from operators.graph import load_config
@@ -43,8 +42,12 @@ def test_each_venue_and_the_combined_surface():
         chain.warm_up()
         config = load_config(overrides={"sources": {"okx": {"enabled": True}},
                                         "consolidation": {"venue_stale_ms": 1500}})
-        sources = [DeribitSource(url=deribit_url, currencies=["BTC"], run_seconds=12.0),
-                   OkxSource(okx.url, ["BTC-USD"], run_seconds=12.0, connects_per_s=1000.0)]
+        # Deribit as `volgraph run` builds it from graph.toml, here on the grouped book channel
+        (deribit_source,) = venue_sources(load_config(overrides={
+            "sources": {"okx": {"enabled": False}, "deribit": {"currencies": ["BTC"], "book": "grouped"}}}),
+            urls={"deribit": deribit_url}, run_seconds=12.0)
+        assert deribit_source.book_depth == 10
+        sources = [deribit_source, OkxSource(okx.url, ["BTC-USD"], run_seconds=12.0, connects_per_s=1000.0)]
         run_main(build_flow(config, sources, [CallbackSink(collect)]))
     finally:
         deribit.stop()
