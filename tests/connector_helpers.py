@@ -96,6 +96,25 @@ def json_paths(node, prefix=()):
             yield from json_paths(v, prefix + (i,))
 
 
+def check_smile_against_truth(view, true_vol, label) -> None:
+    """A fitted smile against the simulator's true one at the quoted strikes. A wing quoted a
+    tick or two wide does not pin its vol: there the fit must stay within a quarter of the
+    quotes' bid-ask IV band (+0.5 vol pt) of the truth; where the band is narrower than 4 vol
+    pts, within 0.5 pt RMS. (A weekly a few days out has wings ~9 pts wide.)"""
+    import math
+
+    import numpy as np
+
+    err_pts = smile_error_pts(view, true_vol)
+    width_pts = np.array([(a - b) * 100 if a and b else np.inf for b, a in zip(view.bid_iv, view.ask_iv)])
+    print(label, "err", np.round(err_pts, 2).tolist(), "band", np.round(width_pts, 1).tolist())
+    assert np.all(np.abs(err_pts) <= 0.5 + width_pts / 4), (label, err_pts, width_pts)
+    pinned = err_pts[width_pts <= 4.0]
+    assert len(pinned) >= 4, (label, width_pts)
+    rms = math.sqrt(float(np.mean(pinned ** 2)))
+    assert rms <= 0.5, (label, rms, err_pts)
+
+
 def smile_error_pts(view, true_vol):
     """Fitted minus true vol, in vol points, at the strikes quoted behind an ExpiryView;
     true_vol(strike, forward) is the simulator's true smile taken against the fit's forward."""

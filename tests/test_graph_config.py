@@ -48,9 +48,9 @@ def test_user_file_overrides_key_by_key_and_adds_nodes(tmp_path):
     ("[sources.deribit]\nheartbeat_s = 5\n", r"sources.deribit.heartbeat_s = 5 .*Deribit's minimum"),
     ("[sources.okx]\nfamilies = [\"BTC\"]\n", r"sources.okx.families = \['BTC'\] .*instrument families"),
     ("[sources.deribit]\nbook = \"full\"\n", r"sources.deribit.book = 'full' .*one of \"grouped\", \"incremental\""),
-    ("[sources.deribit]\ndepth = 25\n", r"sources.deribit.depth = 25 with sources.deribit.book = \"grouped\": .*at most 20"
+    ("[sources.deribit]\nbook = \"grouped\"\ndepth = 25\n", r"sources.deribit.depth = 25 with sources.deribit.book = \"grouped\": .*at most 20"
      r" levels per side; lower depth or set book = \"incremental\""),
-    ("[sources.deribit]\nbook_interval = \"raw\"\n", r"book_interval = \"raw\" with sources.deribit.book = \"grouped\""),
+    ("[sources.deribit]\nbook = \"grouped\"\nbook_interval = \"raw\"\n", r"book_interval = \"raw\" with sources.deribit.book = \"grouped\""),
     ("[nodes.x]\nfn = \"operators.analytics:atm_vol\"\ninputs = [\"fitt\"]\nlevel = \"expiry\"\n",
      r"\[nodes.x\] has unknown input 'fitt' — did you mean 'fit'"),
     ("[nodes.x]\nfn = \"no_such_module:f\"\ninputs = [\"fit\"]\nlevel = \"expiry\"\n",

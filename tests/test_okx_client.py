@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 from bytewax.testing import run_main
 
@@ -15,7 +14,7 @@ from connectors.okx import OkxClient, OkxSource, RestInstrumentsFetcher
 from connectors.okx_sim import OkxSimulator
 from operators.events import (BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument, SmileFit, SurfacePatch,
                               Ticker)
-from tests.connector_helpers import books, check_chains, collect, run_source, smile_error_pts
+from tests.connector_helpers import books, check_chains, collect, run_source, check_smile_against_truth
 
 
 @pytest.fixture
@@ -326,17 +325,7 @@ def test_flow_fits_match_the_true_surface():
         for expiry_ms in s.expiries(u):
             view = views[(u, expiry_ms)]
             assert len(view.strikes) >= 6 and view.fit.butterfly_ok
-            err_pts = smile_error_pts(view, lambda K, f: s.true_vol(u, expiry_ms, K, forward=f))
-            # A wing quoted a tick or two wide does not pin its vol: there the fit must stay within
-            # a quarter of the quotes' bid-ask IV band (+0.5 pt) of the truth; where the band is
-            # narrower than 4 vol pts, within 0.5 pt RMS.
-            width_pts = np.array([(a - b) * 100 if a and b else np.inf for b, a in zip(view.bid_iv, view.ask_iv)])
-            print(u, expiry_ms, len(view.strikes), np.round(err_pts, 2).tolist(), np.round(width_pts, 1).tolist())
-            assert np.all(np.abs(err_pts) <= 0.5 + width_pts / 4), (u, expiry_ms, err_pts, width_pts)
-            pinned = err_pts[width_pts <= 4.0]
-            assert len(pinned) >= 4, (u, expiry_ms, width_pts)
-            rms = math.sqrt(float(np.mean(pinned ** 2)))
-            assert rms <= 0.5, (u, expiry_ms, rms, err_pts)
+            check_smile_against_truth(view, lambda K, f: s.true_vol(u, expiry_ms, K, forward=f), (u, expiry_ms))
 
 
 def test_subscribe_budget_is_respected():
