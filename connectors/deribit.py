@@ -310,17 +310,21 @@ _GROUPED_MARK = ".none."
 _GROUPED_MARK_B = _GROUPED_MARK.encode()
 
 
+def _book_data(decode: Callable, raw: bytes | str):
+    """The data of a book notification `decode` accepts; None sends the frame to the careful parser."""
+    try:
+        params = decode(raw).params
+    except _NOT_FAST:
+        return None
+    return params.data if params.channel.startswith("book.") else None
+
+
 def _fast_grouped(raw: bytes | str, ts_recv_ms: int) -> Optional[list]:
     """A grouped book notification: a whole snapshot of [price, amount] pairs, decoded straight
     into the BookUpdate's level tuples (no per-level Python work)."""
-    try:
-        frame = _decode_grouped(raw)
-    except _NOT_FAST:
+    d = _book_data(_decode_grouped, raw)
+    if d is None:
         return None
-    params = frame.params
-    if not params.channel.startswith("book."):
-        return None
-    d = params.data
     bids, asks = d.bids, d.asks
     # best bid and ask by value, not position (a venue's order is not checked elsewhere)
     if bids and asks and max(bids)[0] >= min(asks)[0]:
@@ -330,14 +334,9 @@ def _fast_grouped(raw: bytes | str, ts_recv_ms: int) -> Optional[list]:
 
 def _fast_book(raw: bytes | str, ts_recv_ms: int) -> Optional[list]:
     """[BookUpdate] for a frame the hot path accepts; None sends it to the careful parser."""
-    try:
-        frame = _decode_book(raw)
-    except _NOT_FAST:
+    d = _book_data(_decode_book, raw)
+    if d is None:
         return None
-    params = frame.params
-    if not params.channel.startswith("book."):
-        return None
-    d = params.data
     if d.type == "snapshot":
         for levels in (d.bids, d.asks):
             for lvl in levels:
