@@ -780,12 +780,13 @@ class PostgresWriter:
         self._conn = None
 
     def _note_down(self, exc: "_DatabaseDown") -> None:
-        self.stats_counts["retries"] += 1
-        self.errors[f"db_down.{exc.stage}"] += 1
+        # state first, counters last: whoever sees the retry counted also sees the database down
+        was_up, self.db_up = self.db_up, False
         self.last_error = str(exc.__cause__).strip().splitlines()[0] if exc.__cause__ else exc.stage
-        if self.db_up:
+        self.errors[f"db_down.{exc.stage}"] += 1
+        self.stats_counts["retries"] += 1
+        if was_up:
             log.warning("writer %s: database unreachable (%s); buffering", self.name, self.last_error)
-        self.db_up = False
 
     def _reject(self, events: list, reason: str, label: str) -> None:
         self.spill_dir.mkdir(parents=True, exist_ok=True)
