@@ -43,7 +43,7 @@ CLUSTER_PROCESSES = 2
 CLUSTER_ROW = "volgraph_2proc"  # the scale-out row: 2 processes × 1 worker, a partition per (currency, process)
 PACED_RATE_MSG_S = 50_000.0
 CLUSTER_START_MS = 8_000.0  # paced cluster: its processes start pacing this long after launch
-SHOCK_ENTRY_LATE_MS = 40.0  # where in its 50 ms epoch the shock rows' shock enters (its tick due 10 ms later)
+SHOCK_ENTRY_LATE = 0.8  # where in its epoch the shock rows' shock enters (40 ms of 50: its tick due 10 ms later)
 WARMUP_S = 2.0  # paced run: latency counted for events entering after this much live traffic
 AUDIT_EVERY = 20  # epochs between exact re-solves in volgraph's audit mode
 
@@ -815,13 +815,14 @@ def _f(v, fmt="{:,.0f}", none="n/a") -> str:
     return fmt.format(v)
 
 
-def _clock_offset(shock_ts_ms: int, phase_ms: float, epoch_ms: int = 50) -> int:
+def _clock_offset(shock_ts_ms: int, phase_ms: float, epoch_ms: int) -> int:
     """Flow-clock offset (ms) that puts a frame stamped shock_ts_ms `phase_ms` into its epoch."""
     return int((phase_ms - shock_ts_ms % epoch_ms) % epoch_ms)
 
 
 def run_all(args) -> dict:
     from bench.workload import CACHE_DIR, ensure_workload, shock_spec, split_recording, workload_for
+    from operators.graph import load_config
 
     spec = workload_for(args.scenario, args.seconds, args.messages)
     cache = Path(args.cache_dir) if args.cache_dir else CACHE_DIR
@@ -844,7 +845,8 @@ def run_all(args) -> dict:
     # and applied and runs as soon as it is — end to end is then the engine's own work for it.
     # The "early" row enters at the start of an epoch: its tick waits for the epoch's end.
     shock_parts = [{"path": str(p), "currency": m["currency"], "meta": m} for p, m in shock_split.values()]
-    late = _clock_offset(shock_meta["shocks"][0]["ts_ms"], SHOCK_ENTRY_LATE_MS)
+    epoch_ms = load_config().runtime.epoch_ms
+    late = _clock_offset(shock_meta["shocks"][0]["ts_ms"], SHOCK_ENTRY_LATE * epoch_ms, epoch_ms)
     jobs = [
         dict(base, name="volgraph", kind="volgraph", speed="max"),
         cluster,
@@ -870,7 +872,7 @@ def run_all(args) -> dict:
     for job in jobs:
         print(f"# running {job['name']} …", file=sys.stderr, flush=True)
         results[job["name"]] = run_cluster(job) if job["kind"] == "cluster" else _child(job)
-    return {"path": str(path), "meta": meta, "shock_meta": shock_meta, "paced_speed": paced_speed,
+    return {"path": str(path), "meta": meta, "shock_meta": shock_meta, "epoch_ms": epoch_ms, "paced_speed": paced_speed,
             "split": {c: {"path": str(p), "frames": m["frames"], "preamble_frames": m["preamble_frames"]}
                       for c, (p, m) in split.items()},
             "results": results, "loadavg": [round(x, 2) for x in load_before + os.getloadavg()]}
@@ -883,7 +885,8 @@ def summarise(run: dict, args, command: str) -> dict:
     err = vg["max_err_bp"]
     shocks = {"volgraph 1 proc": r["volgraph_shock"]["shock"], "volgraph 2 proc": r[CLUSTER_ROW + "_shock"]["shock"],
               "volgraph 2 proc, early": r[CLUSTER_ROW + "_shock_early"]["shock"],
-              "volgraph 2 proc, grouped": r[CLUSTER_ROW + "_shock_grouped"]["shock"], "naive": r["naive_shock"]["shock"]}
+              "volgraph 2 proc, grouped": r[CLUSTER_ROW + "_shock_grouped"]["shock"],
+              "naive": r["naive_shock"]["shock"]}
     # the engine's work for the shock: the better of 1 and 2 processes, entering late in an
     # epoch (every shocked expiry absorbed); the early row shows the wait for the epoch's end
     done = {n: x for n, x in shocks.items() if n in ("volgraph 1 proc", "volgraph 2 proc") and x
@@ -943,11 +946,11 @@ def summarise(run: dict, args, command: str) -> dict:
         "cluster_profile_top": ({str(i): _profile_top(t) for i, t in r[CLUSTER_ROW + "_profile"]["profile"].items()}
                                 if r.get(CLUSTER_ROW + "_profile", {}).get("profile") else None),
         "split": run["split"],
-        "shock_definition": _shock_definition(run["shock_meta"]),
+        "shock_definition": _shock_definition(run["shock_meta"], run["epoch_ms"]),
     }
 
 
-def _shock_definition(m: dict) -> str:
+def _shock_definition(m: dict, epoch_ms: int) -> str:
     if not m.get("shocks"):
         return "no shock in the shock workload"
     sh, spec = m["shocks"][0], m["spec"]
@@ -957,7 +960,8 @@ def _shock_definition(m: dict) -> str:
             f"back to back ({sh['levels']:,} level prices), after {spec['warmup_s']:g} s of quiet traffic at "
             f"{spec['warmup_rate_msg_s']:,.0f} msg/s (the engine settled), replayed at real time; "
             f"volgraph's time is from the first shock frame entering to the last {sh['underlying']} expiry's "
-            f"first patch that reflects all of its shocked books. The shock enters {SHOCK_ENTRY_LATE_MS:.0f} ms "
+            f"first patch that reflects all of its shocked books. The shock enters "
+            f"{SHOCK_ENTRY_LATE * epoch_ms:.0f} ms "
             "into its epoch, so its tick falls due before it has been read and runs as soon as it is applied: "
             "the time is the engine's own work for it, the goal's measure. \"2 proc, early\" enters at the start "
             "of an epoch: its tick waits for that epoch's end (epoch batching), then does the same work. "

@@ -201,6 +201,10 @@ def _str(value: Any, field: str) -> str:
 
 
 _INF = float("inf")
+# No option (coin), future or index (USD) price comes near this; 1e308 on the wire is corruption.
+MAX_PRICE = 1e9
+MAX_AMOUNT = 1e12
+_DELETE_ACTIONS = {"new": False, "change": False, "delete": True}
 GROUPED_DEPTHS = (1, 10, 20)  # the depths Deribit offers on book.{instrument}.{group}.{depth}.{interval}
 
 
@@ -211,10 +215,6 @@ def grouped_depth(depth: int) -> int:
             return d
     raise ValueError(f"depth={depth}: a grouped book carries at most {GROUPED_DEPTHS[-1]} levels per side; "
                      "use the incremental book for more")
-# No option (coin), future or index (USD) price comes near this; 1e308 on the wire is corruption.
-MAX_PRICE = 1e9
-MAX_AMOUNT = 1e12
-_DELETE_ACTIONS = {"new": False, "change": False, "delete": True}
 
 
 def _levels(raw: Any, side: str, instrument: str, snapshot: bool) -> tuple[tuple[float, float], ...]:

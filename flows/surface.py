@@ -243,8 +243,8 @@ def venue_sources(config: Config, urls: Optional[dict[str, str]] = None, run_sec
         from connectors.deribit import DeribitSource
 
         sources.append(DeribitSource(url=urls.get("deribit", d.url), currencies=d.currencies, depth=d.depth,
-                                     book=d.book, interval=d.book_interval, heartbeat_s=d.heartbeat_s, queue_max=d.queue_max,
-                                     max_frame_bytes=d.max_frame_bytes, run_seconds=run_seconds,
+                                     book=d.book, interval=d.book_interval, heartbeat_s=d.heartbeat_s,
+                                     queue_max=d.queue_max, max_frame_bytes=d.max_frame_bytes, run_seconds=run_seconds,
                                      route_workers=workers))
     o = config.sources.okx
     if o.enabled:

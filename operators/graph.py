@@ -220,8 +220,8 @@ def _check_combinations(config: Config, where: str) -> None:
     """Keys valid alone but not together."""
     d = config.sources.deribit
     if d.book == "grouped" and d.depth > 20:
-        raise ConfigError(f'{where}: sources.deribit.depth = {d.depth} with sources.deribit.book = "grouped": a grouped '
-                          'book carries at most 20 levels per side; lower depth or set book = "incremental"')
+        raise ConfigError(f'{where}: sources.deribit.depth = {d.depth} with sources.deribit.book = "grouped": '
+                          'a grouped book carries at most 20 levels per side; lower depth or set book = "incremental"')
     if d.book == "grouped" and d.book_interval == "raw":
         raise ConfigError(f'{where}: sources.deribit.book_interval = "raw" with sources.deribit.book = "grouped": '
                           'grouped books come at "100ms" or "agg2"; change one of the two')

@@ -338,7 +338,6 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from connectors.folding import APPENDED, DROPPED, FOLDED, OVERFLOW, FoldingQueue  # noqa: E402
-from operators.book import OrderBook  # noqa: E402
 
 _INSTS = ("A", "B", "C")
 # bids and asks from disjoint price ranges: a book never crosses, so staleness only comes from
