@@ -1001,9 +1001,14 @@ class DeribitClient(VenueClient):
         self._bump("refreshes", notify=True)
 
     async def _remove(self, ws, names: list[str], why: str) -> None:
-        """Stop emitting `names`: forget their state, drop their queued events, unsubscribe.
-        Delisted options are withheld downstream for good (a seq_gap no snapshot will end); at
-        expiry the chain step removes the whole expiry itself, so nothing is sent."""
+        """Stop emitting `names`: forget their state, drop their queued events, unsubscribe."""
+        await self._unsubscribe(ws, self._forget(names, why))
+
+    def _forget(self, names: list[str], why: str) -> list[str]:
+        """Forget `names` at once (frames already in flight are then dropped as late_frames) and
+        return their channels to unsubscribe. Delisted options are withheld downstream for good
+        (a seq_gap no snapshot will end); at expiry the chain step removes the whole expiry
+        itself, so nothing is sent."""
         channels: list[str] = []
         self._removals += 1
         for name in names:
@@ -1025,6 +1030,9 @@ class DeribitClient(VenueClient):
         self._bump(why, len(names), notify=True)
         self._counters["listed"] = len(self.active)
         self._counters["subscribed_channels"] = len(self.channels)
+        return channels
+
+    async def _unsubscribe(self, ws, channels: list[str]) -> None:
         if channels:
             try:
                 await self._subscribe(ws, channels, "public/unsubscribe")
@@ -1046,7 +1054,8 @@ class DeribitClient(VenueClient):
             inst = self.active[name]
             # a settlement notice just before 08:00 is the normal expiry, not a delisting
             why = "expired" if 0 < inst.expiry_ms <= self.clock_ms() + 60_000 else "delisted"
-            self._spawn(self._remove(self._ws, [name], why))
+            # forgotten now, not when the task runs: the frames read meanwhile are late
+            self._spawn(self._unsubscribe(self._ws, self._forget([name], why)))
 
     # -------------------------------------------------- reading
 
