@@ -542,7 +542,7 @@ class OkxSimulator(SimServer):
         self._bump(op + "_requests")
         out: list[bytes] = []
         after: list[bytes] = []
-        ts = int(time.time() * 1000)
+        ts = self.stamp_ms()
         for arg in args:
             key, err = self._sub_key(arg)
             if key is None:
@@ -617,7 +617,7 @@ class OkxSimulator(SimServer):
 
     async def _emit(self, n: int) -> None:
         now_s = time.monotonic()
-        ts = int(time.time() * 1000)
+        ts = self.stamp_ms()
         if self.index_interval_ms and now_s >= self._next_index:
             self._next_index = now_s + self.index_interval_ms / 1000.0
             for fam in self._fam.values():
@@ -656,7 +656,7 @@ class OkxSimulator(SimServer):
                 await asyncio.sleep(0)  # let requests and pings through during big bursts
 
     def _inject(self, kind: str, inst_id: Optional[str]) -> None:
-        ts = int(time.time() * 1000)
+        ts = self.stamp_ms()
         if kind in ("gap", "reset"):
             (self._gap_next if kind == "gap" else self._reset_next).add(inst_id or "*")
             if inst_id is not None and self._loop is not None and f"books:{inst_id}" in self._subs:
@@ -716,11 +716,11 @@ class OkxSimulator(SimServer):
                 body = {"code": "0", "msg": "", "data": self._instrument_rows(typ, fam)}
         elif parts.path == "/api/v5/market/index-tickers":
             fam = self._fam.get(q.get("instId", ""))
-            ts = int(time.time() * 1000)
+            ts = self.stamp_ms()
             rows = orjson.loads(self._index_frame(fam, ts))["data"] if fam else []
             body = {"code": "0", "msg": "", "data": rows}
         elif parts.path == "/api/v5/public/time":
-            body = {"code": "0", "msg": "", "data": [{"ts": str(int(time.time() * 1000))}]}
+            body = {"code": "0", "msg": "", "data": [{"ts": str(self.stamp_ms())}]}
         else:
             status, body = 404, {"code": "404", "msg": f"no such path {parts.path}", "data": []}
         response = connection.respond(status, orjson.dumps(body).decode())

@@ -87,6 +87,12 @@ class SimServer:
         """The model clock: wall clock when live, start + ticks × tick_ms with a fixed now_ms."""
         return self._model_ms
 
+    def stamp_ms(self) -> int:
+        """The exchange timestamp a frame sent now carries: the wall clock to the ms, or with a
+        fixed now_ms the model clock (the prices are for that time: a wall-clock stamp made a
+        client's time to expiry disagree with them)."""
+        return self._model_ms if self._fixed_clock else int(time.time() * 1000)
+
     def expiries(self, underlying: str) -> list[int]:
         return list(self._model(underlying).expiries)
 

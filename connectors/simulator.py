@@ -876,7 +876,7 @@ class Simulator(SimServer):
         elif method == "public/hello":
             result = {"version": VERSION}
         elif method == "public/get_time":
-            result = int(time.time() * 1000)
+            result = self.stamp_ms()
         elif method == "public/set_heartbeat":
             interval = params.get("interval")
             if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval < self.min_heartbeat_s:
@@ -915,7 +915,7 @@ class Simulator(SimServer):
             if method == "public/subscribe":
                 self.counters["subscribe_calls"] += 1
                 result = [c for c in dict.fromkeys(channels) if self._valid_channel(c)]
-                ts = int(time.time() * 1000)
+                ts = self.stamp_ms()
                 for ch in result:
                     if self._subscribe(conn, ch):
                         after.extend(self._initial_frames(ch, ts))
@@ -1024,7 +1024,7 @@ class Simulator(SimServer):
         books, tickers, indices = self._channel_lists()
         if not (books or tickers or indices):
             return
-        ts = int(time.time() * 1000)
+        ts = self.stamp_ms()
         rng = self._rng
         for ch in indices:
             self._deliver(ch, self._message(ch, ts))
@@ -1089,7 +1089,7 @@ class Simulator(SimServer):
         prefix = f"{channel}.{instrument}."
         for ch in list(self._subs):
             if ch.startswith(prefix):
-                frame = self._message(ch, int(time.time() * 1000))
+                frame = self._message(ch, self.stamp_ms())
                 if frame is not None:
                     self._deliver(ch, frame)
 
@@ -1187,7 +1187,7 @@ class Simulator(SimServer):
             gone = [n for n in names if (n in self._by_option) == (kind == "option")]
             if gone:
                 self._state_notify(cur.name, kind, gone, "settled")
-        ts = int(time.time() * 1000)
+        ts = self.stamp_ms()
         late = int(params.get("late", 1))
         for name in names:
             for ch in [c for c in self._subs if c.split(".")[1:2] == [name]]:
@@ -1202,7 +1202,7 @@ class Simulator(SimServer):
         return names
 
     def _state_notify(self, currency: str, kind: str, names: list[str], state: str) -> None:
-        ts = int(time.time() * 1000)
+        ts = self.stamp_ms()
         for ch in (f"instrument.state.{kind}.{currency.lower()}", f"instrument.state.any.{currency.lower()}"):
             for name in names:
                 self._deliver(ch, _notification(ch, {"timestamp": ts, "state": state, "instrument_name": name}))

@@ -96,6 +96,23 @@ def json_paths(node, prefix=()):
             yield from json_paths(v, prefix + (i,))
 
 
+def monday_noon_ms(now_ms: int | None = None) -> int:
+    """The next Monday 12:00 UTC after now: the model clock to pin a started simulator to
+    (now_ms=...) where fits are checked against its true smile. On the wall clock a test run
+    late on a Thursday or early on a Friday met a weekly hours or minutes from expiry, whose
+    tick-wide quotes span 5–15 vol points: no quote pins that smile. Pinned, every run sees
+    the same calendar (its nearest weekly 3.8 days out) and frames stamped in the model's time
+    (SimServer.stamp_ms); chains expire by the wall clock, which runs behind it."""
+    import datetime as dt
+
+    now = dt.datetime.now(dt.timezone.utc) if now_ms is None else dt.datetime.fromtimestamp(
+        now_ms / 1000.0, dt.timezone.utc)
+    day = now.replace(hour=12, minute=0, second=0, microsecond=0) + dt.timedelta(days=(7 - now.weekday()) % 7)
+    if day <= now:
+        day += dt.timedelta(days=7)
+    return int(day.timestamp() * 1000)
+
+
 def check_smile_against_truth(view, true_vol, label) -> None:
     """A fitted smile against the simulator's true one at the quoted strikes. A wing quoted a
     tick or two wide does not pin its vol: there the fit must stay within a quarter of the

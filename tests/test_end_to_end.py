@@ -22,7 +22,7 @@ from flows.surface import build_flow
 from operators import chain
 from operators.events import SurfacePatch, SurfaceSnapshot, apply_patch, from_dict
 from operators.graph import load_config
-from tests.connector_helpers import check_smile_against_truth
+from tests.connector_helpers import check_smile_against_truth, monday_noon_ms
 
 CURRENCIES = ("BTC", "ETH")
 RUN_SECONDS = 8.0
@@ -64,9 +64,9 @@ class DashboardClient:
 
 @pytest.fixture
 def simulator():
-    # No daily: its hours-long T depends on when the test runs, and its wings are quoted a
-    # tick or two wide (real Deribit ticks), so its quotes pin the smile only to ~1 vol point.
-    sim = Simulator(seed=11, rate=3000, currencies=CURRENCIES, scale="small",
+    # No daily: its wings are quoted a tick or two wide (real Deribit ticks), so its quotes pin
+    # the smile only to ~1 vol point; the model clock is pinned for the same reason.
+    sim = Simulator(seed=11, rate=3000, currencies=CURRENCIES, scale="small", now_ms=monday_noon_ms(),
                     plan={"daily": 0, "weekly": 2, "monthly": 1, "quarterly": 1}, n_strikes=15)
     url = sim.start()
     yield sim, url

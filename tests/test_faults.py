@@ -26,6 +26,7 @@ from flows.surface import CallbackSink, build_flow
 from operators.book import OrderBook
 from operators.events import BookUpdate, FeedError, Instrument, SurfacePatch, Ticker
 from operators.graph import load_config
+from tests.connector_helpers import monday_noon_ms
 
 HEARTBEAT_S = 0.3
 
@@ -394,7 +395,7 @@ def _views(items, expiry_ms):
 
 def test_flow_withholds_a_gapped_strike_until_its_fresh_snapshot():
     sim = Simulator(seed=9, rate=1500, currencies=["BTC"], n_strikes=12, min_heartbeat_s=0.1,
-                    plan={"daily": 0, "weekly": 1, "monthly": 0, "quarterly": 0})
+                    plan={"daily": 0, "weekly": 1, "monthly": 0, "quarterly": 0}, now_ms=monday_noon_ms())
     sim.start()
     try:
         expiry = sim.expiries("BTC")[0]

@@ -6,7 +6,9 @@ match the simulator's true surface. Waits are on counters/conditions with timeou
 from __future__ import annotations
 
 import math
+import urllib.request
 
+import orjson
 import pytest
 from bytewax.testing import run_main
 
@@ -14,7 +16,7 @@ from connectors.okx import OkxClient, OkxSource, RestInstrumentsFetcher
 from connectors.okx_sim import OkxSimulator
 from operators.events import (BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument, SmileFit, SurfacePatch,
                               Ticker)
-from tests.connector_helpers import books, check_chains, collect, run_source, check_smile_against_truth
+from tests.connector_helpers import books, check_chains, check_smile_against_truth, collect, monday_noon_ms, run_source
 
 
 @pytest.fixture
@@ -303,7 +305,7 @@ def test_flow_fits_match_the_true_surface():
     from operators.graph import load_config
 
     # No daily: its hours-long T depends on when the test runs and its wings are a tick or two wide.
-    s = OkxSimulator(seed=11, rate=3000, families=["BTC-USD", "ETH-USD"], scale="small",
+    s = OkxSimulator(seed=11, rate=3000, families=["BTC-USD", "ETH-USD"], scale="small", now_ms=monday_noon_ms(),
                      plan={"daily": 0, "weekly": 2, "monthly": 1, "quarterly": 1}, n_strikes=15)
     s.start()
     try:
@@ -388,6 +390,25 @@ def test_simulator_is_seeded_and_quotes_bracket_the_true_price():
         k = math.log(k_strike / a.forward("ETH", e))
         w = aa + bb * (rho * (k - m) + math.sqrt((k - m) ** 2 + sig * sig))
         assert math.sqrt(w / t) == pytest.approx(a.true_vol("ETH", e, k_strike), rel=1e-12)
+
+
+def test_a_pinned_clock_stamps_in_model_time():
+    """With now_ms fixed, the REST clock and index rows say the model's time (its prices are
+    for it), not the wall clock's (see the Deribit simulator's test of the same)."""
+    now = 1_767_225_600_000  # 2026-01-01T00:00Z
+    s = OkxSimulator(seed=3, rate=50, families=["BTC-USD"], now_ms=now)
+    s.start()
+    try:
+        def get(path):
+            with urllib.request.urlopen(s.rest_url + path, timeout=10) as r:
+                return orjson.loads(r.read())["data"]
+
+        clock = int(get("/api/v5/public/time")[0]["ts"])
+        index_ts = int(get("/api/v5/market/index-tickers?instId=BTC-USD")[0]["ts"])
+        model_now = s.now_ms()
+    finally:
+        s.stop()
+    assert now <= clock <= model_now and now <= index_ts <= model_now
 
 
 def test_simulator_cli_runs_and_stops(capsys):

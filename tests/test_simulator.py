@@ -162,6 +162,29 @@ def test_subscribed_frames_have_the_real_shapes_and_parse(sim):
     assert {BookUpdate, Ticker, FuturePrice, IndexPrice} <= kinds
 
 
+def test_a_pinned_clock_stamps_frames_in_model_time():
+    """With now_ms fixed, a started simulator prices for its model clock, and its frames (and
+    public/get_time) must say that time: a wall-clock stamp put a client's time to expiry days
+    away from the one the prices were made for (fits 6 vol points under the true smile)."""
+    start = NOW_MS  # a Wednesday two years back: far from the wall clock
+    s = Simulator(seed=3, rate=200, currencies=["BTC"], now_ms=start, min_heartbeat_s=0.2)
+    s.start()
+    c = RawClient(s.url)
+    try:
+        inst = s.instrument_names("BTC")[0]
+        c.call("public/subscribe", {"channels": [f"book.{inst}.100ms", "deribit_price_index.btc_usd"]})
+        c.read_until(lambda m: m.get("method") == "subscription" and m["params"]["channel"].startswith("deribit")
+                     and m["params"]["data"]["timestamp"] > start)  # one sent after a tick
+        model_now = s.now_ms()
+        clock = c.call("public/get_time")["result"]
+    finally:
+        c.close()
+        s.stop()
+    stamps = [f["params"]["data"]["timestamp"] for f in c.frames if f.get("method") == "subscription"]
+    assert stamps and all(start <= ts <= model_now for ts in stamps)
+    assert model_now <= clock <= model_now + 60_000  # the model's time, not 2026's wall clock
+
+
 def test_heartbeats_test_requests_and_closing_an_unanswering_client(sim):
     c = RawClient(sim.url)
     try:

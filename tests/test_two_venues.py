@@ -15,7 +15,7 @@ from flows.surface import CallbackSink, build_flow, venue_sources
 from operators import chain
 from operators.events import CONSOLIDATED, SurfacePatch, apply_patch
 from operators.graph import load_config
-from tests.connector_helpers import smile_error_pts
+from tests.connector_helpers import monday_noon_ms, smile_error_pts
 
 PLAN = {"daily": 0, "weekly": 1, "monthly": 1, "quarterly": 1}
 
@@ -23,9 +23,11 @@ PLAN = {"daily": 0, "weekly": 1, "monthly": 1, "quarterly": 1}
 def test_each_venue_and_the_combined_surface():
     """Both venues quote; then Deribit stalls (socket open, nothing sent) for longer than
     venue_stale_ms: the combined surface must switch to OKX's quotes, never average them."""
-    deribit = Simulator(seed=11, rate=1500, currencies=("BTC",), scale="small", plan=PLAN, n_strikes=13)
+    clock = monday_noon_ms()  # one model clock for both venues (see monday_noon_ms)
+    deribit = Simulator(seed=11, rate=1500, currencies=("BTC",), scale="small", plan=PLAN, n_strikes=13, now_ms=clock)
     # another seed: the two markets move apart a little, like two real venues
-    okx = OkxSimulator(seed=12, rate=1500, families=["BTC-USD"], scale="small", plan=PLAN, n_strikes=13)
+    okx = OkxSimulator(seed=12, rate=1500, families=["BTC-USD"], scale="small", plan=PLAN, n_strikes=13,
+                       now_ms=clock)
     deribit_url, _ = deribit.start(), okx.start()
     out: list = []
     stalled = threading.Event()
