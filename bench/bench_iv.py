@@ -231,7 +231,7 @@ def main(argv=None):
     well = ok & (floor <= 2e-12)
     print(f"# error columns over the {int(ok.sum()):,} informative options (our status OK); "
           f"'well-cond.' = the {int(well.sum()):,} where the floor 1e-12 + 4εP/vega ≤ 2e-12")
-    print(f"# floor viol. = finite answers with |σ − σ_true| > 1e-12 + 4εP/vega; failed = NaN/0 on an informative option")
+    print("# floor viol. = finite answers with |σ − σ_true| > 1e-12 + 4εP/vega; failed = NaN/0 on an informative option")
     print(f"# timing: best of {args.repeats} runs over all {args.n:,} options, after a warm-up call\n")
 
     hdr = (f"{'solver':36s} {'options/s':>12s} {'µs/opt':>8s} {'max err':>9s} {'p99.9 err':>9s} "

@@ -37,7 +37,7 @@ import functools
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 from numba import njit

@@ -8,7 +8,6 @@ no expected number is copied out of the file.
 from __future__ import annotations
 
 import csv
-import math
 import os
 from datetime import datetime
 from pathlib import Path
