@@ -24,6 +24,7 @@ from flows.surface import CallbackSink, build_flow
 from operators.events import BookUpdate, Instrument, SmileFit
 from operators.graph import load_config
 from operators.svi import total_variance
+from tests.connector_helpers import monday_noon_ms
 
 
 # Two Fridays and a month end: at least two expiries more than two days out, whatever today is.
@@ -107,7 +108,8 @@ def check_fits(fits, sim, underlying, venue):
 
 
 def test_deribit_record_then_replay_gives_the_true_fits(tmp_path):
-    with Simulator(seed=13, rate=1500, currencies=["BTC"], n_strikes=8, plan=PLAN, min_heartbeat_s=0.2) as sim:
+    with Simulator(seed=13, rate=1500, currencies=["BTC"], n_strikes=8, plan=PLAN, min_heartbeat_s=0.2,
+                   now_ms=monday_noon_ms()) as sim:
         n_books = len(sim.instrument_names("BTC"))
         path = tmp_path / "deribit.jsonl.gz"
         counts = record_until(sim, lambda c: c["snapshots"] >= n_books and c["book_messages"] >= 1500,
@@ -120,7 +122,7 @@ def test_deribit_record_then_replay_gives_the_true_fits(tmp_path):
 
 def test_okx_record_then_replay_gives_the_true_fits(tmp_path):
     with OkxSimulator(seed=13, rate=1500, families=["BTC-USD"], n_strikes=8, plan=PLAN,
-                      summary_interval_ms=200.0) as sim:
+                      summary_interval_ms=200.0, now_ms=monday_noon_ms()) as sim:
         n_books = len(sim.inst_ids("BTC-USD"))
         path = tmp_path / "okx.jsonl.gz"
         counts = record_until(sim, lambda c: c["snapshots"] >= n_books and c["book_updates"] >= 1500
