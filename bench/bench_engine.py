@@ -262,7 +262,8 @@ def run_volgraph(job: dict) -> dict:
             fits[0] += 1
 
     source = ReplaySource(job["path"], speed=speed,
-                          run_seconds=job.get("seconds"), stamp_recv="wall", prefetch=job.get("prefetch", True))
+                          run_seconds=job.get("seconds"), stamp_recv="wall", prefetch=job.get("prefetch", True),
+                          preload=job.get("preload", False))
     flow = build_flow(config, _probe_source(source, probe), [CallbackSink(sink)], now_ms=now_ms,
                       clock_rate=probe.speed, flow_id="bench_volgraph")
     profiler = None
@@ -505,7 +506,7 @@ def run_cluster_proc(job: dict) -> dict:
 
     source = ReplaySource([p["path"] for p in parts], speed=speed,
                           run_seconds=job.get("seconds"), stamp_recv="wall", prefetch=job.get("prefetch", True),
-                          start_wall_ms=base_wall if speed != "max" else None)
+                          preload=job.get("preload", False), start_wall_ms=base_wall if speed != "max" else None)
     # cluster_main runs the worker on a thread of its own: the sampler finds it from the sink
     stacks = _StackSampler() if job.get("profile") else None
     sinks = [_SampledSink(sink, stacks) if stacks is not None else CallbackSink(sink)]
@@ -743,7 +744,7 @@ def run_naive(job: dict) -> dict:
 
     engine_config = load_config()
     engine = NaiveEngine(engine_config, on_patch=on_patch)
-    src = ReplaySource(job["path"], batch_max=1, stamp_recv="wall")
+    src = ReplaySource(job["path"], batch_max=1, stamp_recv="wall", preload=job.get("preload", False))
     part = src.build_part("naive", src.list_parts()[0], None)
     # untimed: reach the starting state (the preamble; for the shock file everything before it)
     start_at = shock["first_frame"] if shock is not None else meta["preamble_frames"]
@@ -844,6 +845,9 @@ def run_all(args) -> dict:
     # The shock rows: the shock enters late in its epoch, so its tick is due before it is read
     # and applied and runs as soon as it is — end to end is then the engine's own work for it.
     # The "early" row enters at the start of an epoch: its tick waits for the epoch's end.
+    # Their recordings are decompressed before the run (preload): decompression is the file's,
+    # not the exchange's, and a reader thread doing it mid-shock took a core from the other process.
+    shock_run = dict(seconds=None, speed=1.0, shock=True, preload=True)
     shock_parts = [{"path": str(p), "currency": m["currency"], "meta": m} for p, m in shock_split.values()]
     epoch_ms = load_config().runtime.epoch_ms
     late = _clock_offset(shock_meta["shocks"][0]["ts_ms"], SHOCK_ENTRY_LATE * epoch_ms, epoch_ms)
@@ -853,16 +857,16 @@ def run_all(args) -> dict:
         dict(base, name="naive", kind="naive"),
         dict(base, name="volgraph_paced", kind="volgraph", speed=paced_speed),
         dict(cluster, name=CLUSTER_ROW + "_paced", speed=paced_speed),
-        dict(meta=shock_meta, path=str(shock_path), seconds=None, name="volgraph_shock", kind="volgraph",
-             speed=1.0, shock=True, clock_offset_ms=late),
-        dict(cluster, name=CLUSTER_ROW + "_shock", seconds=None, speed=1.0, shock=True, shock_meta=shock_meta,
-             parts=shock_parts, clock_offset_ms=late),
-        dict(cluster, name=CLUSTER_ROW + "_shock_early", seconds=None, speed=1.0, shock=True, shock_meta=shock_meta,
-             parts=shock_parts, clock_offset_ms=0),
-        dict(cluster, name=CLUSTER_ROW + "_shock_grouped", seconds=None, speed=1.0, shock=True, shock_meta=grouped_meta,
+        dict(meta=shock_meta, path=str(shock_path), name="volgraph_shock", kind="volgraph", **shock_run,
+             clock_offset_ms=late),
+        dict(cluster, name=CLUSTER_ROW + "_shock", **shock_run, shock_meta=shock_meta, parts=shock_parts,
+             clock_offset_ms=late),
+        dict(cluster, name=CLUSTER_ROW + "_shock_early", **shock_run, shock_meta=shock_meta, parts=shock_parts,
+             clock_offset_ms=0),
+        dict(cluster, name=CLUSTER_ROW + "_shock_grouped", **shock_run, shock_meta=grouped_meta,
              parts=[{"path": str(p), "currency": m["currency"], "meta": m} for p, m in grouped_split.values()],
              clock_offset_ms=late),
-        dict(meta=shock_meta, path=str(shock_path), seconds=None, name="naive_shock", kind="naive", shock=True),
+        dict(meta=shock_meta, path=str(shock_path), name="naive_shock", kind="naive", **shock_run),
     ]
     if args.profile:
         jobs.append(dict(base, name="volgraph_profile", kind="volgraph", speed="max", profile=True))

@@ -228,6 +228,10 @@ class ReplaySource(FixedPartitionedSource):
     run_seconds / max_frames end this run early (an EOF to the flow), per partition; the
     resume state is the count of frames consumed, so a restarted flow continues after them.
     prefetch: decompress on a background thread (PrefetchReader) instead of inline.
+    preload: decompress the whole file when the partition is built (before the run), so no
+    decompression runs during it — for short recordings replayed to time a burst (a
+    background thread's decompression took a core from the other process of a 2-process
+    run mid-burst). Each line is still decoded as it is read. Overrides prefetch.
     start_wall_ms: paced runs: the wall time (epoch ms) the first frame is due, so partitions
     in several processes pace against one clock; default: when each partition starts.
     gather_ms: paced runs: after a part batch, read again no sooner than this (frames gather
@@ -239,7 +243,7 @@ class ReplaySource(FixedPartitionedSource):
                  run_seconds: Optional[float] = None, max_frames: Optional[int] = None,
                  stamp_recv: str = "recorded", max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
                  prefetch: bool = True, start_wall_ms: Optional[float] = None,
-                 gather_ms: float = SOURCE_GATHER_MS):
+                 gather_ms: float = SOURCE_GATHER_MS, preload: bool = False):
         paths = [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]
         if not paths:
             raise ValueError("path=[]: give at least one recording file")
@@ -267,6 +271,7 @@ class ReplaySource(FixedPartitionedSource):
         self.stamp_recv = stamp_recv
         self.max_frame_bytes = max_frame_bytes
         self.prefetch = prefetch
+        self.preload = preload
         self.start_wall_ms = start_wall_ms
         self.gather_ms = gather_ms
 
@@ -287,8 +292,15 @@ class ReplayPartition(StatefulSourcePartition):
         self.path = path or source.path
         self.offset = offset  # frames consumed so far, this run and earlier ones
         self.started_offset = offset
-        self._reader = PrefetchReader(self.path, skip=offset) if source.prefetch else None
-        self._frames = self._reader if self._reader is not None else read_frames(self.path, skip=offset)
+        self._reader = PrefetchReader(self.path, skip=offset) if source.prefetch and not source.preload else None
+        if source.preload:
+            with gzip.open(self.path, "rb") as fh:
+                text = fh.read()
+            self._frames = frames_in_chunks(iter([text]), self.path, offset)
+        elif self._reader is not None:
+            self._frames = self._reader
+        else:
+            self._frames = read_frames(self.path, skip=offset)
         self._next: Optional[tuple[int, str]] = None  # a frame read ahead, not yet due
         self._eof = False
         self.started_wall_ms: Optional[int] = None

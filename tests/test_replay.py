@@ -392,7 +392,15 @@ def test_prefetch_reader_reports_a_truncated_file_and_stops_on_close(tmp_path, f
     assert not reader._thread.is_alive()
 
 
-def test_prefetch_and_inline_partitions_emit_the_same_events(recording):
-    inline = drain(ReplaySource(recording, prefetch=False, batch_max=33).build_part("in", "btc.jsonl.gz", None))
-    ahead = drain(ReplaySource(recording, prefetch=True, batch_max=33).build_part("in", "btc.jsonl.gz", None))
-    assert inline == ahead and len(inline) > 100
+def test_prefetch_preload_and_inline_partitions_emit_the_same_events(recording):
+    def events(**kw):
+        return drain(ReplaySource(recording, batch_max=33, **kw).build_part("in", "btc.jsonl.gz", None))
+
+    inline = events(prefetch=False)
+    assert events(prefetch=True) == inline and len(inline) > 100
+    assert events(preload=True) == inline and events(preload=True, prefetch=False) == inline
+    # a preloaded partition resumes after the frames its snapshot counts, like the others
+    first = ReplaySource(recording, batch_max=33, preload=True).build_part("in", "btc.jsonl.gz", None)
+    head = first.next_batch() + first.next_batch()
+    resumed = ReplaySource(recording, batch_max=33, preload=True).build_part("in", "btc.jsonl.gz", first.snapshot())
+    assert head + drain(resumed) == inline
