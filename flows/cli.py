@@ -240,24 +240,30 @@ def _status_line(counters, stop: threading.Event) -> None:
     while not stop.wait(every):
         now = counters.snapshot()
         t = time.monotonic()
-        dt = max(t - last_t, 1e-9)
-        rate = (now.get("messages_in", 0) - last.get("messages_in", 0)) / dt
-        fits = (now.get("fits", 0) - last.get("fits", 0)) / dt
-        errors = sum(v for k, v in now.items() if k.startswith("errors."))
-
-        def per_s(name):
-            return (now.get(name, 0) - last.get(name, 0)) / dt
-
-        line = (f"msgs/s {rate:9,.0f}   fits/s {fits:6.1f}   IV/s full {per_s('iv_full'):8,.0f} "
-                f"taylor {per_s('iv_taylor'):8,.0f} skip {per_s('iv_skipped'):8,.0f}   "
-                f"epoch cpu {per_s('epoch_us') / 1e4:4.1f} %   lag {now.get('patch_lag_ms', 0):5.0f} ms   "
-                f"deferred {now.get('fits_deferred', 0):,.0f}   errors {errors:,.0f}")
+        line = status_text(last, now, t - last_t)
         if tty:
             sys.stdout.write("\r\x1b[2K" + line)
         else:
             sys.stdout.write(line + "\n")
         sys.stdout.flush()
         last, last_t = now, t
+
+
+def status_text(last: dict, now: dict, seconds: float) -> str:
+    """`volgraph run`'s status line from two snapshots of the flow counters `seconds` apart:
+    the epoch counters per second (items in, dirty nodes, IV solves by kind, fits run and
+    deferred, the share of a core the epochs took), the patch lag and the errors so far."""
+    dt = max(seconds, 1e-9)
+
+    def per_s(name):
+        return (now.get(name, 0) - last.get(name, 0)) / dt
+
+    errors = sum(v for k, v in now.items() if k.startswith("errors."))
+    return (f"msgs/s {per_s('messages_in'):9,.0f}   dirty/s {per_s('dirty'):8,.0f}   "
+            f"IV/s full {per_s('iv_full'):8,.0f} taylor {per_s('iv_taylor'):8,.0f} skip {per_s('iv_skipped'):8,.0f}   "
+            f"fits/s {per_s('fits'):6.1f} deferred {per_s('fits_deferred'):6.1f}   "
+            f"epoch cpu {per_s('epoch_us') / 1e4:4.1f} %   lag {now.get('patch_lag_ms', 0):5.0f} ms   "
+            f"errors {errors:,.0f}")
 
 
 if __name__ == "__main__":

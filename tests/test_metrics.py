@@ -18,3 +18,15 @@ def test_counters_are_served_as_prometheus_metrics():
     assert 'volgraph_feed_errors_total{reason="seq_gap"}' in body
     assert 'volgraph_flow_gauge{name="audit_max_err_bp"} 0.25' in body
     assert COUNTERS.snapshot()["iv_taylor"] == before + 7
+
+
+def test_status_line_shows_each_epoch_counter_per_second():
+    from flows.cli import status_text
+
+    last = {"messages_in": 1_000, "dirty": 10, "iv_full": 5, "fits": 2, "fits_deferred": 1, "epoch_us": 0}
+    now = {"messages_in": 21_000, "dirty": 410, "iv_full": 205, "iv_taylor": 600, "iv_skipped": 100, "fits": 12,
+           "fits_deferred": 5, "epoch_us": 500_000, "patch_lag_ms": 42, "errors.seq_gap": 2, "errors.crossed_book": 1}
+    line = status_text(last, now, 2.0)
+    for part in ("msgs/s    10,000", "dirty/s      200", "IV/s full      100", "taylor      300", "skip       50",
+                 "fits/s    5.0 deferred    2.0", "epoch cpu 25.0 %", "lag    42 ms", "errors 3"):
+        assert part in line, (part, line)
