@@ -112,6 +112,7 @@ class _Probe:
         self.started = False
         self.trace_wall: list[float] = []  # every batch: wall time and frames consumed after it
         self.trace_offset: list[int] = []
+        self.read_spans: list[tuple[float, float]] = []  # source batches (read + parse) from the shock on
 
     def record(self, part, batch: list, started: float) -> None:
         """One source batch: `started` is when reading it began — its frames "enter" then, so
@@ -138,6 +139,8 @@ class _Probe:
                 for expiry_ms, idx in self._shock_expiry_frames.items():
                     if before <= idx < self.offset:
                         self.shock_expiry_in[expiry_ms] = now
+            if self.shock_first_wall is not None and len(self.read_spans) < _StageTimer.LIMIT:
+                self.read_spans.append((started, now))
         newest = 0
         for ev in batch:
             ts = getattr(ev, "ts_exchange_ms", 0)
@@ -162,7 +165,8 @@ class _Probe:
 
     def to_json(self) -> dict:
         keys = ("preamble_frames", "batch_wall", "batch_max_ts", "live_wall", "live_offset", "offset", "end_wall",
-                "trace_wall", "trace_offset", "shock", "shock_first_wall", "shock_last_wall", "shock_expiry_in")
+                "trace_wall", "trace_offset", "shock", "shock_first_wall", "shock_last_wall", "shock_expiry_in",
+                "read_spans")
         return {k: getattr(self, k) for k in keys}
 
     @classmethod
@@ -218,6 +222,63 @@ def _probe_source(inner, probe_for):
     return _Source()
 
 
+class _StageTimer:
+    """Where each process's time goes while a shock is absorbed: wall spans of the keyed steps'
+    work — "books" (a chain step's batch: events applied to books, strikes marked dirty),
+    "tick" (a chain step's epoch: IV solves and fits) and "surface" (the surface step's batch
+    and patch) — recorded once a shock frame has entered (the probes' read spans add "read":
+    source batches, reading and parsing frames). It wraps the step classes' methods: the bench
+    child is a measuring process of its own."""
+
+    LIMIT = 50_000  # spans kept per kind (a shock run records a few thousand)
+
+    def __init__(self, probes):
+        self.probes = probes  # the process's _Probes: recording starts when one saw the shock
+        self.spans: list[tuple[float, float, str]] = []
+
+    def install(self) -> "_StageTimer":
+        from flows.steps import ChainStep, SurfaceStep
+
+        for cls, name, stage in ((ChainStep, "on_batch", "books"), (ChainStep, "on_notify", "tick"),
+                                 (SurfaceStep, "on_batch", "surface"), (SurfaceStep, "on_notify", "surface")):
+            self._wrap(cls, name, stage)
+        return self
+
+    def _wrap(self, cls, name: str, stage: str) -> None:
+        inner, spans, probes = getattr(cls, name), self.spans, self.probes
+
+        def timed(step, *args):
+            started = _wall_ms()
+            out = inner(step, *args)
+            if len(spans) < self.LIMIT and any(p.shock_first_wall is not None for p in probes()):
+                spans.append((started, _wall_ms(), stage))
+            return out
+
+        setattr(cls, name, timed)
+
+
+STAGES = ("read", "books", "tick", "surface")
+_STAGE_LABELS = (("read", "read+parse"), ("books", "books+chains"), ("tick", "ticks"), ("surface", "surface"),
+                 ("other", "other"))
+
+
+def _stage_breakdown(per_process: dict, first_wall: float, end_wall: float) -> list[dict]:
+    """Per process, ms of each stage inside the shock's window [first frame in, last expiry
+    out]; "other" is the rest of the window: waiting for the epoch's tick, bytewax itself
+    (routing, moving fits between processes), the collector, waiting for the other process."""
+    out = []
+    window = end_wall - first_wall
+    for proc, spans in sorted(per_process.items()):
+        ms = dict.fromkeys(STAGES, 0.0)
+        for a, b, stage in spans:
+            lo, hi = max(a, first_wall), min(b, end_wall)
+            if hi > lo:
+                ms[stage] += hi - lo
+        out.append({"process": proc, **{f"{k}_ms": round(v, 1) for k, v in ms.items()},
+                    "other_ms": round(window - sum(ms.values()), 1)})
+    return out
+
+
 def run_volgraph(job: dict) -> dict:
     """One volgraph run over a recording; returns the figures (child process)."""
     from bytewax.testing import run_main
@@ -240,6 +301,7 @@ def run_volgraph(job: dict) -> dict:
     speed = job["speed"]
     probe = _Probe(meta["preamble_frames"], shock)
     probe.speed = 1.0 if speed == "max" else float(speed)
+    timer = _StageTimer(lambda: (probe,)).install() if shock is not None else None
     # The flow's clock: the workload's exchange clock advancing with the wall clock (scaled
     # by the pacing), so epochs are real 50 ms epochs and nothing looks expired.
     base_wall = _wall_ms()
@@ -301,7 +363,8 @@ def run_volgraph(job: dict) -> dict:
         # the flow clock in wall terms: now_ms() = first_ts + (wall − start_wall) × speed
         shock_row = _shock_row(shock, [probe], _patch_rows(patches), _kept_levels(shock, config),
                                lambda wall: probe.first_ts + offset + (wall - probe.start_wall) * probe.speed,
-                               config.runtime.epoch_ms)
+                               config.runtime.epoch_ms,
+                               {0: timer.spans + [(a, b, "read") for a, b in probe.read_spans]})
 
     return {
         "system": job["name"],
@@ -365,8 +428,8 @@ def _view_latencies(rows: list, probe_for, warm_until: float) -> tuple[list[floa
     return lat_oldest, lat_newest
 
 
-def _shock_row(shock: dict, probes: list, rows: list, kept_levels: Optional[int], flow_ms_at, epoch_ms: int
-               ) -> Optional[dict]:
+def _shock_row(shock: dict, probes: list, rows: list, kept_levels: Optional[int], flow_ms_at, epoch_ms: int,
+               step_spans: Optional[dict] = None) -> Optional[dict]:
     """The shock row from what the source partitions saw (`probes`, each holding its file's share
     of the shock) and the patches (`rows`, as _patch_rows). An expiry is absorbed by its first
     patch that reflects the shock (fit exchange ts ≥ the shock's) and left after the last of its
@@ -397,6 +460,8 @@ def _shock_row(shock: dict, probes: list, rows: list, kept_levels: Optional[int]
            "first_expiry_ms": (min(absorbed.values()) - first_wall) if absorbed else None,
            "ingest_ms": (last_wall - first_wall) if last_wall is not None else None,
            "epoch_ms": epoch_ms, "arrival_in_epoch_ms": flow_ms_at(first_wall) % epoch_ms}
+    if step_spans is not None and absorbed:  # where each process's time went (see _StageTimer)
+        row["stages"] = _stage_breakdown(step_spans, first_wall, max(absorbed.values()))
     return row
 
 
@@ -473,6 +538,7 @@ def run_cluster_proc(job: dict) -> dict:
     _warm_kernels()
     parts = job["parts"]  # [{"path", "currency", "meta"}]
     probes: dict[str, _Probe] = {}
+    timer = _StageTimer(probes.values).install() if job.get("shock") else None
 
     def probe_for(name: str) -> _Probe:
         if name not in probes:
@@ -521,6 +587,7 @@ def run_cluster_proc(job: dict) -> dict:
     return {"proc_id": job["proc_id"], "end_wall": end_wall, "cpu_samples": samples, "epoch_ms": config.runtime.epoch_ms,
             "kept_levels": _kept_levels(job["shock_meta"]["shocks"][0], config) if job.get("shock") else None,
             "probes": {name: pr.to_json() for name, pr in probes.items()}, "patches": patches,
+            "step_spans": timer.spans if timer is not None else None,
             "exchange_latency": exchange_lat,
             "fits_seen": fits[0], "counters": COUNTERS.snapshot(), "peak_rss_mb": _peak_rss_mb(),
             "profile": profile_text}
@@ -698,7 +765,10 @@ def combine_cluster(job: dict, outs: list[dict]) -> dict:
         "peak_rss_mb_per_proc": [o["peak_rss_mb"] for o in sorted(outs, key=lambda o: o["proc_id"])],
         "speed": job.get("speed", "max"),
         "shock": (_shock_row(job["shock_meta"]["shocks"][0], list(probes.values()), rows, outs[0]["kept_levels"],
-                             lambda wall: job["base_ts_ms"] + (wall - job["base_wall_ms"]) * _rate(job), outs[0]["epoch_ms"])
+                             lambda wall: job["base_ts_ms"] + (wall - job["base_wall_ms"]) * _rate(job), outs[0]["epoch_ms"],
+                             {o["proc_id"]: [tuple(x) for x in o["step_spans"] or ()]
+                              + [(a, b, "read") for pr in o["probes"].values() for a, b in pr.get("read_spans", ())]
+                              for o in outs})
                   if job.get("shock") else None),
         "profile": {o["proc_id"]: o["profile"] for o in outs if o.get("profile")} or None,
         "reached_eof": bool(probes) and all(pr.offset >= metas[name]["frames"] for name, pr in probes.items()),
@@ -1058,6 +1128,9 @@ def print_table(s: dict) -> None:
               + (f"; first expiry {_f(x['first_expiry_ms'], '{:,.1f}')} ms" if x.get("first_expiry_ms") else "")
               + (f"; shock frames all read after {_f(x['ingest_ms'], '{:,.1f}')} ms" if x.get("ingest_ms") else "")
               + epochs + ")")
+        for st in x.get("stages") or ():
+            print(f"  {'':22s}   process {st['process']}: " + " · ".join(
+                f"{label} {st[key + '_ms']:,.1f}" for key, label in _STAGE_LABELS) + " ms")
     print("\ngoals:")
     for g in s["goals"].values():
         v = g["value"]
@@ -1120,7 +1193,11 @@ notes:
     at once when reading and applying it outlasted that epoch — so the whole shock is
     published by one tick, and the time is the work, plus the wait for the boundary when the
     work ends before it (the workload's shock enters on a boundary: up to a whole epoch).
-    2 proc: the shock file split per (currency, worker slot) like the scale-out row."""
+    2 proc: the shock file split per (currency, worker slot) like the scale-out row.
+    Under each volgraph shock row, per process, where the window went: read+parse (source
+    batches), books+chains (chain steps applying events), ticks (chain epochs: IVs and fits),
+    surface (the surface step); other = the rest (waiting for the epoch's tick, bytewax moving
+    items and fits between processes, the collector, waiting for the other process)."""
 
 
 def main(argv=None) -> int:

@@ -9,6 +9,8 @@ import math
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -68,6 +70,14 @@ def test_small_scenario_json_has_every_figure(tmp_path, capsys):
         assert 0 < shock["expiries_absorbed"] <= shock["expiries"]
         if name != "naive":  # where in its epoch the shock entered (the chain ticks at that epoch's end)
             assert shock["epoch_ms"] == 50 and 0 <= shock["arrival_in_epoch_ms"] < 50
+            # where each process's time went inside the shock's window: stages plus the rest
+            stages = shock["stages"]
+            assert len(stages) == (1 if name == "volgraph 1 proc" else 2)
+            for st in stages:
+                parts = [st[k] for k in ("read_ms", "books_ms", "tick_ms", "surface_ms")]
+                assert all(v >= 0 for v in parts) and parts[0] > 0
+                assert sum(parts) + st["other_ms"] == pytest.approx(shock["absorb_ms"], abs=0.5)
+            assert sum(st["books_ms"] for st in stages) > 0 and sum(st["tick_ms"] for st in stages) > 0
     # the shock rows enter late in their epoch (tick due before the shock is read), "early" at its start
     assert "enters 40 ms into its epoch" in out["shock_definition"] and "early" in out["shock_definition"]
     assert out["speedup_vs_naive"] > 0
