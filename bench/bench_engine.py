@@ -230,7 +230,7 @@ class _StageTimer:
     source batches, reading and parsing frames). It wraps the step classes' methods: the bench
     child is a measuring process of its own."""
 
-    LIMIT = 50_000  # spans kept per kind (a shock run records a few thousand)
+    LIMIT = 50_000  # spans kept (steps here, source batches in each probe); a shock run records a few thousand
 
     def __init__(self, probes):
         self.probes = probes  # the process's _Probes: recording starts when one saw the shock

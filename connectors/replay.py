@@ -292,13 +292,11 @@ class ReplayPartition(StatefulSourcePartition):
         self.path = path or source.path
         self.offset = offset  # frames consumed so far, this run and earlier ones
         self.started_offset = offset
-        self._reader = PrefetchReader(self.path, skip=offset) if source.prefetch and not source.preload else None
+        self._frames: Iterator[tuple[int, str]]
         if source.preload:
-            with gzip.open(self.path, "rb") as fh:
-                text = fh.read()
-            self._frames = frames_in_chunks(iter([text]), self.path, offset)
-        elif self._reader is not None:
-            self._frames = self._reader
+            self._frames = frames_in_chunks(iter([gzip.decompress(self.path.read_bytes())]), self.path, offset)
+        elif source.prefetch:
+            self._frames = PrefetchReader(self.path, skip=offset)
         else:
             self._frames = read_frames(self.path, skip=offset)
         self._next: Optional[tuple[int, str]] = None  # a frame read ahead, not yet due

@@ -96,7 +96,7 @@ def json_paths(node, prefix=()):
             yield from json_paths(v, prefix + (i,))
 
 
-def monday_noon_ms(now_ms: int | None = None) -> int:
+def monday_noon_ms() -> int:
     """The next Monday 12:00 UTC after now: the model clock to pin a started simulator to
     (now_ms=...) where fits are checked against its true smile. On the wall clock a test run
     late on a Thursday or early on a Friday met a weekly hours or minutes from expiry, whose
@@ -105,8 +105,7 @@ def monday_noon_ms(now_ms: int | None = None) -> int:
     (SimServer.stamp_ms); chains expire by the wall clock, which runs behind it."""
     import datetime as dt
 
-    now = dt.datetime.now(dt.timezone.utc) if now_ms is None else dt.datetime.fromtimestamp(
-        now_ms / 1000.0, dt.timezone.utc)
+    now = dt.datetime.now(dt.timezone.utc)
     day = now.replace(hour=12, minute=0, second=0, microsecond=0) + dt.timedelta(days=(7 - now.weekday()) % 7)
     if day <= now:
         day += dt.timedelta(days=7)

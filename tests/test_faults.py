@@ -430,8 +430,8 @@ def test_flow_withholds_a_gapped_strike_until_its_fresh_snapshot():
 def test_flow_runs_through_an_expiry_without_a_restart_or_errors():
     # bytewax schedules the chain step's expiry by the real clock, so the expiry must really
     # pass: the simulator lists a short-lived expiry mid-run (a test device; Deribit's are 08:00)
-    # (on the wall clock, so its weekly is one at least two days out: hours from expiry, its
-    # tick-wide quotes might not make the six a fit needs)
+    # On the wall clock, then: its weekly is listed at least two days out (hours from expiry,
+    # tick-wide quotes might not make the six a fit needs).
     sim = Simulator(seed=4, rate=1500, currencies=["BTC"], n_strikes=10, min_heartbeat_s=0.1,
                     plan={"daily": 0, "weekly": 1, "monthly": 0, "quarterly": 0, "min_life_ms": 2 * 86_400_000})
     sim.start()

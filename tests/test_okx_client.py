@@ -304,7 +304,7 @@ def test_flow_fits_match_the_true_surface():
     from operators import chain
     from operators.graph import load_config
 
-    # No daily: its hours-long T depends on when the test runs and its wings are a tick or two wide.
+    # No daily (its wings are a tick or two wide), and a pinned clock: see monday_noon_ms.
     s = OkxSimulator(seed=11, rate=3000, families=["BTC-USD", "ETH-USD"], scale="small", now_ms=monday_noon_ms(),
                      plan={"daily": 0, "weekly": 2, "monthly": 1, "quarterly": 1}, n_strikes=15)
     s.start()
