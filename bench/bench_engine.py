@@ -81,7 +81,7 @@ def _warmup_ms(meta: dict) -> float:
 
 def _warm_kernels() -> None:
     # compile / load numba caches before timing anything, in both systems alike
-    from operators import chain
+    from operators.state import chain
 
     chain.warm_up()
 
@@ -283,11 +283,11 @@ def run_volgraph(job: dict) -> dict:
     """One volgraph run over a recording; returns the figures (child process)."""
     from bytewax.testing import run_main
 
-    from connectors.replay import ReplaySource
+    from connectors.capture.replay import ReplaySource
     from flows.metrics import COUNTERS
     from flows.surface import CallbackSink, build_flow, tune_gc
     from operators.events import SmileFit, SurfacePatch
-    from operators.graph import ConfigError, load_config
+    from flows.config import ConfigError, load_config
 
     meta = job["meta"]
     shock = meta["shocks"][0] if job.get("shock") and meta["shocks"] else None
@@ -528,11 +528,11 @@ def run_cluster_proc(job: dict) -> dict:
     CPU samples, patches — for the parent to combine with the other processes' (child process)."""
     from bytewax.testing import cluster_main
 
-    from connectors.replay import ReplaySource
+    from connectors.capture.replay import ReplaySource
     from flows.metrics import COUNTERS
     from flows.surface import CallbackSink, build_flow, tune_gc
     from operators.events import SmileFit, SurfacePatch
-    from operators.graph import load_config
+    from flows.config import load_config
 
     config = load_config(overrides={"chain": {"audit_every": AUDIT_EVERY}})
     _warm_kernels()
@@ -698,7 +698,7 @@ def run_cluster(job: dict) -> dict:
     if job.get("speed", "max") != "max":
         # paced: both processes pace from one start a few seconds ahead (imports, kernel
         # warm-up), the flow clock being the recording's from its first frame
-        from connectors.replay import read_frames
+        from connectors.capture.replay import read_frames
 
         first_ts = min(next(iter(read_frames(p["path"])))[0] for p in job["parts"])
         base.update(base_wall_ms=_wall_ms() + CLUSTER_START_MS, base_ts_ms=first_ts + job.get("clock_offset_ms", 0))
@@ -778,8 +778,8 @@ def combine_cluster(job: dict, outs: list[dict]) -> dict:
 def _expiry_probes(parts: list[dict], probes: dict):
     """probe_for(underlying, expiry_ms): the probe of the partition that carries that expiry's
     events — its currency's, or with a split per worker slot, the slot bytewax runs its chain on."""
-    from connectors.deribit import VENUE
-    from connectors.placement import expiry_slot
+    from connectors.venues.deribit import VENUE
+    from connectors.venues.placement import expiry_slot
 
     by_slot = {(p["meta"].get("currency", p["currency"]), p["meta"].get("slot")): Path(p["path"]).name for p in parts}
     workers = max((p["meta"].get("workers") or 1) for p in parts)
@@ -795,9 +795,9 @@ def _expiry_probes(parts: list[dict], probes: dict):
 
 def run_naive(job: dict) -> dict:
     from bench.naive import NaiveEngine
-    from connectors.replay import ReplaySource
+    from connectors.capture.replay import ReplaySource
     from flows.surface import tune_gc
-    from operators.graph import load_config
+    from flows.config import load_config
 
     meta = job["meta"]
     shock = meta["shocks"][0] if job.get("shock") and meta["shocks"] else None
@@ -893,7 +893,7 @@ def _clock_offset(shock_ts_ms: int, phase_ms: float, epoch_ms: int) -> int:
 
 def run_all(args) -> dict:
     from bench.workload import CACHE_DIR, ensure_workload, shock_spec, split_recording, workload_for
-    from operators.graph import load_config
+    from flows.config import load_config
 
     spec = workload_for(args.scenario, args.seconds, args.messages)
     cache = Path(args.cache_dir) if args.cache_dir else CACHE_DIR
@@ -1151,7 +1151,7 @@ def print_table(s: dict) -> None:
 FOOTNOTES = """
 notes:
   msgs = websocket frames of the live stream (after the preamble of instrument lists and first
-    frames), all through connectors.deribit.parse_frame; msg/s = msgs / wall time from the first
+    frames), all through connectors.venues.deribit.parse_frame; msg/s = msgs / wall time from the first
     live frame entering the system to the end of the run (EOF or --seconds, final flush included).
   CPU s/M msgs = process CPU time (all threads) over the same window, per million frames;
     msg/CPU-s = frames per CPU second, the throughput one free core would give.

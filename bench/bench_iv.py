@@ -1,4 +1,4 @@
-"""Benchmark: Black-76 implied vol, ours (operators.iv) against peer libraries, on one core.
+"""Benchmark: Black-76 implied vol, ours (operators.kernels.iv) against peer libraries, on one core.
 
 Prints a table (machine, date, command): options/s, µs per option, max and 99.9th-percentile
 |σ − σ_true|, floor violations, and the per-call overhead for batches of 1/10/100/1,000.
@@ -104,7 +104,7 @@ def load_options(n, seed, cache_dir: Path):
 
 
 def _ours():
-    from operators import iv
+    from operators.kernels import iv
 
     iv.warm_up()
 
@@ -162,7 +162,7 @@ def _quantlib():
 
 
 PEERS = [
-    ("volgraph operators.iv", "operators", _ours),
+    ("volgraph operators.kernels.iv", "operators", _ours),
     ("py_vollib_vectorized", "py_vollib_vectorized", _py_vollib_vectorized),
     ("lbriv (Let's Be Rational)", "lbriv", _lbriv),
     ("QuantLib blackFormulaImpliedStdDev", "QuantLib", _quantlib),
@@ -219,7 +219,7 @@ def main(argv=None):
     oc = os.environ.get("OPENBLAS_CORETYPE")
     print(f"# OPENBLAS_CORETYPE: {'set to ' + repr(oc) if oc is not None else 'not set'} (left as is)")
 
-    from operators import iv
+    from operators.kernels import iv
 
     _, status = iv.implied_vol_and_status(price, forward, strike, t_years, is_call)
     ok = status == iv.OK

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from operators import iv, svi  # noqa: E402
+from operators.kernels import iv, svi  # noqa: E402
 
 FILE = "deribit_options_snapshot_20260822T153351Z.csv"
 

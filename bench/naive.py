@@ -1,5 +1,5 @@
 """The reference system's design, as a benchmark baseline: every message handled on arrival,
-end to end, with volgraph's own kernels (operators.iv, forward, svi, book, graph nodes).
+end to end, with volgraph's own kernels (operators.kernels.iv, forward, svi, book, graph nodes).
 
 - a book change: apply it to the L2 book, re-estimate that expiry's forward, solve the IVs of
   every kept level of that instrument (all IVs of the expiry when its forward moved), refit
@@ -24,13 +24,14 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from operators import forward as fwd
-from operators import iv, svi
-from operators.book import OrderBook
-from operators.chain import MS_PER_YEAR
+from operators.kernels import forward as fwd
+from operators.kernels import iv, svi
+from operators.state.book import OrderBook
+from operators.state.chain import MS_PER_YEAR
 from operators.events import (BookUpdate, ExpiryView, FuturePrice, IndexPrice, Instrument, SmileFit,
                               SurfacePatch, Ticker)
-from operators.graph import Config, evaluate_nodes
+from flows.config import Config
+from operators.state.nodes import evaluate_nodes
 
 
 def _depth(config: Config) -> int:

@@ -1,6 +1,6 @@
 """Deterministic benchmark workloads: recorded raw Deribit frames, made offline (no socket) by the
-exchange simulator's own market and frame code (connectors.simulator), cached as replay files
-(connectors.replay format) under .data/bench/ keyed by their parameters.
+exchange simulator's own market and frame code (connectors.sim.deribit), cached as replay files
+(connectors.capture.replay format) under .data/bench/ keyed by their parameters.
 
 A workload file is what a live session would have recorded: the public/get_instruments
 responses, the first frame of every subscribed channel (book snapshots, tickers, index), then
@@ -16,7 +16,7 @@ books' change ids would go back).
 split_recording() makes the per-partition files of a workload — the same frames, each file
 with its own discovery preamble, as the live source's partitions would have recorded them:
 one per currency, or one per (currency, worker slot) so each process reads only the
-expiries it computes (connectors/placement.py) — for the scale-out (2-process) runs.
+expiries it computes (connectors/venues/placement.py) — for the scale-out (2-process) runs.
 
     .venv/bin/python bench/workload.py --scenario seed          # build (or find) the cache
 
@@ -45,10 +45,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from connectors.deribit import VENUE, parse_instrument_name  # noqa: E402
-from connectors.replay import write_frames  # noqa: E402
-from connectors.simulator import Simulator  # noqa: E402
-from connectors.placement import expiry_slot, slot_names  # noqa: E402
+from connectors.venues.deribit import VENUE, parse_instrument_name  # noqa: E402
+from connectors.capture.replay import write_frames  # noqa: E402
+from connectors.sim.deribit import Simulator  # noqa: E402
+from connectors.venues.placement import expiry_slot, slot_names  # noqa: E402
 
 FORMAT_VERSION = 4
 CACHE_DIR = REPO / ".data" / "bench"
@@ -60,7 +60,7 @@ TICK_MS = 100  # the simulator's market tick; frames inside a tick are spread ev
 class WorkloadSpec:
     """Everything that determines the frames (the cache key is a hash of it)."""
 
-    scale: str = "seed"  # connectors.simulator.SCALES
+    scale: str = "seed"  # connectors.sim.deribit.SCALES
     seed: int = 7
     n_messages: int = 1_000_000  # live frames after the preamble, shock frames not counted
     rate_msg_s: float = 50_000.0  # nominal exchange rate outside bursts (sets timestamps)
@@ -328,7 +328,7 @@ def split_path(path: Path, part: str) -> Path:
 def split_recording(path: Path, meta: dict, workers: int = 1, quiet: bool = False) -> dict[str, tuple[Path, dict]]:
     """Per-partition recordings of a workload (cached beside it): {part: (path, meta)}, as the
     live source's partitions would have recorded them — one per currency, or with `workers`
-    > 1 one per (currency, worker slot) named by connectors.placement.slot_names ("BTC.w0of2"): a
+    > 1 one per (currency, worker slot) named by connectors.venues.placement.slot_names ("BTC.w0of2"): a
     slot keeps the options and futures whose chain key bytewax runs on worker k, plus what
     every connection of that currency receives (instrument lists, index, perpetual), so
     slot k read on worker k never ships a book event to another process.

@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
-from operators.graph import ConfigError, load_config
+from flows.config import ConfigError, load_config
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -57,13 +57,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # sim and gateway own their flags: hand the rest of the line over untouched
     if argv and argv[0] == "sim":
-        from connectors.simulator import main as sim_main
+        from connectors.sim.deribit import main as sim_main
         return sim_main(argv[1:]) or 0
     if argv and argv[0] == "sim-okx":
-        from connectors.okx_sim import main as okx_sim_main
+        from connectors.sim.okx import main as okx_sim_main
         return okx_sim_main(argv[1:]) or 0
     if argv and argv[0] == "record":
-        from connectors.record import main as record_main
+        from connectors.capture.record import main as record_main
         return record_main(argv[1:]) or 0
     if argv and argv[0] == "bench":
         # bench/ lives beside the packages in a checkout; it is not installed
@@ -71,7 +71,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         from bench.bench_engine import main as bench_main
         return bench_main(argv[1:]) or 0
     if argv and argv[0] == "gateway":
-        from connectors.gateway import main as gateway_main
+        from connectors.gateway.server import main as gateway_main
         return gateway_main(argv[1:]) or 0
 
     args = parser.parse_args(argv)
@@ -114,10 +114,10 @@ def run_system(args) -> int:
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     from bytewax.testing import run_main
 
-    from connectors.gateway_sink import GatewaySink
+    from connectors.gateway.server.publisher import GatewaySink
     from flows.metrics import COUNTERS, STOP
     from flows.surface import build_flow, tune_gc, venue_sources
-    from operators import chain
+    from operators.state import chain
 
     config = load_config(args.config)
     data_dir = Path(config.runtime.data_dir).resolve()
@@ -222,12 +222,12 @@ def run_system(args) -> int:
 
 
 def replay_source(args):
-    from connectors.replay import ReplaySource
+    from connectors.capture.replay import ReplaySource
 
     if args.venue == "okx":
-        from connectors.okx import parse_frame
+        from connectors.venues.okx import parse_frame
     else:
-        from connectors.deribit import parse_frame
+        from connectors.venues.deribit import parse_frame
     speed = args.speed if args.speed == "max" else float(args.speed)
     return ReplaySource(args.file, speed=speed, parse=parse_frame, run_seconds=args.seconds)
 

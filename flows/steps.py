@@ -9,10 +9,10 @@ from typing import Callable, Optional
 from bytewax.operators import StatefulBatchLogic
 
 from flows.metrics import COUNTERS
-from operators.chain import ChainLogic, ChainState, FitBudget, now_wall_ms
+from operators.state.chain import ChainLogic, ChainState, FitBudget, now_wall_ms
 from operators.events import split_chain_key
-from operators.graph import Config
-from operators.surface import SurfaceLogic, SurfaceState
+from flows.config import Config
+from operators.state.surface import SurfaceLogic, SurfaceState
 
 
 class FlowClock:

@@ -31,11 +31,11 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from flows.metrics import COUNTERS, STOP
 from flows.steps import FlowClock, chain_builder, surface_builder
-from operators.chain import now_wall_ms
+from operators.state.chain import now_wall_ms
 from operators.events import (BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument,
                               StatusReport, SurfacePatch, Ticker, CONSOLIDATED,
                               chain_key, surface_key)
-from operators.graph import Config, ConfigError, load_config
+from flows.config import Config, ConfigError, load_config
 
 
 def build_flow(config: Config, source, sinks: list, *, now_ms: Callable[[], int] = now_wall_ms,
@@ -236,11 +236,11 @@ def venue_sources(config: Config, urls: Optional[dict[str, str]] = None, run_sec
     """One bytewax source per enabled venue; `urls` overrides a venue's URL (the simulators)."""
     urls = urls or {}
     sources = []
-    # a partition per worker slot: each process reads the expiries it computes (connectors/placement.py)
+    # a partition per worker slot: each process reads the expiries it computes (connectors/venues/placement.py)
     workers = config.runtime.workers * config.runtime.processes
     d = config.sources.deribit
     if d.enabled:
-        from connectors.deribit import DeribitSource
+        from connectors.venues.deribit import DeribitSource
 
         sources.append(DeribitSource(url=urls.get("deribit", d.url), currencies=d.currencies, depth=d.depth,
                                      book=d.book, interval=d.book_interval, heartbeat_s=d.heartbeat_s,
@@ -248,7 +248,7 @@ def venue_sources(config: Config, urls: Optional[dict[str, str]] = None, run_sec
                                      route_workers=workers))
     o = config.sources.okx
     if o.enabled:
-        from connectors.okx import OkxSource
+        from connectors.venues.okx import OkxSource
 
         sources.append(OkxSource(url=urls.get("okx", o.url), families=o.families, queue_max=o.queue_max,
                                  max_frame_bytes=o.max_frame_bytes, run_seconds=run_seconds, route_workers=workers))
@@ -260,7 +260,7 @@ def venue_sources(config: Config, urls: Optional[dict[str, str]] = None, run_sec
 def default_flow(config_path: Optional[str] = None) -> Dataflow:
     """The flow as `python -m bytewax.run flows.surface:flow` builds it: all parts external.
     VOLGRAPH_URL / VOLGRAPH_OKX_URL override the venues' URLs."""
-    from connectors.gateway_sink import GatewaySink
+    from connectors.gateway.server.publisher import GatewaySink
     from connectors.postgres import PostgresSink
 
     config = load_config(config_path or os.environ.get("VOLGRAPH_CONFIG"))

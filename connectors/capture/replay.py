@@ -1,0 +1,377 @@
+"""Replay of recorded raw websocket frames: a bytewax source that turns a recording back into
+events through the venue's real parser (DESIGN.md §4, "replay file").
+
+File format: gzip-compressed JSON lines, one line per frame received,
+    {"ts_recv_ms": <int, UTC epoch ms when the frame was read>, "frame": "<raw text frame>"}
+A recording starts with the public/get_instruments responses (they become Instrument events),
+then the subscriptions' first frames (book snapshots), then the live frames.
+
+Several files make several partitions (one per currency, say), which a bytewax cluster spreads
+over its workers. Decompression runs on a reader thread per partition (PrefetchReader).
+
+Translation only: bytes in, events out. It never computes anything about volatility and
+never sleeps: pacing (`speed`) is done with bytewax's `next_awake`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import queue
+import threading
+import time
+import zlib
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
+
+import orjson
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+
+from connectors.venues.deribit import parse_frame
+from connectors.venues.base import SOURCE_BATCH_MAX, SOURCE_GATHER_MS
+from operators.events import EVENT_TYPES
+
+_EVENTS = frozenset(EVENT_TYPES.values())
+
+# Discovery responses are large (Deribit's BTC option listing is several MB); the live client
+# allows 64 MiB for them, so a replay of its recording must too.
+DEFAULT_MAX_FRAME_BYTES = 64 << 20
+
+
+class ReplayFormatError(ValueError):
+    """A recording line that is not {"ts_recv_ms": int, "frame": str}."""
+
+
+def write_frames(path: Union[str, Path], frames: Iterable[tuple[int, Union[str, bytes]]],
+                 compresslevel: int = 3) -> int:
+    """Write (ts_recv_ms, frame) pairs as a gzip JSON-lines recording; returns the frame count.
+
+    Written to a temporary name and renamed, so a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    n = 0
+    with gzip.open(tmp, "wb", compresslevel=compresslevel) as fh:
+        for ts_recv_ms, frame in frames:
+            if isinstance(frame, (bytes, bytearray)):
+                frame = frame.decode()
+            fh.write(orjson.dumps({"ts_recv_ms": int(ts_recv_ms), "frame": frame}))
+            fh.write(b"\n")
+            n += 1
+    os.replace(tmp, path)
+    return n
+
+
+def _decode_line(line: bytes, path: Path, lineno: int) -> tuple[int, str]:
+    try:
+        row = orjson.loads(line)
+        ts, frame = row["ts_recv_ms"], row["frame"]
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ReplayFormatError(f"{path}:{lineno}: not a recording line ({exc}); expected "
+                                '{"ts_recv_ms": <int>, "frame": "<raw frame>"} per line') from None
+    if type(ts) is not int or type(frame) is not str:
+        raise ReplayFormatError(f"{path}:{lineno}: ts_recv_ms must be an integer and frame a string, "
+                                f"got {ts!r:.40} and {type(frame).__name__}")
+    return ts, frame
+
+
+_CHUNK_BYTES = 1 << 22
+_RAW_BLOCK_BYTES = 1 << 18  # compressed bytes per zlib call on the reader thread (~2 MB of text)
+
+
+def read_frames(path: Union[str, Path], skip: int = 0) -> Iterator[tuple[int, str]]:
+    """Yield (ts_recv_ms, frame) from a recording, after skipping the first `skip` frames
+    (skipped lines are not decoded)."""
+    path = Path(path)
+    # Big decompressed chunks split on newlines: ~5x cheaper per line than GzipFile.readline.
+    with gzip.open(path, "rb") as fh:
+        yield from frames_in_chunks(iter(lambda: fh.read(_CHUNK_BYTES), b""), path, skip)
+
+
+def frames_in_chunks(chunks: Iterator[bytes], path: Path, skip: int) -> Iterator[tuple[int, str]]:
+    """Recording lines from decompressed chunks cut anywhere; the first `skip` are not decoded."""
+    tail = b""
+    lineno = 0
+    for chunk in chunks:
+        lines = (tail + chunk).split(b"\n")
+        tail = lines.pop()
+        if lineno + len(lines) <= skip:
+            lineno += len(lines)
+            continue
+        for line in lines:
+            lineno += 1
+            if lineno <= skip or not line.strip():
+                continue
+            yield _decode_line(line, path, lineno)
+    if tail.strip():
+        lineno += 1
+        if lineno > skip:
+            yield _decode_line(tail, path, lineno)
+
+
+def count_frames(path: Union[str, Path]) -> int:
+    with gzip.open(Path(path), "rb") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
+class _End:
+    """The reader thread's last item: the file is done."""
+
+
+_END = _End()
+
+
+class PrefetchReader:
+    """(ts_recv_ms, frame) from a recording, like read_frames(path, skip), with the gzip
+    decompression on a background thread that stays at most `depth` blocks (~2 MB of text
+    each) ahead through a bounded queue. zlib releases the GIL, so on a second core reading
+    overlaps the flow's work (it was 6–11 % of volgraph's time inline; draining the seed
+    recording through the parser measured ~7 % less wall time this way). Line splitting and
+    the JSON decode of each line stay on the caller's thread: they hold the GIL either way.
+
+    Iterate it; close() stops the thread. An error on the thread (bad gzip, I/O) is raised to
+    the caller at the point it happened in the stream."""
+
+    def __init__(self, path: Union[str, Path], skip: int = 0, depth: int = 4):
+        if depth < 1:
+            raise ValueError(f"depth={depth}: the read-ahead queue needs at least 1 chunk")
+        self.path = Path(path)
+        self.skip = skip
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, name=f"replay-read:{self.path.name}", daemon=True)
+        self._thread.start()
+        self._gen = self._frames()
+
+    def __iter__(self) -> "PrefetchReader":
+        return self
+
+    def __next__(self) -> tuple[int, str]:
+        return next(self._gen)
+
+    def _put(self, item) -> bool:
+        # a bounded wait, re-checked, so close() always frees a reader blocked on a full queue
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _read(self) -> None:
+        # Raw reads and one zlib call per block: the thread holds the GIL only between calls
+        # (GzipFile.read's Python loop and a line split here held it long enough to slow the
+        # consumer down more than the decompression saved).
+        try:
+            with open(self.path, "rb") as fh:
+                d = zlib.decompressobj(wbits=31)  # gzip framing
+                fed = False  # the current member has had input
+                while not self._stop.is_set():
+                    raw = fh.read(_RAW_BLOCK_BYTES)
+                    if not raw:
+                        if fed and not d.eof:
+                            raise EOFError(f"{self.path}: the gzip stream ends early (a truncated recording?)")
+                        break
+                    while raw:
+                        fed = True
+                        text = d.decompress(raw)
+                        if text and not self._put(text):
+                            return
+                        raw = b""
+                        if d.eof:  # another gzip member may follow (concatenated files)
+                            raw, d, fed = d.unused_data, zlib.decompressobj(wbits=31), False
+            self._put(_END)
+        except BaseException as exc:  # handed to the consumer, raised there
+            self._put(exc)
+
+    def _frames(self) -> Iterator[tuple[int, str]]:
+        return frames_in_chunks(self._chunks(), self.path, self.skip)
+
+    def _chunks(self) -> Iterator[bytes]:
+        get = self._q.get
+        while True:
+            item = get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._gen.close()
+        while True:  # free the queue (and a put waiting on it) at once
+            try:
+                self._q.get_nowait()
+            except queue.Empty:
+                break
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class ReplaySource(FixedPartitionedSource):
+    """One partition per recording file (`list_parts()` → the file names, in the given order).
+
+    path: one recording, or several (e.g. one per currency, each with its own discovery
+    preamble) — on a bytewax cluster each partition runs on one worker, like a live source's
+    per-currency partitions. File names must differ (they are the partition keys).
+    speed: "max" emits as fast as the flow accepts; a number paces the frames by their
+    recorded ts_recv_ms gaps (1 = real time, 10 = ten times faster).
+    parse: the venue parser, called as parse(frame, ts_recv_ms, max_frame_bytes) → events;
+    Anything that is not an event (either venue's session frames: heartbeats, acks, pongs) is dropped.
+    stamp_recv: "recorded" keeps the recorded ts_recv_ms; "wall" stamps the wall clock at
+    replay time (latency measured in processing terms).
+    run_seconds / max_frames end this run early (an EOF to the flow), per partition; the
+    resume state is the count of frames consumed, so a restarted flow continues after them.
+    prefetch: decompress on a background thread (PrefetchReader) instead of inline.
+    preload: decompress the whole file when the partition is built (before the run), so no
+    decompression runs during it — for short recordings replayed to time a burst (a
+    background thread's decompression took a core from the other process of a 2-process
+    run mid-burst). Each line is still decoded as it is read. Overrides prefetch.
+    start_wall_ms: paced runs: the wall time (epoch ms) the first frame is due, so partitions
+    in several processes pace against one clock; default: when each partition starts.
+    gather_ms: paced runs: after a part batch, read again no sooner than this (frames gather
+    into batches as they do in a live partition's queue).
+    """
+
+    def __init__(self, path: Union[str, Path, Sequence[Union[str, Path]]], *, speed: Union[str, float] = "max",
+                 parse: Callable[..., list] = parse_frame, batch_max: int = SOURCE_BATCH_MAX,
+                 run_seconds: Optional[float] = None, max_frames: Optional[int] = None,
+                 stamp_recv: str = "recorded", max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+                 prefetch: bool = True, start_wall_ms: Optional[float] = None,
+                 gather_ms: float = SOURCE_GATHER_MS, preload: bool = False):
+        paths = [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]
+        if not paths:
+            raise ValueError("path=[]: give at least one recording file")
+        for p in paths:
+            if not p.is_file():
+                raise FileNotFoundError(f"replay file {p} does not exist; record one with "
+                                        "connectors.capture.replay.write_frames or `bench/workload.py`")
+        names = [p.name for p in paths]
+        if len(set(names)) != len(names):
+            raise ValueError(f"replay files {[str(p) for p in paths]}: file names are the partition keys and "
+                             "must differ; rename or copy one of them")
+        if speed != "max" and (isinstance(speed, bool) or not isinstance(speed, (int, float)) or not speed > 0):
+            raise ValueError(f"speed={speed!r}: use \"max\" or a positive number (1 = real time)")
+        if batch_max < 1:
+            raise ValueError(f"batch_max={batch_max}: must be >= 1")
+        if stamp_recv not in ("recorded", "wall"):
+            raise ValueError(f"stamp_recv={stamp_recv!r}: use \"recorded\" or \"wall\"")
+        self.paths = paths
+        self.path = paths[0]  # the single-file case, as before
+        self.speed = speed
+        self.parse = parse
+        self.batch_max = batch_max
+        self.run_seconds = run_seconds
+        self.max_frames = max_frames
+        self.stamp_recv = stamp_recv
+        self.max_frame_bytes = max_frame_bytes
+        self.prefetch = prefetch
+        self.preload = preload
+        self.start_wall_ms = start_wall_ms
+        self.gather_ms = gather_ms
+
+    def list_parts(self) -> list[str]:
+        return [p.name for p in self.paths]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: Optional[int]) -> "ReplayPartition":
+        for p in self.paths:
+            if p.name == for_part:
+                return ReplayPartition(self, int(resume_state or 0), p)
+        raise ValueError(f"replay partition {for_part!r} is not this source's file "
+                         f"({', '.join(repr(p.name) for p in self.paths)})")
+
+
+class ReplayPartition(StatefulSourcePartition):
+    def __init__(self, source: ReplaySource, offset: int, path: Optional[Path] = None):
+        self.src = source
+        self.path = path or source.path
+        self.offset = offset  # frames consumed so far, this run and earlier ones
+        self.started_offset = offset
+        self._frames: Iterator[tuple[int, str]]
+        if source.preload:
+            self._frames = frames_in_chunks(iter([gzip.decompress(self.path.read_bytes())]), self.path, offset)
+        elif source.prefetch:
+            self._frames = PrefetchReader(self.path, skip=offset)
+        else:
+            self._frames = read_frames(self.path, skip=offset)
+        self._next: Optional[tuple[int, str]] = None  # a frame read ahead, not yet due
+        self._eof = False
+        self.started_wall_ms: Optional[int] = None
+        self.first_ts_ms: Optional[int] = None
+        self._awake: Optional[datetime] = None
+        # run_seconds counts from the start of pacing (a shared start may lie ahead)
+        ahead_s = max(0.0, (source.start_wall_ms - _wall_ms()) / 1000.0) if source.start_wall_ms else 0.0
+        self._deadline_s = (time.monotonic() + ahead_s + source.run_seconds) if source.run_seconds is not None else None
+
+    def _peek(self) -> Optional[tuple[int, str]]:
+        if self._next is None and not self._eof:
+            self._next = next(self._frames, None)
+            if self._next is None:
+                self._eof = True
+        return self._next
+
+    def next_batch(self) -> list:
+        src = self.src
+        if self._deadline_s is not None and time.monotonic() >= self._deadline_s:
+            raise StopIteration
+        if src.max_frames is not None and self.offset - self.started_offset >= src.max_frames:
+            raise StopIteration
+        if self._peek() is None:
+            raise StopIteration
+        now = _wall_ms()
+        if self.started_wall_ms is None:
+            self.started_wall_ms, self.first_ts_ms = src.start_wall_ms or now, self._next[0]
+        limit = src.batch_max
+        if src.max_frames is not None:
+            limit = min(limit, src.max_frames - (self.offset - self.started_offset))
+        due_ts = None
+        if src.speed != "max":
+            # frames whose recorded time, scaled, has come
+            due_ts = self.first_ts_ms + (now - self.started_wall_ms) * float(src.speed)
+        out: list = []
+        append = out.append
+        parse, max_bytes, wall = src.parse, src.max_frame_bytes, src.stamp_recv == "wall"
+        frames = self._frames
+        n = 0
+        while n < limit:
+            item = self._next
+            if item is None:
+                item = next(frames, None)
+                if item is None:
+                    self._eof = True
+                    break
+            else:
+                self._next = None
+            if due_ts is not None and item[0] > due_ts:
+                self._next = item  # not due yet: keep it for a later batch
+                break
+            n += 1
+            events = parse(item[1], now if wall else item[0], max_bytes)
+            if len(events) == 1 and type(events[0]) in _EVENTS:
+                append(events[0])
+            else:  # session frames (each venue's Control: heartbeats, acks, pongs) are not events
+                out.extend(ev for ev in events if type(ev) in _EVENTS)
+        self.offset += n
+        self._awake = None
+        if due_ts is not None:
+            item = self._peek()
+            if item is not None and item[0] > due_ts:
+                wake_ms = self.started_wall_ms + (item[0] - self.first_ts_ms) / float(src.speed)
+                if n:  # a part batch: let the next frames gather, as a live partition does
+                    wake_ms = max(wake_ms, now + src.gather_ms)
+                self._awake = datetime.fromtimestamp(wake_ms / 1000.0, tz=timezone.utc)
+        return out
+
+    def next_awake(self) -> Optional[datetime]:
+        return self._awake
+
+    def snapshot(self) -> int:
+        return self.offset
+
+    def close(self) -> None:
+        self._frames.close()  # PrefetchReader.close stops its thread

@@ -1,0 +1,273 @@
+"""Analytics on a fitted smile: ATM vol, risk reversals, butterflies and the SVI-JW view.
+
+Pure numerics (numba kernel for the delta → strike solve, cache=True): no I/O, no
+bytewax, never imports connectors or flows.
+
+Conventions, stated once here (DESIGN.md §6):
+- k = ln(K/F), w = σ²T (T in ACT/365 years); vols and RR/BF are decimals (0.05 = 5 vol pts).
+- ATM is at-the-money-forward, k = 0: atm_vol = √(w(0)/T).
+- Deltas are forward deltas, not premium-adjusted: call Δ = N(d1), put Δ = N(d1) − 1 with
+  d1 = −k/√w + √w/2. A "25Δ put" is the strike whose put delta is −0.25.
+- RR(Δ) = σ(Δ call) − σ(Δ put)   (negative for a smile skewed to the downside);
+  BF(Δ) = (σ(Δ call) + σ(Δ put))/2 − σ(ATM).
+- The Δ → k solve works on d1 directly (d1(k) = N⁻¹(Δ) for calls, −N⁻¹(|Δ|) for puts):
+  geometric bracketing outward from k = 0 in steps of the ATM standard deviation, then
+  bisection to machine precision — no derivative, so kinks, flat wings or a
+  non-monotone d1 on an arbitrageable smile cannot make it diverge (it returns the root
+  nearest the money it brackets, NaN when there is none within |k| ≤ 50).
+
+Every node function has the graph.toml signature fn(params, t_years, **node_params) → float,
+where params is anything svi.as_params accepts: (a, b, rho, m, sigma), SviParams, SviFit,
+or an object with those attributes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+from numba import njit
+from scipy.special import ndtri
+
+from operators.kernels.svi import SviParams, as_params
+
+
+@njit(cache=True)
+def _w_blend(coef, P, k):
+    w = 0.0
+    for i in range(coef.size):
+        x = k - P[i, 3]
+        w += coef[i] * (P[i, 0] + P[i, 1] * (P[i, 2] * x + math.sqrt(x * x + P[i, 4] * P[i, 4])))
+    return w
+
+
+@njit(cache=True)
+def _d1(coef, P, k):
+    w = _w_blend(coef, P, k)
+    if not w > 0.0:
+        return np.nan
+    s = math.sqrt(w)
+    return -k / s + 0.5 * s
+
+
+@njit(cache=True)
+def _k_for_d1(coef, P, targets):
+    """k with d1(k) = target for each target (NaN if not bracketed within |k| ≤ 50)."""
+    out = np.full(targets.size, np.nan)
+    w0 = _w_blend(coef, P, 0.0)
+    if not w0 > 0.0:
+        return out
+    h = math.sqrt(w0)
+    f_at0 = 0.5 * h
+    for j in range(targets.size):
+        tgt = targets[j]
+        if not np.isfinite(tgt):
+            continue
+        f0 = f_at0 - tgt
+        if f0 == 0.0:
+            out[j] = 0.0
+            continue
+        direction = 1.0 if f0 > 0.0 else -1.0  # d1 decreases in k on arbitrage-free smiles
+        lo = 0.0
+        step = 0.25 * h
+        hi = np.nan
+        while True:
+            k1 = direction * step
+            if abs(k1) > 50.0:
+                break
+            f1 = _d1(coef, P, k1) - tgt
+            if f1 != f1:
+                break
+            if (f1 > 0.0) != (f0 > 0.0) or f1 == 0.0:
+                hi = k1
+                break
+            lo = k1
+            step *= 1.6
+        if hi != hi:
+            continue
+        flo = _d1(coef, P, lo) - tgt
+        for _ in range(200):
+            mid = 0.5 * (lo + hi)
+            if mid == lo or mid == hi:
+                break
+            fm = _d1(coef, P, mid) - tgt
+            if fm != fm:
+                break
+            if (fm > 0.0) == (flo > 0.0):
+                lo = mid
+                flo = fm
+            else:
+                hi = mid
+        out[j] = 0.5 * (lo + hi)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class BlendSmile:
+    """w(k) = Σ weightᵢ · w_SVI(paramsᵢ, k): one SVI slice, or a fixed-tenor blend of two."""
+
+    weights: tuple[float, ...]
+    params: tuple[SviParams, ...]
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        return (np.asarray(self.weights, float),
+                np.asarray([tuple(as_params(p)) for p in self.params], float).reshape(-1, 5))
+
+    def total_variance(self, k) -> np.ndarray:
+        coef, P = self.arrays()
+        k = np.asarray(k, float)
+        x = k[..., None] - P[:, 3]
+        return (coef * (P[:, 0] + P[:, 1] * (P[:, 2] * x + np.sqrt(x * x + P[:, 4] ** 2)))).sum(-1)
+
+
+def _smile(params: Any) -> BlendSmile:
+    if isinstance(params, BlendSmile):
+        return params
+    return BlendSmile((1.0,), (as_params(params),))
+
+
+def _check_t(t_years: float) -> float:
+    t = float(t_years)
+    if not (math.isfinite(t) and t > 0):
+        raise ValueError(f"t_years={t_years!r}; pass a positive year fraction (ACT/365)")
+    return t
+
+
+def _d1_target(delta: float, is_call: bool) -> float:
+    d = float(delta)
+    if d < 0:  # a put delta given with its sign
+        d, is_call = -d, False
+    if not 0.0 < d < 1.0:
+        raise ValueError(f"delta={delta!r}; pass a delta magnitude strictly between 0 and 1 (e.g. 0.25)")
+    z = float(ndtri(d))
+    return z if is_call else -z
+
+
+def k_at_delta(params: Any, t_years: float, delta: float = 0.25, is_call: bool = True) -> float:
+    """Log-moneyness k = ln(K/F) of the strike with forward delta `delta` (call) or −delta
+    (put; a negative delta also means put). NaN when the smile has no such strike."""
+    _check_t(t_years)
+    coef, P = _smile(params).arrays()
+    return float(_k_for_d1(coef, P, np.array([_d1_target(delta, is_call)]))[0])
+
+
+def vol_at_delta(params: Any, t_years: float, delta: float = 0.25, is_call: bool = True) -> float:
+    """Implied vol (decimal) on the smile at the given forward delta (see k_at_delta)."""
+    t = _check_t(t_years)
+    sm = _smile(params)
+    k = k_at_delta(sm, t, delta, is_call)
+    if k != k:
+        return math.nan
+    return math.sqrt(max(float(sm.total_variance(k)), 0.0) / t)
+
+
+def atm_vol(params: Any, t_years: float) -> float:
+    """ATM-forward vol (k = 0), decimal: √(w(0)/T); NaN if w(0) ≤ 0."""
+    t = _check_t(t_years)
+    w0 = float(_smile(params).total_variance(0.0))
+    return math.sqrt(w0 / t) if w0 > 0 else math.nan
+
+
+def _rr_bf(params: Any, t_years: float, deltas: Sequence[float]) -> dict[str, float]:
+    t = _check_t(t_years)
+    sm = _smile(params)
+    coef, P = sm.arrays()
+    targets = []
+    for d in deltas:
+        targets += [_d1_target(d, True), _d1_target(d, False)]
+    ks = _k_for_d1(coef, P, np.asarray(targets, float))
+    with np.errstate(invalid="ignore"):
+        vols = np.sqrt(np.maximum(sm.total_variance(ks), 0.0) / t)
+    vols = np.where(np.isfinite(ks), vols, np.nan)
+    atm = atm_vol(sm, t)
+    out: dict[str, float] = {"atm_vol": atm}
+    for i, d in enumerate(deltas):
+        c, p = float(vols[2 * i]), float(vols[2 * i + 1])
+        tag = f"{round(abs(d) * 100):d}"
+        out[f"rr{tag}"] = c - p
+        out[f"bf{tag}"] = 0.5 * (c + p) - atm
+        out[f"k{tag}c"], out[f"k{tag}p"] = float(ks[2 * i]), float(ks[2 * i + 1])
+        out[f"vol{tag}c"], out[f"vol{tag}p"] = c, p
+    return out
+
+
+def risk_reversal(params: Any, t_years: float, delta: float = 0.25) -> float:
+    """RR(Δ) = σ(Δ call) − σ(Δ put), decimal vol; negative when puts are bid over calls."""
+    d = abs(float(delta))
+    return _rr_bf(params, t_years, (d,))[f"rr{round(d * 100):d}"]
+
+
+def butterfly(params: Any, t_years: float, delta: float = 0.25) -> float:
+    """BF(Δ) = (σ(Δ call) + σ(Δ put))/2 − σ(ATM), decimal vol (smile convexity)."""
+    d = abs(float(delta))
+    return _rr_bf(params, t_years, (d,))[f"bf{round(d * 100):d}"]
+
+
+def svi_jw(params: Any, t_years: float) -> dict[str, float]:
+    """Gatheral's SVI jump-wings view of raw SVI params at maturity t (variances per year):
+
+    v  = w(0)/t                                    ATM variance
+    ψ  = (1/√w₀)·(b/2)·(ρ − m/√(m² + σ²))          ATM skew: ∂√w/∂k at k = 0 (= √t·∂σ/∂k)
+    p  = (1/√w₀)·b(1 − ρ)                          put (left) wing slope
+    c  = (1/√w₀)·b(1 + ρ)                          call (right) wing slope
+    ṽ  = (a + bσ√(1 − ρ²))/t                       minimum implied variance
+    with w₀ = v·t. NaN (except ṽ) when w₀ ≤ 0.
+    """
+    t = _check_t(t_years)
+    a, b, rho, m, sigma = as_params(params)
+    w0 = a + b * (-rho * m + math.sqrt(m * m + sigma * sigma))
+    vt = (a + b * sigma * math.sqrt(max(0.0, 1.0 - rho * rho))) / t
+    if not w0 > 0:
+        return {"jw_v": math.nan, "jw_psi": math.nan, "jw_p": math.nan, "jw_c": math.nan, "jw_vt": vt}
+    s = math.sqrt(w0)
+    return {"jw_v": w0 / t,
+            "jw_psi": (0.5 * b / s) * (rho - m / math.sqrt(m * m + sigma * sigma)),
+            "jw_p": b * (1.0 - rho) / s,
+            "jw_c": b * (1.0 + rho) / s,
+            "jw_vt": vt}
+
+
+def jw_atm_variance(params: Any, t_years: float) -> float:
+    return svi_jw(params, t_years)["jw_v"]
+
+
+def jw_atm_skew(params: Any, t_years: float) -> float:
+    return svi_jw(params, t_years)["jw_psi"]
+
+
+def jw_put_wing(params: Any, t_years: float) -> float:
+    return svi_jw(params, t_years)["jw_p"]
+
+
+def jw_call_wing(params: Any, t_years: float) -> float:
+    return svi_jw(params, t_years)["jw_c"]
+
+
+def jw_min_variance(params: Any, t_years: float) -> float:
+    return svi_jw(params, t_years)["jw_vt"]
+
+
+def smile_analytics(params: Any, t_years: float) -> dict[str, float]:
+    """Everything the flow shows for one expiry: atm_vol, rr25, bf25, rr10, bf10 (decimals),
+    the delta strikes k25c, k25p, k10c, k10p, and the JW keys jw_v, jw_psi, jw_p, jw_c, jw_vt."""
+    out = _rr_bf(params, t_years, (0.25, 0.10))
+    out.update(svi_jw(params, t_years))
+    return out
+
+
+def blend_analytics(smile: BlendSmile, t_years: float, deltas: Sequence[float] = (0.25, 0.10)) -> dict:
+    """atm_vol and RR/BF at the given deltas on a blended (fixed-tenor) smile; None if not finite."""
+    out = _rr_bf(smile, t_years, deltas)
+    return {key: (float(v) if v == v and math.isfinite(v) else None) for key, v in out.items()}
+
+
+def warm_up() -> None:
+    """Compile (or load cached) the numba delta solver."""
+    smile_analytics((0.02, 0.1, -0.3, 0.0, 0.2), 0.5)
+
+
+__all__ = ["BlendSmile", "atm_vol", "risk_reversal", "butterfly", "k_at_delta", "vol_at_delta", "svi_jw",
+           "jw_atm_variance", "jw_atm_skew", "jw_put_wing", "jw_call_wing", "jw_min_variance",
+           "smile_analytics", "blend_analytics", "warm_up"]

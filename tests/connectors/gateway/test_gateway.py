@@ -1,0 +1,458 @@
+"""The gateway over real websockets on 127.0.0.1: snapshot-then-patches delivery, coalescing
+that converges to the gateway's state, slow clients dropped at the bound, HTTP endpoints,
+origin / token / capacity limits, and the dataflow's gateway sink (with healing)."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import msgspec
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+from connectors.gateway.server import (
+    Gateway,
+    _Surface,
+    coalesce,
+    main,
+    merge_patch_dicts,
+    merge_patches,
+    validate_surface_dict,
+)
+from connectors.gateway.server.publisher import GatewayPublisher, GatewaySink
+from operators.events import ContractError, StatusReport, SurfaceSnapshot, apply_patch, from_dict, from_json, to_json
+
+DASHBOARD = Path(__file__).resolve().parents[3] / "dashboard"
+
+
+@pytest.fixture
+def gateway():
+    started = []
+
+    def make(**options) -> Gateway:
+        g = Gateway("127.0.0.1", 0, **options)
+        g.start()
+        started.append(g)
+        return g
+
+    yield make
+    for g in started:
+        g.stop()
+
+
+class Watcher:
+    """A dashboard-like client on its own thread: merges snapshots and patches per surface."""
+
+    def __init__(self, url: str, **connect_options) -> None:
+        self.ws = connect(url, max_size=None, legacy=True, **connect_options)
+        self.state: dict[tuple[str, str], SurfaceSnapshot] = {}
+        self.kinds: list[str] = []
+        self.closed = threading.Event()
+        self.cond = threading.Condition()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            for raw in self.ws:
+                assert isinstance(raw, str)  # JSON text frames
+                ev = from_json(raw)
+                key = (ev.venue, ev.underlying)
+                with self.cond:
+                    self.state[key] = ev if isinstance(ev, SurfaceSnapshot) else apply_patch(self.state.get(key), ev)
+                    self.kinds.append(type(ev).__name__)
+                    self.cond.notify_all()
+        except ConnectionClosed:
+            pass
+        finally:
+            self.closed.set()
+            with self.cond:
+                self.cond.notify_all()
+
+    def wait_for(self, predicate, timeout: float = 10.0) -> bool:
+        with self.cond:
+            return self.cond.wait_for(lambda: predicate(self), timeout)
+
+    def close(self) -> None:
+        self.ws.close()
+        self.thread.join(5)
+
+
+def publisher(g: Gateway, token: str | None = None):
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    return connect(g.publish_url, additional_headers=headers, max_size=None, legacy=True)
+
+
+def http_get(url: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+# ---------------------------------------------------------------- merge semantics (pure)
+
+
+def patch_strategy():
+    return st.tuples(st.sets(st.integers(0, 6), max_size=4), st.sets(st.integers(0, 6), max_size=3), st.booleans())
+
+
+@settings(max_examples=200, deadline=None)
+@given(start=st.none() | st.sets(st.integers(0, 6), max_size=5), steps=st.lists(patch_strategy(), min_size=1, max_size=6), seed=st.integers(0, 99))
+def test_coalesced_patches_equal_applying_them_in_turn(surface_factory, start, steps, seed):
+    f = surface_factory(seed=seed)
+    snapshot = None if start is None else f.snapshot(1, expiries=start)
+    patches = [
+        f.patch(2 + i, changed=sorted(c), removed=sorted(r), index_px=(1000.0 + i if has_px else None))
+        for i, (c, r, has_px) in enumerate(steps)
+    ]
+    merged = None
+    for p in patches:
+        merged = coalesce(merged, p)
+    assert apply_patch(snapshot, merged) == f.fold(patches, start=snapshot)
+    # A snapshot pending for a client absorbs patches into a snapshot.
+    if snapshot is not None:
+        pending = snapshot
+        for p in patches:
+            pending = coalesce(pending, p)
+        assert isinstance(pending, SurfaceSnapshot) and pending == f.fold(patches, start=snapshot)
+
+
+@settings(max_examples=200, deadline=None)
+@given(start=st.none() | st.sets(st.integers(0, 6), max_size=5), steps=st.lists(patch_strategy(), min_size=1, max_size=6), seed=st.integers(0, 99))
+def test_wire_merges_mirror_the_event_merges(surface_factory, start, steps, seed):
+    """The gateway merges decoded JSON; it must agree with apply_patch / merge_patches."""
+    f = surface_factory(seed=seed)
+    snapshot = None if start is None else f.snapshot(1, expiries=start)
+    patches = [
+        f.patch(2 + i, changed=sorted(c), removed=sorted(r), index_px=(1000.0 + i if has_px else None))
+        for i, (c, r, has_px) in enumerate(steps)
+    ]
+    surface = _Surface()
+    if snapshot is not None:
+        surface.replace(orjson.loads(to_json(snapshot)))
+    wires = []
+    for p in patches:
+        wire = orjson.loads(to_json(p))
+        validate_surface_dict(wire)
+        surface.apply_patch(wire)
+        wires.append(wire)
+    expected = f.fold(patches, start=snapshot)
+    assert from_json(surface.snapshot_json()) == expected
+    merged = from_dict({**merge_patch_dicts(*wires), "type": "SurfacePatch"})
+    assert apply_patch(snapshot, merged) == expected
+    assert apply_patch(snapshot, functools.reduce(merge_patches, patches)) == expected
+
+
+def test_bad_surface_frames_name_the_field():
+    with pytest.raises(ContractError, match=r"SurfacePatch.epoch must be an integer"):
+        validate_surface_dict({"type": "SurfacePatch", "venue": "d", "underlying": "BTC", "epoch": "8"})
+    with pytest.raises(ContractError, match=r"expiries\[0\]"):
+        validate_surface_dict({"type": "SurfaceSnapshot", "venue": "d", "underlying": "BTC", "epoch": 1,
+                               "ts_exchange_ms": 1, "ts_emit_ms": 1, "expiries": [{"fit": {}}]})
+
+
+def test_merge_patches_keeps_a_view_re_added_after_removal(surface_factory):
+    f = surface_factory()
+    first = f.patch(1, removed=[2])
+    second = f.patch(2, changed=[2], index_px=None)
+    merged = merge_patches(first, second)
+    assert [v.expiry_ms for v in merged.expiries] == [f.expiry(2)] and merged.removed == ()
+    assert merged.index_px == first.index_px
+
+
+# ---------------------------------------------------------------- delivery
+
+
+def test_client_gets_snapshot_then_patches_and_converges(gateway, surface_factory):
+    g = gateway()
+    btc, eth = surface_factory(underlying="BTC"), surface_factory(underlying="ETH", seed=3)
+    with publisher(g) as pub:
+        btc_start, eth_start = btc.snapshot(10, expiries=[0, 1, 2]), eth.patch(10, changed=[0, 4])
+        pub.send(to_json(btc_start), text=True)
+        pub.send(to_json(eth_start), text=True)
+        assert g.wait_until(lambda g: g.counters["published.SurfacePatch"] == 1 and len(g.surfaces) == 2, 10)
+
+        w = Watcher(g.ws_url)
+        assert w.wait_for(lambda w: len(w.kinds) == 2)
+        assert w.kinds == ["SurfaceSnapshot", "SurfaceSnapshot"]  # one per known surface
+        assert w.state[("deribit", "BTC")] == g.state("deribit", "BTC")
+
+        sent = [btc.patch(11 + i, changed=[i % 4], removed=[2] if i == 3 else []) for i in range(20)]
+        sent += [eth.patch(11 + i, changed=[i % 5], index_px=None) for i in range(20)]
+        for p in sent:
+            pub.send(to_json(p), text=True)
+        assert g.wait_until(lambda g: g.counters["published.SurfacePatch"] == 41, 10)
+        final_btc, final_eth = g.state("deribit", "BTC"), g.state("deribit", "ETH")
+        assert w.wait_for(lambda w: w.state.get(("deribit", "BTC")) == final_btc and w.state.get(("deribit", "ETH")) == final_eth)
+    assert final_btc == btc.fold(sent[:20], start=btc_start)
+    assert final_eth == eth.fold([eth_start] + sent[20:])
+    assert set(w.kinds[2:]) <= {"SurfacePatch", "SurfaceSnapshot"}
+    status = g.status()
+    assert status["clients"] == 1 and status["patches_out"] == len(w.kinds)
+    w.close()
+    assert g.wait_until(lambda g: len(g.clients) == 0, 10)
+
+
+def raw_ws_client(port: int, path: str = "/ws", rcvbuf: int = 4096) -> socket.socket:
+    """A websocket client that completes the handshake and then never reads."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # fill up fast
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(1)
+        assert chunk, "gateway closed during the handshake"
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+def test_a_client_that_never_reads_is_dropped_and_others_still_converge(gateway, surface_factory):
+    g = gateway(client_queue_max=4)
+    f = surface_factory()
+    slow = raw_ws_client(g.port)
+    good = Watcher(g.ws_url)
+    assert g.wait_until(lambda g: len(g.clients) == 2, 10)
+    with publisher(g) as pub:
+        for i in range(5000):
+            # Big patches fill the kernel buffers; after that the slow client's sender blocks
+            # and its pending updates pass the bound.
+            pub.send(to_json(f.patch(100 + i, changed=range(8), n_strikes=400)), text=True)
+            if g.counters["dropped_clients"]:
+                break
+        assert g.wait_until(lambda g: g.counters["dropped_clients"] == 1 and len(g.clients) == 1, 30)
+        pub.send(to_json(f.patch(100_000, changed=[1])), text=True)
+        assert g.wait_until(lambda g: g.epoch("deribit", "BTC") == 100_000, 10)
+    final = g.state("deribit", "BTC")
+    assert good.wait_for(lambda w: w.state.get(("deribit", "BTC")) == final, timeout=30)
+    assert not good.closed.is_set()
+    status = g.status()
+    assert status["dropped_clients"] == 1 and status["clients"] == 1
+    slow.close()
+    good.close()
+
+
+# ---------------------------------------------------------------- HTTP
+
+
+def test_healthz_status_and_metrics(gateway, surface_factory):
+    g = gateway()
+    f = surface_factory()
+    with publisher(g) as pub:
+        pub.send(to_json(StatusReport(source="worker-0", ts_ms=1, started_ms=0, counters={"messages_in": 1200.0, "fits": 3.0})), text=True)
+        pub.send(to_json(StatusReport(source="worker-1", ts_ms=2, started_ms=0, counters={"messages_in": 34.0})), text=True)
+        unfitted = f.view(f.expiry(5), 7, fit=f.fit(f.expiry(5), 7, n_quotes=0))
+        patch = f.patch(7, changed=[0, 1])
+        patch = msgspec.structs.replace(patch, expiries=patch.expiries + (unfitted,))
+        pub.send(to_json(patch), text=True)
+        pub.send(b"not json", text=True)
+        pub.send(b'{"type":"SurfacePatch","venue":"deribit","underlying":"BTC","epoch":"8"}', text=True)
+        pub.send(b'{"type":"Ticker"}', text=True)
+        assert g.wait_until(lambda g: g.counters["published.SurfacePatch"] == 1 and len(g.workers) == 2
+                            and g.counters["publish_errors.bad_event"] == 2
+                            and g.counters["publish_errors.unsupported.Ticker"] == 1, 10)
+
+    code, headers, body = http_get(g.http_url + "/healthz")
+    assert code == 200 and orjson.loads(body) == {"ok": True} and headers["Content-Type"] == "application/json"
+
+    code, _, body = http_get(g.http_url + "/status")
+    status = orjson.loads(body)
+    assert code == 200
+    assert status["messages_in"] == 1234.0
+    assert status["clients"] == 0 and status["dropped_clients"] == 0 and status["patches_out"] == 0
+    assert status["uptime_s"] >= 0
+    assert set(status["workers"]) == {"worker-0", "worker-1"}
+    assert status["workers"]["worker-0"]["counters"] == {"messages_in": 1200.0, "fits": 3.0}
+    btc = status["underlyings"]["deribit:BTC"]
+    assert btc["expiries_known"] == 3 and btc["expiries_fitted"] == 2 and btc["epoch"] == 7
+    assert 0 <= btc["last_patch_age_s"] < 3600
+    assert status["publish_errors"] == {"bad_event": 2, "unsupported.Ticker": 1}
+
+    code, headers, body = http_get(g.http_url + "/metrics")
+    text = body.decode()
+    assert code == 200 and headers["Content-Type"].startswith("text/plain")
+    assert 'volgraph_gateway_published_total{type="SurfacePatch"} 1.0' in text
+    assert "volgraph_gateway_messages_in 1234.0" in text
+    assert 'volgraph_gateway_expiries{state="fitted",underlying="BTC",venue="deribit"} 2.0' in text
+    assert "volgraph_gateway_dropped_clients_total 0.0" in text
+
+    assert http_get(g.http_url + "/nope")[0] == 404
+    assert http_get(g.http_url + "/static/../connectors/gateway.py")[0] == 404
+
+
+def test_dashboard_is_served(gateway):
+    g = gateway()
+    code, headers, body = http_get(g.http_url + "/")
+    assert code == 200 and headers["Content-Type"].startswith("text/html")
+    assert b"/ws" in body or b"app.js" in body
+    for asset in ("app.js", "style.css"):
+        code, headers, _ = http_get(f"{g.http_url}/static/{asset}")
+        assert code == 200, asset
+
+
+# ---------------------------------------------------------------- limits
+
+
+def test_origin_allow_list(gateway):
+    g = gateway(allowed_origins=["https://desk.example"])
+    with pytest.raises(InvalidStatus) as exc:
+        connect(g.ws_url, origin="https://evil.example")
+    assert exc.value.response.status_code == 403
+    for origin in (None, f"http://127.0.0.1:{g.port}", "https://desk.example"):
+        with connect(g.ws_url, origin=origin):
+            pass
+    assert g.counters["rejected.origin"] == 1
+
+
+def test_publish_token_and_connection_limit(gateway):
+    g = gateway(publish_token="s3cret", max_clients=1)
+    with pytest.raises(InvalidStatus) as exc:
+        publisher(g)
+    assert exc.value.response.status_code == 401
+    with pytest.raises(InvalidStatus):
+        publisher(g, token="wrong")
+    with publisher(g, token="s3cret"):
+        pass
+    with connect(g.ws_url + "?token=ignored"):
+        with pytest.raises(InvalidStatus) as exc:
+            connect(g.ws_url)
+        assert exc.value.response.status_code == 503
+    assert g.counters["rejected.token"] == 2 and g.counters["rejected.capacity"] == 1
+
+
+def test_clients_are_read_only_and_size_limited(gateway, surface_factory):
+    g = gateway(client_max_message_bytes=64)
+    w = Watcher(g.ws_url)
+    w.ws.send("hello")  # ignored
+    assert g.wait_until(lambda g: g.counters["client_messages_ignored"] == 1, 10)
+    with publisher(g) as pub:
+        pub.send(to_json(surface_factory().patch(1, changed=[0])), text=True)
+    assert w.wait_for(lambda w: len(w.kinds) == 1)
+    w.ws.send("x" * 1000)  # over the limit: the gateway closes with 1009
+    assert w.closed.wait(10)
+    assert w.ws.close_code == 1009
+
+
+# ---------------------------------------------------------------- the gateway sink
+
+
+def test_gateway_sink_round_trip_and_healing(gateway, surface_factory):
+    g = gateway(publish_token="tok")
+    f = surface_factory()
+    pub = GatewayPublisher(g.publish_url, "tok", retry_min_ms=1, retry_max_ms=1)
+    w = Watcher(g.ws_url)
+    first = [f.patch(1 + i, changed=[i % 3]) for i in range(5)]
+    pub.write_batch(first[:2])
+    pub.write_batch([("BTC", p) for p in first[2:]] + [f.fit(f.expiry(0), 1)])  # keyed items too
+    assert g.wait_until(lambda g: g.epoch("deribit", "BTC") == first[-1].epoch, 10)
+    assert g.state("deribit", "BTC") == f.fold(first)
+    assert w.wait_for(lambda w: w.state.get(("deribit", "BTC")) == f.fold(first))
+    assert pub.counters["skipped"] == 1 and pub.counters["connects"] == 1
+    port = g.port
+    g.stop()
+    w.closed.wait(10)
+
+    second = [f.patch(10 + i, changed=[3 + i % 2], removed=[0] if i == 1 else []) for i in range(4)]
+    pub.write_batch(second[:2])  # the gateway is gone: dropped, counted, no exception
+    pub.write_batch(second[2:3])
+    assert pub.counters["dropped"] >= 1 and pub.conn is None
+
+    g2 = Gateway("127.0.0.1", port, publish_token="tok")
+    g2.start()
+    try:
+        pub._next_attempt = 0.0  # skip the back-off wait: no sleeping in tests
+        pub.write_batch(second[3:])
+        # The reconnect sent a snapshot of everything: the new gateway holds the full state.
+        assert g2.wait_until(lambda g: g.epoch("deribit", "BTC") == second[-1].epoch, 10)
+        assert g2.state("deribit", "BTC") == f.fold(first + second)
+        assert pub.counters["connects"] == 2
+    finally:
+        pub.close()
+        g2.stop()
+
+
+def test_gateway_sink_refuses_a_bad_url():
+    with pytest.raises(ValueError, match="ws://"):
+        GatewaySink("http://localhost:1/publish")
+
+
+def test_dataflow_to_gateway_and_postgres_agree(gateway, surface_factory, pg_db, tmp_path):
+    """The same stream into both sinks: the client's merged state equals latest_surface."""
+    from bytewax.dataflow import Dataflow
+    from bytewax.operators import input as bw_input
+    from bytewax.operators import output as bw_output
+    from bytewax.testing import TestingSource, run_main
+
+    from connectors import postgres as pg
+
+    g = gateway()
+    w = Watcher(g.ws_url)
+    f = surface_factory(underlying="ETH", seed=11)
+    events = [f.snapshot(50, expiries=[0, 1, 2, 3])]
+    events += [f.patch(51 + i, changed=[i % 5], removed=[(i + 2) % 5] if i % 4 == 0 else [], index_px=None if i % 3 else 2000.0 + i)
+               for i in range(30)]
+    flow = Dataflow("both_sinks")
+    stream = bw_input("inp", flow, TestingSource(events, batch_size=4))
+    bw_output("gateway", stream, GatewaySink(g.publish_url))
+    pg_sink = pg.PostgresSink(pg_db, spill_dir=tmp_path, flush_ms=20)
+    bw_output("pg", stream, pg_sink)
+    run_main(flow)
+
+    expected = f.fold(events)
+    assert g.wait_until(lambda g: g.epoch("deribit", "ETH") == expected.epoch, 10)
+    assert g.state("deribit", "ETH") == expected
+    assert w.wait_for(lambda w: w.state.get(("deribit", "ETH")) == expected)
+    with pg.connect(pg_db) as conn:
+        assert pg.latest_surface(conn, "deribit", "ETH") == w.state[("deribit", "ETH")]
+    w.close()
+
+
+def test_cli_parser_defaults():
+    from connectors.gateway.server import build_parser
+
+    args = build_parser().parse_args(["--port", "9000", "--allowed-origins", "https://a.example, https://b.example"])
+    assert args.port == 9000 and args.host == "127.0.0.1"
+    assert callable(main)
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node to run dashboard/app.js")
+def test_dashboard_merge_matches_apply_patch(surface_factory, tmp_path):
+    """dashboard/app.js merges snapshot + patches to the same surface as apply_patch."""
+    f = surface_factory(seed=5)
+    events = [f.snapshot(1, expiries=[0, 1, 2])]
+    events += [f.patch(2 + i, changed=[i % 4], removed=[(i + 1) % 4] if i % 3 == 0 else [], index_px=None if i % 2 else 1.0 + i)
+               for i in range(12)]
+    (tmp_path / "events.json").write_bytes(b"[" + b",".join(to_json(e) for e in events) + b"]")
+    script = tmp_path / "merge.js"
+    script.write_text(
+        f"const app = require({str(DASHBOARD / 'app.js')!r});\n"
+        f"const events = JSON.parse(require('fs').readFileSync({str(tmp_path / 'events.json')!r}, 'utf8'));\n"
+        "for (const e of events) app.onMessage(e);\n"
+        "process.stdout.write(JSON.stringify(app.surfaces.get('deribit:BTC')));\n"
+    )
+    out = subprocess.run(["node", str(script)], capture_output=True, check=True, timeout=60).stdout
+    merged = orjson.loads(out)
+    expected = orjson.loads(to_json(f.fold(events)))
+    for field in ("epoch", "ts_exchange_ms", "ts_emit_ms", "index_px", "tenors", "calendar", "expiries"):
+        assert merged[field] == expected[field], field

@@ -1,0 +1,145 @@
+"""Shared helpers of the venue connector tests (tests/test_{deribit,okx}_{client,parse}.py):
+reading a client's events until a condition holds, grouping and chain-checking book events,
+and the hand-written real-shape frames with one field changed. Test support only: no fixtures
+with side effects, no sleeps."""
+
+from __future__ import annotations
+
+import collections
+import json
+import time
+
+import orjson
+
+from operators.events import BookUpdate, FeedError
+
+from tests.helpers.data import FRAMES_DIR
+DELETE = object()  # frame_with(..., DELETE) removes the field
+
+
+def collect(client, events, until, timeout=20.0, what="condition"):
+    """Drain into `events` until until(events) holds; fail with the counters if it never does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        events.extend(client.drain(5_000, timeout=0.1))
+        if until(events):
+            return events
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; counters {client.counters()}")
+
+
+def books(events):
+    """BookUpdates per instrument, in order."""
+    out = collections.defaultdict(list)
+    for e in events:
+        if isinstance(e, BookUpdate):
+            out[e.instrument].append(e)
+    return out
+
+
+def check_chains(events):
+    """Per instrument: a snapshot first, then changes chaining prev_seq → seq (Deribit change_id,
+    OKX seqId); after a seq_gap FeedError the next book event of that instrument is a snapshot."""
+    last: dict[str, int | None] = {}
+    for e in events:
+        if isinstance(e, FeedError) and e.reason == "seq_gap":
+            last[e.instrument] = None
+        elif isinstance(e, BookUpdate):
+            if e.kind == "snapshot":
+                last[e.instrument] = e.seq
+            else:
+                assert last.get(e.instrument) is not None, f"change before snapshot: {e}"
+                assert e.prev_seq == last[e.instrument], f"broken chain: {e}"
+                last[e.instrument] = e.seq
+
+
+def run_source(source, flow_id: str) -> tuple[list, collections.Counter]:
+    """Run `source` alone in a bytewax flow until it ends; its events and their count by type."""
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.testing import TestingSink, run_main
+
+    out: list = []
+    flow = Dataflow(flow_id)
+    op.output("out", op.input("in", flow, source), TestingSink(out))
+    run_main(flow)
+    return out, collections.Counter(type(e).__name__ for e in out)
+
+
+def load_frames(file_name: str) -> dict:
+    """tests/frames/<file_name>: JSON lines {"name", "frame"} → {name: frame}."""
+    return {row["name"]: row["frame"] for row in map(orjson.loads, (FRAMES_DIR / file_name).read_bytes().splitlines())}
+
+
+def frame_with(frames: dict, name: str, path: tuple, value) -> bytes:
+    """A copy of a real-shaped frame with one field replaced (DELETE removes it)."""
+    frame = orjson.loads(orjson.dumps(frames[name]))
+    node = frame
+    for key in path[:-1]:
+        node = node[key]
+    if value is DELETE:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    return json.dumps(frame).encode()  # stdlib json: fuzzed values include ints beyond 64 bits
+
+
+def json_paths(node, prefix=()):
+    """Every path (tuple of keys and indices) into a decoded JSON value, the root () first."""
+    yield prefix
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from json_paths(v, prefix + (k,))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from json_paths(v, prefix + (i,))
+
+
+def monday_noon_ms() -> int:
+    """The next Monday 12:00 UTC after now: the model clock to pin a started simulator to
+    (now_ms=...) where fits are checked against its true smile. On the wall clock a test run
+    late on a Thursday or early on a Friday met a weekly hours or minutes from expiry, whose
+    tick-wide quotes span 5–15 vol points: no quote pins that smile. Pinned, every run sees
+    the same calendar (its nearest weekly 3.8 days out) and frames stamped in the model's time
+    (SimServer.stamp_ms); chains expire by the wall clock, which runs behind it."""
+    import datetime as dt
+
+    now = dt.datetime.now(dt.timezone.utc)
+    day = now.replace(hour=12, minute=0, second=0, microsecond=0) + dt.timedelta(days=(7 - now.weekday()) % 7)
+    if day <= now:
+        day += dt.timedelta(days=7)
+    return int(day.timestamp() * 1000)
+
+
+def check_smile_against_truth(view, true_vol, label) -> None:
+    """A fitted smile against the simulator's true one at the quoted strikes. A wing quoted a
+    tick or two wide does not pin its vol: there the fit must stay within a quarter of the
+    quotes' bid-ask IV band (+0.5 vol pt) of the truth; where the band is narrower than 4 vol
+    pts, within 0.5 pt RMS. (A weekly a few days out has wings ~9 pts wide.)"""
+    import math
+
+    import numpy as np
+
+    err_pts = smile_error_pts(view, true_vol)
+    width_pts = np.array([(a - b) * 100 if a and b else np.inf for b, a in zip(view.bid_iv, view.ask_iv)])
+    print(label, "err", np.round(err_pts, 2).tolist(), "band", np.round(width_pts, 1).tolist())
+    assert np.all(np.abs(err_pts) <= 0.5 + width_pts / 4), (label, err_pts, width_pts)
+    pinned = err_pts[width_pts <= 4.0]
+    assert len(pinned) >= 4, (label, width_pts)
+    rms = math.sqrt(float(np.mean(pinned ** 2)))
+    assert rms <= 0.5, (label, rms, err_pts)
+
+
+def smile_error_pts(view, true_vol):
+    """Fitted minus true vol, in vol points, at the strikes quoted behind an ExpiryView;
+    true_vol(strike, forward) is the simulator's true smile taken against the fit's forward."""
+    import numpy as np
+
+    from operators.kernels.svi import total_variance
+
+    fit = view.fit
+    strikes = np.asarray(view.strikes)
+    fitted = np.sqrt(total_variance((fit.a, fit.b, fit.rho, fit.m, fit.sigma), np.log(strikes / fit.forward))
+                     / fit.t_years)
+    true = np.array([true_vol(K, fit.forward) for K in strikes])
+    return (fitted - true) * 100

@@ -1,0 +1,143 @@
+"""The invariant of DESIGN.md §4: after every epoch, every published vol is within 1 bp of an
+exact full recompute from the same quotes, forward and time — whatever mix of quote
+changes, small forward moves, shocks and passing time came before."""
+
+import math
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from operators.kernels import iv, small_moves
+from operators.kernels.black import black_price
+from operators.state.chain import MS_PER_YEAR, ChainLogic, ChainState, FitBudget
+from operators.events import FuturePrice, Quote
+from operators.kernels.svi import total_variance
+
+BP = 1e-4
+
+
+class Clock:
+    def __init__(self, ms):
+        self.ms = ms
+
+    def __call__(self):
+        return self.ms
+
+
+def exact_vols(chain: ChainLogic, t: float):
+    s = chain.state
+    strikes = np.asarray(s.strikes)
+    side = strikes >= s.forward
+    prices = s.prices_coin(side)
+    return [iv.implied_vol_coin(prices[j], s.forward, strikes, t, side) for j in (0, 1)]
+
+
+ops = st.one_of(
+    st.tuples(st.just("quote"), st.integers(0, 10_000), st.floats(-0.05, 0.05)),
+    st.tuples(st.just("drift"), st.floats(-2e-4, 2e-4), st.just(0.0)),  # tiny forward moves
+    st.tuples(st.just("move"), st.floats(-3e-3, 3e-3), st.just(0.0)),
+    st.tuples(st.just("shock"), st.sampled_from([-0.05, -0.01, 0.01, 0.05]), st.just(0.0)),
+    st.tuples(st.just("time"), st.integers(50, 3_600_000), st.just(0.0)),
+)
+
+
+@settings(max_examples=120, deadline=None)
+@given(t_days=st.floats(0.5, 400), rho=st.floats(-0.7, 0.3), vol=st.floats(0.2, 1.5),
+       n=st.integers(5, 25), stream=st.lists(ops, min_size=1, max_size=30))
+def test_published_vols_stay_within_1bp_of_exact(t_days, rho, vol, n, stream):
+    t0 = 1_900_000_000_000
+    expiry = t0 + int(t_days * 86_400_000)
+    clock = Clock(t0)
+    chain = ChainLogic(ChainState("deribit", "BTC", expiry), epoch_ms=50, fit_interval_ms=10**9, min_quotes=5,
+                       max_rel_spread=1.0, budget=FitBudget(1), now_ms=clock)
+    forward = 60_000.0
+    t = t_days / 365.0
+    theta = vol * vol * t
+    params = (theta * 0.7, 0.3 * math.sqrt(theta), rho, 0.0, 0.3 * math.sqrt(t))
+    width = 3 * vol * math.sqrt(t) + 0.05
+    strikes = [float(round(forward * math.exp(k))) for k in np.linspace(-width, width, n)]
+    mids = {}
+
+    def quote(strike, cp, bump):
+        k = math.log(strike / forward)
+        v = math.sqrt(max(total_variance(params, k), 1e-8) / t) * (1 + bump)
+        price = float(black_price(forward, strike, t, v, cp == "C")) / forward
+        mids[(strike, cp)] = price
+        return Quote("deribit", f"{strike}{cp}", "BTC", expiry, strike, cp, clock.ms, clock.ms,
+                     ((price * 0.98, 1.0),), ((price * 1.02 + 1e-4, 1.0),))
+
+    def future():
+        return FuturePrice("deribit", "F", "BTC", expiry, clock.ms, clock.ms, forward, forward, forward)
+
+    chain.on_items([quote(k, cp, 0.0) for k in strikes for cp in "CP"] + [future()])
+    for kind, a, b in stream:
+        if kind == "quote":
+            strike = strikes[a % len(strikes)]
+            chain.on_items([quote(strike, "C" if a % 2 else "P", b)])
+        elif kind in ("drift", "move", "shock"):
+            forward *= math.exp(a)
+            chain.on_items([future()])
+        else:
+            clock.ms = min(clock.ms + a, expiry - 60_000)
+        chain.state.ts_exchange_ms = clock.ms
+        chain.on_epoch()
+        t_now = (expiry - clock.ms) / MS_PER_YEAR
+        published = chain.published_vols(t_now)
+        for pub, exact in zip(published, exact_vols(chain, t_now)):
+            both = np.isfinite(exact)
+            assert np.array_equal(np.isfinite(pub), both), (pub, exact)
+            assert np.all(np.abs(pub[both] - exact[both]) <= 1 * BP), np.max(np.abs(pub[both] - exact[both])) / BP
+
+
+def test_small_forward_moves_are_skipped_or_stepped_not_solved():
+    t0 = 1_900_000_000_000
+    expiry = t0 + int(0.25 * MS_PER_YEAR)
+    clock = Clock(t0)
+    chain = ChainLogic(ChainState("deribit", "BTC", expiry), epoch_ms=50, fit_interval_ms=10**9, min_quotes=5,
+                       max_rel_spread=1.0, budget=FitBudget(1), now_ms=clock)
+    forward = 61_000.0  # between strikes: small moves cross none
+    strikes = np.arange(40_000.0, 90_001.0, 2_500.0)
+    items = []
+    for k in strikes:
+        for cp in "CP":
+            p = float(black_price(forward, k, 0.25, 0.6, cp == "C")) / forward
+            items.append(Quote("deribit", f"{k}{cp}", "BTC", expiry, float(k), cp, t0, t0, ((p, 1.0),), ((p * 1.01, 1.0),)))
+    chain.on_items(items + [FuturePrice("deribit", "F", "BTC", expiry, t0, t0, forward, forward, forward)])
+    chain.on_epoch()
+    full = chain.counters["iv_full"]
+    assert full == 2 * len(strikes)
+    for move, expect in ((1e-6, "iv_skipped"), (2e-4, "iv_taylor")):
+        before = dict(chain.counters)
+        f = forward * (1 + move)
+        chain.on_items([FuturePrice("deribit", "F", "BTC", expiry, t0, t0, f, f, f)])
+        chain.on_epoch()
+        assert chain.counters["iv_full"] == before["iv_full"]  # no strike crossed, no full solve
+        assert chain.counters[expect] - before[expect] >= len(strikes)
+    # a 5 % shock is too large to approximate: everything is solved again
+    f = forward * 1.05
+    chain.on_items([FuturePrice("deribit", "F", "BTC", expiry, t0, t0, f, f, f)])
+    chain.on_epoch()
+    assert chain.counters["iv_full"] - full >= 2 * len(strikes) - 4
+
+
+@given(x=st.floats(-1.0, 1.0), s=st.floats(0.02, 2.0), is_call=st.booleans())
+def test_derivatives_match_finite_differences(x, s, is_call):
+    # c(x, s) in normalised Black space; s(x) at fixed c by solving with the full solver.
+    # The chain only prices out-of-the-money options (x ≤ 0 calls, x ≥ 0 puts).
+    x = -abs(x) if is_call else abs(x)
+    forward, t = 100.0, 1.0
+    strike = forward * math.exp(-x)
+    price_coin = float(black_price(forward, strike, t, s, is_call)) / forward
+    s1, s2 = small_moves.s_derivatives(x, s, is_call)
+    h = 1e-4
+
+    def s_at(xx):
+        f = strike * math.exp(xx)
+        return float(iv.implied_vol_coin(price_coin, f, strike, t, is_call))
+
+    lo, mid, hi = s_at(x - h), s_at(x), s_at(x + h)
+    if not all(np.isfinite([lo, mid, hi])) or abs(s1) > 1e3:
+        return  # no vol at a neighbour (deep wing): nothing to compare
+    assert abs((hi - lo) / (2 * h) - s1) <= 1e-4 * max(1.0, abs(s1))
+    assert abs((hi - 2 * mid + lo) / (h * h) - s2) <= 2e-2 * max(1.0, abs(s2))

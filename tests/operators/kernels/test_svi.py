@@ -1,0 +1,227 @@
+"""operators.kernels.svi: SVI evaluation, Gatheral's g, the quasi-explicit fit and its arbitrage guarantees."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from operators.kernels import svi
+from operators.kernels.svi import SviParams
+
+VOGT = SviParams(a=-0.0410, b=0.1331, rho=0.3060, m=0.3586, sigma=0.4153)  # T = 1, butterfly arbitrage
+
+
+def dense_grid(params: SviParams, k_lo=-4.0, k_hi=4.0) -> np.ndarray:
+    """An independent check grid: uniform, plus fine points around m on the σ scale."""
+    near_m = params.m + params.sigma * np.sinh(np.linspace(-6, 6, 2001))
+    return np.sort(np.concatenate([np.linspace(k_lo, k_hi, 20001), near_m]))
+
+
+def g_reference(p: SviParams, k: float, h: float = 1e-4) -> float:
+    """g(k) written out plainly with central finite differences of w (no shared code)."""
+    def w(x):
+        return p.a + p.b * (p.rho * (x - p.m) + math.sqrt((x - p.m) ** 2 + p.sigma ** 2))
+    w0 = w(k)
+    w1 = (w(k + h) - w(k - h)) / (2 * h)
+    w2 = (w(k + h) - 2 * w0 + w(k - h)) / (h * h)
+    return (1 - k * w1 / (2 * w0)) ** 2 - w1 * w1 / 4 * (1 / w0 + 0.25) + w2 / 2
+
+
+params_st = st.builds(
+    lambda a, b, rho, m, sigma: SviParams(a, b, rho, m, sigma),
+    a=st.floats(-0.05, 0.1), b=st.floats(0.01, 0.9), rho=st.floats(-0.9, 0.9),
+    m=st.floats(-0.3, 0.3), sigma=st.floats(0.02, 0.8))
+
+
+def arbitrage_free(p: SviParams) -> bool:
+    g = svi.butterfly_g(p, dense_grid(p, -8, 8))
+    return svi.lee_ok(p) and svi.min_variance(p) > 1e-4 and bool(np.all(g > 1e-6))
+
+
+# ------------------------------------------------------------------ formulas
+
+
+@given(params_st, st.floats(-1.5, 1.5))
+def test_total_variance_and_g_match_plain_formulas(p, k):
+    assume(svi.min_variance(p) > 1e-3)
+    w = p.a + p.b * (p.rho * (k - p.m) + math.sqrt((k - p.m) ** 2 + p.sigma ** 2))
+    assert float(svi.total_variance(p, k)) == pytest.approx(w, rel=1e-12, abs=1e-15)
+    assert float(svi.butterfly_g(p, k)) == pytest.approx(g_reference(p, k), rel=1e-4, abs=1e-4)
+
+
+def test_vogt_example_has_butterfly_arbitrage():
+    k = np.linspace(-1.5, 1.5, 3001)
+    g = svi.butterfly_g(VOGT, k)
+    assert g.min() < -0.02  # the known dip, on the call side (Gatheral & Jacquier 2014, fig. 1)
+    assert 0.0 < k[np.argmin(g)] < 1.5
+    assert svi.lee_ok(VOGT)  # Lee's bound alone does not catch it
+
+
+def test_g_is_minus_inf_where_variance_is_negative():
+    p = SviParams(-0.1, 0.1, 0.0, 0.0, 0.1)
+    assert svi.butterfly_g(p, 0.0) == -np.inf
+
+
+def test_as_params_accepts_the_usual_shapes_and_names_bad_input():
+    p = SviParams(0.01, 0.1, -0.2, 0.0, 0.3)
+    assert svi.as_params(tuple(p)) == p
+    assert svi.as_params(list(p)) == p
+
+    class WithAttrs:
+        a, b, rho, m, sigma = p
+    assert svi.as_params(WithAttrs()) == p
+    with pytest.raises(ValueError, match="exactly"):
+        svi.as_params((1, 2, 3))
+    with pytest.raises(TypeError, match="a, b, rho, m, sigma"):
+        svi.as_params(3.0)
+
+
+# ------------------------------------------------------------------ fitting
+
+
+def test_vogt_slice_fit_is_repaired_and_arbitrage_free():
+    k = np.linspace(-1.0, 1.0, 41)
+    fit = svi.fit_svi(k, svi.total_variance(VOGT, k), t_years=1.0)
+    assert fit.repaired  # the exact fit (Vogt's params) has g < 0, so it had to be given up
+    assert fit.butterfly_ok and fit.min_g >= 0
+    assert svi.butterfly_g(fit.params, dense_grid(fit.params)).min() >= 0
+    assert fit.rmse_vol_pts < 2.0  # still close to the quotes
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@given(params_st, st.integers(8, 60))
+def test_fit_round_trip_on_noiseless_arbitrage_free_data(p, n):
+    assume(arbitrage_free(p))
+    k = np.linspace(min(p.m - 2 * p.sigma, -0.4), max(p.m + 2 * p.sigma, 0.4), n)
+    w = svi.total_variance(p, k)
+    fit = svi.fit_svi(k, w, t_years=0.5)
+    assert not fit.repaired and fit.butterfly_ok
+    assert np.max(np.abs(svi.total_variance(fit.params, k) - w)) <= 1e-6 * w.max()
+    assert fit.rmse_vol_pts < 1e-3
+    # the parameters themselves come back (data covers m ± 2σ)
+    assert fit.params.m == pytest.approx(p.m, abs=1e-3)
+    assert fit.params.sigma == pytest.approx(p.sigma, rel=1e-2, abs=1e-3)
+    assert fit.params.rho == pytest.approx(p.rho, abs=1e-2)
+    assert fit.params.b == pytest.approx(p.b, rel=1e-2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(params_st, st.integers(6, 80), st.floats(0.0, 0.02), st.integers(0, 2**31 - 1),
+       st.floats(0.003, 2.0))
+def test_every_fit_is_arbitrage_free_on_an_independent_grid(p, n, noise, seed, t):
+    """Noisy, possibly arbitrageable inputs: whatever comes back must have g ≥ 0."""
+    assume(svi.min_variance(p) > 1e-4)
+    rng = np.random.default_rng(seed)
+    k = np.sort(rng.uniform(-0.8, 0.8, n)) * math.sqrt(t)
+    assume(np.ptp(k) > 1e-3)
+    w = svi.total_variance(p, k) * (1.0 + noise * rng.standard_normal(n))
+    assume(np.all(w > 0))
+    fit = svi.fit_svi(k, w, weights=rng.uniform(0.1, 1.0, n), t_years=t)
+    assert fit.butterfly_ok and fit.lee_ok
+    g = svi.butterfly_g(fit.params, dense_grid(fit.params, -6, 6))
+    assert g.min() >= 0.0, (fit, g.min())
+    assert fit.min_g <= g.min() + 1e-10  # the reported minimum is not optimistic
+
+
+def test_warm_start_reaches_the_cold_optimum():
+    p = SviParams(0.02, 0.15, -0.4, 0.05, 0.25)
+    k = np.linspace(-0.9, 0.7, 100)
+    cold = svi.fit_svi(k, svi.total_variance(p, k), t_years=0.5)
+    moved = SviParams(0.021, 0.16, -0.42, 0.06, 0.24)
+    w2 = svi.total_variance(moved, k)
+    warm = svi.fit_svi(k, w2, prev=cold, t_years=0.5)
+    ref = svi.fit_svi(k, w2, t_years=0.5)
+    assert warm.warm and not ref.warm
+    assert warm.objective <= ref.objective * (1 + 1e-6) + 1e-16
+    assert np.max(np.abs(svi.total_variance(warm.params, k) - w2)) < 1e-7
+
+
+def test_warm_start_escapes_a_stale_basin():
+    """prev far from the new smile: the coarse-grid guard must still find the right fit."""
+    k = np.linspace(-0.5, 0.5, 40)
+    new = SviParams(0.01, 0.2, 0.5, 0.3, 0.05)
+    w = svi.total_variance(new, k)
+    stale = SviParams(0.05, 0.05, -0.8, -0.4, 0.8)
+    warm = svi.fit_svi(k, w, prev=stale, t_years=0.25)
+    cold = svi.fit_svi(k, w, t_years=0.25)
+    assert warm.objective <= cold.objective * (1 + 1e-4) + 1e-14
+
+
+def test_band_report_counts_and_names_the_strikes_outside():
+    p = SviParams(0.02, 0.1, -0.3, 0.0, 0.2)
+    k = np.linspace(-0.5, 0.5, 11)
+    w = svi.total_variance(p, k)
+    w_bid, w_ask = w * 0.99, w * 1.01
+    w_bid[3] = w[3] * 1.001  # fit (= w) is below this band
+    w_ask[7] = w[7] * 0.999  # and above this one
+    w_bid[9] = np.nan  # one-sided: not counted
+    fit = svi.fit_svi(k, w, t_years=1.0, w_bid=w_bid, w_ask=w_ask)
+    assert fit.outside_idx == (3, 7)
+    assert fit.inside_band_frac == pytest.approx(8 / 10)
+
+
+def test_fit_input_errors_name_the_input():
+    with pytest.raises(ValueError, match="at least 3"):
+        svi.fit_svi([0.0, 0.1], [0.01, 0.02])
+    with pytest.raises(ValueError, match="equal length"):
+        svi.fit_svi([0.0, 0.1, 0.2], [0.01, 0.02])
+    with pytest.raises(ValueError, match="t_years"):
+        svi.fit_svi([0.0, 0.1, 0.2], [0.01, 0.02, 0.03], t_years=-1.0)
+    with pytest.raises(ValueError, match="weights"):
+        svi.fit_svi([0.0, 0.1, 0.2], [0.01, 0.02, 0.03], weights=[1.0])
+    # NaN and non-positive variances are dropped, not fatal
+    k = np.linspace(-0.3, 0.3, 9)
+    w = svi.total_variance((0.02, 0.1, 0.0, 0.0, 0.2), k)
+    w[2], w[5] = np.nan, -1.0
+    assert svi.fit_svi(k, w).n == 7
+
+
+# ------------------------------------------------------------------ slices
+
+
+def test_prepare_slice_uses_otm_two_sided_quotes_and_weights():
+    F, t = 100.0, 0.25
+    strikes = np.array([80, 80, 90, 90, 100, 100, 110, 110, 120, 120], float)
+    is_call = np.array([True, False] * 5)
+    bid = np.array([0.50, 0.52, 0.45, 0.46, 0.40, 0.41, 0.42, 0.43, np.nan, 0.47])
+    ask = bid + 0.02
+    ask[8] = 0.49  # call at 120 has no bid: dropped
+    s = svi.prepare_slice(strikes, F, t, bid, ask, is_call)
+    # puts below F (80, 90), calls at and above (100, 110); 120 call one-sided
+    assert s.idx.tolist() == [1, 3, 4, 6]
+    assert np.allclose(s.k, np.log(np.array([80, 90, 100, 110]) / F))
+    mid = 0.5 * (bid[s.idx] + ask[s.idx])
+    assert np.allclose(s.total_variance, mid ** 2 * t)
+    assert np.allclose(s.w_bid, bid[s.idx] ** 2 * t) and np.allclose(s.w_ask, ask[s.idx] ** 2 * t)
+    # weights are 1/band² in vol: equal bands weigh equally, a wider band (a vega-poor
+    # quote: the same price spread is more vol) weighs by the inverse square of its width
+    assert np.allclose(s.weights, 1.0 / 0.02 ** 2)
+    wide = ask.copy()
+    wide[6] = bid[6] + 0.04
+    assert np.allclose(svi.prepare_slice(strikes, F, t, bid, wide, is_call).weights[3], 1.0 / 0.04 ** 2)
+    tight = ask.copy()
+    tight[6] = bid[6] + 0.001  # below the 0.5 vol pt floor: no quote is trusted more than that
+    assert np.allclose(svi.prepare_slice(strikes, F, t, bid, tight, is_call).weights[3], 1.0 / 0.005 ** 2)
+    with pytest.raises(ValueError, match="forward"):
+        svi.prepare_slice(strikes, -1.0, t, bid, ask, is_call)
+    with pytest.raises(ValueError, match="equal length"):
+        svi.prepare_slice(strikes, F, t, bid[:3], ask, is_call)
+
+
+def test_fit_slice_returns_none_below_min_quotes_and_fits_otherwise():
+    F, t = 100.0, 0.1
+    strikes = np.linspace(70, 130, 25)
+    p = SviParams(0.002, 0.03, -0.4, 0.0, 0.1)
+    vol = np.sqrt(svi.total_variance(p, np.log(strikes / F)) / t)
+    fit = svi.fit_slice(strikes, F, t, vol - 0.005, vol + 0.005)
+    assert fit is not None and fit.butterfly_ok
+    assert fit.inside_band_frac == 1.0 and fit.rmse_vol_pts < 0.05
+    assert svi.fit_slice(strikes[:4], F, t, vol[:4] - 0.005, vol[:4] + 0.005) is None
+
+
+def test_warm_up_runs():
+    svi.warm_up()
