@@ -124,7 +124,7 @@ class NaiveEngine:
         if slot is None:
             slot = exp.slot[inst.strike] = len(exp.strikes)
             exp.strikes.append(float(inst.strike))
-        opt = _Option(inst.instrument, float(inst.strike), inst.option_type == "C", slot, OrderBook(self.depth, inst))
+        opt = _Option(inst.instrument, float(inst.strike), inst.option_type == "C", slot, OrderBook(inst))
         exp.options.append(opt)
         self.options[inst.instrument] = (exp, opt)
 
@@ -135,12 +135,12 @@ class NaiveEngine:
             return None
         exp, opt = hit
         opt.book.apply(update)
-        quote = opt.book.quote(update)
-        if quote is None or quote.stale:
+        if opt.book.stale:
             opt.level_px, opt.n_bids = np.zeros(0), 0
         else:
-            opt.level_px = np.array([p for p, _ in quote.bids] + [p for p, _ in quote.asks], float)
-            opt.n_bids = len(quote.bids)
+            bids, asks = opt.book.top(self.depth)
+            opt.level_px = np.array([p for p, _ in bids] + [p for p, _ in asks], float)
+            opt.n_bids = len(bids)
         exp.ts_exchange_ms = max(exp.ts_exchange_ms, update.ts_exchange_ms)
         return hit
 
@@ -248,8 +248,7 @@ class NaiveEngine:
         smile = SmileFit("deribit", exp.underlying, exp.expiry_ms, 0, exp.ts_exchange_ms, now, t, exp.forward,
                          *params, rmse_vol_pts=float(fit.rmse_vol_pts), n_quotes=int(usable.sum()),
                          butterfly_ok=bool(fit.butterfly_ok), min_g=float(fit.min_g), fit_ms=fit_ms)
-        view = ExpiryView(expiry_ms=exp.expiry_ms, fit=smile, analytics=analytics,
-                          **{k: analytics.get(k) for k in ("atm_vol", "rr25", "bf25", "rr10", "bf10")})
+        view = ExpiryView(expiry_ms=exp.expiry_ms, fit=smile, analytics=analytics)
         patch = SurfacePatch("deribit", exp.underlying, 0, exp.ts_exchange_ms, now, expiries=(view,),
                              index_px=self.index_px.get(exp.underlying))
         self.counters["patches"] += 1

@@ -60,7 +60,7 @@ TICK_MS = 100  # the simulator's market tick; frames inside a tick are spread ev
 class WorkloadSpec:
     """Everything that determines the frames (the cache key is a hash of it)."""
 
-    scale: str = "seed"  # connectors.sim.deribit.SCALES
+    scale: str = "seed"  # connectors.sim.market.SCALES
     seed: int = 7
     n_messages: int = 1_000_000  # live frames after the preamble, shock frames not counted
     rate_msg_s: float = 50_000.0  # nominal exchange rate outside bursts (sets timestamps)
@@ -151,8 +151,9 @@ def _channels(sim: Simulator, currency: str, spec: WorkloadSpec) -> tuple[list[s
 
 def generate(spec: WorkloadSpec, meta: Meta, progress=None) -> Iterator[tuple[int, bytes]]:
     """Yield (ts_ms, frame) in order; fills `meta` as it goes. ts_recv_ms = exchange timestamp."""
-    sim = Simulator(scale=spec.scale, seed=spec.seed, now_ms=START_MS, currencies=spec.currencies,
-                    tick_ms=TICK_MS, book_share=spec.book_share)
+    # offline: never started, so it never listens and its rate never paces anything (this generator does)
+    sim = Simulator(host="127.0.0.1", port=0, rate=0, scale=spec.scale, seed=spec.seed, now_ms=START_MS,
+                    currencies=spec.currencies, tick_ms=TICK_MS, book_share=spec.book_share)
     rng = random.Random(f"workload-{spec.seed}")
     meta.depth = sim.depth
     kinds = {"instruments": 0, "snapshot": 0, "book": 0, "option_ticker": 0, "future_ticker": 0, "index": 0,

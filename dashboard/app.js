@@ -1,5 +1,5 @@
 // volgraph dashboard: connects to the gateway's /ws, merges SurfaceSnapshot and
-// SurfacePatch messages per (venue, underlying) exactly as operators.events.apply_patch
+// SurfacePatch messages per (venue, underlying) exactly as operators/merge.py apply_patch
 // does, and draws a table, an ATM term structure and a smile with inline SVG.
 // Read-only: it never sends anything but websocket pings (handled by the browser).
 "use strict";
@@ -14,6 +14,10 @@ let socket = null;
 let retryMs = 500;
 
 // ---------------------------------------------------------------- merge (= apply_patch)
+// The browser's copy of the one merge rule (operators/merge.py): drop `removed`, then replace
+// expiries by expiry_ms; tenors and calendar whole; index_px kept when the patch has none.
+// tests/dashboard/test_merge_js.py runs applyPatch and onMessage under Node.js against the
+// Python rule on generated patch sequences: change both together.
 
 function applyPatch(snapshot, patch) {
   const byExpiry = new Map();
@@ -119,14 +123,48 @@ function renderTabs() {
   nav.dataset.sel = selectedKey;
 }
 
+// Node columns: one per graph.toml node present in the data (ExpiryView.analytics, by name),
+// in the order the nodes come (graph.toml's topological order); the header is rebuilt only
+// when that list changes. unit "vol pts": a decimal vol shown in vol points (×100); any other
+// unit is shown beside the raw value.
+const FIXED_HEAD = ["expiry", "T (y)", "forward"];
+const FIXED_TAIL = ["RMSE (pts)", "quotes", "butterfly", "age"];
+
+function nodeColumns(surface) {
+  const cols = new Map(); // node name -> unit ("" if none)
+  for (const v of surface.expiries) {
+    const units = v.units || {};
+    for (const name of Object.keys(v.analytics || {})) if (!cols.has(name)) cols.set(name, units[name] || "");
+  }
+  return [...cols].map(([name, unit]) => ({ name, unit }));
+}
+
+const nodeLabel = (c) => (c.unit ? `${c.name} (${c.unit})` : c.name);
+const nodeValue = (x, unit) => (x == null ? "–" : unit === "vol pts" ? pct(x) : Number(x).toPrecision(4));
+
+function renderHead(cols) {
+  const row = document.querySelector("#expiries thead tr");
+  const labels = [...FIXED_HEAD, ...cols.map(nodeLabel), ...FIXED_TAIL];
+  if (row.dataset.labels === labels.join("\u0001")) return;
+  row.replaceChildren(...labels.map((text, i) => {
+    const c = i - FIXED_HEAD.length;
+    return el("th", c >= 0 && c < cols.length ? { "data-node": cols[c].name } : {}, text);
+  }));
+  row.dataset.labels = labels.join("\u0001");
+}
+
 function renderTable(surface, now) {
+  const cols = nodeColumns(surface);
+  renderHead(cols);
   const rows = surface.expiries.map((v) => {
     const f = v.fit;
     const age = now - (seenAt.get(`${selectedKey}|${v.expiry_ms}`) || now);
     const tr = el("tr", { class: v.expiry_ms === selectedExpiry ? "sel" : "" });
+    const analytics = v.analytics || {};
     const cells = [
-      [fmtDate(v.expiry_ms)], [num(f.t_years, 4)], [num(f.forward, 1)], [pct(v.atm_vol)],
-      [pct(v.rr25)], [pct(v.bf25)], [pct(v.rr10)], [pct(v.bf10)], [num(f.rmse_vol_pts, 3)],
+      [fmtDate(v.expiry_ms)], [num(f.t_years, 4)], [num(f.forward, 1)],
+      ...cols.map((c) => [nodeValue(analytics[c.name], c.unit)]),
+      [num(f.rmse_vol_pts, 3)],
       [String(f.n_quotes)], [f.butterfly_ok ? "ok" : `g=${num(f.min_g, 3)}`, f.butterfly_ok ? "ok" : "bad"],
       [fmtAge(age), age > 60000 ? "stale" : ""],
     ];
@@ -160,12 +198,20 @@ function axes(svg, xDom, yDom, x, y, xFmt, yFmt) {
   }
 }
 
+const TERM_NODE = "atm_vol"; // graph.toml node the term structure plots (a decimal vol)
+
 function renderTerm(surface) {
   const svg = document.getElementById("term");
   svg.replaceChildren();
+  // The term structure plots the node named TERM_NODE; without one in the data, say so.
+  if (surface.expiries.length && !surface.expiries.some((v) => v.analytics && TERM_NODE in v.analytics)) {
+    svg.appendChild(svgEl("text", { class: "axis", x: 240, y: 120, "text-anchor": "middle", id: "term-missing" },
+      `no node named ${TERM_NODE} in graph.toml: add [nodes.${TERM_NODE}] to plot the term structure`));
+    return;
+  }
   const pts = surface.expiries
-    .filter((v) => v.atm_vol != null)
-    .map((v) => ({ days: (v.expiry_ms - surface.ts_exchange_ms) / 86400000, vol: v.atm_vol, e: v.expiry_ms }));
+    .filter((v) => v.analytics && v.analytics[TERM_NODE] != null)
+    .map((v) => ({ days: (v.expiry_ms - surface.ts_exchange_ms) / 86400000, vol: v.analytics[TERM_NODE], e: v.expiry_ms }));
   if (!pts.length) return;
   const xDom = extent(pts.map((p) => p.days)), yDom = extent(pts.map((p) => p.vol));
   const x = scale(xDom[0], xDom[1], 44, 466), y = scale(yDom[0], yDom[1], 222, 8);
@@ -226,6 +272,6 @@ if (typeof window !== "undefined") {
   connect();
   requestAnimationFrame(loop);
 } else if (typeof module !== "undefined") {
-  // Under node (tests): expose the merge so it is checked against apply_patch.
+  // Under node (tests/dashboard/test_merge_js.py): expose the merge to check it against apply_patch.
   module.exports = { applyPatch, onMessage, surfaces };
 }

@@ -1,9 +1,14 @@
-"""The `volgraph` command: run, sim, gateway, check-config.
+"""The `volgraph` command: run the whole system, replay, record, benchmark, simulate, serve,
+check a graph.toml.
 
-`volgraph run` starts everything on embedded defaults — the local simulator speaking the
-Deribit protocol, an embedded PostgreSQL, the gateway with its dashboard — then the
-dataflow, prints the dashboard URL and a live status line; Ctrl-C stops it all cleanly.
-`volgraph run --live` takes the same path against the real exchange.
+`volgraph run` starts everything on embedded defaults — a local simulator per enabled venue,
+each speaking its exchange's protocol, an embedded PostgreSQL, the gateway with its
+dashboard — then the dataflow, prints the dashboard URL and a live status line; Ctrl-C stops
+it all cleanly. `volgraph run --live` takes the same path against the real exchanges.
+The commands that own their flags (record, bench, sim, sim-okx, gateway) get the rest of the
+line untouched, and their defaults from the project's graph.toml (handed to their main(), which
+never reads it: connectors never import flows). This module only parses arguments and starts processes: it never parses a
+frame and never computes anything about volatility.
 """
 
 from __future__ import annotations
@@ -24,47 +29,86 @@ from flows.config import ConfigError, load_config
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="volgraph", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    from connectors.venues import VENUES  # the registry only: no venue module, no simulator
 
-    run = sub.add_parser("run", help="run the whole system (simulator, PostgreSQL, gateway, flow)")
-    run.add_argument("--config", help="a graph.toml (default: the project's)")
-    run.add_argument("--live", action="store_true", help="connect to the real exchange, not the simulator")
-    run.add_argument("--pg", metavar="DSN", help="an external PostgreSQL instead of the embedded one")
-    run.add_argument("--port", type=int, help="gateway/dashboard port (default: graph.toml sinks.gateway.port)")
-    run.add_argument("--seconds", type=float, help="stop after this many seconds")
-    run.add_argument("--rate", type=int, help="simulator messages/s (default: graph.toml simulator.rate)")
-    run.add_argument("--no-postgres", action="store_true", help="run without persistence")
+    parser = argparse.ArgumentParser(
+        prog="volgraph", description=__doc__.split("\n\n")[0].replace("\n", " "),
+        epilog="`volgraph COMMAND --help` explains a command and its options. "
+               "Defaults live in graph.toml; see README.md and docs/architecture.md.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    replay = sub.add_parser("replay", help="run the system on a recorded file instead of a live feed")
-    replay.add_argument("file", help="a recording (volgraph record --out FILE)")
-    replay.add_argument("--venue", choices=("deribit", "okx"), default="deribit", help="whose protocol the file holds")
-    replay.add_argument("--speed", default="max", help='"max", or a factor of real time (1, 10, …)')
-    for flag, kw in (("--config", {}), ("--pg", {"metavar": "DSN"}), ("--port", {"type": int}),
-                     ("--seconds", {"type": float})):
-        replay.add_argument(flag, **kw)
-    replay.add_argument("--no-postgres", action="store_true")
+    run = sub.add_parser(
+        "run", help="run the whole system: simulators, PostgreSQL, gateway + dashboard, dataflow",
+        description="Start the venue simulators (or connect to the real exchanges with --live), an "
+                    "embedded PostgreSQL, the gateway with its dashboard, then the dataflow; print the "
+                    "dashboard URL and a live status line. Ctrl-C stops everything.")
+    run.add_argument("--config", metavar="TOML",
+                     help="a graph.toml whose keys override the project's (default: the project's graph.toml)")
+    run.add_argument("--live", action="store_true",
+                     help="connect to the real exchanges (graph.toml sources.*.url), not the simulators "
+                          "(default: off)")
+    run.add_argument("--pg", metavar="DSN",
+                     help="an external PostgreSQL instead of the embedded one "
+                          "(default: graph.toml sinks.postgres.dsn, else embedded in runtime.data_dir)")
+    run.add_argument("--port", type=int,
+                     help="gateway/dashboard port (default: graph.toml sinks.gateway.port)")
+    run.add_argument("--seconds", type=float,
+                     help="stop after this many seconds (default: run until Ctrl-C)")
+    run.add_argument("--rate", type=int,
+                     help="simulator messages/s per venue (default: graph.toml simulator.rate)")
+    run.add_argument("--no-postgres", action="store_true",
+                     help="run without persistence (default: persist unless sinks.postgres.enabled = false)")
 
-    sub.add_parser("record", help="record a venue's raw frames to a file for replay", add_help=False)
-    sub.add_parser("bench", help="the engine benchmark: volgraph vs the naive baseline", add_help=False)
+    replay = sub.add_parser(
+        "replay", help="run the whole system on a recording instead of a live feed",
+        description="Run the gateway, PostgreSQL and the dataflow on a file written by `volgraph record`, "
+                    "through the same parser as the live feed, on the recording's clock.")
+    replay.add_argument("file", help="a recording (gzip JSON lines from `volgraph record --out FILE`)")
+    replay.add_argument("--venue", choices=tuple(VENUES), default="deribit",
+                        help="whose protocol the file holds (default: deribit)")
+    replay.add_argument("--speed", default="max",
+                        help='"max" (as fast as the flow reads), or a factor of real time: 1, 10, … (default: max)')
+    replay.add_argument("--config", metavar="TOML",
+                        help="a graph.toml whose keys override the project's (default: the project's graph.toml)")
+    replay.add_argument("--pg", metavar="DSN",
+                        help="an external PostgreSQL instead of the embedded one (default: embedded, as for run)")
+    replay.add_argument("--port", type=int,
+                        help="gateway/dashboard port (default: graph.toml sinks.gateway.port)")
+    replay.add_argument("--seconds", type=float,
+                        help="stop after this many seconds (default: at the end of the file)")
+    replay.add_argument("--no-postgres", action="store_true", help="run without persistence (default: off)")
 
-    sub.add_parser("sim", help="the exchange simulator (Deribit JSON-RPC over websocket)", add_help=False)
-    sub.add_parser("sim-okx", help="the OKX simulator (OKX v5 public websocket)", add_help=False)
-    sub.add_parser("gateway", help="the websocket gateway and dashboard server", add_help=False)
-    check = sub.add_parser("check-config", help="validate a graph.toml and print its nodes")
-    check.add_argument("path", nargs="?")
+    # these five parse their own flags (in their own modules): `volgraph X --help` is theirs
+    sub.add_parser("record", add_help=False,
+                   help="record a venue's raw websocket frames to a file for `volgraph replay`")
+    sub.add_parser("bench", add_help=False,
+                   help="the engine benchmark: volgraph against the naive baseline on recorded frames")
+    sub.add_parser("sim", add_help=False,
+                   help="a local Deribit simulator (JSON-RPC over websocket), driven by known SVI surfaces")
+    sub.add_parser("sim-okx", add_help=False,
+                   help="a local OKX simulator (v5 public websocket, options), driven by known SVI surfaces")
+    sub.add_parser("gateway", add_help=False,
+                   help="the websocket gateway: serves surfaces (snapshot + patches) and the dashboard")
+    check = sub.add_parser(
+        "check-config", help="validate a graph.toml and print its analytic nodes",
+        description="Load a graph.toml over the project's defaults and validate it: unknown keys, bad "
+                    "values, unknown node inputs, bad `fn` and cycles fail with the key and the fix "
+                    "(exit code 2). Prints each analytic node when the file is valid.")
+    check.add_argument("path", nargs="?", metavar="TOML",
+                       help="the file to check (default: the project's graph.toml)")
+    check.add_argument("--config", metavar="TOML", dest="config_path",
+                       help="the same, as an option (as `volgraph run --config` takes it)")
 
     argv = list(sys.argv[1:] if argv is None else argv)
     # sim and gateway own their flags: hand the rest of the line over untouched
-    if argv and argv[0] == "sim":
-        from connectors.sim.deribit import main as sim_main
-        return sim_main(argv[1:]) or 0
-    if argv and argv[0] == "sim-okx":
-        from connectors.sim.okx import main as okx_sim_main
-        return okx_sim_main(argv[1:]) or 0
+    sims = {v.sim_command: v for v in VENUES.values()}
+    if argv and argv[0] in sims:  # `sim`, `sim-okx`: the venue's simulator (connectors/venues/registry.py)
+        v = sims[argv[0]]
+        return v.simulator_main()(argv[1:], defaults=simulator_defaults(load_config(), v.name)) or 0
     if argv and argv[0] == "record":
         from connectors.capture.record import main as record_main
-        return record_main(argv[1:]) or 0
+        config = load_config()
+        return record_main(argv[1:], sections={name: getattr(config.sources, name) for name in VENUES}) or 0
     if argv and argv[0] == "bench":
         # bench/ lives beside the packages in a checkout; it is not installed
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -72,12 +116,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         return bench_main(argv[1:]) or 0
     if argv and argv[0] == "gateway":
         from connectors.gateway.server import main as gateway_main
-        return gateway_main(argv[1:]) or 0
+        gw = load_config().sinks.gateway
+        return gateway_main(argv[1:], defaults=dict(host=gw.host, port=gw.port, publish_token=gw.publish_token)) or 0
 
     args = parser.parse_args(argv)
     try:
         if args.command == "check-config":
-            config = load_config(args.path)
+            if args.path and args.config_path and args.path != args.config_path:
+                check.error(f"two files given ({args.path}, --config {args.config_path}); give one")
+            config = load_config(args.path or args.config_path)
             print(f"{config.path}: ok")
             for node in config.nodes:
                 print(f"  {node.name:<14} {node.level:<8} {node.fn_path}  inputs={list(node.inputs)} {node.params or ''}")
@@ -88,6 +135,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"volgraph: {exc}", file=sys.stderr)
         return 2
     return 1
+
+
+def simulator_defaults(config, name: str) -> dict:
+    """The defaults of `volgraph sim` / `sim-okx` for venue `name`: graph.toml's [simulator] and
+    the venue's key list ("BTC,ETH"), as the simulator's main(argv, defaults=…) takes them."""
+    from connectors.venues import VENUES
+
+    sim, keys_field = config.simulator, VENUES[name].keys_field
+    return dict(host=sim.host, port=sim.port, seed=sim.seed, rate=sim.rate,
+                scale=sim.scale, **{keys_field: ",".join(getattr(getattr(config.sources, name), keys_field))})
 
 
 def free_port() -> int:
@@ -114,7 +171,8 @@ def run_system(args) -> int:
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     from bytewax.testing import run_main
 
-    from connectors.gateway.server.publisher import GatewaySink
+    from connectors.gateway.publisher import GatewaySink
+    from connectors.venues import VENUES
     from flows.metrics import COUNTERS, STOP
     from flows.surface import build_flow, tune_gc, venue_sources
     from operators.state import chain
@@ -131,20 +189,18 @@ def run_system(args) -> int:
         if not replaying and not args.live:  # one simulator process per venue, each speaking its protocol
             sim = config.simulator
             rate = str(args.rate or sim.rate)
-            if config.sources.deribit.enabled:
-                port = free_port() if not sim.port else sim.port
+            for name, venue in VENUES.items():  # connectors/venues/registry.py
+                section = getattr(config.sources, name)
+                if not section.enabled:
+                    continue
+                # [simulator] port (if set) goes to the first venue's simulator, the others take free ports
+                port = sim.port if sim.port and name == next(iter(VENUES)) else free_port()
                 children.append(subprocess.Popen(start_new_session=True, args=py + [
-                    "sim", "--host", sim.host, "--port", str(port), "--seed", str(sim.seed), "--rate", rate,
-                    "--scale", sim.scale, "--currencies", ",".join(config.sources.deribit.currencies)]))
-                wait_for_port(sim.host, port, children[-1], "Deribit simulator")
-                urls["deribit"] = f"ws://{sim.host}:{port}/ws/api/v2"
-            if config.sources.okx.enabled:
-                port = free_port()
-                children.append(subprocess.Popen(start_new_session=True, args=py + [
-                    "sim-okx", "--host", sim.host, "--port", str(port), "--seed", str(sim.seed + 1), "--rate", rate,
-                    "--scale", sim.scale, "--families", ",".join(config.sources.okx.families)]))
-                wait_for_port(sim.host, port, children[-1], "OKX simulator")
-                urls["okx"] = f"ws://{sim.host}:{port}/ws/v5/public"
+                    venue.sim_command, "--host", sim.host, "--port", str(port),
+                    "--seed", str(sim.seed + venue.sim_seed_offset), "--rate", rate, "--scale", sim.scale,
+                    f"--{venue.keys_field}", ",".join(getattr(section, venue.keys_field))]))
+                wait_for_port(sim.host, port, children[-1], f"{venue.label} simulator")
+                urls[name] = f"ws://{sim.host}:{port}{venue.sim_url_path}"
 
         gw = config.sinks.gateway
         gw_port = args.port or gw.port
@@ -223,11 +279,9 @@ def run_system(args) -> int:
 
 def replay_source(args):
     from connectors.capture.replay import ReplaySource
+    from connectors.venues import venue
 
-    if args.venue == "okx":
-        from connectors.venues.okx import parse_frame
-    else:
-        from connectors.venues.deribit import parse_frame
+    parse_frame = venue(args.venue).parse_frame()
     speed = args.speed if args.speed == "max" else float(args.speed)
     return ReplaySource(args.file, speed=speed, parse=parse_frame, run_seconds=args.seconds)
 

@@ -45,7 +45,7 @@ class DeribitSourceConfig:
     currencies: list[str]
     book: str
     book_interval: str
-    depth: int
+    depth: int  # levels per side asked of the venue where it can limit them (grouped channel)
     heartbeat_s: int
     queue_max: int
     max_frame_bytes: int
@@ -66,7 +66,10 @@ class Sources:
     okx: OkxSourceConfig
 
     def venues(self) -> list[str]:
-        return [name for name in ("deribit", "okx") if getattr(self, name).enabled]
+        """The enabled venues, in the registry's order (connectors/venues/registry.py)."""
+        from connectors.venues import VENUES
+
+        return [name for name in VENUES if getattr(self, name).enabled]
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,8 +317,11 @@ def _nodes(raw: dict, where: str) -> tuple[Node, ...]:
         if level not in SUPPORTED_LEVELS:
             raise ConfigError(f"{where}: [nodes.{name}] level = {level!r} is not supported yet; "
                               f"use level = \"expiry\"")
-        params = {k: v for k, v in spec.items() if k not in ("fn", "inputs", "level")}
-        nodes[name] = Node(name, fn_path, _import_fn(fn_path, name, where), tuple(inputs), level, params)
+        unit = spec.get("unit", "")
+        if not isinstance(unit, str):
+            raise ConfigError(f'{where}: [nodes.{name}] unit = {unit!r} must be a string, e.g. unit = "vol pts"')
+        params = {k: v for k, v in spec.items() if k not in ("fn", "inputs", "level", "unit")}
+        nodes[name] = Node(name, fn_path, _import_fn(fn_path, name, where), tuple(inputs), level, params, unit)
     for node in nodes.values():
         for dep in node.inputs:
             if dep not in nodes and dep not in BUILTIN_INPUTS:

@@ -1,8 +1,10 @@
 """bytewax adapters for the keyed steps: they own the epoch timer and the snapshots, and
-delegate every decision to the pure state logic in operators/ (chain, surface)."""
+delegate every decision to the pure state logic in operators/state/ (chain, surface). The
+items they take and emit are typed (operators/items.py)."""
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime, timezone
 from typing import Callable, Optional
 
@@ -11,6 +13,7 @@ from bytewax.operators import StatefulBatchLogic
 from flows.metrics import COUNTERS
 from operators.state.chain import ChainLogic, ChainState, FitBudget, now_wall_ms
 from operators.events import split_chain_key
+from operators.items import ExpiryFit, ExpiryGone
 from flows.config import Config
 from operators.state.surface import SurfaceLogic, SurfaceState
 
@@ -37,8 +40,9 @@ class FlowClock:
 class ChainStep(StatefulBatchLogic):
     """Marks dirty on each batch; recomputes on the epoch notification.
 
-    bytewax's builder is not told the key, so values arrive as (key, events, flow ms they
-    entered) and the logic is made on the first batch (or from the snapshot on resume)."""
+    Values arrive as ChainBatches (operators/items.py); bytewax's builder is not told the key,
+    so the logic is made on the first batch (or from the snapshot on resume). Emits ExpiryFit,
+    ExpiryGone and FeedError items."""
 
     def __init__(self, make: Callable[[ChainState], ChainLogic], resume: Optional[ChainState], clock: FlowClock):
         self.make = make
@@ -49,13 +53,13 @@ class ChainStep(StatefulBatchLogic):
 
     def on_batch(self, values):
         if self.logic is None:
-            self.logic = self.make(ChainState(*split_chain_key(values[0][0])))
+            self.logic = self.make(ChainState(*split_chain_key(values[0].key)))
         due = self._due
-        for _, events, entered_ms in values:  # each value is one source batch of this expiry's events
-            self.logic.on_items(events)
+        for batch in values:  # each value is one source batch of this expiry's events
+            self.logic.on_items(batch.events)
             # the tick of the epoch they entered in: when reading and applying a burst outlasted
             # that epoch the tick is overdue and runs at once, holding all of the burst
-            entered_due = self.logic.next_epoch_ms(entered_ms)
+            entered_due = self.logic.next_epoch_ms(batch.entered_ms)
             due = entered_due if due is None else min(due, entered_due)
         self._due = due
         self._report()
@@ -65,9 +69,10 @@ class ChainStep(StatefulBatchLogic):
         self._due = None
         if self.logic.expired():
             self.logic.budget.forget(self.logic.key)
-            return [("expired", self.logic.state.expiry_ms)], StatefulBatchLogic.DISCARD
-        out = [("fit", fit, chain) for fit, chain in self.logic.on_epoch()]
-        out.extend(("error", e) for e in self.logic.take_errors())
+            s = self.logic.state
+            return [ExpiryGone(s.venue, s.underlying, s.expiry_ms)], StatefulBatchLogic.DISCARD
+        out: list = [ExpiryFit(fit, chain) for fit, chain in self.logic.on_epoch()]
+        out.extend(self.logic.take_errors())
         self._report()
         if self.logic.pending():  # deferred by the fit interval or the budget
             self._due = self.logic.next_epoch_ms()
@@ -77,8 +82,8 @@ class ChainStep(StatefulBatchLogic):
         # A finite input (replay, --seconds) ends: publish what is owed instead of dropping it.
         if self.logic is None:
             return [], StatefulBatchLogic.RETAIN
-        out = [("fit", fit, chain) for fit, chain in self.logic.on_epoch(flush=True)]
-        out.extend(("error", e) for e in self.logic.take_errors())
+        out: list = [ExpiryFit(fit, chain) for fit, chain in self.logic.on_epoch(flush=True)]
+        out.extend(self.logic.take_errors())
         self._report()
         return out, StatefulBatchLogic.RETAIN
 
@@ -104,7 +109,8 @@ class ChainStep(StatefulBatchLogic):
 
 
 class SurfaceStep(StatefulBatchLogic):
-    """Collects fits per underlying; one patch per epoch. Values arrive as (key, item)."""
+    """Collects fits per underlying; one patch per epoch. Values are ExpiryFit, ExpiryGone
+    and IndexPrice items, all of one venue and underlying."""
 
     def __init__(self, make: Callable[[SurfaceState], SurfaceLogic], resume: Optional[SurfaceState],
                  clock: FlowClock):
@@ -112,11 +118,15 @@ class SurfaceStep(StatefulBatchLogic):
         self.clock = clock
         self.logic: Optional[SurfaceLogic] = make(resume) if resume is not None else None
         self._due: Optional[int] = None
+        self._reported: dict[str, int] = {}
 
     def on_batch(self, values):
         if self.logic is None:
-            self.logic = self.make(SurfaceState(*values[0][0].split("|")))
-        self.logic.on_items(item for _, item in values)
+            first = values[0]
+            venue, underlying = (first.fit.venue, first.fit.underlying) if type(first) is ExpiryFit \
+                else (first.venue, first.underlying)
+            self.logic = self.make(SurfaceState(venue, underlying))
+        self.logic.on_items(values)
         if self._due is None and self.logic.has_work():
             # fits come batched by the chain's epoch already: patch them at once rather than
             # an epoch later (that cost a whole epoch of latency)
@@ -126,6 +136,10 @@ class SurfaceStep(StatefulBatchLogic):
     def on_notify(self):
         self._due = None
         patch = self.logic.on_epoch()
+        for name, n in self.logic.counters.items():  # node_errors.<node>.<reason>: rare, a few keys
+            if n != self._reported.get(name, 0):
+                COUNTERS.add(name, n - self._reported.get(name, 0))
+                self._reported[name] = n
         return ([patch] if patch is not None else []), StatefulBatchLogic.RETAIN
 
     def on_eof(self):
@@ -138,19 +152,28 @@ class SurfaceStep(StatefulBatchLogic):
         return self.logic.state if self.logic is not None else None
 
 
-def chain_builder(config: Config, clock: FlowClock):
-    budget = FitBudget(config.chain.fits_per_epoch)
-    now_ms = clock.now_ms
-
+def chain_settings(config: Config) -> dict:
+    """ChainLogic's keyword arguments from graph.toml (all but the budget and the clock)."""
     c = config.chain
+    return dict(epoch_ms=config.runtime.epoch_ms, fit_interval_ms=c.fit_interval_ms, min_quotes=c.min_quotes,
+                max_rel_spread=c.max_rel_spread, skip_bp=c.skip_bp,
+                approx_bp=c.approx_bp, taylor2_bp=c.taylor2_bp, change_bp=c.change_bp,
+                fit_change_bp=c.fit_change_bp, refit_forward_bp=c.refit_forward_bp, audit_every=c.audit_every,
+                venue_stale_ms=config.consolidation.venue_stale_ms)
+
+
+def chain_builder(config: Config, clock: FlowClock):
+    settings = chain_settings(config)
+    now_ms = clock.now_ms
+    # The fit budget is per worker, as graph.toml documents: bytewax runs each worker of a
+    # process on its own thread and builds a key's logic on the worker that owns the key.
+    budgets = threading.local()
 
     def make(state: ChainState) -> ChainLogic:
-        return ChainLogic(state, epoch_ms=config.runtime.epoch_ms, fit_interval_ms=c.fit_interval_ms,
-                          min_quotes=c.min_quotes, max_rel_spread=c.max_rel_spread, budget=budget, now_ms=now_ms,
-                          depth=config.sources.deribit.depth, skip_bp=c.skip_bp, approx_bp=c.approx_bp,
-                          taylor2_bp=c.taylor2_bp, change_bp=c.change_bp, fit_change_bp=c.fit_change_bp,
-                          refit_forward_bp=c.refit_forward_bp,
-                          audit_every=c.audit_every, venue_stale_ms=config.consolidation.venue_stale_ms)
+        budget = getattr(budgets, "budget", None)
+        if budget is None:
+            budget = budgets.budget = FitBudget(config.chain.fits_per_epoch)
+        return ChainLogic(state, budget=budget, now_ms=now_ms, **settings)
 
     def build(resume: Optional[ChainState]) -> ChainStep:
         return ChainStep(make, resume, clock)

@@ -1,13 +1,15 @@
-"""The volgraph dataflow (DESIGN.md §4), read top to bottom like its diagram:
+"""The volgraph dataflow (docs/architecture.md §4), read top to bottom like its diagram:
 
-    feed ─► chain[underlying|expiry] ─────────────► surface[underlying] ─► gateway, postgres
-            L2 books, forward, IVs (dirty strikes,      analytics nodes, calendar,
-            small moves), SVI fit schedule              tenors, one patch per epoch
-                          └──────────── fits ────────────────────────────────► postgres
+    feed ─ChainBatch─► chain[venue|underlying|expiry] ─ExpiryFit/ExpiryGone─► surface[venue|underlying] ─► sinks
+           (flows/routing.py)  L2 books, forward, IVs (dirty        analytics nodes, calendar,
+                               strikes, small moves), SVI fits      tenors, one patch per epoch
+                                   └── SmileFit ─────────────────────────────────────────────► sinks
 
-(The L2 books live inside the chain step, keyed by expiry, rather than in a step of their
-own keyed by instrument: a batch of one expiry's events is then one bytewax item instead
-of one item per message per step — see README, Benchmarks.)
+Items between steps are typed (operators/items.py) and every step's output is split by type
+with `op.branch`, so each sink receives only the types it declares in `consumes` (a sink
+without `consumes` — a test's — receives all of them). The L2 books live inside the chain
+step, keyed by expiry, rather than in a step of their own keyed by instrument: a batch of one
+expiry's events is then one bytewax item instead of one item per message per step.
 
 Run it with `volgraph run` (simulator, embedded PostgreSQL and gateway included) or, with
 everything external, `python -m bytewax.run flows.surface:flow` (configured by the
@@ -18,203 +20,104 @@ from __future__ import annotations
 
 import gc
 import os
-import socket
-import time
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import bytewax.operators as op
-import msgspec
-from bytewax.dataflow import Dataflow
-from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.dataflow import Dataflow, Stream, operator
 
-from flows.metrics import COUNTERS, STOP
-from flows.steps import FlowClock, chain_builder, surface_builder
-from operators.state.chain import now_wall_ms
-from operators.events import (BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument,
-                              StatusReport, SurfacePatch, Ticker, CONSOLIDATED,
-                              chain_key, surface_key)
 from flows.config import Config, ConfigError, load_config
+from flows.metrics import COUNTERS
+from flows.routing import BatchingSource
+from flows.steps import FlowClock, chain_builder, surface_builder
+from operators.events import FeedError, IndexPrice, SmileFit, StatusReport, SurfacePatch, surface_key
+from operators.items import ChainBatch, ExpiryFit, ExpiryGone
+from operators.state.chain import now_wall_ms
+
+OUTPUT_TYPES = (SmileFit, SurfacePatch, StatusReport)  # what sinks can consume
+
+
+@dataclass(frozen=True)
+class Feed:
+    """A venue source's output, split by type."""
+
+    batches: Stream[ChainBatch]
+    indices: Stream[IndexPrice]
+    statuses: Stream[StatusReport]
+
+
+@dataclass(frozen=True)
+class ChainOut:
+    """The chain step's output, split by type."""
+
+    fits: Stream[ExpiryFit]
+    gone: Stream[ExpiryGone]
+    errors: Stream[FeedError]
+
+
+@operator
+def feed(step_id: str, flow: Dataflow, source: BatchingSource) -> Feed:
+    """One venue's events: ChainBatches for the chain step, index prices, StatusReports."""
+    items = op.input("input", flow, source)
+    batches = op.branch("batches", items, lambda x: type(x) is ChainBatch)
+    indices = op.branch("indices", batches.falses, lambda x: type(x) is IndexPrice)
+    return Feed(batches.trues, indices.trues, indices.falses)
+
+
+@operator
+def chains(step_id: str, batches: Stream[ChainBatch], builder) -> ChainOut:
+    """chain[venue|underlying|expiry]: L2 books, forward, IVs, SVI fits — once per epoch."""
+    keyed = op.key_on("key", batches, lambda b: b.key)
+    out = op.key_rm("unkey", op.stateful_batch("chain", keyed, builder))
+    fits = op.branch("fits", out, lambda x: type(x) is ExpiryFit)
+    gone = op.branch("gone", fits.falses, lambda x: type(x) is ExpiryGone)
+    return ChainOut(fits.trues, gone.trues, gone.falses)
+
+
+@operator
+def surfaces(step_id: str, items: Stream, builder) -> Stream[SurfacePatch]:
+    """surface[venue|underlying]: analytics nodes, calendar, tenors — one patch per epoch."""
+    keyed = op.key_on("key", items, lambda x: x.surface_key if type(x) is not IndexPrice
+                      else surface_key(x.venue, x.underlying))
+    return op.map("count", op.key_rm("unkey", op.stateful_batch("surface", keyed, builder)), _count_patch)
 
 
 def build_flow(config: Config, source, sinks: list, *, now_ms: Callable[[], int] = now_wall_ms,
                clock_rate: float = 1.0, flow_id: str = "volgraph") -> Dataflow:
-    """`source` (one, or a list with one per venue) yields normalised events; each sink
-    receives fits, patches and status reports. With several sources and consolidation on,
-    every option event also feeds the combined surface (venue "all"). `now_ms` is the flow's
-    clock (a replay's exchange clock, say) and `clock_rate` its flow ms per wall ms (a paced
-    replay's speed): epochs fall every runtime.epoch_ms of it."""
+    """`source` (one, or a list with one per venue) yields normalised events; each sink receives
+    the output types in its `consumes` (SmileFit, SurfacePatch, StatusReport), or all of them.
+    With several sources and consolidation on, every option event also feeds the combined
+    surface (venue "all"). `now_ms` is the flow's clock (a replay's exchange clock, say) and
+    `clock_rate` its flow ms per wall ms (a paced replay's speed): epochs fall every
+    runtime.epoch_ms of it."""
     flow = Dataflow(flow_id)
     sources = list(source) if isinstance(source, (list, tuple)) else [source]
     consolidate = config.consolidation.enabled and len(sources) > 1
-    # each source's events, grouped per expiry: (chain key, [events], flow ms they entered) —
-    # one bytewax item per expiry per source batch instead of one per message (bytewax costs
-    # µs per item per step)
     clock = FlowClock(now_ms, clock_rate)
-    feeds = [op.input(f"feed_{i}", flow, BatchingSource(src, config.runtime.status_interval_ms, consolidate, now_ms))
+    feeds = [feed(f"feed_{i}", flow, BatchingSource(src, interval_ms=config.runtime.status_interval_ms,
+                                                      consolidate=consolidate, now_ms=now_ms))
              for i, src in enumerate(sources)]
-    feed = feeds[0] if len(feeds) == 1 else op.merge("feeds", *feeds)
-
-    # chain[underlying|expiry]: L2 books, forward, IVs, SVI — once per epoch
-    chain_in = op.filter_map("chain_in", feed, lambda x: (x[0], x) if type(x) is tuple else None)
-    chain_out = op.stateful_batch("chain", chain_in, chain_builder(config, clock))
-
-    # surface[underlying]: analytics nodes, calendar, tenors — one patch per epoch
-    fits_and_ends = op.filter("fits_and_ends", chain_out, lambda kv: kv[1][0] != "error")
-    indices = op.filter_map("indices", feed,
-                            lambda e: (surface_key(e.venue, e.underlying), e) if type(e) is IndexPrice else None)
-    to_surface = op.map("to_surface", op.merge("surface_merge", op.map("fit_key", fits_and_ends, _surface_keyed),
-                                                  indices), lambda kv: (kv[0], kv))
-    patches = op.map("patches", op.stateful_batch("surface", to_surface, surface_builder(config, clock)),
-                     lambda kv: _count_patch(kv[1]))
-
-    errors = op.filter_map("errors", chain_out, lambda kv: kv[1][1] if kv[1][0] == "error" else None)
-    op.inspect("count_errors", errors, lambda _s, e: COUNTERS.add(f"errors.{e.reason}"))
-    fits = op.filter_map("fits", chain_out, lambda kv: kv[1][1] if kv[1][0] == "fit" else None)
-    statuses = op.filter("status", feed, lambda e: type(e) is StatusReport)
-    out = op.merge("out", fits, patches, statuses)
+    merged = (lambda name, streams: streams[0] if len(streams) == 1 else op.merge(name, *streams))
+    chain = chains("chains", merged("batches", [f.batches for f in feeds]), chain_builder(config, clock))
+    op.inspect("count_errors", chain.errors, lambda _s, e: COUNTERS.add(f"errors.{e.reason}"))
+    patches = surfaces("surfaces", op.merge("to_surface", chain.fits, chain.gone, *(f.indices for f in feeds)),
+                       surface_builder(config, clock))
+    by_type = {SmileFit: op.map("smile_fits", chain.fits, lambda x: x.fit), SurfacePatch: patches,
+               StatusReport: merged("statuses", [f.statuses for f in feeds])}
     for i, sink in enumerate(sinks):
-        op.output(f"sink_{i}", out, sink)
+        wanted = getattr(sink, "consumes", OUTPUT_TYPES)
+        unknown = [t for t in wanted if t not in by_type]
+        if unknown:
+            raise ConfigError(f"sink {type(sink).__name__} consumes {', '.join(t.__name__ for t in unknown)}; "
+                              f"the flow outputs {', '.join(t.__name__ for t in OUTPUT_TYPES)}: fix its `consumes`")
+        op.output(f"sink_{i}", merged(f"sink_{i}_in", [by_type[t] for t in wanted]), sink)
     return flow
-
-
-def _surface_keyed(kv):
-    key, item = kv
-    return key.rsplit("|", 1)[0], item  # venue|underlying|expiry → venue|underlying
 
 
 def _count_patch(patch: SurfacePatch) -> SurfacePatch:
     COUNTERS.add("patches")
     COUNTERS.set("patch_lag_ms", patch.ts_emit_ms - patch.ts_exchange_ms)
     return patch
-
-
-class BatchingSource(FixedPartitionedSource):
-    """Wraps a source of events: groups each batch per expiry key, stamped with the flow time
-    reading it began (the epoch it entered in), interleaves a StatusReport every interval,
-    counts events in and feed errors by reason."""
-
-    def __init__(self, inner: FixedPartitionedSource, interval_ms: int, consolidate: bool = False,
-                 now_ms: Callable[[], int] = now_wall_ms):
-        self.inner = inner
-        self.interval_ms = interval_ms
-        self.consolidate = consolidate
-        self.now_ms = now_ms
-
-    def list_parts(self):
-        return self.inner.list_parts()
-
-    def build_part(self, step_id, for_part, resume_state):
-        return _BatchingPartition(self.inner.build_part(step_id, for_part, resume_state), self.interval_ms,
-                                  self.consolidate, self.now_ms)
-
-
-class _BatchingPartition(StatefulSourcePartition):
-    def __init__(self, inner: StatefulSourcePartition, interval_ms: int, consolidate: bool,
-                 now_ms: Callable[[], int]):
-        self.inner = inner
-        self.consolidate = consolidate
-        self.now_ms = now_ms
-        # one report per process: the counters are process-wide, whatever the partition
-        self.name = f"{socket.gethostname()}:{os.getpid()}"
-        self.interval_ms = interval_ms
-        self.next_report_ms = 0
-        # option instrument → its chain keys (its venue's, and the combined one), from Instrument events
-        self.route: dict[str, tuple[str, ...]] = {}
-        self.expiries: dict[tuple[str, str], set[str]] = {}  # (venue, underlying) → chain keys
-
-    def next_batch(self):
-        if STOP.is_set():
-            raise StopIteration
-        entered_ms = self.now_ms()
-        events = self.inner.next_batch()
-        out: list = []
-        if events:
-            COUNTERS.add("messages_in", len(events))
-            groups: dict[str, list] = {}
-            route = self.route
-            index: dict[tuple[str, str], IndexPrice] = {}
-            for e in events:
-                kind = type(e)
-                if kind is BookUpdate or kind is Ticker:  # the bulk: no list made per event
-                    keys = route.get(e.instrument)
-                    if keys is not None:
-                        for key in keys:
-                            group = groups.get(key)
-                            if group is None:
-                                groups[key] = [e]
-                            else:
-                                group.append(e)
-                    elif kind is BookUpdate:
-                        COUNTERS.add("errors.unknown_instrument")
-                elif kind is Instrument:
-                    if e.kind == "option":
-                        keys = route[e.instrument] = self._keys(e.venue, e.underlying, e.expiry_ms)
-                        for key in keys:
-                            groups.setdefault(key, []).append(e)
-                elif kind is FuturePrice:
-                    for key in self._keys(e.venue, e.underlying, e.expiry_ms):
-                        groups.setdefault(key, []).append(e)
-                elif kind is IndexPrice:
-                    index[(e.venue, e.underlying)] = e  # the latest per batch is all that matters
-                elif kind is FeedError:
-                    COUNTERS.add(f"errors.{e.reason}")
-                    for key in route.get(e.instrument, ()):
-                        groups.setdefault(key, []).append(e)
-                else:
-                    out.append(e)
-            for (venue, underlying), e in index.items():
-                out.append(e)
-                for key in self.expiries.get((venue, underlying), ()):
-                    groups.setdefault(key, []).append(e)
-                if self.consolidate:
-                    out.append(msgspec.structs.replace(e, venue=CONSOLIDATED))
-                    for key in self.expiries.get((CONSOLIDATED, underlying), ()):
-                        groups.setdefault(key, []).append(e)
-            out.extend((key, evs, entered_ms) for key, evs in groups.items())
-        now = int(time.time() * 1000)
-        if now >= self.next_report_ms:
-            self.next_report_ms = now + self.interval_ms
-            out.append(StatusReport(self.name, now, COUNTERS.started_ms, COUNTERS.snapshot()))
-        return out
-
-    def _keys(self, venue: str, underlying: str, expiry_ms: int) -> tuple[str, ...]:
-        keys = [chain_key(venue, underlying, expiry_ms)]
-        self.expiries.setdefault((venue, underlying), set()).add(keys[0])
-        if self.consolidate:
-            keys.append(chain_key(CONSOLIDATED, underlying, expiry_ms))
-            self.expiries.setdefault((CONSOLIDATED, underlying), set()).add(keys[1])
-        return tuple(keys)
-
-    def next_awake(self):
-        inner = self.inner.next_awake()
-        report = datetime.fromtimestamp(self.next_report_ms / 1000.0, tz=timezone.utc)
-        # None means "poll again at once": keep it, or the report timer would throttle the feed
-        return None if inner is None else min(inner, report)
-
-    def snapshot(self):
-        return self.inner.snapshot()
-
-    def close(self):
-        self.inner.close()
-
-
-class CallbackSink(DynamicSink):
-    """Hands every output item to a function (the CLI's status line, tests)."""
-
-    def __init__(self, fn: Callable[[object], None]):
-        self.fn = fn
-
-    def build(self, step_id, worker_index, worker_count):
-        fn = self.fn
-
-        class _Part(StatelessSinkPartition):
-            def write_batch(self, items):
-                for item in items:
-                    fn(item)
-
-        return _Part()
 
 
 def tune_gc() -> None:
@@ -233,39 +136,31 @@ def tune_gc() -> None:
 
 
 def venue_sources(config: Config, urls: Optional[dict[str, str]] = None, run_seconds: Optional[float] = None) -> list:
-    """One bytewax source per enabled venue; `urls` overrides a venue's URL (the simulators)."""
+    """One bytewax source per enabled venue (connectors/venues/registry.py); `urls` overrides a
+    venue's URL (the simulators)."""
+    from connectors.venues import VENUES
+
     urls = urls or {}
-    sources = []
     # a partition per worker slot: each process reads the expiries it computes (connectors/venues/placement.py)
     workers = config.runtime.workers * config.runtime.processes
-    d = config.sources.deribit
-    if d.enabled:
-        from connectors.venues.deribit import DeribitSource
-
-        sources.append(DeribitSource(url=urls.get("deribit", d.url), currencies=d.currencies, depth=d.depth,
-                                     book=d.book, interval=d.book_interval, heartbeat_s=d.heartbeat_s,
-                                     queue_max=d.queue_max, max_frame_bytes=d.max_frame_bytes, run_seconds=run_seconds,
-                                     route_workers=workers))
-    o = config.sources.okx
-    if o.enabled:
-        from connectors.venues.okx import OkxSource
-
-        sources.append(OkxSource(url=urls.get("okx", o.url), families=o.families, queue_max=o.queue_max,
-                                 max_frame_bytes=o.max_frame_bytes, run_seconds=run_seconds, route_workers=workers))
+    sources = [v.source_from_config()(getattr(config.sources, name), url=urls.get(name), run_seconds=run_seconds,
+                                      route_workers=workers)
+               for name, v in VENUES.items() if getattr(config.sources, name).enabled]
     if not sources:
-        raise ConfigError(f"{config.path}: no venue is enabled; set [sources.deribit] or [sources.okx] enabled = true")
+        sections = " or ".join(f"[{v.config_section}]" for v in VENUES.values())
+        raise ConfigError(f"{config.path}: no venue is enabled; set {sections} enabled = true")
     return sources
 
 
 def default_flow(config_path: Optional[str] = None) -> Dataflow:
     """The flow as `python -m bytewax.run flows.surface:flow` builds it: all parts external.
-    VOLGRAPH_URL / VOLGRAPH_OKX_URL override the venues' URLs."""
-    from connectors.gateway.server.publisher import GatewaySink
+    Each venue's url_env (connectors/venues/registry.py: VOLGRAPH_URL, VOLGRAPH_OKX_URL) overrides its URL."""
+    from connectors.gateway.publisher import GatewaySink
     from connectors.postgres import PostgresSink
+    from connectors.venues import VENUES
 
     config = load_config(config_path or os.environ.get("VOLGRAPH_CONFIG"))
-    urls = {venue: os.environ[var] for venue, var in (("deribit", "VOLGRAPH_URL"), ("okx", "VOLGRAPH_OKX_URL"))
-            if var in os.environ}
+    urls = {name: os.environ[v.url_env] for name, v in VENUES.items() if v.url_env in os.environ}
     source = venue_sources(config, urls)
     sinks = []
     gw = config.sinks.gateway
@@ -275,7 +170,8 @@ def default_flow(config_path: Optional[str] = None) -> Dataflow:
     pg = config.sinks.postgres
     dsn = os.environ.get("VOLGRAPH_PG_DSN", pg.dsn)
     if pg.enabled and dsn:
-        sinks.append(PostgresSink(dsn, batch_rows=pg.batch_rows, flush_ms=pg.flush_ms))
+        sinks.append(PostgresSink(dsn, batch_rows=pg.batch_rows, flush_ms=pg.flush_ms,
+                                  spill_dir=os.path.join(config.runtime.data_dir, "spill")))
     flow = build_flow(config, source, sinks)
     tune_gc()
     return flow

@@ -1,4 +1,4 @@
-"""Event contracts: every event that crosses a step, a socket or a table (DESIGN.md §3).
+"""Event contracts: every event that crosses a step, a socket or a table (docs/architecture.md).
 
 Frozen msgspec Structs (slotted, cheap to build and to pickle); serialised as one JSON
 object with a `type` tag and a version field `v`. Pure data: no I/O, no bytewax, no numerics.
@@ -12,7 +12,6 @@ exist (an empty book side, an IV the exchange marks as absent) is None, never Na
 from __future__ import annotations
 
 import types
-import typing
 from typing import Any, Optional, Union
 
 import msgspec
@@ -46,10 +45,19 @@ class Event(msgspec.Struct, frozen=True):
     frozen dataclass took 1.4 µs, which mattered at 100,000 book updates a second)."""
 
 
+class Message(Event, tag_field="type", tag=True):
+    """An event that travels on its own (a socket frame, a capture line, a sink row): msgspec
+    writes its class name first as `"type"`, so one msgspec decoder of a Union of messages
+    picks the class by that tag and validates every nested value in C (see from_json).
+    SmileFit, ExpiryView, TenorPoint and CalendarCheck also travel nested inside a
+    SurfacePatch, where they carry no tag: they stay plain Events and get a `type` only
+    when sent alone (to_json), so the JSON on the wire is the same as before the tags."""
+
+
 # ---------------------------------------------------------------- market events (sources)
 
 
-class Instrument(Event):
+class Instrument(Message):
     """A listed instrument, from discovery (`public/get_instruments`)."""
 
     venue: str
@@ -66,7 +74,7 @@ class Instrument(Event):
     v: int = SCHEMA_VERSION
 
 
-class BookUpdate(Event):
+class BookUpdate(Message):
     """An L2 book snapshot or change. Levels set absolute sizes; size 0 deletes."""
 
     venue: str
@@ -81,7 +89,7 @@ class BookUpdate(Event):
     v: int = SCHEMA_VERSION
 
 
-class Ticker(Event):
+class Ticker(Message):
     """Top of book plus the exchange's own marks; IVs are decimals, None if absent."""
 
     venue: str
@@ -103,7 +111,7 @@ class Ticker(Event):
     v: int = SCHEMA_VERSION
 
 
-class IndexPrice(Event):
+class IndexPrice(Message):
     venue: str
     underlying: str  # "BTC" for btc_usd
     ts_exchange_ms: int
@@ -112,7 +120,7 @@ class IndexPrice(Event):
     v: int = SCHEMA_VERSION
 
 
-class FuturePrice(Event):
+class FuturePrice(Message):
     venue: str
     instrument: str
     underlying: str
@@ -125,7 +133,7 @@ class FuturePrice(Event):
     v: int = SCHEMA_VERSION
 
 
-class FeedError(Event):
+class FeedError(Message):
     """Bad input, reported instead of raised. `reason` is a short counter label."""
 
     venue: str
@@ -139,24 +147,7 @@ class FeedError(Event):
 # ---------------------------------------------------------------- derived events (steps)
 
 
-class Quote(Event):
-    """Book state of one option after a book event: top-N levels, coin prices."""
-
-    venue: str
-    instrument: str
-    underlying: str
-    expiry_ms: int
-    strike: float
-    option_type: str  # "C" | "P"
-    ts_exchange_ms: int
-    ts_recv_ms: int
-    bids: tuple[Level, ...] = ()  # best first
-    asks: tuple[Level, ...] = ()
-    stale: bool = False  # a sequence gap: withhold until a fresh snapshot
-    v: int = SCHEMA_VERSION
-
-
-class ChainUpdate(Event):
+class ChainUpdate(Message):
     """One expiry's strikes after an epoch: forward and per-strike IVs (decimals)."""
 
     venue: str
@@ -207,16 +198,17 @@ class SmileFit(Event):
 
 
 class ExpiryView(Event):
-    """Everything the dashboard shows for one expiry."""
+    """Everything the dashboard shows for one expiry.
+
+    `analytics` holds every graph.toml node's value by node name (None when the node failed
+    or an input was missing): nodes are data, no node has a field of its own. `units` maps
+    a node name to the display unit graph.toml gives it (`unit = "vol pts"`), only for the
+    nodes that give one; the surface step shares one dict across all its views."""
 
     expiry_ms: int
     fit: SmileFit
-    atm_vol: Optional[float] = None
-    rr25: Optional[float] = None
-    bf25: Optional[float] = None
-    rr10: Optional[float] = None
-    bf10: Optional[float] = None
-    analytics: dict[str, Optional[float]] = msgspec.field(default_factory=dict)  # graph.toml nodes
+    analytics: dict[str, Optional[float]] = msgspec.field(default_factory=dict)  # node name -> value
+    units: dict[str, str] = msgspec.field(default_factory=dict)  # node name -> display unit
     strikes: tuple[float, ...] = ()  # the quotes behind the fit, for the smile plot
     bid_iv: tuple[Optional[float], ...] = ()
     ask_iv: tuple[Optional[float], ...] = ()
@@ -227,7 +219,9 @@ class ExpiryView(Event):
 
 
 class TenorPoint(Event):
-    """A fixed-tenor point interpolated in total variance at fixed k."""
+    """A fixed-tenor point interpolated in total variance at fixed k. Its vols come from the
+    calendar kernel (operators/kernels/calendar.py), not from graph.toml nodes, so renaming
+    or removing a node never empties them."""
 
     tenor_days: int
     atm_vol: Optional[float] = None
@@ -247,7 +241,7 @@ class CalendarCheck(Event):
     v: int = SCHEMA_VERSION
 
 
-class SurfacePatch(Event):
+class SurfacePatch(Message):
     """Changed expiries only; `removed` lists expiries gone (expired or dropped)."""
 
     venue: str
@@ -263,7 +257,7 @@ class SurfacePatch(Event):
     v: int = SCHEMA_VERSION
 
 
-class SurfaceSnapshot(Event):
+class SurfaceSnapshot(Message):
     """The whole current surface of one underlying, for new clients."""
 
     venue: str
@@ -278,7 +272,7 @@ class SurfaceSnapshot(Event):
     v: int = SCHEMA_VERSION
 
 
-class StatusReport(Event):
+class StatusReport(Message):
     """Liveness counters a flow worker publishes to the gateway (latest per source wins)."""
 
     source: str  # "worker-0"
@@ -288,34 +282,12 @@ class StatusReport(Event):
     v: int = SCHEMA_VERSION
 
 
-def apply_patch(snapshot: Optional[SurfaceSnapshot], patch: SurfacePatch) -> SurfaceSnapshot:
-    """Merge a patch into a snapshot: expiries replaced by key, removed ones dropped,
-    term structure and calendar checks replaced whole (they are small and global)."""
-    by_expiry = {e.expiry_ms: e for e in snapshot.expiries} if snapshot else {}
-    for gone in patch.removed:
-        by_expiry.pop(gone, None)
-    for view in patch.expiries:
-        by_expiry[view.expiry_ms] = view
-    index_px = patch.index_px if patch.index_px is not None else (snapshot.index_px if snapshot else None)
-    return SurfaceSnapshot(
-        venue=patch.venue,
-        underlying=patch.underlying,
-        epoch=patch.epoch,
-        ts_exchange_ms=patch.ts_exchange_ms,
-        ts_emit_ms=patch.ts_emit_ms,
-        expiries=tuple(by_expiry[k] for k in sorted(by_expiry)),
-        tenors=patch.tenors,
-        calendar=patch.calendar,
-        index_px=index_px,
-    )
-
-
 # ---------------------------------------------------------------- serialisation
 
 EVENT_TYPES: dict[str, type] = {
     cls.__name__: cls
     for cls in (
-        Instrument, BookUpdate, Ticker, IndexPrice, FuturePrice, FeedError, Quote,
+        Instrument, BookUpdate, Ticker, IndexPrice, FuturePrice, FeedError,
         ChainUpdate, SmileFit, ExpiryView, TenorPoint, CalendarCheck, SurfacePatch,
         SurfaceSnapshot, StatusReport,
     )
@@ -330,96 +302,106 @@ _encode = msgspec.json.Encoder().encode
 
 
 def dumps(value: Any) -> bytes:
-    """JSON of an event, or of any value holding events (tuples, dicts); NaN → null."""
+    """JSON of an event, or of any value holding events (tuples, dicts); NaN → null. Messages
+    carry their `type` tag wherever they sit; the four nestable events never do."""
     return _encode(value)
+
+
+def to_json(event: Any) -> bytes:
+    """One event as a JSON object with its `type` tag first and its version `v` last."""
+    body = _encode(event)
+    if isinstance(event, Message):
+        return body  # msgspec wrote the tag
+    # A nestable event sent alone: splice the tag in front rather than build a dict.
+    return b'{"type":"' + type(event).__name__.encode() + b'",' + body[1:] if body != b"{}" else body
 
 
 def to_dict(event: Any) -> dict:
     """Plain JSON-ready dict with the `type` tag (nested events untagged)."""
-    return {"type": type(event).__name__, **orjson.loads(_encode(event))}
+    return orjson.loads(to_json(event))
 
 
-def to_json(event: Any) -> bytes:
-    body = _encode(event)
-    # Splice the tag in front rather than building a dict: this runs on every sink row.
-    return b'{"type":"' + type(event).__name__.encode() + b'",' + body[1:] if body != b"{}" else body
+# ---------------------------------------------------------------- typed decoding
+#
+# One msgspec decoder per set of accepted classes, validating in C: types, nested values,
+# required fields (a NaN travels as null, so a null where a plain float is required is
+# refused; Optional fields take it). Measured with timeit on a 3.0 KB SurfacePatch (3
+# expiries x 5 strikes, 3 tenors), best of 5 x 2000, on the shared 2-core dev box: the
+# old hand-written type walker (orjson.loads, then type hints field by field) took
+# 1.4 ms per patch; the gateway's old path (orjson.loads + a shallow dict check that let
+# nested values through) 8.7 µs; msgspec.json.Decoder(Union[...]) takes 5.8 µs, with
+# every nested value checked.
+#
+# The four nestable events have no tag of their own; to decode one sent alone they get a
+# tagged twin (a subclass that only adds the tag), turned back into the plain class.
+
+
+def _tagged_twin(cls: type) -> type:
+    return types.new_class(cls.__name__, (cls,), {"tag_field": "type", "tag": cls.__name__})
+
+
+_TWINS: dict[type, type] = {
+    _tagged_twin(cls): cls for cls in EVENT_TYPES.values() if not issubclass(cls, Message)
+}
+
+
+def decoder(*classes: type) -> msgspec.json.Decoder:
+    """A JSON decoder of exactly these Message classes (picked by their `type` tag); its
+    errors go through contract_error for a message naming the type and field."""
+    for cls in classes:
+        if not (isinstance(cls, type) and issubclass(cls, Message)):
+            raise TypeError(f"decoder() takes Message classes (tagged); {cls!r} is not one")
+    return msgspec.json.Decoder(Union[classes])  # type: ignore[valid-type]
+
+
+_ANY = Union[tuple(c for c in EVENT_TYPES.values() if issubclass(c, Message)) + tuple(_TWINS)]  # type: ignore[valid-type]
+_decode_any = msgspec.json.Decoder(_ANY).decode
+
+
+def contract_error(data: Any, exc: Exception) -> ContractError:
+    """The ContractError for input msgspec refused, naming the event type, the field and
+    the value wanted. Runs on the error path only: it re-reads the input to say which
+    event it claimed to be."""
+    if isinstance(data, (bytes, bytearray, memoryview, str)):
+        try:
+            data = orjson.loads(data)
+        except orjson.JSONDecodeError as json_exc:
+            return ContractError(f"not JSON: {json_exc}")
+    if not isinstance(data, dict) or "type" not in data:
+        return ContractError(f"an event is a JSON object with a 'type' field, got {type(data).__name__}")
+    name = data["type"]
+    if not isinstance(name, str) or name not in EVENT_TYPES:
+        return ContractError(f"unknown event type {name!r}; known: {', '.join(EVENT_TYPES)}")
+    version = data.get("v", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        return ContractError(f"{name} has schema version {version}, this build reads {SCHEMA_VERSION}")
+    detail = str(exc).replace("`$.", f"`{name}.").replace("`$`", f"`{name}`")
+    return ContractError(f"bad {name}: {detail}")
+
+
+def checked(event: Any) -> Any:
+    """A freshly decoded event: its twin turned into the plain class, its version checked."""
+    cls = _TWINS.get(type(event))
+    if cls is not None:
+        event = cls(*msgspec.structs.astuple(event))
+    if event.v != SCHEMA_VERSION:
+        raise ContractError(f"{type(event).__name__} has schema version {event.v}, this build reads {SCHEMA_VERSION}")
+    return event
 
 
 def from_json(raw: bytes | str) -> Any:
+    """The event in one JSON object; ContractError (naming type and field) if it is not one."""
     try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ContractError(f"not JSON: {exc}") from None
-    return from_dict(data)
+        event = _decode_any(raw)
+    except (msgspec.DecodeError, UnicodeError) as exc:  # ValidationError included; a str with lone surrogates
+        raise contract_error(raw, exc) from None
+    return checked(event)
 
 
 def from_dict(data: dict) -> Any:
-    if not isinstance(data, dict) or "type" not in data:
-        raise ContractError("an event is a JSON object with a 'type' field")
-    name = data["type"]
-    cls = EVENT_TYPES.get(name)
-    if cls is None:
-        raise ContractError(f"unknown event type {name!r}; known: {', '.join(EVENT_TYPES)}")
-    version = data.get("v", SCHEMA_VERSION)
-    if version != SCHEMA_VERSION:
-        raise ContractError(f"{name} has schema version {version}, this build reads {SCHEMA_VERSION}")
-    return _build(cls, data)
-
-
-def _build(cls: type, data: dict) -> Any:
-    hints = _hints(cls)
-    kwargs = {}
-    for f in msgspec.structs.fields(cls):
-        if f.name in data:
-            kwargs[f.name] = _coerce(hints[f.name], data[f.name], f"{cls.__name__}.{f.name}")
+    """The event in a decoded JSON object (e.g. a jsonb row), validated as from_json does."""
     try:
-        return cls(**kwargs)
-    except TypeError as exc:
-        raise ContractError(f"{cls.__name__}: {exc}") from None
-
-
-_HINTS: dict[type, dict] = {}
-
-
-def _hints(cls: type) -> dict:
-    if cls not in _HINTS:
-        _HINTS[cls] = typing.get_type_hints(cls)
-    return _HINTS[cls]
-
-
-def _coerce(tp: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        if value is None:
-            return None
-        inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _coerce(inner[0], value, where)
-    if value is None:
-        raise ContractError(f"{where} may not be null")
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise ContractError(f"{where} must be a list, got {type(value).__name__}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], v, where) for v in value)
-        return tuple(_coerce(a, v, where) for a, v in zip(args, value))
-    if origin is dict:
-        _, vt = typing.get_args(tp)
-        return {str(k): _coerce(vt, v, where) for k, v in value.items()}
-    if isinstance(tp, type) and issubclass(tp, Event):
-        if not isinstance(value, dict):
-            raise ContractError(f"{where} must be an object")
-        return _build(tp, value)
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ContractError(f"{where} must be a number, got {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ContractError(f"{where} must be an integer, got {value!r}")
-        return value
-    if tp is bool or tp is str:
-        if not isinstance(value, tp):
-            raise ContractError(f"{where} must be {tp.__name__}, got {value!r}")
-        return value
-    return value
+        event = msgspec.convert(data, _ANY)
+    except msgspec.ValidationError as exc:
+        raise contract_error(data, exc) from None
+    return checked(event)

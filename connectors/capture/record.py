@@ -10,6 +10,10 @@ instruments response as the body text okx.parse_frame reads), then the first fra
 subscription (book snapshots), then the live frames. The events the client produces meanwhile
 are drained and dropped here, only counted.
 
+The client's settings (URL, keys, queue and frame bounds, …) are graph.toml's [sources.<venue>]:
+`volgraph record` (flows/cli.py) hands main() the loaded sections, and record() takes the client's
+arguments explicitly; nothing here repeats a default of graph.toml, and it never imports flows.
+
 Translation only: frames in, file out. It never computes anything about volatility and never
 touches the events' contents; a failing write ends the recording loudly, never the venue loop.
 """
@@ -23,22 +27,13 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence, TextIO, Union
+from typing import Any, Iterator, Mapping, Optional, Sequence, TextIO, Union
 
 from connectors.capture.replay import write_frames
+from connectors.venues import VENUES as REGISTRY
 
-VENUES = ("deribit", "okx")
+VENUES = tuple(REGISTRY)  # connectors/venues/registry.py
 _PROGRESS_EVERY_S = 1.0
-
-
-def _client(venue: str, url: Optional[str], keys: Optional[Sequence[str]], tap, client_kwargs: dict):
-    if venue == "deribit":
-        from connectors.venues.deribit import DEFAULT_URL, DeribitClient
-
-        return DeribitClient(url or DEFAULT_URL, tuple(keys or ("BTC", "ETH")), frame_tap=tap, **client_kwargs)
-    from connectors.venues.okx import DEFAULT_URL, OkxClient
-
-    return OkxClient(url or DEFAULT_URL, tuple(keys or ("BTC-USD", "ETH-USD")), frame_tap=tap, **client_kwargs)
 
 
 def _human_bytes(n: float) -> str:
@@ -49,14 +44,14 @@ def _human_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-def record(venue: str, out: Union[str, Path], *, url: Optional[str] = None, seconds: Optional[float] = None,
-           currencies: Optional[Sequence[str]] = None, families: Optional[Sequence[str]] = None,
+def record(venue: str, out: Union[str, Path], *, seconds: Optional[float] = None,
            stop: Optional[threading.Event] = None, progress: Optional[TextIO] = sys.stderr,
            **client_kwargs: Any) -> dict:
-    """Record `venue` ("deribit" with `currencies`, or "okx" with `families`) from `url` (the
-    venue's public endpoint by default) into `out` until `seconds` pass, `stop` is set or Ctrl-C.
+    """Record `venue` ("deribit" or "okx") into `out` until `seconds` pass, `stop` is set or Ctrl-C.
 
-    Other keyword arguments go to the venue's client (max_expiries, max_strikes, heartbeat_s, …).
+    The other keyword arguments are the venue client's: `url`, its key list by name (Deribit
+    `currencies`, OKX `families`), the settings graph.toml gives it (the registry's
+    client_options(section) returns them all) and any others (max_expiries, max_strikes, …).
     A progress line (frames, bytes, elapsed) goes to `progress` (None: silent). The file is
     written under a temporary name and renamed when complete. Returns the counters: frames,
     bytes (raw frame bytes), seconds, events (parsed by the client and dropped here),
@@ -64,18 +59,17 @@ def record(venue: str, out: Union[str, Path], *, url: Optional[str] = None, seco
     """
     if venue not in VENUES:
         raise ValueError(f"venue={venue!r}: use one of {', '.join(VENUES)}")
-    if venue == "deribit" and families:
-        raise ValueError("families= is for venue 'okx'; Deribit records currencies=('BTC', 'ETH')")
-    if venue == "okx" and currencies:
-        raise ValueError("currencies= is for venue 'deribit'; OKX records families=('BTC-USD', 'ETH-USD')")
+    keys_field = REGISTRY[venue].keys_field
+    for field in {v.keys_field for v in REGISTRY.values()} - {keys_field}:
+        if field in client_kwargs:
+            raise ValueError(f"{field}= is not for venue {venue!r}; give its {keys_field}= instead")
     if seconds is not None and not seconds > 0:
         raise ValueError(f"seconds={seconds}: must be > 0, or None to record until stopped")
     out = Path(out)
     stop = stop or threading.Event()
     frames: "queue.SimpleQueue[tuple[int, str]]" = queue.SimpleQueue()
     # The tap runs on the client's loop: one put on a lock-free queue, nothing that can raise.
-    client = _client(venue, url, families if venue == "okx" else currencies,
-                     lambda ts_ms, frame: frames.put((ts_ms, frame)), client_kwargs)
+    client = REGISTRY[venue].client()(frame_tap=lambda ts_ms, frame: frames.put((ts_ms, frame)), **client_kwargs)
     counts: collections.Counter = collections.Counter()
     started = time.monotonic()
     deadline = started + seconds if seconds is not None else None
@@ -137,33 +131,43 @@ def record(venue: str, out: Union[str, Path], *, url: Optional[str] = None, seco
     return result
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None, *, sections: Optional[Mapping[str, Any]] = None) -> int:
     """`volgraph record --venue deribit|okx --out FILE [--url URL] [--seconds N]
-    [--currencies BTC,ETH | --families BTC-USD,…]`."""
+    [--currencies BTC,ETH | --families BTC-USD,…]`. `sections`: venue name -> its graph.toml
+    [sources.<venue>] section (flows/config.py), which `volgraph record` hands over: the client's
+    settings and the defaults of --url and the key list come from there."""
     p = argparse.ArgumentParser(prog="volgraph record",
                                 description="Record a venue's raw websocket frames (with receive timestamps) "
                                             "to a gzip JSON-lines file for `volgraph replay`.")
-    p.add_argument("--venue", required=True, choices=VENUES)
+    p.add_argument("--venue", required=True, choices=VENUES, help="whose feed to record (required)")
     p.add_argument("--out", required=True, help="the recording to write, e.g. deribit-btc.jsonl.gz")
-    p.add_argument("--url", default=None, help="websocket URL (default: the venue's public endpoint)")
+    p.add_argument("--url", default=None, help="websocket URL (default: graph.toml sources.<venue>.url)")
     p.add_argument("--seconds", type=float, default=None, help="stop after this long (default: until Ctrl-C)")
     keys = p.add_mutually_exclusive_group()
-    keys.add_argument("--currencies", default=None, help="Deribit currencies, comma-separated (default BTC,ETH)")
-    keys.add_argument("--families", default=None, help="OKX instrument families (default BTC-USD,ETH-USD)")
+    keys.add_argument("--currencies", default=None,
+                      help="Deribit currencies, comma-separated (default: graph.toml sources.deribit.currencies)")
+    keys.add_argument("--families", default=None,
+                      help="OKX instrument families (default: graph.toml sources.okx.families)")
     p.add_argument("--max-expiries", type=int, default=None, help="record only the nearest N expiries")
     p.add_argument("--max-strikes", type=int, default=None, help="record only the N strikes nearest the index")
     args = p.parse_args(argv)
-    if args.venue == "deribit" and args.families:
-        p.error("--families is for --venue okx; Deribit takes --currencies BTC,ETH")
-    if args.venue == "okx" and args.currencies:
-        p.error("--currencies is for --venue deribit; OKX takes --families BTC-USD,ETH-USD")
+    v = REGISTRY[args.venue]
+    for field in ("currencies", "families"):
+        if getattr(args, field) and field != v.keys_field:
+            p.error(f"--{field} is not for --venue {v.name}; {v.label} takes --{v.keys_field}")
     if args.seconds is not None and not args.seconds > 0:
         p.error(f"--seconds {args.seconds}: must be > 0 (or leave it out to record until Ctrl-C)")
-    split = (lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None)
+    if sections is None or v.name not in sections:
+        p.error("the client's settings come from graph.toml [sources.%s]: run this as `volgraph record`" % v.name)
+    options = v.client_options()(sections[v.name])
+    if args.url:
+        options["url"] = args.url
+    keys = getattr(args, v.keys_field)
+    if keys:
+        options[v.keys_field] = tuple(x.strip() for x in keys.split(",") if x.strip())
     try:
-        counts = record(args.venue, args.out, url=args.url, seconds=args.seconds,
-                        currencies=split(args.currencies), families=split(args.families),
-                        max_expiries=args.max_expiries, max_strikes=args.max_strikes)
+        counts = record(args.venue, args.out, seconds=args.seconds, max_expiries=args.max_expiries,
+                        max_strikes=args.max_strikes, **options)
     except ValueError as exc:
         p.error(str(exc))
     c = counts["client"]
@@ -173,5 +177,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # without graph.toml's sections it says to run `volgraph record`
     raise SystemExit(main())

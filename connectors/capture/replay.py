@@ -1,5 +1,5 @@
 """Replay of recorded raw websocket frames: a bytewax source that turns a recording back into
-events through the venue's real parser (DESIGN.md §4, "replay file").
+events through the venue's real parser (docs/architecture.md §4, "replay file").
 
 File format: gzip-compressed JSON lines, one line per frame received,
     {"ts_recv_ms": <int, UTC epoch ms when the frame was read>, "frame": "<raw text frame>"}

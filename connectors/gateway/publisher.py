@@ -1,8 +1,9 @@
 """The dataflow's gateway publisher: a bytewax sink that sends surface events to the
-gateway's /publish websocket (connectors.gateway.server).
+gateway's /publish websocket (connectors/gateway/server.py).
 
 Each worker's partition keeps one websockets *sync* client connection and the merged
-latest surface per (venue, underlying). A failed connection never raises into the
+latest surface per (venue, underlying) (operators.merge.SurfaceState: the one merge rule,
+O(changed expiries) per patch; the snapshot is only built when a reconnect needs it). A failed connection never raises into the
 dataflow: the events are counted as dropped, a reconnect is tried after a back-off, and
 on every (re)connect the partition first sends a SurfaceSnapshot of each surface it
 knows, so the gateway's state heals whatever was lost. Only translates events to bytes.
@@ -20,7 +21,8 @@ from websockets.version import version as websockets_version
 from websockets.exceptions import InvalidStatus, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
-from operators.events import StatusReport, SurfacePatch, SurfaceSnapshot, apply_patch, to_json
+from operators.events import StatusReport, SurfacePatch, SurfaceSnapshot, to_json
+from operators.merge import SurfaceState
 
 log = logging.getLogger("volgraph.gateway_sink")
 
@@ -51,7 +53,7 @@ class GatewayPublisher:
         self.retry_min_s = retry_min_ms / 1000.0
         self.retry_max_s = retry_max_ms / 1000.0
         self.name = name
-        self.surfaces: dict[tuple[str, str], SurfaceSnapshot] = {}
+        self.surfaces: dict[tuple[str, str], SurfaceState] = {}
         self.conn: Optional[ClientConnection] = None
         self.counters: Counter = Counter()  # sent, dropped, skipped, connects, connect_failures, send_failures
         self.last_error = ""
@@ -61,12 +63,11 @@ class GatewayPublisher:
     def write_batch(self, items: list) -> None:
         events = []
         for item in items:
-            event = item[1] if isinstance(item, tuple) and len(item) == 2 else item
-            if not isinstance(event, FORWARDED):
+            if not isinstance(item, FORWARDED):
                 self.counters["skipped"] += 1
                 continue
-            self._remember(event)
-            events.append(event)
+            self._remember(item)
+            events.append(item)
         if not events:
             return
         if self.conn is None:
@@ -74,7 +75,7 @@ class GatewayPublisher:
                 self.counters["dropped"] += len(events)
                 return
             # Fresh connection: the snapshots already carry this batch's surface events.
-            events = list(self.surfaces.values()) + [e for e in events if isinstance(e, StatusReport)]
+            events = [s.snapshot() for s in self.surfaces.values()] + [e for e in events if isinstance(e, StatusReport)]
         for i, event in enumerate(events):
             try:
                 self.conn.send(to_json(event), text=True)
@@ -86,11 +87,15 @@ class GatewayPublisher:
             self.counters["sent"] += 1
 
     def _remember(self, event: Any) -> None:
-        if isinstance(event, SurfacePatch):
+        if isinstance(event, (SurfacePatch, SurfaceSnapshot)):
             key = (event.venue, event.underlying)
-            self.surfaces[key] = apply_patch(self.surfaces.get(key), event)
-        elif isinstance(event, SurfaceSnapshot):
-            self.surfaces[(event.venue, event.underlying)] = event
+            state = self.surfaces.get(key)
+            if state is None:
+                state = self.surfaces[key] = SurfaceState()
+            if isinstance(event, SurfacePatch):
+                state.apply(event)
+            else:
+                state.replace(event)
 
     def _connect(self) -> bool:
         now = time.monotonic()
@@ -153,7 +158,10 @@ class _GatewayPartition(StatelessSinkPartition):
 
 class GatewaySink(DynamicSink):
     """bytewax sink: every worker publishes its surfaces to the gateway at `url`
-    (ws://host:port/publish) with `token` if the gateway requires one."""
+    (ws://host:port/publish) with `token` if the gateway requires one. The flow hands it only
+    what it `consumes` (flows/surface.py)."""
+
+    consumes = (SurfacePatch, StatusReport)
 
     def __init__(self, url: str, token: Optional[str] = None, **options: Any) -> None:
         GatewayPublisher(url, token, **options)  # validate the arguments at build time of the flow

@@ -1,8 +1,8 @@
 """A local OKX look-alike (v5 public websocket + the instruments REST path) driven by a known,
 arbitrage-free "true" volatility surface, for tests and benchmarks.
 
-It speaks the subset of OKX v5 that connectors/venues/okx/__init__.py uses (PROTOCOLS.md §B) with the real
-shapes: `{"op":"subscribe"|"unsubscribe","args":[…]}` with per-arg `{"event":"subscribe",…}`
+It speaks the subset of OKX v5 that connectors/venues/okx/__init__.py uses (docs/protocols.md §B)
+with the real shapes: `{"op":"subscribe"|"unsubscribe","args":[…]}` with per-arg `{"event":"subscribe",…}`
 acks and `{"event":"error","code":…}` errors; channels books (snapshot, then updates chained by
 seqId/prevSeqId, an empty keep-alive update with prevSeqId == seqId after `keepalive_s` without
 change), books5 (5-level snapshots), opt-summary (every option of a family, vols and fwdPx as
@@ -12,26 +12,30 @@ OKX); the 64008 service-upgrade notice on command; at most `subscribe_per_hour` 
 requests per connection (error 50011 beyond). Over plain HTTP on the same port it serves
 `GET /api/v5/public/instruments`, `/api/v5/market/index-tickers` and `/api/v5/public/time`.
 
-The market is connectors.sim.deribit's (imported, not copied): per coin a seeded spot process and
-an SSVI surface; option prices are Black-76 at the true vol on each expiry's forward, in coin
-(crypto-margined families: BTC-USD, ETH-USD). Book bids are floored and asks ceiled to the
-option tick bands below, so every best bid ≤ true price ≤ best ask. Sizes are contracts.
+This module is the OKX protocol only. The market is connectors/sim/market.py, the one the
+Deribit simulator prices with (per coin a seeded spot process and an SSVI surface; option prices
+are Black-76 at the true vol on each expiry's forward, in coin; crypto-margined families:
+BTC-USD, ETH-USD), listed on connectors/sim/expiries.py's calendar; books and ticks are
+connectors/sim/books.py (bids floored and asks ceiled to the option tick bands below, so every
+best bid ≤ true price ≤ best ask; sizes are contracts), the socket scaffolding
+connectors/sim/server.py, the command line connectors/sim/cli.py. It is one module of about 700
+lines because requests, frames and message generation share the books and subscriptions.
 
-Assumptions that are NOT verified against OKX (PROTOCOLS.md does not state them): option tick
+Assumptions that are NOT verified against OKX (docs/protocols.md does not state them): option tick
 bands (0.0001 coin below 0.005, 0.0005 from 0.005 up), ctVal (0.01 BTC, 0.1 ETH per option
 contract; 100 / 10 USD per futures contract), the greeks' units in opt-summary, and the
-close codes. The simulator must never be used as a source of truth about OKX beyond PROTOCOLS.md,
-and it never imports connectors/venues/okx/__init__.py (the tests compare the two).
+close codes. The simulator must never be used as a source of truth about OKX beyond
+docs/protocols.md, and it never imports flows or the venue parsers (connectors/venues/*): the
+tests compare the two.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import logging
-import math
 import random
+import sys
 import time
 import urllib.parse
 from typing import Any, Optional, Sequence
@@ -39,39 +43,26 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import orjson
 
-from connectors.sim.server import SimConn, SimServer, add_common_args, add_size_args, serve_until_stopped
-from connectors.sim.deribit import MODELS, SCALES, _Currency, book_levels, deribit_expiries, move_book
-from operators.kernels.black import black_price, greeks
+from connectors.sim.books import TickBands, book_levels, future_levels, move_book
+from connectors.sim.cli import add_common_args, add_configured, add_seconds_arg, add_size_args, new_parser, serve_until_stopped, \
+    split_list
+from connectors.sim.expiries import DAY_MS
+from connectors.sim.implied import implied_vols
+from connectors.sim.market import MODELS, SCALES, Market, check_scale, new_market
+from connectors.sim.server import SimConn, SimServer
+from operators.kernels.black import greeks
 
 log = logging.getLogger(__name__)
 
-# Option tick bands (coin): (price from, tick). Assumed; see the module docstring.
-TICK_BANDS = ((0.0, 0.0001), (0.005, 0.0005))
+# Option tick bands (coin): 0.0001 below 0.005, 0.0005 from 0.005 up. Assumed; see the module docstring.
+OPTION_TICKS = TickBands(small=0.0001, large=0.0005, above=0.005)
 CT_VAL = {"BTC": 0.01, "ETH": 0.1}  # coin per option contract (assumed)
 FUTURE_CT_VAL_USD = {"BTC": 100.0, "ETH": 10.0}
 FUTURE_TICK_USD = {"BTC": 0.1, "ETH": 0.01}
 NOTICE_MSG = "The connection will soon be closed for a service upgrade. Please reconnect."
 
 
-# ---------------------------------------------------------------- ticks and formats
-
-
-def _tick_of(price_coin: np.ndarray) -> np.ndarray:
-    tick = np.full(np.shape(price_coin), TICK_BANDS[0][1])
-    for start, size in TICK_BANDS[1:]:
-        tick = np.where(price_coin >= start, size, tick)
-    return tick
-
-
-def floor_ticks(price_coin: np.ndarray) -> np.ndarray:
-    tick = _tick_of(price_coin)
-    return np.round(np.floor(price_coin / tick + 1e-9) * tick, 4)
-
-
-def ceil_ticks(price_coin: np.ndarray) -> np.ndarray:
-    p = np.maximum(price_coin, TICK_BANDS[0][1])
-    tick = _tick_of(p)
-    return np.round(np.ceil(p / tick - 1e-9) * tick, 4)
+# ---------------------------------------------------------------- formats
 
 
 def _px(p: float) -> str:
@@ -92,33 +83,13 @@ def _strike_txt(k: float) -> str:
     return str(int(k)) if float(k).is_integer() else repr(float(k))
 
 
-def implied_vols(price_usd: np.ndarray, forward: np.ndarray, strike: np.ndarray, t_years: np.ndarray,
-                 is_call: np.ndarray) -> np.ndarray:
-    """Black-76 vols by vectorised bisection (for opt-summary bidVol/askVol only); NaN where the
-    price is outside the no-arbitrage band. Deliberately plain: the engine's solver is what the
-    tests check, this one only fills the exchange's cross-check fields."""
-    price_usd, forward, strike, t_years = (np.asarray(a, float) for a in (price_usd, forward, strike, t_years))
-    is_call = np.asarray(is_call, bool)
-    intrinsic = np.where(is_call, np.maximum(forward - strike, 0.0), np.maximum(strike - forward, 0.0))
-    upper = np.where(is_call, forward, strike)
-    ok = (price_usd > intrinsic) & (price_usd < upper) & (t_years > 0)
-    lo = np.full(price_usd.shape, 1e-4)
-    hi = np.full(price_usd.shape, 10.0)
-    for _ in range(60):
-        mid = 0.5 * (lo + hi)
-        too_high = black_price(forward, strike, t_years, mid, is_call) > price_usd
-        hi = np.where(too_high, mid, hi)
-        lo = np.where(too_high, lo, mid)
-    return np.where(ok, 0.5 * (lo + hi), np.nan)
-
-
 # ---------------------------------------------------------------- the market, OKX-named
 
 
 class _Family:
     """One instrument family (BTC-USD) over the shared market model of its coin."""
 
-    def __init__(self, family: str, cur: _Currency, created_ms: int, depth: int):
+    def __init__(self, family: str, cur: Market, created_ms: int, depth: int):
         self.family = family
         self.coin = cur.name
         self.cur = cur
@@ -130,7 +101,7 @@ class _Family:
             self.ids.append(f"{family}-{_yymmdd(expiry)}-{_strike_txt(float(cur.strike[i]))}-{cp}")
         self.index_of = {n: i for i, n in enumerate(self.ids)}
         # Futures for expiries more than 1.5 days out (no dailies), like the venue's weeklies+.
-        self.futures = {f"{family}-{_yymmdd(e)}": e for e in cur.expiries if (e - created_ms) / 86_400_000 > 1.5}
+        self.futures = {f"{family}-{_yymmdd(e)}": e for e in cur.expiries if (e - created_ms) / DAY_MS > 1.5}
         self.created_ms = created_ms
         self.bid_levels: list = []
         self.ask_levels: list = []
@@ -139,10 +110,10 @@ class _Family:
         self.cur.reprice(now_ms)
         # tick-aligned prices per option, best first, with this venue's tick bands
         self.bid_levels, self.ask_levels = book_levels(self.cur.bid_coin, self.cur.ask_coin, self.depth,
-                                                       floor_ticks, ceil_ticks, _tick_of)
+                                                       OPTION_TICKS)
 
     def expiry_of(self, i: int) -> int:
-        return self.cur.expiries[int(self.cur.exp_idx[i])]
+        return self.cur.expiry_of(i)
 
 
 class _Book:
@@ -178,8 +149,8 @@ class OkxSimulator(SimServer):
     label = "OKX simulator"
     thread_name = "okx-sim"
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, seed: int = 7, rate: float = 2000.0,
-                 families: Sequence[str] = ("BTC-USD", "ETH-USD"), scale: str = "small",
+    def __init__(self, *, host: str, port: int, seed: int, rate: float, scale: str,
+                 families: Sequence[str] = ("BTC-USD", "ETH-USD"),
                  n_expiries: Optional[int] = None, n_strikes: Optional[int] = None,
                  plan: Optional[dict[str, int]] = None, depth: Optional[int] = None, tick_ms: float = 100.0,
                  now_ms: Optional[int] = None, summary_interval_ms: Optional[float] = 1000.0,
@@ -187,8 +158,7 @@ class OkxSimulator(SimServer):
                  keepalive_s: float = 60.0, idle_drop_s: float = 30.0, notice_grace_s: float = 60.0,
                  subscribe_per_hour: int = 480, summary_rows_per_frame: int = 500,
                  conn_queue_max: int = 100_000, max_message_bytes: int = 1 << 20):
-        if scale not in SCALES:
-            raise ValueError(f"scale={scale!r}: use one of {', '.join(SCALES)}")
+        cfg = check_scale(scale)
         fams = [f.upper() for f in families]
         bad = [f for f in fams if f.split("-")[0] not in MODELS or not f.endswith("-USD")]
         if bad:
@@ -201,7 +171,6 @@ class OkxSimulator(SimServer):
             "pongs", "idle_drops", "notices_sent", "notice_closes", "gaps_injected", "resets_injected",
             "drops_injected", "subscribe_requests", "unsubscribe_requests", "errors_sent", "rate_limited",
             "http_requests", "slow_closes", "ticks"))
-        cfg = SCALES[scale]
         self.summary_interval_ms = summary_interval_ms or 0.0
         self.index_interval_ms = index_interval_ms or 0.0
         self.ticker_interval_ms = ticker_interval_ms or 0.0
@@ -211,24 +180,14 @@ class OkxSimulator(SimServer):
         self.subscribe_per_hour = subscribe_per_hour
         self.summary_rows_per_frame = summary_rows_per_frame
         self.depth = depth or max(cfg["depth"], 5)
-        plan = plan or cfg["plan"]
         self._fam: dict[str, _Family] = {}
         for i, fam in enumerate(fams):
             coin = fam.split("-")[0]
-            exps = deribit_expiries(self._start_ms, **plan)  # same listing calendar: 08:00 UTC
-            if n_expiries is not None:
-                exps = exps[:n_expiries]
-            ns = n_strikes or (cfg["n_strikes"][coin] if isinstance(cfg["n_strikes"], dict) else cfg["n_strikes"])
-            cur = _Currency(coin, MODELS[coin], exps, ns, cfg["n_sd"], seed, i, self._start_ms)
+            cur = new_market(coin, i, seed=seed, start_ms=self._start_ms, scale=scale, plan=plan,
+                             n_expiries=n_expiries, n_strikes=n_strikes)  # Deribit's listing calendar
             self._fam[fam] = _Family(fam, cur, self._start_ms, self.depth)
         self._by_coin = {f.coin: f for f in self._fam.values()}
-        self._by_option: dict[str, tuple[_Family, int]] = {}
-        self._by_future: dict[str, _Family] = {}
-        for f in self._fam.values():
-            for n, i in f.index_of.items():
-                self._by_option[n] = (f, i)
-            for n in f.futures:
-                self._by_future[n] = f
+        self._index_instruments(self._fam.values(), lambda fam: fam.futures)
         self._rng = random.Random(seed)  # message choices and sizes
         self._seq_base = 1_000_000 + 1_000 * (seed % 1000)
         self._books: dict[str, _Book] = {}
@@ -286,7 +245,7 @@ class OkxSimulator(SimServer):
             raise ValueError("inject('keepalive') needs an inst_id")
         self._call_on_loop(lambda: self._inject(kind, inst_id), f"inject({kind!r})")
 
-    def _model(self, underlying: str) -> _Currency:
+    def _model(self, underlying: str) -> Market:
         return self._family(underlying).cur
 
     def _models(self):
@@ -304,11 +263,7 @@ class OkxSimulator(SimServer):
             fam, i = hit
             return list(fam.bid_levels[i]), list(fam.ask_levels[i])
         fam = self._by_future[inst_id]
-        fwd = self._future_px(fam, inst_id)
-        tick = FUTURE_TICK_USD[fam.coin]
-        bid0 = math.floor(fwd / tick - 0.5) * tick
-        return ([round(bid0 - j * tick, 2) for j in range(self.depth)],
-                [round(bid0 + (j + 2) * tick, 2) for j in range(self.depth)])
+        return future_levels(self._future_px(fam, inst_id), FUTURE_TICK_USD[fam.coin], self.depth)
 
     def _future_px(self, fam: _Family, inst_id: str) -> float:
         return float(fam.cur.forward(self._t_years(fam.futures[inst_id])))
@@ -393,7 +348,7 @@ class OkxSimulator(SimServer):
             bv, av = bid_vol[i], ask_vol[i]
             rows.append({
                 "instType": "OPTION", "instId": inst, "uly": fam.family,
-                # OKX's default greeks are coin-denominated (units not stated; PROTOCOLS §B):
+                # OKX's default greeks are coin-denominated (units not stated; docs/protocols.md §B):
                 # premium-adjusted delta for an inverse option, the rest scaled by 1/F.
                 "delta": _dec10(float(g["delta"][i]) - price_coin),
                 "gamma": _dec10(float(g["gamma"][i]) * float(f[i])),
@@ -458,7 +413,7 @@ class OkxSimulator(SimServer):
                     rows.append({**common, "ctMult": "1", "ctType": "", "ctVal": _px(CT_VAL[coin]),
                                  "ctValCcy": coin, "expTime": str(fam.expiry_of(i)), "instId": inst,
                                  "instType": "OPTION", "optType": "C" if fam.cur.is_call[i] else "P",
-                                 "stk": _strike_txt(float(fam.cur.strike[i])), "tickSz": _px(TICK_BANDS[0][1]),
+                                 "stk": _strike_txt(float(fam.cur.strike[i])), "tickSz": _px(OPTION_TICKS.small),
                                  "instIdCode": 100_000 + i})
             elif inst_type == "FUTURES":
                 for j, (inst, expiry) in enumerate(sorted(fam.futures.items(), key=lambda kv: kv[1])):
@@ -741,18 +696,25 @@ class OkxSimulator(SimServer):
 # ---------------------------------------------------------------- CLI
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the OKX simulator until interrupted (or --seconds); prints its URLs."""
-    p = argparse.ArgumentParser(prog="python -m connectors.sim.okx",
-                                description="Run a local OKX v5 public (options) simulator.")
-    add_common_args(p, "book messages per second across subscriptions")
-    p.add_argument("--families", default="BTC-USD,ETH-USD", help="comma-separated, e.g. BTC-USD,ETH-USD")
-    add_size_args(p, SCALES)
-    p.add_argument("--idle-drop", type=float, default=30.0, help="seconds without data before a drop")
-    p.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
+def main(argv: Optional[Sequence[str]] = None, prog: str = "volgraph sim-okx",
+         defaults: Optional[dict[str, Any]] = None) -> int:
+    """`volgraph sim-okx`: run the OKX simulator until interrupted (or --seconds); prints its URLs.
+    `defaults`: host, port, seed, rate, scale and families ("BTC-USD,ETH-USD") from graph.toml,
+    handed over by flows/cli.py; without them (the module form) those options are required."""
+    p = new_parser(prog, "Run a local OKX look-alike (v5 public websocket: options books, opt-summary, "
+                         "index and tickers; the instruments REST path on the same port) driven by a known, "
+                         "arbitrage-free volatility surface, for tests and benchmarks. Prints its ws:// and "
+                         "http:// URLs, then its counters when it stops.")
+    add_common_args(p, "book messages per second across subscriptions", defaults)
+    add_configured(p, "--families", defaults, "comma-separated instrument families to simulate, of "
+                   + ", ".join(c + "-USD" for c in MODELS))
+    add_size_args(p, SCALES, defaults)
+    p.add_argument("--idle-drop", type=float, default=30.0,
+                   help="seconds without a subscription or without data before a connection is dropped")
+    add_seconds_arg(p)
     args = p.parse_args(argv)
     sim = OkxSimulator(host=args.host, port=args.port, seed=args.seed, rate=args.rate,
-                       families=[f.strip() for f in args.families.split(",") if f.strip()], scale=args.scale,
+                       families=split_list(args.families), scale=args.scale,
                        n_expiries=args.n_expiries, n_strikes=args.n_strikes, idle_drop_s=args.idle_drop)
     n_opts = sum(len(f.ids) for f in sim._fam.values())
     return serve_until_stopped(sim, args.seconds, lambda url: f"okx sim: {url}  REST {sim.rest_url}  ({n_opts} "
@@ -760,4 +722,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:], prog="python -m connectors.sim.okx"))

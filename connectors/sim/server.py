@@ -1,17 +1,17 @@
 """Shared scaffolding of the exchange simulators (connectors/sim/deribit.py for Deribit,
 connectors/sim/okx.py for OKX): the websocket server on its own thread and asyncio loop,
 connection handling (a bounded outgoing queue per client, slow clients cut off, abrupt drops),
-subscriptions bookkeeping, the market clock and tick loop, the inspection methods tests use on
-the true surface, and the command-line run.
+subscriptions bookkeeping, the market clock and tick loop, and the inspection methods tests use
+on the true surface. The command line is connectors/sim/cli.py.
 
 Venue-free: nothing here knows a venue's requests, channels or frame shapes (the venue modules
-write those, with their own market model on connectors.sim.deribit's `_Currency`). It must never
-import the connectors' parsers or flows (the tests compare the simulators with the parsers).
+write those, over their connectors.sim.market.Market models). It must never import the venue
+parsers (connectors/venues/*) or flows: the tests compare the simulators with the parsers. That
+is also why it does not share code with connectors/venues/base.py, the client side.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import logging
@@ -22,9 +22,9 @@ from typing import Any, Callable, Iterable, Optional
 
 from websockets.exceptions import ConnectionClosed
 
-log = logging.getLogger(__name__)
+from connectors.sim.expiries import YEAR_MS
 
-YEAR_MS = 365 * 86_400_000  # ACT/365 (DESIGN.md §6)
+log = logging.getLogger(__name__)
 
 
 class SimConn:
@@ -44,11 +44,12 @@ class SimConn:
 
 class SimServer:
     """The venue-independent half of a simulator. A venue subclass calls `_init_server` first in
-    its __init__ and provides: `_new_conn(ws)`, `_handle(conn, raw) -> [frames]`,
-    `_initial_frames(key, ts)`, `_emit(n)` (one tick's market messages), `_reprice_all()`,
-    `_model(underlying)` and `_models()` (its `_Currency` market models), `_target_prices(inst)`,
-    `_serve_options()` and `_listening()` (set `url`). Optional: `_conn_tasks(conn)`,
-    `_before_tick()`, `_subscriptions_changed()`.
+    its __init__, `_index_instruments` once it has listed its instruments, and provides:
+    `_new_conn(ws)`, `_handle(conn, raw) -> [frames]`, `_initial_frames(key, ts)`, `_emit(n)`
+    (one tick's market messages), `_reprice_all()`, `_model(underlying)` and `_models()` (its
+    connectors.sim.market.Market models), `_target_prices(inst)`, `_serve_options()` and
+    `_listening()` (set `url`). Optional: `_conn_tasks(conn)`, `_before_tick()`,
+    `_subscriptions_changed()`.
     """
 
     label = "simulator"  # for messages
@@ -80,6 +81,18 @@ class SimServer:
         self._started = threading.Event()
         self._start_error: Optional[BaseException] = None
         self.url: Optional[str] = None
+
+    def _index_instruments(self, holders: Iterable[Any], futures_of: Callable[[Any], Iterable[str]]) -> None:
+        """Look-ups by instrument name over the venue's per-currency holders (each with
+        `index_of`, option name → position): `_by_option` name → (holder, position) and
+        `_by_future` future name → holder, for futures_of(holder)."""
+        self._by_option: dict[str, tuple[Any, int]] = {}
+        self._by_future: dict[str, Any] = {}
+        for holder in holders:
+            for name, i in holder.index_of.items():
+                self._by_option[name] = (holder, i)
+            for name in futures_of(holder):
+                self._by_future[name] = holder
 
     # ------------------------------------------------ inspection (tests)
 
@@ -377,35 +390,3 @@ class SimServer:
             ticker.cancel()
             server.close()
             await server.wait_closed()
-
-
-# ---------------------------------------------------------------- command line
-
-
-def add_common_args(p: argparse.ArgumentParser, rate_help: str) -> None:
-    """The options every simulator's command line takes."""
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0, help="0 = any free port")
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--rate", type=float, default=2000.0, help=rate_help)
-
-
-def add_size_args(p: argparse.ArgumentParser, scales: Iterable[str]) -> None:
-    p.add_argument("--scale", choices=sorted(scales), default="small")
-    p.add_argument("--n-expiries", type=int, default=None)
-    p.add_argument("--n-strikes", type=int, default=None)
-
-
-def serve_until_stopped(sim: SimServer, seconds: Optional[float], banner: Callable[[str], str], prefix: str) -> int:
-    """Start `sim`, print banner(url), run until `seconds` pass or Ctrl-C, stop, print counters."""
-    url = sim.start()
-    print(banner(url), flush=True)
-    done = threading.Event()
-    try:
-        done.wait(seconds)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sim.stop()
-        print(f"{prefix}: stopped; {dict(sim.counters)}", flush=True)
-    return 0

@@ -1,11 +1,32 @@
-"""Shared scaffolding of the venue websocket clients (connectors/venues/deribit/__init__.py, connectors/venues/okx/__init__.py):
-the client's own thread and asyncio loop, the bounded event queue between that loop and the
-consumer, counters and milestone waits, reconnect backoff, token buckets, the option filter, the
-raw-frame tap used for recording, and the bytewax source/partition that drive a client.
+"""Shared scaffolding of the venue websocket clients (connectors/venues/deribit/client.py,
+connectors/venues/okx/client.py): the client's own thread and asyncio loop, the bounded event
+queue between that loop and the consumer, counters and milestone waits, reconnect backoff, token
+buckets, the option filter, the raw-frame tap used for recording, book integrity (staleness and
+resync, below), and the bytewax source/partition that drive a client.
 
-Protocol-free: nothing here knows a venue's frames, channels or sequencing rules (those stay in
-the venue modules, which only translate). It never parses, never computes anything about
-volatility, and never lets the socket loop block on the consumer.
+Protocol-free: nothing here knows a venue's frames, channels or sequencing fields (those stay in
+the venue packages, which translate and supply `_resubscribe`). It never parses, never computes
+anything about volatility, and never lets the socket loop block on the consumer.
+
+Book integrity has one owner: the venue client (this class), because it sees the sequence chain
+and can resubscribe. The rule:
+- every BookUpdate is checked against the client's own copy of the book (an
+  operators.state.book.OrderBook, whose apply() is the one implementation of "the change chains
+  from the last sequence number" and "the top is not crossed") before it is queued;
+- a gap, a crossed book (snapshot or change), an unreadable book frame, or a book event the
+  queue could not keep makes that book stale: the failing event is not forwarded, the book's
+  queued changes are dropped, one FeedError("seq_gap", instrument=X) goes downstream (plus a
+  FeedError("crossed_book") for a crossed book), and X is resubscribed for a fresh snapshot;
+- until that snapshot every change of X is dropped (counted changes_skipped_stale), and the
+  chain step withholds X's quote (operators/state/chain.py, on the seq_gap);
+- a session that ends withholds all its books the same way; the reconnect resubscribes them.
+The parsers never judge a book; the chain step trusts what a client forwards (on a replayed
+recording, which has no client, its OrderBook's own check withholds a bad book until the
+recording's next snapshot of it).
+
+About 600 lines as one piece: the queues, the client base and the source/partition are the one
+lifecycle of a client (its thread feeds the queue the partition drains); the queues could move to
+their own module if it grows further.
 """
 
 from __future__ import annotations
@@ -25,7 +46,8 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from connectors.venues.folding import DROPPED, OVERFLOW, FoldingQueue
 from connectors.venues.placement import expiry_slot, slot_names
-from operators.events import FeedError, Instrument
+from operators.events import BookUpdate, FeedError, Instrument
+from operators.state.book import OrderBook
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +102,10 @@ class BoundedQueue:
 
     def push_always(self, ev: Any) -> None:
         self._q.append(ev)  # errors bypass the bound: few, and they carry staleness notices
+
+    def discard(self, instrument: str, kinds: str) -> int:
+        return 0  # a plain FIFO keeps no index by key: a stale book's queued changes reach the
+        # consumer, which holds that book withheld until its snapshot anyway
 
     def drain(self, max_items: int) -> list:
         q = self._q
@@ -204,13 +230,16 @@ class VenueClient:
     the venue), the event queue, counters, milestone waits, backoff and the frame tap.
 
     Consumer side (any thread): start(), stop(), drain(), counters(), wait_for(). Loop side:
-    _bump(), _push(), _push_error(), _backoff(), _received(), _chain_continues(), _connect().
-    A venue subclass sets `venue` and implements `async _main()` and `_mark_stale(inst, detail)`.
+    _bump(), _push(), _push_error(), _backoff(), _received(), _book_event(), _mark_stale(),
+    _withhold(), _connect(). A venue subclass sets `venue` and implements `async _main()` and
+    `async _resubscribe(instruments)` (optionally `_resync_wanted(instrument)`); book integrity
+    follows the rule in the module docstring.
     The options every venue shares (queue and frame bounds, chain trimming, subscribe batch,
     resync delay, reconnect backoff, connect timeout, proxy, frame tap) are kept here.
     """
 
     venue = ""
+    seq_fields = ("prev_seq", "seq")  # the venue's names for them, in gap details ("prevSeqId", "seqId")
 
     def __init__(self, *, url: str, make_queue: Callable[[int], Any], thread_name: str, seed: Optional[int],
                  queue_max: int, max_frame_bytes: int, max_expiries: Optional[int], max_strikes: Optional[int],
@@ -249,6 +278,9 @@ class VenueClient:
         self._stopping = False
         self._ids = itertools.count(1)
         self._stale: set[str] = set()  # books withheld until their next snapshot
+        self._books: dict[str, OrderBook] = {}  # our copy of each live book, to verify every event
+        self._resync_pending: set[str] = set()  # stale books whose resubscription is not yet sent
+        self._resync_task: Optional[asyncio.Task] = None
 
     def on_this_worker(self, inst: Instrument) -> bool:
         """Whether this client reads `inst`: with a route, only options and futures whose chain
@@ -368,20 +400,100 @@ class VenueClient:
             self._tap(ts, raw)
         return ts
 
-    def _chain_continues(self, ev, last: Optional[int], prev_name: str, seq_name: str) -> bool:
-        """Whether a book change continues its instrument's chain (prev_seq == the last seq).
-        If not it is dropped: counted changes_skipped_stale while a fresh snapshot is awaited,
-        or counted as a gap and the book marked stale (withheld downstream, resynced)."""
-        if ev.instrument in self._stale or last is None:
-            self._counters["changes_skipped_stale"] += 1  # waiting for a fresh snapshot
-            return False
-        if ev.prev_seq != last:
+    def _book_event(self, ev: BookUpdate) -> bool:
+        """Verify one BookUpdate against our copy of its book (the rule in the module docstring);
+        True: queue it. A snapshot (re)starts the book; a change must chain and leave it uncrossed."""
+        inst = ev.instrument
+        book = self._books.get(inst)
+        if ev.kind == "snapshot":
+            if book is None:
+                book = self._books[inst] = OrderBook()
+            error = book.apply(ev)
+            if error is None:
+                self._stale.discard(inst)
+                return True
+        else:
+            if book is None or book.stale:
+                self._counters["changes_skipped_stale"] += 1  # waiting for a fresh snapshot
+                return False
+            last = book.last_seq
+            error = book.apply(ev)
+            if error is None:
+                return True
+        if error.reason == "seq_gap":
             self._counters["gaps"] += 1
-            self._mark_stale(ev.instrument, f"{prev_name} {ev.prev_seq} != last {seq_name} {last}")
+            prev_name, seq_name = self.seq_fields
+            self._mark_stale(inst, f"{prev_name} {ev.prev_seq} != last {seq_name} {last}")
             return False
-        return True
+        # crossed_book: said downstream as such, then withheld like a gap
+        self._counters["crossed"] += 1
+        self._counters["errors." + error.reason] += 1
+        self._push(error)
+        self._mark_stale(inst, f"{error.reason}: {error.detail}")
+        return False
 
     def _mark_stale(self, inst: str, detail: str) -> None:
+        """Withhold `inst` downstream and ask for a fresh snapshot (batched resubscription)."""
+        first = inst not in self._stale
+        self._stale.add(inst)
+        self._books.pop(inst, None)
+        if first:
+            self._queue.discard(inst, "B")  # its pending changes are moot: a snapshot follows
+            self._counters["errors.seq_gap"] += 1
+            self._push_error("seq_gap", detail, inst)
+            with self._cond:
+                self._cond.notify_all()
+        if not self._resync_wanted(inst):
+            return
+        self._resync_pending.add(inst)
+        if self._resync_task is None or self._resync_task.done():
+            self._resync_task = asyncio.get_running_loop().create_task(self._resync())
+
+    def _withhold(self, insts: Iterable[str], detail: str) -> int:
+        """A session ended: withhold these books until the reconnect's snapshots (no resync: the
+        reconnect resubscribes everything). Returns how many were live."""
+        n = 0
+        for inst in insts:
+            self._books.pop(inst, None)
+            self._resync_pending.discard(inst)
+            if inst not in self._stale:
+                self._stale.add(inst)
+                self._queue.discard(inst, "B")
+                self._push_error("seq_gap", detail, inst)
+                n += 1
+        return n
+
+    def _resync_wanted(self, inst: str) -> bool:
+        """Whether a stale `inst` is resubscribed (False: it heals otherwise, or is gone)."""
+        return True
+
+    async def _resync(self) -> None:
+        """Resubscribe the stale books, subscribe_batch at a time, for fresh snapshots."""
+        await asyncio.sleep(self.resync_delay_s)  # gather the gaps of one burst into one request
+        while self._resync_pending:
+            insts = [i for i in sorted(self._resync_pending) if self._resync_wanted(i)][: self.subscribe_batch]
+            if not insts:
+                self._resync_pending.clear()
+                return
+            self._resync_pending.difference_update(insts)
+            self._bump("resyncs", len(insts), notify=True)  # counted when requested
+            try:
+                await self._resubscribe(insts)
+            except Exception as exc:  # noqa: BLE001 — closed socket, RPC error, timeout: all end alike
+                self._counters["errors.resync_failed"] += 1
+                self._push_error("resync_failed", f"{type(exc).__name__}: {exc}"[:300])
+                return  # a reconnect resubscribes everything
+
+    def _cancel_resync(self) -> None:
+        """The session ended: its pending resubscriptions are moot (the reconnect resubscribes)."""
+        if self._resync_task is not None:
+            self._resync_task.cancel()
+            self._resync_task = None
+        self._resync_pending.clear()
+
+    async def _resubscribe(self, insts: list[str]) -> None:
+        """Venue-specific: unsubscribe and subscribe these books' channels, so each sends a fresh
+        snapshot. Raise on failure (counted errors.resync_failed)."""
         raise NotImplementedError
 
     def _tap(self, ts_ms: int, raw: Any) -> None:

@@ -3,7 +3,7 @@
 Pure numerics (numba kernel for the delta → strike solve, cache=True): no I/O, no
 bytewax, never imports connectors or flows.
 
-Conventions, stated once here (DESIGN.md §6):
+Conventions, stated once here (docs/architecture.md §6):
 - k = ln(K/F), w = σ²T (T in ACT/365 years); vols and RR/BF are decimals (0.05 = 5 vol pts).
 - ATM is at-the-money-forward, k = 0: atm_vol = √(w(0)/T).
 - Deltas are forward deltas, not premium-adjusted: call Δ = N(d1), put Δ = N(d1) − 1 with

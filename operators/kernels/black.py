@@ -1,7 +1,7 @@
 """Black-76 on the forward, undiscounted (coin-margined options): prices and greeks.
 
 Pure numerics over numpy arrays (scalars broadcast): no I/O, no bytewax.
-Conventions (DESIGN.md §6): k = ln(K/F), total variance w = σ²T, T in ACT/365 years.
+Conventions (docs/architecture.md §6): k = ln(K/F), total variance w = σ²T, T in ACT/365 years.
 Deltas are forward deltas: N(d1) for calls, N(d1) − 1 for puts.
 """
 

@@ -2,7 +2,7 @@
 
 Pure numerics over numpy arrays: no I/O, no bytewax, never imports connectors or flows.
 
-Conventions (DESIGN.md §6): k = ln(K/F), total variance w = σ²T, T in ACT/365 years.
+Conventions (docs/architecture.md §6): k = ln(K/F), total variance w = σ²T, T in ACT/365 years.
 Calendar-free iff w(k, T₂) ≥ w(k, T₁) for T₂ > T₁ at every fixed k; checked on a k-grid.
 Fixed tenors (days/365) interpolate total variance linearly in T at fixed k between the
 two bracketing expiries. Outside the expiries the vol at each k is held flat:
@@ -141,7 +141,7 @@ class TenorSmile:
     bf25: Optional[float]
 
 
-def tenor_points(params_by_t: Sequence[tuple], tenors_days: Sequence[int] = (1, 7, 30, 60, 90, 180),
+def tenor_points(params_by_t: Sequence[tuple], tenors_days: Sequence[int],
                  k_grid=None, extrapolate: bool = True, tol: float = CALENDAR_TOL) -> list[Optional[TenorSmile]]:
     """Fixed-tenor smiles from expiry slices sorted by t_years (see module docstring).
 

@@ -4,7 +4,7 @@ Pure numerics over numpy arrays (scalars broadcast): no I/O, no bytewax, never i
 connectors or flows. Kernels are numba-compiled with cache=True; call `warm_up()` once at
 start-up so the first market data never waits on a compile.
 
-Conventions (DESIGN.md §6): price in the forward's unit (USD for a USD forward; Deribit coin
+Conventions (docs/architecture.md §6): price in the forward's unit (USD for a USD forward; Deribit coin
 premiums convert with price_usd = price_coin × forward, see `implied_vol_coin`), t_years
 ACT/365, vol a decimal (0.65 = 65 %).
 
@@ -41,6 +41,11 @@ Status codes (one int8 per element; NaN vol unless OK):
     LOW_INFORMATION  the time value is within 16 ulps of the price (deep in the money: the
                      price is intrinsic up to rounding) or the normalised time value is
                      subnormal: a number could be computed but it would be rounding noise.
+
+Why one module of ~700 lines: the solver's pieces (the erfcx evaluations, the price in
+normalised coordinates, the rational guess tables and the Householder steps) are numba
+kernels compiled together and private to the one public job, implied vols with reason codes;
+about 100 lines are the guess tables' generated coefficients.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Small forward moves without a full IV solve (DESIGN.md §4): skip, Taylor step, or solve.
+"""Small forward moves without a full IV solve (docs/architecture.md §4): skip, Taylor step, or solve.
 
 Pure numerics over numpy arrays (numba loops): no I/O, no state. Works in normalised Black space, where
 a coin-quoted option price c = price_coin (= Black/F) depends only on x = ln(F/K) and the

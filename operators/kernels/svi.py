@@ -3,7 +3,7 @@
 Pure numerics over numpy arrays (numba kernels, cache=True): no I/O, no bytewax, never
 imports connectors or flows.
 
-Conventions (DESIGN.md §6): k = ln(K/F) on the forward, total variance w = σ²T with T in
+Conventions (docs/architecture.md §6): k = ln(K/F) on the forward, total variance w = σ²T with T in
 ACT/365 years, vols are decimals (0.65 = 65 %), `*_vol_pts` are vol points (0.65 → 65.0).
 
 Raw SVI:  w(k) = a + b(ρ(k − m) + √((k − m)² + σ²)).
@@ -29,6 +29,11 @@ is re-run with feasibility first (lexicographic: butterfly violation, then error
 that still fails the wings are shrunk (b → λb, keeping w at the centre of the data) until
 g ≥ 0 — a flat smile always passes, so the returned fit is arbitrage-free by construction.
 `SviFit.repaired` says whether the unconstrained optimum had to be given up.
+
+Why one module of ~800 lines: the numba kernels (inner solve, g-minimum search, objective,
+Nelder–Mead, repair) call one another as compiled functions and share private constants
+(the m-offset grids, the margin); split across modules they would become public API of each
+other and the cache=True compile units would multiply. Everything here is one calibration.
 """
 
 from __future__ import annotations

@@ -1,9 +1,17 @@
-"""Order-book state per instrument: L2 levels from snapshots and changes, gap detection,
-and the top-N Quote view of it.
+"""Order-book state per instrument: L2 levels from snapshots and changes, the one
+implementation of the integrity checks (a change must chain from the last sequence number; the
+top must not be crossed), and its top-N levels.
 
-The chain step keeps one OrderBook per option of its expiry. Pure state logic: no I/O,
-no sockets, no numerics beyond sorting. A sequence gap or a crossed book makes the book stale: its Quote says so and the chain
-withholds that strike until a fresh snapshot arrives (the connector resubscribes).
+Pure state logic: no I/O, no sockets, never imports connectors, no numerics beyond sorting.
+Who acts on a failed check (the rule, connectors/venues/base.py): the venue client keeps an
+OrderBook per book it reads and, on a gap or a crossed book, withholds that book (seq_gap
+downstream) and resubscribes it for a fresh snapshot; nothing gapped or crossed is forwarded.
+The chain step keeps one OrderBook per option of its expiry and trusts that feed; its own
+apply() finds something only where no client stands in front (a replayed recording), and then
+the book stays stale (withheld) until the next snapshot of it.
+
+Levels: every level a snapshot or change carries is kept (a change can uncover any of them);
+`top(n)` reads the best n per side.
 """
 
 from __future__ import annotations
@@ -11,7 +19,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-from operators.events import BookUpdate, FeedError, Instrument, Quote
+from operators.events import BookUpdate, FeedError, Instrument
 
 
 def _best_live(levels: tuple, pick) -> float:
@@ -31,10 +39,10 @@ class OrderBook:
     books then costs one max and one min per book).
     """
 
-    __slots__ = ("instrument", "_bids", "_asks", "_snap_bids", "_snap_asks", "last_seq", "stale", "depth",
+    __slots__ = ("instrument", "_bids", "_asks", "_snap_bids", "_snap_asks", "last_seq", "stale",
                  "best_bid", "best_ask")
 
-    def __init__(self, depth: int, instrument: Optional[Instrument] = None):
+    def __init__(self, instrument: Optional[Instrument] = None):
         self.instrument = instrument
         self._bids: Optional[dict[float, float]] = {}
         self._asks: Optional[dict[float, float]] = {}
@@ -42,7 +50,6 @@ class OrderBook:
         self._snap_asks: tuple = ()
         self.last_seq: Optional[int] = None
         self.stale = True  # until the first snapshot
-        self.depth = depth
         self.best_bid = math.nan
         self.best_ask = math.nan
 
@@ -65,7 +72,8 @@ class OrderBook:
         self._snap_bids = self._snap_asks = ()
 
     def apply(self, update: BookUpdate) -> Optional[FeedError]:
-        """Apply a snapshot or change; returns a FeedError when the chain broke or the book is bad."""
+        """Apply a snapshot or change; a FeedError ("seq_gap": not applied; "crossed_book":
+        applied) leaves the book stale until its next snapshot."""
         if update.kind == "snapshot":
             bids, asks = update.bids, update.asks
             self._bids = self._asks = None
@@ -88,7 +96,7 @@ class OrderBook:
                 if was_stale:
                     return None  # already waiting for a snapshot: one error per gap
                 return FeedError(update.venue, "seq_gap",
-                                 f"prev_change_id {update.prev_seq} != last change_id {self.last_seq}",
+                                 f"prev_seq {update.prev_seq} != last seq {self.last_seq}",
                                  update.ts_recv_ms, update.instrument)
             if self._bids is None:
                 self._materialise()
@@ -118,11 +126,6 @@ class OrderBook:
                              update.ts_recv_ms, update.instrument)
         return None
 
-    def quote(self, update: BookUpdate) -> Optional[Quote]:
-        inst = self.instrument
-        if inst is None or inst.kind != "option":
-            return None
-        bids = tuple(sorted(self.bids.items(), reverse=True)[: self.depth])
-        asks = tuple(sorted(self.asks.items())[: self.depth])
-        return Quote(update.venue, inst.instrument, inst.underlying, inst.expiry_ms, float(inst.strike),
-                     inst.option_type, update.ts_exchange_ms, update.ts_recv_ms, bids, asks, self.stale)
+    def top(self, n: int) -> tuple[tuple[tuple[float, float], ...], tuple[tuple[float, float], ...]]:
+        """The best `n` levels per side, best first: (bids, asks) of (price, size)."""
+        return (tuple(sorted(self.bids.items(), reverse=True)[:n]), tuple(sorted(self.asks.items())[:n]))

@@ -21,8 +21,8 @@ import numpy as np
 from operators.kernels import forward as fwd
 from operators.kernels import iv, small_moves, svi
 from operators.state.book import OrderBook
-from operators.events import (BookUpdate, ChainUpdate, FeedError, FuturePrice, IndexPrice, Instrument, Quote,
-                              SmileFit, Ticker, chain_key)
+from operators.events import (BookUpdate, ChainUpdate, FeedError, FuturePrice, IndexPrice, Instrument, SmileFit,
+                              Ticker, chain_key)
 
 MS_PER_YEAR = 365.0 * 86_400_000.0  # ACT/365, to the millisecond
 
@@ -161,10 +161,11 @@ class ChainLogic:
     """The per-expiry logic; `on_items` marks dirty, `on_epoch` recomputes."""
 
     def __init__(self, state: ChainState, *, epoch_ms: int, fit_interval_ms: int, min_quotes: int,
-                 max_rel_spread: float, budget: FitBudget, now_ms: Callable[[], int] = now_wall_ms,
-                 depth: int = 5, skip_bp: float = 0.25, approx_bp: float = 50.0, taylor2_bp: float = 2.0,
-                 change_bp: float = 0.05, fit_change_bp: float = 0.5, refit_forward_bp: float = 20.0,
-                 audit_every: int = 0, venue_stale_ms: int = 5_000):
+                 max_rel_spread: float, budget: FitBudget, now_ms: Callable[[], int], skip_bp: float,
+                 approx_bp: float, taylor2_bp: float, change_bp: float, fit_change_bp: float,
+                 refit_forward_bp: float, audit_every: int, venue_stale_ms: int):
+        """Every setting is graph.toml's ([runtime], [chain], [consolidation]);
+        flows.steps.chain_settings reads them — no default is repeated here."""
         self.state = state
         self.key = chain_key(state.venue, state.underlying, state.expiry_ms)
         self.epoch_ms = epoch_ms
@@ -173,7 +174,6 @@ class ChainLogic:
         self.max_rel_spread = max_rel_spread
         self.budget = budget
         self.now_ms = now_ms
-        self.depth = depth
         self.skip_bp, self.approx_bp, self.taylor2_bp = skip_bp, approx_bp, taylor2_bp
         self.change_bp = change_bp  # a published vol moving less than this is not a change
         self.fit_change_bp = fit_change_bp  # the smile must move this much (max over strikes) to refit
@@ -215,7 +215,7 @@ class ChainLogic:
                     venue = solo.get(name)
                     if venue is None or s.stale_venues:
                         requote(*entry)
-                    else:  # its strike's only book (a crossed one is stale): its top is the quote
+                    else:  # its strike's only book (a stale one quotes nothing): its top is the quote
                         idx, is_call = entry
                         bid, ask = (math.nan, math.nan) if book.stale else (book.best_bid, book.best_ask)
                         if is_call:
@@ -242,7 +242,7 @@ class ChainLogic:
                     leg = (s.slot_of(float(item.strike)), item.option_type == "C")
                     s.options[item.instrument] = leg
                     self._solo = None
-                    s.books[item.instrument] = OrderBook(self.depth, item)
+                    s.books[item.instrument] = OrderBook(item)
                     s.legs.setdefault(leg, []).append(item.instrument)
             elif kind is FuturePrice:
                 if (item.bid, item.ask) != (s.future_bid, s.future_ask):
@@ -256,18 +256,12 @@ class ChainLogic:
                 if s.forward_method in ("index", "none", ""):
                     s.forward_dirty = True
             elif kind is FeedError:
-                # the connector saw a gap: withhold that book until its fresh snapshot
+                # the venue client found a gap or a crossed book, or lost its session (the rule:
+                # connectors/venues/base.py): withhold that book until the fresh snapshot it asked for
                 entry = s.options.get(item.instrument)
                 if entry is not None and item.reason == "seq_gap":
                     s.books[item.instrument].stale = True
                     self._requote(*entry)
-            elif kind is Quote:
-                idx = s.slot_of(item.strike)
-                bid = math.nan if item.stale or not item.bids else item.bids[0][0]
-                ask = math.nan if item.stale or not item.asks else item.asks[0][0]
-                self._set_quote(idx, item.option_type == "C", bid, ask)
-                if item.ts_exchange_ms > s.ts_exchange_ms:
-                    s.ts_exchange_ms = item.ts_exchange_ms
         self.counters["items"] += n
 
     def _solo_legs(self) -> dict[str, str]:

@@ -1,8 +1,11 @@
 """Surface state per underlying: fits in, analytics + calendar checks + tenors, patches out.
 
 Keyed by underlying. Each epoch the changed expiries get their graph.toml analytics
-evaluated, the calendar check and fixed tenors are redone across all live expiries, and
-one SurfacePatch carries only what changed. State logic only: no I/O.
+evaluated (every node, by name, into ExpiryView.analytics: nothing here knows a node's
+name), the calendar check and fixed tenors are redone across all live expiries, and one
+SurfacePatch carries only what changed. A node that fails is counted in `counters`
+(`node_errors.<node>.<reason>`, read by the flow) and logged once. State logic only: no
+I/O, never imports flows or connectors.
 """
 
 from __future__ import annotations
@@ -13,9 +16,8 @@ from typing import Callable, Optional
 from operators.kernels import calendar
 from operators.events import (CalendarCheck, ChainUpdate, ExpiryView, IndexPrice, SmileFit,
                               SurfacePatch, TenorPoint)
-from operators.state.nodes import Node, evaluate_nodes
-
-FIXED_FIELDS = ("atm_vol", "rr25", "bf25", "rr10", "bf10")
+from operators.items import ExpiryFit, ExpiryGone
+from operators.state.nodes import Node, NodeFailures, evaluate_nodes
 
 
 @dataclass
@@ -40,18 +42,27 @@ class SurfaceLogic:
         self.drop_calendar_violators = drop_calendar_violators
         self.epoch_ms = epoch_ms
         self.now_ms = now_ms
+        self.failures = NodeFailures()
+        # node name -> unit for the nodes graph.toml gives one; one dict shared by every view
+        self.units = {n.name: n.unit for n in nodes if n.unit}
+
+    @property
+    def counters(self):
+        """`node_errors.<node>.<reason>` -> failed evaluations so far (only grows)."""
+        return self.failures.counts
 
     def on_items(self, items) -> None:
         s = self.state
         for item in items:
-            if isinstance(item, tuple) and item[0] == "fit":
-                _, fit, chain = item
-                s.pending[fit.expiry_ms] = (fit, chain)
+            kind = type(item)
+            if kind is ExpiryFit:
+                fit = item.fit
+                s.pending[fit.expiry_ms] = (fit, item.chain)
                 s.removed.discard(fit.expiry_ms)
-            elif isinstance(item, tuple) and item[0] == "expired":
-                s.removed.add(item[1])
-                s.pending.pop(item[1], None)
-            elif isinstance(item, IndexPrice):
+            elif kind is ExpiryGone:
+                s.removed.add(item.expiry_ms)
+                s.pending.pop(item.expiry_ms, None)
+            elif kind is IndexPrice:
                 if item.price != s.index_px:
                     s.index_px, s.index_changed = item.price, True
 
@@ -71,12 +82,11 @@ class SurfaceLogic:
         changed: dict[int, ExpiryView] = {}
         for expiry_ms, (fit, chain) in s.pending.items():
             params = (fit.a, fit.b, fit.rho, fit.m, fit.sigma)
-            analytics = evaluate_nodes(self.nodes, params, fit.t_years)
-            fixed = {name: analytics.get(name) for name in FIXED_FIELDS}
+            analytics = evaluate_nodes(self.nodes, params, fit.t_years, self.failures)
             changed[expiry_ms] = ExpiryView(expiry_ms=expiry_ms, fit=fit, analytics=analytics,
-                                            strikes=chain.strikes, bid_iv=chain.bid_iv,
+                                            units=self.units, strikes=chain.strikes, bid_iv=chain.bid_iv,
                                             ask_iv=chain.ask_iv, bid_venue=chain.bid_venue,
-                                            ask_venue=chain.ask_venue, **fixed)
+                                            ask_venue=chain.ask_venue)
         s.pending.clear()
         s.views.update(changed)
         checks = self._calendar()

@@ -98,3 +98,56 @@ def test_evaluate_nodes_in_order_and_failures_become_none(tmp_path):
     # operator.mul(atm, t_years) → atm × 0.5
     assert values["double_atm"] == pytest.approx(values["atm_vol"] * 0.5)
     assert values["broken"] is None and values["after_broken"] is None
+
+
+# ---- every default exactly once: below the config layer, no graph.toml key has a code default
+
+def _constructors():
+    from connectors.gateway.server import Gateway
+    from connectors.postgres import PostgresSink, PostgresWriter
+    from connectors.sim.deribit import Simulator
+    from connectors.sim.okx import OkxSimulator
+    from connectors.venues.deribit import DeribitClient, DeribitSource
+    from connectors.venues.okx import OkxClient, OkxSource
+    from operators.state.chain import ChainLogic
+    from operators.state.surface import SurfaceLogic
+
+    return [(DeribitSource, ("sources.deribit",)), (DeribitClient, ("sources.deribit",)),
+            (OkxSource, ("sources.okx",)), (OkxClient, ("sources.okx",)),
+            (Gateway, ("sinks.gateway",)), (Simulator, ("simulator",)), (OkxSimulator, ("simulator",)),
+            (PostgresSink, ("sinks.postgres",)), (PostgresWriter, ("sinks.postgres",)),
+            (ChainLogic, ("runtime", "chain", "consolidation")), (SurfaceLogic, ("runtime", "surface"))]
+
+
+@pytest.mark.parametrize("cls, sections", _constructors(), ids=lambda x: getattr(x, "__name__", None))
+def test_no_constructor_repeats_a_graph_toml_default(cls, sections):
+    """A parameter named like a key of its graph.toml section (book_interval: `interval`) has no
+    default: graph.toml holds it once, and flows/ (or a venue's from_config) passes it."""
+    import dataclasses
+    import inspect
+
+    from tests.helpers.config import RENAMED, section
+
+    keys = {RENAMED.get(f.name, f.name) for name in sections for f in dataclasses.fields(section(name))}
+    params = inspect.signature(cls).parameters
+    defaulted = sorted(name for name, p in params.items()
+                       if name in keys and p.default is not inspect.Parameter.empty)
+    assert not defaulted, f"{cls.__name__}: {defaulted} repeat graph.toml defaults; make them required"
+    assert keys & set(params), f"{cls.__name__} takes none of {sorted(keys)}: the table above is stale"
+
+
+def test_venue_from_config_passes_every_section_key():
+    """from_config / client_options (connectors/venues/*/source.py) carry each [sources.<venue>] key."""
+    from connectors.venues import VENUES
+
+    config = load_config(overrides={"sources": {"deribit": {"queue_max": 1234, "heartbeat_s": 30,
+                                                            "book_interval": "agg2", "depth": 10},
+                                                "okx": {"queue_max": 4321, "max_frame_bytes": 99_999}}})
+    deribit = VENUES["deribit"].source_from_config()(config.sources.deribit)
+    assert (deribit.queue_max, deribit.heartbeat_s, deribit.interval, deribit.depth) == (1234, 30, "agg2", 10)
+    assert deribit.url == config.sources.deribit.url and deribit.currencies == ("BTC", "ETH")
+    okx = VENUES["okx"].source_from_config()(config.sources.okx, url="ws://127.0.0.1:1/ws/v5/public")
+    assert (okx.queue_max, okx.max_frame_bytes, okx.url) == (4321, 99_999, "ws://127.0.0.1:1/ws/v5/public")
+    options = VENUES["okx"].client_options()(config.sources.okx)
+    assert options == dict(url=config.sources.okx.url, families=("BTC-USD", "ETH-USD"), queue_max=4321,
+                           max_frame_bytes=99_999)

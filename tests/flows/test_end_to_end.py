@@ -8,24 +8,24 @@ latest surface in PostgreSQL.
 
 import threading
 
-import orjson
 import pytest
-from bytewax.testing import run_main
 from websockets.sync.client import connect as ws_connect
 
 from connectors.venues.deribit import DeribitSource
 from connectors.gateway.server import Gateway
-from connectors.gateway.server.publisher import GatewaySink
+from connectors.gateway.publisher import GatewaySink
 from connectors.postgres import PostgresSink, connect, latest_surface, migrate
 from connectors.sim.deribit import Simulator
 from flows.surface import build_flow
 from operators.state import chain
-from operators.events import SurfacePatch, SurfaceSnapshot, apply_patch, from_dict
+from operators.events import SurfacePatch, SurfaceSnapshot, from_json
+from operators.merge import apply_patch
 from flows.config import load_config
+from tests.helpers.flowrun import DEADLINE_S, StoppableSource, holds, run_until
 from tests.helpers.venues import check_smile_against_truth, monday_noon_ms
+from tests.helpers.config import deribit_kwargs, gateway_kwargs, sim_kwargs
 
 CURRENCIES = ("BTC", "ETH")
-RUN_SECONDS = 8.0
 
 
 class DashboardClient:
@@ -42,7 +42,7 @@ class DashboardClient:
     def _read(self):
         try:
             for raw in self.ws:
-                event = from_dict(orjson.loads(raw))
+                event = from_json(raw)
                 with self.changed:
                     self.kinds.append(type(event).__name__)
                     if isinstance(event, SurfaceSnapshot):
@@ -66,8 +66,8 @@ class DashboardClient:
 def simulator():
     # No daily: its wings are quoted a tick or two wide (real Deribit ticks), so its quotes pin
     # the smile only to ~1 vol point; the model clock is pinned for the same reason.
-    sim = Simulator(seed=11, rate=3000, currencies=CURRENCIES, scale="small", now_ms=monday_noon_ms(),
-                    plan={"daily": 0, "weekly": 2, "monthly": 1, "quarterly": 1}, n_strikes=15)
+    sim = Simulator(**sim_kwargs(seed=11, rate=3000, currencies=CURRENCIES, scale="small", now_ms=monday_noon_ms(),
+                                 plan={"daily": 0, "weekly": 2, "monthly": 1, "quarterly": 1}, n_strikes=15))
     url = sim.start()
     yield sim, url
     sim.stop()
@@ -75,7 +75,7 @@ def simulator():
 
 @pytest.fixture
 def gateway():
-    gw = Gateway("127.0.0.1", 0, publish_token="e2e-token")
+    gw = Gateway(**gateway_kwargs(host="127.0.0.1", port=0, publish_token="e2e-token"))
     http_url = gw.start()
     yield gw, http_url
     gw.stop()
@@ -95,16 +95,38 @@ def test_simulator_to_gateway_and_postgres(simulator, gateway, pg_db, tmp_path):
     graph.write_text('[chain]\nfit_interval_ms = 200\n\n[nodes.rr15]\nfn = "operators.kernels.analytics:risk_reversal"\n'
                      'inputs = ["fit"]\nlevel = "expiry"\ndelta = 0.15\n')
     config = load_config(graph)
-    source = DeribitSource(url=sim_url, currencies=CURRENCIES, depth=5, interval="100ms", heartbeat_s=10,
-                           queue_max=100_000, max_frame_bytes=1 << 20, run_seconds=RUN_SECONDS)
-    pg_sink = PostgresSink(pg_db, spill_dir=tmp_path / "spill", flush_ms=100)
-    flow = build_flow(config, source, [GatewaySink(f"{ws_base}/publish", token="e2e-token"), pg_sink])
-    run_main(flow)  # ends after RUN_SECONDS: the source's EOF flushes every owed fit
+    source = DeribitSource(**deribit_kwargs(DeribitSource, url=sim_url, currencies=CURRENCIES, depth=5,
+                                            interval="100ms", heartbeat_s=10, queue_max=100_000,
+                                            max_frame_bytes=1 << 20))
+    pg_sink = PostgresSink(pg_db, spill_dir=tmp_path / "spill", flush_ms=100, batch_rows=config.sinks.postgres.batch_rows)
+    stop = threading.Event()
+    flow = build_flow(config, StoppableSource(source, stop),
+                      [GatewaySink(f"{ws_base}/publish", token="e2e-token"), pg_sink])
 
-    with connect(pg_db) as conn:
-        stored = {u: latest_surface(conn, "deribit", u) for u in CURRENCIES}
-        n_fits = conn.execute("SELECT count(*) FROM smile_fits").fetchone()[0]
-        rr15_rows = conn.execute("SELECT count(*) FROM expiry_views WHERE analytics ? 'rr15'").fetchone()[0]
+    def stored_surfaces():
+        with connect(pg_db) as conn:
+            stored = {u: latest_surface(conn, "deribit", u) for u in CURRENCIES}
+            n_fits = conn.execute("SELECT count(*) FROM smile_fits").fetchone()[0]
+            rr15_rows = conn.execute("SELECT count(*) FROM expiry_nodes WHERE node = 'rr15'").fetchone()[0]
+        check_stored(sim, stored, n_fits, rr15_rows)
+        return stored
+
+    # runs until PostgreSQL holds what the checks below want; the source's EOF then flushes every owed fit
+    run_until(flow, stop, lambda: holds(stored_surfaces), what="every expiry fitted in PostgreSQL, near the truth")
+    stored = stored_surfaces()  # the final rows pass too
+
+    # 2. the dashboard client's merged snapshot + patches equal the latest rows in PostgreSQL
+    same = client.wait_until(lambda: all(client.surfaces.get(u) == stored[u] for u in CURRENCIES), timeout=DEADLINE_S)
+    client.close()
+    assert client.kinds and client.kinds[0] in ("SurfaceSnapshot", "SurfacePatch")
+    assert "SurfacePatch" in client.kinds
+    for u in CURRENCIES:
+        assert client.surfaces.get(u) == stored[u], u
+    assert same
+
+
+def check_stored(sim, stored, n_fits, rr15_rows):
+    """What PostgreSQL must hold: raises AssertionError naming what is missing or wrong."""
     assert rr15_rows > 0
     assert n_fits >= sum(len(sim.expiries(u)) for u in CURRENCIES)
 
@@ -117,14 +139,5 @@ def test_simulator_to_gateway_and_postgres(simulator, gateway, pg_db, tmp_path):
         for expiry_ms, view in by_expiry.items():
             assert len(view.strikes) >= 6 and view.fit.butterfly_ok
             check_smile_against_truth(view, lambda K, f: sim.true_vol(u, expiry_ms, K, forward=f), (u, expiry_ms))
-            assert view.atm_vol is not None and view.rr25 is not None
-            assert view.analytics["rr15"] < view.rr25 < 0  # further in the put wing: more negative
-
-    # 2. the dashboard client's merged snapshot + patches equal the latest rows in PostgreSQL
-    same = client.wait_until(lambda: all(client.surfaces.get(u) == stored[u] for u in CURRENCIES), timeout=30)
-    client.close()
-    assert client.kinds and client.kinds[0] in ("SurfaceSnapshot", "SurfacePatch")
-    assert "SurfacePatch" in client.kinds
-    for u in CURRENCIES:
-        assert client.surfaces.get(u) == stored[u], u
-    assert same
+            assert view.analytics["atm_vol"] is not None and view.analytics["rr25"] is not None
+            assert view.analytics["rr15"] < view.analytics["rr25"] < 0  # further in the put wing: more negative

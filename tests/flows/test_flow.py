@@ -6,54 +6,26 @@ import textwrap
 
 import numpy as np
 import pytest
-from bytewax.testing import TestingSource, run_main
+from bytewax.testing import TestingSource
 
-from flows.surface import CallbackSink, build_flow
-from operators.kernels.black import black_price
-from operators.state.chain import MS_PER_YEAR
-from operators.events import (BookUpdate, IndexPrice, Instrument, SmileFit, StatusReport, SurfacePatch,
-                              Ticker, apply_patch)
-from flows.config import load_config
+from flows.surface import build_flow
+
+from tests.helpers.sinks import CallbackSink
+from operators.events import Instrument, SmileFit, StatusReport, SurfacePatch
+from operators.merge import apply_patch
+from flows.config import ConfigError, load_config
 from operators.kernels.svi import total_variance
-
-NOW = 1_900_000_000_000
-SPOT = {"BTC": 60_000.0, "ETH": 3_000.0}
-TENORS = (0.05, 0.3)  # years
-
-
-def true_params(t):
-    # an SSVI-like slice: total ATM variance grows with t, put skew
-    theta, b, sigma = 0.36 * t, 0.25 * math.sqrt(t), 0.2
-    return (theta - b * sigma, b, -0.4, 0.0, sigma)  # w(0) = theta: 60 % ATM vol
-
-
-def market():
-    events = []
-    for und, spot in SPOT.items():
-        for t in TENORS:
-            expiry = NOW + int(t * MS_PER_YEAR)
-            params = true_params(t)
-            for strike in spot * np.exp(np.linspace(-0.5, 0.5, 15)):
-                strike = float(round(strike))
-                vol = math.sqrt(total_variance(params, math.log(strike / spot)) / t)
-                for cp in "CP":
-                    name = f"{und}-{expiry}-{int(strike)}-{cp}"
-                    events.append(Instrument("deribit", name, und, "option", expiry, strike, cp, 0.0001, 1.0, und))
-                    bid = float(black_price(spot, strike, t, vol - 0.003, cp == "C")) / spot
-                    ask = float(black_price(spot, strike, t, vol + 0.003, cp == "C")) / spot
-                    events.append(BookUpdate("deribit", name, NOW, NOW, 1, None, "snapshot",
-                                             ((bid, 1.0), (bid * 0.9, 2.0)), ((ask, 1.0),)))
-                    events.append(Ticker("deribit", name, NOW, NOW, underlying_px=spot))
-        events.append(IndexPrice("deribit", und, NOW, NOW, spot))
-    return events
+from tests.helpers.market import NOW, SPOT, TENORS, market, true_params
 
 
 @pytest.fixture
-def run_flow():
+def run_flow(entry_point):
+    """Runs the flow on market() under `entry_point` (one worker, or a 1×2 cluster: see
+    tests/flows/conftest.py); the assertions below hold whatever the workers' interleaving."""
     def run(config):
         out = []
         flow = build_flow(config, TestingSource(market()), [CallbackSink(out.append)], now_ms=lambda: NOW)
-        run_main(flow)
+        entry_point(flow)
         return out
     return run
 
@@ -75,8 +47,8 @@ def test_every_expiry_is_fitted_and_patched(run_flow):
     for und, snap in surfaces.items():
         assert len(snap.expiries) == len(TENORS) and snap.index_px == SPOT[und]
         for view in snap.expiries:
-            assert view.rr25 is not None and view.rr25 < 0  # put skew (rho < 0)
-            assert view.atm_vol == pytest.approx(view.analytics["atm_vol"])
+            assert view.analytics["rr25"] is not None and view.analytics["rr25"] < 0  # put skew (rho < 0)
+            assert view.analytics["atm_vol"] == pytest.approx(0.6, abs=0.01)  # true_params: w(0) = 0.36 t
         assert len(snap.calendar) == 1 and snap.calendar[0].ok
         assert [p.tenor_days for p in snap.tenors] == [1, 7, 30, 60, 90, 180]
     assert any(isinstance(o, StatusReport) for o in out)
@@ -95,7 +67,23 @@ def test_a_new_graph_toml_node_appears_in_patches(run_flow, tmp_path):
     views = [v for o in out if isinstance(o, SurfacePatch) for v in o.expiries]
     assert views and all(v.analytics["rr15"] is not None for v in views)
     # a 15Δ risk reversal sits further in the wings than 25Δ: more negative under put skew
-    assert all(v.analytics["rr15"] < v.rr25 < 0 for v in views)
+    assert all(v.analytics["rr15"] < v.analytics["rr25"] < 0 for v in views)
+
+
+def test_each_sink_receives_only_the_types_it_consumes(entry_point):
+    fits, patches, everything = [], [], []
+    sinks = [CallbackSink(fits.append, consumes=(SmileFit,)), CallbackSink(patches.append, consumes=(SurfacePatch,)),
+             CallbackSink(everything.append)]
+    entry_point(build_flow(load_config(), TestingSource(market()), sinks, now_ms=lambda: NOW))
+    assert fits and {type(o) for o in fits} == {SmileFit}
+    assert patches and {type(o) for o in patches} == {SurfacePatch}
+    assert {type(o) for o in everything} == {SmileFit, SurfacePatch, StatusReport}
+    assert len(everything) == len(fits) + len(patches) + sum(isinstance(o, StatusReport) for o in everything)
+
+
+def test_a_sink_asking_for_a_type_the_flow_does_not_output_is_refused():
+    with pytest.raises(ConfigError, match="consumes.*Instrument.*the flow outputs SmileFit, SurfacePatch, StatusReport"):
+        build_flow(load_config(), TestingSource([]), [CallbackSink(print, consumes=(Instrument,))])
 
 
 def test_tune_gc_freezes_the_built_process_and_collects_young_objects_less_often():

@@ -3,7 +3,7 @@
 import urllib.request
 
 from flows.metrics import COUNTERS, serve_metrics
-from tests.conftest import free_port
+from tests.helpers.resources import free_port
 
 
 def test_counters_are_served_as_prometheus_metrics():

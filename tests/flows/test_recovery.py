@@ -9,11 +9,14 @@ import msgspec
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSource, run_main
 
-from flows.surface import CallbackSink, build_flow
+from flows.surface import build_flow
+
+from tests.helpers.sinks import CallbackSink
 from flows.steps import ChainStep
-from operators.events import SmileFit, SurfacePatch, apply_patch
+from operators.events import SmileFit, SurfacePatch
+from operators.merge import apply_patch
 from flows.config import load_config
-from tests.flows.test_flow import NOW, market
+from tests.helpers.market import NOW, market
 
 
 def surfaces(out):
@@ -33,6 +36,9 @@ def fits(out):
 
 
 def test_killed_flow_resumes_from_snapshots_to_the_same_surface(tmp_path):
+    """One worker only: bytewax's TestingSource.ABORT under cluster_main(worker_count_per_proc=2)
+    stops the reading worker but not the other, and the run never returns (measured: no exit
+    within 300 s), so the 1×2 cluster entry point cannot drive this test."""
     config = load_config()
     events = market()
     half = len(events) // 2
@@ -62,16 +68,17 @@ def test_killed_flow_resumes_from_snapshots_to_the_same_surface(tmp_path):
 def test_chain_snapshot_is_current_state_not_history():
     from flows.steps import FlowClock, chain_builder
     from operators.events import chain_key
-    from tests.operators.state.test_chain import EXPIRY, FORWARD, T0, Clock, quotes
+    from operators.items import ChainBatch
+    from tests.helpers.chain import EXPIRY, FORWARD, T0, Clock, quotes
     from operators.events import Ticker
 
     clock = Clock(T0)
     step: ChainStep = chain_builder(load_config(), FlowClock(clock, wall_ms=clock))(None)
     key = chain_key("deribit", "BTC", EXPIRY)
-    step.on_batch([(key, quotes() + [Ticker("deribit", "X", T0, T0, underlying_px=FORWARD)], clock.ms)])
+    step.on_batch([ChainBatch(key, quotes() + [Ticker("deribit", "X", T0, T0, underlying_px=FORWARD)], clock.ms)])
     size_once = len(pickle.dumps(step.snapshot()))
     for i in range(50):  # many more ticks on the same strikes
-        step.on_batch([(key, quotes(half_spread_vol=0.004 + i * 1e-5), clock.ms)])
+        step.on_batch([ChainBatch(key, quotes(half_spread_vol=0.004 + i * 1e-5), clock.ms)])
         clock.ms += 50
         step.on_notify()
     assert len(pickle.dumps(step.snapshot())) < 1.5 * size_once

@@ -6,16 +6,19 @@ import math
 import threading
 
 import numpy as np
-from bytewax.testing import run_main
 
 from connectors.venues.okx import OkxSource
 from connectors.sim.okx import OkxSimulator
 from connectors.sim.deribit import Simulator
-from flows.surface import CallbackSink, build_flow, venue_sources
+from flows.surface import build_flow, venue_sources
+from tests.helpers.sinks import CallbackSink
 from operators.state import chain
-from operators.events import CONSOLIDATED, SurfacePatch, apply_patch
+from operators.events import CONSOLIDATED, SurfacePatch
+from operators.merge import apply_patch
 from flows.config import load_config
+from tests.helpers.flowrun import StoppableSource, holds, run_until
 from tests.helpers.venues import monday_noon_ms, smile_error_pts
+from tests.helpers.config import okx_kwargs, sim_kwargs
 
 PLAN = {"daily": 0, "weekly": 1, "monthly": 1, "quarterly": 1}
 
@@ -24,10 +27,11 @@ def test_each_venue_and_the_combined_surface():
     """Both venues quote; then Deribit stalls (socket open, nothing sent) for longer than
     venue_stale_ms: the combined surface must switch to OKX's quotes, never average them."""
     clock = monday_noon_ms()  # one model clock for both venues (see monday_noon_ms)
-    deribit = Simulator(seed=11, rate=1500, currencies=("BTC",), scale="small", plan=PLAN, n_strikes=13, now_ms=clock)
+    deribit = Simulator(**sim_kwargs(seed=11, rate=1500, currencies=("BTC",), scale="small", plan=PLAN, n_strikes=13,
+                                     now_ms=clock))
     # another seed: the two markets move apart a little, like two real venues
-    okx = OkxSimulator(seed=12, rate=1500, families=["BTC-USD"], scale="small", plan=PLAN, n_strikes=13,
-                       now_ms=clock)
+    okx = OkxSimulator(**sim_kwargs(seed=12, rate=1500, families=["BTC-USD"], scale="small", plan=PLAN, n_strikes=13,
+                                    now_ms=clock))
     deribit_url, _ = deribit.start(), okx.start()
     out: list = []
     stalled = threading.Event()
@@ -47,15 +51,24 @@ def test_each_venue_and_the_combined_surface():
         # Deribit as `volgraph run` builds it from graph.toml, here on the grouped book channel
         (deribit_source,) = venue_sources(load_config(overrides={
             "sources": {"okx": {"enabled": False}, "deribit": {"currencies": ["BTC"], "book": "grouped"}}}),
-            urls={"deribit": deribit_url}, run_seconds=12.0)
+            urls={"deribit": deribit_url})
         assert deribit_source.book_depth == 10
-        sources = [deribit_source, OkxSource(okx.url, ["BTC-USD"], run_seconds=12.0, connects_per_s=1000.0)]
-        run_main(build_flow(config, sources, [CallbackSink(collect)]))
+        stop = threading.Event()
+        sources = [StoppableSource(deribit_source, stop),
+                   StoppableSource(OkxSource(**okx_kwargs(OkxSource, url=okx.url, families=["BTC-USD"],
+                                                          connects_per_s=1000.0)), stop)]
+        run_until(build_flow(config, sources, [CallbackSink(collect)]), stop,
+                  lambda: stalled.is_set() and holds(lambda: check(deribit, okx, list(out))),
+                  what="a combined surface quoting Deribit, then only OKX during Deribit's stall")
     finally:
         deribit.stop()
         okx.stop()
     assert stalled.is_set()
+    check(deribit, okx, out)
 
+
+def check(deribit, okx, out):
+    """The three surfaces merged from the patches in `out`; raises AssertionError on the first miss."""
     surfaces = {}
     attributions = []  # (time, set of venues quoted) of every combined view
     for patch in (e for e in out if isinstance(e, SurfacePatch)):

@@ -53,21 +53,35 @@ def check_chains(events):
                 last[e.instrument] = e.seq
 
 
-def run_source(source, flow_id: str) -> tuple[list, collections.Counter]:
-    """Run `source` alone in a bytewax flow until it ends; its events and their count by type."""
+def run_source(source, flow_id: str, until=None, what: str = "condition") -> tuple[list, collections.Counter]:
+    """Run `source` alone in a bytewax flow until until(events so far, their count by type)
+    holds (then it is stopped; fails naming `what` after tests/helpers/flowrun.py's deadline),
+    or without `until` until it ends by itself; its events and their count by type."""
+    import threading
+
     import bytewax.operators as op
     from bytewax.dataflow import Dataflow
     from bytewax.testing import TestingSink, run_main
 
+    from tests.helpers.flowrun import StoppableSource, run_until
+
+    def counted(events):
+        return collections.Counter(type(e).__name__ for e in events)
+
     out: list = []
     flow = Dataflow(flow_id)
-    op.output("out", op.input("in", flow, source), TestingSink(out))
-    run_main(flow)
-    return out, collections.Counter(type(e).__name__ for e in out)
+    stop = threading.Event()
+    op.output("out", op.input("in", flow, source if until is None else StoppableSource(source, stop)),
+              TestingSink(out))
+    if until is None:
+        run_main(flow)
+    else:
+        run_until(flow, stop, lambda: until(list(out), counted(list(out))), what=what)
+    return out, counted(out)
 
 
 def load_frames(file_name: str) -> dict:
-    """tests/frames/<file_name>: JSON lines {"name", "frame"} → {name: frame}."""
+    """tests/data/frames/<file_name>: JSON lines {"name", "frame"} → {name: frame}."""
     return {row["name"]: row["frame"] for row in map(orjson.loads, (FRAMES_DIR / file_name).read_bytes().splitlines())}
 
 

@@ -1,9 +1,10 @@
-"""Event contracts: every type round-trips through orjson, versions and bad input are refused."""
+"""Event contracts: every type round-trips through JSON (msgspec typed decoding), the wire
+format keeps its shape (tag first, nested events untagged), versions and bad input are refused."""
 
-import math
 import typing
 
 import msgspec
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -67,13 +68,55 @@ def test_version_and_type_are_checked():
         ev.from_dict({**data, "v": 99})
     with pytest.raises(ev.ContractError, match="unknown event type 'Nope'"):
         ev.from_dict({**data, "type": "Nope"})
-    with pytest.raises(ev.ContractError, match="IndexPrice.price must be a number"):
+    with pytest.raises(ev.ContractError, match=r"bad IndexPrice: Expected `float`, got `str` - at `IndexPrice.price`"):
         ev.from_dict({**data, "price": "x"})
     with pytest.raises(ev.ContractError, match="not JSON"):
         ev.from_json(b"{nope")
+    with pytest.raises(ev.ContractError, match="JSON object with a 'type' field"):
+        ev.from_json(b"[1, 2]")
 
 
-@given(st.binary(max_size=200))
+def test_nested_values_are_validated_and_named():
+    """A string where a vol is, deep inside a patch, is refused with its path."""
+    view = ev.ExpiryView(5, fit(5))
+    data = ev.to_dict(ev.SurfacePatch("deribit", "BTC", 1, 0, 0, expiries=(view,)))
+    data["expiries"][0]["bid_iv"] = [0.5, "0.6"]
+    with pytest.raises(ev.ContractError, match=r"bad SurfacePatch: .*`SurfacePatch.expiries\[0\].bid_iv\[1\]`"):
+        ev.from_json(orjson.dumps(data))
+    data["expiries"][0]["bid_iv"] = [0.5, None]  # None is "absent", allowed where Optional
+    assert ev.from_json(orjson.dumps(data)).expiries[0].bid_iv == (0.5, None)
+    data["expiries"][0]["fit"]["a"] = None  # a NaN travels as null: refused where a float is required
+    with pytest.raises(ev.ContractError, match=r"`SurfacePatch.expiries\[0\].fit.a`"):
+        ev.from_json(orjson.dumps(data))
+
+
+def test_wire_shape_is_kept():
+    """The tag comes first and `v` last; events nested in a patch carry no tag; a nestable
+    event sent alone does, and decodes back to its plain class."""
+    view = ev.ExpiryView(5, fit(5), strikes=(1.0,), bid_iv=(None,), ask_iv=(0.5,))
+    patch = ev.SurfacePatch("deribit", "BTC", 1, 0, 0, expiries=(view,), tenors=(ev.TenorPoint(7),), index_px=3.0)
+    raw = ev.to_json(patch)
+    assert raw.startswith(b'{"type":"SurfacePatch","venue":"deribit",') and raw.endswith(b',"v":1}')
+    body = orjson.loads(raw)
+    assert list(body) == ["type"] + [f.name for f in msgspec.structs.fields(ev.SurfacePatch)]
+    assert "type" not in body["expiries"][0] and "type" not in body["expiries"][0]["fit"]
+    assert "type" not in body["tenors"][0]
+    lone = ev.from_json(ev.to_json(view.fit))
+    assert type(lone) is ev.SmileFit and lone == view.fit
+    assert ev.to_json(view.fit).startswith(b'{"type":"SmileFit","venue":')
+
+
+def test_typed_decoders_take_only_their_classes():
+    dec = ev.decoder(ev.SurfacePatch, ev.StatusReport)
+    report = ev.StatusReport("w0", 1, 0, {"messages_in": 3.0})
+    assert dec.decode(ev.to_json(report)) == report
+    with pytest.raises(msgspec.ValidationError):
+        dec.decode(ev.to_json(ev.IndexPrice("deribit", "BTC", 1, 2, 100.0)))
+    with pytest.raises(TypeError, match="Message classes"):
+        ev.decoder(ev.SmileFit)
+
+
+@given(st.binary(max_size=200) | st.text(max_size=200) | st.text(max_size=20).map(lambda t: '{"type":"%s"}' % t))
 def test_from_json_never_raises_anything_but_contract_error(raw):
     try:
         ev.from_json(raw)
@@ -84,14 +127,3 @@ def test_from_json_never_raises_anything_but_contract_error(raw):
 def fit(expiry_ms, epoch=1):
     return ev.SmileFit("deribit", "BTC", expiry_ms, epoch, 0, 0, 0.1, 100.0, 0.01, 0.1, -0.2, 0.0, 0.2,
                        0.3, 20, True, 0.5, 1.0)
-
-
-def test_apply_patch_replaces_by_expiry_and_removes():
-    v1, v2, v3 = (ev.ExpiryView(e, fit(e), atm_vol=0.5) for e in (1, 2, 3))
-    snap = ev.apply_patch(None, ev.SurfacePatch("deribit", "BTC", 1, 0, 0, expiries=(v2, v1), index_px=7.0))
-    assert [e.expiry_ms for e in snap.expiries] == [1, 2] and snap.index_px == 7.0
-    newer = ev.ExpiryView(2, fit(2, epoch=2), atm_vol=0.6)
-    snap = ev.apply_patch(snap, ev.SurfacePatch("deribit", "BTC", 2, 0, 0, expiries=(newer, v3), removed=(1,)))
-    assert [e.expiry_ms for e in snap.expiries] == [2, 3]
-    assert snap.expiries[0].atm_vol == 0.6 and snap.index_px == 7.0 and snap.epoch == 2
-    assert not math.isnan(snap.expiries[0].fit.rmse_vol_pts)

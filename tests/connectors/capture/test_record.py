@@ -20,11 +20,13 @@ from connectors.capture.record import main as record_main
 from connectors.capture.record import record
 from connectors.capture.replay import ReplaySource, count_frames, read_frames
 from connectors.sim.deribit import Simulator
-from flows.surface import CallbackSink, build_flow
+from flows.surface import build_flow
+from tests.helpers.sinks import CallbackSink
 from operators.events import BookUpdate, Instrument, SmileFit
 from flows.config import load_config
 from operators.kernels.svi import total_variance
 from tests.helpers.venues import monday_noon_ms
+from tests.helpers.config import deribit_kwargs, okx_kwargs, section, sim_kwargs
 
 
 # Two Fridays and a month end: at least two expiries more than two days out, whatever today is.
@@ -58,7 +60,8 @@ def record_until(sim, condition, venue, path, parse, **kw):
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    counts = record(venue, path, url=sim.url, seconds=90, stop=stop, progress=None, **kw)
+    client_kwargs = {"deribit": deribit_kwargs, "okx": okx_kwargs}[venue](url=sim.url, **kw)  # graph.toml's, then kw
+    counts = record(venue, path, seconds=90, stop=stop, progress=None, **client_kwargs)
     watcher.join(10)
     assert reached == [True], f"simulator never reached the condition: {dict(sim.counters)}"
     assert counts["frames"] == count_frames(path) and counts["file_bytes"] == path.stat().st_size
@@ -108,8 +111,8 @@ def check_fits(fits, sim, underlying, venue):
 
 
 def test_deribit_record_then_replay_gives_the_true_fits(tmp_path):
-    with Simulator(seed=13, rate=1500, currencies=["BTC"], n_strikes=8, plan=PLAN, min_heartbeat_s=0.2,
-                   now_ms=monday_noon_ms()) as sim:
+    with Simulator(**sim_kwargs(seed=13, rate=1500, currencies=["BTC"], n_strikes=8, plan=PLAN, min_heartbeat_s=0.2,
+                                now_ms=monday_noon_ms())) as sim:
         n_books = len(sim.instrument_names("BTC"))
         path = tmp_path / "deribit.jsonl.gz"
         counts = record_until(sim, lambda c: c["snapshots"] >= n_books and c["book_messages"] >= 1500,
@@ -121,8 +124,8 @@ def test_deribit_record_then_replay_gives_the_true_fits(tmp_path):
 
 
 def test_okx_record_then_replay_gives_the_true_fits(tmp_path):
-    with OkxSimulator(seed=13, rate=1500, families=["BTC-USD"], n_strikes=8, plan=PLAN,
-                      summary_interval_ms=200.0, now_ms=monday_noon_ms()) as sim:
+    with OkxSimulator(**sim_kwargs(seed=13, rate=1500, families=["BTC-USD"], n_strikes=8, plan=PLAN,
+                                   summary_interval_ms=200.0, now_ms=monday_noon_ms())) as sim:
         n_books = len(sim.inst_ids("BTC-USD"))
         path = tmp_path / "okx.jsonl.gz"
         counts = record_until(sim, lambda c: c["snapshots"] >= n_books and c["book_updates"] >= 1500
@@ -139,7 +142,7 @@ def test_okx_record_then_replay_gives_the_true_fits(tmp_path):
 
 
 def test_a_failing_tap_is_counted_and_never_stops_the_feed():
-    sim = Simulator(seed=5, rate=400, currencies=["BTC"], n_strikes=4, min_heartbeat_s=0.2)
+    sim = Simulator(**sim_kwargs(seed=5, rate=400, currencies=["BTC"], n_strikes=4, min_heartbeat_s=0.2))
     sim.start()
     calls: list = []
 
@@ -147,7 +150,8 @@ def test_a_failing_tap_is_counted_and_never_stops_the_feed():
         calls.append((ts_ms, frame))
         raise OSError("disk full")
 
-    client = DeribitClient(sim.url, ("BTC",), heartbeat_s=0.5, subscribe_per_s=1000.0, frame_tap=tap).start()
+    client = DeribitClient(**deribit_kwargs(url=sim.url, currencies=("BTC",), heartbeat_s=0.5, subscribe_per_s=1000.0,
+                                            frame_tap=tap)).start()
     try:
         assert client.wait_for(lambda c: c.get("events.BookUpdate", 0) >= 200, 20), client.counters()
         c = client.counters()
@@ -164,10 +168,28 @@ def test_bad_arguments_name_the_fix(tmp_path, capsys):
     assert exc.value.code == 2 and "--families" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         record_main(["--venue", "bybit", "--out", str(tmp_path / "x.gz")])
+    with pytest.raises(SystemExit) as exc:  # the module form has no graph.toml: it says where to go
+        record_main(["--venue", "okx", "--out", str(tmp_path / "x.gz")])
+    assert exc.value.code == 2 and "volgraph record" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="families"):
+        record("okx", tmp_path / "x.gz", currencies=["BTC"], **okx_kwargs())
     with pytest.raises(ValueError, match="venue"):
         record("bybit", tmp_path / "x.gz")
     with pytest.raises(ValueError, match="seconds"):
         record("deribit", tmp_path / "x.gz", seconds=0)
     with pytest.raises(ValueError, match="frame_tap"):
-        DeribitClient("ws://127.0.0.1:1", frame_tap="not callable")
+        DeribitClient(**deribit_kwargs(url="ws://127.0.0.1:1", frame_tap="not callable"))
     assert not (tmp_path / "x.gz").exists()
+
+
+def test_volgraph_record_takes_the_client_settings_from_graph_toml(tmp_path, capsys):
+    """main() as `volgraph record` calls it: the section supplies every client setting, the
+    command line only the simulator's URL, the currency and the duration."""
+    path = tmp_path / "cli.jsonl.gz"
+    with Simulator(**sim_kwargs(seed=3, rate=400, currencies=["BTC"], n_strikes=4, plan=PLAN)) as sim:
+        assert record_main(["--venue", "deribit", "--out", str(path), "--url", sim.url, "--currencies", "BTC",
+                            "--seconds", "3"], sections={"deribit": section("sources.deribit")}) == 0
+    frames = list(read_frames(path))
+    events = [e for ts, frame in frames for e in deribit.parse_frame(frame, ts)]
+    assert any(isinstance(e, Instrument) for e in events) and any(isinstance(e, BookUpdate) for e in events)
+    assert "volgraph record:" in capsys.readouterr().err

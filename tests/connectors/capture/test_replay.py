@@ -22,10 +22,12 @@ from connectors.capture.replay import (PrefetchReader, ReplayFormatError, Replay
                                write_frames)
 from connectors.capture.replay import _wall_ms as replay_wall_ms
 from connectors.sim.deribit import Simulator
-from flows.surface import CallbackSink, build_flow
+from flows.surface import build_flow
+from tests.helpers.sinks import CallbackSink
 from operators.events import BookUpdate, FuturePrice, IndexPrice, Instrument, SmileFit, SurfacePatch, Ticker
 from flows.config import load_config
 from operators.kernels.svi import total_variance
+from tests.helpers.config import sim_kwargs
 
 START_MS = calendar.timegm((2026, 1, 5, 9, 0, 0)) * 1000
 HEARTBEAT = '{"jsonrpc":"2.0","method":"heartbeat","params":{"type":"heartbeat"}}'
@@ -33,7 +35,7 @@ HEARTBEAT = '{"jsonrpc":"2.0","method":"heartbeat","params":{"type":"heartbeat"}
 
 def record(n_ticks: int = 12, per_tick: int = 150, seed: int = 7) -> list[tuple[int, str]]:
     """A recording as a live BTC session would have made it: discovery, first frames, live frames."""
-    sim = Simulator(scale="small", seed=seed, now_ms=START_MS, currencies=("BTC",))
+    sim = Simulator(**sim_kwargs(scale="small", seed=seed, now_ms=START_MS, currencies=("BTC",)))
     rng = random.Random(seed)
     out = [(START_MS, sim.offline_instruments_frame("BTC", "option", req_id=1, ts_ms=START_MS)),
            (START_MS, sim.offline_instruments_frame("BTC", "future", req_id=2, ts_ms=START_MS))]
@@ -158,7 +160,7 @@ def test_bad_arguments_are_refused_with_the_fix(recording, tmp_path):
 
 
 def test_offline_frames_are_what_a_subscriber_reads():
-    sim = Simulator(scale="small", seed=3, now_ms=START_MS, currencies=("BTC",))
+    sim = Simulator(**sim_kwargs(scale="small", seed=3, now_ms=START_MS, currencies=("BTC",)))
     listing = parse_frame(sim.offline_instruments_frame("BTC", "option", req_id=9, ts_ms=START_MS), START_MS,
                           64 << 20)
     insts = [e for e in listing if isinstance(e, Instrument)]
@@ -284,7 +286,7 @@ def test_replay_through_the_flow_gives_fits_and_patches(recording, frames):
     fits = [o for o in out if isinstance(o, SmileFit)]
     patches = [o for o in out if isinstance(o, SurfacePatch)]
     assert len(clock.parsed) == len(frames)
-    sim = Simulator(scale="small", seed=7, now_ms=START_MS, currencies=("BTC",))
+    sim = Simulator(**sim_kwargs(scale="small", seed=7, now_ms=START_MS, currencies=("BTC",)))
     assert {f.expiry_ms for f in fits} == set(sim.expiries("BTC"))
     assert patches and all(p.underlying == "BTC" for p in patches)
     for fit in {f.expiry_ms: f for f in fits}.values():  # the last fit of each expiry

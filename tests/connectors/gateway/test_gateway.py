@@ -1,19 +1,17 @@
 """The gateway over real websockets on 127.0.0.1: snapshot-then-patches delivery, coalescing
-that converges to the gateway's state, slow clients dropped at the bound, HTTP endpoints,
-origin / token / capacity limits, and the dataflow's gateway sink (with healing)."""
+that converges to the gateway's state, typed decoding that refuses bad nested values, slow
+clients dropped at the bound, HTTP endpoints, origin / token / capacity limits, the CLI, and
+the dataflow's gateway sink (with healing). The merge rule itself is tested in
+tests/operators/test_merge.py, the dashboard's copy in tests/dashboard/test_merge_js.py."""
 
 from __future__ import annotations
 
 import base64
-import functools
 import os
-import shutil
 import socket
-import subprocess
 import threading
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import msgspec
 import orjson
@@ -23,19 +21,13 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from connectors.gateway.server import (
-    Gateway,
-    _Surface,
-    coalesce,
-    main,
-    merge_patch_dicts,
-    merge_patches,
-    validate_surface_dict,
-)
-from connectors.gateway.server.publisher import GatewayPublisher, GatewaySink
-from operators.events import ContractError, StatusReport, SurfaceSnapshot, apply_patch, from_dict, from_json, to_json
+from connectors.gateway.publisher import GatewayPublisher, GatewaySink
+from connectors.gateway.server import Gateway, build_parser, main
+from connectors.gateway.surfaces import SNAPSHOT, Client, PatchMsg, Surface, Unsupported, decode_frame, encode_queued
+from operators.events import ContractError, StatusReport, SurfaceSnapshot, from_json, to_json
+from operators.merge import apply_patch
+from tests.helpers.config import gateway_kwargs
 
-DASHBOARD = Path(__file__).resolve().parents[3] / "dashboard"
 
 
 @pytest.fixture
@@ -43,7 +35,7 @@ def gateway():
     started = []
 
     def make(**options) -> Gateway:
-        g = Gateway("127.0.0.1", 0, **options)
+        g = Gateway(**gateway_kwargs(host="127.0.0.1", port=0, **options))
         g.start()
         started.append(g)
         return g
@@ -105,75 +97,75 @@ def http_get(url: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
         return exc.code, dict(exc.headers), exc.read()
 
 
-# ---------------------------------------------------------------- merge semantics (pure)
+# ---------------------------------------------------------------- state and queues (no sockets)
 
 
 def patch_strategy():
     return st.tuples(st.sets(st.integers(0, 6), max_size=4), st.sets(st.integers(0, 6), max_size=3), st.booleans())
 
 
-@settings(max_examples=200, deadline=None)
-@given(start=st.none() | st.sets(st.integers(0, 6), max_size=5), steps=st.lists(patch_strategy(), min_size=1, max_size=6), seed=st.integers(0, 99))
-def test_coalesced_patches_equal_applying_them_in_turn(surface_factory, start, steps, seed):
+@settings(max_examples=100, deadline=None)
+@given(start=st.none() | st.sets(st.integers(0, 6), max_size=5), steps=st.lists(patch_strategy(), min_size=1, max_size=10),
+       coalesce_after=st.integers(1, 4), seed=st.integers(0, 99))
+def test_a_client_queue_always_converges_to_the_surface(surface_factory, start, steps, coalesce_after, seed):
+    """Frames decoded as the gateway does, the surface merged, one client's queue encoded:
+    what the client ends with equals apply_patch folded over the frames."""
     f = surface_factory(seed=seed)
     snapshot = None if start is None else f.snapshot(1, expiries=start)
     patches = [
         f.patch(2 + i, changed=sorted(c), removed=sorted(r), index_px=(1000.0 + i if has_px else None))
         for i, (c, r, has_px) in enumerate(steps)
     ]
-    merged = None
-    for p in patches:
-        merged = coalesce(merged, p)
-    assert apply_patch(snapshot, merged) == f.fold(patches, start=snapshot)
-    # A snapshot pending for a client absorbs patches into a snapshot.
+    surface, client, key = Surface(), Client(ws=None, cid=1), ("deribit", "BTC")
+    seen = snapshot
     if snapshot is not None:
-        pending = snapshot
-        for p in patches:
-            pending = coalesce(pending, p)
-        assert isinstance(pending, SurfaceSnapshot) and pending == f.fold(patches, start=snapshot)
-
-
-@settings(max_examples=200, deadline=None)
-@given(start=st.none() | st.sets(st.integers(0, 6), max_size=5), steps=st.lists(patch_strategy(), min_size=1, max_size=6), seed=st.integers(0, 99))
-def test_wire_merges_mirror_the_event_merges(surface_factory, start, steps, seed):
-    """The gateway merges decoded JSON; it must agree with apply_patch / merge_patches."""
-    f = surface_factory(seed=seed)
-    snapshot = None if start is None else f.snapshot(1, expiries=start)
-    patches = [
-        f.patch(2 + i, changed=sorted(c), removed=sorted(r), index_px=(1000.0 + i if has_px else None))
-        for i, (c, r, has_px) in enumerate(steps)
-    ]
-    surface = _Surface()
-    if snapshot is not None:
-        surface.replace(orjson.loads(to_json(snapshot)))
-    wires = []
+        surface.replace(decode_frame(to_json(snapshot)))
+        client.queue(key, SNAPSHOT, coalesce_after)
     for p in patches:
-        wire = orjson.loads(to_json(p))
-        validate_surface_dict(wire)
-        surface.apply_patch(wire)
-        wires.append(wire)
+        raw = to_json(p)
+        event = decode_frame(raw)
+        assert event == p
+        surface.apply(event)
+        client.queue(key, PatchMsg(event, raw), coalesce_after)
+        if len(client.pending[key]) == 1 and p.epoch % 3 == 0:  # the sender takes the queue now and then
+            seen = _receive(seen, encode_queued(surface, client.pending.pop(key))[0])
+    if key in client.pending:
+        seen = _receive(seen, encode_queued(surface, client.pending.pop(key))[0])
     expected = f.fold(patches, start=snapshot)
+    assert surface.snapshot() == expected
     assert from_json(surface.snapshot_json()) == expected
-    merged = from_dict({**merge_patch_dicts(*wires), "type": "SurfacePatch"})
-    assert apply_patch(snapshot, merged) == expected
-    assert apply_patch(snapshot, functools.reduce(merge_patches, patches)) == expected
+    assert seen == expected
 
 
-def test_bad_surface_frames_name_the_field():
-    with pytest.raises(ContractError, match=r"SurfacePatch.epoch must be an integer"):
-        validate_surface_dict({"type": "SurfacePatch", "venue": "d", "underlying": "BTC", "epoch": "8"})
-    with pytest.raises(ContractError, match=r"expiries\[0\]"):
-        validate_surface_dict({"type": "SurfaceSnapshot", "venue": "d", "underlying": "BTC", "epoch": 1,
-                               "ts_exchange_ms": 1, "ts_emit_ms": 1, "expiries": [{"fit": {}}]})
+@given(st.binary(max_size=200) | st.text(max_size=200)
+       | st.sampled_from(["SurfacePatch", "StatusReport", "Ticker", "Nope"]).map(lambda t: '{"type":"%s","v":1}' % t))
+def test_decode_frame_refuses_anything_with_contract_error_or_unsupported(message):
+    try:
+        decode_frame(message)
+    except (ContractError, Unsupported):
+        pass
 
 
-def test_merge_patches_keeps_a_view_re_added_after_removal(surface_factory):
-    f = surface_factory()
-    first = f.patch(1, removed=[2])
-    second = f.patch(2, changed=[2], index_px=None)
-    merged = merge_patches(first, second)
-    assert [v.expiry_ms for v in merged.expiries] == [f.expiry(2)] and merged.removed == ()
-    assert merged.index_px == first.index_px
+def _receive(state, raw: bytes):
+    event = from_json(raw)
+    return event if isinstance(event, SurfaceSnapshot) else apply_patch(state, event)
+
+
+def test_bad_frames_name_the_type_and_field(surface_factory):
+    with pytest.raises(ContractError, match=r"bad SurfacePatch: Expected `int`, got `str` - at `SurfacePatch.epoch`"):
+        decode_frame(b'{"type":"SurfacePatch","venue":"d","underlying":"BTC","epoch":"8","ts_exchange_ms":1,"ts_emit_ms":1}')
+    with pytest.raises(ContractError, match=r"missing required field `venue` - at `SurfaceSnapshot.expiries\[0\].fit`"):
+        decode_frame(b'{"type":"SurfaceSnapshot","venue":"d","underlying":"BTC","epoch":1,'
+                     b'"ts_exchange_ms":1,"ts_emit_ms":1,"expiries":[{"fit":{}}]}')
+    data = orjson.loads(to_json(surface_factory().patch(3, changed=[0, 1])))
+    data["expiries"][1]["ask_iv"][2] = "0.55"  # a string where a vol is, deep in the patch
+    with pytest.raises(ContractError, match=r"`SurfacePatch.expiries\[1\].ask_iv\[2\]`"):
+        decode_frame(orjson.dumps(data))
+    with pytest.raises(ContractError, match="schema version 2"):
+        decode_frame(to_json(surface_factory().patch(3)).replace(b'"v":1}', b'"v":2}'))
+    with pytest.raises(Unsupported) as exc:
+        decode_frame(b'{"type":"Ticker"}')
+    assert exc.value.kind == "Ticker"
 
 
 # ---------------------------------------------------------------- delivery
@@ -269,8 +261,11 @@ def test_healthz_status_and_metrics(gateway, surface_factory):
         pub.send(b"not json", text=True)
         pub.send(b'{"type":"SurfacePatch","venue":"deribit","underlying":"BTC","epoch":"8"}', text=True)
         pub.send(b'{"type":"Ticker"}', text=True)
+        nested = orjson.loads(to_json(f.patch(9, changed=[2])))
+        nested["expiries"][0]["fit"]["rho"] = "-0.3"  # refused: the surface stays at epoch 7
+        pub.send(orjson.dumps(nested), text=True)
         assert g.wait_until(lambda g: g.counters["published.SurfacePatch"] == 1 and len(g.workers) == 2
-                            and g.counters["publish_errors.bad_event"] == 2
+                            and g.counters["publish_errors.bad_event"] == 3
                             and g.counters["publish_errors.unsupported.Ticker"] == 1, 10)
 
     code, headers, body = http_get(g.http_url + "/healthz")
@@ -287,7 +282,7 @@ def test_healthz_status_and_metrics(gateway, surface_factory):
     btc = status["underlyings"]["deribit:BTC"]
     assert btc["expiries_known"] == 3 and btc["expiries_fitted"] == 2 and btc["epoch"] == 7
     assert 0 <= btc["last_patch_age_s"] < 3600
-    assert status["publish_errors"] == {"bad_event": 2, "unsupported.Ticker": 1}
+    assert status["publish_errors"] == {"bad_event": 3, "unsupported.Ticker": 1}
 
     code, headers, body = http_get(g.http_url + "/metrics")
     text = body.decode()
@@ -378,7 +373,7 @@ def test_gateway_sink_round_trip_and_healing(gateway, surface_factory):
     pub.write_batch(second[2:3])
     assert pub.counters["dropped"] >= 1 and pub.conn is None
 
-    g2 = Gateway("127.0.0.1", port, publish_token="tok")
+    g2 = Gateway(**gateway_kwargs(host="127.0.0.1", port=port, publish_token="tok"))
     g2.start()
     try:
         pub._next_attempt = 0.0  # skip the back-off wait: no sleeping in tests
@@ -415,7 +410,7 @@ def test_dataflow_to_gateway_and_postgres_agree(gateway, surface_factory, pg_db,
     flow = Dataflow("both_sinks")
     stream = bw_input("inp", flow, TestingSource(events, batch_size=4))
     bw_output("gateway", stream, GatewaySink(g.publish_url))
-    pg_sink = pg.PostgresSink(pg_db, spill_dir=tmp_path, flush_ms=20)
+    pg_sink = pg.PostgresSink(pg_db, spill_dir=tmp_path, flush_ms=20, batch_rows=500)
     bw_output("pg", stream, pg_sink)
     run_main(flow)
 
@@ -428,31 +423,25 @@ def test_dataflow_to_gateway_and_postgres_agree(gateway, surface_factory, pg_db,
     w.close()
 
 
-def test_cli_parser_defaults():
-    from connectors.gateway.server import build_parser
-
-    args = build_parser().parse_args(["--port", "9000", "--allowed-origins", "https://a.example, https://b.example"])
-    assert args.port == 9000 and args.host == "127.0.0.1"
-    assert callable(main)
-
-
-@pytest.mark.skipif(shutil.which("node") is None, reason="needs node to run dashboard/app.js")
-def test_dashboard_merge_matches_apply_patch(surface_factory, tmp_path):
-    """dashboard/app.js merges snapshot + patches to the same surface as apply_patch."""
-    f = surface_factory(seed=5)
-    events = [f.snapshot(1, expiries=[0, 1, 2])]
-    events += [f.patch(2 + i, changed=[i % 4], removed=[(i + 1) % 4] if i % 3 == 0 else [], index_px=None if i % 2 else 1.0 + i)
-               for i in range(12)]
-    (tmp_path / "events.json").write_bytes(b"[" + b",".join(to_json(e) for e in events) + b"]")
-    script = tmp_path / "merge.js"
-    script.write_text(
-        f"const app = require({str(DASHBOARD / 'app.js')!r});\n"
-        f"const events = JSON.parse(require('fs').readFileSync({str(tmp_path / 'events.json')!r}, 'utf8'));\n"
-        "for (const e of events) app.onMessage(e);\n"
-        "process.stdout.write(JSON.stringify(app.surfaces.get('deribit:BTC')));\n"
-    )
-    out = subprocess.run(["node", str(script)], capture_output=True, check=True, timeout=60).stdout
-    merged = orjson.loads(out)
-    expected = orjson.loads(to_json(f.fold(events)))
-    for field in ("epoch", "ts_exchange_ms", "ts_emit_ms", "index_px", "tenors", "calendar", "expiries"):
-        assert merged[field] == expected[field], field
+def test_cli_parser_defaults_and_help(capsys, monkeypatch):
+    for name in ("VOLGRAPH_GATEWAY_HOST", "VOLGRAPH_GATEWAY_PORT", "VOLGRAPH_PUBLISH_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    defaults = gateway_kwargs()  # what `volgraph gateway` (flows/cli.py) hands over: graph.toml [sinks.gateway]
+    args = build_parser(defaults).parse_args(["--port", "9000", "--allowed-origins", "https://a.example, https://b.example"])
+    assert args.port == 9000 and args.host == defaults["host"] == "127.0.0.1"
+    for action in build_parser(defaults)._actions:  # every option says what it does and its default
+        if action.dest != "help":
+            assert action.help and "default:" in action.help, action.dest
+    monkeypatch.setenv("VOLGRAPH_GATEWAY_PORT", "9100")  # the environment overrides graph.toml
+    assert build_parser(defaults).parse_args([]).port == 9100
+    monkeypatch.delenv("VOLGRAPH_GATEWAY_PORT")
+    with pytest.raises(SystemExit) as exc:  # the module form has no graph.toml: --host and --port are required
+        build_parser().parse_args([])
+    assert exc.value.code == 2 and "--host" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"], defaults=defaults)
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Serve live volatility surfaces to dashboards" in text
+    for shown in ("default: 127.0.0.1)", "default: 8765)", "default: 256)", "default: INFO)", "same-origin only)"):
+        assert shown in text, shown

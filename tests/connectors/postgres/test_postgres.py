@@ -9,7 +9,7 @@ import msgspec
 import psycopg
 import pytest
 
-from tests.conftest import private_dir
+from tests.helpers.resources import private_dir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -32,12 +32,32 @@ def table_rows(dsn: str, table: str) -> list[tuple]:
 
 def test_migrate_applies_each_file_once(pg_db):
     with pg.connect(pg_db) as conn:
-        assert pg.migrate(conn) == [1]
+        assert pg.migrate(conn) == [1, 2]
         assert pg.migrate(conn) == []
         versions = conn.execute("SELECT version, name FROM schema_version ORDER BY version").fetchall()
         tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
-    assert versions == [(1, "001_init.sql")]
-    assert {"smile_fits", "expiry_views", "surface_state", "schema_version"} <= tables
+    assert versions == [(1, "001_init.sql"), (2, "002_expiry_nodes.sql")]
+    assert {"smile_fits", "expiry_views", "expiry_nodes", "surface_state", "schema_version"} <= tables
+
+
+def test_migration_2_moves_a_v1_databases_node_values_into_expiry_nodes(pg_db, tmp_path):
+    """A database that ran 001 only (fixed atm_vol.. columns, an analytics JSON per view)
+    keeps every stored node value, now one row per node, and loses the fixed columns."""
+    (tmp_path / "001_init.sql").write_text((pg.SQL_DIR / "001_init.sql").read_text())
+    with pg.connect(pg_db) as conn:
+        assert pg.migrate(conn, tmp_path) == [1]
+        conn.execute(
+            "INSERT INTO expiry_views (venue, underlying, expiry_ms, epoch, ts_emit_ms, removed, atm_vol, analytics, view)"
+            " VALUES ('deribit', 'BTC', 7, 1, 0, false, 0.5, '{\"atm_vol\": 0.5, \"rr15\": -0.02, \"gone\": null}',"
+            " '{}'), ('deribit', 'BTC', 8, 1, 0, true, NULL, NULL, NULL)")
+        conn.commit()
+        assert pg.migrate(conn) == [2]
+        rows = conn.execute("SELECT expiry_ms, epoch, node, value FROM expiry_nodes ORDER BY node").fetchall()
+        cols = {r[0] for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'expiry_views'")}
+    assert rows == [(7, 1, "atm_vol", 0.5), (7, 1, "gone", None), (7, 1, "rr15", -0.02)]
+    assert not cols & {"atm_vol", "rr25", "bf25", "rr10", "bf10", "analytics"}
+    assert {"view", "calendar_ok", "removed"} <= cols
 
 
 def test_migrate_runs_new_files_in_order_and_names_a_bad_one(pg_db, tmp_path):
@@ -84,6 +104,7 @@ def test_writes_are_idempotent(pg_db, surface_factory):
     assert first["smile_fits"] == 4
     assert second["smile_fits"] == 0
     assert first["expiry_views"] == 5  # 3 views + 1 view + 1 tombstone
+    assert first["expiry_nodes"] == 4 * 7  # the factory's views carry 7 nodes each
     assert first["surface_state"] == 2
     assert before == after
     assert count(pg_db, "expiry_views", "removed") == 1
@@ -148,13 +169,48 @@ def test_latest_surface_is_the_fold_of_written_events(pg_db, surface_factory, op
         else:
             ev = f.patch(epoch, changed=sorted(changed), removed=sorted(removed), index_px=index_px)
             # Arbitrary finite doubles must survive jsonb exactly (the rebuild compares floats).
-            views = tuple(msgspec.structs.replace(v, atm_vol=atm) for v in ev.expiries)
+            views = tuple(msgspec.structs.replace(v, analytics={**v.analytics, "atm_vol": atm}) for v in ev.expiries)
             events.append(msgspec.structs.replace(ev, expiries=views))
     with pg.connect(pg_db) as conn:
         pg.migrate(conn)
         for i in range(0, len(events), batch_size):
             pg.write_events(conn, events[i : i + batch_size])
         assert pg.latest_surface(conn, f.venue, f.underlying) == f.fold(events)
+        # expiry_nodes holds, by node name, the nodes of the latest view row of each expiry
+        nodes = conn.execute(
+            "SELECT n.expiry_ms, n.node, n.value FROM expiry_nodes n JOIN expiry_views v USING"
+            " (venue, underlying, expiry_ms, epoch) WHERE n.venue = %s AND n.underlying = %s AND NOT v.removed"
+            " AND v.epoch = (SELECT max(epoch) FROM expiry_views w WHERE (w.venue, w.underlying, w.expiry_ms)"
+            " = (v.venue, v.underlying, v.expiry_ms) AND w.epoch >= %s)",
+            (f.venue, f.underlying, _since(conn, f.venue, f.underlying))).fetchall()
+    expected = {(v.expiry_ms, name, value) for v in f.fold(events).expiries for name, value in v.analytics.items()}
+    assert set(nodes) == expected
+
+
+def _since(conn, venue, underlying) -> int:
+    row = conn.execute("SELECT max(epoch) FROM surface_state WHERE venue = %s AND underlying = %s AND is_snapshot",
+                       (venue, underlying)).fetchone()
+    return -(2**62) if row[0] is None else row[0]
+
+
+def test_rows_fold_same_epoch_events_with_the_merge_rule(surface_factory):
+    """Within one batch the surface events of one epoch become the rows of their
+    operators.merge.coalesce: one row per key, the later view and index price winning."""
+    from operators.merge import coalesce
+
+    f = surface_factory()
+    a = f.patch(40, changed=[0, 1], index_px=5.0)
+    b = f.patch(40, changed=[1], removed=[0], index_px=None)
+    merged = coalesce(a, b)
+    rows = pg.rows_for([a, b])
+    for table in ("expiry_views", "expiry_nodes", "surface_state"):
+        assert rows[table] == pg.rows_for([merged])[table], table
+    assert [r[:6] for r in rows["expiry_views"]] == [
+        ("deribit", "BTC", f.expiry(1), 40, b.ts_emit_ms, False), ("deribit", "BTC", f.expiry(0), 40, b.ts_emit_ms, True)]
+    assert rows["surface_state"][0][6] == 5.0  # b has no index price: a's stands
+    # every fit is history, the one of a's replaced view included
+    assert {r[:4] for r in rows["smile_fits"]} == {r[:4] for r in pg.rows_for([a])["smile_fits"]} | {
+        r[:4] for r in pg.rows_for([b])["smile_fits"]}
 
 
 # ---------------------------------------------------------------- the writer
@@ -185,7 +241,7 @@ def test_writer_rejects_only_the_event_the_database_refuses(pg_db, surface_facto
     f = surface_factory()
     good = [f.fit(f.expiry(i), 300) for i in range(5)]
     bad = f.fit(f.expiry(9), 300, n_quotes=2**40)  # does not fit the integer column
-    writer = pg.PostgresWriter(pg_db, name="w2", flush_ms=20, spill_dir=tmp_path)
+    writer = pg.PostgresWriter(pg_db, name="w2", flush_ms=20, batch_rows=500, spill_dir=tmp_path)
     try:
         for ev in good[:2] + [bad] + good[2:]:
             writer.submit(ev)
@@ -202,9 +258,11 @@ def test_writer_rejects_only_the_event_the_database_refuses(pg_db, surface_facto
 
 def test_writer_refuses_bad_options(pg_db):
     with pytest.raises(ValueError, match="batch_rows"):
-        pg.PostgresWriter(pg_db, batch_rows=0)
+        pg.PostgresWriter(pg_db, batch_rows=0, flush_ms=10, spill_dir="unused")
     with pytest.raises(ValueError, match="file names"):
-        pg.PostgresWriter(pg_db, name="a/b")
+        pg.PostgresWriter(pg_db, name="a/b", batch_rows=10, flush_ms=10, spill_dir="unused")
+    with pytest.raises(TypeError, match="batch_rows"):  # no default: graph.toml holds it
+        pg.PostgresWriter(pg_db, flush_ms=10, spill_dir="unused")
 
 
 # ---------------------------------------------------------------- outages (own server)
@@ -244,7 +302,7 @@ def outage(outage_server):
     yield ctl
     ctl.start()  # leave it running for the next test and the session cleanup
     with psycopg.connect(ctl.dsn, autocommit=True) as conn:
-        conn.execute("DROP TABLE IF EXISTS smile_fits, expiry_views, surface_state, schema_version")
+        conn.execute("DROP TABLE IF EXISTS smile_fits, expiry_views, expiry_nodes, surface_state, schema_version")
 
 
 def test_writer_buffers_spills_and_recovers_when_the_database_returns(outage, surface_factory, tmp_path):
@@ -289,7 +347,7 @@ def test_unwritten_events_survive_a_writer_restart_on_disk(outage, surface_facto
     events = [f.patch(700 + i, changed=[i % 3]) for i in range(6)]
     outage.stop()
     first = pg.PostgresWriter(
-        outage.dsn, name="w4", flush_ms=10, max_buffer_rows=100, spill_dir=tmp_path, retry_min_ms=10, retry_max_ms=50
+        outage.dsn, name="w4", flush_ms=10, batch_rows=500, max_buffer_rows=100, spill_dir=tmp_path, retry_min_ms=10, retry_max_ms=50
     )
     for ev in events:
         first.submit(ev)
@@ -298,7 +356,7 @@ def test_unwritten_events_survive_a_writer_restart_on_disk(outage, surface_facto
     assert sum(1 for p in tmp_path.glob("w4.spill.*.jsonl") for _ in p.open()) == 6
 
     outage.start()
-    second = pg.PostgresWriter(outage.dsn, name="w4", flush_ms=10, spill_dir=tmp_path)
+    second = pg.PostgresWriter(outage.dsn, name="w4", flush_ms=10, batch_rows=500, spill_dir=tmp_path)
     assert second.pending() == 6
     assert second.flush(timeout=60)
     assert second.close(timeout=10)
@@ -314,7 +372,7 @@ def test_a_corrupt_spill_line_is_set_aside_and_the_rest_written(pg_db, surface_f
     good = [f.patch(750 + i, changed=[i]) for i in range(3)]
     lines = [to_json(good[0]), to_json(good[1])[:40], to_json(good[2])]  # a line cut by a crash
     (tmp_path / "w5.spill.000000000001.jsonl").write_bytes(b"\n".join(lines) + b"\n")
-    writer = pg.PostgresWriter(pg_db, name="w5", flush_ms=10, spill_dir=tmp_path)
+    writer = pg.PostgresWriter(pg_db, name="w5", flush_ms=10, batch_rows=500, spill_dir=tmp_path)
     assert writer.pending() == 3
     assert writer.flush(timeout=30) and writer.close(timeout=10)
     assert writer.stats()["errors"] == {"rejected.spill_corrupt": 1}

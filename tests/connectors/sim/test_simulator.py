@@ -1,4 +1,5 @@
-"""connectors.sim.deribit: its frames have the real Deribit shapes (tests/frames/) and parse with
+"""connectors.sim (the Deribit simulator, its market, calendar, ticks and command line): its
+frames have the real Deribit shapes (tests/data/frames/) and parse with
 the same parser as the real exchange; its true surface is arbitrage-free; its books bracket the
 true price; it is deterministic given the seed. Sockets are real (127.0.0.1, ephemeral port)."""
 
@@ -18,11 +19,15 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from connectors.venues.deribit import Control, parse_frame, parse_instrument_name
-from connectors.sim.deribit import (MODELS, OPT_TICK_ABOVE, OPT_TICK_LARGE, OPT_TICK_SMALL, Simulator,
-                                  _implied_vol, ceil_tick, deribit_expiries, floor_tick, main)
+from connectors.sim.deribit import Simulator, main
+from connectors.sim.deribit_names import OPT_TICK_ABOVE, OPT_TICK_LARGE, OPT_TICK_SMALL, OPTION_TICKS
+from connectors.sim.expiries import deribit_expiries
+from connectors.sim.implied import implied_vol
+from connectors.sim.market import MODELS
 from operators.kernels.black import black_price
 from tests.helpers.data import FRAMES_DIR
 from operators.events import BookUpdate, FeedError, FuturePrice, IndexPrice, Ticker
+from tests.helpers.config import sim_cli_defaults, sim_kwargs
 
 FRAMES = {row["name"]: row["frame"] for row in
           map(orjson.loads, (FRAMES_DIR / "deribit_real_shapes.jsonl").read_bytes().splitlines())}
@@ -68,7 +73,7 @@ class RawClient:
 
 @pytest.fixture
 def sim():
-    s = Simulator(seed=11, rate=400, currencies=["BTC", "ETH"], min_heartbeat_s=0.2)
+    s = Simulator(**sim_kwargs(seed=11, rate=400, currencies=["BTC", "ETH"], min_heartbeat_s=0.2))
     s.start()
     yield s
     s.stop()
@@ -167,7 +172,7 @@ def test_a_pinned_clock_stamps_frames_in_model_time():
     public/get_time) must say that time: a wall-clock stamp put a client's time to expiry days
     away from the one the prices were made for (fits 6 vol points under the true smile)."""
     start = NOW_MS  # a Wednesday two years back: far from the wall clock
-    s = Simulator(seed=3, rate=200, currencies=["BTC"], now_ms=start, min_heartbeat_s=0.2)
+    s = Simulator(**sim_kwargs(seed=3, rate=200, currencies=["BTC"], now_ms=start, min_heartbeat_s=0.2))
     s.start()
     c = RawClient(s.url)
     try:
@@ -268,7 +273,8 @@ def test_gap_injection_skips_a_change_id(sim):
 
 
 def test_cli_main_runs_and_stops(capsys):
-    assert main(["--port", "0", "--seconds", "0.3", "--currencies", "BTC", "--seed", "3"]) == 0
+    assert main(["--port", "0", "--seconds", "0.3", "--currencies", "BTC", "--seed", "3"],
+                defaults=sim_cli_defaults("deribit")) == 0
     out = capsys.readouterr().out
     assert "ws://127.0.0.1:" in out and "stopped" in out
 
@@ -287,10 +293,10 @@ def test_expiries_are_deribit_like():
 
 
 def test_small_and_seed_scales():
-    small = Simulator(seed=1, scale="small", currencies=["BTC"], now_ms=NOW_MS)
+    small = Simulator(**sim_kwargs(seed=1, scale="small", currencies=["BTC"], now_ms=NOW_MS))
     assert len(small.expiries("BTC")) == 2
     assert len(small.instrument_names("BTC")) == 2 * 12 * 2
-    seed = Simulator(seed=1, scale="seed", now_ms=NOW_MS)
+    seed = Simulator(**sim_kwargs(seed=1, scale="seed", now_ms=NOW_MS))
     n_btc, n_eth = len(seed.instrument_names("BTC")), len(seed.instrument_names("ETH"))
     assert 3_500 <= n_btc <= 4_500 and 1_700 <= n_eth <= 2_300
     for u in ("BTC", "ETH"):
@@ -298,13 +304,13 @@ def test_small_and_seed_scales():
             ks = seed.strikes(u, e)
             assert min(ks) > 0 and ks == sorted(set(ks))
             assert min(ks) < seed.forward(u, e) < max(ks)
-    custom = Simulator(seed=1, currencies=["ETH"], n_expiries=3, n_strikes=7, now_ms=NOW_MS,
-                       plan={"daily": 1, "weekly": 2, "monthly": 1, "quarterly": 0})
+    custom = Simulator(**sim_kwargs(seed=1, currencies=["ETH"], n_expiries=3, n_strikes=7, now_ms=NOW_MS,
+                                    plan={"daily": 1, "weekly": 2, "monthly": 1, "quarterly": 0}))
     assert len(custom.expiries("ETH")) == 3 and len(custom.instrument_names("ETH")) == 3 * 7 * 2
 
 
 def test_raw_svi_matches_the_true_vol():
-    sim = Simulator(seed=2, scale="seed", now_ms=NOW_MS)
+    sim = Simulator(**sim_kwargs(seed=2, scale="seed", now_ms=NOW_MS))
     for u in ("BTC", "ETH"):
         for e in sim.expiries(u):
             a, b, rho, m, sig, t = sim.true_svi(u, e)
@@ -328,8 +334,8 @@ def _g(a, b, rho, m, sig, k):
 @settings(max_examples=25, deadline=None)
 @given(st.integers(0, 10_000), st.integers(0, 300), st.sampled_from(["BTC", "ETH"]))
 def test_true_surface_is_free_of_butterfly_and_calendar_arbitrage(seed, ticks, u):
-    sim = Simulator(seed=seed, scale="small", currencies=[u], now_ms=NOW_MS,
-                    plan={"daily": 2, "weekly": 2, "monthly": 3, "quarterly": 2})
+    sim = Simulator(**sim_kwargs(seed=seed, scale="small", currencies=[u], now_ms=NOW_MS,
+                                 plan={"daily": 2, "weekly": 2, "monthly": 3, "quarterly": 2}))
     sim.advance(ticks)
     k = np.linspace(-3, 3, 601)
     prev_w = None
@@ -346,7 +352,7 @@ def test_true_surface_is_free_of_butterfly_and_calendar_arbitrage(seed, ticks, u
 
 
 def test_books_bracket_the_true_price_on_ticks():
-    sim = Simulator(seed=5, scale="seed", now_ms=NOW_MS)
+    sim = Simulator(**sim_kwargs(seed=5, scale="seed", now_ms=NOW_MS))
     sim.advance(3)
     for u in ("BTC", "ETH"):
         for name in sim.instrument_names(u)[::7]:
@@ -364,7 +370,7 @@ def test_books_bracket_the_true_price_on_ticks():
 
 
 def test_prices_are_black76_at_the_true_vol_in_coin():
-    sim = Simulator(seed=9, scale="small", currencies=["BTC"], now_ms=NOW_MS)
+    sim = Simulator(**sim_kwargs(seed=9, scale="small", currencies=["BTC"], now_ms=NOW_MS))
     e = sim.expiries("BTC")[1]
     fwd = sim.forward("BTC", e)
     t = (e - sim.now_ms()) / (365 * 86_400_000)
@@ -380,7 +386,7 @@ def test_prices_are_black76_at_the_true_vol_in_coin():
 @settings(max_examples=300)
 @given(st.floats(1e-6, 5.0))
 def test_tick_rounding(p):
-    lo, hi = floor_tick(p), ceil_tick(p)
+    lo, hi = OPTION_TICKS.floor_one(p), OPTION_TICKS.ceil_one(p)
     assert lo <= p + 1e-12 and hi >= p - 1e-12
     assert hi - lo <= OPT_TICK_LARGE + 1e-12
     for px in (lo, hi):
@@ -397,13 +403,13 @@ def test_ticker_iv_inverts_black(vol, moneyness, t, is_call):
     intrinsic = max(fwd - strike, 0) if is_call else max(strike - fwd, 0)
     if price - intrinsic < 1e-6 * fwd:
         return  # no time value left to invert
-    assert _implied_vol(price, fwd, strike, t, is_call) == pytest.approx(vol, abs=1e-6)
+    assert implied_vol(price, fwd, strike, t, is_call) == pytest.approx(vol, abs=1e-6)
 
 
 def test_deterministic_given_the_seed():
-    a = Simulator(seed=42, scale="small", now_ms=NOW_MS)
-    b = Simulator(seed=42, scale="small", now_ms=NOW_MS)
-    c = Simulator(seed=43, scale="small", now_ms=NOW_MS)
+    a = Simulator(**sim_kwargs(seed=42, scale="small", now_ms=NOW_MS))
+    b = Simulator(**sim_kwargs(seed=42, scale="small", now_ms=NOW_MS))
+    c = Simulator(**sim_kwargs(seed=43, scale="small", now_ms=NOW_MS))
     for s in (a, b, c):
         s.advance(500)
     assert a.spot("BTC") == b.spot("BTC") and a.spot("ETH") == b.spot("ETH")
@@ -421,10 +427,10 @@ def test_deterministic_given_the_seed():
 
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="scale"):
-        Simulator(scale="huge")
+        Simulator(**sim_kwargs(scale="huge"))
     with pytest.raises(ValueError, match="DOGE"):
-        Simulator(currencies=["DOGE"])
-    sim = Simulator(scale="small", currencies=["BTC"], now_ms=NOW_MS)
+        Simulator(**sim_kwargs(currencies=["DOGE"]))
+    sim = Simulator(**sim_kwargs(scale="small", currencies=["BTC"], now_ms=NOW_MS))
     with pytest.raises(ValueError, match="inject"):
         sim.inject("meteor")
     with pytest.raises(ValueError, match="ETH"):
@@ -434,17 +440,16 @@ def test_bad_arguments_are_named():
 @settings(max_examples=100)
 @given(st.lists(st.floats(0.0, 3.0), min_size=1, max_size=30))
 def test_vector_ticks_match_the_scalar_rules(prices):
-    from connectors.sim.deribit import ceil_ticks, floor_ticks
     arr = np.array(prices)
-    assert floor_ticks(arr).tolist() == [floor_tick(p) for p in prices]
-    assert ceil_ticks(arr).tolist() == [ceil_tick(p) for p in prices]
+    assert OPTION_TICKS.floor(arr).tolist() == [OPTION_TICKS.floor_one(p) for p in prices]
+    assert OPTION_TICKS.ceil(arr).tolist() == [OPTION_TICKS.ceil_one(p) for p in prices]
 
 
 # ---------------------------------------------------------------- faults
 
 def _fault_frames(seed):
     """Frames of a not-started simulator with the same faults injected: the scenario's bytes."""
-    s = Simulator(seed=seed, currencies=["BTC"], now_ms=NOW_MS)
+    s = Simulator(**sim_kwargs(seed=seed, currencies=["BTC"], now_ms=NOW_MS))
     names = s.instrument_names("BTC")
     out = []
     for inst in names[:3]:
@@ -474,13 +479,13 @@ def test_faults_replay_identically_given_the_seed():
 
 
 def test_fault_arguments_are_checked():
-    s = Simulator(seed=1, currencies=["BTC"])
+    s = Simulator(**sim_kwargs(seed=1, currencies=["BTC"]))
     with pytest.raises(ValueError, match="known faults"):
         s.inject("meteor")
     with pytest.raises(ValueError, match="unknown instrument"):
         s.inject("gap", "BTC-1JAN20-1-C")
     with pytest.raises(ValueError, match="known faults"):
-        Simulator(seed=1, currencies=["BTC"], faults=[{"at_s": 1, "kind": "meteor"}])
+        Simulator(**sim_kwargs(seed=1, currencies=["BTC"], faults=[{"at_s": 1, "kind": "meteor"}]))
 
 
 def test_listing_and_expiry_change_get_instruments_and_notify(sim):
@@ -509,8 +514,8 @@ def test_listing_and_expiry_change_get_instruments_and_notify(sim):
 
 def test_cli_runs_a_fault_schedule(capsys):
     faults = '[{"at_s": 0, "kind": "gap"}, {"at_s": 0.1, "kind": "heartbeat_stop"}]'
-    assert main(["--seconds", "0.4", "--currencies", "BTC", "--faults", faults]) == 0
+    assert main(["--seconds", "0.4", "--currencies", "BTC", "--faults", faults], defaults=sim_cli_defaults("deribit")) == 0
     out = capsys.readouterr().out
     assert "'faults_injected': 2" in out and "'faults.gap': 1" in out
     with pytest.raises(SystemExit):
-        main(["--seconds", "0.1", "--faults", "[1, 2]"])
+        main(["--seconds", "0.1", "--faults", "[1, 2]"], defaults=sim_cli_defaults("deribit"))

@@ -19,7 +19,7 @@ from tests.helpers.venues import books, check_chains, collect, run_source
 
 @pytest.fixture
 def sim():
-    s = Simulator(seed=21, rate=600, currencies=["BTC", "ETH"], min_heartbeat_s=0.2)
+    s = Simulator(**sim_kwargs(seed=21, rate=600, currencies=["BTC", "ETH"], min_heartbeat_s=0.2))
     s.start()
     yield s
     s.stop()
@@ -31,7 +31,7 @@ def make_client(url, currencies=("BTC",), **kw):
     kw.setdefault("reconnect_max_s", 0.5)
     kw.setdefault("seed", 1)
     kw.setdefault("subscribe_per_s", 1000.0)
-    return DeribitClient(url, currencies, **kw)
+    return DeribitClient(**deribit_kwargs(url=url, currencies=currencies, **kw))
 
 
 def test_discovery_subscription_chains_and_heartbeats(sim):
@@ -130,7 +130,7 @@ def test_grouped_book_channel_gives_whole_snapshots_of_the_same_book(sim):
         assert f"book.{names[0]}.100ms" in incremental.channels
         for name in names:
             bids, asks, _ = final[name]
-            g, i = OrderBook(10), OrderBook(10)
+            g, i = OrderBook(), OrderBook()
             for e in g_books[name]:
                 assert g.apply(e) is None
             for e in books(i_events)[name]:
@@ -164,7 +164,7 @@ def test_grouped_crossed_frame_is_an_error_and_the_next_snapshot_heals(sim):
         collect(client, events, healed, what="crossed_book error, then a good snapshot")
         err = next(e for e in events[mark:] if isinstance(e, FeedError) and e.instrument == target)
         assert err.reason == "crossed_book" and "best bid" in err.detail
-        book = OrderBook(10)
+        book = OrderBook()
         for e in books(events)[target]:
             book.apply(e)
         assert not book.stale and book.best_bid < book.best_ask
@@ -254,7 +254,7 @@ def test_rate_limit_error_ends_the_session_and_the_client_comes_back(sim):
 
 
 def test_unreachable_server_backs_off_and_stops_cleanly():
-    sim = Simulator(seed=1, currencies=["BTC"])
+    sim = Simulator(**sim_kwargs(seed=1, currencies=["BTC"]))
     url = sim.start()
     sim.stop()  # the port is now closed
     client = make_client(url, ("BTC",)).start()
@@ -268,18 +268,21 @@ def test_unreachable_server_backs_off_and_stops_cleanly():
 
 def test_client_arguments_are_checked():
     with pytest.raises(ValueError, match="interval"):
-        DeribitClient(interval="1s")
+        DeribitClient(**deribit_kwargs(interval="1s"))
     with pytest.raises(ValueError, match="heartbeat_s"):
-        DeribitClient(heartbeat_s=0)
+        DeribitClient(**deribit_kwargs(heartbeat_s=0))
     with pytest.raises(ValueError, match="queue_max"):
-        DeribitClient(queue_max=0)
+        DeribitClient(**deribit_kwargs(queue_max=0))
 
 
 def test_source_in_a_dataflow_one_partition_per_currency(sim):
-    source = DeribitSource(sim.url, ["BTC", "ETH"], heartbeat_s=0.3, run_seconds=2.5, max_expiries=1,
-                           max_strikes=3, reconnect_min_s=0.05, subscribe_per_s=1000.0)
+    source = DeribitSource(**deribit_kwargs(DeribitSource, url=sim.url, currencies=["BTC", "ETH"], heartbeat_s=0.3,
+                                            max_expiries=1, max_strikes=3, reconnect_min_s=0.05,
+                                            subscribe_per_s=1000.0))
     assert source.list_parts() == ["deribit-BTC", "deribit-ETH"]
-    out, by_type = run_source(source, "deribit_source_test")
+    out, by_type = run_source(source, "deribit_source_test", what="6 listings and books of each currency",
+                              until=lambda out, n: n["Instrument"] >= 2 * 6 and n["BookUpdate"] >= 2 * 6
+                              and {e.underlying for e in out if isinstance(e, Instrument)} == {"BTC", "ETH"})
     assert by_type["Instrument"] >= 2 * 6 and by_type["BookUpdate"] >= 2 * 6
     underlyings = {e.underlying for e in out if isinstance(e, Instrument)}
     assert underlyings == {"BTC", "ETH"}
@@ -307,8 +310,9 @@ def test_source_on_a_cluster_reads_each_expiry_on_the_worker_of_its_chain(sim):
     from connectors.venues.placement import worker_of
     from operators.events import chain_key
 
-    source = DeribitSource(sim.url, ["BTC", "ETH"], heartbeat_s=0.3, max_expiries=6, max_strikes=2,
-                           reconnect_min_s=0.05, subscribe_per_s=1000.0, route_workers=2)
+    source = DeribitSource(**deribit_kwargs(DeribitSource, url=sim.url, currencies=["BTC", "ETH"], heartbeat_s=0.3,
+                                            max_expiries=6, max_strikes=2, reconnect_min_s=0.05,
+                                            subscribe_per_s=1000.0, route_workers=2))
     assert source.list_parts() == ["deribit-BTC.w0of2", "deribit-BTC.w1of2", "deribit-ETH.w0of2",
                                    "deribit-ETH.w1of2"]
     whole = make_client(sim.url, ("BTC",), max_expiries=6, max_strikes=2).start()
@@ -338,6 +342,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from connectors.venues.folding import APPENDED, DROPPED, FOLDED, OVERFLOW, FoldingQueue  # noqa: E402
+from tests.helpers.config import deribit_kwargs, sim_kwargs
 
 _INSTS = ("A", "B", "C")
 # bids and asks from disjoint price ranges: a book never crosses, so staleness only comes from
@@ -395,7 +400,7 @@ def _stream(steps):
 def _apply(events):
     """Books the way the chain step keeps them (seq_gap FeedError = stale), plus the last
     ticker per instrument and the last index."""
-    books = {i: OrderBook(100) for i in _INSTS}
+    books = {i: OrderBook() for i in _INSTS}
     last = {}
     for e in events:
         if isinstance(e, BookUpdate):

@@ -1,5 +1,5 @@
 """connectors.venues.deribit parsing: instrument names and frames, against hand-written frames in the
-real Deribit shapes (tests/frames/, from PROTOCOLS.md §A) and hypothesis fuzzing."""
+real Deribit shapes (tests/data/frames/, from docs/protocols.md §A) and hypothesis fuzzing."""
 
 from __future__ import annotations
 
@@ -234,7 +234,6 @@ def test_oversized_frame_is_refused_before_decoding():
     ("book_snapshot", ("params", "data", "bids", 0, 1), -0.1, "bad_price"),
     ("book_snapshot", ("params", "data", "bids", 0, 1), 0.0, "bad_price"),
     ("book_snapshot", ("params", "data", "asks", 0, 2), -1.0, "bad_price"),
-    ("book_snapshot", ("params", "data", "bids", 0, 1), 0.05, "crossed_book"),
     ("book_snapshot", ("params", "data", "bids", 0, 1), "0.04", "bad_field"),
     ("book_snapshot", ("params", "data", "bids", 0, 0), "change", "bad_field"),
     ("book_snapshot", ("params", "data", "change_id"), _DELETE, "bad_field"),
@@ -384,7 +383,7 @@ _book_level = st.one_of(_good_level, _good_level, _good_level, _odd_level)
        bids=st.lists(_book_level.map(list), max_size=4), asks=st.lists(_book_level.map(list), max_size=4),
        name=st.sampled_from(["BTC-27DEC24-100000-C", "BTC-27DEC24-100000-C", "", 7]))
 def test_fast_book_path_equals_the_careful_parser(kind, change_id, prev, bids, asks, name):
-    from connectors.venues import deribit
+    from connectors.venues.deribit import parse as deribit
 
     data = {"type": kind, "timestamp": 1_700_000_000_000, "instrument_name": name, "change_id": change_id,
             "bids": bids, "asks": asks}
@@ -407,7 +406,7 @@ _grouped_level = st.one_of(_good_pair, _good_pair, _good_pair, _odd_pair, _good_
        name=st.sampled_from(["BTC-27DEC24-100000-C", "BTC-27DEC24-100000-C", "", 7]),
        typ=st.sampled_from([None, None, None, "snapshot", "change"]))
 def test_fast_grouped_path_equals_the_careful_parser(change_id, bids, asks, name, typ):
-    from connectors.venues import deribit
+    from connectors.venues.deribit import parse as deribit
 
     data = {"timestamp": 1_700_000_000_000, "instrument_name": name, "change_id": change_id, "bids": bids, "asks": asks}
     if typ is not None:  # grouped notifications carry no type; a frame that has one goes the careful way
@@ -423,16 +422,17 @@ def test_grouped_book_is_a_whole_snapshot_of_pairs():
     (ev,) = parse_frame(frame, TS)
     assert ev == BookUpdate("deribit", "BTC-27DEC24-100000-C", 1733990400123, TS, 68219473999, None, "snapshot",
                             ((0.041, 12.5), (0.0405, 3.0)), ((0.0425, 7.0),))
+    # a crossed book is not the parser's to judge: the client's BookGuard finds it
+    # (connectors/venues/base.py; tests/connectors/venues/test_deribit_client.py)
     crossed = frame.replace(b"[0.041,12.5]", b"[0.043,12.5]")
-    (err,) = parse_frame(crossed, TS)
-    assert (err.reason, err.instrument) == ("crossed_book", "BTC-27DEC24-100000-C")
-    assert "best bid 0.043 >= best ask 0.0425" in err.detail
+    (ev,) = parse_frame(crossed, TS)
+    assert isinstance(ev, BookUpdate) and ev.bids[0] == (0.043, 12.5)
 
 
 def _fast_equals_careful(fast_fn, careful_fn, channel: str, data: dict) -> None:
     import orjson
 
-    from connectors.venues import deribit
+    from connectors.venues.deribit import parse as deribit
 
     frame = orjson.dumps({"jsonrpc": "2.0", "method": "subscription", "params": {"channel": channel, "data": data}})
     fast = fast_fn(frame, 5)
@@ -460,7 +460,7 @@ _TICKER_FIELDS = ("best_bid_price", "best_bid_amount", "best_ask_price", "best_a
        ts=st.one_of(st.integers(0, 2**53), st.floats(0, 1e13), st.none()),
        state=st.sampled_from(["open", "closed", 3, None]))
 def test_fast_ticker_path_equals_the_careful_parser(values, prices, name, ts, state):
-    from connectors.venues import deribit
+    from connectors.venues.deribit import parse as deribit
 
     data = {"instrument_name": name, "timestamp": ts, "stats": {"volume": 1.0}, **prices, **values}
     if state is not None:

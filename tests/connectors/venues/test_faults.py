@@ -16,24 +16,27 @@ import threading
 import time
 
 import pytest
-from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.testing import run_main
 
 from connectors.venues.deribit import DeribitClient, DeribitSource, now_ms
 from connectors.sim.deribit import Simulator
 from flows.metrics import COUNTERS
-from flows.surface import CallbackSink, build_flow
+from flows.surface import build_flow
+from tests.helpers.sinks import CallbackSink
 from operators.state.book import OrderBook
 from operators.events import BookUpdate, FeedError, Instrument, SurfacePatch, Ticker
 from flows.config import load_config
+from tests.helpers.flowrun import StoppableSource
 from tests.helpers.venues import monday_noon_ms
+from tests.helpers.config import deribit_kwargs, sim_kwargs
 
 HEARTBEAT_S = 0.3
+WAIT_S = 120.0  # every wait is for a condition; this only bounds a failing run (machine speed drifts)
 
 
 @pytest.fixture
 def sim():
-    s = Simulator(seed=5, rate=800, currencies=["BTC"], n_strikes=8, min_heartbeat_s=0.1)
+    s = Simulator(**sim_kwargs(seed=5, rate=800, currencies=["BTC"], n_strikes=8, min_heartbeat_s=0.1))
     s.start()
     yield s
     s.stop()
@@ -46,7 +49,7 @@ def make_client(sim, **kw):
     kw.setdefault("seed", 1)
     kw.setdefault("subscribe_per_s", 1000.0)
     kw.setdefault("instruments_per_s", 100.0)
-    return DeribitClient(sim.url, ("BTC",), **kw)
+    return DeribitClient(**deribit_kwargs(url=sim.url, currencies=("BTC",), **kw))
 
 
 class Feed:
@@ -60,17 +63,17 @@ class Feed:
         self.withheld: collections.Counter = collections.Counter()
         self.book_errors: list = []
 
-    def pump(self, until, timeout: float = 20.0, what: str = "condition"):
+    def pump(self, until, timeout: float = WAIT_S, what: str = "condition"):
         deadline = time.monotonic() + timeout
         while True:
             batch = self.client.drain(100_000, timeout=0.05)
             for e in batch:
                 if isinstance(e, BookUpdate):
-                    err = self.books.setdefault(e.instrument, OrderBook(1000)).apply(e)
+                    err = self.books.setdefault(e.instrument, OrderBook()).apply(e)
                     if err is not None:
                         self.book_errors.append(err)
                 elif isinstance(e, FeedError) and e.reason == "seq_gap" and e.instrument:
-                    self.books.setdefault(e.instrument, OrderBook(1000)).stale = True
+                    self.books.setdefault(e.instrument, OrderBook()).stale = True
                     self.withheld[e.instrument] += 1
             self.events.extend(batch)
             if until():
@@ -105,7 +108,7 @@ class Feed:
         """Pause the market, read everything in flight, then every book must equal the sim's."""
         self.sim.pause()
         names = list(names if names is not None else self.option_names())
-        self.pump(lambda: self.books_match(names), timeout=15, what="books equal to the simulator's")
+        self.pump(lambda: self.books_match(names), what="books equal to the simulator's")
         self.sim.pause(False)
 
     def chains_unbroken(self, names, since: int = 0) -> None:
@@ -218,7 +221,7 @@ def test_connection_faults_reconnect_and_rebuild_every_book(sim, fault):
                   and sum(client.counters().get(k, 0) for k in expected) >= 1, what=f"{fault}: every book rebuilt")
         if fault == "heartbeat_stop":
             assert client.counters().get("errors.silence", 0) == 0  # data kept flowing all along
-        assert client.wait_for(lambda k: k.get("reconnects", 0) >= 1 and k.get("sessions_streaming", 0) >= 2, 10)
+        assert client.wait_for(lambda k: k.get("reconnects", 0) >= 1 and k.get("sessions_streaming", 0) >= 2, WAIT_S)
         # withheld from the disconnect on: after each book's seq_gap, its next book event is a snapshot
         for n in names:
             tail = [e for e in feed.events[mark:] if getattr(e, "instrument", None) == n
@@ -227,7 +230,7 @@ def test_connection_faults_reconnect_and_rebuild_every_book(sim, fault):
             after = next(e for e in tail[gap:] if isinstance(e, BookUpdate))
             assert after.kind == "snapshot", (n, after)
         feed.settle()
-        assert sim.wait_for(lambda k: k["test_answers"] >= 2, 10)  # the new session's heartbeats
+        assert sim.wait_for(lambda k: k["test_answers"] >= 2, WAIT_S)  # the new session's heartbeats
     finally:
         client.stop()
 
@@ -284,7 +287,7 @@ def test_slow_consumer_gets_folded_exact_books_and_heartbeats_go_on(sim):
     client = make_client(sim).start()
     try:
         feed = Feed(sim, client, delay_s=0.4)  # reads 2.5 times a second
-        feed.pump(lambda: client.counters().get("queue.folded", 0) > 500 and feed.streaming(), timeout=30,
+        feed.pump(lambda: client.counters().get("queue.folded", 0) > 500 and feed.streaming(),
                   what="folding under a slow consumer")
         c = client.counters()
         assert c["fold_ratio"] > 1.5 and c.get("gaps_queue", 0) == 0 and c.get("errors.seq_gap", 0) == 0
@@ -312,39 +315,6 @@ def test_queue_bound_resyncs_instead_of_growing(sim):
 # ---------------------------------------------------------------- with the real dataflow
 
 
-class StoppableSource(FixedPartitionedSource):
-    """Wraps DeribitSource: ends the input when `stop` is set, and exposes the clients."""
-
-    def __init__(self, inner: DeribitSource, stop: threading.Event):
-        self.inner, self.stop, self.parts = inner, stop, []
-
-    def list_parts(self):
-        return self.inner.list_parts()
-
-    def build_part(self, step_id, for_part, resume_state):
-        part = self.inner.build_part(step_id, for_part, resume_state)
-        self.parts.append(part)
-        outer = self
-
-        class _Part(StatefulSourcePartition):
-            def next_batch(self):
-                if outer.stop.is_set():
-                    part.close()
-                    raise StopIteration()
-                return part.next_batch()
-
-            def next_awake(self):
-                return part.next_awake()
-
-            def snapshot(self):
-                return None
-
-            def close(self):
-                part.close()
-
-        return _Part()
-
-
 class Sink:
     def __init__(self):
         self.items: list = []
@@ -355,7 +325,7 @@ class Sink:
             self.items.append(item)
             self.cond.notify_all()
 
-    def wait(self, predicate, timeout=20.0, what="condition"):
+    def wait(self, predicate, timeout=WAIT_S, what="condition"):
         with self.cond:
             if not self.cond.wait_for(lambda: predicate(self.items), timeout):
                 raise AssertionError(f"timed out waiting for {what}")
@@ -365,9 +335,10 @@ def run_flow_with(sim, scenario, clock=now_ms, **source_kw):
     """Run the real flow (build_flow + run_main) on the simulator while `scenario(sink, source)`
     runs in a thread; the flow ends when the scenario does."""
     stop = threading.Event()
-    source = StoppableSource(DeribitSource(sim.url, ["BTC"], heartbeat_s=HEARTBEAT_S, reconnect_min_s=0.05,
-                                           subscribe_per_s=1000.0, instruments_per_s=100.0, clock_ms=clock,
-                                           **source_kw), stop)
+    source = StoppableSource(DeribitSource(**deribit_kwargs(DeribitSource, url=sim.url, currencies=["BTC"],
+                                                            heartbeat_s=HEARTBEAT_S, reconnect_min_s=0.05,
+                                                            subscribe_per_s=1000.0, instruments_per_s=100.0,
+                                                            clock_ms=clock, **source_kw)), stop)
     sink = Sink()
     failure: list = []
 
@@ -383,7 +354,7 @@ def run_flow_with(sim, scenario, clock=now_ms, **source_kw):
     thread = threading.Thread(target=drive, daemon=True)
     thread.start()
     run_main(flow)
-    thread.join(30)
+    thread.join(WAIT_S)
     if failure:
         raise failure[0]
     return sink, source
@@ -394,8 +365,8 @@ def _views(items, expiry_ms):
 
 
 def test_flow_withholds_a_gapped_strike_until_its_fresh_snapshot():
-    sim = Simulator(seed=9, rate=1500, currencies=["BTC"], n_strikes=12, min_heartbeat_s=0.1,
-                    plan={"daily": 0, "weekly": 1, "monthly": 0, "quarterly": 0}, now_ms=monday_noon_ms())
+    sim = Simulator(**sim_kwargs(seed=9, rate=1500, currencies=["BTC"], n_strikes=12, min_heartbeat_s=0.1,
+                                 plan={"daily": 0, "weekly": 1, "monthly": 0, "quarterly": 0}, now_ms=monday_noon_ms()))
     sim.start()
     try:
         expiry = sim.expiries("BTC")[0]
@@ -432,8 +403,9 @@ def test_flow_runs_through_an_expiry_without_a_restart_or_errors():
     # pass: the simulator lists a short-lived expiry mid-run (a test device; Deribit's are 08:00)
     # On the wall clock, then: its weekly is listed at least two days out (hours from expiry,
     # tick-wide quotes might not make the six a fit needs).
-    sim = Simulator(seed=4, rate=1500, currencies=["BTC"], n_strikes=10, min_heartbeat_s=0.1,
-                    plan={"daily": 0, "weekly": 1, "monthly": 0, "quarterly": 0, "min_life_ms": 2 * 86_400_000})
+    sim = Simulator(**sim_kwargs(seed=4, rate=1500, currencies=["BTC"], n_strikes=10, min_heartbeat_s=0.1,
+                                 plan={"daily": 0, "weekly": 1, "monthly": 0, "quarterly": 0,
+                                       "min_life_ms": 2 * 86_400_000}))
     sim.start()
     try:
         weekly = sim.expiries("BTC")[0]
@@ -445,9 +417,9 @@ def test_flow_runs_through_an_expiry_without_a_restart_or_errors():
             client = source.parts[0].client
             box["expiry"] = expiry = now_ms() + 2_500
             box["new"] = new = sim.inject("listing", underlying="BTC", expiry_ms=expiry, n_strikes=3)
-            assert client.wait_for(lambda k: k.get("listed_intraday", 0) == len(new), 10)
+            assert client.wait_for(lambda k: k.get("listed_intraday", 0) == len(new), WAIT_S)
             assert set(new) <= set(client.active)
-            assert client.wait_for(lambda k: k.get("expired", 0) == len(new), 10)  # at its expiry time
+            assert client.wait_for(lambda k: k.get("expired", 0) == len(new), WAIT_S)  # at its expiry time
             assert now_ms() >= expiry and not set(new) & set(client.active)
             box["late_before"] = sim.counters["unsubscribe_calls"]
             n = len(sink.items)

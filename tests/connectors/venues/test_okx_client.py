@@ -6,22 +6,23 @@ match the simulator's true surface. Waits are on counters/conditions with timeou
 from __future__ import annotations
 
 import math
+import threading
 import urllib.request
 
 import orjson
 import pytest
-from bytewax.testing import run_main
 
 from connectors.venues.okx import OkxClient, OkxSource, RestInstrumentsFetcher
 from connectors.sim.okx import OkxSimulator
 from operators.events import (BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument, SmileFit, SurfacePatch,
                               Ticker)
 from tests.helpers.venues import books, check_chains, check_smile_against_truth, collect, monday_noon_ms, run_source
+from tests.helpers.config import okx_kwargs, sim_cli_defaults, sim_kwargs
 
 
 @pytest.fixture
 def sim():
-    s = OkxSimulator(seed=21, rate=600, families=["BTC-USD", "ETH-USD"])
+    s = OkxSimulator(**sim_kwargs(seed=21, rate=600, families=["BTC-USD", "ETH-USD"]))
     s.start()
     yield s
     s.stop()
@@ -32,7 +33,7 @@ def make_client(url, families=("BTC-USD",), **kw):
     kw.setdefault("reconnect_max_s", 0.5)
     kw.setdefault("seed", 1)
     kw.setdefault("connects_per_s", 1000.0)
-    return OkxClient(url, families, **kw)
+    return OkxClient(**okx_kwargs(url=url, families=families, **kw))
 
 
 def test_discovery_snapshots_chained_updates_and_summary(sim):
@@ -83,8 +84,8 @@ def test_discovery_snapshots_chained_updates_and_summary(sim):
 def test_ping_pong_keeps_a_quiet_connection_and_silence_is_dropped():
     # A quiet market: nothing is pushed after the first frames. The server drops connections
     # silent for idle_drop_s; the client pings after 0.25 s of silence and is never dropped.
-    quiet = OkxSimulator(seed=5, rate=0, families=["ETH-USD"], summary_interval_ms=None, index_interval_ms=None,
-                         ticker_interval_ms=None, idle_drop_s=1.0)
+    quiet = OkxSimulator(**sim_kwargs(seed=5, rate=0, families=["ETH-USD"], summary_interval_ms=None,
+                                      index_interval_ms=None, ticker_interval_ms=None, idle_drop_s=1.0))
     quiet.start()
     client = make_client(quiet.url, ("ETH-USD",), ping_after_s=0.25, pong_timeout_s=2.0, max_expiries=1,
                          max_strikes=2, include_futures=False)
@@ -113,7 +114,7 @@ def test_ping_pong_keeps_a_quiet_connection_and_silence_is_dropped():
 
 
 def test_keepalive_and_seq_reset_are_not_gaps():
-    s = OkxSimulator(seed=8, rate=40, families=["BTC-USD"], keepalive_s=600)
+    s = OkxSimulator(**sim_kwargs(seed=8, rate=40, families=["BTC-USD"], keepalive_s=600))
     s.start()
     client = make_client(s.url, max_expiries=1, max_strikes=2, include_futures=False).start()
     try:
@@ -264,26 +265,28 @@ def test_pluggable_fetcher_retry_and_units_check(sim):
 
 def test_client_arguments_are_checked():
     with pytest.raises(ValueError, match="book_channel"):
-        OkxClient(book_channel="books-l2-tbt")
+        OkxClient(**okx_kwargs(book_channel="books-l2-tbt"))
     with pytest.raises(ValueError, match="fewer than 30"):
-        OkxClient(depth_per_conn=30)
+        OkxClient(**okx_kwargs(depth_per_conn=30))
     with pytest.raises(ValueError, match="ping_after_s"):
-        OkxClient(ping_after_s=30)
+        OkxClient(**okx_kwargs(ping_after_s=30))
     with pytest.raises(ValueError, match="queue_max"):
-        OkxClient(queue_max=0)
+        OkxClient(**okx_kwargs(queue_max=0))
     with pytest.raises(ValueError, match="btc-usd"):
-        OkxClient(families=["btc-usd"])
+        OkxClient(**okx_kwargs(families=["btc-usd"]))
     with pytest.raises(ValueError, match="families"):
-        OkxSimulator(families=["BTC-USDC"])
+        OkxSimulator(**sim_kwargs(families=["BTC-USDC"]))
     with pytest.raises(ValueError, match="inject"):
-        OkxSimulator(families=["BTC-USD"]).inject("explode")
+        OkxSimulator(**sim_kwargs(families=["BTC-USD"])).inject("explode")
 
 
 def test_source_in_a_dataflow_one_partition_per_family(sim):
-    source = OkxSource(sim.url, ["BTC-USD", "ETH-USD"], run_seconds=2.5, max_expiries=1, max_strikes=3,
-                       reconnect_min_s=0.05, connects_per_s=1000.0)
+    source = OkxSource(**okx_kwargs(OkxSource, url=sim.url, families=["BTC-USD", "ETH-USD"], max_expiries=1,
+                                    max_strikes=3, reconnect_min_s=0.05, connects_per_s=1000.0))
     assert source.list_parts() == ["okx-BTC-USD", "okx-ETH-USD"]
-    out, by_type = run_source(source, "okx_source_test")
+    out, by_type = run_source(source, "okx_source_test", what="6 listings, books and tickers of each family",
+                              until=lambda out, n: min(n["Instrument"], n["BookUpdate"], n["Ticker"]) >= 2 * 6
+                              and {e.underlying for e in out if isinstance(e, Instrument)} == {"BTC", "ETH"})
     assert by_type["Instrument"] >= 2 * 6 and by_type["BookUpdate"] >= 2 * 6 and by_type["Ticker"] >= 2 * 6
     assert {e.underlying for e in out if isinstance(e, Instrument)} == {"BTC", "ETH"}
     assert all(e.venue == "okx" for e in out)
@@ -300,22 +303,33 @@ def test_flow_fits_match_the_true_surface():
     """OkxSource → flows.surface → SmileFits (venue okx) within 0.5 vol pts RMS of the true smile
     at the quoted strikes the quotes pin (bid-ask IV band ≤ 4 pts), and within a quarter band of it
     in the wings, for every simulated expiry of both families."""
-    from flows.surface import CallbackSink, build_flow
+    from flows.surface import build_flow
+    from tests.helpers.sinks import CallbackSink
     from operators.state import chain
     from flows.config import load_config
+    from tests.helpers.flowrun import StoppableSource, holds, run_until
 
     # No daily (its wings are a tick or two wide), and a pinned clock: see monday_noon_ms.
-    s = OkxSimulator(seed=11, rate=3000, families=["BTC-USD", "ETH-USD"], scale="small", now_ms=monday_noon_ms(),
-                     plan={"daily": 0, "weekly": 2, "monthly": 1, "quarterly": 1}, n_strikes=15)
+    s = OkxSimulator(**sim_kwargs(seed=11, rate=3000, families=["BTC-USD", "ETH-USD"], scale="small",
+                                  now_ms=monday_noon_ms(),
+                                  plan={"daily": 0, "weekly": 2, "monthly": 1, "quarterly": 1}, n_strikes=15))
     s.start()
     try:
         chain.warm_up()
         config = load_config()
-        source = OkxSource(s.url, ["BTC-USD", "ETH-USD"], run_seconds=12.0, connects_per_s=1000.0)
+        stop = threading.Event()
+        source = StoppableSource(OkxSource(**okx_kwargs(OkxSource, url=s.url, families=["BTC-USD", "ETH-USD"],
+                                                        connects_per_s=1000.0)), stop)
         out: list = []
-        run_main(build_flow(config, source, [CallbackSink(out.append)]))
+        run_until(build_flow(config, source, [CallbackSink(out.append)]), stop,
+                  lambda: holds(lambda: check_okx_fits(s, list(out))),
+                  what="every simulated expiry of both families fitted near the true smile")
     finally:
         s.stop()
+    check_okx_fits(s, out)  # the final patches too
+
+
+def check_okx_fits(s, out):
     fits = [e for e in out if isinstance(e, SmileFit) and e.venue == "okx"]
     assert fits and {f.underlying for f in fits} == {"BTC", "ETH"}
     views = {}  # the latest OKX view per expiry: its fit and the quoted strikes behind it
@@ -338,7 +352,7 @@ def test_subscribe_budget_is_respected():
 
     from connectors.venues.okx import Control, parse_frame
 
-    s = OkxSimulator(seed=4, rate=100, families=["BTC-USD"], subscribe_per_hour=2)
+    s = OkxSimulator(**sim_kwargs(seed=4, rate=100, families=["BTC-USD"], subscribe_per_hour=2))
     s.start()
     client = make_client(s.url, subscribe_per_hour=2, max_expiries=1, max_strikes=1, include_futures=False).start()
     try:
@@ -367,7 +381,7 @@ def test_subscribe_budget_is_respected():
 
 def test_simulator_is_seeded_and_quotes_bracket_the_true_price():
     now = 1_767_225_600_000  # 2026-01-01T00:00Z
-    a, b, c = (OkxSimulator(seed=sd, families=["BTC-USD", "ETH-USD"], now_ms=now) for sd in (3, 3, 4))
+    a, b, c = (OkxSimulator(**sim_kwargs(seed=sd, families=["BTC-USD", "ETH-USD"], now_ms=now)) for sd in (3, 3, 4))
     for sim in (a, b, c):
         sim.advance(50)
     ids = a.inst_ids("BTC-USD")
@@ -396,7 +410,7 @@ def test_a_pinned_clock_stamps_in_model_time():
     """With now_ms fixed, the REST clock and index rows say the model's time (its prices are
     for it), not the wall clock's (see the Deribit simulator's test of the same)."""
     now = 1_767_225_600_000  # 2026-01-01T00:00Z
-    s = OkxSimulator(seed=3, rate=50, families=["BTC-USD"], now_ms=now)
+    s = OkxSimulator(**sim_kwargs(seed=3, rate=50, families=["BTC-USD"], now_ms=now))
     s.start()
     try:
         def get(path):
@@ -414,6 +428,6 @@ def test_a_pinned_clock_stamps_in_model_time():
 def test_simulator_cli_runs_and_stops(capsys):
     from connectors.sim.okx import main
 
-    assert main(["--seconds", "0.3", "--families", "ETH-USD", "--rate", "10"]) == 0
+    assert main(["--seconds", "0.3", "--families", "ETH-USD", "--rate", "10"], defaults=sim_cli_defaults("okx")) == 0
     out = capsys.readouterr().out
     assert "okx sim: ws://127.0.0.1:" in out and "/ws/v5/public" in out and "stopped" in out

@@ -21,12 +21,14 @@ from bytewax.testing import run_main
 
 from connectors.venues.deribit import DeribitClient, DeribitSource
 from connectors.sim.deribit import Simulator
-from flows.surface import CallbackSink, build_flow
+from flows.surface import build_flow
+from tests.helpers.sinks import CallbackSink
 from operators.state import chain
 from operators.events import SurfacePatch
 from flows.config import load_config
 from tests.helpers import slow_nodes
-from tests.connectors.venues.test_faults import StoppableSource
+from tests.helpers.flowrun import StoppableSource
+from tests.helpers.config import deribit_kwargs, sim_kwargs
 
 HEARTBEAT_S = 0.5  # test_request every 0.5 s (Deribit: >= 10 s); the simulator closes a session missing one
 
@@ -34,8 +36,8 @@ HEARTBEAT_S = 0.5  # test_request every 0.5 s (Deribit: >= 10 s); the simulator 
 def _sim_process():
     """The simulator in its own process (`volgraph sim`): in this process it would compete for
     the same GIL and its heartbeat deadline checks would be starved too, hiding late answers."""
-    proc = subprocess.Popen([sys.executable, "-m", "connectors.sim.deribit", "--seed", "3", "--rate", "2000", "--scale", "medium",
-                             "--currencies", "BTC", "--n-strikes", "12", "--n-expiries", "4",
+    proc = subprocess.Popen([sys.executable, "-m", "connectors.sim.deribit", "--host", "127.0.0.1", "--port", "0",
+                             "--seed", "3", "--rate", "2000", "--scale", "medium", "--currencies", "BTC", "--n-strikes", "12", "--n-expiries", "4",
                              "--min-heartbeat", "0.1"],
                             stdout=subprocess.PIPE, text=True, cwd=str(Path(__file__).resolve().parents[3]))
     line = proc.stdout.readline()  # "volgraph sim: ws://127.0.0.1:PORT/ws/api/v2  (…)"
@@ -69,8 +71,9 @@ def test_saturated_flow_never_starves_heartbeats(tmp_path):
     chain.warm_up()  # as `volgraph run` does: JIT compiles hold the GIL for long, before any feed
     proc, url = _sim_process()
     stop = threading.Event()
-    source = StoppableSource(DeribitSource(url, ["BTC"], heartbeat_s=HEARTBEAT_S, reconnect_min_s=0.05,
-                                           subscribe_per_s=1000.0), stop)
+    source = StoppableSource(DeribitSource(**deribit_kwargs(DeribitSource, url=url, currencies=["BTC"],
+                                                            heartbeat_s=HEARTBEAT_S, reconnect_min_s=0.05,
+                                                            subscribe_per_s=1000.0)), stop)
     patches = []
     calls_before = slow_nodes.CALLS
     started = {}
@@ -122,11 +125,12 @@ def test_the_same_work_on_the_socket_loop_misses_test_requests():  # noqa: D103
     # The naive design: ~5 ms of consumer work per market event run inline on the socket loop.
     # At 600 events/s that is 3 s of work per second: frames, test_requests among them, queue
     # up behind it and the server closes the session for an unanswered test_request.
-    sim = Simulator(seed=3, rate=600, currencies=["BTC"], n_strikes=8, min_heartbeat_s=0.1,
-                    plan={"daily": 0, "weekly": 1, "monthly": 0, "quarterly": 0})
+    sim = Simulator(**sim_kwargs(seed=3, rate=600, currencies=["BTC"], n_strikes=8, min_heartbeat_s=0.1,
+                                 plan={"daily": 0, "weekly": 1, "monthly": 0, "quarterly": 0}))
     sim.start()
-    client = DeribitClient(sim.url, ("BTC",), heartbeat_s=HEARTBEAT_S, reconnect_min_s=0.05, seed=1,
-                           subscribe_per_s=1000.0, inline_work=slow_nodes.burn_event)
+    client = DeribitClient(**deribit_kwargs(url=sim.url, currencies=("BTC",), heartbeat_s=HEARTBEAT_S,
+                                            reconnect_min_s=0.05, seed=1, subscribe_per_s=1000.0,
+                                            inline_work=slow_nodes.burn_event))
     client.start()
     try:
         assert sim.wait_for(lambda k: k["heartbeat_closes"] >= 1, 20), sim.counters

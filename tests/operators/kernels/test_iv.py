@@ -291,8 +291,15 @@ def test_coin_quoted_prices_convert_with_the_forward():
     np.testing.assert_allclose(black.coin_to_usd(price_coin, forward), price_coin * forward)
 
 
-def test_warm_up_runs():
-    iv.warm_up()
+def test_warm_up_compiles_every_kernel_a_chain_epoch_runs():
+    """In a fresh process: after warm_up(), two real chain epochs (solves, small moves, fits)
+    compile nothing more in this module — the first market data never waits on the JIT."""
+    from tests.helpers.jit import warm_up_coverage
+
+    report = warm_up_coverage("operators.kernels.iv")
+    assert report["fits"] == 2  # the epochs did run the kernels
+    assert any(n > 0 for n in report["before"].values()), report  # warm_up compiled (or loaded) kernels
+    assert report["after"] == report["before"], report  # ... every one the epochs call from Python
 
 
 # ------------------------------------------------------------------ greeks vs finite differences

@@ -15,7 +15,7 @@ import pytest
 from operators.kernels import iv
 from tests.helpers.data import SNAPSHOT
 
-MS_PER_YEAR = 365 * 86_400_000  # ACT/365, DESIGN.md §6
+MS_PER_YEAR = 365 * 86_400_000  # ACT/365, as operators/state/chain.py
 
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from operators.kernels import analytics, calendar, iv, svi
+from tests.helpers.config import section
 from tests.helpers.data import SNAPSHOT
 
 
@@ -138,7 +139,7 @@ def test_real_surface_calendar_and_tenors(fits):
         assert len(checks) == 11
         kept, dropped = calendar.drop_calendar_violators(items, k_grid)
         assert all(c.ok for c in calendar.calendar_check(kept, k_grid))
-        tenors = calendar.tenor_points(kept, k_grid=k_grid)
+        tenors = calendar.tenor_points(kept, tenors_days=section("surface").tenors_days, k_grid=k_grid)
         print(f"\n{cur}: calendar pairs ok {sum(c.ok for c in checks)}/11, dropped {dropped}; tenors "
               + ", ".join(f"{t.tenor_days}d atm {t.atm_vol * 100:.1f} rr25 {t.rr25 * 100:+.2f}" for t in tenors))
         for t in tenors:

@@ -1,6 +1,7 @@
-"""The invariant of DESIGN.md §4: after every epoch, every published vol is within 1 bp of an
-exact full recompute from the same quotes, forward and time — whatever mix of quote
-changes, small forward moves, shocks and passing time came before."""
+"""The invariant of operators/kernels/small_moves.py: after every epoch, every published vol
+is within 1 bp of an exact full recompute from the same quotes, forward and time — whatever
+mix of quote changes, small forward moves, shocks and passing time came before. The chain is
+fed book snapshots of listed options, as the connectors feed it."""
 
 import math
 
@@ -11,18 +12,20 @@ from hypothesis import strategies as st
 from operators.kernels import iv, small_moves
 from operators.kernels.black import black_price
 from operators.state.chain import MS_PER_YEAR, ChainLogic, ChainState, FitBudget
-from operators.events import FuturePrice, Quote
+from operators.events import BookUpdate, FuturePrice, Instrument
 from operators.kernels.svi import total_variance
+from tests.helpers.chain import Clock, chain_kwargs
 
 BP = 1e-4
 
 
-class Clock:
-    def __init__(self, ms):
-        self.ms = ms
+def listed(name: str, expiry_ms: int, strike: float, cp: str) -> Instrument:
+    return Instrument("deribit", name, "BTC", "option", expiry_ms, float(strike), cp, 0.0001, 1.0, "BTC")
 
-    def __call__(self):
-        return self.ms
+
+def book(name: str, ts_ms: int, bid: float, ask: float) -> BookUpdate:
+    """A book snapshot, as the connectors feed the chain."""
+    return BookUpdate("deribit", name, ts_ms, ts_ms, 1, None, "snapshot", ((bid, 1.0),), ((ask, 1.0),))
 
 
 def exact_vols(chain: ChainLogic, t: float):
@@ -49,8 +52,8 @@ def test_published_vols_stay_within_1bp_of_exact(t_days, rho, vol, n, stream):
     t0 = 1_900_000_000_000
     expiry = t0 + int(t_days * 86_400_000)
     clock = Clock(t0)
-    chain = ChainLogic(ChainState("deribit", "BTC", expiry), epoch_ms=50, fit_interval_ms=10**9, min_quotes=5,
-                       max_rel_spread=1.0, budget=FitBudget(1), now_ms=clock)
+    chain = ChainLogic(ChainState("deribit", "BTC", expiry), now_ms=clock,
+                       **chain_kwargs(fit_interval_ms=10**9, min_quotes=5, max_rel_spread=1.0, budget=FitBudget(1)))
     forward = 60_000.0
     t = t_days / 365.0
     theta = vol * vol * t
@@ -64,13 +67,13 @@ def test_published_vols_stay_within_1bp_of_exact(t_days, rho, vol, n, stream):
         v = math.sqrt(max(total_variance(params, k), 1e-8) / t) * (1 + bump)
         price = float(black_price(forward, strike, t, v, cp == "C")) / forward
         mids[(strike, cp)] = price
-        return Quote("deribit", f"{strike}{cp}", "BTC", expiry, strike, cp, clock.ms, clock.ms,
-                     ((price * 0.98, 1.0),), ((price * 1.02 + 1e-4, 1.0),))
+        return book(f"{strike}{cp}", clock.ms, price * 0.98, price * 1.02 + 1e-4)
 
     def future():
         return FuturePrice("deribit", "F", "BTC", expiry, clock.ms, clock.ms, forward, forward, forward)
 
-    chain.on_items([quote(k, cp, 0.0) for k in strikes for cp in "CP"] + [future()])
+    chain.on_items([listed(f"{k}{cp}", expiry, k, cp) for k in strikes for cp in "CP"]
+                   + [quote(k, cp, 0.0) for k in strikes for cp in "CP"] + [future()])
     for kind, a, b in stream:
         if kind == "quote":
             strike = strikes[a % len(strikes)]
@@ -94,15 +97,15 @@ def test_small_forward_moves_are_skipped_or_stepped_not_solved():
     t0 = 1_900_000_000_000
     expiry = t0 + int(0.25 * MS_PER_YEAR)
     clock = Clock(t0)
-    chain = ChainLogic(ChainState("deribit", "BTC", expiry), epoch_ms=50, fit_interval_ms=10**9, min_quotes=5,
-                       max_rel_spread=1.0, budget=FitBudget(1), now_ms=clock)
+    chain = ChainLogic(ChainState("deribit", "BTC", expiry), now_ms=clock,
+                       **chain_kwargs(fit_interval_ms=10**9, min_quotes=5, max_rel_spread=1.0, budget=FitBudget(1)))
     forward = 61_000.0  # between strikes: small moves cross none
     strikes = np.arange(40_000.0, 90_001.0, 2_500.0)
     items = []
     for k in strikes:
         for cp in "CP":
             p = float(black_price(forward, k, 0.25, 0.6, cp == "C")) / forward
-            items.append(Quote("deribit", f"{k}{cp}", "BTC", expiry, float(k), cp, t0, t0, ((p, 1.0),), ((p * 1.01, 1.0),)))
+            items += [listed(f"{k}{cp}", expiry, k, cp), book(f"{k}{cp}", t0, p, p * 1.01)]
     chain.on_items(items + [FuturePrice("deribit", "F", "BTC", expiry, t0, t0, forward, forward, forward)])
     chain.on_epoch()
     full = chain.counters["iv_full"]

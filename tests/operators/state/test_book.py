@@ -24,7 +24,7 @@ def test_book_matches_dict_model(snap_bids, snap_asks, changes):
     # keep bids below asks so the model never crosses: bids < 0.02, asks ≥ 0.02
     snap_bids = [(p, s) for p, s in snap_bids if p < 0.02]
     snap_asks = [(p, s) for p, s in snap_asks if p >= 0.02]
-    book = OrderBook(depth=5, instrument=INST)
+    book = OrderBook(INST)
     assert book.apply(update(10, None, "snapshot", snap_bids, snap_asks)) is None
     model_b = {p: s for p, s in snap_bids if s > 0}
     model_a = {p: s for p, s in snap_asks if s > 0}
@@ -40,26 +40,26 @@ def test_book_matches_dict_model(snap_bids, snap_asks, changes):
         assert book.apply(update(seq + 3, seq, bids=[(p, s)] if is_bid else [], asks=[] if is_bid else [(p, s)])) is None
         seq += 3
     assert book.bids == model_b and book.asks == model_a
-    q = book.quote(update(seq, seq))
-    assert q.bids == tuple(sorted(model_b.items(), reverse=True)[:5])
-    assert q.asks == tuple(sorted(model_a.items())[:5])
-    assert not q.stale
+    bids, asks = book.top(5)
+    assert bids == tuple(sorted(model_b.items(), reverse=True)[:5])
+    assert asks == tuple(sorted(model_a.items())[:5])
+    assert not book.stale
 
 
 def test_gap_marks_stale_once_until_fresh_snapshot():
-    book = OrderBook(depth=5, instrument=INST)
+    book = OrderBook(INST)
     book.apply(update(1, None, "snapshot", [(0.01, 1.0)], [(0.02, 1.0)]))
     err = book.apply(update(3, 2, bids=[(0.011, 1.0)]))  # prev 2 != last 1
     assert isinstance(err, FeedError) and err.reason == "seq_gap" and book.stale
     assert book.apply(update(4, 3, bids=[(0.012, 1.0)])) is None  # one error per gap
-    assert book.quote(update(4, 3)).stale
+    assert book.stale
     assert 0.011 not in book.bids  # changes after a gap are not applied
     book.apply(update(9, None, "snapshot", [(0.013, 2.0)], [(0.02, 1.0)]))
     assert not book.stale and book.bids == {0.013: 2.0}
 
 
 def test_crossed_book_is_stale_and_reported():
-    book = OrderBook(depth=5, instrument=INST)
+    book = OrderBook(INST)
     err = book.apply(update(1, None, "snapshot", [(0.03, 1.0)], [(0.02, 1.0)]))
     assert err.reason == "crossed_book" and book.stale
 
@@ -67,7 +67,7 @@ def test_crossed_book_is_stale_and_reported():
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.booleans(), prices, sizes), max_size=40))
 def test_best_prices_track_the_levels(changes):
-    book = OrderBook(depth=5, instrument=INST)
+    book = OrderBook(INST)
     book.apply(update(1, None, "snapshot", [], []))
     seq = 1
     for is_bid, p, s in changes:

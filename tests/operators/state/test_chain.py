@@ -1,54 +1,21 @@
-"""Chain step logic with an injected clock: quotes mark dirty, epochs solve and fit,
+"""Chain step logic with an injected clock, fed what production feeds it (Instrument listings,
+BookUpdate snapshots, gaps, tickers, index prices): books mark dirty, epochs solve and fit,
 the fit interval and the per-epoch budget hold, stale books are withheld."""
-
-import math
 
 import numpy as np
 import pytest
 
-from operators.kernels.black import black_price
-from operators.state.chain import MS_PER_YEAR, ChainLogic, ChainState, FitBudget
-from operators.events import Quote, Ticker
+from operators.events import BookUpdate, FeedError
 from operators.kernels.svi import total_variance
-
-T0 = 1_900_000_000_000
-EXPIRY = T0 + int(0.25 * MS_PER_YEAR)
-FORWARD = 60_000.0
-TRUE = (0.01, 0.06, -0.35, 0.02, 0.15)  # raw SVI, T = 0.25
-STRIKES = np.arange(40_000.0, 90_001.0, 2_500.0)
-
-
-class Clock:
-    def __init__(self, ms):
-        self.ms = ms
-
-    def __call__(self):
-        return self.ms
-
-
-def quotes(forward=FORWARD, half_spread_vol=0.004, stale=()):
-    t = (EXPIRY - T0) / MS_PER_YEAR
-    out = []
-    for strike in STRIKES:
-        vol = math.sqrt(total_variance(TRUE, math.log(strike / forward)) / t)
-        for cp in ("C", "P"):
-            bid = float(black_price(forward, strike, t, vol - half_spread_vol, cp == "C")) / forward
-            ask = float(black_price(forward, strike, t, vol + half_spread_vol, cp == "C")) / forward
-            out.append(Quote("deribit", f"X-{strike}-{cp}", "BTC", EXPIRY, float(strike), cp, T0, T0,
-                             ((bid, 1.0),), ((ask, 1.0),), stale=strike in stale))
-    return out
-
-
-def logic(clock, **kw):
-    opts = dict(epoch_ms=50, fit_interval_ms=200, min_quotes=6, max_rel_spread=1.0, budget=FitBudget(8))
-    opts.update(kw)
-    return ChainLogic(ChainState("deribit", "BTC", EXPIRY), now_ms=clock, **opts)
+from operators.state.chain import ChainLogic, ChainState, FitBudget
+from tests.helpers.chain import (EXPIRY, chain_kwargs, FORWARD, STRIKES, T0, TRUE, Clock, listing, logic, option_name, prices_coin,
+                                 quotes, snapshot, ticker)
 
 
 def test_epoch_solves_and_fits_close_to_the_true_smile():
     clock = Clock(T0)
     chain = logic(clock)
-    chain.on_items(quotes() + [Ticker("deribit", "X", T0, T0, underlying_px=FORWARD)])
+    chain.on_items(quotes() + [ticker()])
     assert chain.pending()
     out = chain.on_epoch()
     assert len(out) == 1
@@ -66,10 +33,10 @@ def test_epoch_solves_and_fits_close_to_the_true_smile():
 def test_fit_interval_then_only_dirty_strikes_resolve():
     clock = Clock(T0)
     chain = logic(clock)
-    chain.on_items(quotes() + [Ticker("deribit", "X", T0, T0, underlying_px=FORWARD)])
+    chain.on_items(quotes() + [ticker()])
     assert chain.on_epoch()
     solves = chain.counters["iv_solves"]
-    one = [q for q in quotes(half_spread_vol=0.006) if q.strike == 70_000.0 and q.option_type == "C"]
+    one = quotes(half_spread_vol=0.006, only={(70_000.0, "C")})
     clock.ms += 50
     chain.on_items(one)
     assert chain.on_epoch() == []  # inside fit_interval_ms: solved, not refitted
@@ -85,7 +52,7 @@ def test_budget_defers_fits_to_the_next_epoch():
     budget = FitBudget(1)
     a, b = logic(clock, budget=budget), logic(clock, budget=budget)
     for chain in (a, b):
-        chain.on_items(quotes() + [Ticker("deribit", "X", T0, T0, underlying_px=FORWARD)])
+        chain.on_items(quotes() + [ticker()])
     assert len(a.on_epoch()) == 1
     assert b.on_epoch() == [] and b.counters["fits_deferred"] == 1 and b.pending()
     clock.ms += 50
@@ -95,7 +62,7 @@ def test_budget_defers_fits_to_the_next_epoch():
 def test_stale_strikes_are_withheld_from_the_fit():
     clock = Clock(T0)
     chain = logic(clock)
-    chain.on_items(quotes(stale={50_000.0, 70_000.0}) + [Ticker("deribit", "X", T0, T0, underlying_px=FORWARD)])
+    chain.on_items(quotes(stale={50_000.0, 70_000.0}) + [ticker()])
     (fit, update), = chain.on_epoch()
     assert 50_000.0 not in update.strikes and 70_000.0 not in update.strikes
     assert fit.n_quotes == len(STRIKES) - 2
@@ -104,11 +71,11 @@ def test_stale_strikes_are_withheld_from_the_fit():
 def test_forward_move_resolves_every_strike_of_the_expiry():
     clock = Clock(T0)
     chain = logic(clock)
-    chain.on_items(quotes() + [Ticker("deribit", "X", T0, T0, underlying_px=FORWARD)])
+    chain.on_items(quotes() + [ticker()])
     chain.on_epoch()
     solves = chain.counters["iv_solves"]
     clock.ms += 300
-    chain.on_items(quotes(forward=FORWARD * 1.01) + [Ticker("deribit", "X", T0, T0, underlying_px=FORWARD * 1.01)])
+    chain.on_items(quotes(forward=FORWARD * 1.01) + [ticker(FORWARD * 1.01)])
     (fit, _), = chain.on_epoch()
     assert chain.counters["iv_solves"] == solves + 2 * len(STRIKES)
     assert fit.forward == pytest.approx(FORWARD * 1.01, rel=1e-4)
@@ -119,27 +86,27 @@ def test_a_forward_jump_refits_inside_the_fit_interval():
     forward drift with the same quotes re-solved waits for fit_interval_ms."""
     clock = Clock(T0)
     chain = logic(clock, fit_interval_ms=1_000, refit_forward_bp=20.0)
-    chain.on_items(quotes() + [Ticker("deribit", "X", T0, T0, underlying_px=FORWARD)])
+    chain.on_items(quotes() + [ticker()])
     assert chain.on_epoch()
     clock.ms += 50
     drift = FORWARD * 1.0005  # 5 bp: below refit_forward_bp
-    chain.on_items(quotes(forward=drift) + [Ticker("deribit", "X", T0, T0, underlying_px=drift)])
+    chain.on_items(quotes(forward=drift) + [ticker(drift)])
     assert chain.on_epoch() == [] and chain.pending()  # owed, but inside the interval
     clock.ms += 50
     jump = FORWARD * 1.01
-    chain.on_items(quotes(forward=jump) + [Ticker("deribit", "X", T0, T0, underlying_px=jump)])
+    chain.on_items(quotes(forward=jump) + [ticker(jump)])
     (fit, _), = chain.on_epoch()  # 100 ms after the last fit, interval 1,000 ms
     assert fit.forward == pytest.approx(jump, rel=1e-4)
     # the move's stragglers (books arriving in later batches) refit for one interval ...
     clock.ms += 50
-    chain.on_items(quotes(forward=jump, half_spread_vol=0.006) + [Ticker("deribit", "X", T0, T0, underlying_px=jump)])
+    chain.on_items(quotes(forward=jump, half_spread_vol=0.006) + [ticker(jump)])
     assert len(chain.on_epoch()) == 1
     # ... then the interval rules again (5 bp moves are no market move)
     clock.ms += 1_000
-    chain.on_items(quotes(forward=jump, half_spread_vol=0.0055) + [Ticker("deribit", "X", T0, T0, underlying_px=jump)])
+    chain.on_items(quotes(forward=jump, half_spread_vol=0.0055) + [ticker(jump)])
     assert len(chain.on_epoch()) == 1
     clock.ms += 50
-    chain.on_items(quotes(forward=jump, half_spread_vol=0.005) + [Ticker("deribit", "X", T0, T0, underlying_px=jump)])
+    chain.on_items(quotes(forward=jump, half_spread_vol=0.005) + [ticker(jump)])
     assert chain.on_epoch() == [] and chain.pending()
 
 
@@ -156,16 +123,15 @@ def test_no_expiry_starves_under_the_fit_budget():
     chains = []
     for i in range(12):
         state = ChainState("deribit", "BTC", EXPIRY + i * 86_400_000)
-        chains.append(ChainLogic(state, epoch_ms=50, fit_interval_ms=0, min_quotes=6, max_rel_spread=1.0,
-                                 budget=budget, now_ms=clock, fit_change_bp=0.0))
+        chains.append(ChainLogic(state, now_ms=clock, **chain_kwargs(fit_interval_ms=0, min_quotes=6, max_rel_spread=1.0,
+                                                                     budget=budget, fit_change_bp=0.0)))
     last_fit_epoch = {i: None for i in range(12)}
     worst_wait = 0
     for epoch in range(36):
         clock.ms = T0 + epoch * 50
         bump = 0.004 + 0.0001 * (epoch % 7)  # a changed smile every epoch
         for i, chain in enumerate(reversed(chains)):  # a fixed, unfair notification order
-            chain.on_items([q for q in quotes(half_spread_vol=bump)] +
-                           [Ticker("deribit", "X", clock.ms, clock.ms, underlying_px=FORWARD)])
+            chain.on_items(quotes(half_spread_vol=bump) + [ticker(ts_ms=clock.ms)])
         for i, chain in enumerate(reversed(chains)):
             if chain.on_epoch():
                 j = chains.index(chain)
@@ -178,33 +144,39 @@ def test_no_expiry_starves_under_the_fit_budget():
 
 
 def test_books_in_the_chain_gap_and_unknown_instruments():
-    from operators.events import BookUpdate, FeedError, Instrument
-
     clock = Clock(T0)
     chain = logic(clock)
-    insts = [Instrument("deribit", f"O-{k}-{cp}", "BTC", "option", EXPIRY, float(k), cp, 0.0001, 1.0, "BTC")
-             for k in STRIKES for cp in "CP"]
-    px = {q.instrument.split("X-")[1]: q for q in quotes()}
-    updates = []
-    for inst in insts:
-        q = px[f"{inst.strike}-{inst.option_type}"]
-        updates.append(BookUpdate("deribit", inst.instrument, T0, T0, 1, None, "snapshot", q.bids, q.asks))
-    chain.on_items(insts + updates + [Ticker("deribit", "X", T0, T0, underlying_px=FORWARD)])
+    chain.on_items(quotes() + [ticker()])
     (fit, update), = chain.on_epoch()
     assert fit.n_quotes == len(STRIKES)
     # the connector reports a gap on the 70,000 call: withheld from the next fit
     clock.ms += 300
-    chain.on_items([FeedError("deribit", "seq_gap", "gap", T0, "O-70000.0-C"),
+    name = option_name(70_000.0, "C")
+    chain.on_items([FeedError("deribit", "seq_gap", "gap", T0, name),
                     BookUpdate("deribit", "NOPE", T0, T0, 1, None, "snapshot", (), ())])
     (fit, update), = chain.on_epoch()
     assert 70_000.0 not in update.strikes and fit.n_quotes == len(STRIKES) - 1
     assert [e.reason for e in chain.take_errors()] == ["unknown_instrument"]
     # a fresh snapshot brings it back
     clock.ms += 300
-    q = px["70000.0-C"]
-    chain.on_items([BookUpdate("deribit", "O-70000.0-C", T0, T0, 9, None, "snapshot", q.bids, q.asks)])
+    chain.on_items([snapshot(name, *prices_coin()[(70_000.0, "C")], seq=9)])
     (fit, update), = chain.on_epoch()
     assert 70_000.0 in update.strikes
+
+
+def test_a_book_that_misses_a_change_is_withheld_until_its_snapshot():
+    """The book's own gap detection (prev_seq is not its last seq), not the connector's."""
+    clock = Clock(T0)
+    chain = logic(clock)
+    chain.on_items(quotes(stale={70_000.0}) + [ticker()])
+    (fit, update), = chain.on_epoch()
+    assert 70_000.0 not in update.strikes and fit.n_quotes == len(STRIKES) - 1
+    assert {e.instrument for e in chain.take_errors() if e.reason == "seq_gap"} == {
+        option_name(70_000.0, "C"), option_name(70_000.0, "P")}
+    clock.ms += 300
+    chain.on_items(quotes(only={(70_000.0, "C"), (70_000.0, "P")}))
+    (fit, update), = chain.on_epoch()
+    assert 70_000.0 in update.strikes and fit.n_quotes == len(STRIKES)
 
 
 def test_an_index_move_only_moves_expiries_priced_off_the_index():
@@ -213,9 +185,9 @@ def test_an_index_move_only_moves_expiries_priced_off_the_index():
     clock = Clock(T0)
     on_index, on_ticker = logic(clock), logic(clock)
     # one expiry has no ticker forward and only one-sided quotes: its forward is the index
-    calls_only = [q for q in quotes() if q.option_type == "C"]
+    calls_only = quotes(only={(float(k), "C") for k in STRIKES})
     on_index.on_items(calls_only + [IndexPrice("deribit", "BTC", T0, T0, FORWARD)])
-    on_ticker.on_items(quotes() + [Ticker("deribit", "X", T0, T0, underlying_px=FORWARD)])
+    on_ticker.on_items(quotes() + [ticker()])
     on_index.on_epoch()
     on_ticker.on_epoch()
     assert on_index.state.forward_method == "index" and on_ticker.state.forward_method != "index"
@@ -231,22 +203,17 @@ def test_an_index_move_only_moves_expiries_priced_off_the_index():
 
 
 def test_consolidated_chain_takes_the_best_fresh_quote_with_venue_attribution():
-    from operators.events import BookUpdate, Instrument
-
     clock = Clock(T0)
     chain = logic(clock, venue_stale_ms=1_000)
-    base = {f"{q.strike}-{q.option_type}": q for q in quotes()}
     events = []
-    for venue, name_fmt, shift in (("deribit", "D-{}-{}", 0.0), ("okx", "O-{}-{}", 0.25)):
-        for key, q in base.items():
-            strike, cp = key.split("-")
-            name = name_fmt.format(strike, cp)
-            events.append(Instrument(venue, name, "BTC", "option", EXPIRY, float(strike), cp, 0.0001, 1.0, "BTC"))
+    for venue, prefix, shift in (("deribit", "D", 0.0), ("okx", "O", 0.25)):
+        events += listing(venue, prefix)
+        for (strike, cp), (bid, ask) in prices_coin().items():
             # okx quotes a tighter market on every strike: its bid is higher, its ask lower
-            spread = q.asks[0][0] - q.bids[0][0]
-            bid, ask = q.bids[0][0] + shift * spread, q.asks[0][0] - shift * spread
-            events.append(BookUpdate(venue, name, T0, T0, 1, None, "snapshot", ((bid, 1.0),), ((ask, 1.0),)))
-    chain.on_items(events + [Ticker("deribit", "X", T0, T0, underlying_px=FORWARD)])
+            spread = ask - bid
+            events.append(snapshot(option_name(strike, cp, prefix), bid + shift * spread, ask - shift * spread,
+                                   venue=venue))
+    chain.on_items(events + [ticker()])
     (fit, update), = chain.on_epoch()
     assert set(update.bid_venue) == {"okx"} and set(update.ask_venue) == {"okx"}
     # okx goes silent: after venue_stale_ms it is excluded and deribit's quotes take over

@@ -1,0 +1,182 @@
+"""The gateway's plain HTTP side, on the websocket port: the dashboard page (/) and its
+assets (/static/...), /healthz, /status (JSON) and /metrics (Prometheus), plus the
+handshake checks of /ws and /publish (browser origin, publish token).
+
+Named web.py, not http.py: run as a script, connectors/gateway/ is first on sys.path and a
+local http.py would shadow the standard library's `http` that websockets imports.
+
+Reads the gateway's state, never changes it (except counting refused connections); no
+volatility maths.
+"""
+
+from __future__ import annotations
+
+import hmac
+import http
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+if TYPE_CHECKING:  # the server imports this module; only type hints go the other way
+    from connectors.gateway.server import Gateway
+
+DASHBOARD_DIR = Path(__file__).resolve().parents[2] / "dashboard"
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".json": "application/json",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+}
+
+
+def response(status: http.HTTPStatus, body: bytes, content_type: str, cache: str = "no-store") -> Response:
+    headers = Headers()
+    headers["Content-Type"] = content_type
+    headers["Content-Length"] = str(len(body))
+    headers["Cache-Control"] = cache
+    headers["Connection"] = "close"
+    return Response(status.value, status.phrase, headers, body)
+
+
+NOT_FOUND = (http.HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+
+
+def http_response(gateway: "Gateway", path: str) -> Response:
+    """The answer to a plain HTTP GET of `path`."""
+    if path == "/healthz":
+        return response(http.HTTPStatus.OK, b'{"ok":true}', "application/json")
+    if path == "/status":
+        return response(http.HTTPStatus.OK, orjson.dumps(status_document(gateway)), "application/json")
+    if path == "/metrics":
+        return response(http.HTTPStatus.OK, generate_latest(gateway.registry), CONTENT_TYPE_LATEST)
+    if path in ("/", "/index.html"):
+        return static_file(gateway.dashboard_dir, "index.html")
+    for prefix in ("/static/", "/dashboard/"):
+        if path.startswith(prefix):
+            return static_file(gateway.dashboard_dir, path[len(prefix):])
+    return response(*NOT_FOUND)
+
+
+def static_file(root: Path, name: str) -> Response:
+    """A file of the dashboard directory; 404 for anything outside it or of an unknown kind."""
+    target = (root / name).resolve()
+    if not name or root not in target.parents or not target.is_file() or target.suffix not in CONTENT_TYPES:
+        return response(*NOT_FOUND)
+    return response(http.HTTPStatus.OK, target.read_bytes(), CONTENT_TYPES[target.suffix], cache="no-cache")
+
+
+def origin_ok(request: Request, allowed_origins: set[str]) -> bool:
+    """A request with no Origin (not a browser), the gateway's own origin, or an allowed one."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True  # not a browser: nothing to hijack
+    origin = origin.rstrip("/")
+    if "*" in allowed_origins or origin in allowed_origins:
+        return True
+    host = request.headers.get("Host", "")
+    return urlsplit(origin).netloc.lower() == host.lower() and bool(host)
+
+
+def token_ok(request: Request, query: str, token: Optional[str]) -> bool:
+    """The publish token from `Authorization: Bearer ...` or `?token=`, compared in constant time."""
+    if token is None:
+        return True
+    auth = request.headers.get("Authorization", "")
+    if auth.lower().startswith("bearer "):
+        given = auth[7:].strip()
+    else:
+        given = (parse_qs(query).get("token") or [""])[0]
+    return hmac.compare_digest(given.encode(), token.encode())
+
+
+def status_document(g: "Gateway") -> dict:
+    """The /status JSON: clients, publishers, counters, each worker's latest StatusReport
+    and each surface's epoch, expiries and age."""
+    now_s = time.time()
+    now_ms = now_s * 1000.0
+    workers = {
+        source: {
+            "ts_ms": r.ts_ms,
+            "started_ms": r.started_ms,
+            "age_s": round(max(0.0, now_ms - r.ts_ms) / 1000.0, 3),
+            "counters": r.counters,
+        }
+        for source, r in sorted(g.workers.items())
+    }
+    underlyings = {}
+    for (venue, underlying), surface in sorted(g.surfaces.items()):
+        underlyings[f"{venue}:{underlying}"] = {
+            "venue": venue,
+            "underlying": underlying,
+            "epoch": surface.epoch,
+            "expiries_known": surface.known(),
+            "expiries_fitted": surface.fitted(),
+            "last_patch_age_s": round(now_s - g.last_update_s.get((venue, underlying), now_s), 3),
+            "index_px": surface.index_px,
+        }
+    counters = g.counters
+
+    def group(prefix: str) -> dict:
+        return {k[len(prefix):]: v for k, v in counters.items() if k.startswith(prefix)}
+
+    return {
+        "ok": True,
+        "uptime_s": round(now_s - g.started_s, 3),
+        "messages_in": sum(float(r.counters.get("messages_in", 0)) for r in g.workers.values()),
+        "patches_out": counters["patches_out"],
+        "clients": len(g.clients),
+        "dropped_clients": counters["dropped_clients"],
+        "publishers": g.publishers,
+        "published": group("published."),
+        "rejected": group("rejected."),
+        "publish_errors": group("publish_errors."),
+        "workers": workers,
+        "underlyings": underlyings,
+    }
+
+
+class GatewayCollector:
+    """Prometheus view of the gateway's counters, read at scrape time."""
+
+    def __init__(self, gateway: "Gateway") -> None:
+        self.gateway = gateway
+
+    def collect(self):
+        g = self.gateway
+        now_s = time.time()
+        yield GaugeMetricFamily("volgraph_gateway_uptime_seconds", "Seconds since the gateway started", value=now_s - g.started_s)
+        yield GaugeMetricFamily("volgraph_gateway_clients", "Connected dashboard clients", value=len(g.clients))
+        yield GaugeMetricFamily("volgraph_gateway_publishers", "Connected publishers", value=g.publishers)
+        yield CounterMetricFamily("volgraph_gateway_dropped_clients", "Clients dropped for falling behind", value=g.counters["dropped_clients"])
+        yield CounterMetricFamily("volgraph_gateway_messages_sent", "Messages sent to clients", value=g.counters["patches_out"])
+        pub = CounterMetricFamily("volgraph_gateway_published", "Events received from publishers", labels=["type"])
+        rej = CounterMetricFamily("volgraph_gateway_rejected", "Connections refused", labels=["reason"])
+        for key, value in list(g.counters.items()):
+            if key.startswith("published."):
+                pub.add_metric([key.split(".", 1)[1]], value)
+            elif key.startswith("rejected."):
+                rej.add_metric([key.split(".", 1)[1]], value)
+        yield pub
+        yield rej
+        yield GaugeMetricFamily(
+            "volgraph_gateway_messages_in", "Sum of messages_in over the flow workers' latest status",
+            value=sum(float(r.counters.get("messages_in", 0)) for r in list(g.workers.values())),
+        )
+        age = GaugeMetricFamily("volgraph_gateway_last_update_age_seconds", "Seconds since the surface last changed", labels=["venue", "underlying"])
+        known = GaugeMetricFamily("volgraph_gateway_expiries", "Expiries in the current surface", labels=["venue", "underlying", "state"])
+        for (venue, underlying), surface in list(g.surfaces.items()):
+            age.add_metric([venue, underlying], now_s - g.last_update_s.get((venue, underlying), now_s))
+            known.add_metric([venue, underlying, "known"], surface.known())
+            known.add_metric([venue, underlying, "fitted"], surface.fitted())
+        yield age
+        yield known

@@ -1,0 +1,205 @@
+"""Events -> rows: the table layouts, the plan of one batch, and its write in one transaction.
+
+SmileFit, SurfacePatch and SurfaceSnapshot become rows of smile_fits, expiry_views,
+expiry_nodes (one row per graph.toml node per view, by node name: no node name is known
+here) and surface_state (deploy/sql/001_init.sql, 002_expiry_nodes.sql). Within a batch,
+the surface events of one (venue, underlying, epoch) are folded with the one patch-merge
+rule, operators/merge.py `coalesce`; across batches the ON CONFLICT clauses below apply the
+same rule in SQL. Only translates: no volatility maths, no threads (connectors/postgres/writer.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Union
+
+import psycopg
+
+from operators.events import SmileFit, SurfacePatch, SurfaceSnapshot, dumps, to_json
+from operators.merge import coalesce
+
+# Column order of each table's staged COPY; the first `key` columns are the natural key.
+TABLES: dict[str, dict[str, Any]] = {
+    "smile_fits": {
+        "cols": (
+            "venue", "underlying", "expiry_ms", "epoch", "ts_exchange_ms", "ts_emit_ms", "t_years",
+            "forward", "a", "b", "rho", "m", "sigma", "rmse_vol_pts", "n_quotes", "butterfly_ok",
+            "min_g", "fit_ms", "inside_band_frac", "warm",
+        ),
+        "key": 4,
+        # A fit is immutable history: the first write of a key stands.
+        "conflict": "DO NOTHING",
+    },
+    "expiry_views": {
+        "cols": ("venue", "underlying", "expiry_ms", "epoch", "ts_emit_ms", "removed", "calendar_ok", "view"),
+        "key": 4,
+        # Last write wins within an epoch, as apply_patch does for in-order patches.
+        "conflict": "DO UPDATE SET ts_emit_ms = EXCLUDED.ts_emit_ms, removed = EXCLUDED.removed,"
+        " calendar_ok = EXCLUDED.calendar_ok, view = EXCLUDED.view",
+    },
+    "expiry_nodes": {
+        "cols": ("venue", "underlying", "expiry_ms", "epoch", "node", "value"),
+        "key": 5,
+        # The node values of the view row with the same first four key columns: last write wins.
+        "conflict": "DO UPDATE SET value = EXCLUDED.value",
+    },
+    "surface_state": {
+        "cols": (
+            "venue", "underlying", "epoch", "ts_exchange_ms", "ts_emit_ms", "is_snapshot", "index_px",
+            "n_changed", "n_removed", "tenors", "calendar",
+        ),
+        "key": 3,
+        # merge.coalesce in SQL: a snapshot row stays a snapshot; a patch keeps the previous
+        # index price when it has none; a snapshot sets it outright.
+        "conflict": "DO UPDATE SET ts_exchange_ms = EXCLUDED.ts_exchange_ms,"
+        " ts_emit_ms = EXCLUDED.ts_emit_ms,"
+        " is_snapshot = surface_state.is_snapshot OR EXCLUDED.is_snapshot,"
+        " index_px = CASE WHEN EXCLUDED.is_snapshot THEN EXCLUDED.index_px"
+        " ELSE COALESCE(EXCLUDED.index_px, surface_state.index_px) END,"
+        " n_changed = EXCLUDED.n_changed, n_removed = EXCLUDED.n_removed,"
+        " tenors = EXCLUDED.tenors, calendar = EXCLUDED.calendar",
+    },
+}
+
+SUPPORTED_EVENTS = (SmileFit, SurfacePatch, SurfaceSnapshot)
+
+Surface = Union[SurfacePatch, SurfaceSnapshot]
+
+
+def _json_text(value: Any) -> str:
+    return dumps(value).decode()
+
+
+def _fit_row(fit: SmileFit) -> tuple:
+    return (
+        fit.venue, fit.underlying, fit.expiry_ms, fit.epoch, fit.ts_exchange_ms, fit.ts_emit_ms,
+        fit.t_years, fit.forward, fit.a, fit.b, fit.rho, fit.m, fit.sigma, fit.rmse_vol_pts,
+        fit.n_quotes, fit.butterfly_ok, fit.min_g, fit.fit_ms, fit.inside_band_frac, fit.warm,
+    )
+
+
+class BatchPlan:
+    """The rows of one batch. add() takes events in order and fails on a bad one before it
+    changes anything (the writer sets that event aside and keeps the rest); tables() then
+    gives each table's rows, one per natural key (a statement may not touch a row twice)."""
+
+    def __init__(self) -> None:
+        self.fits: dict[tuple, tuple] = {}
+        # (venue, underlying, epoch) -> the batch's events of that key folded by merge.coalesce
+        self.surfaces: dict[tuple[str, str, int], Surface] = {}
+        # (venue, underlying, expiry_ms, epoch) -> the view's JSON, encoded once in add()
+        self._view_json: dict[tuple, str] = {}
+        # (venue, underlying, epoch) -> (tenors, calendar) JSON of the latest event (coalesce keeps its)
+        self._global_json: dict[tuple, tuple[str, str]] = {}
+
+    def add(self, event: Any) -> None:
+        if isinstance(event, SmileFit):
+            self.fits.setdefault(_fit_row(event)[:4], _fit_row(event))  # DO NOTHING: the first stands
+            return
+        if not isinstance(event, (SurfacePatch, SurfaceSnapshot)):
+            raise TypeError(f"PostgresWriter stores {', '.join(c.__name__ for c in SUPPORTED_EVENTS)};"
+                            f" got {type(event).__name__}")
+        venue, und, epoch = event.venue, event.underlying, event.epoch
+        # everything that can fail first: a bad event must leave the plan as it was
+        fit_rows = [_fit_row(v.fit) for v in event.expiries]
+        texts = {(venue, und, v.expiry_ms, epoch): to_json(v).decode() for v in event.expiries}
+        global_json = (_json_text(event.tenors), _json_text(event.calendar))
+        surface = coalesce(self.surfaces.get((venue, und, epoch)), event)
+        for row in fit_rows:  # every fit is history, even of a view a later patch replaces
+            self.fits.setdefault(row[:4], row)
+        self._view_json.update(texts)
+        self._global_json[(venue, und, epoch)] = global_json
+        self.surfaces[(venue, und, epoch)] = surface
+
+    def snapshot_keeps(self) -> list[tuple[str, str, int, list[int]]]:
+        """(venue, underlying, epoch, expiries kept) per snapshot: that epoch's other rows go."""
+        return [(v, u, e, sorted(x.expiry_ms for x in s.expiries))
+                for (v, u, e), s in self.surfaces.items() if isinstance(s, SurfaceSnapshot)]
+
+    def tables(self) -> dict[str, list[tuple]]:
+        views: list[tuple] = []
+        nodes: list[tuple] = []
+        states: list[tuple] = []
+        for (venue, und, epoch), s in self.surfaces.items():
+            is_snapshot = isinstance(s, SurfaceSnapshot)
+            for view in s.expiries:
+                e = view.expiry_ms
+                views.append((venue, und, e, epoch, s.ts_emit_ms, False, view.calendar_ok,
+                              self._view_json[(venue, und, e, epoch)]))
+                nodes.extend((venue, und, e, epoch, name, value) for name, value in view.analytics.items())
+            # apply_patch drops the removed first, then adds the views: a view sent and removed
+            # in one patch stays (merge.fold_patches makes the same cut)
+            present = {view.expiry_ms for view in s.expiries}
+            removed = () if is_snapshot else sorted(set(s.removed).difference(present))
+            views.extend((venue, und, e, epoch, s.ts_emit_ms, True, None, None) for e in removed)
+            states.append((venue, und, epoch, s.ts_exchange_ms, s.ts_emit_ms, is_snapshot, s.index_px,
+                           len(s.expiries), len(removed), *self._global_json[(venue, und, epoch)]))
+        return {"smile_fits": list(self.fits.values()), "expiry_views": views, "expiry_nodes": nodes,
+                "surface_state": states}
+
+
+def rows_for(events: Iterable[Any]) -> dict[str, list[tuple]]:
+    """The rows a sequence of events writes, per table (for inspection and tests)."""
+    plan = BatchPlan()
+    for ev in events:
+        plan.add(ev)
+    return plan.tables()
+
+
+def prepare_stage(conn: psycopg.Connection) -> None:
+    """Per-connection temp tables that COPY fills before INSERT ... ON CONFLICT."""
+    with conn.transaction():
+        for table in TABLES:
+            conn.execute(
+                f"CREATE TEMP TABLE IF NOT EXISTS stage_{table} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            )
+
+
+def write_plan(conn: psycopg.Connection, plan: BatchPlan) -> dict[str, int]:
+    """Write one batch in one transaction; returns rows inserted or updated per table.
+
+    Staged COPY then one INSERT ... SELECT ... ON CONFLICT per table: COPY is the fast
+    path for volume and the conflict clause makes a resent batch a no-op. Node rows go
+    with their view row: a snapshot's clean-up and a removal delete them too. (A view
+    rewritten at the same key keeps node rows its new version lacks: only a graph.toml
+    change inside one epoch of one process could do that, and epochs are wall-clock.)"""
+    counts: dict[str, int] = {}
+    tables = plan.tables()
+    with conn.transaction(), conn.cursor() as cur:
+        for venue, und, epoch, keep in plan.snapshot_keeps():
+            for table in ("expiry_views", "expiry_nodes"):
+                cur.execute(
+                    f"DELETE FROM {table} WHERE venue = %s AND underlying = %s AND epoch = %s"
+                    " AND NOT (expiry_ms = ANY(%s))",
+                    (venue, und, epoch, keep),
+                )
+        for table, spec in TABLES.items():
+            rows = tables[table]
+            if not rows:
+                counts[table] = 0
+                continue
+            cols = ", ".join(spec["cols"])
+            with cur.copy(f"COPY stage_{table} ({cols}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            key = ", ".join(spec["cols"][: spec["key"]])
+            if table == "expiry_views" and len(rows) > sum(1 for r in rows if not r[5]):  # tombstones
+                cur.execute(
+                    "DELETE FROM expiry_nodes n USING stage_expiry_views s WHERE s.removed"
+                    " AND n.venue = s.venue AND n.underlying = s.underlying"
+                    " AND n.expiry_ms = s.expiry_ms AND n.epoch = s.epoch"
+                )
+            cur.execute(
+                f"INSERT INTO {table} ({cols}) SELECT {cols} FROM stage_{table}"
+                f" ON CONFLICT ({key}) {spec['conflict']}"
+            )
+            counts[table] = max(cur.rowcount, 0)
+    return counts
+
+
+def write_events(conn: psycopg.Connection, events: Iterable[Any]) -> dict[str, int]:
+    """Synchronous, idempotent write of events (the writer thread's unit of work)."""
+    plan = BatchPlan()
+    for ev in events:
+        plan.add(ev)
+    prepare_stage(conn)
+    return write_plan(conn, plan)

@@ -1,0 +1,136 @@
+"""The source side of the dataflow: each venue source's events grouped per chain key.
+
+`BatchingSource` wraps a venue source (connectors/venues/) or a replay (connectors/capture/):
+each batch it reads becomes one `ChainBatch` per expiry key (operators/items.py) — one bytewax
+item per expiry per batch instead of one per message, since bytewax costs microseconds per
+item per step — plus the index prices and StatusReports that go elsewhere. It owns the
+instrument → chain-key routing built from Instrument events. Which worker reads which
+instruments is connectors/venues/placement.py's rule; this module never parses and never
+computes anything about volatility.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from datetime import datetime, timezone
+from typing import Callable
+
+import msgspec
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+
+from flows.metrics import COUNTERS, STOP
+from operators.events import (BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument, StatusReport, Ticker,
+                              CONSOLIDATED, chain_key)
+from operators.items import ChainBatch
+
+
+class BatchingSource(FixedPartitionedSource):
+    """Wraps a source of events: groups each batch per expiry key, stamped with the flow time
+    reading it began (the epoch it entered in), interleaves a StatusReport every interval,
+    counts events in and feed errors by reason."""
+
+    def __init__(self, inner: FixedPartitionedSource, *, interval_ms: int, consolidate: bool,
+                 now_ms: Callable[[], int]):
+        self.inner = inner
+        self.interval_ms = interval_ms
+        self.consolidate = consolidate
+        self.now_ms = now_ms
+
+    def list_parts(self):
+        return self.inner.list_parts()
+
+    def build_part(self, step_id, for_part, resume_state):
+        return _BatchingPartition(self.inner.build_part(step_id, for_part, resume_state), self.interval_ms,
+                                  self.consolidate, self.now_ms)
+
+
+class _BatchingPartition(StatefulSourcePartition):
+    def __init__(self, inner: StatefulSourcePartition, interval_ms: int, consolidate: bool,
+                 now_ms: Callable[[], int]):
+        self.inner = inner
+        self.consolidate = consolidate
+        self.now_ms = now_ms
+        # one report per process: the counters are process-wide, whatever the partition
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.interval_ms = interval_ms
+        self.next_report_ms = 0
+        # option instrument → its chain keys (its venue's, and the combined one), from Instrument events
+        self.route: dict[str, tuple[str, ...]] = {}
+        self.expiries: dict[tuple[str, str], set[str]] = {}  # (venue, underlying) → chain keys
+
+    def next_batch(self):
+        if STOP.is_set():
+            raise StopIteration
+        entered_ms = self.now_ms()
+        events = self.inner.next_batch()
+        out: list = []
+        if events:
+            COUNTERS.add("messages_in", len(events))
+            groups: dict[str, list] = {}
+            route = self.route
+            index: dict[tuple[str, str], IndexPrice] = {}
+            for e in events:
+                kind = type(e)
+                if kind is BookUpdate or kind is Ticker:  # the bulk: no list made per event
+                    keys = route.get(e.instrument)
+                    if keys is not None:
+                        for key in keys:
+                            group = groups.get(key)
+                            if group is None:
+                                groups[key] = [e]
+                            else:
+                                group.append(e)
+                    elif kind is BookUpdate:
+                        COUNTERS.add("errors.unknown_instrument")
+                elif kind is Instrument:
+                    if e.kind == "option":
+                        keys = route[e.instrument] = self._keys(e.venue, e.underlying, e.expiry_ms)
+                        for key in keys:
+                            groups.setdefault(key, []).append(e)
+                elif kind is FuturePrice:
+                    for key in self._keys(e.venue, e.underlying, e.expiry_ms):
+                        groups.setdefault(key, []).append(e)
+                elif kind is IndexPrice:
+                    index[(e.venue, e.underlying)] = e  # the latest per batch is all that matters
+                elif kind is FeedError:
+                    COUNTERS.add(f"errors.{e.reason}")
+                    for key in route.get(e.instrument, ()):
+                        groups.setdefault(key, []).append(e)
+                else:
+                    out.append(e)
+            for (venue, underlying), e in index.items():
+                out.append(e)
+                for key in self.expiries.get((venue, underlying), ()):
+                    groups.setdefault(key, []).append(e)
+                if self.consolidate:
+                    out.append(msgspec.structs.replace(e, venue=CONSOLIDATED))
+                    for key in self.expiries.get((CONSOLIDATED, underlying), ()):
+                        groups.setdefault(key, []).append(e)
+            out.extend(ChainBatch(key, evs, entered_ms) for key, evs in groups.items())
+        now = int(time.time() * 1000)
+        if now >= self.next_report_ms:
+            self.next_report_ms = now + self.interval_ms
+            out.append(StatusReport(self.name, now, COUNTERS.started_ms, COUNTERS.snapshot()))
+        return out
+
+    def _keys(self, venue: str, underlying: str, expiry_ms: int) -> tuple[str, ...]:
+        keys = [chain_key(venue, underlying, expiry_ms)]
+        self.expiries.setdefault((venue, underlying), set()).add(keys[0])
+        if self.consolidate:
+            keys.append(chain_key(CONSOLIDATED, underlying, expiry_ms))
+            self.expiries.setdefault((CONSOLIDATED, underlying), set()).add(keys[1])
+        return tuple(keys)
+
+    def next_awake(self):
+        inner = self.inner.next_awake()
+        report = datetime.fromtimestamp(self.next_report_ms / 1000.0, tz=timezone.utc)
+        # None means "poll again at once": keep it, or the report timer would throttle the feed
+        return None if inner is None else min(inner, report)
+
+    def snapshot(self):
+        return self.inner.snapshot()
+
+    def close(self):
+        self.inner.close()

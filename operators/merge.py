@@ -1,0 +1,153 @@
+"""The one rule for merging surface patches.
+
+Every place that folds a SurfacePatch into a surface uses this module: the flow's
+publisher, the gateway's per-surface state and per-client coalescing, the Postgres row
+plan; `applyPatch` in dashboard/app.js is the browser's copy of the same rule and
+tests/dashboard/test_merge_js.py checks it against this one on generated sequences.
+
+The rule, for a patch P applied to a snapshot S:
+  - expiries: first drop every expiry in P.removed, then P.expiries replace by expiry_ms
+    (an expiry both removed and sent in one patch ends up present);
+  - tenors and calendar: replaced whole by P's (they are small and global);
+  - index_px: P's if not None, else S's;
+  - head (venue, underlying, epoch, ts_exchange_ms, ts_emit_ms): P's.
+The result lists expiries sorted by expiry_ms.
+
+Coalescing law (property-tested in tests/operators/test_merge.py): for every snapshot s
+(None included) and patches a, b,
+    apply_patch(apply_patch(s, a), b) == apply_patch(s, merge_patches(a, b)).
+
+Pure: no I/O, no bytewax, no logging; imports only operators.events.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+from operators.events import ExpiryView, SurfacePatch, SurfaceSnapshot
+
+__all__ = ["apply_patch", "merge_patches", "coalesce", "fold_patches", "SurfaceState"]
+
+
+def apply_patch(snapshot: Optional[SurfaceSnapshot], patch: SurfacePatch) -> SurfaceSnapshot:
+    """Merge a patch into a snapshot (None = no surface yet); see the module docstring."""
+    by_expiry = {e.expiry_ms: e for e in snapshot.expiries} if snapshot is not None else {}
+    for gone in patch.removed:
+        by_expiry.pop(gone, None)
+    for view in patch.expiries:
+        by_expiry[view.expiry_ms] = view
+    index_px = patch.index_px
+    if index_px is None and snapshot is not None:
+        index_px = snapshot.index_px
+    return SurfaceSnapshot(
+        venue=patch.venue,
+        underlying=patch.underlying,
+        epoch=patch.epoch,
+        ts_exchange_ms=patch.ts_exchange_ms,
+        ts_emit_ms=patch.ts_emit_ms,
+        expiries=tuple(by_expiry[k] for k in sorted(by_expiry)),
+        tenors=patch.tenors,
+        calendar=patch.calendar,
+        index_px=index_px,
+    )
+
+
+def merge_patches(first: SurfacePatch, second: SurfacePatch) -> SurfacePatch:
+    """One patch equivalent to applying `first` then `second`:
+    apply_patch(apply_patch(s, first), second) == apply_patch(s, merge_patches(first, second))."""
+    return fold_patches((first, second))
+
+
+def fold_patches(patches: "tuple[SurfacePatch, ...] | list[SurfacePatch]") -> SurfacePatch:
+    """merge_patches folded left over a non-empty sequence, in one pass (the gateway
+    coalesces a client's queued patches this way: one dict pass, not n-1 Struct builds)."""
+    views: dict[int, ExpiryView] = {}
+    removed: set[int] = set()
+    index_px = None
+    for patch in patches:
+        for gone in patch.removed:
+            views.pop(gone, None)
+            removed.add(gone)
+        for view in patch.expiries:
+            views[view.expiry_ms] = view
+        if patch.index_px is not None:
+            index_px = patch.index_px
+    last = patches[-1]
+    return SurfacePatch(
+        venue=last.venue,
+        underlying=last.underlying,
+        epoch=last.epoch,
+        ts_exchange_ms=last.ts_exchange_ms,
+        ts_emit_ms=last.ts_emit_ms,
+        expiries=tuple(views[k] for k in sorted(views)),
+        removed=tuple(sorted(removed.difference(views))),
+        tenors=last.tenors,
+        calendar=last.calendar,
+        index_px=index_px,
+    )
+
+
+Surface = Union[SurfacePatch, SurfaceSnapshot]
+
+
+def coalesce(pending: Optional[Surface], new: Surface) -> Surface:
+    """The single message that replaces `pending` followed by `new` for one surface."""
+    if pending is None or isinstance(new, SurfaceSnapshot):
+        return new
+    if isinstance(pending, SurfaceSnapshot):
+        return apply_patch(pending, new)
+    return merge_patches(pending, new)
+
+
+class SurfaceState:
+    """The current surface of one (venue, underlying), mutable so that applying a patch
+    costs O(changed expiries), not a rebuild of the whole snapshot: same rule as
+    apply_patch (tests check `snapshot()` against apply_patch folded over the patches).
+    `version` counts changes, so a caller can cache what it derives from a snapshot."""
+
+    __slots__ = ("head", "views", "index_px", "version", "_snapshot", "_snapshot_version")
+
+    def __init__(self) -> None:
+        self.head: Optional[Surface] = None  # the last patch/snapshot: venue, epoch, tenors, ...
+        self.views: dict[int, ExpiryView] = {}
+        self.index_px: Optional[float] = None
+        self.version = 0
+        self._snapshot: Optional[SurfaceSnapshot] = None
+        self._snapshot_version = -1
+
+    def apply(self, patch: SurfacePatch) -> None:
+        views = self.views
+        for gone in patch.removed:
+            views.pop(gone, None)
+        for view in patch.expiries:
+            views[view.expiry_ms] = view
+        if patch.index_px is not None:
+            self.index_px = patch.index_px
+        self.head = patch
+        self.version += 1
+
+    def replace(self, snapshot: SurfaceSnapshot) -> None:
+        self.views = {v.expiry_ms: v for v in snapshot.expiries}
+        self.index_px = snapshot.index_px
+        self.head = snapshot
+        self.version += 1
+
+    def snapshot(self) -> Optional[SurfaceSnapshot]:
+        """The merged SurfaceSnapshot (built once per version); None before any update."""
+        head = self.head
+        if head is None:
+            return None
+        if self._snapshot_version != self.version:
+            self._snapshot = SurfaceSnapshot(
+                venue=head.venue,
+                underlying=head.underlying,
+                epoch=head.epoch,
+                ts_exchange_ms=head.ts_exchange_ms,
+                ts_emit_ms=head.ts_emit_ms,
+                expiries=tuple(self.views[k] for k in sorted(self.views)),
+                tenors=head.tenors,
+                calendar=head.calendar,
+                index_px=self.index_px,
+            )
+            self._snapshot_version = self.version
+        return self._snapshot

@@ -1,0 +1,87 @@
+"""Hypothesis strategies for surface patch sequences, shared by the tests of the one merge
+rule (tests/operators/test_merge.py) and of the dashboard's copy of it
+(tests/dashboard/test_merge_js.py), so both run on the same generated sequences.
+
+Expiries are drawn from a handful of keys so that patches overlap, remove what others
+add and re-add what was removed; every view carries the epoch of its patch in its fit,
+so which version of an expiry survives is visible in the result. Test support only."""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+from operators.events import CalendarCheck, ExpiryView, SmileFit, SurfacePatch, SurfaceSnapshot, TenorPoint
+
+VENUE, UNDERLYING = "deribit", "BTC"
+EXPIRY0_MS = 1_767_254_400_000  # 2026-01-01 08:00 UTC
+DAY_MS = 86_400_000
+N_KEYS = 7
+
+vols = st.floats(0.05, 3.0, allow_nan=False)
+opt_vols = st.none() | vols
+
+
+def expiry_ms(i: int) -> int:
+    return EXPIRY0_MS + i * DAY_MS
+
+
+@st.composite
+def views(draw, i: int, epoch: int) -> ExpiryView:
+    e = expiry_ms(i)
+    fit = SmileFit(VENUE, UNDERLYING, e, epoch, epoch * 50, epoch * 50 + 3, 0.01 + i / 365, 95_000.0 + draw(vols),
+                   draw(st.floats(-0.1, 0.1)), 0.1, -0.3, 0.0, 0.2, draw(st.floats(0.0, 2.0)), draw(st.integers(0, 40)),
+                   draw(st.booleans()), 0.5, 1.5, inside_band_frac=draw(st.none() | st.floats(0.0, 1.0)))
+    n = draw(st.integers(0, 3))
+    return ExpiryView(
+        expiry_ms=e, fit=fit,
+        analytics=draw(st.dictionaries(st.sampled_from(["atm_vol", "rr25", "bf25"]), opt_vols, max_size=3)),
+        strikes=tuple(90_000.0 + 5_000.0 * k for k in range(n)),
+        bid_iv=tuple(draw(opt_vols) for _ in range(n)), ask_iv=tuple(draw(vols) for _ in range(n)),
+        calendar_ok=draw(st.booleans()),
+    )
+
+
+def tenors():
+    return st.lists(st.builds(TenorPoint, st.sampled_from([1, 7, 30, 90]), opt_vols, opt_vols, opt_vols, st.booleans()),
+                    max_size=3).map(tuple)
+
+
+def calendars():
+    return st.lists(st.builds(CalendarCheck, st.integers(0, N_KEYS).map(expiry_ms), st.integers(0, N_KEYS).map(expiry_ms),
+                              st.booleans(), st.floats(-0.01, 0.01)), max_size=2).map(tuple)
+
+
+@st.composite
+def patches(draw, epoch: int) -> SurfacePatch:
+    """A patch: changed expiries in any order (no key twice), removals that may overlap them."""
+    keys = draw(st.lists(st.integers(0, N_KEYS - 1), unique=True, max_size=4))
+    return SurfacePatch(
+        venue=VENUE, underlying=UNDERLYING, epoch=epoch, ts_exchange_ms=epoch * 50, ts_emit_ms=epoch * 50 + 5,
+        expiries=tuple(draw(views(i, epoch)) for i in keys),
+        removed=tuple(expiry_ms(i) for i in draw(st.lists(st.integers(0, N_KEYS - 1), unique=True, max_size=3))),
+        tenors=draw(tenors()), calendar=draw(calendars()),
+        index_px=draw(st.none() | st.floats(1_000.0, 200_000.0)),
+    )
+
+
+@st.composite
+def snapshots(draw, epoch: int) -> SurfaceSnapshot:
+    keys = sorted(draw(st.sets(st.integers(0, N_KEYS - 1), max_size=5)))
+    return SurfaceSnapshot(
+        venue=VENUE, underlying=UNDERLYING, epoch=epoch, ts_exchange_ms=epoch * 50, ts_emit_ms=epoch * 50 + 5,
+        expiries=tuple(draw(views(i, epoch)) for i in keys), tenors=draw(tenors()), calendar=draw(calendars()),
+        index_px=draw(st.none() | st.floats(1_000.0, 200_000.0)),
+    )
+
+
+@st.composite
+def patch_sequences(draw, min_size: int = 1, max_size: int = 6) -> list[SurfacePatch]:
+    n = draw(st.integers(min_size, max_size))
+    return [draw(patches(2 + i)) for i in range(n)]
+
+
+@st.composite
+def event_sequences(draw, max_size: int = 8) -> list:
+    """Patches with the occasional snapshot (a snapshot replaces the whole surface)."""
+    n = draw(st.integers(1, max_size))
+    return [draw(snapshots(1 + i) if draw(st.integers(0, 4)) == 0 else patches(1 + i)) for i in range(n)]

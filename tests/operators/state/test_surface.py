@@ -1,0 +1,112 @@
+"""operators/state/surface.py and nodes.py: every graph.toml node lands in ExpiryView.analytics
+by name (with its unit), and a node that fails is counted per node and reason and logged once."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from operators.events import ChainUpdate, SmileFit
+from operators.items import ExpiryFit
+from operators.kernels import analytics as A
+from operators.state.nodes import Node, NodeFailures, evaluate_nodes
+from operators.state.surface import SurfaceLogic, SurfaceState
+
+T0 = 1_767_225_600_000
+PARAMS = (0.01, 0.1, -0.3, 0.0, 0.2)
+
+
+def node(name, fn, inputs=("fit",), unit="", **params):
+    return Node(name, f"tests:{name}", fn, tuple(inputs), "expiry", params, unit)
+
+
+def ratio(x, y, t_years):
+    return x / y
+
+
+def boom(params, t_years):
+    raise ZeroDivisionError("division by zero in the wing")
+
+
+def item(expiry_ms, t_years=0.25):
+    fit = SmileFit("deribit", "BTC", expiry_ms, 1, T0, T0, t_years, 100_000.0, *PARAMS, 0.2, 20, True, 0.05, 1.0)
+    chain = ChainUpdate("deribit", "BTC", expiry_ms, 1, T0, T0, t_years, 100_000.0, "future")
+    return ExpiryFit(fit, chain)
+
+
+def logic(nodes):
+    return SurfaceLogic(SurfaceState("deribit", "BTC"), nodes=tuple(nodes), tenors_days=[7, 30],
+                        drop_calendar_violators=False, epoch_ms=50, now_ms=lambda: T0)
+
+
+def test_every_node_is_published_by_name_with_its_unit():
+    nodes = [node("atm_vol", A.atm_vol, unit="vol pts"), node("rr15", A.risk_reversal, unit="vol pts", delta=0.15),
+             node("skew_ratio", ratio, inputs=("rr15", "atm_vol"))]
+    surface = logic(nodes)
+    surface.on_items([item(T0 + 7 * 86_400_000), item(T0 + 30 * 86_400_000, 0.5)])
+    patch = surface.on_epoch()
+    assert len(patch.expiries) == 2
+    for view in patch.expiries:
+        t = view.fit.t_years
+        assert list(view.analytics) == ["atm_vol", "rr15", "skew_ratio"]  # graph.toml's order
+        assert view.analytics["atm_vol"] == A.atm_vol(PARAMS, t)
+        assert view.analytics["skew_ratio"] == pytest.approx(A.risk_reversal(PARAMS, t, delta=0.15) / A.atm_vol(PARAMS, t))
+        assert view.units == {"atm_vol": "vol pts", "rr15": "vol pts"}  # only nodes that give one
+    assert dict(surface.counters) == {}
+
+
+def test_a_failing_node_is_counted_per_reason_and_logged_once(caplog):
+    nodes = [node("bad", boom), node("nan", lambda p, t: float("nan")), node("text", lambda p, t: "n/a"),
+             node("after_bad", ratio, inputs=("bad", "nan")), node("atm_vol", A.atm_vol)]
+    surface = logic(nodes)
+    with caplog.at_level(logging.WARNING, logger="volgraph.nodes"):
+        for i in range(3):
+            t = 0.1 * (i + 1)
+            surface.on_items([item(T0 + (i + 1) * 86_400_000, t)])
+            patch = surface.on_epoch()
+            assert patch.expiries[0].analytics == {"bad": None, "nan": None, "text": None, "after_bad": None,
+                                                   "atm_vol": A.atm_vol(PARAMS, t)}
+    assert dict(surface.counters) == {
+        "node_errors.bad.ZeroDivisionError": 3, "node_errors.nan.non_finite": 3,
+        "node_errors.text.not_a_number": 3, "node_errors.after_bad.missing_input": 3}
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 4  # once per (node, kind of failure), not once per evaluation
+    bad = next(line for line in lines if "'bad'" in line)
+    assert "ZeroDivisionError('division by zero in the wing')" in bad and "[nodes.bad]" in bad
+    assert "node_errors.bad.ZeroDivisionError" in bad
+    assert any("'after_bad'" in line and "no value from input 'bad', 'nan'" in line for line in lines)
+
+
+def test_failures_are_logged_once_per_kind_not_once_per_node(caplog):
+    calls = iter([ValueError("x"), KeyError("y"), ValueError("z")])
+
+    def flaky(params, t_years):
+        raise next(calls)
+
+    failures = NodeFailures()
+    with caplog.at_level(logging.WARNING, logger="volgraph.nodes"):
+        for _ in range(3):
+            evaluate_nodes((node("flaky", flaky),), PARAMS, 0.25, failures)
+    assert dict(failures.counts) == {"node_errors.flaky.ValueError": 2, "node_errors.flaky.KeyError": 1}
+    assert len(caplog.records) == 2
+    # another surface (another underlying) counts its own failures but does not log them again
+    other = NodeFailures()
+    with caplog.at_level(logging.WARNING, logger="volgraph.nodes"):
+        evaluate_nodes((node("flaky", boom),), PARAMS, 0.25, other)
+        evaluate_nodes((node("flaky", lambda p, t: math.inf),), PARAMS, 0.25, other)
+    assert dict(other.counts) == {"node_errors.flaky.ZeroDivisionError": 1, "node_errors.flaky.non_finite": 1}
+    assert len(caplog.records) == 4  # two new kinds, one line each
+
+
+@given(value=st.one_of(st.floats(), st.integers(-10**6, 10**6), st.none(), st.text(max_size=3)))
+def test_a_node_value_is_a_finite_float_or_none_and_a_none_is_always_counted(value):
+    failures = NodeFailures()
+    out = evaluate_nodes((node("v", lambda p, t: value),), PARAMS, 0.25, failures)["v"]
+    if out is None:
+        assert sum(failures.counts.values()) == 1
+    else:
+        assert isinstance(out, float) and math.isfinite(out) and not failures.counts
