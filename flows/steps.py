@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 from datetime import datetime, timezone
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from bytewax.operators import StatefulBatchLogic
 
@@ -37,7 +37,30 @@ class FlowClock:
         return datetime.fromtimestamp(wall / 1000.0, tz=timezone.utc)
 
 
-class ChainStep(StatefulBatchLogic):
+class _KeyedStep(StatefulBatchLogic):
+    """What both keyed steps share: the logic is made on the first value (bytewax's builder is
+    not told the key) or from the snapshot on resume; `_due` is the next epoch tick owed; the
+    logic's counters reach COUNTERS as deltas since the last report."""
+
+    def __init__(self, make: Callable, resume: Optional[Any], clock: FlowClock):
+        self.make = make
+        self.clock = clock
+        self.logic: Optional[Any] = make(resume) if resume is not None else None
+        self._due: Optional[int] = None
+        self._reported: dict[str, float] = {}
+
+    def snapshot(self):
+        return self.logic.state if self.logic is not None else None
+
+    def _add_deltas(self, counts, names) -> None:
+        for name in names:
+            delta = counts[name] - self._reported.get(name, 0)
+            if delta:
+                COUNTERS.add(name, delta)
+                self._reported[name] = counts[name]
+
+
+class ChainStep(_KeyedStep):
     """Marks dirty on each batch; recomputes on the epoch notification.
 
     Values arrive as ChainBatches (operators/items.py); bytewax's builder is not told the key,
@@ -94,31 +117,18 @@ class ChainStep(StatefulBatchLogic):
         due = self.logic.state.expiry_ms if self._due is None else min(self._due, self.logic.state.expiry_ms)
         return self.clock.wall_at(due)
 
-    def snapshot(self):
-        return self.logic.state if self.logic is not None else None
-
     def _report(self) -> None:
         counts = self.logic.counters
-        for name in ("items", "dirty", "iv_solves", "iv_full", "iv_taylor", "iv_skipped", "fits",
-                     "fits_deferred", "epoch_us"):
-            delta = counts[name] - self._reported.get(name, 0)
-            if delta:
-                COUNTERS.add(name, delta)
-                self._reported[name] = counts[name]
+        self._add_deltas(counts, ("items", "dirty", "iv_solves", "iv_full", "iv_taylor", "iv_skipped", "fits",
+                                  "fits_deferred", "epoch_us"))
         COUNTERS.max("audit_max_err_bp", counts["audit_max_err_bp"])
 
 
-class SurfaceStep(StatefulBatchLogic):
+class SurfaceStep(_KeyedStep):
     """Collects fits per underlying; one patch per epoch. Values are ExpiryFit, ExpiryGone
     and IndexPrice items, all of one venue and underlying."""
 
-    def __init__(self, make: Callable[[SurfaceState], SurfaceLogic], resume: Optional[SurfaceState],
-                 clock: FlowClock):
-        self.make = make
-        self.clock = clock
-        self.logic: Optional[SurfaceLogic] = make(resume) if resume is not None else None
-        self._due: Optional[int] = None
-        self._reported: dict[str, int] = {}
+    logic: Optional[SurfaceLogic]
 
     def on_batch(self, values):
         if self.logic is None:
@@ -136,10 +146,7 @@ class SurfaceStep(StatefulBatchLogic):
     def on_notify(self):
         self._due = None
         patch = self.logic.on_epoch()
-        for name, n in self.logic.counters.items():  # node_errors.<node>.<reason>: rare, a few keys
-            if n != self._reported.get(name, 0):
-                COUNTERS.add(name, n - self._reported.get(name, 0))
-                self._reported[name] = n
+        self._add_deltas(self.logic.counters, list(self.logic.counters))  # node_errors.<node>.<reason>: a few
         return ([patch] if patch is not None else []), StatefulBatchLogic.RETAIN
 
     def on_eof(self):
@@ -147,9 +154,6 @@ class SurfaceStep(StatefulBatchLogic):
 
     def notify_at(self):
         return self.clock.wall_at(self._due) if self._due is not None else None
-
-    def snapshot(self):
-        return self.logic.state if self.logic is not None else None
 
 
 def chain_settings(config: Config) -> dict:

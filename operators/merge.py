@@ -39,17 +39,8 @@ def apply_patch(snapshot: Optional[SurfaceSnapshot], patch: SurfacePatch) -> Sur
     index_px = patch.index_px
     if index_px is None and snapshot is not None:
         index_px = snapshot.index_px
-    return SurfaceSnapshot(
-        venue=patch.venue,
-        underlying=patch.underlying,
-        epoch=patch.epoch,
-        ts_exchange_ms=patch.ts_exchange_ms,
-        ts_emit_ms=patch.ts_emit_ms,
-        expiries=tuple(by_expiry[k] for k in sorted(by_expiry)),
-        tenors=patch.tenors,
-        calendar=patch.calendar,
-        index_px=index_px,
-    )
+    return SurfaceSnapshot(**_latest(patch), expiries=tuple(by_expiry[k] for k in sorted(by_expiry)),
+                           index_px=index_px)
 
 
 def merge_patches(first: SurfacePatch, second: SurfacePatch) -> SurfacePatch:
@@ -73,18 +64,15 @@ def fold_patches(patches: "tuple[SurfacePatch, ...] | list[SurfacePatch]") -> Su
         if patch.index_px is not None:
             index_px = patch.index_px
     last = patches[-1]
-    return SurfacePatch(
-        venue=last.venue,
-        underlying=last.underlying,
-        epoch=last.epoch,
-        ts_exchange_ms=last.ts_exchange_ms,
-        ts_emit_ms=last.ts_emit_ms,
-        expiries=tuple(views[k] for k in sorted(views)),
-        removed=tuple(sorted(removed.difference(views))),
-        tenors=last.tenors,
-        calendar=last.calendar,
-        index_px=index_px,
-    )
+    return SurfacePatch(**_latest(last), expiries=tuple(views[k] for k in sorted(views)),
+                        removed=tuple(sorted(removed.difference(views))), index_px=index_px)
+
+
+def _latest(patch: SurfacePatch) -> dict:
+    """What the newest patch replaces whole: its header, the tenors and the calendar checks."""
+    return {"venue": patch.venue, "underlying": patch.underlying, "epoch": patch.epoch,
+            "ts_exchange_ms": patch.ts_exchange_ms, "ts_emit_ms": patch.ts_emit_ms,
+            "tenors": patch.tenors, "calendar": patch.calendar}
 
 
 Surface = Union[SurfacePatch, SurfaceSnapshot]

@@ -77,6 +77,21 @@ def check_frame(raw: Any, max_bytes: int) -> None:
                        "raise max_frame_bytes if this frame is legitimate")
 
 
+def parse_name(parse: Callable[[str], tuple], name_error: type, instrument: str) -> tuple:
+    """A venue's instrument-name parser, its refusal turned into an `unknown_instrument` BadFrame."""
+    try:
+        return parse(instrument)
+    except name_error as exc:
+        raise BadFrame("unknown_instrument", str(exc), instrument) from None
+
+
+def check_not_crossed(bid: Optional[float], ask: Optional[float], instrument: str, fields: str) -> None:
+    """A top of book whose bid exceeds its ask is refused as `crossed_book` (`fields` names
+    them as the venue does, e.g. "bidPx > askPx")."""
+    if bid is not None and ask is not None and bid > ask:
+        raise BadFrame("crossed_book", f"ticker {fields}: {bid} > {ask}", instrument)
+
+
 # ---------------------------------------------------------------- event queues
 # Both queues have one producer (the loop thread) and one consumer (the dataflow). push() says
 # False when an event could not be kept (the caller resyncs that book); push_always() is for

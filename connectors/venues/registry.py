@@ -1,8 +1,8 @@
 """The venue registry: the ONE place mapping a venue name to its parser, client, source,
 simulator and graph.toml section. Adding a venue is one entry here (docs/adding-a-venue.md).
 
-Everything a venue brings is named by an import path string ("module:attribute") and imported
-only when asked for: importing the registry pulls in no venue module and no simulator (the
+Everything a venue brings is found by its name in the package layout and imported only when
+asked for: importing the registry pulls in no venue module and no simulator (the
 simulators in connectors/sim/ are only ever named here, never imported). It never does I/O and
 never reads graph.toml itself (flows/config.py does; `source_from_config` receives the section).
 """
@@ -18,20 +18,22 @@ from typing import Any, Callable
 class Venue:
     """What the flow, the CLI and the recorder need to know about one venue.
 
-    name: the events' `venue` field, the source's partition prefix and [sources.<name>] in graph.toml.
+    name: the events' `venue` field, the source's partition prefix, [sources.<name>] in graph.toml
+    and the package: a venue's code is found by the layout docs/adding-a-venue.md gives —
+    connectors/venues/<name>/parse.py `parse_frame(raw, ts_recv_ms=None, max_bytes=…) -> list`
+    (never raises), client.py `<client_class>(url=…, <keys_field>=…, frame_tap=…, **options)` (a
+    base.VenueClient), source.py `client_options(section) -> kwargs` and `from_config(section, *,
+    url=None, run_seconds=None, route_workers=1) -> source`; its simulator is
+    connectors/sim/<name>.py `main(argv, defaults=…)` (defaults from [simulator]).
     keys_field: the section's list of subscription keys (and the simulator's flag of the same name):
-    Deribit "currencies", OKX "families". The *_path fields are "module:attribute" import paths.
+    Deribit "currencies", OKX "families".
     """
 
     name: str
     label: str                  # for people: "Deribit"
     keys_field: str             # "currencies" | "families"
-    parse_frame_path: str       # parse_frame(raw, ts_recv_ms=None, max_bytes=…) -> list; never raises
-    client_path: str            # Client(url=…, <keys_field>=…, frame_tap=…, **options): a base.VenueClient
-    client_options_path: str    # client_options(section) -> the Client keyword arguments graph.toml sets
-    source_from_config_path: str  # from_config(section, *, url=None, run_seconds=None, route_workers=1) -> source
-    simulator_main_path: str    # main(argv, defaults=…) of the venue's simulator (defaults: from [simulator])
-    sim_command: str            # the `volgraph` subcommand running that simulator ("sim", "sim-okx")
+    client_class: str           # "DeribitClient", in connectors/venues/<name>/client.py
+    sim_command: str            # the `volgraph` subcommand running the simulator ("sim", "sim-okx")
     sim_url_path: str           # the websocket path the simulator serves ("/ws/api/v2")
     sim_seed_offset: int        # added to [simulator] seed, so two simulators differ
     url_env: str                # the environment variable overriding the URL in flows.surface:flow
@@ -41,43 +43,29 @@ class Venue:
         return f"sources.{self.name}"
 
     def parse_frame(self) -> Callable[..., list]:
-        return _load(self.parse_frame_path)
+        return self._load("parse", "parse_frame")
 
     def client(self) -> type:
-        return _load(self.client_path)
+        return self._load("client", self.client_class)
 
     def client_options(self) -> Callable[[Any], dict]:
-        return _load(self.client_options_path)
+        return self._load("source", "client_options")
 
     def source_from_config(self) -> Callable[..., Any]:
-        return _load(self.source_from_config_path)
+        return self._load("source", "from_config")
 
     def simulator_main(self) -> Callable[..., Any]:
-        return _load(self.simulator_main_path)
+        return getattr(importlib.import_module(f"connectors.sim.{self.name}"), "main")
 
-
-def _load(path: str) -> Any:
-    module, _, attr = path.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    def _load(self, module: str, attr: str) -> Any:
+        return getattr(importlib.import_module(f"connectors.venues.{self.name}.{module}"), attr)
 
 
 VENUES: dict[str, Venue] = {v.name: v for v in (
-    Venue(name="deribit", label="Deribit",
-          keys_field="currencies",
-          parse_frame_path="connectors.venues.deribit.parse:parse_frame",
-          client_path="connectors.venues.deribit.client:DeribitClient",
-          client_options_path="connectors.venues.deribit.source:client_options",
-          source_from_config_path="connectors.venues.deribit.source:from_config",
-          simulator_main_path="connectors.sim.deribit:main", sim_command="sim", sim_url_path="/ws/api/v2",
-          sim_seed_offset=0, url_env="VOLGRAPH_URL"),
-    Venue(name="okx", label="OKX",
-          keys_field="families",
-          parse_frame_path="connectors.venues.okx.parse:parse_frame",
-          client_path="connectors.venues.okx.client:OkxClient",
-          client_options_path="connectors.venues.okx.source:client_options",
-          source_from_config_path="connectors.venues.okx.source:from_config",
-          simulator_main_path="connectors.sim.okx:main", sim_command="sim-okx", sim_url_path="/ws/v5/public",
-          sim_seed_offset=1, url_env="VOLGRAPH_OKX_URL"),
+    Venue(name="deribit", label="Deribit", keys_field="currencies", client_class="DeribitClient",
+          sim_command="sim", sim_url_path="/ws/api/v2", sim_seed_offset=0, url_env="VOLGRAPH_URL"),
+    Venue(name="okx", label="OKX", keys_field="families", client_class="OkxClient",
+          sim_command="sim-okx", sim_url_path="/ws/v5/public", sim_seed_offset=1, url_env="VOLGRAPH_OKX_URL"),
 )}
 
 

@@ -331,6 +331,13 @@ _TAB_NODES = _TAB_SHAPE[0] * _TAB_SHAPE[1]
 
 
 @nb.njit(cache=True, error_model="numpy", inline="always")
+def _cubic_weights(t):
+    """Lagrange weights of the nodes at −1, 0, 1, 2 for a point t in [0, 1) (extrapolating outside)."""
+    tp, tm, tm2 = t + 1.0, t - 1.0, t - 2.0
+    return -t * tm * tm2 * (1.0 / 6.0), tp * tm * tm2 * 0.5, -tp * t * tm2 * 0.5, tp * t * tm * (1.0 / 6.0)
+
+
+@nb.njit(cache=True, error_model="numpy", inline="always")
 def _interp_tab(tab_flat, base, u, v):
     """Cubic Lagrange interpolation, 4×4 nodes, at fractional indices (u, v) of the table
     stored flat from base. The stencil is clamped to the table (an edge cell extrapolates
@@ -338,18 +345,8 @@ def _interp_tab(tab_flat, base, u, v):
     nu, nv = _TAB_SHAPE
     i = min(max(int(u), 1), nu - 3)
     j = min(max(int(v), 1), nv - 3)
-    t = u - i
-    tp, tm, tm2 = t + 1.0, t - 1.0, t - 2.0
-    a0 = -t * tm * tm2 * (1.0 / 6.0)
-    a1 = tp * tm * tm2 * 0.5
-    a2 = -tp * t * tm2 * 0.5
-    a3 = tp * t * tm * (1.0 / 6.0)
-    t = v - j
-    tp, tm, tm2 = t + 1.0, t - 1.0, t - 2.0
-    b0 = -t * tm * tm2 * (1.0 / 6.0)
-    b1 = tp * tm * tm2 * 0.5
-    b2 = -tp * t * tm2 * 0.5
-    b3 = tp * t * tm * (1.0 / 6.0)
+    a0, a1, a2, a3 = _cubic_weights(u - i)
+    b0, b1, b2, b3 = _cubic_weights(v - j)
     k = base + (i - 1) * nv + (j - 1)
     r0 = b0 * tab_flat[k] + b1 * tab_flat[k + 1] + b2 * tab_flat[k + 2] + b3 * tab_flat[k + 3]
     k += nv
@@ -572,17 +569,22 @@ def _iv_kernel(price, forward, strike, t_years, is_call, out_vol, out_status, ta
 
 
 @nb.njit(cache=True, error_model="numpy")
+def _table_node(i, nu, j, nv, w_min):
+    """Node (i, j) of a guess table: x on a quadratic grid in [−_TAB_A_MAX, 0], w linear in
+    [w_min, 1]; returns (x, e^{x/2}, w, ln of the node's normalised price)."""
+    u = i / (nu - 1)
+    x = -_TAB_A_MAX * u * u
+    w = w_min + (1.0 - w_min) * j / (nv - 1)
+    return x, math.exp(0.5 * x), w, 0.5 * x - _TAB_LN2 / (w * w)
+
+
+@nb.njit(cache=True, error_model="numpy")
 def _build_tables(lo_tab, up_tab):
     """Solve every table node by the robust path (asymptotic guess), in normalised space."""
     nu, nv = lo_tab.shape
     for i in range(nu):
-        u = i / (nu - 1)
-        x = -_TAB_A_MAX * u * u
-        ex2p = math.exp(0.5 * x)
         for j in range(nv):
-            w = _TAB_LO_W_MIN + (1.0 - _TAB_LO_W_MIN) * j / (nv - 1)
-            ell = _TAB_LN2 / (w * w)
-            target = 0.5 * x - ell
+            x, ex2p, w, target = _table_node(i, nu, j, nv, _TAB_LO_W_MIN)
             beta = math.exp(target)
             if i == 0 and beta < 1e-5:
                 # at the money b = erf(s/√8) = (s/√(2π))(1 − s²/24 + …): exact to O(s⁴) here,
@@ -592,15 +594,10 @@ def _build_tables(lo_tab, up_tab):
                 lo_tab[i, j] = _solve_s(x, beta, False, target, 0.0, ex2p)
     nu, nv = up_tab.shape  # the upper table holds s·w
     for i in range(nu):
-        u = i / (nu - 1)
-        x = -_TAB_A_MAX * u * u
-        ex2p = math.exp(0.5 * x)
         for j in range(nv):
-            w = _TAB_UP_W_MIN + (1.0 - _TAB_UP_W_MIN) * j / (nv - 1)
-            ell = _TAB_LN2 / (w * w)
-            target = 0.5 * x - ell  # ln c, exact: the node is defined by c, not by a rounded β
-            beta = ex2p - math.exp(target)
-            up_tab[i, j] = w * _solve_s(x, beta, True, target, 0.0, ex2p)
+            # target is ln c, exact: the node is defined by c, not by a rounded β
+            x, ex2p, w, target = _table_node(i, nu, j, nv, _TAB_UP_W_MIN)
+            up_tab[i, j] = w * _solve_s(x, ex2p - math.exp(target), True, target, 0.0, ex2p)
 
 
 _TABLES = None

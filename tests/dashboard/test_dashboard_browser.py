@@ -3,19 +3,18 @@ snapshot's expiries, and follows live patches (Playwright driving Debian's chrom
 node added to graph.toml alone reaches the gateway, PostgreSQL and a dashboard column."""
 
 import shutil
-import textwrap
 
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from connectors.gateway.server import Gateway
 from operators.events import ExpiryView, SmileFit, SurfacePatch, to_json
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.browser
 
 import playwright.sync_api as playwright  # noqa: E402  (a dev dependency: `make test` installs it)
-from tests.helpers.config import gateway_kwargs
+from tests.helpers.config import RR15_NODE_TOML
+from tests.helpers.gateway import serve_gateway
 
 if not shutil.which("chromium"):  # a failure, never a skip: a skipped browser test hides a broken dashboard
     pytest.fail("Debian's chromium is not installed: apt-get install chromium (.ci/run does)", pytrace=False)
@@ -43,10 +42,7 @@ def patch(epoch, views):
 
 @pytest.fixture
 def gateway():
-    gw = Gateway(**gateway_kwargs(host="127.0.0.1", port=0, publish_token="t"))
-    url = gw.start()
-    yield gw, url
-    gw.stop()
+    yield from serve_gateway("t")
 
 
 def test_dashboard_shows_surface_and_follows_patches(gateway):
@@ -102,14 +98,7 @@ def test_a_node_added_to_graph_toml_reaches_gateway_postgres_and_dashboard(gatew
 
     gw, http_url = gateway
     graph = tmp_path / "graph.toml"
-    graph.write_text(textwrap.dedent("""
-        [nodes.rr15]
-        fn = "operators.kernels.analytics:risk_reversal"
-        inputs = ["fit"]
-        level = "expiry"
-        unit = "vol pts"
-        delta = 0.15
-    """))
+    graph.write_text(RR15_NODE_TOML)
     config = load_config(graph)
     pg_conf = config.sinks.postgres
     publish = http_url.replace("http://", "ws://").rstrip("/") + "/publish"

@@ -12,7 +12,6 @@ import pytest
 from websockets.sync.client import connect as ws_connect
 
 from connectors.venues.deribit import DeribitSource
-from connectors.gateway.server import Gateway
 from connectors.gateway.publisher import GatewaySink
 from connectors.postgres import PostgresSink, connect, latest_surface, migrate
 from connectors.sim.deribit import Simulator
@@ -23,7 +22,8 @@ from operators.merge import apply_patch
 from flows.config import load_config
 from tests.helpers.flowrun import DEADLINE_S, StoppableSource, holds, run_until
 from tests.helpers.venues import check_smile_against_truth, monday_noon_ms
-from tests.helpers.config import deribit_kwargs, gateway_kwargs, sim_kwargs
+from tests.helpers.config import RR15_NODE_TOML, deribit_kwargs, sim_kwargs
+from tests.helpers.gateway import serve_gateway
 
 CURRENCIES = ("BTC", "ETH")
 
@@ -75,10 +75,7 @@ def simulator():
 
 @pytest.fixture
 def gateway():
-    gw = Gateway(**gateway_kwargs(host="127.0.0.1", port=0, publish_token="e2e-token"))
-    http_url = gw.start()
-    yield gw, http_url
-    gw.stop()
+    yield from serve_gateway("e2e-token")
 
 
 def test_simulator_to_gateway_and_postgres(simulator, gateway, pg_db, tmp_path):
@@ -92,8 +89,7 @@ def test_simulator_to_gateway_and_postgres(simulator, gateway, pg_db, tmp_path):
     client = DashboardClient(f"{ws_base}/ws")
     # an analytic added in graph.toml alone must reach the gateway and PostgreSQL
     graph = tmp_path / "graph.toml"
-    graph.write_text('[chain]\nfit_interval_ms = 200\n\n[nodes.rr15]\nfn = "operators.kernels.analytics:risk_reversal"\n'
-                     'inputs = ["fit"]\nlevel = "expiry"\ndelta = 0.15\n')
+    graph.write_text("[chain]\nfit_interval_ms = 200\n" + RR15_NODE_TOML)
     config = load_config(graph)
     source = DeribitSource(**deribit_kwargs(DeribitSource, url=sim_url, currencies=CURRENCIES, depth=5,
                                             interval="100ms", heartbeat_s=10, queue_max=100_000,

@@ -2,7 +2,6 @@
 books → chains → surface → sinks, with graph.toml nodes landing in the patches."""
 
 import math
-import textwrap
 
 import numpy as np
 import pytest
@@ -10,6 +9,7 @@ from bytewax.testing import TestingSource
 
 from flows.surface import build_flow
 
+from tests.helpers.config import RR15_NODE_TOML
 from tests.helpers.sinks import CallbackSink
 from operators.events import Instrument, SmileFit, StatusReport, SurfacePatch
 from operators.merge import apply_patch
@@ -56,13 +56,7 @@ def test_every_expiry_is_fitted_and_patched(run_flow):
 
 def test_a_new_graph_toml_node_appears_in_patches(run_flow, tmp_path):
     path = tmp_path / "graph.toml"
-    path.write_text(textwrap.dedent("""
-        [nodes.rr15]
-        fn = "operators.kernels.analytics:risk_reversal"
-        inputs = ["fit"]
-        level = "expiry"
-        delta = 0.15
-    """))
+    path.write_text(RR15_NODE_TOML)
     out = run_flow(load_config(path))
     views = [v for o in out if isinstance(o, SurfacePatch) for v in o.expiries]
     assert views and all(v.analytics["rr15"] is not None for v in views)

@@ -22,6 +22,18 @@ RENAMED = {"book_interval": "interval"}
 TEST_SIMULATOR = {"scale": "small", "rate": 2000.0}
 
 
+# One analytic added by editing graph.toml only: the tests that show such a node reaching the
+# patches, PostgreSQL and the dashboard write this into their graph.toml.
+RR15_NODE_TOML = """
+[nodes.rr15]
+fn = "operators.kernels.analytics:risk_reversal"
+inputs = ["fit"]
+level = "expiry"
+unit = "vol pts"
+delta = 0.15
+"""
+
+
 @lru_cache(maxsize=1)
 def project_config() -> Config:
     return load_config()

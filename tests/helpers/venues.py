@@ -11,8 +11,9 @@ import time
 
 import orjson
 
-from operators.events import BookUpdate, FeedError
+from operators.events import BookUpdate, FeedError, Instrument
 
+from tests.helpers.config import deribit_kwargs, okx_kwargs
 from tests.helpers.data import FRAMES_DIR
 DELETE = object()  # frame_with(..., DELETE) removes the field
 
@@ -51,6 +52,54 @@ def check_chains(events):
                 assert last.get(e.instrument) is not None, f"change before snapshot: {e}"
                 assert e.prev_seq == last[e.instrument], f"broken chain: {e}"
                 last[e.instrument] = e.seq
+
+
+def deribit_client(url, currencies=("BTC",), **kw):
+    """A DeribitClient for tests: fast reconnects, quick heartbeats, no subscribe throttle."""
+    from connectors.venues.deribit import DeribitClient
+    return DeribitClient(**deribit_kwargs(url=url, currencies=currencies, **{
+        **_FAST, "heartbeat_s": 0.3, "subscribe_per_s": 1000.0, **kw}))
+
+
+def okx_client(url, families=("BTC-USD",), **kw):
+    """An OkxClient for tests: fast reconnects, no connect throttle."""
+    from connectors.venues.okx import OkxClient
+    return OkxClient(**okx_kwargs(url=url, families=families, **{**_FAST, "connects_per_s": 1000.0, **kw}))
+
+
+_FAST = {"reconnect_min_s": 0.05, "reconnect_max_s": 0.5, "seed": 1}
+
+
+def check_discovery(events) -> list:
+    """What every venue client owes the flow at start: every Instrument before any market
+    event, each book opening with a snapshot, and chains that hold together. Returns the
+    Instruments."""
+    insts = [e for e in events if isinstance(e, Instrument)]
+    first_market = next(i for i, e in enumerate(events) if not isinstance(e, Instrument))
+    assert first_market == len(insts), "a market event came before an Instrument"
+    for inst, bk in books(events).items():
+        assert bk[0].kind == "snapshot", f"{inst}'s first book event is a {bk[0].kind}"
+    check_chains(events)
+    return insts
+
+
+def stream_target(client, sim, names) -> tuple[list, str]:
+    """Collect until every book of `names` has its first snapshot, then until one book with
+    bids and asks on the simulator streams changes. Returns (events so far, that book's name)."""
+    events: list = []
+    collect(client, events, lambda ev: len(books(ev)) == len(names), what="every book's first snapshot")
+    target = next(n for n in names if all(sim.book(n)[:2]))
+    collect(client, events, lambda ev: len(books(ev)[target]) >= 2, what="target streaming")
+    return events, target
+
+
+def inject_when_streaming(client, sim, target: str, fault: str) -> tuple[list, int]:
+    """Collect until book `target` streams changes, then have the simulator inject `fault` into
+    it. Returns (events so far, the index in them where the fault was injected)."""
+    events: list = []
+    collect(client, events, lambda ev: len(books(ev).get(target, [])) >= 2, what="target streaming")
+    sim.inject(fault, target)
+    return events, len(events)
 
 
 def run_source(source, flow_id: str, until=None, what: str = "condition") -> tuple[list, collections.Counter]:

@@ -23,7 +23,7 @@ import msgspec
 import orjson
 
 from connectors.venues.base import BadFrame as _Bad
-from connectors.venues.base import check_frame, now_ms
+from connectors.venues.base import check_frame, check_not_crossed, now_ms, parse_name
 from connectors.venues.deribit.names import VENUE, InstrumentNameError, parse_instrument_name
 from operators.events import BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument, Ticker
 
@@ -326,15 +326,11 @@ def _book(channel: str, data: dict, ts_recv_ms: int) -> list:
 
 def _ticker(channel: str, data: dict, ts_recv_ms: int) -> list:
     inst = _str(data.get("instrument_name"), "instrument_name")
-    try:
-        underlying, expiry_ms, strike, _ = parse_instrument_name(inst)
-    except InstrumentNameError as exc:
-        raise _Bad("unknown_instrument", str(exc), inst) from None
+    underlying, expiry_ms, strike, _ = parse_name(parse_instrument_name, InstrumentNameError, inst)
     ts = _int(data.get("timestamp"), "timestamp", inst)
     bid = _opt_price(data, "best_bid_price", inst)
     ask = _opt_price(data, "best_ask_price", inst)
-    if bid is not None and ask is not None and bid > ask:
-        raise _Bad("crossed_book", f"ticker best bid {bid} > best ask {ask}", inst)
+    check_not_crossed(bid, ask, inst, "best bid > best ask")
     mark = _opt_price(data, "mark_price", inst)
     state = data.get("state", "open")
     if not isinstance(state, str):
@@ -372,10 +368,7 @@ _STATES = frozenset(("created", "started", "settled", "closed", "terminated", "d
 def _instrument_state(channel: str, data: dict, ts_recv_ms: int) -> list:
     """instrument.state.{kind}.{currency}: a listing or delisting, for the client only."""
     name = _str(data.get("instrument_name"), "instrument_name")
-    try:
-        parse_instrument_name(name)
-    except InstrumentNameError as exc:
-        raise _Bad("unknown_instrument", str(exc), name) from None
+    parse_name(parse_instrument_name, InstrumentNameError, name)
     state = data.get("state")
     if state not in _STATES:
         raise _Bad("bad_field", f"instrument state {state!r:.40} is not one of {', '.join(sorted(_STATES))}", name)
@@ -391,10 +384,7 @@ def _instrument(row: Any, ts_recv_ms: int) -> Instrument:
         raise _Bad("bad_field", f"get_instruments row must be an object, got {row!r:.60}")
     name = _str(row.get("instrument_name"), "instrument_name")
     kind = row.get("kind")
-    try:
-        underlying, expiry_from_name, strike, cp = parse_instrument_name(name)
-    except InstrumentNameError as exc:
-        raise _Bad("unknown_instrument", str(exc), name) from None
+    underlying, expiry_from_name, strike, cp = parse_name(parse_instrument_name, InstrumentNameError, name)
     expiry_ms = row.get("expiration_timestamp", expiry_from_name)
     if kind == "option":
         opt = row.get("option_type")

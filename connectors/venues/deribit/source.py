@@ -1,10 +1,7 @@
-"""The Deribit bytewax source: one partition (and one DeribitClient) per currency and worker
-slot, and `from_config`, which turns a [sources.deribit] section into one (the registry,
-connectors/venues/registry.py, calls it so the flow never knows this constructor's arguments);
-`client_options` does the same for a lone DeribitClient (`volgraph record`). Every argument that
-graph.toml configures is required here: its default lives in graph.toml only.
-
-Never parses and never does I/O itself: the client does.
+"""The Deribit bytewax source, one partition per currency and worker slot, and what the registry
+calls to build it from [sources.deribit]: `from_config`, and `client_options` for a lone client
+(`volgraph record`). Arguments graph.toml sets are required (defaults live there only); the rules
+shared with other venues are ClientSource's (connectors/venues/base.py). Never parses, no I/O.
 """
 
 from __future__ import annotations
@@ -14,7 +11,6 @@ from typing import Any, Iterable, Optional
 from connectors.venues.base import SOURCE_BATCH_MAX, ClientPartition, ClientSource
 from connectors.venues.deribit.client import DeribitClient
 from connectors.venues.deribit.parse import grouped_depth
-
 
 
 class DeribitSource(ClientSource):

@@ -49,7 +49,7 @@ from typing import Any, Callable, Optional
 import orjson
 
 from connectors.venues.base import BadFrame as _Bad
-from connectors.venues.base import check_frame, now_ms
+from connectors.venues.base import check_frame, check_not_crossed, now_ms, parse_name
 from connectors.venues.okx.names import DEPTH_CHANNELS, INCREMENTAL_BOOKS, VENUE, InstIdError, parse_inst_id
 from operators.events import BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument, Ticker
 
@@ -204,10 +204,7 @@ def _summary_row(row: Any, ts_recv_ms: int) -> Ticker:
     if not isinstance(row, dict):
         raise _Bad("bad_field", f"opt-summary row must be an object, got {row!r:.60}")
     inst = _str(row.get("instId"), "instId")
-    try:
-        _, _, strike, _ = parse_inst_id(inst)
-    except InstIdError as exc:
-        raise _Bad("unknown_instrument", str(exc), inst) from None
+    _, _, strike, _ = parse_name(parse_inst_id, InstIdError, inst)
     if strike is None:
         raise _Bad("unknown_instrument", f"opt-summary row {inst} is not an option", inst)
     ts = _ts(row.get("ts"), "ts", inst)
@@ -234,15 +231,11 @@ def _ticker_row(arg: dict, row: Any, ts_recv_ms: int) -> list:
     if not isinstance(row, dict):
         raise _Bad("bad_field", f"tickers row must be an object, got {row!r:.60}")
     inst = _str(row.get("instId", arg.get("instId")), "instId")
-    try:
-        underlying, expiry_ms, strike, _ = parse_inst_id(inst)
-    except InstIdError as exc:
-        raise _Bad("unknown_instrument", str(exc), inst) from None
+    underlying, expiry_ms, strike, _ = parse_name(parse_inst_id, InstIdError, inst)
     ts = _ts(row.get("ts"), "ts", inst)
     bid = _opt_px(row, "bidPx", inst)
     ask = _opt_px(row, "askPx", inst)
-    if bid is not None and ask is not None and bid > ask:
-        raise _Bad("crossed_book", f"ticker bidPx {bid} > askPx {ask}", inst)
+    check_not_crossed(bid, ask, inst, "bidPx > askPx")
     if strike is not None:
         return [Ticker(VENUE, inst, ts, ts_recv_ms, "open", bid, _size(row, "bidSz", inst), ask,
                        _size(row, "askSz", inst))]
@@ -264,10 +257,7 @@ def instrument_from_row(row: Any, ts_recv_ms: int = 0) -> Optional[Instrument]:
     if state not in _LIVE_STATES:
         return None
     inst_type = row.get("instType")
-    try:
-        underlying, expiry_from_id, strike, cp = parse_inst_id(inst)
-    except InstIdError as exc:
-        raise _Bad("unknown_instrument", str(exc), inst) from None
+    underlying, expiry_from_id, strike, cp = parse_name(parse_inst_id, InstIdError, inst)
     exp_raw = row.get("expTime", "")
     expiry_ms = _ts(exp_raw, "expTime", inst) if exp_raw not in ("", None) else expiry_from_id
     ct_val = _dec(row.get("ctVal") or "1", "ctVal", inst)

@@ -1,10 +1,5 @@
-"""The OKX bytewax source: one partition (and one OkxClient) per instrument family and worker
-slot, and `from_config`, which turns a [sources.okx] section into one (the registry,
-connectors/venues/registry.py, calls it so the flow never knows this constructor's arguments);
-`client_options` does the same for a lone OkxClient (`volgraph record`). Every argument that
-graph.toml configures is required here: its default lives in graph.toml only.
-
-Never parses and never does I/O itself: the client does.
+"""OkxSource: a partition per instrument family and worker slot. `from_config([sources.okx])`
+and `client_options` are the registry's way in. No parsing and no I/O here: OkxClient does both.
 """
 
 from __future__ import annotations
@@ -14,7 +9,6 @@ from typing import Any, Iterable, Optional
 from connectors.venues.base import SOURCE_BATCH_MAX, ClientPartition, ClientSource
 from connectors.venues.okx.client import OkxClient
 from connectors.venues.okx.names import family_coin
-
 
 
 class OkxSource(ClientSource):

@@ -73,10 +73,8 @@ class RawClient:
 
 @pytest.fixture
 def sim():
-    s = Simulator(**sim_kwargs(seed=11, rate=400, currencies=["BTC", "ETH"], min_heartbeat_s=0.2))
-    s.start()
-    yield s
-    s.stop()
+    with Simulator(**sim_kwargs(seed=11, rate=400, currencies=["BTC", "ETH"], min_heartbeat_s=0.2)) as s:
+        yield s
 
 
 def data_keys(frame: dict) -> set:

@@ -14,12 +14,11 @@ import pytest
 from websockets.asyncio.server import serve
 
 from connectors.sim.deribit import Simulator
-from connectors.venues.deribit import DeribitClient
-from connectors.venues.okx import OkxClient
 from operators.events import BookUpdate, FeedError
 from operators.state.book import OrderBook
-from tests.helpers.venues import books, check_chains, collect
-from tests.helpers.config import deribit_kwargs, okx_kwargs, sim_kwargs
+from tests.helpers.venues import (check_chains, collect, deribit_client, inject_when_streaming, okx_client,
+                                  stream_target)
+from tests.helpers.config import sim_kwargs
 
 
 def _after_first(events, pred):
@@ -51,26 +50,15 @@ def _check_withheld_then_fresh(all_events, mark, target, reason_first):
 
 @pytest.fixture
 def sim():
-    s = Simulator(**sim_kwargs(seed=21, rate=600, currencies=["ETH"], min_heartbeat_s=0.2))
-    s.start()
-    yield s
-    s.stop()
-
-
-def _deribit(url, **kw):
-    return DeribitClient(**deribit_kwargs(url=url, currencies=("ETH",), heartbeat_s=0.3, reconnect_min_s=0.05,
-                                          reconnect_max_s=0.5, seed=1, subscribe_per_s=1000.0, **kw))
+    with Simulator(**sim_kwargs(seed=21, rate=600, currencies=["ETH"], min_heartbeat_s=0.2)) as s:
+        yield s
 
 
 @pytest.mark.parametrize("book_depth", [None, 10], ids=["incremental", "grouped"])
 def test_deribit_crossed_book_resubscribes_and_heals(sim, book_depth):
-    client = _deribit(sim.url, book_depth=book_depth).start()
+    client = deribit_client(sim.url, ("ETH",), book_depth=book_depth).start()
     try:
-        names = sim.instrument_names("ETH")
-        events: list = []
-        collect(client, events, lambda ev: len(books(ev)) == len(names), what="every book's first snapshot")
-        target = next(n for n in names if all(sim.book(n)[:2]))  # one with bids and asks
-        collect(client, events, lambda ev: len(books(ev)[target]) >= 2, what="target streaming")
+        events, target = stream_target(client, sim, sim.instrument_names("ETH"))
         mark = len(events)
         sim.inject("crossed", target)
 
@@ -90,13 +78,10 @@ def test_deribit_crossed_book_resubscribes_and_heals(sim, book_depth):
 
 
 def test_deribit_gap_resubscribes_and_heals(sim):
-    client = _deribit(sim.url).start()
+    client = deribit_client(sim.url, ("ETH",)).start()
     try:
         target = sim.instrument_names("ETH")[3]
-        events: list = []
-        collect(client, events, lambda ev: len(books(ev).get(target, [])) >= 2, what="target streaming")
-        mark = len(events)
-        sim.inject("gap", target)
+        events, mark = inject_when_streaming(client, sim, target, "gap")
         collect(client, events, lambda ev: any(isinstance(e, BookUpdate) and e.instrument == target
                                                and e.kind == "snapshot" for e in ev[mark:]),
                 timeout=30, what="a fresh snapshot after the gap")
@@ -180,9 +165,8 @@ class _OkxBooks:
 @pytest.mark.parametrize("fault", ["crossed", "gap"])
 def test_okx_gap_or_crossed_book_resubscribes_and_heals(fault):
     server = _OkxBooks(fault).start()
-    client = OkxClient(**okx_kwargs(url=server.url, families=("BTC-USD",), instruments_fetcher=lambda inst_type,
-                                    family: [ROW], include_futures=False, reconnect_min_s=0.05, reconnect_max_s=0.5,
-                                    seed=1)).start()
+    client = okx_client(server.url, instruments_fetcher=lambda inst_type, family: [ROW],
+                        include_futures=False).start()
     try:
         events: list = []
         collect(client, events, lambda ev: sum(isinstance(e, BookUpdate) for e in ev) >= 3,

@@ -14,28 +14,18 @@ from connectors.sim.deribit import Simulator
 from connectors.venues.base import SOURCE_BATCH_MAX, SOURCE_GATHER_MS
 from operators.state.book import OrderBook
 from operators.events import BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument, Ticker
-from tests.helpers.venues import books, check_chains, collect, run_source
+from tests.helpers.venues import (books, check_chains, check_discovery, collect, deribit_client,
+                                  inject_when_streaming, run_source, stream_target)
 
 
 @pytest.fixture
 def sim():
-    s = Simulator(**sim_kwargs(seed=21, rate=600, currencies=["BTC", "ETH"], min_heartbeat_s=0.2))
-    s.start()
-    yield s
-    s.stop()
-
-
-def make_client(url, currencies=("BTC",), **kw):
-    kw.setdefault("heartbeat_s", 0.3)
-    kw.setdefault("reconnect_min_s", 0.05)
-    kw.setdefault("reconnect_max_s", 0.5)
-    kw.setdefault("seed", 1)
-    kw.setdefault("subscribe_per_s", 1000.0)
-    return DeribitClient(**deribit_kwargs(url=url, currencies=currencies, **kw))
+    with Simulator(**sim_kwargs(seed=21, rate=600, currencies=["BTC", "ETH"], min_heartbeat_s=0.2)) as s:
+        yield s
 
 
 def test_discovery_subscription_chains_and_heartbeats(sim):
-    client = make_client(sim.url).start()
+    client = deribit_client(sim.url).start()
     try:
         n_opts = len(sim.instrument_names("BTC"))
         n_futs = len(sim.instrument_names("BTC", "future"))
@@ -43,16 +33,10 @@ def test_discovery_subscription_chains_and_heartbeats(sim):
         collect(client, events, lambda ev: len(books(ev)) == n_opts and sum(
             len(v) >= 3 for v in books(ev).values()) >= 5 and any(isinstance(e, FuturePrice) for e in ev)
             and any(isinstance(e, IndexPrice) for e in ev), what="snapshots and changes")
-        insts = [e for e in events if isinstance(e, Instrument)]
+        insts = check_discovery(events)
         assert len(insts) == n_opts + n_futs
         assert {i.instrument for i in insts if i.kind == "option"} == set(sim.instrument_names("BTC"))
         assert all(i.expiry_ms in sim.expiries("BTC") for i in insts if i.kind == "option")
-        # instruments come before any market event about them
-        first_market = next(i for i, e in enumerate(events) if not isinstance(e, Instrument))
-        assert all(isinstance(e, Instrument) for e in events[:first_market]) and first_market == len(insts)
-        for inst, bk in books(events).items():
-            assert bk[0].kind == "snapshot"
-        check_chains(events)
         assert not [e for e in events if isinstance(e, FeedError)]
         ticks = [e for e in events if isinstance(e, Ticker) and e.mark_iv is not None]
         assert ticks and all(0.05 < t.mark_iv < 5 for t in ticks)  # decimals
@@ -72,12 +56,10 @@ def test_discovery_subscription_chains_and_heartbeats(sim):
 
 
 def test_gap_gives_seq_gap_then_a_fresh_snapshot(sim):
-    client = make_client(sim.url, ("ETH",)).start()
+    client = deribit_client(sim.url, ("ETH",)).start()
     try:
         target = sim.instrument_names("ETH")[7]
-        events: list = []
-        collect(client, events, lambda ev: len(books(ev).get(target, [])) >= 2, what="target streaming")
-        sim.inject("gap", target)
+        events, _ = inject_when_streaming(client, sim, target, "gap")
 
         def resynced(ev):
             gap = [i for i, e in enumerate(ev) if isinstance(e, FeedError) and e.reason == "seq_gap"
@@ -103,8 +85,8 @@ def test_gap_gives_seq_gap_then_a_fresh_snapshot(sim):
 def test_grouped_book_channel_gives_whole_snapshots_of_the_same_book(sim):
     """book.X.none.10.100ms beside book.X.100ms on one simulator: every grouped notification is a
     whole snapshot (no change chain), and both end on the same book, the simulator's."""
-    grouped = make_client(sim.url, ("ETH",), book_depth=10).start()
-    incremental = make_client(sim.url, ("ETH",)).start()
+    grouped = deribit_client(sim.url, ("ETH",), book_depth=10).start()
+    incremental = deribit_client(sim.url, ("ETH",)).start()
     try:
         names = sim.instrument_names("ETH")
         g_events: list = []
@@ -147,13 +129,9 @@ def test_grouped_book_channel_gives_whole_snapshots_of_the_same_book(sim):
 
 
 def test_grouped_crossed_frame_is_an_error_and_the_next_snapshot_heals(sim):
-    client = make_client(sim.url, ("ETH",), book_depth=10).start()
+    client = deribit_client(sim.url, ("ETH",), book_depth=10).start()
     try:
-        names = sim.instrument_names("ETH")
-        events: list = []
-        collect(client, events, lambda ev: len(books(ev)) == len(names), what="every book's first snapshot")
-        target = next(n for n in names if all(sim.book(n)[:2]))  # one with bids and asks
-        collect(client, events, lambda ev: len(books(ev)[target]) >= 2, what="target streaming")
+        events, target = stream_target(client, sim, sim.instrument_names("ETH"))
         sim.inject("crossed", target)
         mark = len(events)
 
@@ -174,7 +152,7 @@ def test_grouped_crossed_frame_is_an_error_and_the_next_snapshot_heals(sim):
 
 
 def test_dropped_connection_reconnects_and_resubscribes(sim):
-    client = make_client(sim.url, ("BTC",)).start()
+    client = deribit_client(sim.url, ("BTC",)).start()
     try:
         events: list = []
         n_opts = len(sim.instrument_names("BTC"))
@@ -197,7 +175,7 @@ def test_dropped_connection_reconnects_and_resubscribes(sim):
 
 
 def test_full_queue_drops_never_block_and_resync_the_books(sim):
-    client = make_client(sim.url, ("BTC",), queue_max=40).start()
+    client = deribit_client(sim.url, ("BTC",), queue_max=40).start()
     try:
         # Do not read: the socket loop must keep going and count drops instead of blocking.
         assert client.wait_for(lambda k: k.get("queue_drops", 0) > 50, 20)
@@ -222,7 +200,7 @@ def test_full_queue_drops_never_block_and_resync_the_books(sim):
 
 
 def test_instrument_filters_keep_the_strikes_nearest_the_money(sim):
-    client = make_client(sim.url, ("BTC",), max_expiries=1, max_strikes=4, include_futures=False).start()
+    client = deribit_client(sim.url, ("BTC",), max_expiries=1, max_strikes=4, include_futures=False).start()
     try:
         events: list = []
         collect(client, events, lambda ev: len(books(ev)) == 8, what="8 filtered books")
@@ -242,7 +220,7 @@ def test_instrument_filters_keep_the_strikes_nearest_the_money(sim):
 
 def test_rate_limit_error_ends_the_session_and_the_client_comes_back(sim):
     sim.inject("rate_limit")
-    client = make_client(sim.url, ("ETH",)).start()
+    client = deribit_client(sim.url, ("ETH",)).start()
     try:
         assert client.wait_for(lambda k: k.get("errors.rate_limited", 0) >= 1
                                and k.get("sessions_streaming", 0) >= 1, 20)
@@ -257,7 +235,7 @@ def test_unreachable_server_backs_off_and_stops_cleanly():
     sim = Simulator(**sim_kwargs(seed=1, currencies=["BTC"]))
     url = sim.start()
     sim.stop()  # the port is now closed
-    client = make_client(url, ("BTC",)).start()
+    client = deribit_client(url, ("BTC",)).start()
     try:
         assert client.wait_for(lambda k: k.get("errors.disconnect", 0) >= 2 and k.get("reconnects", 0) >= 1, 20)
         assert client.counters().get("connects", 0) == 0
@@ -315,7 +293,7 @@ def test_source_on_a_cluster_reads_each_expiry_on_the_worker_of_its_chain(sim):
                                             subscribe_per_s=1000.0, route_workers=2))
     assert source.list_parts() == ["deribit-BTC.w0of2", "deribit-BTC.w1of2", "deribit-ETH.w0of2",
                                    "deribit-ETH.w1of2"]
-    whole = make_client(sim.url, ("BTC",), max_expiries=6, max_strikes=2).start()
+    whole = deribit_client(sim.url, ("BTC",), max_expiries=6, max_strikes=2).start()
     parts = [source.build_part("in", name, None) for name in ("deribit-BTC.w0of2", "deribit-BTC.w1of2")]
     try:
         for client in [whole] + [p.client for p in parts]:

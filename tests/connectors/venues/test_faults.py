@@ -36,10 +36,8 @@ WAIT_S = 120.0  # every wait is for a condition; this only bounds a failing run 
 
 @pytest.fixture
 def sim():
-    s = Simulator(**sim_kwargs(seed=5, rate=800, currencies=["BTC"], n_strikes=8, min_heartbeat_s=0.1))
-    s.start()
-    yield s
-    s.stop()
+    with Simulator(**sim_kwargs(seed=5, rate=800, currencies=["BTC"], n_strikes=8, min_heartbeat_s=0.1)) as s:
+        yield s
 
 
 def make_client(sim, **kw):

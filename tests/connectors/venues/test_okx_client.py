@@ -16,28 +16,19 @@ from connectors.venues.okx import OkxClient, OkxSource, RestInstrumentsFetcher
 from connectors.sim.okx import OkxSimulator
 from operators.events import (BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument, SmileFit, SurfacePatch,
                               Ticker)
-from tests.helpers.venues import books, check_chains, check_smile_against_truth, collect, monday_noon_ms, run_source
+from tests.helpers.venues import (books, check_chains, check_discovery, check_smile_against_truth, collect,
+                                  inject_when_streaming, monday_noon_ms, okx_client, run_source)
 from tests.helpers.config import okx_kwargs, sim_cli_defaults, sim_kwargs
 
 
 @pytest.fixture
 def sim():
-    s = OkxSimulator(**sim_kwargs(seed=21, rate=600, families=["BTC-USD", "ETH-USD"]))
-    s.start()
-    yield s
-    s.stop()
-
-
-def make_client(url, families=("BTC-USD",), **kw):
-    kw.setdefault("reconnect_min_s", 0.05)
-    kw.setdefault("reconnect_max_s", 0.5)
-    kw.setdefault("seed", 1)
-    kw.setdefault("connects_per_s", 1000.0)
-    return OkxClient(**okx_kwargs(url=url, families=families, **kw))
+    with OkxSimulator(**sim_kwargs(seed=21, rate=600, families=["BTC-USD", "ETH-USD"])) as s:
+        yield s
 
 
 def test_discovery_snapshots_chained_updates_and_summary(sim):
-    client = make_client(sim.url, depth_per_conn=25).start()
+    client = okx_client(sim.url, depth_per_conn=25).start()
     try:
         opts = sim.inst_ids("BTC-USD")
         futs = sim.inst_ids("BTC-USD", "future")
@@ -46,18 +37,12 @@ def test_discovery_snapshots_chained_updates_and_summary(sim):
                 and sum(len(v) >= 3 for v in books(ev).values()) >= 5
                 and any(isinstance(e, FuturePrice) for e in ev) and any(isinstance(e, IndexPrice) for e in ev)
                 and sum(isinstance(e, Ticker) for e in ev) >= len(opts), what="snapshots, updates, summary")
-        insts = [e for e in events if isinstance(e, Instrument)]
+        insts = check_discovery(events)
         assert {i.instrument for i in insts if i.kind == "option"} == set(opts)
         assert {i.instrument for i in insts if i.kind == "future"} == set(futs) and futs
         assert all(i.expiry_ms in sim.expiries("BTC") and i.quote_currency == "BTC" and i.contract_size == 0.01
                    for i in insts if i.kind == "option")
-        # instruments come before any market event about them
-        first_market = next(i for i, e in enumerate(events) if not isinstance(e, Instrument))
-        assert first_market == len(insts)
         assert sim.counters["http_requests"] >= 2  # discovery used the REST path (OPTION and FUTURES)
-        for bk in books(events).values():
-            assert bk[0].kind == "snapshot"
-        check_chains(events)
         assert not [e for e in events if isinstance(e, FeedError)]
         # opt-summary: decimal vols, fwdPx as the forward; book prices in coin
         ticks = [e for e in events if isinstance(e, Ticker) and e.mark_iv is not None]
@@ -87,7 +72,7 @@ def test_ping_pong_keeps_a_quiet_connection_and_silence_is_dropped():
     quiet = OkxSimulator(**sim_kwargs(seed=5, rate=0, families=["ETH-USD"], summary_interval_ms=None,
                                       index_interval_ms=None, ticker_interval_ms=None, idle_drop_s=1.0))
     quiet.start()
-    client = make_client(quiet.url, ("ETH-USD",), ping_after_s=0.25, pong_timeout_s=2.0, max_expiries=1,
+    client = okx_client(quiet.url, ("ETH-USD",), ping_after_s=0.25, pong_timeout_s=2.0, max_expiries=1,
                          max_strikes=2, include_futures=False)
     client.start()
     try:
@@ -116,7 +101,7 @@ def test_ping_pong_keeps_a_quiet_connection_and_silence_is_dropped():
 def test_keepalive_and_seq_reset_are_not_gaps():
     s = OkxSimulator(**sim_kwargs(seed=8, rate=40, families=["BTC-USD"], keepalive_s=600))
     s.start()
-    client = make_client(s.url, max_expiries=1, max_strikes=2, include_futures=False).start()
+    client = okx_client(s.url, max_expiries=1, max_strikes=2, include_futures=False).start()
     try:
         events: list = []
         collect(client, events, lambda ev: len(books(ev)) == 4 and all(len(v) >= 2 for v in books(ev).values()),
@@ -144,12 +129,10 @@ def test_keepalive_and_seq_reset_are_not_gaps():
 
 
 def test_gap_gives_seq_gap_then_a_fresh_snapshot(sim):
-    client = make_client(sim.url, ("ETH-USD",), include_futures=False).start()
+    client = okx_client(sim.url, ("ETH-USD",), include_futures=False).start()
     try:
         target = sim.inst_ids("ETH-USD")[7]
-        events: list = []
-        collect(client, events, lambda ev: len(books(ev).get(target, [])) >= 2, what="target streaming")
-        sim.inject("gap", target)
+        events, _ = inject_when_streaming(client, sim, target, "gap")
 
         def resynced(ev):
             gap = [i for i, e in enumerate(ev) if isinstance(e, FeedError) and e.reason == "seq_gap"
@@ -171,14 +154,19 @@ def test_gap_gives_seq_gap_then_a_fresh_snapshot(sim):
         client.stop()
 
 
+def _six_books_then(client, sim, fault: str) -> tuple[list, int, int]:
+    """Collect until 6 books stream, then inject `fault`: (events, connections then, index of the fault)."""
+    events: list = []
+    collect(client, events, lambda ev: len(books(ev)) == 6, what="6 books")
+    n_conns = client.counters()["connections"]
+    sim.inject(fault)
+    return events, n_conns, len(events)
+
+
 def test_dropped_connection_reconnects_with_fresh_snapshots(sim):
-    client = make_client(sim.url, max_expiries=1, max_strikes=3).start()
+    client = okx_client(sim.url, max_expiries=1, max_strikes=3).start()
     try:
-        events: list = []
-        collect(client, events, lambda ev: len(books(ev)) == 6, what="6 books")
-        n_conns = client.counters()["connections"]
-        sim.inject("drop")
-        mark = len(events)
+        events, n_conns, mark = _six_books_then(client, sim, "drop")
         collect(client, events, lambda ev: len({e.instrument for e in ev[mark:] if isinstance(e, BookUpdate)
                                                 and e.kind == "snapshot"}) == 6, what="fresh snapshots")
         assert client.wait_for(lambda k: k.get("reconnects", 0) >= n_conns and k["connects"] >= 2 * n_conns, 10), \
@@ -193,13 +181,9 @@ def test_dropped_connection_reconnects_with_fresh_snapshots(sim):
 
 
 def test_notice_64008_reconnects_before_the_server_cuts(sim):
-    client = make_client(sim.url, max_expiries=1, max_strikes=3).start()
+    client = okx_client(sim.url, max_expiries=1, max_strikes=3).start()
     try:
-        events: list = []
-        collect(client, events, lambda ev: len(books(ev)) == 6, what="6 books")
-        n_conns = client.counters()["connections"]
-        sim.inject("notice")  # the server would close in notice_grace_s = 60 s
-        mark = len(events)
+        events, n_conns, mark = _six_books_then(client, sim, "notice")  # the server would close in notice_grace_s = 60 s
         collect(client, events, lambda ev: client.counters().get("proactive_reconnects", 0) >= n_conns
                 and len({e.instrument for e in ev[mark:] if isinstance(e, BookUpdate) and e.kind == "snapshot"}) == 6,
                 what="proactive reconnect")
@@ -217,7 +201,7 @@ def test_notice_64008_reconnects_before_the_server_cuts(sim):
 
 
 def test_books5_mode_is_all_snapshots(sim):
-    client = make_client(sim.url, ("ETH-USD",), book_channel="books5", depth_per_conn=100).start()
+    client = okx_client(sim.url, ("ETH-USD",), book_channel="books5", depth_per_conn=100).start()
     try:
         events: list = []
         collect(client, events, lambda ev: sum(isinstance(e, BookUpdate) for e in ev) >= 200, what="books5")
@@ -239,7 +223,7 @@ def test_pluggable_fetcher_retry_and_units_check(sim):
             raise ConnectionError("instruments endpoint unreachable")
         return rest(inst_type, family)
 
-    client = make_client(sim.url, ("ETH-USD",), instruments_fetcher=flaky, max_expiries=1, max_strikes=1).start()
+    client = okx_client(sim.url, ("ETH-USD",), instruments_fetcher=flaky, max_expiries=1, max_strikes=1).start()
     try:
         events: list = []
         collect(client, events, lambda ev: len(books(ev)) == 2, what="books after a failed discovery")
@@ -251,7 +235,7 @@ def test_pluggable_fetcher_retry_and_units_check(sim):
     def linear(inst_type, family):  # a family whose options settle in USDC: premiums not in coin
         return [dict(r, settleCcy="USDC") if r["instType"] == "OPTION" else r for r in rest(inst_type, family)]
 
-    client = make_client(sim.url, ("BTC-USD",), instruments_fetcher=linear).start()
+    client = okx_client(sim.url, ("BTC-USD",), instruments_fetcher=linear).start()
     try:
         events = []
         collect(client, events, lambda ev: any(isinstance(e, FeedError) and e.reason == "unsupported_units"
@@ -354,7 +338,7 @@ def test_subscribe_budget_is_respected():
 
     s = OkxSimulator(**sim_kwargs(seed=4, rate=100, families=["BTC-USD"], subscribe_per_hour=2))
     s.start()
-    client = make_client(s.url, subscribe_per_hour=2, max_expiries=1, max_strikes=1, include_futures=False).start()
+    client = okx_client(s.url, subscribe_per_hour=2, max_expiries=1, max_strikes=1, include_futures=False).start()
     try:
         events: list = []
         collect(client, events, lambda ev: len(books(ev)) == 2 and all(len(v) >= 2 for v in books(ev).values()),
