@@ -1,7 +1,7 @@
 """Benchmark: our quasi-explicit SVI fit against a naive 5-parameter least squares and QuantLib.
 
 Prints a table (machine, date, command); asserts nothing. One run, side by side, on the
-same slices: the 24 real Deribit slices of the shared snapshot (if present) and seeded
+same slices: the 24 real Deribit slices of tests/data's snapshot and seeded
 synthetic 100-strike slices. For each method: ms per slice cold and warm-started (the
 slice is refitted after a 0.2 % variance perturbation, from that method's own previous
 fit), RMSE in vol points, how often it ends in a worse local minimum (its objective — our
@@ -45,14 +45,14 @@ FILE = "deribit_options_snapshot_20260822T153351Z.csv"
 
 
 def data_dir() -> Path:
-    env = os.environ.get("VOLGRAPH_SHARED_DATA")
-    return Path(env) if env else ROOT.parent / "shared" / "data"
+    """The real chains the tests read, in the repository (tests/data/README.md says where from)."""
+    return ROOT / "tests" / "data"
 
 
 def real_slices() -> list[dict]:
     path = data_dir() / FILE
     if not path.exists():
-        print(f"# real slices: {path} not found (set VOLGRAPH_SHARED_DATA) — synthetic only")
+        print(f"# real slices: {path} not found (is this a whole checkout?) — synthetic only")
         return []
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
