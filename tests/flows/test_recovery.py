@@ -13,7 +13,8 @@ from flows.surface import build_flow
 
 from tests.helpers.sinks import CallbackSink
 from flows.steps import ChainStep
-from operators.events import SmileFit, SurfacePatch
+from flows.metrics import COUNTERS
+from operators.events import BookUpdate, SmileFit, SurfacePatch
 from operators.merge import apply_patch
 from flows.config import load_config
 from tests.helpers.market import NOW, market
@@ -63,6 +64,44 @@ def test_killed_flow_resumes_from_snapshots_to_the_same_surface(tmp_path):
 
     assert fits(first + second) == fits(clean) and fits(clean)
     assert surfaces(first + second) == surfaces(clean)  # what a consumer of the stream ends up with
+
+
+def requoted(events, vol_shift: float):
+    """Every option book of `events` snapshotted again (seq 2, a second later), its quotes moved by
+    `vol_shift` in price terms, with no Instrument event: a feed long past its discovery."""
+    return [msgspec.structs.replace(e, seq=2, ts_exchange_ms=NOW + 1000, ts_recv_ms=NOW + 1000,
+                                    bids=tuple((p * (1 + vol_shift), q) for p, q in e.bids),
+                                    asks=tuple((p * (1 + vol_shift), q) for p, q in e.asks))
+            for e in events if isinstance(e, BookUpdate)]
+
+
+def test_a_resume_after_discovery_still_routes_every_book(tmp_path):
+    """The source wrapper's instrument → chain-key routing is part of its snapshot: a flow
+    resumed from a snapshot taken after the Instrument events (which the source does not send
+    again) routes every later book — no unknown_instrument — and ends with the fits of an
+    uninterrupted run. Before the routing was snapshotted, every later book was dropped."""
+    config = load_config()
+    events = market()
+    later = requoted(events, 0.02)
+    pause = [TestingSource.PAUSE(timedelta(milliseconds=300))]
+    clean = []
+    run_main(build_flow(config, TestingSource(events + pause + later, batch_size=40),
+                        [CallbackSink(clean.append)], now_ms=lambda: NOW))
+
+    init_db_dir(tmp_path, 1)
+    recovery = RecoveryConfig(str(tmp_path))
+    source = TestingSource(events + pause + [TestingSource.ABORT()] + later, batch_size=40)
+    first, second = [], []
+    run_main(build_flow(config, source, [CallbackSink(first.append)], now_ms=lambda: NOW),
+             epoch_interval=timedelta(milliseconds=100), recovery_config=recovery)  # aborts after discovery
+    unknown_before = COUNTERS.snapshot().get("errors.unknown_instrument", 0)
+    run_main(build_flow(config, source, [CallbackSink(second.append)], now_ms=lambda: NOW),
+             epoch_interval=timedelta(milliseconds=100), recovery_config=recovery)
+
+    assert COUNTERS.snapshot().get("errors.unknown_instrument", 0) == unknown_before
+    assert fits(second), "the resumed run fitted nothing from the requoted books"
+    assert fits(first + second) == fits(clean)
+    assert surfaces(first + second) == surfaces(clean)
 
 
 def test_chain_snapshot_is_current_state_not_history():
