@@ -298,6 +298,7 @@ class PostgresWriter:
         first = self._segments[0] if self._segments else None
         seq = self._segment_seq(first) - 1 if first else self._next_seq()
         path = self.spill_dir / f"{self.name}.spill.{seq:012d}.jsonl"
+        self.spill_dir.mkdir(parents=True, exist_ok=True)  # the outage may end the run before any spill
         with open(path, "wb") as fh:
             for ev in events:
                 fh.write(to_json(ev) + b"\n")

@@ -365,6 +365,29 @@ def test_unwritten_events_survive_a_writer_restart_on_disk(outage, surface_facto
         assert pg.latest_surface(conn, "deribit", "BTC") == f.fold(events)
 
 
+def test_a_stop_during_an_outage_before_any_spill_keeps_every_row(outage, surface_factory, tmp_path):
+    """The spill folder does not exist yet (nothing has spilled): the stop creates it and
+    writes memory there, and a later writer delivers every row. It once lost them all: the
+    writer thread died with FileNotFoundError."""
+    f = surface_factory()
+    events = [f.patch(800 + i, changed=[i % 3]) for i in range(4)]
+    spill = tmp_path / "not-yet" / "spill"
+    outage.stop()
+    first = pg.PostgresWriter(outage.dsn, name="w5", flush_ms=10, batch_rows=500, max_buffer_rows=100,
+                              spill_dir=spill, retry_min_ms=10, retry_max_ms=50)
+    for ev in events:
+        first.submit(ev)
+    assert first.wait_until(lambda s: s["buffered"] == 4 and s["retries"] >= 1, timeout=30)
+    assert not first.close(timeout=0.2)
+    assert sum(1 for p in spill.glob("w5.spill.*.jsonl") for _ in p.open()) == 4
+
+    outage.start()
+    second = pg.PostgresWriter(outage.dsn, name="w5", flush_ms=10, batch_rows=500, spill_dir=spill)
+    assert second.flush(timeout=60) and second.close(timeout=10)
+    with pg.connect(outage.dsn) as conn:
+        assert pg.latest_surface(conn, "deribit", "BTC") == f.fold(events)
+
+
 def test_a_corrupt_spill_line_is_set_aside_and_the_rest_written(pg_db, surface_factory, tmp_path):
     from operators.events import to_json
 
