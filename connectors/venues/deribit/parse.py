@@ -310,8 +310,10 @@ def _book(channel: str, data: dict, ts_recv_ms: int) -> list:
     typ = data.get("type")
     change_id = _int(data.get("change_id"), "change_id", inst)
     ts = _int(data.get("timestamp"), "timestamp", inst)
-    if typ is None and "prev_change_id" not in data:
-        typ = "snapshot"  # grouped books are whole snapshots without a type
+    if typ is None:
+        # no type field: grouped books (whole snapshots) and the older wire format still found in
+        # recordings, where a notification chained to a previous one is a change
+        typ = "change" if "prev_change_id" in data else "snapshot"
     if typ == "snapshot":
         prev = None
     elif typ == "change":

@@ -130,6 +130,14 @@ def test_book_change_delete_means_size_zero():
     assert ev.asks == ((0.0425, 2.0),)
 
 
+@pytest.mark.parametrize("name, kind", [("book_change", "change"), ("book_snapshot", "snapshot")])
+def test_a_book_without_type_is_a_change_when_chained_else_a_snapshot(name, kind):
+    """The older wire format (still in recordings) has no `type`: prev_change_id makes it a change."""
+    (typed,) = parse(name)
+    (untyped,) = parse_frame(frame_with(name, ("params", "data", "type"), _DELETE), TS)
+    assert untyped == typed and untyped.kind == kind
+
+
 def test_option_ticker_ivs_become_decimals_prices_stay_coin():
     (ev,) = parse("ticker_option")
     assert isinstance(ev, Ticker)
