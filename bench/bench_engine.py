@@ -33,7 +33,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.engine.cluster import run_cluster, run_cluster_proc  # noqa: E402,F401  (run_cluster: docs/benchmarks.md)
-from bench.engine.common import PACED_RATE_MSG_S, print_child_result  # noqa: E402,F401  (tests read the rate)
+from bench.engine.common import NETNS_DELAY_MS, NETNS_LINK_MBIT, PACED_RATE_MSG_S, print_child_result  # noqa: E402,F401  (tests read them)
 from bench.engine.plan import run_all  # noqa: E402
 from bench.engine.single import run_naive, run_volgraph  # noqa: E402
 from bench.engine.summary import summarise  # noqa: E402

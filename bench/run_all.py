@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ("bench_iv.py", "bench_svi.py", "bench_engine.py")
+BENCHES = ("bench_iv.py", "bench_svi.py", "bench_surface.py", "bench_engine.py",
+           "bench_stop.py")  # how long `volgraph run` takes to stop, per signal
 
 
 def main(argv=None) -> int:

@@ -1,17 +1,22 @@
 // volgraph dashboard: connects to the gateway's /ws, merges SurfaceSnapshot and
 // SurfacePatch messages per (venue, underlying) exactly as operators/merge.py apply_patch
-// does, and draws a table, an ATM term structure and a smile with inline SVG.
-// Read-only: it never sends anything but websocket pings (handled by the browser).
+// does, and draws an ATM term structure (with the fixed tenors), the RR/BF nodes per expiry,
+// a smile (bid/ask/mid IVs and the SVI fit, several expiries overlaid, strike / k / delta
+// axis) and a table with one row per expiry, with inline SVG and plain DOM.
+//
+// Never: sends anything on the websocket (read-only: pings are the browser's), loads anything
+// from another origin (no CDN: the page works offline), holds a credential, or judges the age
+// of data by the browser's wall clock: ages are on each venue's exchange clock (see clock()).
+// Page state lives in the URL (?venue=&underlying=&expiry=&axis=&overlay=), so a link or a
+// reload shows the same view.
 "use strict";
 
 const surfaces = new Map();   // "venue:underlying" -> snapshot-like object
-const seenAt = new Map();     // "venue:underlying|expiry_ms" -> client time of last change (ms)
-let selectedKey = null;
-let selectedExpiry = null;
-let lastMessageMs = 0;
-let dirty = false;
-let socket = null;
-let retryMs = 500;
+const fitSeen = new Map();    // "venue:underlying|expiry_ms" -> exchange-clock ms when the fit last changed here
+const clocks = new Map();     // venue -> { ts: newest ts_exchange_ms seen, at: local monotonic ms when it was seen }
+const DAY_MS = 86400000;
+const TERM_NODE = "atm_vol";  // the graph.toml node the term structure plots (a decimal vol)
+const monoMs = () => (typeof performance !== "undefined" ? performance.now() : Date.now());
 
 // ---------------------------------------------------------------- merge (= apply_patch)
 // The browser's copy of the one merge rule (operators/merge.py): drop `removed`, then replace
@@ -34,101 +39,287 @@ function applyPatch(snapshot, patch) {
   };
 }
 
+// ---------------------------------------------------------------- exchange clocks
+// Each venue's clock is the newest ts_exchange_ms its messages carried, run forward by the
+// local monotonic time since that value first arrived. Ages are measured on it: a feed that
+// keeps sending old data ages (its clock does not advance), a browser whose wall clock is off
+// does not matter, and with no messages at all (gateway gone) ages keep growing.
+
+function observe(venue, tsMs) {
+  if (tsMs == null) return;
+  const c = clocks.get(venue);
+  if (!c || tsMs > c.ts) clocks.set(venue, { ts: tsMs, at: monoMs() });
+}
+
+function clock(venue) {
+  const c = clocks.get(venue);
+  return c ? c.ts + (monoMs() - c.at) : null;
+}
+
 function onMessage(msg) {
   if (msg.type !== "SurfaceSnapshot" && msg.type !== "SurfacePatch") return;
   const key = `${msg.venue}:${msg.underlying}`;
-  const now = Date.now();
+  observe(msg.venue, msg.ts_exchange_ms);
   let next;
   if (msg.type === "SurfaceSnapshot") {
     next = { ...msg, expiries: [...msg.expiries].sort((a, b) => a.expiry_ms - b.expiry_ms) };
+    // a snapshot does not say when each fit was made: its newest quote's time is the best bound
+    for (const v of next.expiries) fitSeen.set(`${key}|${v.expiry_ms}`, v.fit.ts_exchange_ms);
   } else {
     next = applyPatch(surfaces.get(key), msg);
+    const now = clock(msg.venue);
+    for (const v of msg.expiries || []) fitSeen.set(`${key}|${v.expiry_ms}`, now);
   }
-  for (const v of msg.expiries || []) seenAt.set(`${key}|${v.expiry_ms}`, now);
   surfaces.set(key, next);
-  if (selectedKey === null) selectedKey = key;
-  lastMessageMs = now;
-  dirty = true;
+  ui.dirty = true;
+}
+
+// ---------------------------------------------------------------- formatting
+
+const ui = { dirty: false };
+const num = (x, d = 2) => (x == null ? "–" : Number(x).toFixed(d));
+const pct = (x, d = 2) => (x == null ? "–" : (100 * x).toFixed(d));
+const fmtDate = (ms) => new Date(ms).toISOString().slice(0, 10);
+const parseDate = (s) => (/^\d{4}-\d{2}-\d{2}$/.test(s || "") ? Date.parse(`${s}T00:00:00Z`) : null);
+const fmtAge = (ms) => (ms == null ? "–" : ms < 1000 ? `${Math.max(0, ms) | 0} ms`
+  : ms < 60000 ? `${(ms / 1000).toFixed(1)} s` : ms < 3600000 ? `${(ms / 60000).toFixed(1)} min` : `${(ms / 3600000).toFixed(1)} h`);
+const sameDay = (ms, dayMs) => dayMs != null && ms >= dayMs && ms < dayMs + DAY_MS;
+
+// Axis ticks chosen by the range: a step of 1, 2 or 5 × 10^n giving about `target` ticks, the
+// domain widened to whole steps, and labels with as many decimals as the step needs (so no
+// "-0.00", no repeated labels). tests/dashboard/test_ticks_js.py checks this by properties.
+function niceTicks(lo, hi, target = 5) {
+  if (!Number.isFinite(lo) || !Number.isFinite(hi)) { lo = 0; hi = 1; }
+  if (hi < lo) [lo, hi] = [hi, lo];
+  if (hi - lo < 1e-12 * Math.max(1, Math.abs(lo))) {  // one value: a range around it
+    const pad = Math.max(Math.abs(lo) * 0.05, 1e-9);
+    lo -= pad; hi += pad;
+  }
+  const raw = (hi - lo) / target;
+  const mag = 10 ** Math.floor(Math.log10(raw));
+  const n = raw / mag;
+  const step = (n < 1.5 ? 1 : n < 3 ? 2 : n < 7 ? 5 : 10) * mag;
+  const decimals = Math.min(20, Math.max(0, -Math.floor(Math.log10(step) + 1e-9)));
+  const i0 = Math.floor(lo / step + 1e-9), i1 = Math.ceil(hi / step - 1e-9);
+  const ticks = [];
+  for (let i = i0; i <= i1; i++) ticks.push(Number((i * step).toFixed(decimals)));
+  return { lo: i0 * step, hi: i1 * step, step, decimals, ticks };
+}
+
+function fmtTick(v, decimals) {
+  const s = (v === 0 ? 0 : v).toFixed(decimals);
+  return /^-0(\.0*)?$/.test(s) ? s.slice(1) : s;
+}
+
+// ---------------------------------------------------------------- smile maths (display only)
+// Raw SVI total variance w(k) = a + b(ρ(k−m) + √((k−m)² + σ²)), vol = √(w/T); the delta axis
+// uses the fitted vol at each strike: d1 = (−k + w/2)/√w and x = N(−d1) = 1 − call delta
+// (undiscounted, forward), which rises with the strike from 0 (deep puts' wing) to 1.
+
+function sviW(f, k) {
+  const d = k - f.m;
+  return f.a + f.b * (f.rho * d + Math.sqrt(d * d + f.sigma * f.sigma));
+}
+
+function sviVol(f, k) {
+  const w = sviW(f, k);
+  return w > 0 && f.t_years > 0 ? Math.sqrt(w / f.t_years) : null;
+}
+
+function normCdf(x) {  // Abramowitz–Stegun 7.1.26 via erf; |error| < 1.5e-7, enough for an axis
+  const z = Math.abs(x) / Math.SQRT2;
+  const t = 1 / (1 + 0.3275911 * z);
+  const erf = 1 - (((((1.061405429 * t - 1.453152027) * t + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t) * Math.exp(-z * z);
+  return x >= 0 ? 0.5 * (1 + erf) : 0.5 * (1 - erf);
+}
+
+function deltaX(f, k) {
+  const w = sviW(f, k);
+  if (!(w > 0)) return null;
+  const d1 = (-k + w / 2) / Math.sqrt(w);
+  return normCdf(-d1);
+}
+
+const DELTA_TICKS = [0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95];
+const fmtDelta = (x) => (Math.abs(x - 0.5) < 1e-9 ? "50Δ" : x < 0.5 ? `${Math.round(100 * x)}ΔP` : `${Math.round(100 * (1 - x))}ΔC`);
+
+// ---------------------------------------------------------------- selection and the URL
+
+const AXES = ["strike", "k", "delta"];
+const sel = { key: null, expiry: null, axis: "k", overlay: new Set(), locked: false };
+const page = { config: null, connected: false, retryMs: 500, retryAt: 0, firstDataMs: null, socket: null, badMessages: 0 };
+
+function readUrl() {
+  const q = new URLSearchParams(location.search);
+  if (q.get("venue") && q.get("underlying")) { sel.key = `${q.get("venue")}:${q.get("underlying")}`; sel.locked = true; }
+  const e = parseDate(q.get("expiry"));
+  if (e != null) sel.expiry = e;
+  if (AXES.includes(q.get("axis"))) sel.axis = q.get("axis");
+  for (const d of (q.get("overlay") || "").split(",")) { const o = parseDate(d); if (o != null) sel.overlay.add(o); }
+}
+
+function writeUrl() {
+  if (!sel.key) return;
+  const [venue, underlying] = sel.key.split(":");
+  const q = new URLSearchParams({ venue, underlying });
+  if (sel.expiry != null) q.set("expiry", fmtDate(sel.expiry));
+  q.set("axis", sel.axis);
+  if (sel.overlay.size) q.set("overlay", [...sel.overlay].sort((a, b) => a - b).map(fmtDate).join(","));
+  const url = `${location.pathname}?${q}`;
+  if (url !== `${location.pathname}${location.search}`) history.replaceState(null, "", url);
+}
+
+const quotesOf = (s) => s.expiries.reduce((n, v) => n + (v.fit.n_quotes || 0), 0);
+const mostLiquid = (s) => s.expiries.reduce((best, v) => (!best || v.fit.n_quotes > best.fit.n_quotes ? v : best), null);
+
+// The view opens on the most liquid expiry (most quotes used by its fit) of the most active
+// surface (most quotes used over all its expiries). That choice waits until every surface the
+// gateway had when the page loaded (/dashboard.json) has sent its snapshot, or 3 s of data,
+// then stays put: later changes in liquidity do not move the view under the reader.
+function autoSelect() {
+  if (!sel.locked) {
+    let best = null;
+    for (const [k, s] of surfaces) if (s.expiries.length && (!best || quotesOf(s) > quotesOf(best[1]))) best = [k, s];
+    if (best) sel.key = best[0];
+    const expected = (page.config && page.config.surfaces) || [];
+    const allIn = expected.length > 0 && expected.every((k) => surfaces.has(k));
+    if (best && (allIn || monoMs() - page.firstDataMs > 3000)) sel.locked = true;
+  }
+  const s = surfaces.get(sel.key);
+  if (!s || !s.expiries.length) return;
+  // the expiry of the URL matches by day; a gone (settled) expiry falls back to the most liquid
+  const hit = s.expiries.find((v) => v.expiry_ms === sel.expiry || sameDay(v.expiry_ms, sel.expiry));
+  sel.expiry = hit ? hit.expiry_ms : mostLiquid(s).expiry_ms;
+  sel.overlay = new Set([...sel.overlay].map((o) => (s.expiries.find((v) => v.expiry_ms === o || sameDay(v.expiry_ms, o)) || {}).expiry_ms)
+    .filter((o) => o != null && o !== sel.expiry));
+  if (sel.locked) writeUrl();
+}
+
+function select(changes) {
+  Object.assign(sel, changes, { locked: true });
+  ui.dirty = true;
+  render(true);
 }
 
 // ---------------------------------------------------------------- connection
 
 function connect() {
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
-  socket = new WebSocket(`${proto}//${location.host}/ws`);
-  socket.onopen = () => { retryMs = 500; setConn(true); };
+  const socket = new WebSocket(`${proto}//${location.host}/ws`);
+  page.socket = socket;
+  socket.onopen = () => {
+    page.retryMs = 500;
+    page.connected = true;
+    ui.dirty = true;
+    if (!page.config) loadConfig();  // the page loaded while the gateway was down
+  };
   socket.onmessage = (e) => {
-    try { onMessage(JSON.parse(e.data)); } catch (err) { console.warn("bad message", err); }
+    let msg;
+    try { msg = JSON.parse(e.data); } catch (err) {
+      page.badMessages += 1;  // counted and shown in the header; the page carries on
+      console.warn(`volgraph: gateway message ${page.badMessages} is not JSON (${err.message}); ignored`);
+      ui.dirty = true;
+      return;
+    }
+    if (page.firstDataMs == null) page.firstDataMs = monoMs();
+    onMessage(msg);
   };
   socket.onclose = () => {
-    setConn(false);
-    // A reconnect gets fresh snapshots: start clean so removed expiries do not linger.
-    surfaces.clear();
-    setTimeout(connect, retryMs);
-    retryMs = Math.min(retryMs * 2, 10000);
+    // Keep showing the last state, greyed with its age, until the new connection's snapshots
+    // replace it (each surface's snapshot replaces it whole, so nothing stale lingers).
+    page.connected = false;
+    page.socket = null;
+    const wait = page.retryMs * (0.8 + 0.4 * Math.random());
+    page.retryAt = monoMs() + wait;
+    page.retryMs = Math.min(page.retryMs * 2, 5000);
+    setTimeout(connect, wait);
+    ui.dirty = true;
+    tick();
   };
 }
 
-function setConn(up) {
-  const el = document.getElementById("conn");
-  el.textContent = up ? "live" : "disconnected";
-  el.className = `conn ${up ? "up" : "down"}`;
+async function loadConfig() {
+  try {
+    const r = await fetch("/dashboard.json", { cache: "no-store" });
+    if (r.ok) page.config = await r.json();
+  } catch (err) { /* the gateway is down: the websocket's reconnect loop reports it */ }
 }
 
-// ---------------------------------------------------------------- formatting
+// ---------------------------------------------------------------- DOM helpers
 
-const pct = (x, d = 2) => (x == null ? "–" : (100 * x).toFixed(d));
-const num = (x, d = 2) => (x == null ? "–" : Number(x).toFixed(d));
-const fmtDate = (ms) => new Date(ms).toISOString().slice(0, 10);
-const fmtAge = (ms) => (ms < 1000 ? `${ms | 0} ms` : ms < 60000 ? `${(ms / 1000).toFixed(1)} s` : `${(ms / 60000).toFixed(1)} min`);
-
+const SVG_NS = "http://www.w3.org/2000/svg";
 function el(tag, attrs = {}, text) {
-  const node = document.createElementNS(tag === "svg" || attrs.svg ? "http://www.w3.org/2000/svg" : "http://www.w3.org/1999/xhtml", tag);
-  for (const [k, v] of Object.entries(attrs)) if (k !== "svg") node.setAttribute(k, v);
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
   if (text != null) node.textContent = text;
   return node;
 }
-const svgEl = (tag, attrs = {}, text) => el(tag, { ...attrs, svg: true }, text);
-
-// ---------------------------------------------------------------- rendering
-
-function render() {
-  const now = Date.now();
-  document.getElementById("age").textContent = lastMessageMs ? `last update ${fmtAge(now - lastMessageMs)} ago` : "";
-  renderTabs();
-  const surface = selectedKey ? surfaces.get(selectedKey) : null;
-  document.getElementById("empty").style.display = surface ? "none" : "";
-  if (!surface) return;
-  if (selectedExpiry === null || !surface.expiries.some((v) => v.expiry_ms === selectedExpiry)) {
-    selectedExpiry = surface.expiries.length ? surface.expiries[0].expiry_ms : null;
-  }
-  renderTable(surface, now);
-  if (dirty) {
-    renderTerm(surface);
-    renderSmile(surface);
-  }
-  dirty = false;
+function svgEl(tag, attrs = {}, text) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  if (text != null) node.textContent = text;
+  return node;
 }
+function setText(node, text) { if (node.textContent !== text) node.textContent = text; }
+function setClass(node, cls) { if (node.getAttribute("class") !== cls) node.setAttribute("class", cls); }
+
+// ---------------------------------------------------------------- status: live, stale, disconnected
+
+function staleness() {
+  const s = surfaces.get(sel.key);
+  const limit = page.config && page.config.stale_after_ms;
+  const age = s ? clock(s.venue) - s.ts_exchange_ms : null;
+  const stale = s != null && limit != null && age > limit;
+  return { s, age, limit, stale };
+}
+
+function renderStatus() {
+  const { s, age, limit, stale } = staleness();
+  const conn = document.getElementById("conn");
+  const banner = document.getElementById("banner");
+  let state = "live", text = "";
+  if (!page.connected) {
+    state = "down";
+    const retry = Math.max(0, page.retryAt - monoMs());
+    text = `disconnected from the gateway — ${s ? `showing data ${fmtAge(age)} old` : "no data"}; reconnecting${retry > 0 ? ` in ${fmtAge(retry)}` : "…"}`;
+  } else if (stale) {
+    state = "stale";
+    text = `stale — no new exchange data for ${sel.key} in ${fmtAge(age)} (limit ${fmtAge(limit)})`;
+  }
+  setText(conn, state === "live" ? "live" : state === "stale" ? "stale" : "disconnected");
+  setClass(conn, `conn ${state}`);
+  document.body.classList.toggle("greyed", state !== "live" && s != null);
+  banner.hidden = state === "live";
+  setText(banner, text);
+  setText(document.getElementById("age"), (s ? `data as of ${fmtAge(age)} ago (exchange time)` : "")
+    + (page.badMessages ? ` · ${page.badMessages} unreadable gateway messages ignored` : ""));
+  for (const span of document.querySelectorAll(".chart-age")) setText(span, s ? `· ${fmtAge(age)} old` : "");
+  const nav = document.getElementById("tabs");
+  for (const b of nav.children) {
+    const t = surfaces.get(b.dataset.key);
+    b.classList.toggle("stale-tab", !!(t && limit != null && clock(t.venue) - t.ts_exchange_ms > limit));
+  }
+}
+
+// ---------------------------------------------------------------- tabs
 
 function renderTabs() {
   const nav = document.getElementById("tabs");
   const keys = [...surfaces.keys()].sort();
-  if (nav.dataset.keys === keys.join(",") && nav.dataset.sel === selectedKey) return;
-  nav.replaceChildren(...keys.map((k) => {
-    const b = el("button", { class: k === selectedKey ? "active" : "" }, k);
-    b.onclick = () => { selectedKey = k; selectedExpiry = null; dirty = true; render(); };
-    return b;
-  }));
-  nav.dataset.keys = keys.join(",");
-  nav.dataset.sel = selectedKey;
+  if (nav.dataset.keys !== keys.join(",")) {
+    nav.replaceChildren(...keys.map((k) => el("button", { "data-key": k, type: "button" }, k)));
+    nav.dataset.keys = keys.join(",");
+  }
+  for (const b of nav.children) b.classList.toggle("active", b.dataset.key === sel.key);
 }
 
+// ---------------------------------------------------------------- the table
+// Rows are keyed by expiry and kept across patches: a patch rewrites only the text of the
+// cells whose value changed, so a row (and a click on it) survives any number of patches.
 // Node columns: one per graph.toml node present in the data (ExpiryView.analytics, by name),
-// in the order the nodes come (graph.toml's topological order); the header is rebuilt only
-// when that list changes. unit "vol pts": a decimal vol shown in vol points (×100); any other
-// unit is shown beside the raw value.
-const FIXED_HEAD = ["expiry", "T (y)", "forward"];
-const FIXED_TAIL = ["RMSE (pts)", "quotes", "butterfly", "age"];
+// labelled with its unit; unit "vol pts" is a decimal vol shown in vol points (×100).
+
+const nodeValue = (x, unit) => (x == null ? "–" : unit === "vol pts" ? pct(x) : Number(x).toPrecision(4));
 
 function nodeColumns(surface) {
   const cols = new Map(); // node name -> unit ("" if none)
@@ -139,139 +330,458 @@ function nodeColumns(surface) {
   return [...cols].map(([name, unit]) => ({ name, unit }));
 }
 
-const nodeLabel = (c) => (c.unit ? `${c.name} (${c.unit})` : c.name);
-const nodeValue = (x, unit) => (x == null ? "–" : unit === "vol pts" ? pct(x) : Number(x).toPrecision(4));
+const forwardMethod = (v) => v.forward_method ?? v.fit.forward_method;
+const repaired = (v) => v.repaired ?? v.fit.repaired;
 
-function renderHead(cols) {
-  const row = document.querySelector("#expiries thead tr");
-  const labels = [...FIXED_HEAD, ...cols.map(nodeLabel), ...FIXED_TAIL];
-  if (row.dataset.labels === labels.join("\u0001")) return;
-  row.replaceChildren(...labels.map((text, i) => {
-    const c = i - FIXED_HEAD.length;
-    return el("th", c >= 0 && c < cols.length ? { "data-node": cols[c].name } : {}, text);
-  }));
-  row.dataset.labels = labels.join("\u0001");
+function venueMix(v) {
+  const counts = new Map();
+  for (const name of [...(v.bid_venue || []), ...(v.ask_venue || [])]) if (name) counts.set(name, (counts.get(name) || 0) + 1);
+  return [...counts].sort().map(([name, n]) => `${name} ${n}`).join(" · ");
 }
 
-function renderTable(surface, now) {
-  const cols = nodeColumns(surface);
-  renderHead(cols);
-  const rows = surface.expiries.map((v) => {
-    const f = v.fit;
-    const age = now - (seenAt.get(`${selectedKey}|${v.expiry_ms}`) || now);
-    const tr = el("tr", { class: v.expiry_ms === selectedExpiry ? "sel" : "" });
-    const analytics = v.analytics || {};
-    const cells = [
-      [fmtDate(v.expiry_ms)], [num(f.t_years, 4)], [num(f.forward, 1)],
-      ...cols.map((c) => [nodeValue(analytics[c.name], c.unit)]),
-      [num(f.rmse_vol_pts, 3)],
-      [String(f.n_quotes)], [f.butterfly_ok ? "ok" : `g=${num(f.min_g, 3)}`, f.butterfly_ok ? "ok" : "bad"],
-      [fmtAge(age), age > 60000 ? "stale" : ""],
-    ];
-    for (const [text, cls] of cells) tr.appendChild(el("td", cls ? { class: cls } : {}, text));
-    tr.onclick = () => { selectedExpiry = v.expiry_ms; dirty = true; render(); };
-    return tr;
-  });
-  document.querySelector("#expiries tbody").replaceChildren(...rows);
+// quotes attributed to a venue other than the surface's own (the combined `all` surfaces)
+const mixed = (surface, v) => [...(v.bid_venue || []), ...(v.ask_venue || [])].some((n) => n && n !== surface.venue);
+
+function calendarText(surface, v) {
+  const bad = (surface.calendar || []).filter((c) => !c.ok && (c.expiry_ms_1 === v.expiry_ms || c.expiry_ms_2 === v.expiry_ms));
+  if (!bad.length && v.calendar_ok !== false) return ["ok", "ok"];
+  const worst = bad.length ? Math.min(...bad.map((c) => c.worst)) : null;
+  return [`arb${worst != null ? ` Δw=${worst.toExponential(1)}` : ""}`, "bad"];
 }
 
-function scale(d0, d1, r0, r1) {
-  const span = d1 - d0 || 1;
-  return (x) => r0 + ((x - d0) / span) * (r1 - r0);
+// column: [label, title, cell(surface, v, cx) -> [text, class]]; optional columns shown only
+// when some expiry carries the field
+function tableColumns(surface) {
+  const has = (fn) => surface.expiries.some((v) => fn(v) != null);
+  const cols = [
+    ["expiry", "expiry date (08:00 UTC)", (s, v) => [fmtDate(v.expiry_ms)]],
+    ["days", "days to expiry on the exchange clock", (s, v, cx) => [num((v.expiry_ms - cx.now) / DAY_MS, 2)]],
+    ["forward (USD)", "the forward the fit used", (s, v) => [num(v.fit.forward, 1)]],
+    ...nodeColumns(surface).map((c) => [c.unit ? `${c.name} (${c.unit})` : c.name, `graph.toml node ${c.name}`,
+      (s, v) => [nodeValue((v.analytics || {})[c.name], c.unit)], c.name]),
+    ["RMSE (vol pts)", "root-mean-square fit error", (s, v) => [num(v.fit.rmse_vol_pts, 3)]],
+    ["quotes used", "quotes behind the fit", (s, v) => [String(v.fit.n_quotes)]],
+    ["in band (%)", "share of two-sided quotes the fit sits inside", (s, v) => [pct(v.fit.inside_band_frac, 0)]],
+  ];
+  if (has(forwardMethod)) cols.push(["fwd method", "how the forward was found", (s, v) => [forwardMethod(v) ?? "–"]]);
+  if (has(repaired)) cols.push(["repaired", "the unconstrained fit had butterfly arbitrage and was replaced",
+    (s, v) => (repaired(v) == null ? ["–"] : repaired(v) ? ["yes", "warn"] : ["no"])]);
+  cols.push(
+    ["butterfly", "g(k) ≥ 0: no butterfly arbitrage", (s, v) => (v.fit.butterfly_ok ? ["ok", "ok"] : [`g=${num(v.fit.min_g, 3)}`, "bad"])],
+    ["calendar", "total variance not below the previous expiry's", (s, v) => calendarText(s, v)],
+  );
+  if (surface.expiries.some((v) => mixed(surface, v))) {  // a combined surface: which venue quoted what
+    cols.push(["venues", "quotes per venue (bid and ask)", (s, v) => [venueMix(v) || "–"]]);
+  }
+  cols.push(
+    ["fit age", "since this expiry's fit last changed, on the exchange clock", (s, v, cx) => {
+      const t = fitSeen.get(`${cx.key}|${v.expiry_ms}`);
+      const age = t == null ? null : cx.now - t;
+      return [fmtAge(age), cx.limit != null && age > cx.limit ? "stale" : ""];
+    }],
+    ["quote age", "since the newest quote behind the fit, on the exchange clock", (s, v, cx) => {
+      const age = cx.now - v.fit.ts_exchange_ms;
+      return [fmtAge(age), cx.limit != null && age > cx.limit ? "stale" : ""];
+    }],
+    ["overlay", "draw this expiry's smile over the selected one", () => [""], null, true],
+  );
+  return cols;
 }
 
-function extent(values, padFrac = 0.08) {
-  const xs = values.filter((x) => x != null && Number.isFinite(x));
-  if (!xs.length) return [0, 1];
-  let lo = Math.min(...xs), hi = Math.max(...xs);
-  const pad = (hi - lo || Math.abs(hi) || 1) * padFrac;
+function renderTable(surface) {
+  const cols = tableColumns(surface);
+  const head = document.querySelector("#expiries thead tr");
+  const tbody = document.querySelector("#expiries tbody");
+  const labels = cols.map((c) => c[0]).join("\u0001");
+  if (head.dataset.labels !== labels) {
+    head.replaceChildren(...cols.map(([label, title, , node]) => {
+      // "name (unit)": the unit on a second line, the header's text unchanged
+      const th = el("th", node ? { title, "data-node": node } : { title });
+      const m = /^(.*) (\(.*\))$/.exec(label);
+      if (m) th.append(m[1], " ", el("span", { class: "unit" }, m[2])); else th.textContent = label;
+      return th;
+    }));
+    head.dataset.labels = labels;
+    tbody.replaceChildren();  // the columns changed: rows are rebuilt once, then kept again
+  }
+  const cx = { key: sel.key, now: clock(surface.venue), limit: page.config && page.config.stale_after_ms };
+  const rows = new Map([...tbody.children].map((tr) => [Number(tr.dataset.expiry), tr]));
+  let prev = null;
+  for (const v of surface.expiries) {
+    let tr = rows.get(v.expiry_ms);
+    rows.delete(v.expiry_ms);
+    if (!tr) {
+      tr = el("tr", { "data-expiry": String(v.expiry_ms) });
+      for (const c of cols) {
+        const td = tr.appendChild(el("td"));
+        if (c[4]) td.appendChild(el("input", { type: "checkbox", class: "overlay", "aria-label": `overlay ${fmtDate(v.expiry_ms)}` }));
+      }
+    }
+    const want = prev ? prev.nextSibling : tbody.firstChild;
+    if (want !== tr) tbody.insertBefore(tr, want);
+    prev = tr;
+    cols.forEach((c, i) => {
+      const td = tr.children[i];
+      if (c[4]) { td.firstChild.checked = sel.overlay.has(v.expiry_ms); td.firstChild.disabled = v.expiry_ms === sel.expiry; return; }
+      const [text, cls] = c[2](surface, v, cx);
+      setText(td, text);
+      setClass(td, cls || "");
+    });
+    tr.classList.toggle("sel", v.expiry_ms === sel.expiry);
+  }
+  for (const tr of rows.values()) tr.remove();
+  tbody.dataset.key = sel.key;  // which state the rows show (tests compare it with the gateway's)
+  tbody.dataset.epoch = String(surface.epoch);
+}
+
+// The fixed tenors (SurfacePatch.tenors, replaced whole by each patch), rows keyed by tenor.
+function renderTenors(surface) {
+  const tbody = document.querySelector("#tenors tbody");
+  const tenors = surface.tenors || [];
+  document.getElementById("tenors").hidden = !tenors.length;
+  const rows = new Map([...tbody.children].map((tr) => [Number(tr.dataset.tenor), tr]));
+  let prev = null;
+  for (const t of [...tenors].sort((a, b) => a.tenor_days - b.tenor_days)) {
+    let tr = rows.get(t.tenor_days);
+    rows.delete(t.tenor_days);
+    if (!tr) {
+      tr = el("tr", { "data-tenor": String(t.tenor_days) });
+      for (let i = 0; i < 5; i++) tr.appendChild(el("td"));
+    }
+    const want = prev ? prev.nextSibling : tbody.firstChild;
+    if (want !== tr) tbody.insertBefore(tr, want);
+    prev = tr;
+    const cells = [[`${t.tenor_days} d`], [pct(t.atm_vol)], [pct(t.rr25)], [pct(t.bf25)],
+      t.calendar_flag ? ["arb", "bad"] : ["ok", "ok"]];
+    cells.forEach(([text, cls], i) => { setText(tr.children[i], text); setClass(tr.children[i], cls || ""); });
+  }
+  for (const tr of rows.values()) tr.remove();
+}
+
+// ---------------------------------------------------------------- charts
+
+const W = 480, H = 250, L = 46, R = 470, T = 10, B = 214;
+const PALETTE = ["#4fa3ff", "#f0883e", "#3fb950", "#d2a8ff", "#ffd33d", "#ff7b72", "#56d4dd", "#a5d6ff"];
+const VENUE_COLOURS = { deribit: "#ffd33d", okx: "#d2a8ff" };
+const venueColour = (name) => VENUE_COLOURS[name] || PALETTE[[...name].reduce((h, ch) => h + ch.charCodeAt(0), 0) % PALETTE.length];
+
+function linear(d0, d1, r0, r1) { const span = d1 - d0 || 1; return (x) => r0 + ((x - d0) / span) * (r1 - r0); }
+const finite = (xs) => xs.filter((x) => x != null && Number.isFinite(x));
+// [min, max] widened by 4% of the range each side, so no point sits on the frame
+function padded(xs) {
+  const lo = Math.min(...xs), hi = Math.max(...xs), pad = 0.04 * (hi - lo);
   return [lo - pad, hi + pad];
 }
 
-function axes(svg, xDom, yDom, x, y, xFmt, yFmt) {
-  for (let i = 0; i <= 4; i++) {
-    const yv = yDom[0] + ((yDom[1] - yDom[0]) * i) / 4;
-    svg.appendChild(svgEl("line", { class: "grid", x1: 40, x2: 470, y1: y(yv), y2: y(yv) }));
-    svg.appendChild(svgEl("text", { class: "axis", x: 36, y: y(yv) + 3, "text-anchor": "end" }, yFmt(yv)));
-    const xv = xDom[0] + ((xDom[1] - xDom[0]) * i) / 4;
-    svg.appendChild(svgEl("text", { class: "axis", x: x(xv), y: 236, "text-anchor": "middle" }, xFmt(xv)));
+// A frame: grid, tick labels and axis titles. xTicks: a niceTicks result or {lo, hi, ticks, fmt}.
+function frame(svg, xt, yt, xTitle, yTitle) {
+  const x = linear(xt.lo, xt.hi, L, R), y = linear(yt.lo, yt.hi, B, T);
+  const g = svg.appendChild(svgEl("g", { class: "frame" }));
+  for (const v of yt.ticks) {
+    g.appendChild(svgEl("line", { class: "grid", x1: L, x2: R, y1: y(v), y2: y(v) }));
+    g.appendChild(svgEl("text", { class: "axis ytick", x: L - 4, y: y(v) + 3, "text-anchor": "end" }, yt.fmt ? yt.fmt(v) : fmtTick(v, yt.decimals)));
   }
+  for (const v of xt.ticks) {
+    g.appendChild(svgEl("line", { class: "grid", x1: x(v), x2: x(v), y1: T, y2: B }));
+    g.appendChild(svgEl("text", { class: "axis xtick", x: x(v), y: B + 13, "text-anchor": "middle" }, xt.fmt ? xt.fmt(v) : fmtTick(v, xt.decimals)));
+  }
+  g.appendChild(svgEl("text", { class: "axis title", x: (L + R) / 2, y: H - 6, "text-anchor": "middle" }, xTitle));
+  g.appendChild(svgEl("text", { class: "axis title", x: 10, y: (T + B) / 2, "text-anchor": "middle", transform: `rotate(-90 10 ${(T + B) / 2})` }, yTitle));
+  return { x, y };
 }
 
-const TERM_NODE = "atm_vol"; // graph.toml node the term structure plots (a decimal vol)
+function message(svg, id, text) {
+  svg.appendChild(svgEl("text", { class: "axis", x: W / 2, y: H / 2, "text-anchor": "middle", id }, text));
+}
+
+function flagMark(svg, cx, cy, title, cls = "flag") {
+  const c = svg.appendChild(svgEl("circle", { class: cls, cx, cy, r: 7 }));
+  c.appendChild(svgEl("title", {}, title));
+}
+
+function point(svg, attrs, title) {
+  const c = svg.appendChild(svgEl("circle", attrs));
+  if (title) c.appendChild(svgEl("title", {}, title));
+  return c;
+}
+
+function tenorMark(svg, x, y, cls, title) {
+  const r = svg.appendChild(svgEl("rect", { class: cls, x: x - 3.5, y: y - 3.5, width: 7, height: 7 }));
+  r.appendChild(svgEl("title", {}, title));
+}
+
+const daysOf = (surface, ms) => (ms - surface.ts_exchange_ms) / DAY_MS;
+
+function badCalendar(surface) {
+  const bad = new Set();
+  for (const c of surface.calendar || []) if (!c.ok) { bad.add(c.expiry_ms_1); bad.add(c.expiry_ms_2); }
+  for (const v of surface.expiries) if (v.calendar_ok === false) bad.add(v.expiry_ms);
+  return bad;
+}
+
+function legend(id, items) {
+  const box = document.getElementById(id);
+  const key = items.map((i) => i.join("|")).join(";");
+  if (box.dataset.key === key) return;
+  box.replaceChildren(...items.map(([label, cls, colour]) => {
+    const span = el("span", { class: "item" });
+    const sw = span.appendChild(el("span", { class: `swatch ${cls}` }));
+    if (colour && cls === "ring") sw.style.borderColor = colour;
+    else if (colour) sw.style.background = colour;
+    span.appendChild(document.createTextNode(label));
+    return span;
+  }));
+  box.dataset.key = key;
+}
 
 function renderTerm(surface) {
   const svg = document.getElementById("term");
   svg.replaceChildren();
-  // The term structure plots the node named TERM_NODE; without one in the data, say so.
   if (surface.expiries.length && !surface.expiries.some((v) => v.analytics && TERM_NODE in v.analytics)) {
-    svg.appendChild(svgEl("text", { class: "axis", x: 240, y: 120, "text-anchor": "middle", id: "term-missing" },
-      `no node named ${TERM_NODE} in graph.toml: add [nodes.${TERM_NODE}] to plot the term structure`));
+    message(svg, "term-missing", `no node named ${TERM_NODE} in graph.toml: add [nodes.${TERM_NODE}] to plot the term structure`);
     return;
   }
-  const pts = surface.expiries
-    .filter((v) => v.analytics && v.analytics[TERM_NODE] != null)
-    .map((v) => ({ days: (v.expiry_ms - surface.ts_exchange_ms) / 86400000, vol: v.analytics[TERM_NODE], e: v.expiry_ms }));
-  if (!pts.length) return;
-  const xDom = extent(pts.map((p) => p.days)), yDom = extent(pts.map((p) => p.vol));
-  const x = scale(xDom[0], xDom[1], 44, 466), y = scale(yDom[0], yDom[1], 222, 8);
-  axes(svg, xDom, yDom, x, y, (d) => d.toFixed(0), (v) => (100 * v).toFixed(1));
-  svg.appendChild(svgEl("polyline", { class: "line", points: pts.map((p) => `${x(p.days)},${y(p.vol)}`).join(" ") }));
-  for (const p of pts) {
-    const c = svgEl("circle", { class: `pt${p.e === selectedExpiry ? " sel" : ""}`, cx: x(p.days), cy: y(p.vol), r: 3.5 });
-    c.appendChild(svgEl("title", {}, `${fmtDate(p.e)}: ${pct(p.vol)}%`));
-    c.onclick = () => { selectedExpiry = p.e; dirty = true; render(); };
-    svg.appendChild(c);
+  const pts = surface.expiries.filter((v) => v.analytics && v.analytics[TERM_NODE] != null)
+    .map((v) => ({ days: daysOf(surface, v.expiry_ms), vol: v.analytics[TERM_NODE], v }));
+  const tenors = (surface.tenors || []).filter((t) => t.atm_vol != null);
+  if (!pts.length && !tenors.length) return;
+  const xs = [...pts.map((p) => p.days), ...tenors.map((t) => t.tenor_days)];
+  const xt = niceTicks(0, Math.max(...xs, 1) * 1.03);
+  const vols = finite([...pts.map((p) => p.vol), ...tenors.map((t) => t.atm_vol)]).map((v) => 100 * v);
+  const yt = niceTicks(...padded(vols), 4);
+  const { x, y } = frame(svg, xt, yt, "days to expiry", "ATM vol (%)");
+  const bad = badCalendar(surface);
+  // failing calendar pairs: a red segment between the two expiries
+  for (const c of surface.calendar || []) {
+    if (c.ok) continue;
+    const a = pts.find((p) => p.v.expiry_ms === c.expiry_ms_1), b = pts.find((p) => p.v.expiry_ms === c.expiry_ms_2);
+    if (a && b) svg.appendChild(svgEl("line", { class: "cal-arb", x1: x(a.days), y1: y(100 * a.vol), x2: x(b.days), y2: y(100 * b.vol) }));
   }
+  svg.appendChild(svgEl("polyline", { class: "line", points: pts.map((p) => `${x(p.days)},${y(100 * p.vol)}`).join(" ") }));
+  // fixed tenors under the expiry points, which stay clickable where the two meet
+  for (const t of tenors) {
+    tenorMark(svg, x(t.tenor_days), y(100 * t.atm_vol), `tenor${t.calendar_flag ? " flagged" : ""}`,
+      `${t.tenor_days}d fixed tenor: ATM ${pct(t.atm_vol)} vol pts${t.calendar_flag ? " (calendar arbitrage between its expiries)" : ""}`);
+  }
+  for (const p of pts) {
+    const e = p.v.expiry_ms;
+    if (!p.v.fit.butterfly_ok) flagMark(svg, x(p.days), y(100 * p.vol), `${fmtDate(e)}: butterfly arbitrage (min g ${num(p.v.fit.min_g, 3)})`);
+    if (bad.has(e)) flagMark(svg, x(p.days), y(100 * p.vol), `${fmtDate(e)}: calendar arbitrage`, "flag cal");
+    point(svg, { class: `pt expiry-pt${e === sel.expiry ? " sel" : ""}`, cx: x(p.days), cy: y(100 * p.vol), r: 4, "data-expiry": e },
+      `${fmtDate(e)}: ATM ${pct(p.vol)} vol pts`);
+  }
+  legend("term-legend", [["expiries (atm_vol node)", "line"], ["fixed tenors", "tenor"], ["butterfly / calendar flag", "flag"]]);
 }
 
-// Raw SVI total variance w(k) = a + b(ρ(k−m) + √((k−m)² + σ²)); vol = √(w/T).
-function sviVol(f, k) {
-  const d = k - f.m;
-  const w = f.a + f.b * (f.rho * d + Math.sqrt(d * d + f.sigma * f.sigma));
-  return w > 0 && f.t_years > 0 ? Math.sqrt(w / f.t_years) : null;
+// RR/BF chart: every "vol pts" node but the term node, per expiry, against days; the fixed
+// tenors' rr25/bf25 as squares.
+function renderWings(surface) {
+  const svg = document.getElementById("wings");
+  svg.replaceChildren();
+  const nodes = nodeColumns(surface).filter((c) => c.unit === "vol pts" && c.name !== TERM_NODE);
+  if (!nodes.length) { legend("wings-legend", []); return message(svg, "wings-missing", "no vol-pts nodes besides atm_vol in graph.toml"); }
+  const tenorSeries = ["rr25", "bf25"].filter((n) => (surface.tenors || []).some((t) => t[n] != null));
+  const xs = [...surface.expiries.map((v) => daysOf(surface, v.expiry_ms)), ...(surface.tenors || []).map((t) => t.tenor_days)];
+  const ys = finite([...surface.expiries.flatMap((v) => nodes.map((c) => (v.analytics || {})[c.name])),
+    ...(surface.tenors || []).flatMap((t) => tenorSeries.map((n) => t[n]))]).map((v) => 100 * v);
+  if (!ys.length) return message(svg, "wings-missing", "no RR/BF values yet");
+  const xt = niceTicks(0, Math.max(...xs, 1) * 1.03);
+  const yt = niceTicks(...padded([0, ...ys]), 4);
+  const { x, y } = frame(svg, xt, yt, "days to expiry", "vol pts");
+  svg.appendChild(svgEl("line", { class: "zero", x1: L, x2: R, y1: y(0), y2: y(0) }));
+  const bad = badCalendar(surface);
+  for (const v of surface.expiries) {
+    const why = [!v.fit.butterfly_ok && "butterfly", bad.has(v.expiry_ms) && "calendar"].filter(Boolean);
+    if (!why.length) continue;
+    const m = svg.appendChild(svgEl("line", { class: "flag-line", x1: x(daysOf(surface, v.expiry_ms)), x2: x(daysOf(surface, v.expiry_ms)), y1: T, y2: B }));
+    m.appendChild(svgEl("title", {}, `${fmtDate(v.expiry_ms)}: ${why.join(" and ")} arbitrage`));
+  }
+  for (const tn of tenorSeries) {  // under the expiry points
+    for (const t of surface.tenors) {
+      if (t[tn] == null) continue;
+      tenorMark(svg, x(t.tenor_days), y(100 * t[tn]), `tenor${t.calendar_flag ? " flagged" : ""}`, `${t.tenor_days}d fixed tenor ${tn}: ${pct(t[tn])} vol pts`);
+    }
+  }
+  nodes.forEach((c, i) => {
+    const colour = PALETTE[(i + 1) % PALETTE.length];
+    const pts = surface.expiries.filter((v) => (v.analytics || {})[c.name] != null)
+      .map((v) => [x(daysOf(surface, v.expiry_ms)), y(100 * v.analytics[c.name]), v]);
+    const line = svg.appendChild(svgEl("polyline", { class: "series", points: pts.map((p) => `${p[0]},${p[1]}`).join(" ") }));
+    line.style.stroke = colour;
+    for (const [px, py, v] of pts) {
+      const dot = point(svg, { class: `pt node-pt${v.expiry_ms === sel.expiry ? " sel" : ""}`, cx: px, cy: py, r: 3, "data-expiry": v.expiry_ms, "data-node": c.name },
+        `${fmtDate(v.expiry_ms)} ${c.name}: ${pct(v.analytics[c.name])} vol pts`);
+      dot.style.fill = colour;
+    }
+  });
+  legend("wings-legend", [...nodes.map((c, i) => [`${c.name} (vol pts)`, "dot", PALETTE[(i + 1) % PALETTE.length]]),
+    ...(tenorSeries.length ? [["fixed tenors", "tenor"]] : []), ["arbitrage flag", "flag"]]);
+}
+
+function smileX(axis, f, strike) {
+  const k = Math.log(strike / f.forward);
+  return axis === "strike" ? strike : axis === "k" ? k : deltaX(f, k);
 }
 
 function renderSmile(surface) {
   const svg = document.getElementById("smile");
   svg.replaceChildren();
-  const view = surface.expiries.find((v) => v.expiry_ms === selectedExpiry);
-  document.getElementById("smile-title").textContent = view ? `${surface.underlying} ${fmtDate(view.expiry_ms)} (vol % vs k = ln K/F)` : "";
-  if (!view) return;
+  for (const b of document.querySelectorAll("#axis button")) b.classList.toggle("active", b.dataset.axis === sel.axis);
+  const view = surface.expiries.find((v) => v.expiry_ms === sel.expiry);
+  const title = document.getElementById("smile-title");
+  if (!view) { setText(title, ""); return; }
+  const axis = sel.axis;
+  const overlays = surface.expiries.filter((v) => sel.overlay.has(v.expiry_ms) && v.expiry_ms !== view.expiry_ms);
+  setText(title, `${surface.underlying} ${fmtDate(view.expiry_ms)}${overlays.length ? ` + ${overlays.length} overlaid` : ""} (${surface.venue})`);
   const f = view.fit;
-  const ks = view.strikes.map((K) => Math.log(K / f.forward));
-  const kDom = extent(ks.length ? ks : [-0.3, 0.3], 0.1);
-  const curve = [];
-  for (let i = 0; i <= 80; i++) {
-    const k = kDom[0] + ((kDom[1] - kDom[0]) * i) / 80;
-    const v = sviVol(f, k);
-    if (v != null) curve.push([k, v]);
-  }
-  const vols = curve.map((p) => p[1]).concat(view.bid_iv, view.ask_iv);
-  const yDom = extent(vols);
-  const x = scale(kDom[0], kDom[1], 44, 466), y = scale(yDom[0], yDom[1], 222, 8);
-  axes(svg, kDom, yDom, x, y, (k) => k.toFixed(2), (v) => (100 * v).toFixed(1));
-  svg.appendChild(svgEl("polyline", { class: "svi", points: curve.map(([k, v]) => `${x(k)},${y(v)}`).join(" ") }));
-  ks.forEach((k, i) => {
-    for (const [iv, cls] of [[view.bid_iv[i], "bid"], [view.ask_iv[i], "ask"]]) {
-      if (iv == null) continue;
-      const c = svgEl("circle", { class: cls, cx: x(k), cy: y(iv), r: 2.5 });
-      c.appendChild(svgEl("title", {}, `K=${view.strikes[i]} ${cls} ${pct(iv)}%`));
-      svg.appendChild(c);
+  const quotes = view.strikes.map((K, i) => {
+    const bid = view.bid_iv[i], ask = view.ask_iv[i];
+    return { K, k: Math.log(K / f.forward), x: smileX(axis, f, K), bid, ask, mid: bid != null && ask != null ? (bid + ask) / 2 : null,
+      bv: (view.bid_venue || [])[i], av: (view.ask_venue || [])[i] };
+  }).filter((q) => q.x != null && Number.isFinite(q.x));
+  // the k range of the selected expiry's quotes (else ±0.3), padded; every curve is sampled in k
+  // over it and mapped to the chosen axis, so the curves are smooth whatever the axis
+  const ks = quotes.length ? quotes.map((q) => q.k) : [-0.3, 0.3];
+  const kPad = (Math.max(...ks) - Math.min(...ks) || 0.2) * 0.06;
+  const kLo = Math.min(...ks) - kPad, kHi = Math.max(...ks) + kPad;
+  const curves = [view, ...overlays].map((v, i) => {
+    // an overlaid fit is drawn only where its own quotes are (an SVI fit is not data past its
+    // wings) and where the selected one's are
+    let [a, b] = [kLo, kHi];
+    if (i > 0 && v.strikes.length) {
+      const own = v.strikes.map((K) => Math.log(K / v.fit.forward));
+      const ownPad = (Math.max(...own) - Math.min(...own) || 0.2) * 0.06;
+      a = Math.max(a, Math.min(...own) - ownPad);
+      b = Math.min(b, Math.max(...own) + ownPad);
     }
+    const pts = [];
+    for (let j = 0; b > a && j <= 120; j++) {
+      const k = a + ((b - a) * j) / 120;
+      const vol = sviVol(v.fit, k);
+      const px = smileX(axis, v.fit, v.fit.forward * Math.exp(k));
+      if (vol != null && px != null && Number.isFinite(px)) pts.push([px, vol]);
+    }
+    return { v, pts, colour: i === 0 ? null : PALETTE[(i + 1) % PALETTE.length] };
+  });
+  const xsAll = [...curves[0].pts.map((p) => p[0]), ...quotes.map((q) => q.x)];
+  let lo = Math.min(...xsAll), hi = Math.max(...xsAll);
+  if (!(hi > lo)) { lo -= 0.5 * (Math.abs(lo) || 1); hi += 0.5 * (Math.abs(hi) || 1); }
+  if (axis === "delta") { lo = Math.max(0, lo); hi = Math.min(1, hi); }
+  for (const c of curves) c.pts = c.pts.filter(([px]) => px >= lo && px <= hi);
+  const vols = finite([...curves.flatMap((c) => c.pts.map((p) => p[1])), ...quotes.flatMap((q) => [q.bid, q.ask])]).map((v) => 100 * v);
+  const yt = niceTicks(...padded(vols), 4);
+  let xt;
+  if (axis === "delta") {
+    // the wings crowd on a linear delta axis: keep a tick only 32 px from the last kept, 50Δ first
+    const px = (d) => L + ((d - lo) / (hi - lo)) * (R - L);
+    const kept = [0.5];
+    for (const d of [...DELTA_TICKS.filter((d) => d > 0.5), ...DELTA_TICKS.filter((d) => d < 0.5).reverse()]) {
+      if (d >= lo && d <= hi && kept.every((k) => Math.abs(px(k) - px(d)) >= 32)) kept.push(d);
+    }
+    xt = { lo, hi, ticks: kept.filter((d) => d >= lo && d <= hi).sort((a, b) => a - b), fmt: fmtDelta };
+  }
+  else {
+    xt = niceTicks(lo, hi, 5);
+    if (axis === "strike" && xt.step >= 1000) xt.fmt = (v) => `${fmtTick(v / 1000, Math.max(0, xt.decimals - 3))}k`;
+    xt.lo = lo; xt.hi = hi; xt.ticks = xt.ticks.filter((v) => v >= lo && v <= hi);
+  }
+  const xTitle = axis === "strike" ? "strike (USD)" : axis === "k" ? "log-moneyness k = ln(K/F)" : "delta (put Δ left, call Δ right; 50Δ = ATM)";
+  const { x, y } = frame(svg, xt, yt, xTitle, "implied vol (%)");
+  for (const c of curves) {
+    const line = svg.appendChild(svgEl("polyline", { class: c.colour ? "svi overlay-curve" : "svi", "data-expiry": c.v.expiry_ms,
+      points: c.pts.map(([px, vol]) => `${x(px)},${y(100 * vol)}`).join(" ") }));
+    if (c.colour) line.style.stroke = c.colour;
+    line.appendChild(svgEl("title", {}, `${fmtDate(c.v.expiry_ms)} SVI fit`));
+  }
+  const attributed = mixed(surface, view);
+  for (const q of quotes) {
+    const at = `K=${q.K}`;
+    if (q.mid != null) point(svg, { class: "mid", cx: x(q.x), cy: y(100 * q.mid), r: 2 }, `${at} mid ${pct(q.mid)}%`);
+    for (const [iv, cls, ven] of [[q.bid, "bid", q.bv], [q.ask, "ask", q.av]]) {
+      if (iv == null) continue;
+      const c = point(svg, { class: `${cls} quote`, cx: x(q.x), cy: y(100 * iv), r: 2.8 }, `${at} ${cls} ${pct(iv)}%${ven ? ` (${ven})` : ""}`);
+      if (attributed && ven) c.style.stroke = venueColour(ven);
+    }
+  }
+  const items = [["SVI fit", "svi"], ["bid IV", "bid"], ["ask IV", "ask"], ["mid IV", "mid"]];
+  if (attributed) {
+    const names = [...new Set(quotes.flatMap((q) => [q.bv, q.av]).filter(Boolean))].sort();
+    for (const n of names) items.push([`${n} quote (ring)`, "ring", venueColour(n)]);
+  }
+  for (const c of curves.slice(1)) items.push([`${fmtDate(c.v.expiry_ms)} fit`, "svi", c.colour]);
+  legend("smile-legend", items);
+}
+
+// ---------------------------------------------------------------- render loop
+
+let lastChartsMs = -1e9;
+function render(force = false) {
+  if (page.firstDataMs == null && surfaces.size) page.firstDataMs = monoMs();
+  autoSelect();
+  renderTabs();
+  const surface = sel.key ? surfaces.get(sel.key) : null;
+  document.getElementById("empty").hidden = !!surface;
+  renderStatus();
+  if (!surface) return;
+  renderTable(surface);
+  renderTenors(surface);
+  // charts redraw at most 5 times a second (the table every frame it changed)
+  if (force || monoMs() - lastChartsMs > 200) {
+    renderTerm(surface);
+    renderWings(surface);
+    renderSmile(surface);
+    lastChartsMs = monoMs();
+    ui.dirty = false;
+  }
+}
+
+function tick() { if (typeof document !== "undefined" && document.getElementById("conn")) render(); }
+
+function loop() {
+  if (ui.dirty) render();
+  requestAnimationFrame(loop);
+}
+
+function wire() {
+  document.querySelector("#expiries tbody").addEventListener("click", (e) => {
+    const tr = e.target.closest("tr");
+    if (!tr) return;
+    const expiry = Number(tr.dataset.expiry);
+    if (e.target.classList.contains("overlay")) {
+      const overlay = new Set(sel.overlay);
+      if (e.target.checked) overlay.add(expiry); else overlay.delete(expiry);
+      select({ overlay });
+    } else {
+      select({ expiry });
+    }
+  });
+  document.getElementById("tabs").addEventListener("click", (e) => {
+    const b = e.target.closest("button");
+    if (!b || b.dataset.key === sel.key) return;
+    const s = surfaces.get(b.dataset.key);
+    select({ key: b.dataset.key, expiry: s && s.expiries.length ? mostLiquid(s).expiry_ms : null, overlay: new Set() });
+  });
+  for (const svgId of ["term", "wings"]) {
+    // pointerdown, not click: a chart is redrawn while patches flow, so the click's target may be replaced
+    document.getElementById(svgId).addEventListener("pointerdown", (e) => {
+      const t = e.target.closest("[data-expiry]");
+      if (t) select({ expiry: Number(t.dataset.expiry) });
+    });
+  }
+  document.getElementById("axis").addEventListener("click", (e) => {
+    const b = e.target.closest("button");
+    if (b && AXES.includes(b.dataset.axis)) select({ axis: b.dataset.axis });
   });
 }
 
-// Redraw at most once a frame; the table ages tick once a second even without messages.
-function loop() {
-  if (dirty) render();
-  requestAnimationFrame(loop);
-}
 if (typeof window !== "undefined") {
-  setInterval(() => { dirty = dirty || surfaces.size > 0; }, 1000);
-  connect();
+  readUrl();
+  wire();
+  window.volgraph = { surfaces, sel, page, clock };  // read-only handle for tests and the console
+  loadConfig().finally(() => { connect(); });
+  setInterval(tick, 500);  // ages, staleness and the reconnect countdown move without messages
   requestAnimationFrame(loop);
 } else if (typeof module !== "undefined") {
-  // Under node (tests/dashboard/test_merge_js.py): expose the merge to check it against apply_patch.
-  module.exports = { applyPatch, onMessage, surfaces };
+  // Under node (tests/dashboard/test_merge_js.py, test_ticks_js.py): the merge and the tick rule.
+  module.exports = { applyPatch, onMessage, surfaces, niceTicks, fmtTick, deltaX, sviVol, normCdf, fmtDelta };
 }

@@ -14,18 +14,23 @@ frame and never computes anything about volatility.
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import warnings
 from pathlib import Path
 from typing import Optional
 
 from flows.config import ConfigError, load_config
+from flows.services import (LOG_FORMAT_ENV, LOG_FORMATS, StartError, StopSignals, Supervisor, check_port_free,
+                            free_port, prune_postgres_handles, setup_logging, watch_postgres)
+
+log = logging.getLogger("volgraph")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -41,23 +46,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         "run", help="run the whole system: simulators, PostgreSQL, gateway + dashboard, dataflow",
         description="Start the venue simulators (or connect to the real exchanges with --live), an "
                     "embedded PostgreSQL, the gateway with its dashboard, then the dataflow; print the "
-                    "dashboard URL and a live status line. Ctrl-C stops everything.")
-    run.add_argument("--config", metavar="TOML",
-                     help="a graph.toml whose keys override the project's (default: the project's graph.toml)")
+                    "dashboard URL and a live status line. Ctrl-C (SIGINT) or SIGTERM stops everything; "
+                    "no child outlives this process, SIGKILL included.")
+    system_options(run, until="until Ctrl-C or SIGTERM")
     run.add_argument("--live", action="store_true",
                      help="connect to the real exchanges (graph.toml sources.*.url), not the simulators "
                           "(default: off)")
-    run.add_argument("--pg", metavar="DSN",
-                     help="an external PostgreSQL instead of the embedded one "
-                          "(default: graph.toml sinks.postgres.dsn, else embedded in runtime.data_dir)")
-    run.add_argument("--port", type=int,
-                     help="gateway/dashboard port (default: graph.toml sinks.gateway.port)")
-    run.add_argument("--seconds", type=float,
-                     help="stop after this many seconds (default: run until Ctrl-C)")
     run.add_argument("--rate", type=int,
                      help="simulator messages/s per venue (default: graph.toml simulator.rate)")
-    run.add_argument("--no-postgres", action="store_true",
-                     help="run without persistence (default: persist unless sinks.postgres.enabled = false)")
 
     replay = sub.add_parser(
         "replay", help="run the whole system on a recording instead of a live feed",
@@ -68,15 +64,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="whose protocol the file holds (default: deribit)")
     replay.add_argument("--speed", default="max",
                         help='"max" (as fast as the flow reads), or a factor of real time: 1, 10, … (default: max)')
-    replay.add_argument("--config", metavar="TOML",
-                        help="a graph.toml whose keys override the project's (default: the project's graph.toml)")
-    replay.add_argument("--pg", metavar="DSN",
-                        help="an external PostgreSQL instead of the embedded one (default: embedded, as for run)")
-    replay.add_argument("--port", type=int,
-                        help="gateway/dashboard port (default: graph.toml sinks.gateway.port)")
-    replay.add_argument("--seconds", type=float,
-                        help="stop after this many seconds (default: at the end of the file)")
-    replay.add_argument("--no-postgres", action="store_true", help="run without persistence (default: off)")
+    system_options(replay, until="at the end of the file")
 
     # these five parse their own flags (in their own modules): `volgraph X --help` is theirs
     sub.add_parser("record", add_help=False,
@@ -102,6 +90,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # sim and gateway own their flags: hand the rest of the line over untouched
     sims = {v.sim_command: v for v in VENUES.values()}
+    if argv and argv[0] in (*sims, "record", "gateway"):  # $VOLGRAPH_LOG_FORMAT: `volgraph run` sets it for its children
+        try:
+            setup_logging(argv[0], default=load_config().runtime.log_format)
+        except (StartError, ConfigError) as exc:
+            print(f"volgraph {argv[0]}: {exc}", file=sys.stderr)
+            return 2
     if argv and argv[0] in sims:  # `sim`, `sim-okx`: the venue's simulator (connectors/venues/registry.py)
         v = sims[argv[0]]
         return v.simulator_main()(argv[1:], defaults=simulator_defaults(load_config(), v.name)) or 0
@@ -117,7 +111,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if argv and argv[0] == "gateway":
         from connectors.gateway.server import main as gateway_main
         gw = load_config().sinks.gateway
-        return gateway_main(argv[1:], defaults=dict(host=gw.host, port=gw.port, publish_token=gw.publish_token)) or 0
+        return gateway_main(argv[1:], defaults=dict(host=gw.host, port=gw.port, publish_token=gw.publish_token,
+                                                         stale_after_ms=gw.stale_after_ms)) or 0
 
     args = parser.parse_args(argv)
     try:
@@ -137,6 +132,23 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 1
 
 
+def system_options(p: argparse.ArgumentParser, until: str) -> None:
+    """The options `volgraph run` and `volgraph replay` share."""
+    p.add_argument("--config", metavar="TOML",
+                   help="a graph.toml whose keys override the project's (default: the project's graph.toml)")
+    p.add_argument("--pg", metavar="DSN",
+                   help="an external PostgreSQL instead of the embedded one "
+                        "(default: graph.toml sinks.postgres.dsn, else embedded in runtime.data_dir)")
+    p.add_argument("--port", type=int,
+                   help="gateway/dashboard port; 0 picks a free one (default: graph.toml sinks.gateway.port)")
+    p.add_argument("--seconds", type=float, help=f"stop after this many seconds (default: run {until})")
+    p.add_argument("--no-postgres", action="store_true",
+                   help="run without persistence (default: persist unless sinks.postgres.enabled = false)")
+    p.add_argument("--log-format", choices=LOG_FORMATS,
+                   help="plain lines for people or JSON lines for machines, for this process and its children "
+                        "(default: $VOLGRAPH_LOG_FORMAT, else graph.toml runtime.log_format)")
+
+
 def simulator_defaults(config, name: str) -> dict:
     """The defaults of `volgraph sim` / `sim-okx` for venue `name`: graph.toml's [simulator] and
     the venue's key list ("BTC,ETH"), as the simulator's main(argv, defaults=…) takes them."""
@@ -147,134 +159,184 @@ def simulator_defaults(config, name: str) -> dict:
                 scale=sim.scale, **{keys_field: ",".join(getattr(getattr(config.sources, name), keys_field))})
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(host: str, port: int, proc: subprocess.Popen, what: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"volgraph: the {what} exited with code {proc.returncode}; see its output above")
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)  # start-up poll in the CLI, not a test
-    raise SystemExit(f"volgraph: the {what} did not listen on {host}:{port} within {timeout_s:.0f} s")
-
-
 def run_system(args) -> int:
+    """`volgraph run` / `volgraph replay`: children under one Supervisor (flows/services.py), the
+    flow in this process. Exit 0 after a clean stop; 3 when something could not start (the
+    message names it and the fix)."""
     # pgserver's platformdirs warns on machines without a login session; nothing to act on
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+    config = load_config(args.config)
+    try:
+        fmt = setup_logging("volgraph", args.log_format, default=config.runtime.log_format)
+    except StartError as exc:
+        print(f"volgraph: {exc}", file=sys.stderr)
+        return 2
+
+    def say(text: str) -> None:  # people read stdout; machines read JSON lines
+        if fmt == "json":
+            log.info(text)
+        else:
+            print(f"volgraph: {text}", flush=True)
+
+    def interrupted(signum, frame):  # a stop asked for while starting: unwind, stopping the children
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):  # also when the launcher ignored SIGINT (nohup, scripts)
+        signal.signal(sig, interrupted)
+    try:
+        with Supervisor(config.runtime.stop_timeout_s) as sup:
+            return _run(args, config, sup, say)
+    except StartError as exc:
+        if fmt == "json":
+            log.error("%s", exc)
+        else:
+            print(f"volgraph: {exc}", file=sys.stderr, flush=True)
+        return 3
+    except KeyboardInterrupt as exc:  # a stop while starting (graceful), or a second signal (forced)
+        forced = "again" in str(exc)
+        say(f"stopped{' at once, without draining' if forced else ''}")
+        return 1 if forced else 0
+
+
+def _run(args, config, sup: Supervisor, say) -> int:
     from bytewax.testing import run_main
 
     from connectors.gateway.publisher import GatewaySink
     from connectors.venues import VENUES
-    from flows.metrics import COUNTERS, STOP
+    from flows.metrics import COUNTERS, STOP, serve_metrics
     from flows.surface import build_flow, tune_gc, venue_sources
     from operators.state import chain
 
-    config = load_config(args.config)
     data_dir = Path(config.runtime.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("NUMBA_CACHE_DIR", str(data_dir / "numba"))
-    children: list[subprocess.Popen] = []
     py = [sys.executable, "-m", "flows.cli"]
-    try:
-        urls: dict[str, str] = {}
-        replaying = args.command == "replay"
-        if not replaying and not args.live:  # one simulator process per venue, each speaking its protocol
-            sim = config.simulator
-            rate = str(args.rate or sim.rate)
-            for name, venue in VENUES.items():  # connectors/venues/registry.py
-                section = getattr(config.sources, name)
-                if not section.enabled:
-                    continue
-                # [simulator] port (if set) goes to the first venue's simulator, the others take free ports
-                port = sim.port if sim.port and name == next(iter(VENUES)) else free_port()
-                children.append(subprocess.Popen(start_new_session=True, args=py + [
-                    venue.sim_command, "--host", sim.host, "--port", str(port),
-                    "--seed", str(sim.seed + venue.sim_seed_offset), "--rate", rate, "--scale", sim.scale,
-                    f"--{venue.keys_field}", ",".join(getattr(section, venue.keys_field))]))
-                wait_for_port(sim.host, port, children[-1], f"{venue.label} simulator")
-                urls[name] = f"ws://{sim.host}:{port}{venue.sim_url_path}"
+    # the ports this run's own servers need, checked before anything starts
+    gw = config.sinks.gateway
+    gw_port = gw.port if args.port is None else args.port
+    if gw_port == 0:
+        gw_port = free_port(gw.host)
+    else:
+        check_port_free(gw.host, gw_port, "gateway", "pass --port N (0 picks a free one) or stop that process")
+    metrics_port, metrics_host = config.runtime.metrics_port, config.runtime.metrics_host
+    if metrics_port:
+        check_port_free(metrics_host, metrics_port, "flow metrics",
+                        "set runtime.metrics_port to a free port (0: no /metrics) or stop that process")
+    urls: dict[str, str] = {}
+    replaying = args.command == "replay"
+    if not replaying and not args.live:  # one simulator process per venue, each speaking its protocol
+        sim = config.simulator
+        rate = str(args.rate or sim.rate)
+        for name, venue in VENUES.items():  # connectors/venues/registry.py
+            section = getattr(config.sources, name)
+            if not section.enabled:
+                continue
+            what = f"{venue.label} simulator"
+            # [simulator] port (if set) goes to the first venue's simulator, the others take free ports
+            if sim.port and name == next(iter(VENUES)):
+                port = sim.port
+                check_port_free(sim.host, port, what, "set [simulator] port = 0 (any free port) or stop that process")
+            else:
+                port = free_port(sim.host)
+            proc = sup.spawn(what, py + [
+                venue.sim_command, "--host", sim.host, "--port", str(port),
+                "--seed", str(sim.seed + venue.sim_seed_offset), "--rate", rate, "--scale", sim.scale,
+                f"--{venue.keys_field}", ",".join(getattr(section, venue.keys_field))])
+            sup.wait_listening(what, proc, sim.host, port, timeout_s=60.0)
+            urls[name] = f"ws://{sim.host}:{port}{venue.sim_url_path}"
 
-        gw = config.sinks.gateway
-        gw_port = args.port or gw.port
-        gw_cmd = py + ["gateway", "--host", gw.host, "--port", str(gw_port)]
-        if gw.publish_token:
-            gw_cmd += ["--publish-token", gw.publish_token]
-        children.append(subprocess.Popen(gw_cmd, start_new_session=True))
-        wait_for_port(gw.host, gw_port, children[-1], "gateway")
-        sinks = [GatewaySink(f"ws://{gw.host}:{gw_port}/publish", token=gw.publish_token)]
+    gw_cmd = py + ["gateway", "--host", gw.host, "--port", str(gw_port)]
+    if gw.publish_token:
+        gw_cmd += ["--publish-token", gw.publish_token]
+    proc = sup.spawn("gateway", gw_cmd)
+    # listening is not enough: another process may hold the port; /status names the gateway's pid
+    sup.wait_listening("gateway", proc, gw.host, gw_port, timeout_s=60.0,
+                       ready=lambda: _status_pid(gw.host, gw_port) == proc.pid)
+    sinks = [GatewaySink(f"ws://{gw.host}:{gw_port}/publish", token=gw.publish_token)]
 
-        pg_line = "off"
-        if not args.no_postgres and config.sinks.postgres.enabled:
-            from connectors.postgres import PostgresSink, connect, embedded_postgres, migrate
+    pg_line = "off"
+    postgres = None
+    if not args.no_postgres and config.sinks.postgres.enabled:
+        from connectors.postgres import PostgresSink, connect, embedded_postgres, migrate
 
-            dsn = args.pg or config.sinks.postgres.dsn or embedded_postgres(data_dir / "pg")
-            with connect(dsn) as conn:
-                migrate(conn)
-            sinks.append(PostgresSink(dsn, batch_rows=config.sinks.postgres.batch_rows,
-                                      flush_ms=config.sinks.postgres.flush_ms,
-                                      spill_dir=str(data_dir / "spill")))
-            pg_line = dsn if args.pg or config.sinks.postgres.dsn else f"embedded, {data_dir / 'pg'}"
-
-        print("volgraph: warming the numeric kernels (compiled once, cached in the numba cache)…", flush=True)
-        started = time.monotonic()
-        chain.warm_up()  # compile numba kernels before the first market data arrives
-        print(f"volgraph: kernels ready in {time.monotonic() - started:.1f} s", flush=True)
-        if replaying:
-            sources = [replay_source(args)]
-            feeds = f"replay {args.file} ({args.venue}, speed {args.speed})"
-        else:
-            sources = venue_sources(config, urls, run_seconds=args.seconds)
-            feeds = "  ".join(f"{v} {urls.get(v, getattr(config.sources, v).url)}" for v in config.sources.venues())
-        flow = build_flow(config, sources, sinks)
-        if config.runtime.metrics_port:
-            from flows.metrics import serve_metrics
-
+        dsn = args.pg or config.sinks.postgres.dsn
+        if not dsn:
+            pgdata = data_dir / "pg"
+            prune_postgres_handles(pgdata)  # a SIGKILLed run's pid would keep the server alive for ever
             try:
-                serve_metrics(config.runtime.metrics_port)
-            except OSError as exc:
-                print(f"volgraph: no /metrics ({exc}); set runtime.metrics_port to a free port or 0",
-                      file=sys.stderr)
-        print(f"volgraph: dashboard http://{gw.host}:{gw_port}/   feeds {feeds}   postgres {pg_line}", flush=True)
-        if config.runtime.metrics_port:
-            print(f"volgraph: flow metrics http://127.0.0.1:{config.runtime.metrics_port}/metrics", flush=True)
-        print("volgraph: Ctrl-C stops everything", flush=True)
-        stop = threading.Event()
-        status = threading.Thread(target=_status_line, args=(COUNTERS, stop), daemon=True)
-        status.start()
+                dsn = embedded_postgres(pgdata)
+            except Exception as exc:  # pgserver raises whatever its commands raised
+                raise StartError(f"the embedded PostgreSQL in {pgdata} did not start ({type(exc).__name__}: "
+                                 f"{str(exc)[:300]}); see {pgdata / 'log'}, or pass --pg DSN (an external one) "
+                                 f"or --no-postgres") from exc
+            watch_postgres(sup, pgdata)  # stops it when this process ends, SIGKILL included
+        with connect(dsn) as conn:
+            migrate(conn)
+        postgres = PostgresSink(dsn, batch_rows=config.sinks.postgres.batch_rows,
+                                flush_ms=config.sinks.postgres.flush_ms, spill_dir=str(data_dir / "spill"))
+        sinks.append(postgres)
+        pg_line = dsn if args.pg or config.sinks.postgres.dsn else f"embedded, {data_dir / 'pg'}"
 
-        def on_interrupt(signum, frame):
-            # first Ctrl-C: end the input and let the flow drain; a second one: give up
-            print("\nvolgraph: stopping (Ctrl-C again to force)", flush=True)
-            STOP.set()
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-
-        signal.signal(signal.SIGINT, on_interrupt)
-        signal.signal(signal.SIGTERM, on_interrupt)
-        tune_gc()
+    if metrics_port:
         try:
-            run_main(flow)
-        finally:
-            stop.set()
-            status.join(timeout=2)
-            print()
-        return 0
+            serve_metrics(metrics_port, metrics_host)
+        except OSError as exc:  # taken since the check above
+            raise StartError(f"flow metrics: port {metrics_port} on {metrics_host} is not free ({exc.strerror}); "
+                             f"set runtime.metrics_port to a free port (0: no /metrics) or stop that process") from None
+
+    say("warming the numeric kernels (compiled once, cached in the numba cache)…")
+    started = time.monotonic()
+    chain.warm_up()  # compile numba kernels before the first market data arrives
+    say(f"kernels ready in {time.monotonic() - started:.1f} s")
+    if replaying:
+        sources = [replay_source(args)]
+        feeds = f"replay {args.file} ({args.venue}, speed {args.speed})"
+    else:
+        sources = venue_sources(config, urls, run_seconds=args.seconds)
+        feeds = "  ".join(f"{v} {urls.get(v, getattr(config.sources, v).url)}" for v in config.sources.venues())
+    flow = build_flow(config, sources, sinks)
+    say(f"dashboard http://{gw.host}:{gw_port}/   feeds {feeds}   postgres {pg_line}")
+    if metrics_port:
+        say(f"flow metrics http://{metrics_host}:{metrics_port}/metrics")
+    say("children " + "  ".join(f"{name}={pid}" for name, pid in sup.pids().items()))
+    say("Ctrl-C or SIGTERM stops everything")
+    stop = threading.Event()
+    status = threading.Thread(target=_status_line, args=(COUNTERS, stop, say), daemon=True)
+    status.start()
+
+    def on_stop(name: str) -> None:
+        # first signal: end the input and let the flow drain (rows flushed); a second one: give up
+        say(f"{name}: stopping ({name} again to force)")
+        STOP.set()
+
+    signals = StopSignals(on_stop).install()
+    tune_gc()
+    try:
+        run_main(flow)
     finally:
-        for child in reversed(children):
-            if child.poll() is None:
-                child.send_signal(signal.SIGINT)
-        for child in reversed(children):
-            try:
-                child.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        stop.set()
+        status.join(timeout=2)
+        if sys.stdout.isatty():
+            print()
+    if postgres is not None:
+        stats = [w.stats() for w in postgres.writers]
+        tables: dict[str, int] = {}
+        for s in stats:
+            for table, n in s["rows_written"].items():
+                tables[table] = tables.get(table, 0) + n
+        say(f"postgres rows written {json.dumps(tables, sort_keys=True)} pending {sum(s['pending'] for s in stats)}")
+    if signals.at_monotonic is not None:
+        say(f"flow drained {time.monotonic() - signals.at_monotonic:.2f} s after {signals.received}")
+    return 0
+
+
+def _status_pid(host: str, port: int) -> Optional[int]:
+    """The pid a gateway reports on /status (None if what answers is not a gateway)."""
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/status", timeout=1.0) as r:
+            return json.loads(r.read()).get("pid")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def replay_source(args):
@@ -286,8 +348,8 @@ def replay_source(args):
     return ReplaySource(args.file, speed=speed, parse=parse_frame, run_seconds=args.seconds)
 
 
-def _status_line(counters, stop: threading.Event) -> None:
-    tty = sys.stdout.isatty()
+def _status_line(counters, stop: threading.Event, say) -> None:
+    tty = sys.stdout.isatty() and os.environ.get(LOG_FORMAT_ENV) != "json"
     last = counters.snapshot()
     last_t = time.monotonic()
     every = 1.0 if tty else 10.0
@@ -297,9 +359,9 @@ def _status_line(counters, stop: threading.Event) -> None:
         line = status_text(last, now, t - last_t)
         if tty:
             sys.stdout.write("\r\x1b[2K" + line)
+            sys.stdout.flush()
         else:
-            sys.stdout.write(line + "\n")
-        sys.stdout.flush()
+            say(line)
         last, last_t = now, t
 
 

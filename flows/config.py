@@ -35,6 +35,9 @@ class Runtime:
     processes: int
     status_interval_ms: int
     metrics_port: int
+    metrics_host: str
+    log_format: str
+    stop_timeout_s: float
     data_dir: str
 
 
@@ -114,6 +117,7 @@ class GatewaySinkConfig:
     host: str
     port: int
     publish_token: str
+    stale_after_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +157,8 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "runtime.processes": (lambda v: v >= 1, "an integer ≥ 1"),
     "runtime.status_interval_ms": (lambda v: v >= 50, "an integer ≥ 50"),
     "runtime.metrics_port": (lambda v: 0 <= v <= 65535, "a port from 1 to 65535, or 0 for no /metrics"),
+    "runtime.log_format": (lambda v: v in ("plain", "json"), 'one of "plain", "json"'),
+    "runtime.stop_timeout_s": (lambda v: 0.5 <= v <= 60, "a number of seconds from 0.5 to 60"),
     "sources.deribit.url": (lambda v: v.startswith(("ws://", "wss://")), "a ws:// or wss:// URL"),
     "sources.deribit.currencies": (lambda v: len(v) > 0 and all(isinstance(c, str) and c.isupper() for c in v),
                                    'a non-empty list of upper-case currencies, e.g. ["BTC", "ETH"]'),
@@ -184,6 +190,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "chain.audit_every": (lambda v: v >= 0, "an integer ≥ 0 (0 = off)"),
     "surface.tenors_days": (lambda v: all(isinstance(d, int) and d > 0 for d in v), "a list of positive integers"),
     "sinks.gateway.port": (lambda v: 0 <= v <= 65535, "a port from 0 to 65535"),
+    "sinks.gateway.stale_after_ms": (lambda v: v >= 100, "an integer ≥ 100"),
     "sinks.postgres.batch_rows": (lambda v: v >= 1, "an integer ≥ 1"),
     "sinks.postgres.flush_ms": (lambda v: v >= 1, "an integer ≥ 1"),
 }

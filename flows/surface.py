@@ -13,13 +13,18 @@ expiry's events is then one bytewax item instead of one item per message per ste
 
 Run it with `volgraph run` (simulator, embedded PostgreSQL and gateway included) or, with
 everything external, `python -m bytewax.run flows.surface:flow` (configured by the
-environment: VOLGRAPH_CONFIG, VOLGRAPH_URL, VOLGRAPH_PG_DSN, VOLGRAPH_GATEWAY_URL).
+environment: VOLGRAPH_CONFIG, VOLGRAPH_URL, VOLGRAPH_PG_DSN, VOLGRAPH_GATEWAY_URL). That bare
+entry point sets up its own logging (VOLGRAPH_LOG_FORMAT, else graph.toml runtime.log_format),
+serves /metrics (VOLGRAPH_METRICS_PORT / VOLGRAPH_METRICS_HOST, else graph.toml
+runtime.metrics_port / metrics_host) and stops gracefully on SIGTERM or SIGINT (flows/services.py).
 """
 
 from __future__ import annotations
 
 import gc
+import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -27,14 +32,15 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream, operator
 
 from flows.config import Config, ConfigError, load_config
-from flows.metrics import COUNTERS
+from flows.metrics import COUNTERS, DEPENDENCIES, STOP, forget_fit, observe_fit, serve_metrics
 from flows.routing import BatchingSource
 from flows.steps import FlowClock, chain_builder, surface_builder
-from operators.events import FeedError, IndexPrice, SmileFit, StatusReport, SurfacePatch, surface_key
+from operators.events import CONSOLIDATED, FeedError, IndexPrice, SmileFit, StatusReport, SurfacePatch, surface_key
 from operators.items import ChainBatch, ExpiryFit, ExpiryGone
 from operators.state.chain import now_wall_ms
 
 OUTPUT_TYPES = (SmileFit, SurfacePatch, StatusReport)  # what sinks can consume
+log = logging.getLogger("volgraph.flow")
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,7 @@ def feed(step_id: str, flow: Dataflow, source: BatchingSource) -> Feed:
     """One venue's events: ChainBatches for the chain step, index prices, StatusReports."""
     items = op.input("input", flow, source)
     batches = op.branch("batches", items, lambda x: type(x) is ChainBatch)
+    op.inspect("freshness", batches.trues, _heard)
     indices = op.branch("indices", batches.falses, lambda x: type(x) is IndexPrice)
     return Feed(batches.trues, indices.trues, indices.falses)
 
@@ -97,12 +104,14 @@ def build_flow(config: Config, source, sinks: list, *, now_ms: Callable[[], int]
     feeds = [feed(f"feed_{i}", flow, BatchingSource(src, interval_ms=config.runtime.status_interval_ms,
                                                       consolidate=consolidate, now_ms=now_ms))
              for i, src in enumerate(sources)]
+    watch_dependencies(config, sinks)
     merged = (lambda name, streams: streams[0] if len(streams) == 1 else op.merge(name, *streams))
     chain = chains("chains", merged("batches", [f.batches for f in feeds]), chain_builder(config, clock))
     op.inspect("count_errors", chain.errors, lambda _s, e: COUNTERS.add(f"errors.{e.reason}"))
+    op.inspect("forget_fits", chain.gone, lambda _s, g: forget_fit(g.venue, g.underlying, g.expiry_ms))
     patches = surfaces("surfaces", op.merge("to_surface", chain.fits, chain.gone, *(f.indices for f in feeds)),
                        surface_builder(config, clock))
-    by_type = {SmileFit: op.map("smile_fits", chain.fits, lambda x: x.fit), SurfacePatch: patches,
+    by_type = {SmileFit: op.map("smile_fits", chain.fits, _observe_fit), SurfacePatch: patches,
                StatusReport: merged("statuses", [f.statuses for f in feeds])}
     for i, sink in enumerate(sinks):
         wanted = getattr(sink, "consumes", OUTPUT_TYPES)
@@ -114,10 +123,66 @@ def build_flow(config: Config, source, sinks: list, *, now_ms: Callable[[], int]
     return flow
 
 
+_first_patch: set[tuple[str, str]] = set()
+
+
 def _count_patch(patch: SurfacePatch) -> SurfacePatch:
     COUNTERS.add("patches")
     COUNTERS.set("patch_lag_ms", patch.ts_emit_ms - patch.ts_exchange_ms)
+    key = (patch.venue, patch.underlying)
+    if key not in _first_patch:  # one line per surface, not per patch: the epoch is its trace id
+        _first_patch.add(key)
+        log.info("first patch of %s:%s (%d expiries)", patch.venue, patch.underlying, len(patch.expiries),
+                 extra={"epoch": patch.epoch})
     return patch
+
+
+def _heard(_step: str, batch: ChainBatch) -> None:
+    venue = batch.key[:batch.key.index("|")]
+    if venue != CONSOLIDATED:  # the combined surface's copy of the same events
+        COUNTERS.heard(venue)
+
+
+def _observe_fit(item: ExpiryFit) -> SmileFit:
+    fit = item.fit
+    observe_fit(fit.venue, fit.underlying, fit.expiry_ms, fit.fit_ms, fit.rmse_vol_pts, fit.butterfly_ok)
+    return fit
+
+
+def watch_dependencies(config: Config, sinks: list) -> None:
+    """The probes behind volgraph_dependency_up and the StatusReports' `dependency.*` counters:
+    the feeds (up while a message came within consolidation.venue_stale_ms) and, with a
+    PostgreSQL sink, the database (its writers' state) and the write backlog."""
+    started_s = time.time()
+    stale_s = config.consolidation.venue_stale_ms / 1000.0
+
+    def feeds():
+        last = COUNTERS.last_message_s
+        age = time.time() - (last if last is not None else started_s)
+        return (None if last is None else age <= stale_s), age
+
+    COUNTERS.forget_probes()
+    COUNTERS.probe("feeds", feeds)
+    DEPENDENCIES.backlog = None
+    lists = [sink.writers for sink in sinks if isinstance(getattr(sink, "writers", None), list)]
+    if not lists:
+        return
+
+    def all_writers():  # PostgresSink.writers fills in as bytewax builds the partitions
+        return [w for ws in lists for w in ws]
+
+    def database():
+        tried = [w for w in all_writers() if w.db_since_s is not None]
+        if not tried:
+            return None, time.time() - started_s
+        return all(w.db_up for w in tried), time.time() - max(w.db_since_s for w in tried)
+
+    def backlog():
+        stats = [w.stats() for w in all_writers()]
+        return float(sum(s["pending"] for s in stats)), float(sum(s["spilled"] for s in stats))
+
+    COUNTERS.probe("database", database)
+    DEPENDENCIES.backlog = backlog
 
 
 def tune_gc() -> None:
@@ -160,6 +225,24 @@ def default_flow(config_path: Optional[str] = None) -> Dataflow:
     from connectors.venues import VENUES
 
     config = load_config(config_path or os.environ.get("VOLGRAPH_CONFIG"))
+    from flows.services import StartError, StopSignals, check_port_free, setup_logging
+
+    try:
+        setup_logging("flow", default=config.runtime.log_format)
+    except StartError as exc:
+        raise ConfigError(str(exc)) from None
+    port = int(os.environ.get("VOLGRAPH_METRICS_PORT") or config.runtime.metrics_port)
+    host = os.environ.get("VOLGRAPH_METRICS_HOST") or config.runtime.metrics_host
+    if port:
+        fix = "set VOLGRAPH_METRICS_PORT (or runtime.metrics_port) to a free port (0: no /metrics) or stop that process"
+        try:
+            check_port_free(host, port, "flow metrics", fix)
+            serve_metrics(port, host)
+        except (StartError, OSError) as exc:
+            raise ConfigError(str(exc) if isinstance(exc, StartError) else f"flow metrics: {exc.strerror}; {fix}") from None
+        log.info("flow metrics on http://%s:%d/metrics", host, port)
+    StopSignals(lambda name: (log.info("%s: stopping; the flow drains its input and flushes its sinks", name),
+                              STOP.set())).install()
     urls = {name: os.environ[v.url_env] for name, v in VENUES.items() if v.url_env in os.environ}
     source = venue_sources(config, urls)
     sinks = []

@@ -114,11 +114,36 @@ def run_cluster(job: dict) -> dict:
     per process id, all given every address), and combines what they saw into one row:
     frames over BOTH processes in the window where every partition is live, CPU of all
     processes over that window, latency per expiry view against the source partition of its
-    underlying, peak RSS per process (parent side)."""
+    underlying, peak RSS per process (parent side).
+
+    With job["netns_mbit"] the (2) processes run in two network namespaces joined by a veth
+    pair shaped to that rate (tests/helpers/netns.py, needs root), with job["netns_delay_ms"]
+    more each way through a relay in each namespace, and the row gets the link's egress
+    counters per side ("link")."""
     n = job["processes"]
-    ports = free_ports(n)
-    addresses = [f"127.0.0.1:{p}" for p in ports]
-    base = dict(job, addresses=addresses, base_wall_ms=now_wall_ms() + 0.0)
+    if not job.get("netns_mbit"):
+        addresses = [f"127.0.0.1:{p}" for p in free_ports(n)]
+        return _run_cluster(job, [addresses] * n, [[]] * n)
+    from tests.helpers.netns import delayed_addresses, link
+
+    if n != 2:
+        raise ValueError(f"bench cluster {job['name']}: a netns link joins exactly 2 processes, not {n}")
+    delay_ms = job.get("netns_delay_ms") or 0.0
+    with link(job["netns_mbit"], tag="b") as ln:
+        prefixes = [ln.prefix(0), ln.prefix(1)]
+        if delay_ms:
+            with delayed_addresses(ln, 2101, delay_ms) as per_proc:
+                row = _run_cluster(job, per_proc, prefixes)
+        else:
+            row = _run_cluster(job, [[f"{a}:2101" for a in ln.addr]] * 2, prefixes)
+        row["link"] = {"rate_mbit": ln.rate_mbit, "delay_ms": delay_ms, "sent": [ln.sent(0), ln.sent(1)]}
+    return row
+
+
+def _run_cluster(job: dict, addresses: list[list[str]], prefixes: list[list[str]]) -> dict:
+    """The cluster's processes, process i given addresses[i] (-a) and started behind prefixes[i]."""
+    n = job["processes"]
+    base = dict(job, base_wall_ms=now_wall_ms() + 0.0)
     if job.get("speed", "max") != "max":
         # paced: both processes pace from one start a few seconds ahead (imports, kernel
         # warm-up), the flow clock being the recording's from its first frame
@@ -128,8 +153,8 @@ def run_cluster(job: dict) -> dict:
         base.update(base_wall_ms=now_wall_ms() + CLUSTER_START_MS, base_ts_ms=first_ts + job.get("clock_offset_ms", 0))
     procs = []
     for i in range(n):
-        child = dict(base, proc_id=i, kind="cluster_proc")
-        procs.append(subprocess.Popen(child_command(child), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        child = dict(base, proc_id=i, kind="cluster_proc", addresses=addresses[i])
+        procs.append(subprocess.Popen(prefixes[i] + child_command(child), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                       cwd=str(REPO)))
     outs, failed = [], []
     for i, proc in enumerate(procs):

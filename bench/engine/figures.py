@@ -50,6 +50,7 @@ def flow_figures(messages: int, elapsed_s: float, cpu_s: float, lat_oldest: list
         "exchange_latency_p50_ms": pct(lat_exchange, 50), "exchange_latency_p99_ms": pct(lat_exchange, 99),
         "exchange_latency_max_ms": pct(lat_exchange, 100),
         "iv_solves": int(counters.get("iv_solves", 0)),
+        "epoch_cpu_s": counters.get("epoch_us", 0) / 1e6,  # chain ticks (IVs, fits), the whole run
         "iv_full": _opt_int(counters.get("iv_full")), "iv_taylor": _opt_int(counters.get("iv_taylor")),
         "iv_skipped": _opt_int(counters.get("iv_skipped")),
     }

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 from bench.engine.cluster import run_cluster
-from bench.engine.common import (CLUSTER_PROCESSES, CLUSTER_ROW, PACED_RATE_MSG_S, REPO, SHOCK_ENTRY_LATE,
-                                 child_command, child_result)
+from bench.engine.common import (CLUSTER_PROCESSES, CLUSTER_ROW, NETNS_DELAY_MS, NETNS_LINK_MBIT, NETNS_ROW,
+                                 PACED_RATE_MSG_S, REPO, SHOCK_ENTRY_LATE, WORKERS_ROW, child_command, child_result)
 
 
 def run_child(job: dict) -> dict:
@@ -70,9 +70,13 @@ def run_all(args) -> dict:
     jobs = [
         dict(base, name="volgraph", kind="volgraph", speed="max"),
         cluster,
+        dict(cluster, name=WORKERS_ROW, processes=1, workers=CLUSTER_PROCESSES),
+        dict(cluster, name=NETNS_ROW, netns_mbit=NETNS_LINK_MBIT, netns_delay_ms=NETNS_DELAY_MS),
         dict(base, name="naive", kind="naive"),
         dict(base, name="volgraph_paced", kind="volgraph", speed=paced_speed),
         dict(cluster, name=CLUSTER_ROW + "_paced", speed=paced_speed),
+        dict(cluster, name=NETNS_ROW + "_paced", speed=paced_speed, netns_mbit=NETNS_LINK_MBIT,
+             netns_delay_ms=NETNS_DELAY_MS),
         dict(meta=shock_meta, path=str(shock_path), name="volgraph_shock", kind="volgraph", **shock_run,
              clock_offset_ms=late),
         dict(cluster, name=CLUSTER_ROW + "_shock", **shock_run, shock_meta=shock_meta, parts=shock_parts,
@@ -91,8 +95,17 @@ def run_all(args) -> dict:
     load_before = os.getloadavg()
     for job in jobs:
         print(f"# running {job['name']} …", file=sys.stderr, flush=True)
+        if job.get("netns_mbit"):
+            from tests.helpers.netns import NetnsUnavailable
+
+            try:
+                results[job["name"]] = run_cluster(job)
+            except NetnsUnavailable as exc:  # not root here: the row says why instead of a figure
+                results[job["name"]] = {"unavailable": str(exc)}
+            continue
         results[job["name"]] = run_cluster(job) if job["kind"] == "cluster" else run_child(job)
     return {"path": str(path), "meta": meta, "shock_meta": shock_meta, "epoch_ms": epoch_ms, "paced_speed": paced_speed,
+            "fit_interval_ms": load_config().chain.fit_interval_ms,
             "split": {c: {"path": str(p), "frames": m["frames"], "preamble_frames": m["preamble_frames"]}
                       for c, (p, m) in split.items()},
             "results": results, "loadavg": [round(x, 2) for x in load_before + os.getloadavg()]}

@@ -10,7 +10,8 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Optional
 
-from bench.engine.common import CLUSTER_ROW, GOALS, PACED_RATE_MSG_S, SHOCK_ENTRY_LATE
+from bench.engine.common import CLUSTER_ROW, GOALS, NETNS_ROW, PACED_RATE_MSG_S, SHOCK_ENTRY_LATE, WORKERS_ROW
+from bench.engine.projection import project
 from bench.machine import describe_machine
 
 
@@ -33,13 +34,21 @@ def summarise(run: dict, args, command: str) -> dict:
                "latency_max_ms", "newest_latency_p50_ms", "newest_latency_p99_ms", "exchange_latency_p50_ms",
                "exchange_latency_p99_ms", "exchange_latency_max_ms", "iv_solves", "iv_full", "iv_taylor",
                "iv_skipped", "fits", "patches", "max_err_bp", "peak_rss_mb", "seconds", "reached_eof")
-    names = ("volgraph", CLUSTER_ROW, "naive", "volgraph_paced", CLUSTER_ROW + "_paced")
-    systems = {name: {k: r[name][k] for k in columns} for name in names}
-    for name in ("volgraph_paced", CLUSTER_ROW + "_paced"):
-        systems[name]["target_msgs_per_s"] = PACED_RATE_MSG_S
-    for name in (CLUSTER_ROW, CLUSTER_ROW + "_paced"):
-        for k in ("processes", "workers_per_process", "placement", "peak_rss_mb_per_proc", "cpu_s_per_proc"):
-            systems[name][k] = r[name][k]
+    netns = (NETNS_ROW, NETNS_ROW + "_paced")
+    unavailable = {n: r[n]["unavailable"] for n in netns if n in r and "unavailable" in r[n]}
+    names = ("volgraph", CLUSTER_ROW, WORKERS_ROW, *(n for n in netns if n in r and n not in unavailable),
+             "naive", "volgraph_paced", CLUSTER_ROW + "_paced")
+    systems = {name: {k: r[name][k] for k in columns} for name in names if name in r}
+    for name in ("volgraph_paced", CLUSTER_ROW + "_paced", NETNS_ROW + "_paced"):
+        if name in systems:
+            systems[name]["target_msgs_per_s"] = PACED_RATE_MSG_S
+    for name in (CLUSTER_ROW, CLUSTER_ROW + "_paced", WORKERS_ROW, *netns):
+        if name in systems:
+            for k in ("processes", "workers_per_process", "placement", "peak_rss_mb_per_proc", "cpu_s_per_proc"):
+                systems[name][k] = r[name][k]
+            if "link" in r[name]:
+                systems[name]["link"] = r[name]["link"]
+    systems["volgraph"]["epoch_cpu_s"] = vg.get("epoch_cpu_s")
     # the machine's throughput: the better of one process and the 2-process cluster on its 2 cores
     best = max(("volgraph", CLUSTER_ROW), key=lambda n: systems[n]["msgs_per_s"] or 0.0)
     # p99 at the paced rate: the better of the paced rows that kept up (≥ 95 % of the rate)
@@ -82,6 +91,9 @@ def summarise(run: dict, args, command: str) -> dict:
         "cluster_profile_top": ({str(i): _profile_top(t) for i, t in r[CLUSTER_ROW + "_profile"]["profile"].items()}
                                 if r.get(CLUSTER_ROW + "_profile", {}).get("profile") else None),
         "split": run["split"],
+        "netns_unavailable": unavailable,
+        "projection": project(systems, {n: systems[n] for n in netns if n in systems and "link" in systems[n]},
+                              run["fit_interval_ms"]),
         "shock_definition": _shock_definition(run["shock_meta"], run["epoch_ms"]),
     }
 

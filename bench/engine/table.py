@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 
-from bench.engine.common import CLUSTER_ROW, PACED_RATE_MSG_S
+from bench.engine.common import CLUSTER_ROW, NETNS_ROW, PACED_RATE_MSG_S, WORKERS_ROW
 from bench.engine.figures import STAGE_LABELS
+from bench.engine.projection import projection_lines
 
 
 def _f(v, fmt="{:,.0f}", none="n/a") -> str:
@@ -42,6 +43,10 @@ def print_table(s: dict) -> None:
         label = {"volgraph_paced": f"volgraph 1 proc @{PACED_RATE_MSG_S / 1000:.0f}k/s",
                  CLUSTER_ROW + "_paced": f"volgraph 2 proc @{PACED_RATE_MSG_S / 1000:.0f}k/s",
                  CLUSTER_ROW: f"volgraph {x.get('processes', 2)} proc × {x.get('workers_per_process', 1)} w",
+                 WORKERS_ROW: f"volgraph 1 proc × {x.get('workers_per_process', 2)} w",
+                 NETNS_ROW: f"volgraph 2 proc, netns {_f((x.get('link') or {}).get('rate_mbit'), '{:g}')} Mbit "
+                            f"+{_f((x.get('link') or {}).get('delay_ms'), '{:g}')} ms",
+                 NETNS_ROW + "_paced": f"volgraph 2 proc netns @{PACED_RATE_MSG_S / 1000:.0f}k/s",
                  "volgraph": "volgraph 1 proc"}.get(name, name)
         rss = _f(x["peak_rss_mb"], "{:,.0f}")
         if x.get("peak_rss_mb_per_proc"):
@@ -70,16 +75,30 @@ def print_table(s: dict) -> None:
           f"chain runs on worker k), one partition each; partitions per process {c.get('placement')}; "
           f"{_f(ratio, '{:.2f}')}× the 1-process msg/s; CPU s per process "
           f"{' + '.join(_f(v, '{:.1f}') for v in c.get('cpu_s_per_proc') or [])}")
+    w2 = s["systems"].get(WORKERS_ROW)
+    if w2:
+        r2 = (w2["msgs_per_s"] / one["msgs_per_s"]) if w2["msgs_per_s"] and one["msgs_per_s"] else None
+        print(f"2 workers in one process: the same split and partitions as the 2-process row, as bytewax worker "
+              f"threads of one process (-w 2; one GIL): {_f(w2['msgs_per_s'])} msg/s, {_f(r2, '{:.2f}')}× the "
+              f"1-process msg/s, {_f(w2['cpu_s_per_M_msgs'], '{:,.1f}')} CPU s/M msgs")
+    for line in _link_lines(s):
+        print(line)
     ran_out = [n for n, x in s["systems"].items() if x.get("reached_eof") and not n.endswith("_paced")]
     if ran_out:
         print(f"WARNING: {', '.join(ran_out)} reached the end of the workload before --seconds "
               f"({s['seconds']} s): its msg/s includes the final flush; use --messages to lengthen it")
-    for name, label in (("volgraph_paced", "1 process"), (CLUSTER_ROW + "_paced", "2 processes")):
-        p = s["systems"][name]
+    for name, label in (("volgraph_paced", "1 process"), (CLUSTER_ROW + "_paced", "2 processes"),
+                        (NETNS_ROW + "_paced", "2 processes across the netns link")):
+        p = s["systems"].get(name)
+        if p is None:
+            continue
         print(f"{'' if name != 'volgraph_paced' else chr(10)}paced run, {label}: {_f(p['msgs_per_s'])} msg/s "
               f"achieved (target {PACED_RATE_MSG_S:,.0f}); exchange ts → patch emit p50/p99/max: "
               f"{_f(p['exchange_latency_p50_ms'], '{:.1f}')}/{_f(p['exchange_latency_p99_ms'], '{:.1f}')}/"
               f"{_f(p['exchange_latency_max_ms'], '{:.1f}')} ms")
+    print()
+    for line in projection_lines(s.get("projection")):
+        print(line)
     print("\nshock row: " + s["shock_definition"] + ":")
     for name, x in s["shock"].items():
         if x is None:
@@ -112,6 +131,30 @@ def print_table(s: dict) -> None:
     for proc_id, text in (s.get("cluster_profile_top") or {}).items():
         print(f"\npyinstrument profile of {CLUSTER_ROW}, process {proc_id} (top):")
         print(text)
+
+
+def _link_lines(s: dict) -> list[str]:
+    """What the network link costs: the netns rows against their loopback twins."""
+    out = [f"netns link: n/a — {why}" for why in dict.fromkeys((s.get("netns_unavailable") or {}).values())]
+    lo, ns = s["systems"][CLUSTER_ROW], s["systems"].get(NETNS_ROW)
+    if ns is None:
+        return out
+    link = ns["link"]
+    ratio = (ns["msgs_per_s"] / lo["msgs_per_s"]) if ns["msgs_per_s"] and lo["msgs_per_s"] else None
+    sent = " / ".join(f"{x['bytes'] / 1e6:,.2f} MB in {x['packets']:,} packets ({x['dropped']} dropped)"
+                      for x in link["sent"])
+    out.append(f"netns link ({link['rate_mbit']:g} Mbit/s tbf and {link['delay_ms']:g} ms delay each way, veth "
+               f"between two network namespaces, one process in each): {_f(ns['msgs_per_s'])} msg/s = {_f(ratio, '{:.2f}')}× loopback's; processing "
+               f"latency p50/p99 {_f(ns['latency_p50_ms'], '{:.1f}')}/{_f(ns['latency_p99_ms'], '{:.1f}')} ms against "
+               f"{_f(lo['latency_p50_ms'], '{:.1f}')}/{_f(lo['latency_p99_ms'], '{:.1f}')} on loopback; sent "
+               f"process 0 → 1 / 1 → 0: {sent}, for {_f(ns['fits'])} fits")
+    p_lo, p_ns = s["systems"].get(CLUSTER_ROW + "_paced"), s["systems"].get(NETNS_ROW + "_paced")
+    if p_lo and p_ns:
+        out.append(f"netns link, paced at {PACED_RATE_MSG_S:,.0f} msg/s: exchange ts → patch p50/p99 "
+                   f"{_f(p_ns['exchange_latency_p50_ms'], '{:.1f}')}/{_f(p_ns['exchange_latency_p99_ms'], '{:.1f}')} ms "
+                   f"against {_f(p_lo['exchange_latency_p50_ms'], '{:.1f}')}/"
+                   f"{_f(p_lo['exchange_latency_p99_ms'], '{:.1f}')} on loopback, in the same run")
+    return out
 
 
 FOOTNOTES = """
@@ -151,6 +194,15 @@ notes:
     from the moment ALL are in their live stream to the end of the last process; CPU is both
     processes' over that window; latency is against the partition that carries the patch's
     expiry; RSS is each process's peak.
+  volgraph 1 proc × 2 w = the scale-out row's split and partitions run by one process with two
+    bytewax worker threads (cluster_main, worker_count_per_proc=2; the GIL is shared).
+  volgraph 2 proc, netns link = the scale-out row with each process in its own network
+    namespace, the two joined by a veth pair shaped with tc tbf (NETNS_LINK_MBIT each way) and
+    delayed NETNS_DELAY_MS each way by a relay in each namespace (this kernel has no netem;
+    tests/helpers/netns.py; needs root — without it the row reads n/a and says why); the link's
+    bytes are tbf's egress counters of each end over the whole run (preamble included).
+  16-process projection: bench/engine/projection.py — measured costs × expiries / processes,
+    its assumptions and this machine's limits are printed with it.
   shock: "last expiry out" = from the first shock frame entering (reading its source batch began)
     until the last BTC expiry's first patch that reflects all of its shock (fit exchange ts ≥ the
     shock's, emitted after that expiry's last shocked book entered); "all read" = when the last

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import http
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections import Counter
@@ -70,6 +72,7 @@ class Gateway:
     request with no Origin (non-browser) or with the gateway's own origin is always allowed.
     client_queue_max: updates a client may fall behind before it is dropped.
     coalesce_after: patches queued per surface before a client is sent one snapshot instead.
+    stale_after_ms: a dependency not heard from for this long counts as down (/healthz, /status).
     """
 
     def __init__(
@@ -78,6 +81,7 @@ class Gateway:
         port: int,
         *,
         publish_token: Optional[str],
+        stale_after_ms: int,
         allowed_origins: Optional[Iterable[str]] = None,
         max_clients: int = 256,
         client_queue_max: int = 256,
@@ -93,6 +97,7 @@ class Gateway:
         self.host = host
         self.port = port
         self.publish_token = publish_token or None
+        self.stale_after_s = stale_after_ms / 1000.0
         self.allowed_origins = {o.rstrip("/") for o in (allowed_origins or ()) if o}
         self.max_clients = max_clients
         self.client_queue_max = client_queue_max
@@ -110,6 +115,8 @@ class Gateway:
         self.publishers = 0
         self.counters: Counter = Counter()  # patches_out, dropped_clients, published.<type>, rejected.<reason>, ...
         self.started_s = time.time()
+        self.last_publish_s: Optional[float] = None  # the latest frame from any publisher
+        self.publisher_changed_s = time.time()  # when the publisher count last went to or from 0
         self._next_cid = 0
         self._changed = threading.Condition()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -265,6 +272,8 @@ class Gateway:
 
     async def _publisher(self, ws: ServerConnection) -> None:
         self.publishers += 1
+        if self.publishers == 1:
+            self.publisher_changed_s = time.time()
         self._notify()
         try:
             async for message in ws:
@@ -273,6 +282,8 @@ class Gateway:
             pass
         finally:
             self.publishers -= 1
+            if self.publishers == 0:
+                self.publisher_changed_s = time.time()
             self._notify()
 
     def publish(self, event: Any) -> None:
@@ -288,6 +299,7 @@ class Gateway:
             self._notify()
 
     def _take(self, message: bytes | str) -> None:
+        self.last_publish_s = time.time()
         try:
             event = decode_frame(message)
         except Unsupported as exc:
@@ -379,6 +391,7 @@ class Gateway:
                         await ws.send(raw, text=True)
                         client.sent += 1
                         self.counters["patches_out"] += 1
+                        self.counters["bytes_out"] += len(raw)
         except ConnectionClosed:
             pass
 
@@ -392,6 +405,42 @@ class Gateway:
 
     def _status(self) -> dict:
         return status_document(self)
+
+    def dependencies(self) -> dict[str, dict]:
+        """Each dependency's state ("up", "down", "unknown", or "off" when not configured) and
+        age in seconds, as the gateway sees it: the publisher directly; the feeds and the
+        database through the flow workers' latest StatusReports (a report older than
+        stale_after_ms says nothing: "unknown")."""
+        now_s = time.time()
+        stale = self.stale_after_s
+        if self.publishers and self.last_publish_s is not None and now_s - self.last_publish_s <= stale:
+            publisher = {"state": "up", "age_s": now_s - self.last_publish_s, "detail": f"{self.publishers} connected"}
+        else:
+            publisher = {"state": "down", "age_s": now_s - (self.last_publish_s or self.publisher_changed_s),
+                         "detail": f"{self.publishers} connected, last frame "
+                                   + ("never" if self.last_publish_s is None else f"{now_s - self.last_publish_s:.1f} s ago")}
+        fresh = [r for r in list(self.workers.values()) if now_s - r.ts_ms / 1000.0 <= stale]
+        out = {"publisher": publisher}
+        for name in ("feeds", "database"):  # the flow's probes (flows/surface.py watch_dependencies)
+            reports = [(r, r.counters.get(f"dependency.{name}.up")) for r in fresh]
+            known = [(r, up) for r, up in reports if up is not None]
+            if not fresh:
+                out[name] = {"state": "unknown", "age_s": None, "detail": "no fresh worker status"}
+            elif not known and name == "database" and all(f"dependency.{name}.age_s" not in r.counters for r in fresh):
+                out[name] = {"state": "off", "age_s": None, "detail": "not configured in the flow"}
+            elif not known:
+                out[name] = {"state": "unknown", "age_s": None, "detail": "not tried yet"}
+            else:
+                up = all(u == 1.0 for _r, u in known)
+                age = max(float(r.counters.get(f"dependency.{name}.age_s", 0.0)) + (now_s - r.ts_ms / 1000.0)
+                          for r, _u in known)
+                down = sum(1 for _r, u in known if u != 1.0)
+                out[name] = {"state": "up" if up else "down", "age_s": age,
+                             "detail": f"{len(known) - down} of {len(known)} workers up"}
+        for dep in out.values():
+            if dep["age_s"] is not None:
+                dep["age_s"] = round(dep["age_s"], 3)
+        return out
 
 
 # ---------------------------------------------------------------- CLI
@@ -435,6 +484,9 @@ def build_parser(defaults: Optional[dict[str, Any]] = None) -> argparse.Argument
                    help="dashboard connections at once; more are refused with 503 (default: %(default)s)")
     p.add_argument("--client-queue-max", type=int, default=256,
                    help="updates a dashboard may fall behind before it is dropped (default: %(default)s)")
+    p.add_argument("--stale-after-ms", type=int, default=d.get("stale_after_ms"), required="stale_after_ms" not in d,
+                   help="a dependency not heard from for this long counts as down on /healthz and /status "
+                        f"({said('stale_after_ms', d.get('stale_after_ms'))})")
     p.add_argument("--log-level", default="INFO",
                    help="DEBUG, INFO, WARNING or ERROR (default: %(default)s)")
     return p
@@ -443,13 +495,16 @@ def build_parser(defaults: Optional[dict[str, Any]] = None) -> argparse.Argument
 def main(argv: Optional[list[str]] = None, *, defaults: Optional[dict[str, Any]] = None) -> int:
     """`volgraph gateway`; `defaults` as build_parser takes them."""
     args = build_parser(defaults).parse_args(argv)
+    # `volgraph gateway` has set up the handlers (plain or JSON lines); the module form gets plain ones
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(args.log_level.upper())
     if args.log_level.upper() != "DEBUG":  # websockets logs every HTTP request at INFO
         logging.getLogger("websockets").setLevel(logging.WARNING)
     gateway = Gateway(
         args.host,
         args.port,
         publish_token=args.publish_token or None,
+        stale_after_ms=args.stale_after_ms,
         allowed_origins=[o.strip() for o in args.allowed_origins.split(",") if o.strip()],
         max_clients=args.max_clients,
         client_queue_max=args.client_queue_max,
@@ -464,7 +519,16 @@ def main(argv: Optional[list[str]] = None, *, defaults: Optional[dict[str, Any]]
                 pass
         await gateway.serve()
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            print(f"volgraph gateway: port {args.port} is in use by another process; pass --port N "
+                  f"(0 picks a free one) or stop that process", file=sys.stderr)
+        else:
+            print(f"volgraph gateway: cannot listen on {args.host}:{args.port} ({exc.strerror}); "
+                  f"pass another --host/--port", file=sys.stderr)
+        return 1
     return 0
 
 

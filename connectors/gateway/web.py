@@ -1,6 +1,7 @@
-"""The gateway's plain HTTP side, on the websocket port: the dashboard page (/) and its
-assets (/static/...), /healthz, /status (JSON) and /metrics (Prometheus), plus the
-handshake checks of /ws and /publish (browser origin, publish token).
+"""The gateway's plain HTTP side, on the websocket port: the dashboard page (/), its
+assets (/static/...), /favicon.ico and /dashboard.json (the page's settings), /healthz,
+/status (JSON) and /metrics (Prometheus), plus the handshake checks of /ws and /publish
+(browser origin, publish token).
 
 Named web.py, not http.py: run as a script, connectors/gateway/ is first on sys.path and a
 local http.py would shadow the standard library's `http` that websockets imports.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import hmac
 import http
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -53,26 +55,61 @@ NOT_FOUND = (http.HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
 
 def http_response(gateway: "Gateway", path: str) -> Response:
     """The answer to a plain HTTP GET of `path`."""
-    if path == "/healthz":
+    if path == "/livez":  # liveness: the gateway serves HTTP (never restart it for a dependency)
         return response(http.HTTPStatus.OK, b'{"ok":true}', "application/json")
+    if path == "/healthz":  # readiness: 503 while a dependency is down or unknown
+        deps = gateway.dependencies()
+        ok = healthy(deps)
+        return response(http.HTTPStatus.OK if ok else http.HTTPStatus.SERVICE_UNAVAILABLE,
+                        orjson.dumps({"ok": ok, "dependencies": deps}), "application/json")
     if path == "/status":
         return response(http.HTTPStatus.OK, orjson.dumps(status_document(gateway)), "application/json")
     if path == "/metrics":
         return response(http.HTTPStatus.OK, generate_latest(gateway.registry), CONTENT_TYPE_LATEST)
     if path in ("/", "/index.html"):
         return static_file(gateway.dashboard_dir, "index.html")
+    if path == "/favicon.ico":  # browsers ask for it whatever the page links: an SVG icon, no 404
+        return static_file(gateway.dashboard_dir, "favicon.svg", cache=f"public, max-age={ICON_MAX_AGE_S}")
+    if path == "/dashboard.json":
+        return response(http.HTTPStatus.OK, orjson.dumps(dashboard_document(gateway)), "application/json")
     for prefix in ("/static/", "/dashboard/"):
         if path.startswith(prefix):
             return static_file(gateway.dashboard_dir, path[len(prefix):])
     return response(*NOT_FOUND)
 
 
-def static_file(root: Path, name: str) -> Response:
+# The page's assets are revalidated on every load (no-cache), so an upgraded gateway never
+# serves a stale app.js next to a new index.html; only the icon may be cached.
+ICON_MAX_AGE_S = 86400
+# The page loads nothing from elsewhere and runs no inline script: say so to the browser.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
+                               "style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; "
+                               "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def static_file(root: Path, name: str, cache: str = "no-cache") -> Response:
     """A file of the dashboard directory; 404 for anything outside it or of an unknown kind."""
     target = (root / name).resolve()
     if not name or root not in target.parents or not target.is_file() or target.suffix not in CONTENT_TYPES:
         return response(*NOT_FOUND)
-    return response(http.HTTPStatus.OK, target.read_bytes(), CONTENT_TYPES[target.suffix], cache="no-cache")
+    answer = response(http.HTTPStatus.OK, target.read_bytes(), CONTENT_TYPES[target.suffix], cache=cache)
+    for key, value in PAGE_HEADERS.items():
+        answer.headers[key] = value
+    return answer
+
+
+def dashboard_document(g: "Gateway") -> dict:
+    """/dashboard.json, what the page needs before its websocket: the surfaces the gateway
+    holds now (the page picks its opening view once their snapshots are in) and the age past
+    which the page greys data as stale (graph.toml sinks.gateway.stale_after_ms). No secrets."""
+    return {
+        "surfaces": sorted(f"{venue}:{underlying}" for venue, underlying in g.surfaces),
+        "stale_after_ms": round(g.stale_after_s * 1000),
+    }
 
 
 def origin_ok(request: Request, allowed_origins: set[str]) -> bool:
@@ -97,6 +134,11 @@ def token_ok(request: Request, query: str, token: Optional[str]) -> bool:
     else:
         given = (parse_qs(query).get("token") or [""])[0]
     return hmac.compare_digest(given.encode(), token.encode())
+
+
+def healthy(dependencies: dict[str, dict]) -> bool:
+    """True when every dependency is up or not configured."""
+    return all(d["state"] in ("up", "off") for d in dependencies.values())
 
 
 def status_document(g: "Gateway") -> dict:
@@ -129,8 +171,11 @@ def status_document(g: "Gateway") -> dict:
     def group(prefix: str) -> dict:
         return {k[len(prefix):]: v for k, v in counters.items() if k.startswith(prefix)}
 
+    deps = g.dependencies()
     return {
-        "ok": True,
+        "ok": healthy(deps),
+        "pid": os.getpid(),
+        "dependencies": deps,
         "uptime_s": round(now_s - g.started_s, 3),
         "messages_in": sum(float(r.counters.get("messages_in", 0)) for r in g.workers.values()),
         "patches_out": counters["patches_out"],
@@ -159,6 +204,17 @@ class GatewayCollector:
         yield GaugeMetricFamily("volgraph_gateway_publishers", "Connected publishers", value=g.publishers)
         yield CounterMetricFamily("volgraph_gateway_dropped_clients", "Clients dropped for falling behind", value=g.counters["dropped_clients"])
         yield CounterMetricFamily("volgraph_gateway_messages_sent", "Messages sent to clients", value=g.counters["patches_out"])
+        yield CounterMetricFamily("volgraph_gateway_sent_bytes", "Bytes sent to dashboard clients", value=g.counters["bytes_out"])
+        up = GaugeMetricFamily("volgraph_dependency_up", "1 if the dependency is up (as the gateway sees it)", labels=["dependency"])
+        age = GaugeMetricFamily("volgraph_dependency_state_age_seconds", "Seconds since the dependency was last heard "
+                                "from (feeds: since the last message)", labels=["dependency"])
+        for name, dep in g.dependencies().items():
+            if dep["state"] != "off":
+                up.add_metric([name], 1.0 if dep["state"] == "up" else 0.0)
+            if dep["age_s"] is not None:
+                age.add_metric([name], dep["age_s"])
+        yield up
+        yield age
         pub = CounterMetricFamily("volgraph_gateway_published", "Events received from publishers", labels=["type"])
         rej = CounterMetricFamily("volgraph_gateway_rejected", "Connections refused", labels=["reason"])
         for key, value in list(g.counters.items()):

@@ -106,6 +106,7 @@ class PostgresWriter:
         self.ignored_types: collections.Counter = collections.Counter()  # events this writer does not store
         self.last_error = ""
         self.db_up = False
+        self.db_since_s: Optional[float] = None  # when db_up last changed (None: not tried yet)
 
         # _done counts events written, rejected or ignored, in submit order. Spilled events
         # of a previous run are written first; counting them as already submitted keeps
@@ -182,6 +183,7 @@ class PostgresWriter:
             "errors": dict(self.errors),
             "pending": self.pending(),
             "db_up": self.db_up,
+            "db_since_s": self.db_since_s,
             "last_error": self.last_error,
         }
 
@@ -408,6 +410,7 @@ class PostgresWriter:
         self._conn = conn
         if not self.db_up:
             log.info("writer %s: database up", self.name)
+            self.db_since_s = time.time()
         self.db_up = True
         return conn
 
@@ -456,6 +459,8 @@ class PostgresWriter:
     def _note_down(self, exc: "_DatabaseDown") -> None:
         # state first, counters last: whoever sees the retry counted also sees the database down
         was_up, self.db_up = self.db_up, False
+        if was_up or self.db_since_s is None:
+            self.db_since_s = time.time()
         self.last_error = str(exc.__cause__).strip().splitlines()[0] if exc.__cause__ else exc.stage
         self.errors[f"db_down.{exc.stage}"] += 1
         self.stats_counts["retries"] += 1

@@ -24,6 +24,7 @@ from operators.kernels.svi import SviParams, as_params, total_variance
 
 DEFAULT_K_GRID = np.linspace(-1.0, 1.0, 201)  # ±1 in ln(K/F): e^±1 covers every listed strike
 CALENDAR_TOL = 1e-10  # total variance; below this a "violation" is rounding
+PAIR_GRID_N = 4001
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,22 +58,41 @@ def _grid(k_grid) -> np.ndarray:
     return g
 
 
-def calendar_check(params_by_t: Sequence[tuple], k_grid=None, tol: float = CALENDAR_TOL) -> list[PairCheck]:
+def pair_grid(k1, k2, n: int = PAIR_GRID_N) -> np.ndarray:
+    """The grid a pair of expiries is checked on when their quotes are known: n points over
+    the union of their quoted log-moneyness (where either has market data; beyond both, both
+    curves are extrapolation). The one rule for it: operators.svi.fit_surface holds its
+    slices calendar-free on at least this range."""
+    k = np.concatenate([np.asarray(k1, float).ravel(), np.asarray(k2, float).ravel()])
+    k = k[np.isfinite(k)]
+    if k.size == 0:
+        raise ValueError("pair_grid: no finite quoted log-moneyness in either expiry; pass their ln(K/F)")
+    return np.linspace(float(k.min()), float(k.max()), n)
+
+
+def calendar_check(params_by_t: Sequence[tuple], k_grid=None, tol: float = CALENDAR_TOL,
+                   k_ranges: Optional[Sequence] = None) -> list[PairCheck]:
     """Check each consecutive pair (in the order given, which should be increasing T).
 
     params_by_t: sequence of (t_years, params) or (t_years, forward, params); params as
-    accepted by svi.as_params. Returns len − 1 PairChecks.
+    accepted by svi.as_params. k_ranges: optional, per slice its quoted log-moneyness; then
+    each pair is checked on pair_grid(its two slices' k) instead of k_grid. Returns len − 1
+    PairChecks.
     """
     slices = _sorted_slices(params_by_t)
     g = _grid(k_grid)
+    if k_ranges is not None and len(k_ranges) != len(slices):
+        raise ValueError(f"calendar_check: k_ranges has {len(k_ranges)} entries for {len(slices)} slices; "
+                         "pass one array of quoted ln(K/F) per slice")
     out = []
-    for (t1, p1), (t2, p2) in zip(slices, slices[1:]):
+    for i, ((t1, p1), (t2, p2)) in enumerate(zip(slices, slices[1:])):
         if t2 <= t1:
             raise ValueError(f"calendar_check: expiries not increasing (t={t1} then t={t2}); sort by t_years")
-        diff = total_variance(p2, g) - total_variance(p1, g)
-        i = int(np.argmin(diff))
-        worst = float(diff[i])
-        out.append(PairCheck(t1, t2, bool(worst >= -tol), worst, float(g[i])))
+        gi = g if k_ranges is None else pair_grid(k_ranges[i], k_ranges[i + 1])
+        diff = total_variance(p2, gi) - total_variance(p1, gi)
+        j = int(np.argmin(diff))
+        worst = float(diff[j])
+        out.append(PairCheck(t1, t2, bool(worst >= -tol), worst, float(gi[j])))
     return out
 
 
@@ -142,12 +162,13 @@ class TenorSmile:
 
 
 def tenor_points(params_by_t: Sequence[tuple], tenors_days: Sequence[int],
-                 k_grid=None, extrapolate: bool = True, tol: float = CALENDAR_TOL) -> list[Optional[TenorSmile]]:
+                 k_grid=None, extrapolate: bool = True, tol: float = CALENDAR_TOL,
+                 k_ranges: Optional[Sequence] = None) -> list[Optional[TenorSmile]]:
     """Fixed-tenor smiles from expiry slices sorted by t_years (see module docstring).
 
     Returns one entry per tenor (None when outside the expiries and extrapolate=False, or
     when no slice is given). calendar_flag is set when the bracketing pair (or, when
-    extrapolating, the nearest pair) fails calendar_check.
+    extrapolating, the nearest pair) fails calendar_check (with k_ranges as given there).
     """
     slices = _sorted_slices(params_by_t)
     g = _grid(k_grid)
@@ -156,7 +177,7 @@ def tenor_points(params_by_t: Sequence[tuple], tenors_days: Sequence[int],
     ts = np.array([t for t, _ in slices])
     if np.any(np.diff(ts) <= 0):
         raise ValueError(f"tenor_points: t_years not strictly increasing: {ts.tolist()}; sort and de-duplicate")
-    pair_ok = [c.ok for c in calendar_check(slices, g, tol)] if len(slices) > 1 else []
+    pair_ok = [c.ok for c in calendar_check(slices, g, tol, k_ranges)] if len(slices) > 1 else []
     out: list[Optional[TenorSmile]] = []
     for days in tenors_days:
         if not (isinstance(days, (int, np.integer)) and days > 0):
@@ -188,5 +209,5 @@ def tenor_points(params_by_t: Sequence[tuple], tenors_days: Sequence[int],
     return out
 
 
-__all__ = ["PairCheck", "TenorSmile", "calendar_check", "drop_calendar_violators", "tenor_points",
+__all__ = ["PairCheck", "TenorSmile", "calendar_check", "drop_calendar_violators", "pair_grid", "tenor_points",
            "DEFAULT_K_GRID", "CALENDAR_TOL"]

@@ -25,7 +25,9 @@ def test_small_scenario_json_has_every_figure(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     for key in ("machine", "date", "command", "workload", "systems", "shock", "goals", "speedup_vs_naive"):
         assert key in out, key
-    assert set(out["systems"]) == {"volgraph", "volgraph_2proc", "naive", "volgraph_paced", "volgraph_2proc_paced"}
+    assert set(out["systems"]) == {"volgraph", "volgraph_2proc", "volgraph_1proc_2w", "volgraph_2proc_netns", "naive",
+                                   "volgraph_paced", "volgraph_2proc_paced", "volgraph_2proc_netns_paced"}
+    assert out["netns_unavailable"] == {}  # root here: the link rows ran (tests/helpers/netns.py)
     w = out["workload"]
     assert w["options"] == {"BTC": 48, "ETH": 48} and w["frames"] > w["preamble_frames"] > 0
     for name, row in out["systems"].items():
@@ -48,8 +50,25 @@ def test_small_scenario_json_has_every_figure(tmp_path, capsys):
     # slot k is read on process k: no book event crosses between the processes
     assert {int(proc): sorted(p.split(".")[-3] for p in parts) for proc, parts in two["placement"].items()} == {
         0: ["w0of2", "w0of2"], 1: ["w1of2", "w1of2"]}
+    # 2 workers in one process: the same four partitions, all read by process 0's two workers
+    w2 = out["systems"]["volgraph_1proc_2w"]
+    assert w2["processes"] == 1 and w2["workers_per_process"] == 2 and len(w2["peak_rss_mb_per_proc"]) == 1
+    assert sorted(p for parts in w2["placement"].values() for p in parts) == sorted(
+        Path(x["path"]).name for x in out["split"].values())
+    # the netns link rows: both ends of the veth carried the cluster's traffic, through tbf
+    for name in ("volgraph_2proc_netns", "volgraph_2proc_netns_paced"):
+        link = out["systems"][name]["link"]
+        assert link["rate_mbit"] == bench_engine.NETNS_LINK_MBIT and link["delay_ms"] == bench_engine.NETNS_DELAY_MS
+        assert all(side["bytes"] > 0 and side["packets"] > 0 for side in link["sent"]), link
+    # the 16-process projection: measured costs, the assumptions beside them
+    proj = out["projection"]
+    assert proj["processes"] == 16 and proj["snapshot"]["options"] == 1970 and proj["snapshot"]["expiries"] == 24
+    assert proj["expiries"] > 24 and proj["per_process_expiries"] * 16 >= proj["expiries"]
+    assert proj["cpu_us_per_msg"] > 0 and proj["cpu_ms_per_fit_tick"] > 0 and proj["bytes_per_fit"] > 0
+    for case in proj["cases"].values():
+        assert case["cores_per_process"] == pytest.approx(case["msg_cores"] + case["fit_cores"]) and case["msg_cores"] > 0
     # the paced rows measure exchange ts → patch emit (the cluster's processes pace from one start)
-    for name in ("volgraph_paced", "volgraph_2proc_paced"):
+    for name in ("volgraph_paced", "volgraph_2proc_paced", "volgraph_2proc_netns_paced"):
         row = out["systems"][name]
         assert row["target_msgs_per_s"] == bench_engine.PACED_RATE_MSG_S
         assert 0 <= row["exchange_latency_p50_ms"] <= row["exchange_latency_p99_ms"] <= row["exchange_latency_max_ms"]

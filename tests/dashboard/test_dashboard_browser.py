@@ -138,7 +138,7 @@ def test_a_node_added_to_graph_toml_reaches_gateway_postgres_and_dashboard(gatew
             assert cells["rr15 (vol pts)"] == [f"{100 * rr15[e]:.2f}" for e in sorted(rr15)]
             assert list(cells)[3:9] == [f"{n} (vol pts)" for n in ("atm_vol", "rr25", "bf25", "rr10", "bf10", "rr15")]
             assert page.locator("#term-missing").count() == 0
-            assert page.locator("#term circle").count() == len(TENORS)
+            assert page.locator("#term circle.expiry-pt").count() == len(TENORS)
 
             # a graph.toml without atm_vol: the term structure says so, the table follows the data
             with ws_connect(publish, additional_headers={"Authorization": "Bearer t"}) as pub:

@@ -1,4 +1,5 @@
-"""The flow's counters reach prometheus: /metrics served over loopback shows them."""
+"""The flow's counters reach prometheus under their conventional names (flows/metrics.py
+METRICS): /metrics served over loopback shows them."""
 
 import urllib.request
 
@@ -14,9 +15,9 @@ def test_counters_are_served_as_prometheus_metrics():
     port = free_port()
     serve_metrics(port)
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    assert f'volgraph_flow_total{{name="iv_taylor"}} {float(before + 7)}' in body
+    assert f'volgraph_iv_solves_total{{path="taylor"}} {float(before + 7)}' in body
     assert 'volgraph_feed_errors_total{reason="seq_gap"}' in body
-    assert 'volgraph_flow_gauge{name="audit_max_err_bp"} 0.25' in body
+    assert 'volgraph_audit_max_error_bp 0.25' in body
     assert COUNTERS.snapshot()["iv_taylor"] == before + 7
 
 

@@ -268,8 +268,14 @@ def test_healthz_status_and_metrics(gateway, surface_factory):
                             and g.counters["publish_errors.bad_event"] == 3
                             and g.counters["publish_errors.unsupported.Ticker"] == 1, 10)
 
+    assert g.wait_until(lambda g: g.publishers == 0, 10)
     code, headers, body = http_get(g.http_url + "/healthz")
-    assert code == 200 and orjson.loads(body) == {"ok": True} and headers["Content-Type"] == "application/json"
+    health = orjson.loads(body)
+    # the reports above date from 1970 and the publisher has left: nothing vouches for the feeds
+    assert code == 503 and health["ok"] is False and headers["Content-Type"] == "application/json"
+    assert health["dependencies"]["feeds"]["state"] == "unknown"
+    assert health["dependencies"]["publisher"]["state"] == "down"
+    assert http_get(g.http_url + "/livez")[0] == 200  # liveness: it serves, whatever its dependencies
 
     code, _, body = http_get(g.http_url + "/status")
     status = orjson.loads(body)

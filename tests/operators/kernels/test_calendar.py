@@ -111,3 +111,23 @@ def test_bad_inputs_name_the_input():
         C.tenor_points(GOOD, tenors_days=(0,))
     # (t, forward, params) triples are accepted too
     assert C.calendar_check([(t, 100.0, p) for t, p in GOOD]) == C.calendar_check(GOOD)
+
+
+@given(st.lists(st.floats(-1.5, 1.5), min_size=1, max_size=20), st.lists(st.floats(-1.5, 1.5), min_size=1, max_size=20),
+       st.floats(0.0, 0.05))
+def test_pairs_are_checked_on_their_quoted_range_when_given(k1, k2, dip):
+    """With k_ranges each pair is checked on pair_grid(its two quoted ranges), worst and
+    where exactly as a plain min over that grid; a crossing outside both ranges is not one."""
+    p1 = SviParams(0.01, 0.1, -0.3, 0.0, 0.2)
+    p2 = SviParams(0.02 - dip, 0.1, -0.3, 0.0, 0.2)  # below p1 by dip − 0.01 everywhere
+    items = [(0.2, p1), (0.4, p2)]
+    (c,) = C.calendar_check(items, k_ranges=[np.array(k1), np.array(k2)])
+    grid = C.pair_grid(k1, k2)
+    assert grid[0] == min(k1 + k2) and grid[-1] == max(k1 + k2)
+    diff = svi.total_variance(p2, grid) - svi.total_variance(p1, grid)
+    assert c.worst == pytest.approx(float(diff.min()), abs=1e-15) and c.worst_k == grid[int(np.argmin(diff))]
+    assert c.ok == (diff.min() >= -C.CALENDAR_TOL)
+    with pytest.raises(ValueError, match="k_ranges has 1 entries for 2 slices"):
+        C.calendar_check(items, k_ranges=[np.array(k1)])
+    with pytest.raises(ValueError, match="pair_grid"):
+        C.pair_grid([np.nan], [])

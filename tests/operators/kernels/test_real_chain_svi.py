@@ -9,47 +9,13 @@ Run with -s for the per-slice table.
 
 from __future__ import annotations
 
-import csv
-from datetime import datetime
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from operators.kernels import analytics, calendar, iv, svi
+from operators.kernels import analytics, calendar, svi
 from tests.helpers.config import section
 from tests.helpers.data import SNAPSHOT
-
-
-
-def load_slices(path: Path) -> list[dict]:
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["currency"], r["expiry_datetime"]), []).append(r)
-    out = []
-    for (cur, expiry), rs in sorted(groups.items()):
-        ts = datetime.fromisoformat(rs[0]["timestamp"])
-        t_years = (datetime.fromisoformat(expiry) - ts).total_seconds() / (365.0 * 86400.0)
-        # each row carries the forward of its own ticker call (a few USD apart within an
-        # expiry): price and IV with the row's forward, use the median for k = ln(K/F)
-        forward = np.array([float(r["underlying"]) for r in rs])
-        assert np.ptp(forward) < 1e-3 * forward.min(), "one forward per expiry, up to ticker timing"
-        F = float(np.median(forward))
-        strikes = np.array([float(r["strike"]) for r in rs])
-        is_call = np.array([r["option_type"] == "call" for r in rs])
-
-        def coin(col):
-            return np.array([float(r[col]) if r[col] else np.nan for r in rs])
-
-        bid_coin, ask_coin = coin("bid_price"), coin("ask_price")
-        bid_coin = np.where(bid_coin > 0, bid_coin, np.nan)  # a zero bid is no bid
-        bid_iv = iv.implied_vol(bid_coin * forward, forward, strikes, t_years, is_call)
-        ask_iv = iv.implied_vol(ask_coin * forward, forward, strikes, t_years, is_call)
-        out.append(dict(name=f"{cur} {expiry[:10]}", t_years=t_years, forward=F, strikes=strikes,
-                        is_call=is_call, bid_iv=bid_iv, ask_iv=ask_iv))
-    return out
+from tests.helpers.real_chains import load_slices
 
 
 @pytest.fixture(scope="module")

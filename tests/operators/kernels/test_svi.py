@@ -232,3 +232,117 @@ def test_warm_up_compiles_every_kernel_a_chain_epoch_runs():
     assert report["fits"] == 2  # the epochs did run the kernels
     assert any(n > 0 for n in report["before"].values()), report  # warm_up compiled (or loaded) kernels
     assert report["after"] == report["before"], report  # ... every one the epochs call from Python
+
+
+# ------------------------------------------------------------------ band-aware fit (fit_svi_band)
+
+
+def band_loss_reference(x, k, W, wt, lo_b, hi_b, wband, m, sig):
+    """The banded inner loss written out plainly: (a, u, v) → Σ wt(w − W)² + Σ wband·d²."""
+    a, u, v = x
+    y = (k - m) / sig
+    z = np.sqrt(y * y + 1.0)
+    w = a + u * (z + y) / 2 + v * (z - y) / 2
+    d = np.maximum(lo_b - w, 0.0) + np.maximum(w - hi_b, 0.0)
+    return float(np.sum(wt * (w - W) ** 2) + np.sum(wband * d * d))
+
+
+@settings(max_examples=40, deadline=None)
+@given(params_st, st.integers(5, 40), st.integers(0, 2**31 - 1), st.floats(-0.2, 0.2), st.floats(0.05, 0.6))
+def test_banded_inner_solve_matches_a_generic_bounded_minimiser(p, n, seed, m, sig):
+    """For fixed (m, σ) the active-set Newton loop finds the box-constrained minimum of the
+    squared-hinge loss that scipy's L-BFGS-B finds from many starts (or a lower one)."""
+    from scipy.optimize import minimize
+
+    rng = np.random.default_rng(seed)
+    k = np.sort(rng.uniform(-0.6, 0.6, n))
+    W = np.maximum(svi.total_variance(p, k), 1e-3) * (1 + 0.05 * rng.standard_normal(n))
+    W = np.abs(W) + 1e-4
+    half = W * rng.uniform(0.005, 0.05, n)
+    lo_b, hi_b = W - half + 0.3 * half * rng.standard_normal(n), W + half
+    wt = rng.uniform(0.1, 1.0, n) / W
+    wband = 100.0 * wt.mean() * np.ones(n)
+    hub = np.full(n, np.inf)
+    a_hi = float(W.max())
+    f, a, u, v = svi._inner(k, W, wt, lo_b, hi_b, wband, hub, a_hi, m, sig)
+    assert f == pytest.approx(band_loss_reference((a, u, v), k, W, wt, lo_b, hi_b, wband, m, sig), rel=1e-9, abs=1e-15)
+    assert a <= a_hi + 1e-12 and -1e-12 <= u <= 2 * sig + 1e-12 and -1e-12 <= v <= 2 * sig + 1e-12
+    bounds = [(None, a_hi), (0.0, 2 * sig), (0.0, 2 * sig)]
+    best = np.inf
+    for x0 in ([W.mean(), 0.0, 0.0], [0.0, sig, sig], [a, u, v]):
+        r = minimize(band_loss_reference, x0, args=(k, W, wt, lo_b, hi_b, wband, m, sig), method="L-BFGS-B",
+                     bounds=bounds, options=dict(ftol=1e-15, gtol=1e-13, maxiter=5000))
+        best = min(best, r.fun)
+    assert f <= best * (1 + 1e-6) + 1e-14
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@given(params_st, st.integers(8, 60), st.floats(0.005, 1.5), st.integers(0, 2**31 - 1))
+def test_band_fit_is_arbitrage_free_and_inside_a_band_an_svi_fits(p, n, t, seed):
+    """Quotes whose bands contain an arbitrage-free SVI (mids off-centre by up to 40 % of the
+    half-width): the band fit is butterfly-free on an independent grid and inside almost
+    every band; the mid fit of the same quotes is the baseline it must not lose to."""
+    assume(arbitrage_free(p))
+    rng = np.random.default_rng(seed)
+    k = np.linspace(min(p.m - 2 * p.sigma, -0.4), max(p.m + 2 * p.sigma, 0.4), n)
+    true = svi.total_variance(p, k)
+    half = true * rng.uniform(0.01, 0.04, n)
+    mid = true + 0.4 * half * rng.uniform(-1, 1, n)
+    fit = svi.fit_svi_band(k, mid, true - half, true + half, None, t_years=t)
+    assert fit.butterfly_ok and fit.lee_ok
+    assert svi.butterfly_g(fit.params, dense_grid(fit.params, -6, 6)).min() >= 0.0
+    w = svi.total_variance(fit.params, k)
+    inside = (w >= true - half) & (w <= true + half)
+    assert fit.inside_band_frac == pytest.approx(inside.mean())
+    assert inside.mean() >= 0.95, (fit, np.flatnonzero(~inside))
+    mid_fit = svi.fit_svi(k, mid, t_years=t, w_bid=true - half, w_ask=true + half)
+    assert fit.inside_band_frac >= mid_fit.inside_band_frac - 1.0 / n
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@given(params_st, st.integers(8, 40), st.floats(1.0, 1.3), st.integers(0, 2**31 - 1))
+def test_band_fit_stays_under_a_ceiling_and_over_a_floor(p, n, lift, seed):
+    """Quotes above a longer expiry's smile (calendar-inverted data): the fit with that
+    smile as its ceiling stays under it on the calendar range; with it as a floor, over it."""
+    assume(arbitrage_free(p))
+    rng = np.random.default_rng(seed)
+    k = np.sort(rng.uniform(-0.5, 0.5, n))
+    assume(np.ptp(k) > 0.1)
+    w = svi.total_variance(p, k) * lift * (1 + 0.01 * rng.standard_normal(n))
+    grid = np.linspace(-1.0, 1.0, 20001)
+    under = svi.fit_svi_band(k, w, w * 0.99, w * 1.01, t_years=0.3, ceiling=p, calendar_k=grid)
+    assert np.all(svi.total_variance(under.params, grid) <= svi.total_variance(p, grid))
+    assert under.butterfly_ok
+    over = svi.fit_svi_band(k, w / lift ** 2, w * 0.99 / lift ** 2, w * 1.01 / lift ** 2, t_years=0.3, floor=p,
+                            calendar_k=grid)
+    assert np.all(svi.total_variance(over.params, grid) >= svi.total_variance(p, grid))
+    assert over.butterfly_ok
+
+
+def test_band_fit_names_bad_input():
+    k = np.linspace(-0.3, 0.3, 9)
+    w = np.full(9, 0.04)
+    with pytest.raises(ValueError, match="w_bid"):
+        svi.fit_svi_band(k, w, w[:5], w, t_years=0.5)
+    with pytest.raises(ValueError, match="t_years"):
+        svi.fit_svi_band(k, w, w * 0.9, w * 1.1, t_years=None)
+    with pytest.raises(ValueError, match="t_years"):
+        svi.fit_svi_band(k, w, w * 0.9, w * 1.1, t_years=-1.0)
+    with pytest.raises(ValueError, match="usable quotes"):
+        svi.fit_svi_band(k[:2], w[:2], w[:2], w[:2], t_years=0.5)
+    with pytest.raises(ValueError, match="band_inset"):
+        svi.fit_svi_band(k, w, w * 0.9, w * 1.1, t_years=0.5, band_inset=0.7)
+    with pytest.raises(ValueError, match="calendar_k"):
+        svi.fit_svi_band(k, w, w * 0.9, w * 1.1, t_years=0.5, floor=(0.01, 0.1, 0.0, 0.0, 0.1), calendar_k=[0.0])
+
+
+def test_band_fit_without_a_band_is_a_mid_fit():
+    """NaN bands: only the mid term is left, so the band fit is the mid fit's optimum."""
+    p = SviParams(0.02, 0.15, -0.4, 0.05, 0.25)
+    k = np.linspace(-0.9, 0.7, 60)
+    w = svi.total_variance(p, k) * (1 + 0.01 * np.sin(7 * k))
+    nan = np.full(k.size, np.nan)
+    band = svi.fit_svi_band(k, w, nan, nan, t_years=0.5)
+    mid = svi.fit_svi(k, w, t_years=0.5)
+    assert band.objective == pytest.approx(mid.objective, rel=1e-6)
+    assert np.max(np.abs(svi.total_variance(band.params, k) - svi.total_variance(mid.params, k))) < 1e-6 * w.max()

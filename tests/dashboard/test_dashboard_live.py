@@ -1,0 +1,218 @@
+"""The dashboard on the real system: a `volgraph run` process (both venue simulators, the
+dataflow, the gateway; no PostgreSQL) and headless Chromium on its dashboard URL.
+
+- every expiry of every surface is shown, and the table's values equal the gateway's state
+  at the epoch the table shows (a reference client merges the same stream with
+  operators/merge.py and keeps each epoch's state);
+- 10 s of exchange time of live patches with no console error, no failed request, never stale.
+
+Every wait is on a condition with a deadline. Screenshots go to $VOLGRAPH_TEST_ARTIFACTS
+(else the test's tmp dir)."""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+
+import pytest
+from websockets.sync.client import connect as ws_connect
+
+from operators.events import SurfacePatch, SurfaceSnapshot, from_json
+from operators.merge import apply_patch
+from tests.helpers.flowrun import DEADLINE_S
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+import playwright.sync_api as playwright  # noqa: E402  (a dev dependency: `make test` installs it)
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+if not shutil.which("chromium"):
+    pytest.fail("Debian's chromium is not installed: apt-get install chromium (.ci/run does)", pytrace=False)
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync"]
+
+
+def js_fixed(x: float, digits: int) -> str:
+    """JavaScript's Number.prototype.toFixed: the exact binary value rounded half away from zero."""
+    return str(Decimal(x).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))
+
+
+def expected_rows(state: SurfaceSnapshot, nodes: list[str]) -> list[dict[str, str]]:
+    """What the table must show for `state`, in the page's formats (dashboard/app.js)."""
+    rows = []
+    for v in state.expiries:
+        f = v.fit
+        row = {
+            "expiry": dt.datetime.fromtimestamp(v.expiry_ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d"),
+            "forward (USD)": js_fixed(f.forward, 1),
+            "RMSE (vol pts)": js_fixed(f.rmse_vol_pts, 3),
+            "quotes used": str(f.n_quotes),
+            "in band (%)": "–" if f.inside_band_frac is None else js_fixed(100 * f.inside_band_frac, 0),
+            "butterfly": "ok" if f.butterfly_ok else f"g={js_fixed(f.min_g, 3)}",
+        }
+        for name in nodes:
+            x = v.analytics.get(name)
+            row[f"{name} (vol pts)"] = "–" if x is None else js_fixed(100 * x, 2)
+        rows.append(row)
+    return rows
+
+
+class ReferenceClient:
+    """A /ws client merging snapshots and patches by the one rule, keeping every epoch's state."""
+
+    def __init__(self, url: str):
+        self.ws = ws_connect(url, max_size=None).__enter__()
+        self.by_epoch: dict[str, dict[int, list[SurfaceSnapshot]]] = collections.defaultdict(dict)
+        self.current: dict[str, SurfaceSnapshot] = {}
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        try:
+            for raw in self.ws:
+                e = from_json(raw)
+                if not isinstance(e, (SurfaceSnapshot, SurfacePatch)):
+                    continue
+                key = f"{e.venue}:{e.underlying}"
+                with self.lock:
+                    state = e if isinstance(e, SurfaceSnapshot) else apply_patch(self.current.get(key), e)
+                    self.current[key] = state
+                    history = self.by_epoch[key]
+                    history.setdefault(state.epoch, []).append(state)
+                    while len(history) > 2000:
+                        history.pop(next(iter(history)))
+        except Exception:  # noqa: BLE001 — the socket closing ends the reader
+            pass
+
+    def states_at(self, key: str, epoch: int) -> list[SurfaceSnapshot]:
+        with self.lock:
+            return list(self.by_epoch[key].get(epoch, []))
+
+    def close(self):
+        self.ws.__exit__(None, None, None)
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def system(tmp_path):
+    """`volgraph run` at the small scale on a free port, both venues (so the combined surfaces
+    too), without PostgreSQL; yields its dashboard URL; SIGTERM stops the whole tree."""
+    config = tmp_path / "graph.toml"
+    config.write_text(f'[runtime]\nmetrics_port = 0\ndata_dir = "{tmp_path / "data"}"\n\n'
+                      '[sources.deribit]\ncurrencies = ["BTC"]\n\n[sources.okx]\nfamilies = ["BTC-USD"]\n\n'
+                      '[simulator]\nrate = 800\nscale = "small"\n')
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--config", str(config), "--port", "0",
+                             "--no-postgres"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    found = threading.Event()
+    url: list[str] = []
+
+    def read(stream):
+        for line in stream:
+            lines.append(line.rstrip("\n"))
+            m = re.search(r"dashboard (http://\S+)", line)
+            if m and not url:
+                url.append(m.group(1).rstrip("/"))
+                found.set()
+        found.set()  # EOF: the run ended (the assert below says so)
+
+    readers = [threading.Thread(target=read, args=(s,), daemon=True) for s in (proc.stdout, proc.stderr)]
+    for t in readers:
+        t.start()
+    try:
+        found.wait(DEADLINE_S)
+        assert url, "volgraph run printed no dashboard URL:\n" + "\n".join(lines[-40:])
+        yield url[0]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=DEADLINE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+        for t in readers:
+            t.join(timeout=10)
+
+
+def test_live_system_every_expiry_shown_and_equal_to_the_gateway(system, tmp_path):
+    artifacts = Path(os.environ.get("VOLGRAPH_TEST_ARTIFACTS") or tmp_path)
+    artifacts.mkdir(parents=True, exist_ok=True)
+    ref = ReferenceClient(system.replace("http://", "ws://") + "/ws")
+    errors: list[str] = []
+    try:
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+            page.on("response", lambda r: errors.append(f"HTTP {r.status} {r.url}") if r.status >= 400 else None)
+            try:
+                page.goto(system)
+                page.wait_for_function("() => document.querySelector('#expiries tbody tr.sel') && location.search.includes('expiry=')",
+                                       timeout=DEADLINE_S * 1000)
+                # 10 s of the selected surface's exchange time, live all along
+                key = page.evaluate("() => window.volgraph.sel.key")
+                first = page.evaluate("(k) => window.volgraph.surfaces.get(k).ts_exchange_ms", key)
+                page.wait_for_function(
+                    "([k, t]) => { if (document.body.classList.contains('greyed')) throw new Error('greyed: ' + document.querySelector('#banner').textContent);"
+                    " return window.volgraph.surfaces.get(k).ts_exchange_ms >= t + 10000; }",
+                    arg=[key, first], timeout=DEADLINE_S * 1000)
+                assert page.locator("#conn").text_content() == "live"
+
+                tabs = page.eval_on_selector_all("#tabs button", "els => els.map((b) => b.dataset.key)")
+                assert {"deribit:BTC", "okx:BTC", "all:BTC"} <= set(tabs), tabs
+                for tab in tabs:
+                    page.locator(f"#tabs button[data-key='{tab}']").click()
+                    compared = compare_with_gateway(page, ref, tab)
+                    assert compared, f"{tab}: the page's epoch never matched a state the reference client saw"
+                    page.screenshot(path=str(artifacts / f"live-{tab.replace(':', '-')}.png"))
+            finally:
+                browser.close()
+    finally:
+        ref.close()
+    assert errors == []
+
+
+def compare_with_gateway(page, ref: ReferenceClient, key: str) -> bool:
+    """Read the table and the epoch it shows in one go; when the reference client saw that
+    epoch, the rows must equal its state there (every expiry, every compared column). Retried
+    only while the epoch is one the client has not seen (it may have been coalesced away)."""
+    deadline = threading.Event()
+    timer = threading.Timer(DEADLINE_S, deadline.set)
+    timer.start()
+    try:
+        while not deadline.is_set():
+            page.wait_for_function("(k) => document.querySelector('#expiries tbody').dataset.key === k", arg=key,
+                                   timeout=DEADLINE_S * 1000)
+            shown = page.evaluate("""() => {
+                const tbody = document.querySelector('#expiries tbody');
+                const heads = [...document.querySelectorAll('#expiries thead th')].map((th) => th.textContent);
+                const rows = [...tbody.children].map((tr) => Object.fromEntries([...tr.children].map((td, i) => [heads[i], td.textContent])));
+                return { epoch: Number(tbody.dataset.epoch), heads, rows };
+            }""")
+            states = ref.states_at(key, shown["epoch"])
+            if not states:
+                page.wait_for_function("(e) => Number(document.querySelector('#expiries tbody').dataset.epoch) !== e",
+                                       arg=shown["epoch"], timeout=DEADLINE_S * 1000)
+                continue
+            nodes = [h.removesuffix(" (vol pts)") for h in shown["heads"][3:] if h.endswith(" (vol pts)") and not h.startswith("RMSE")]
+            assert {"atm_vol", "rr25", "bf25", "rr10", "bf10"} <= set(nodes), shown["heads"]
+            wanted = [expected_rows(s, nodes) for s in states]
+            columns = list(wanted[-1][0]) if wanted[-1] else []
+            got = [{c: row[c] for c in columns} for row in shown["rows"]]
+            assert got in wanted, (key, shown["epoch"], got, wanted[-1])  # every expiry, every value
+            assert got
+            return True
+        return False
+    finally:
+        timer.cancel()
