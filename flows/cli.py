@@ -114,7 +114,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         return gateway_main(argv[1:], defaults=dict(host=gw.host, port=gw.port, publish_token=gw.publish_token,
                                                          stale_after_ms=gw.stale_after_ms)) or 0
 
+    from connectors.grafana.cli import add_grafana_commands
+    from flows.doctor import add_doctor_command
+    from flows.metrics import METRICS
+    add_grafana_commands(sub, known_metrics=METRICS)
+    add_doctor_command(sub)
     args = parser.parse_args(argv)
+    if args.command in ("grafana", "doctor"):
+        return args.func(args)
     try:
         if args.command == "check-config":
             if args.path and args.config_path and args.path != args.config_path:
