@@ -16,7 +16,6 @@ import argparse
 import io
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flows.doctor import add_doctor_command, redact
+from tests.helpers.entry import BareFlow, wait_for_next_status
 from tests.helpers.flowrun import DEADLINE_S
 from tests.helpers.gateway import serve_gateway
 from tests.helpers.resources import free_port
@@ -78,24 +78,19 @@ def test_a_healthy_deployment_is_all_ok(tmp_path, pg_db):
                       '[sources.deribit]\ncurrencies = ["BTC"]\n\n[sources.okx]\nenabled = false\n')
     env = dict(os.environ, VOLGRAPH_CONFIG=str(config), VOLGRAPH_URL=sim_url, VOLGRAPH_GATEWAY_URL=gw.publish_url,
                VOLGRAPH_METRICS_PORT=str(metrics_port), VOLGRAPH_PG_DSN=pg_db)
-    proc = subprocess.Popen([sys.executable, "-m", "bytewax.run", "flows.surface:flow"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + DEADLINE_S
-        while time.monotonic() < deadline and proc.poll() is None:
-            if healthz(gw_url) == 200 and gw.surfaces:
-                break
-            reports = gw.counters["published.StatusReport"]  # the next worker status may change it: no sleep
-            gw.wait_until(lambda g: g.counters["published.StatusReport"] != reports, timeout=5.0)
-        code, text = doctor("--config", str(config), "--gateway", gw_url,
-                            "--metrics", f"http://127.0.0.1:{metrics_port}/metrics",
-                            "--pg", pg_db, "--recovery-dir", str(recovery))
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=DEADLINE_S)
+        with BareFlow(env) as flow:
+            deadline = time.monotonic() + DEADLINE_S
+            while time.monotonic() < deadline and flow.alive():
+                if healthz(gw_url) == 200 and gw.surfaces:
+                    break
+                wait_for_next_status(gw)  # the next worker status may change it
+            code, text = doctor("--config", str(config), "--gateway", gw_url,
+                                "--metrics", f"http://127.0.0.1:{metrics_port}/metrics",
+                                "--pg", pg_db, "--recovery-dir", str(recovery))
+            flow.stop()
+        output = flow.output
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        output = proc.communicate(timeout=30)[0]
         gw.stop()
         sim.stop()
     assert code == 0, text + output[-2000:]

@@ -29,7 +29,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -38,6 +37,7 @@ from hypothesis import strategies as st
 
 from flows.metrics import METRICS
 from flows.services import descendants, exited, postmaster_pid
+from tests.helpers.entry import BareFlow, scrape, wait_for_next_status
 from tests.helpers.flowrun import DEADLINE_S
 from tests.helpers.resources import free_port
 
@@ -227,27 +227,18 @@ def test_bare_bytewax_entry_point_serves_metrics(tmp_path):
                VOLGRAPH_LOG_FORMAT="json", VOLGRAPH_PG_DSN="")
     config = Path(env["VOLGRAPH_CONFIG"])
     config.write_text(config.read_text() + "\n[sinks.postgres]\nenabled = false\n")
-    proc = subprocess.Popen([sys.executable, "-m", "bytewax.run", "flows.surface:flow"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     body = ""
     try:
-        deadline = time.monotonic() + DEADLINE_S
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-            except OSError:
-                body = ""
-            if re.search(r"^volgraph_fits_total [1-9]", body, re.M):
-                break
-            # scrape again when the flow's next status (once a second) reaches the gateway: no sleep
-            reports = gw.counters["published.StatusReport"]
-            gw.wait_until(lambda g: g.counters["published.StatusReport"] != reports, timeout=5.0)
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=DEADLINE_S)
-        output = proc.communicate(timeout=30)[0]
+        with BareFlow(env) as flow:
+            deadline = time.monotonic() + DEADLINE_S
+            while time.monotonic() < deadline and flow.alive():
+                body = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+                if re.search(r"^volgraph_fits_total [1-9]", body, re.M):
+                    break
+                wait_for_next_status(gw)
+            code = flow.stop()
+        output = flow.output
     finally:
-        if proc.poll() is None:
-            proc.kill()
         gw.stop()
         sim.stop()
     assert re.search(r"^volgraph_fits_total [1-9]", body, re.M), body[-3000:]

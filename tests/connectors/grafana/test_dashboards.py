@@ -13,9 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -27,6 +24,7 @@ from connectors.grafana import dashboards
 from flows.metrics import METRICS
 from tests.helpers.flowrun import DEADLINE_S
 from tests.helpers.resources import free_port
+from tests.helpers.entry import BareFlow, scrape, wait_for_next_status
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -127,30 +125,22 @@ def test_every_panel_metric_is_exposed_by_a_running_flow_or_gateway(tmp_path):
                       '[sinks.postgres]\nenabled = false\n')
     env = dict(os.environ, VOLGRAPH_CONFIG=str(config), VOLGRAPH_URL=sim_url, VOLGRAPH_GATEWAY_URL=gw.publish_url,
                VOLGRAPH_METRICS_PORT=str(metrics_port), VOLGRAPH_PG_DSN="")
-    proc = subprocess.Popen([sys.executable, "-m", "bytewax.run", "flows.surface:flow"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     flow_body = gw_body = ""
     live_status = None
     try:
-        deadline = time.monotonic() + DEADLINE_S
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                flow_body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-            except OSError:
-                flow_body = ""
-            if re.search(r"^volgraph_fits_total [1-9]", flow_body, re.M) and gw.surfaces:
-                break
-            reports = gw.counters["published.StatusReport"]  # wait for the flow's next status, no sleep
-            gw.wait_until(lambda g: g.counters["published.StatusReport"] != reports, timeout=5.0)
-        gw_body = urllib.request.urlopen(f"{gw_url}/metrics", timeout=5).read().decode()
-        # the gateway answers the liveness path deploy/k8s/gateway.yaml probes
-        live_status = urllib.request.urlopen(f"{gw_url}/livez", timeout=5).status
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=DEADLINE_S)
+        with BareFlow(env) as flow:
+            deadline = time.monotonic() + DEADLINE_S
+            while time.monotonic() < deadline and flow.alive():
+                flow_body = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+                if re.search(r"^volgraph_fits_total [1-9]", flow_body, re.M) and gw.surfaces:
+                    break
+                wait_for_next_status(gw)
+            gw_body = urllib.request.urlopen(f"{gw_url}/metrics", timeout=5).read().decode()
+            # the gateway answers the liveness path deploy/k8s/gateway.yaml probes
+            live_status = urllib.request.urlopen(f"{gw_url}/livez", timeout=5).status
+            flow.stop()
+        output = flow.output
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        output = proc.communicate(timeout=30)[0]
         gw.stop()
         sim.stop()
     assert re.search(r"^volgraph_fits_total [1-9]", flow_body, re.M), output[-3000:]
