@@ -311,7 +311,7 @@ def test_tenors_rr_bf_flags_and_diagnostics(gateway, publisher, page):
     assert selected(page) == E_90D
     page.locator(f"#wings circle.node-pt[data-expiry='{E_30D}'][data-node='rr25']").click()
     assert selected(page) == E_30D
-    assert page.locator(f"#term circle.expiry-pt.sel").get_attribute("data-expiry") == str(E_30D)
+    assert page.locator("#term circle.expiry-pt.sel").get_attribute("data-expiry") == str(E_30D)
 
     # the combined surface: quotes attributed to venues, in the table and the smile
     attributed = view(E_7D, T0, venue="all", bid_venue=["deribit"] * 5 + ["okx"] * 4, ask_venue=["okx"] * 9)

@@ -10,9 +10,6 @@ every example over a pipe (a line of JSON in, a line out), not one process per e
 from __future__ import annotations
 
 import functools
-import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import orjson
@@ -23,6 +20,7 @@ from hypothesis import strategies as st
 from operators.events import SurfaceSnapshot, to_dict, to_json
 from operators.merge import apply_patch
 from tests.helpers.patches import UNDERLYING, VENUE, event_sequences, patch_sequences, snapshots
+from tests.helpers.node import node_driver
 
 APP_JS = Path(__file__).resolve().parents[2] / "dashboard" / "app.js"
 FIELDS = ("venue", "underlying", "epoch", "ts_exchange_ms", "ts_emit_ms", "expiries", "tenors", "calendar", "index_px")
@@ -46,27 +44,13 @@ rl.on("line", (line) => {
 
 @pytest.fixture(scope="module")
 def node():
-    exe = shutil.which("node") or ("/usr/bin/node" if Path("/usr/bin/node").exists() else None)
-    if exe is None:
-        pytest.fail("node (Node.js) is needed to check dashboard/app.js's merge against operators/merge.py; "
-                    "install it (apt-get install nodejs)")
-    proc = subprocess.Popen([exe, "-e", DRIVER, str(APP_JS), f"{VENUE}:{UNDERLYING}"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    def run(start, events) -> dict:
+    def run(ask, start, events) -> dict:
         line = b'{"start":' + (b"null" if start is None else to_json(start)) + b',"events":['
-        line += b",".join(to_json(e) for e in events) + b"]}\n"
-        proc.stdin.write(line.decode())
-        proc.stdin.flush()
-        out = proc.stdout.readline()  # node answers each line at once; EOF if it died
-        if not out:
-            proc.kill()
-            pytest.fail(f"node exited running dashboard/app.js: {proc.stderr.read()}")
-        return json.loads(out)
+        return ask((line + b",".join(to_json(e) for e in events) + b"]}").decode())
 
-    yield run
-    proc.stdin.close()
-    proc.wait(timeout=30)
+    for ask in node_driver(DRIVER, str(APP_JS), f"{VENUE}:{UNDERLYING}",
+                           why="check dashboard/app.js's merge against operators/merge.py"):
+        yield lambda start, events: run(ask, start, events)
 
 
 def same_surface(js: dict, py: SurfaceSnapshot) -> None:

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from tests.helpers.node import node_driver
 
 APP_JS = Path(__file__).resolve().parents[2] / "dashboard" / "app.js"
 
@@ -44,24 +43,8 @@ rl.on("line", (line) => {
 
 @pytest.fixture(scope="module")
 def js():
-    exe = shutil.which("node") or ("/usr/bin/node" if Path("/usr/bin/node").exists() else None)
-    if exe is None:
-        pytest.fail("node (Node.js) is needed to check dashboard/app.js's helpers; install it (apt-get install nodejs)")
-    proc = subprocess.Popen([exe, "-e", DRIVER, str(APP_JS)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-    def call(fn: str, *args):
-        proc.stdin.write(json.dumps({"fn": fn, "args": args}) + "\n")
-        proc.stdin.flush()
-        out = proc.stdout.readline()
-        if not out:
-            proc.kill()
-            pytest.fail(f"node exited running dashboard/app.js: {proc.stderr.read()}")
-        return json.loads(out)
-
-    yield call
-    proc.stdin.close()
-    proc.wait(timeout=30)
+    for ask in node_driver(DRIVER, str(APP_JS), why="check dashboard/app.js's helpers"):
+        yield lambda fn, *args: ask(json.dumps({"fn": fn, "args": args}))
 
 
 spans = st.floats(1e-6, 1e7)
