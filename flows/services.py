@@ -114,6 +114,8 @@ def setup_logging(process: str, fmt: Optional[str] = None, level: str = "INFO", 
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (bind to 0, read it back, release it). Prefer
+    handing a server port 0 and reading its bound port where the API allows."""
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]

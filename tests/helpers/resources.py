@@ -5,17 +5,10 @@ support only: no servers started here."""
 from __future__ import annotations
 
 import shutil
-import socket
 import tempfile
 from pathlib import Path
 
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (bind to 0, read it back, release it).
-    Prefer passing port 0 to a server and reading its bound port where the API allows."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+from flows.services import free_port  # noqa: F401  (one rule: the CLI picks ports the same way)
 
 
 def private_dir(prefix: str):
