@@ -1,10 +1,11 @@
-// volgraph dashboard: connects to the gateway's /ws, merges SurfaceSnapshot and
-// SurfacePatch messages per (venue, underlying) exactly as operators/merge.py apply_patch
-// does, and draws an ATM term structure (with the fixed tenors), the RR/BF nodes per expiry,
+// volgraph dashboard: connects to the gateway's /ws (protocol: docs/gateway-protocol.md),
+// merges SurfaceSnapshot and SurfacePatch messages per stream (venue, underlying) exactly as
+// operators/merge.py apply_patch does, following each stream's contiguous `seq` (a gap: it
+// drops that stream's patches and sends Resync until the snapshot comes), and draws an ATM term structure (with the fixed tenors), the RR/BF nodes per expiry,
 // a smile (bid/ask/mid IVs and the SVI fit, several expiries overlaid, strike / k / delta
 // axis) and a table with one row per expiry, with inline SVG and plain DOM.
 //
-// Never: sends anything on the websocket (read-only: pings are the browser's), loads anything
+// Never: sends anything on the websocket but Resync (pings are the browser's), loads anything
 // from another origin (no CDN: the page works offline), holds a credential, or judges the age
 // of data by the browser's wall clock: ages are on each venue's exchange clock (see clock()).
 // Page state lives in the URL (?venue=&underlying=&expiry=&axis=&overlay=), so a link or a
@@ -14,6 +15,8 @@
 const surfaces = new Map();   // "venue:underlying" -> snapshot-like object
 const fitSeen = new Map();    // "venue:underlying|expiry_ms" -> exchange-clock ms when the fit last changed here
 const clocks = new Map();     // venue -> { ts: newest ts_exchange_ms seen, at: local monotonic ms when it was seen }
+const seqs = new Map();       // "venue:underlying" -> the stream's seq this copy is at (messages that carry one)
+const resyncing = new Set();  // streams whose snapshot was asked for after a gap in their seq
 const DAY_MS = 86400000;
 const TERM_NODE = "atm_vol";  // the graph.toml node the term structure plots (a decimal vol)
 const monoMs = () => (typeof performance !== "undefined" ? performance.now() : Date.now());
@@ -56,20 +59,45 @@ function clock(venue) {
   return c ? c.ts + (monoMs() - c.at) : null;
 }
 
+// The protocol's sequence rule: a patch covering seq_from..seq applies to the copy at
+// seq_from − 1 (a stream not seen on this connection is at 0, empty); anything else is a gap,
+// answered by one Resync and by dropping that stream's patches until its snapshot arrives.
+function send(msg) {
+  const socket = page.socket;
+  if (socket && socket.readyState === 1) socket.send(JSON.stringify(msg));
+}
+
 function onMessage(msg) {
-  if (msg.type !== "SurfaceSnapshot" && msg.type !== "SurfacePatch") return;
+  if (msg.type === "Hello") { page.pingMs = msg.ping_interval_ms; seqs.clear(); resyncing.clear(); return; }
+  if (msg.type === "Error") { console.warn(`volgraph: the gateway refused a message (${msg.reason}: ${msg.detail})`); return; }
+  if (msg.type !== "SurfaceSnapshot" && msg.type !== "SurfacePatch") return;  // Ping, Subscribed, ...
   const key = `${msg.venue}:${msg.underlying}`;
+  let base = surfaces.get(key);
+  if (msg.type === "SurfacePatch" && msg.seq != null) {
+    const from = msg.seq_from != null ? msg.seq_from : msg.seq;
+    if (!seqs.has(key)) base = null;  // new on this connection: the gateway's copy started empty
+    if (from !== (seqs.has(key) ? seqs.get(key) : 0) + 1 || resyncing.has(key)) {
+      if (!resyncing.has(key)) {
+        resyncing.add(key);
+        page.resyncs += 1;
+        send({ type: "Resync", venue: msg.venue, underlying: msg.underlying });
+      }
+      return;
+    }
+  }
   observe(msg.venue, msg.ts_exchange_ms);
   let next;
   if (msg.type === "SurfaceSnapshot") {
+    resyncing.delete(key);
     next = { ...msg, expiries: [...msg.expiries].sort((a, b) => a.expiry_ms - b.expiry_ms) };
     // a snapshot does not say when each fit was made: its newest quote's time is the best bound
     for (const v of next.expiries) fitSeen.set(`${key}|${v.expiry_ms}`, v.fit.ts_exchange_ms);
   } else {
-    next = applyPatch(surfaces.get(key), msg);
+    next = applyPatch(base, msg);
     const now = clock(msg.venue);
     for (const v of msg.expiries || []) fitSeen.set(`${key}|${v.expiry_ms}`, now);
   }
+  if (msg.seq != null) seqs.set(key, msg.seq);
   surfaces.set(key, next);
   ui.dirty = true;
 }
@@ -147,7 +175,8 @@ const fmtDelta = (x) => (Math.abs(x - 0.5) < 1e-9 ? "50Δ" : x < 0.5 ? `${Math.r
 
 const AXES = ["strike", "k", "delta"];
 const sel = { key: null, expiry: null, axis: "k", overlay: new Set(), locked: false };
-const page = { config: null, connected: false, retryMs: 500, retryAt: 0, firstDataMs: null, socket: null, badMessages: 0 };
+const page = { config: null, connected: false, retryMs: 500, retryAt: 0, firstDataMs: null, socket: null, badMessages: 0,
+  resyncs: 0, pingMs: 0, heardMs: 0 };
 
 function readUrl() {
   const q = new URLSearchParams(location.search);
@@ -210,6 +239,7 @@ function connect() {
   socket.onopen = () => {
     page.retryMs = 500;
     page.connected = true;
+    page.heardMs = monoMs();
     ui.dirty = true;
     if (!page.config) loadConfig();  // the page loaded while the gateway was down
   };
@@ -222,6 +252,7 @@ function connect() {
       return;
     }
     if (page.firstDataMs == null) page.firstDataMs = monoMs();
+    page.heardMs = monoMs();
     onMessage(msg);
   };
   socket.onclose = () => {
@@ -735,7 +766,11 @@ function render(force = false) {
   }
 }
 
-function tick() { if (typeof document !== "undefined" && document.getElementById("conn")) render(); }
+function tick() {
+  // the gateway pings every ping_interval_ms: two intervals of silence mean a dead connection
+  if (page.socket && page.connected && page.pingMs > 0 && monoMs() - page.heardMs > 2 * page.pingMs + 1000) page.socket.close();
+  if (typeof document !== "undefined" && document.getElementById("conn")) render();
+}
 
 function loop() {
   if (ui.dirty) render();
@@ -783,5 +818,5 @@ if (typeof window !== "undefined") {
   requestAnimationFrame(loop);
 } else if (typeof module !== "undefined") {
   // Under node (tests/dashboard/test_merge_js.py, test_ticks_js.py): the merge and the tick rule.
-  module.exports = { applyPatch, onMessage, surfaces, niceTicks, fmtTick, deltaX, sviVol, normCdf, fmtDelta };
+  module.exports = { applyPatch, onMessage, surfaces, seqs, page, niceTicks, fmtTick, deltaX, sviVol, normCdf, fmtDelta };
 }

@@ -14,15 +14,18 @@ frame and never computes anything about volatility.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
 import time
 import urllib.request
 import warnings
+from datetime import timedelta
 from pathlib import Path
 from typing import Optional
 
@@ -54,19 +57,24 @@ def main(argv: Optional[list[str]] = None) -> int:
                           "(default: off)")
     run.add_argument("--rate", type=int,
                      help="simulator messages/s per venue (default: graph.toml simulator.rate)")
+    run.add_argument("--fresh", action="store_true",
+                     help="discard the recovery snapshots in runtime.data_dir/recovery and start with empty state "
+                          "(default: resume from them when graph.toml runtime.recovery = true)")
 
     replay = sub.add_parser(
         "replay", help="run the whole system on a recording instead of a live feed",
         description="Run the gateway, PostgreSQL and the dataflow on a file written by `volgraph record`, "
-                    "through the same parser as the live feed, on the recording's clock.")
+                    "through the same parser as the live feed, on the recording's clock (a recording of "
+                    "last month fits last month's expiries); print a summary at the end.")
     replay.add_argument("file", help="a recording (gzip JSON lines from `volgraph record --out FILE`)")
     replay.add_argument("--venue", choices=tuple(VENUES), default="deribit",
                         help="whose protocol the file holds (default: deribit)")
-    replay.add_argument("--speed", default="max",
-                        help='"max" (as fast as the flow reads), or a factor of real time: 1, 10, … (default: max)')
+    replay.add_argument("--speed",
+                        help='"max" (as fast as the flow reads), or a factor of the recording\'s real time: 1, 10, … '
+                             '(default: graph.toml runtime.replay_speed)')
     system_options(replay, until="at the end of the file")
 
-    # these five parse their own flags (in their own modules): `volgraph X --help` is theirs
+    # these six parse their own flags (in their own modules): `volgraph X --help` is theirs
     sub.add_parser("record", add_help=False,
                    help="record a venue's raw websocket frames to a file for `volgraph replay`")
     sub.add_parser("bench", add_help=False,
@@ -77,6 +85,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="a local OKX simulator (v5 public websocket, options), driven by known SVI surfaces")
     sub.add_parser("gateway", add_help=False,
                    help="the websocket gateway: serves surfaces (snapshot + patches) and the dashboard")
+    sub.add_parser("watch", add_help=False,
+                   help="a live surface in the terminal: the gateway protocol's reference client")
     check = sub.add_parser(
         "check-config", help="validate a graph.toml and print its analytic nodes",
         description="Load a graph.toml over the project's defaults and validate it: unknown keys, bad "
@@ -90,7 +100,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # sim and gateway own their flags: hand the rest of the line over untouched
     sims = {v.sim_command: v for v in VENUES.values()}
-    if argv and argv[0] in (*sims, "record", "gateway"):  # $VOLGRAPH_LOG_FORMAT: `volgraph run` sets it for its children
+    if argv and argv[0] in (*sims, "record", "gateway", "watch"):  # $VOLGRAPH_LOG_FORMAT: `volgraph run` sets it for its children
         try:
             setup_logging(argv[0], default=load_config().runtime.log_format)
         except (StartError, ConfigError) as exc:
@@ -111,8 +121,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     if argv and argv[0] == "gateway":
         from connectors.gateway.server import main as gateway_main
         gw = load_config().sinks.gateway
-        return gateway_main(argv[1:], defaults=dict(host=gw.host, port=gw.port, publish_token=gw.publish_token,
-                                                         stale_after_ms=gw.stale_after_ms)) or 0
+        return gateway_main(argv[1:], defaults={f.name: getattr(gw, f.name) for f in dataclasses.fields(gw)}) or 0
+    if argv and argv[0] == "watch":
+        from connectors.gateway.watch import main as watch_main
+        gw = load_config().sinks.gateway
+        host = "127.0.0.1" if gw.host in ("0.0.0.0", "::") else gw.host
+        return watch_main(argv[1:], defaults={"url": f"ws://{host}:{gw.port}/ws"}) or 0
 
     from connectors.grafana.cli import add_grafana_commands
     from flows.doctor import add_doctor_command
@@ -208,10 +222,12 @@ def run_system(args) -> int:
 def _run(args, config, sup: Supervisor, say) -> int:
     from bytewax.testing import run_main
 
+    from connectors.gateway.auth import PUBLISH_TOKEN_ENV, configured_token, new_publish_token
     from connectors.gateway.publisher import GatewaySink
     from connectors.venues import VENUES
-    from flows.metrics import COUNTERS, STOP, serve_metrics
-    from flows.surface import build_flow, tune_gc, venue_sources
+    from flows.metrics import COUNTERS, FITTED, STOP, serve_metrics
+    from flows.runs import resumed_run, run_info
+    from flows.surface import build_flow, postgres_sink, tune_gc, venue_sources
     from operators.state import chain
 
     data_dir = Path(config.runtime.data_dir).resolve()
@@ -252,19 +268,33 @@ def _run(args, config, sup: Supervisor, say) -> int:
             sup.wait_listening(what, proc, sim.host, port, timeout_s=60.0)
             urls[name] = f"ws://{sim.host}:{port}{venue.sim_url_path}"
 
+    # the publisher always authenticates: the configured token, else one made for this run, handed to
+    # the gateway child by environment (never argv, which any local user reads from /proc)
+    token = configured_token(gw.publish_token, gw.publish_token_file) or new_publish_token()
+    os.environ[PUBLISH_TOKEN_ENV] = token
     gw_cmd = py + ["gateway", "--host", gw.host, "--port", str(gw_port)]
-    if gw.publish_token:
-        gw_cmd += ["--publish-token", gw.publish_token]
     proc = sup.spawn("gateway", gw_cmd)
     # listening is not enough: another process may hold the port; /status names the gateway's pid
     sup.wait_listening("gateway", proc, gw.host, gw_port, timeout_s=60.0,
                        ready=lambda: _status_pid(gw.host, gw_port) == proc.pid)
-    sinks = [GatewaySink(f"ws://{gw.host}:{gw_port}/publish", token=gw.publish_token)]
+    sinks = [GatewaySink(f"ws://{gw.host}:{gw_port}/publish", token=token)]
+
+    # the run every stored row names (flows/runs.py): a resumed `volgraph run` continues its own
+    recovery = None if replaying else recovery_config(config, data_dir, fresh=args.fresh, say=say)
+    if replaying:
+        run = run_info(config, source="file", detail=str(Path(args.file).resolve()))
+    else:  # the detail must not change between restarts (a resumed run is the same run): no sim ports
+        detail = ("live " + " ".join(getattr(config.sources, v).url for v in config.sources.venues()) if args.live
+                  else "simulated " + " ".join(config.sources.venues()))
+        run = run_info(config, source="live", detail=detail)
+        if recovery is not None:
+            run = resumed_run(data_dir / "recovery", run)
+    say(f"run {run.run_id} (code {run.code_version}, config {run.config_hash})")
 
     pg_line = "off"
     postgres = None
     if not args.no_postgres and config.sinks.postgres.enabled:
-        from connectors.postgres import PostgresSink, connect, embedded_postgres, migrate
+        from connectors.postgres import connect, embedded_postgres, migrate
 
         dsn = args.pg or config.sinks.postgres.dsn
         if not dsn:
@@ -279,8 +309,7 @@ def _run(args, config, sup: Supervisor, say) -> int:
             watch_postgres(sup, pgdata)  # stops it when this process ends, SIGKILL included
         with connect(dsn) as conn:
             migrate(conn)
-        postgres = PostgresSink(dsn, batch_rows=config.sinks.postgres.batch_rows,
-                                flush_ms=config.sinks.postgres.flush_ms, spill_dir=str(data_dir / "spill"))
+        postgres = postgres_sink(config, dsn, run, str(data_dir / "spill"))
         sinks.append(postgres)
         pg_line = dsn if args.pg or config.sinks.postgres.dsn else f"embedded, {data_dir / 'pg'}"
 
@@ -296,12 +325,17 @@ def _run(args, config, sup: Supervisor, say) -> int:
     chain.warm_up()  # compile numba kernels before the first market data arrives
     say(f"kernels ready in {time.monotonic() - started:.1f} s")
     if replaying:
-        sources = [replay_source(args)]
-        feeds = f"replay {args.file} ({args.venue}, speed {args.speed})"
+        speed = replay_speed(args.speed, config.runtime.replay_speed)
+        source = replay_source(args, speed)
+        sources = [source]
+        feeds = f"replay {args.file} ({args.venue}, speed {speed})"
+        # the recording's clock, not the wall's: its expiries are live at its own time
+        flow = build_flow(config, sources, sinks, now_ms=source.clock_ms,
+                          clock_rate=1.0 if speed == "max" else float(speed))
     else:
         sources = venue_sources(config, urls, run_seconds=args.seconds)
         feeds = "  ".join(f"{v} {urls.get(v, getattr(config.sources, v).url)}" for v in config.sources.venues())
-    flow = build_flow(config, sources, sinks)
+        flow = build_flow(config, sources, sinks)
     say(f"dashboard http://{gw.host}:{gw_port}/   feeds {feeds}   postgres {pg_line}")
     if metrics_port:
         say(f"flow metrics http://{metrics_host}:{metrics_port}/metrics")
@@ -318,8 +352,13 @@ def _run(args, config, sup: Supervisor, say) -> int:
 
     signals = StopSignals(on_stop).install()
     tune_gc()
+    flow_started = time.monotonic()
     try:
-        run_main(flow)
+        if recovery is not None:
+            run_main(flow, epoch_interval=timedelta(seconds=config.runtime.snapshot_interval_s),
+                     recovery_config=recovery)
+        else:
+            run_main(flow)
     finally:
         stop.set()
         status.join(timeout=2)
@@ -334,7 +373,55 @@ def _run(args, config, sup: Supervisor, say) -> int:
         say(f"postgres rows written {json.dumps(tables, sort_keys=True)} pending {sum(s['pending'] for s in stats)}")
     if signals.at_monotonic is not None:
         say(f"flow drained {time.monotonic() - signals.at_monotonic:.2f} s after {signals.received}")
+    if replaying:
+        say(replay_summary(source, COUNTERS.snapshot(), FITTED, time.monotonic() - flow_started) + f", run {run.run_id}")
     return 0
+
+
+def replay_speed(arg: Optional[str], default: float):
+    """--speed as ReplaySource takes it: "max" or a positive factor (graph.toml's 0 = "max")."""
+    if arg is None:
+        return "max" if default == 0 else float(default)
+    if arg == "max":
+        return "max"
+    try:
+        speed = float(arg)
+    except ValueError:
+        speed = -1.0
+    if not speed > 0:
+        raise StartError(f'--speed {arg}: use "max" or a positive factor of real time (1, 10, …)')
+    return speed
+
+
+def recovery_config(config, data_dir: Path, *, fresh: bool, say):
+    """bytewax recovery under data_dir/recovery for `volgraph run` (graph.toml runtime.recovery):
+    one partition, made on first use; --fresh discards what is there. None when off."""
+    from bytewax.recovery import RecoveryConfig, init_db_dir
+
+    if not config.runtime.recovery:
+        say("recovery off (graph.toml runtime.recovery = false): a restart begins with empty state")
+        return None
+    where = data_dir / "recovery"
+    if fresh and where.exists():
+        shutil.rmtree(where)
+        say(f"recovery: --fresh, discarded {where}")
+    parts = sorted(where.glob("part-*.sqlite3"))
+    if parts:
+        say(f"recovery: resuming from {where} ({len(parts)} partition(s); --fresh starts over)")
+    else:
+        where.mkdir(parents=True, exist_ok=True)
+        init_db_dir(where, 1)
+        say(f"recovery: new snapshots in {where} every {config.runtime.snapshot_interval_s:g} s")
+    return RecoveryConfig(str(where), backup_interval=timedelta(seconds=config.runtime.backup_interval_s))
+
+
+def replay_summary(source, counters: dict, fitted: set, seconds: float) -> str:
+    """The line `volgraph replay` ends with: what was read, on what clock, what came out."""
+    clock = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(source.clock_ms() / 1000.0))
+    surfaces = sorted({f"{v}:{u}" for v, u, _ in fitted})
+    return (f"replay done in {seconds:.2f} s: {int(counters.get('messages_in', 0)):,} events read, recording clock "
+            f"at {clock} UTC, {int(counters.get('fits', 0)):,} fits of {len(fitted)} expiries "
+            f"({', '.join(surfaces) or 'none'})")
 
 
 def _status_pid(host: str, port: int) -> Optional[int]:
@@ -346,12 +433,11 @@ def _status_pid(host: str, port: int) -> Optional[int]:
         return None
 
 
-def replay_source(args):
+def replay_source(args, speed):
     from connectors.capture.replay import ReplaySource
     from connectors.venues import venue
 
     parse_frame = venue(args.venue).parse_frame()
-    speed = args.speed if args.speed == "max" else float(args.speed)
     return ReplaySource(args.file, speed=speed, parse=parse_frame, run_seconds=args.seconds)
 
 

@@ -39,6 +39,10 @@ class Runtime:
     log_format: str
     stop_timeout_s: float
     data_dir: str
+    recovery: bool
+    snapshot_interval_s: float
+    backup_interval_s: float
+    replay_speed: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +121,18 @@ class GatewaySinkConfig:
     host: str
     port: int
     publish_token: str
+    publish_token_file: str
     stale_after_ms: int
+    allowed_origins: list[str]
+    max_clients: int
+    max_clients_per_addr: int
+    client_queue_max: int
+    coalesce_after: int
+    client_max_message_bytes: int
+    publish_max_message_bytes: int
+    max_surfaces: int
+    max_expiries_per_surface: int
+    ping_interval_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +141,7 @@ class PostgresSinkConfig:
     dsn: str
     batch_rows: int
     flush_ms: int
+    handoff_timeout_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +175,9 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "runtime.metrics_port": (lambda v: 0 <= v <= 65535, "a port from 1 to 65535, or 0 for no /metrics"),
     "runtime.log_format": (lambda v: v in ("plain", "json"), 'one of "plain", "json"'),
     "runtime.stop_timeout_s": (lambda v: 0.5 <= v <= 60, "a number of seconds from 0.5 to 60"),
+    "runtime.snapshot_interval_s": (lambda v: 0.05 <= v <= 3600, "a number of seconds from 0.05 to 3600"),
+    "runtime.backup_interval_s": (lambda v: v >= 0, "a number of seconds ≥ 0"),
+    "runtime.replay_speed": (lambda v: v >= 0, "a number ≥ 0 (0 = as fast as the flow reads)"),
     "sources.deribit.url": (lambda v: v.startswith(("ws://", "wss://")), "a ws:// or wss:// URL"),
     "sources.deribit.currencies": (lambda v: len(v) > 0 and all(isinstance(c, str) and c.isupper() for c in v),
                                    'a non-empty list of upper-case currencies, e.g. ["BTC", "ETH"]'),
@@ -191,8 +210,20 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "surface.tenors_days": (lambda v: all(isinstance(d, int) and d > 0 for d in v), "a list of positive integers"),
     "sinks.gateway.port": (lambda v: 0 <= v <= 65535, "a port from 0 to 65535"),
     "sinks.gateway.stale_after_ms": (lambda v: v >= 100, "an integer ≥ 100"),
+    "sinks.gateway.allowed_origins": (lambda v: all(o.startswith(("http://", "https://")) and o.count("/") == 2 for o in v),
+                                      'a list of origins "scheme://host[:port]", e.g. ["https://vol.example.com"]'),
+    "sinks.gateway.max_clients": (lambda v: v >= 1, "an integer ≥ 1"),
+    "sinks.gateway.max_clients_per_addr": (lambda v: v >= 1, "an integer ≥ 1"),
+    "sinks.gateway.client_queue_max": (lambda v: v >= 1, "an integer ≥ 1"),
+    "sinks.gateway.coalesce_after": (lambda v: v >= 1, "an integer ≥ 1"),
+    "sinks.gateway.client_max_message_bytes": (lambda v: 256 <= v <= 1_048_576, "an integer from 256 to 1048576"),
+    "sinks.gateway.publish_max_message_bytes": (lambda v: 65_536 <= v <= 268_435_456, "an integer from 65536 to 268435456"),
+    "sinks.gateway.max_surfaces": (lambda v: v >= 1, "an integer ≥ 1"),
+    "sinks.gateway.max_expiries_per_surface": (lambda v: v >= 1, "an integer ≥ 1"),
+    "sinks.gateway.ping_interval_s": (lambda v: 0 < v <= 300, "a number of seconds from 0 (exclusive) to 300"),
     "sinks.postgres.batch_rows": (lambda v: v >= 1, "an integer ≥ 1"),
     "sinks.postgres.flush_ms": (lambda v: v >= 1, "an integer ≥ 1"),
+    "sinks.postgres.handoff_timeout_s": (lambda v: v > 0, "a number of seconds > 0"),
 }
 
 

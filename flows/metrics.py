@@ -225,10 +225,14 @@ class _DependencyCollector:
                                   value=spilled)
 
 
+FITTED: set[tuple[str, str, int]] = set()  # (venue, underlying, expiry_ms) fitted by this process: a replay's summary
+
+
 def observe_fit(venue: str, underlying: str, expiry_ms: int, fit_ms: float, rmse_vol_pts: float,
                 butterfly_ok: bool) -> None:
     """One SVI fit's time (histogram), RMSE and butterfly flag (gauges per expiry)."""
     FIT_SECONDS.observe(fit_ms / 1000.0)
+    FITTED.add((venue, underlying, expiry_ms))
     labels = (venue, underlying, str(expiry_ms))
     FIT_RMSE.labels(*labels).set(rmse_vol_pts)
     FIT_BUTTERFLY_OK.labels(*labels).set(1.0 if butterfly_ok else 0.0)

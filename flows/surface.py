@@ -30,6 +30,7 @@ from typing import Callable, Optional
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream, operator
+from bytewax.outputs import FixedPartitionedSink
 
 from flows.config import Config, ConfigError, load_config
 from flows.metrics import COUNTERS, DEPENDENCIES, STOP, forget_fit, observe_fit, serve_metrics
@@ -119,7 +120,10 @@ def build_flow(config: Config, source, sinks: list, *, now_ms: Callable[[], int]
         if unknown:
             raise ConfigError(f"sink {type(sink).__name__} consumes {', '.join(t.__name__ for t in unknown)}; "
                               f"the flow outputs {', '.join(t.__name__ for t in OUTPUT_TYPES)}: fix its `consumes`")
-        op.output(f"sink_{i}", merged(f"sink_{i}_in", [by_type[t] for t in wanted]), sink)
+        stream = merged(f"sink_{i}_in", [by_type[t] for t in wanted])
+        if isinstance(sink, FixedPartitionedSink):  # items go to the partition of their key (the surface's)
+            stream = op.key_on(f"sink_{i}_key", stream, sink.key_of)
+        op.output(f"sink_{i}", stream, sink)
     return flow
 
 
@@ -221,7 +225,6 @@ def default_flow(config_path: Optional[str] = None) -> Dataflow:
     """The flow as `python -m bytewax.run flows.surface:flow` builds it: all parts external.
     Each venue's url_env (connectors/venues/registry.py: VOLGRAPH_URL, VOLGRAPH_OKX_URL) overrides its URL."""
     from connectors.gateway.publisher import GatewaySink
-    from connectors.postgres import PostgresSink
     from connectors.venues import VENUES
 
     config = load_config(config_path or os.environ.get("VOLGRAPH_CONFIG"))
@@ -249,15 +252,28 @@ def default_flow(config_path: Optional[str] = None) -> Dataflow:
     gw = config.sinks.gateway
     if gw.enabled:
         url = os.environ.get("VOLGRAPH_GATEWAY_URL", f"ws://{gw.host}:{gw.port}/publish")
-        sinks.append(GatewaySink(url, token=gw.publish_token))
+        sinks.append(GatewaySink(url, token=gw.publish_token, token_file=gw.publish_token_file))  # or $VOLGRAPH_PUBLISH_TOKEN
     pg = config.sinks.postgres
     dsn = os.environ.get("VOLGRAPH_PG_DSN", pg.dsn)
     if pg.enabled and dsn:
-        sinks.append(PostgresSink(dsn, batch_rows=pg.batch_rows, flush_ms=pg.flush_ms,
-                                  spill_dir=os.path.join(config.runtime.data_dir, "spill")))
+        from flows.runs import cluster_run_id, run_info
+        run = run_info(config, source="live", detail=" ".join(sorted(urls.values())) or "graph.toml sources",
+                       run_id=cluster_run_id(config))
+        log.info("run %s (code %s, config %s)", run.run_id, run.code_version, run.config_hash)
+        sinks.append(postgres_sink(config, dsn, run, os.path.join(config.runtime.data_dir, "spill")))
     flow = build_flow(config, source, sinks)
     tune_gc()
     return flow
+
+
+def postgres_sink(config: Config, dsn: str, run, spill_dir):
+    """The PostgreSQL sink as graph.toml configures it: one partition per worker slot."""
+    from connectors.postgres import PostgresSink
+
+    pg = config.sinks.postgres
+    return PostgresSink(dsn, run=run, partitions=config.runtime.processes * config.runtime.workers,
+                        batch_rows=pg.batch_rows, flush_ms=pg.flush_ms, handoff_timeout_s=pg.handoff_timeout_s,
+                        spill_dir=spill_dir)
 
 
 def __getattr__(name: str):

@@ -110,6 +110,16 @@ def frames_in_chunks(chunks: Iterator[bytes], path: Path, skip: int) -> Iterator
             yield _decode_line(tail, path, lineno)
 
 
+def first_ts_ms(path: Union[str, Path]) -> int:
+    """The recorded receive time of a recording's first frame (0 for an empty one)."""
+    frames = read_frames(path)
+    try:
+        first = next(frames, None)
+    finally:
+        frames.close()
+    return first[0] if first is not None else 0
+
+
 def count_frames(path: Union[str, Path]) -> int:
     with gzip.open(Path(path), "rb") as fh:
         return sum(1 for line in fh if line.strip())
@@ -274,6 +284,14 @@ class ReplaySource(FixedPartitionedSource):
         self.preload = preload
         self.start_wall_ms = start_wall_ms
         self.gather_ms = gather_ms
+        # the recording's clock: the newest recorded ts_recv_ms handed to the flow (before the
+        # first batch, the earliest first frame), for build_flow(now_ms=source.clock_ms)
+        self._clock_ms = min((first_ts_ms(p) for p in paths), default=0)
+
+    def clock_ms(self) -> int:
+        """The replay's flow clock: the newest recorded receive time emitted so far (a recording
+        of last month runs on last month's clock, so its expiries are not in the past)."""
+        return self._clock_ms
 
     def list_parts(self) -> list[str]:
         return [p.name for p in self.paths]
@@ -351,6 +369,8 @@ class ReplayPartition(StatefulSourcePartition):
                 self._next = item  # not due yet: keep it for a later batch
                 break
             n += 1
+            if item[0] > src._clock_ms:
+                src._clock_ms = item[0]
             events = parse(item[1], now if wall else item[0], max_bytes)
             if len(events) == 1 and type(events[0]) in _EVENTS:
                 append(events[0])

@@ -7,6 +7,12 @@ O(changed expiries) per patch; the snapshot is only built when a reconnect needs
 dataflow: the events are counted as dropped, a reconnect is tried after a back-off, and
 on every (re)connect the partition first sends a SurfaceSnapshot of each surface it
 knows, so the gateway's state heals whatever was lost. Only translates events to bytes.
+
+The publish token travels in the Authorization header only (a `?token=` in the URL is moved
+there). Without an explicit token it is looked up on every connect, as
+connectors/gateway/auth.py publisher_token says: $VOLGRAPH_PUBLISH_TOKEN,
+$VOLGRAPH_PUBLISH_TOKEN_FILE, the token_file argument, the URL, then a loopback gateway's
+cookie file (so a restarted gateway's new token is picked up). Never imports the server.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from websockets.version import version as websockets_version
 from websockets.exceptions import InvalidStatus, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
+from connectors.gateway.auth import publisher_token, strip_token
 from operators.events import StatusReport, SurfacePatch, SurfaceSnapshot, to_json
 from operators.merge import SurfaceState
 
@@ -40,6 +47,7 @@ class GatewayPublisher:
         url: str,
         token: Optional[str] = None,
         *,
+        token_file: Optional[str] = None,
         open_timeout_s: float = 2.0,
         retry_min_ms: float = 100.0,
         retry_max_ms: float = 5000.0,
@@ -47,8 +55,10 @@ class GatewayPublisher:
     ) -> None:
         if not url.startswith(("ws://", "wss://")):
             raise ValueError(f"gateway url {url!r} must be ws://host:port/publish (or wss://)")
-        self.url = url
-        self.token = token
+        self.url = strip_token(url)
+        self.given_url = url  # may carry ?token= (deploy/'s Secret form); never sent as is
+        self.token = token or None
+        self.token_file = token_file or None
         self.open_timeout_s = open_timeout_s
         self.retry_min_s = retry_min_ms / 1000.0
         self.retry_max_s = retry_max_ms / 1000.0
@@ -101,7 +111,13 @@ class GatewayPublisher:
         now = time.monotonic()
         if now < self._next_attempt:
             return False  # backing off: do not stall the dataflow on every batch
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        try:
+            token = self.token or publisher_token(self.given_url, None, self.token_file)
+        except ValueError as exc:  # TokenError: an unreadable token file
+            self._lost(f"token: {exc}")
+            self.counters["connect_failures"] += 1
+            return False
+        headers = {"Authorization": f"Bearer {token}"} if token else None
         try:
             self.conn = connect(
                 self.url,
@@ -158,16 +174,18 @@ class _GatewayPartition(StatelessSinkPartition):
 
 class GatewaySink(DynamicSink):
     """bytewax sink: every worker publishes its surfaces to the gateway at `url`
-    (ws://host:port/publish) with `token` if the gateway requires one. The flow hands it only
+    (ws://host:port/publish) with the publish token: `token`, else $VOLGRAPH_PUBLISH_TOKEN,
+    $VOLGRAPH_PUBLISH_TOKEN_FILE, `token_file`, ... (GatewayPublisher). The flow hands it only
     what it `consumes` (flows/surface.py)."""
 
     consumes = (SurfacePatch, StatusReport)
 
-    def __init__(self, url: str, token: Optional[str] = None, **options: Any) -> None:
-        GatewayPublisher(url, token, **options)  # validate the arguments at build time of the flow
+    def __init__(self, url: str, token: Optional[str] = None, *, token_file: Optional[str] = None,
+                 **options: Any) -> None:
+        GatewayPublisher(url, token, token_file=token_file, **options)  # validate the arguments at build time
         self.url = url
-        self.token = token
-        self.options = options
+        self.token = token or None
+        self.options = dict(options, token_file=token_file)
         self.publishers: list[GatewayPublisher] = []  # for status and tests
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _GatewayPartition:

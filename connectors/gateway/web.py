@@ -1,7 +1,7 @@
 """The gateway's plain HTTP side, on the websocket port: the dashboard page (/), its
 assets (/static/...), /favicon.ico and /dashboard.json (the page's settings), /healthz,
-/status (JSON) and /metrics (Prometheus), plus the handshake checks of /ws and /publish
-(browser origin, publish token).
+/status (JSON) and /metrics (Prometheus). The handshake checks of /ws and /publish (browser
+origin, publish token) are connectors/gateway/auth.py's.
 
 Named web.py, not http.py: run as a script, connectors/gateway/ is first on sys.path and a
 local http.py would shadow the standard library's `http` that websockets imports.
@@ -12,19 +12,19 @@ volatility maths.
 
 from __future__ import annotations
 
-import hmac
 import http
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
-from urllib.parse import parse_qs, urlsplit
+from typing import TYPE_CHECKING
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from websockets.datastructures import Headers
-from websockets.http11 import Request, Response
+from websockets.http11 import Response
+
+from connectors.gateway.protocol import PROTOCOL_VERSION
 
 if TYPE_CHECKING:  # the server imports this module; only type hints go the other way
     from connectors.gateway.server import Gateway
@@ -112,30 +112,6 @@ def dashboard_document(g: "Gateway") -> dict:
     }
 
 
-def origin_ok(request: Request, allowed_origins: set[str]) -> bool:
-    """A request with no Origin (not a browser), the gateway's own origin, or an allowed one."""
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return True  # not a browser: nothing to hijack
-    origin = origin.rstrip("/")
-    if "*" in allowed_origins or origin in allowed_origins:
-        return True
-    host = request.headers.get("Host", "")
-    return urlsplit(origin).netloc.lower() == host.lower() and bool(host)
-
-
-def token_ok(request: Request, query: str, token: Optional[str]) -> bool:
-    """The publish token from `Authorization: Bearer ...` or `?token=`, compared in constant time."""
-    if token is None:
-        return True
-    auth = request.headers.get("Authorization", "")
-    if auth.lower().startswith("bearer "):
-        given = auth[7:].strip()
-    else:
-        given = (parse_qs(query).get("token") or [""])[0]
-    return hmac.compare_digest(given.encode(), token.encode())
-
-
 def healthy(dependencies: dict[str, dict]) -> bool:
     """True when every dependency is up or not configured."""
     return all(d["state"] in ("up", "off") for d in dependencies.values())
@@ -165,6 +141,7 @@ def status_document(g: "Gateway") -> dict:
             "expiries_fitted": surface.fitted(),
             "last_patch_age_s": round(now_s - g.last_update_s.get((venue, underlying), now_s), 3),
             "index_px": surface.index_px,
+            "seq": surface.seq,
         }
     counters = g.counters
 
@@ -184,7 +161,20 @@ def status_document(g: "Gateway") -> dict:
         "publishers": g.publishers,
         "published": group("published."),
         "rejected": group("rejected."),
-        "publish_errors": group("publish_errors."),
+        "publish_errors": group("publish_errors."),  # refused published frames, by reason
+        "client_errors": group("client_errors."),  # clients closed for a bad message, by reason
+        "resyncs": counters["resyncs"],
+        "coalesced": counters["coalesced"],
+        "protocol": PROTOCOL_VERSION,
+        "limits": {
+            "max_clients": g.max_clients,
+            "max_clients_per_addr": g.max_clients_per_addr,
+            "client_queue_max": g.client_queue_max,
+            "coalesce_after": g.coalesce_after,
+            "publish_max_message_bytes": g.limits.max_message_bytes,
+            "max_surfaces": g.limits.max_surfaces,
+            "max_expiries_per_surface": g.limits.max_expiries_per_surface,
+        },
         "workers": workers,
         "underlyings": underlyings,
     }
@@ -222,6 +212,9 @@ class GatewayCollector:
                 pub.add_metric([key.split(".", 1)[1]], value)
             elif key.startswith("rejected."):
                 rej.add_metric([key.split(".", 1)[1]], value)
+            elif key.startswith(("publish_errors.", "client_errors.")):  # refused frames and messages
+                what, reason = key.split(".", 1)
+                rej.add_metric([f"{what.split('_')[0]}:{reason}"], value)
         yield pub
         yield rej
         yield GaugeMetricFamily(

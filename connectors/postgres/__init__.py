@@ -2,26 +2,30 @@
 
     embedded.py  a real PostgreSQL via pgserver, and connect()
     schema.py    migrations: deploy/sql/NNN_*.sql applied once each, in order
-    rows.py      events -> rows, the batch plan (folded with operators/merge.py) and its write
+    runs.py      runs: RunInfo, register_run / end_run / list_runs (which run wrote a row)
+    rows.py      events -> rows of one run, the batch plan (folded with operators/merge.py) and its write
     writer.py    the background writer: batches, memory buffer, spill to disk, retries
     sink.py      the bytewax sink (a writer per worker)
-    read.py      latest_surface: the current surface rebuilt from rows
+    read.py      latest_surface, surface_as_of, node_series: one run's rows read back
 
 This file only re-exports what flows/, bench/ and tests import. Only translates events <->
 rows: no volatility maths anywhere in the package. Every table has a natural key, so
-writing the same event twice is a no-op (ON CONFLICT). Graph.toml nodes are stored by name
+writing the same event twice is a no-op (ON CONFLICT); its first column is the run, so a run
+never overwrites another's rows (deploy/sql/003_runs.sql). Graph.toml nodes are stored by name
 in expiry_nodes (deploy/sql/002_expiry_nodes.sql says why a long table).
 """
 
 from connectors.postgres.embedded import connect, embedded_postgres, embedded_server
-from connectors.postgres.read import latest_surface
+from connectors.postgres.read import latest_surface, node_series, surface_as_of
 from connectors.postgres.rows import SUPPORTED_EVENTS, TABLES, BatchPlan, rows_for, write_events, write_plan
+from connectors.postgres.runs import SOURCES, RunInfo, RunRecord, end_run, list_runs, register_run
 from connectors.postgres.schema import SQL_DIR, migrate, sql_files
 from connectors.postgres.sink import PostgresSink
 from connectors.postgres.writer import PostgresWriter
 
 __all__ = [
-    "SQL_DIR", "SUPPORTED_EVENTS", "TABLES", "BatchPlan", "PostgresSink", "PostgresWriter", "connect",
-    "embedded_postgres", "embedded_server", "latest_surface", "migrate", "rows_for", "sql_files",
-    "write_events", "write_plan",
+    "SOURCES", "SQL_DIR", "SUPPORTED_EVENTS", "TABLES", "BatchPlan", "PostgresSink", "PostgresWriter", "RunInfo",
+    "RunRecord", "connect", "embedded_postgres", "embedded_server", "end_run", "latest_surface", "list_runs",
+    "migrate", "node_series", "register_run", "rows_for", "sql_files", "surface_as_of", "write_events",
+    "write_plan",
 ]

@@ -1,8 +1,13 @@
-"""Reading back: the latest surface of one (venue, underlying) rebuilt from stored rows.
+"""Reading back: one run's surface of one (venue, underlying) rebuilt from stored rows, now or
+as of a time, and one graph.toml node's values over time.
 
-The rebuild reads each view's stored JSON, which carries every graph.toml node by name, so
-it needs no node name; rows written before nodes became data (their views also had fixed
-atm_vol/rr25/... fields) still load. Read-only SQL; never imports flows or bytewax.
+The SQL lives in deploy/sql/003_runs.sql as documented functions and views (surface_run,
+surface_head_as_of, surface_views_as_of, node_history), so Grafana reads exactly what these
+functions read. The rebuild reads each view's stored JSON, which carries every graph.toml node
+by name, so it needs no node name; rows written before nodes became data (their views also had
+fixed atm_vol/rr25/... fields) still load. Time is the epoch's emit time on the flow's clock
+(surface_state.ts_emit_ms), at the resolution of one epoch. Read-only SQL; never imports flows
+or bytewax.
 """
 
 from __future__ import annotations
@@ -11,51 +16,26 @@ from typing import Optional
 
 import psycopg
 
+from connectors.postgres.runs import check_run_id
 from operators.events import SurfaceSnapshot, from_dict
 
 
-def latest_surface(conn: psycopg.Connection, venue: str, underlying: str) -> Optional[SurfaceSnapshot]:
-    """The current surface of (venue, underlying) rebuilt from stored rows, equal to
-    folding apply_patch over the written patches (given they were written in epoch order):
-    the latest view per expiry since the latest snapshot, minus expiries whose latest row
-    is a removal, with the latest epoch's tenors and calendar checks."""
+def _surface(conn: psycopg.Connection, venue: str, underlying: str, ts_ms: Optional[int],
+             run_id: Optional[str]) -> Optional[SurfaceSnapshot]:
+    if run_id is not None:
+        check_run_id(run_id)
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(
-            "SELECT max(epoch) FROM surface_state WHERE venue = %s AND underlying = %s AND is_snapshot",
-            (venue, underlying),
+            "SELECT run_id, epoch, ts_exchange_ms, ts_ms, index_px, tenors, calendar"
+            " FROM surface_head_as_of(%s, %s, %s, %s)",
+            (venue, underlying, ts_ms, run_id),
         )
-        since = cur.fetchone()[0]
-        since = -(2**62) if since is None else since
-        cur.execute(
-            "SELECT epoch, ts_exchange_ms, ts_emit_ms, tenors, calendar FROM surface_state"
-            " WHERE venue = %s AND underlying = %s AND epoch >= %s ORDER BY epoch DESC LIMIT 1",
-            (venue, underlying, since),
-        )
-        latest = cur.fetchone()
-        if latest is None:
+        head = cur.fetchone()
+        if head is None:
             return None
-        # apply_patch keeps the previous index price when a patch has none; a snapshot sets it.
-        cur.execute(
-            "SELECT index_px FROM surface_state WHERE venue = %s AND underlying = %s AND epoch >= %s"
-            " AND (is_snapshot OR index_px IS NOT NULL) ORDER BY epoch DESC LIMIT 1",
-            (venue, underlying, since),
-        )
-        row = cur.fetchone()
-        index_px = row[0] if row else None
-        # Distinct expiries from the key index, then the latest row of each: reads one
-        # view per expiry instead of detoasting the whole history (DISTINCT ON would).
-        cur.execute(
-            "SELECT e.expiry_ms, v.removed, v.view"
-            " FROM (SELECT DISTINCT expiry_ms FROM expiry_views"
-            "       WHERE venue = %(venue)s AND underlying = %(und)s AND epoch >= %(since)s) e"
-            " CROSS JOIN LATERAL (SELECT removed, view FROM expiry_views x"
-            "       WHERE x.venue = %(venue)s AND x.underlying = %(und)s AND x.expiry_ms = e.expiry_ms"
-            "       AND x.epoch >= %(since)s ORDER BY x.epoch DESC LIMIT 1) v"
-            " ORDER BY e.expiry_ms",
-            {"venue": venue, "und": underlying, "since": since},
-        )
-        views = [view for _, removed, view in cur.fetchall() if not removed]
-    epoch, ts_exchange_ms, ts_emit_ms, tenors, calendar = latest
+        run, epoch, ts_exchange_ms, ts_emit_ms, index_px, tenors, calendar = head
+        cur.execute("SELECT view FROM surface_views_as_of(%s, %s, %s, %s)", (venue, underlying, ts_ms, run))
+        views = [row[0] for row in cur.fetchall()]  # ordered by expiry_ms, as apply_patch does
     return from_dict({
         "type": "SurfaceSnapshot",
         "venue": venue,
@@ -63,8 +43,68 @@ def latest_surface(conn: psycopg.Connection, venue: str, underlying: str) -> Opt
         "epoch": epoch,
         "ts_exchange_ms": ts_exchange_ms,
         "ts_emit_ms": ts_emit_ms,
-        "expiries": views,  # ordered by expiry_ms, as apply_patch does
+        "expiries": views,
         "tenors": tenors,
         "calendar": calendar,
         "index_px": index_px,
     })
+
+
+def latest_surface(conn: psycopg.Connection, venue: str, underlying: str,
+                   run_id: Optional[str] = None) -> Optional[SurfaceSnapshot]:
+    """The current surface of (venue, underlying) written by run `run_id` (None: the run that
+    most recently wrote that surface, by runs.started_ms, then epoch), rebuilt from stored
+    rows and equal to folding apply_patch over the run's written patches (given they were
+    written in epoch order): the latest view per expiry since the latest snapshot, minus
+    expiries whose latest row is a removal, with the latest epoch's tenors and calendar
+    checks. None when that run wrote nothing there."""
+    return _surface(conn, venue, underlying, None, run_id)
+
+
+def surface_as_of(conn: psycopg.Connection, venue: str, underlying: str, ts_ms: int,
+                  run_id: Optional[str] = None) -> Optional[SurfaceSnapshot]:
+    """The surface of (venue, underlying) as it stood at `ts_ms` (UTC epoch ms, the flow's
+    clock): the fold of the run's patches emitted at or before ts_ms, i.e. the latest
+    snapshot at or before then, and the views after it up to then. run_id None: the run that
+    most recently wrote that surface at or before ts_ms (latest runs.started_ms, then epoch).
+    None when nothing had been emitted by then."""
+    if isinstance(ts_ms, bool) or not isinstance(ts_ms, int):
+        raise ValueError(f"ts_ms must be UTC epoch milliseconds as an int, got {ts_ms!r}")
+    return _surface(conn, venue, underlying, ts_ms, run_id)
+
+
+def node_series(conn: psycopg.Connection, venue: str, underlying: str, node: str, start_ms: int, end_ms: int,
+                expiry_ms: Optional[int] = None, run_id: Optional[str] = None) -> list[tuple[int, int, Optional[float]]]:
+    """The values of graph.toml node `node` (atm_vol, rr25, bf25, ... by name) for one expiry
+    (or every expiry when expiry_ms is None) emitted between start_ms and end_ms inclusive,
+    as (ts_ms, expiry_ms, value) rows ordered by time then expiry; a None value is a node that
+    ran and failed. run_id None: the run that most recently wrote that surface at or before
+    end_ms. Reads the node_history view (deploy/sql/003_runs.sql)."""
+    for name, value in (("start_ms", start_ms), ("end_ms", end_ms)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be UTC epoch milliseconds as an int, got {value!r}")
+    if run_id is not None:
+        check_run_id(run_id)
+    with conn.transaction(), conn.cursor() as cur:
+        if run_id is None:
+            cur.execute("SELECT surface_run(%s, %s, %s)", (venue, underlying, end_ms))
+            run_id = cur.fetchone()[0]
+            if run_id is None:
+                return []
+        # The epoch bounds hold for every row whose time is in range (whatever the order of
+        # times and epochs) and turn the node index (expiry_nodes_by_node) into a range scan
+        # instead of a read of the run's whole history of that node.
+        cur.execute(
+            "SELECT ts_ms, expiry_ms, value FROM node_history"
+            " WHERE run_id = %(run)s AND venue = %(venue)s AND underlying = %(und)s AND node = %(node)s"
+            " AND ts_ms BETWEEN %(start)s AND %(end)s"
+            " AND epoch >= (SELECT min(epoch) FROM surface_state WHERE run_id = %(run)s AND venue = %(venue)s"
+            "               AND underlying = %(und)s AND ts_emit_ms >= %(start)s)"
+            " AND epoch <= (SELECT max(epoch) FROM surface_state WHERE run_id = %(run)s AND venue = %(venue)s"
+            "               AND underlying = %(und)s AND ts_emit_ms <= %(end)s)"
+            " AND (%(expiry)s::bigint IS NULL OR expiry_ms = %(expiry)s::bigint)"
+            " ORDER BY ts_ms, expiry_ms",
+            {"run": run_id, "venue": venue, "und": underlying, "node": node, "start": start_ms, "end": end_ms,
+             "expiry": expiry_ms},
+        )
+        return [tuple(row) for row in cur.fetchall()]

@@ -2,10 +2,14 @@
 
 SmileFit, SurfacePatch and SurfaceSnapshot become rows of smile_fits, expiry_views,
 expiry_nodes (one row per graph.toml node per view, by node name: no node name is known
-here) and surface_state (deploy/sql/001_init.sql, 002_expiry_nodes.sql). Within a batch,
-the surface events of one (venue, underlying, epoch) are folded with the one patch-merge
-rule, operators/merge.py `coalesce`; across batches the ON CONFLICT clauses below apply the
-same rule in SQL. Only translates: no volatility maths, no threads (connectors/postgres/writer.py).
+here) and surface_state (deploy/sql/001_init.sql, 002_expiry_nodes.sql, 003_runs.sql).
+Every row carries the run that wrote it (a BatchPlan is one run's) as the first column of
+its natural key, so one run never touches another's rows; the run must be registered first
+(connectors/postgres/runs.py register_run; foreign keys check it). Within a batch, the
+surface events of one (venue, underlying, epoch) are folded with the one patch-merge rule,
+operators/merge.py `coalesce`; across batches of the same run the ON CONFLICT clauses below
+apply the same rule in SQL. Only translates: no volatility maths, no threads
+(connectors/postgres/writer.py). Never imports flows or bytewax.
 """
 
 from __future__ import annotations
@@ -14,40 +18,43 @@ from typing import Any, Iterable, Union
 
 import psycopg
 
+from connectors.postgres.runs import check_run_id
 from operators.events import SmileFit, SurfacePatch, SurfaceSnapshot, dumps, to_json
 from operators.merge import coalesce
 
-# Column order of each table's staged COPY; the first `key` columns are the natural key.
+# Column order of each table's staged COPY; the first `key` columns are the natural key,
+# run_id first (deploy/sql/003_runs.sql).
 TABLES: dict[str, dict[str, Any]] = {
     "smile_fits": {
         "cols": (
-            "venue", "underlying", "expiry_ms", "epoch", "ts_exchange_ms", "ts_emit_ms", "t_years",
+            "run_id", "venue", "underlying", "expiry_ms", "epoch", "ts_exchange_ms", "ts_emit_ms", "t_years",
             "forward", "a", "b", "rho", "m", "sigma", "rmse_vol_pts", "n_quotes", "butterfly_ok",
             "min_g", "fit_ms", "inside_band_frac", "warm",
         ),
-        "key": 4,
+        "key": 5,
         # A fit is immutable history: the first write of a key stands.
         "conflict": "DO NOTHING",
     },
     "expiry_views": {
-        "cols": ("venue", "underlying", "expiry_ms", "epoch", "ts_emit_ms", "removed", "calendar_ok", "view"),
-        "key": 4,
+        "cols": ("run_id", "venue", "underlying", "expiry_ms", "epoch", "ts_emit_ms", "removed", "calendar_ok",
+                 "view"),
+        "key": 5,
         # Last write wins within an epoch, as apply_patch does for in-order patches.
         "conflict": "DO UPDATE SET ts_emit_ms = EXCLUDED.ts_emit_ms, removed = EXCLUDED.removed,"
         " calendar_ok = EXCLUDED.calendar_ok, view = EXCLUDED.view",
     },
     "expiry_nodes": {
-        "cols": ("venue", "underlying", "expiry_ms", "epoch", "node", "value"),
-        "key": 5,
-        # The node values of the view row with the same first four key columns: last write wins.
+        "cols": ("run_id", "venue", "underlying", "expiry_ms", "epoch", "node", "value"),
+        "key": 6,
+        # The node values of the view row with the same first five key columns: last write wins.
         "conflict": "DO UPDATE SET value = EXCLUDED.value",
     },
     "surface_state": {
         "cols": (
-            "venue", "underlying", "epoch", "ts_exchange_ms", "ts_emit_ms", "is_snapshot", "index_px",
+            "run_id", "venue", "underlying", "epoch", "ts_exchange_ms", "ts_emit_ms", "is_snapshot", "index_px",
             "n_changed", "n_removed", "tenors", "calendar",
         ),
-        "key": 3,
+        "key": 4,
         # merge.coalesce in SQL: a snapshot row stays a snapshot; a patch keeps the previous
         # index price when it has none; a snapshot sets it outright.
         "conflict": "DO UPDATE SET ts_exchange_ms = EXCLUDED.ts_exchange_ms,"
@@ -70,6 +77,7 @@ def _json_text(value: Any) -> str:
 
 
 def _fit_row(fit: SmileFit) -> tuple:
+    """A smile_fits row without its run (BatchPlan.tables() puts the run first)."""
     return (
         fit.venue, fit.underlying, fit.expiry_ms, fit.epoch, fit.ts_exchange_ms, fit.ts_emit_ms,
         fit.t_years, fit.forward, fit.a, fit.b, fit.rho, fit.m, fit.sigma, fit.rmse_vol_pts,
@@ -78,11 +86,13 @@ def _fit_row(fit: SmileFit) -> tuple:
 
 
 class BatchPlan:
-    """The rows of one batch. add() takes events in order and fails on a bad one before it
-    changes anything (the writer sets that event aside and keeps the rest); tables() then
-    gives each table's rows, one per natural key (a statement may not touch a row twice)."""
+    """The rows of one batch of run `run_id`. add() takes events in order and fails on a bad
+    one before it changes anything (the writer sets that event aside and keeps the rest);
+    tables() then gives each table's rows, run_id first, one per natural key (a statement may
+    not touch a row twice). A bad run_id fails here, naming the rule (runs.check_run_id)."""
 
-    def __init__(self) -> None:
+    def __init__(self, run_id: str) -> None:
+        self.run_id = check_run_id(run_id)
         self.fits: dict[tuple, tuple] = {}
         # (venue, underlying, epoch) -> the batch's events of that key folded by merge.coalesce
         self.surfaces: dict[tuple[str, str, int], Surface] = {}
@@ -116,6 +126,7 @@ class BatchPlan:
                 for (v, u, e), s in self.surfaces.items() if isinstance(s, SurfaceSnapshot)]
 
     def tables(self) -> dict[str, list[tuple]]:
+        run = self.run_id
         views: list[tuple] = []
         nodes: list[tuple] = []
         states: list[tuple] = []
@@ -123,23 +134,23 @@ class BatchPlan:
             is_snapshot = isinstance(s, SurfaceSnapshot)
             for view in s.expiries:
                 e = view.expiry_ms
-                views.append((venue, und, e, epoch, s.ts_emit_ms, False, view.calendar_ok,
+                views.append((run, venue, und, e, epoch, s.ts_emit_ms, False, view.calendar_ok,
                               self._view_json[(venue, und, e, epoch)]))
-                nodes.extend((venue, und, e, epoch, name, value) for name, value in view.analytics.items())
+                nodes.extend((run, venue, und, e, epoch, name, value) for name, value in view.analytics.items())
             # apply_patch drops the removed first, then adds the views: a view sent and removed
             # in one patch stays (merge.fold_patches makes the same cut)
             present = {view.expiry_ms for view in s.expiries}
             removed = () if is_snapshot else sorted(set(s.removed).difference(present))
-            views.extend((venue, und, e, epoch, s.ts_emit_ms, True, None, None) for e in removed)
-            states.append((venue, und, epoch, s.ts_exchange_ms, s.ts_emit_ms, is_snapshot, s.index_px,
+            views.extend((run, venue, und, e, epoch, s.ts_emit_ms, True, None, None) for e in removed)
+            states.append((run, venue, und, epoch, s.ts_exchange_ms, s.ts_emit_ms, is_snapshot, s.index_px,
                            len(s.expiries), len(removed), *self._global_json[(venue, und, epoch)]))
-        return {"smile_fits": list(self.fits.values()), "expiry_views": views, "expiry_nodes": nodes,
-                "surface_state": states}
+        return {"smile_fits": [(run, *row) for row in self.fits.values()], "expiry_views": views,
+                "expiry_nodes": nodes, "surface_state": states}
 
 
-def rows_for(events: Iterable[Any]) -> dict[str, list[tuple]]:
-    """The rows a sequence of events writes, per table (for inspection and tests)."""
-    plan = BatchPlan()
+def rows_for(events: Iterable[Any], run_id: str) -> dict[str, list[tuple]]:
+    """The rows a sequence of events writes as run `run_id`, per table (for inspection and tests)."""
+    plan = BatchPlan(run_id)
     for ev in events:
         plan.add(ev)
     return plan.tables()
@@ -161,16 +172,18 @@ def write_plan(conn: psycopg.Connection, plan: BatchPlan) -> dict[str, int]:
     path for volume and the conflict clause makes a resent batch a no-op. Node rows go
     with their view row: a snapshot's clean-up and a removal delete them too. (A view
     rewritten at the same key keeps node rows its new version lacks: only a graph.toml
-    change inside one epoch of one process could do that, and epochs are wall-clock.)"""
+    change inside one epoch of one process could do that, and epochs are wall-clock.)
+    Every statement is limited to the plan's run: another run's rows are never touched.
+    Call it outside any open transaction: its stage tables empty only when it commits."""
     counts: dict[str, int] = {}
     tables = plan.tables()
     with conn.transaction(), conn.cursor() as cur:
         for venue, und, epoch, keep in plan.snapshot_keeps():
             for table in ("expiry_views", "expiry_nodes"):
                 cur.execute(
-                    f"DELETE FROM {table} WHERE venue = %s AND underlying = %s AND epoch = %s"
+                    f"DELETE FROM {table} WHERE run_id = %s AND venue = %s AND underlying = %s AND epoch = %s"
                     " AND NOT (expiry_ms = ANY(%s))",
-                    (venue, und, epoch, keep),
+                    (plan.run_id, venue, und, epoch, keep),
                 )
         for table, spec in TABLES.items():
             rows = tables[table]
@@ -182,10 +195,10 @@ def write_plan(conn: psycopg.Connection, plan: BatchPlan) -> dict[str, int]:
                 for row in rows:
                     copy.write_row(row)
             key = ", ".join(spec["cols"][: spec["key"]])
-            if table == "expiry_views" and len(rows) > sum(1 for r in rows if not r[5]):  # tombstones
+            if table == "expiry_views" and any(r[6] for r in rows):  # tombstones (column `removed`)
                 cur.execute(
                     "DELETE FROM expiry_nodes n USING stage_expiry_views s WHERE s.removed"
-                    " AND n.venue = s.venue AND n.underlying = s.underlying"
+                    " AND n.run_id = s.run_id AND n.venue = s.venue AND n.underlying = s.underlying"
                     " AND n.expiry_ms = s.expiry_ms AND n.epoch = s.epoch"
                 )
             cur.execute(
@@ -196,9 +209,10 @@ def write_plan(conn: psycopg.Connection, plan: BatchPlan) -> dict[str, int]:
     return counts
 
 
-def write_events(conn: psycopg.Connection, events: Iterable[Any]) -> dict[str, int]:
-    """Synchronous, idempotent write of events (the writer thread's unit of work)."""
-    plan = BatchPlan()
+def write_events(conn: psycopg.Connection, events: Iterable[Any], run_id: str) -> dict[str, int]:
+    """Synchronous, idempotent write of events as run `run_id`, which must be registered
+    (connectors/postgres/runs.py register_run): the writer thread's unit of work."""
+    plan = BatchPlan(run_id)
     for ev in events:
         plan.add(ev)
     prepare_stage(conn)

@@ -1,40 +1,67 @@
-"""The bytewax sink: each worker's partition owns a PostgresWriter (its own thread and connection).
+"""The bytewax sink: a fixed set of partitions, each owning a PostgresWriter (its own thread
+and connection), keyed by surface so one surface's rows are written in order by one writer.
 
 Stores SmileFit, SurfacePatch and SurfaceSnapshot events and counts the others as ignored.
-flush_ms, batch_rows and spill_dir are required keywords: their defaults live in graph.toml
-([sinks.postgres], runtime.data_dir) and nowhere else. The only module here that imports bytewax.
+Every row is written under the sink's run (connectors/postgres/runs.py RunInfo), registered in
+the `runs` table when a writer first connects. flush_ms, batch_rows, handoff_timeout_s, spill_dir and
+partitions are required keywords: their defaults live in graph.toml ([sinks.postgres],
+runtime.data_dir, runtime.processes × runtime.workers) and nowhere else.
+
+The durable hand-off: a partition's snapshot() — which bytewax takes when it closes an epoch,
+before it records that epoch as done — returns only once every row handed to it is in
+PostgreSQL or in an fsync'd spill file (PostgresWriter.durable). With idempotent writes that
+makes the rows exactly-once after any kill: what the resumed flow emits again is either
+already stored (a no-op) or was never accepted. The only module here that imports bytewax.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-from typing import Any
+from typing import Any, Optional
 
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
-from connectors.postgres.writer import PostgresWriter
-from operators.events import SmileFit, SurfacePatch
+from connectors.postgres.runs import RunInfo
+from connectors.postgres.writer import PostgresWriter, orphan_runs
+from operators.events import SmileFit, SurfacePatch, surface_key
+
+log = logging.getLogger("volgraph.postgres")
 
 
-class _PostgresPartition(StatelessSinkPartition):
-    def __init__(self, writer: PostgresWriter, close_timeout_s: float) -> None:
+class _PostgresPartition(StatefulSinkPartition):
+    def __init__(self, writer: PostgresWriter, close_timeout_s: float, handoff_timeout_s: float,
+                 orphans: list[PostgresWriter]) -> None:
         self.writer = writer
         self.close_timeout_s = close_timeout_s
+        self.handoff_timeout_s = handoff_timeout_s
+        self.orphans = orphans  # writers draining earlier runs' spill files of this partition
 
     def write_batch(self, items: list) -> None:
         submit = self.writer.submit
         for item in items:
             submit(item)
 
+    def snapshot(self) -> None:
+        if not self.writer.durable(self.handoff_timeout_s):
+            self.writer.errors["handoff_timeout"] += 1
+            log.error("writer %s: rows of this epoch not yet stored or spilled after %.0f s; the snapshot goes "
+                      "ahead (a kill now could lose them): check the database and the spill folder's disk",
+                      self.writer.name, self.handoff_timeout_s)
+        return None  # nothing to resume: the writer's own spill files carry what is not yet written
+
     def close(self) -> None:
+        for w in self.orphans:
+            w.close(self.close_timeout_s)
         self.writer.close(self.close_timeout_s)
 
 
-class PostgresSink(DynamicSink):
-    """Each worker's partition owns a PostgresWriter (its own thread and connection);
-    stores SmileFit, SurfacePatch and SurfaceSnapshot events, ignores others (counted).
-    The flow hands it only what it `consumes` (flows/surface.py)."""
+class PostgresSink(FixedPartitionedSink):
+    """`partitions` partitions (pg-0 …), each a PostgresWriter; an item goes to the partition
+    of its surface (key_of). Stores SmileFit, SurfacePatch and SurfaceSnapshot events, ignores
+    others (counted). The flow hands it only what it `consumes`, keyed by key_of
+    (flows/surface.py)."""
 
     consumes = (SmileFit, SurfacePatch)
 
@@ -42,19 +69,39 @@ class PostgresSink(DynamicSink):
         self,
         dsn: str,
         *,
+        run: RunInfo,
+        partitions: int,
         spill_dir: str | os.PathLike,
         flush_ms: float,
         batch_rows: int,
+        handoff_timeout_s: float,
         close_timeout_s: float = 10.0,
         **writer_options: Any,
     ) -> None:
+        if partitions < 1:
+            raise ValueError(f"PostgresSink partitions={partitions}: give ≥ 1 (runtime.processes × runtime.workers)")
         self.dsn = dsn
+        self.run = run
+        self.partitions = partitions
         self.options = dict(spill_dir=spill_dir, flush_ms=flush_ms, batch_rows=batch_rows, **writer_options)
         self.close_timeout_s = close_timeout_s
+        self.handoff_timeout_s = handoff_timeout_s
         self.writers: list[PostgresWriter] = []  # for status and tests
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _PostgresPartition:
-        name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{step_id}-w{worker_index}")
-        writer = PostgresWriter(self.dsn, name=name, **self.options)
-        self.writers.append(writer)
-        return _PostgresPartition(writer, self.close_timeout_s)
+    @staticmethod
+    def key_of(item) -> str:
+        return surface_key(item.venue, item.underlying)
+
+    def list_parts(self) -> list[str]:
+        return [f"pg-{i}" for i in range(self.partitions)]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: Optional[None]) -> _PostgresPartition:
+        # named by partition, not worker: a partition's spill files go with it to whichever
+        # worker owns it next
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{step_id}-{for_part}")
+        writer = PostgresWriter(self.dsn, name=name, run=self.run, **self.options)
+        # an earlier run stopped during an outage left spill files: written under that run
+        orphans = [PostgresWriter(self.dsn, name=name, run=other, **self.options)
+                   for other in orphan_runs(self.options["spill_dir"], name, self.run.run_id)]
+        self.writers.extend([writer, *orphans])
+        return _PostgresPartition(writer, self.close_timeout_s, self.handoff_timeout_s, orphans)

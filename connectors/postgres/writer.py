@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import dataclasses
 import itertools
 import logging
 import os
@@ -30,6 +31,7 @@ import psycopg
 
 from connectors.postgres.embedded import connect
 from connectors.postgres.rows import SUPPORTED_EVENTS, BatchPlan, prepare_stage, write_plan
+from connectors.postgres.runs import RunInfo, register_run
 from connectors.postgres.schema import migrate
 from operators.events import ContractError, from_json, to_json
 
@@ -46,12 +48,18 @@ class PostgresWriter:
     returns, with retries backing off up to `retry_max_ms`. Segments left by a previous
     run with the same `name` are written first. Events the database rejects as data
     (not connectivity) go to `<name>.rejected.jsonl`, counted by reason: nothing is lost.
+
+    Every row is written under `run` (its run_id in each table's key; the run registered in
+    `runs` on each connect, idempotently). Spill files live in `spill_dir/<run_id>/` beside the
+    run's description (run.json), so a later writer of another run writes them under theirs
+    (orphan_runs).
     """
 
     def __init__(
         self,
         dsn: str,
         *,
+        run: RunInfo,
         name: str = "pg",
         flush_ms: float,
         batch_rows: int,
@@ -77,7 +85,9 @@ class PostgresWriter:
         self.batch_rows = batch_rows
         self.max_buffer_rows = max_buffer_rows
         self.spill_segment_rows = spill_segment_rows or max(1, max_buffer_rows // 2)
-        self.spill_dir = Path(spill_dir)
+        self.run = run
+        self.spill_root = Path(spill_dir)
+        self.spill_dir = self.spill_root / run.run_id
         self.retry_min_s = retry_min_ms / 1000.0
         self.retry_max_s = retry_max_ms / 1000.0
         self.connect_timeout_s = connect_timeout_s
@@ -100,6 +110,10 @@ class PostgresWriter:
         self._stop = threading.Event()
         self._closed = False
         self._stop_deadline = float("inf")
+        # the durable hand-off (durable()): the submit count asked for, and the count known to
+        # be on disk (fsync'd spill segments) when the database could not take it
+        self._barrier = 0
+        self._on_disk = 0
         self.stats_counts: collections.Counter = collections.Counter()
         self.errors: collections.Counter = collections.Counter()
         self.rows_written: collections.Counter = collections.Counter()
@@ -136,6 +150,23 @@ class PostgresWriter:
         self._wake.set()
         with self._cond:
             return self._cond.wait_for(lambda: self._done >= target or not self._thread.is_alive(), timeout) and self._done >= target
+
+    def durable(self, timeout: Optional[float] = None) -> bool:
+        """Block until every event submitted so far is in PostgreSQL or in an fsync'd spill
+        segment: the hand-off the sink makes before bytewax may close an epoch (with
+        idempotent writes, exactly-once rows after any kill). With the database away the
+        writer thread spills its memory at once instead of waiting for it to fill. True when
+        done, False on timeout."""
+        target = self._n_submitted
+        with self._cond:
+            self._barrier = max(self._barrier, target)
+        self._wake.set()
+        with self._cond:
+            self._cond.wait_for(lambda: self._is_durable(target) or not self._thread.is_alive(), timeout)
+            return self._is_durable(target)
+
+    def _is_durable(self, target: int) -> bool:
+        return self._done >= target or self._on_disk >= target
 
     def close(self, timeout: Optional[float] = 10.0) -> bool:
         """Flush (up to `timeout`), then stop; whatever the database has not taken by then
@@ -240,11 +271,26 @@ class PostgresWriter:
         on _wake: submits set _wake constantly and would turn the retry into a busy loop."""
         deadline = time.monotonic() + backoff_s
         while True:
+            self._honour_barrier()
             left = deadline - time.monotonic()
             if left <= 0 or self._stop.wait(min(left, self.flush_s)):
                 break
             self._drain_inbox()
         self._drain_inbox()
+        self._honour_barrier()
+
+    def _honour_barrier(self) -> None:
+        """With the database away: if durable() waits, put every event submitted so far on
+        disk (memory before the segments, the inbox after them, all fsync'd)."""
+        with self._cond:
+            target = self._barrier
+        if self._is_durable(target):
+            return
+        n = self._n_submitted  # read first: all of these are in memory, the inbox or segments
+        self._spill_memory()
+        with self._cond:
+            self._on_disk = max(self._on_disk, n)
+            self._cond.notify_all()
 
     def _has_pending(self) -> bool:
         return bool(self._mem) or bool(self._segments)
@@ -282,39 +328,60 @@ class PostgresWriter:
         self.stats_counts["spilled"] += 1
 
     def _spill_memory(self) -> None:
-        """On shutdown with the database down: memory and inbox → spill, after the segments
-        already there (memory is older than them, so it goes into a segment numbered first)."""
-        events = list(self._mem) + list(self._inbox)
+        """Memory → an fsync'd segment numbered before every other (memory is older than the
+        segments), then the inbox → the newest segment (it is newer than them), all fsync'd:
+        on shutdown with the database down, and for durable() while it is away. A segment
+        loaded into memory is replaced by the new file only once that file is on disk."""
+        events = list(self._mem)
         self._mem.clear()
-        self._inbox.clear()
-        if self._loaded_segment is not None:
-            # Its events are all in `events` (it was loaded into memory): rewrite rather than
-            # keep two copies on disk.
-            self._segment_rows.pop(self._loaded_segment, None)
-            self._loaded_segment.unlink(missing_ok=True)
-            self._loaded_segment = None
-            self._mem_from_segment = 0
-        if not events:
-            return
+        loaded, self._loaded_segment = self._loaded_segment, None
+        self._mem_from_segment = 0
+        if events:
+            self._close_spill()
+            seqs = [self._segment_seq(p) for p in self._segments]
+            if loaded is not None:
+                seqs.append(self._segment_seq(loaded))
+            seq = min(seqs) - 1 if seqs else self._next_seq()
+            path = self.spill_dir / f"{self.name}.spill.{seq:012d}.jsonl"
+            self._make_spill_dir()  # the outage may end the run before any spill
+            with open(path, "wb") as fh:
+                for ev in events:
+                    fh.write(to_json(ev) + b"\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            self._fsync_dir()
+            self._segments.appendleft(path)
+            self._segment_rows[path] = len(events)
+            self.stats_counts["spilled"] += len(events)
+        if loaded is not None:  # its events are all in the new file (they were in memory)
+            self._segment_rows.pop(loaded, None)
+            loaded.unlink(missing_ok=True)
+        self._spill_from_inbox()
         self._close_spill()
-        first = self._segments[0] if self._segments else None
-        seq = self._segment_seq(first) - 1 if first else self._next_seq()
-        path = self.spill_dir / f"{self.name}.spill.{seq:012d}.jsonl"
-        self.spill_dir.mkdir(parents=True, exist_ok=True)  # the outage may end the run before any spill
-        with open(path, "wb") as fh:
-            for ev in events:
-                fh.write(to_json(ev) + b"\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        self._segments.appendleft(path)
-        self._segment_rows[path] = len(events)
-        self.stats_counts["spilled"] += len(events)
+
+    def _make_spill_dir(self) -> None:
+        """spill_dir/<run_id>/ with the run's description, which a writer of a later run
+        reads to write these files under this run (orphan_runs)."""
+        if not (self.spill_dir / RUN_FILE).exists():
+            self.spill_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.spill_dir / (RUN_FILE + ".tmp")
+            tmp.write_bytes(orjson.dumps(dataclasses.asdict(self.run)))
+            os.replace(tmp, self.spill_dir / RUN_FILE)
+
+    def _fsync_dir(self) -> None:
+        """A new file's name is durable once its folder is fsync'd."""
+        fd = os.open(self.spill_dir, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _open_segment(self) -> None:
         self._close_spill()
-        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        self._make_spill_dir()
         path = self.spill_dir / f"{self.name}.spill.{self._next_seq():012d}.jsonl"
         self._spill_fh = open(path, "ab")
+        self._fsync_dir()
         self._spill_path = path
         self._segments.append(path)
         self._segment_rows[path] = 0
@@ -404,6 +471,7 @@ class PostgresWriter:
             conn = connect(self.dsn, connect_timeout_s=self.connect_timeout_s)
             if self.auto_migrate:
                 migrate(conn)
+            register_run(conn, self.run)
             prepare_stage(conn)
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             raise _DatabaseDown("connect", exc) from exc
@@ -415,7 +483,7 @@ class PostgresWriter:
         return conn
 
     def _write_batch(self, batch: list) -> None:
-        plan = BatchPlan()
+        plan = BatchPlan(self.run.run_id)
         good = []
         for ev in batch:
             if not isinstance(ev, SUPPORTED_EVENTS):
@@ -468,7 +536,7 @@ class PostgresWriter:
             log.warning("writer %s: database unreachable (%s); buffering", self.name, self.last_error)
 
     def _reject(self, events: list, reason: str, label: str) -> None:
-        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        self._make_spill_dir()
         with open(self.spill_dir / f"{self.name}.rejected.jsonl", "ab") as fh:
             for ev in events:
                 try:
@@ -481,10 +549,31 @@ class PostgresWriter:
         self.last_error = reason
 
     def _reject_line(self, line: bytes, reason: str, label: str) -> None:
-        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        self._make_spill_dir()
         with open(self.spill_dir / f"{self.name}.rejected.jsonl", "ab") as fh:
             fh.write(orjson.dumps({"reason": reason, "event": line.decode(errors="replace").strip()}) + b"\n")
         self.errors[f"rejected.{label}"] += 1
+
+
+RUN_FILE = "run.json"
+
+
+def orphan_runs(spill_root: str | os.PathLike, name: str, run_id: str) -> list[RunInfo]:
+    """Runs other than run_id that left spill segments of writer `name` under spill_root
+    (a run stopped during an outage, then a fresh one started): a writer per such run
+    writes them under their own run."""
+    out = []
+    root = Path(spill_root)
+    if not root.is_dir():
+        return out
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and p.name != run_id):
+        if any(d.glob(f"{name}.spill.*.jsonl")) and (d / RUN_FILE).is_file():
+            try:
+                out.append(RunInfo(**orjson.loads((d / RUN_FILE).read_bytes())))
+            except (ValueError, TypeError, KeyError) as exc:
+                log.error("spill folder %s: unreadable %s (%s); its files are left for a person to look at",
+                          d, RUN_FILE, exc)
+    return out
 
 
 class _DatabaseDown(Exception):

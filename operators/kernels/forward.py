@@ -20,6 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# Stored with every run (runs.methods, flows/runs.py): bump it whenever a change alters the forwards
+# this module computes, so rows made before and after say which method made them.
+METHOD_VERSION = "forward/future-parity-median/1"
+
 METHOD_FUTURE = "future"
 METHOD_PARITY = "parity"
 METHOD_UNDERLYING = "underlying"

@@ -57,6 +57,10 @@ import numpy as np
 from numba import types
 from numba.extending import intrinsic
 
+# Stored with every run (runs.methods, flows/runs.py): bump it whenever a change alters the implied vols
+# this module computes, so rows made before and after say which method made them.
+METHOD_VERSION = "iv/black76-halley-erfcx/1"
+
 OK = 0
 BELOW_INTRINSIC = 1
 ABOVE_MAX = 2

@@ -55,6 +55,10 @@ from numba import njit
 # ------------------------------------------------------------------------- parameters
 
 
+# Stored with every run (runs.methods, flows/runs.py): bump it whenever a change alters the SVI fits
+# this module computes, so rows made before and after say which method made them.
+METHOD_VERSION = "svi/raw-quasi-explicit/2"
+
 class SviParams(NamedTuple):
     """Raw SVI parameters (total variance, not variance): w(k) = a + b(ρ(k−m) + √((k−m)²+σ²))."""
 

@@ -13,7 +13,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.browser
 
 import playwright.sync_api as playwright  # noqa: E402  (a dev dependency: `make test` installs it)
-from tests.helpers.config import RR15_NODE_TOML
+from tests.helpers.config import RR15_NODE_TOML, postgres_sink
 from tests.helpers.gateway import serve_gateway
 
 if not shutil.which("chromium"):  # a failure, never a skip: a skipped browser test hides a broken dashboard
@@ -91,7 +91,7 @@ def test_a_node_added_to_graph_toml_reaches_gateway_postgres_and_dashboard(gatew
     from bytewax.testing import TestingSource, run_main
 
     from connectors.gateway.publisher import GatewaySink
-    from connectors.postgres import PostgresSink, connect
+    from connectors.postgres import connect
     from flows.config import load_config
     from flows.surface import build_flow
     from tests.helpers.market import NOW, SPOT, TENORS, market
@@ -100,9 +100,8 @@ def test_a_node_added_to_graph_toml_reaches_gateway_postgres_and_dashboard(gatew
     graph = tmp_path / "graph.toml"
     graph.write_text(RR15_NODE_TOML)
     config = load_config(graph)
-    pg_conf = config.sinks.postgres
     publish = http_url.replace("http://", "ws://").rstrip("/") + "/publish"
-    pg_sink = PostgresSink(pg_db, spill_dir=tmp_path / "spill", flush_ms=pg_conf.flush_ms, batch_rows=pg_conf.batch_rows)
+    pg_sink = postgres_sink(pg_db, tmp_path / "spill", config=config)
     flow = build_flow(config, TestingSource(market()), [GatewaySink(publish, token="t"), pg_sink], now_ms=lambda: NOW)
     run_main(flow)  # a finite input: the sinks flush and close when it ends
 

@@ -80,9 +80,9 @@ class ReferenceClient:
     def _read(self):
         try:
             for raw in self.ws:
-                e = from_json(raw)
-                if not isinstance(e, (SurfaceSnapshot, SurfacePatch)):
-                    continue
+                if not raw.startswith(('{"type":"SurfaceSnapshot"', '{"type":"SurfacePatch"')):
+                    continue  # Hello, Ping, ... (docs/gateway-protocol.md)
+                e = from_json(raw)  # the seq fields are not the event's: ignored
                 key = f"{e.venue}:{e.underlying}"
                 with self.lock:
                     state = e if isinstance(e, SurfaceSnapshot) else apply_patch(self.current.get(key), e)

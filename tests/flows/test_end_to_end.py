@@ -13,7 +13,7 @@ from websockets.sync.client import connect as ws_connect
 
 from connectors.venues.deribit import DeribitSource
 from connectors.gateway.publisher import GatewaySink
-from connectors.postgres import PostgresSink, connect, latest_surface, migrate
+from connectors.postgres import connect, latest_surface, migrate
 from connectors.sim.deribit import Simulator
 from flows.surface import build_flow
 from operators.state import chain
@@ -22,7 +22,7 @@ from operators.merge import apply_patch
 from flows.config import load_config
 from tests.helpers.flowrun import DEADLINE_S, StoppableSource, holds, run_until
 from tests.helpers.venues import check_smile_against_truth, monday_noon_ms
-from tests.helpers.config import RR15_NODE_TOML, deribit_kwargs, sim_kwargs
+from tests.helpers.config import RR15_NODE_TOML, deribit_kwargs, postgres_sink, sim_kwargs
 from tests.helpers.gateway import serve_gateway
 
 CURRENCIES = ("BTC", "ETH")
@@ -42,7 +42,9 @@ class DashboardClient:
     def _read(self):
         try:
             for raw in self.ws:
-                event = from_json(raw)
+                if not raw.startswith(('{"type":"SurfaceSnapshot"', '{"type":"SurfacePatch"')):
+                    continue  # Hello, Ping, ... (docs/gateway-protocol.md)
+                event = from_json(raw)  # the stream's seq fields are not the event's: ignored
                 with self.changed:
                     self.kinds.append(type(event).__name__)
                     if isinstance(event, SurfaceSnapshot):
@@ -94,7 +96,7 @@ def test_simulator_to_gateway_and_postgres(simulator, gateway, pg_db, tmp_path):
     source = DeribitSource(**deribit_kwargs(DeribitSource, url=sim_url, currencies=CURRENCIES, depth=5,
                                             interval="100ms", heartbeat_s=10, queue_max=100_000,
                                             max_frame_bytes=1 << 20))
-    pg_sink = PostgresSink(pg_db, spill_dir=tmp_path / "spill", flush_ms=100, batch_rows=config.sinks.postgres.batch_rows)
+    pg_sink = postgres_sink(pg_db, tmp_path / "spill", config=config, flush_ms=100)
     stop = threading.Event()
     flow = build_flow(config, StoppableSource(source, stop),
                       [GatewaySink(f"{ws_base}/publish", token="e2e-token"), pg_sink])

@@ -93,3 +93,25 @@ def sim_cli_defaults(venue: str, **over: Any) -> dict[str, Any]:
     from flows.cli import simulator_defaults
 
     return {**simulator_defaults(project_config(), venue), **TEST_SIMULATOR, **over}
+
+
+def run_for_tests(run_id: str = "test-run"):
+    """The RunInfo the tests' PostgreSQL sinks write under (connectors/postgres/runs.py)."""
+    from connectors.postgres.runs import RunInfo
+
+    return RunInfo(run_id=run_id, config_hash="test", code_version="test", methods={"iv": "test", "forward": "test",
+                   "svi": "test"}, started_ms=1, source="file", detail="tests")
+
+
+def postgres_sink(dsn: str, spill_dir, *, config: Optional[Config] = None, run_id: str = "test-run", **options):
+    """A PostgresSink as graph.toml (or `config`) configures it, under run_for_tests(run_id); options
+    override the sink's keywords (flush_ms=…, connect_timeout_s=…)."""
+    from connectors.postgres import PostgresSink
+
+    config = config or load_config()
+    pg = config.sinks.postgres
+    kwargs = dict(run=run_for_tests(run_id), partitions=config.runtime.processes * config.runtime.workers,
+                  batch_rows=pg.batch_rows, flush_ms=pg.flush_ms, handoff_timeout_s=pg.handoff_timeout_s,
+                  spill_dir=spill_dir)
+    kwargs.update(options)
+    return PostgresSink(dsn, **kwargs)

@@ -25,7 +25,7 @@ import random
 from pathlib import Path
 from typing import Optional, Sequence
 
-ENV = "VOLGRAPH_SCALEOUT"  # JSON: {"files": [...], "dsn": ..., "clock_ms": ..., "spill_dir": ...}
+ENV = "VOLGRAPH_SCALEOUT"  # JSON: {"files": [...], "dsn": ..., "clock_ms": ..., "spill_dir": ..., "speed": ...}
 FROZEN_RATE = 1e-4  # flow ms per wall ms: a 50 ms epoch closes 500 s of wall time after it opens, far
 # beyond any run here; expiries (≤ 60 days of flow time) then fall ~1,600 years ahead, inside datetime's range
 HEARTBEAT = '{"jsonrpc":"2.0","method":"heartbeat","params":{"type":"heartbeat"}}'
@@ -88,19 +88,25 @@ def record_deribit(out_dir: Path, start_ms: int, *, currencies: Sequence[str] = 
     return paths
 
 
-def build(files: Sequence[str], dsn: str, clock_ms: int, spill_dir: str, config_path: Optional[str] = None):
+RUN_ID = "scaleout-test"  # every execution of these flows writes under one run: rows are compared across them
+
+
+def build(files: Sequence[str], dsn: str, clock_ms: int, spill_dir: str, config_path: Optional[str] = None,
+          speed="max"):
     """The flow over the recordings with a PostgreSQL sink and the frozen flow clock (see the
-    module docstring). Everything else is graph.toml's, like flows.surface.default_flow."""
+    module docstring). Everything else is graph.toml's, like flows.surface.default_flow.
+    speed: the replay's pace ("max", or a factor of the recording's real time: a paced run
+    lasts long enough to be killed at chosen points)."""
     from connectors.capture.replay import ReplaySource
-    from connectors.postgres import PostgresSink
     from flows.config import load_config
-    from flows.surface import build_flow
+    from flows.runs import run_info
+    from flows.surface import build_flow, postgres_sink
 
     config = load_config(config_path)
-    pg = config.sinks.postgres
-    sink = PostgresSink(dsn, batch_rows=pg.batch_rows, flush_ms=pg.flush_ms, spill_dir=spill_dir)
-    return build_flow(config, ReplaySource(list(files)), [sink], now_ms=lambda: clock_ms, clock_rate=FROZEN_RATE,
-                      flow_id="volgraph_scaleout")
+    run = run_info(config, source="file", detail=",".join(files), run_id=RUN_ID)
+    sink = postgres_sink(config, dsn, run, spill_dir)
+    return build_flow(config, ReplaySource(list(files), speed=speed), [sink], now_ms=lambda: clock_ms,
+                      clock_rate=FROZEN_RATE, flow_id="volgraph_scaleout")
 
 
 def __getattr__(name: str):
@@ -111,9 +117,10 @@ def __getattr__(name: str):
         raw = os.environ.get(ENV)
         if not raw:
             raise RuntimeError(f"{ENV} is not set: give it as JSON "
-                               '{"files": [...], "dsn": "...", "clock_ms": <int>, "spill_dir": "..."}')
+                               '{"files": [...], "dsn": "...", "clock_ms": <int>, "spill_dir": "...", "speed": "max"}')
         job = orjson.loads(raw)
-        return build(job["files"], job["dsn"], int(job["clock_ms"]), job["spill_dir"], job.get("config"))
+        return build(job["files"], job["dsn"], int(job["clock_ms"]), job["spill_dir"], job.get("config"),
+                     job.get("speed", "max"))
     raise AttributeError(name)
 
 

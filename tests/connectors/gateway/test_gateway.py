@@ -1,8 +1,9 @@
-"""The gateway over real websockets on 127.0.0.1: snapshot-then-patches delivery, coalescing
-that converges to the gateway's state, typed decoding that refuses bad nested values, slow
-clients dropped at the bound, HTTP endpoints, origin / token / capacity limits, the CLI, and
-the dataflow's gateway sink (with healing). The merge rule itself is tested in
-tests/operators/test_merge.py, the dashboard's copy in tests/dashboard/test_merge_js.py."""
+"""The gateway over real websockets on 127.0.0.1: snapshot-then-patches delivery (with the
+stream's contiguous seq), coalescing that converges to the gateway's state, typed decoding
+that refuses bad nested values, slow clients dropped at the bound, HTTP endpoints, origin /
+token / capacity limits, the CLI, and the dataflow's gateway sink (with healing). The merge
+rule itself is tested in tests/operators/test_merge.py, the dashboard's copy in
+tests/dashboard/test_merge_js.py; the protocol's own messages in test_protocol.py."""
 
 from __future__ import annotations
 
@@ -23,10 +24,11 @@ from websockets.sync.client import connect
 
 from connectors.gateway.publisher import GatewayPublisher, GatewaySink
 from connectors.gateway.server import Gateway, build_parser, main
+from connectors.gateway.protocol import StreamPatch, StreamSnapshot, decode_server
 from connectors.gateway.surfaces import SNAPSHOT, Client, PatchMsg, Surface, Unsupported, decode_frame, encode_queued
-from operators.events import ContractError, StatusReport, SurfaceSnapshot, from_json, to_json
+from operators.events import ContractError, StatusReport, SurfacePatch, SurfaceSnapshot, to_json
 from operators.merge import apply_patch
-from tests.helpers.config import gateway_kwargs
+from tests.helpers.config import gateway_kwargs, postgres_sink
 
 
 
@@ -45,13 +47,24 @@ def gateway():
         g.stop()
 
 
+def plain(ev):
+    """The operators.events event a StreamSnapshot / StreamPatch carries (seq fields dropped)."""
+    cls = SurfaceSnapshot if isinstance(ev, StreamSnapshot) else SurfacePatch
+    return cls(**{f: getattr(ev, f) for f in cls.__struct_fields__})
+
+
 class Watcher:
-    """A dashboard-like client on its own thread: merges snapshots and patches per surface."""
+    """A dashboard-like client on its own thread: merges snapshots and patches per stream,
+    checking the seq is contiguous (a gap would be a gateway bug here: nothing is lost on
+    loopback)."""
 
     def __init__(self, url: str, **connect_options) -> None:
         self.ws = connect(url, max_size=None, legacy=True, **connect_options)
         self.state: dict[tuple[str, str], SurfaceSnapshot] = {}
+        self.seq: dict[tuple[str, str], int] = {}
+        self.gaps = 0
         self.kinds: list[str] = []
+        self.other: list = []  # Hello, Ping, Subscribed, Error
         self.closed = threading.Event()
         self.cond = threading.Condition()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -61,11 +74,20 @@ class Watcher:
         try:
             for raw in self.ws:
                 assert isinstance(raw, str)  # JSON text frames
-                ev = from_json(raw)
-                key = (ev.venue, ev.underlying)
+                ev = decode_server(raw)
                 with self.cond:
-                    self.state[key] = ev if isinstance(ev, SurfaceSnapshot) else apply_patch(self.state.get(key), ev)
-                    self.kinds.append(type(ev).__name__)
+                    if isinstance(ev, (StreamSnapshot, StreamPatch)):
+                        key = (ev.venue, ev.underlying)
+                        if isinstance(ev, StreamSnapshot):
+                            self.state[key] = plain(ev)
+                        else:
+                            if ev.seq_from != self.seq.get(key, 0) + 1:
+                                self.gaps += 1
+                            self.state[key] = apply_patch(self.state.get(key), plain(ev))
+                        self.seq[key] = ev.seq
+                        self.kinds.append(type(plain(ev)).__name__)
+                    else:
+                        self.other.append(ev)
                     self.cond.notify_all()
         except ConnectionClosed:
             pass
@@ -84,6 +106,8 @@ class Watcher:
 
 
 def publisher(g: Gateway, token: str | None = None):
+    """A raw publisher connection; with the gateway's own token unless `token` says ("": none)."""
+    token = g.publish_token if token is None else token
     headers = {"Authorization": f"Bearer {token}"} if token else None
     return connect(g.publish_url, additional_headers=headers, max_size=None, legacy=True)
 
@@ -117,7 +141,7 @@ def test_a_client_queue_always_converges_to_the_surface(surface_factory, start, 
         for i, (c, r, has_px) in enumerate(steps)
     ]
     surface, client, key = Surface(), Client(ws=None, cid=1), ("deribit", "BTC")
-    seen = snapshot
+    seen = [snapshot, 0]  # the client's state and seq
     if snapshot is not None:
         surface.replace(decode_frame(to_json(snapshot)))
         client.queue(key, SNAPSHOT, coalesce_after)
@@ -125,16 +149,16 @@ def test_a_client_queue_always_converges_to_the_surface(surface_factory, start, 
         raw = to_json(p)
         event = decode_frame(raw)
         assert event == p
-        surface.apply(event)
-        client.queue(key, PatchMsg(event, raw), coalesce_after)
+        seq = surface.apply(event)
+        client.queue(key, PatchMsg(event, seq), coalesce_after)
         if len(client.pending[key]) == 1 and p.epoch % 3 == 0:  # the sender takes the queue now and then
-            seen = _receive(seen, encode_queued(surface, client.pending.pop(key))[0])
+            _receive(seen, encode_queued(surface, client.pending.pop(key))[0])
     if key in client.pending:
-        seen = _receive(seen, encode_queued(surface, client.pending.pop(key))[0])
+        _receive(seen, encode_queued(surface, client.pending.pop(key))[0])
     expected = f.fold(patches, start=snapshot)
     assert surface.snapshot() == expected
-    assert from_json(surface.snapshot_json()) == expected
-    assert seen == expected
+    assert plain(decode_server(surface.snapshot_json())) == expected
+    assert seen == [expected, surface.seq == len(patches) + (snapshot is not None) and surface.seq]
 
 
 @given(st.binary(max_size=200) | st.text(max_size=200)
@@ -146,9 +170,15 @@ def test_decode_frame_refuses_anything_with_contract_error_or_unsupported(messag
         pass
 
 
-def _receive(state, raw: bytes):
-    event = from_json(raw)
-    return event if isinstance(event, SurfaceSnapshot) else apply_patch(state, event)
+def _receive(seen: list, raw: bytes) -> None:
+    """Take one message into [state, seq] as a client does; a gap fails the test."""
+    event = decode_server(raw)
+    if isinstance(event, StreamPatch):
+        assert event.seq_from == seen[1] + 1, "a gap in the seq"
+        seen[0] = apply_patch(seen[0], plain(event))
+    else:
+        seen[0] = plain(event)
+    seen[1] = event.seq
 
 
 def test_bad_frames_name_the_type_and_field(surface_factory):
@@ -195,8 +225,11 @@ def test_client_gets_snapshot_then_patches_and_converges(gateway, surface_factor
     assert final_btc == btc.fold(sent[:20], start=btc_start)
     assert final_eth == eth.fold([eth_start] + sent[20:])
     assert set(w.kinds[2:]) <= {"SurfacePatch", "SurfaceSnapshot"}
+    assert w.gaps == 0 and w.seq == {("deribit", "BTC"): 21, ("deribit", "ETH"): 21}
+    assert [type(m).__name__ for m in w.other] == ["Hello"]
     status = g.status()
-    assert status["clients"] == 1 and status["patches_out"] == len(w.kinds)
+    assert status["clients"] == 1 and status["patches_out"] == len(w.kinds) + len(w.other)
+    assert status["underlyings"]["deribit:BTC"]["seq"] == 21
     w.close()
     assert g.wait_until(lambda g: len(g.clients) == 0, 10)
 
@@ -220,8 +253,8 @@ def raw_ws_client(port: int, path: str = "/ws", rcvbuf: int = 4096) -> socket.so
     return sock
 
 
-def test_a_client_that_never_reads_is_dropped_and_others_still_converge(gateway, surface_factory):
-    g = gateway(client_queue_max=4)
+def test_a_client_that_never_reads_is_coalesced_then_dropped_and_others_still_converge(gateway, surface_factory):
+    g = gateway(client_queue_max=16, coalesce_after=2)
     f = surface_factory()
     slow = raw_ws_client(g.port)
     good = Watcher(g.ws_url)
@@ -241,6 +274,8 @@ def test_a_client_that_never_reads_is_dropped_and_others_still_converge(gateway,
     assert not good.closed.is_set()
     status = g.status()
     assert status["dropped_clients"] == 1 and status["clients"] == 1
+    assert status["coalesced"] >= 2  # its queued patches became one snapshot before it was dropped
+    assert good.gaps == 0
     slow.close()
     good.close()
 
@@ -329,7 +364,7 @@ def test_origin_allow_list(gateway):
 def test_publish_token_and_connection_limit(gateway):
     g = gateway(publish_token="s3cret", max_clients=1)
     with pytest.raises(InvalidStatus) as exc:
-        publisher(g)
+        publisher(g, token="")
     assert exc.value.response.status_code == 401
     with pytest.raises(InvalidStatus):
         publisher(g, token="wrong")
@@ -342,17 +377,25 @@ def test_publish_token_and_connection_limit(gateway):
     assert g.counters["rejected.token"] == 2 and g.counters["rejected.capacity"] == 1
 
 
-def test_clients_are_read_only_and_size_limited(gateway, surface_factory):
-    g = gateway(client_max_message_bytes=64)
-    w = Watcher(g.ws_url)
-    w.ws.send("hello")  # ignored
-    assert g.wait_until(lambda g: g.counters["client_messages_ignored"] == 1, 10)
+def test_malformed_or_oversized_client_messages_close_only_that_client(gateway, surface_factory):
+    g = gateway(client_max_message_bytes=256)
+    bad, big, good = Watcher(g.ws_url), Watcher(g.ws_url), Watcher(g.ws_url)
+    assert g.wait_until(lambda g: len(g.clients) == 3, 10)
+    bad.ws.send("hello")  # not a protocol message: an Error, then close 1008
+    assert bad.closed.wait(10)
+    assert bad.ws.close_code == 1008 and [type(m).__name__ for m in bad.other] == ["Hello", "Error"]
+    assert bad.other[1].reason == "malformed"
+    big.ws.send("x" * 1000)  # over the limit: the gateway closes with 1009
+    assert big.closed.wait(10)
+    assert big.ws.close_code == 1009
+    assert g.wait_until(lambda g: len(g.clients) == 1 and g.counters["client_errors.oversized"] == 1, 10)
     with publisher(g) as pub:
         pub.send(to_json(surface_factory().patch(1, changed=[0])), text=True)
-    assert w.wait_for(lambda w: len(w.kinds) == 1)
-    w.ws.send("x" * 1000)  # over the limit: the gateway closes with 1009
-    assert w.closed.wait(10)
-    assert w.ws.close_code == 1009
+    assert good.wait_for(lambda w: len(w.kinds) == 1)
+    assert not good.closed.is_set()
+    assert g.status()["client_errors"] == {"malformed": 1, "oversized": 1}
+    for w in (bad, big, good):
+        w.close()
 
 
 # ---------------------------------------------------------------- the gateway sink
@@ -403,6 +446,7 @@ def test_dataflow_to_gateway_and_postgres_agree(gateway, surface_factory, pg_db,
     from bytewax.dataflow import Dataflow
     from bytewax.operators import input as bw_input
     from bytewax.operators import output as bw_output
+    import bytewax.operators as op
     from bytewax.testing import TestingSource, run_main
 
     from connectors import postgres as pg
@@ -416,8 +460,8 @@ def test_dataflow_to_gateway_and_postgres_agree(gateway, surface_factory, pg_db,
     flow = Dataflow("both_sinks")
     stream = bw_input("inp", flow, TestingSource(events, batch_size=4))
     bw_output("gateway", stream, GatewaySink(g.publish_url))
-    pg_sink = pg.PostgresSink(pg_db, spill_dir=tmp_path, flush_ms=20, batch_rows=500)
-    bw_output("pg", stream, pg_sink)
+    pg_sink = postgres_sink(pg_db, tmp_path, flush_ms=20, batch_rows=500)
+    bw_output("pg", op.key_on("pg_key", stream, pg_sink.key_of), pg_sink)  # as build_flow keys it
     run_main(flow)
 
     expected = f.fold(events)
@@ -449,5 +493,5 @@ def test_cli_parser_defaults_and_help(capsys, monkeypatch):
     assert exc.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "Serve live volatility surfaces to dashboards" in text
-    for shown in ("default: 127.0.0.1)", "default: 8765)", "default: 256)", "default: INFO)", "same-origin only)"):
+    for shown in ("default: 127.0.0.1)", "default: 8765)", "default: 256)", "default: INFO)", "own origin only)"):
         assert shown in text, shown

@@ -21,7 +21,7 @@ from prometheus_client import generate_latest
 from connectors.gateway.server import Gateway, main
 from operators.events import StatusReport, to_json
 from tests.connectors.gateway.test_gateway import http_get, publisher
-from tests.helpers.config import gateway_kwargs
+from tests.helpers.config import gateway_kwargs, postgres_sink
 from tests.helpers.resources import free_port
 
 
@@ -88,7 +88,7 @@ def test_a_taken_port_ends_the_gateway_with_the_port_and_the_fix(capsys):
     port = holder.getsockname()[1]
     try:
         code = main(["--host", "127.0.0.1", "--port", str(port)],
-                    defaults={k: v for k, v in gateway_kwargs().items() if k in ("host", "port", "stale_after_ms")})
+                    defaults=gateway_kwargs())  # what `volgraph gateway` hands over: every [sinks.gateway] key
     finally:
         holder.close()
     assert code == 1
@@ -102,7 +102,6 @@ def test_status_is_not_ok_while_postgresql_is_down(database, request, tmp_path, 
     "ok": false with the database down (and the flow's own metric says 0); on the session's
     PostgreSQL everything is up and ok."""
     from connectors.gateway.publisher import GatewaySink
-    from connectors.postgres import PostgresSink
     from connectors.sim.deribit import Simulator
     from connectors.venues.deribit import DeribitSource
     from flows.config import load_config
@@ -122,8 +121,8 @@ def test_status_is_not_ok_while_postgresql_is_down(database, request, tmp_path, 
     stop = threading.Event()
     source = DeribitSource(**deribit_kwargs(DeribitSource, url=sim_url, currencies=["BTC"]))
     sinks = [GatewaySink(gw.publish_url),
-             PostgresSink(dsn, spill_dir=tmp_path / "spill", flush_ms=100, batch_rows=100, connect_timeout_s=1.0,
-                          close_timeout_s=1.0)]
+             postgres_sink(dsn, tmp_path / "spill", config=config, flush_ms=100, batch_rows=100, connect_timeout_s=1.0,
+                           close_timeout_s=1.0)]
     flow = build_flow(config, StoppableSource(source, stop), sinks)
     seen = {}
 

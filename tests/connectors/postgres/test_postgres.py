@@ -27,17 +27,34 @@ def table_rows(dsn: str, table: str) -> list[tuple]:
         return conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2, 3, 4").fetchall()
 
 
+RUN = "test-run"
+
+
+def run_info(run_id: str = RUN):
+    return pg.RunInfo(run_id=run_id, config_hash="cfg", code_version="test", methods={"iv": "1", "forward": "1", "svi": "1"},
+                      started_ms=1, source="file", detail="tests/connectors/postgres")
+
+
+RUN_INFO = run_info()
+
+
+def migrated(conn, run_id: str = RUN) -> None:
+    """Migrate and register `run_id`, as the writer does on connect (rows name a registered run)."""
+    pg.migrate(conn)
+    pg.register_run(conn, run_info(run_id))
+
+
 # ---------------------------------------------------------------- migrations
 
 
 def test_migrate_applies_each_file_once(pg_db):
     with pg.connect(pg_db) as conn:
-        assert pg.migrate(conn) == [1, 2]
+        assert pg.migrate(conn) == [1, 2, 3]
         assert pg.migrate(conn) == []
         versions = conn.execute("SELECT version, name FROM schema_version ORDER BY version").fetchall()
         tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
-    assert versions == [(1, "001_init.sql"), (2, "002_expiry_nodes.sql")]
-    assert {"smile_fits", "expiry_views", "expiry_nodes", "surface_state", "schema_version"} <= tables
+    assert versions == [(1, "001_init.sql"), (2, "002_expiry_nodes.sql"), (3, "003_runs.sql")]
+    assert {"smile_fits", "expiry_views", "expiry_nodes", "surface_state", "runs", "schema_version"} <= tables
 
 
 def test_migration_2_moves_a_v1_databases_node_values_into_expiry_nodes(pg_db, tmp_path):
@@ -51,7 +68,7 @@ def test_migration_2_moves_a_v1_databases_node_values_into_expiry_nodes(pg_db, t
             " VALUES ('deribit', 'BTC', 7, 1, 0, false, 0.5, '{\"atm_vol\": 0.5, \"rr15\": -0.02, \"gone\": null}',"
             " '{}'), ('deribit', 'BTC', 8, 1, 0, true, NULL, NULL, NULL)")
         conn.commit()
-        assert pg.migrate(conn) == [2]
+        assert pg.migrate(conn) == [2, 3]
         rows = conn.execute("SELECT expiry_ms, epoch, node, value FROM expiry_nodes ORDER BY node").fetchall()
         cols = {r[0] for r in conn.execute(
             "SELECT column_name FROM information_schema.columns WHERE table_name = 'expiry_views'")}
@@ -94,10 +111,10 @@ def test_writes_are_idempotent(pg_db, surface_factory):
         f.patch(101, changed=[1], removed=[2], index_px=None),
     ]
     with pg.connect(pg_db) as conn:
-        pg.migrate(conn)
-        first = pg.write_events(conn, events)
+        migrated(conn)
+        first = pg.write_events(conn, events, RUN)
         before = {t: table_rows(pg_db, t) for t in pg.TABLES}
-        second = pg.write_events(conn, events)
+        second = pg.write_events(conn, events, RUN)
         after = {t: table_rows(pg_db, t) for t in pg.TABLES}
     # 1 fit event + 4 fits inside views (the first patch's expiry-0 fit has epoch 100 like the
     # standalone fit: same key, written once).
@@ -121,9 +138,9 @@ def test_latest_surface_matches_apply_patch_with_snapshots_and_removals(pg_db, s
         f.patch(14, changed=[2], removed=[5]),  # same epoch twice: last write wins
     ]
     with pg.connect(pg_db) as conn:
-        pg.migrate(conn)
+        migrated(conn)
         for ev in events:
-            pg.write_events(conn, [ev])
+            pg.write_events(conn, [ev], RUN)
         assert pg.latest_surface(conn, "deribit", "ETH") == f.fold(events)
         assert pg.latest_surface(conn, "deribit", "SOL") is None
         assert [e.expiry_ms for e in f.fold(events).expiries] == [f.expiry(i) for i in (1, 2, 4)]
@@ -133,12 +150,12 @@ def test_smile_fit_columns_round_trip(pg_db, surface_factory):
     f = surface_factory()
     fit = f.fit(f.expiry(3), 77, inside_band_frac=None, rho=-0.123456789012345678)
     with pg.connect(pg_db) as conn:
-        pg.migrate(conn)
-        pg.write_events(conn, [fit])
+        migrated(conn)
+        pg.write_events(conn, [fit], RUN)
         row = conn.execute(
             "SELECT " + ", ".join(pg.TABLES["smile_fits"]["cols"]) + " FROM smile_fits"
         ).fetchone()
-    assert SmileFit(*row) == fit
+    assert row[0] == RUN and SmileFit(*row[1:]) == fit
 
 
 def surface_ops():
@@ -172,9 +189,9 @@ def test_latest_surface_is_the_fold_of_written_events(pg_db, surface_factory, op
             views = tuple(msgspec.structs.replace(v, analytics={**v.analytics, "atm_vol": atm}) for v in ev.expiries)
             events.append(msgspec.structs.replace(ev, expiries=views))
     with pg.connect(pg_db) as conn:
-        pg.migrate(conn)
+        migrated(conn)
         for i in range(0, len(events), batch_size):
-            pg.write_events(conn, events[i : i + batch_size])
+            pg.write_events(conn, events[i : i + batch_size], RUN)
         assert pg.latest_surface(conn, f.venue, f.underlying) == f.fold(events)
         # expiry_nodes holds, by node name, the nodes of the latest view row of each expiry
         nodes = conn.execute(
@@ -202,15 +219,16 @@ def test_rows_fold_same_epoch_events_with_the_merge_rule(surface_factory):
     a = f.patch(40, changed=[0, 1], index_px=5.0)
     b = f.patch(40, changed=[1], removed=[0], index_px=None)
     merged = coalesce(a, b)
-    rows = pg.rows_for([a, b])
+    rows = pg.rows_for([a, b], "r1")
     for table in ("expiry_views", "expiry_nodes", "surface_state"):
-        assert rows[table] == pg.rows_for([merged])[table], table
-    assert [r[:6] for r in rows["expiry_views"]] == [
-        ("deribit", "BTC", f.expiry(1), 40, b.ts_emit_ms, False), ("deribit", "BTC", f.expiry(0), 40, b.ts_emit_ms, True)]
-    assert rows["surface_state"][0][6] == 5.0  # b has no index price: a's stands
+        assert rows[table] == pg.rows_for([merged], "r1")[table], table
+    assert [r[:7] for r in rows["expiry_views"]] == [
+        ("r1", "deribit", "BTC", f.expiry(1), 40, b.ts_emit_ms, False),
+        ("r1", "deribit", "BTC", f.expiry(0), 40, b.ts_emit_ms, True)]
+    assert rows["surface_state"][0][7] == 5.0  # b has no index price: a's stands
     # every fit is history, the one of a's replaced view included
-    assert {r[:4] for r in rows["smile_fits"]} == {r[:4] for r in pg.rows_for([a])["smile_fits"]} | {
-        r[:4] for r in pg.rows_for([b])["smile_fits"]}
+    assert {r[:5] for r in rows["smile_fits"]} == {r[:5] for r in pg.rows_for([a], "r1")["smile_fits"]} | {
+        r[:5] for r in pg.rows_for([b], "r1")["smile_fits"]}
 
 
 # ---------------------------------------------------------------- the writer
@@ -218,7 +236,7 @@ def test_rows_fold_same_epoch_events_with_the_merge_rule(surface_factory):
 
 def test_writer_writes_in_batches_and_ignores_other_events(pg_db, surface_factory, tmp_path):
     f = surface_factory()
-    writer = pg.PostgresWriter(pg_db, name="w1", flush_ms=20, batch_rows=4, spill_dir=tmp_path)
+    writer = pg.PostgresWriter(pg_db, run=RUN_INFO, name="w1", flush_ms=20, batch_rows=4, spill_dir=tmp_path)
     try:
         patches = [f.patch(200 + i, changed=[i % 3]) for i in range(10)]
         for p in patches:
@@ -241,7 +259,7 @@ def test_writer_rejects_only_the_event_the_database_refuses(pg_db, surface_facto
     f = surface_factory()
     good = [f.fit(f.expiry(i), 300) for i in range(5)]
     bad = f.fit(f.expiry(9), 300, n_quotes=2**40)  # does not fit the integer column
-    writer = pg.PostgresWriter(pg_db, name="w2", flush_ms=20, batch_rows=500, spill_dir=tmp_path)
+    writer = pg.PostgresWriter(pg_db, run=RUN_INFO, name="w2", flush_ms=20, batch_rows=500, spill_dir=tmp_path)
     try:
         for ev in good[:2] + [bad] + good[2:]:
             writer.submit(ev)
@@ -252,17 +270,17 @@ def test_writer_rejects_only_the_event_the_database_refuses(pg_db, surface_facto
     assert stats["rejected"] == 1
     assert stats["errors"] == {"rejected.NumericValueOutOfRange": 1}
     assert count(pg_db, "smile_fits") == 5
-    rejected = (tmp_path / "w2.rejected.jsonl").read_text().splitlines()
+    rejected = (tmp_path / RUN / "w2.rejected.jsonl").read_text().splitlines()
     assert len(rejected) == 1 and str(2**40) in rejected[0]
 
 
 def test_writer_refuses_bad_options(pg_db):
     with pytest.raises(ValueError, match="batch_rows"):
-        pg.PostgresWriter(pg_db, batch_rows=0, flush_ms=10, spill_dir="unused")
+        pg.PostgresWriter(pg_db, run=RUN_INFO, batch_rows=0, flush_ms=10, spill_dir="unused")
     with pytest.raises(ValueError, match="file names"):
-        pg.PostgresWriter(pg_db, name="a/b", batch_rows=10, flush_ms=10, spill_dir="unused")
+        pg.PostgresWriter(pg_db, run=RUN_INFO, name="a/b", batch_rows=10, flush_ms=10, spill_dir="unused")
     with pytest.raises(TypeError, match="batch_rows"):  # no default: graph.toml holds it
-        pg.PostgresWriter(pg_db, flush_ms=10, spill_dir="unused")
+        pg.PostgresWriter(pg_db, run=RUN_INFO, flush_ms=10, spill_dir="unused")
 
 
 # ---------------------------------------------------------------- outages (own server)
@@ -302,13 +320,15 @@ def outage(outage_server):
     yield ctl
     ctl.start()  # leave it running for the next test and the session cleanup
     with psycopg.connect(ctl.dsn, autocommit=True) as conn:
-        conn.execute("DROP TABLE IF EXISTS smile_fits, expiry_views, expiry_nodes, surface_state, schema_version")
+        # CASCADE: 003's views read these tables
+        conn.execute("DROP TABLE IF EXISTS smile_fits, expiry_views, expiry_nodes, surface_state, runs, schema_version"
+                     " CASCADE")
 
 
 def test_writer_buffers_spills_and_recovers_when_the_database_returns(outage, surface_factory, tmp_path):
     f = surface_factory()
     writer = pg.PostgresWriter(
-        outage.dsn, name="w3", flush_ms=10, batch_rows=8, max_buffer_rows=5, spill_segment_rows=4,
+        outage.dsn, run=RUN_INFO, name="w3", flush_ms=10, batch_rows=8, max_buffer_rows=5, spill_segment_rows=4,
         spill_dir=tmp_path, retry_min_ms=10, retry_max_ms=200,
     )
     try:
@@ -325,7 +345,7 @@ def test_writer_buffers_spills_and_recovers_when_the_database_returns(outage, su
         # 25 events, 5 fit in memory, the rest go to disk while the database is away.
         assert writer.wait_until(lambda s: s["spilled"] == 20 and s["retries"] >= 1, timeout=30), writer.stats()
         assert writer.stats()["buffered"] == 5
-        assert len(list(tmp_path.glob("w3.spill.*.jsonl"))) == 5  # 20 rows / 4 per segment
+        assert len(list((tmp_path / RUN).glob("w3.spill.*.jsonl"))) == 5  # 20 rows / 4 per segment
         assert not writer.db_up
 
         outage.start()
@@ -335,7 +355,7 @@ def test_writer_buffers_spills_and_recovers_when_the_database_returns(outage, su
         writer.close(timeout=10)
     assert stats["written_events"] == 28 and stats["pending"] == 0 and stats["spill_pending"] == 0
     assert stats["errors"].get("db_down.write", 0) + stats["errors"].get("db_down.connect", 0) == stats["retries"]
-    assert list(tmp_path.glob("w3.spill.*.jsonl")) == []
+    assert list((tmp_path / RUN).glob("w3.spill.*.jsonl")) == []
     with pg.connect(outage.dsn) as conn:
         patches = [ev for ev in before + during if isinstance(ev, SurfacePatch)]
         assert pg.latest_surface(conn, "deribit", "BTC") == f.fold(patches)
@@ -347,20 +367,20 @@ def test_unwritten_events_survive_a_writer_restart_on_disk(outage, surface_facto
     events = [f.patch(700 + i, changed=[i % 3]) for i in range(6)]
     outage.stop()
     first = pg.PostgresWriter(
-        outage.dsn, name="w4", flush_ms=10, batch_rows=500, max_buffer_rows=100, spill_dir=tmp_path, retry_min_ms=10, retry_max_ms=50
+        outage.dsn, run=RUN_INFO, name="w4", flush_ms=10, batch_rows=500, max_buffer_rows=100, spill_dir=tmp_path, retry_min_ms=10, retry_max_ms=50
     )
     for ev in events:
         first.submit(ev)
     assert first.wait_until(lambda s: s["buffered"] == 6 and s["retries"] >= 1, timeout=30)
     assert not first.close(timeout=0.2)  # the database is down: everything goes to disk
-    assert sum(1 for p in tmp_path.glob("w4.spill.*.jsonl") for _ in p.open()) == 6
+    assert sum(1 for p in (tmp_path / RUN).glob("w4.spill.*.jsonl") for _ in p.open()) == 6
 
     outage.start()
-    second = pg.PostgresWriter(outage.dsn, name="w4", flush_ms=10, batch_rows=500, spill_dir=tmp_path)
+    second = pg.PostgresWriter(outage.dsn, run=RUN_INFO, name="w4", flush_ms=10, batch_rows=500, spill_dir=tmp_path)
     assert second.pending() == 6
     assert second.flush(timeout=60)
     assert second.close(timeout=10)
-    assert list(tmp_path.glob("w4.spill.*.jsonl")) == []
+    assert list((tmp_path / RUN).glob("w4.spill.*.jsonl")) == []
     with pg.connect(outage.dsn) as conn:
         assert pg.latest_surface(conn, "deribit", "BTC") == f.fold(events)
 
@@ -373,16 +393,16 @@ def test_a_stop_during_an_outage_before_any_spill_keeps_every_row(outage, surfac
     events = [f.patch(800 + i, changed=[i % 3]) for i in range(4)]
     spill = tmp_path / "not-yet" / "spill"
     outage.stop()
-    first = pg.PostgresWriter(outage.dsn, name="w5", flush_ms=10, batch_rows=500, max_buffer_rows=100,
+    first = pg.PostgresWriter(outage.dsn, run=RUN_INFO, name="w5", flush_ms=10, batch_rows=500, max_buffer_rows=100,
                               spill_dir=spill, retry_min_ms=10, retry_max_ms=50)
     for ev in events:
         first.submit(ev)
     assert first.wait_until(lambda s: s["buffered"] == 4 and s["retries"] >= 1, timeout=30)
     assert not first.close(timeout=0.2)
-    assert sum(1 for p in spill.glob("w5.spill.*.jsonl") for _ in p.open()) == 4
+    assert sum(1 for p in (spill / RUN).glob("w5.spill.*.jsonl") for _ in p.open()) == 4
 
     outage.start()
-    second = pg.PostgresWriter(outage.dsn, name="w5", flush_ms=10, batch_rows=500, spill_dir=spill)
+    second = pg.PostgresWriter(outage.dsn, run=RUN_INFO, name="w5", flush_ms=10, batch_rows=500, spill_dir=spill)
     assert second.flush(timeout=60) and second.close(timeout=10)
     with pg.connect(outage.dsn) as conn:
         assert pg.latest_surface(conn, "deribit", "BTC") == f.fold(events)
@@ -394,13 +414,14 @@ def test_a_corrupt_spill_line_is_set_aside_and_the_rest_written(pg_db, surface_f
     f = surface_factory()
     good = [f.patch(750 + i, changed=[i]) for i in range(3)]
     lines = [to_json(good[0]), to_json(good[1])[:40], to_json(good[2])]  # a line cut by a crash
-    (tmp_path / "w5.spill.000000000001.jsonl").write_bytes(b"\n".join(lines) + b"\n")
-    writer = pg.PostgresWriter(pg_db, name="w5", flush_ms=10, batch_rows=500, spill_dir=tmp_path)
+    (tmp_path / RUN).mkdir()
+    (tmp_path / RUN / "w5.spill.000000000001.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    writer = pg.PostgresWriter(pg_db, run=RUN_INFO, name="w5", flush_ms=10, batch_rows=500, spill_dir=tmp_path)
     assert writer.pending() == 3
     assert writer.flush(timeout=30) and writer.close(timeout=10)
     assert writer.stats()["errors"] == {"rejected.spill_corrupt": 1}
-    assert len((tmp_path / "w5.rejected.jsonl").read_text().splitlines()) == 1
-    assert list(tmp_path.glob("w5.spill.*")) == []
+    assert len((tmp_path / RUN / "w5.rejected.jsonl").read_text().splitlines()) == 1
+    assert list((tmp_path / RUN).glob("w5.spill.*")) == []
     with pg.connect(pg_db) as conn:
         assert pg.latest_surface(conn, "deribit", "BTC") == f.fold([good[0], good[2]])
 
@@ -412,15 +433,17 @@ def test_postgres_sink_in_a_dataflow(pg_db, surface_factory, tmp_path):
     from bytewax.dataflow import Dataflow
     from bytewax.operators import input as bw_input
     from bytewax.operators import output as bw_output
+    import bytewax.operators as op
     from bytewax.testing import TestingSource, run_main
 
     f = surface_factory(underlying="ETH")
     events = [f.patch(800 + i, changed=[i % 4], removed=[3] if i == 5 else []) for i in range(12)]
     events += [f.fit(f.expiry(1), 900), StatusReport(source="w", ts_ms=0, started_ms=0)]
-    sink = pg.PostgresSink(pg_db, spill_dir=tmp_path, flush_ms=20, batch_rows=5)
+    sink = pg.PostgresSink(pg_db, run=RUN_INFO, partitions=1, spill_dir=tmp_path, flush_ms=20, batch_rows=5,
+                           handoff_timeout_s=30)
     flow = Dataflow("pg_sink_test")
     stream = bw_input("inp", flow, TestingSource(events, batch_size=3))
-    bw_output("pg", stream, sink)
+    bw_output("pg", op.key_on("key", stream, lambda e: "one"), sink)
     run_main(flow)
 
     (writer,) = sink.writers
