@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from operators.events import SurfacePatch, SurfaceSnapshot, from_json
+from operators.events import SurfaceSnapshot, from_json
 from operators.merge import apply_patch
 from tests.helpers.flowrun import DEADLINE_S
 

@@ -32,21 +32,6 @@ from tests.helpers.config import gateway_kwargs, postgres_sink
 
 
 
-@pytest.fixture
-def gateway():
-    started = []
-
-    def make(**options) -> Gateway:
-        g = Gateway(**gateway_kwargs(host="127.0.0.1", port=0, **options))
-        g.start()
-        started.append(g)
-        return g
-
-    yield make
-    for g in started:
-        g.stop()
-
-
 def plain(ev):
     """The operators.events event a StreamSnapshot / StreamPatch carries (seq fields dropped)."""
     cls = SurfaceSnapshot if isinstance(ev, StreamSnapshot) else SurfacePatch

@@ -34,7 +34,7 @@ from connectors.gateway.protocol import (
 from connectors.gateway.surfaces import validate_frame, with_seq
 from connectors.gateway.watch import StreamClient
 from operators.events import SurfacePatch, SurfaceSnapshot, to_json
-from tests.connectors.gateway.test_gateway import Watcher, gateway, publisher  # noqa: F401 (fixture)
+from tests.connectors.gateway.test_gateway import Watcher, publisher  # noqa: F401 (fixture)
 
 SCHEMA_FILE = Path(__file__).resolve().parents[3] / "docs" / "gateway-protocol.schema.json"
 

@@ -32,7 +32,7 @@ from connectors.gateway.auth import (
 from connectors.gateway.publisher import GatewayPublisher
 from connectors.gateway.server import Gateway, main
 from operators.events import StatusReport, to_json
-from tests.connectors.gateway.test_gateway import Watcher, gateway, http_get, publisher  # noqa: F401 (fixture)
+from tests.connectors.gateway.test_gateway import Watcher, http_get, publisher  # noqa: F401 (fixture)
 from tests.helpers.config import gateway_kwargs
 
 ROOT = Path(__file__).resolve().parents[3]

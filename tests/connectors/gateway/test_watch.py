@@ -15,7 +15,7 @@ from pathlib import Path
 
 from connectors.gateway.watch import main, render
 from operators.events import to_json
-from tests.connectors.gateway.test_gateway import gateway, publisher  # noqa: F401 (fixture)
+from tests.connectors.gateway.test_gateway import publisher  # noqa: F401 (fixture)
 from tests.helpers.resources import free_port
 
 ROOT = Path(__file__).resolve().parents[3]
