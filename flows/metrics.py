@@ -44,6 +44,8 @@ METRICS: dict[str, tuple[str, str, str]] = {
     "volgraph_fit_seconds": ("histogram", FLOW, "Time of one SVI fit"),
     "volgraph_fit_rmse_vol_points": ("gauge", FLOW, "RMSE of the latest fit per expiry, in vol points"),
     "volgraph_fit_butterfly_ok": ("gauge", FLOW, "1 if the latest fit per expiry is butterfly-arbitrage free"),
+    "volgraph_calendar_violations": ("gauge", FLOW, "Neighbouring expiry pairs whose fitted total variances cross, per surface"),
+    "volgraph_recovery_handoff_seconds": ("histogram", FLOW, "Time a recovery snapshot waited for its epoch's rows to be stored or spilled (PostgreSQL sink)"),
     "volgraph_patch_lag_seconds": ("gauge", FLOW, "Exchange timestamp to patch emission, latest patch"),
     "volgraph_audit_max_error_bp": ("gauge", FLOW, "Largest published-vs-exact vol error seen by the audit, bp"),
     "volgraph_feed_last_message_age_seconds": ("gauge", FLOW, "Seconds since a venue's last option event reached the flow, per venue"),
@@ -107,6 +109,10 @@ FIT_RMSE = Gauge("volgraph_fit_rmse_vol_points", _help("volgraph_fit_rmse_vol_po
                  ["venue", "underlying", "expiry_ms"], registry=REGISTRY)
 FIT_BUTTERFLY_OK = Gauge("volgraph_fit_butterfly_ok", _help("volgraph_fit_butterfly_ok"),
                          ["venue", "underlying", "expiry_ms"], registry=REGISTRY)
+CALENDAR_VIOLATIONS = Gauge("volgraph_calendar_violations", _help("volgraph_calendar_violations"),
+                            ["venue", "underlying"], registry=REGISTRY)
+HANDOFF_SECONDS = Histogram("volgraph_recovery_handoff_seconds", _help("volgraph_recovery_handoff_seconds"),
+                            registry=REGISTRY, buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0))
 _gauges = {
     "patch_lag_ms": (Gauge("volgraph_patch_lag_seconds", _help("volgraph_patch_lag_seconds"), registry=REGISTRY), 1e-3),
     "audit_max_err_bp": (Gauge("volgraph_audit_max_error_bp", _help("volgraph_audit_max_error_bp"),

@@ -33,7 +33,8 @@ from bytewax.dataflow import Dataflow, Stream, operator
 from bytewax.outputs import FixedPartitionedSink
 
 from flows.config import Config, ConfigError, load_config
-from flows.metrics import COUNTERS, DEPENDENCIES, STOP, forget_fit, observe_fit, serve_metrics
+from flows.metrics import (CALENDAR_VIOLATIONS, COUNTERS, DEPENDENCIES, HANDOFF_SECONDS, STOP, forget_fit, observe_fit,
+                           serve_metrics)
 from flows.routing import BatchingSource
 from flows.steps import FlowClock, chain_builder, surface_builder
 from operators.events import CONSOLIDATED, FeedError, IndexPrice, SmileFit, StatusReport, SurfacePatch, surface_key
@@ -132,6 +133,8 @@ _first_patch: set[tuple[str, str]] = set()
 
 def _count_patch(patch: SurfacePatch) -> SurfacePatch:
     COUNTERS.add("patches")
+    # every patch carries the surface's whole set of calendar checks (operators/state/surface.py)
+    CALENDAR_VIOLATIONS.labels(patch.venue, patch.underlying).set(sum(not c.ok for c in patch.calendar))
     COUNTERS.set("patch_lag_ms", patch.ts_emit_ms - patch.ts_exchange_ms)
     key = (patch.venue, patch.underlying)
     if key not in _first_patch:  # one line per surface, not per patch: the epoch is its trace id
@@ -272,6 +275,7 @@ def postgres_sink(config: Config, dsn: str, run, spill_dir):
 
     pg = config.sinks.postgres
     return PostgresSink(dsn, run=run, partitions=config.runtime.processes * config.runtime.workers,
+                        on_handoff=HANDOFF_SECONDS.observe,
                         batch_rows=pg.batch_rows, flush_ms=pg.flush_ms, handoff_timeout_s=pg.handoff_timeout_s,
                         spill_dir=spill_dir)
 

@@ -69,8 +69,13 @@ ROWS: list[tuple[str, list[tuple[str, str, str, list[tuple[str, str]]]]]] = [
         ("Fit RMSE per expiry", "RMSE of each expiry's latest fit, in vol points. "
          "Alert 'volgraph fits failing' fires above %.1f." % FIT_RMSE_VOL_PTS, "none",
          [("volgraph_fit_rmse_vol_points", "{{venue}} {{underlying}} {{expiry_ms}}")]),
-        ("Butterfly arbitrage", "Expiries whose latest fit is not butterfly-arbitrage free.", "none",
-         [("sum by (venue, underlying) (1 - volgraph_fit_butterfly_ok)", "{{venue}} {{underlying}}")]),
+        ("Butterfly and calendar arbitrage", "Expiries whose latest fit is not butterfly-arbitrage free, and "
+         "neighbouring expiry pairs whose fits cross (calendar), per surface.", "none",
+         [("sum by (venue, underlying) (1 - volgraph_fit_butterfly_ok)", "butterfly {{venue}} {{underlying}}"),
+          ("volgraph_calendar_violations", "calendar {{venue}} {{underlying}}")]),
+        ("Recovery hand-off", "Time each recovery snapshot waited for its epoch's rows to reach PostgreSQL or "
+         "the spill files, p99 over 5 minutes.", "s",
+         [("histogram_quantile(0.99, sum by (le) (rate(volgraph_recovery_handoff_seconds_bucket[5m])))", "p99")]),
         ("Epoch compute time", "Compute time of one expiry's epoch (forward, IVs, fit), p99 over 5 minutes, "
          "and CPU seconds per second spent in epochs.", "s",
          [("histogram_quantile(0.99, sum by (le) (rate(volgraph_epoch_compute_seconds_bucket[5m])))", "p99"),

@@ -19,7 +19,8 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import Any, Optional
+import time
+from typing import Any, Callable, Optional
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
@@ -32,7 +33,8 @@ log = logging.getLogger("volgraph.postgres")
 
 class _PostgresPartition(StatefulSinkPartition):
     def __init__(self, writer: PostgresWriter, close_timeout_s: float, handoff_timeout_s: float,
-                 orphans: list[PostgresWriter]) -> None:
+                 orphans: list[PostgresWriter], on_handoff: Optional[Callable[[float], None]]) -> None:
+        self.on_handoff = on_handoff
         self.writer = writer
         self.close_timeout_s = close_timeout_s
         self.handoff_timeout_s = handoff_timeout_s
@@ -44,7 +46,11 @@ class _PostgresPartition(StatefulSinkPartition):
             submit(item)
 
     def snapshot(self) -> None:
-        if not self.writer.durable(self.handoff_timeout_s):
+        started = time.monotonic()
+        done = self.writer.durable(self.handoff_timeout_s)
+        if self.on_handoff is not None:
+            self.on_handoff(time.monotonic() - started)
+        if not done:
             self.writer.errors["handoff_timeout"] += 1
             log.error("writer %s: rows of this epoch not yet stored or spilled after %.0f s; the snapshot goes "
                       "ahead (a kill now could lose them): check the database and the spill folder's disk",
@@ -76,6 +82,7 @@ class PostgresSink(FixedPartitionedSink):
         batch_rows: int,
         handoff_timeout_s: float,
         close_timeout_s: float = 10.0,
+        on_handoff: Optional[Callable[[float], None]] = None,
         **writer_options: Any,
     ) -> None:
         if partitions < 1:
@@ -86,6 +93,7 @@ class PostgresSink(FixedPartitionedSink):
         self.options = dict(spill_dir=spill_dir, flush_ms=flush_ms, batch_rows=batch_rows, **writer_options)
         self.close_timeout_s = close_timeout_s
         self.handoff_timeout_s = handoff_timeout_s
+        self.on_handoff = on_handoff  # seconds each hand-off took (the flow's histogram)
         self.writers: list[PostgresWriter] = []  # for status and tests
 
     @staticmethod
@@ -104,4 +112,4 @@ class PostgresSink(FixedPartitionedSink):
         orphans = [PostgresWriter(self.dsn, name=name, run=other, **self.options)
                    for other in orphan_runs(self.options["spill_dir"], name, self.run.run_id)]
         self.writers.extend([writer, *orphans])
-        return _PostgresPartition(writer, self.close_timeout_s, self.handoff_timeout_s, orphans)
+        return _PostgresPartition(writer, self.close_timeout_s, self.handoff_timeout_s, orphans, self.on_handoff)
