@@ -131,10 +131,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     from connectors.grafana.cli import add_grafana_commands
     from flows.doctor import add_doctor_command
     from flows.metrics import METRICS
+    from flows.query import add_query_command
     add_grafana_commands(sub, known_metrics=METRICS)
     add_doctor_command(sub)
+    add_query_command(sub)
     args = parser.parse_args(argv)
-    if args.command in ("grafana", "doctor"):
+    if args.command in ("grafana", "doctor", "query"):
         return args.func(args)
     try:
         if args.command == "check-config":

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SUBCOMMANDS = ("run", "replay", "record", "bench", "sim", "sim-okx", "gateway", "watch", "check-config", "doctor", "grafana")
+SUBCOMMANDS = ("run", "replay", "record", "bench", "sim", "sim-okx", "gateway", "watch", "check-config", "doctor", "grafana", "query")
 SECTIONS = ("positional arguments:", "options:", "optional arguments:")
 
 
