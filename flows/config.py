@@ -83,6 +83,7 @@ class Sources:
 class Consolidation:
     enabled: bool
     venue_stale_ms: int
+    index_venue: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +252,11 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
 
 def _check_combinations(config: Config, where: str) -> None:
     """Keys valid alone but not together."""
+    venues = config.sources.venues()
+    c = config.consolidation
+    if c.enabled and len(venues) > 1 and c.index_venue not in venues:
+        raise ConfigError(f"{where}: consolidation.index_venue = {c.index_venue!r} is not an enabled venue "
+                          f"({', '.join(venues)}); name one of them (the combined surface takes its index)")
     d = config.sources.deribit
     if d.book == "grouped" and d.depth > 20:
         raise ConfigError(f'{where}: sources.deribit.depth = {d.depth} with sources.deribit.book = "grouped": '

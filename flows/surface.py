@@ -104,7 +104,8 @@ def build_flow(config: Config, source, sinks: list, *, now_ms: Callable[[], int]
     consolidate = config.consolidation.enabled and len(sources) > 1
     clock = FlowClock(now_ms, clock_rate)
     feeds = [feed(f"feed_{i}", flow, BatchingSource(src, interval_ms=config.runtime.status_interval_ms,
-                                                      consolidate=consolidate, now_ms=now_ms))
+                                                      consolidate=consolidate, now_ms=now_ms,
+                                                      index_venue=config.consolidation.index_venue))
              for i, src in enumerate(sources)]
     watch_dependencies(config, sinks)
     merged = (lambda name, streams: streams[0] if len(streams) == 1 else op.merge(name, *streams))
