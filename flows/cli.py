@@ -293,10 +293,12 @@ def _run(args, config, sup: Supervisor, say) -> int:
             run = resumed_run(data_dir / "recovery", run)
     say(f"run {run.run_id} (code {run.code_version}, config {run.config_hash})")
 
+    from connectors.postgres import connect
+
     pg_line = "off"
     postgres = None
     if not args.no_postgres and config.sinks.postgres.enabled:
-        from connectors.postgres import connect, embedded_postgres, migrate
+        from connectors.postgres import embedded_postgres, migrate
 
         dsn = args.pg or config.sinks.postgres.dsn
         if not dsn:
@@ -373,6 +375,14 @@ def _run(args, config, sup: Supervisor, say) -> int:
             for table, n in s["rows_written"].items():
                 tables[table] = tables.get(table, 0) + n
         say(f"postgres rows written {json.dumps(tables, sort_keys=True)} pending {sum(s['pending'] for s in stats)}")
+        import psycopg
+
+        from connectors.postgres import end_run
+        try:  # `volgraph query runs` shows when it stopped; a resumed run clears it (register_run)
+            with connect(dsn) as conn:
+                end_run(conn, run.run_id, int(time.time() * 1000))
+        except (OSError, ValueError, psycopg.Error) as exc:
+            say(f"postgres: the run's end was not recorded ({str(exc).strip()[:200]})")
     if signals.at_monotonic is not None:
         say(f"flow drained {time.monotonic() - signals.at_monotonic:.2f} s after {signals.received}")
     if replaying:

@@ -17,6 +17,7 @@ decimal vol shown in vol points). Read-only; never computes anything about volat
 from __future__ import annotations
 
 import json
+import re
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,7 +33,7 @@ class QueryError(ValueError):
 def parse_time_ms(text: str, what: str) -> int:
     """UTC epoch ms from ISO 8601 (naive = UTC) or an integer of epoch ms."""
     s = text.strip()
-    if s.lstrip("-").isdigit():
+    if re.fullmatch(r"-?[0-9]+", s):  # ASCII digits only (str.isdigit takes '¹')
         return int(s)
     try:
         dt = datetime.fromisoformat(s[:-1] + "+00:00" if s.endswith(("Z", "z")) else s)
@@ -68,7 +69,7 @@ def shown(value: Optional[float], unit: str) -> str:
 
 def parse_expiry_ms(text: str) -> int:
     s = text.strip()
-    if s.isdigit():
+    if re.fullmatch(r"[0-9]+", s):
         return int(s)
     try:  # Deribit's expiries settle at 08:00 UTC
         d = datetime.strptime(s, "%Y-%m-%d").replace(hour=8, tzinfo=timezone.utc)
@@ -78,9 +79,11 @@ def parse_expiry_ms(text: str) -> int:
     return int(d.timestamp() * 1000)
 
 
-def surface_text(snap, units: dict[str, str]) -> str:
-    """One line per expiry: date, days to expiry, forward, every node by name, fit RMSE."""
-    nodes: list[str] = []
+def surface_text(snap, units: dict[str, str], order: tuple[str, ...] = ()) -> str:
+    """One line per expiry: date, days to expiry, forward, every node by name (graph.toml's
+    order first: the stored JSON keeps no order), fit RMSE."""
+    present = {n for view in snap.expiries for n in view.analytics}
+    nodes: list[str] = [n for n in order if n in present]
     for view in snap.expiries:
         nodes.extend(n for n in view.analytics if n not in nodes)
     head = ["expiry", "days", "forward", *[f"{n}[{units.get(n, '')}]" if units.get(n) else n for n in nodes],
@@ -160,6 +163,9 @@ def _dsn(args, config) -> tuple[str, Optional[object]]:
 
 
 def run_query(args) -> int:
+    import warnings
+
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")  # pgserver's, harmless here
     try:
         config = load_config(args.config)
         return _answer(args, config, sys.stdout)
@@ -187,7 +193,7 @@ def _answer(args, config, out) -> int:
             if args.what == "runs":
                 runs = list_runs(conn)
                 for r in runs:
-                    end_txt = iso(r.ended_ms) if r.ended_ms is not None else "running or stopped unrecorded"
+                    end_txt = iso(r.ended_ms) if r.ended_ms is not None else "running (or killed)"
                     print(f"{r.run_id}\t{r.source}\t{iso(r.started_ms)} → {end_txt}\tcode {r.code_version}\t"
                           f"config {r.config_hash}\t{json.dumps(r.methods, sort_keys=True)}\t{r.detail}", file=out)
                 return 0 if runs else 1
@@ -206,7 +212,7 @@ def _answer(args, config, out) -> int:
                     from operators.events import to_json
                     print(to_json(snap).decode(), file=out)
                 else:
-                    print(surface_text(snap, units), file=out)
+                    print(surface_text(snap, units, tuple(n.name for n in config.nodes)), file=out)
                 return 0
             by_run: dict[str, list] = {}
             for run in (args.run or [None]):

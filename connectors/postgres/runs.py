@@ -95,7 +95,8 @@ _COLUMNS = "run_id, config_hash, code_version, methods, started_ms, source, deta
 
 def register_run(conn: psycopg.Connection, run: RunInfo) -> None:
     """Record `run` before it writes rows. Idempotent: registering the same run again (a
-    resumed run) changes nothing, its first started_ms standing. The same run_id registered
+    resumed run) changes nothing but clearing an ended_ms a stop recorded (it runs again),
+    its first started_ms standing. The same run_id registered
     with another config_hash, code_version, methods, source or detail raises ValueError:
     its rows would mix two methods under one id."""
     if not isinstance(run, RunInfo):
@@ -111,7 +112,9 @@ def register_run(conn: psycopg.Connection, run: RunInfo) -> None:
         cur.execute("SELECT config_hash, code_version, methods, source, detail FROM runs WHERE run_id = %s",
                     (run.run_id,))
         stored = dict(zip(("config_hash", "code_version", "methods", "source", "detail"), cur.fetchone()))
-    differ = {k: (v, getattr(run, k)) for k, v in stored.items() if v != getattr(run, k)}
+        differ = {k: (v, getattr(run, k)) for k, v in stored.items() if v != getattr(run, k)}
+        if not differ:
+            cur.execute("UPDATE runs SET ended_ms = NULL WHERE run_id = %s AND ended_ms IS NOT NULL", (run.run_id,))
     if differ:
         what = "; ".join(f"{k}: registered {old!r}, this run {new!r}" for k, (old, new) in differ.items())
         raise ValueError(f"run_id {run.run_id!r} is already registered with other settings ({what}):"

@@ -113,9 +113,11 @@ def test_a_stop_signal_drains_the_flow_flushes_the_rows_and_stops_the_tree(tmp_p
     try:
         with connect(server.get_uri()) as conn:
             stored = conn.execute("SELECT count(*) FROM smile_fits").fetchone()[0]
+            runs = conn.execute("SELECT source, ended_ms IS NOT NULL FROM runs").fetchall()
     finally:
         server.cleanup()
     assert stored == written["smile_fits"]  # every row the flow wrote is there: nothing left in memory
+    assert runs == [("live", True)]  # the run is on record, with its end
 
 
 @pytest.mark.parametrize("taken", ["gateway", "simulator", "flow metrics"])

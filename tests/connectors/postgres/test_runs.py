@@ -378,3 +378,16 @@ def test_a_run_info_is_refused_with_a_value_error_or_round_trips_through_the_tab
         pg.register_run(conn, run)
         (stored,) = [r for r in pg.list_runs(conn) if r.run_id == run.run_id]
     assert stored == pg.RunRecord(**vars(run))
+
+
+def test_a_resumed_run_registering_again_is_running_again(pg_db):
+    """end_run records a stop; the same run registering again (a resume) clears it."""
+    run = pg.RunInfo(run_id="resumed", config_hash="c", code_version="v", methods={"svi": "1"}, started_ms=10,
+                     source="live", detail="d")
+    with pg.connect(pg_db) as conn:
+        pg.migrate(conn)
+        pg.register_run(conn, run)
+        pg.end_run(conn, "resumed", 20)
+        assert [(r.run_id, r.ended_ms) for r in pg.list_runs(conn)] == [("resumed", 20)]
+        pg.register_run(conn, run)
+        assert [(r.run_id, r.started_ms, r.ended_ms) for r in pg.list_runs(conn)] == [("resumed", 10, None)]
