@@ -35,7 +35,7 @@ said and measured beside BAND_WEIGHT): the inner problem becomes a convex piecew
 quadratic, solved by an active-set Newton loop in _inner; optional floor / ceiling slices
 add one-sided calendar bounds on a k-grid (used by operators/kernels/surface.py).
 
-Why one module of ~1150 lines: the numba kernels (inner solve, g-minimum search, objective,
+Why one module of ~1300 lines: the numba kernels (inner solve, g-minimum search, objective,
 Nelder–Mead, repair) call one another as compiled functions and share private constants
 (the m-offset grids, the margin); split across modules they would become public API of each
 other and the cache=True compile units would multiply. Everything here is one calibration.
