@@ -194,6 +194,8 @@ class SmileFit(Event):
     fit_ms: float
     inside_band_frac: Optional[float] = None  # share of two-sided quotes the fit sits inside
     warm: bool = False
+    forward_method: str = ""  # how the forward was found: "future" | "parity" | "underlying" | "index"
+    repaired: bool = False  # the unconstrained fit had butterfly arbitrage and was replaced
     v: int = SCHEMA_VERSION
 
 

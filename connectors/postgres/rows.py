@@ -29,7 +29,7 @@ TABLES: dict[str, dict[str, Any]] = {
         "cols": (
             "run_id", "venue", "underlying", "expiry_ms", "epoch", "ts_exchange_ms", "ts_emit_ms", "t_years",
             "forward", "a", "b", "rho", "m", "sigma", "rmse_vol_pts", "n_quotes", "butterfly_ok",
-            "min_g", "fit_ms", "inside_band_frac", "warm",
+            "min_g", "fit_ms", "inside_band_frac", "warm", "forward_method", "repaired",
         ),
         "key": 5,
         # A fit is immutable history: the first write of a key stands.
@@ -82,6 +82,7 @@ def _fit_row(fit: SmileFit) -> tuple:
         fit.venue, fit.underlying, fit.expiry_ms, fit.epoch, fit.ts_exchange_ms, fit.ts_emit_ms,
         fit.t_years, fit.forward, fit.a, fit.b, fit.rho, fit.m, fit.sigma, fit.rmse_vol_pts,
         fit.n_quotes, fit.butterfly_ok, fit.min_g, fit.fit_ms, fit.inside_band_frac, fit.warm,
+        fit.forward_method, fit.repaired,
     )
 
 

@@ -537,7 +537,8 @@ class ChainLogic:
             ts_exchange_ms=ts, ts_emit_ms=now, t_years=t, forward=s.forward,
             a=a, b=b, rho=rho, m=m, sigma=sigma, rmse_vol_pts=_finite(fit.rmse_vol_pts),
             n_quotes=int(usable.sum()), butterfly_ok=bool(fit.butterfly_ok), min_g=_finite(fit.min_g),
-            fit_ms=fit_ms, inside_band_frac=_opt(fit.inside_band_frac), warm=prev is not None)
+            fit_ms=fit_ms, inside_band_frac=_opt(fit.inside_band_frac), warm=prev is not None,
+            forward_method=s.forward_method, repaired=bool(fit.repaired))
         s.last_fit, s.last_fit_ms = smile, now
         s.s_at_fit = s.s.copy()
         s.fit_owed_since_ms = 0

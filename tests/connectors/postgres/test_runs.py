@@ -157,16 +157,22 @@ def test_migration_3_keeps_pre_run_rows_under_legacy(pg_db, tmp_path, surface_fa
         (tmp_path / name).write_text((pg.SQL_DIR / name).read_text())
     with pg.connect(pg_db) as conn:
         assert pg.migrate(conn, tmp_path) == [1, 2]
+        # the columns of the pre-003 schema (later migrations add some the writer now fills)
+        old_cols = {t: [r[0] for r in conn.execute("SELECT column_name FROM information_schema.columns WHERE "
+                                                   "table_name = %s ORDER BY ordinal_position", (t,)).fetchall()]
+                    for t in pg.TABLES}
         for table, spec in pg.TABLES.items():
-            cols = ", ".join(spec["cols"][1:])
+            keep = [i for i, c in enumerate(spec["cols"][1:]) if c in old_cols[table]]
+            cols = ", ".join(spec["cols"][1:][i] for i in keep)
             with conn.cursor() as cur, cur.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
                 for row in old[table]:
-                    copy.write_row(row[1:])
+                    copy.write_row([row[1:][i] for i in keep])
         conn.commit()
-        before = {t: conn.execute(f"SELECT * FROM {t} ORDER BY {TABLE_KEYS[t].replace('run_id, ', '')}").fetchall()
-                  for t in pg.TABLES}
-        assert pg.migrate(conn) == [3]
-        after = {t: conn.execute(f"SELECT * FROM {t} ORDER BY {TABLE_KEYS[t]}").fetchall() for t in pg.TABLES}
+        before = {t: conn.execute(f"SELECT {', '.join(old_cols[t])} FROM {t} "
+                                  f"ORDER BY {TABLE_KEYS[t].replace('run_id, ', '')}").fetchall() for t in pg.TABLES}
+        assert pg.migrate(conn) == [v for v, _ in pg.sql_files() if v >= 3]  # 003 and any later
+        after = {t: conn.execute(f"SELECT {', '.join(old_cols[t])}, run_id FROM {t} ORDER BY {TABLE_KEYS[t]}")
+                 .fetchall() for t in pg.TABLES}
         runs = pg.list_runs(conn)
         legacy = pg.latest_surface(conn, "deribit", "BTC")
         # the run column has no default left: a writer that forgets the run fails loudly
@@ -176,8 +182,8 @@ def test_migration_3_keeps_pre_run_rows_under_legacy(pg_db, tmp_path, surface_fa
         # a new run writes the same events beside them; the legacy rows stay as they were
         pg.register_run(conn, run_info("new"))
         pg.write_events(conn, events, "new")
-        legacy_after = {t: conn.execute(f"SELECT * FROM {t} WHERE run_id = 'legacy' ORDER BY {TABLE_KEYS[t]}")
-                        .fetchall() for t in pg.TABLES}
+        legacy_after = {t: conn.execute(f"SELECT {', '.join(old_cols[t])}, run_id FROM {t} WHERE run_id = 'legacy' "
+                                        f"ORDER BY {TABLE_KEYS[t]}").fetchall() for t in pg.TABLES}
         assert pg.latest_surface(conn, "deribit", "BTC", run_id="legacy") == legacy
         assert pg.latest_surface(conn, "deribit", "BTC") == legacy  # same rows, newer run
     for table in pg.TABLES:
@@ -190,7 +196,7 @@ def test_migration_3_keeps_pre_run_rows_under_legacy(pg_db, tmp_path, surface_fa
 
 def test_migration_3_on_a_fresh_database_adds_no_legacy_run(pg_db):
     with pg.connect(pg_db) as conn:
-        assert pg.migrate(conn) == [1, 2, 3]
+        assert pg.migrate(conn) == [v for v, _ in pg.sql_files()]
         assert pg.list_runs(conn) == []
         keys = dict(conn.execute(
             "SELECT c.relname, pg_get_constraintdef(k.oid) FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid"
@@ -391,3 +397,17 @@ def test_a_resumed_run_registering_again_is_running_again(pg_db):
         assert [(r.run_id, r.ended_ms) for r in pg.list_runs(conn)] == [("resumed", 20)]
         pg.register_run(conn, run)
         assert [(r.run_id, r.started_ms, r.ended_ms) for r in pg.list_runs(conn)] == [("resumed", 10, None)]
+
+
+def test_a_fits_provenance_is_stored(pg_db, surface_factory):
+    """smile_fits keeps how each fit was made (deploy/sql/005_fit_provenance.sql)."""
+    f = surface_factory()
+    fits = [f.fit(f.expiry(0), 40, forward_method="parity", repaired=True),
+            f.fit(f.expiry(1), 40, forward_method="future")]
+    with pg.connect(pg_db) as conn:
+        pg.migrate(conn)
+        pg.register_run(conn, pg.RunInfo(run_id="prov", config_hash="c", code_version="v", methods={}, started_ms=1,
+                                         source="file", detail="d"))
+        pg.write_events(conn, fits, "prov")
+        rows = conn.execute("SELECT expiry_ms, forward_method, repaired FROM smile_fits ORDER BY expiry_ms").fetchall()
+    assert rows == [(f.expiry(0), "parity", True), (f.expiry(1), "future", False)]

@@ -22,6 +22,9 @@ def test_epoch_solves_and_fits_close_to_the_true_smile():
     fit, update = out[0]
     assert fit.forward == pytest.approx(FORWARD, rel=1e-4)
     assert fit.butterfly_ok and fit.n_quotes == len(STRIKES)
+    # provenance (issue #17): the fit says how its forward was found, as the chain update does
+    assert fit.forward_method == update.forward_method and fit.forward_method in ("future", "parity", "underlying")
+    assert fit.repaired is False  # a clean smile needs no butterfly repair
     t = fit.t_years
     k = np.log(np.asarray(update.strikes) / fit.forward)
     fitted = np.sqrt(total_variance((fit.a, fit.b, fit.rho, fit.m, fit.sigma), k) / t)
