@@ -15,7 +15,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHES = ("bench_iv.py", "bench_svi.py", "bench_surface.py", "bench_engine.py",
-           "bench_stop.py")  # how long `volgraph run` takes to stop, per signal
+           "bench_stop.py", "bench_gateway.py",  # stop time per signal; the gateway under 1,000 clients (60 s)
+           "bench_events.py")  # market events stored: COPY rate, the flow with storage on vs off
 
 
 def main(argv=None) -> int:

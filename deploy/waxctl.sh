@@ -21,7 +21,7 @@
 #   kubectl apply -f deploy/k8s/namespace.yaml
 #   kubectl -n volgraph create secret generic volgraph-flow-env \
 #       --from-literal=VOLGRAPH_PG_DSN='postgresql://...' \
-#       --from-literal=VOLGRAPH_GATEWAY_URL='ws://volgraph-gateway:8765/publish?token=...'
+#       --from-literal=VOLGRAPH_GATEWAY_URL='ws://volgraph-gateway-publish:8765/publish?token=...'
 # Recovery partitions: RECOVERY_PARTS is fixed at the first deploy (the init container creates
 # them once and keeps them after); changing PROCESSES or WORKERS later needs a fresh recovery
 # volume (docs/operations.md "Scale").

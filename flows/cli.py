@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Optional
 
 from flows.config import ConfigError, load_config
-from flows.services import (LOG_FORMAT_ENV, LOG_FORMATS, StartError, StopSignals, Supervisor, check_port_free,
-                            free_port, prune_postgres_handles, setup_logging, watch_postgres)
+from flows.services import (LOG_FORMAT_ENV, LOG_FORMATS, Restart, StartError, StopSignals, Supervisor,
+                            check_port_free, free_port, prune_postgres_handles, setup_logging, watch_postgres)
 
 log = logging.getLogger("volgraph")
 
@@ -62,11 +62,24 @@ def main(argv: Optional[list[str]] = None) -> int:
                           "(default: resume from them when graph.toml runtime.recovery = true)")
 
     replay = sub.add_parser(
-        "replay", help="run the whole system on a recording instead of a live feed",
+        "replay", help="run the whole system on a recording, or on market events stored in PostgreSQL",
         description="Run the gateway, PostgreSQL and the dataflow on a file written by `volgraph record`, "
                     "through the same parser as the live feed, on the recording's clock (a recording of "
-                    "last month fits last month's expiries); print a summary at the end.")
-    replay.add_argument("file", help="a recording (gzip JSON lines from `volgraph record --out FILE`)")
+                    "last month fits last month's expiries); or, with --from-db, on the market events a run "
+                    "stored between --start and --end, on their own clock. Either is a new run beside the "
+                    "others; print a summary at the end.")
+    replay.add_argument("file", nargs="?",
+                        help="a recording (gzip JSON lines from `volgraph record --out FILE`); not with --from-db")
+    replay.add_argument("--from-db", action="store_true",
+                        help="re-run the market events stored in PostgreSQL between --start and --end (graph.toml "
+                             "[sinks.postgres] market_events = true stores them) as a new run, e.g. with another "
+                             "--config (default: off)")
+    replay.add_argument("--start", metavar="T0",
+                        help="with --from-db: the window's start, UTC: 2026-01-05T09:00:00Z, 2026-01-05 or epoch ms")
+    replay.add_argument("--end", metavar="T1", help="with --from-db: the window's end (excluded), as --start")
+    replay.add_argument("--run", metavar="RUN_ID", dest="source_run",
+                        help="with --from-db: whose stored events (default: the latest-started run with events in "
+                             "the window)")
     replay.add_argument("--venue", choices=tuple(VENUES), default="deribit",
                         help="whose protocol the file holds (default: deribit)")
     replay.add_argument("--speed",
@@ -147,12 +160,42 @@ def main(argv: Optional[list[str]] = None) -> int:
             for node in config.nodes:
                 print(f"  {node.name:<14} {node.level:<8} {node.fn_path}  inputs={list(node.inputs)} {node.params or ''}")
             return 0
+        if args.command == "replay":
+            check_replay_args(args, replay.error)
         if args.command in ("run", "replay"):
             return run_system(args)
     except ConfigError as exc:
         print(f"volgraph: {exc}", file=sys.stderr)
         return 2
     return 1
+
+
+def check_replay_args(args, error) -> None:
+    """`volgraph replay`: FILE, or --from-db with a window (args.start_ms, args.end_ms set here);
+    `error` (argparse's) exits 2 with the message and the fix."""
+    if not args.from_db:
+        if args.file is None:
+            error("give a recording FILE, or --from-db --start T0 --end T1 to re-run stored market events")
+        for flag, value in (("--start", args.start), ("--end", args.end), ("--run", args.source_run)):
+            if value is not None:
+                error(f"{flag} goes with --from-db (a replay of stored events); a FILE replays the whole file")
+        return
+    if args.file is not None:
+        error(f"--from-db reads the database, not a FILE ({args.file}): drop one of them")
+    if args.no_postgres:
+        error("--from-db reads the stored events from PostgreSQL and writes the new run there: drop --no-postgres")
+    for flag, value in (("--start", args.start), ("--end", args.end)):
+        if value is None:
+            error(f"--from-db needs {flag}: the window of stored events to re-run, e.g. "
+                  "--start 2026-01-05T09:00:00Z --end 2026-01-05T10:00:00Z")
+    from flows.query import parse_time_ms  # one reading of a time for every command
+
+    try:
+        args.start_ms, args.end_ms = parse_time_ms(args.start, "--start"), parse_time_ms(args.end, "--end")
+    except ValueError as exc:
+        error(str(exc))
+    if args.end_ms <= args.start_ms:
+        error(f"--end {args.end} is not after --start {args.start}: the window is [T0, T1); give T1 > T0")
 
 
 def system_options(p: argparse.ArgumentParser, until: str) -> None:
@@ -229,7 +272,7 @@ def _run(args, config, sup: Supervisor, say) -> int:
     from connectors.venues import VENUES
     from flows.metrics import COUNTERS, FITTED, STOP, serve_metrics
     from flows.runs import resumed_run, run_info
-    from flows.surface import build_flow, postgres_sink, tune_gc, venue_sources
+    from flows.surface import build_flow, market_event_sink, postgres_sink, tune_gc, venue_sources
     from operators.state import chain
 
     data_dir = Path(config.runtime.data_dir).resolve()
@@ -266,7 +309,8 @@ def _run(args, config, sup: Supervisor, say) -> int:
             proc = sup.spawn(what, py + [
                 venue.sim_command, "--host", sim.host, "--port", str(port),
                 "--seed", str(sim.seed + venue.sim_seed_offset), "--rate", rate, "--scale", sim.scale,
-                f"--{venue.keys_field}", ",".join(getattr(section, venue.keys_field))])
+                f"--{venue.keys_field}", ",".join(getattr(section, venue.keys_field))],
+                restart=Restart(sim.host, port))  # restarted on the same port if it dies; the source reconnects
             sup.wait_listening(what, proc, sim.host, port, timeout_s=60.0)
             urls[name] = f"ws://{sim.host}:{port}{venue.sim_url_path}"
 
@@ -275,7 +319,8 @@ def _run(args, config, sup: Supervisor, say) -> int:
     token = configured_token(gw.publish_token, gw.publish_token_file) or new_publish_token()
     os.environ[PUBLISH_TOKEN_ENV] = token
     gw_cmd = py + ["gateway", "--host", gw.host, "--port", str(gw_port)]
-    proc = sup.spawn("gateway", gw_cmd)
+    proc = sup.spawn("gateway", gw_cmd,  # restarted if it dies; the publisher and the pages reconnect and resync
+                     restart=Restart(gw.host, gw_port, ready=lambda pid: _status_pid(gw.host, gw_port) == pid))
     # listening is not enough: another process may hold the port; /status names the gateway's pid
     sup.wait_listening("gateway", proc, gw.host, gw_port, timeout_s=60.0,
                        ready=lambda: _status_pid(gw.host, gw_port) == proc.pid)
@@ -283,7 +328,13 @@ def _run(args, config, sup: Supervisor, say) -> int:
 
     # the run every stored row names (flows/runs.py): a resumed `volgraph run` continues its own
     recovery = None if replaying else recovery_config(config, data_dir, fresh=args.fresh, say=say)
-    if replaying:
+    from_db = replaying and getattr(args, "from_db", False)
+    if from_db and not config.sinks.postgres.enabled:
+        raise StartError("--from-db reads and writes PostgreSQL, which graph.toml turns off: set [sinks.postgres] "
+                         "enabled = true (in the --config file)")
+    if from_db:
+        run = None  # named once the window's events are found (below, with the database up)
+    elif replaying:
         run = run_info(config, source="file", detail=str(Path(args.file).resolve()))
     else:  # the detail must not change between restarts (a resumed run is the same run): no sim ports
         detail = ("live " + " ".join(getattr(config.sources, v).url for v in config.sources.venues()) if args.live
@@ -291,12 +342,13 @@ def _run(args, config, sup: Supervisor, say) -> int:
         run = run_info(config, source="live", detail=detail)
         if recovery is not None:
             run = resumed_run(data_dir / "recovery", run)
-    say(f"run {run.run_id} (code {run.code_version}, config {run.config_hash})")
+    if run is not None:
+        say(f"run {run.run_id} (code {run.code_version}, config {run.config_hash})")
 
     from connectors.postgres import connect
 
     pg_line = "off"
-    postgres = None
+    postgres = events = None
     if not args.no_postgres and config.sinks.postgres.enabled:
         from connectors.postgres import embedded_postgres, migrate
 
@@ -313,8 +365,14 @@ def _run(args, config, sup: Supervisor, say) -> int:
             watch_postgres(sup, pgdata)  # stops it when this process ends, SIGKILL included
         with connect(dsn) as conn:
             migrate(conn)
+        if from_db:
+            source, run = db_replay_source(args, config, dsn, run_info)
+            say(f"run {run.run_id} (code {run.code_version}, config {run.config_hash}): {run.detail}")
         postgres = postgres_sink(config, dsn, run, str(data_dir / "spill"))
         sinks.append(postgres)
+        events = None if from_db else market_event_sink(config, dsn, run, str(data_dir / "spill"))
+        if events is not None:  # graph.toml [sinks.postgres] market_events = true
+            sinks.append(events)
         pg_line = dsn if args.pg or config.sinks.postgres.dsn else f"embedded, {data_dir / 'pg'}"
 
     if metrics_port:
@@ -330,9 +388,13 @@ def _run(args, config, sup: Supervisor, say) -> int:
     say(f"kernels ready in {time.monotonic() - started:.1f} s")
     if replaying:
         speed = replay_speed(args.speed, config.runtime.replay_speed)
-        source = replay_source(args, speed)
+        if from_db:
+            source.speed = speed
+            feeds = f"database ({run.detail}, {source.events:,} events, speed {speed})"
+        else:
+            source = replay_source(args, speed)
+            feeds = f"replay {args.file} ({args.venue}, speed {speed})"
         sources = [source]
-        feeds = f"replay {args.file} ({args.venue}, speed {speed})"
         # the recording's clock, not the wall's: its expiries are live at its own time
         flow = build_flow(config, sources, sinks, now_ms=source.clock_ms,
                           clock_rate=1.0 if speed == "max" else float(speed))
@@ -345,6 +407,13 @@ def _run(args, config, sup: Supervisor, say) -> int:
         say(f"flow metrics http://{metrics_host}:{metrics_port}/metrics")
     say("children " + "  ".join(f"{name}={pid}" for name, pid in sup.pids().items()))
     say("Ctrl-C or SIGTERM stops everything")
+
+    def child_event(text: str) -> None:  # a line of its own above the status line, which goes on below it
+        if sys.stdout.isatty() and os.environ.get(LOG_FORMAT_ENV) != "json":
+            sys.stdout.write("\r\x1b[2K")
+        say(text)
+
+    sup.supervise(child_event)  # a child that dies is reported and restarted (flows/services.py Restart)
     stop = threading.Event()
     status = threading.Thread(target=_status_line, args=(COUNTERS, stop, say), daemon=True)
     status.start()
@@ -375,6 +444,10 @@ def _run(args, config, sup: Supervisor, say) -> int:
             for table, n in s["rows_written"].items():
                 tables[table] = tables.get(table, 0) + n
         say(f"postgres rows written {json.dumps(tables, sort_keys=True)} pending {sum(s['pending'] for s in stats)}")
+        if events is not None:  # graph.toml [sinks.postgres] market_events = true
+            stats = [w.stats() for w in events.writers]
+            say(f"market events stored {sum(s['rows_written'].get('market_events', 0) for s in stats):,} "
+                f"pending {sum(s['pending'] for s in stats)} rows, rejected {sum(s['rejected'] for s in stats)}")
         import psycopg
 
         from connectors.postgres import end_run
@@ -451,6 +524,26 @@ def replay_source(args, speed):
 
     parse_frame = venue(args.venue).parse_frame()
     return ReplaySource(args.file, speed=speed, parse=parse_frame, run_seconds=args.seconds)
+
+
+def db_replay_source(args, config, dsn: str, run_info):
+    """`volgraph replay --from-db`: the source over the window's stored events and the new run
+    (source "database", detail naming the window and the source run)."""
+    from connectors.capture.db_replay import DbReplaySource, EmptyWindow, db_replay_detail, stored_runs
+
+    source_run = args.source_run
+    if source_run is None:
+        found = stored_runs(dsn, args.start_ms, args.end_ms)
+        if not found:
+            raise StartError(f"no market events are stored between --start {args.start} and --end {args.end}: widen "
+                             "the window, or store events first with graph.toml [sinks.postgres] market_events = true")
+        source_run = found[0][0]
+    try:
+        source = DbReplaySource(dsn, run_id=source_run, start_ms=args.start_ms, end_ms=args.end_ms,
+                                run_seconds=args.seconds)
+    except EmptyWindow as exc:
+        raise StartError(str(exc)) from None
+    return source, run_info(config, source="database", detail=db_replay_detail(source_run, args.start_ms, args.end_ms))
 
 
 def _status_line(counters, stop: threading.Event, say) -> None:

@@ -143,6 +143,9 @@ class PostgresSinkConfig:
     batch_rows: int
     flush_ms: int
     handoff_timeout_s: float
+    market_events: bool
+    market_batch_items: int
+    market_retention_days: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +228,8 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "sinks.postgres.batch_rows": (lambda v: v >= 1, "an integer ≥ 1"),
     "sinks.postgres.flush_ms": (lambda v: v >= 1, "an integer ≥ 1"),
     "sinks.postgres.handoff_timeout_s": (lambda v: v > 0, "a number of seconds > 0"),
+    "sinks.postgres.market_batch_items": (lambda v: v >= 1, "an integer ≥ 1"),
+    "sinks.postgres.market_retention_days": (lambda v: v >= 0, "an integer ≥ 0 (0 = keep every day)"),
 }
 
 

@@ -11,6 +11,12 @@ port checks, stop signals and logging set-up (docs/operations.md "Stopping and s
   unless another live process still uses it (`watch_postgres`).
 - `Supervisor.stop` sends SIGTERM to every child at once and waits on one shared deadline,
   then SIGKILLs what is left.
+- A child spawned with a `Restart` policy is watched (`Supervisor.supervise`, a thread): when
+  it exits on its own it is reported (`on_event`, which `volgraph run` prints), started again
+  with the same command line and environment after a backoff that doubles per quick death
+  (min_s .. max_s, back to min_s once a child has stayed up reset_after_s), and reported again
+  once its readiness check holds (its port answers; the gateway: /status names the new pid).
+  Children without a policy (the PostgreSQL watcher) are never restarted.
 - A port that is taken, or a child that exits while starting, is a `StartError` whose message
   names the port or the child and the fix; the CLI prints it and exits non-zero.
 - `setup_logging`: plain lines for people, JSON lines for machines (`--log-format json`, or
@@ -33,7 +39,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -147,13 +155,40 @@ def _child_setup(parent_pid: int) -> None:  # runs in the child between fork and
     os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the parent only: it drains the flow, then stops us
 
 
+@dataclass
+class Restart:
+    """A child's restart policy. host/port: where it listens (a restart waits for the port to
+    answer, and `ready(pid)` to hold if given, up to ready_timeout_s, before it is reported
+    up). Backoff before a restart: min_s, doubled after each death that came within
+    reset_after_s of the last start, at most max_s."""
+
+    host: str
+    port: int
+    ready: Optional[Callable[[int], bool]] = None
+    min_s: float = 0.5
+    max_s: float = 30.0
+    reset_after_s: float = 60.0
+    ready_timeout_s: float = 60.0
+    # state, kept by the Supervisor
+    restarts: int = 0
+    backoff_s: float = field(default=0.0, repr=False)
+    started_s: float = field(default_factory=time.monotonic, repr=False)
+
+
 class Supervisor:
-    """The children of one run: started with `spawn`, checked with `wait_listening`, stopped
-    together with `stop` (also on any exception in the `with` block)."""
+    """The children of one run: started with `spawn`, checked with `wait_listening`, restarted
+    when they die if they have a `Restart` policy (`supervise`), stopped together with `stop`
+    (also on any exception in the `with` block)."""
+
+    POLL_S = 0.2  # how often the supervising thread looks at its children
 
     def __init__(self, stop_timeout_s: float) -> None:
         self.stop_timeout_s = stop_timeout_s
         self.children: list[tuple[str, subprocess.Popen]] = []
+        self._spec: dict[str, tuple[list[str], dict, Restart]] = {}  # name -> (argv, popen kwargs, policy)
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread: Optional[threading.Thread] = None
 
     def __enter__(self) -> "Supervisor":
         return self
@@ -161,15 +196,92 @@ class Supervisor:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def spawn(self, name: str, argv: Sequence[str], **popen) -> subprocess.Popen:
-        parent = os.getpid()
-        proc = subprocess.Popen(list(argv), preexec_fn=lambda: _child_setup(parent), **popen)
-        self.children.append((name, proc))
+    def spawn(self, name: str, argv: Sequence[str], *, restart: Optional[Restart] = None,
+              **popen) -> subprocess.Popen:
+        """Start a child. With `restart`, `supervise` starts it again when it dies."""
+        proc = self._popen(argv, popen)
+        with self._lock:
+            self.children.append((name, proc))
+            if restart is not None:
+                restart.started_s = time.monotonic()
+                self._spec[name] = (list(argv), dict(popen), restart)
         log.info("started %s (pid %d)", name, proc.pid)
         return proc
 
+    @staticmethod
+    def _popen(argv: Sequence[str], popen: dict) -> subprocess.Popen:
+        parent = os.getpid()
+        return subprocess.Popen(list(argv), preexec_fn=lambda: _child_setup(parent), **popen)
+
     def pids(self) -> dict[str, int]:
-        return {name: p.pid for name, p in self.children}
+        with self._lock:
+            return {name: p.pid for name, p in self.children}
+
+    def restarts(self) -> dict[str, int]:
+        """How many times each supervised child has been started again."""
+        with self._lock:
+            return {name: spec[2].restarts for name, spec in self._spec.items()}
+
+    # -- supervision ----------------------------------------------------------------
+
+    def supervise(self, on_event: Callable[[str], None]) -> None:
+        """Watch the children that have a restart policy, on a thread of its own, until
+        `stop`. `on_event(text)` gets a line when one dies and when it is back. A child this
+        thread restarts gets SIGTERM when the thread ends (PR_SET_PDEATHSIG follows the thread
+        that forked it), which is only at `stop` or when the process dies."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._watch, args=(on_event,), name="supervisor", daemon=True)
+            self._thread.start()
+
+    def _watch(self, on_event: Callable[[str], None]) -> None:
+        while not self._stopping.wait(self.POLL_S):
+            with self._lock:
+                dead = [(i, name, proc) for i, (name, proc) in enumerate(self.children)
+                        if name in self._spec and proc.poll() is not None]
+            for i, name, proc in dead:
+                if self._stopping.is_set():
+                    return
+                try:
+                    self._restart(i, name, proc, on_event)
+                except Exception:  # this thread must outlive any one failure: the children it restarted
+                    log.exception("restarting %s failed; trying again", name)  # get SIGTERM when it ends
+
+    def _restart(self, i: int, name: str, proc: subprocess.Popen, on_event: Callable[[str], None]) -> None:
+        argv, popen, policy = self._spec[name]
+        now = time.monotonic()
+        quick = now - policy.started_s < policy.reset_after_s
+        policy.backoff_s = min(policy.max_s, policy.backoff_s * 2) if quick and policy.backoff_s else policy.min_s
+        code = proc.returncode
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals() else f"exit {code}"
+        on_event(f"{name} (pid {proc.pid}) died ({how}); restarting it in {policy.backoff_s:g} s "
+                 f"(restart {policy.restarts + 1})")
+        log.warning("%s (pid %d) died (%s); restarting in %g s", name, proc.pid, how, policy.backoff_s)
+        if self._stopping.wait(policy.backoff_s):
+            return
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            new = self._popen(argv, popen)
+            self.children[i] = (name, new)
+            policy.restarts += 1
+            policy.started_s = time.monotonic()
+        deadline = time.monotonic() + policy.ready_timeout_s
+        while not self._stopping.wait(0.1):  # its port, then its own check (another process's start-up)
+            if new.poll() is not None:
+                return  # died again: the next round reports it and backs off further
+            try:
+                with socket.create_connection((policy.host, policy.port), timeout=0.5):
+                    pass
+                if policy.ready is None or policy.ready(new.pid):
+                    on_event(f"{name} restarted (pid {new.pid}), answering on {policy.host}:{policy.port}")
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                on_event(f"{name} (pid {new.pid}) did not answer on {policy.host}:{policy.port} within "
+                         f"{policy.ready_timeout_s:.0f} s; stopping it to try again")
+                new.terminate()  # the next round sees it dead and restarts it
+                return
 
     def wait_listening(self, name: str, proc: subprocess.Popen, host: str, port: int, *, timeout_s: float,
                        ready: Optional[Callable[[], bool]] = None) -> None:
@@ -192,7 +304,10 @@ class Supervisor:
 
     def stop(self) -> dict[str, Optional[int]]:
         """SIGTERM to every running child at once, wait up to stop_timeout_s for all, SIGKILL
-        the rest; returns each child's exit code."""
+        the rest; returns each child's exit code. Nothing is restarted from here on."""
+        self._stopping.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5.0)  # a restart in progress gives up at once
         for _name, proc in self.children:
             if proc.stdin is not None:  # a watcher: told this is a clean stop, it ends at EOF
                 try:

@@ -117,6 +117,9 @@ def build_flow(config: Config, source, sinks: list, *, now_ms: Callable[[], int]
     by_type = {SmileFit: op.map("smile_fits", chain.fits, _observe_fit), SurfacePatch: patches,
                StatusReport: merged("statuses", [f.statuses for f in feeds])}
     for i, sink in enumerate(sinks):
+        if getattr(sink, "stores_market_events", False):  # the sources' events (market_event_sink)
+            market_events_output(f"market_events_{i}", feeds, sink)
+            continue
         wanted = getattr(sink, "consumes", OUTPUT_TYPES)
         unknown = [t for t in wanted if t not in by_type]
         if unknown:
@@ -127,6 +130,32 @@ def build_flow(config: Config, source, sinks: list, *, now_ms: Callable[[], int]
             stream = op.key_on(f"sink_{i}_key", stream, sink.key_of)
         op.output(f"sink_{i}", stream, sink)
     return flow
+
+
+def market_events_output(step_id: str, feeds: list[Feed], sink) -> None:
+    """The events every source emitted, once each, to a market-event sink: each ChainBatch's
+    events but its copies of the index price (the venue's own batches only: a consolidated
+    surface's batches copy them), and the index prices (the venue's own), as one (surface key,
+    events) item per batch. Items, not events, cross the bytewax steps: bytewax costs
+    microseconds per item per step (docs/benchmarks.md "Market events")."""
+    streams = []
+    for i, f in enumerate(feeds):
+        streams.append(op.filter_map(f"{step_id}_batches_{i}", f.batches, _batch_events))
+        streams.append(op.filter_map(f"{step_id}_indices_{i}", f.indices, _index_events))
+    items = streams[0] if len(streams) == 1 else op.merge(f"{step_id}_in", *streams)
+    op.output(step_id, op.key_on(f"{step_id}_key", items, sink.key_of), sink)
+
+
+def _batch_events(batch: ChainBatch):
+    key = batch.key
+    if key.startswith(CONSOLIDATED + "|"):
+        return None
+    events = [e for e in batch.events if type(e) is not IndexPrice]
+    return (key[:key.rindex("|")], events) if events else None
+
+
+def _index_events(e: IndexPrice):
+    return None if e.venue == CONSOLIDATED else (surface_key(e.venue, e.underlying), [e])
 
 
 _first_patch: set[tuple[str, str]] = set()
@@ -265,6 +294,9 @@ def default_flow(config_path: Optional[str] = None) -> Dataflow:
                        run_id=cluster_run_id(config))
         log.info("run %s (code %s, config %s)", run.run_id, run.code_version, run.config_hash)
         sinks.append(postgres_sink(config, dsn, run, os.path.join(config.runtime.data_dir, "spill")))
+        events = market_event_sink(config, dsn, run, os.path.join(config.runtime.data_dir, "spill"))
+        if events is not None:
+            sinks.append(events)
     flow = build_flow(config, source, sinks)
     tune_gc()
     return flow
@@ -279,6 +311,20 @@ def postgres_sink(config: Config, dsn: str, run, spill_dir):
                         on_handoff=HANDOFF_SECONDS.observe,
                         batch_rows=pg.batch_rows, flush_ms=pg.flush_ms, handoff_timeout_s=pg.handoff_timeout_s,
                         spill_dir=spill_dir)
+
+
+def market_event_sink(config: Config, dsn: str, run, spill_dir):
+    """The market-event sink as graph.toml configures it ([sinks.postgres] market_events,
+    market_batch_items, market_retention_days), or None when storage is off."""
+    pg = config.sinks.postgres
+    if not pg.market_events:
+        return None
+    from connectors.postgres.market_sink import MarketEventSink
+
+    return MarketEventSink(dsn, run=run, partitions=config.runtime.processes * config.runtime.workers,
+                           batch_rows=pg.market_batch_items, flush_ms=pg.flush_ms,
+                           handoff_timeout_s=pg.handoff_timeout_s, retention_days=pg.market_retention_days,
+                           spill_dir=spill_dir)
 
 
 def __getattr__(name: str):

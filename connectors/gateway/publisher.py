@@ -8,6 +8,16 @@ dataflow: the events are counted as dropped, a reconnect is tried after a back-o
 on every (re)connect the partition first sends a SurfaceSnapshot of each surface it
 knows, so the gateway's state heals whatever was lost. Only translates events to bytes.
 
+Several gateway replicas (docs/gateway-protocol.md §9 "Replicas"): the sink publishes every
+event to every gateway endpoint, so each replica holds the full, current surface on its own.
+The endpoints are a list of URLs (comma-separated in $VOLGRAPH_GATEWAY_URL), and the host of a
+ws:// URL is resolved again every `resolve_every_s` to all its addresses, so a Kubernetes
+headless Service (one address per gateway pod) yields one connection per replica, and a replica
+the HPA adds is found within that time. All of a worker's connections share one merged state
+per surface, so a replica that joins late (or comes back) is first sent a snapshot of every
+surface, then the patches: it catches up without a restart of anything. Name resolution runs
+on a thread of its own, never on the dataflow's.
+
 The publish token travels in the Authorization header only (a `?token=` in the URL is moved
 there). Without an explicit token it is looked up on every connect, as
 connectors/gateway/auth.py publisher_token says: $VOLGRAPH_PUBLISH_TOKEN,
@@ -17,17 +27,21 @@ cookie file (so a restarted gateway's new token is picked up). Never imports the
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import socket
+import threading
 import time
 from collections import Counter
-from typing import Any, Optional
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
+from urllib.parse import urlsplit
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from websockets.version import version as websockets_version
 from websockets.exceptions import InvalidStatus, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
-from connectors.gateway.auth import publisher_token, strip_token
+from connectors.gateway.auth import LOOPBACK_NAMES, publisher_token, strip_token
 from operators.events import StatusReport, SurfacePatch, SurfaceSnapshot, to_json
 from operators.merge import SurfaceState
 
@@ -37,6 +51,19 @@ FORWARDED = (SurfacePatch, SurfaceSnapshot, StatusReport)
 # websockets >= 17.1 wants connect() as a context manager unless legacy=True: this
 # connection outlives any `with` block (it lives as long as the sink partition).
 _CONNECT_KW = {"legacy": True} if tuple(int(x) for x in websockets_version.split(".")[:2]) >= (17, 1) else {}
+
+
+def remember(surfaces: dict, event: Any) -> None:
+    """Merge a surface event into `surfaces` ((venue, underlying) -> SurfaceState)."""
+    if isinstance(event, (SurfacePatch, SurfaceSnapshot)):
+        key = (event.venue, event.underlying)
+        state = surfaces.get(key)
+        if state is None:
+            state = surfaces[key] = SurfaceState()
+        if isinstance(event, SurfacePatch):
+            state.apply(event)
+        else:
+            state.replace(event)
 
 
 class GatewayPublisher:
@@ -52,6 +79,7 @@ class GatewayPublisher:
         retry_min_ms: float = 100.0,
         retry_max_ms: float = 5000.0,
         name: str = "publisher",
+        surfaces: Optional[dict] = None,
     ) -> None:
         if not url.startswith(("ws://", "wss://")):
             raise ValueError(f"gateway url {url!r} must be ws://host:port/publish (or wss://)")
@@ -63,7 +91,8 @@ class GatewayPublisher:
         self.retry_min_s = retry_min_ms / 1000.0
         self.retry_max_s = retry_max_ms / 1000.0
         self.name = name
-        self.surfaces: dict[tuple[str, str], SurfaceState] = {}
+        # the merged state per surface; shared by every endpoint of a PublisherSet
+        self.surfaces: dict[tuple[str, str], SurfaceState] = {} if surfaces is None else surfaces
         self.conn: Optional[ClientConnection] = None
         self.counters: Counter = Counter()  # sent, dropped, skipped, connects, connect_failures, send_failures
         self.last_error = ""
@@ -78,6 +107,11 @@ class GatewayPublisher:
                 continue
             self._remember(item)
             events.append(item)
+        self.send(events)
+
+    def send(self, events: list) -> None:
+        """Send events already merged into `surfaces` (a fresh connection sends the snapshots
+        instead of the surface events)."""
         if not events:
             return
         if self.conn is None:
@@ -97,15 +131,7 @@ class GatewayPublisher:
             self.counters["sent"] += 1
 
     def _remember(self, event: Any) -> None:
-        if isinstance(event, (SurfacePatch, SurfaceSnapshot)):
-            key = (event.venue, event.underlying)
-            state = self.surfaces.get(key)
-            if state is None:
-                state = self.surfaces[key] = SurfaceState()
-            if isinstance(event, SurfacePatch):
-                state.apply(event)
-            else:
-                state.replace(event)
+        remember(self.surfaces, event)
 
     def _connect(self) -> bool:
         now = time.monotonic()
@@ -161,8 +187,134 @@ class GatewayPublisher:
             self.conn = None
 
 
+Endpoint = tuple[str, int]  # (address, port) one gateway replica listens on
+Resolver = Callable[[str, int], Sequence[Endpoint]]
+RESOLVE_EVERY_S = 10.0  # how often a ws:// URL's host name is looked up again
+
+
+def resolve_all(host: str, port: int) -> list[Endpoint]:
+    """Every address `host` has (a headless Service: one per pod), IPv4 when there is any,
+    sorted; [] when the name does not resolve now."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return []
+    v4 = sorted({(i[4][0], port) for i in infos if i[0] == socket.AF_INET})
+    return v4 or sorted({(i[4][0], port) for i in infos if i[0] == socket.AF_INET6})
+
+
+def _literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return host.lower() in LOOPBACK_NAMES
+
+
+def split_urls(url: Union[str, Iterable[str]]) -> list[str]:
+    """The endpoints in `url`: a list, or one string of comma-separated URLs."""
+    urls = [u.strip() for u in (url.split(",") if isinstance(url, str) else url) if u and u.strip()]
+    if not urls:
+        raise ValueError("gateway url: give at least one ws://host:port/publish")
+    return urls
+
+
+class PublisherSet:
+    """One worker's publishing to every gateway endpoint: a GatewayPublisher per endpoint, all
+    sharing one merged state per surface. A ws:// URL whose host is a name (not an address,
+    not loopback) is resolved every `resolve_every_s` on a thread of its own; each address
+    becomes an endpoint (a new one starts with the snapshots, a vanished one is closed); until
+    the first answer, or when the name does not resolve, the URL is used as given (or the
+    last addresses found). wss:// URLs are used as given (the certificate names the host)."""
+
+    def __init__(self, url: Union[str, Iterable[str]], token: Optional[str] = None, *,
+                 resolve_every_s: float = RESOLVE_EVERY_S, resolver: Resolver = resolve_all,
+                 name: str = "publisher", **options: Any) -> None:
+        self.urls = split_urls(url)
+        self.token = token
+        self.options = options
+        self.name = name
+        self.resolver = resolver
+        self.resolve_every_s = resolve_every_s
+        self.surfaces: dict[tuple[str, str], SurfaceState] = {}
+        self.publishers: dict[str, GatewayPublisher] = {}
+        self.skipped = 0
+        # URL -> the endpoint URLs it stands for now (written by the resolver thread, read here)
+        self._targets: dict[str, tuple[str, ...]] = {u: (u,) for u in self.urls}
+        self._names = [u for u in self.urls if self._resolvable(u)]
+        self._stop = threading.Event()
+        self._resolved = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        for u in self.urls:
+            GatewayPublisher(u, token, **options)  # validate every URL now
+        if self._names and resolve_every_s > 0:
+            self._thread = threading.Thread(target=self._resolve_loop, name=f"{name}-resolve", daemon=True)
+            self._thread.start()
+            self._resolved.wait(2.0)  # the first answer, if it comes quickly; else the names as given
+
+    @staticmethod
+    def _resolvable(url: str) -> bool:
+        parts = urlsplit(url)
+        return parts.scheme == "ws" and bool(parts.hostname) and not _literal(parts.hostname)
+
+    def _resolve_loop(self) -> None:
+        while True:
+            for url in self._names:
+                parts = urlsplit(url)
+                found = self.resolver(parts.hostname, parts.port or 80)
+                if found:
+                    self._targets[url] = tuple(
+                        parts._replace(netloc=f"{h if ':' not in h else f'[{h}]'}:{p}").geturl() for h, p in found)
+            self._resolved.set()
+            if self._stop.wait(self.resolve_every_s):
+                return
+
+    def endpoints(self) -> list[str]:
+        """The endpoint URLs published to now (one per replica)."""
+        return sorted({t for targets in list(self._targets.values()) for t in targets})
+
+    def _refresh(self) -> None:
+        wanted = self.endpoints()
+        for url in wanted:
+            if url not in self.publishers:
+                self.publishers[url] = GatewayPublisher(url, self.token, name=f"{self.name}->{url}",
+                                                        surfaces=self.surfaces, **self.options)
+                if len(self.publishers) > 1 or url not in self.urls:
+                    log.info("%s: publishing to %s too (%d endpoints)", self.name, url, len(self.publishers))
+        for url in [u for u in self.publishers if u not in wanted]:
+            log.info("%s: %s is gone from its name's addresses; closing it", self.name, url)
+            self.publishers.pop(url).close()
+
+    def write_batch(self, items: list) -> None:
+        events = []
+        for item in items:
+            if not isinstance(item, FORWARDED):
+                self.skipped += 1
+                continue
+            remember(self.surfaces, item)
+            events.append(item)
+        self._refresh()
+        for publisher in list(self.publishers.values()):
+            publisher.send(events)
+
+    @property
+    def counters(self) -> Counter:
+        """Every endpoint's counters added up."""
+        total: Counter = Counter(skipped=self.skipped)
+        for p in self.publishers.values():
+            total.update(p.counters)
+        return total
+
+    def close(self) -> None:
+        self._stop.set()
+        for p in self.publishers.values():
+            p.close()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+
+
 class _GatewayPartition(StatelessSinkPartition):
-    def __init__(self, publisher: GatewayPublisher) -> None:
+    def __init__(self, publisher: PublisherSet) -> None:
         self.publisher = publisher
 
     def write_batch(self, items: list) -> None:
@@ -173,22 +325,30 @@ class _GatewayPartition(StatelessSinkPartition):
 
 
 class GatewaySink(DynamicSink):
-    """bytewax sink: every worker publishes its surfaces to the gateway at `url`
-    (ws://host:port/publish) with the publish token: `token`, else $VOLGRAPH_PUBLISH_TOKEN,
-    $VOLGRAPH_PUBLISH_TOKEN_FILE, `token_file`, ... (GatewayPublisher). The flow hands it only
-    what it `consumes` (flows/surface.py)."""
+    """bytewax sink: every worker publishes its surfaces to every gateway at `url` (one
+    ws://host:port/publish, a list of them, or comma-separated URLs; a name with several
+    addresses, such as a headless Service, is one endpoint per address: PublisherSet) with
+    the publish token: `token`, else $VOLGRAPH_PUBLISH_TOKEN, $VOLGRAPH_PUBLISH_TOKEN_FILE,
+    `token_file`, ... (GatewayPublisher). The flow hands it only what it `consumes`
+    (flows/surface.py)."""
 
     consumes = (SurfacePatch, StatusReport)
 
-    def __init__(self, url: str, token: Optional[str] = None, *, token_file: Optional[str] = None,
-                 **options: Any) -> None:
-        GatewayPublisher(url, token, token_file=token_file, **options)  # validate the arguments at build time
-        self.url = url
+    def __init__(self, url: Union[str, Iterable[str]], token: Optional[str] = None, *,
+                 token_file: Optional[str] = None, resolve_every_s: float = RESOLVE_EVERY_S,
+                 resolver: Resolver = resolve_all, **options: Any) -> None:
+        self.urls = split_urls(url)
+        for u in self.urls:
+            GatewayPublisher(u, token, token_file=token_file, **options)  # validate the arguments at build time
+        self.url = ",".join(self.urls)
         self.token = token or None
         self.options = dict(options, token_file=token_file)
-        self.publishers: list[GatewayPublisher] = []  # for status and tests
+        self.resolve_every_s = resolve_every_s
+        self.resolver = resolver
+        self.publishers: list[PublisherSet] = []  # one per worker, for status and tests
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _GatewayPartition:
-        publisher = GatewayPublisher(self.url, self.token, name=f"{step_id}-w{worker_index}", **self.options)
+        publisher = PublisherSet(self.urls, self.token, resolve_every_s=self.resolve_every_s, resolver=self.resolver,
+                                 name=f"{step_id}-w{worker_index}", **self.options)
         self.publishers.append(publisher)
         return _GatewayPartition(publisher)

@@ -12,12 +12,17 @@ Per stream the gateway keeps the merged current surface (operators/merge.py, the
 rule), so a new client starts from the latest state. Each client has a coalescing queue per
 stream: a few shared patch objects merged into one message (seq_from..seq) when the client
 is ready, or past `coalesce_after` a marker that sends the current snapshot; a client that
-falls more than `client_queue_max` updates behind is dropped, never buffered for. Browser
+falls more than `client_queue_max` updates behind is dropped, never buffered for; a client
+that keeps up (nothing queued, its socket taking data) gets each patch written by the
+fan-out loop itself, without waking its sender task (`_write_now`). Browser
 origins are checked against an allow-list; clients are limited in total and per address.
 Plain HTTP on the same port (connectors/gateway/web.py): the dashboard page (/), its assets
 (/static/...), /healthz, /status, /metrics.
 
-This module: the server's lifecycle, its websocket handlers and fan-out, and the CLI.
+This module: the server's lifecycle, its websocket handlers and fan-out, and the CLI — one
+piece of ~830 lines because the handlers, the fan-out's direct write and the client limits
+share the event loop's per-client state and its ordering rule (a patch is written directly only
+while the client's sender task holds nothing), which is easier to check in one place.
 Every [sinks.gateway] setting is a required keyword here (its default is graph.toml's), and
 the CLI's defaults are handed over by `volgraph gateway` (flows/cli.py); never imports flows.
 State and queues live in connectors/gateway/surfaces.py. Translates bytes <-> events
@@ -33,6 +38,7 @@ import http
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -44,6 +50,7 @@ from urllib.parse import parse_qs, urlsplit
 from prometheus_client import CollectorRegistry
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 from websockets.http11 import Request, Response
 
 from connectors.gateway.auth import (
@@ -100,6 +107,11 @@ log = logging.getLogger("volgraph.gateway")
 
 MAX_STATUS_SOURCES = 1024  # StatusReport sources kept (one per flow worker)
 MIN_PING_TIMEOUT_S = 10.0  # a peer is closed when a websocket ping goes unanswered max(ping_interval_s, this)
+# The kernel's send buffer per dashboard connection. Left to autotuning it grows to
+# net.ipv4.tcp_wmem's maximum (4 MiB here): 1,000 readers could pin GBs of kernel memory, and
+# a reader that stopped would hide behind megabytes before its queue even began to coalesce.
+CLIENT_SEND_BUFFER_BYTES = 256 * 1024
+WS_OPEN = State.OPEN
 
 
 def _addr(connection: ServerConnection) -> str:
@@ -472,8 +484,11 @@ class Gateway:
         """Queue per client and surface: a short list of shared patch objects (merged into
         one message when sent), or past `coalesce_after` patches a SNAPSHOT marker (the
         snapshot is encoded once per state version and shared by all lagging clients)."""
+        raw = None if message is SNAPSHOT else message.raw
         for client in list(self.clients):
             if not client.wants(key):
+                continue
+            if raw is not None and self._write_now(client, raw):
                 continue
             absorbed = client.queue(key, message, self.coalesce_after)
             if absorbed:
@@ -482,6 +497,28 @@ class Gateway:
                 self._drop(client)
             else:
                 client.wake.set()
+
+    def _write_now(self, client: Client, raw: bytes) -> bool:
+        """The fast path of fan-out: a client with nothing queued, whose sender is idle and
+        whose socket takes data without waiting, gets the patch written here and now, with
+        no task switch (websockets' own send() does the same two steps: frame it with the
+        sans-I/O protocol, write what it produced; bench/bench_gateway.py measures the
+        difference). False: use the queue (and the sender task) instead. Order is kept:
+        nothing is queued or being sent for this client, so this frame is the next one."""
+        if client.pending or client.control or client.sending or client.dropped:
+            return False
+        ws = client.ws
+        transport = ws.transport
+        # `paused`: websockets' flow-control flag (asyncio's pause_writing() callback): the
+        # transport's buffer is past its high-water mark, so send() would wait for drain
+        if getattr(ws, "paused", True) or transport is None or transport.is_closing() or ws.protocol.state is not WS_OPEN:
+            return False  # a slow reader or a closing connection: the queue and the sender task
+        ws.protocol.send_text(raw)
+        ws.send_data()
+        client.sent += 1
+        self.counters["patches_out"] += 1
+        self.counters["bytes_out"] += len(raw)
+        return True
 
     def _drop(self, client: Client) -> None:
         """A client that fell too far behind: cut it off now rather than buffer for it."""
@@ -497,6 +534,12 @@ class Gateway:
 
     async def _client(self, ws: ServerConnection) -> None:
         ws.protocol.max_message_size = self.client_max_message_bytes  # clients send small control messages
+        sock = ws.transport.get_extra_info("socket") if ws.transport is not None else None
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CLIENT_SEND_BUFFER_BYTES)
+            except OSError:  # not a TCP socket (tests may hand over others): the kernel's default
+                pass
         venues, underlyings = _filters(urlsplit(ws.request.path).query)
         self._next_cid += 1
         addr = _addr(ws)
@@ -584,6 +627,7 @@ class Gateway:
             while not client.dropped:
                 await client.wake.wait()
                 client.wake.clear()
+                client.sending = True
                 while (client.pending or client.control) and not client.dropped:
                     # Encode the whole batch before the first await: snapshots then reflect
                     # exactly the state the later queued patches apply to.
@@ -596,6 +640,7 @@ class Gateway:
                         client.sent += 1
                         self.counters["patches_out"] += 1
                         self.counters["bytes_out"] += len(raw)
+                client.sending = False
         except ConnectionClosed:
             pass
 

@@ -200,7 +200,7 @@ class Client:
     """One dashboard connection: its subscription and what it has not been sent yet."""
 
     __slots__ = ("ws", "cid", "addr", "pending", "pending_updates", "control", "wake", "dropped", "sent",
-                 "venues", "underlyings")
+                 "venues", "underlyings", "sending")
 
     def __init__(self, ws: Any, cid: int, addr: str = "",
                  venues: Optional[frozenset] = None, underlyings: Optional[frozenset] = None) -> None:
@@ -216,6 +216,7 @@ class Client:
         self.sent = 0
         self.venues = venues  # None = every venue
         self.underlyings = underlyings
+        self.sending = False  # the sender task is inside a batch: nothing may overtake it
 
     def wants(self, key: SurfaceKey) -> bool:
         return (self.venues is None or key[0] in self.venues) and (

@@ -7,7 +7,7 @@ submit() only appends to a queue; one thread per writer turns batches into rows
 the config layer (flows/config.py) is the one place with defaults. Never imports flows;
 no volatility maths.
 
-One piece of ~490 lines: the buffer, the spill segments and the retry loop share the
+One piece of ~600 lines: the buffer, the spill segments, the durable hand-off and the retry loop share the
 writer thread's ordering invariant (events are written in submit order across memory and
 disk), which is easier to check in one class than across modules.
 """
@@ -53,7 +53,31 @@ class PostgresWriter:
     `runs` on each connect, idempotently). Spill files live in `spill_dir/<run_id>/` beside the
     run's description (run.json), so a later writer of another run writes them under theirs
     (orphan_runs).
+
+    What it stores is four hooks a subclass may change (connectors/postgres/market_events.py
+    does): `supported` (the event types; others are counted as ignored), new_plan(), prepare()
+    (per connection) and write() (one plan in one transaction), plus encode()/decode() of a
+    spill line.
     """
+
+    supported: tuple = SUPPORTED_EVENTS
+
+    def new_plan(self) -> Any:
+        return BatchPlan(self.run.run_id)
+
+    def prepare(self, conn: psycopg.Connection) -> None:
+        prepare_stage(conn)
+
+    def write(self, conn: psycopg.Connection, plan: Any) -> dict[str, int]:
+        return write_plan(conn, plan)
+
+    @staticmethod
+    def encode(event: Any) -> bytes:
+        return to_json(event)
+
+    @staticmethod
+    def decode(line: bytes) -> Any:
+        return from_json(line)
 
     def __init__(
         self,
@@ -318,7 +342,7 @@ class PostgresWriter:
         if self._spill_fh is None or self._segment_rows.get(self._spill_path, 0) >= self.spill_segment_rows:
             self._open_segment()
         try:
-            line = to_json(event) + b"\n"
+            line = self.encode(event) + b"\n"
         except TypeError as exc:
             self._reject([event], f"unserialisable: {exc}", "unserialisable")
             self._mark_done(1)
@@ -346,7 +370,7 @@ class PostgresWriter:
             self._make_spill_dir()  # the outage may end the run before any spill
             with open(path, "wb") as fh:
                 for ev in events:
-                    fh.write(to_json(ev) + b"\n")
+                    fh.write(self.encode(ev) + b"\n")
                 fh.flush()
                 os.fsync(fh.fileno())
             self._fsync_dir()
@@ -429,7 +453,7 @@ class PostgresWriter:
                     skipped += 1
                     continue
                 try:
-                    events.append(from_json(line))
+                    events.append(self.decode(line))
                 except ContractError as exc:  # e.g. a line cut short by a crash
                     self._reject_line(line, f"{path.name}:{n}: {exc}", "spill_corrupt")
                     skipped += 1
@@ -472,7 +496,7 @@ class PostgresWriter:
             if self.auto_migrate:
                 migrate(conn)
             register_run(conn, self.run)
-            prepare_stage(conn)
+            self.prepare(conn)
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             raise _DatabaseDown("connect", exc) from exc
         self._conn = conn
@@ -483,10 +507,10 @@ class PostgresWriter:
         return conn
 
     def _write_batch(self, batch: list) -> None:
-        plan = BatchPlan(self.run.run_id)
+        plan = self.new_plan()
         good = []
         for ev in batch:
-            if not isinstance(ev, SUPPORTED_EVENTS):
+            if not isinstance(ev, self.supported):
                 self.stats_counts["ignored"] += 1
                 self.ignored_types[type(ev).__name__] += 1
                 continue
@@ -499,7 +523,7 @@ class PostgresWriter:
             return
         conn = self._connection()
         try:
-            counts = write_plan(conn, plan)
+            counts = self.write(conn, plan)
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             self._drop_conn()
             raise _DatabaseDown("write", exc) from exc
@@ -540,7 +564,7 @@ class PostgresWriter:
         with open(self.spill_dir / f"{self.name}.rejected.jsonl", "ab") as fh:
             for ev in events:
                 try:
-                    body = to_json(ev).decode()
+                    body = self.encode(ev).decode()
                 except TypeError:
                     body = repr(ev)
                 fh.write(orjson.dumps({"reason": reason, "event": body}) + b"\n")

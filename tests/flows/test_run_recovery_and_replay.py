@@ -28,14 +28,8 @@ def test_a_recording_from_last_month_replays_to_fits_of_every_expiry_on_its_own_
     frames = record()
     path = tmp_path / "btc-2026-01-05.jsonl.gz"
     write_frames(path, frames)
-    run = Run(str(path), "--speed", "max", "--no-postgres", "--port", "0",
-              "--config", str(small_config(tmp_path)), command="replay")
-    try:
-        code = run.finish()
-    except BaseException:
-        run.kill()
-        raise
-    assert code == 0, run.text()
+    run = Run.to_the_end(str(path), "--speed", "max", "--no-postgres", "--port", "0",
+                         "--config", str(small_config(tmp_path)), command="replay")
     done = run.wait_line(r"replay done in [\d.]+ s: ([\d,]+) events read, recording clock at "
                          r"(\S+ \S+) UTC, ([\d,]+) fits of (\d+) expiries \((.*)\), run (file-\S+)$")
     sim = Simulator(**sim_kwargs(scale="small", seed=7, now_ms=START_MS, currencies=("BTC",)))

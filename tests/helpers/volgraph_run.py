@@ -72,6 +72,18 @@ class Run:
     def text(self) -> str:
         return "stdout:\n" + "\n".join(self.out[-40:]) + "\nstderr:\n" + "\n".join(self.err[-40:])
 
+    @classmethod
+    def to_the_end(cls, *args: str, command: str = "run") -> "Run":
+        """Run `volgraph COMMAND ARGS` until it exits; it must exit 0."""
+        run = cls(*args, command=command)
+        try:
+            code = run.finish()
+        except BaseException:
+            run.kill()
+            raise
+        assert code == 0, run.text()
+        return run
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()

@@ -46,14 +46,17 @@ def migrated(conn, run_id: str = RUN) -> None:
 
 # ---------------------------------------------------------------- migrations
 
+SHIPPED = [v for v, _ in pg.sql_files()]  # 1, 2, 3, … (a new migration must not break these tests)
+
 
 def test_migrate_applies_each_file_once(pg_db):
     with pg.connect(pg_db) as conn:
-        assert pg.migrate(conn) == [1, 2, 3]
+        assert pg.migrate(conn) == SHIPPED  # every file in deploy/sql, in order
         assert pg.migrate(conn) == []
         versions = conn.execute("SELECT version, name FROM schema_version ORDER BY version").fetchall()
         tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
-    assert versions == [(1, "001_init.sql"), (2, "002_expiry_nodes.sql"), (3, "003_runs.sql")]
+    assert versions[:3] == [(1, "001_init.sql"), (2, "002_expiry_nodes.sql"), (3, "003_runs.sql")]
+    assert versions == [(v, path.name) for v, path in pg.sql_files()]
     assert {"smile_fits", "expiry_views", "expiry_nodes", "surface_state", "runs", "schema_version"} <= tables
 
 
@@ -68,7 +71,7 @@ def test_migration_2_moves_a_v1_databases_node_values_into_expiry_nodes(pg_db, t
             " VALUES ('deribit', 'BTC', 7, 1, 0, false, 0.5, '{\"atm_vol\": 0.5, \"rr15\": -0.02, \"gone\": null}',"
             " '{}'), ('deribit', 'BTC', 8, 1, 0, true, NULL, NULL, NULL)")
         conn.commit()
-        assert pg.migrate(conn) == [2, 3]
+        assert pg.migrate(conn) == SHIPPED[1:]
         rows = conn.execute("SELECT expiry_ms, epoch, node, value FROM expiry_nodes ORDER BY node").fetchall()
         cols = {r[0] for r in conn.execute(
             "SELECT column_name FROM information_schema.columns WHERE table_name = 'expiry_views'")}

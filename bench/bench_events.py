@@ -1,0 +1,227 @@
+"""Benchmark: market events stored for replay (issue #15 part 4; connectors/postgres/market_events.py).
+
+In one run, side by side, on the seed-scale workload (bench/workload.py: BTC ~4,000 and ETH
+~2,000 options, recorded Deribit frames through the real parser):
+
+  1. the sustained insert rate of market_events (events/s and rows/s via COPY into the
+     day-partitioned table, the writer's own code path: rows built, COPY, commit; a row holds one
+     source batch of a surface, ~10 events) at two batch sizes, beside COPY of the same frames raw,
+     a row each, into a plain (ts, ord, frame) table: the "store raw frames instead?" question,
+     with the bytes per event each costs on the wire and on disk;
+  2. the dataflow's throughput (msg/s, one process at max speed, the recorded frames replayed)
+     with event storage off and on (graph.toml [sinks.postgres] market_events), alternating,
+     each in a fresh interpreter; with it on, the writer's backlog (rows accepted, not yet in
+     PostgreSQL), sampled every 50 ms, and the events stored by the end (the run ends after the
+     sinks' close, so the on-rows include the last rows' drain).
+
+PostgreSQL is a real server (pgserver) in a temporary folder. Prints a table with what each row
+does, the machine, the date and the command; asserts nothing (the goal, storage costing at most
+15 % of the flow's throughput with a bounded backlog, is read off the table).
+
+    .venv/bin/python bench/bench_events.py [--frames 400000] [--repeat 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.machine import describe_machine  # noqa: E402
+
+RUN = dict(run_id="bench-events", config_hash="bench", code_version="bench", methods={"svi": "bench"},
+           started_ms=1, source="file", detail="bench/bench_events.py")
+GOAL = "storing every market event costs ≤ 15 % of the flow's throughput; the backlog stays bounded"
+
+
+def _events(path: Path, limit: int):
+    """(events, frame bytes, frames) of the recording's first frames, through the real parser."""
+    from connectors.capture.replay import DEFAULT_MAX_FRAME_BYTES, read_frames
+    from connectors.postgres.market_events import MARKET_EVENTS
+    from connectors.venues.deribit import parse_frame
+
+    events, frame_bytes, frames = [], 0, []
+    for ts, frame in read_frames(path):
+        evs = [e for e in parse_frame(frame, ts, DEFAULT_MAX_FRAME_BYTES) if type(e) in MARKET_EVENTS]
+        if not evs or len(frame) > 1 << 20:  # discovery responses: not the steady state
+            continue
+        events.extend(evs)
+        frame_bytes += len(frame.encode())
+        frames.append((ts, frame))
+        if len(events) >= limit:
+            break
+    return events, frame_bytes, frames
+
+
+def insert_rates(dsn: str, path: Path, n_events: int) -> list[dict]:
+    from connectors.postgres import connect, migrate, register_run
+    from connectors.postgres.market_events import MarketBatch, MarketPlan, write_market_plan
+    from connectors.postgres.runs import RunInfo
+    from operators.events import to_json
+
+    events, frame_bytes, frames = _events(path, n_events)
+    rows = []
+    with connect(dsn) as conn:
+        migrate(conn)
+        register_run(conn, RunInfo(**RUN))
+        conn.commit()
+        # items of ~10 events, as the flow's source batches of one surface are at seed scale
+        items = [MarketBatch("deribit", "BTC", 1, i, events[i:i + 10]) for i in range(0, len(events), 10)]
+        for batch in (50, 500):
+            conn.execute("TRUNCATE market_events")
+            conn.commit()
+            known: set[int] = set()
+            t0 = time.perf_counter()
+            for i in range(0, len(items), batch):
+                plan = MarketPlan(RUN["run_id"])
+                for item in items[i:i + batch]:
+                    plan.add(item)
+                write_market_plan(conn, plan, known)
+            secs = time.perf_counter() - t0
+            size = conn.execute("SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits"
+                                " WHERE inhparent = 'market_events'::regclass").fetchone()[0]
+            rows.append(dict(what=f"market_events: COPY of {batch:,} rows (~{10 * batch:,} events) a batch",
+                             events=len(events), rows=len(items), secs=secs, rate=len(events) / secs,
+                             wire_b=sum(len(to_json(e)) for e in events) / len(events), disk_b=size / len(events)))
+        conn.execute("CREATE TABLE raw_frames (ts_ms bigint NOT NULL, ord bigint NOT NULL, frame text NOT NULL,"
+                     " PRIMARY KEY (ts_ms, ord))")
+        conn.commit()
+        t0 = time.perf_counter()
+        for i in range(0, len(frames), 5000):
+            with conn.transaction(), conn.cursor() as cur, cur.copy("COPY raw_frames FROM STDIN") as copy:
+                for j, (ts, frame) in enumerate(frames[i:i + 5000]):
+                    copy.write_row((ts, i + j, frame))
+        secs = time.perf_counter() - t0
+        size = conn.execute("SELECT pg_total_relation_size('raw_frames')").fetchone()[0]
+        rows.append(dict(what="raw frames instead: COPY of 5,000 rows (1 frame each) a batch", rows=len(frames),
+                         events=len(events), secs=secs, rate=len(events) / secs, wire_b=frame_bytes / len(events),
+                         disk_b=size / len(events)))
+    return rows
+
+
+def child(job: dict) -> dict:
+    """One flow run over the recording at max speed, storage on or off (a fresh interpreter)."""
+    from bytewax.testing import run_main
+
+    from bench.engine.common import warm_kernels
+    from connectors.capture.replay import ReplaySource
+    from connectors.postgres.market_sink import MarketEventSink
+    from connectors.postgres.runs import RunInfo
+    from flows.config import load_config
+    from flows.metrics import COUNTERS
+    from flows.surface import build_flow, tune_gc
+    from tests.helpers.sinks import CallbackSink
+
+    config = load_config()
+    pg = config.sinks.postgres
+    warm_kernels()
+    meta = job["meta"]
+    sinks = [CallbackSink(lambda item: None)]
+    store = None
+    if job["store"]:
+        store = MarketEventSink(job["dsn"], run=RunInfo(**{**RUN, "run_id": job["run_id"]}), partitions=1,
+                                spill_dir=job["spill"], flush_ms=pg.flush_ms, batch_rows=pg.market_batch_items,
+                                handoff_timeout_s=pg.handoff_timeout_s, retention_days=0)
+        sinks.append(store)
+    base_ts, base_wall = meta["first_live_ts_ms"], time.time() * 1000
+    flow = build_flow(config, ReplaySource(job["path"], speed="max", stamp_recv="recorded"), sinks,
+                      now_ms=lambda: int(base_ts + time.time() * 1000 - base_wall), flow_id="bench_events")
+    peak = [0]
+    done = threading.Event()
+
+    def sample():
+        while not done.wait(0.05):
+            if store is not None:
+                peak[0] = max(peak[0], sum(w.pending() for w in store.writers))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    tune_gc()
+    t0, c0 = time.perf_counter(), time.process_time()
+    run_main(flow)  # ends after the sinks' close(): the writers' last rows are in (or spilled)
+    secs, cpu = time.perf_counter() - t0, time.process_time() - c0
+    done.set()
+    sampler.join()
+    msgs = int(COUNTERS.snapshot().get("messages_in", 0))
+    out = dict(store=job["store"], msgs=msgs, secs=secs, rate=msgs / secs, cpu=cpu, peak_backlog=peak[0])
+    if store is not None:
+        stats = [w.stats() for w in store.writers]
+        out.update(stored=sum(s["rows_written"].get("market_events", 0) for s in stats),
+                   pending=sum(s["pending"] for s in stats), spilled=sum(s["spilled"] for s in stats),
+                   rejected=sum(s["rejected"] for s in stats))
+    return out
+
+
+def run_child(job: dict) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--child", json.dumps(job)], cwd=ROOT, capture_output=True,
+                          text=True)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"flow run failed (exit {done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--frames", type=int, default=400_000, help="live frames of the seed-scale workload (default: %(default)s)")
+    p.add_argument("--insert-events", type=int, default=300_000, help="events COPYed per insert row (default: %(default)s)")
+    p.add_argument("--repeat", type=int, default=2, help="flow runs per setting, alternating (default: %(default)s)")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))), flush=True)
+        return 0
+
+    from bench.workload import ensure_workload, workload_for
+    from connectors.postgres import embedded_server
+
+    path, meta = ensure_workload(workload_for("seed", None, n_messages=args.frames))
+    print(f"# machine: {describe_machine()}")
+    print(f"# date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}")
+    print(f"# command: {' '.join([Path(sys.executable).name] + sys.argv)}")
+    print(f"# workload: {path.name}: {meta['frames']:,} frames ({meta['preamble_frames']:,} preamble), "
+          f"{sum(meta['n_options'].values()):,} options")
+    print(f"# goal: {GOAL}")
+    with tempfile.TemporaryDirectory(prefix="bench_events_") as tmp:
+        server = embedded_server(Path(tmp) / "pg", cleanup_mode="delete")
+        try:
+            dsn = server.get_uri()
+            print(f"\n{'insert, one connection (what the row does)':<62} {'events':>8} {'rows':>8} {'s':>6} "
+                  f"{'events/s':>9} {'rows/s':>8} {'B/event sent':>12} {'B/event disk':>12}")
+            for r in insert_rates(dsn, path, args.insert_events):
+                print(f"{r['what']:<62} {r['events']:>8,} {r['rows']:>8,} {r['secs']:>6.2f} {r['rate']:>9,.0f} "
+                      f"{r['rows'] / r['secs']:>8,.0f} {r['wire_b']:>12.0f} {float(r['disk_b']):>12.0f}", flush=True)
+            print(f"\n{'flow over the workload, max speed, 1 process':<52} {'msgs':>9} {'s':>6} {'msg/s':>9} "
+                  f"{'cpu s':>6} {'peak backlog rows':>17} {'stored events':>13} {'left':>5}")
+            results = {False: [], True: []}
+            for i in range(args.repeat):
+                for store in (False, True):
+                    r = run_child(dict(store=store, dsn=dsn, path=str(path), meta=meta, spill=str(Path(tmp) / "spill"),
+                                       run_id=f"bench-events-{i}"))
+                    results[store].append(r)
+                    what = ("storage on: + MarketEventSink (1 writer)" if store
+                            else "storage off: the flow as graph.toml ships it")
+                    print(f"{what:<52} {r['msgs']:>9,} {r['secs']:>6.2f} {r['rate']:>9,.0f} {r['cpu']:>6.1f} "
+                          f"{r.get('peak_backlog', 0) if store else '-':>17} {r.get('stored', '-'):>13} "
+                          f"{r.get('pending', '-'):>5}", flush=True)
+            off = max(r["rate"] for r in results[False])
+            on = max(r["rate"] for r in results[True])
+            print(f"\ncost of storage: {100 * (1 - on / off):.1f} % of the flow's throughput (best of {args.repeat} "
+                  f"each: {off:,.0f} → {on:,.0f} msg/s); {GOAL}")
+        finally:
+            server.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

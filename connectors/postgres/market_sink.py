@@ -1,0 +1,101 @@
+"""The bytewax sink of market events (issue #15 part 4): a fixed set of partitions keyed by
+surface (venue|underlying), each owning a MarketEventWriter (connectors/postgres/market_events.py)
+that COPYs the events into market_events on its own thread: the flow only appends to a queue.
+
+Items are (surface key, events) pairs, one per source batch of a surface (flows/surface.py
+build_flow wires the sources' batches here when graph.toml [sinks.postgres] market_events is on).
+Each partition numbers the events it accepts, (seg, ord): seg is the partition's start (wall ms x
+1024 + its index), ord counts; both are its recovery snapshot, so a resumed flow gives the events
+it hands over again the positions they had (a no-op in PostgreSQL), and a replay reads a surface's
+events back in the order the flow saw them. The snapshot also waits for the durable hand-off
+(PostgresWriter.durable), as connectors/postgres/sink.py does. Never imports flows.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from typing import Any, Optional
+
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+
+from connectors.postgres.market_events import MarketBatch, MarketEventWriter
+from connectors.postgres.runs import RunInfo
+from connectors.postgres.writer import orphan_runs
+
+log = logging.getLogger("volgraph.postgres")
+
+
+class _MarketPartition(StatefulSinkPartition):
+    def __init__(self, writer: MarketEventWriter, seg: int, ord_: int, close_timeout_s: float,
+                 handoff_timeout_s: float, orphans: list) -> None:
+        self.writer = writer
+        self.seg = seg
+        self.ord = ord_
+        self.close_timeout_s = close_timeout_s
+        self.handoff_timeout_s = handoff_timeout_s
+        self.orphans = orphans
+
+    def write_batch(self, items: list) -> None:
+        submit, seg, n = self.writer.submit, self.seg, self.ord
+        for skey, events in items:  # one item per source batch of a surface, never one per event
+            venue, underlying = skey.split("|", 1)
+            submit(MarketBatch(venue, underlying, seg, n, events))
+            n += len(events)
+        self.ord = n
+
+    def snapshot(self) -> tuple[int, int]:
+        if not self.writer.durable(self.handoff_timeout_s):
+            self.writer.errors["handoff_timeout"] += 1
+            log.error("writer %s: market events of this epoch not yet stored or spilled after %.0f s; the snapshot "
+                      "goes ahead (a kill now could lose them): check the database and the spill folder's disk",
+                      self.writer.name, self.handoff_timeout_s)
+        return (self.seg, self.ord)
+
+    def close(self) -> None:
+        for w in self.orphans:
+            w.close(self.close_timeout_s)
+        self.writer.close(self.close_timeout_s)
+
+
+class MarketEventSink(FixedPartitionedSink):
+    """`partitions` partitions (ev-0 …), each a MarketEventWriter. build_flow recognises it by
+    `stores_market_events` and feeds it the sources' events, keyed by key_of."""
+
+    stores_market_events = True
+    consumes = ()  # none of the flow's outputs: build_flow wires the sources' events instead
+
+    def __init__(self, dsn: str, *, run: RunInfo, partitions: int, spill_dir: str | os.PathLike, flush_ms: float,
+                 batch_rows: int, handoff_timeout_s: float, retention_days: int, close_timeout_s: float = 10.0,
+                 **writer_options: Any) -> None:
+        if partitions < 1:
+            raise ValueError(f"MarketEventSink partitions={partitions}: give ≥ 1 (runtime.processes × runtime.workers)")
+        self.dsn = dsn
+        self.run = run
+        self.partitions = partitions
+        self.options = dict(spill_dir=spill_dir, flush_ms=flush_ms, batch_rows=batch_rows,
+                            retention_days=retention_days, **writer_options)
+        self.close_timeout_s = close_timeout_s
+        self.handoff_timeout_s = handoff_timeout_s
+        self.writers: list[MarketEventWriter] = []  # for status, metrics (backlog) and tests
+
+    @staticmethod
+    def key_of(item) -> str:
+        return item[0]
+
+    def list_parts(self) -> list[str]:
+        return [f"ev-{i}" for i in range(self.partitions)]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: Optional[tuple]) -> _MarketPartition:
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{step_id}-{for_part}")
+        writer = MarketEventWriter(self.dsn, name=name, run=self.run, **self.options)
+        orphans = [MarketEventWriter(self.dsn, name=name, run=other, **self.options)
+                   for other in orphan_runs(self.options["spill_dir"], name, self.run.run_id)]
+        self.writers.extend([writer, *orphans])
+        if resume_state is not None:
+            seg, ord_ = resume_state
+        else:  # a new life of this partition: its own seg, after every earlier one of the run
+            seg, ord_ = int(time.time() * 1000) * 1024 + int(for_part.rsplit("-", 1)[1]) % 1024, 0
+        return _MarketPartition(writer, seg, ord_, self.close_timeout_s, self.handoff_timeout_s, orphans)
