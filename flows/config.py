@@ -114,6 +114,7 @@ class Chain:
 class Surface:
     tenors_days: list[int]
     drop_calendar_violators: bool
+    repair_calendar: bool
 
 
 @dataclass(frozen=True, slots=True)

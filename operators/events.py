@@ -196,6 +196,7 @@ class SmileFit(Event):
     warm: bool = False
     forward_method: str = ""  # how the forward was found: "future" | "parity" | "underlying" | "index"
     repaired: bool = False  # the unconstrained fit had butterfly arbitrage and was replaced
+    calendar_repaired: bool = False  # refitted by the surface step between its neighbours (a crossing)
     v: int = SCHEMA_VERSION
 
 

@@ -111,7 +111,10 @@ class BatchPlan:
                             f" got {type(event).__name__}")
         venue, und, epoch = event.venue, event.underlying, event.epoch
         # everything that can fail first: a bad event must leave the plan as it was
-        fit_rows = [_fit_row(v.fit) for v in event.expiries]
+        # every chain fit is history; a view's fit the surface step refitted between its neighbours
+        # (calendar_repaired) lives in the view only: it shares its chain fit's key, and either
+        # could reach the writer first
+        fit_rows = [_fit_row(v.fit) for v in event.expiries if not v.fit.calendar_repaired]
         texts = {(venue, und, v.expiry_ms, epoch): to_json(v).decode() for v in event.expiries}
         global_json = (_json_text(event.tenors), _json_text(event.calendar))
         surface = coalesce(self.surfaces.get((venue, und, epoch)), event)

@@ -3,7 +3,12 @@
 Keyed by underlying. Each epoch the changed expiries get their graph.toml analytics
 evaluated (every node, by name, into ExpiryView.analytics: nothing here knows a node's
 name), the calendar check and fixed tenors are redone across all live expiries, and one
-SurfacePatch carries only what changed. A node that fails is counted in `counters`
+SurfacePatch carries only what changed. With repair_calendar an expiry whose fit crosses a
+neighbour's is refitted between the two from its own quotes (svi.fit_svi_band with floor and
+ceiling; only the crossing ones: the whole-surface fit_surface took ~4 ms per epoch per surface
+even with one slice moved, measured 2026-12-05 on tests/data's chains), so the published
+surface is calendar-free on the check grid wherever the neighbours allow; the chain's own fit
+stays in smile_fits (its refit is marked calendar_repaired). A node that fails is counted in `counters`
 (`node_errors.<node>.<reason>`, read by the flow) and logged once. State logic only: no
 I/O, never imports flows or connectors.
 """
@@ -13,7 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from operators.kernels import calendar
+import msgspec
+import numpy as np
+
+from operators.kernels import calendar, svi
 from operators.events import (CalendarCheck, ChainUpdate, ExpiryView, IndexPrice, SmileFit,
                               SurfacePatch, TenorPoint)
 from operators.items import ExpiryFit, ExpiryGone
@@ -36,11 +44,13 @@ class SurfaceState:
 
 class SurfaceLogic:
     def __init__(self, state: SurfaceState, *, nodes: tuple[Node, ...], tenors_days: list[int],
-                 drop_calendar_violators: bool, epoch_ms: int, now_ms: Callable[[], int]):
+                 drop_calendar_violators: bool, repair_calendar: bool, epoch_ms: int, now_ms: Callable[[], int]):
         self.state = state
         self.nodes = nodes
         self.tenors_days = tuple(tenors_days)
         self.drop_calendar_violators = drop_calendar_violators
+        self.repair_calendar = repair_calendar
+        self.repairs = 0  # expiries refitted between their neighbours so far (only grows)
         self.epoch_ms = epoch_ms
         self.now_ms = now_ms
         self.failures = NodeFailures()
@@ -49,8 +59,9 @@ class SurfaceLogic:
 
     @property
     def counters(self):
-        """`node_errors.<node>.<reason>` -> failed evaluations so far (only grows)."""
-        return self.failures.counts
+        """`node_errors.<node>.<reason>` -> failed evaluations so far, and `calendar_repairs`
+        (only grow)."""
+        return {**self.failures.counts, "calendar_repairs": self.repairs} if self.repairs else self.failures.counts
 
     def on_items(self, items) -> None:
         s = self.state
@@ -90,6 +101,8 @@ class SurfaceLogic:
                                             ask_venue=chain.ask_venue)
         s.pending.clear()
         s.views.update(changed)
+        if self.repair_calendar:
+            self._repair_crossings(changed)
         checks = self._calendar()
         bad = {c.expiry_ms_2 for c in checks if not c.ok}
         for expiry_ms, view in list(s.views.items()):
@@ -116,6 +129,32 @@ class SurfaceLogic:
     def _ordered_fits(self) -> list[SmileFit]:
         return [v.fit for _, v in sorted(self.state.views.items())]
 
+    def _repair_crossings(self, changed: dict[int, ExpiryView]) -> None:
+        """Refit each expiry whose fit crosses a neighbour's between its two neighbours
+        (svi.fit_svi_band with floor and ceiling: band-aware, butterfly-free), from the quotes
+        in its view; the one that moved this epoch, else the later of the pair. Two passes: a
+        repaired slice's other neighbour is checked again. A slice that cannot be repaired (too
+        few two-sided quotes, or its neighbours cross each other) keeps its fit and its flag."""
+        s = self.state
+        tried: set[int] = set()
+        for _ in range(2):
+            bad = [c for c in self._calendar() if not c.ok]
+            if not bad:
+                return
+            order = sorted(s.views)
+            for c in bad:
+                e = c.expiry_ms_2 if (c.expiry_ms_2 in changed or c.expiry_ms_1 not in changed) else c.expiry_ms_1
+                if e in tried:
+                    continue
+                tried.add(e)
+                i = order.index(e)
+                floor = s.views[order[i - 1]].fit if i > 0 else None
+                ceiling = s.views[order[i + 1]].fit if i + 1 < len(order) else None
+                view = _refitted(s.views[e], floor, ceiling, self.nodes, self.failures)
+                if view is not None:
+                    s.views[e] = changed[e] = view
+                    self.repairs += 1
+
     def _calendar(self) -> tuple[CalendarCheck, ...]:
         fits = self._ordered_fits()
         if len(fits) < 2:
@@ -135,6 +174,50 @@ class SurfaceLogic:
         return tuple(TenorPoint(tenor_days=p.tenor_days, atm_vol=_opt(p.atm_vol), rr25=_opt(p.rr25),
                                 bf25=_opt(p.bf25), calendar_flag=bool(p.calendar_flag))
                      for p in points if p is not None)
+
+
+def _params(fit: SmileFit) -> tuple[float, float, float, float, float]:
+    return fit.a, fit.b, fit.rho, fit.m, fit.sigma
+
+
+def _refitted(view: ExpiryView, floor: Optional[SmileFit], ceiling: Optional[SmileFit], nodes, failures
+              ) -> Optional[ExpiryView]:
+    """`view` with its fit redone between floor and ceiling from its own two-sided quotes
+    (weights 1/half-spread² on the vol error), checked on the surface's calendar grid; None
+    when that cannot be done."""
+    f = view.fit
+    K = np.asarray(view.strikes, float)
+    bid = np.array([np.nan if x is None else x for x in view.bid_iv], float)
+    ask = np.array([np.nan if x is None else x for x in view.ask_iv], float)
+    if not (K.size == bid.size == ask.size) or f.forward <= 0 or f.t_years <= 0:
+        return None
+    two = np.isfinite(bid) & np.isfinite(ask) & (bid > 0) & (ask >= bid) & (K > 0)
+    if int(two.sum()) < svi.MIN_QUOTES:
+        return None
+    t = f.t_years
+    k = np.log(K[two] / f.forward)
+    b, a = bid[two], ask[two]
+    half = np.maximum(0.5 * (a - b), 1e-4)
+    bounds = [_params(x) for x in (floor, ceiling) if x is not None]
+    try:
+        res = svi.fit_svi_band(k, (0.5 * (a + b)) ** 2 * t, b * b * t, a * a * t, 1.0 / half ** 2, _params(f),
+                               t_years=t, floor=_params(floor) if floor is not None else None,
+                               ceiling=_params(ceiling) if ceiling is not None else None,
+                               calendar_k=calendar.DEFAULT_K_GRID)
+    except ValueError:
+        return None
+    p = tuple(float(x) for x in res.params)
+    if not res.butterfly_ok or not bounds or not svi.within_calendar_bounds(
+            p, _params(floor) if floor is not None else None, _params(ceiling) if ceiling is not None else None,
+            calendar.DEFAULT_K_GRID):
+        return None
+    fit = msgspec.structs.replace(f, a=p[0], b=p[1], rho=p[2], m=p[3], sigma=p[4], rmse_vol_pts=float(res.rmse_vol_pts),
+                                  butterfly_ok=True, min_g=float(res.min_g), repaired=bool(res.repaired),
+                                  inside_band_frac=(None if res.inside_band_frac is None
+                                                    else float(res.inside_band_frac)),
+                                  calendar_repaired=True)
+    analytics = evaluate_nodes(nodes, p, t, failures)
+    return msgspec.structs.replace(view, fit=fit, analytics=analytics)
 
 
 def _fields(view: ExpiryView) -> dict:

@@ -7,6 +7,7 @@ import logging
 import math
 
 import msgspec
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -41,7 +42,7 @@ def item(expiry_ms, t_years=0.25):
 
 def logic(nodes):
     return SurfaceLogic(SurfaceState("deribit", "BTC"), nodes=tuple(nodes), tenors_days=[7, 30],
-                        drop_calendar_violators=False, epoch_ms=50, now_ms=lambda: T0)
+                        drop_calendar_violators=False, repair_calendar=False, epoch_ms=50, now_ms=lambda: T0)
 
 
 def test_every_node_is_published_by_name_with_its_unit():
@@ -140,3 +141,51 @@ def test_a_surfaces_exchange_time_never_goes_backwards(epochs):
         if items:  # the newest fit's time (or the flow time an earlier removal-only patch carried)
             assert patch.ts_exchange_ms in (newest, max(newest, T0))
         last = patch.ts_exchange_ms
+
+
+def quoted(expiry_ms, t_years, true, fitted, half_vol=0.005):
+    """An ExpiryFit whose quotes are the `true` smile ± half_vol and whose fit is `fitted`."""
+    from operators.kernels.svi import total_variance
+
+    strikes = tuple(float(K) for K in np.linspace(70_000, 140_000, 29))
+    k = np.log(np.asarray(strikes) / 100_000.0)
+    vol = np.sqrt(total_variance(true, k) / t_years)
+    fit = SmileFit("deribit", "BTC", expiry_ms, 1, T0, T0, t_years, 100_000.0, *fitted, 0.2, 29, True, 0.05, 1.0)
+    chain = ChainUpdate("deribit", "BTC", expiry_ms, 1, T0, T0, t_years, 100_000.0, "future", strikes=strikes,
+                        bid_iv=tuple(float(v - half_vol) for v in vol), ask_iv=tuple(float(v + half_vol) for v in vol))
+    return ExpiryFit(fit, chain)
+
+
+@pytest.mark.parametrize("repair", [False, True])
+def test_a_fit_that_crosses_its_neighbour_is_refitted_between_them(repair):
+    """The second expiry's fit sits under the first's near the money (a calendar crossing) while
+    its quotes do not: with repair_calendar the surface step refits it from its quotes between
+    its neighbours — the patch is calendar-free, the refit inside its quotes' band and marked
+    calendar_repaired — and without it the crossing is flagged."""
+    from operators.kernels.svi import total_variance
+
+    short = (0.004, 0.05, -0.3, 0.0, 0.1)  # T = 0.05
+    long_true = (0.006, 0.07, -0.3, 0.0, 0.15)  # T = 0.15, above the short one everywhere
+    long_bad = (-0.004, 0.07, -0.3, 0.0, 0.15)  # a fit that dips under the short one at the money
+    grid = np.linspace(-1, 1, 201)
+    assert np.all(total_variance(long_true, grid) > total_variance(short, grid))
+    assert np.min(total_variance(long_bad, grid) - total_variance(short, grid)) < 0
+    e1, e2 = T0 + 18 * 86_400_000, T0 + 55 * 86_400_000
+    surface = SurfaceLogic(SurfaceState("deribit", "BTC"), nodes=(node("atm_vol", A.atm_vol),), tenors_days=[30],
+                           drop_calendar_violators=False, repair_calendar=repair, epoch_ms=50, now_ms=lambda: T0)
+    surface.on_items([quoted(e1, 0.05, short, short), quoted(e2, 0.15, long_true, long_bad)])
+    patch = surface.on_epoch()
+    (check,) = patch.calendar
+    view = {v.expiry_ms: v for v in patch.expiries}[e2]
+    if not repair:
+        assert not check.ok and not view.calendar_ok and not view.fit.calendar_repaired
+        return
+    assert check.ok and view.calendar_ok and view.fit.calendar_repaired and view.fit.butterfly_ok
+    assert view.fit.inside_band_frac >= 0.9
+    p = (view.fit.a, view.fit.b, view.fit.rho, view.fit.m, view.fit.sigma)
+    assert view.analytics["atm_vol"] == pytest.approx(A.atm_vol(p, 0.15))
+    assert abs(view.analytics["atm_vol"] - A.atm_vol(long_true, 0.15)) < 0.005  # back on its quotes
+    assert surface.counters["calendar_repairs"] == 1
+    # smile_fits keeps the chain's own fit: the refit shares its key (connectors/postgres/rows.py)
+    from connectors.postgres.rows import rows_for
+    assert [r[9:14] for r in rows_for([patch], "r")["smile_fits"]] == [short]
