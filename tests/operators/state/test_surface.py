@@ -6,14 +6,13 @@ from __future__ import annotations
 import logging
 import math
 
-import msgspec
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from operators.events import ChainUpdate, SmileFit
-from operators.items import ExpiryFit, ExpiryGone
+from operators.items import ExpiryFit
 from operators.kernels import analytics as A
 from operators.state.nodes import Node, NodeFailures, evaluate_nodes
 from operators.state.surface import SurfaceLogic, SurfaceState
@@ -112,35 +111,6 @@ def test_a_node_value_is_a_finite_float_or_none_and_a_none_is_always_counted(val
         assert sum(failures.counts.values()) == 1
     else:
         assert isinstance(out, float) and math.isfinite(out) and not failures.counts
-
-
-@given(st.lists(st.lists(st.tuples(st.integers(0, 5), st.integers(-10_000, 10_000)), min_size=0, max_size=4),
-                min_size=1, max_size=12))
-def test_a_surfaces_exchange_time_never_goes_backwards(epochs):
-    """The combined surface's fits come from venues whose clocks interleave: each patch's
-    ts_exchange_ms is the newest exchange time behind the surface so far, never less (a
-    removal-only patch carries the flow time, T0 here, and later patches never go below it)."""
-    surface = logic([node("atm_vol", A.atm_vol)])
-    newest, last = None, None
-    for fits in epochs:
-        by_expiry = {i: dt for i, dt in fits}  # a later fit of an expiry in one epoch replaces the earlier
-        items = []
-        for i, dt in by_expiry.items():
-            it = item(T0 + (i + 1) * 7 * 86_400_000, t_years=(i + 1) * 7 / 365.0)
-            items.append(ExpiryFit(msgspec.structs.replace(it.fit, ts_exchange_ms=T0 + dt), it.chain))
-            newest = T0 + dt if newest is None else max(newest, T0 + dt)
-        if not items:
-            items_gone = [ExpiryGone("deribit", "BTC", T0 + 7 * 86_400_000)]
-            surface.on_items(items_gone)
-        surface.on_items(items)
-        patch = surface.on_epoch()
-        if patch is None:
-            continue
-        if last is not None:
-            assert patch.ts_exchange_ms >= last
-        if items:  # the newest fit's time (or the flow time an earlier removal-only patch carried)
-            assert patch.ts_exchange_ms in (newest, max(newest, T0))
-        last = patch.ts_exchange_ms
 
 
 def quoted(expiry_ms, t_years, true, fitted, half_vol=0.005):
