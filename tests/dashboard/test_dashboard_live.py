@@ -26,9 +26,10 @@ from pathlib import Path
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from operators.events import SurfaceSnapshot, from_json
+from operators.events import SurfaceSnapshot
 from operators.merge import apply_patch
 from tests.helpers.flowrun import DEADLINE_S
+from tests.helpers.gateway import surface_event
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 import playwright.sync_api as playwright  # noqa: E402  (a dev dependency: `make test` installs it)
@@ -80,9 +81,9 @@ class ReferenceClient:
     def _read(self):
         try:
             for raw in self.ws:
-                if not raw.startswith(('{"type":"SurfaceSnapshot"', '{"type":"SurfacePatch"')):
-                    continue  # Hello, Ping, ... (docs/gateway-protocol.md)
-                e = from_json(raw)  # the seq fields are not the event's: ignored
+                e = surface_event(raw)
+                if e is None:
+                    continue
                 key = f"{e.venue}:{e.underlying}"
                 with self.lock:
                     state = e if isinstance(e, SurfaceSnapshot) else apply_patch(self.current.get(key), e)

@@ -17,13 +17,13 @@ from connectors.postgres import connect, latest_surface, migrate
 from connectors.sim.deribit import Simulator
 from flows.surface import build_flow
 from operators.state import chain
-from operators.events import SurfacePatch, SurfaceSnapshot, from_json
+from operators.events import SurfacePatch, SurfaceSnapshot
 from operators.merge import apply_patch
 from flows.config import load_config
 from tests.helpers.flowrun import DEADLINE_S, StoppableSource, holds, run_until
 from tests.helpers.venues import check_smile_against_truth, monday_noon_ms
 from tests.helpers.config import RR15_NODE_TOML, deribit_kwargs, postgres_sink, sim_kwargs
-from tests.helpers.gateway import serve_gateway
+from tests.helpers.gateway import serve_gateway, surface_event
 
 CURRENCIES = ("BTC", "ETH")
 
@@ -42,9 +42,9 @@ class DashboardClient:
     def _read(self):
         try:
             for raw in self.ws:
-                if not raw.startswith(('{"type":"SurfaceSnapshot"', '{"type":"SurfacePatch"')):
-                    continue  # Hello, Ping, ... (docs/gateway-protocol.md)
-                event = from_json(raw)  # the stream's seq fields are not the event's: ignored
+                event = surface_event(raw)
+                if event is None:
+                    continue
                 with self.changed:
                     self.kinds.append(type(event).__name__)
                     if isinstance(event, SurfaceSnapshot):

@@ -14,3 +14,14 @@ def serve_gateway(publish_token: str):
         yield gw, url
     finally:
         gw.stop()
+
+
+def surface_event(raw: str):
+    """A /ws message as the operators' event it carries (SurfaceSnapshot / SurfacePatch, the
+    stream's seq fields dropped), or None for the protocol's own messages (Hello, Ping, …:
+    docs/gateway-protocol.md)."""
+    from operators.events import from_json
+
+    if not raw.startswith(('{"type":"SurfaceSnapshot"', '{"type":"SurfacePatch"')):
+        return None
+    return from_json(raw)

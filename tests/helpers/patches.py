@@ -85,3 +85,17 @@ def event_sequences(draw, max_size: int = 8) -> list:
     """Patches with the occasional snapshot (a snapshot replaces the whole surface)."""
     n = draw(st.integers(1, max_size))
     return [draw(snapshots(1 + i) if draw(st.integers(0, 4)) == 0 else patches(1 + i)) for i in range(n)]
+
+
+def surface_ops(max_epoch_step: int = 2):
+    """Patch/snapshot operations over 6 expiries with non-decreasing epochs, for the
+    persistence tests (tests/connectors/postgres): (kind, epoch step — 0 = the same epoch
+    again, changed expiries, removed expiries, with an index price)."""
+    op = st.tuples(
+        st.sampled_from(["patch", "patch", "patch", "snapshot"]),
+        st.integers(0, max_epoch_step),
+        st.sets(st.integers(0, 5), max_size=4),
+        st.sets(st.integers(0, 5), max_size=3),
+        st.booleans(),
+    )
+    return st.lists(op, min_size=1, max_size=8)

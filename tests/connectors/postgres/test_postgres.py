@@ -9,6 +9,7 @@ import msgspec
 import psycopg
 import pytest
 
+from tests.helpers.patches import surface_ops
 from tests.helpers.resources import private_dir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -161,23 +162,11 @@ def test_smile_fit_columns_round_trip(pg_db, surface_factory):
     assert row[0] == RUN and SmileFit(*row[1:]) == fit
 
 
-def surface_ops():
-    """A sequence of patch/snapshot operations over 6 expiries with non-decreasing epochs."""
-    op = st.tuples(
-        st.sampled_from(["patch", "patch", "patch", "snapshot"]),
-        st.integers(0, 1),  # epoch step: 0 = same epoch again
-        st.sets(st.integers(0, 5), max_size=4),
-        st.sets(st.integers(0, 5), max_size=3),
-        st.booleans(),
-    )
-    return st.lists(op, min_size=1, max_size=8)
-
-
 FLOATS = st.floats(allow_nan=False, allow_infinity=False, width=64)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(ops=surface_ops(), batch_size=st.integers(1, 5), atm=FLOATS, seed=st.integers(0, 2**16))
+@given(ops=surface_ops(1), batch_size=st.integers(1, 5), atm=FLOATS, seed=st.integers(0, 2**16))
 def test_latest_surface_is_the_fold_of_written_events(pg_db, surface_factory, ops, batch_size, atm, seed):
     f = surface_factory(underlying=f"U{uuid.uuid4().hex[:8]}", seed=seed)
     events, epoch = [], 1000

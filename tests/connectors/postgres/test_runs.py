@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from connectors import postgres as pg
 from connectors.postgres.runs import RUN_ID_PATTERN, check_run_id
+from tests.helpers.patches import surface_ops
 from operators.events import SmileFit
 
 TABLE_KEYS = {t: ", ".join(spec["cols"][: spec["key"]]) for t, spec in pg.TABLES.items()}
@@ -207,20 +208,8 @@ def test_migration_3_on_a_fresh_database_adds_no_legacy_run(pg_db):
 # ---------------------------------------------------------------- as-of and series
 
 
-def surface_ops():
-    """Patch/snapshot operations over 6 expiries with non-decreasing epochs."""
-    op = st.tuples(
-        st.sampled_from(["patch", "patch", "patch", "snapshot"]),
-        st.integers(0, 2),  # epoch step: 0 = same epoch again
-        st.sets(st.integers(0, 5), max_size=4),
-        st.sets(st.integers(0, 5), max_size=3),
-        st.booleans(),
-    )
-    return st.lists(op, min_size=1, max_size=8)
-
-
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(ops=surface_ops(), batch_size=st.integers(1, 4), seed=st.integers(0, 2**16))
+@given(ops=surface_ops(2), batch_size=st.integers(1, 4), seed=st.integers(0, 2**16))
 def test_surface_as_of_is_the_fold_of_the_patches_emitted_by_then(pg_db, surface_factory, ops, batch_size, seed):
     f = surface_factory(underlying=f"U{uuid.uuid4().hex[:8]}", seed=seed)
     events, epoch = [], 1000
