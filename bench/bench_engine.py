@@ -8,6 +8,7 @@ latency; and the shock row (one 1 % spot move re-quoting every BTC book). Goals 
 beside the figures. Never asserts timings.
 
     .venv/bin/python bench/bench_engine.py [--scenario seed|small] [--seconds 20] [--json] [--profile]
+    .venv/bin/python bench/bench_engine.py --levels [--rounds 3] [--levels-depths 5 ...]   (level vols on vs off)
 
 Every system runs in its own child process (peak RSS and counters do not mix); the parent
 builds the workloads (bench/workload.py, cached under .data/bench/) and prints the results.
@@ -52,6 +53,12 @@ def main(argv=None, prog: str | None = "volgraph bench") -> int:
     p.add_argument("--profile", action="store_true", help="also run volgraph under pyinstrument and print the top (default: off)")
     p.add_argument("--no-prefetch", action="store_true",
                    help="decompress the replay inline instead of on a reader thread, for comparison (default: off)")
+    p.add_argument("--levels", action="store_true",
+                   help="only level vols on vs off ([chain] level_depth, sizes_contracts), side by side: the "
+                        "1-process max-speed and shock rows, --rounds times each, medians (default: off)")
+    p.add_argument("--levels-depths", type=int, nargs="*", default=None,
+                   help="with --levels: also run level vols on at these depths")
+    p.add_argument("--rounds", type=int, default=3, help="with --levels: rounds per variant (default: 3)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child is not None:
@@ -67,6 +74,15 @@ def main(argv=None, prog: str | None = "volgraph bench") -> int:
             print("--profile needs pyinstrument: .venv/bin/pip install pyinstrument", file=sys.stderr)
             return 2
     command = "bench/bench_engine.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.levels:
+        from bench.engine.levels import print_levels, run_levels
+
+        summary = {**run_levels(args), "command": command.strip()}
+        if args.json:
+            print(json.dumps({k: v for k, v in summary.items() if k != "runs"}, indent=1, default=str))
+        else:
+            print_levels(summary)
+        return 0
     summary = summarise(run_all(args), args, command.strip())
     if args.json:
         print(json.dumps(summary, indent=1, default=str))

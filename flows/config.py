@@ -106,6 +106,8 @@ class Chain:
     skip_bp: float
     approx_bp: float
     taylor2_bp: float
+    level_depth: int  # vol at size: levels per side solved per book (0 = none)
+    sizes_contracts: list[float]  # and the sizes each side is walked to (execution vols)
     change_bp: float
     audit_every: int
 
@@ -211,6 +213,10 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "chain.approx_bp": (lambda v: v >= 0, "a number ≥ 0"),
     "chain.taylor2_bp": (lambda v: 0 <= v <= 5, "a number from 0 to 5 (larger second-order terms leave third-order errors near 1 bp)"),
     "chain.change_bp": (lambda v: 0 <= v <= 1, "a number from 0 to 1"),
+    "chain.level_depth": (lambda v: 0 <= v <= 400, "an integer from 0 to 400 (0 = touch only; OKX sends up to 400)"),
+    "chain.sizes_contracts": (lambda v: all(isinstance(q, (int, float)) and not isinstance(q, bool) and q > 0 for q in v),
+                              "a list of sizes > 0 in contracts, e.g. [1.0, 10.0] ([] = no execution vols)"),
+    "surface.weekend_weight": (lambda v: 0 < v <= 1, "a number from 0 (exclusive) to 1 (1 = calendar time, ACT/365)"),
     "chain.audit_every": (lambda v: v >= 0, "an integer ≥ 0 (0 = off)"),
     "surface.tenors_days": (lambda v: all(isinstance(d, int) and d > 0 for d in v), "a list of positive integers"),
     "sinks.gateway.port": (lambda v: 0 <= v <= 65535, "a port from 0 to 65535"),

@@ -120,8 +120,9 @@ class ChainStep(_KeyedStep):
     def _report(self) -> None:
         counts = self.logic.counters
         self._add_deltas(counts, ("items", "dirty", "iv_solves", "iv_full", "iv_taylor", "iv_skipped", "fits",
-                                  "fits_deferred", "epoch_us"))
+                                  "fits_deferred", "epoch_us", "lv_books", "lv_full", "lv_taylor", "lv_skipped"))
         COUNTERS.max("audit_max_err_bp", counts["audit_max_err_bp"])
+        COUNTERS.max("audit_level_max_err_bp", counts["audit_level_max_err_bp"])
 
 
 class SurfaceStep(_KeyedStep):
@@ -163,7 +164,8 @@ def chain_settings(config: Config) -> dict:
                 max_rel_spread=c.max_rel_spread, skip_bp=c.skip_bp,
                 approx_bp=c.approx_bp, taylor2_bp=c.taylor2_bp, change_bp=c.change_bp,
                 fit_change_bp=c.fit_change_bp, refit_forward_bp=c.refit_forward_bp, audit_every=c.audit_every,
-                venue_stale_ms=config.consolidation.venue_stale_ms)
+                venue_stale_ms=config.consolidation.venue_stale_ms, level_depth=c.level_depth,
+                sizes_contracts=c.sizes_contracts)
 
 
 def chain_builder(config: Config, clock: FlowClock):

@@ -147,6 +147,36 @@ class FeedError(Message):
 # ---------------------------------------------------------------- derived events (steps)
 
 
+class Ladders(Event):
+    """Depth ladders (vol at size) of some option books of one expiry, column by column: entry i
+    of every field is book `instrument[i]`'s. Per side, its best `level_depth` levels, best first
+    (None past the side's end), each with the implied vol of its price; then per size of
+    `sizes_contracts` the price of walking the side to it (its size-weighted average: a sale walks
+    the bids, a purchase the asks) and that price's vol (None where the side is thinner). Prices
+    in coin, sizes in the book's contracts (contract_size coin each), vols decimals, None where
+    a price carries no vol. Every vol is within 1 bp of an exact solve (docs/architecture.md §4.3)."""
+
+    level_depth: int = 0
+    sizes_contracts: tuple[float, ...] = ()
+    instrument: tuple[str, ...] = ()
+    venue: tuple[str, ...] = ()
+    strike: tuple[float, ...] = ()
+    option_type: tuple[str, ...] = ()  # "C" | "P"
+    contract_size: tuple[float, ...] = ()
+    stale: tuple[bool, ...] = ()  # the book is withheld (gap, crossed, venue silent): no levels
+    bid_px: tuple[tuple[Optional[float], ...], ...] = ()
+    bid_size_contracts: tuple[tuple[Optional[float], ...], ...] = ()
+    bid_iv: tuple[tuple[Optional[float], ...], ...] = ()
+    ask_px: tuple[tuple[Optional[float], ...], ...] = ()
+    ask_size_contracts: tuple[tuple[Optional[float], ...], ...] = ()
+    ask_iv: tuple[tuple[Optional[float], ...], ...] = ()
+    bid_exec_px: tuple[tuple[Optional[float], ...], ...] = ()
+    bid_exec_iv: tuple[tuple[Optional[float], ...], ...] = ()
+    ask_exec_px: tuple[tuple[Optional[float], ...], ...] = ()
+    ask_exec_iv: tuple[tuple[Optional[float], ...], ...] = ()
+    v: int = SCHEMA_VERSION
+
+
 class ChainUpdate(Message):
     """One expiry's strikes after an epoch: forward and per-strike IVs (decimals)."""
 
@@ -168,6 +198,10 @@ class ChainUpdate(Message):
     changed: tuple[float, ...] = ()  # strikes whose IVs changed this epoch
     bid_venue: tuple[str, ...] = ()  # which venue's quote each bid/ask IV came from
     ask_venue: tuple[str, ...] = ()
+    # vol at size (graph.toml [chain] level_depth, sizes_contracts; None when off): the books' ladders
+    # that changed (a vol beyond change_bp, a level's price or size, staleness) since this expiry's
+    # previous ChainUpdate — all of them on its first — so replacing them by instrument keeps them current
+    ladders: Optional[Ladders] = None
     v: int = SCHEMA_VERSION
 
 

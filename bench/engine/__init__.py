@@ -9,6 +9,7 @@
     figures.py   observations → figures: rates, latencies, the shock row and its per-stage breakdown
     summary.py   the results → the summary (systems, shock rows, goals): what --json prints
     table.py     the summary → the printed table and its notes
+    levels.py    --levels: level vols on vs off side by side (1-process max-speed and shock rows, medians)
 
 Benchmark code only: nothing under operators/, connectors/ or flows/ imports it.
 """

@@ -53,7 +53,35 @@ def flow_figures(messages: int, elapsed_s: float, cpu_s: float, lat_oldest: list
         "epoch_cpu_s": counters.get("epoch_us", 0) / 1e6,  # chain ticks (IVs, fits), the whole run
         "iv_full": _opt_int(counters.get("iv_full")), "iv_taylor": _opt_int(counters.get("iv_taylor")),
         "iv_skipped": _opt_int(counters.get("iv_skipped")),
+        **solve_counts(counters, ("lv_books", "lv_full", "lv_taylor", "lv_skipped")),
     }
+
+
+SOLVE_COUNTERS = ("iv_full", "iv_taylor", "iv_skipped", "lv_books", "lv_full", "lv_taylor", "lv_skipped")
+
+
+def solve_counts(counters: dict, names=SOLVE_COUNTERS) -> dict:
+    """The chain's solve counters (flows.steps.ChainStep reports them): touch vols (iv_*) and
+    level / execution vols (lv_*: full solves, Taylor steps, skips; lv_books = books read)."""
+    return {name: int(counters.get(name, 0)) for name in names}
+
+
+def shock_vols(row: dict, probe, counts_at_patch: list) -> Optional[dict]:
+    """Vols solved / stepped / skipped while the shock was absorbed: the solve counters at the
+    patch that absorbed the last expiry minus those as the shock entered (quiet traffic inside
+    that window counts too: a few hundred frames at most)."""
+    start = getattr(probe, "counts_at_shock", None)
+    if start is None or row.get("absorb_ms") is None:
+        return None
+    end_wall = probe.shock_first_wall + row["absorb_ms"]
+    at_end = [c for wall, c in counts_at_patch if wall <= end_wall + 1e-6]
+    if not at_end:
+        return None
+    out = {k: at_end[-1][k] - start[k] for k in SOLVE_COUNTERS}
+    out["vols_solved"] = out["iv_full"] + out["lv_full"]
+    out["vols_stepped"] = out["iv_taylor"] + out["lv_taylor"]
+    out["vols_skipped"] = out["iv_skipped"] + out["lv_skipped"]
+    return out
 
 
 def patch_rows(patches) -> list:

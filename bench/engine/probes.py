@@ -40,6 +40,8 @@ class Probe:
         self.trace_wall: list[float] = []  # every batch: wall time and frames consumed after it
         self.trace_offset: list[int] = []
         self.read_spans: list[tuple[float, float]] = []  # source batches (read + parse) from the shock on
+        self.read_counts = None  # () -> the solve counters (bench/engine/figures.py solve_counts); shock runs
+        self.counts_at_shock: Optional[dict] = None  # read as the shock's first frame entered
 
     def record(self, part, batch: list, started: float) -> None:
         """One source batch: `started` is when reading it began — its frames "enter" then, so
@@ -60,6 +62,8 @@ class Probe:
             last = first + self.shock["n_frames"] - 1
             if self.shock_first_wall is None and before <= first < self.offset:
                 self.shock_first_wall = started
+                if self.read_counts is not None:
+                    self.counts_at_shock = self.read_counts()
             if self.shock_last_wall is None and before <= last < self.offset:
                 self.shock_last_wall = now
             if before <= last and first < self.offset:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import time
 
 from bench.engine.common import AUDIT_EVERY, now_wall_ms, peak_rss_mb, warm_kernels, warmup_ms
-from bench.engine.figures import flow_figures, kept_levels, patch_rows, pct, shock_figures, view_latencies
+from bench.engine.figures import (flow_figures, kept_levels, patch_rows, pct, shock_figures, shock_vols, solve_counts,
+                                  view_latencies)
 from bench.engine.probes import Probe, StageTimer, probe_source
 
 
@@ -31,7 +32,7 @@ def run_volgraph(job: dict) -> dict:
     shock = meta["shocks"][0] if job.get("shock") and meta["shocks"] else None
     audit = "n/a"
     try:
-        config = load_config(overrides={"chain": {"audit_every": AUDIT_EVERY}})
+        config = load_config(overrides={"chain": {"audit_every": AUDIT_EVERY, **job.get("chain", {})}})
         audit = AUDIT_EVERY
     except ConfigError:  # an engine without audit mode: the error column says n/a
         config = load_config()
@@ -54,10 +55,17 @@ def run_volgraph(job: dict) -> dict:
 
     patches: list[tuple[float, object]] = []
     fits = [0]
+    # shock runs: the solve counters as each patch arrives, and as the shock entered (the shock
+    # row counts the vols solved, stepped and skipped between the two)
+    counts_at_patch: list[tuple[float, dict]] = []
+    if shock is not None:
+        probe.read_counts = lambda: solve_counts(COUNTERS.snapshot())
 
     def sink(item) -> None:
         if isinstance(item, SurfacePatch):
             patches.append((now_wall_ms(), item))
+            if shock is not None and probe.shock_first_wall is not None:
+                counts_at_patch.append((patches[-1][0], solve_counts(COUNTERS.snapshot())))
         elif isinstance(item, SmileFit):
             fits[0] += 1
 
@@ -103,12 +111,16 @@ def run_volgraph(job: dict) -> dict:
                                lambda wall: probe.first_ts + offset + (wall - probe.start_wall) * probe.speed,
                                config.runtime.epoch_ms,
                                {0: timer.spans + [(a, b, "read") for a, b in probe.read_spans]})
+        if shock_row is not None:
+            shock_row["vols"] = shock_vols(shock_row, probe, counts_at_patch)
 
     return {
         "system": job["name"],
         **flow_figures(live_frames, elapsed_s, cpu_s, lat_oldest, lat_newest, lat_exchange, counters),
         "fits": int(counters.get("fits", fits[0])), "patches": len(patches),
         "max_err_bp": (counters.get("audit_max_err_bp") if audit != "n/a" else "n/a"),
+        "level_max_err_bp": (counters.get("audit_level_max_err_bp", 0.0) if audit != "n/a" else "n/a"),
+        "level_depth": config.chain.level_depth, "sizes_contracts": list(config.chain.sizes_contracts),
         "audit_every": audit,
         "peak_rss_mb": peak_rss_mb(),
         "speed": speed,

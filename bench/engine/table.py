@@ -113,6 +113,11 @@ def print_table(s: dict) -> None:
               + (f"; first expiry {_f(x['first_expiry_ms'], '{:,.1f}')} ms" if x.get("first_expiry_ms") else "")
               + (f"; shock frames all read after {_f(x['ingest_ms'], '{:,.1f}')} ms" if x.get("ingest_ms") else "")
               + epochs + ")")
+        v = x.get("vols")
+        if v:  # the chain's solve counters over the shock's window (1-process rows)
+            print(f"  {'':22s}   vols: {v['vols_solved']:,} solved (touch {v['iv_full']:,}, levels "
+                  f"{v['lv_full']:,} of {v['lv_books']:,} books read), {v['vols_stepped']:,} Taylor-stepped, "
+                  f"{v['vols_skipped']:,} skipped")
         for st in x.get("stages") or ():
             print(f"  {'':22s}   process {st['process']}: " + " · ".join(
                 f"{label} {st[key + '_ms']:,.1f}" for key, label in STAGE_LABELS) + " ms")

@@ -70,6 +70,9 @@ def warm_up() -> None:
     """Compile (or load from the numba cache) both kernels on tiny arrays."""
     s_derivatives(np.array([0.1, -0.1]), np.array([0.5, 0.5]), np.array([False, True]))
     plan_moves(np.array([1e-4, 1.0]), np.array([1.0, 1.0]), np.array([0.5, 0.5]), 0.5, 0.25, 50.0, 2.0)
+    one = np.array([0.01, 0.02])
+    replan_levels(one, one, one, one, one, one.copy(), np.zeros(2, np.bool_), np.array([0.1]), np.array([True]), 1,
+                  0.5, 0.25, 50.0, 2.0)
 
 
 # Elementwise loops in numba: one pass instead of ~20 numpy temporaries (each ~1 µs of call
@@ -109,3 +112,54 @@ def _plan_kernel(dx, s1, s2, sqrt_t, skip_bp, approx_bp, taylor2_bp, action, ds)
             action[i], ds[i] = TAYLOR, first + second
         else:
             action[i], ds[i] = FULL, math.nan
+
+
+def replan_levels(px, x0, s0, s1, s2, s, full, x_book, call_book, width: int, sqrt_t: float, skip_bp: float,
+                  approx_bp: float, taylor2_bp: float) -> tuple[int, int]:
+    """A forward move for the chain's level vols (flat (2, books, width) arrays, C order): every
+    element with a price and not already marked `full` is planned from its last exact point as
+    plan_moves does — s = s0 + ds on SKIP / TAYLOR — or marked `full` (no vol there yet, a FULL
+    plan, or a price within 1e-9 of its intrinsic value or upper bound at the new forward, where
+    the exact solver's reasons take over). x_book, call_book: ln(F/K) now and the call flag per
+    book. Updates s and full in place; returns (skipped, stepped)."""
+    return _replan_kernel(px, x0, s0, s1, s2, s, full, x_book, call_book, int(width), float(sqrt_t), float(skip_bp),
+                          float(approx_bp), float(taylor2_bp))
+
+
+@nb.njit(cache=True, error_model="numpy")
+def _replan_kernel(px, x0, s0, s1, s2, s, full, x_book, call_book, width, sqrt_t, skip_bp, approx_bp, taylor2_bp):
+    nbooks = x_book.shape[0]
+    skipped = stepped = 0
+    for i in range(px.shape[0]):
+        c = px[i]
+        if full[i] or not c == c:
+            continue
+        if not math.isfinite(s0[i]):
+            full[i] = True  # no vol at the old forward: perhaps one now
+            continue
+        b = (i // width) % nbooks
+        x = x_book[b]
+        k_f = math.exp(-x)  # K/F
+        if call_book[b]:
+            intrinsic, upper = max(1.0 - k_f, 0.0), 1.0
+        else:
+            intrinsic, upper = max(k_f - 1.0, 0.0), k_f
+        if not (c - intrinsic > 1e-9 * c and c < upper * (1.0 - 1e-9)):
+            full[i] = True
+            continue
+        dx = x - x0[i]
+        first = s1[i] * dx
+        second = 0.5 * s2[i] * dx * dx
+        first_bp = abs(first) / sqrt_t * 1e4
+        second_bp = abs(second) / sqrt_t * 1e4
+        if not (math.isfinite(first_bp) and math.isfinite(second_bp)):
+            full[i] = True
+        elif first_bp < skip_bp and second_bp < skip_bp:
+            s[i] = s0[i]
+            skipped += 1
+        elif first_bp < approx_bp and second_bp < taylor2_bp:
+            s[i] = s0[i] + first + second
+            stepped += 1
+        else:
+            full[i] = True
+    return skipped, stepped

@@ -11,7 +11,12 @@ apply() finds something only where no client stands in front (a replayed recordi
 the book stays stale (withheld) until the next snapshot of it.
 
 Levels: every level a snapshot or change carries is kept (a change can uncover any of them);
-`top(n)` reads the best n per side.
+`top(n)` reads the best n per side, `sides()` every live level of both, best first.
+
+Ladder tracking (the chain's level vols, docs/architecture.md §4.3): when `levels_on`, the book
+raises `ladder_dirty` on a snapshot, on turning stale, and on a change at a price that can move
+the chain's ladder or walks — a bid at or above `bid_floor`, an ask at or below `ask_cap` (the
+last level the chain read; ±inf: any level). Off, the floors are ±inf the other way and never match.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ class OrderBook:
     """
 
     __slots__ = ("instrument", "_bids", "_asks", "_snap_bids", "_snap_asks", "last_seq", "stale",
-                 "best_bid", "best_ask")
+                 "best_bid", "best_ask", "levels_on", "ladder_dirty", "bid_floor", "ask_cap")
 
     def __init__(self, instrument: Optional[Instrument] = None):
         self.instrument = instrument
@@ -52,6 +57,21 @@ class OrderBook:
         self.stale = True  # until the first snapshot
         self.best_bid = math.nan
         self.best_ask = math.nan
+        self.track_levels(False)
+
+    def track_levels(self, on: bool) -> None:
+        """Raise `ladder_dirty` on what can move the chain's level vols (on), or never (off)."""
+        self.levels_on = on
+        self.ladder_dirty = on
+        self.bid_floor = -math.inf if on else math.inf  # until the chain has read the book: any level
+        self.ask_cap = math.inf if on else -math.inf
+
+    def __setstate__(self, state) -> None:
+        """A book pickled before ladder tracking existed resumes with it off."""
+        self.track_levels(False)
+        slots = state[1] if isinstance(state, tuple) else state
+        for name, value in (slots or {}).items():
+            setattr(self, name, value)
 
     @property
     def bids(self) -> dict[float, float]:
@@ -90,11 +110,13 @@ class OrderBook:
                 self.best_ask = math.nan
             self.last_seq = update.seq
             self.stale = False
+            self.ladder_dirty = self.levels_on
         else:
             if self.last_seq is None or update.prev_seq != self.last_seq:
                 was_stale, self.stale = self.stale, True
                 if was_stale:
                     return None  # already waiting for a snapshot: one error per gap
+                self.ladder_dirty = self.levels_on
                 return FeedError(update.venue, "seq_gap",
                                  f"prev_seq {update.prev_seq} != last seq {self.last_seq}",
                                  update.ts_recv_ms, update.instrument)
@@ -103,7 +125,12 @@ class OrderBook:
             bids, asks = self._bids, self._asks
             best_bid, best_ask = self.best_bid, self.best_ask
             rescan_bids = rescan_asks = False
+            # one comparison per level: a change beyond the ladder's last level moves no level vol
+            floor, cap = self.bid_floor, self.ask_cap
+            ladder = False
             for px, sz in update.bids:
+                if px >= floor:
+                    ladder = True
                 if sz > 0:
                     bids[px] = sz
                     if not px <= best_bid:  # also when the side was empty (NaN)
@@ -111,6 +138,8 @@ class OrderBook:
                 elif bids.pop(px, None) is not None and px == best_bid:
                     rescan_bids = True
             for px, sz in update.asks:
+                if px <= cap:
+                    ladder = True
                 if sz > 0:
                     asks[px] = sz
                     if not px >= best_ask:
@@ -120,8 +149,11 @@ class OrderBook:
             self.best_bid = (max(bids) if bids else math.nan) if rescan_bids else best_bid
             self.best_ask = (min(asks) if asks else math.nan) if rescan_asks else best_ask
             self.last_seq = update.seq
+            if ladder:
+                self.ladder_dirty = True
         if self.best_bid >= self.best_ask:  # False when a side is empty (NaN)
             self.stale = True
+            self.ladder_dirty = self.levels_on
             return FeedError(update.venue, "crossed_book", f"best bid {self.best_bid} >= best ask {self.best_ask}",
                              update.ts_recv_ms, update.instrument)
         return None
@@ -129,3 +161,11 @@ class OrderBook:
     def top(self, n: int) -> tuple[tuple[tuple[float, float], ...], tuple[tuple[float, float], ...]]:
         """The best `n` levels per side, best first: (bids, asks) of (price, size)."""
         return (tuple(sorted(self.bids.items(), reverse=True)[:n]), tuple(sorted(self.asks.items())[:n]))
+
+    def sides(self) -> tuple[list, list]:
+        """Every live level, best first: (bids high → low, asks low → high) of (price, size).
+        A book holding only its last snapshot is read from it, not turned into dicts."""
+        if self._bids is None:
+            return (sorted((lv for lv in self._snap_bids if lv[1] > 0), reverse=True),
+                    sorted(lv for lv in self._snap_asks if lv[1] > 0))
+        return sorted(self._bids.items(), reverse=True), sorted(self._asks.items())

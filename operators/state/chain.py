@@ -5,6 +5,12 @@ Keyed by `chain_key(venue, underlying, expiry_ms)`. Items only mark strikes dirt
 when the forward moved), and refits SVI when the smile changed, at most once per
 `fit_interval_ms`, warm-started from the last fit and within a per-worker fit budget.
 
+Vol at size ([chain] level_depth, sizes_contracts; off when both are empty): every book's best
+levels per side and its walks to each size are solved too, on the book's own side (call or
+put), with the touch's machinery: a change that can move a book's ladder dirties that book only
+(OrderBook.ladder_dirty), its changed prices are solved in one batched call per epoch, and a
+forward move re-plans every level through skip / Taylor / solve (docs/architecture.md §4.3).
+
 State logic only: no I/O, no sockets, no SQL. Time is injected (`now_ms`) so tests drive
 epochs without sleeping.
 """
@@ -13,16 +19,17 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from itertools import chain as iter_chain
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Callable, Iterable, Optional
 
 import numpy as np
 
 from operators.kernels import forward as fwd
-from operators.kernels import iv, small_moves, svi
+from operators.kernels import iv, levels, small_moves, svi
 from operators.state.book import OrderBook
 from operators.events import (BookUpdate, ChainUpdate, FeedError, FuturePrice, IndexPrice, Instrument, SmileFit,
-                              Ticker, chain_key)
+                              Ladders, Ticker, chain_key)
 
 MS_PER_YEAR = 365.0 * 86_400_000.0  # ACT/365, to the millisecond
 
@@ -33,6 +40,7 @@ def warm_up() -> None:
     from operators.kernels import analytics
 
     iv.warm_up()
+    levels.warm_up()
     small_moves.warm_up()
     svi.warm_up()
     analytics.warm_up()
@@ -132,6 +140,35 @@ class ChainState:
     s2: np.ndarray = field(default_factory=lambda: np.zeros((2, 0)))
     s: np.ndarray = field(default_factory=lambda: np.zeros((2, 0)))
     s_at_fit: np.ndarray = field(default_factory=lambda: np.zeros((2, 0)))  # published s at the last fit
+    # Level vols (vol at size). Books in listing order (book_slot: option → row). Per [bid, ask],
+    # row and column: the first level_depth columns are level prices, then one per size the
+    # price of walking the side to it (operators/kernels/levels.py); NaN = none. Their solve
+    # state is the touch's (x0, s0, s1, s2, s above), on the book's own side. lv_config: the
+    # (level_depth, sizes) the arrays are laid out for.
+    book_names: list[str] = field(default_factory=list)
+    book_slot: dict[str, int] = field(default_factory=dict)
+    lv_config: tuple = (0, ())
+    lv_dirty: set[str] = field(default_factory=set)  # books to read again (OrderBook.ladder_dirty)
+    lv_changed: set[int] = field(default_factory=set)  # rows whose levels changed since the last ChainUpdate
+    lv_solved_forward: Optional[float] = None
+    lv_strike: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    lv_call: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    lv_stale: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    lv_px: np.ndarray = field(default_factory=lambda: np.zeros((2, 0, 0)))
+    lv_size: np.ndarray = field(default_factory=lambda: np.zeros((2, 0, 0)))  # level sizes, contracts
+    lv_x0: np.ndarray = field(default_factory=lambda: np.zeros((2, 0, 0)))
+    lv_s0: np.ndarray = field(default_factory=lambda: np.zeros((2, 0, 0)))
+    lv_s1: np.ndarray = field(default_factory=lambda: np.zeros((2, 0, 0)))
+    lv_s2: np.ndarray = field(default_factory=lambda: np.zeros((2, 0, 0)))
+    lv_s: np.ndarray = field(default_factory=lambda: np.zeros((2, 0, 0)))
+    lv_iv_sent: np.ndarray = field(default_factory=lambda: np.zeros((2, 0, 0)))  # vols in the last ChainUpdate
+
+    def __setstate__(self, state: dict) -> None:
+        """A state snapshotted before a field existed resumes with that field's default."""
+        for f in fields(self):
+            if f.name not in state:
+                state[f.name] = f.default_factory() if f.default_factory is not MISSING else f.default
+        self.__dict__.update(state)
 
     def slot_of(self, strike: float) -> int:
         idx = self.slot.get(strike)
@@ -163,7 +200,8 @@ class ChainLogic:
     def __init__(self, state: ChainState, *, epoch_ms: int, fit_interval_ms: int, min_quotes: int,
                  max_rel_spread: float, budget: FitBudget, now_ms: Callable[[], int], skip_bp: float,
                  approx_bp: float, taylor2_bp: float, change_bp: float, fit_change_bp: float,
-                 refit_forward_bp: float, audit_every: int, venue_stale_ms: int):
+                 refit_forward_bp: float, audit_every: int, venue_stale_ms: int, level_depth: int,
+                 sizes_contracts: Iterable[float]):
         """Every setting is graph.toml's ([runtime], [chain], [consolidation]);
         flows.steps.chain_settings reads them — no default is repeated here."""
         self.state = state
@@ -180,11 +218,60 @@ class ChainLogic:
         self.refit_forward_bp = refit_forward_bp  # a market move this large lifts the fit interval
         self.audit_every = audit_every  # every N epochs compare published vols to an exact solve
         self.venue_stale_ms = venue_stale_ms
+        self.level_depth = int(level_depth)  # vol at size: levels per side, and the sizes walked
+        self.sizes_contracts = tuple(float(q) for q in sizes_contracts)
+        self.sizes_arr = np.array(self.sizes_contracts, np.float64)
+        self.lv_width = self.level_depth + len(self.sizes_contracts)  # 0 = level vols off
         self.errors: list[FeedError] = []
         self._solo: Optional[dict[str, str]] = None  # see _solo_legs; rebuilt when options are added
         self.epochs = 0
         self.counters = {"items": 0, "dirty": 0, "iv_solves": 0, "iv_full": 0, "iv_taylor": 0, "iv_skipped": 0,
-                         "fits": 0, "fits_deferred": 0, "epoch_us": 0, "audit_max_err_bp": 0.0}
+                         "fits": 0, "fits_deferred": 0, "epoch_us": 0, "audit_max_err_bp": 0.0,
+                         "lv_books": 0, "lv_full": 0, "lv_taylor": 0, "lv_skipped": 0, "audit_level_max_err_bp": 0.0}
+        self._configure_levels()
+
+    def _configure_levels(self) -> None:
+        """Lay the level arrays out for this logic's (level_depth, sizes); a state resumed under
+        another layout (or none) starts its level vols over: every book is read again."""
+        s = self.state
+        config = (self.level_depth, self.sizes_contracts)
+        on = self.lv_width > 0
+        if len(s.book_names) != len(s.books):  # a state snapshotted before books had rows
+            s.book_names = list(s.books)
+            s.book_slot = {name: row for row, name in enumerate(s.book_names)}
+            s.lv_config = None
+        if s.lv_config != config:
+            s.lv_config = config
+            s.lv_strike, s.lv_call = np.zeros(0), np.zeros(0, bool)
+            s.lv_stale = np.zeros(0, bool)
+            s.lv_px = s.lv_size = s.lv_x0 = s.lv_s0 = s.lv_s1 = s.lv_s2 = s.lv_s = s.lv_iv_sent = None
+            s.lv_solved_forward = None
+            s.lv_changed = set()
+            s.lv_dirty = set(s.book_names) if on else set()
+            for book in s.books.values():
+                book.track_levels(on)
+        self._grow_levels()
+
+    def _grow_levels(self) -> None:
+        """Rows for books listed since the arrays were last laid out (NaN: nothing solved)."""
+        s = self.state
+        n, have = len(s.book_names), s.lv_strike.size
+        if not self.lv_width or (s.lv_px is not None and n == have):
+            return
+        add = n - have
+        books = [s.books[name].instrument for name in s.book_names[have:]]
+        s.lv_strike = np.append(s.lv_strike, [float(i.strike) for i in books])
+        s.lv_call = np.append(s.lv_call, np.array([i.option_type == "C" for i in books], bool))
+        s.lv_stale = np.append(s.lv_stale, np.ones(add, bool))
+        width, depth = self.lv_width, self.level_depth
+
+        def grown(a, cols, fill):
+            new = np.full((2, add, cols), fill)
+            return new if a is None else np.concatenate([a, new], axis=1)
+
+        s.lv_px, s.lv_x0, s.lv_s0, s.lv_s1, s.lv_s2, s.lv_s, s.lv_iv_sent = (
+            grown(a, width, math.nan) for a in (s.lv_px, s.lv_x0, s.lv_s0, s.lv_s1, s.lv_s2, s.lv_s, s.lv_iv_sent))
+        s.lv_size = grown(s.lv_size, depth, 0.0)
 
     # ------------------------------------------------------------------ items: mark dirty
     def on_items(self, items: Iterable) -> None:
@@ -211,6 +298,8 @@ class ChainLogic:
                     self.errors.append(error)
                 # most changes are below the top of the book: nothing to requote (an unchanged
                 # top holds the same float objects, so even an empty side compares equal)
+                if book.ladder_dirty:  # only ever raised with level vols on
+                    s.lv_dirty.add(name)
                 if (book.best_bid, book.best_ask, book.stale) != top:
                     venue = solo.get(name)
                     if venue is None or s.stale_venues:
@@ -243,6 +332,9 @@ class ChainLogic:
                     s.options[item.instrument] = leg
                     self._solo = None
                     s.books[item.instrument] = OrderBook(item)
+                    s.books[item.instrument].track_levels(self.lv_width > 0)
+                    s.book_slot[item.instrument] = len(s.book_names)
+                    s.book_names.append(item.instrument)
                     s.legs.setdefault(leg, []).append(item.instrument)
             elif kind is FuturePrice:
                 if (item.bid, item.ask) != (s.future_bid, s.future_ask):
@@ -262,6 +354,8 @@ class ChainLogic:
                 if entry is not None and item.reason == "seq_gap":
                     s.books[item.instrument].stale = True
                     self._requote(*entry)
+                    if self.lv_width:
+                        s.lv_dirty.add(item.instrument)
         self.counters["items"] += n
 
     def _solo_legs(self) -> dict[str, str]:
@@ -312,6 +406,8 @@ class ChainLogic:
             s.stale_venues = stale
             for leg in s.legs:
                 self._requote(*leg)
+            if self.lv_width:  # a silent venue's ladders are withheld too (and return with it)
+                s.lv_dirty.update(s.book_names)
 
     def take_errors(self) -> list:
         errors, self.errors = self.errors, []
@@ -350,6 +446,7 @@ class ChainLogic:
         t = t_years(s.expiry_ms, ts)
         if t <= 0 or not s.strikes:
             s.dirty.clear()
+            s.lv_dirty.clear()
             return []
         self._check_venues(now)
         self.counters["dirty"] += len(s.dirty) + (1 if s.forward_dirty else 0)
@@ -361,6 +458,8 @@ class ChainLogic:
             self._solve(t)
             s.dirty.clear()
             s.forward_dirty = False
+        if self.lv_width and (s.lv_dirty or s.forward != s.lv_solved_forward):
+            self._solve_levels(t)
         if self.audit_every and self.epochs % self.audit_every == 0:
             self._audit(t)
         if not s.smile_changed:
@@ -425,6 +524,30 @@ class ChainLogic:
             self.counters["audit_max_err_bp"] = max(self.counters["audit_max_err_bp"], err)
         self.counters["audit_mismatch"] = self.counters.get("audit_mismatch", 0) + int(
             np.sum(np.isfinite(exact) != np.isfinite(published)))
+        if self.lv_width and s.lv_px is not None and s.lv_px.size and s.lv_solved_forward == s.forward:
+            exact, published = self.exact_level_vols(t), s.lv_s / math.sqrt(t)
+            both = np.isfinite(exact) & np.isfinite(published)
+            if both.any():
+                err = float(np.max(np.abs(published[both] - exact[both]))) * 1e4
+                for name in ("audit_level_max_err_bp", "audit_max_err_bp"):  # every published vol, levels too
+                    self.counters[name] = max(self.counters[name], err)
+            self.counters["audit_level_mismatch"] = self.counters.get("audit_level_mismatch", 0) + int(
+                np.sum(np.isfinite(exact) != np.isfinite(published)))
+
+    def exact_level_vols(self, t: float) -> np.ndarray:
+        """An exact solve of every level and walk price (2, books, width), from the same prices
+        and forward: what the published level vols must stay within 1 bp of."""
+        s = self.state
+        shape = s.lv_px.shape
+        strikes = np.broadcast_to(s.lv_strike[None, :, None], shape).reshape(-1)
+        calls = np.broadcast_to(s.lv_call[None, :, None], shape).reshape(-1)
+        return iv.implied_vol_coin_flat(s.lv_px.reshape(-1), s.forward, np.ascontiguousarray(strikes), t,
+                                        np.ascontiguousarray(calls)).reshape(shape)
+
+    def published_level_vols(self, t: float) -> np.ndarray:
+        """The level and walk vols as published now (2, books, width): decimals, NaN = none.
+        Columns: level_depth levels best first, then one per size in sizes_contracts."""
+        return self.state.lv_s / math.sqrt(t)
 
     def _update_forward(self) -> None:
         s = self.state
@@ -501,6 +624,93 @@ class ChainLogic:
         if np.any(delta_bp > self.change_bp) or np.any(np.isnan(s.s) != np.isnan(old)):
             s.smile_changed = True
 
+    def _read_books(self) -> np.ndarray:
+        """Read the books whose ladders may have moved: their level prices and walks (one
+        batched walk), the levels they depend on (so the book flags only changes that matter)
+        and which prices changed; returns the changed prices' mask over (2, books, width)."""
+        s = self.state
+        books, slot, stale_venues = s.books, s.book_slot, s.stale_venues
+        names = list(s.lv_dirty)
+        s.lv_dirty.clear()
+        objs = [books[name] for name in names]
+        rows = np.fromiter([slot[name] for name in names], np.int64, len(names))
+        counts, flat, stale = [], [], []
+        for book in objs:
+            book.ladder_dirty = False
+            if book.stale or (stale_venues and book.instrument.venue in stale_venues):
+                counts.append(0)
+                counts.append(0)
+                stale.append(True)
+                continue
+            bids, asks = book.sides()
+            counts.append(len(bids))
+            counts.append(len(asks))
+            flat += bids
+            flat += asks
+            stale.append(False)
+        self.counters["lv_books"] += len(names)
+        lv = np.fromiter(iter_chain.from_iterable(flat), np.float64, 2 * len(flat)).reshape(-1, 2)
+        count = np.array(counts, np.int64)
+        start = np.cumsum(count) - count
+        px, size, needed, complete = levels.walk_sides(lv[:, 0], lv[:, 1], start, count, self.level_depth,
+                                                       self.sizes_arr)
+        # rows of the walk: book i's bids at 2i, its asks at 2i + 1
+        px = px.reshape(len(names), 2, self.lv_width).transpose(1, 0, 2)
+        size = size.reshape(len(names), 2, self.level_depth).transpose(1, 0, 2)
+        old_px, old_size = s.lv_px[:, rows], s.lv_size[:, rows]
+        changed = ~((px == old_px) | (np.isnan(px) & np.isnan(old_px)))
+        stale = np.array(stale, bool)
+        moved = changed.any(axis=(0, 2)) | (size != old_size).any(axis=(0, 2)) | (stale != s.lv_stale[rows])
+        s.lv_changed.update(rows[moved].tolist())
+        s.lv_px[:, rows], s.lv_size[:, rows], s.lv_stale[rows] = px, size, stale
+        # what each side's prices read: a change beyond its last needed level moves none of them
+        # (an incomplete side — fewer levels than level_depth, or a size it cannot fill — any)
+        last = np.full(needed.shape, math.nan)
+        has = needed > 0
+        if lv.shape[0]:
+            last[has] = lv[(start + needed - 1)[has], 0]
+        bid_floor = np.where(complete[0::2], np.where(has[0::2], last[0::2], math.inf), -math.inf).tolist()
+        ask_cap = np.where(complete[1::2], np.where(has[1::2], last[1::2], -math.inf), math.inf).tolist()
+        for book, floor, cap in zip(objs, bid_floor, ask_cap):
+            book.bid_floor, book.ask_cap = floor, cap
+        full = np.zeros(s.lv_px.shape, bool)
+        full[:, rows] = changed
+        return full
+
+    def _solve_levels(self, t: float) -> None:
+        """Bring every published level and walk vol to within 1 bp of an exact solve: changed
+        prices and prices with no vol yet are solved (one batched call); after a forward move
+        the rest skip or take a Taylor step from their last exact point (as _solve)."""
+        s = self.state
+        self._grow_levels()
+        full = self._read_books() if s.lv_dirty else np.zeros(s.lv_px.shape, bool)
+        forward = s.forward
+        forward_moved = forward != s.lv_solved_forward
+        s.lv_solved_forward = forward
+        shape = s.lv_px.shape
+        x = np.log(forward / s.lv_strike)
+        pxf, s0f, sf, x0f, s1f, s2f = (a.reshape(-1) for a in (s.lv_px, s.lv_s0, s.lv_s, s.lv_x0, s.lv_s1, s.lv_s2))
+        fullf = full.reshape(-1)
+        gone = fullf & np.isnan(pxf)  # a level gone (or a side thinner than a size): no vol
+        sf[gone] = s0f[gone] = math.nan
+        fullf &= ~np.isnan(pxf)
+        width, nbooks = shape[2], shape[1]
+        sqrt_t = math.sqrt(t)
+        if forward_moved:  # every level not solved now is re-planned from its exact point, in one pass
+            skipped, stepped = small_moves.replan_levels(pxf, x0f, s0f, s1f, s2f, sf, fullf, x, s.lv_call, width,
+                                                         sqrt_t, self.skip_bp, self.approx_bp, self.taylor2_bp)
+            self.counters["lv_skipped"] += skipped
+            self.counters["lv_taylor"] += stepped
+        sel = np.flatnonzero(fullf)
+        if sel.size:
+            book = (sel // width) % nbooks
+            strikes, calls = s.lv_strike[book], s.lv_call[book]
+            total_std = iv.implied_vol_coin_flat(pxf[sel], forward, strikes, t, calls) * sqrt_t
+            x0f[sel] = x[book]
+            s0f[sel] = sf[sel] = total_std
+            s1f[sel], s2f[sel] = small_moves.s_derivatives(x[book], total_std, calls)
+            self.counters["lv_full"] += int(sel.size)
+
     def published_vols(self, t: float) -> tuple[np.ndarray, np.ndarray]:
         """(bid_iv, ask_iv) per slot as published now: decimals, NaN = none."""
         sqrt_t = math.sqrt(t)
@@ -549,9 +759,45 @@ class ChainLogic:
             bid_iv=_opt_tuple(bid_iv[usable][order]), ask_iv=_opt_tuple(ask_iv[usable][order]),
             mid_iv=_opt_tuple(mid[usable][order]),
             bid_venue=self._venues(s.call_bid_venue, s.put_bid_venue, usable, order),
-            ask_venue=self._venues(s.call_ask_venue, s.put_ask_venue, usable, order))
+            ask_venue=self._venues(s.call_ask_venue, s.put_ask_venue, usable, order),
+            ladders=self.take_ladders(t) if self.lv_width else None)
         return [(smile, chain)]
 
+    def take_ladders(self, t: float) -> Optional[Ladders]:
+        """The ladders that changed since the last taken (all on the first): a vol moved by
+        change_bp or appeared or went, a level's price or size changed, or the book went stale or
+        came back. Every fit's ChainUpdate carries them; a step that publishes ladders between
+        fits (the touch may stand still while deeper levels move) takes them each epoch instead."""
+        s = self.state
+        if s.lv_px is None or not s.lv_px.size:
+            return None
+        vols = s.lv_s / math.sqrt(t)  # σ as shown: passing time moves it too
+        with np.errstate(invalid="ignore"):
+            moved = (np.abs(vols - s.lv_iv_sent) * 1e4 > self.change_bp) | (np.isnan(vols) != np.isnan(s.lv_iv_sent))
+        rows = np.flatnonzero(moved.any(axis=(0, 2)))
+        if s.lv_changed:
+            rows = np.union1d(rows, np.fromiter(s.lv_changed, np.int64, len(s.lv_changed)))
+            s.lv_changed.clear()
+        if not rows.size:
+            return None
+        vols = vols[:, rows]
+        s.lv_iv_sent[:, rows] = vols
+        depth = self.level_depth
+        px, size = s.lv_px[:, rows], s.lv_size[:, rows]
+        names = [s.book_names[r] for r in rows.tolist()]
+        insts = [s.books[name].instrument for name in names]
+        level_size = np.where(size > 0, size, math.nan)
+        return Ladders(
+            level_depth=depth, sizes_contracts=self.sizes_contracts, instrument=tuple(names),
+            venue=tuple(i.venue for i in insts), strike=tuple(float(i.strike) for i in insts),
+            option_type=tuple(i.option_type for i in insts), contract_size=tuple(i.contract_size for i in insts),
+            stale=tuple(s.lv_stale[rows].tolist()),
+            bid_px=_opt_rows(px[0, :, :depth]), bid_size_contracts=_opt_rows(level_size[0]),
+            bid_iv=_opt_rows(vols[0, :, :depth]),
+            ask_px=_opt_rows(px[1, :, :depth]), ask_size_contracts=_opt_rows(level_size[1]),
+            ask_iv=_opt_rows(vols[1, :, :depth]),
+            bid_exec_px=_opt_rows(px[0, :, depth:]), bid_exec_iv=_opt_rows(vols[0, :, depth:]),
+            ask_exec_px=_opt_rows(px[1, :, depth:]), ask_exec_iv=_opt_rows(vols[1, :, depth:]))
 
     def _venues(self, calls: list[str], puts: list[str], usable: np.ndarray, order: np.ndarray) -> tuple[str, ...]:
         side = self.state.side
@@ -566,6 +812,11 @@ def _same(a: float, b: float) -> bool:
 def _opt_tuple(a: np.ndarray) -> tuple:
     """Floats, None where not finite: the contract's "a value that does not exist"."""
     return tuple(np.where(np.isfinite(a), a, None).tolist())
+
+
+def _opt_rows(a: np.ndarray) -> tuple:
+    """A 2-d array as a tuple of row tuples, None where not finite."""
+    return tuple(map(tuple, np.where(np.isfinite(a), a, None).tolist()))
 
 
 def _opt(x) -> Optional[float]:

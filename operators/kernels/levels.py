@@ -1,0 +1,113 @@
+"""Vol at size: the prices of a book's levels and of walking it to a size, and their implied vols.
+
+Pure numerics over numpy arrays (numba loops): no I/O, no state, never imports connectors or flows.
+Conventions (docs/architecture.md §6): coin-quoted premiums (price_usd = price_coin × forward),
+Black-76 on the forward, t_years ACT/365, vols decimals; sizes in the book's own contracts
+(Deribit: 1 coin; OKX BTC-USD: 0.01 coin — Instrument.contract_size).
+
+A side of a book is its live levels best first (bids high → low, asks low → high). Walking it to
+a size Q takes each level's size in turn until Q is filled; the execution price is the
+size-weighted average price Σ pxᵢ·qᵢ / Q, and NaN where the side holds less than Q (the book is
+thinner than the size). The execution vol is the implied vol of that price: it is a price like
+any other, so the chain solves it (and skips / Taylor-steps it on a forward move) with the same
+machinery as the touch (operators/kernels/iv.py, small_moves.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba as nb
+import numpy as np
+
+from operators.kernels import iv
+
+
+def walk_sides(level_px: np.ndarray, level_size: np.ndarray, start: np.ndarray, count: np.ndarray, depth: int,
+               sizes_contracts: np.ndarray):
+    """Many book sides at once: side r's levels are level_px/level_size[start[r] : start[r] + count[r]],
+    best first, sizes > 0.
+
+    Returns (px, size, needed, complete):
+      px (R, depth + len(sizes)): the first `depth` level prices (NaN past the side's end), then the
+          execution price of each size (NaN where the side is thinner than it);
+      size (R, depth): the level sizes (0 past the end);
+      needed (R,): how many levels, best first, those prices read (the ladder's and the walks');
+      complete (R,): the side has at least `depth` levels and fills every size, so a level worse
+          than the last needed one cannot change any of the prices.
+    """
+    level_px = np.ascontiguousarray(level_px, np.float64)
+    level_size = np.ascontiguousarray(level_size, np.float64)
+    start = np.ascontiguousarray(start, np.int64)
+    count = np.ascontiguousarray(count, np.int64)
+    sizes = np.ascontiguousarray(sizes_contracts, np.float64).reshape(-1)
+    n = start.shape[0]
+    px = np.empty((n, depth + sizes.size))
+    size = np.empty((n, depth))
+    needed = np.empty(n, np.int64)
+    complete = np.empty(n, np.bool_)
+    _walk_kernel(level_px, level_size, start, count, int(depth), sizes, px, size, needed, complete)
+    return px, size, needed, complete
+
+
+@nb.njit(cache=True, error_model="numpy")
+def _walk_kernel(level_px, level_size, start, count, depth, sizes, out_px, out_size, out_needed, out_complete):
+    for r in range(start.shape[0]):
+        a = start[r]
+        c = count[r]
+        for j in range(depth):
+            if j < c:
+                out_px[r, j] = level_px[a + j]
+                out_size[r, j] = level_size[a + j]
+            else:
+                out_px[r, j] = math.nan
+                out_size[r, j] = 0.0
+        needed = depth if depth < c else c
+        complete = c >= depth
+        for m in range(sizes.shape[0]):
+            want = sizes[m]
+            left = want
+            cost = 0.0
+            j = 0
+            while j < c and left > 0.0:
+                take = level_size[a + j] if level_size[a + j] < left else left
+                cost += take * level_px[a + j]
+                left -= take  # the last take is `left` itself: left becomes exactly 0
+                j += 1
+            if left > 0.0 or not want > 0.0:
+                out_px[r, depth + m] = math.nan
+                complete = False
+            else:
+                # an average of the levels walked, within them despite rounding (one level: its price)
+                best, worst = level_px[a], level_px[a + j - 1]
+                lo, hi = (worst, best) if worst < best else (best, worst)
+                vwap = cost / want
+                out_px[r, depth + m] = lo if vwap < lo else (hi if vwap > hi else vwap)
+            if j > needed:
+                needed = j
+        out_needed[r] = needed
+        out_complete[r] = complete
+
+
+def execution_price(level_px, level_size, size_contracts: float) -> float:
+    """The size-weighted average price of walking one side (levels best first) to `size_contracts`;
+    NaN where the side holds less."""
+    px = np.asarray(level_px, np.float64).reshape(-1)
+    out, _, _, _ = walk_sides(px, np.asarray(level_size, np.float64).reshape(-1), np.array([0]),
+                              np.array([px.size]), 0, np.array([float(size_contracts)]))
+    return float(out[0, 0])
+
+
+def execution_vol_coin(level_px, level_size, size_contracts: float, forward: float, strike: float, t_years: float,
+                       is_call: bool) -> float:
+    """The execution vol: the implied vol of walking one side of a coin-quoted book to a size
+    (bids for a sale, asks for a purchase; levels best first). NaN where the side is thinner
+    than the size or its average price carries no vol (operators/kernels/iv.py's reasons)."""
+    price = execution_price(level_px, level_size, size_contracts)
+    return float(iv.implied_vol_coin(price, forward, strike, t_years, is_call))
+
+
+def warm_up() -> None:
+    """Compile (or load from the numba cache) the walk on tiny arrays."""
+    walk_sides(np.array([2.0, 1.0, 3.0]), np.array([1.0, 2.0, 1.0]), np.array([0, 2]), np.array([2, 1]), 2,
+               np.array([1.5, 9.0]))
