@@ -3,12 +3,16 @@
 // operators/merge.py apply_patch does, following each stream's contiguous `seq` (a gap: it
 // drops that stream's patches and sends Resync until the snapshot comes), and draws an ATM term structure (with the fixed tenors), the RR/BF nodes per expiry,
 // a smile (bid/ask/mid IVs and the SVI fit, several expiries overlaid, strike / k / delta
-// axis) and a table with one row per expiry, with inline SVG and plain DOM.
+// axis), a table with one row per expiry (expiry-level graph.toml nodes as columns, jw_* behind
+// a toggle), the selected expiry's strikes (quotes and instrument-level nodes), the fixed tenors
+// and the underlying-level nodes ("term structure analytics"), with inline SVG and plain DOM; and a 3D
+// volatility surface from the SVI fits with Plotly.js on WebGL (the gateway's copy, loaded
+// only when WebGL works and the panel is on screen).
 //
 // Never: sends anything on the websocket but Resync (pings are the browser's), loads anything
 // from another origin (no CDN: the page works offline), holds a credential, or judges the age
 // of data by the browser's wall clock: ages are on each venue's exchange clock (see clock()).
-// Page state lives in the URL (?venue=&underlying=&expiry=&axis=&overlay=), so a link or a
+// Page state lives in the URL (?venue=&underlying=&expiry=&axis=&overlay=&jw=), so a link or a
 // reload shows the same view.
 "use strict";
 
@@ -23,7 +27,9 @@ const monoMs = () => (typeof performance !== "undefined" ? performance.now() : D
 
 // ---------------------------------------------------------------- merge (= apply_patch)
 // The browser's copy of the one merge rule (operators/merge.py): drop `removed`, then replace
-// expiries by expiry_ms; tenors and calendar whole; index_px kept when the patch has none.
+// expiries by expiry_ms; tenors and calendar whole; index_px kept when the patch has none;
+// underlying_analytics and underlying_units (level = "underlying" nodes) updated key by key
+// (a patch carries only the values that changed; a snapshot's replace them whole).
 // tests/dashboard/test_merge_js.py runs applyPatch and onMessage under Node.js against the
 // Python rule on generated patch sequences: change both together.
 
@@ -39,6 +45,8 @@ function applyPatch(snapshot, patch) {
     expiries: keys.map((k) => byExpiry.get(k)),
     tenors: patch.tenors || [], calendar: patch.calendar || [],
     index_px: patch.index_px != null ? patch.index_px : (snapshot ? snapshot.index_px : null),
+    underlying_analytics: { ...((snapshot && snapshot.underlying_analytics) || {}), ...(patch.underlying_analytics || {}) },
+    underlying_units: { ...((snapshot && snapshot.underlying_units) || {}), ...(patch.underlying_units || {}) },
   };
 }
 
@@ -89,7 +97,8 @@ function onMessage(msg) {
   let next;
   if (msg.type === "SurfaceSnapshot") {
     resyncing.delete(key);
-    next = { ...msg, expiries: [...msg.expiries].sort((a, b) => a.expiry_ms - b.expiry_ms) };
+    next = { ...msg, expiries: [...msg.expiries].sort((a, b) => a.expiry_ms - b.expiry_ms),
+      underlying_analytics: msg.underlying_analytics || {}, underlying_units: msg.underlying_units || {} };
     // a snapshot does not say when each fit was made: its newest quote's time is the best bound
     for (const v of next.expiries) fitSeen.set(`${key}|${v.expiry_ms}`, v.fit.ts_exchange_ms);
   } else {
@@ -174,7 +183,7 @@ const fmtDelta = (x) => (Math.abs(x - 0.5) < 1e-9 ? "50Δ" : x < 0.5 ? `${Math.r
 // ---------------------------------------------------------------- selection and the URL
 
 const AXES = ["strike", "k", "delta"];
-const sel = { key: null, expiry: null, axis: "k", overlay: new Set(), locked: false };
+const sel = { key: null, expiry: null, axis: "k", overlay: new Set(), locked: false, jw: false };
 const page = { config: null, connected: false, retryMs: 500, retryAt: 0, firstDataMs: null, socket: null, badMessages: 0,
   resyncs: 0, pingMs: 0, heardMs: 0 };
 
@@ -185,6 +194,7 @@ function readUrl() {
   if (e != null) sel.expiry = e;
   if (AXES.includes(q.get("axis"))) sel.axis = q.get("axis");
   for (const d of (q.get("overlay") || "").split(",")) { const o = parseDate(d); if (o != null) sel.overlay.add(o); }
+  sel.jw = q.get("jw") === "1";
 }
 
 function writeUrl() {
@@ -194,6 +204,7 @@ function writeUrl() {
   if (sel.expiry != null) q.set("expiry", fmtDate(sel.expiry));
   q.set("axis", sel.axis);
   if (sel.overlay.size) q.set("overlay", [...sel.overlay].sort((a, b) => a - b).map(fmtDate).join(","));
+  if (sel.jw) q.set("jw", "1");
   const url = `${location.pathname}?${q}`;
   if (url !== `${location.pathname}${location.search}`) history.replaceState(null, "", url);
 }
@@ -351,6 +362,9 @@ function renderTabs() {
 // labelled with its unit; unit "vol pts" is a decimal vol shown in vol points (×100).
 
 const nodeValue = (x, unit) => (x == null ? "–" : unit === "vol pts" ? pct(x) : Number(x).toPrecision(4));
+// Column groups the reader can hide: the SVI jump-wings parameters (jw_*) are off by default
+// (a "JW params" toggle, ?jw=1 in the URL); hidden with CSS, so no row is rebuilt.
+const nodeGroup = (name) => (/^jw_/.test(name) ? "jw" : "");
 
 function nodeColumns(surface) {
   const cols = new Map(); // node name -> unit ("" if none)
@@ -389,7 +403,7 @@ function tableColumns(surface) {
     ["days", "days to expiry on the exchange clock", (s, v, cx) => [num((v.expiry_ms - cx.now) / DAY_MS, 2)]],
     ["forward (USD)", "the forward the fit used", (s, v) => [num(v.fit.forward, 1)]],
     ...nodeColumns(surface).map((c) => [c.unit ? `${c.name} (${c.unit})` : c.name, `graph.toml node ${c.name}`,
-      (s, v) => [nodeValue((v.analytics || {})[c.name], c.unit)], c.name]),
+      (s, v) => [nodeValue((v.analytics || {})[c.name], c.unit)], c.name, false, nodeGroup(c.name)]),
     ["RMSE (vol pts)", "root-mean-square fit error", (s, v) => [num(v.fit.rmse_vol_pts, 3)]],
     ["quotes used", "quotes behind the fit", (s, v) => [String(v.fit.n_quotes)]],
     ["in band (%)", "share of two-sided quotes the fit sits inside", (s, v) => [pct(v.fit.inside_band_frac, 0)]],
@@ -425,9 +439,10 @@ function renderTable(surface) {
   const tbody = document.querySelector("#expiries tbody");
   const labels = cols.map((c) => c[0]).join("\u0001");
   if (head.dataset.labels !== labels) {
-    head.replaceChildren(...cols.map(([label, title, , node]) => {
+    head.replaceChildren(...cols.map(([label, title, , node, , group]) => {
       // "name (unit)": the unit on a second line, the header's text unchanged
       const th = el("th", node ? { title, "data-node": node } : { title });
+      if (group) th.dataset.group = group;
       const m = /^(.*) (\(.*\))$/.exec(label);
       if (m) th.append(m[1], " ", el("span", { class: "unit" }, m[2])); else th.textContent = label;
       return th;
@@ -435,6 +450,12 @@ function renderTable(surface) {
     head.dataset.labels = labels;
     tbody.replaceChildren();  // the columns changed: rows are rebuilt once, then kept again
   }
+  const table = document.getElementById("expiries");
+  table.classList.toggle("hide-jw", !sel.jw);
+  const jwButton = document.getElementById("jw-toggle");
+  jwButton.hidden = !cols.some((c) => c[5] === "jw");
+  jwButton.classList.toggle("active", sel.jw);
+  jwButton.setAttribute("aria-pressed", String(sel.jw));
   const cx = { key: sel.key, now: clock(surface.venue), limit: page.config && page.config.stale_after_ms };
   const rows = new Map([...tbody.children].map((tr) => [Number(tr.dataset.expiry), tr]));
   let prev = null;
@@ -445,6 +466,7 @@ function renderTable(surface) {
       tr = el("tr", { "data-expiry": String(v.expiry_ms) });
       for (const c of cols) {
         const td = tr.appendChild(el("td"));
+        if (c[5]) td.dataset.group = c[5];
         if (c[4]) td.appendChild(el("input", { type: "checkbox", class: "overlay", "aria-label": `overlay ${fmtDate(v.expiry_ms)}` }));
       }
     }
@@ -487,6 +509,102 @@ function renderTenors(surface) {
     cells.forEach(([text, cls], i) => { setText(tr.children[i], text); setClass(tr.children[i], cls || ""); });
   }
   for (const tr of rows.values()) tr.remove();
+}
+
+// Term structure analytics: graph.toml's level = "underlying" nodes (one value per surface,
+// SurfacePatch.underlying_analytics merged key by key), a row per node kept by name.
+function renderUnderlying(surface) {
+  const values = surface.underlying_analytics || {}, units = surface.underlying_units || {};
+  const names = Object.keys(values);
+  document.getElementById("underlying-panel").hidden = !names.length;
+  const tbody = document.querySelector("#underlying tbody");
+  const rows = new Map([...tbody.children].map((tr) => [tr.dataset.node, tr]));
+  let prev = null;
+  for (const name of names) {
+    let tr = rows.get(name);
+    rows.delete(name);
+    if (!tr) {
+      tr = el("tr", { "data-node": name, title: `graph.toml node ${name} (level = "underlying")` });
+      for (let i = 0; i < 3; i++) tr.appendChild(el("td"));
+    }
+    const want = prev ? prev.nextSibling : tbody.firstChild;
+    if (want !== tr) tbody.insertBefore(tr, want);
+    prev = tr;
+    const unit = units[name] || "";
+    setText(tr.children[0], name);
+    setText(tr.children[1], nodeValue(values[name], unit));
+    setText(tr.children[2], unit);
+  }
+  for (const tr of rows.values()) tr.remove();
+  tbody.dataset.key = sel.key;
+  tbody.dataset.epoch = String(surface.epoch);
+}
+
+// Per strike of the selected expiry: its quotes (bid/ask IV, and the venue on a combined
+// surface) and graph.toml's level = "instrument" nodes (ExpiryView.strike_analytics, aligned
+// with strikes), labelled with their units. Rows keyed by strike, columns by node name: a
+// patch rewrites cell text only.
+function strikeValue(x, unit) {
+  if (x == null) return "–";
+  if (unit === "vol pts") return pct(x);
+  const a = Math.abs(x);
+  return a >= 1000 ? Number(x).toFixed(0) : a >= 1 ? Number(x).toFixed(3) : Number(x).toPrecision(3);
+}
+
+// the instrument-level values at strike i, for the smile points' hover titles
+function strikeNote(view, i) {
+  const units = view.units || {};
+  return Object.entries(view.strike_analytics || {})
+    .map(([n, xs]) => `\n${n} ${strikeValue(xs[i], units[n] || "")}${units[n] ? ` ${units[n]}` : ""}`).join("");
+}
+
+function renderStrikes(surface) {
+  const view = surface.expiries.find((v) => v.expiry_ms === sel.expiry);
+  const panel = document.getElementById("strikes-panel");
+  panel.hidden = !view || !(view.strikes || []).length;
+  if (panel.hidden) return;
+  const units = view.units || {};
+  const names = Object.keys(view.strike_analytics || {});
+  const f = view.fit;
+  const cols = [
+    ["strike", "", (i, K) => (K >= 1000 ? Number(K).toFixed(0) : String(K))],
+    ["k", "ln K/F", (i, K) => (f && f.forward > 0 ? num(Math.log(K / f.forward), 3) : "–")],
+    ["bid IV", "vol pts", (i) => pct(view.bid_iv[i])],
+    ["ask IV", "vol pts", (i) => pct(view.ask_iv[i])],
+    ...names.map((n) => [n, units[n] || "", (i) => strikeValue(view.strike_analytics[n][i], units[n] || ""), n]),
+  ];
+  const head = document.querySelector("#strikes thead tr");
+  const tbody = document.querySelector("#strikes tbody");
+  const labels = cols.map(([n, u]) => `${n}|${u}`).join("\u0001");
+  if (head.dataset.labels !== labels) {
+    head.replaceChildren(...cols.map(([name, unit, , node]) => {
+      const th = el("th", node ? { "data-node": node, title: `graph.toml node ${name} (level = "instrument")` } : {});
+      th.append(name);
+      if (unit) th.append(" ", el("span", { class: "unit" }, `(${unit})`));
+      return th;
+    }));
+    head.dataset.labels = labels;
+    tbody.replaceChildren();
+  }
+  setText(document.getElementById("strikes-title"), `${surface.underlying} ${fmtDate(view.expiry_ms)} (${surface.venue})`);
+  const rows = new Map([...tbody.children].map((tr) => [Number(tr.dataset.strike), tr]));
+  let prev = null;
+  view.strikes.forEach((K, i) => {
+    let tr = rows.get(K);
+    rows.delete(K);
+    if (!tr) {
+      tr = el("tr", { "data-strike": String(K) });
+      for (let j = 0; j < cols.length; j++) tr.appendChild(el("td"));
+    }
+    const want = prev ? prev.nextSibling : tbody.firstChild;
+    if (want !== tr) tbody.insertBefore(tr, want);
+    prev = tr;
+    cols.forEach((c, j) => setText(tr.children[j], c[2](i, K)));
+  });
+  for (const tr of rows.values()) tr.remove();
+  tbody.dataset.key = sel.key;
+  tbody.dataset.expiry = String(view.expiry_ms);
+  tbody.dataset.epoch = String(surface.epoch);
 }
 
 // ---------------------------------------------------------------- charts
@@ -604,12 +722,13 @@ function renderTerm(surface) {
   legend("term-legend", [["expiries (atm_vol node)", "line"], ["fixed tenors", "tenor"], ["butterfly / calendar flag", "flag"]]);
 }
 
-// RR/BF chart: every "vol pts" node but the term node, per expiry, against days; the fixed
+// RR/BF chart: every "vol pts" node but the term node and the bid/ask ones, per expiry, against days; the fixed
 // tenors' rr25/bf25 as squares.
 function renderWings(surface) {
   const svg = document.getElementById("wings");
   svg.replaceChildren();
-  const nodes = nodeColumns(surface).filter((c) => c.unit === "vol pts" && c.name !== TERM_NODE);
+  // the mid fit's RR/BF only: the bid/ask smiles' (rr25_bid, ...) are in the table
+  const nodes = nodeColumns(surface).filter((c) => c.unit === "vol pts" && c.name !== TERM_NODE && !/_(bid|ask)$/.test(c.name));
   if (!nodes.length) { legend("wings-legend", []); return message(svg, "wings-missing", "no vol-pts nodes besides atm_vol in graph.toml"); }
   const tenorSeries = ["rr25", "bf25"].filter((n) => (surface.tenors || []).some((t) => t[n] != null));
   const xs = [...surface.expiries.map((v) => daysOf(surface, v.expiry_ms)), ...(surface.tenors || []).map((t) => t.tenor_days)];
@@ -668,7 +787,7 @@ function renderSmile(surface) {
   const quotes = view.strikes.map((K, i) => {
     const bid = view.bid_iv[i], ask = view.ask_iv[i];
     return { K, k: Math.log(K / f.forward), x: smileX(axis, f, K), bid, ask, mid: bid != null && ask != null ? (bid + ask) / 2 : null,
-      bv: (view.bid_venue || [])[i], av: (view.ask_venue || [])[i] };
+      bv: (view.bid_venue || [])[i], av: (view.ask_venue || [])[i], extra: strikeNote(view, i) };
   }).filter((q) => q.x != null && Number.isFinite(q.x));
   // the k range of the selected expiry's quotes (else ±0.3), padded; every curve is sampled in k
   // over it and mapped to the chosen axis, so the curves are smooth whatever the axis
@@ -727,10 +846,10 @@ function renderSmile(surface) {
   const attributed = mixed(surface, view);
   for (const q of quotes) {
     const at = `K=${q.K}`;
-    if (q.mid != null) point(svg, { class: "mid", cx: x(q.x), cy: y(100 * q.mid), r: 2 }, `${at} mid ${pct(q.mid)}%`);
+    if (q.mid != null) point(svg, { class: "mid", cx: x(q.x), cy: y(100 * q.mid), r: 2 }, `${at} mid ${pct(q.mid)}%${q.extra}`);
     for (const [iv, cls, ven] of [[q.bid, "bid", q.bv], [q.ask, "ask", q.av]]) {
       if (iv == null) continue;
-      const c = point(svg, { class: `${cls} quote`, cx: x(q.x), cy: y(100 * iv), r: 2.8 }, `${at} ${cls} ${pct(iv)}%${ven ? ` (${ven})` : ""}`);
+      const c = point(svg, { class: `${cls} quote`, cx: x(q.x), cy: y(100 * iv), r: 2.8 }, `${at} ${cls} ${pct(iv)}%${ven ? ` (${ven})` : ""}${q.extra}`);
       if (attributed && ven) c.style.stroke = venueColour(ven);
     }
   }
@@ -741,6 +860,178 @@ function renderSmile(surface) {
   }
   for (const c of curves.slice(1)) items.push([`${fmtDate(c.v.expiry_ms)} fit`, "svi", c.colour]);
   legend("smile-legend", items);
+}
+
+// ---------------------------------------------------------------- 3D surface (Plotly.js on WebGL)
+// The selected surface as a Plotly `surface` trace: a row per expiry, each expiry's SVI fit
+// sampled at SURFACE_POINTS log-moneyness values over its own quoted k range (padded 6%, as
+// the smile chart; ±2.5 ATM standard deviations when it has no quotes), so x = days to expiry
+// (as the term structure), y = k (or the smile's delta coordinate when the smile is on delta:
+// 1 − call delta, from each fit), z = implied vol in vol pts. Expiries with a butterfly or
+// calendar flag get a red line along their row. Plotly.js (3.5+ MB) is the gateway's copy
+// (/dashboard.json plotly_js, same origin, never a CDN) and is loaded only when the browser
+// has WebGL and the panel is on screen; the plot is then updated in place with Plotly.react at
+// most twice a second (camera and layout kept). Without WebGL (Plotly would draw only its own
+// "WebGL is not supported" box) the panel says why, in text and in data-webgl/data-renderer.
+// tests/dashboard/test_surface3d_browser.py checks the drawn z against the SVI fits.
+
+const SURFACE_POINTS = 41;     // samples per expiry row
+const SURFACE_MIN_MS = 500;    // at most two Plotly.react calls a second
+const surface3d = { visible: false, webgl: null, loading: false, timer: null, lastMs: -1e9, shown: null, reacts: 0,
+  drawnMs: [] };  // drawnMs: when the last 20 Plotly.react calls started (tests read the spacing)
+
+// Whether this browser gives a WebGL context, and its renderer string (the unmasked one where
+// WEBGL_debug_renderer_info is offered); the probe's context is released at once.
+function probeWebgl() {
+  try {
+    const canvas = document.createElement("canvas");
+    let api = "webgl2", gl = canvas.getContext("webgl2");
+    if (!gl) { api = "webgl"; gl = canvas.getContext("webgl"); }
+    if (!gl) return { ok: false, api: "none", renderer: "", reason: "this browser gives no WebGL context (disabled, or no GPU or software renderer allowed)" };
+    const info = gl.getExtension("WEBGL_debug_renderer_info");
+    const renderer = String((info && gl.getParameter(info.UNMASKED_RENDERER_WEBGL)) || gl.getParameter(gl.RENDERER) || "");
+    const lose = gl.getExtension("WEBGL_lose_context");
+    if (lose) lose.loseContext();
+    return { ok: true, api, renderer, reason: "" };
+  } catch (err) {
+    return { ok: false, api: "none", renderer: "", reason: `creating a WebGL context failed (${err.message})` };
+  }
+}
+
+function surface3dState(state, note = "") {
+  const panel = document.getElementById("surface3d-panel");
+  if (panel.dataset.state !== state) panel.dataset.state = state;
+  const p = document.getElementById("surface3d-note");
+  setText(p, note);
+  p.hidden = !note;
+}
+
+// The grid Plotly draws: rows = expiries with a fit, columns = samples along k; x, y and z
+// are 2D (each row has its own k range). Exported for tests under node as well.
+function surfaceGrid(surface, axis) {
+  const x = [], y = [], z = [], rows = [];
+  for (const v of surface.expiries) {
+    const f = v.fit;
+    if (!f || !(f.t_years > 0) || !(f.forward > 0)) continue;
+    let ks = (v.strikes || []).filter((K) => K > 0).map((K) => Math.log(K / f.forward));
+    if (!ks.length) { const half = 2.5 * Math.sqrt(Math.max(sviW(f, 0), 1e-8)); ks = [-half, half]; }
+    const pad = (Math.max(...ks) - Math.min(...ks) || 0.2) * 0.06;
+    const lo = Math.min(...ks) - pad, hi = Math.max(...ks) + pad;
+    const days = daysOf(surface, v.expiry_ms);
+    const xr = [], yr = [], zr = [];
+    for (let j = 0; j < SURFACE_POINTS; j++) {
+      const k = lo + ((hi - lo) * j) / (SURFACE_POINTS - 1);
+      const vol = sviVol(f, k);
+      xr.push(days);
+      yr.push(axis === "delta" ? deltaX(f, k) : k);
+      zr.push(vol == null ? null : 100 * vol);
+    }
+    x.push(xr); y.push(yr); z.push(zr); rows.push(v);
+  }
+  return { x, y, z, rows };
+}
+
+const SCENE_AXIS = { color: "#7d8794", gridcolor: "#2a323c", zerolinecolor: "#3a4450", showbackground: true,
+  backgroundcolor: "#0f1419", showspikes: false, tickfont: { size: 10 } };
+
+function surface3dFigure(surface, axis) {
+  const grid = surfaceGrid(surface, axis);
+  const bad = badCalendar(surface);
+  const flag = { x: [], y: [], z: [], text: [] };  // flagged rows, each followed by a null gap
+  grid.rows.forEach((v, i) => {
+    const why = [!v.fit.butterfly_ok && "butterfly", bad.has(v.expiry_ms) && "calendar"].filter(Boolean);
+    if (!why.length) return;
+    flag.x.push(...grid.x[i], null); flag.y.push(...grid.y[i], null); flag.z.push(...grid.z[i], null);
+    flag.text.push(...grid.x[i].map(() => `${fmtDate(v.expiry_ms)}: ${why.join(" and ")} arbitrage`), null);
+  });
+  const yTitle = axis === "delta" ? "delta (1 − call Δ)" : "k = ln(K/F)";
+  const data = [
+    { type: "surface", name: "SVI", x: grid.x, y: grid.y, z: grid.z, colorscale: "Viridis", connectgaps: false,
+      colorbar: { title: { text: "vol %", side: "right" }, thickness: 10, len: 0.8, tickfont: { color: "#7d8794", size: 10 },
+        outlinewidth: 0 },
+      hovertemplate: `%{x:.1f} d, ${axis === "delta" ? "Δ %{y:.2f}" : "k %{y:.3f}"}: %{z:.2f}%<extra></extra>` },
+    { type: "scatter3d", mode: "lines", name: "arbitrage flag", x: flag.x, y: flag.y, z: flag.z, text: flag.text,
+      line: { color: "#f85149", width: 6 }, hovertemplate: "%{text}<extra></extra>", showlegend: false },
+  ];
+  const layout = {
+    paper_bgcolor: "#161c24", plot_bgcolor: "#161c24", font: { color: "#d8dee6", family: "system-ui, sans-serif", size: 11 },
+    margin: { l: 0, r: 0, t: 0, b: 0 }, showlegend: false, uirevision: `${surface.venue}:${surface.underlying}|${axis}`,
+    scene: {
+      xaxis: { ...SCENE_AXIS, title: { text: "days to expiry" } },
+      yaxis: { ...SCENE_AXIS, title: { text: yTitle } },
+      zaxis: { ...SCENE_AXIS, title: { text: "implied vol (%)" } },
+      aspectmode: "manual", aspectratio: { x: 1.7, y: 1.1, z: 0.7 },
+      camera: { eye: { x: -1.3, y: -1.45, z: 0.7 }, center: { x: 0, y: 0, z: -0.12 } },
+    },
+  };
+  return { data, layout, rows: grid.rows.length };
+}
+
+function loadPlotly(url) {
+  if (surface3d.loading) return;
+  surface3d.loading = true;
+  surface3dState("loading");
+  const script = el("script", { src: url, async: "" });
+  script.onload = () => {
+    if (typeof window.Plotly === "undefined") surface3dState("error", `${url} loaded but defined no Plotly: the gateway serves the wrong file`);
+    else { surface3d.shown = null; renderSurface3d(); }
+  };
+  script.onerror = () => surface3dState("error", `3D surface: could not load Plotly.js from the gateway (${url}); reload to retry`);
+  document.head.appendChild(script);
+}
+
+// Called by render() whenever the charts redraw, and when the panel scrolls into view.
+function renderSurface3d() {
+  const panel = document.getElementById("surface3d-panel");
+  if (!surface3d.visible) return;  // loaded and drawn only once it is on screen
+  if (!surface3d.webgl) {
+    surface3d.webgl = probeWebgl();
+    panel.dataset.webgl = surface3d.webgl.api;
+    panel.dataset.renderer = surface3d.webgl.renderer;
+  }
+  if (!surface3d.webgl.ok) return surface3dState("no-webgl", `3D needs WebGL: ${surface3d.webgl.reason}`);
+  if (!page.config) return;  // /dashboard.json not in yet
+  if (!page.config.plotly_js) {
+    return surface3dState("no-plotly", "3D surface off: the gateway has no Plotly.js (pip install plotly where the gateway runs; its log says so too)");
+  }
+  if (typeof window.Plotly === "undefined") return loadPlotly(page.config.plotly_js);
+  if (surface3d.timer == null) {  // one draw due at a time; it takes the newest state when it runs
+    surface3d.timer = setTimeout(drawSurface3d, Math.max(0, Math.ceil(surface3d.lastMs + SURFACE_MIN_MS - monoMs())));
+  }
+}
+
+function drawSurface3d() {
+  surface3d.timer = null;
+  const surface = sel.key ? surfaces.get(sel.key) : null;
+  const axis = sel.axis === "delta" ? "delta" : "k";
+  if (!surface || (surface3d.shown && surface3d.shown.surface === surface && surface3d.shown.axis === axis)) return;
+  surface3d.lastMs = monoMs();
+  surface3d.drawnMs = [...surface3d.drawnMs.slice(-19), surface3d.lastMs];
+  surface3d.shown = { surface, axis };
+  const { data, layout, rows } = surface3dFigure(surface, axis);
+  setText(document.getElementById("surface3d-title"), `${surface.venue}:${surface.underlying}, ${rows} expiries`);
+  const gd = document.getElementById("surface3d");
+  window.Plotly.react(gd, data, layout, { displaylogo: false, responsive: true, scrollZoom: false,
+    modeBarButtonsToRemove: ["resetCameraLastSave3d"] }).then(() => {
+    const panel = document.getElementById("surface3d-panel");
+    surface3d.reacts += 1;
+    // which state the plot shows (tests compare it with the gateway's), and how many updates
+    Object.assign(panel.dataset, { key: `${surface.venue}:${surface.underlying}`, epoch: String(surface.epoch),
+      axis, revision: String(surface3d.reacts) });
+    surface3dState(rows >= 2 ? "drawn" : "drawn-few", rows >= 2 ? "" : "a surface needs two or more expiries with a fit");
+  }, (err) => {
+    console.warn(`volgraph: the 3D surface failed to draw (${err && err.message})`);
+    surface3dState("error", `3D surface failed to draw: ${err && err.message}`);
+  });
+}
+
+function watchSurface3d() {
+  const panel = document.getElementById("surface3d-panel");
+  if (typeof IntersectionObserver === "undefined") { surface3d.visible = true; return; }
+  new IntersectionObserver((entries) => {
+    surface3d.visible = entries.some((e) => e.isIntersecting);
+    if (surface3d.visible) renderSurface3d();
+  }, { rootMargin: "200px" }).observe(panel);
 }
 
 // ---------------------------------------------------------------- render loop
@@ -756,11 +1047,14 @@ function render(force = false) {
   if (!surface) return;
   renderTable(surface);
   renderTenors(surface);
+  renderUnderlying(surface);
+  renderStrikes(surface);
   // charts redraw at most 5 times a second (the table every frame it changed)
   if (force || monoMs() - lastChartsMs > 200) {
     renderTerm(surface);
     renderWings(surface);
     renderSmile(surface);
+    renderSurface3d();
     lastChartsMs = monoMs();
     ui.dirty = false;
   }
@@ -803,6 +1097,11 @@ function wire() {
       if (t) select({ expiry: Number(t.dataset.expiry) });
     });
   }
+  document.getElementById("jw-toggle").addEventListener("click", () => {
+    sel.jw = !sel.jw;
+    writeUrl();
+    render(true);
+  });
   document.getElementById("axis").addEventListener("click", (e) => {
     const b = e.target.closest("button");
     if (b && AXES.includes(b.dataset.axis)) select({ axis: b.dataset.axis });
@@ -812,11 +1111,13 @@ function wire() {
 if (typeof window !== "undefined") {
   readUrl();
   wire();
-  window.volgraph = { surfaces, sel, page, clock };  // read-only handle for tests and the console
+  watchSurface3d();
+  window.volgraph = { surfaces, sel, page, clock, surface3d };  // read-only handle for tests and the console
   loadConfig().finally(() => { connect(); });
   setInterval(tick, 500);  // ages, staleness and the reconnect countdown move without messages
   requestAnimationFrame(loop);
 } else if (typeof module !== "undefined") {
   // Under node (tests/dashboard/test_merge_js.py, test_ticks_js.py): the merge and the tick rule.
-  module.exports = { applyPatch, onMessage, surfaces, seqs, page, niceTicks, fmtTick, deltaX, sviVol, normCdf, fmtDelta };
+  module.exports = { applyPatch, onMessage, surfaces, seqs, page, niceTicks, fmtTick, deltaX, sviVol, normCdf, fmtDelta,
+    surfaceGrid };
 }

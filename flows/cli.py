@@ -157,8 +157,12 @@ def main(argv: Optional[list[str]] = None) -> int:
                 check.error(f"two files given ({args.path}, --config {args.config_path}); give one")
             config = load_config(args.path or args.config_path)
             print(f"{config.path}: ok")
-            for node in config.nodes:
-                print(f"  {node.name:<14} {node.level:<8} {node.fn_path}  inputs={list(node.inputs)} {node.params or ''}")
+            name_w = max((len(n.name) for n in config.nodes), default=0)
+            level_w = max((len(n.level) for n in config.nodes), default=0)
+            fn_w = max((len(n.fn_path) for n in config.nodes), default=0)
+            for node in config.nodes:  # columns aligned: name, level (expiry / instrument / underlying), fn
+                print(f"  {node.name:<{name_w}}  {node.level:<{level_w}}  {node.fn_path:<{fn_w}}  inputs={list(node.inputs)}"
+                      f" {node.params or ''}".rstrip())
             return 0
         if args.command == "replay":
             check_replay_args(args, replay.error)

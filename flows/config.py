@@ -16,12 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from operators.state.nodes import Node
+from operators.state.nodes import BUILTINS, LEVELS, READS, Node
 
 DEFAULT_PATH = Path(__file__).resolve().parents[1] / "graph.toml"
-LEVELS = ("instrument", "expiry", "underlying")
-SUPPORTED_LEVELS = ("expiry",)  # instrument/underlying nodes: see the incremental-engine issue
-BUILTIN_INPUTS = ("fit",)  # what every expiry-level node can read
+BUILTIN_INPUTS = tuple(sorted({b for names in BUILTINS.values() for b in names}))  # reserved node names
 
 
 class ConfigError(ValueError):
@@ -106,10 +104,10 @@ class Chain:
     skip_bp: float
     approx_bp: float
     taylor2_bp: float
-    level_depth: int  # vol at size: levels per side solved per book (0 = none)
-    sizes_contracts: list[float]  # and the sizes each side is walked to (execution vols)
     change_bp: float
     audit_every: int
+    level_depth: int  # vol at size: levels per side solved per book (0 = none)
+    sizes_contracts: list[float]  # and the sizes each side is walked to (execution vols)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +115,7 @@ class Surface:
     tenors_days: list[int]
     drop_calendar_violators: bool
     repair_calendar: bool
+    weekend_weight: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,11 +212,11 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "chain.approx_bp": (lambda v: v >= 0, "a number ≥ 0"),
     "chain.taylor2_bp": (lambda v: 0 <= v <= 5, "a number from 0 to 5 (larger second-order terms leave third-order errors near 1 bp)"),
     "chain.change_bp": (lambda v: 0 <= v <= 1, "a number from 0 to 1"),
+    "chain.audit_every": (lambda v: v >= 0, "an integer ≥ 0 (0 = off)"),
     "chain.level_depth": (lambda v: 0 <= v <= 400, "an integer from 0 to 400 (0 = touch only; OKX sends up to 400)"),
     "chain.sizes_contracts": (lambda v: all(isinstance(q, (int, float)) and not isinstance(q, bool) and q > 0 for q in v),
                               "a list of sizes > 0 in contracts, e.g. [1.0, 10.0] ([] = no execution vols)"),
     "surface.weekend_weight": (lambda v: 0 < v <= 1, "a number from 0 (exclusive) to 1 (1 = calendar time, ACT/365)"),
-    "chain.audit_every": (lambda v: v >= 0, "an integer ≥ 0 (0 = off)"),
     "surface.tenors_days": (lambda v: all(isinstance(d, int) and d > 0 for d in v), "a list of positive integers"),
     "sinks.gateway.port": (lambda v: 0 <= v <= 65535, "a port from 0 to 65535"),
     "sinks.gateway.stale_after_ms": (lambda v: v >= 100, "an integer ≥ 100"),
@@ -369,22 +368,36 @@ def _nodes(raw: dict, where: str) -> tuple[Node, ...]:
         if not isinstance(inputs, list) or not inputs or not all(isinstance(i, str) for i in inputs):
             raise ConfigError(f"{where}: [nodes.{name}] inputs = {inputs!r} must be a non-empty list of names")
         if level not in LEVELS:
-            raise ConfigError(f"{where}: [nodes.{name}] level = {level!r}; use one of {', '.join(LEVELS)}")
-        if level not in SUPPORTED_LEVELS:
-            raise ConfigError(f"{where}: [nodes.{name}] level = {level!r} is not supported yet; "
-                              f"use level = \"expiry\"")
+            raise ConfigError(f"{where}: [nodes.{name}] level = {level!r}; use one of "
+                              f"{', '.join(repr(lv) for lv in LEVELS)}")
         unit = spec.get("unit", "")
         if not isinstance(unit, str):
             raise ConfigError(f'{where}: [nodes.{name}] unit = {unit!r} must be a string, e.g. unit = "vol pts"')
         params = {k: v for k, v in spec.items() if k not in ("fn", "inputs", "level", "unit")}
         nodes[name] = Node(name, fn_path, _import_fn(fn_path, name, where), tuple(inputs), level, params, unit)
     for node in nodes.values():
+        builtins = BUILTINS[node.level]
+        readable = sorted({n.name for n in nodes.values() if n.level in READS[node.level]} - {node.name})
         for dep in node.inputs:
-            if dep not in nodes and dep not in BUILTIN_INPUTS:
-                known = sorted(set(nodes) | set(BUILTIN_INPUTS))
+            if dep in builtins:
+                continue
+            if dep in BUILTIN_INPUTS:
+                users = [lv for lv, names in BUILTINS.items() if dep in names]
+                raise ConfigError(
+                    f"{where}: [nodes.{node.name}] (level = {node.level!r}) reads '{dep}', a built-in of level "
+                    f"{' / '.join(map(repr, users))} only; a {node.level} node's built-ins are "
+                    f"{', '.join(builtins)}: use one of them, or set level = {users[0]!r}")
+            if dep not in nodes:
+                known = sorted(set(readable) | set(builtins))
                 hint = difflib.get_close_matches(dep, known, n=1)
                 fix = f"did you mean '{hint[0]}'?" if hint else f"inputs can be: {', '.join(known)}"
                 raise ConfigError(f"{where}: [nodes.{node.name}] has unknown input '{dep}' — {fix}")
+            other = nodes[dep].level
+            if other not in READS[node.level]:
+                raise ConfigError(
+                    f"{where}: [nodes.{node.name}] (level = {node.level!r}) reads [nodes.{dep}] (level = {other!r}); "
+                    f"a {node.level} node reads only {' and '.join(map(repr, READS[node.level]))} nodes "
+                    f"(one value of each where it runs): remove '{dep}' from its inputs, or change one of the levels")
     return tuple(nodes[n] for n in _topological(nodes, where))
 
 

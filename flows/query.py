@@ -5,6 +5,9 @@
     volgraph query series deribit:BTC rr25 --start T0 --end T1 [--expiry 2026-09-25] [--run R …]
                                                                a node's values over time; several
                                                                --run print the runs side by side
+    volgraph query series deribit:BTC fwd_vol_30_90 --start T0 --end T1
+                                                               a level = "underlying" node (one value
+                                                               per surface, no expiry): its changes
 
 The answers come from connectors/postgres/read.py and runs.py, which read the documented SQL
 functions and views of deploy/sql/003_runs.sql — the same ones Grafana reads. Times are UTC:
@@ -98,7 +101,20 @@ def surface_text(snap, units: dict[str, str], order: tuple[str, ...] = ()) -> st
     lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
     title = (f"{snap.venue}:{snap.underlying} at {iso(snap.ts_emit_ms)} UTC (epoch {snap.epoch}), "
              f"index {snap.index_px if snap.index_px is not None else '—'}, {len(snap.expiries)} expiries")
-    return "\n".join([title, *lines])
+    return "\n".join([title, *lines, *underlying_lines(snap, units, order)])
+
+
+def underlying_lines(snap, units: dict[str, str], order: tuple[str, ...] = ()) -> list[str]:
+    """The surface's level = "underlying" node values (term structure analytics), one aligned
+    line each, graph.toml's order first; the unit stored with the value, else graph.toml's."""
+    values = getattr(snap, "underlying_analytics", None) or {}
+    if not values:
+        return []
+    names = [n for n in order if n in values] + [n for n in values if n not in order]
+    unit = {n: snap.underlying_units.get(n) or units.get(n, "") for n in names}
+    text = {n: shown(values[n], unit[n]) for n in names}
+    name_w, value_w = max(len(n) for n in names), max(len(t) for t in text.values())
+    return ["term structure:", *[f"  {n:<{name_w}}  {text[n]:>{value_w}}  {unit[n]}".rstrip() for n in names]]
 
 
 def series_text(by_run: dict[str, list[tuple[int, int, Optional[float]]]], unit: str) -> str:
@@ -116,6 +132,47 @@ def series_text(by_run: dict[str, list[tuple[int, int, Optional[float]]]], unit:
     return "\n".join(lines)
 
 
+def underlying_series_text(by_run: dict[str, list[tuple[int, Optional[float]]]], unit: str) -> str:
+    """Time, then one column per run (side by side on equal time): a level = "underlying" node."""
+    runs = list(by_run)
+    table: dict[int, dict[str, Optional[float]]] = {}
+    for run, rows in by_run.items():
+        for ts_ms, value in rows:
+            table.setdefault(ts_ms, {})[run] = value
+    lines = ["\t".join(["time_utc", *runs])]
+    for ts_ms in sorted(table):
+        vals = table[ts_ms]
+        lines.append("\t".join([iso(ts_ms), *[shown(vals[r], unit) if r in vals else "" for r in runs]]))
+    return "\n".join(lines)
+
+
+def underlying_series(conn, venue: str, underlying: str, node: str, start_ms: int, end_ms: int,
+                      run_id: Optional[str] = None) -> list[tuple[int, Optional[float]]]:
+    """A level = "underlying" node's values (underlying_node_history, deploy/sql/006_level_nodes.sql)
+    as (ts_ms, value) rows ordered by time: the value in effect at start_ms (the last stored at or
+    before it: rows are written only when the value changes), then every change up to end_ms.
+    run_id None: the run that most recently wrote that surface at or before end_ms."""
+    from connectors.postgres.runs import check_run_id
+
+    if run_id is not None:
+        check_run_id(run_id)
+    with conn.transaction(), conn.cursor() as cur:
+        if run_id is None:
+            cur.execute("SELECT surface_run(%s, %s, %s)", (venue, underlying, end_ms))
+            run_id = cur.fetchone()[0]
+            if run_id is None:
+                return []
+        where = "run_id = %(run)s AND venue = %(venue)s AND underlying = %(und)s AND node = %(node)s"
+        cur.execute(
+            f"(SELECT ts_ms, value, epoch FROM underlying_node_history WHERE {where} AND ts_ms <= %(start)s"
+            "  ORDER BY ts_ms DESC, epoch DESC LIMIT 1)"
+            f" UNION ALL (SELECT ts_ms, value, epoch FROM underlying_node_history WHERE {where}"
+            "  AND ts_ms > %(start)s AND ts_ms <= %(end)s)"
+            " ORDER BY ts_ms, epoch",
+            {"run": run_id, "venue": venue, "und": underlying, "node": node, "start": start_ms, "end": end_ms})
+        return [(ts_ms, value) for ts_ms, value, _ in cur.fetchall()]
+
+
 def add_query_command(subparsers) -> None:
     """Add `query` (runs, surface, series) to an argparse subparsers object."""
     p = subparsers.add_parser(
@@ -131,15 +188,19 @@ def add_query_command(subparsers) -> None:
                  description="List every run, oldest first.")
     s = q.add_parser("surface", help="one surface now, or as it stood at a time",
                      description="Print one line per expiry of VENUE:UNDERLYING: forward, every graph.toml node, "
-                                 "RMSE, quotes, the calendar check.")
+                                 "RMSE, quotes, the calendar check; then the level = \"underlying\" nodes "
+                                 "(term structure analytics) with their units.")
     s.add_argument("surface", metavar="VENUE:UNDERLYING", help="e.g. deribit:BTC, okx:ETH, all:BTC")
     s.add_argument("--at", metavar="TIME", help="as of this UTC time (default: the latest)")
     s.add_argument("--run", metavar="RUN_ID", help="one run's surface (default: the run that wrote it last)")
     s.add_argument("--json", action="store_true", help="the surface as JSON (the gateway's SurfaceSnapshot)")
     t = q.add_parser("series", help="one node's values over time, per expiry; runs side by side",
-                     description="Print time, expiry and the node's value (tab-separated), one column per --run.")
+                     description="Print time, expiry and the node's value (tab-separated), one column per --run. "
+                                 "A level = \"underlying\" node has no expiry: time and value, the value in effect "
+                                 "at --start first, then each change.")
     t.add_argument("surface", metavar="VENUE:UNDERLYING", help="e.g. deribit:BTC")
-    t.add_argument("node", help="a graph.toml node by name: atm_vol, rr25, bf25, …")
+    t.add_argument("node", help="a graph.toml node by name: atm_vol, rr25, bf25, … or an underlying-level one "
+                                "(fwd_vol_30_90, …)")
     t.add_argument("--start", required=True, metavar="TIME", help="from this UTC time (inclusive)")
     t.add_argument("--end", required=True, metavar="TIME", help="to this UTC time (inclusive)")
     t.add_argument("--expiry", metavar="DATE", help="one expiry (2026-09-25 or epoch ms; default: every expiry)")
@@ -187,6 +248,13 @@ def _answer(args, config, out) -> int:
         if end < start:
             raise QueryError(f"--end {args.end} is before --start {args.start}; swap them")
         expiry = parse_expiry_ms(args.expiry) if args.expiry else None
+        level = next((n.level for n in config.nodes if n.name == args.node), None)
+        if level == "underlying" and expiry is not None:
+            raise QueryError(f"{args.node} is a level = \"underlying\" node: one value per surface, no expiry; "
+                             "drop --expiry")
+        if level == "instrument":
+            raise QueryError(f"{args.node} is a level = \"instrument\" node (one value per strike): read it from "
+                             "the instrument_node_history view; `query series` reads expiry and underlying nodes")
     dsn, server = _dsn(args, config)
     try:
         with connect(dsn) as conn:
@@ -215,17 +283,23 @@ def _answer(args, config, out) -> int:
                     print(surface_text(snap, units, tuple(n.name for n in config.nodes)), file=out)
                 return 0
             by_run: dict[str, list] = {}
-            for run in (args.run or [None]):
-                try:
-                    rows = node_series(conn, venue, underlying, args.node, start, end, expiry, run)
-                except ValueError as exc:
-                    raise QueryError(str(exc)) from None
-                by_run[run or "latest run"] = rows
+            # a node not in this graph.toml (another run's): its expiry rows, else its underlying ones
+            for under in ((False,) if level == "expiry" else (True,) if level == "underlying"
+                          else (False,) if expiry is not None else (False, True)):
+                for run in (args.run or [None]):
+                    try:
+                        rows = (underlying_series(conn, venue, underlying, args.node, start, end, run) if under
+                                else node_series(conn, venue, underlying, args.node, start, end, expiry, run))
+                    except ValueError as exc:
+                        raise QueryError(str(exc)) from None
+                    by_run[run or "latest run"] = rows
+                if any(by_run.values()):
+                    break
             if not any(by_run.values()):
                 print(f"volgraph query: no {args.node} values for {venue}:{underlying} between {iso(start)} and "
                       f"{iso(end)} UTC (is `{args.node}` a node of the graph.toml that run used?)", file=sys.stderr)
                 return 1
-            print(series_text(by_run, units.get(args.node, "")), file=out)
+            print((underlying_series_text if under else series_text)(by_run, units.get(args.node, "")), file=out)
             return 0
     finally:
         if server is not None:

@@ -193,7 +193,7 @@ def surface_builder(config: Config, clock: FlowClock):
     def make(state: SurfaceState) -> SurfaceLogic:
         return SurfaceLogic(state, nodes=config.nodes, tenors_days=config.surface.tenors_days,
                             drop_calendar_violators=config.surface.drop_calendar_violators,
-                            repair_calendar=config.surface.repair_calendar,
+                            repair_calendar=config.surface.repair_calendar, weekend_weight=config.surface.weekend_weight,
                             epoch_ms=config.runtime.epoch_ms, now_ms=now_ms)
 
     def build(resume: Optional[SurfaceState]) -> SurfaceStep:

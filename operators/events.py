@@ -252,6 +252,9 @@ class ExpiryView(Event):
     calendar_ok: bool = True
     bid_venue: tuple[str, ...] = ()  # venue attribution of each quote (consolidated surfaces)
     ask_venue: tuple[str, ...] = ()
+    # level = "instrument" nodes: node name -> one value per entry of `strikes` (None where the
+    # node failed at that strike); units in `units` with the expiry-level ones
+    strike_analytics: dict[str, tuple[Optional[float], ...]] = msgspec.field(default_factory=dict)
     v: int = SCHEMA_VERSION
 
 
@@ -291,6 +294,10 @@ class SurfacePatch(Message):
     tenors: tuple[TenorPoint, ...] = ()
     calendar: tuple[CalendarCheck, ...] = ()
     index_px: Optional[float] = None
+    # level = "underlying" nodes: node name -> value (None: failed); in a patch only the values
+    # that changed, in a snapshot all; units for the nodes sent that give one
+    underlying_analytics: dict[str, Optional[float]] = msgspec.field(default_factory=dict)
+    underlying_units: dict[str, str] = msgspec.field(default_factory=dict)
     v: int = SCHEMA_VERSION
 
 
@@ -306,6 +313,9 @@ class SurfaceSnapshot(Message):
     tenors: tuple[TenorPoint, ...] = ()
     calendar: tuple[CalendarCheck, ...] = ()
     index_px: Optional[float] = None
+    # level = "underlying" nodes: node name -> value (None: failed), and their display units
+    underlying_analytics: dict[str, Optional[float]] = msgspec.field(default_factory=dict)
+    underlying_units: dict[str, str] = msgspec.field(default_factory=dict)
     v: int = SCHEMA_VERSION
 
 

@@ -10,6 +10,8 @@ The rule, for a patch P applied to a snapshot S:
     (an expiry both removed and sent in one patch ends up present);
   - tenors and calendar: replaced whole by P's (they are small and global);
   - index_px: P's if not None, else S's;
+  - underlying_analytics and underlying_units (graph.toml's level = "underlying" nodes): S's
+    updated by P's, key by key (a patch carries only the values that changed);
   - head (venue, underlying, epoch, ts_exchange_ms, ts_emit_ms): P's.
 The result lists expiries sorted by expiry_ms.
 
@@ -39,8 +41,11 @@ def apply_patch(snapshot: Optional[SurfaceSnapshot], patch: SurfacePatch) -> Sur
     index_px = patch.index_px
     if index_px is None and snapshot is not None:
         index_px = snapshot.index_px
+    values, units = ({**snapshot.underlying_analytics, **patch.underlying_analytics},
+                     {**snapshot.underlying_units, **patch.underlying_units}) if snapshot is not None else \
+        (dict(patch.underlying_analytics), dict(patch.underlying_units))
     return SurfaceSnapshot(**_latest(patch), expiries=tuple(by_expiry[k] for k in sorted(by_expiry)),
-                           index_px=index_px)
+                           index_px=index_px, underlying_analytics=values, underlying_units=units)
 
 
 def merge_patches(first: SurfacePatch, second: SurfacePatch) -> SurfacePatch:
@@ -55,7 +60,11 @@ def fold_patches(patches: "tuple[SurfacePatch, ...] | list[SurfacePatch]") -> Su
     views: dict[int, ExpiryView] = {}
     removed: set[int] = set()
     index_px = None
+    values: dict = {}
+    units: dict = {}
     for patch in patches:
+        values.update(patch.underlying_analytics)
+        units.update(patch.underlying_units)
         for gone in patch.removed:
             views.pop(gone, None)
             removed.add(gone)
@@ -65,7 +74,8 @@ def fold_patches(patches: "tuple[SurfacePatch, ...] | list[SurfacePatch]") -> Su
             index_px = patch.index_px
     last = patches[-1]
     return SurfacePatch(**_latest(last), expiries=tuple(views[k] for k in sorted(views)),
-                        removed=tuple(sorted(removed.difference(views))), index_px=index_px)
+                        removed=tuple(sorted(removed.difference(views))), index_px=index_px,
+                        underlying_analytics=values, underlying_units=units)
 
 
 def _latest(patch: SurfacePatch) -> dict:
@@ -93,12 +103,14 @@ class SurfaceState:
     apply_patch (tests check `snapshot()` against apply_patch folded over the patches).
     `version` counts changes, so a caller can cache what it derives from a snapshot."""
 
-    __slots__ = ("head", "views", "index_px", "version", "_snapshot", "_snapshot_version")
+    __slots__ = ("head", "views", "index_px", "values", "units", "version", "_snapshot", "_snapshot_version")
 
     def __init__(self) -> None:
         self.head: Optional[Surface] = None  # the last patch/snapshot: venue, epoch, tenors, ...
         self.views: dict[int, ExpiryView] = {}
         self.index_px: Optional[float] = None
+        self.values: dict[str, Optional[float]] = {}  # underlying_analytics
+        self.units: dict[str, str] = {}  # underlying_units
         self.version = 0
         self._snapshot: Optional[SurfaceSnapshot] = None
         self._snapshot_version = -1
@@ -111,12 +123,16 @@ class SurfaceState:
             views[view.expiry_ms] = view
         if patch.index_px is not None:
             self.index_px = patch.index_px
+        if patch.underlying_analytics or patch.underlying_units:
+            self.values = {**self.values, **patch.underlying_analytics}
+            self.units = {**self.units, **patch.underlying_units}
         self.head = patch
         self.version += 1
 
     def replace(self, snapshot: SurfaceSnapshot) -> None:
         self.views = {v.expiry_ms: v for v in snapshot.expiries}
         self.index_px = snapshot.index_px
+        self.values, self.units = dict(snapshot.underlying_analytics), dict(snapshot.underlying_units)
         self.head = snapshot
         self.version += 1
 
@@ -136,6 +152,8 @@ class SurfaceState:
                 tenors=head.tenors,
                 calendar=head.calendar,
                 index_px=self.index_px,
+                underlying_analytics=self.values,
+                underlying_units=self.units,
             )
             self._snapshot_version = self.version
         return self._snapshot

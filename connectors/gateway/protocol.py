@@ -222,6 +222,11 @@ def check_surface(event: Union[SurfacePatch, SurfaceSnapshot]) -> None:
                 raise Refused("bad_value", f"{where}: an IV is negative or not finite")
         if not all(_finite(v) for v in view.analytics.values()):
             raise Refused("bad_value", f"{where}.analytics: a value is not finite")
+        for node, values in view.strike_analytics.items():
+            if len(values) != n or not all(_finite(v) for v in values):
+                raise Refused("bad_value", f"{where}.strike_analytics[{node[:40]!r}]: one finite value (or null) per strike")
+    if not all(_finite(v) for v in event.underlying_analytics.values()):
+        raise Refused("bad_value", "underlying_analytics: a value is not finite")
     for tenor in event.tenors:
         if not all(_finite(getattr(tenor, f)) for f in ("atm_vol", "rr25", "bf25")) or tenor.tenor_days <= 0:
             raise Refused("bad_value", f"tenors[{tenor.tenor_days}]: a vol is not finite or the tenor is not positive")

@@ -1,18 +1,24 @@
 """The gateway's plain HTTP side, on the websocket port: the dashboard page (/), its
-assets (/static/...), /favicon.ico and /dashboard.json (the page's settings), /healthz,
-/status (JSON) and /metrics (Prometheus). The handshake checks of /ws and /publish (browser
+assets (/static/...), Plotly.js for the page's 3D surface (/static/plotly.min.js, the file
+the `plotly` Python package ships: never a CDN, never a copy in this repo), /favicon.ico and
+/dashboard.json (the page's settings), /healthz, /status (JSON) and /metrics (Prometheus). The handshake checks of /ws and /publish (browser
 origin, publish token) are connectors/gateway/auth.py's.
 
 Named web.py, not http.py: run as a script, connectors/gateway/ is first on sys.path and a
 local http.py would shadow the standard library's `http` that websockets imports.
 
 Reads the gateway's state, never changes it (except counting refused connections); no
-volatility maths.
+volatility maths. Never imports plotly's Python code: it only locates the package's directory
+(importlib.util.find_spec) to read the JavaScript file in it.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import http
+import importlib.util
+import logging
 import os
 import time
 from pathlib import Path
@@ -28,6 +34,8 @@ from connectors.gateway.protocol import PROTOCOL_VERSION
 
 if TYPE_CHECKING:  # the server imports this module; only type hints go the other way
     from connectors.gateway.server import Gateway
+
+log = logging.getLogger("volgraph.gateway")
 
 DASHBOARD_DIR = Path(__file__).resolve().parents[2] / "dashboard"
 CONTENT_TYPES = {
@@ -72,6 +80,8 @@ def http_response(gateway: "Gateway", path: str) -> Response:
         return static_file(gateway.dashboard_dir, "favicon.svg", cache=f"public, max-age={ICON_MAX_AGE_S}")
     if path == "/dashboard.json":
         return response(http.HTTPStatus.OK, orjson.dumps(dashboard_document(gateway)), "application/json")
+    if path == PLOTLY_PATH:
+        return plotly_response()
     for prefix in ("/static/", "/dashboard/"):
         if path.startswith(prefix):
             return static_file(gateway.dashboard_dir, path[len(prefix):])
@@ -82,9 +92,11 @@ def http_response(gateway: "Gateway", path: str) -> Response:
 # serves a stale app.js next to a new index.html; only the icon may be cached.
 ICON_MAX_AGE_S = 86400
 # The page loads nothing from elsewhere and runs no inline script: say so to the browser.
+# Inline styles are allowed ('unsafe-inline' in style-src only): Plotly.js injects its own
+# <style> rules and style attributes for the 3D panel, and cannot draw it without them.
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
-                               "style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; "
+                               "style-src 'self' 'unsafe-inline'; script-src 'self'; object-src 'none'; base-uri 'none'; "
                                "frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
@@ -102,13 +114,77 @@ def static_file(root: Path, name: str, cache: str = "no-cache") -> Response:
     return answer
 
 
+# ---------------------------------------------------------------- Plotly.js for the 3D panel
+# The `plotly` PyPI package (a volgraph dependency, pinned in constraints.txt) ships the
+# minified Plotly.js bundle at plotly/package_data/plotly.min.js. The page is told its URL in
+# /dashboard.json with ?v=<content hash>, so the browser may keep it a year: a new plotly
+# release is a new hash, hence a new URL. Without the file the page still works and its 3D
+# panel says why it is empty.
+
+PLOTLY_PATH = "/static/plotly.min.js"
+PLOTLY_MAX_AGE_S = 365 * 86400
+PLOTLY_PACKAGE = "plotly"  # the Python package that ships the file (read at each call)
+PLOTLY_PACKAGE_FILE = ("package_data", "plotly.min.js")  # inside that package
+
+
+def find_plotly_js(package: str) -> Path | None:
+    """The plotly.min.js that the installed `package` ships, or None. Locates the package
+    without importing it (plotly's Python side pulls in much the gateway never uses)."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(folder).joinpath(*PLOTLY_PACKAGE_FILE)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def plotly_js() -> tuple[bytes, str] | None:
+    """(the bundle's bytes, the first 12 hex digits of their SHA-256), read once; None, logged
+    once with the fix, when the package or its file is missing."""
+    return _plotly_js(PLOTLY_PACKAGE)
+
+
+@functools.cache
+def _plotly_js(package: str) -> tuple[bytes, str] | None:
+    path = find_plotly_js(package)
+    if path is None:
+        log.error("dashboard: plotly.min.js not found (the `%s` Python package is missing or has no %s), so "
+                  "the dashboard's 3D surface is off; install it into the gateway's environment: "
+                  "pip install -c constraints.txt plotly (a volgraph dependency)", package, "/".join(PLOTLY_PACKAGE_FILE))
+        return None
+    body = path.read_bytes()
+    return body, hashlib.sha256(body).hexdigest()[:12]
+
+
+def plotly_url() -> str | None:
+    """Where the page loads Plotly.js from (same origin, versioned by content), or None."""
+    found = plotly_js()
+    return f"{PLOTLY_PATH}?v={found[1]}" if found else None
+
+
+def plotly_response() -> Response:
+    found = plotly_js()
+    if found is None:
+        return response(http.HTTPStatus.NOT_FOUND, b"plotly.min.js not installed: pip install -c constraints.txt plotly\n",
+                        "text/plain")
+    answer = response(http.HTTPStatus.OK, found[0], CONTENT_TYPES[".js"], cache=f"public, max-age={PLOTLY_MAX_AGE_S}, immutable")
+    for key, value in PAGE_HEADERS.items():
+        answer.headers[key] = value
+    return answer
+
+
 def dashboard_document(g: "Gateway") -> dict:
     """/dashboard.json, what the page needs before its websocket: the surfaces the gateway
-    holds now (the page picks its opening view once their snapshots are in) and the age past
-    which the page greys data as stale (graph.toml sinks.gateway.stale_after_ms). No secrets."""
+    holds now (the page picks its opening view once their snapshots are in), the age past
+    which the page greys data as stale (graph.toml sinks.gateway.stale_after_ms) and where
+    Plotly.js is (null when the gateway has none: the 3D panel then says so). No secrets."""
     return {
         "surfaces": sorted(f"{venue}:{underlying}" for venue, underlying in g.surfaces),
         "stale_after_ms": round(g.stale_after_s * 1000),
+        "plotly_js": plotly_url(),
     }
 
 

@@ -36,6 +36,10 @@ def _surface(conn: psycopg.Connection, venue: str, underlying: str, ts_ms: Optio
         run, epoch, ts_exchange_ms, ts_emit_ms, index_px, tenors, calendar = head
         cur.execute("SELECT view FROM surface_views_as_of(%s, %s, %s, %s)", (venue, underlying, ts_ms, run))
         views = [row[0] for row in cur.fetchall()]  # ordered by expiry_ms, as apply_patch does
+        # level = "underlying" nodes: the latest value of each since the snapshot (006_level_nodes.sql)
+        cur.execute("SELECT node, value, unit FROM underlying_nodes_as_of(%s, %s, %s, %s)",
+                    (venue, underlying, ts_ms, run))
+        und_rows = cur.fetchall()
     return from_dict({
         "type": "SurfaceSnapshot",
         "venue": venue,
@@ -47,6 +51,8 @@ def _surface(conn: psycopg.Connection, venue: str, underlying: str, ts_ms: Optio
         "tenors": tenors,
         "calendar": calendar,
         "index_px": index_px,
+        "underlying_analytics": {node: value for node, value, _ in und_rows},
+        "underlying_units": {node: unit for node, _, unit in und_rows if unit},
     })
 
 

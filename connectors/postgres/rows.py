@@ -1,8 +1,10 @@
 """Events -> rows: the table layouts, the plan of one batch, and its write in one transaction.
 
 SmileFit, SurfacePatch and SurfaceSnapshot become rows of smile_fits, expiry_views,
-expiry_nodes (one row per graph.toml node per view, by node name: no node name is known
-here) and surface_state (deploy/sql/001_init.sql, 002_expiry_nodes.sql, 003_runs.sql).
+expiry_nodes (one row per level = "expiry" graph.toml node per view, by node name: no node
+name is known here), instrument_nodes (one per level = "instrument" node per strike of a view),
+underlying_nodes (one per level = "underlying" value an event carries) and surface_state
+(deploy/sql/001_init.sql, 002_expiry_nodes.sql, 003_runs.sql, 006_level_nodes.sql).
 Every row carries the run that wrote it (a BatchPlan is one run's) as the first column of
 its natural key, so one run never touches another's rows; the run must be registered first
 (connectors/postgres/runs.py register_run; foreign keys check it). Within a batch, the
@@ -48,6 +50,18 @@ TABLES: dict[str, dict[str, Any]] = {
         "key": 6,
         # The node values of the view row with the same first five key columns: last write wins.
         "conflict": "DO UPDATE SET value = EXCLUDED.value",
+    },
+    "instrument_nodes": {
+        "cols": ("run_id", "venue", "underlying", "expiry_ms", "epoch", "node", "strike", "value"),
+        "key": 7,
+        # The per-strike values of the view row with the same first five key columns: last write wins.
+        "conflict": "DO UPDATE SET value = EXCLUDED.value",
+    },
+    "underlying_nodes": {
+        "cols": ("run_id", "venue", "underlying", "epoch", "node", "value", "unit"),
+        "key": 5,
+        # The values the epoch's events carried (a patch: the changed ones), folded by merge.coalesce.
+        "conflict": "DO UPDATE SET value = EXCLUDED.value, unit = EXCLUDED.unit",
     },
     "surface_state": {
         "cols": (
@@ -124,15 +138,18 @@ class BatchPlan:
         self._global_json[(venue, und, epoch)] = global_json
         self.surfaces[(venue, und, epoch)] = surface
 
-    def snapshot_keeps(self) -> list[tuple[str, str, int, list[int]]]:
-        """(venue, underlying, epoch, expiries kept) per snapshot: that epoch's other rows go."""
-        return [(v, u, e, sorted(x.expiry_ms for x in s.expiries))
+    def snapshot_keeps(self) -> list[tuple[str, str, int, list[int], list[str]]]:
+        """(venue, underlying, epoch, expiries kept, underlying nodes kept) per snapshot: that
+        epoch's other rows go."""
+        return [(v, u, e, sorted(x.expiry_ms for x in s.expiries), sorted(s.underlying_analytics))
                 for (v, u, e), s in self.surfaces.items() if isinstance(s, SurfaceSnapshot)]
 
     def tables(self) -> dict[str, list[tuple]]:
         run = self.run_id
         views: list[tuple] = []
         nodes: list[tuple] = []
+        strike_nodes: list[tuple] = []
+        und_nodes: list[tuple] = []
         states: list[tuple] = []
         for (venue, und, epoch), s in self.surfaces.items():
             is_snapshot = isinstance(s, SurfaceSnapshot)
@@ -141,6 +158,12 @@ class BatchPlan:
                 views.append((run, venue, und, e, epoch, s.ts_emit_ms, False, view.calendar_ok,
                               self._view_json[(venue, und, e, epoch)]))
                 nodes.extend((run, venue, und, e, epoch, name, value) for name, value in view.analytics.items())
+                for name, values in view.strike_analytics.items():
+                    # one row per strike (a statement may not touch a row twice)
+                    per_strike = dict(zip(view.strikes, values))
+                    strike_nodes.extend((run, venue, und, e, epoch, name, k, value) for k, value in per_strike.items())
+            und_nodes.extend((run, venue, und, epoch, name, value, s.underlying_units.get(name, ""))
+                             for name, value in s.underlying_analytics.items())
             # apply_patch drops the removed first, then adds the views: a view sent and removed
             # in one patch stays (merge.fold_patches makes the same cut)
             present = {view.expiry_ms for view in s.expiries}
@@ -149,7 +172,8 @@ class BatchPlan:
             states.append((run, venue, und, epoch, s.ts_exchange_ms, s.ts_emit_ms, is_snapshot, s.index_px,
                            len(s.expiries), len(removed), *self._global_json[(venue, und, epoch)]))
         return {"smile_fits": [(run, *row) for row in self.fits.values()], "expiry_views": views,
-                "expiry_nodes": nodes, "surface_state": states}
+                "expiry_nodes": nodes, "instrument_nodes": strike_nodes, "underlying_nodes": und_nodes,
+                "surface_state": states}
 
 
 def rows_for(events: Iterable[Any], run_id: str) -> dict[str, list[tuple]]:
@@ -182,13 +206,18 @@ def write_plan(conn: psycopg.Connection, plan: BatchPlan) -> dict[str, int]:
     counts: dict[str, int] = {}
     tables = plan.tables()
     with conn.transaction(), conn.cursor() as cur:
-        for venue, und, epoch, keep in plan.snapshot_keeps():
-            for table in ("expiry_views", "expiry_nodes"):
+        for venue, und, epoch, keep, keep_nodes in plan.snapshot_keeps():
+            for table in ("expiry_views", "expiry_nodes", "instrument_nodes"):
                 cur.execute(
                     f"DELETE FROM {table} WHERE run_id = %s AND venue = %s AND underlying = %s AND epoch = %s"
                     " AND NOT (expiry_ms = ANY(%s))",
                     (plan.run_id, venue, und, epoch, keep),
                 )
+            cur.execute(
+                "DELETE FROM underlying_nodes WHERE run_id = %s AND venue = %s AND underlying = %s AND epoch = %s"
+                " AND NOT (node = ANY(%s))",
+                (plan.run_id, venue, und, epoch, keep_nodes),
+            )
         for table, spec in TABLES.items():
             rows = tables[table]
             if not rows:
@@ -200,11 +229,12 @@ def write_plan(conn: psycopg.Connection, plan: BatchPlan) -> dict[str, int]:
                     copy.write_row(row)
             key = ", ".join(spec["cols"][: spec["key"]])
             if table == "expiry_views" and any(r[6] for r in rows):  # tombstones (column `removed`)
-                cur.execute(
-                    "DELETE FROM expiry_nodes n USING stage_expiry_views s WHERE s.removed"
-                    " AND n.run_id = s.run_id AND n.venue = s.venue AND n.underlying = s.underlying"
-                    " AND n.expiry_ms = s.expiry_ms AND n.epoch = s.epoch"
-                )
+                for nodes_table in ("expiry_nodes", "instrument_nodes"):
+                    cur.execute(
+                        f"DELETE FROM {nodes_table} n USING stage_expiry_views s WHERE s.removed"
+                        " AND n.run_id = s.run_id AND n.venue = s.venue AND n.underlying = s.underlying"
+                        " AND n.expiry_ms = s.expiry_ms AND n.epoch = s.epoch"
+                    )
             cur.execute(
                 f"INSERT INTO {table} ({cols}) SELECT {cols} FROM stage_{table}"
                 f" ON CONFLICT ({key}) {spec['conflict']}"

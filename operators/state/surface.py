@@ -1,9 +1,12 @@
 """Surface state per underlying: fits in, analytics + calendar checks + tenors, patches out.
 
 Keyed by underlying. Each epoch the changed expiries get their graph.toml analytics
-evaluated (every node, by name, into ExpiryView.analytics: nothing here knows a node's
-name), the calendar check and fixed tenors are redone across all live expiries, and one
-SurfacePatch carries only what changed. With repair_calendar an expiry whose fit crosses a
+evaluated (every node, by name: level = "expiry" into ExpiryView.analytics, level = "instrument"
+into ExpiryView.strike_analytics, one value per strike of the view; nothing here knows a node's
+name), then, when any expiry changed or went, the level = "underlying" nodes once across every
+live expiry (SurfacePatch.underlying_analytics carries only the values that changed); the
+calendar check and fixed tenors are redone across all live expiries (the tenors in the variance
+clock of [surface] weekend_weight), and one SurfacePatch carries only what changed. With repair_calendar an expiry whose fit crosses a
 neighbour's is refitted between the two from its own quotes (svi.fit_svi_band with floor and
 ceiling; only the crossing ones: the whole-surface fit_surface took ~4 ms per epoch per surface
 even with one slice moved, measured 2026-12-05 on tests/data's chains), so the published
@@ -21,11 +24,15 @@ from typing import Callable, Optional
 import msgspec
 import numpy as np
 
-from operators.kernels import calendar, svi
+from operators.kernels import analytics, calendar, svi
+from operators.kernels.variance_clock import MS_PER_DAY, MS_PER_YEAR, weighted_years
 from operators.events import (CalendarCheck, ChainUpdate, ExpiryView, IndexPrice, SmileFit,
                               SurfacePatch, TenorPoint)
 from operators.items import ExpiryFit, ExpiryGone
-from operators.state.nodes import Node, NodeFailures, evaluate_nodes
+from operators.kernels.strike import StrikeData
+from operators.kernels.term import TermFits, tenor_smile
+from operators.state.nodes import (Node, NodeFailures, evaluate_nodes, evaluate_strike_nodes,
+                                   evaluate_underlying_nodes)
 
 
 @dataclass
@@ -39,22 +46,29 @@ class SurfaceState:
     index_changed: bool = False
     calendar: tuple[CalendarCheck, ...] = ()
     tenors: tuple[TenorPoint, ...] = ()
+    underlying_values: dict[str, Optional[float]] = field(default_factory=dict)  # last sent, by node
 
 
 class SurfaceLogic:
     def __init__(self, state: SurfaceState, *, nodes: tuple[Node, ...], tenors_days: list[int],
-                 drop_calendar_violators: bool, repair_calendar: bool, epoch_ms: int, now_ms: Callable[[], int]):
+                 drop_calendar_violators: bool, repair_calendar: bool, weekend_weight: float, epoch_ms: int,
+                 now_ms: Callable[[], int]):
         self.state = state
-        self.nodes = nodes
+        self.nodes = nodes  # every level, as loaded (flows/config.py orders each level topologically)
+        self.levels = _Levels(tuple(n for n in nodes if n.level == "expiry"),
+                              tuple(n for n in nodes if n.level == "instrument"))
+        self.underlying_nodes = tuple(n for n in nodes if n.level == "underlying")
         self.tenors_days = tuple(tenors_days)
         self.drop_calendar_violators = drop_calendar_violators
         self.repair_calendar = repair_calendar
+        self.weekend_weight = float(weekend_weight)  # the fixed tenors' variance clock (1 = ACT/365)
         self.repairs = 0  # expiries refitted between their neighbours so far (only grows)
         self.epoch_ms = epoch_ms
         self.now_ms = now_ms
         self.failures = NodeFailures()
         # node name -> unit for the nodes graph.toml gives one; one dict shared by every view
-        self.units = {n.name: n.unit for n in nodes if n.unit}
+        self.units = {n.name: n.unit for n in nodes if n.unit and n.level != "underlying"}
+        self.underlying_units = {n.name: n.unit for n in self.underlying_nodes if n.unit}
 
     @property
     def counters(self):
@@ -93,11 +107,12 @@ class SurfaceLogic:
         changed: dict[int, ExpiryView] = {}
         for expiry_ms, (fit, chain) in s.pending.items():
             params = (fit.a, fit.b, fit.rho, fit.m, fit.sigma)
-            analytics = evaluate_nodes(self.nodes, params, fit.t_years, self.failures)
+            analytics, per_strike = self.levels.evaluate(params, fit.t_years, fit.forward, chain.strikes,
+                                                         chain.bid_iv, chain.ask_iv, self.failures)
             changed[expiry_ms] = ExpiryView(expiry_ms=expiry_ms, fit=fit, analytics=analytics,
                                             units=self.units, strikes=chain.strikes, bid_iv=chain.bid_iv,
                                             ask_iv=chain.ask_iv, bid_venue=chain.bid_venue,
-                                            ask_venue=chain.ask_venue)
+                                            ask_venue=chain.ask_venue, strike_analytics=per_strike)
         s.pending.clear()
         s.views.update(changed)
         if self.repair_calendar:
@@ -111,6 +126,7 @@ class SurfaceLogic:
                 s.views[expiry_ms] = changed[expiry_ms] = view
         s.calendar = checks
         s.tenors = self._tenors(bad)
+        underlying = self._underlying()
         # Not yet monotonic on the combined surface (issue #14): carrying the newest exchange time
         # forward moved bench_engine's paced exchange-to-patch figure from p50/p99 0.0/10.9 ms to
         # 17.5/145 ms (2026-12-05 23:2x UTC, 2 processes) for a reason not yet understood; reverted
@@ -119,9 +135,29 @@ class SurfaceLogic:
             venue=s.venue, underlying=s.underlying, epoch=now // self.epoch_ms,
             ts_exchange_ms=ts_exchange, ts_emit_ms=now,
             expiries=tuple(changed[e] for e in sorted(changed)), removed=gone,
-            tenors=s.tenors, calendar=s.calendar, index_px=s.index_px)
+            tenors=s.tenors, calendar=s.calendar, index_px=s.index_px, underlying_analytics=underlying,
+            underlying_units={n: u for n, u in self.underlying_units.items() if n in underlying})
         s.index_changed = False
         return patch
+
+    def _underlying(self) -> dict[str, Optional[float]]:
+        """The underlying-level values that changed since the last patch (all of them the first
+        time; a node whose value went away is sent as None)."""
+        if not self.underlying_nodes:
+            return {}
+        s = self.state
+        views = [v for _, v in sorted(s.views.items())]
+        if views:
+            fits = TermFits.of((v.fit.t_years, _params(v.fit), v.expiry_ms) for v in views)
+            by_node = {n.name: np.array([np.nan if v.analytics.get(n.name) is None else v.analytics[n.name]
+                                         for v in views], float) for n in self.levels.expiry}
+            values = evaluate_underlying_nodes(self.underlying_nodes, fits, by_node,
+                                               f"underlying {s.venue}|{s.underlying}", self.failures)
+        else:
+            values = {n.name: None for n in self.underlying_nodes}
+        changed = {k: v for k, v in values.items() if k not in s.underlying_values or s.underlying_values[k] != v}
+        s.underlying_values.update(changed)
+        return changed
 
     def _ordered_fits(self) -> list[SmileFit]:
         return [v.fit for _, v in sorted(self.state.views.items())]
@@ -147,7 +183,7 @@ class SurfaceLogic:
                 i = order.index(e)
                 floor = s.views[order[i - 1]].fit if i > 0 else None
                 ceiling = s.views[order[i + 1]].fit if i + 1 < len(order) else None
-                view = _refitted(s.views[e], floor, ceiling, self.nodes, self.failures)
+                view = _refitted(s.views[e], floor, ceiling, self.levels, self.failures)
                 if view is not None:
                     s.views[e] = changed[e] = view
                     self.repairs += 1
@@ -166,6 +202,8 @@ class SurfaceLogic:
             fits = [f for f in fits if f.expiry_ms not in bad]
         if not fits:
             return ()
+        if self.weekend_weight != 1.0:
+            return self._clock_tenors(fits)
         points = calendar.tenor_points([(f.t_years, (f.a, f.b, f.rho, f.m, f.sigma)) for f in fits],
                                        tenors_days=self.tenors_days)
         return tuple(TenorPoint(tenor_days=p.tenor_days, atm_vol=_opt(p.atm_vol), rr25=_opt(p.rr25),
@@ -173,11 +211,64 @@ class SurfaceLogic:
                      for p in points if p is not None)
 
 
+    def _clock_tenors(self, fits: list[SmileFit]) -> tuple[TenorPoint, ...]:
+        """Fixed tenors interpolated linearly in the variance clock τ (weekend days weighted
+        weekend_weight: operators/kernels/variance_clock.py) instead of ACT/365 T, total variance
+        at fixed k as calendar.tenor_points does (flat vol outside the expiries, the same calendar
+        flags); vols are still √(w/T) at the tenor's calendar T. Each fit's τ runs from its own
+        clock origin (expiry_ms − t_years); the tenors' from the newest one."""
+        expiries = np.array([f.expiry_ms for f in fits], np.int64)
+        starts = expiries - np.round(np.array([f.t_years for f in fits]) * MS_PER_YEAR).astype(np.int64)
+        tau = np.asarray(weighted_years(starts, expiries, self.weekend_weight), float)
+        if np.any(np.diff(tau) <= 0) or tau[0] <= 0:
+            return ()
+        term = TermFits(tau, np.array([_params(f) for f in fits], float), tuple(f.expiry_ms for f in fits))
+        if len(fits) < 2:
+            pair_ok = []
+        elif len(self.state.calendar) == len(fits) - 1:  # the checks of these very fits (none dropped)
+            pair_ok = [c.ok for c in self.state.calendar]
+        else:
+            pair_ok = [c.ok for c in calendar.calendar_check([(f.t_years, _params(f)) for f in fits])]
+        origin = int(starts.max())
+        out = []
+        for days in self.tenors_days:
+            t_days = float(weighted_years(origin, origin + days * MS_PER_DAY, self.weekend_weight))
+            j = int(np.searchsorted(tau, t_days))
+            if j < tau.size and tau[j] == t_days:
+                flag = (j > 0 and not pair_ok[j - 1]) or (j < len(pair_ok) and not pair_ok[j])
+            elif j == 0:
+                flag = bool(pair_ok) and not pair_ok[0]
+            elif j == tau.size:
+                flag = bool(pair_ok) and not pair_ok[-1]
+            else:
+                flag = not pair_ok[j - 1]
+            a = analytics.blend_analytics(tenor_smile(term, t_days), days / 365.0, deltas=(0.25,))
+            out.append(TenorPoint(tenor_days=int(days), atm_vol=_opt(a["atm_vol"]), rr25=_opt(a["rr25"]),
+                                  bf25=_opt(a["bf25"]), calendar_flag=bool(flag)))
+        return tuple(out)
+
+
 def _params(fit: SmileFit) -> tuple[float, float, float, float, float]:
     return fit.a, fit.b, fit.rho, fit.m, fit.sigma
 
 
-def _refitted(view: ExpiryView, floor: Optional[SmileFit], ceiling: Optional[SmileFit], nodes, failures
+@dataclass(frozen=True)
+class _Levels:
+    """The per-expiry levels: expiry nodes, then instrument nodes at the view's strikes."""
+
+    expiry: tuple[Node, ...]
+    instrument: tuple[Node, ...]
+
+    def evaluate(self, params: tuple, t_years: float, forward: float, strikes, bid_iv, ask_iv,
+                 failures: NodeFailures) -> tuple[dict, dict]:
+        quotes = StrikeData.of(strikes, forward, bid_iv, ask_iv) if forward > 0 else None
+        analytics = evaluate_nodes(self.expiry, params, t_years, failures, quotes=quotes)
+        if not self.instrument or quotes is None:
+            return analytics, {}
+        return analytics, evaluate_strike_nodes(self.instrument, params, t_years, quotes, analytics, failures)
+
+
+def _refitted(view: ExpiryView, floor: Optional[SmileFit], ceiling: Optional[SmileFit], levels: _Levels, failures
               ) -> Optional[ExpiryView]:
     """`view` with its fit redone between floor and ceiling from its own two-sided quotes
     (weights 1/half-spread² on the vol error), checked on the surface's calendar grid; None
@@ -213,8 +304,8 @@ def _refitted(view: ExpiryView, floor: Optional[SmileFit], ceiling: Optional[Smi
                                   inside_band_frac=(None if res.inside_band_frac is None
                                                     else float(res.inside_band_frac)),
                                   calendar_repaired=True)
-    analytics = evaluate_nodes(nodes, p, t, failures)
-    return msgspec.structs.replace(view, fit=fit, analytics=analytics)
+    analytics, per_strike = levels.evaluate(p, t, f.forward, view.strikes, view.bid_iv, view.ask_iv, failures)
+    return msgspec.structs.replace(view, fit=fit, analytics=analytics, strike_analytics=per_strike)
 
 
 def _fields(view: ExpiryView) -> dict:

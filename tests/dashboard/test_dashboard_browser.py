@@ -57,7 +57,7 @@ def test_dashboard_shows_surface_and_follows_patches(gateway):
             try:
                 page = browser.new_page()
                 page.goto(http_url)
-                rows = page.locator("table tbody tr")
+                rows = page.locator("#expiries tbody tr")
                 rows.first.wait_for(timeout=15_000)
                 assert rows.count() == 2
                 first = rows.nth(0).inner_text()
@@ -65,7 +65,7 @@ def test_dashboard_shows_surface_and_follows_patches(gateway):
                 assert "52.34" in rows.nth(1).inner_text()
                 # a live patch changes one expiry: the page follows without a reload
                 pub.send(to_json(patch(2, [view(e1, 0.6001)])))
-                page.wait_for_function("() => document.querySelector('table tbody tr').innerText.includes('60.01')",
+                page.wait_for_function("() => document.querySelector('#expiries tbody tr').innerText.includes('60.01')",
                                        timeout=15_000)
                 assert "52.34" in rows.nth(1).inner_text()
                 assert page.locator("svg").count() >= 2  # term structure and smile charts drawn
@@ -135,7 +135,9 @@ def test_a_node_added_to_graph_toml_reaches_gateway_postgres_and_dashboard(gatew
                 " && document.querySelectorAll('#expiries tbody tr').length === %d" % len(TENORS), timeout=15_000)
             cells = table_cells(page)
             assert cells["rr15 (vol pts)"] == [f"{100 * rr15[e]:.2f}" for e in sorted(rr15)]
-            assert list(cells)[3:9] == [f"{n} (vol pts)" for n in ("atm_vol", "rr25", "bf25", "rr10", "bf10", "rr15")]
+            # graph.toml's order: the shipped nodes first, the user's rr15 after all of them
+            assert list(cells)[3:8] == [f"{n} (vol pts)" for n in ("atm_vol", "rr25", "bf25", "rr10", "bf10")]
+            assert list(cells).index("rr15 (vol pts)") > list(cells).index("bf25_ask (vol pts)")
             assert page.locator("#term-missing").count() == 0
             assert page.locator("#term circle.expiry-pt").count() == len(TENORS)
 
@@ -150,3 +152,134 @@ def test_a_node_added_to_graph_toml_reaches_gateway_postgres_and_dashboard(gatew
                 assert table_cells(page)["atm (vol pts)"] == ["50.00"]
         finally:
             browser.close()
+
+
+def js_fixed(x: float, digits: int) -> str:
+    """JavaScript's Number.prototype.toFixed: the exact binary value rounded half away from zero."""
+    from decimal import ROUND_HALF_UP, Decimal
+
+    return str(Decimal(x).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))
+
+
+def js_precision4(x: float) -> str:
+    """Number.prototype.toPrecision(4) for the test's values (1e-6 ≤ |x| < 1e4: no exponent)."""
+    import math
+
+    assert 1e-6 <= abs(x) < 1e4
+    return js_fixed(x, 3 - math.floor(math.log10(abs(x))))
+
+
+def node_text(x, unit: str) -> str:
+    """dashboard/app.js nodeValue: "vol pts" in vol points (2 decimals), else 4 significant digits."""
+    return "–" if x is None else js_fixed(100 * x, 2) if unit == "vol pts" else js_precision4(x)
+
+
+UNDERLYING_UNITS = {"atm_slope_30_90": "vol/yr", "rr25_slope_30_90": "vol/yr", "atm_front_back": "vol/yr",
+                    "fwd_vol_30_90": "vol pts"}
+STRIKE_UNITS = {"iv_fit": "vol pts", "dvol_dk": "vol/ln(K/F)", "vega": "coin/vol"}
+
+
+def leveled_view(expiry_ms, atm_vol, iv_fit, n_quotes=25):
+    """An expiry with instrument-level values (one per strike, null where none) and their units."""
+    base = view(expiry_ms, atm_vol)
+    fit = SmileFit(**{**{f: getattr(base.fit, f) for f in base.fit.__struct_fields__}, "n_quotes": n_quotes})
+    return ExpiryView(expiry_ms, fit, analytics={**base.analytics, "jw_v": 0.2345, "jw_psi": -0.0512},
+                      units={**VOL_PTS, **STRIKE_UNITS, "jw_v": "var/yr"},
+                      strikes=base.strikes, bid_iv=base.bid_iv, ask_iv=base.ask_iv,
+                      strike_analytics={"iv_fit": iv_fit, "dvol_dk": (-0.41, -0.2875, None),
+                                        "delta_call": (0.71, 0.5, 0.3), "vega": (0.0123, 0.0141, 0.0119)})
+
+
+def shown_levels(page):
+    """The term structure analytics and the selected expiry's strike table, with the epochs they show."""
+    return page.evaluate("""() => {
+        const und = document.querySelector('#underlying tbody');
+        const st = document.querySelector('#strikes tbody');
+        const heads = [...document.querySelectorAll('#strikes thead th')].map((th) => th.textContent);
+        return {
+            epoch: Number(und.dataset.epoch), strikesEpoch: Number(st.dataset.epoch), expiry: Number(st.dataset.expiry),
+            underlying: [...und.children].map((tr) => [...tr.children].map((td) => td.textContent)),
+            strikes: [...st.children].map((tr) => Object.fromEntries([...tr.children].map((td, i) => [heads[i], td.textContent]))),
+            hidden: document.getElementById('underlying-panel').hidden,
+        };
+    }""")
+
+
+def expected_levels(state):
+    return sorted([name, node_text(value, state.underlying_units.get(name, "")), state.underlying_units.get(name, "")]
+                  for name, value in state.underlying_analytics.items())
+
+
+def test_underlying_and_instrument_levels_equal_the_gateways_state(gateway):
+    """graph.toml's level = "underlying" values (merged key by key from patches) in the term
+    structure analytics table, and the selected expiry's level = "instrument" values in the
+    strike table, equal the gateway's merged state, through a patch that changes only some."""
+    gw, http_url = gateway
+    ws_url = http_url.replace("http://", "ws://").rstrip("/") + "/publish"
+    e1, e2 = T0 + 7 * DAY, T0 + 30 * DAY
+    first = SurfacePatch("deribit", "BTC", 1, T0, T0, index_px=99_950.0,
+                         expiries=(leveled_view(e1, 0.5512, (0.5601, 0.5102, None), n_quotes=30),
+                                   leveled_view(e2, 0.5234, (0.54, 0.5, 0.52))),
+                         underlying_analytics={"atm_slope_30_90": -0.1234, "rr25_slope_30_90": 0.02345,
+                                               "atm_front_back": 0.3456, "fwd_vol_30_90": 0.5012},
+                         underlying_units=UNDERLYING_UNITS)
+    # epoch 2: one underlying value and e1's strikes change; the rest must stay as they were
+    second = SurfacePatch("deribit", "BTC", 2, T0 + 1000, T0 + 1000, index_px=99_951.0,
+                          expiries=(leveled_view(e1, 0.5612, (0.5701, None, 0.5333), n_quotes=30),),
+                          underlying_analytics={"fwd_vol_30_90": 0.4987})
+    errors: list[str] = []
+    with ws_connect(ws_url, additional_headers={"Authorization": "Bearer t"}) as pub:
+        pub.send(to_json(first))
+        assert gw.wait_until(lambda g: g.epoch("deribit", "BTC") == 1, timeout=10)
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 900})
+                page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+                page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+                page.goto(http_url)
+                for epoch in (1, 2):
+                    if epoch == 2:
+                        pub.send(to_json(second))
+                        assert gw.wait_until(lambda g: g.epoch("deribit", "BTC") == 2, timeout=10)
+                    page.wait_for_function(
+                        "(e) => Number(document.querySelector('#underlying tbody').dataset.epoch) === e"
+                        " && Number(document.querySelector('#strikes tbody').dataset.epoch) === e", arg=epoch,
+                        timeout=15_000)
+                    state = gw.state("deribit", "BTC")
+                    shown = shown_levels(page)
+                    assert not shown["hidden"]
+                    assert sorted(shown["underlying"]) == expected_levels(state)
+                    assert len(shown["underlying"]) == 4
+                    chosen = next(v for v in state.expiries if v.expiry_ms == shown["expiry"])
+                    assert chosen.expiry_ms == e1  # the most liquid expiry is selected
+                    assert [r["iv_fit (vol pts)"] for r in shown["strikes"]] == [
+                        node_text(x, "vol pts") for x in chosen.strike_analytics["iv_fit"]]
+                    assert [r["vega (coin/vol)"] for r in shown["strikes"]] == [
+                        "0.0123", "0.0141", "0.0119"]
+                    assert [r["bid IV (vol pts)"] for r in shown["strikes"]] == [
+                        js_fixed(100 * x, 2) for x in chosen.bid_iv]
+                    assert [r["strike"] for r in shown["strikes"]] == ["90000", "100000", "110000"]
+                    assert {"delta_call", "dvol_dk (vol/ln(K/F))"} <= set(shown["strikes"][0])
+                # the smile's points name their strike's instrument-level values on hover (the charts
+                # redraw at most 5 times a second: wait for epoch 2's)
+                page.wait_for_function("() => { const t = document.querySelector('#smile circle.bid title');"
+                                       " return t && t.textContent.includes('\\niv_fit 57.01 vol pts'); }", timeout=15_000)
+                title = page.locator("#smile circle.bid title").first.text_content()
+                assert title.startswith("K=90000 bid 55.00%") and "\nvega 0.0123 coin/vol" in title, title
+                assert state.underlying_analytics["atm_slope_30_90"] == -0.1234  # kept through the patch
+                assert {r[0]: r[1] for r in shown["underlying"]}["fwd_vol_30_90"] == "49.87"
+                # the SVI-JW columns: hidden by default (still in the DOM), shown by the toggle, kept in the URL
+                jw = page.locator("#expiries thead th[data-node='jw_v']")
+                assert jw.text_content() == "jw_v (var/yr)" and jw.is_hidden()
+                assert table_cells(page)["jw_psi"] == ["-0.05120", "-0.05120"]
+                page.locator("#jw-toggle").click()
+                page.wait_for_function("() => location.search.includes('jw=1') && document.querySelector("
+                                       "\"#expiries thead th[data-node='jw_v']\").offsetParent !== null", timeout=15_000)
+                assert table_cells(page)["jw_v (var/yr)"] == ["0.2345", "0.2345"]
+                page.locator("#jw-toggle").click()
+                page.wait_for_function("() => !location.search.includes('jw=1')", timeout=15_000)
+                assert jw.is_hidden()
+            finally:
+                browser.close()
+    assert errors == []

@@ -67,6 +67,39 @@ def expected_rows(state: SurfaceSnapshot, nodes: list[str]) -> list[dict[str, st
     return rows
 
 
+def js_precision4(x: float) -> str:
+    """Number.prototype.toPrecision(4), exponent form included (|x| < 1e-6 or ≥ 1e4)."""
+    import math
+
+    if x == 0:
+        return "0.000"
+    e = math.floor(math.log10(abs(x)))
+    if e < -6 or e >= 4:
+        mantissa = js_fixed(x / 10 ** e, 3)
+        if abs(float(mantissa)) >= 10:  # rounding carried into the next power
+            e += 1
+            mantissa = js_fixed(x / 10 ** e, 3)
+        return f"{mantissa}e{'+' if e >= 0 else '-'}{abs(e)}"
+    return js_fixed(x, 3 - e)
+
+
+def expected_underlying(state: SurfaceSnapshot) -> list[list[str]]:
+    """The term structure analytics rows (node, value, unit) for `state`, sorted by node."""
+    rows = []
+    for name, x in state.underlying_analytics.items():
+        unit = state.underlying_units.get(name, "")
+        rows.append([name, "–" if x is None else js_fixed(100 * x, 2) if unit == "vol pts" else js_precision4(x), unit])
+    return sorted(rows)
+
+
+def expected_iv_fit(state: SurfaceSnapshot, expiry_ms: int) -> list[str]:
+    """The strike table's iv_fit column (vol pts) for that expiry of `state`."""
+    view = next((v for v in state.expiries if v.expiry_ms == expiry_ms), None)
+    if view is None:
+        return []
+    return ["–" if x is None else js_fixed(100 * x, 2) for x in view.strike_analytics.get("iv_fit", ())]
+
+
 class ReferenceClient:
     """A /ws client merging snapshots and patches by the one rule, keeping every epoch's state."""
 
@@ -199,7 +232,13 @@ def compare_with_gateway(page, ref: ReferenceClient, key: str) -> bool:
                 const tbody = document.querySelector('#expiries tbody');
                 const heads = [...document.querySelectorAll('#expiries thead th')].map((th) => th.textContent);
                 const rows = [...tbody.children].map((tr) => Object.fromEntries([...tr.children].map((td, i) => [heads[i], td.textContent])));
-                return { epoch: Number(tbody.dataset.epoch), heads, rows };
+                const und = document.querySelector('#underlying tbody'), st = document.querySelector('#strikes tbody');
+                const sheads = [...document.querySelectorAll('#strikes thead th')].map((th) => th.textContent);
+                return { epoch: Number(tbody.dataset.epoch), heads, rows,
+                  underlying: { epoch: Number(und.dataset.epoch), key: und.dataset.key,
+                    rows: [...und.children].map((tr) => [...tr.children].map((td) => td.textContent)) },
+                  strikes: { epoch: Number(st.dataset.epoch), key: st.dataset.key, expiry: Number(st.dataset.expiry),
+                    rows: [...st.children].map((tr) => Object.fromEntries([...tr.children].map((td, i) => [sheads[i], td.textContent]))) } };
             }""")
             states = ref.states_at(key, shown["epoch"])
             if not states:
@@ -213,6 +252,13 @@ def compare_with_gateway(page, ref: ReferenceClient, key: str) -> bool:
             got = [{c: row[c] for c in columns} for row in shown["rows"]]
             assert got in wanted, (key, shown["epoch"], got, wanted[-1])  # every expiry, every value
             assert got
+            # the same frame's term structure analytics (level = "underlying", merged key by key)
+            # and the selected expiry's iv_fit per strike (level = "instrument")
+            und, strikes = shown["underlying"], shown["strikes"]
+            assert und["epoch"] == strikes["epoch"] == shown["epoch"] and und["key"] == strikes["key"] == key
+            assert und["rows"] and strikes["rows"]
+            assert sorted(und["rows"]) in [expected_underlying(s) for s in states], (key, und, states[-1].underlying_analytics)
+            assert [r["iv_fit (vol pts)"] for r in strikes["rows"]] in [expected_iv_fit(s, strikes["expiry"]) for s in states]
             return True
         return False
     finally:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from websockets.sync.client import connect as ws_connect
 
+from connectors.gateway import web
 from connectors.gateway.server import Gateway
 from operators.events import CalendarCheck, ExpiryView, SmileFit, SurfacePatch, SurfaceSnapshot, TenorPoint, to_json
 from tests.helpers.config import gateway_kwargs
@@ -440,7 +441,7 @@ def test_favicon_and_assets_are_served_without_404(gateway, publisher, page):
         assert "default-src 'self'" in r.headers["Content-Security-Policy"]
         assert r.headers["Cache-Control"] == "no-cache"
     with urllib.request.urlopen(f"{gateway.http_url}/dashboard.json", timeout=10) as r:
-        assert r.read() == b'{"surfaces":[],"stale_after_ms":1500}'
+        assert r.read() == b'{"surfaces":[],"stale_after_ms":1500,"plotly_js":"%s"}' % web.plotly_url().encode()
     btc_and_eth(publisher)
     page.goto(gateway.http_url)
     wait(page, "() => document.querySelectorAll('#expiries tbody tr').length === 4")

@@ -23,7 +23,8 @@ from tests.helpers.patches import UNDERLYING, VENUE, event_sequences, patch_sequ
 from tests.helpers.node import node_driver
 
 APP_JS = Path(__file__).resolve().parents[2] / "dashboard" / "app.js"
-FIELDS = ("venue", "underlying", "epoch", "ts_exchange_ms", "ts_emit_ms", "expiries", "tenors", "calendar", "index_px")
+FIELDS = ("venue", "underlying", "epoch", "ts_exchange_ms", "ts_emit_ms", "expiries", "tenors", "calendar", "index_px",
+          "underlying_analytics", "underlying_units")
 
 DRIVER = r"""
 const app = require(process.argv[1]);
@@ -60,7 +61,7 @@ def same_surface(js: dict, py: SurfaceSnapshot) -> None:
 
 
 @settings(max_examples=150)
-@given(start=st.none() | snapshots(1), seq=patch_sequences(max_size=8))
+@given(start=st.none() | snapshots(1, with_underlying=True), seq=patch_sequences(max_size=8, with_underlying=True))
 def test_apply_patch_in_js_equals_the_python_rule(node, start, seq):
     result = node(start, seq)
     expected = functools.reduce(apply_patch, seq, start)
@@ -70,7 +71,7 @@ def test_apply_patch_in_js_equals_the_python_rule(node, start, seq):
 
 
 @settings(max_examples=150)
-@given(seq=event_sequences())
+@given(seq=event_sequences(with_underlying=True))
 def test_on_message_in_js_equals_the_python_rule(node, seq):
     """Snapshots replace the surface, patches merge into it, as the gateway's clients do."""
     expected = None

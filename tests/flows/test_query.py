@@ -120,3 +120,59 @@ def test_the_time_parser_raises_only_its_own_error(text):
         parse_expiry_ms(text)
     except QueryError as exc:
         assert "--expiry" in str(exc)
+
+
+UNDERLYING_UNITS = {"atm_slope_30_90": "vol/yr", "fwd_vol_30_90": "vol pts"}
+
+
+@pytest.fixture
+def stored_levels(pg_db, surface_factory):
+    """One run of deribit:ETH whose patches carry level = "underlying" values: both nodes at
+    epoch 100, none at 101, only fwd_vol_30_90 (changed) at 102; stored in underlying_nodes."""
+    import msgspec
+
+    f = surface_factory(underlying="ETH", seed=9)
+    values = [{"atm_slope_30_90": -0.1234, "fwd_vol_30_90": 0.5012}, {}, {"fwd_vol_30_90": 0.4987}]
+    events = [msgspec.structs.replace(f.patch(epoch, changed=[0, 1] if epoch == 100 else [1]),
+                                      underlying_analytics=v, underlying_units={n: UNDERLYING_UNITS[n] for n in v})
+              for epoch, v in zip((100, 101, 102), values)]
+    with pg.connect(pg_db) as conn:
+        pg.migrate(conn)
+        pg.register_run(conn, run_for_tests("lv"))
+        pg.write_events(conn, events, "lv")
+    return {"dsn": pg_db, "f": f, "events": events}
+
+
+def test_the_surface_prints_its_underlying_level_values_merged(stored_levels, capsys):
+    code, out, _ = query(capsys, "--pg", stored_levels["dsn"], "surface", "deribit:ETH")
+    assert code == 0
+    lines = out.splitlines()
+    at = lines.index("term structure:")
+    # graph.toml's order (atm_slope_30_90 before fwd_vol_30_90), aligned; fwd vol in vol points
+    assert lines[at + 1:] == ["  atm_slope_30_90  -0.1234  vol/yr", "  fwd_vol_30_90      49.87  vol pts"]
+    code, out, _ = query(capsys, "--pg", stored_levels["dsn"], "surface", "deribit:ETH", "--json")
+    from operators.events import from_json
+    snap = from_json(out.strip())
+    assert snap.underlying_analytics == {"atm_slope_30_90": -0.1234, "fwd_vol_30_90": 0.4987}
+    assert snap.underlying_units == UNDERLYING_UNITS
+
+
+def test_a_series_reads_an_underlying_level_node_without_expiry(stored_levels, capsys):
+    ev = stored_levels["events"]
+    code, out, _ = query(capsys, "--pg", stored_levels["dsn"], "series", "deribit:ETH", "fwd_vol_30_90",
+                         "--start", "0", "--end", "99999999999999")
+    assert code == 0
+    assert out.strip().splitlines() == ["time_utc\tlatest run", f"{iso(ev[0].ts_emit_ms)}\t50.12",
+                                        f"{iso(ev[2].ts_emit_ms)}\t49.87"]
+    # from epoch 101's time: the value in effect then (epoch 100's), then the change
+    code, out, _ = query(capsys, "--pg", stored_levels["dsn"], "series", "deribit:ETH", "atm_slope_30_90",
+                         "--start", str(ev[1].ts_emit_ms), "--end", "99999999999999", "--run", "lv")
+    assert code == 0
+    assert out.strip().splitlines() == ["time_utc\tlv", f"{iso(ev[0].ts_emit_ms)}\t-0.1234"]
+    # an expiry-level node still reads expiry_nodes, with its expiry column
+    code, out, _ = query(capsys, "--pg", stored_levels["dsn"], "series", "deribit:ETH", "atm_vol",
+                         "--start", "0", "--end", "99999999999999")
+    assert code == 0 and out.startswith("time_utc\texpiry\tlatest run\n")
+    code, _, err = query(capsys, "--pg", stored_levels["dsn"], "series", "deribit:ETH", "fwd_vol_30_90",
+                         "--start", "0", "--end", "9", "--expiry", "2026-09-25")
+    assert code == 2 and "drop --expiry" in err

@@ -51,8 +51,21 @@ def calendars():
                               st.booleans(), st.floats(-0.01, 0.01)), max_size=2).map(tuple)
 
 
+UNDERLYING_NODES = ("slope", "fwd_vol", "skew_slope")
+
+
+def underlying_values(draw, with_underlying: bool) -> dict:
+    """underlying_analytics and underlying_units of level = "underlying" nodes (empty unless
+    with_underlying: the dashboard's copy of the merge rule gains them separately)."""
+    if not with_underlying:
+        return {}
+    names = draw(st.lists(st.sampled_from(UNDERLYING_NODES), unique=True, max_size=3))
+    return {"underlying_analytics": {n: draw(opt_vols) for n in names},
+            "underlying_units": {n: "vol/yr" for n in names if draw(st.booleans())}}
+
+
 @st.composite
-def patches(draw, epoch: int) -> SurfacePatch:
+def patches(draw, epoch: int, with_underlying: bool = False) -> SurfacePatch:
     """A patch: changed expiries in any order (no key twice), removals that may overlap them."""
     keys = draw(st.lists(st.integers(0, N_KEYS - 1), unique=True, max_size=4))
     return SurfacePatch(
@@ -60,31 +73,32 @@ def patches(draw, epoch: int) -> SurfacePatch:
         expiries=tuple(draw(views(i, epoch)) for i in keys),
         removed=tuple(expiry_ms(i) for i in draw(st.lists(st.integers(0, N_KEYS - 1), unique=True, max_size=3))),
         tenors=draw(tenors()), calendar=draw(calendars()),
-        index_px=draw(st.none() | st.floats(1_000.0, 200_000.0)),
+        index_px=draw(st.none() | st.floats(1_000.0, 200_000.0)), **underlying_values(draw, with_underlying),
     )
 
 
 @st.composite
-def snapshots(draw, epoch: int) -> SurfaceSnapshot:
+def snapshots(draw, epoch: int, with_underlying: bool = False) -> SurfaceSnapshot:
     keys = sorted(draw(st.sets(st.integers(0, N_KEYS - 1), max_size=5)))
     return SurfaceSnapshot(
         venue=VENUE, underlying=UNDERLYING, epoch=epoch, ts_exchange_ms=epoch * 50, ts_emit_ms=epoch * 50 + 5,
         expiries=tuple(draw(views(i, epoch)) for i in keys), tenors=draw(tenors()), calendar=draw(calendars()),
-        index_px=draw(st.none() | st.floats(1_000.0, 200_000.0)),
+        index_px=draw(st.none() | st.floats(1_000.0, 200_000.0)), **underlying_values(draw, with_underlying),
     )
 
 
 @st.composite
-def patch_sequences(draw, min_size: int = 1, max_size: int = 6) -> list[SurfacePatch]:
+def patch_sequences(draw, min_size: int = 1, max_size: int = 6, with_underlying: bool = False) -> list[SurfacePatch]:
     n = draw(st.integers(min_size, max_size))
-    return [draw(patches(2 + i)) for i in range(n)]
+    return [draw(patches(2 + i, with_underlying)) for i in range(n)]
 
 
 @st.composite
-def event_sequences(draw, max_size: int = 8) -> list:
+def event_sequences(draw, max_size: int = 8, with_underlying: bool = False) -> list:
     """Patches with the occasional snapshot (a snapshot replaces the whole surface)."""
     n = draw(st.integers(1, max_size))
-    return [draw(snapshots(1 + i) if draw(st.integers(0, 4)) == 0 else patches(1 + i)) for i in range(n)]
+    return [draw(snapshots(1 + i, with_underlying) if draw(st.integers(0, 4)) == 0
+                 else patches(1 + i, with_underlying)) for i in range(n)]
 
 
 def surface_ops(max_epoch_step: int = 2):

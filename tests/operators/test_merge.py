@@ -14,7 +14,7 @@ from operators.events import SurfacePatch, SurfaceSnapshot, to_dict
 from operators.merge import SurfaceState, apply_patch, coalesce, fold_patches, merge_patches
 from tests.helpers.patches import event_sequences, expiry_ms, patch_sequences, patches, snapshots, views
 
-starts = st.none() | snapshots(1)
+starts = st.none() | snapshots(1, with_underlying=True)
 
 
 def dict_apply(snapshot: dict | None, patch: dict) -> dict:
@@ -35,12 +35,16 @@ def dict_apply(snapshot: dict | None, patch: dict) -> dict:
         "tenors": patch["tenors"],
         "calendar": patch["calendar"],
         "index_px": index_px,
+        # level = "underlying" node values and units: the snapshot's updated key by key
+        "underlying_analytics": {**({} if snapshot is None else snapshot["underlying_analytics"]),
+                                 **patch["underlying_analytics"]},
+        "underlying_units": {**({} if snapshot is None else snapshot["underlying_units"]), **patch["underlying_units"]},
         "v": 1,
     }
 
 
 @settings(max_examples=300)
-@given(start=starts, seq=patch_sequences())
+@given(start=starts, seq=patch_sequences(with_underlying=True))
 def test_apply_patch_matches_an_independent_dict_merge(start, seq):
     state, reference = start, (None if start is None else to_dict(start))
     for patch in seq:
@@ -51,7 +55,7 @@ def test_apply_patch_matches_an_independent_dict_merge(start, seq):
 
 
 @settings(max_examples=300)
-@given(start=starts, a=patches(2), b=patches(3))
+@given(start=starts, a=patches(2, with_underlying=True), b=patches(3, with_underlying=True))
 def test_merge_law(start, a, b):
     merged = merge_patches(a, b)
     assert isinstance(merged, SurfacePatch)
@@ -59,7 +63,7 @@ def test_merge_law(start, a, b):
 
 
 @settings(max_examples=200)
-@given(start=starts, seq=patch_sequences(max_size=8))
+@given(start=starts, seq=patch_sequences(max_size=8, with_underlying=True))
 def test_fold_and_coalesce_equal_applying_in_turn(start, seq):
     expected = functools.reduce(apply_patch, seq, start)
     assert apply_patch(start, fold_patches(seq)) == expected
@@ -76,7 +80,7 @@ def test_fold_and_coalesce_equal_applying_in_turn(start, seq):
 
 
 @settings(max_examples=200)
-@given(start=starts, seq=event_sequences())
+@given(start=starts, seq=event_sequences(with_underlying=True))
 def test_surface_state_matches_apply_patch(start, seq):
     state = SurfaceState()
     assert state.snapshot() is None

@@ -41,7 +41,8 @@ def item(expiry_ms, t_years=0.25):
 
 def logic(nodes):
     return SurfaceLogic(SurfaceState("deribit", "BTC"), nodes=tuple(nodes), tenors_days=[7, 30],
-                        drop_calendar_violators=False, repair_calendar=False, epoch_ms=50, now_ms=lambda: T0)
+                        drop_calendar_violators=False, repair_calendar=False, weekend_weight=1.0, epoch_ms=50,
+                        now_ms=lambda: T0)
 
 
 def test_every_node_is_published_by_name_with_its_unit():
@@ -142,7 +143,8 @@ def test_a_fit_that_crosses_its_neighbour_is_refitted_between_them(repair):
     assert np.min(total_variance(long_bad, grid) - total_variance(short, grid)) < 0
     e1, e2 = T0 + 18 * 86_400_000, T0 + 55 * 86_400_000
     surface = SurfaceLogic(SurfaceState("deribit", "BTC"), nodes=(node("atm_vol", A.atm_vol),), tenors_days=[30],
-                           drop_calendar_violators=False, repair_calendar=repair, epoch_ms=50, now_ms=lambda: T0)
+                           drop_calendar_violators=False, repair_calendar=repair, weekend_weight=1.0, epoch_ms=50,
+                           now_ms=lambda: T0)
     surface.on_items([quoted(e1, 0.05, short, short), quoted(e2, 0.15, long_true, long_bad)])
     patch = surface.on_epoch()
     (check,) = patch.calendar
