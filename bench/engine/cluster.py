@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bench.engine.common import (AUDIT_EVERY, CLUSTER_START_MS, REPO, WARMUP_S, child_command, child_result,
                                  now_wall_ms, peak_rss_mb, warm_kernels)
-from bench.engine.figures import flow_figures, kept_levels, shock_figures, view_latencies
+from bench.engine.figures import flow_figures, kept_levels, newest_fit_ms, shock_figures, view_latencies
 from bench.engine.probes import Probe, StageTimer, probe_source
 from bench.engine.samplers import CpuSampler, SampledSink, StackSampler, cpu_at
 
@@ -67,8 +67,8 @@ def run_cluster_proc(job: dict) -> dict:
         if isinstance(item, SurfacePatch):
             wall = now_wall_ms()
             patches.append((wall, item.underlying, [(v.expiry_ms, v.fit.ts_exchange_ms) for v in item.expiries]))
-            if speed != "max" and item.ts_emit_ms:
-                exchange_lat.append((wall, (item.ts_emit_ms - item.ts_exchange_ms) / rate))
+            if speed != "max" and item.ts_emit_ms and item.expiries:
+                exchange_lat.append((wall, (item.ts_emit_ms - newest_fit_ms(item)) / rate))
         elif isinstance(item, SmileFit):
             fits[0] += 1
 

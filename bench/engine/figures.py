@@ -84,6 +84,12 @@ def shock_vols(row: dict, probe, counts_at_patch: list) -> Optional[dict]:
     return out
 
 
+def newest_fit_ms(patch) -> int:
+    """The newest exchange time among a patch's fits: what its exchange-to-patch latency is
+    measured from (a patch without fits has no new book data to measure)."""
+    return max(v.fit.ts_exchange_ms for v in patch.expiries)
+
+
 def patch_rows(patches) -> list:
     """[(wall out, underlying, [(expiry_ms, fit ts_exchange_ms)])]: what latency needs of a patch."""
     return [(wall, p.underlying, [(v.expiry_ms, v.fit.ts_exchange_ms) for v in p.expiries]) for wall, p in patches]

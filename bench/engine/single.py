@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 from bench.engine.common import AUDIT_EVERY, now_wall_ms, peak_rss_mb, warm_kernels, warmup_ms
-from bench.engine.figures import (flow_figures, kept_levels, patch_rows, pct, shock_figures, shock_vols, solve_counts,
+from bench.engine.figures import (flow_figures, kept_levels, newest_fit_ms, patch_rows, pct, shock_figures, shock_vols, solve_counts,
                                   view_latencies)
 from bench.engine.probes import Probe, StageTimer, probe_source
 
@@ -100,9 +100,10 @@ def run_volgraph(job: dict) -> dict:
     warm_until = (probe.live_wall or 0.0) + (warmup_ms(meta) if speed != "max" else 0.0)
     lat_oldest, lat_newest = view_latencies(patch_rows(patches), lambda _u, _x: probe, warm_until)
     for wall_out, patch in patches:
-        if speed != "max" and patch.ts_emit_ms and (probe.live_wall and wall_out >= warm_until):
-            # the patch's own fields: emit time − newest exchange time it reflects, back in wall ms
-            lat_exchange.append((patch.ts_emit_ms - patch.ts_exchange_ms) / probe.speed)
+        if speed != "max" and patch.ts_emit_ms and patch.expiries and (probe.live_wall and wall_out >= warm_until):
+            # emit time − the newest exchange time among the patch's fits, back in wall ms (a patch
+            # without fits reflects no new book data; its own ts_exchange_ms is the surface's last)
+            lat_exchange.append((patch.ts_emit_ms - newest_fit_ms(patch)) / probe.speed)
 
     shock_row = None
     if shock is not None and probe.started:

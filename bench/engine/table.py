@@ -176,8 +176,9 @@ notes:
     the message that triggered the patch (every book change refits).
     "newest" is the same from the newest event the patch reflects (its fit's ts_exchange_ms).
     Max-speed runs replay faster than real time, so exchange timestamps are not wall time there.
-  exchange ts → patch emit (paced runs only): SurfacePatch.ts_emit_ms − ts_exchange_ms, i.e. from
-    the NEWEST exchange timestamp the patch reflects (the field is the max over its fits), in wall
+  exchange ts → patch emit (paced runs only): SurfacePatch.ts_emit_ms − the newest
+    ts_exchange_ms of the patch's fits, over the patches that carry fits, i.e. from the NEWEST
+    exchange timestamp the patch reflects, in wall
     ms; the first 2 s of live traffic (a fifth of a short workload) are left out (the preamble's
     backlog), for the processing latencies of the paced runs too. This is the goal's "exchange-
     timestamp → surface-patch latency", i.e. how old the newest data is when a patch leaves: at

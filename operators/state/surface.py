@@ -44,6 +44,7 @@ class SurfaceState:
     removed: set[int] = field(default_factory=set)
     index_px: Optional[float] = None
     index_changed: bool = False
+    ts_exchange_ms: int = 0  # the newest exchange time behind the surface: patches never go backwards
     calendar: tuple[CalendarCheck, ...] = ()
     tenors: tuple[TenorPoint, ...] = ()
     underlying_values: dict[str, Optional[float]] = field(default_factory=dict)  # last sent, by node
@@ -90,6 +91,7 @@ class SurfaceLogic:
             elif kind is IndexPrice:
                 if item.price != s.index_px:
                     s.index_px, s.index_changed = item.price, True
+                    s.ts_exchange_ms = max(s.ts_exchange_ms, item.ts_exchange_ms)
 
     def has_work(self) -> bool:
         s = self.state
@@ -127,10 +129,15 @@ class SurfaceLogic:
         s.calendar = checks
         s.tenors = self._tenors(bad)
         underlying = self._underlying()
-        # Not yet monotonic on the combined surface (issue #14): carrying the newest exchange time
-        # forward moved bench_engine's paced exchange-to-patch figure from p50/p99 0.0/10.9 ms to
-        # 17.5/145 ms (2026-12-05 23:2x UTC, 2 processes) for a reason not yet understood; reverted
-        ts_exchange = max((v.fit.ts_exchange_ms for v in changed.values()), default=now)
+        # The newest exchange time behind the surface, never backwards: on the combined surface the
+        # venues' clocks interleave (older OKX fits after newer Deribit ones went back ~64 times per
+        # 10 s, issue #14). A patch with no new exchange data (a removal, a recomputed tenor) carries
+        # the last one, never the flow's clock. (Until 2026-12-06 such a patch carried the flow clock:
+        # that flattered bench_engine's paced exchange-to-patch p50 to 0.0 ms; the bench now measures
+        # patches that carry fits, from their newest fit.)
+        newest = max((v.fit.ts_exchange_ms for v in changed.values()), default=0)
+        s.ts_exchange_ms = max(newest, s.ts_exchange_ms)
+        ts_exchange = s.ts_exchange_ms or now  # the flow clock only before the surface has any data
         patch = SurfacePatch(
             venue=s.venue, underlying=s.underlying, epoch=now // self.epoch_ms,
             ts_exchange_ms=ts_exchange, ts_emit_ms=now,
