@@ -4,27 +4,34 @@ In one run, side by side, on the seed-scale workload (bench/workload.py: BTC ~4,
 ~2,000 options, recorded Deribit frames through the real parser):
 
   1. the sustained insert rate of market_events (events/s and rows/s via COPY into the
-     day-partitioned table, the writer's own code path: rows built, COPY, commit; a row holds one
-     source batch of a surface, ~10 events) at two batch sizes, beside COPY of the same frames raw,
-     a row each, into a plain (ts, ord, frame) table: the "store raw frames instead?" question,
-     with the bytes per event each costs on the wire and on disk;
+     day-partitioned table, the writer's own code path: rows built, COPY, commit), with rows as
+     the flow makes them (a source batch of a surface, cut at ROW_EVENTS = 500 events: at full
+     speed nearly all rows are full) and, for comparison, rows of ~10 events (one expiry's part
+     of a source batch, the design until 2026-12-05), beside COPY of the same frames raw, a row
+     each, into a plain (ts, ord, frame) table: the "store raw frames instead?" question, with
+     the bytes per event each costs on the wire (the stored body: msgpack since 2026-12-06,
+     007_market_events_storage.sql; the frame's text for raw frames) and on disk;
   2. the dataflow's throughput (msg/s, one process at max speed, the recorded frames replayed)
-     with event storage off and on (graph.toml [sinks.postgres] market_events), alternating,
-     each in a fresh interpreter; with it on, the writer's backlog (rows accepted, not yet in
-     PostgreSQL), sampled every 50 ms, and the events stored by the end (the run ends after the
-     sinks' close, so the on-rows include the last rows' drain).
+     with event storage off and on (graph.toml [sinks.postgres] market_events), interleaved
+     off, on, off, on … (--repeat rounds), each in a fresh interpreter; with it on, the writer's
+     backlog (rows accepted, not yet in PostgreSQL), sampled every 50 ms, the rows and events
+     stored by the end (the run ends after the sinks' close, so the on-rows include the last
+     rows' drain). The cost is the median of the rounds' paired costs (1 - on / off of one
+     round: the machine drifts by up to a third in an hour, a round's two runs are a minute
+     apart) beside the cost of the medians.
 
 PostgreSQL is a real server (pgserver) in a temporary folder. Prints a table with what each row
 does, the machine, the date and the command; asserts nothing (the goal, storage costing at most
 15 % of the flow's throughput with a bounded backlog, is read off the table).
 
-    .venv/bin/python bench/bench_events.py [--frames 400000] [--repeat 2]
+    .venv/bin/python bench/bench_events.py [--frames 400000] [--repeat 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,8 +73,9 @@ def _events(path: Path, limit: int):
 def insert_rates(dsn: str, path: Path, n_events: int) -> list[dict]:
     from connectors.postgres import connect, migrate, register_run
     from connectors.postgres.market_events import MarketBatch, MarketPlan, write_market_plan
+    from connectors.postgres.market_sink import ROW_EVENTS
     from connectors.postgres.runs import RunInfo
-    from operators.events import to_json
+    from connectors.postgres.market_events import encode_row
 
     events, frame_bytes, frames = _events(path, n_events)
     rows = []
@@ -75,9 +83,11 @@ def insert_rates(dsn: str, path: Path, n_events: int) -> list[dict]:
         migrate(conn)
         register_run(conn, RunInfo(**RUN))
         conn.commit()
-        # items of ~10 events, as the flow's source batches of one surface are at seed scale
-        items = [MarketBatch("deribit", "BTC", 1, i, events[i:i + 10]) for i in range(0, len(events), 10)]
-        for batch in (50, 500):
+        # (events a row, rows a COPY): rows as the flow makes them now, ~25,000 events a COPY (what the writer
+        # finds after its 200 ms flush_ms at full speed), and rows of ~10 events as until 2026-12-05
+        for size, batch, what in ((ROW_EVENTS, 50, f"rows of {ROW_EVENTS} events (the flow's), 50 a COPY"),
+                                  (10, 500, "rows of 10 events (until 2026-12-05), 500 a COPY")):
+            items = [MarketBatch("deribit", "BTC", 1, i, events[i:i + size]) for i in range(0, len(events), size)]
             conn.execute("TRUNCATE market_events")
             conn.commit()
             known: set[int] = set()
@@ -88,11 +98,12 @@ def insert_rates(dsn: str, path: Path, n_events: int) -> list[dict]:
                     plan.add(item)
                 write_market_plan(conn, plan, known)
             secs = time.perf_counter() - t0
-            size = conn.execute("SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits"
-                                " WHERE inhparent = 'market_events'::regclass").fetchone()[0]
-            rows.append(dict(what=f"market_events: COPY of {batch:,} rows (~{10 * batch:,} events) a batch",
-                             events=len(events), rows=len(items), secs=secs, rate=len(events) / secs,
-                             wire_b=sum(len(to_json(e)) for e in events) / len(events), disk_b=size / len(events)))
+            size_b = conn.execute("SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits"
+                                  " WHERE inhparent = 'market_events'::regclass").fetchone()[0]
+            rows.append(dict(what=f"market_events: {what}", events=len(events), rows=len(items), secs=secs,
+                             rate=len(events) / secs,
+                             wire_b=sum(len(encode_row("deribit", "BTC", 1, 0, it.events).body) for it in items) / len(events),
+                             disk_b=size_b / len(events)))
         conn.execute("CREATE TABLE raw_frames (ts_ms bigint NOT NULL, ord bigint NOT NULL, frame text NOT NULL,"
                      " PRIMARY KEY (ts_ms, ord))")
         conn.commit()
@@ -157,6 +168,7 @@ def child(job: dict) -> dict:
     if store is not None:
         stats = [w.stats() for w in store.writers]
         out.update(stored=sum(s["rows_written"].get("market_events", 0) for s in stats),
+                   rows=sum(s["written_events"] for s in stats),  # the writer's items: a row each
                    pending=sum(s["pending"] for s in stats), spilled=sum(s["spilled"] for s in stats),
                    rejected=sum(s["rejected"] for s in stats))
     return out
@@ -175,7 +187,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--frames", type=int, default=400_000, help="live frames of the seed-scale workload (default: %(default)s)")
     p.add_argument("--insert-events", type=int, default=300_000, help="events COPYed per insert row (default: %(default)s)")
-    p.add_argument("--repeat", type=int, default=2, help="flow runs per setting, alternating (default: %(default)s)")
+    p.add_argument("--repeat", type=int, default=5, help="rounds of off-then-on flow runs (default: %(default)s)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -196,28 +208,32 @@ def main(argv=None) -> int:
         server = embedded_server(Path(tmp) / "pg", cleanup_mode="delete")
         try:
             dsn = server.get_uri()
-            print(f"\n{'insert, one connection (what the row does)':<62} {'events':>8} {'rows':>8} {'s':>6} "
+            print(f"\n{'insert (binary COPY, msgpack bodies), one connection (what the row does)':<66} {'events':>8} "
+                  f"{'rows':>8} {'s':>6} "
                   f"{'events/s':>9} {'rows/s':>8} {'B/event sent':>12} {'B/event disk':>12}")
             for r in insert_rates(dsn, path, args.insert_events):
-                print(f"{r['what']:<62} {r['events']:>8,} {r['rows']:>8,} {r['secs']:>6.2f} {r['rate']:>9,.0f} "
+                print(f"{r['what']:<66} {r['events']:>8,} {r['rows']:>8,} {r['secs']:>6.2f} {r['rate']:>9,.0f} "
                       f"{r['rows'] / r['secs']:>8,.0f} {r['wire_b']:>12.0f} {float(r['disk_b']):>12.0f}", flush=True)
             print(f"\n{'flow over the workload, max speed, 1 process':<52} {'msgs':>9} {'s':>6} {'msg/s':>9} "
-                  f"{'cpu s':>6} {'peak backlog rows':>17} {'stored events':>13} {'left':>5}")
+                  f"{'cpu s':>6} {'peak backlog rows':>17} {'stored rows':>11} {'stored events':>13} {'left':>5}")
             results = {False: [], True: []}
             for i in range(args.repeat):
                 for store in (False, True):
                     r = run_child(dict(store=store, dsn=dsn, path=str(path), meta=meta, spill=str(Path(tmp) / "spill"),
                                        run_id=f"bench-events-{i}"))
                     results[store].append(r)
-                    what = ("storage on: + MarketEventSink (1 writer)" if store
-                            else "storage off: the flow as graph.toml ships it")
+                    what = (f"round {i + 1}, storage on: + MarketEventSink (1 writer)" if store
+                            else f"round {i + 1}, storage off: the flow as graph.toml ships it")
                     print(f"{what:<52} {r['msgs']:>9,} {r['secs']:>6.2f} {r['rate']:>9,.0f} {r['cpu']:>6.1f} "
-                          f"{r.get('peak_backlog', 0) if store else '-':>17} {r.get('stored', '-'):>13} "
-                          f"{r.get('pending', '-'):>5}", flush=True)
-            off = max(r["rate"] for r in results[False])
-            on = max(r["rate"] for r in results[True])
-            print(f"\ncost of storage: {100 * (1 - on / off):.1f} % of the flow's throughput (best of {args.repeat} "
-                  f"each: {off:,.0f} → {on:,.0f} msg/s); {GOAL}")
+                          f"{r.get('peak_backlog', 0) if store else '-':>17} {r.get('rows', '-'):>11} "
+                          f"{r.get('stored', '-'):>13} {r.get('pending', '-'):>5}", flush=True)
+            off = statistics.median(r["rate"] for r in results[False])
+            on = statistics.median(r["rate"] for r in results[True])
+            paired = [1 - b["rate"] / a["rate"] for a, b in zip(results[False], results[True])]
+            print(f"\ncost of storage: {100 * statistics.median(paired):.1f} % of the flow's throughput (median of "
+                  f"{args.repeat} rounds' paired costs: {', '.join(f'{100 * c:.1f}' for c in paired)} %); "
+                  f"cost of the medians {100 * (1 - on / off):.1f} % ({off:,.0f} → {on:,.0f} msg/s); peak backlog "
+                  f"{max(r['peak_backlog'] for r in results[True]):,} rows; {GOAL}")
         finally:
             server.cleanup()
     return 0

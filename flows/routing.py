@@ -4,7 +4,9 @@
 each batch it reads becomes one `ChainBatch` per expiry key (operators/items.py) — one bytewax
 item per expiry per batch instead of one per message, since bytewax costs microseconds per
 item per step — plus the index prices and StatusReports that go elsewhere. It owns the
-instrument → chain-key routing built from Instrument events. Which worker reads which
+instrument → chain-key routing built from Instrument events. With market-event storage on
+(`market=True`), the same loop also makes one `MarketEvents` item per surface per batch: the
+events it routed, for connectors/postgres/market_sink.py. Which worker reads which
 instruments is connectors/venues/placement.py's rule; this module never parses and never
 computes anything about volatility.
 """
@@ -22,22 +24,35 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from flows.metrics import COUNTERS, STOP
 from operators.events import (BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument, StatusReport, Ticker,
-                              CONSOLIDATED, chain_key)
+                              CONSOLIDATED, chain_key, surface_key)
 from operators.items import ChainBatch
+
+_COMBINED = CONSOLIDATED + "|"
+
+
+class MarketEvents(tuple):
+    """(surface key, events): the market events one source batch routed to one surface
+    (venue|underlying), in the order read per expiry key, each once (not the combined
+    surface's copies), and the batch's index price of that surface last. What
+    connectors/postgres/market_sink.py stores (its key_of reads item[0])."""
+
+    __slots__ = ()
 
 
 class BatchingSource(FixedPartitionedSource):
     """Wraps a source of events: groups each batch per expiry key, stamped with the flow time
     reading it began (the epoch it entered in), interleaves a StatusReport every interval,
-    counts events in and feed errors by reason."""
+    counts events in and feed errors by reason. market: also emit a MarketEvents item per
+    surface per batch (graph.toml [sinks.postgres] market_events)."""
 
     def __init__(self, inner: FixedPartitionedSource, *, interval_ms: int, consolidate: bool,
-                 now_ms: Callable[[], int], index_venue: str = ""):
+                 now_ms: Callable[[], int], index_venue: str = "", market: bool = False):
         self.inner = inner
         self.interval_ms = interval_ms
         self.consolidate = consolidate
         self.index_venue = index_venue  # whose index the combined surface takes (consolidation.index_venue)
         self.now_ms = now_ms
+        self.market = market
 
     def list_parts(self):
         return self.inner.list_parts()
@@ -45,7 +60,7 @@ class BatchingSource(FixedPartitionedSource):
     def build_part(self, step_id, for_part, resume_state):
         inner_state, routing = resume_state if isinstance(resume_state, _Resume) else (resume_state, None)
         part = _BatchingPartition(self.inner.build_part(step_id, for_part, inner_state), self.interval_ms,
-                                  self.consolidate, self.now_ms, self.index_venue)
+                                  self.consolidate, self.now_ms, self.index_venue, self.market)
         if routing is not None:
             part.route, part.expiries = routing
         return part
@@ -61,10 +76,11 @@ class _Resume(tuple):
 
 class _BatchingPartition(StatefulSourcePartition):
     def __init__(self, inner: StatefulSourcePartition, interval_ms: int, consolidate: bool,
-                 now_ms: Callable[[], int], index_venue: str = ""):
+                 now_ms: Callable[[], int], index_venue: str = "", market: bool = False):
         self.inner = inner
         self.consolidate = consolidate
         self.index_venue = index_venue
+        self.market = market
         self.now_ms = now_ms
         # one report per process: the counters are process-wide, whatever the partition
         self.name = f"{socket.gethostname()}:{os.getpid()}"
@@ -114,8 +130,26 @@ class _BatchingPartition(StatefulSourcePartition):
                         groups.setdefault(key, []).append(e)
                 else:
                     out.append(e)
+            # market events to store: each surface's expiry groups joined (list.extend: C, no Python per
+            # event), copied before the index prices are appended. One item per surface per batch instead of
+            # one per ChainBatch through two filter_maps and a merge (until 2026-12-05): on the seed-scale
+            # workload (bench/bench_events.py, 2026-12-06) the writer gets 939 rows a run instead of ~43,000,
+            # and these steps with the items dropped at the sink cost the flow no measurable throughput
+            market = {} if self.market else None
+            if market is not None:
+                for key, evs in groups.items():
+                    skey = key[:key.rindex("|")]
+                    if skey.startswith(_COMBINED):
+                        continue  # the combined surface's copies of the same events
+                    stored = market.get(skey)
+                    if stored is None:
+                        market[skey] = list(evs)
+                    else:
+                        stored.extend(evs)
             for (venue, underlying), e in index.items():
                 out.append(e)
+                if market is not None:
+                    market.setdefault(surface_key(venue, underlying), []).append(e)
                 for key in self.expiries.get((venue, underlying), ()):
                     groups.setdefault(key, []).append(e)
                 # one venue's index for the combined surface and its chains: both venues' interleaved
@@ -125,6 +159,8 @@ class _BatchingPartition(StatefulSourcePartition):
                     for key in self.expiries.get((CONSOLIDATED, underlying), ()):
                         groups.setdefault(key, []).append(e)
             out.extend(ChainBatch(key, evs, entered_ms) for key, evs in groups.items())
+            if market:
+                out.extend(MarketEvents(item) for item in market.items())
         now = int(time.time() * 1000)
         if now >= self.next_report_ms:
             self.next_report_ms = now + self.interval_ms

@@ -35,7 +35,7 @@ from bytewax.outputs import FixedPartitionedSink
 from flows.config import Config, ConfigError, load_config
 from flows.metrics import (CALENDAR_VIOLATIONS, COUNTERS, DEPENDENCIES, HANDOFF_SECONDS, STOP, forget_fit, observe_fit,
                            serve_metrics)
-from flows.routing import BatchingSource
+from flows.routing import BatchingSource, MarketEvents
 from flows.steps import FlowClock, chain_builder, surface_builder
 from operators.events import CONSOLIDATED, FeedError, IndexPrice, SmileFit, StatusReport, SurfacePatch, surface_key
 from operators.items import ChainBatch, ExpiryFit, ExpiryGone
@@ -52,6 +52,7 @@ class Feed:
     batches: Stream[ChainBatch]
     indices: Stream[IndexPrice]
     statuses: Stream[StatusReport]
+    market: Optional[Stream[MarketEvents]] = None  # with market-event storage on only
 
 
 @dataclass(frozen=True)
@@ -65,12 +66,16 @@ class ChainOut:
 
 @operator
 def feed(step_id: str, flow: Dataflow, source: BatchingSource) -> Feed:
-    """One venue's events: ChainBatches for the chain step, index prices, StatusReports."""
+    """One venue's events: ChainBatches for the chain step, index prices, StatusReports, and
+    with market-event storage on (source.market) the MarketEvents items to store."""
     items = op.input("input", flow, source)
     batches = op.branch("batches", items, lambda x: type(x) is ChainBatch)
     op.inspect("freshness", batches.trues, _heard)
     indices = op.branch("indices", batches.falses, lambda x: type(x) is IndexPrice)
-    return Feed(batches.trues, indices.trues, indices.falses)
+    if not source.market:
+        return Feed(batches.trues, indices.trues, indices.falses)
+    market = op.branch("market", indices.falses, lambda x: type(x) is MarketEvents)
+    return Feed(batches.trues, indices.trues, market.falses, market.trues)
 
 
 @operator
@@ -103,9 +108,10 @@ def build_flow(config: Config, source, sinks: list, *, now_ms: Callable[[], int]
     sources = list(source) if isinstance(source, (list, tuple)) else [source]
     consolidate = config.consolidation.enabled and len(sources) > 1
     clock = FlowClock(now_ms, clock_rate)
+    market = any(getattr(sink, "stores_market_events", False) for sink in sinks)
     feeds = [feed(f"feed_{i}", flow, BatchingSource(src, interval_ms=config.runtime.status_interval_ms,
                                                       consolidate=consolidate, now_ms=now_ms,
-                                                      index_venue=config.consolidation.index_venue))
+                                                      index_venue=config.consolidation.index_venue, market=market))
              for i, src in enumerate(sources)]
     watch_dependencies(config, sinks)
     merged = (lambda name, streams: streams[0] if len(streams) == 1 else op.merge(name, *streams))
@@ -133,29 +139,13 @@ def build_flow(config: Config, source, sinks: list, *, now_ms: Callable[[], int]
 
 
 def market_events_output(step_id: str, feeds: list[Feed], sink) -> None:
-    """The events every source emitted, once each, to a market-event sink: each ChainBatch's
-    events but its copies of the index price (the venue's own batches only: a consolidated
-    surface's batches copy them), and the index prices (the venue's own), as one (surface key,
-    events) item per batch. Items, not events, cross the bytewax steps: bytewax costs
-    microseconds per item per step (docs/benchmarks.md "Market events")."""
-    streams = []
-    for i, f in enumerate(feeds):
-        streams.append(op.filter_map(f"{step_id}_batches_{i}", f.batches, _batch_events))
-        streams.append(op.filter_map(f"{step_id}_indices_{i}", f.indices, _index_events))
+    """The events every source emitted, once each, to a market-event sink: the sources' own
+    MarketEvents items (flows/routing.py makes one per surface per batch in the loop that
+    routes the events), keyed by surface. Items, not events, cross the bytewax steps: bytewax
+    costs microseconds per item per step (docs/benchmarks.md "Market events")."""
+    streams = [f.market for f in feeds]
     items = streams[0] if len(streams) == 1 else op.merge(f"{step_id}_in", *streams)
     op.output(step_id, op.key_on(f"{step_id}_key", items, sink.key_of), sink)
-
-
-def _batch_events(batch: ChainBatch):
-    key = batch.key
-    if key.startswith(CONSOLIDATED + "|"):
-        return None
-    events = [e for e in batch.events if type(e) is not IndexPrice]
-    return (key[:key.rindex("|")], events) if events else None
-
-
-def _index_events(e: IndexPrice):
-    return None if e.venue == CONSOLIDATED else (surface_key(e.venue, e.underlying), [e])
 
 
 _first_patch: set[tuple[str, str]] = set()

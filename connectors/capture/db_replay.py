@@ -33,7 +33,10 @@ from connectors.postgres.embedded import connect
 from connectors.postgres.market_events import decode_events
 from operators.events import ContractError, FeedError, FuturePrice, IndexPrice, Instrument
 
-PAGE_ROWS = 1000  # rows (~10 events each) per query: one index range scan each, resumed after the last position
+# rows per query: one index range scan each, resumed after the last position. A row holds up to 500 events
+# since 2026-12-06 (connectors/postgres/market_sink.py ROW_EVENTS; ~10 before): 40 rows, at most 20,000 events
+# (a few MB of msgpack) read at once
+PAGE_ROWS = 40
 SPAN_MS = 3_600_000  # a stored row's events span far less (one source batch): bounds the partitions read
 PRICE_LOOKBACK_MS = 600_000  # the preamble's future and index prices: the newest within this before the window
 
@@ -149,7 +152,7 @@ class DbReplayPartition(StatefulSourcePartition):
         if not self._rows:
             self._eof = True
 
-    def _events(self, body: str, ts_ms: int = 0) -> list:
+    def _events(self, body: bytes, ts_ms: int = 0) -> list:
         try:
             return decode_events(body)
         except ContractError as exc:

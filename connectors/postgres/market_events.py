@@ -3,15 +3,17 @@
 them (a PostgresWriter with other hooks: same buffer, spill and retry machinery, never blocking
 the flow).
 
-What is stored is the normalised events the sources emit (MARKET_EVENTS), as JSON arrays of one
-source batch of one surface per row (004_market_events.sql says why a row per batch), not the raw
-websocket frames. Measured on this 2-core box with bench/bench_events.py on the seed-scale
-workload (2026-12-05, docs/benchmarks.md "Market events"): raw frames COPY faster in isolation
-(502,000 frames/s against 351,000 events/s: no encode), but they are 348 bytes per event on the
-wire against 255, and 441 bytes per event on disk against 93 (the batched JSON arrays compress in
-TOAST; single frames are too small to); and a replay of frames would need the venue's parser and
-its session state (subscriptions, change ids) on the replay side, where stored events replay
-through any venue's path alike and are already grouped by surface. Events it is.
+What is stored is the normalised events the sources emit (MARKET_EVENTS), as msgpack arrays of one
+source batch of one surface per row (004_market_events.sql says why a row per batch; 007 why msgpack
+and how the body is stored), not the raw websocket frames. Measured on this 2-core box with
+bench/bench_events.py on the seed-scale workload (docs/benchmarks.md "Market events"): on
+2026-12-05 raw frames COPYed faster in isolation (502,000 frames/s against 351,000 events/s: no
+encode); since 2026-12-06 (rows of 500 events, msgpack, binary COPY) events COPY at 564,000-659,000
+a second against 281,000-286,000 frames, at 214 bytes per event sent against a frame's 348, and 224
+on disk uncompressed against 441; and a replay of frames would need the venue's parser on the
+replay side, where stored events replay through any venue's path alike and are already grouped by
+surface. Encoding them is still most of what storage costs the flow (encode_row): a tap of raw
+frames in the venue clients was not measured.
 
 Only translates: no volatility maths, no threads of its own (the PostgresWriter's), never imports
 flows or bytewax (connectors/postgres/market_sink.py is the bytewax side).
@@ -20,6 +22,8 @@ flows or bytewax (connectors/postgres/market_sink.py is the bytewax side).
 from __future__ import annotations
 
 import logging
+import operator
+import struct
 from typing import Any, Iterable, Union
 
 import msgspec
@@ -39,17 +43,70 @@ _decode_market = decoder(*MARKET_EVENTS).decode
 
 
 class MarketBatch(msgspec.Struct, frozen=True, array_like=True):
-    """A run of one surface's market events as the event sink hands it to the writer: the
-    surface (venue, underlying) and the position (seg, ord) of its first event in the order the
-    sink accepted them; the i-th event is at (seg, ord + i) (004_market_events.sql). One item per
-    source batch of a surface, not per event: the flow's side costs per item, and the events are
-    encoded as one JSON array (measured in bench/bench_events.py, see MarketPlan)."""
+    """A run of one surface's market events, a row of market_events: the surface (venue,
+    underlying) and the position (seg, ord) of its first event in the order the event sink
+    accepted them; the i-th event is at (seg, ord + i) (004_market_events.sql). One row per
+    source batch of a surface (at most connectors/postgres/market_sink.py ROW_EVENTS events), not
+    per event: the flow's side costs per item, and the events are encoded as one msgpack array
+    (measured in bench/bench_events.py, see MarketPlan). The event sink hands the writer
+    MarketRows (the same, encoded); a MarketBatch is what a spill line reads back as, and what
+    tests and the benchmark write."""
 
     venue: str
     underlying: str
     seg: int
     ord: int
     events: list
+
+
+class MarketRow(msgspec.Struct, frozen=True):
+    """A MarketBatch encoded by encode_row: its row's columns, the events one msgpack array
+    (`body`: msgspec.msgpack of the list, each event a map with its `type` tag first, as
+    operators.events.to_json has it in JSON; 007_market_events_storage.sql)."""
+
+    venue: str
+    underlying: str
+    seg: int
+    ord: int
+    ts_ms: int  # the first and last receive time of its events
+    ts_last_ms: int
+    n: int
+    kinds: int  # KIND_BITS of its event types
+    body: bytes
+
+
+def encode_row(venue: str, underlying: str, seg: int, ord_: int, events: list) -> MarketRow:
+    """The row of these events (at least one) at position (seg, ord_); TypeError or ValueError,
+    naming what, if one is not a market event or its ts_recv_ms is not UTC epoch ms.
+
+    Per event, only C runs here (msgspec encodes the list; map/set/min/max read the types and
+    times). It runs in the flow's thread, in the event sink (market_sink.py), not in the writer's:
+    measured on the seed-scale workload (2 cores, bench/bench_events.py, 2026-12-06), the same
+    work in the writer thread took it 1.26 s of CPU per run against ~0.75 s here, for the same cost
+    to the flow's throughput within the benchmark's noise. The encode is most of what storage costs
+    the flow, and most of it is memory, not the encoder: on 300,000 parsed events in a loop
+    (2026-12-06 02:27 UTC) a JSON encode took 0.45 us an event, 0.70 after a 64 MB cache flush,
+    and in the flow ~1.7 us (the events it reaches were made a whole source batch earlier, among
+    the flow's other allocations; re-encoding them at once took a third of that). Not the cyclic
+    GC: with storage on the flow's collector time rose 0.13 -> 0.15 s a run (gc.callbacks, 2 rounds).
+    So the body is msgpack (binary floats: no shortest-repr formatting): 0.22 us an event hot
+    against JSON's 0.45; in the flow 0.47-0.52 s a run against 0.75-0.79 s, and storage's cost
+    to the flow's throughput 15.6 % against 19.3 % (5 interleaved rounds, 2026-12-06 02:41 UTC;
+    docs/benchmarks.md "Market events")."""
+    types = set(map(type, events))
+    if not _MARKET_SET.issuperset(types):
+        bad = next(t.__name__ for t in types if t not in _MARKET_SET)
+        raise TypeError(f"market_events stores {', '.join(c.__name__ for c in MARKET_EVENTS)}; got {bad}")
+    stamps = list(map(_recv_ms, events))
+    low, high = min(stamps), max(stamps)
+    if set(map(type, stamps)) != _INT or not (0 <= low and high < 2**53):
+        raise ValueError(f"a ts_recv_ms of {venue}|{underlying} (from {low!r} to {high!r}) is not UTC epoch ms")
+    if type(seg) is not int or type(ord_) is not int:
+        raise ValueError(f"position ({seg!r}, {ord_!r}) is not two integers")
+    kinds = 0
+    for t in types:
+        kinds |= KIND_BITS[t]
+    return MarketRow(venue, underlying, seg, ord_, low, high, len(events), kinds, _pack(events))
 
 
 class _SpillBatch(msgspec.Struct, array_like=True):
@@ -61,7 +118,8 @@ class _SpillBatch(msgspec.Struct, array_like=True):
 
 
 _spill_decode = msgspec.json.Decoder(_SpillBatch).decode
-_encode = msgspec.json.Encoder().encode
+_encode = msgspec.json.Encoder().encode  # spill lines
+_pack = msgspec.msgpack.Encoder().encode  # row bodies
 
 
 def decode_event(body: bytes | str) -> Any:
@@ -74,81 +132,91 @@ def decode_event(body: bytes | str) -> Any:
 
 
 _decode_list = msgspec.json.Decoder(list[Union[MARKET_EVENTS]]).decode  # type: ignore[valid-type]
+_unpack_list = msgspec.msgpack.Decoder(list[Union[MARKET_EVENTS]]).decode  # type: ignore[valid-type]
 
 
-def decode_events(body: bytes | str) -> list:
-    """A stored row's body (a JSON array of market events) back into its events; ContractError
-    (naming the type and field) if it is not one."""
+def decode_events(body: bytes | memoryview | str) -> list:
+    """A stored row's body back into its events: a msgpack array (since 007_market_events_storage.sql)
+    or a JSON one (rows stored before it, text made bytea; a msgpack array never starts with `[`,
+    0x5b, which msgpack reads as the integer 91); ContractError (naming the type and field) if it is
+    not one."""
     try:
-        return [checked(e) for e in _decode_list(body)]
+        if isinstance(body, str) or body[:1] == b"[":
+            return [checked(e) for e in _decode_list(body)]
+        return [checked(e) for e in _unpack_list(body)]
     except (msgspec.DecodeError, UnicodeError) as exc:
-        raise ContractError(f"not a JSON array of market events: {exc}") from None
+        raise ContractError(f"not an array of market events: {exc}") from None
 
 
 def _copy_text(value: str) -> str:
-    """A text value in COPY's text format (backslash, tab, newline, carriage return escaped; NUL,
-    which PostgreSQL text cannot hold, dropped: the body keeps the exact value)."""
-    if "\x00" in value:
-        value = value.replace("\x00", "")
-    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
-        value = value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-    return value
+    """A text value for COPY's binary format: NUL, which PostgreSQL text cannot hold, dropped (the
+    body keeps the exact value)."""
+    return value.replace("\x00", "") if "\x00" in value else value
+
+
+# COPY's binary format (PostgreSQL docs, "COPY", Binary Format): a header, per tuple its field count and
+# each field as a length and its bytes (bigint 8 bytes, integer 4, smallint 2, big-endian), a trailer
+_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_TRAILER = struct.pack(">h", -1)
+_FIELDS = struct.Struct(">h")
+_LEN = struct.Struct(">i")
+_TAIL = struct.Struct(">iqiqiqiqiiihi")  # seg, ord, ts_ms, ts_last_ms, n, kinds, then the body's length
 
 
 KIND_BITS = {Instrument: 1, FuturePrice: 2, IndexPrice: 4, BookUpdate: 8, Ticker: 16, FeedError: 32}
 
 
 class MarketPlan:
-    """The market_events rows of one batch of run `run_id`: one COPY line per MarketBatch, its
-    events as one JSON array (004_market_events.sql says why a row per batch). add() fails on a
-    bad item before it changes anything (the writer sets it aside and keeps the rest).
+    """The market_events rows of one batch of run `run_id`: one COPY line per MarketRow (or
+    MarketBatch, encoded here) in COPY's binary format, its events as one msgpack array (the bytea
+    as is: COPY's text format wants bytea as hex, which doubled what the server reads and cost the
+    writer 0.19 s of binascii.hexlify a run under the GIL; with it the flow lost more throughput with
+    msgpack bodies than with JSON ones: 2026-12-06 02:31 UTC, 5 interleaved rounds, loaded machine) (004_market_events.sql says why a
+    row per batch). add() fails on a bad item before it changes anything (the writer sets it
+    aside and keeps the rest).
 
-    Per event, only C runs here (msgspec encodes the list, map/min/max read the types and
-    times): the writer shares the flow's GIL, and per-event Python is what storage costs the
-    flow. Measured on the seed-scale workload (2 cores, bench/bench_events.py, 2026-12-05): a COPY
-    line built per event in Python took 1.3-1.9 us per event (plus 0.9 us for a per-event item in
-    the sink) and storage cost the flow 64 % of its throughput; this way, 29 %."""
+    Per event, only C runs here: the writer shares the flow's GIL, and per-event Python is what
+    storage costs the flow. Measured on the seed-scale workload (2 cores, bench/bench_events.py,
+    2026-12-05): a COPY line built per event in Python took 1.3-1.9 us per event (plus 0.9 us for
+    a per-event item in the sink) and storage cost the flow 64 % of its throughput; a msgspec
+    encode per row, 29 % (see encode_row for where the encoding runs since 2026-12-06)."""
 
     def __init__(self, run_id: str) -> None:
-        self.run_id = _copy_text(check_run_id(run_id))
+        run = _copy_text(check_run_id(run_id)).encode()
+        self.run_id = _FIELDS.pack(10) + _LEN.pack(len(run)) + run  # every tuple starts so
         self.lines: list[bytes] = []
         self.days: set[int] = set()
         self.events = 0
         self.newest_ms = -1
 
-    def add(self, item: MarketBatch) -> None:
-        if type(item) is not MarketBatch:
-            raise TypeError(f"the market-event writer stores MarketBatch items; got {type(item).__name__}")
-        events = item.events
-        if not events:
-            return
-        types = set(map(type, events))
-        if not _MARKET_SET.issuperset(types):
-            bad = next(t.__name__ for t in types if t not in _MARKET_SET)
-            raise TypeError(f"market_events stores {', '.join(c.__name__ for c in MARKET_EVENTS)}; got {bad}")
-        stamps = [e.ts_recv_ms for e in events]
-        low, high = min(stamps), max(stamps)
-        if not (type(low) is int and type(high) is int and 0 <= low and high < 2**53) or \
-                not all(type(t) is int for t in stamps):
-            raise ValueError(f"a ts_recv_ms of {item.venue}|{item.underlying} (from {low!r} to {high!r}) is not"
-                             " UTC epoch ms")
-        if type(item.seg) is not int or type(item.ord) is not int:
-            raise ValueError(f"position ({item.seg!r}, {item.ord!r}) is not two integers")
-        kinds = 0
-        for t in types:
-            kinds |= KIND_BITS[t]
-        # JSON never holds a raw tab or newline; only its backslashes need doubling for COPY
-        body = _encode(events).replace(b"\\", b"\\\\")
-        self.lines.append(f"{self.run_id}\t{_copy_text(item.venue)}\t{_copy_text(item.underlying)}\t{item.seg}\t"
-                          f"{item.ord}\t{low}\t{high}\t{len(events)}\t{kinds}\t"
-                          .encode() + body + b"\n")
-        self.days.add(low // DAY_MS)
-        self.events += len(events)
-        if high > self.newest_ms:
-            self.newest_ms = high
+    def add(self, item: Union[MarketRow, MarketBatch]) -> None:
+        kind = type(item)
+        if kind is MarketBatch:
+            if not item.events:
+                return
+            row = encode_row(item.venue, item.underlying, item.seg, item.ord, item.events)
+        elif kind is MarketRow:
+            row = item
+            if not (type(row.ts_ms) is int and type(row.ts_last_ms) is int and 0 <= row.ts_ms <= row.ts_last_ms < 2**53
+                    and type(row.n) is int and row.n > 0 and type(row.seg) is int and type(row.ord) is int
+                    and type(row.body) is bytes):
+                raise ValueError(f"not a row encode_row makes: {row!r:.200}")
+        else:
+            raise TypeError(f"the market-event writer stores MarketRow and MarketBatch items; got {kind.__name__}")
+        venue, underlying = _copy_text(row.venue).encode(), _copy_text(row.underlying).encode()
+        self.lines.append(b"".join((
+            self.run_id, _LEN.pack(len(venue)), venue, _LEN.pack(len(underlying)), underlying,
+            _TAIL.pack(8, row.seg, 8, row.ord, 8, row.ts_ms, 8, row.ts_last_ms, 4, row.n, 2, row.kinds,
+                       len(row.body)), row.body)))
+        self.days.add(row.ts_ms // DAY_MS)
+        self.events += row.n
+        if row.ts_last_ms > self.newest_ms:
+            self.newest_ms = row.ts_last_ms
 
 
 _MARKET_SET = frozenset(MARKET_EVENTS)
+_INT = {int}
+_recv_ms = operator.attrgetter("ts_recv_ms")
 _COLS = ", ".join(COLUMNS)
 
 
@@ -179,19 +247,19 @@ def write_market_plan(conn: psycopg.Connection, plan: MarketPlan, known_days: se
     if not plan.lines:
         return 0
     need = plan.days | {max(plan.days) + 1}
-    data = b"".join(plan.lines)
+    data = b"".join((_HEADER, *plan.lines, _TRAILER))
     try:
         with conn.transaction(), conn.cursor() as cur:
             if not need <= known_days:
                 ensure_days(conn, need - known_days)
-            with cur.copy(f"COPY market_events ({_COLS}) FROM STDIN") as copy:
+            with cur.copy(f"COPY market_events ({_COLS}) FROM STDIN (FORMAT BINARY)") as copy:
                 copy.write(data)
             n = plan.events
     except psycopg.errors.UniqueViolation:
         with conn.transaction(), conn.cursor() as cur:
             cur.execute("CREATE TEMP TABLE IF NOT EXISTS stage_market_events"
                         " (LIKE market_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
-            with cur.copy(f"COPY stage_market_events ({_COLS}) FROM STDIN") as copy:
+            with cur.copy(f"COPY stage_market_events ({_COLS}) FROM STDIN (FORMAT BINARY)") as copy:
                 copy.write(data)
             # the same position holds the same event in every resend (the sink numbers them), so of
             # two rows starting at one position the longer holds the other: it stays
@@ -220,7 +288,7 @@ class MarketEventWriter(PostgresWriter):
     retention_days: after a batch whose newest event starts a new day, the day partitions older
     than that many days before it are dropped (0: never)."""
 
-    supported = (MarketBatch,)
+    supported = (MarketRow, MarketBatch)
 
     def __init__(self, dsn: str, *, retention_days: int, **options: Any) -> None:
         if isinstance(retention_days, bool) or not isinstance(retention_days, int) or retention_days < 0:
@@ -252,6 +320,8 @@ class MarketEventWriter(PostgresWriter):
 
     @staticmethod
     def encode(item: Any) -> bytes:
+        if type(item) is MarketRow:  # the spill line of the MarketBatch it was encoded from (rare: the database away)
+            return _encode((item.venue, item.underlying, item.seg, item.ord, _unpack_list(item.body)))
         if not isinstance(item, MarketBatch):
             raise TypeError(f"not a MarketBatch of market events: {type(item).__name__}")
         return _encode(item)

@@ -1,13 +1,15 @@
 """The bytewax sink of market events (issue #15 part 4): a fixed set of partitions keyed by
 surface (venue|underlying), each owning a MarketEventWriter (connectors/postgres/market_events.py)
-that COPYs the events into market_events on its own thread: the flow only appends to a queue.
+that COPYs the rows into market_events on its own thread: the flow encodes each row's events
+(one msgspec call, encode_row) and appends the row to a queue.
 
-Items are (surface key, events) pairs, one per source batch of a surface (flows/surface.py
-build_flow wires the sources' batches here when graph.toml [sinks.postgres] market_events is on).
-Each partition numbers the events it accepts, (seg, ord): seg is the partition's start (wall ms x
-1024 + its index), ord counts; both are its recovery snapshot, so a resumed flow gives the events
-it hands over again the positions they had (a no-op in PostgreSQL), and a replay reads a surface's
-events back in the order the flow saw them. The snapshot also waits for the durable hand-off
+Items are (surface key, events) pairs, one per source batch of a surface (flows/routing.py
+MarketEvents; flows/surface.py build_flow wires them here when graph.toml [sinks.postgres]
+market_events is on), cut into rows of at most ROW_EVENTS events. Each partition numbers the
+events it accepts, (seg, ord): seg is the partition's start (wall ms x 1024 + its index), ord
+counts; both are its recovery snapshot, so a resumed flow gives the events it hands over again the
+positions they had (a no-op in PostgreSQL), and a replay reads a surface's events back in the
+order the flow saw them. The snapshot also waits for the durable hand-off
 (PostgresWriter.durable), as connectors/postgres/sink.py does. Never imports flows.
 """
 
@@ -21,11 +23,21 @@ from typing import Any, Optional
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
-from connectors.postgres.market_events import MarketBatch, MarketEventWriter
+from connectors.postgres.market_events import MarketBatch, MarketEventWriter, encode_row
 from connectors.postgres.runs import RunInfo
 from connectors.postgres.writer import orphan_runs
 
 log = logging.getLogger("volgraph.postgres")
+
+# events per row of market_events (and per writer item) at most: a source batch of a surface (up to
+# SOURCE_BATCH_MAX = 5,000 frames at full speed, a handful live) is cut into rows of this many. Measured
+# 2026-12-06 with COPY of 300,000 seed-scale events (rows built, COPY, commit): rows of 500 cost the
+# writer 0.67 us of CPU an event against 1.5 for rows of 10, and the largest row stays ~110 kB of msgpack (a
+# database replay reads 40 a query: connectors/capture/db_replay.py PAGE_ROWS)
+ROW_EVENTS = 500
+# writer items buffered in memory while the database is away before they spill to disk (up to
+# ROW_EVENTS each: at most 500,000 events, as 50,000 rows of ~10 events were before 2026-12-06)
+MAX_BUFFER_ITEMS = 1_000
 
 
 class _MarketPartition(StatefulSinkPartition):
@@ -39,10 +51,16 @@ class _MarketPartition(StatefulSinkPartition):
         self.orphans = orphans
 
     def write_batch(self, items: list) -> None:
-        submit, seg, n = self.writer.submit, self.seg, self.ord
+        submit, seg, n, size = self.writer.submit, self.seg, self.ord, ROW_EVENTS
         for skey, events in items:  # one item per source batch of a surface, never one per event
             venue, underlying = skey.split("|", 1)
-            submit(MarketBatch(venue, underlying, seg, n, events))
+            for i in range(0, len(events), size):  # a row holds at most ROW_EVENTS
+                chunk = events if len(events) <= size else events[i:i + size]
+                try:  # encoded here, in the flow's thread (encode_row says why)
+                    row = encode_row(venue, underlying, seg, n + i, chunk)
+                except (TypeError, ValueError):  # not market events: the writer sets them aside, counted
+                    row = MarketBatch(venue, underlying, seg, n + i, chunk)
+                submit(row)
             n += len(events)
         self.ord = n
 
@@ -76,7 +94,7 @@ class MarketEventSink(FixedPartitionedSink):
         self.run = run
         self.partitions = partitions
         self.options = dict(spill_dir=spill_dir, flush_ms=flush_ms, batch_rows=batch_rows,
-                            retention_days=retention_days, **writer_options)
+                            retention_days=retention_days, **{"max_buffer_rows": MAX_BUFFER_ITEMS, **writer_options})
         self.close_timeout_s = close_timeout_s
         self.handoff_timeout_s = handoff_timeout_s
         self.writers: list[MarketEventWriter] = []  # for status, metrics (backlog) and tests

@@ -12,10 +12,15 @@
 -- arrays into event rows in SQL cost PostgreSQL ~8 us per event on the core the flow shares
 -- (storage then cost the flow 64 % and ~55 % of its throughput, in turn); with a row per batch the
 -- writer's Python per event is one msgspec encode of the list (~0.5 us), the server writes a row
--- per ~10 events, and storage costs the flow 29 % (2026-12-05). The view market_event_rows below
--- gives one row per event for SQL.
+-- per ~10 events, and storage costs the flow 29 % (2026-12-05). Since 2026-12-06 a row holds the
+-- whole source batch of a surface, up to 500 events (connectors/postgres/market_sink.py
+-- ROW_EVENTS; the table is unchanged, 007_market_events_storage.sql sets how body is stored). The
+-- view market_event_rows below gives one row per event for SQL.
 --   * body is the events as one JSON array, each exactly operators.events.to_json (msgspec, `type`
---     tag first): the round trip is exact and needs no column per field;
+--     tag first): the round trip is exact and needs no column per field. Since 2026-12-06
+--     (007_market_events_storage.sql) body is bytea holding a msgpack array of the same events,
+--     written by binary COPY (storage then cost the flow 12.9 %, docs/benchmarks.md); rows
+--     written as JSON before that keep their bytes and still decode;
 --   * ts_ms / ts_last_ms: the first and last receive time (ts_recv_ms, which every market event
 --     has) of its events: a replay's window and clock, as for a recording
 --     (connectors/capture/replay.py); ts_ms is the partition key;

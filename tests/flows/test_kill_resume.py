@@ -12,7 +12,12 @@ final fits), and the sink's durable hand-off must leave nothing half-written.
 
 What the frozen clock leaves untested here: rows written before the kill (they all come at the
 end); tests/connectors/postgres/test_handoff.py checks the hand-off itself against a database
-that goes away.
+that goes away. The variant with market events stored (graph.toml [sinks.postgres]
+market_events = true) does write before every kill — the events as they are read — and its
+market_events table must hold what the uninterrupted run's holds: every event of every
+instrument once, in the order read, each position (seg, ord) of the event sink once
+(connectors/postgres/market_sink.py numbers them and keeps the count in its snapshot; a resumed
+flow hands the events after the snapshot over again to the same positions).
 """
 
 from __future__ import annotations
@@ -57,9 +62,9 @@ def snapshots(recovery: Path) -> int:
         return db.execute("SELECT coalesce(max(commit_epoch), 0) FROM commits").fetchone()[0]
 
 
-def start(files, dsn, spill, recovery) -> subprocess.Popen:
+def start(files, dsn, spill, recovery, market: bool) -> subprocess.Popen:
     env = dict(os.environ, **{ENV: orjson.dumps({"files": files, "dsn": dsn, "clock_ms": START_MS,
-                                                  "spill_dir": str(spill), "speed": SPEED}).decode()})
+                                                  "spill_dir": str(spill), "speed": SPEED, "market": market}).decode()})
     return subprocess.Popen([sys.executable, "-m", "bytewax.run", "tests.helpers.scaleout:flow",
                              "-r", str(recovery), "-s", "1", "-b", "0"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -70,9 +75,40 @@ def recordings(tmp_path_factory) -> list[str]:
     return [str(p) for p in record_deribit(tmp_path_factory.mktemp("rec"), START_MS, ticks=20)]
 
 
-def test_ten_kills_and_resumes_leave_the_rows_of_an_uninterrupted_run(pg_server, recordings, tmp_path):
+def stored_events(dsn: str) -> dict:
+    """The market events a run stored: per (venue, underlying, instrument), the event bodies in
+    position order — every event but the index prices, which the source folds to the newest per
+    batch, so how many are stored follows the batching (flows/routing.py) — and per surface the
+    index prices' bodies and the newest one; the positions per seg (a life of an event-sink
+    partition, which numbers the events of all its surfaces in one count); and the positions
+    stored twice with different events (rows a resumed flow regrouped overlap: a position must
+    hold one event, connectors/capture/db_replay.py reads it once)."""
+    from connectors.postgres import connect
+
+    with connect(dsn) as conn:
+        rows = conn.execute("SELECT venue, underlying, seg, ord, type, instrument, body FROM market_event_rows"
+                            " ORDER BY venue, underlying, seg, ord").fetchall()
+    events, index, newest_index, positions, clashes, seen = {}, {}, {}, {}, [], {}
+    for venue, underlying, seg, ord_, kind, instrument, body in rows:
+        pos = (venue, underlying, seg, ord_)
+        if pos in seen:
+            if seen[pos] != body:
+                clashes.append(pos)
+            continue  # overlapping rows: each position once
+        seen[pos] = body
+        positions.setdefault(seg, []).append(ord_)
+        if kind == "IndexPrice":
+            index.setdefault((venue, underlying), []).append(body)
+            newest_index[(venue, underlying)] = body
+        else:
+            events.setdefault((venue, underlying, instrument), []).append(body)
+    return dict(events=events, index=index, newest_index=newest_index, positions=positions, clashes=clashes)
+
+
+@pytest.mark.parametrize("market", [False, True], ids=["rows", "rows_and_market_events"])
+def test_ten_kills_and_resumes_leave_the_rows_of_an_uninterrupted_run(pg_server, recordings, tmp_path, market):
     reference_dsn = fresh_db(pg_server)
-    run_main(build(recordings, reference_dsn, START_MS, str(tmp_path / "spill-ref")))
+    run_main(build(recordings, reference_dsn, START_MS, str(tmp_path / "spill-ref"), market=market))
     reference = persisted(reference_dsn)
     assert reference["smile_fits"], "the uninterrupted run stored nothing"
 
@@ -87,7 +123,7 @@ def test_ten_kills_and_resumes_leave_the_rows_of_an_uninterrupted_run(pg_server,
     while killed < KILLS:
         before = snapshots(recovery)
         want = before + rng.randint(1, 2)
-        proc = start(recordings, dsn, spill, recovery)
+        proc = start(recordings, dsn, spill, recovery, market)
         deadline = time.monotonic() + DEADLINE_S
         while proc.poll() is None and snapshots(recovery) < want and time.monotonic() < deadline:
             time.sleep(0.01)  # polling another process's sqlite file, which offers nothing to wait on
@@ -100,7 +136,7 @@ def test_ten_kills_and_resumes_leave_the_rows_of_an_uninterrupted_run(pg_server,
             break  # it reached the end of input before the kill point: nothing left to kill
         assert proc.returncode == -signal.SIGKILL, out[-3000:]
     assert killed == KILLS, f"only {killed} kills landed before the end of input: slow the replay (SPEED)"
-    last = start(recordings, dsn, spill, recovery)
+    last = start(recordings, dsn, spill, recovery, market)
     out, _ = last.communicate(timeout=DEADLINE_S)
     assert last.returncode == 0, out[-3000:]
     assert "unknown_instrument" not in out and not any("unknown_instrument" in o for o in outputs)
@@ -108,3 +144,21 @@ def test_ten_kills_and_resumes_leave_the_rows_of_an_uninterrupted_run(pg_server,
     rows = persisted(dsn)
     for table in reference:
         assert rows[table] == reference[table], (table, killed)
+    if not market:
+        return
+    want, got = stored_events(reference_dsn), stored_events(dsn)
+    assert want["events"], "the uninterrupted run stored no market events"
+    assert got["clashes"] == [] and want["clashes"] == []
+    # one life of the event sink's one partition (seg) — every resume continued it — and its positions 0, 1, 2, …
+    # each once
+    for positions in (want["positions"], got["positions"]):
+        assert len(positions) == 1, sorted(positions)
+        for seg, ords in positions.items():
+            missing = sorted(set(range(max(ords) + 1)) - set(ords))[:10]
+            assert len(ords) == max(ords) + 1, f"seg {seg}: {len(ords)} positions up to {max(ords)}; missing {missing}"
+    assert got["events"].keys() == want["events"].keys()
+    for key, bodies in want["events"].items():
+        assert got["events"][key] == bodies, key  # none lost, none doubled, in the order read
+    assert got["newest_index"] == want["newest_index"]
+    for bodies in got["index"].values():
+        assert len(set(bodies)) == len(bodies)  # no index price stored twice

@@ -25,7 +25,8 @@ import random
 from pathlib import Path
 from typing import Optional, Sequence
 
-ENV = "VOLGRAPH_SCALEOUT"  # JSON: {"files": [...], "dsn": ..., "clock_ms": ..., "spill_dir": ..., "speed": ...}
+# JSON: {"files": [...], "dsn": ..., "clock_ms": ..., "spill_dir": ..., "speed": ..., "market": ...}
+ENV = "VOLGRAPH_SCALEOUT"
 FROZEN_RATE = 1e-4  # flow ms per wall ms: a 50 ms epoch closes 500 s of wall time after it opens, far
 # beyond any run here; expiries (≤ 60 days of flow time) then fall ~1,600 years ahead, inside datetime's range
 HEARTBEAT = '{"jsonrpc":"2.0","method":"heartbeat","params":{"type":"heartbeat"}}'
@@ -92,20 +93,24 @@ RUN_ID = "scaleout-test"  # every execution of these flows writes under one run:
 
 
 def build(files: Sequence[str], dsn: str, clock_ms: int, spill_dir: str, config_path: Optional[str] = None,
-          speed="max"):
+          speed="max", market: bool = False):
     """The flow over the recordings with a PostgreSQL sink and the frozen flow clock (see the
     module docstring). Everything else is graph.toml's, like flows.surface.default_flow.
     speed: the replay's pace ("max", or a factor of the recording's real time: a paced run
-    lasts long enough to be killed at chosen points)."""
+    lasts long enough to be killed at chosen points). market: also store every market event
+    (graph.toml [sinks.postgres] market_events = true, no retention)."""
     from connectors.capture.replay import ReplaySource
     from flows.config import load_config
     from flows.runs import run_info
-    from flows.surface import build_flow, postgres_sink
+    from flows.surface import build_flow, market_event_sink, postgres_sink
 
-    config = load_config(config_path)
+    overrides = {"sinks": {"postgres": {"market_events": True, "market_retention_days": 0}}} if market else None
+    config = load_config(config_path, overrides=overrides)
     run = run_info(config, source="file", detail=",".join(files), run_id=RUN_ID)
-    sink = postgres_sink(config, dsn, run, spill_dir)
-    return build_flow(config, ReplaySource(list(files), speed=speed), [sink], now_ms=lambda: clock_ms,
+    sinks = [postgres_sink(config, dsn, run, spill_dir)]
+    if market:
+        sinks.append(market_event_sink(config, dsn, run, spill_dir))
+    return build_flow(config, ReplaySource(list(files), speed=speed), sinks, now_ms=lambda: clock_ms,
                       clock_rate=FROZEN_RATE, flow_id="volgraph_scaleout")
 
 
@@ -120,7 +125,7 @@ def __getattr__(name: str):
                                '{"files": [...], "dsn": "...", "clock_ms": <int>, "spill_dir": "...", "speed": "max"}')
         job = orjson.loads(raw)
         return build(job["files"], job["dsn"], int(job["clock_ms"]), job["spill_dir"], job.get("config"),
-                     job.get("speed", "max"))
+                     job.get("speed", "max"), bool(job.get("market", False)))
     raise AttributeError(name)
 
 

@@ -5,6 +5,8 @@ are made as needed, retention drops whole old days, and bad input is set aside w
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -13,13 +15,13 @@ from hypothesis import strategies as st
 from connectors import postgres as pg
 from connectors.capture.db_replay import DbReplaySource
 from connectors.postgres.market_events import (DAY_MS, MARKET_EVENTS, MarketBatch, MarketEventWriter, decode_event,
-                                               decode_events, retain, write_market_events)
-from operators.events import BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument, Ticker
+                                               decode_events, encode_row, retain, write_market_events)
+from operators.events import BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument, Ticker, to_json
 
 DAY0_MS = 1_767_225_600_000  # 2026-01-01T00:00Z
 
-# any text (tabs, backslashes, quotes, non-ASCII) but NUL, which the market_event_rows view cannot read out of
-# JSON (the stored row keeps it exactly: test_bad_items_are_set_aside_with_a_counter_and_the_rest_stored)
+# any text (tabs, backslashes, quotes, non-ASCII) but NUL, which the market_event_rows view cannot turn into
+# jsonb text (the stored row keeps it exactly: test_bad_items_are_set_aside_with_a_counter_and_the_rest_stored)
 chars = st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",))
 names = st.text(chars, min_size=1, max_size=12)
 prices = st.floats(allow_nan=False, allow_infinity=False)
@@ -95,6 +97,11 @@ def test_stored_events_round_trip_exactly(db, events):
 def test_spill_lines_round_trip_exactly(events, seg, ord_):
     item = MarketBatch("deribit", "BTC", seg, ord_, events)
     assert MarketEventWriter.decode(MarketEventWriter.encode(item)) == item
+    if events:  # the row the event sink encodes spills as the same line
+        row = encode_row("deribit", "BTC", seg, ord_, events)
+        assert (row.n, row.ts_ms, row.ts_last_ms) == (len(events), min(e.ts_recv_ms for e in events),
+                                                      max(e.ts_recv_ms for e in events))
+        assert MarketEventWriter.encode(row) == MarketEventWriter.encode(item)
 
 
 def test_resend_of_the_same_positions_is_a_no_op_and_a_replay_reads_each_position_once(db):
@@ -172,6 +179,50 @@ def test_bad_items_are_set_aside_with_a_counter_and_the_rest_stored(db, tmp_path
         rows = [e for r in conn.execute("SELECT body FROM market_events ORDER BY ord") for e in decode_events(r[0])]
     assert rows == [good[0], good[1], FeedError("deribit", "x", "NUL \x00 here", DAY0_MS)]  # NUL kept exactly
     assert (tmp_path / "r1" / "ev-bad.rejected.jsonl").read_text().count("\n") == 2
+
+
+def test_rows_stored_as_json_before_msgpack_still_read_back(db):
+    """Rows written before 007_market_events_storage.sql hold a JSON array (text made bytea): the
+    readers (decode_events, the market_event_rows view) tell them from msgpack by the first byte."""
+    old = [Ticker("deribit", "BTC-X", DAY0_MS, DAY0_MS + 1, best_bid_px=0.0425, mark_iv=0.61),
+           BookUpdate("deribit", "BTC-X", DAY0_MS, DAY0_MS + 2, 7, 6, "change", ((0.04, 1.5),), ((0.045, 0.0),))]
+    new = [IndexPrice("deribit", "BTC", DAY0_MS, DAY0_MS + 3, 87_123.45)]
+    json_body = b"[" + b",".join(to_json(e) for e in old) + b"]"
+    with pg.connect(db) as conn:
+        conn.execute("TRUNCATE market_events")
+        conn.execute("SELECT market_events_ensure(%s, %s)", (DAY0_MS, DAY0_MS))
+        conn.execute("INSERT INTO market_events (run_id, venue, underlying, seg, ord, ts_ms, ts_last_ms, n, kinds, body)"
+                     " VALUES ('r1', 'deribit', 'BTC', 1, 0, %s, %s, 2, 24, %s)", (DAY0_MS + 1, DAY0_MS + 2, json_body))
+        conn.commit()
+        write_market_events(conn, [MarketBatch("deribit", "BTC", 1, 2, new)], "r1")
+        bodies = [r[0] for r in conn.execute("SELECT body FROM market_events ORDER BY ord")]
+        back = stored(conn)
+    assert bodies[0][:1] == b"[" and bodies[1][:1] != b"["
+    assert [e for b in bodies for e in decode_events(b)] == old + new
+    assert back == old + new
+
+
+def test_the_migration_to_msgpack_bodies_keeps_the_json_rows_of_a_schema_6_database(pg_db, tmp_path):
+    """007_market_events_storage.sql on a database that stored JSON text bodies (schema 6): the rows
+    stay, as their UTF-8 bytes, and read back through decode_events and the view."""
+    from connectors.postgres.schema import SQL_DIR
+    old_dir = tmp_path / "sql6"
+    old_dir.mkdir()
+    for f in sorted(Path(SQL_DIR).glob("*.sql")):
+        if int(f.name.split("_", 1)[0]) < 7:
+            (old_dir / f.name).write_text(f.read_text())
+    old = [IndexPrice("deribit", "BTC", DAY0_MS, DAY0_MS + 3, 87_123.45)]
+    with pg.connect(pg_db) as conn:
+        pg.migrate(conn, old_dir)
+        conn.execute("SELECT market_events_ensure(%s, %s)", (DAY0_MS, DAY0_MS))
+        conn.execute("INSERT INTO market_events (run_id, venue, underlying, seg, ord, ts_ms, ts_last_ms, n, kinds, body)"
+                     " VALUES ('r1', 'deribit', 'BTC', 1, 0, %s, %s, 1, 4, %s)",
+                     (DAY0_MS + 3, DAY0_MS + 3, "[" + to_json(old[0]).decode() + "]"))
+        conn.commit()
+        assert 7 in pg.migrate(conn)
+        body = conn.execute("SELECT body FROM market_events").fetchone()[0]
+        assert decode_events(body) == old
+        assert stored(conn) == old
 
 
 def test_the_migration_refuses_nonsense_ranges(db):
