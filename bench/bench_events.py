@@ -18,13 +18,24 @@ In one run, side by side, on the seed-scale workload (bench/workload.py: BTC ~4,
      stored by the end (the run ends after the sinks' close, so the on-rows include the last
      rows' drain). The cost is the median of the rounds' paired costs (1 - on / off of one
      round: the machine drifts by up to a third in an hour, a round's two runs are a minute
-     apart) beside the cost of the medians.
+     apart) beside the cost of the medians;
+  3. the fit/view writer (connectors/postgres/writer.py PostgresWriter, the one each partition of
+     the flow's PostgresSink owns, with graph.toml's [sinks.postgres] batch_rows / flush_ms): the
+     SmileFit and SurfacePatch items one flow run over the workload hands the sink (captured in a
+     fresh interpreter with a sink of the same `consumes`), pushed through a new writer twice, each
+     under its own run: all at once (burst: as fast as submit() takes them, so the rows/s the
+     writer sustains and the time until all are durable) and at the pace the flow emitted them
+     (paced: the backlog the writer keeps behind a flow at max speed; here the flow is not running,
+     so the writer has the cores to itself). Rows/s per table (smile_fits, expiry_views,
+     expiry_nodes, instrument_nodes, underlying_nodes, surface_state, …: every batch writes all of
+     them in one transaction, so a table's rate is its share of one stream) and in total; the
+     backlog in items (writer.pending(), sampled every 5 ms).
 
 PostgreSQL is a real server (pgserver) in a temporary folder. Prints a table with what each row
 does, the machine, the date and the command; asserts nothing (the goal, storage costing at most
 15 % of the flow's throughput with a bounded backlog, is read off the table).
 
-    .venv/bin/python bench/bench_events.py [--frames 400000] [--repeat 5]
+    .venv/bin/python bench/bench_events.py [--frames 400000] [--repeat 5] [--fitview-frames 400000]
 """
 
 from __future__ import annotations
@@ -174,6 +185,113 @@ def child(job: dict) -> dict:
     return out
 
 
+def fitview(job: dict) -> dict:
+    """Fit/view rows through the real PostgresWriter (a fresh interpreter): capture the SmileFit and
+    SurfacePatch items of one flow run over the workload, then write them burst and paced."""
+    from bytewax.testing import run_main
+
+    from bench.engine.common import warm_kernels
+    from connectors.capture.replay import ReplaySource
+    from connectors.postgres.runs import RunInfo
+    from connectors.postgres.sink import PostgresSink
+    from connectors.postgres.writer import PostgresWriter
+    from flows.config import load_config
+    from flows.surface import build_flow
+    from operators.events import SmileFit
+    from tests.helpers.sinks import CallbackSink
+
+    config = load_config()
+    pg = config.sinks.postgres
+    warm_kernels()
+    meta, items, stamps = job["meta"], [], []
+
+    def take(item):
+        items.append(item)
+        stamps.append(time.perf_counter())
+
+    base_ts, base_wall = meta["first_live_ts_ms"], time.time() * 1000
+    flow = build_flow(config, ReplaySource(job["path"], speed="max", stamp_recv="recorded",
+                                           max_frames=job["frames"] or None),
+                      [CallbackSink(take, consumes=PostgresSink.consumes)],
+                      now_ms=lambda: int(base_ts + time.time() * 1000 - base_wall), flow_id="bench_fitview")
+    t0 = time.perf_counter()
+    run_main(flow)
+    flow_s = time.perf_counter() - t0
+    if len(items) < 2:
+        raise RuntimeError(f"the flow emitted {len(items)} fit/view items: give more --fitview-frames")
+    offsets = [t - t0 for t in stamps]
+    out = dict(flow_s=flow_s, fits=sum(isinstance(i, SmileFit) for i in items), patches=0,
+               views=sum(len(getattr(i, "expiries", ())) for i in items), batch_rows=pg.batch_rows,
+               flush_ms=pg.flush_ms, modes=[])
+    out["patches"] = len(items) - out["fits"]
+    for mode in ("burst", "paced"):
+        writer = PostgresWriter(job["dsn"], name=f"bench-fitview-{mode}",
+                                run=RunInfo(**{**RUN, "run_id": f"bench-fitview-{mode}"}),
+                                flush_ms=pg.flush_ms, batch_rows=pg.batch_rows, spill_dir=job["spill"])
+        # the first item alone: the writer's connect (migrate check, run registered, stage tables) is not timed
+        writer.submit(items[0])
+        if not writer.durable(30):
+            raise RuntimeError(f"writer {writer.name}: first item not stored in 30 s: {writer.stats()}")
+        before = writer.stats()
+        peak, done = [0], threading.Event()
+
+        def sample():
+            while not done.wait(0.005):
+                peak[0] = max(peak[0], writer.pending())
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        t0 = time.perf_counter()
+        if mode == "burst":
+            for item in items[1:]:
+                writer.submit(item)
+        else:
+            for item, off in zip(items[1:], offsets[1:]):
+                wait = t0 + off - offsets[1] - time.perf_counter()
+                if wait > 0:
+                    time.sleep(wait)
+                writer.submit(item)
+                peak[0] = max(peak[0], writer.pending())
+        submitted_s = time.perf_counter() - t0
+        durable = writer.durable(60)
+        secs = time.perf_counter() - t0
+        done.set()
+        sampler.join()
+        after = writer.stats()
+        writer.close(10)
+        rows = {t: n - before["rows_written"].get(t, 0) for t, n in after["rows_written"].items()}
+        out["modes"].append(dict(mode=mode, items=len(items) - 1, submitted_s=submitted_s, secs=secs, durable=durable,
+                                 rows=rows, peak=peak[0], batches=after["batches"] - before["batches"],
+                                 left=after["pending"], spilled=after["spilled"], rejected=after["rejected"]))
+    return out
+
+
+def print_fitview(r: dict) -> None:
+    burst, paced = r["modes"]
+    print(f"\n# fit/view writer: the {r['fits']:,} SmileFit + {r['patches']:,} SurfacePatch items ({r['views']:,} expiry "
+          f"views) one flow run over the workload hands the PostgreSQL sink (emitted in {r['flow_s']:.2f} s at max "
+          f"speed), through one PostgresWriter (graph.toml batch_rows={r['batch_rows']}, flush_ms={r['flush_ms']:g}), "
+          f"each mode under its own run; every batch writes all tables in one transaction (a table's rows/s is its "
+          f"share of the stream)")
+    print(f"{'fit/view writer (what the row does)':<84} {'items':>6} {'rows':>8} {'s':>6} {'rows/s':>9} "
+          f"{'peak backlog items':>18} {'batches':>7} {'left':>4}")
+    for m in (burst, paced):
+        what = ("burst: all items submitted at once; s = until all are durable" if m["mode"] == "burst" else
+                f"paced: submitted as the flow emitted them ({m['submitted_s']:.2f} s); s = until all are durable")
+        total = sum(m["rows"].values())
+        print(f"{what:<84} {m['items']:>6,} {total:>8,} {m['secs']:>6.2f} {total / m['secs']:>9,.0f} "
+              f"{m['peak']:>18,} {m['batches']:>7,} {m['left']:>4}", flush=True)
+        for table, n in m["rows"].items():
+            print(f"{'  ' + m['mode'] + ': ' + table + ' rows (inserted or updated)':<84} {'':>6} {n:>8,} {'':>6} "
+                  f"{n / m['secs']:>9,.0f}")
+        if m["spilled"] or m["rejected"] or not m["durable"]:
+            print(f"  {m['mode']}: spilled {m['spilled']:,}, rejected {m['rejected']:,}, durable {m['durable']}")
+    print(f"fit/view rows: the writer sustains {sum(burst['rows'].values()) / burst['secs']:,.0f} rows/s "
+          f"({burst['items'] / burst['secs']:,.0f} items/s; all {burst['items']:,} durable {burst['secs']:.2f} s after "
+          f"the first submit); behind the flow at max speed its backlog peaks at {paced['peak']:,} items and all are "
+          f"durable {paced['secs'] - paced['submitted_s']:.2f} s after the last submit", flush=True)
+
+
 def run_child(job: dict) -> dict:
     done = subprocess.run([sys.executable, __file__, "--child", json.dumps(job)], cwd=ROOT, capture_output=True,
                           text=True)
@@ -188,10 +306,13 @@ def main(argv=None) -> int:
     p.add_argument("--frames", type=int, default=400_000, help="live frames of the seed-scale workload (default: %(default)s)")
     p.add_argument("--insert-events", type=int, default=300_000, help="events COPYed per insert row (default: %(default)s)")
     p.add_argument("--repeat", type=int, default=5, help="rounds of off-then-on flow runs (default: %(default)s)")
+    p.add_argument("--fitview-frames", type=int, default=400_000,
+                   help="live frames whose fit/view items go through the PostgresWriter, 0 = none (default: %(default)s)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        print(json.dumps(child(json.loads(args.child))), flush=True)
+        job = json.loads(args.child)
+        print(json.dumps(fitview(job) if job.get("fitview") else child(job)), flush=True)
         return 0
 
     from bench.workload import ensure_workload, workload_for
@@ -234,6 +355,9 @@ def main(argv=None) -> int:
                   f"{args.repeat} rounds' paired costs: {', '.join(f'{100 * c:.1f}' for c in paired)} %); "
                   f"cost of the medians {100 * (1 - on / off):.1f} % ({off:,.0f} → {on:,.0f} msg/s); peak backlog "
                   f"{max(r['peak_backlog'] for r in results[True]):,} rows; {GOAL}")
+            if args.fitview_frames:
+                print_fitview(run_child(dict(fitview=True, dsn=dsn, path=str(path), meta=meta, frames=args.fitview_frames,
+                                             spill=str(Path(tmp) / "spill"))))
         finally:
             server.cleanup()
     return 0
