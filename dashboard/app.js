@@ -4,7 +4,10 @@
 // drops that stream's patches and sends Resync until the snapshot comes), and draws an ATM term structure (with the fixed tenors), the RR/BF nodes per expiry,
 // a smile (bid/ask/mid IVs and the SVI fit, several expiries overlaid, strike / k / delta
 // axis), a table with one row per expiry (expiry-level graph.toml nodes as columns, jw_* behind
-// a toggle), the selected expiry's strikes (quotes and instrument-level nodes), the fixed tenors
+// a toggle), the selected expiry's strikes (quotes and instrument-level nodes), the depth ladder
+// of the selected strike's option books (vol at size: each level's price, size and vol, execution
+// vols per size; greyed when stale; only with graph.toml [chain] level_depth / sizes_contracts; the smile can
+// overlay the execution-vol band of one size), the fixed tenors
 // and the underlying-level nodes ("term structure analytics"), with inline SVG and plain DOM; and a 3D
 // volatility surface from the SVI fits with Plotly.js on WebGL (the gateway's copy, loaded
 // only when WebGL works and the panel is on screen).
@@ -12,7 +15,7 @@
 // Never: sends anything on the websocket but Resync (pings are the browser's), loads anything
 // from another origin (no CDN: the page works offline), holds a credential, or judges the age
 // of data by the browser's wall clock: ages are on each venue's exchange clock (see clock()).
-// Page state lives in the URL (?venue=&underlying=&expiry=&axis=&overlay=&jw=), so a link or a
+// Page state lives in the URL (?venue=&underlying=&expiry=&strike=&band=&axis=&overlay=&jw=), so a link or a
 // reload shows the same view.
 "use strict";
 
@@ -29,15 +32,39 @@ const monoMs = () => (typeof performance !== "undefined" ? performance.now() : D
 // The browser's copy of the one merge rule (operators/merge.py): drop `removed`, then replace
 // expiries by expiry_ms; tenors and calendar whole; index_px kept when the patch has none;
 // underlying_analytics and underlying_units (level = "underlying" nodes) updated key by key
-// (a patch carries only the values that changed; a snapshot's replace them whole).
+// (a patch carries only the values that changed; a snapshot's replace them whole); a re-sent
+// expiry's `ladders` (vol at size, columns per option book) are the old view's updated by
+// instrument (mergeLadders: a known book keeps its place, new ones follow; none sent keeps the
+// old), and go with their expiry when it is removed.
 // tests/dashboard/test_merge_js.py runs applyPatch and onMessage under Node.js against the
 // Python rule on generated patch sequences: change both together.
+
+const LADDER_BOOK_FIELDS = ["instrument", "venue", "strike", "option_type", "contract_size", "stale",
+  "bid_px", "bid_size_contracts", "bid_iv", "ask_px", "ask_size_contracts", "ask_iv",
+  "bid_exec_px", "bid_exec_iv", "ask_exec_px", "ask_exec_iv"];
+
+function mergeLadders(old, add) {
+  if (!add || !add.instrument.length) return old != null ? old : add;
+  if (!old || !old.instrument.length) return add;
+  const rows = new Map();  // instrument -> [ladders, index]; Map.set keeps a known key's place
+  old.instrument.forEach((name, i) => rows.set(name, [old, i]));
+  add.instrument.forEach((name, i) => rows.set(name, [add, i]));
+  const out = { ...add };
+  for (const f of LADDER_BOOK_FIELDS) out[f] = [...rows.values()].map(([src, i]) => src[f][i]);
+  return out;
+}
+
+function mergedView(old, view) {
+  if (!old || old.ladders == null) return view;
+  const ladders = mergeLadders(old.ladders, view.ladders);
+  return ladders === view.ladders ? view : { ...view, ladders };
+}
 
 function applyPatch(snapshot, patch) {
   const byExpiry = new Map();
   if (snapshot) for (const v of snapshot.expiries) byExpiry.set(v.expiry_ms, v);
   for (const gone of patch.removed || []) byExpiry.delete(gone);
-  for (const v of patch.expiries || []) byExpiry.set(v.expiry_ms, v);
+  for (const v of patch.expiries || []) byExpiry.set(v.expiry_ms, mergedView(byExpiry.get(v.expiry_ms), v));
   const keys = [...byExpiry.keys()].sort((a, b) => a - b);
   return {
     type: "SurfaceSnapshot", venue: patch.venue, underlying: patch.underlying, epoch: patch.epoch,
@@ -183,7 +210,7 @@ const fmtDelta = (x) => (Math.abs(x - 0.5) < 1e-9 ? "50Δ" : x < 0.5 ? `${Math.r
 // ---------------------------------------------------------------- selection and the URL
 
 const AXES = ["strike", "k", "delta"];
-const sel = { key: null, expiry: null, axis: "k", overlay: new Set(), locked: false, jw: false };
+const sel = { key: null, expiry: null, strike: null, band: null, axis: "k", overlay: new Set(), locked: false, jw: false };
 const page = { config: null, connected: false, retryMs: 500, retryAt: 0, firstDataMs: null, socket: null, badMessages: 0,
   resyncs: 0, pingMs: 0, heardMs: 0 };
 
@@ -193,6 +220,10 @@ function readUrl() {
   const e = parseDate(q.get("expiry"));
   if (e != null) sel.expiry = e;
   if (AXES.includes(q.get("axis"))) sel.axis = q.get("axis");
+  const strike = Number(q.get("strike"));
+  if (q.get("strike") && Number.isFinite(strike) && strike > 0) sel.strike = strike;
+  const band = Number(q.get("band"));
+  if (q.get("band") && Number.isFinite(band) && band > 0) sel.band = band;
   for (const d of (q.get("overlay") || "").split(",")) { const o = parseDate(d); if (o != null) sel.overlay.add(o); }
   sel.jw = q.get("jw") === "1";
 }
@@ -202,6 +233,8 @@ function writeUrl() {
   const [venue, underlying] = sel.key.split(":");
   const q = new URLSearchParams({ venue, underlying });
   if (sel.expiry != null) q.set("expiry", fmtDate(sel.expiry));
+  if (sel.strike != null) q.set("strike", String(sel.strike));
+  if (sel.band != null) q.set("band", String(sel.band));
   q.set("axis", sel.axis);
   if (sel.overlay.size) q.set("overlay", [...sel.overlay].sort((a, b) => a - b).map(fmtDate).join(","));
   if (sel.jw) q.set("jw", "1");
@@ -560,6 +593,7 @@ function strikeNote(view, i) {
 
 function renderStrikes(surface) {
   const view = surface.expiries.find((v) => v.expiry_ms === sel.expiry);
+  const depth = view ? depthStrike(view) : null;
   const panel = document.getElementById("strikes-panel");
   panel.hidden = !view || !(view.strikes || []).length;
   if (panel.hidden) return;
@@ -600,11 +634,143 @@ function renderStrikes(surface) {
     if (want !== tr) tbody.insertBefore(tr, want);
     prev = tr;
     cols.forEach((c, j) => setText(tr.children[j], c[2](i, K)));
+    tr.classList.toggle("sel", K === depth);
   });
   for (const tr of rows.values()) tr.remove();
   tbody.dataset.key = sel.key;
   tbody.dataset.expiry = String(view.expiry_ms);
   tbody.dataset.epoch = String(surface.epoch);
+}
+
+// ---------------------------------------------------------------- depth ladder (vol at size)
+// The selected expiry's ladders (ExpiryView.ladders, merged by instrument: mergeLadders) at one
+// strike: the one picked in the strike table if it has books, else the one nearest the forward.
+// One table per book (calls first), kept across renders: cells change text, rows are rebuilt only
+// when the ladder's shape (level_depth, sizes_contracts) does.
+
+const pxText = (x) => num(x, 4);    // coin premium
+const sizeText = (x) => num(x, 1);  // contracts
+
+function depthStrike(view) {
+  const lad = view.ladders;
+  if (!lad || !lad.strike.length) return null;
+  if (sel.strike != null && lad.strike.includes(sel.strike)) return sel.strike;
+  const f = view.fit && view.fit.forward > 0 ? view.fit.forward : lad.strike[0];
+  return lad.strike.reduce((best, k) => (Math.abs(k - f) < Math.abs(best - f) ? k : best), lad.strike[0]);
+}
+
+const BOOK_CELLS = ["bid", "bid", "bid", "ask", "ask", "ask"];
+
+function bookTable(lad) {
+  const table = el("table", { class: "book" });
+  table.appendChild(el("caption"));
+  const head = table.appendChild(el("thead")).appendChild(el("tr"));
+  for (const [name, unit, cls] of [["level", "", ""], ["bid IV", "vol pts", "bid"], ["bid size", "contracts", "bid"],
+    ["bid px", "coin", "bid"], ["ask px", "coin", "ask"], ["ask size", "contracts", "ask"], ["ask IV", "vol pts", "ask"]]) {
+    const th = head.appendChild(el("th", cls ? { class: cls } : {}, name));
+    if (unit) th.append(" ", el("span", { class: "unit" }, `(${unit})`));
+  }
+  const body = table.appendChild(el("tbody"));
+  for (let j = 0; j < lad.level_depth; j++) {
+    const tr = body.appendChild(el("tr", { class: "level", "data-level": String(j + 1) }));
+    tr.appendChild(el("td", {}, String(j + 1)));
+    for (const cls of BOOK_CELLS) tr.appendChild(el("td", { class: cls }));
+  }
+  lad.sizes_contracts.forEach((size, j) => {
+    const tr = body.appendChild(el("tr", { class: j === 0 ? "exec" : "exec more", "data-size": String(size),
+      title: `the average price of trading ${size} contracts through the book, and its implied vol` }));
+    tr.appendChild(el("td", {}, `size ${size}`));
+    for (const cls of BOOK_CELLS) tr.appendChild(el("td", { class: cls }));
+  });
+  return table;
+}
+
+function fillBook(table, lad, i) {
+  const type = lad.option_type[i] === "C" ? "call" : lad.option_type[i] === "P" ? "put" : lad.option_type[i];
+  const stale = !!lad.stale[i];
+  setText(table.querySelector("caption"), `${type} ${lad.instrument[i]} (${lad.venue[i]})${stale ? " — stale" : ""}`);
+  table.classList.toggle("stale", stale);
+  table.dataset.optionType = lad.option_type[i];
+  const rows = table.tBodies[0].children;
+  for (let j = 0; j < lad.level_depth; j++) {
+    const td = rows[j].children;
+    setText(td[1], pct(lad.bid_iv[i][j])); setText(td[2], sizeText(lad.bid_size_contracts[i][j]));
+    setText(td[3], pxText(lad.bid_px[i][j])); setText(td[4], pxText(lad.ask_px[i][j]));
+    setText(td[5], sizeText(lad.ask_size_contracts[i][j])); setText(td[6], pct(lad.ask_iv[i][j]));
+  }
+  lad.sizes_contracts.forEach((_, j) => {
+    const td = rows[lad.level_depth + j].children;
+    setText(td[1], pct(lad.bid_exec_iv[i][j])); setText(td[2], ""); setText(td[3], pxText(lad.bid_exec_px[i][j]));
+    setText(td[4], pxText(lad.ask_exec_px[i][j])); setText(td[5], ""); setText(td[6], pct(lad.ask_exec_iv[i][j]));
+  });
+}
+
+function renderDepth(surface) {
+  const view = surface.expiries.find((v) => v.expiry_ms === sel.expiry);
+  const panel = document.getElementById("depth-panel");
+  const K = view ? depthStrike(view) : null;
+  panel.hidden = K == null;
+  if (panel.hidden) return;
+  const lad = view.ladders;
+  renderBandToggle(lad);
+  const order = (i) => `${lad.option_type[i]}|${lad.venue[i]}|${lad.instrument[i]}`;
+  const books = lad.strike.map((k, i) => i).filter((i) => lad.strike[i] === K).sort((a, b) => order(a).localeCompare(order(b)));
+  const box = document.getElementById("depth-books");
+  const shape = `${lad.level_depth}|${lad.sizes_contracts.join(",")}`;
+  const have = new Map([...box.children].map((t) => [t.dataset.instrument, t]));
+  let prev = null;
+  for (const i of books) {
+    const name = lad.instrument[i];
+    let table = have.get(name);
+    have.delete(name);
+    if (!table || table.dataset.shape !== shape) {
+      const fresh = bookTable(lad);
+      fresh.dataset.instrument = name;
+      fresh.dataset.shape = shape;
+      if (table) table.replaceWith(fresh);
+      table = fresh;
+    }
+    const want = prev ? prev.nextSibling : box.firstChild;
+    if (want !== table) box.insertBefore(table, want);
+    prev = table;
+    fillBook(table, lad, i);
+  }
+  for (const t of have.values()) t.remove();
+  setText(document.getElementById("depth-title"),
+    `${K >= 1000 ? Number(K).toFixed(0) : K} ${surface.underlying} ${fmtDate(view.expiry_ms)} (${surface.venue})`);
+  box.dataset.key = sel.key;
+  box.dataset.expiry = String(view.expiry_ms);
+  box.dataset.strike = String(K);
+  box.dataset.epoch = String(surface.epoch);
+}
+
+// The smile's execution-vol band at sel.band contracts: per strike of the ladders, its
+// out-of-the-money book (call at or above the forward, else put; the other when that one is
+// stale or absent), the vols of selling (bid) and buying (ask) that size; [] when off.
+function execBand(view, axis) {
+  const lad = view.ladders;
+  const j = lad && sel.band != null ? lad.sizes_contracts.indexOf(sel.band) : -1;
+  if (j < 0) return [];
+  const f = view.fit;
+  const byStrike = new Map();
+  lad.strike.forEach((K, i) => {
+    if (lad.stale[i]) return;
+    const otm = (K >= f.forward) === (lad.option_type[i] === "C");
+    const have = byStrike.get(K);
+    if (!have || (otm && !have.otm)) byStrike.set(K, { i, otm });
+  });
+  return [...byStrike.entries()].map(([K, { i }]) => ({ K, x: smileX(axis, f, K), bid: lad.bid_exec_iv[i][j], ask: lad.ask_exec_iv[i][j] }))
+    .filter((b) => b.x != null && Number.isFinite(b.x) && (b.bid != null || b.ask != null)).sort((a, b) => a.x - b.x);
+}
+
+function renderBandToggle(lad) {
+  const box = document.getElementById("band");
+  const sizes = ["off", ...lad.sizes_contracts.map(String)];
+  if (box.dataset.sizes !== sizes.join(",")) {
+    box.replaceChildren(...sizes.map((s) => el("button", { type: "button", "data-size": s }, s === "off" ? "off" : `${s}`)));
+    box.dataset.sizes = sizes.join(",");
+  }
+  for (const b of box.children) b.classList.toggle("active", b.dataset.size === (sel.band == null ? "off" : String(sel.band)));
 }
 
 // ---------------------------------------------------------------- charts
@@ -818,7 +984,9 @@ function renderSmile(surface) {
   if (!(hi > lo)) { lo -= 0.5 * (Math.abs(lo) || 1); hi += 0.5 * (Math.abs(hi) || 1); }
   if (axis === "delta") { lo = Math.max(0, lo); hi = Math.min(1, hi); }
   for (const c of curves) c.pts = c.pts.filter(([px]) => px >= lo && px <= hi);
-  const vols = finite([...curves.flatMap((c) => c.pts.map((p) => p[1])), ...quotes.flatMap((q) => [q.bid, q.ask])]).map((v) => 100 * v);
+  const band = execBand(view, axis).filter((b) => b.x >= lo && b.x <= hi);
+  const vols = finite([...curves.flatMap((c) => c.pts.map((p) => p[1])), ...quotes.flatMap((q) => [q.bid, q.ask]),
+    ...band.flatMap((b) => [b.bid, b.ask])]).map((v) => 100 * v);
   const yt = niceTicks(...padded(vols), 4);
   let xt;
   if (axis === "delta") {
@@ -843,6 +1011,19 @@ function renderSmile(surface) {
     if (c.colour) line.style.stroke = c.colour;
     line.appendChild(svgEl("title", {}, `${fmtDate(c.v.expiry_ms)} SVI fit`));
   }
+  if (band.length) {  // the execution vols of trading sel.band contracts: the price of size
+    const both = band.filter((b) => b.bid != null && b.ask != null);
+    if (both.length > 1) {
+      svg.appendChild(svgEl("polygon", { class: "band-fill", points: [...both.map((b) => `${x(b.x)},${y(100 * b.ask)}`),
+        ...both.slice().reverse().map((b) => `${x(b.x)},${y(100 * b.bid)}`)].join(" ") }));
+    }
+    for (const side of ["bid", "ask"]) {
+      const pts = band.filter((b) => b[side] != null);
+      const line = svg.appendChild(svgEl("polyline", { class: `band band-${side}`, "data-size": String(sel.band),
+        "data-points": String(pts.length), points: pts.map((b) => `${x(b.x)},${y(100 * b[side])}`).join(" ") }));
+      line.appendChild(svgEl("title", {}, `${side === "bid" ? "selling" : "buying"} ${sel.band} contracts: execution vol`));
+    }
+  }
   const attributed = mixed(surface, view);
   for (const q of quotes) {
     const at = `K=${q.K}`;
@@ -854,6 +1035,7 @@ function renderSmile(surface) {
     }
   }
   const items = [["SVI fit", "svi"], ["bid IV", "bid"], ["ask IV", "ask"], ["mid IV", "mid"]];
+  if (band.length) items.push([`execution vols at ${sel.band} contracts (bid / ask)`, "band"]);
   if (attributed) {
     const names = [...new Set(quotes.flatMap((q) => [q.bv, q.av]).filter(Boolean))].sort();
     for (const n of names) items.push([`${n} quote (ring)`, "ring", venueColour(n)]);
@@ -1049,6 +1231,7 @@ function render(force = false) {
   renderTenors(surface);
   renderUnderlying(surface);
   renderStrikes(surface);
+  renderDepth(surface);
   // charts redraw at most 5 times a second (the table every frame it changed)
   if (force || monoMs() - lastChartsMs > 200) {
     renderTerm(surface);
@@ -1083,6 +1266,14 @@ function wire() {
     } else {
       select({ expiry });
     }
+  });
+  document.querySelector("#strikes tbody").addEventListener("click", (e) => {
+    const tr = e.target.closest("tr");
+    if (tr && tr.dataset.strike) select({ strike: Number(tr.dataset.strike) });
+  });
+  document.getElementById("band").addEventListener("click", (e) => {
+    const b = e.target.closest("button");
+    if (b) select({ band: b.dataset.size === "off" ? null : Number(b.dataset.size) });
   });
   document.getElementById("tabs").addEventListener("click", (e) => {
     const b = e.target.closest("button");

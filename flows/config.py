@@ -145,6 +145,7 @@ class PostgresSinkConfig:
     batch_rows: int
     flush_ms: int
     handoff_timeout_s: float
+    depth_vols: bool
     market_events: bool
     market_batch_items: int
     market_retention_days: int

@@ -299,7 +299,7 @@ def postgres_sink(config: Config, dsn: str, run, spill_dir):
     pg = config.sinks.postgres
     return PostgresSink(dsn, run=run, partitions=config.runtime.processes * config.runtime.workers,
                         on_handoff=HANDOFF_SECONDS.observe,
-                        batch_rows=pg.batch_rows, flush_ms=pg.flush_ms, handoff_timeout_s=pg.handoff_timeout_s,
+                        batch_rows=pg.batch_rows, flush_ms=pg.flush_ms, handoff_timeout_s=pg.handoff_timeout_s, depth_vols=pg.depth_vols,
                         spill_dir=spill_dir)
 
 

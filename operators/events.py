@@ -255,6 +255,10 @@ class ExpiryView(Event):
     # level = "instrument" nodes: node name -> one value per entry of `strikes` (None where the
     # node failed at that strike); units in `units` with the expiry-level ones
     strike_analytics: dict[str, tuple[Optional[float], ...]] = msgspec.field(default_factory=dict)
+    # vol at size (graph.toml [chain] level_depth, sizes_contracts; None when off or none changed):
+    # in a SurfacePatch only the books' ladders that changed since the expiry's previous patch, in a
+    # SurfaceSnapshot every current one; merged by instrument (operators/merge.py merge_ladders)
+    ladders: Optional[Ladders] = None
     v: int = SCHEMA_VERSION
 
 

@@ -6,8 +6,13 @@ plan; `applyPatch` in dashboard/app.js is the browser's copy of the same rule an
 tests/dashboard/test_merge_js.py checks it against this one on generated sequences.
 
 The rule, for a patch P applied to a snapshot S:
-  - expiries: first drop every expiry in P.removed, then P.expiries replace by expiry_ms
-    (an expiry both removed and sent in one patch ends up present);
+  - expiries: first drop every expiry in P.removed (its ladders with it), then P.expiries
+    replace by expiry_ms (an expiry both removed and sent in one patch ends up present), except
+    their `ladders` (vol at size, per option book): a patch's view carries only the books that
+    changed, so the new view's ladders are the old view's updated by instrument (merge_ladders:
+    a book already there keeps its place, a new one goes after); a view with ladders None keeps
+    the old ones. A merged patch therefore lists every expiry removed in it, even one re-sent
+    after its removal (the removal must still drop the ladders before it);
   - tenors and calendar: replaced whole by P's (they are small and global);
   - index_px: P's if not None, else S's;
   - underlying_analytics and underlying_units (graph.toml's level = "underlying" nodes): S's
@@ -19,16 +24,45 @@ Coalescing law (property-tested in tests/operators/test_merge.py): for every sna
 (None included) and patches a, b,
     apply_patch(apply_patch(s, a), b) == apply_patch(s, merge_patches(a, b)).
 
-Pure: no I/O, no bytewax, no logging; imports only operators.events.
+Pure: no I/O, no bytewax, no logging; imports only msgspec and operators.events.
 """
 
 from __future__ import annotations
 
 from typing import Optional, Union
 
-from operators.events import ExpiryView, SurfacePatch, SurfaceSnapshot
+import msgspec
 
-__all__ = ["apply_patch", "merge_patches", "coalesce", "fold_patches", "SurfaceState"]
+from operators.events import ExpiryView, Ladders, SurfacePatch, SurfaceSnapshot
+
+__all__ = ["apply_patch", "merge_patches", "coalesce", "fold_patches", "merge_ladders", "SurfaceState"]
+
+# Ladders' per-book columns (everything but level_depth, sizes_contracts and v)
+LADDER_COLUMNS = tuple(f for f in Ladders.__struct_fields__ if f not in ("level_depth", "sizes_contracts", "v"))
+
+
+def merge_ladders(old: Optional[Ladders], new: Optional[Ladders]) -> Optional[Ladders]:
+    """`old` updated by `new`, book by book (keyed by instrument): a book in both takes new's
+    values at old's place, new books follow in new's order; level_depth and sizes_contracts are
+    new's. None stands for no books."""
+    if new is None or not new.instrument:
+        return old if old is not None else new
+    if old is None or not old.instrument:
+        return new
+    rows: dict[str, tuple[Ladders, int]] = {name: (old, i) for i, name in enumerate(old.instrument)}
+    for j, name in enumerate(new.instrument):
+        rows[name] = (new, j)
+    picks = tuple(rows.values())
+    columns = {f: tuple(getattr(src, f)[i] for src, i in picks) for f in LADDER_COLUMNS}
+    return Ladders(level_depth=new.level_depth, sizes_contracts=new.sizes_contracts, **columns)
+
+
+def _merged_view(old: Optional[ExpiryView], new: ExpiryView) -> ExpiryView:
+    """`new` with its ladders merged into `old`'s (see the rule)."""
+    if old is None or old.ladders is None:
+        return new
+    ladders = merge_ladders(old.ladders, new.ladders)
+    return new if ladders is new.ladders else msgspec.structs.replace(new, ladders=ladders)
 
 
 def apply_patch(snapshot: Optional[SurfaceSnapshot], patch: SurfacePatch) -> SurfaceSnapshot:
@@ -37,7 +71,7 @@ def apply_patch(snapshot: Optional[SurfaceSnapshot], patch: SurfacePatch) -> Sur
     for gone in patch.removed:
         by_expiry.pop(gone, None)
     for view in patch.expiries:
-        by_expiry[view.expiry_ms] = view
+        by_expiry[view.expiry_ms] = _merged_view(by_expiry.get(view.expiry_ms), view)
     index_px = patch.index_px
     if index_px is None and snapshot is not None:
         index_px = snapshot.index_px
@@ -69,12 +103,12 @@ def fold_patches(patches: "tuple[SurfacePatch, ...] | list[SurfacePatch]") -> Su
             views.pop(gone, None)
             removed.add(gone)
         for view in patch.expiries:
-            views[view.expiry_ms] = view
+            views[view.expiry_ms] = _merged_view(views.get(view.expiry_ms), view)
         if patch.index_px is not None:
             index_px = patch.index_px
     last = patches[-1]
     return SurfacePatch(**_latest(last), expiries=tuple(views[k] for k in sorted(views)),
-                        removed=tuple(sorted(removed.difference(views))), index_px=index_px,
+                        removed=tuple(sorted(removed)), index_px=index_px,
                         underlying_analytics=values, underlying_units=units)
 
 
@@ -120,7 +154,7 @@ class SurfaceState:
         for gone in patch.removed:
             views.pop(gone, None)
         for view in patch.expiries:
-            views[view.expiry_ms] = view
+            views[view.expiry_ms] = _merged_view(views.get(view.expiry_ms), view)
         if patch.index_px is not None:
             self.index_px = patch.index_px
         if patch.underlying_analytics or patch.underlying_units:

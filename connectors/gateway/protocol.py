@@ -20,6 +20,7 @@ from typing import Any, Optional, Union
 import msgspec
 
 from operators.events import (
+    Ladders,
     SmileFit,
     StatusReport,
     SurfacePatch,
@@ -196,9 +197,34 @@ def _fit(fit: SmileFit, where: str) -> None:
         raise Refused("bad_value", f"{where}.fit.n_quotes = {fit.n_quotes} is negative")
 
 
+_LADDER_NAMES = ("instrument", "venue", "strike", "option_type", "contract_size", "stale")
+_LADDER_LEVELS = ("bid_px", "bid_size_contracts", "bid_iv", "ask_px", "ask_size_contracts", "ask_iv")
+_LADDER_SIZES = ("bid_exec_px", "bid_exec_iv", "ask_exec_px", "ask_exec_iv")
+
+
+def _ladders(ladders: Ladders, where: str) -> None:
+    """One entry per book in every column, level_depth values a level row, one per size an
+    execution row; prices, sizes and vols finite and not negative (or null)."""
+    n = len(ladders.instrument)
+    if ladders.level_depth < 0 or not all(math.isfinite(x) and x > 0 for x in ladders.sizes_contracts):
+        raise Refused("bad_value", f"{where}: level_depth is negative or a size is not a positive finite number")
+    for name in _LADDER_NAMES:
+        if len(getattr(ladders, name)) != n:
+            raise Refused("bad_value", f"{where}.{name}: one entry per book ({n})")
+    if not all(math.isfinite(k) and k > 0 for k in ladders.strike) or \
+            not all(math.isfinite(c) and c > 0 for c in ladders.contract_size):
+        raise Refused("bad_value", f"{where}: a strike or contract_size is not a positive finite number")
+    for names, width in ((_LADDER_LEVELS, ladders.level_depth), (_LADDER_SIZES, len(ladders.sizes_contracts))):
+        for name in names:
+            rows = getattr(ladders, name)
+            if len(rows) != n or not all(len(r) == width and all(v is None or (math.isfinite(v) and v >= 0) for v in r)
+                                         for r in rows):
+                raise Refused("bad_value", f"{where}.{name}: per book {width} finite values >= 0 (or null)")
+
+
 def check_surface(event: Union[SurfacePatch, SurfaceSnapshot]) -> None:
     """Every nested number of a surface event is finite and in range, its names are names, its
-    per-strike arrays agree in length. Raises Refused."""
+    per-strike arrays agree in length, its ladders are well formed (_ladders). Raises Refused."""
     for name in ("venue", "underlying"):
         if not NAME_RE.match(getattr(event, name)):
             raise Refused("bad_name", f"{name} = {getattr(event, name)[:40]!r}: 1 to 32 letters, digits, '_', '.', '-'")
@@ -225,6 +251,8 @@ def check_surface(event: Union[SurfacePatch, SurfaceSnapshot]) -> None:
         for node, values in view.strike_analytics.items():
             if len(values) != n or not all(_finite(v) for v in values):
                 raise Refused("bad_value", f"{where}.strike_analytics[{node[:40]!r}]: one finite value (or null) per strike")
+        if view.ladders is not None:
+            _ladders(view.ladders, where + ".ladders")
     if not all(_finite(v) for v in event.underlying_analytics.values()):
         raise Refused("bad_value", "underlying_analytics: a value is not finite")
     for tenor in event.tenors:

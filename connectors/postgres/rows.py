@@ -3,8 +3,10 @@
 SmileFit, SurfacePatch and SurfaceSnapshot become rows of smile_fits, expiry_views,
 expiry_nodes (one row per level = "expiry" graph.toml node per view, by node name: no node
 name is known here), instrument_nodes (one per level = "instrument" node per strike of a view),
-underlying_nodes (one per level = "underlying" value an event carries) and surface_state
-(deploy/sql/001_init.sql, 002_expiry_nodes.sql, 003_runs.sql, 006_level_nodes.sql).
+underlying_nodes (one per level = "underlying" value an event carries), surface_state and
+depth_vols (one per option book whose vol-at-size ladder a SurfacePatch view carries, per fit
+time: only the changed books travel; none unless graph.toml [chain] level_depth / sizes_contracts)
+(deploy/sql/001_init.sql, 002_expiry_nodes.sql, 003_runs.sql, 006_level_nodes.sql, 008_depth_vols.sql).
 Every row carries the run that wrote it (a BatchPlan is one run's) as the first column of
 its natural key, so one run never touches another's rows; the run must be registered first
 (connectors/postgres/runs.py register_run; foreign keys check it). Within a batch, the
@@ -18,11 +20,18 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Union
 
+import msgspec
 import psycopg
 
 from connectors.postgres.runs import check_run_id
 from operators.events import SmileFit, SurfacePatch, SurfaceSnapshot, dumps, to_json
 from operators.merge import coalesce
+
+# depth_vols: the key, then the book, then its arrays (the Ladders fields of the same names)
+DEPTH_ARRAYS = ("bid_px", "bid_size_contracts", "bid_iv", "ask_px", "ask_size_contracts", "ask_iv",
+                "bid_exec_px", "bid_exec_iv", "ask_exec_px", "ask_exec_iv")
+DEPTH_COLS = ("run_id", "venue", "underlying", "expiry_ms", "instrument", "ts_exchange_ms", "epoch", "book_venue",
+              "strike", "option_type", "contract_size", "stale", "level_depth", "sizes_contracts", *DEPTH_ARRAYS)
 
 # Column order of each table's staged COPY; the first `key` columns are the natural key,
 # run_id first (deploy/sql/003_runs.sql).
@@ -79,6 +88,12 @@ TABLES: dict[str, dict[str, Any]] = {
         " n_changed = EXCLUDED.n_changed, n_removed = EXCLUDED.n_removed,"
         " tenors = EXCLUDED.tenors, calendar = EXCLUDED.calendar",
     },
+    "depth_vols": {
+        "cols": DEPTH_COLS,
+        "key": 6,
+        # A book's ladder at one fit time: last write wins (a resent batch rewrites the same values).
+        "conflict": "DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in DEPTH_COLS[6:]),
+    },
 }
 
 SUPPORTED_EVENTS = (SmileFit, SurfacePatch, SurfaceSnapshot)
@@ -115,6 +130,8 @@ class BatchPlan:
         self._view_json: dict[tuple, str] = {}
         # (venue, underlying, epoch) -> (tenors, calendar) JSON of the latest event (coalesce keeps its)
         self._global_json: dict[tuple, tuple[str, str]] = {}
+        # depth_vols key without the run -> row without the run: each patch's books at its view's fit time
+        self.depth: dict[tuple, tuple] = {}
 
     def add(self, event: Any) -> None:
         if isinstance(event, SmileFit):
@@ -129,12 +146,20 @@ class BatchPlan:
         # (calendar_repaired) lives in the view only: it shares its chain fit's key, and either
         # could reach the writer first
         fit_rows = [_fit_row(v.fit) for v in event.expiries if not v.fit.calendar_repaired]
-        texts = {(venue, und, v.expiry_ms, epoch): to_json(v).decode() for v in event.expiries}
+        # a view's vol-at-size ladders are not kept in its JSON (they are sparse in a patch)
+        texts = {(venue, und, v.expiry_ms, epoch): to_json(v if v.ladders is None else
+                                                           msgspec.structs.replace(v, ladders=None)).decode()
+                 for v in event.expiries}
         global_json = (_json_text(event.tenors), _json_text(event.calendar))
+        # a patch's ladders are the books that changed at its fits; a snapshot's restate them all
+        depth = [] if isinstance(event, SurfaceSnapshot) else \
+            [row for v in event.expiries if v.ladders is not None for row in _depth_rows(venue, und, epoch, v)]
         surface = coalesce(self.surfaces.get((venue, und, epoch)), event)
         for row in fit_rows:  # every fit is history, even of a view a later patch replaces
             self.fits.setdefault(row[:4], row)
         self._view_json.update(texts)
+        for row in depth:
+            self.depth[row[:5]] = row
         self._global_json[(venue, und, epoch)] = global_json
         self.surfaces[(venue, und, epoch)] = surface
 
@@ -173,7 +198,17 @@ class BatchPlan:
                            len(s.expiries), len(removed), *self._global_json[(venue, und, epoch)]))
         return {"smile_fits": [(run, *row) for row in self.fits.values()], "expiry_views": views,
                 "expiry_nodes": nodes, "instrument_nodes": strike_nodes, "underlying_nodes": und_nodes,
-                "surface_state": states}
+                "surface_state": states, "depth_vols": [(run, *row) for row in self.depth.values()]}
+
+
+def _depth_rows(venue: str, und: str, epoch: int, view: Any) -> list[tuple]:
+    """depth_vols rows (without the run) of one view's ladders, one per book."""
+    lad, ts = view.ladders, view.fit.ts_exchange_ms
+    sizes = list(lad.sizes_contracts)
+    arrays = [getattr(lad, name) for name in DEPTH_ARRAYS]
+    return [(venue, und, view.expiry_ms, name, ts, epoch, lad.venue[i], lad.strike[i], lad.option_type[i],
+             lad.contract_size[i], lad.stale[i], lad.level_depth, sizes, *(list(a[i]) for a in arrays))
+            for i, name in enumerate(lad.instrument)]
 
 
 def rows_for(events: Iterable[Any], run_id: str) -> dict[str, list[tuple]]:

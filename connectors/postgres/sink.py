@@ -1,9 +1,11 @@
 """The bytewax sink: a fixed set of partitions, each owning a PostgresWriter (its own thread
 and connection), keyed by surface so one surface's rows are written in order by one writer.
 
-Stores SmileFit, SurfacePatch and SurfaceSnapshot events and counts the others as ignored.
+Stores SmileFit, SurfacePatch and SurfaceSnapshot events and counts the others as ignored;
+a patch's vol-at-size ladders (ExpiryView.ladders) go to table depth_vols only with
+depth_vols (graph.toml [sinks.postgres] depth_vols), else they are dropped here.
 Every row is written under the sink's run (connectors/postgres/runs.py RunInfo), registered in
-the `runs` table when a writer first connects. flush_ms, batch_rows, handoff_timeout_s, spill_dir and
+the `runs` table when a writer first connects. flush_ms, batch_rows, handoff_timeout_s, depth_vols, spill_dir and
 partitions are required keywords: their defaults live in graph.toml ([sinks.postgres],
 runtime.data_dir, runtime.processes × runtime.workers) and nowhere else.
 
@@ -22,6 +24,7 @@ import re
 import time
 from typing import Any, Callable, Optional
 
+import msgspec
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from connectors.postgres.runs import RunInfo
@@ -33,8 +36,10 @@ log = logging.getLogger("volgraph.postgres")
 
 class _PostgresPartition(StatefulSinkPartition):
     def __init__(self, writer: PostgresWriter, close_timeout_s: float, handoff_timeout_s: float,
-                 orphans: list[PostgresWriter], on_handoff: Optional[Callable[[float], None]]) -> None:
+                 orphans: list[PostgresWriter], on_handoff: Optional[Callable[[float], None]],
+                 depth_vols: bool) -> None:
         self.on_handoff = on_handoff
+        self.depth_vols = depth_vols
         self.writer = writer
         self.close_timeout_s = close_timeout_s
         self.handoff_timeout_s = handoff_timeout_s
@@ -43,6 +48,8 @@ class _PostgresPartition(StatefulSinkPartition):
     def write_batch(self, items: list) -> None:
         submit = self.writer.submit
         for item in items:
+            if not self.depth_vols and type(item) is SurfacePatch:
+                item = _without_ladders(item)
             submit(item)
 
     def snapshot(self) -> None:
@@ -61,6 +68,14 @@ class _PostgresPartition(StatefulSinkPartition):
         for w in self.orphans:
             w.close(self.close_timeout_s)
         self.writer.close(self.close_timeout_s)
+
+
+def _without_ladders(patch: SurfacePatch) -> SurfacePatch:
+    """The patch without its views' ladders (the same object when it has none)."""
+    if all(v.ladders is None for v in patch.expiries):
+        return patch
+    return msgspec.structs.replace(patch, expiries=tuple(
+        v if v.ladders is None else msgspec.structs.replace(v, ladders=None) for v in patch.expiries))
 
 
 class PostgresSink(FixedPartitionedSink):
@@ -83,6 +98,7 @@ class PostgresSink(FixedPartitionedSink):
         handoff_timeout_s: float,
         close_timeout_s: float = 10.0,
         on_handoff: Optional[Callable[[float], None]] = None,
+        depth_vols: bool,
         **writer_options: Any,
     ) -> None:
         if partitions < 1:
@@ -94,6 +110,8 @@ class PostgresSink(FixedPartitionedSink):
         self.close_timeout_s = close_timeout_s
         self.handoff_timeout_s = handoff_timeout_s
         self.on_handoff = on_handoff  # seconds each hand-off took (the flow's histogram)
+        # graph.toml [sinks.postgres] depth_vols
+        self.depth_vols = depth_vols
         self.writers: list[PostgresWriter] = []  # for status and tests
 
     @staticmethod
@@ -112,4 +130,5 @@ class PostgresSink(FixedPartitionedSink):
         orphans = [PostgresWriter(self.dsn, name=name, run=other, **self.options)
                    for other in orphan_runs(self.options["spill_dir"], name, self.run.run_id)]
         self.writers.extend([writer, *orphans])
-        return _PostgresPartition(writer, self.close_timeout_s, self.handoff_timeout_s, orphans, self.on_handoff)
+        return _PostgresPartition(writer, self.close_timeout_s, self.handoff_timeout_s, orphans, self.on_handoff,
+                                  self.depth_vols)

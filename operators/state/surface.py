@@ -11,9 +11,13 @@ neighbour's is refitted between the two from its own quotes (svi.fit_svi_band wi
 ceiling; only the crossing ones: the whole-surface fit_surface took ~4 ms per epoch per surface
 even with one slice moved, measured 2026-12-05 on tests/data's chains), so the published
 surface is calendar-free on the check grid wherever the neighbours allow; the chain's own fit
-stays in smile_fits (its refit is marked calendar_repaired). A node that fails is counted in `counters`
-(`node_errors.<node>.<reason>`, read by the flow) and logged once. State logic only: no
-I/O, never imports flows or connectors.
+stays in smile_fits (its refit is marked calendar_repaired). Vol at size: the ladders each
+ChainUpdate carries (only the books that changed) go into that expiry's view in the next patch
+only, merged by instrument when several fits arrive in one epoch (operators/merge.py
+merge_ladders); the views kept here hold none, so a view re-sent for another reason (its
+calendar flag, a repair) carries no ladders, and the publisher's merge keeps the current ones.
+A node that fails is counted in `counters` (`node_errors.<node>.<reason>`, read by the flow)
+and logged once. State logic only: no I/O, never imports flows or connectors.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from operators.events import (CalendarCheck, ChainUpdate, ExpiryView, IndexPrice
                               SurfacePatch, TenorPoint)
 from operators.items import ExpiryFit, ExpiryGone
 from operators.kernels.strike import StrikeData
+from operators.merge import merge_ladders
 from operators.kernels.term import TermFits, tenor_smile
 from operators.state.nodes import (Node, NodeFailures, evaluate_nodes, evaluate_strike_nodes,
                                    evaluate_underlying_nodes)
@@ -82,9 +87,12 @@ class SurfaceLogic:
         for item in items:
             kind = type(item)
             if kind is ExpiryFit:
-                fit = item.fit
-                s.pending[fit.expiry_ms] = (fit, item.chain)
-                s.removed.discard(fit.expiry_ms)
+                fit, chain = item.fit, item.chain
+                before = s.pending.get(fit.expiry_ms)
+                if before is not None and before[1].ladders is not None:  # two fits in one epoch: keep both's books
+                    chain = msgspec.structs.replace(chain, ladders=merge_ladders(before[1].ladders, chain.ladders))
+                s.pending[fit.expiry_ms] = (fit, chain)  # stays in `removed` if it went first: the patch
+                # then drops the old view (and its ladders) before it sends this one
             elif kind is ExpiryGone:
                 s.removed.add(item.expiry_ms)
                 s.pending.pop(item.expiry_ms, None)
@@ -107,7 +115,10 @@ class SurfaceLogic:
             s.views.pop(e, None)
         s.removed.clear()
         changed: dict[int, ExpiryView] = {}
+        ladders = {}  # expiry_ms -> the ladders that changed, for this patch only
         for expiry_ms, (fit, chain) in s.pending.items():
+            if chain.ladders is not None:
+                ladders[expiry_ms] = chain.ladders
             params = (fit.a, fit.b, fit.rho, fit.m, fit.sigma)
             analytics, per_strike = self.levels.evaluate(params, fit.t_years, fit.forward, chain.strikes,
                                                          chain.bid_iv, chain.ask_iv, self.failures)
@@ -141,7 +152,8 @@ class SurfaceLogic:
         patch = SurfacePatch(
             venue=s.venue, underlying=s.underlying, epoch=now // self.epoch_ms,
             ts_exchange_ms=ts_exchange, ts_emit_ms=now,
-            expiries=tuple(changed[e] for e in sorted(changed)), removed=gone,
+            expiries=tuple(changed[e] if e not in ladders else msgspec.structs.replace(changed[e], ladders=ladders[e])
+                           for e in sorted(changed)), removed=gone,
             tenors=s.tenors, calendar=s.calendar, index_px=s.index_px, underlying_analytics=underlying,
             underlying_units={n: u for n, u in self.underlying_units.items() if n in underlying})
         s.index_changed = False

@@ -1,6 +1,7 @@
 """The dashboard's merge (dashboard/app.js `applyPatch` and its caller `onMessage`), run
 under Node.js on the same generated patch sequences (tests/helpers/patches.py) as the one
-Python rule, operators/merge.py, and compared field by field.
+Python rule, operators/merge.py, and compared field by field (views with vol-at-size ladders,
+merged by instrument).
 
 Needs `node` (/usr/bin/node here; CI installs it): without it these tests FAIL, they do not
 skip, so the browser's copy of the rule can never go unchecked. One node process serves
@@ -61,7 +62,8 @@ def same_surface(js: dict, py: SurfaceSnapshot) -> None:
 
 
 @settings(max_examples=150)
-@given(start=st.none() | snapshots(1, with_underlying=True), seq=patch_sequences(max_size=8, with_underlying=True))
+@given(start=st.none() | snapshots(1, with_underlying=True, with_ladders=True),
+       seq=patch_sequences(max_size=8, with_underlying=True, with_ladders=True))
 def test_apply_patch_in_js_equals_the_python_rule(node, start, seq):
     result = node(start, seq)
     expected = functools.reduce(apply_patch, seq, start)
@@ -71,7 +73,7 @@ def test_apply_patch_in_js_equals_the_python_rule(node, start, seq):
 
 
 @settings(max_examples=150)
-@given(seq=event_sequences(with_underlying=True))
+@given(seq=event_sequences(with_underlying=True, with_ladders=True))
 def test_on_message_in_js_equals_the_python_rule(node, seq):
     """Snapshots replace the surface, patches merge into it, as the gateway's clients do."""
     expected = None

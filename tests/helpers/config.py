@@ -111,7 +111,7 @@ def postgres_sink(dsn: str, spill_dir, *, config: Optional[Config] = None, run_i
     config = config or load_config()
     pg = config.sinks.postgres
     kwargs = dict(run=run_for_tests(run_id), partitions=config.runtime.processes * config.runtime.workers,
-                  batch_rows=pg.batch_rows, flush_ms=pg.flush_ms, handoff_timeout_s=pg.handoff_timeout_s,
+                  batch_rows=pg.batch_rows, flush_ms=pg.flush_ms, handoff_timeout_s=pg.handoff_timeout_s, depth_vols=pg.depth_vols,
                   spill_dir=spill_dir)
     kwargs.update(options)
     return PostgresSink(dsn, **kwargs)

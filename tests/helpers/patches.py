@@ -4,13 +4,15 @@ rule (tests/operators/test_merge.py) and of the dashboard's copy of it
 
 Expiries are drawn from a handful of keys so that patches overlap, remove what others
 add and re-add what was removed; every view carries the epoch of its patch in its fit,
-so which version of an expiry survives is visible in the result. Test support only."""
+so which version of an expiry survives is visible in the result. With with_ladders, views
+carry vol-at-size ladders over a handful of instruments (sparse, as patches carry them), so
+the merge by instrument is exercised. Test support only."""
 
 from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from operators.events import CalendarCheck, ExpiryView, SmileFit, SurfacePatch, SurfaceSnapshot, TenorPoint
+from operators.events import CalendarCheck, ExpiryView, Ladders, SmileFit, SurfacePatch, SurfaceSnapshot, TenorPoint
 
 VENUE, UNDERLYING = "deribit", "BTC"
 EXPIRY0_MS = 1_767_254_400_000  # 2026-01-01 08:00 UTC
@@ -25,8 +27,39 @@ def expiry_ms(i: int) -> int:
     return EXPIRY0_MS + i * DAY_MS
 
 
+LADDER_BOOKS = tuple((90_000.0 + 5_000.0 * (k // 2), "CP"[k % 2]) for k in range(6))  # (strike, type)
+LADDER_DEPTH = 2
+LADDER_SIZES = (1.0, 5.0)
+
+
+def ladder_instrument(strike: float, option_type: str) -> str:
+    return f"BTC-1JAN26-{strike:.0f}-{option_type}"
+
+
 @st.composite
-def views(draw, i: int, epoch: int) -> ExpiryView:
+def ladders(draw, epoch: int) -> Ladders:
+    """The ladders of some books (a few of LADDER_BOOKS, any order; stale ones have no levels)."""
+    picks = draw(st.lists(st.integers(0, len(LADDER_BOOKS) - 1), unique=True, min_size=1, max_size=4))
+    px = st.none() | st.floats(0.0005, 0.5)
+    size = st.none() | st.floats(0.1, 50.0)
+
+    def rows(values, n):
+        return tuple(tuple(draw(values) for _ in range(n)) for _ in picks)
+
+    stale = tuple(draw(st.booleans()) for _ in picks)
+    return Ladders(
+        level_depth=LADDER_DEPTH, sizes_contracts=LADDER_SIZES,
+        instrument=tuple(ladder_instrument(*LADDER_BOOKS[k]) for k in picks), venue=tuple(VENUE for _ in picks),
+        strike=tuple(LADDER_BOOKS[k][0] for k in picks), option_type=tuple(LADDER_BOOKS[k][1] for k in picks),
+        contract_size=tuple(1.0 for _ in picks), stale=stale,
+        bid_px=rows(px, LADDER_DEPTH), bid_size_contracts=rows(size, LADDER_DEPTH), bid_iv=rows(opt_vols, LADDER_DEPTH),
+        ask_px=rows(px, LADDER_DEPTH), ask_size_contracts=rows(size, LADDER_DEPTH), ask_iv=rows(opt_vols, LADDER_DEPTH),
+        bid_exec_px=rows(px, len(LADDER_SIZES)), bid_exec_iv=rows(opt_vols, len(LADDER_SIZES)),
+        ask_exec_px=rows(px, len(LADDER_SIZES)), ask_exec_iv=rows(opt_vols, len(LADDER_SIZES)))
+
+
+@st.composite
+def views(draw, i: int, epoch: int, with_ladders: bool = False) -> ExpiryView:
     e = expiry_ms(i)
     fit = SmileFit(VENUE, UNDERLYING, e, epoch, epoch * 50, epoch * 50 + 3, 0.01 + i / 365, 95_000.0 + draw(vols),
                    draw(st.floats(-0.1, 0.1)), 0.1, -0.3, 0.0, 0.2, draw(st.floats(0.0, 2.0)), draw(st.integers(0, 40)),
@@ -38,6 +71,7 @@ def views(draw, i: int, epoch: int) -> ExpiryView:
         strikes=tuple(90_000.0 + 5_000.0 * k for k in range(n)),
         bid_iv=tuple(draw(opt_vols) for _ in range(n)), ask_iv=tuple(draw(vols) for _ in range(n)),
         calendar_ok=draw(st.booleans()),
+        ladders=draw(st.none() | ladders(epoch)) if with_ladders else None,
     )
 
 
@@ -65,12 +99,12 @@ def underlying_values(draw, with_underlying: bool) -> dict:
 
 
 @st.composite
-def patches(draw, epoch: int, with_underlying: bool = False) -> SurfacePatch:
+def patches(draw, epoch: int, with_underlying: bool = False, with_ladders: bool = False) -> SurfacePatch:
     """A patch: changed expiries in any order (no key twice), removals that may overlap them."""
     keys = draw(st.lists(st.integers(0, N_KEYS - 1), unique=True, max_size=4))
     return SurfacePatch(
         venue=VENUE, underlying=UNDERLYING, epoch=epoch, ts_exchange_ms=epoch * 50, ts_emit_ms=epoch * 50 + 5,
-        expiries=tuple(draw(views(i, epoch)) for i in keys),
+        expiries=tuple(draw(views(i, epoch, with_ladders)) for i in keys),
         removed=tuple(expiry_ms(i) for i in draw(st.lists(st.integers(0, N_KEYS - 1), unique=True, max_size=3))),
         tenors=draw(tenors()), calendar=draw(calendars()),
         index_px=draw(st.none() | st.floats(1_000.0, 200_000.0)), **underlying_values(draw, with_underlying),
@@ -78,27 +112,28 @@ def patches(draw, epoch: int, with_underlying: bool = False) -> SurfacePatch:
 
 
 @st.composite
-def snapshots(draw, epoch: int, with_underlying: bool = False) -> SurfaceSnapshot:
+def snapshots(draw, epoch: int, with_underlying: bool = False, with_ladders: bool = False) -> SurfaceSnapshot:
     keys = sorted(draw(st.sets(st.integers(0, N_KEYS - 1), max_size=5)))
     return SurfaceSnapshot(
         venue=VENUE, underlying=UNDERLYING, epoch=epoch, ts_exchange_ms=epoch * 50, ts_emit_ms=epoch * 50 + 5,
-        expiries=tuple(draw(views(i, epoch)) for i in keys), tenors=draw(tenors()), calendar=draw(calendars()),
+        expiries=tuple(draw(views(i, epoch, with_ladders)) for i in keys), tenors=draw(tenors()), calendar=draw(calendars()),
         index_px=draw(st.none() | st.floats(1_000.0, 200_000.0)), **underlying_values(draw, with_underlying),
     )
 
 
 @st.composite
-def patch_sequences(draw, min_size: int = 1, max_size: int = 6, with_underlying: bool = False) -> list[SurfacePatch]:
+def patch_sequences(draw, min_size: int = 1, max_size: int = 6, with_underlying: bool = False,
+                    with_ladders: bool = False) -> list[SurfacePatch]:
     n = draw(st.integers(min_size, max_size))
-    return [draw(patches(2 + i, with_underlying)) for i in range(n)]
+    return [draw(patches(2 + i, with_underlying, with_ladders)) for i in range(n)]
 
 
 @st.composite
-def event_sequences(draw, max_size: int = 8, with_underlying: bool = False) -> list:
+def event_sequences(draw, max_size: int = 8, with_underlying: bool = False, with_ladders: bool = False) -> list:
     """Patches with the occasional snapshot (a snapshot replaces the whole surface)."""
     n = draw(st.integers(1, max_size))
-    return [draw(snapshots(1 + i, with_underlying) if draw(st.integers(0, 4)) == 0
-                 else patches(1 + i, with_underlying)) for i in range(n)]
+    return [draw(snapshots(1 + i, with_underlying, with_ladders) if draw(st.integers(0, 4)) == 0
+                 else patches(1 + i, with_underlying, with_ladders)) for i in range(n)]
 
 
 def surface_ops(max_epoch_step: int = 2):

@@ -1,0 +1,103 @@
+"""Vol at size stored, end to end on the real bytewax flow and a real PostgreSQL (pgserver): with
+a copy of graph.toml setting [chain] level_depth and sizes_contracts, table depth_vols gets one
+row per book per fit its patches carried (run_id first in the key), and each book's latest row
+equals that book in the fold of the patches; the views' JSON in expiry_views holds no ladders
+(the surface rebuilt from the rows is the fold without them). graph.toml's default (level_depth
+0, no sizes) sends no ladders, so no row."""
+
+from __future__ import annotations
+
+import msgspec
+from bytewax.testing import TestingSource, run_main
+
+from connectors.postgres import connect, latest_surface, migrate
+from connectors.postgres.rows import DEPTH_ARRAYS, rows_for
+from flows.config import load_config
+from flows.surface import build_flow
+from operators.events import SurfacePatch
+from operators.merge import apply_patch
+from tests.helpers.config import postgres_sink
+from tests.helpers.market import NOW, SPOT, market
+from tests.helpers.sinks import CallbackSink
+
+DEPTH_TOML = """
+[chain]
+level_depth = 3
+sizes_contracts = [1.0, 10.0]
+
+[sinks.postgres]
+depth_vols = true
+"""
+
+
+def test_depth_vols_rows_equal_the_folded_ladders(pg_db, tmp_path):
+    graph = tmp_path / "graph.toml"
+    graph.write_text(DEPTH_TOML)
+    config = load_config(graph)
+    assert config.chain.level_depth == 3
+    with connect(pg_db) as conn:
+        migrate(conn)
+    out: list = []
+    sink = postgres_sink(pg_db, tmp_path / "spill", config=config, flush_ms=20)
+    run_main(build_flow(config, TestingSource(market()), [CallbackSink(out.append), sink], now_ms=lambda: NOW))
+    patches = [o for o in out if isinstance(o, SurfacePatch)]
+    folded: dict = {}
+    for p in patches:
+        folded[p.underlying] = apply_patch(folded.get(p.underlying), p)
+    assert set(folded) == set(SPOT)
+    sent = {(p.underlying, v.expiry_ms, name, v.fit.ts_exchange_ms)
+            for p in patches for v in p.expiries if v.ladders is not None for name in v.ladders.instrument}
+    assert sent, "the market's books carry no ladders"
+    with connect(pg_db) as conn:
+        rows = conn.execute(
+            "SELECT underlying, expiry_ms, instrument, ts_exchange_ms, venue, book_venue, strike, option_type, stale,"
+            " level_depth, sizes_contracts, " + ", ".join(DEPTH_ARRAYS) +
+            " FROM depth_vols WHERE run_id = 'test-run' ORDER BY ts_exchange_ms, epoch").fetchall()
+        for und, snap in folded.items():  # the views' JSON has no ladders
+            bare = msgspec.structs.replace(snap, expiries=tuple(msgspec.structs.replace(v, ladders=None)
+                                                                for v in snap.expiries))
+            assert latest_surface(conn, "deribit", und, run_id="test-run") == bare, und
+    assert {(r[0], r[1], r[2], r[3]) for r in rows} == sent  # one row per book per fit that carried it
+    latest = {(r[0], r[1], r[2]): r for r in rows}  # ordered by fit time: the last one stands
+    books = 0
+    for und, snap in folded.items():
+        for v in snap.expiries:
+            lad = v.ladders
+            assert lad is not None and lad.level_depth == 3 and lad.sizes_contracts == (1.0, 10.0)
+            for i, name in enumerate(lad.instrument):
+                row = latest[(und, v.expiry_ms, name)]
+                assert row[4:11] == ("deribit", lad.venue[i], lad.strike[i], lad.option_type[i], lad.stale[i], 3,
+                                     [1.0, 10.0])
+                assert list(row[11:]) == [list(getattr(lad, a)[i]) for a in DEPTH_ARRAYS], name
+                assert len(row[11]) == 3 and len(row[17]) == 2
+                books += 1
+    assert books == len(latest)  # every stored book is a live one of the fold
+    # a view without ladders plans no row; graph.toml's default computes none
+    with_ladders = next(p for p in patches if any(v.ladders is not None for v in p.expiries))
+    bare = msgspec.structs.replace(with_ladders, expiries=tuple(msgspec.structs.replace(v, ladders=None)
+                                                                for v in with_ladders.expiries))
+    assert len(rows_for([with_ladders], "test-run")["depth_vols"]) == sum(
+        len(v.ladders.instrument) for v in with_ladders.expiries if v.ladders is not None)
+    assert rows_for([bare], "test-run")["depth_vols"] == []
+    default = load_config().chain
+    assert default.level_depth == 0 and default.sizes_contracts == []
+
+
+def test_without_depth_vols_the_ladders_reach_patches_but_not_postgresql(pg_db, tmp_path):
+    """[sinks.postgres] depth_vols = false (graph.toml's default) with level vols on: the patches
+    carry ladders, table depth_vols stays empty and the stored views are the same."""
+    graph = tmp_path / "graph.toml"
+    graph.write_text(DEPTH_TOML.replace("depth_vols = true", "depth_vols = false"))
+    config = load_config(graph)
+    assert config.chain.level_depth == 3 and not config.sinks.postgres.depth_vols
+    assert not load_config().sinks.postgres.depth_vols
+    with connect(pg_db) as conn:
+        migrate(conn)
+    out: list = []
+    sink = postgres_sink(pg_db, tmp_path / "spill", config=config, run_id="no-depth", flush_ms=20)
+    run_main(build_flow(config, TestingSource(market()), [CallbackSink(out.append), sink], now_ms=lambda: NOW))
+    patches = [o for o in out if isinstance(o, SurfacePatch)]
+    assert any(v.ladders is not None for p in patches for v in p.expiries)
+    with connect(pg_db) as conn:
+        assert conn.execute("SELECT count(*) FROM depth_vols WHERE run_id = 'no-depth'").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM smile_fits WHERE run_id = 'no-depth'").fetchone()[0] > 0
