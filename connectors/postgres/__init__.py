@@ -12,8 +12,8 @@ This file only re-exports what flows/, bench/ and tests import. Only translates 
 rows: no volatility maths anywhere in the package. Every table has a natural key, so
 writing the same event twice is a no-op (ON CONFLICT); its first column is the run, so a run
 never overwrites another's rows (deploy/sql/003_runs.sql). Graph.toml nodes are stored by name
-in expiry_nodes (deploy/sql/002_expiry_nodes.sql says why a long table), instrument_nodes (per
-strike) and underlying_nodes (deploy/sql/006_level_nodes.sql).
+in expiry_nodes (deploy/sql/002_expiry_nodes.sql says why a long table), instrument_nodes (a row
+per node and view, strikes and values as arrays) and underlying_nodes (deploy/sql/006_level_nodes.sql).
 """
 
 from connectors.postgres.embedded import connect, embedded_postgres, embedded_server

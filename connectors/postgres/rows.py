@@ -2,7 +2,8 @@
 
 SmileFit, SurfacePatch and SurfaceSnapshot become rows of smile_fits, expiry_views,
 expiry_nodes (one row per level = "expiry" graph.toml node per view, by node name: no node
-name is known here), instrument_nodes (one per level = "instrument" node per strike of a view),
+name is known here), instrument_nodes (one per level = "instrument" node per view: the view's
+strikes and the node's values as two aligned arrays),
 underlying_nodes (one per level = "underlying" value an event carries), surface_state and
 depth_vols (one per option book whose vol-at-size ladder a SurfacePatch view carries, per fit
 time: only the changed books travel; none unless graph.toml [chain] level_depth / sizes_contracts)
@@ -61,10 +62,11 @@ TABLES: dict[str, dict[str, Any]] = {
         "conflict": "DO UPDATE SET value = EXCLUDED.value",
     },
     "instrument_nodes": {
-        "cols": ("run_id", "venue", "underlying", "expiry_ms", "epoch", "node", "strike", "value"),
-        "key": 7,
-        # The per-strike values of the view row with the same first five key columns: last write wins.
-        "conflict": "DO UPDATE SET value = EXCLUDED.value",
+        "cols": ("run_id", "venue", "underlying", "expiry_ms", "epoch", "node", "strikes", "vals"),
+        "key": 6,
+        # The per-strike values (float8[] aligned with strikes) of the view row with the same first
+        # five key columns: last write wins.
+        "conflict": "DO UPDATE SET strikes = EXCLUDED.strikes, vals = EXCLUDED.vals",
     },
     "underlying_nodes": {
         "cols": ("run_id", "venue", "underlying", "epoch", "node", "value", "unit"),
@@ -184,9 +186,11 @@ class BatchPlan:
                               self._view_json[(venue, und, e, epoch)]))
                 nodes.extend((run, venue, und, e, epoch, name, value) for name, value in view.analytics.items())
                 for name, values in view.strike_analytics.items():
-                    # one row per strike (a statement may not touch a row twice)
-                    per_strike = dict(zip(view.strikes, values))
-                    strike_nodes.extend((run, venue, und, e, epoch, name, k, value) for k, value in per_strike.items())
+                    # one row per node per view: the strikes and values as arrays (lists: psycopg
+                    # sends a tuple as a record), a None value a NULL element
+                    n = min(len(view.strikes), len(values))
+                    strike_nodes.append((run, venue, und, e, epoch, name, [float(k) for k in view.strikes[:n]],
+                                         [None if x is None else float(x) for x in values[:n]]))
             und_nodes.extend((run, venue, und, epoch, name, value, s.underlying_units.get(name, ""))
                              for name, value in s.underlying_analytics.items())
             # apply_patch drops the removed first, then adds the views: a view sent and removed

@@ -80,9 +80,16 @@ is_call = false
             assert list(v.strikes) == sorted(v.strikes)
             assert list(puts) == sorted(puts, reverse=True)  # from ~0 (far OTM put) to ~−1 (deep ITM)
     with connect(pg_db) as conn:
+        # one instrument_nodes row per node per stored view, its strikes and values as aligned arrays
+        views, rows_per_view = conn.execute(
+            "SELECT (SELECT count(*) FROM expiry_views WHERE run_id = 'test-run' AND NOT removed),"
+            " (SELECT count(*) FROM instrument_nodes WHERE run_id = 'test-run' AND node = 'delta_put'"
+            "  AND cardinality(strikes) = cardinality(vals) AND cardinality(strikes) >= 10)").fetchone()
+        # the history view gives them back one row per strike
         rows = conn.execute("SELECT DISTINCT ON (underlying, expiry_ms, strike) underlying, expiry_ms, strike, value"
-                            " FROM instrument_nodes WHERE run_id = 'test-run' AND node = 'delta_put'"
+                            " FROM instrument_node_history WHERE run_id = 'test-run' AND node = 'delta_put'"
                             " ORDER BY underlying, expiry_ms, strike, epoch DESC").fetchall()
+    assert views == rows_per_view > 0
     expect = {(u, v.expiry_ms, k): x for u, s in folded.items() for v in s.expiries
               for k, x in zip(v.strikes, v.strike_analytics["delta_put"])}
     assert {(u, e, k): x for u, e, k, x in rows} == expect

@@ -162,6 +162,45 @@ def test_smile_fit_columns_round_trip(pg_db, surface_factory):
     assert row[0] == RUN and SmileFit(*row[1:]) == fit
 
 
+def test_instrument_nodes_are_one_row_per_node_per_view_with_arrays(pg_db, surface_factory):
+    """level = "instrument" nodes: one instrument_nodes row per node per view, the strikes and the
+    values as aligned float8[] (None: NULL), rewritten idempotently, gone with their view (a removal,
+    a snapshot's clean-up); instrument_node_history gives one row per strike."""
+    f = surface_factory(underlying="SOL")
+
+    def with_strike_nodes(ev):
+        views = tuple(msgspec.structs.replace(v, strike_analytics={
+            "iv_fit": tuple(0.5 + 0.01 * i for i in range(len(v.strikes))),
+            "gap": tuple(None if i % 2 else -0.25 * i for i in range(len(v.strikes)))}) for v in ev.expiries)
+        return msgspec.structs.replace(ev, expiries=views)
+
+    p1 = with_strike_nodes(f.patch(300, changed=[0, 1]))
+    p2 = with_strike_nodes(f.patch(301, changed=[1], removed=[0]))
+    assert len(pg.rows_for([p1], RUN)["instrument_nodes"]) == 2 * 2  # 2 views x 2 nodes, not x 5 strikes
+    with pg.connect(pg_db) as conn:
+        migrated(conn)
+        first = pg.write_events(conn, [p1], RUN)
+        again = pg.write_events(conn, [p1], RUN)
+        assert first["instrument_nodes"] == again["instrument_nodes"] == 4  # last write wins: same rows
+        v0 = p1.expiries[0]
+        stored = conn.execute("SELECT strikes, vals FROM instrument_nodes WHERE underlying = 'SOL' AND node = 'gap'"
+                              " AND expiry_ms = %s AND epoch = 300", (v0.expiry_ms,)).fetchone()
+        assert stored == (list(v0.strikes), list(v0.strike_analytics["gap"]))
+        hist = conn.execute("SELECT strike, value, strike_index, ts_ms FROM instrument_node_history"
+                            " WHERE underlying = 'SOL' AND node = 'gap' AND expiry_ms = %s ORDER BY strike_index",
+                            (v0.expiry_ms,)).fetchall()
+        assert hist == [(k, x, i + 1, p1.ts_emit_ms)
+                        for i, (k, x) in enumerate(zip(v0.strikes, v0.strike_analytics["gap"]))]
+        conn.commit()  # write_events runs outside any open transaction (its stage tables empty on commit)
+        pg.write_events(conn, [p2], RUN)  # expiry 0 removed at 301: its rows of 300 stay (history)
+        assert conn.execute("SELECT epoch, count(*) FROM instrument_nodes WHERE underlying = 'SOL' GROUP BY 1"
+                            " ORDER BY 1").fetchall() == [(300, 4), (301, 2)]
+        conn.commit()
+        pg.write_events(conn, [with_strike_nodes(f.snapshot(301, expiries=[2]))], RUN)  # clean-up of 301
+        assert conn.execute("SELECT DISTINCT expiry_ms FROM instrument_nodes WHERE underlying = 'SOL'"
+                            " AND epoch = 301").fetchall() == [(f.expiry(2),)]
+
+
 FLOATS = st.floats(allow_nan=False, allow_infinity=False, width=64)
 
 
