@@ -146,33 +146,6 @@ def underlying_series_text(by_run: dict[str, list[tuple[int, Optional[float]]]],
     return "\n".join(lines)
 
 
-def underlying_series(conn, venue: str, underlying: str, node: str, start_ms: int, end_ms: int,
-                      run_id: Optional[str] = None) -> list[tuple[int, Optional[float]]]:
-    """A level = "underlying" node's values (underlying_node_history, deploy/sql/006_level_nodes.sql)
-    as (ts_ms, value) rows ordered by time: the value in effect at start_ms (the last stored at or
-    before it: rows are written only when the value changes), then every change up to end_ms.
-    run_id None: the run that most recently wrote that surface at or before end_ms."""
-    from connectors.postgres.runs import check_run_id
-
-    if run_id is not None:
-        check_run_id(run_id)
-    with conn.transaction(), conn.cursor() as cur:
-        if run_id is None:
-            cur.execute("SELECT surface_run(%s, %s, %s)", (venue, underlying, end_ms))
-            run_id = cur.fetchone()[0]
-            if run_id is None:
-                return []
-        where = "run_id = %(run)s AND venue = %(venue)s AND underlying = %(und)s AND node = %(node)s"
-        cur.execute(
-            f"(SELECT ts_ms, value, epoch FROM underlying_node_history WHERE {where} AND ts_ms <= %(start)s"
-            "  ORDER BY ts_ms DESC, epoch DESC LIMIT 1)"
-            f" UNION ALL (SELECT ts_ms, value, epoch FROM underlying_node_history WHERE {where}"
-            "  AND ts_ms > %(start)s AND ts_ms <= %(end)s)"
-            " ORDER BY ts_ms, epoch",
-            {"run": run_id, "venue": venue, "und": underlying, "node": node, "start": start_ms, "end": end_ms})
-        return [(ts_ms, value) for ts_ms, value, _ in cur.fetchall()]
-
-
 def add_query_command(subparsers) -> None:
     """Add `query` (runs, surface, series) to an argparse subparsers object."""
     p = subparsers.add_parser(
@@ -236,7 +209,7 @@ def run_query(args) -> int:
 
 
 def _answer(args, config, out) -> int:
-    from connectors.postgres import connect, latest_surface, list_runs, node_series, surface_as_of
+    from connectors.postgres import connect, latest_surface, list_runs, node_series, surface_as_of, underlying_series
 
     units = {n.name: n.unit for n in config.nodes if n.unit}
     if args.what == "surface":

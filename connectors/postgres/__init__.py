@@ -6,7 +6,7 @@
     rows.py      events -> rows of one run, the batch plan (folded with operators/merge.py) and its write
     writer.py    the background writer: batches, memory buffer, spill to disk, retries
     sink.py      the bytewax sink (a writer per worker)
-    read.py      latest_surface, surface_as_of, node_series: one run's rows read back
+    read.py      latest_surface, surface_as_of, node_series, underlying_series: one run's rows read back
 
 This file only re-exports what flows/, bench/ and tests import. Only translates events <->
 rows: no volatility maths anywhere in the package. Every table has a natural key, so
@@ -17,7 +17,7 @@ per node and view, strikes and values as arrays) and underlying_nodes (deploy/sq
 """
 
 from connectors.postgres.embedded import connect, embedded_postgres, embedded_server
-from connectors.postgres.read import latest_surface, node_series, surface_as_of
+from connectors.postgres.read import latest_surface, node_series, surface_as_of, underlying_series
 from connectors.postgres.rows import SUPPORTED_EVENTS, TABLES, BatchPlan, rows_for, write_events, write_plan
 from connectors.postgres.runs import SOURCES, RunInfo, RunRecord, end_run, list_runs, register_run
 from connectors.postgres.schema import SQL_DIR, migrate, sql_files
@@ -27,6 +27,6 @@ from connectors.postgres.writer import PostgresWriter
 __all__ = [
     "SOURCES", "SQL_DIR", "SUPPORTED_EVENTS", "TABLES", "BatchPlan", "PostgresSink", "PostgresWriter", "RunInfo",
     "RunRecord", "connect", "embedded_postgres", "embedded_server", "end_run", "latest_surface", "list_runs",
-    "migrate", "node_series", "register_run", "rows_for", "sql_files", "surface_as_of", "write_events",
+    "migrate", "node_series", "register_run", "rows_for", "sql_files", "surface_as_of", "underlying_series", "write_events",
     "write_plan",
 ]

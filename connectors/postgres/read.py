@@ -86,17 +86,11 @@ def node_series(conn: psycopg.Connection, venue: str, underlying: str, node: str
     as (ts_ms, expiry_ms, value) rows ordered by time then expiry; a None value is a node that
     ran and failed. run_id None: the run that most recently wrote that surface at or before
     end_ms. Reads the node_history view (deploy/sql/003_runs.sql)."""
-    for name, value in (("start_ms", start_ms), ("end_ms", end_ms)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{name} must be UTC epoch milliseconds as an int, got {value!r}")
-    if run_id is not None:
-        check_run_id(run_id)
+    _check_window(start_ms, end_ms, run_id)
     with conn.transaction(), conn.cursor() as cur:
+        run_id = run_id or _surface_run(cur, venue, underlying, end_ms)
         if run_id is None:
-            cur.execute("SELECT surface_run(%s, %s, %s)", (venue, underlying, end_ms))
-            run_id = cur.fetchone()[0]
-            if run_id is None:
-                return []
+            return []
         # The epoch bounds hold for every row whose time is in range (whatever the order of
         # times and epochs) and turn the node index (expiry_nodes_by_node) into a range scan
         # instead of a read of the run's whole history of that node.
@@ -114,3 +108,39 @@ def node_series(conn: psycopg.Connection, venue: str, underlying: str, node: str
              "expiry": expiry_ms},
         )
         return [tuple(row) for row in cur.fetchall()]
+
+
+def underlying_series(conn: psycopg.Connection, venue: str, underlying: str, node: str, start_ms: int,
+                      end_ms: int, run_id: Optional[str] = None) -> list[tuple[int, Optional[float]]]:
+    """A level = "underlying" node's values (underlying_node_history, deploy/sql/006_level_nodes.sql)
+    as (ts_ms, value) rows ordered by time: the value in effect at start_ms (the last stored at or
+    before it: rows are written only when the value changes), then every change up to end_ms.
+    run_id None: the run that most recently wrote that surface at or before end_ms."""
+    _check_window(start_ms, end_ms, run_id)
+    with conn.transaction(), conn.cursor() as cur:
+        run_id = run_id or _surface_run(cur, venue, underlying, end_ms)
+        if run_id is None:
+            return []
+        where = "run_id = %(run)s AND venue = %(venue)s AND underlying = %(und)s AND node = %(node)s"
+        cur.execute(
+            f"(SELECT ts_ms, value, epoch FROM underlying_node_history WHERE {where} AND ts_ms <= %(start)s"
+            "  ORDER BY ts_ms DESC, epoch DESC LIMIT 1)"
+            f" UNION ALL (SELECT ts_ms, value, epoch FROM underlying_node_history WHERE {where}"
+            "  AND ts_ms > %(start)s AND ts_ms <= %(end)s)"
+            " ORDER BY ts_ms, epoch",
+            {"run": run_id, "venue": venue, "und": underlying, "node": node, "start": start_ms, "end": end_ms})
+        return [(ts_ms, value) for ts_ms, value, _ in cur.fetchall()]
+
+
+def _check_window(start_ms: int, end_ms: int, run_id: Optional[str]) -> None:
+    for name, value in (("start_ms", start_ms), ("end_ms", end_ms)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be UTC epoch milliseconds as an int, got {value!r}")
+    if run_id is not None:
+        check_run_id(run_id)
+
+
+def _surface_run(cur, venue: str, underlying: str, end_ms: int) -> Optional[str]:
+    """The run that most recently wrote the surface at or before end_ms (None: none did)."""
+    cur.execute("SELECT surface_run(%s, %s, %s)", (venue, underlying, end_ms))
+    return cur.fetchone()[0]
