@@ -8,17 +8,13 @@ equals that book in the fold of the patches; the views' JSON in expiry_views hol
 from __future__ import annotations
 
 import msgspec
-from bytewax.testing import TestingSource, run_main
 
-from connectors.postgres import connect, latest_surface, migrate
+from connectors.postgres import connect, latest_surface
 from connectors.postgres.rows import DEPTH_ARRAYS, rows_for
 from flows.config import load_config
-from flows.surface import build_flow
-from operators.events import SurfacePatch
 from operators.merge import apply_patch
-from tests.helpers.config import postgres_sink
-from tests.helpers.market import NOW, SPOT, market
-from tests.helpers.sinks import CallbackSink
+from tests.helpers.flowrun import market_flow_to_postgres
+from tests.helpers.market import SPOT
 
 DEPTH_TOML = """
 [chain]
@@ -31,16 +27,8 @@ depth_vols = true
 
 
 def test_depth_vols_rows_equal_the_folded_ladders(pg_db, tmp_path):
-    graph = tmp_path / "graph.toml"
-    graph.write_text(DEPTH_TOML)
-    config = load_config(graph)
+    config, patches = market_flow_to_postgres(pg_db, tmp_path, DEPTH_TOML)
     assert config.chain.level_depth == 3
-    with connect(pg_db) as conn:
-        migrate(conn)
-    out: list = []
-    sink = postgres_sink(pg_db, tmp_path / "spill", config=config, flush_ms=20)
-    run_main(build_flow(config, TestingSource(market()), [CallbackSink(out.append), sink], now_ms=lambda: NOW))
-    patches = [o for o in out if isinstance(o, SurfacePatch)]
     folded: dict = {}
     for p in patches:
         folded[p.underlying] = apply_patch(folded.get(p.underlying), p)
@@ -86,17 +74,10 @@ def test_depth_vols_rows_equal_the_folded_ladders(pg_db, tmp_path):
 def test_without_depth_vols_the_ladders_reach_patches_but_not_postgresql(pg_db, tmp_path):
     """[sinks.postgres] depth_vols = false (graph.toml's default) with level vols on: the patches
     carry ladders, table depth_vols stays empty and the stored views are the same."""
-    graph = tmp_path / "graph.toml"
-    graph.write_text(DEPTH_TOML.replace("depth_vols = true", "depth_vols = false"))
-    config = load_config(graph)
+    config, patches = market_flow_to_postgres(pg_db, tmp_path, DEPTH_TOML.replace("depth_vols = true", "depth_vols = false"),
+                                              run_id="no-depth")
     assert config.chain.level_depth == 3 and not config.sinks.postgres.depth_vols
     assert not load_config().sinks.postgres.depth_vols
-    with connect(pg_db) as conn:
-        migrate(conn)
-    out: list = []
-    sink = postgres_sink(pg_db, tmp_path / "spill", config=config, run_id="no-depth", flush_ms=20)
-    run_main(build_flow(config, TestingSource(market()), [CallbackSink(out.append), sink], now_ms=lambda: NOW))
-    patches = [o for o in out if isinstance(o, SurfacePatch)]
     assert any(v.ladders is not None for p in patches for v in p.expiries)
     with connect(pg_db) as conn:
         assert conn.execute("SELECT count(*) FROM depth_vols WHERE run_id = 'no-depth'").fetchone()[0] == 0

@@ -9,29 +9,16 @@ from __future__ import annotations
 import math
 
 import pytest
-from bytewax.testing import TestingSource, run_main
 
-from connectors.postgres import connect, latest_surface, migrate
-from flows.config import load_config
-from flows.surface import build_flow
-from operators.events import SurfacePatch
+from connectors.postgres import connect, latest_surface
 from operators.merge import apply_patch
-from tests.helpers.config import postgres_sink
-from tests.helpers.market import NOW, SPOT, TENORS, market
-from tests.helpers.sinks import CallbackSink
+from tests.helpers.flowrun import market_flow_to_postgres
+from tests.helpers.market import SPOT, TENORS
 
 
 def run_with(node_toml: str, pg_db: str, tmp_path):
     """The flow on market() with graph.toml plus `node_toml`; (patches, folded surfaces, db)."""
-    graph = tmp_path / "graph.toml"
-    graph.write_text(node_toml)
-    config = load_config(graph)
-    with connect(pg_db) as conn:
-        migrate(conn)
-    out: list = []
-    sink = postgres_sink(pg_db, tmp_path / "spill", config=config, flush_ms=20)
-    run_main(build_flow(config, TestingSource(market()), [CallbackSink(out.append), sink], now_ms=lambda: NOW))
-    patches = [o for o in out if isinstance(o, SurfacePatch)]
+    _, patches = market_flow_to_postgres(pg_db, tmp_path, node_toml)
     folded: dict = {}
     for p in patches:
         folded[p.underlying] = apply_patch(folded.get(p.underlying), p)

@@ -2,6 +2,8 @@
 wall-clock window: this machine's speed drifts by a third, so "after 8 s" is sometimes too
 early and always too long. Test support only: no fixtures, no sleeps as synchronisation
 (the watcher polls a condition with a generous deadline and fails naming what it waited for).
+Also the one way the flow tests run the recorded market into PostgreSQL with a graph.toml
+override (market_flow_to_postgres).
 """
 
 from __future__ import annotations
@@ -91,3 +93,29 @@ def run_until(flow, stop: threading.Event, condition: Callable[[], bool], *, wha
     if not (met.is_set() or condition()):  # the flow may also have ended on its own
         raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
     return time.monotonic() - started
+
+
+def market_flow_to_postgres(pg_db: str, tmp_path, toml: str, *, run_id: str = "test-run"):
+    """The flow over tests.helpers.market's recorded market to its end (run_main: a finite source,
+    so no watcher), with graph.toml overridden by `toml` (written to tmp_path/graph.toml) and a
+    PostgreSQL sink into `pg_db` (migrated first) under `run_id`. Returns (config, the flow's
+    SurfacePatches in order); every row is stored when it returns (the sink's close hands off)."""
+    from bytewax.testing import TestingSource
+
+    from connectors.postgres import connect, migrate
+    from flows.config import load_config
+    from flows.surface import build_flow
+    from operators.events import SurfacePatch
+    from tests.helpers.config import postgres_sink
+    from tests.helpers.market import NOW, market
+    from tests.helpers.sinks import CallbackSink
+
+    graph = tmp_path / "graph.toml"
+    graph.write_text(toml)
+    config = load_config(graph)
+    with connect(pg_db) as conn:
+        migrate(conn)
+    out: list = []
+    sink = postgres_sink(pg_db, tmp_path / "spill", config=config, run_id=run_id, flush_ms=20)
+    run_main(build_flow(config, TestingSource(market()), [CallbackSink(out.append), sink], now_ms=lambda: NOW))
+    return config, [o for o in out if isinstance(o, SurfacePatch)]
