@@ -161,14 +161,35 @@ class TenorSmile:
     bf25: Optional[float]
 
 
+def bracket(xs: np.ndarray, x: float) -> tuple[tuple[float, ...], tuple[int, ...], str, int]:
+    """The fixed-tenor rule on one time axis: the smile at x (years, or any clock) blends the total
+    variances of the slices at strictly increasing xs, linearly between the bracketing two and at
+    flat vol beyond them. Returns (weights, slice indices, "" | "before" | "after", j) with
+    j = searchsorted(xs, x)."""
+    j = int(np.searchsorted(xs, x))  # xs[j-1] < x <= xs[j]
+    if j < len(xs) and xs[j] == x:
+        return (1.0,), (j,), "", j
+    if j == 0:
+        return (x / xs[0],), (0,), "before", j
+    if j == len(xs):
+        return (x / xs[-1],), (len(xs) - 1,), "after", j
+    lam = (x - xs[j - 1]) / (xs[j] - xs[j - 1])
+    return (1.0 - lam, lam), (j - 1, j), "", j
+
+
 def tenor_points(params_by_t: Sequence[tuple], tenors_days: Sequence[int],
                  k_grid=None, extrapolate: bool = True, tol: float = CALENDAR_TOL,
-                 k_ranges: Optional[Sequence] = None) -> list[Optional[TenorSmile]]:
+                 k_ranges: Optional[Sequence] = None, clock: Optional[tuple[Sequence[float], Sequence[float]]] = None,
+                 pair_ok: Optional[Sequence[bool]] = None) -> list[Optional[TenorSmile]]:
     """Fixed-tenor smiles from expiry slices sorted by t_years (see module docstring).
 
     Returns one entry per tenor (None when outside the expiries and extrapolate=False, or
     when no slice is given). calendar_flag is set when the bracketing pair (or, when
-    extrapolating, the nearest pair) fails calendar_check (with k_ranges as given there).
+    extrapolating, the nearest pair) fails calendar_check (with k_ranges as given there), or
+    `pair_ok[i]` is False for slices i, i+1 when the caller has those checks already.
+    clock = (one value per slice, one per tenor): interpolate on that time axis (a variance
+    clock, operators/kernels/variance_clock.py) instead of t_years; the analytics are still at
+    the tenor's calendar t = days/365.
     """
     slices = _sorted_slices(params_by_t)
     g = _grid(k_grid)
@@ -177,37 +198,37 @@ def tenor_points(params_by_t: Sequence[tuple], tenors_days: Sequence[int],
     ts = np.array([t for t, _ in slices])
     if np.any(np.diff(ts) <= 0):
         raise ValueError(f"tenor_points: t_years not strictly increasing: {ts.tolist()}; sort and de-duplicate")
-    pair_ok = [c.ok for c in calendar_check(slices, g, tol, k_ranges)] if len(slices) > 1 else []
+    xs = ts if clock is None else np.asarray(clock[0], float)
+    if clock is not None and (xs.shape != ts.shape or np.any(np.diff(xs) <= 0) or xs[0] <= 0):
+        raise ValueError(f"tenor_points: clock {xs.tolist()} must be positive, strictly increasing, one per slice")
+    if pair_ok is None:
+        pair_ok = [c.ok for c in calendar_check(slices, g, tol, k_ranges)] if len(slices) > 1 else []
     out: list[Optional[TenorSmile]] = []
-    for days in tenors_days:
+    for i, days in enumerate(tenors_days):
         if not (isinstance(days, (int, np.integer)) and days > 0):
             raise ValueError(f"tenors_days: got {days!r}; pass positive whole days")
         t = days / 365.0
-        j = int(np.searchsorted(ts, t))  # ts[j-1] < t ≤ ts[j]
-        if j < len(ts) and ts[j] == t:
-            wts, ps, extra = (1.0,), (slices[j][1],), ""
-            flag = (j > 0 and not pair_ok[j - 1]) or (j < len(pair_ok) and not pair_ok[j])
-        elif j == 0:
-            wts, ps, extra = (t / ts[0],), (slices[0][1],), "before"
+        wts, idx, extra, j = bracket(xs, t if clock is None else float(clock[1][i]))
+        if len(idx) == 2:
+            flag = not pair_ok[j - 1]
+        elif extra == "before":
             flag = bool(pair_ok) and not pair_ok[0]
-        elif j == len(ts):
-            wts, ps, extra = (t / ts[-1],), (slices[-1][1],), "after"
+        elif extra == "after":
             flag = bool(pair_ok) and not pair_ok[-1]
         else:
-            lam = (t - ts[j - 1]) / (ts[j] - ts[j - 1])
-            wts, ps, extra = (1.0 - lam, lam), (slices[j - 1][1], slices[j][1]), ""
-            flag = not pair_ok[j - 1]
+            flag = (j > 0 and not pair_ok[j - 1]) or (j < len(pair_ok) and not pair_ok[j])
         if extra and not extrapolate:
             out.append(None)
             continue
+        ps = tuple(slices[n][1] for n in idx)
         wgrid = sum(c * total_variance(p, g) for c, p in zip(wts, ps))
         smile = analytics.BlendSmile(wts, ps)
         a = analytics.blend_analytics(smile, t, deltas=(0.25,))
         out.append(TenorSmile(tenor_days=int(days), t_years=t, k=g, total_variance=wgrid,
                               calendar_flag=bool(flag), extrapolated=extra, weights=tuple(float(x) for x in wts),
-                              params=tuple(ps), atm_vol=a["atm_vol"], rr25=a["rr25"], bf25=a["bf25"]))
+                              params=ps, atm_vol=a["atm_vol"], rr25=a["rr25"], bf25=a["bf25"]))
     return out
 
 
-__all__ = ["PairCheck", "TenorSmile", "calendar_check", "drop_calendar_violators", "pair_grid", "tenor_points",
+__all__ = ["PairCheck", "TenorSmile", "bracket", "calendar_check", "drop_calendar_violators", "pair_grid", "tenor_points",
            "DEFAULT_K_GRID", "CALENDAR_TOL"]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from operators.kernels import analytics
+from operators.kernels import analytics, calendar
 from operators.kernels.svi import as_params
 
 MS_PER_DAY = 86_400_000
@@ -63,15 +63,8 @@ def tenor_smile(fits: TermFits, t_years: float) -> analytics.BlendSmile:
         raise ValueError("no live expiry: an underlying-level node needs at least one fit")
     if np.any(np.diff(ts) <= 0):
         raise ValueError(f"t_years not strictly increasing: {ts.tolist()}; pass the fits in expiry order")
-    j = int(np.searchsorted(ts, t_years))
-    if j < ts.size and ts[j] == t_years:
-        return analytics.BlendSmile((1.0,), (as_params(fits.params[j]),))
-    if j == 0:
-        return analytics.BlendSmile((t_years / ts[0],), (as_params(fits.params[0]),))
-    if j == ts.size:
-        return analytics.BlendSmile((t_years / ts[-1],), (as_params(fits.params[-1]),))
-    lam = (t_years - ts[j - 1]) / (ts[j] - ts[j - 1])
-    return analytics.BlendSmile((1.0 - lam, lam), (as_params(fits.params[j - 1]), as_params(fits.params[j])))
+    wts, idx, _, _ = calendar.bracket(ts, t_years)  # the fixed tenors' rule (operators/kernels/calendar.py)
+    return analytics.BlendSmile(wts, tuple(as_params(fits.params[n]) for n in idx))
 
 
 def atm_total_variance(fits: TermFits, t_years: float) -> float:

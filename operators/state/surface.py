@@ -28,14 +28,14 @@ from typing import Callable, Optional
 import msgspec
 import numpy as np
 
-from operators.kernels import analytics, calendar, svi
+from operators.kernels import calendar, svi
 from operators.kernels.variance_clock import MS_PER_DAY, MS_PER_YEAR, weighted_years
 from operators.events import (CalendarCheck, ChainUpdate, ExpiryView, IndexPrice, SmileFit,
                               SurfacePatch, TenorPoint)
 from operators.items import ExpiryFit, ExpiryGone
 from operators.kernels.strike import StrikeData
 from operators.merge import merge_ladders
-from operators.kernels.term import TermFits, tenor_smile
+from operators.kernels.term import TermFits
 from operators.state.nodes import (Node, NodeFailures, evaluate_nodes, evaluate_strike_nodes,
                                    evaluate_underlying_nodes)
 
@@ -216,55 +216,31 @@ class SurfaceLogic:
                      for i, p in enumerate(pairs))
 
     def _tenors(self, bad: set[int]) -> tuple[TenorPoint, ...]:
-        fits = self._ordered_fits()
-        if self.drop_calendar_violators:
-            fits = [f for f in fits if f.expiry_ms not in bad]
+        """The fixed tenors (calendar.tenor_points), on the variance clock of [surface] weekend_weight:
+        linear in τ (weekend days weighted weekend_weight: operators/kernels/variance_clock.py)
+        instead of ACT/365 T, vols still √(w/T) at the tenor's calendar T. Each fit's τ runs from
+        its own clock origin (expiry_ms − t_years); the tenors' from the newest one. The calendar
+        checks just made (state.calendar) are reused unless violators were dropped."""
+        all_fits = self._ordered_fits()
+        fits = [f for f in all_fits if f.expiry_ms not in bad] if self.drop_calendar_violators else all_fits
         if not fits:
             return ()
+        pair_ok = [c.ok for c in self.state.calendar] if len(fits) == len(all_fits) else None
+        clock = None
         if self.weekend_weight != 1.0:
-            return self._clock_tenors(fits)
-        points = calendar.tenor_points([(f.t_years, (f.a, f.b, f.rho, f.m, f.sigma)) for f in fits],
-                                       tenors_days=self.tenors_days)
+            expiries = np.array([f.expiry_ms for f in fits], np.int64)
+            starts = expiries - np.round(np.array([f.t_years for f in fits]) * MS_PER_YEAR).astype(np.int64)
+            tau = np.asarray(weighted_years(starts, expiries, self.weekend_weight), float)
+            if np.any(np.diff(tau) <= 0) or tau[0] <= 0:
+                return ()
+            origin = int(starts.max())
+            clock = (tau, [float(weighted_years(origin, origin + days * MS_PER_DAY, self.weekend_weight))
+                           for days in self.tenors_days])
+        points = calendar.tenor_points([(f.t_years, _params(f)) for f in fits], tenors_days=self.tenors_days,
+                                       clock=clock, pair_ok=pair_ok)
         return tuple(TenorPoint(tenor_days=p.tenor_days, atm_vol=_opt(p.atm_vol), rr25=_opt(p.rr25),
                                 bf25=_opt(p.bf25), calendar_flag=bool(p.calendar_flag))
                      for p in points if p is not None)
-
-
-    def _clock_tenors(self, fits: list[SmileFit]) -> tuple[TenorPoint, ...]:
-        """Fixed tenors interpolated linearly in the variance clock τ (weekend days weighted
-        weekend_weight: operators/kernels/variance_clock.py) instead of ACT/365 T, total variance
-        at fixed k as calendar.tenor_points does (flat vol outside the expiries, the same calendar
-        flags); vols are still √(w/T) at the tenor's calendar T. Each fit's τ runs from its own
-        clock origin (expiry_ms − t_years); the tenors' from the newest one."""
-        expiries = np.array([f.expiry_ms for f in fits], np.int64)
-        starts = expiries - np.round(np.array([f.t_years for f in fits]) * MS_PER_YEAR).astype(np.int64)
-        tau = np.asarray(weighted_years(starts, expiries, self.weekend_weight), float)
-        if np.any(np.diff(tau) <= 0) or tau[0] <= 0:
-            return ()
-        term = TermFits(tau, np.array([_params(f) for f in fits], float), tuple(f.expiry_ms for f in fits))
-        if len(fits) < 2:
-            pair_ok = []
-        elif len(self.state.calendar) == len(fits) - 1:  # the checks of these very fits (none dropped)
-            pair_ok = [c.ok for c in self.state.calendar]
-        else:
-            pair_ok = [c.ok for c in calendar.calendar_check([(f.t_years, _params(f)) for f in fits])]
-        origin = int(starts.max())
-        out = []
-        for days in self.tenors_days:
-            t_days = float(weighted_years(origin, origin + days * MS_PER_DAY, self.weekend_weight))
-            j = int(np.searchsorted(tau, t_days))
-            if j < tau.size and tau[j] == t_days:
-                flag = (j > 0 and not pair_ok[j - 1]) or (j < len(pair_ok) and not pair_ok[j])
-            elif j == 0:
-                flag = bool(pair_ok) and not pair_ok[0]
-            elif j == tau.size:
-                flag = bool(pair_ok) and not pair_ok[-1]
-            else:
-                flag = not pair_ok[j - 1]
-            a = analytics.blend_analytics(tenor_smile(term, t_days), days / 365.0, deltas=(0.25,))
-            out.append(TenorPoint(tenor_days=int(days), atm_vol=_opt(a["atm_vol"]), rr25=_opt(a["rr25"]),
-                                  bf25=_opt(a["bf25"]), calendar_flag=bool(flag)))
-        return tuple(out)
 
 
 def _params(fit: SmileFit) -> tuple[float, float, float, float, float]:
