@@ -1,30 +1,178 @@
-"""Order-book state per instrument: L2 levels from snapshots and changes, the one
-implementation of the integrity checks (a change must chain from the last sequence number; the
-top must not be crossed), and its top-N levels.
+"""Order-book state: L2 levels from snapshots and changes, and the integrity checks (a change
+must chain from the last sequence number; the top must not be crossed).
 
-Pure state logic: no I/O, no sockets, never imports connectors, no numerics beyond sorting.
+  BookStore   many books as arrays — a chain's options, one store per expiry — updated a batch
+              at a time by one compiled call (operators/kernels/books.py, whose docstring states
+              the rules); the touch and any ladder are read with no sort.
+  OrderBook   one book as price → size dicts, for whoever holds books one update at a time: the
+              venue clients' integrity checks, replay folding, the naive baseline, tests.
+
+Two implementations of one rule set, held equal by tests/operators/kernels/test_books.py (a batch
+equals OrderBook one update at a time, and both equal a plain dict model). Why two: one 1-level
+change to a 20-level book (timeit, 2026-12-06, a loaded machine) takes OrderBook.apply 1.9 µs and
+a one-update BookStore batch ~60 µs — a dozen numpy calls of a few µs each, which a batch of
+hundreds shares but a single update pays alone.
+
+Pure state logic: no I/O, never imports connectors or flows, no numerics beyond the kernel.
 Who acts on a failed check (the rule, connectors/venues/base.py): the venue client keeps an
 OrderBook per book it reads and, on a gap or a crossed book, withholds that book (seq_gap
 downstream) and resubscribes it for a fresh snapshot; nothing gapped or crossed is forwarded.
-The chain step keeps one OrderBook per option of its expiry and trusts that feed; its own
-apply() finds something only where no client stands in front (a replayed recording), and then
-the book stays stale (withheld) until the next snapshot of it.
+The chain step keeps its expiry's books in a BookStore and trusts that feed; its own apply finds
+something only where no client stands in front (a replayed recording), and then the book stays
+stale (withheld) until the next snapshot of it.
 
-Levels: every level a snapshot or change carries is kept (a change can uncover any of them);
-`top(n)` reads the best n per side, `sides()` every live level of both, best first.
+Why arrays for the chain (measured, bench/bench_engine.py --levels, docs/benchmarks.md): with level
+vols on, reading each dirty book's ladder from dicts (a sort per side per read) and building
+per-level Python tuples cost more than the level solves themselves.
 
-Ladder tracking (the chain's level vols, docs/architecture.md §4.3): when `levels_on`, the book
-raises `ladder_dirty` on a snapshot, on turning stale, and on a change at a price that can move
-the chain's ladder or walks — a bid at or above `bid_floor`, an ask at or below `ask_cap` (the
-last level the chain read; ±inf: any level). Off, the floors are ±inf the other way and never match.
+Levels (OrderBook): every level a snapshot or change carries is kept (a change can uncover any of
+them); `top(n)` reads the best n per side, `sides()` every live level of both, best first.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional
+from itertools import chain as iter_chain
+from typing import Optional, Sequence
+
+import numpy as np
 
 from operators.events import BookUpdate, FeedError, Instrument
+from operators.kernels import books as kernel
+from operators.kernels.books import CHANGE, NO_SEQ, REACH_ANY, SEQ_GAP, SNAPSHOT
+
+_from_levels = iter_chain.from_iterable
+
+
+class BookStore:
+    """Books as rows of arrays (layout: operators/kernels/books.py). Rows are added in listing
+    order and never move; `instruments[row]` says whose book a row is."""
+
+    def __init__(self, levels_on: bool = False):
+        self.instruments: list[Optional[Instrument]] = []
+        self.levels_on = levels_on
+        self._alloc(4, 16)
+
+    def _alloc(self, rows_cap: int, levels_cap: int) -> None:
+        n = len(self.instruments)
+        old = getattr(self, "px", None)
+        px, sz = np.full((2, rows_cap, levels_cap), math.nan), np.zeros((2, rows_cap, levels_cap))
+        count = np.zeros((2, rows_cap), np.int64)
+        last_seq = np.full(rows_cap, NO_SEQ, np.int64)
+        stale = np.ones(rows_cap, bool)
+        reach = np.zeros((2, rows_cap), np.int64)
+        ladder = np.zeros(rows_cap, bool)
+        if old is not None:
+            cols = self.px.shape[2]
+            px[:, :n, :cols], sz[:, :n, :cols] = self.px[:, :n], self.sz[:, :n]
+            count[:, :n], last_seq[:n], stale[:n] = self.count[:, :n], self.last_seq[:n], self.stale[:n]
+            reach[:, :n], ladder[:n] = self.reach[:, :n], self.ladder[:n]
+        self.px, self.sz, self.count, self.last_seq, self.stale = px, sz, count, last_seq, stale
+        self.reach, self.ladder = reach, ladder
+
+    def __len__(self) -> int:
+        return len(self.instruments)
+
+    def add(self, instrument: Optional[Instrument]) -> int:
+        """A new, empty, stale book (until its first snapshot); returns its row."""
+        row = len(self.instruments)
+        if row == self.px.shape[1]:
+            self._alloc(2 * row, self.px.shape[2])
+        self.instruments.append(instrument)
+        self.reach[:, row] = REACH_ANY if self.levels_on else 0
+        self.ladder[row] = self.levels_on
+        return row
+
+    @classmethod
+    def of(cls, books) -> "BookStore":
+        """One store holding OrderBooks' books, a row each in the order given (state migration:
+        a chain snapshotted before the store resumes with its books' levels, seqs and staleness)."""
+        store = cls()
+        for book in books:
+            row = store.add(book.instrument)
+            if book.last_seq is not None:
+                bids, asks = book.sides()
+                store.apply([BookUpdate("", "", 0, 0, book.last_seq, None, "snapshot", tuple(bids), tuple(asks))],
+                            [row])
+            store.stale[row] = book.stale
+        return store
+
+    def track_levels(self, on: bool) -> None:
+        """Raise `ladder[row]` on what can move a chain's level vols (on), or never (off)."""
+        n = len(self.instruments)
+        self.levels_on = on
+        self.reach[:, :n] = REACH_ANY if on else 0
+        self.ladder[:n] = on
+
+    def apply(self, updates: Sequence[BookUpdate], rows: Sequence[int], levels: Optional[list] = None
+              ) -> tuple[list[FeedError], np.ndarray]:
+        """Apply `updates` in order, update i to book `rows[i]`; returns the FeedErrors ("seq_gap":
+        not applied; "crossed_book": applied; either leaves the book stale until its next
+        snapshot) and the rows whose touch (best bid, best ask, staleness) changed.
+        `levels`: the updates' bids and asks tuples in order (bids₀, asks₀, bids₁, …) when the
+        caller has already gathered them."""
+        n = len(updates)
+        if levels is None:
+            levels = []
+            for u in updates:
+                levels.append(u.bids)
+                levels.append(u.asks)
+        sides = np.fromiter(map(len, levels), np.int64, 2 * n)
+        n_bids, n_asks = sides[0::2], sides[1::2]
+        total = int(sides.sum())
+        flat = np.fromiter(_from_levels(_from_levels(levels)), np.float64, 2 * total).reshape(-1, 2)
+        row_arr = np.fromiter(rows, np.int64, n)
+        # room for every level the batch could add to a side (a snapshot only ever needs less):
+        # the cheap bound first, the exact one per book only when that bound does not fit
+        cap = self.px.shape[2]
+        if int(self.count.max()) + total > cap:
+            nrows = self.count.shape[1]
+            grow = max(int((self.count[0] + np.bincount(row_arr, n_bids, nrows)).max(initial=0)),
+                       int((self.count[1] + np.bincount(row_arr, n_asks, nrows)).max(initial=0)))
+            if grow > cap:
+                self._alloc(self.px.shape[1], max(grow, 2 * cap))
+        kinds = np.fromiter((SNAPSHOT if u.kind == "snapshot" else CHANGE for u in updates), np.int64, n)
+        seqs = np.fromiter((u.seq for u in updates), np.int64, n)
+        prevs = np.fromiter((NO_SEQ if u.prev_seq is None else u.prev_seq for u in updates), np.int64, n)
+        offsets = np.cumsum(sides[0::2] + sides[1::2]) - (n_bids + n_asks)
+        outcome, said_seq, said_px = np.empty(n, np.int64), np.empty(n, np.int64), np.empty((n, 2))
+        touched = np.empty(n, np.int64)
+        k = kernel.apply_batch(row_arr, kinds, seqs, prevs, offsets, n_bids, n_asks, flat[:, 0], flat[:, 1],
+                               self.px, self.sz, self.count, self.last_seq, self.stale, self.reach, self.ladder,
+                               self.levels_on, outcome, said_seq, said_px, touched)
+        errors = []
+        if outcome.any():
+            for i in np.flatnonzero(outcome).tolist():
+                u = updates[i]
+                if outcome[i] == SEQ_GAP:
+                    errors.append(FeedError(u.venue, "seq_gap", f"prev_seq {u.prev_seq} != last seq "
+                                            f"{_seq(int(said_seq[i]))}", u.ts_recv_ms, u.instrument))
+                else:
+                    errors.append(FeedError(u.venue, "crossed_book", f"best bid {said_px[i, 0]} >= best ask "
+                                            f"{said_px[i, 1]}", u.ts_recv_ms, u.instrument))
+        return errors, touched[:k]
+
+    # ---------------------------------------------------------------- reading one book
+    def best_bid(self, row: int) -> float:
+        return float(self.px[0, row, 0]) if self.count[0, row] else math.nan
+
+    def best_ask(self, row: int) -> float:
+        return float(self.px[1, row, 0]) if self.count[1, row] else math.nan
+
+    def side(self, row: int, side: int) -> list[tuple[float, float]]:
+        """One side's live levels best first, as (price, size)."""
+        c = int(self.count[side, row])
+        return list(zip(self.px[side, row, :c].tolist(), self.sz[side, row, :c].tolist()))
+
+    def mark_stale(self, row: int) -> None:
+        """Withhold a book until its next snapshot (the venue client said it gapped)."""
+        self.stale[row] = True
+        if self.levels_on:
+            self.ladder[row] = True
+
+
+def _seq(value: int) -> Optional[int]:
+    return None if value == NO_SEQ else value
 
 
 def _best_live(levels: tuple, pick) -> float:
@@ -45,7 +193,7 @@ class OrderBook:
     """
 
     __slots__ = ("instrument", "_bids", "_asks", "_snap_bids", "_snap_asks", "last_seq", "stale",
-                 "best_bid", "best_ask", "levels_on", "ladder_dirty", "bid_floor", "ask_cap")
+                 "best_bid", "best_ask")
 
     def __init__(self, instrument: Optional[Instrument] = None):
         self.instrument = instrument
@@ -57,21 +205,13 @@ class OrderBook:
         self.stale = True  # until the first snapshot
         self.best_bid = math.nan
         self.best_ask = math.nan
-        self.track_levels(False)
-
-    def track_levels(self, on: bool) -> None:
-        """Raise `ladder_dirty` on what can move the chain's level vols (on), or never (off)."""
-        self.levels_on = on
-        self.ladder_dirty = on
-        self.bid_floor = -math.inf if on else math.inf  # until the chain has read the book: any level
-        self.ask_cap = math.inf if on else -math.inf
 
     def __setstate__(self, state) -> None:
-        """A book pickled before ladder tracking existed resumes with it off."""
-        self.track_levels(False)
+        """A book pickled with the ladder-tracking slots it once had resumes without them."""
         slots = state[1] if isinstance(state, tuple) else state
         for name, value in (slots or {}).items():
-            setattr(self, name, value)
+            if name in OrderBook.__slots__:
+                setattr(self, name, value)
 
     @property
     def bids(self) -> dict[float, float]:
@@ -110,13 +250,11 @@ class OrderBook:
                 self.best_ask = math.nan
             self.last_seq = update.seq
             self.stale = False
-            self.ladder_dirty = self.levels_on
         else:
             if self.last_seq is None or update.prev_seq != self.last_seq:
                 was_stale, self.stale = self.stale, True
                 if was_stale:
                     return None  # already waiting for a snapshot: one error per gap
-                self.ladder_dirty = self.levels_on
                 return FeedError(update.venue, "seq_gap",
                                  f"prev_seq {update.prev_seq} != last seq {self.last_seq}",
                                  update.ts_recv_ms, update.instrument)
@@ -125,12 +263,7 @@ class OrderBook:
             bids, asks = self._bids, self._asks
             best_bid, best_ask = self.best_bid, self.best_ask
             rescan_bids = rescan_asks = False
-            # one comparison per level: a change beyond the ladder's last level moves no level vol
-            floor, cap = self.bid_floor, self.ask_cap
-            ladder = False
             for px, sz in update.bids:
-                if px >= floor:
-                    ladder = True
                 if sz > 0:
                     bids[px] = sz
                     if not px <= best_bid:  # also when the side was empty (NaN)
@@ -138,8 +271,6 @@ class OrderBook:
                 elif bids.pop(px, None) is not None and px == best_bid:
                     rescan_bids = True
             for px, sz in update.asks:
-                if px <= cap:
-                    ladder = True
                 if sz > 0:
                     asks[px] = sz
                     if not px >= best_ask:
@@ -149,11 +280,8 @@ class OrderBook:
             self.best_bid = (max(bids) if bids else math.nan) if rescan_bids else best_bid
             self.best_ask = (min(asks) if asks else math.nan) if rescan_asks else best_ask
             self.last_seq = update.seq
-            if ladder:
-                self.ladder_dirty = True
         if self.best_bid >= self.best_ask:  # False when a side is empty (NaN)
             self.stale = True
-            self.ladder_dirty = self.levels_on
             return FeedError(update.venue, "crossed_book", f"best bid {self.best_bid} >= best ask {self.best_ask}",
                              update.ts_recv_ms, update.instrument)
         return None

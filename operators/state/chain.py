@@ -8,7 +8,7 @@ when the forward moved), and refits SVI when the smile changed, at most once per
 Vol at size ([chain] level_depth, sizes_contracts; off when both are empty): every book's best
 levels per side and its walks to each size are solved too, on the book's own side (call or
 put), with the touch's machinery: a change that can move a book's ladder dirties that book only
-(OrderBook.ladder_dirty), its changed prices are solved in one batched call per epoch, and a
+(BookStore.ladder), its changed prices are solved in one batched call per epoch, and a
 forward move re-plans every level through skip / Taylor / solve (docs/architecture.md §4.3).
 
 State logic only: no I/O, no sockets, no SQL. Time is injected (`now_ms`) so tests drive
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import time
-from itertools import chain as iter_chain
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Callable, Iterable, Optional
 
@@ -27,7 +26,8 @@ import numpy as np
 
 from operators.kernels import forward as fwd
 from operators.kernels import iv, levels, small_moves, svi
-from operators.state.book import OrderBook
+from operators.state.book import BookStore
+from operators.kernels.books import REACH_ANY
 from operators.events import (BookUpdate, ChainUpdate, FeedError, FuturePrice, IndexPrice, Instrument, SmileFit,
                               Ladders, Ticker, chain_key)
 
@@ -37,8 +37,9 @@ MS_PER_YEAR = 365.0 * 86_400_000.0  # ACT/365, to the millisecond
 def warm_up() -> None:
     """Compile (or load from the numba cache) every kernel an epoch runs, before market data:
     a JIT compile holds the GIL for long (the feed's heartbeats must not wait on it)."""
-    from operators.kernels import analytics
+    from operators.kernels import analytics, books
 
+    books.warm_up()
     iv.warm_up()
     levels.warm_up()
     small_moves.warm_up()
@@ -97,10 +98,11 @@ class ChainState:
     strikes: list[float] = field(default_factory=list)
     strike_arr: np.ndarray = field(default_factory=lambda: np.zeros(0))  # the same, for the kernels
     slot: dict[float, int] = field(default_factory=dict)
-    # option instrument → (slot, is_call); its L2 book. A consolidated chain holds the same
-    # (strike, type) from several venues: `legs` lists them, and the best fresh quote wins.
+    # option instrument → (slot, is_call); the L2 books, a row each (book_slot, book_names below).
+    # A consolidated chain holds the same (strike, type) from several venues: `legs` lists them,
+    # and the best fresh quote wins.
     options: dict[str, tuple[int, bool]] = field(default_factory=dict)
-    books: dict[str, OrderBook] = field(default_factory=dict)
+    store: BookStore = field(default_factory=BookStore)
     legs: dict[tuple[int, bool], list[str]] = field(default_factory=dict)
     venue_seen_ms: dict[str, int] = field(default_factory=dict)  # last event per venue (freshness)
     stale_venues: frozenset = frozenset()
@@ -140,7 +142,7 @@ class ChainState:
     s2: np.ndarray = field(default_factory=lambda: np.zeros((2, 0)))
     s: np.ndarray = field(default_factory=lambda: np.zeros((2, 0)))
     s_at_fit: np.ndarray = field(default_factory=lambda: np.zeros((2, 0)))  # published s at the last fit
-    # Level vols (vol at size). Books in listing order (book_slot: option → row). Per [bid, ask],
+    # Level vols (vol at size). Books in listing order (book_slot: option → its store row). Per [bid, ask],
     # row and column: the first level_depth columns are level prices, then one per size the
     # price of walking the side to it (operators/kernels/levels.py); NaN = none. Their solve
     # state is the touch's (x0, s0, s1, s2, s above), on the book's own side. lv_config: the
@@ -148,7 +150,6 @@ class ChainState:
     book_names: list[str] = field(default_factory=list)
     book_slot: dict[str, int] = field(default_factory=dict)
     lv_config: tuple = (0, ())
-    lv_dirty: set[str] = field(default_factory=set)  # books to read again (OrderBook.ladder_dirty)
     lv_changed: set[int] = field(default_factory=set)  # rows whose levels changed since the last ChainUpdate
     lv_solved_forward: Optional[float] = None
     lv_strike: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -164,7 +165,16 @@ class ChainState:
     lv_iv_sent: np.ndarray = field(default_factory=lambda: np.zeros((2, 0, 0)))  # vols in the last ChainUpdate
 
     def __setstate__(self, state: dict) -> None:
-        """A state snapshotted before a field existed resumes with that field's default."""
+        """A state snapshotted before a field existed resumes with that field's default; one
+        snapshotted with a dict of OrderBooks (before the BookStore) with those books as rows."""
+        state.pop("lv_dirty", None)  # now the store's ladder flags
+        old = state.pop("books", None)
+        if old is not None and "store" not in state:
+            names = state.get("book_names") or []
+            names = names if sorted(names) == sorted(old) else list(old)
+            state["store"] = BookStore.of(old[name] for name in names)
+            state["book_names"], state["book_slot"] = names, {name: row for row, name in enumerate(names)}
+            state["lv_config"] = None  # rows may have moved: lay the level arrays out again
         for f in fields(self):
             if f.name not in state:
                 state[f.name] = f.default_factory() if f.default_factory is not MISSING else f.default
@@ -236,10 +246,6 @@ class ChainLogic:
         s = self.state
         config = (self.level_depth, self.sizes_contracts)
         on = self.lv_width > 0
-        if len(s.book_names) != len(s.books):  # a state snapshotted before books had rows
-            s.book_names = list(s.books)
-            s.book_slot = {name: row for row, name in enumerate(s.book_names)}
-            s.lv_config = None
         if s.lv_config != config:
             s.lv_config = config
             s.lv_strike, s.lv_call = np.zeros(0), np.zeros(0, bool)
@@ -247,9 +253,7 @@ class ChainLogic:
             s.lv_px = s.lv_size = s.lv_x0 = s.lv_s0 = s.lv_s1 = s.lv_s2 = s.lv_s = s.lv_iv_sent = None
             s.lv_solved_forward = None
             s.lv_changed = set()
-            s.lv_dirty = set(s.book_names) if on else set()
-            for book in s.books.values():
-                book.track_levels(on)
+            s.store.track_levels(on)  # on: every book is read again
         self._grow_levels()
 
     def _grow_levels(self) -> None:
@@ -259,7 +263,7 @@ class ChainLogic:
         if not self.lv_width or (s.lv_px is not None and n == have):
             return
         add = n - have
-        books = [s.books[name].instrument for name in s.book_names[have:]]
+        books = s.store.instruments[have:n]
         s.lv_strike = np.append(s.lv_strike, [float(i.strike) for i in books])
         s.lv_call = np.append(s.lv_call, np.array([i.option_type == "C" for i in books], bool))
         s.lv_stale = np.append(s.lv_stale, np.ones(add, bool))
@@ -275,47 +279,30 @@ class ChainLogic:
 
     # ------------------------------------------------------------------ items: mark dirty
     def on_items(self, items: Iterable) -> None:
-        """Apply events to the books and forward inputs; only marks what is dirty."""
+        """Apply events to the books and forward inputs; only marks what is dirty. Book updates
+        are gathered and applied in one compiled call (operators/state/book.py), in arrival
+        order; an item that acts on a book otherwise (a listing, a client's gap) applies the
+        ones gathered before it first."""
         s = self.state
-        options, books, seen, requote = s.options, s.books, s.venue_seen_ms, self._requote
-        solo = self._solo if self._solo is not None else self._solo_legs()
+        slot, seen = s.book_slot, s.venue_seen_ms
+        updates: list = []
+        rows: list = []
+        sides: list = []  # the updates' bids and asks tuples, in order
         n = 0
         for item in items:
             n += 1
             kind = type(item)
             if kind is BookUpdate:  # ~90 % of the traffic: keep this branch lean
-                name = item.instrument
-                entry = options.get(name)
-                if entry is None:
+                row = slot.get(item.instrument)
+                if row is None:
                     self.errors.append(FeedError(item.venue, "unknown_instrument",
                                                  "book update before the instrument was listed",
-                                                 item.ts_recv_ms, name))
+                                                 item.ts_recv_ms, item.instrument))
                     continue
-                book = books[name]
-                top = (book.best_bid, book.best_ask, book.stale)
-                error = book.apply(item)
-                if error is not None:
-                    self.errors.append(error)
-                # most changes are below the top of the book: nothing to requote (an unchanged
-                # top holds the same float objects, so even an empty side compares equal)
-                if book.ladder_dirty:  # only ever raised with level vols on
-                    s.lv_dirty.add(name)
-                if (book.best_bid, book.best_ask, book.stale) != top:
-                    venue = solo.get(name)
-                    if venue is None or s.stale_venues:
-                        requote(*entry)
-                    else:  # its strike's only book (a stale one quotes nothing): its top is the quote
-                        idx, is_call = entry
-                        bid, ask = (math.nan, math.nan) if book.stale else (book.best_bid, book.best_ask)
-                        if is_call:
-                            s.call_bid[idx], s.call_ask[idx] = bid, ask
-                            s.call_bid_venue[idx] = venue if bid == bid else ""
-                            s.call_ask_venue[idx] = venue if ask == ask else ""
-                        else:
-                            s.put_bid[idx], s.put_ask[idx] = bid, ask
-                            s.put_bid_venue[idx] = venue if bid == bid else ""
-                            s.put_ask_venue[idx] = venue if ask == ask else ""
-                        s.dirty.add(idx)
+                updates.append(item)
+                rows.append(row)
+                sides.append(item.bids)
+                sides.append(item.asks)
                 if item.ts_recv_ms > seen.get(item.venue, 0):
                     seen[item.venue] = item.ts_recv_ms
                 if item.ts_exchange_ms > s.ts_exchange_ms:
@@ -328,12 +315,13 @@ class ChainLogic:
                     s.ts_exchange_ms = item.ts_exchange_ms
             elif kind is Instrument:
                 if item.kind == "option" and item.instrument not in s.options:
+                    if updates:
+                        self._apply_books(updates, rows, sides)
+                        updates, rows, sides = [], [], []
                     leg = (s.slot_of(float(item.strike)), item.option_type == "C")
                     s.options[item.instrument] = leg
                     self._solo = None
-                    s.books[item.instrument] = OrderBook(item)
-                    s.books[item.instrument].track_levels(self.lv_width > 0)
-                    s.book_slot[item.instrument] = len(s.book_names)
+                    s.book_slot[item.instrument] = s.store.add(item)
                     s.book_names.append(item.instrument)
                     s.legs.setdefault(leg, []).append(item.instrument)
             elif kind is FuturePrice:
@@ -352,30 +340,68 @@ class ChainLogic:
                 # connectors/venues/base.py): withhold that book until the fresh snapshot it asked for
                 entry = s.options.get(item.instrument)
                 if entry is not None and item.reason == "seq_gap":
-                    s.books[item.instrument].stale = True
+                    if updates:
+                        self._apply_books(updates, rows, sides)
+                        updates, rows, sides = [], [], []
+                    s.store.mark_stale(slot[item.instrument])
                     self._requote(*entry)
-                    if self.lv_width:
-                        s.lv_dirty.add(item.instrument)
+        if updates:
+            self._apply_books(updates, rows, sides)
         self.counters["items"] += n
 
-    def _solo_legs(self) -> dict[str, str]:
-        """Option → its venue, for the options that are their (strike, type)'s only book."""
+    def _apply_books(self, updates: list, rows: list, sides: list) -> None:
+        """Apply gathered book updates; requote the strikes whose book's touch moved (most
+        changes are below the touch: nothing to requote)."""
         s = self.state
-        self._solo = {names[0]: s.books[names[0]].instrument.venue for names in s.legs.values() if len(names) == 1}
+        store = s.store
+        errors, touched = store.apply(updates, rows, sides)
+        if errors:
+            self.errors += errors
+        if not touched.size:
+            return
+        solo = self._solo if self._solo is not None else self._solo_legs()
+        names, options, requote = s.book_names, s.options, self._requote
+        for row in touched.tolist():
+            venue = solo.get(row)
+            idx, is_call = options[names[row]]
+            if venue is None or s.stale_venues:
+                requote(idx, is_call)
+                continue
+            # its strike's only book (a stale one quotes nothing): its top is the quote
+            if store.stale[row]:
+                bid = ask = math.nan
+            else:
+                bid, ask = store.best_bid(row), store.best_ask(row)
+            if is_call:
+                s.call_bid[idx], s.call_ask[idx] = bid, ask
+                s.call_bid_venue[idx] = venue if bid == bid else ""
+                s.call_ask_venue[idx] = venue if ask == ask else ""
+            else:
+                s.put_bid[idx], s.put_ask[idx] = bid, ask
+                s.put_bid_venue[idx] = venue if bid == bid else ""
+                s.put_ask_venue[idx] = venue if ask == ask else ""
+            s.dirty.add(idx)
+
+    def _solo_legs(self) -> dict[int, str]:
+        """Book row → its venue, for the books that are their (strike, type)'s only book."""
+        s = self.state
+        self._solo = {s.book_slot[names[0]]: s.store.instruments[s.book_slot[names[0]]].venue
+                      for names in s.legs.values() if len(names) == 1}
         return self._solo
 
     def _requote(self, idx: int, is_call: bool) -> None:
         """Best bid and ask of one (strike, type) across its venues' books; a stale, crossed
         or silent venue is left out, never averaged in."""
         s = self.state
+        store, slot = s.store, s.book_slot
         bid = ask = math.nan
         bid_venue = ask_venue = ""
         for name in s.legs[(idx, is_call)]:
-            book = s.books[name]
-            venue = book.instrument.venue
-            if book.stale or venue in s.stale_venues:
+            row = slot[name]
+            venue = store.instruments[row].venue
+            if store.stale[row] or venue in s.stale_venues:
                 continue
-            b, a = book.best_bid, book.best_ask
+            b, a = store.best_bid(row), store.best_ask(row)
             if b == b and not b <= bid:  # a bid (not NaN) above the best so far (or the first)
                 bid, bid_venue = b, venue
             if a == a and not a >= ask:
@@ -407,7 +433,7 @@ class ChainLogic:
             for leg in s.legs:
                 self._requote(*leg)
             if self.lv_width:  # a silent venue's ladders are withheld too (and return with it)
-                s.lv_dirty.update(s.book_names)
+                s.store.ladder[:len(s.store)] = True
 
     def take_errors(self) -> list:
         errors, self.errors = self.errors, []
@@ -446,7 +472,7 @@ class ChainLogic:
         t = t_years(s.expiry_ms, ts)
         if t <= 0 or not s.strikes:
             s.dirty.clear()
-            s.lv_dirty.clear()
+            s.store.ladder[:] = False
             return []
         self._check_venues(now)
         self.counters["dirty"] += len(s.dirty) + (1 if s.forward_dirty else 0)
@@ -458,7 +484,7 @@ class ChainLogic:
             self._solve(t)
             s.dirty.clear()
             s.forward_dirty = False
-        if self.lv_width and (s.lv_dirty or s.forward != s.lv_solved_forward):
+        if self.lv_width and (s.store.ladder.any() or s.forward != s.lv_solved_forward):
             self._solve_levels(t)
         if self.audit_every and self.epochs % self.audit_every == 0:
             self._audit(t)
@@ -625,54 +651,35 @@ class ChainLogic:
             s.smile_changed = True
 
     def _read_books(self) -> np.ndarray:
-        """Read the books whose ladders may have moved: their level prices and walks (one
-        batched walk), the levels they depend on (so the book flags only changes that matter)
-        and which prices changed; returns the changed prices' mask over (2, books, width)."""
+        """Read the books whose ladders may have moved (BookStore.ladder): their level prices and
+        walks straight from the store's arrays (one compiled walk, no per-level Python), how many
+        levels each side's prices depend on (so the store flags only changes that matter) and
+        which prices changed; returns the changed prices' mask over (2, books, width)."""
         s = self.state
-        books, slot, stale_venues = s.books, s.book_slot, s.stale_venues
-        names = list(s.lv_dirty)
-        s.lv_dirty.clear()
-        objs = [books[name] for name in names]
-        rows = np.fromiter([slot[name] for name in names], np.int64, len(names))
-        counts, flat, stale = [], [], []
-        for book in objs:
-            book.ladder_dirty = False
-            if book.stale or (stale_venues and book.instrument.venue in stale_venues):
-                counts.append(0)
-                counts.append(0)
-                stale.append(True)
-                continue
-            bids, asks = book.sides()
-            counts.append(len(bids))
-            counts.append(len(asks))
-            flat += bids
-            flat += asks
-            stale.append(False)
-        self.counters["lv_books"] += len(names)
-        lv = np.fromiter(iter_chain.from_iterable(flat), np.float64, 2 * len(flat)).reshape(-1, 2)
-        count = np.array(counts, np.int64)
-        start = np.cumsum(count) - count
-        px, size, needed, complete = levels.walk_sides(lv[:, 0], lv[:, 1], start, count, self.level_depth,
-                                                       self.sizes_arr)
-        # rows of the walk: book i's bids at 2i, its asks at 2i + 1
-        px = px.reshape(len(names), 2, self.lv_width).transpose(1, 0, 2)
-        size = size.reshape(len(names), 2, self.level_depth).transpose(1, 0, 2)
+        store = s.store
+        rows = np.flatnonzero(store.ladder[:len(store)])
+        store.ladder[rows] = False
+        self.counters["lv_books"] += int(rows.size)
+        stale = store.stale[rows]
+        if s.stale_venues:
+            stale = stale | np.fromiter((store.instruments[r].venue in s.stale_venues for r in rows.tolist()),
+                                        bool, rows.size)
+        # walk rows: book i's bids at 2i, its asks at 2i + 1, read in place from the store's arrays
+        per_side, cap = store.px.shape[1] * store.px.shape[2], store.px.shape[2]
+        start = (rows[:, None] * cap + np.array([0, per_side])).reshape(-1)
+        count = np.where(stale[:, None], 0, store.count[:, rows].T).reshape(-1)
+        px, size, needed, complete = levels.walk_sides(store.px.reshape(-1), store.sz.reshape(-1), start, count,
+                                                       self.level_depth, self.sizes_arr)
+        px = px.reshape(rows.size, 2, self.lv_width).transpose(1, 0, 2)
+        size = size.reshape(rows.size, 2, self.level_depth).transpose(1, 0, 2)
         old_px, old_size = s.lv_px[:, rows], s.lv_size[:, rows]
         changed = ~((px == old_px) | (np.isnan(px) & np.isnan(old_px)))
-        stale = np.array(stale, bool)
         moved = changed.any(axis=(0, 2)) | (size != old_size).any(axis=(0, 2)) | (stale != s.lv_stale[rows])
         s.lv_changed.update(rows[moved].tolist())
         s.lv_px[:, rows], s.lv_size[:, rows], s.lv_stale[rows] = px, size, stale
         # what each side's prices read: a change beyond its last needed level moves none of them
         # (an incomplete side — fewer levels than level_depth, or a size it cannot fill — any)
-        last = np.full(needed.shape, math.nan)
-        has = needed > 0
-        if lv.shape[0]:
-            last[has] = lv[(start + needed - 1)[has], 0]
-        bid_floor = np.where(complete[0::2], np.where(has[0::2], last[0::2], math.inf), -math.inf).tolist()
-        ask_cap = np.where(complete[1::2], np.where(has[1::2], last[1::2], -math.inf), math.inf).tolist()
-        for book, floor, cap in zip(objs, bid_floor, ask_cap):
-            book.bid_floor, book.ask_cap = floor, cap
+        store.reach[:, rows] = np.where(complete, needed, REACH_ANY).reshape(rows.size, 2).T
         full = np.zeros(s.lv_px.shape, bool)
         full[:, rows] = changed
         return full
@@ -683,7 +690,7 @@ class ChainLogic:
         the rest skip or take a Taylor step from their last exact point (as _solve)."""
         s = self.state
         self._grow_levels()
-        full = self._read_books() if s.lv_dirty else np.zeros(s.lv_px.shape, bool)
+        full = self._read_books() if s.store.ladder.any() else np.zeros(s.lv_px.shape, bool)
         forward = s.forward
         forward_moved = forward != s.lv_solved_forward
         s.lv_solved_forward = forward
@@ -785,7 +792,7 @@ class ChainLogic:
         depth = self.level_depth
         px, size = s.lv_px[:, rows], s.lv_size[:, rows]
         names = [s.book_names[r] for r in rows.tolist()]
-        insts = [s.books[name].instrument for name in names]
+        insts = [s.store.instruments[r] for r in rows.tolist()]
         level_size = np.where(size > 0, size, math.nan)
         return Ladders(
             level_depth=depth, sizes_contracts=self.sizes_contracts, instrument=tuple(names),

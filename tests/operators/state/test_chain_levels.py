@@ -7,6 +7,7 @@ listings and book snapshots and changes, as the connectors feed it. The ChainUpd
 ladders, replaced by instrument, stay the current ladders (to change_bp)."""
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 from hypothesis import given, settings
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from operators.events import BookUpdate, FeedError, FuturePrice, Instrument
 from operators.kernels import iv
 from operators.kernels.black import black_price
+from operators.state.book import OrderBook
 from operators.state.chain import MS_PER_YEAR, ChainLogic, ChainState, FitBudget
 from tests.helpers.chain import Clock, chain_kwargs
 
@@ -48,17 +50,24 @@ def by_book(ladders):
     return {name: {f: col[i] for f, col in cols.items()} for i, name in enumerate(ladders.instrument)}
 
 
+def book(chain: ChainLogic, name: str) -> SimpleNamespace:
+    """One of the chain's books as it stands: stale, instrument, and its levels as price → size."""
+    store, row = chain.state.store, chain.state.book_slot[name]
+    return SimpleNamespace(stale=bool(store.stale[row]), instrument=store.instruments[row],
+                           bids=dict(store.side(row, 0)), asks=dict(store.side(row, 1)))
+
+
 def reference_vols(chain: ChainLogic, t: float) -> np.ndarray:
     """(2, books, width): each book read afresh, each price solved exactly (NaN: none)."""
     s = chain.state
     depth, sizes = chain.level_depth, chain.sizes_contracts
     out = np.full((2, len(s.book_names), depth + len(sizes)), math.nan)
     for row, name in enumerate(s.book_names):
-        book = s.books[name]
-        if book.stale:
+        b = book(chain, name)
+        if b.stale:
             continue
-        inst = book.instrument
-        for j, side in enumerate((sorted(book.bids.items(), reverse=True), sorted(book.asks.items()))):
+        inst = b.instrument
+        for j, side in enumerate((sorted(b.bids.items(), reverse=True), sorted(b.asks.items()))):
             prices = [px for px, _ in side[:depth]] + [math.nan] * max(0, depth - len(side))
             prices += [walk(side, q) for q in sizes]
             out[j, row] = iv.implied_vol_coin(np.array(prices), s.forward, inst.strike, t, inst.option_type == "C")
@@ -152,20 +161,20 @@ def test_level_and_execution_vols_stay_within_1bp_of_exact(t_days, vol, n, depth
         ladders.update(by_book(chain.take_ladders(t_now)))
         for row, name in enumerate(chain.state.book_names):
             lad = ladders.get(name)
-            book = chain.state.books[name]
+            b = book(chain, name)
             if lad is None:
-                assert book.stale
+                assert b.stale
                 continue
-            assert lad["stale"] == book.stale
-            if book.stale:
+            assert lad["stale"] == b.stale
+            if b.stale:
                 continue
             pad = [None] * depth
-            sides = (sorted(book.bids.items(), reverse=True)[:depth], sorted(book.asks.items())[:depth])
+            sides = (sorted(b.bids.items(), reverse=True)[:depth], sorted(b.asks.items())[:depth])
             assert (lad["bid_px"], lad["ask_px"]) == tuple(tuple(([px for px, _ in side] + pad)[:depth])
                                                            for side in sides)
             assert (lad["bid_size_contracts"], lad["ask_size_contracts"]) == tuple(
                 tuple(([q for _, q in side] + pad)[:depth]) for side in sides)
-            assert lad["instrument"] == name and lad["strike"] == book.instrument.strike
+            assert lad["instrument"] == name and lad["strike"] == b.instrument.strike
             for j, vols in ((0, lad["bid_iv"] + lad["bid_exec_iv"]), (1, lad["ask_iv"] + lad["ask_exec_iv"])):
                 pub = published[j, row]
                 sent = np.array([math.nan if v is None else v for v in vols])
@@ -204,11 +213,11 @@ def test_a_change_beyond_the_ladder_solves_nothing_and_inside_it_only_its_book()
         return {k: chain.counters[k] - before[k] for k in ("lv_books", "lv_full", "lv_taylor", "lv_skipped")}
 
     name = f"{strikes[3]}C"
-    book = chain.state.books[name]
-    deep = min(book.bids)  # the 8th bid: the ladder reads 3 levels, the 2-contract walk 2
+    b = book(chain, name)
+    deep = min(b.bids)  # the 8th bid: the ladder reads 3 levels, the 2-contract walk 2
     assert step([BookUpdate("deribit", name, t0, t0, 2, 1, "change", ((deep, 5.0),), ())]) == \
         {"lv_books": 0, "lv_full": 0, "lv_taylor": 0, "lv_skipped": 0}
-    second = sorted(book.bids, reverse=True)[1]
+    second = sorted(b.bids, reverse=True)[1]
     # a level inside the ladder: that book is read again, only its changed prices are solved
     # (the 2nd level's size moves neither level vol, only the walk to 2 contracts)
     assert step([BookUpdate("deribit", name, t0, t0, 3, 2, "change", ((second, 0.5),), ())]) == \
@@ -252,26 +261,41 @@ def test_a_silent_venue_withholds_its_ladders_in_the_consolidated_chain():
 
 
 def test_a_state_from_before_levels_resumes_with_them():
-    """A ChainState pickled before the level fields existed (simulated: those fields removed from
-    its __dict__) resumes under level vols on: its books get rows and are read at the next epoch."""
-    import pickle
-
+    """A ChainState pickled before the level fields and the BookStore existed — its books a dict
+    of OrderBooks pickled as price → size dicts, rebuilt here as pickle would (__setstate__ with
+    the old slots) — resumes under level vols on: its books get rows with their levels, sequence
+    numbers and staleness, and are read at the next epoch."""
     from tests.helpers.chain import T0, logic, quotes, ticker
 
     clock = Clock(T0)
     old = logic(clock)  # graph.toml: level vols off
     old.on_items(quotes() + [ticker()])
     old.on_epoch()
-    state = old.state
-    for name in [n for n in vars(state) if n.startswith("lv_") or n in ("book_names", "book_slot")]:
-        delattr(state, name)
-    resumed = pickle.loads(pickle.dumps(state))
+    state, store = old.state, old.state.store
+    books = {}
+    for name, row in state.book_slot.items():  # the old OrderBook's pickled slots
+        ob = OrderBook.__new__(OrderBook)
+        ob.__setstate__((None, {"instrument": store.instruments[row], "_bids": dict(store.side(row, 0)),
+                                "_asks": dict(store.side(row, 1)), "_snap_bids": (), "_snap_asks": (),
+                                "last_seq": int(store.last_seq[row]), "stale": bool(store.stale[row]),
+                                "best_bid": store.best_bid(row), "best_ask": store.best_ask(row),
+                                "levels_on": False, "ladder_dirty": False, "bid_floor": math.inf,
+                                "ask_cap": -math.inf}))
+        books[name] = ob
+    fields = {n: v for n, v in vars(state).items()
+              if not (n.startswith("lv_") or n in ("book_names", "book_slot", "store"))}
+    resumed = ChainState.__new__(ChainState)
+    resumed.__setstate__({**fields, "books": books})
+    for name, row in resumed.book_slot.items():
+        was = state.book_slot[name]
+        assert resumed.store.side(row, 0) == store.side(was, 0) and resumed.store.side(row, 1) == store.side(was, 1)
+        assert resumed.store.last_seq[row] == store.last_seq[was] and resumed.store.stale[row] == store.stale[was]
     chain = ChainLogic(resumed, now_ms=clock, **settings_with(budget=FitBudget(8), level_depth=2, sizes_contracts=[]))
-    assert len(chain.state.book_names) == len(chain.state.books)
+    assert len(chain.state.book_names) == len(chain.state.store) == len(books)
     clock.ms += 100
     chain.on_epoch()
     t = (chain.state.expiry_ms - clock.ms) / MS_PER_YEAR
     vols = chain.published_level_vols(t)
-    assert vols.shape == (2, len(chain.state.books), 2) and np.isfinite(vols[:, :, 0]).all()
+    assert vols.shape == (2, len(books), 2) and np.isfinite(vols[:, :, 0]).all()
     exact = chain.exact_level_vols(t)
     assert np.nanmax(np.abs(vols - exact)) <= BP
