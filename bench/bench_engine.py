@@ -8,6 +8,7 @@ latency; and the shock row (one 1 % spot move re-quoting every BTC book). Goals 
 beside the figures. Never asserts timings.
 
     .venv/bin/python bench/bench_engine.py [--scenario seed|small] [--seconds 20] [--json] [--profile]
+    .venv/bin/python bench/bench_engine.py --levels-on   (every row with level vols on: issue #13's goals)
     .venv/bin/python bench/bench_engine.py --levels [--rounds 3] [--levels-depths 5 ...]   (level vols on vs off)
 
 Every system runs in its own child process (peak RSS and counters do not mix); the parent
@@ -53,6 +54,10 @@ def main(argv=None, prog: str | None = "volgraph bench") -> int:
     p.add_argument("--profile", action="store_true", help="also run volgraph under pyinstrument and print the top (default: off)")
     p.add_argument("--no-prefetch", action="store_true",
                    help="decompress the replay inline instead of on a reader thread, for comparison (default: off)")
+    p.add_argument("--levels-on", action="store_true",
+                   help="run every row with level vols on (10 levels a side, walks to 1/10/50 contracts), the "
+                        "naive baseline solving the same vols, against issue #13's goals (default: the engine's "
+                        "graph.toml, level vols off)")
     p.add_argument("--levels", action="store_true",
                    help="only level vols on vs off ([chain] level_depth, sizes_contracts), side by side: the "
                         "1-process max-speed and shock rows, --rounds times each, medians (default: off)")

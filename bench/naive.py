@@ -2,7 +2,9 @@
 end to end, with volgraph's own kernels (operators.kernels.iv, forward, svi, book, graph nodes).
 
 - a book change: apply it to the L2 book, re-estimate that expiry's forward, solve the IVs of
-  every kept level of that instrument (all IVs of the expiry when its forward moved), refit
+  every kept level of that instrument (all IVs of the expiry when its forward moved) — with level
+  vols on ([chain] level_depth / sizes_contracts) exactly the prices volgraph solves: the best
+  level_depth levels a side and the walks to each size (operators.kernels.levels) — refit
   the expiry's SVI smile (fit_slice, warm-started), evaluate its analytics and build a patch;
 - a forward tick (future ticker, an option ticker's underlying price) or an index tick: all
   forwards and all level IVs of the underlying, again;
@@ -25,7 +27,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from operators.kernels import forward as fwd
-from operators.kernels import iv, svi
+from operators.kernels import iv, levels, svi
 from operators.state.book import OrderBook
 from operators.state.chain import MS_PER_YEAR
 from operators.events import (BookUpdate, ExpiryView, FuturePrice, IndexPrice, Instrument, SmileFit,
@@ -47,8 +49,8 @@ class _Option:
     is_call: bool
     slot: int
     book: OrderBook
-    level_px: np.ndarray = field(default_factory=lambda: np.zeros(0))  # bids then asks, coin
-    n_bids: int = 0
+    level_px: np.ndarray = field(default_factory=lambda: np.zeros(0))  # bids then asks, coin (NaN: none)
+    n_bids: int = 0  # where the asks start
     level_iv: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
@@ -73,6 +75,10 @@ class NaiveEngine:
     def __init__(self, config: Config, on_patch: Optional[Callable] = None,
                  now_ms: Callable[[], int] = lambda: int(time.time() * 1000)):
         self.depth = _depth(config)
+        # level vols on: the same prices as volgraph's chain (its level_depth levels and walks)
+        self.level_depth = max(1, config.chain.level_depth)  # the touch first: the forward and the fit read it
+        self.sizes = np.array(config.chain.sizes_contracts, np.float64)
+        self.levels_on = bool(config.chain.level_depth or self.sizes.size)
         self.nodes = config.nodes
         self.min_quotes = config.chain.min_quotes
         self.max_rel_spread = config.chain.max_rel_spread
@@ -137,6 +143,12 @@ class NaiveEngine:
         opt.book.apply(update)
         if opt.book.stale:
             opt.level_px, opt.n_bids = np.zeros(0), 0
+        elif self.levels_on:
+            bids, asks = opt.book.sides()
+            lv = np.array(bids + asks, np.float64).reshape(-1, 2)
+            px, _, _, _ = levels.walk_sides(lv[:, 0], lv[:, 1], np.array([0, len(bids)]),
+                                            np.array([len(bids), len(asks)]), self.level_depth, self.sizes)
+            opt.level_px, opt.n_bids = px.reshape(-1), px.shape[1]
         else:
             bids, asks = opt.book.top(self.depth)
             opt.level_px = np.array([p for p, _ in bids] + [p for p, _ in asks], float)
@@ -187,7 +199,7 @@ class NaiveEngine:
             return
         opt.level_iv = iv.implied_vol_coin(opt.level_px, exp.forward, np.full(opt.level_px.size, opt.strike), t,
                                            np.full(opt.level_px.size, opt.is_call))
-        self.counters["iv_solves"] += opt.level_px.size
+        self.counters["iv_solves"] += int(np.count_nonzero(opt.level_px == opt.level_px))  # prices, not NaN
 
     def _expiry_ivs(self, exp: _Expiry) -> None:
         t = self._t_years(exp)
@@ -198,7 +210,7 @@ class NaiveEngine:
         k = np.concatenate([np.full(o.level_px.size, o.strike) for o in live])
         call = np.concatenate([np.full(o.level_px.size, o.is_call) for o in live])
         vols = iv.implied_vol_coin(px, exp.forward, k, t, call)
-        self.counters["iv_solves"] += px.size
+        self.counters["iv_solves"] += int(np.count_nonzero(px == px))
         at = 0
         for o in live:
             o.level_iv = vols[at:at + o.level_px.size]

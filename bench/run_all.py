@@ -1,5 +1,6 @@
-"""`make bench`: run every benchmark in sequence — bench_iv.py, bench_svi.py, bench_engine.py —
-each in its own process, printing its table as it goes. Extra arguments go to bench_engine.py
+"""`make bench`: run every benchmark in sequence — bench_iv.py, bench_svi.py, bench_engine.py (twice:
+graph.toml's engine, then every row with level vols on against issue #13's goals), … — each in its
+own process, printing its table as it goes. Extra arguments go to bench_engine.py
 (e.g. `--scenario small --seconds 5`). Never asserts timings; the exit code says only whether
 every benchmark ran to the end.
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHES = ("bench_iv.py", "bench_svi.py", "bench_surface.py", "bench_engine.py",
+           "bench_engine.py --levels-on",  # like for like: volgraph and naive solve the same level vols
            "bench_stop.py", "bench_gateway.py",  # stop time per signal; the gateway under 1,000 clients (60 s)
            "bench_events.py")  # market events stored: COPY rate, the flow with storage on vs off
 
@@ -26,7 +28,8 @@ def main(argv=None) -> int:
         return 0
     failed = []
     for name in BENCHES:
-        cmd = [sys.executable, str(HERE / name)] + (extra if name == "bench_engine.py" else [])
+        script, *args = name.split()
+        cmd = [sys.executable, str(HERE / script), *args] + (extra if script == "bench_engine.py" else [])
         print(f"\n===== {name} =====", flush=True)
         started = time.monotonic()
         rc = subprocess.run(cmd, cwd=str(HERE.parent)).returncode

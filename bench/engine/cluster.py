@@ -36,7 +36,7 @@ def run_cluster_proc(job: dict) -> dict:
     from operators.events import SmileFit, SurfacePatch
     from flows.config import load_config
 
-    config = load_config(overrides={"chain": {"audit_every": AUDIT_EVERY}})
+    config = load_config(overrides={"chain": {"audit_every": AUDIT_EVERY, **job.get("chain", {})}})
     warm_kernels()
     parts = job["parts"]  # [{"path", "currency", "meta"}]
     probes: dict[str, Probe] = {}

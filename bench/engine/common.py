@@ -32,6 +32,13 @@ SHOCK_ENTRY_LATE = 0.8  # where in its epoch the shock rows' shock enters (40 ms
 WARMUP_S = 2.0  # paced run: latency counted for events entering after this much live traffic
 AUDIT_EVERY = 20  # epochs between exact re-solves in volgraph's audit mode
 
+# Level vols on (issue #13's workload): every book's 10 best levels a side (the depth every venue sends,
+# graph.toml) and its walks to 1, 10 and 50 contracts; the naive baseline then solves the same vols.
+LEVELS_ON = {"level_depth": 10, "sizes_contracts": [1.0, 10.0, 50.0]}
+# their goals (issue #13), on 2 processes unless said
+LEVEL_GOALS = {"throughput_msg_s": 150_000.0, "cpu_s_per_M_msgs": 6.0, "shock_vols": 40_000, "shock_ms": 50.0,
+               "shock_ms_1proc": 80.0, "paced_p99_ms": 50.0}
+
 GOALS = {
     "throughput_msg_s": 100_000.0,
     "speedup_vs_naive": 20.0,

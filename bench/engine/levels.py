@@ -15,11 +15,11 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from bench.engine.common import SHOCK_ENTRY_LATE
+from bench.engine.common import LEVELS_ON, SHOCK_ENTRY_LATE
 from bench.engine.plan import clock_offset, run_child
 
 OFF = {"level_depth": 0, "sizes_contracts": []}
-ON = {"level_depth": 10, "sizes_contracts": [1.0, 10.0, 50.0]}  # 10: the depth every venue sends (graph.toml)
+ON = LEVELS_ON
 
 
 def variants(extra_depths: tuple[int, ...] = ()) -> dict[str, dict]:

@@ -38,6 +38,7 @@ def _parts(split: dict) -> list[dict]:
 
 
 def run_all(args) -> dict:
+    from bench.engine.common import LEVELS_ON
     from bench.workload import CACHE_DIR, ensure_workload, shock_spec, split_recording, workload_for
     from flows.config import load_config
 
@@ -54,16 +55,18 @@ def run_all(args) -> dict:
     grouped_split = split_recording(grouped_path, grouped_meta, CLUSTER_PROCESSES)
     paced_speed = PACED_RATE_MSG_S / meta["avg_rate_msg_s"]
     prefetch = not args.no_prefetch
-    base = {"meta": meta, "path": str(path), "seconds": args.seconds, "prefetch": prefetch}
+    # --levels-on: every row, volgraph's and naive's, with the same level vols ([chain] overrides)
+    chain = dict(LEVELS_ON) if getattr(args, "levels_on", False) else {}
+    base = {"meta": meta, "path": str(path), "seconds": args.seconds, "prefetch": prefetch, "chain": chain}
     cluster = dict(name=CLUSTER_ROW, kind="cluster", processes=CLUSTER_PROCESSES, workers=1, seconds=args.seconds,
                    prefetch=prefetch, base_ts_ms=meta["first_live_ts_ms"],
-                   parts=_parts(split))
+                   parts=_parts(split), chain=chain)
     # The shock rows: the shock enters late in its epoch, so its tick is due before it is read
     # and applied and runs as soon as it is — end to end is then the engine's own work for it.
     # The "early" row enters at the start of an epoch: its tick waits for the epoch's end.
     # Their recordings are decompressed before the run (preload): decompression is the file's,
     # not the exchange's, and a reader thread doing it mid-shock took a core from the other process.
-    shock_run = dict(seconds=None, speed=1.0, shock=True, preload=True)
+    shock_run = dict(seconds=None, speed=1.0, shock=True, preload=True, chain=chain)
     shock_parts = _parts(shock_split)
     epoch_ms = load_config().runtime.epoch_ms
     late = clock_offset(shock_meta["shocks"][0]["ts_ms"], SHOCK_ENTRY_LATE * epoch_ms, epoch_ms)
@@ -105,7 +108,7 @@ def run_all(args) -> dict:
             continue
         results[job["name"]] = run_cluster(job) if job["kind"] == "cluster" else run_child(job)
     return {"path": str(path), "meta": meta, "shock_meta": shock_meta, "epoch_ms": epoch_ms, "paced_speed": paced_speed,
-            "fit_interval_ms": load_config().chain.fit_interval_ms,
+            "fit_interval_ms": load_config().chain.fit_interval_ms, "chain": chain,
             "split": {c: {"path": str(p), "frames": m["frames"], "preamble_frames": m["preamble_frames"]}
                       for c, (p, m) in split.items()},
             "results": results, "loadavg": [round(x, 2) for x in load_before + os.getloadavg()]}

@@ -150,7 +150,7 @@ def run_naive(job: dict) -> dict:
             latencies.append((t - enter[0]) * 1000.0)
             patch_walls.append(t)
 
-    engine_config = load_config()
+    engine_config = load_config(overrides={"chain": job.get("chain", {})})  # level vols: the same as volgraph's
     engine = NaiveEngine(engine_config, on_patch=on_patch)
     src = ReplaySource(job["path"], batch_max=1, stamp_recv="wall", preload=job.get("preload", False))
     part = src.build_part("naive", src.list_parts()[0], None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Optional
 
-from bench.engine.common import CLUSTER_ROW, GOALS, NETNS_ROW, PACED_RATE_MSG_S, SHOCK_ENTRY_LATE, WORKERS_ROW
+from bench.engine.common import CLUSTER_ROW, GOALS, LEVEL_GOALS, NETNS_ROW, PACED_RATE_MSG_S, SHOCK_ENTRY_LATE, WORKERS_ROW
 from bench.engine.projection import project
 from bench.machine import describe_machine
 
@@ -34,11 +34,13 @@ def summarise(run: dict, args, command: str) -> dict:
                "latency_max_ms", "newest_latency_p50_ms", "newest_latency_p99_ms", "exchange_latency_p50_ms",
                "exchange_latency_p99_ms", "exchange_latency_max_ms", "iv_solves", "iv_full", "iv_taylor",
                "iv_skipped", "fits", "patches", "max_err_bp", "peak_rss_mb", "seconds", "reached_eof")
+    level_columns = ("lv_full", "lv_taylor", "lv_skipped")  # volgraph rows with level vols on
     netns = (NETNS_ROW, NETNS_ROW + "_paced")
     unavailable = {n: r[n]["unavailable"] for n in netns if n in r and "unavailable" in r[n]}
     names = ("volgraph", CLUSTER_ROW, WORKERS_ROW, *(n for n in netns if n in r and n not in unavailable),
              "naive", "volgraph_paced", CLUSTER_ROW + "_paced")
-    systems = {name: {k: r[name][k] for k in columns} for name in names if name in r}
+    systems = {name: {**{k: r[name][k] for k in columns}, **{k: r[name][k] for k in level_columns if k in r[name]}}
+               for name in names if name in r}
     for name in ("volgraph_paced", CLUSTER_ROW + "_paced", NETNS_ROW + "_paced"):
         if name in systems:
             systems[name]["target_msgs_per_s"] = PACED_RATE_MSG_S
@@ -75,6 +77,8 @@ def summarise(run: dict, args, command: str) -> dict:
                                      and paced["exchange_latency_p99_ms"] <= GOALS["paced_p99_ms"]
                                      and paced["msgs_per_s"] and paced["msgs_per_s"] >= 0.95 * PACED_RATE_MSG_S)},
     }
+    if run.get("chain"):
+        goals = _level_goals(systems, shocks, speedup, vg, paced, paced_best)
     meta = run["meta"]
     return {
         "machine": describe_machine(), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -82,7 +86,7 @@ def summarise(run: dict, args, command: str) -> dict:
         "workload": {"path": run["path"], "frames": meta["frames"], "preamble_frames": meta["preamble_frames"],
                      "options": meta["n_options"], "depth": meta["depth"], "kinds": meta["kinds"],
                      "avg_rate_msg_s": meta["avg_rate_msg_s"], "shocks": meta["shocks"]},
-        "systems": systems,
+        "systems": systems, "chain": run.get("chain") or {},
         "shock": shocks,
         "speedup_vs_naive": speedup,
         "goals": goals,
@@ -95,6 +99,46 @@ def summarise(run: dict, args, command: str) -> dict:
         "projection": project(systems, {n: systems[n] for n in netns if n in systems and "link" in systems[n]},
                               run["fit_interval_ms"]),
         "shock_definition": _shock_definition(run["shock_meta"], run["epoch_ms"]),
+    }
+
+
+def _level_goals(systems: dict, shocks: dict, speedup, vg: dict, paced: dict, paced_best: str) -> dict:
+    """Issue #13's goals, level vols on: the 2-process rows against their goals, the naive
+    baseline solving the same vols."""
+    g = LEVEL_GOALS
+    c = systems[CLUSTER_ROW]
+    errs = [e for e in (vg.get("max_err_bp"), vg.get("level_max_err_bp")) if isinstance(e, (int, float))]
+    err = max(errs) if errs else None
+    one, two = shocks.get("volgraph 1 proc"), shocks.get("volgraph 2 proc")
+    vols = ((one or {}).get("vols") or {}).get("vols_solved")
+
+    def ms(x):
+        return x["absorb_ms"] if x and x["absorb_ms"] is not None and x["expiries_absorbed"] == x["expiries"] else None
+
+    def at_most(v, goal):
+        return bool(v is not None and v <= goal)
+
+    paced_ok = bool(paced["msgs_per_s"] and paced["msgs_per_s"] >= 0.95 * PACED_RATE_MSG_S)
+    return {
+        "throughput_msg_s": {"goal": f"≥ {g['throughput_msg_s']:,.0f} msg/s, 2 processes", "value": c["msgs_per_s"],
+                             "row": CLUSTER_ROW,
+                             "met": bool(c["msgs_per_s"] and c["msgs_per_s"] >= g["throughput_msg_s"])},
+        "cpu_s_per_M_msgs": {"goal": f"≤ {g['cpu_s_per_M_msgs']:g} CPU s per M msgs, 2 processes",
+                             "value": c["cpu_s_per_M_msgs"], "row": CLUSTER_ROW,
+                             "met": at_most(c["cpu_s_per_M_msgs"], g["cpu_s_per_M_msgs"])},
+        "speedup_vs_naive": {"goal": f"≥ {GOALS['speedup_vs_naive']:.0f}× naive (same vols) at ≤ "
+                                     f"{GOALS['max_err_bp']:g} bp (levels too)", "value": speedup, "max_err_bp": err,
+                             "met": bool(speedup and speedup >= GOALS["speedup_vs_naive"]
+                                         and at_most(err, GOALS["max_err_bp"]))},
+        "shock_vols": {"goal": f"shock: ≥ {g['shock_vols']:,} vols solved, 1 process", "value": vols,
+                       "row": "volgraph 1 proc", "met": bool(vols and vols >= g["shock_vols"])},
+        "shock_ms": {"goal": f"shock ≤ {g['shock_ms']:.0f} ms, 2 processes", "value": ms(two),
+                     "row": "volgraph 2 proc", "met": at_most(ms(two), g["shock_ms"])},
+        "shock_ms_1proc": {"goal": f"shock ≤ {g['shock_ms_1proc']:.0f} ms, 1 process", "value": ms(one),
+                           "row": "volgraph 1 proc", "met": at_most(ms(one), g["shock_ms_1proc"])},
+        "paced_p99_ms": {"goal": f"p99 ≤ {g['paced_p99_ms']:.0f} ms at {PACED_RATE_MSG_S:,.0f} msg/s",
+                         "value": paced["exchange_latency_p99_ms"], "row": paced_best,
+                         "met": paced_ok and at_most(paced["exchange_latency_p99_ms"], g["paced_p99_ms"])},
     }
 
 

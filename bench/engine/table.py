@@ -22,6 +22,15 @@ def _f(v, fmt="{:,.0f}", none="n/a") -> str:
     return fmt.format(v)
 
 
+def _solves(x: dict) -> str:
+    """IV solves (full/taylor/skip); with level vols on, the touch's and the levels' together."""
+    full, taylor, skip = (x[k] if x[k] is not None else 0 for k in ("iv_full", "iv_taylor", "iv_skipped"))
+    if "lv_full" in x:
+        full, taylor, skip = full + x["lv_full"], taylor + x["lv_taylor"], skip + x["lv_skipped"]
+        return f"{_f(full)} ({_f(full)}/{_f(taylor)}/{_f(skip)})"
+    return f"{_f(x['iv_solves'])} ({_f(x['iv_full'])}/{_f(x['iv_taylor'])}/{_f(x['iv_skipped'])})"
+
+
 def print_table(s: dict) -> None:
     w = s["workload"]
     print(f"# volgraph engine benchmark — {s['date']}")
@@ -35,6 +44,15 @@ def print_table(s: dict) -> None:
           f"mix {w['kinds']}")
     print(f"# each system: up to {s['seconds']} s of the live stream, in its own process; "
           f"volgraph audit every {s['audit_every']} epochs")
+    ch = s.get("chain") or {}
+    if ch:
+        print(f"# level vols ON in every row (--levels-on): level_depth {ch['level_depth']}, sizes_contracts "
+              f"{ch['sizes_contracts']} — volgraph and naive solve the same vols: per book its best "
+              f"{ch['level_depth']} levels a side and its walks to each size, the touch among them; IV solves "
+              "count prices solved (volgraph: touch + levels; Taylor steps and skips beside them)")
+    else:
+        print("# level vols off (graph.toml): volgraph solves the touch; naive solves every kept level "
+              "(the system it replaces) — not the same work: --levels-on compares like for like")
     print()
     hdr = ("system", "msgs", "msg/s", "CPU s/M msgs", "msg/CPU-s", "lat p50/p99/max ms", "newest p50/p99",
            "IV solves (full/taylor/skip)", "fits", "patches", "max err bp", "peak RSS MB")
@@ -57,7 +75,7 @@ def print_table(s: dict) -> None:
             f"{_f(x['latency_p50_ms'], '{:.1f}')}/{_f(x['latency_p99_ms'], '{:.1f}')}/"
             f"{_f(x['latency_max_ms'], '{:.1f}')}",
             f"{_f(x['newest_latency_p50_ms'], '{:.1f}')}/{_f(x['newest_latency_p99_ms'], '{:.1f}')}",
-            f"{_f(x['iv_solves'])} ({_f(x['iv_full'])}/{_f(x['iv_taylor'])}/{_f(x['iv_skipped'])})",
+            _solves(x),
             _f(x["fits"]), _f(x["patches"]), _f(x["max_err_bp"], "{:.3f}"), rss))
     widths = [max(len(str(r[i])) for r in rows + [hdr]) for i in range(len(hdr))]
     line = lambda r: " | ".join(str(c).ljust(widths[i]) for i, c in enumerate(r))  # noqa: E731
