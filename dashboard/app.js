@@ -1,16 +1,19 @@
 // volgraph dashboard: connects to the gateway's /ws (protocol: docs/gateway-protocol.md),
 // merges SurfaceSnapshot and SurfacePatch messages per stream (venue, underlying) exactly as
 // operators/merge.py apply_patch does, following each stream's contiguous `seq` (a gap: it
-// drops that stream's patches and sends Resync until the snapshot comes), and draws an ATM term structure (with the fixed tenors), the RR/BF nodes per expiry,
-// a smile (bid/ask/mid IVs and the SVI fit, several expiries overlaid, strike / k / delta
-// axis), a table with one row per expiry (expiry-level graph.toml nodes as columns, jw_* behind
-// a toggle), the selected expiry's strikes (quotes and instrument-level nodes), the depth ladder
-// of the selected strike's option books (vol at size: each level's price, size and vol, execution
-// vols per size; greyed when stale; only with graph.toml [chain] level_depth / sizes_contracts; the smile can
-// overlay the execution-vol band of one size), the fixed tenors
-// and the underlying-level nodes ("term structure analytics"), with inline SVG and plain DOM; and a 3D
-// volatility surface from the SVI fits with Plotly.js on WebGL (the gateway's copy, loaded
-// only when WebGL works and the panel is on screen).
+// drops that stream's patches and sends Resync until the snapshot comes), and draws, with
+// Plotly.js 2D (SVG) scatter charts, an ATM term structure (with the fixed tenors), the RR/BF
+// nodes per expiry and a smile (bid/ask/mid IVs and the SVI fit, several expiries overlaid,
+// the execution-vol band, strike / k / delta axis); with plain DOM, a table with one row per
+// expiry (expiry-level graph.toml nodes as columns, jw_* behind a toggle), the selected
+// expiry's strikes (quotes and instrument-level nodes), the depth ladder of the selected
+// strike's option books (vol at size: each level's price, size and vol, execution vols per
+// size; greyed when stale; only with graph.toml [chain] level_depth / sizes_contracts), the
+// fixed tenors and the underlying-level nodes ("term structure analytics"); and a 3D
+// volatility surface from the SVI fits with Plotly.js on WebGL (drawn only when WebGL works
+// and the panel is on screen). Plotly.js is the gateway's copy (/static/plotly.min.js, the
+// file the `plotly` Python package ships), loaded at page start; without it the tables work
+// and each chart panel says why it is empty.
 //
 // Never: sends anything on the websocket but Resync (pings are the browser's), loads anything
 // from another origin (no CDN: the page works offline), holds a credential, or judges the age
@@ -149,32 +152,6 @@ const fmtAge = (ms) => (ms == null ? "–" : ms < 1000 ? `${Math.max(0, ms) | 0}
   : ms < 60000 ? `${(ms / 1000).toFixed(1)} s` : ms < 3600000 ? `${(ms / 60000).toFixed(1)} min` : `${(ms / 3600000).toFixed(1)} h`);
 const sameDay = (ms, dayMs) => dayMs != null && ms >= dayMs && ms < dayMs + DAY_MS;
 
-// Axis ticks chosen by the range: a step of 1, 2 or 5 × 10^n giving about `target` ticks, the
-// domain widened to whole steps, and labels with as many decimals as the step needs (so no
-// "-0.00", no repeated labels). tests/dashboard/test_ticks_js.py checks this by properties.
-function niceTicks(lo, hi, target = 5) {
-  if (!Number.isFinite(lo) || !Number.isFinite(hi)) { lo = 0; hi = 1; }
-  if (hi < lo) [lo, hi] = [hi, lo];
-  if (hi - lo < 1e-12 * Math.max(1, Math.abs(lo))) {  // one value: a range around it
-    const pad = Math.max(Math.abs(lo) * 0.05, 1e-9);
-    lo -= pad; hi += pad;
-  }
-  const raw = (hi - lo) / target;
-  const mag = 10 ** Math.floor(Math.log10(raw));
-  const n = raw / mag;
-  const step = (n < 1.5 ? 1 : n < 3 ? 2 : n < 7 ? 5 : 10) * mag;
-  const decimals = Math.min(20, Math.max(0, -Math.floor(Math.log10(step) + 1e-9)));
-  const i0 = Math.floor(lo / step + 1e-9), i1 = Math.ceil(hi / step - 1e-9);
-  const ticks = [];
-  for (let i = i0; i <= i1; i++) ticks.push(Number((i * step).toFixed(decimals)));
-  return { lo: i0 * step, hi: i1 * step, step, decimals, ticks };
-}
-
-function fmtTick(v, decimals) {
-  const s = (v === 0 ? 0 : v).toFixed(decimals);
-  return /^-0(\.0*)?$/.test(s) ? s.slice(1) : s;
-}
-
 // ---------------------------------------------------------------- smile maths (display only)
 // Raw SVI total variance w(k) = a + b(ρ(k−m) + √((k−m)² + σ²)), vol = √(w/T); the delta axis
 // uses the fitted vol at each strike: d1 = (−k + w/2)/√w and x = N(−d1) = 1 − call delta
@@ -286,6 +263,7 @@ function connect() {
     page.heardMs = monoMs();
     ui.dirty = true;
     if (!page.config) loadConfig();  // the page loaded while the gateway was down
+    else if (plotlyLib.retry) { plotlyLib.retry = false; plotlyLib.state = "waiting"; loadPlotly(); }
   };
   socket.onmessage = (e) => {
     let msg;
@@ -318,19 +296,14 @@ async function loadConfig() {
     const r = await fetch("/dashboard.json", { cache: "no-store" });
     if (r.ok) page.config = await r.json();
   } catch (err) { /* the gateway is down: the websocket's reconnect loop reports it */ }
+  if (page.config) loadPlotly();  // the charts need it from the start
+  ui.dirty = true;
 }
 
 // ---------------------------------------------------------------- DOM helpers
 
-const SVG_NS = "http://www.w3.org/2000/svg";
 function el(tag, attrs = {}, text) {
   const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
-  if (text != null) node.textContent = text;
-  return node;
-}
-function svgEl(tag, attrs = {}, text) {
-  const node = document.createElementNS(SVG_NS, tag);
   for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
   if (text != null) node.textContent = text;
   return node;
@@ -773,59 +746,51 @@ function renderBandToggle(lad) {
   for (const b of box.children) b.classList.toggle("active", b.dataset.size === (sel.band == null ? "off" : String(sel.band)));
 }
 
-// ---------------------------------------------------------------- charts
+// ---------------------------------------------------------------- charts (Plotly.js, 2D)
+// The term structure, the RR/BF chart and the smile are Plotly.js `scatter` traces (SVG: no
+// WebGL context), drawn on their graph <div>s with Plotly.react, so an update keeps the same
+// div and nodes (no flicker) and the reader's zoom (uirevision) until the surface, expiry or
+// axis changes. Each figure is built whole from the surface and the selection. Every trace
+// carries meta = { kind, ... } and, where a point stands for an expiry, customdata = expiry_ms
+// (a click on it selects that expiry: plotly_click); tests read them back from gd.data. Hover
+// text says what a point is, and why a flag is there. Messages (a node missing from
+// graph.toml, Plotly.js missing or failed to load) are text in the panel (#<chart>-note).
+// Redraw rule: a chart redraws when its surface object or the selection changed, at most once
+// per CHART_MIN_MS (500 ms, as the 3D panel: a redraw costs ~15 ms of main thread, and patches
+// may come hundreds a second); a change inside that window is drawn by a timer when it ends,
+// with the newest state, so a chart is never more than ~0.5 s behind the data. A reader's own
+// change (select()) redraws at once. Each graph div's data-key/-epoch/-expiry/-axis/
+// -revision say what it shows once drawn.
 
-const W = 480, H = 250, L = 46, R = 470, T = 10, B = 214;
+const CHART_IDS = ["term", "wings", "smile"];
+const CHART_MIN_MS = 500;
+const ACCENT = "#4fa3ff", BID = "#3fb950", ASK = "#f0883e", BAD = "#f85149", TENOR = "#ffd33d", MUTED = "#7d8794";
 const PALETTE = ["#4fa3ff", "#f0883e", "#3fb950", "#d2a8ff", "#ffd33d", "#ff7b72", "#56d4dd", "#a5d6ff"];
 const VENUE_COLOURS = { deribit: "#ffd33d", okx: "#d2a8ff" };
 const venueColour = (name) => VENUE_COLOURS[name] || PALETTE[[...name].reduce((h, ch) => h + ch.charCodeAt(0), 0) % PALETTE.length];
-
-function linear(d0, d1, r0, r1) { const span = d1 - d0 || 1; return (x) => r0 + ((x - d0) / span) * (r1 - r0); }
 const finite = (xs) => xs.filter((x) => x != null && Number.isFinite(x));
-// [min, max] widened by 4% of the range each side, so no point sits on the frame
-function padded(xs) {
-  const lo = Math.min(...xs), hi = Math.max(...xs), pad = 0.04 * (hi - lo);
-  return [lo - pad, hi + pad];
-}
-
-// A frame: grid, tick labels and axis titles. xTicks: a niceTicks result or {lo, hi, ticks, fmt}.
-function frame(svg, xt, yt, xTitle, yTitle) {
-  const x = linear(xt.lo, xt.hi, L, R), y = linear(yt.lo, yt.hi, B, T);
-  const g = svg.appendChild(svgEl("g", { class: "frame" }));
-  for (const v of yt.ticks) {
-    g.appendChild(svgEl("line", { class: "grid", x1: L, x2: R, y1: y(v), y2: y(v) }));
-    g.appendChild(svgEl("text", { class: "axis ytick", x: L - 4, y: y(v) + 3, "text-anchor": "end" }, yt.fmt ? yt.fmt(v) : fmtTick(v, yt.decimals)));
-  }
-  for (const v of xt.ticks) {
-    g.appendChild(svgEl("line", { class: "grid", x1: x(v), x2: x(v), y1: T, y2: B }));
-    g.appendChild(svgEl("text", { class: "axis xtick", x: x(v), y: B + 13, "text-anchor": "middle" }, xt.fmt ? xt.fmt(v) : fmtTick(v, xt.decimals)));
-  }
-  g.appendChild(svgEl("text", { class: "axis title", x: (L + R) / 2, y: H - 6, "text-anchor": "middle" }, xTitle));
-  g.appendChild(svgEl("text", { class: "axis title", x: 10, y: (T + B) / 2, "text-anchor": "middle", transform: `rotate(-90 10 ${(T + B) / 2})` }, yTitle));
-  return { x, y };
-}
-
-function message(svg, id, text) {
-  svg.appendChild(svgEl("text", { class: "axis", x: W / 2, y: H / 2, "text-anchor": "middle", id }, text));
-}
-
-function flagMark(svg, cx, cy, title, cls = "flag") {
-  const c = svg.appendChild(svgEl("circle", { class: cls, cx, cy, r: 7 }));
-  c.appendChild(svgEl("title", {}, title));
-}
-
-function point(svg, attrs, title) {
-  const c = svg.appendChild(svgEl("circle", attrs));
-  if (title) c.appendChild(svgEl("title", {}, title));
-  return c;
-}
-
-function tenorMark(svg, x, y, cls, title) {
-  const r = svg.appendChild(svgEl("rect", { class: cls, x: x - 3.5, y: y - 3.5, width: 7, height: 7 }));
-  r.appendChild(svgEl("title", {}, title));
-}
-
 const daysOf = (surface, ms) => (ms - surface.ts_exchange_ms) / DAY_MS;
+const hoverLines = (text) => text.replace(/\n/g, "<br>");  // Plotly breaks hover lines at <br>
+
+const CHART_AXIS = { color: MUTED, gridcolor: "#2a323c", zerolinecolor: "#3a4450", linecolor: "#2a323c",
+  tickfont: { size: 10 }, automargin: true, showspikes: false };
+const CHART_CONFIG = { displaylogo: false, displayModeBar: false, responsive: true, scrollZoom: false };
+
+function chartLayout(uirevision, xaxis, yaxis) {
+  const axis = ({ title, ...rest }) => ({ ...CHART_AXIS, ...rest,
+    title: { text: title || "", font: { size: 11, color: "#98a2ae" }, standoff: 4 } });
+  return {
+    paper_bgcolor: "#161c24", plot_bgcolor: "#161c24", font: { color: "#d8dee6", family: "system-ui, sans-serif", size: 11 },
+    margin: { l: 48, r: 8, t: 8, b: 36 }, showlegend: false, hovermode: "closest", uirevision,
+    hoverlabel: { bgcolor: "#0f1419", bordercolor: "#2a323c", font: { color: "#d8dee6", size: 11 }, align: "left" },
+    xaxis: axis(xaxis), yaxis: axis(yaxis),
+  };
+}
+
+// no traces, no axes; `note` (if any) is shown over the panel
+function emptyFigure(uirevision, note = "", reason = "") {
+  return { data: [], layout: chartLayout(uirevision, { visible: false }, { visible: false }), note, reason, legend: [] };
+}
 
 function badCalendar(surface) {
   const bad = new Set();
@@ -834,6 +799,7 @@ function badCalendar(surface) {
   return bad;
 }
 
+// [label, swatch class, colour]: the legend under a chart, in HTML (Plotly's own is off)
 function legend(id, items) {
   const box = document.getElementById(id);
   const key = items.map((i) => i.join("|")).join(";");
@@ -849,89 +815,133 @@ function legend(id, items) {
   box.dataset.key = key;
 }
 
-function renderTerm(surface) {
-  const svg = document.getElementById("term");
-  svg.replaceChildren();
+// a marker trace (one point per x), Plotly's hover showing `text`
+function markers(meta, xs, ys, text, marker, customdata) {
+  return { type: "scatter", mode: "markers", meta, name: meta.kind, x: xs, y: ys, hovertext: text.map(hoverLines),
+    hoverinfo: "text", marker, ...(customdata ? { customdata } : {}) };
+}
+
+// ATM term structure: atm_vol per expiry against days (a line through clickable points), the
+// fixed tenors as squares under them, rings on butterfly / calendar flagged expiries and a
+// dashed red segment between the two expiries of each failing calendar pair.
+function termFigure(surface) {
+  const rev = `${surface.venue}:${surface.underlying}`;
   if (surface.expiries.length && !surface.expiries.some((v) => v.analytics && TERM_NODE in v.analytics)) {
-    message(svg, "term-missing", `no node named ${TERM_NODE} in graph.toml: add [nodes.${TERM_NODE}] to plot the term structure`);
-    return;
+    return emptyFigure(rev, `no node named ${TERM_NODE} in graph.toml: add [nodes.${TERM_NODE}] to plot the term structure`, "missing-node");
   }
   const pts = surface.expiries.filter((v) => v.analytics && v.analytics[TERM_NODE] != null)
     .map((v) => ({ days: daysOf(surface, v.expiry_ms), vol: v.analytics[TERM_NODE], v }));
   const tenors = (surface.tenors || []).filter((t) => t.atm_vol != null);
-  if (!pts.length && !tenors.length) return;
-  const xs = [...pts.map((p) => p.days), ...tenors.map((t) => t.tenor_days)];
-  const xt = niceTicks(0, Math.max(...xs, 1) * 1.03);
-  const vols = finite([...pts.map((p) => p.vol), ...tenors.map((t) => t.atm_vol)]).map((v) => 100 * v);
-  const yt = niceTicks(...padded(vols), 4);
-  const { x, y } = frame(svg, xt, yt, "days to expiry", "ATM vol (%)");
+  if (!pts.length && !tenors.length) return emptyFigure(rev, "no ATM vols yet", "no-values");
   const bad = badCalendar(surface);
-  // failing calendar pairs: a red segment between the two expiries
+  const data = [];
+  const cal = { x: [], y: [], text: [], e: [] };  // failing calendar pairs, each segment then a gap
   for (const c of surface.calendar || []) {
     if (c.ok) continue;
     const a = pts.find((p) => p.v.expiry_ms === c.expiry_ms_1), b = pts.find((p) => p.v.expiry_ms === c.expiry_ms_2);
-    if (a && b) svg.appendChild(svgEl("line", { class: "cal-arb", x1: x(a.days), y1: y(100 * a.vol), x2: x(b.days), y2: y(100 * b.vol) }));
+    if (!a || !b) continue;
+    const why = `calendar arbitrage between ${fmtDate(a.v.expiry_ms)} and ${fmtDate(b.v.expiry_ms)} ${c.worst != null ? ` (worst Δw ${c.worst.toExponential(1)})` : ""}`;
+    cal.x.push(a.days, b.days, null); cal.y.push(100 * a.vol, 100 * b.vol, null); cal.text.push(why, why, "");
+    cal.e.push(a.v.expiry_ms, b.v.expiry_ms, null);
   }
-  svg.appendChild(svgEl("polyline", { class: "line", points: pts.map((p) => `${x(p.days)},${y(100 * p.vol)}`).join(" ") }));
-  // fixed tenors under the expiry points, which stay clickable where the two meet
-  for (const t of tenors) {
-    tenorMark(svg, x(t.tenor_days), y(100 * t.atm_vol), `tenor${t.calendar_flag ? " flagged" : ""}`,
-      `${t.tenor_days}d fixed tenor: ATM ${pct(t.atm_vol)} vol pts${t.calendar_flag ? " (calendar arbitrage between its expiries)" : ""}`);
+  if (cal.x.length) {
+    data.push({ type: "scatter", mode: "lines", meta: { kind: "calendar-pair" }, name: "calendar-pair", x: cal.x, y: cal.y,
+      hovertext: cal.text, hoverinfo: "text", customdata: cal.e, line: { color: BAD, width: 3, dash: "dash" }, connectgaps: false });
   }
-  for (const p of pts) {
-    const e = p.v.expiry_ms;
-    if (!p.v.fit.butterfly_ok) flagMark(svg, x(p.days), y(100 * p.vol), `${fmtDate(e)}: butterfly arbitrage (min g ${num(p.v.fit.min_g, 3)})`);
-    if (bad.has(e)) flagMark(svg, x(p.days), y(100 * p.vol), `${fmtDate(e)}: calendar arbitrage`, "flag cal");
-    point(svg, { class: `pt expiry-pt${e === sel.expiry ? " sel" : ""}`, cx: x(p.days), cy: y(100 * p.vol), r: 4, "data-expiry": e },
-      `${fmtDate(e)}: ATM ${pct(p.vol)} vol pts`);
+  data.push({ type: "scatter", mode: "lines", meta: { kind: "term-line" }, name: "term-line", x: pts.map((p) => p.days),
+    y: pts.map((p) => 100 * p.vol), hoverinfo: "skip", line: { color: ACCENT, width: 2 } });
+  // Plotly's hover (and so a click) picks the nearest point, the smaller marker where two sit
+  // on the same spot: the expiry points (size 8) win over the tenor squares (9) and the flag
+  // rings (15, 22), whose edges show why they are there
+  if (tenors.length) {  // under the expiry points
+    data.push(markers({ kind: "tenor" }, tenors.map((t) => t.tenor_days), tenors.map((t) => 100 * t.atm_vol),
+      tenors.map((t) => `${t.tenor_days}d fixed tenor: ATM ${pct(t.atm_vol)} vol pts${t.calendar_flag ? " (calendar arbitrage between its expiries)" : ""}`),
+      { symbol: "square", size: 9, color: tenors.map((t) => (t.calendar_flag ? BAD : TENOR)), line: { color: "#0f1419", width: 1 } }));
   }
-  legend("term-legend", [["expiries (atm_vol node)", "line"], ["fixed tenors", "tenor"], ["butterfly / calendar flag", "flag"]]);
+  const flagged = (test) => pts.filter(test);
+  for (const [kind, list, why, size] of [
+    ["butterfly-flag", flagged((p) => !p.v.fit.butterfly_ok), (p) => `butterfly arbitrage (min g ${num(p.v.fit.min_g, 3)})`, 15],
+    ["calendar-flag", flagged((p) => bad.has(p.v.expiry_ms)), () => "calendar arbitrage", 22],
+  ]) {
+    if (!list.length) continue;
+    data.push(markers({ kind }, list.map((p) => p.days), list.map((p) => 100 * p.vol),
+      list.map((p) => `${fmtDate(p.v.expiry_ms)}: ${why(p)}; ATM ${pct(p.vol)} vol pts`),
+      { symbol: "circle-open", size, color: BAD, line: { width: kind === "butterfly-flag" ? 2 : 1.5 } },
+      list.map((p) => p.v.expiry_ms)));
+  }
+  data.push(markers({ kind: "expiry" }, pts.map((p) => p.days), pts.map((p) => 100 * p.vol),
+    pts.map((p) => `${fmtDate(p.v.expiry_ms)}: ATM ${pct(p.vol)} vol pts`), { size: 8, color: ACCENT },
+    pts.map((p) => p.v.expiry_ms)));
+  const chosen = pts.filter((p) => p.v.expiry_ms === sel.expiry);
+  data.push(markers({ kind: "selected" }, chosen.map((p) => p.days), chosen.map((p) => 100 * p.vol),
+    chosen.map((p) => `${fmtDate(p.v.expiry_ms)} (selected): ATM ${pct(p.vol)} vol pts`),
+    { size: 10, color: "#ffffff", line: { color: ACCENT, width: 2 } }, chosen.map((p) => p.v.expiry_ms)));
+  return { data, note: "", reason: "",
+    layout: chartLayout(rev, { title: "days to expiry", rangemode: "tozero" }, { title: "ATM vol (%)" }),
+    legend: [["expiries (atm_vol node)", "line"], ["fixed tenors", "tenor"], ["butterfly / calendar flag", "flag"]] };
 }
 
-// RR/BF chart: every "vol pts" node but the term node and the bid/ask ones, per expiry, against days; the fixed
-// tenors' rr25/bf25 as squares.
-function renderWings(surface) {
-  const svg = document.getElementById("wings");
-  svg.replaceChildren();
+// RR/BF chart: every "vol pts" node but the term node and the bid/ask ones, per expiry, against
+// days (a line and points per node); the fixed tenors' rr25/bf25 as squares; a translucent red
+// bar on each butterfly- or calendar-flagged expiry.
+function wingsFigure(surface) {
+  const rev = `${surface.venue}:${surface.underlying}`;
   // the mid fit's RR/BF only: the bid/ask smiles' (rr25_bid, ...) are in the table
   const nodes = nodeColumns(surface).filter((c) => c.unit === "vol pts" && c.name !== TERM_NODE && !/_(bid|ask)$/.test(c.name));
-  if (!nodes.length) { legend("wings-legend", []); return message(svg, "wings-missing", "no vol-pts nodes besides atm_vol in graph.toml"); }
-  const tenorSeries = ["rr25", "bf25"].filter((n) => (surface.tenors || []).some((t) => t[n] != null));
-  const xs = [...surface.expiries.map((v) => daysOf(surface, v.expiry_ms)), ...(surface.tenors || []).map((t) => t.tenor_days)];
+  if (!nodes.length) return emptyFigure(rev, `no vol-pts nodes besides ${TERM_NODE} in graph.toml`, "missing-node");
+  const tenors = surface.tenors || [];
+  const tenorSeries = ["rr25", "bf25"].filter((n) => tenors.some((t) => t[n] != null));
   const ys = finite([...surface.expiries.flatMap((v) => nodes.map((c) => (v.analytics || {})[c.name])),
-    ...(surface.tenors || []).flatMap((t) => tenorSeries.map((n) => t[n]))]).map((v) => 100 * v);
-  if (!ys.length) return message(svg, "wings-missing", "no RR/BF values yet");
-  const xt = niceTicks(0, Math.max(...xs, 1) * 1.03);
-  const yt = niceTicks(...padded([0, ...ys]), 4);
-  const { x, y } = frame(svg, xt, yt, "days to expiry", "vol pts");
-  svg.appendChild(svgEl("line", { class: "zero", x1: L, x2: R, y1: y(0), y2: y(0) }));
+    ...tenors.flatMap((t) => tenorSeries.map((n) => t[n]))]).map((v) => 100 * v);
+  if (!ys.length) return emptyFigure(rev, "no RR/BF values yet", "no-values");
+  // the y range is fixed here (0 included, 8% padding), so the flag bars span it
+  const lo = Math.min(0, ...ys), hi = Math.max(0, ...ys), pad = 0.08 * (hi - lo || 1);
+  const yRange = [lo - pad, hi + pad];
+  const data = [];
   const bad = badCalendar(surface);
+  const flag = { x: [], y: [], text: [], e: [] };
   for (const v of surface.expiries) {
     const why = [!v.fit.butterfly_ok && "butterfly", bad.has(v.expiry_ms) && "calendar"].filter(Boolean);
     if (!why.length) continue;
-    const m = svg.appendChild(svgEl("line", { class: "flag-line", x1: x(daysOf(surface, v.expiry_ms)), x2: x(daysOf(surface, v.expiry_ms)), y1: T, y2: B }));
-    m.appendChild(svgEl("title", {}, `${fmtDate(v.expiry_ms)}: ${why.join(" and ")} arbitrage`));
+    const d = daysOf(surface, v.expiry_ms);
+    for (let j = 0; j <= 16; j++) {  // vertices down the bar: its hover text shows all along it
+      flag.x.push(d); flag.y.push(yRange[0] + ((yRange[1] - yRange[0]) * j) / 16);
+      flag.text.push(`${fmtDate(v.expiry_ms)}: ${why.join(" and ")} arbitrage`); flag.e.push(v.expiry_ms);
+    }
+    flag.x.push(null); flag.y.push(null); flag.text.push(""); flag.e.push(null);
+  }
+  if (flag.x.length) {
+    data.push({ type: "scatter", mode: "lines", meta: { kind: "flag-bar" }, name: "flag-bar", x: flag.x, y: flag.y,
+      hovertext: flag.text, hoverinfo: "text", customdata: flag.e, connectgaps: false,
+      line: { color: "rgba(248,81,73,0.3)", width: 6 } });
   }
   for (const tn of tenorSeries) {  // under the expiry points
-    for (const t of surface.tenors) {
-      if (t[tn] == null) continue;
-      tenorMark(svg, x(t.tenor_days), y(100 * t[tn]), `tenor${t.calendar_flag ? " flagged" : ""}`, `${t.tenor_days}d fixed tenor ${tn}: ${pct(t[tn])} vol pts`);
-    }
+    const ts = tenors.filter((t) => t[tn] != null);
+    data.push(markers({ kind: "tenor", node: tn }, ts.map((t) => t.tenor_days), ts.map((t) => 100 * t[tn]),
+      ts.map((t) => `${t.tenor_days}d fixed tenor ${tn}: ${pct(t[tn])} vol pts${t.calendar_flag ? " (calendar arbitrage between its expiries)" : ""}`),
+      { symbol: "square", size: 8, color: ts.map((t) => (t.calendar_flag ? BAD : TENOR)), line: { color: "#0f1419", width: 1 } }));
   }
+  const chosen = { x: [], y: [], text: [], e: [] };
   nodes.forEach((c, i) => {
     const colour = PALETTE[(i + 1) % PALETTE.length];
-    const pts = surface.expiries.filter((v) => (v.analytics || {})[c.name] != null)
-      .map((v) => [x(daysOf(surface, v.expiry_ms)), y(100 * v.analytics[c.name]), v]);
-    const line = svg.appendChild(svgEl("polyline", { class: "series", points: pts.map((p) => `${p[0]},${p[1]}`).join(" ") }));
-    line.style.stroke = colour;
-    for (const [px, py, v] of pts) {
-      const dot = point(svg, { class: `pt node-pt${v.expiry_ms === sel.expiry ? " sel" : ""}`, cx: px, cy: py, r: 3, "data-expiry": v.expiry_ms, "data-node": c.name },
-        `${fmtDate(v.expiry_ms)} ${c.name}: ${pct(v.analytics[c.name])} vol pts`);
-      dot.style.fill = colour;
-    }
+    const vs = surface.expiries.filter((v) => (v.analytics || {})[c.name] != null);
+    const text = vs.map((v) => `${fmtDate(v.expiry_ms)} ${c.name}: ${pct(v.analytics[c.name])} vol pts`);
+    data.push({ ...markers({ kind: "node", node: c.name }, vs.map((v) => daysOf(surface, v.expiry_ms)),
+      vs.map((v) => 100 * v.analytics[c.name]), text, { size: 6, color: colour }, vs.map((v) => v.expiry_ms)),
+    mode: "lines+markers", line: { color: colour, width: 1.5 } });
+    vs.forEach((v, j) => {
+      if (v.expiry_ms !== sel.expiry) return;
+      chosen.x.push(daysOf(surface, v.expiry_ms)); chosen.y.push(100 * v.analytics[c.name]);
+      chosen.text.push(`${text[j]} (selected)`); chosen.e.push(v.expiry_ms);
+    });
   });
-  legend("wings-legend", [...nodes.map((c, i) => [`${c.name} (vol pts)`, "dot", PALETTE[(i + 1) % PALETTE.length]]),
-    ...(tenorSeries.length ? [["fixed tenors", "tenor"]] : []), ["arbitrage flag", "flag"]]);
+  data.push(markers({ kind: "selected" }, chosen.x, chosen.y, chosen.text,
+    { size: 9, color: "rgba(0,0,0,0)", line: { color: "#ffffff", width: 1.5 } }, chosen.e));
+  return { data, note: "", reason: "",
+    layout: chartLayout(rev, { title: "days to expiry", rangemode: "tozero" },
+      { title: "vol pts", range: yRange, autorange: false, zeroline: true, zerolinecolor: MUTED }),
+    legend: [...nodes.map((c, i) => [`${c.name} (vol pts)`, "dot", PALETTE[(i + 1) % PALETTE.length]]),
+      ...(tenorSeries.length ? [["fixed tenors", "tenor"]] : []), ["arbitrage flag", "flag"]] };
 }
 
 function smileX(axis, f, strike) {
@@ -939,16 +949,35 @@ function smileX(axis, f, strike) {
   return axis === "strike" ? strike : axis === "k" ? k : deltaX(f, k);
 }
 
-function renderSmile(surface) {
-  const svg = document.getElementById("smile");
-  svg.replaceChildren();
+// The delta axis's ticks: 50Δ first, then outwards, each at least 32 px from those kept (the
+// wings crowd on a linear delta axis); `px` the plot's width in pixels.
+function deltaTicks(lo, hi, px) {
+  const at = (d) => ((d - lo) / (hi - lo || 1)) * px;
+  const kept = [];
+  for (const d of [0.5, ...DELTA_TICKS.filter((d) => d > 0.5), ...DELTA_TICKS.filter((d) => d < 0.5).reverse()]) {
+    if (d >= lo && d <= hi && kept.every((k) => Math.abs(at(k) - at(d)) >= 32)) kept.push(d);
+  }
+  return kept.sort((a, b) => a - b);
+}
+
+// The smile panel's heading and axis toggle, every frame (with or without Plotly.js)
+function renderSmileHead(surface) {
   for (const b of document.querySelectorAll("#axis button")) b.classList.toggle("active", b.dataset.axis === sel.axis);
   const view = surface.expiries.find((v) => v.expiry_ms === sel.expiry);
-  const title = document.getElementById("smile-title");
-  if (!view) { setText(title, ""); return; }
+  const overlays = view ? surface.expiries.filter((v) => sel.overlay.has(v.expiry_ms) && v.expiry_ms !== view.expiry_ms).length : 0;
+  setText(document.getElementById("smile-title"), view
+    ? `${surface.underlying} ${fmtDate(view.expiry_ms)}${overlays ? ` + ${overlays} overlaid` : ""} (${surface.venue})` : "");
+}
+
+// The smile of the selected expiry: its SVI fit, bid / ask / mid IVs (on a combined surface
+// each quote ringed in its venue's colour), the overlaid expiries' fits (dashed), and the
+// execution-vol band of sel.band contracts; x in strike, k or delta (sel.axis).
+function smileFigure(surface) {
+  const view = surface.expiries.find((v) => v.expiry_ms === sel.expiry);
   const axis = sel.axis;
+  const rev = `${surface.venue}:${surface.underlying}|${sel.expiry}|${axis}`;
+  if (!view) return emptyFigure(rev);
   const overlays = surface.expiries.filter((v) => sel.overlay.has(v.expiry_ms) && v.expiry_ms !== view.expiry_ms);
-  setText(title, `${surface.underlying} ${fmtDate(view.expiry_ms)}${overlays.length ? ` + ${overlays.length} overlaid` : ""} (${surface.venue})`);
   const f = view.fit;
   const quotes = view.strikes.map((K, i) => {
     const bid = view.bid_iv[i], ask = view.ask_iv[i];
@@ -977,7 +1006,7 @@ function renderSmile(surface) {
       const px = smileX(axis, v.fit, v.fit.forward * Math.exp(k));
       if (vol != null && px != null && Number.isFinite(px)) pts.push([px, vol]);
     }
-    return { v, pts, colour: i === 0 ? null : PALETTE[(i + 1) % PALETTE.length] };
+    return { v, pts, colour: i === 0 ? ACCENT : PALETTE[(i + 1) % PALETTE.length] };
   });
   const xsAll = [...curves[0].pts.map((p) => p[0]), ...quotes.map((q) => q.x)];
   let lo = Math.min(...xsAll), hi = Math.max(...xsAll);
@@ -985,55 +1014,48 @@ function renderSmile(surface) {
   if (axis === "delta") { lo = Math.max(0, lo); hi = Math.min(1, hi); }
   for (const c of curves) c.pts = c.pts.filter(([px]) => px >= lo && px <= hi);
   const band = execBand(view, axis).filter((b) => b.x >= lo && b.x <= hi);
-  const vols = finite([...curves.flatMap((c) => c.pts.map((p) => p[1])), ...quotes.flatMap((q) => [q.bid, q.ask]),
-    ...band.flatMap((b) => [b.bid, b.ask])]).map((v) => 100 * v);
-  const yt = niceTicks(...padded(vols), 4);
-  let xt;
-  if (axis === "delta") {
-    // the wings crowd on a linear delta axis: keep a tick only 32 px from the last kept, 50Δ first
-    const px = (d) => L + ((d - lo) / (hi - lo)) * (R - L);
-    const kept = [0.5];
-    for (const d of [...DELTA_TICKS.filter((d) => d > 0.5), ...DELTA_TICKS.filter((d) => d < 0.5).reverse()]) {
-      if (d >= lo && d <= hi && kept.every((k) => Math.abs(px(k) - px(d)) >= 32)) kept.push(d);
-    }
-    xt = { lo, hi, ticks: kept.filter((d) => d >= lo && d <= hi).sort((a, b) => a - b), fmt: fmtDelta };
-  }
-  else {
-    xt = niceTicks(lo, hi, 5);
-    if (axis === "strike" && xt.step >= 1000) xt.fmt = (v) => `${fmtTick(v / 1000, Math.max(0, xt.decimals - 3))}k`;
-    xt.lo = lo; xt.hi = hi; xt.ticks = xt.ticks.filter((v) => v >= lo && v <= hi);
-  }
-  const xTitle = axis === "strike" ? "strike (USD)" : axis === "k" ? "log-moneyness k = ln(K/F)" : "delta (put Δ left, call Δ right; 50Δ = ATM)";
-  const { x, y } = frame(svg, xt, yt, xTitle, "implied vol (%)");
-  for (const c of curves) {
-    const line = svg.appendChild(svgEl("polyline", { class: c.colour ? "svi overlay-curve" : "svi", "data-expiry": c.v.expiry_ms,
-      points: c.pts.map(([px, vol]) => `${x(px)},${y(100 * vol)}`).join(" ") }));
-    if (c.colour) line.style.stroke = c.colour;
-    line.appendChild(svgEl("title", {}, `${fmtDate(c.v.expiry_ms)} SVI fit`));
-  }
+  const data = [];
   if (band.length) {  // the execution vols of trading sel.band contracts: the price of size
     const both = band.filter((b) => b.bid != null && b.ask != null);
     if (both.length > 1) {
-      svg.appendChild(svgEl("polygon", { class: "band-fill", points: [...both.map((b) => `${x(b.x)},${y(100 * b.ask)}`),
-        ...both.slice().reverse().map((b) => `${x(b.x)},${y(100 * b.bid)}`)].join(" ") }));
+      data.push({ type: "scatter", mode: "lines", meta: { kind: "band-fill", size: sel.band }, name: "band-fill",
+        x: [...both.map((b) => b.x), ...both.slice().reverse().map((b) => b.x)],
+        y: [...both.map((b) => 100 * b.ask), ...both.slice().reverse().map((b) => 100 * b.bid)],
+        fill: "toself", fillcolor: "rgba(79,163,255,0.12)", line: { width: 0 }, hoverinfo: "skip" });
     }
     for (const side of ["bid", "ask"]) {
       const pts = band.filter((b) => b[side] != null);
-      const line = svg.appendChild(svgEl("polyline", { class: `band band-${side}`, "data-size": String(sel.band),
-        "data-points": String(pts.length), points: pts.map((b) => `${x(b.x)},${y(100 * b[side])}`).join(" ") }));
-      line.appendChild(svgEl("title", {}, `${side === "bid" ? "selling" : "buying"} ${sel.band} contracts: execution vol`));
+      const what = `${side === "bid" ? "selling" : "buying"} ${sel.band} contracts: execution vol`;
+      data.push({ ...markers({ kind: "band", side, size: sel.band }, pts.map((b) => b.x), pts.map((b) => 100 * b[side]),
+        pts.map((b) => `K=${b.K} ${what} ${pct(b[side])}%`), { size: 4, color: side === "bid" ? BID : ASK }),
+      mode: "lines+markers", line: { color: side === "bid" ? BID : ASK, width: 1.2, dash: "dot" } });
     }
   }
+  curves.forEach((c, i) => {
+    data.push({ type: "scatter", mode: "lines", meta: { kind: "svi", expiry: c.v.expiry_ms, overlay: i > 0 }, name: "svi",
+      x: c.pts.map((p) => p[0]), y: c.pts.map((p) => 100 * p[1]),
+      hovertext: c.pts.map((p) => `${fmtDate(c.v.expiry_ms)} SVI fit: ${pct(p[1])}%`), hoverinfo: "text",
+      line: { color: c.colour, width: i ? 1.6 : 2, dash: i ? "dash" : "solid" } });
+  });
   const attributed = mixed(surface, view);
-  for (const q of quotes) {
-    const at = `K=${q.K}`;
-    if (q.mid != null) point(svg, { class: "mid", cx: x(q.x), cy: y(100 * q.mid), r: 2 }, `${at} mid ${pct(q.mid)}%${q.extra}`);
-    for (const [iv, cls, ven] of [[q.bid, "bid", q.bv], [q.ask, "ask", q.av]]) {
-      if (iv == null) continue;
-      const c = point(svg, { class: `${cls} quote`, cx: x(q.x), cy: y(100 * iv), r: 2.8 }, `${at} ${cls} ${pct(iv)}%${ven ? ` (${ven})` : ""}${q.extra}`);
-      if (attributed && ven) c.style.stroke = venueColour(ven);
-    }
+  const mids = quotes.filter((q) => q.mid != null);
+  data.push(markers({ kind: "mid" }, mids.map((q) => q.x), mids.map((q) => 100 * q.mid),
+    mids.map((q) => `K=${q.K} mid ${pct(q.mid)}%${q.extra}`),
+    { symbol: "circle-open", size: 5, color: "#ffffff", line: { width: 1 } }));
+  for (const [side, colour] of [["bid", BID], ["ask", ASK]]) {
+    const qs = quotes.filter((q) => q[side] != null);
+    const ven = (q) => (side === "bid" ? q.bv : q.av);
+    const line = attributed ? { color: qs.map((q) => (ven(q) ? venueColour(ven(q)) : colour)), width: 1.4 } : { width: 0 };
+    data.push(markers({ kind: side }, qs.map((q) => q.x), qs.map((q) => 100 * q[side]),
+      qs.map((q) => `K=${q.K} ${side} ${pct(q[side])}%${ven(q) ? ` (${ven(q)})` : ""}${q.extra}`),
+      { size: 6, color: colour, line }));
   }
+  const xaxis = axis === "strike" ? { title: "strike (USD)", tickformat: hi - lo >= 5000 ? "~s" : "" }
+    : axis === "k" ? { title: "log-moneyness k = ln(K/F)" }
+      : { title: "delta (put Δ left, call Δ right; 50Δ = ATM)", tickmode: "array",
+        tickvals: deltaTicks(lo, hi, Math.max(200, document.getElementById("smile").clientWidth - 60)),
+        ticktext: null };
+  if (axis === "delta") xaxis.ticktext = xaxis.tickvals.map(fmtDelta);
   const items = [["SVI fit", "svi"], ["bid IV", "bid"], ["ask IV", "ask"], ["mid IV", "mid"]];
   if (band.length) items.push([`execution vols at ${sel.band} contracts (bid / ask)`, "band"]);
   if (attributed) {
@@ -1041,7 +1063,127 @@ function renderSmile(surface) {
     for (const n of names) items.push([`${n} quote (ring)`, "ring", venueColour(n)]);
   }
   for (const c of curves.slice(1)) items.push([`${fmtDate(c.v.expiry_ms)} fit`, "svi", c.colour]);
-  legend("smile-legend", items);
+  return { data, note: "", reason: "", legend: items, layout: chartLayout(rev, xaxis, { title: "implied vol (%)" }) };
+}
+
+// ---------------------------------------------------------------- Plotly.js, and drawing the charts
+// Plotly.js is the gateway's copy (/dashboard.json plotly_js: /static/plotly.min.js?v=<hash>,
+// same origin, never a CDN), loaded as soon as /dashboard.json is in; the 2D charts and the 3D
+// panel share it. Without it (the gateway has none, or it failed to load) every chart panel
+// says why and the tables work as before.
+
+// state: waiting | loading | ready | missing (the gateway has none) | error (why: the panels' text)
+const plotlyLib = { state: "waiting", url: null, why: "", retry: false };
+const CHART_FIGURES = { term: termFigure, wings: wingsFigure, smile: smileFigure };
+// per chart: what it shows, when it last drew, its pending draw; drawnMs: when the last 20 draws started (tests read the spacing)
+const charts = Object.fromEntries(CHART_IDS.map((id) => [id, { shown: null, lastMs: -1e9, timer: null, reacts: 0, wired: false,
+  drawnMs: [] }]));
+
+function loadPlotly() {
+  if (typeof window.Plotly !== "undefined") plotlyLib.state = "ready";
+  if (plotlyLib.state !== "waiting" || !page.config) return;
+  if (!page.config.plotly_js) { plotlyLib.state = "missing"; ui.dirty = true; return; }
+  const url = plotlyLib.url = page.config.plotly_js;
+  plotlyLib.state = "loading";
+  const script = el("script", { src: url, async: "" });
+  script.onload = () => {
+    plotlyLib.state = typeof window.Plotly === "undefined" ? "error" : "ready";
+    if (plotlyLib.state === "error") plotlyLib.why = `${url} loaded but defined no Plotly: the gateway serves the wrong file`;
+    ui.dirty = true;
+    render(true);
+  };
+  script.onerror = () => {  // tried again when the websocket (re)connects
+    plotlyLib.state = "error";
+    plotlyLib.retry = true;
+    plotlyLib.why = `could not load Plotly.js from the gateway (${url}); retrying when it reconnects`;
+    script.remove();
+    ui.dirty = true;
+    render(true);
+  };
+  document.head.appendChild(script);
+}
+
+// what a chart panel says while it cannot draw ("" once Plotly.js is in)
+function plotlyNote() {
+  switch (plotlyLib.state) {
+    case "ready": return "";
+    case "missing": return "chart off: the gateway has no Plotly.js (pip install plotly where the gateway runs); the tables have the values";
+    case "error": return `chart off: ${plotlyLib.why}; the tables have the values`;
+    case "loading": return "loading Plotly.js from the gateway…";
+    default: return page.config ? "" : "waiting for the gateway…";
+  }
+}
+
+function chartNote(id, text, reason) {
+  const note = document.getElementById(`${id}-note`);
+  setText(note, text);
+  note.hidden = !text;
+  if (note.dataset.reason !== reason) note.dataset.reason = reason;
+}
+
+// the selection a chart's figure depends on (with the surface object: a change redraws)
+const chartInputs = () => `${sel.key}|${sel.expiry}|${sel.axis}|${[...sel.overlay].sort().join(",")}|${sel.band}`;
+
+function renderCharts(force) {
+  const note = plotlyNote();
+  for (const id of CHART_IDS) {
+    const panel = document.getElementById(`${id}-panel`);
+    if (panel.dataset.state !== plotlyLib.state) panel.dataset.state = plotlyLib.state;
+    if (note) { chartNote(id, note, `plotly-${plotlyLib.state}`); legend(`${id}-legend`, []); continue; }
+    const c = charts[id];
+    const surface = sel.key ? surfaces.get(sel.key) : null;
+    if (!surface) { chartNote(id, "", ""); continue; }
+    if (c.shown && c.shown.surface === surface && c.shown.inputs === chartInputs()) continue;
+    if (force || monoMs() - c.lastMs >= CHART_MIN_MS) { clearTimeout(c.timer); c.timer = null; drawChart(id); }
+    else if (c.timer == null) c.timer = setTimeout(() => { c.timer = null; drawChart(id); }, Math.ceil(c.lastMs + CHART_MIN_MS - monoMs()));
+  }
+}
+
+// A click on a point that stands for an expiry selects it (plotly_click). Plotly finds the
+// clicked point by re-running its hover at the click; a redraw while the button is down
+// (patches flowing) can clear or defer that hover, and Plotly then reports no click. So the
+// expiry hovered when the button went down (what the hover label showed) is kept, and a click
+// Plotly did not report selects that: one click selects, whatever the redraws.
+function wireChartClicks(gd) {
+  const expiryOf = (e) => { const p = ((e && e.points) || []).find((q) => q.customdata != null); return p ? Number(p.customdata) : null; };
+  const press = { hovered: null, pressed: null, reported: false };
+  gd.on("plotly_hover", (e) => { press.hovered = expiryOf(e); });
+  gd.on("plotly_unhover", () => { press.hovered = null; });
+  gd.addEventListener("pointerdown", () => { press.pressed = press.hovered; press.reported = false; }, true);
+  gd.on("plotly_click", (e) => {
+    const expiry = expiryOf(e);
+    if (expiry == null) return;
+    press.reported = true;
+    select({ expiry });
+  });
+  // Plotly dispatches a click on its drag layer after handling one (not after a drag)
+  gd.addEventListener("click", () => {
+    if (!press.reported && press.pressed != null) select({ expiry: press.pressed });
+    press.pressed = null; press.reported = false;
+  });
+}
+
+function drawChart(id) {
+  const surface = sel.key ? surfaces.get(sel.key) : null;
+  if (!surface || plotlyLib.state !== "ready") return;
+  const c = charts[id];
+  c.lastMs = monoMs();
+  c.drawnMs = [...c.drawnMs.slice(-19), c.lastMs];
+  c.shown = { surface, inputs: chartInputs() };
+  const fig = CHART_FIGURES[id](surface);
+  chartNote(id, fig.note, fig.reason);
+  legend(`${id}-legend`, fig.legend);
+  const gd = document.getElementById(id);
+  const shows = { key: `${surface.venue}:${surface.underlying}`, epoch: String(surface.epoch), expiry: String(sel.expiry),
+    axis: sel.axis, note: fig.reason };
+  window.Plotly.react(gd, fig.data, fig.layout, CHART_CONFIG).then(() => {
+    if (!c.wired) { c.wired = true; if (id !== "smile") wireChartClicks(gd); }
+    c.reacts += 1;
+    Object.assign(gd.dataset, shows, { revision: String(c.reacts) });
+  }, (err) => {
+    console.warn(`volgraph: the ${id} chart failed to draw (${err && err.message})`);
+    chartNote(id, `chart failed to draw: ${err && err.message}`, "draw-error");
+  });
 }
 
 // ---------------------------------------------------------------- 3D surface (Plotly.js on WebGL)
@@ -1050,16 +1192,16 @@ function renderSmile(surface) {
 // the smile chart; ±2.5 ATM standard deviations when it has no quotes), so x = days to expiry
 // (as the term structure), y = k (or the smile's delta coordinate when the smile is on delta:
 // 1 − call delta, from each fit), z = implied vol in vol pts. Expiries with a butterfly or
-// calendar flag get a red line along their row. Plotly.js (3.5+ MB) is the gateway's copy
-// (/dashboard.json plotly_js, same origin, never a CDN) and is loaded only when the browser
-// has WebGL and the panel is on screen; the plot is then updated in place with Plotly.react at
-// most twice a second (camera and layout kept). Without WebGL (Plotly would draw only its own
-// "WebGL is not supported" box) the panel says why, in text and in data-webgl/data-renderer.
+// calendar flag get a red line along their row. Plotly.js is the one the 2D charts use (see
+// loadPlotly); the panel is drawn only when the browser has WebGL and the panel is on screen
+// (it is the page's one WebGL context), then updated in place with Plotly.react at most twice
+// a second (camera and layout kept). Without WebGL (Plotly would draw only its own "WebGL is
+// not supported" box) the panel says why, in text and in data-webgl/data-renderer.
 // tests/dashboard/test_surface3d_browser.py checks the drawn z against the SVI fits.
 
 const SURFACE_POINTS = 41;     // samples per expiry row
 const SURFACE_MIN_MS = 500;    // at most two Plotly.react calls a second
-const surface3d = { visible: false, webgl: null, loading: false, timer: null, lastMs: -1e9, shown: null, reacts: 0,
+const surface3d = { visible: false, webgl: null, timer: null, lastMs: -1e9, shown: null, reacts: 0,
   drawnMs: [] };  // drawnMs: when the last 20 Plotly.react calls started (tests read the spacing)
 
 // Whether this browser gives a WebGL context, and its renderer string (the unmasked one where
@@ -1149,20 +1291,7 @@ function surface3dFigure(surface, axis) {
   return { data, layout, rows: grid.rows.length };
 }
 
-function loadPlotly(url) {
-  if (surface3d.loading) return;
-  surface3d.loading = true;
-  surface3dState("loading");
-  const script = el("script", { src: url, async: "" });
-  script.onload = () => {
-    if (typeof window.Plotly === "undefined") surface3dState("error", `${url} loaded but defined no Plotly: the gateway serves the wrong file`);
-    else { surface3d.shown = null; renderSurface3d(); }
-  };
-  script.onerror = () => surface3dState("error", `3D surface: could not load Plotly.js from the gateway (${url}); reload to retry`);
-  document.head.appendChild(script);
-}
-
-// Called by render() whenever the charts redraw, and when the panel scrolls into view.
+// Called by render() on every frame it runs, and when the panel scrolls into view.
 function renderSurface3d() {
   const panel = document.getElementById("surface3d-panel");
   if (!surface3d.visible) return;  // loaded and drawn only once it is on screen
@@ -1176,7 +1305,11 @@ function renderSurface3d() {
   if (!page.config.plotly_js) {
     return surface3dState("no-plotly", "3D surface off: the gateway has no Plotly.js (pip install plotly where the gateway runs; its log says so too)");
   }
-  if (typeof window.Plotly === "undefined") return loadPlotly(page.config.plotly_js);
+  if (plotlyLib.state === "error") return surface3dState("error", `3D surface: ${plotlyLib.why}`);
+  if (plotlyLib.state !== "ready") { loadPlotly(); return surface3dState("loading"); }
+  const surface = sel.key ? surfaces.get(sel.key) : null;
+  const axis = sel.axis === "delta" ? "delta" : "k";
+  if (!surface || (surface3d.shown && surface3d.shown.surface === surface && surface3d.shown.axis === axis)) return;
   if (surface3d.timer == null) {  // one draw due at a time; it takes the newest state when it runs
     surface3d.timer = setTimeout(drawSurface3d, Math.max(0, Math.ceil(surface3d.lastMs + SURFACE_MIN_MS - monoMs())));
   }
@@ -1218,7 +1351,6 @@ function watchSurface3d() {
 
 // ---------------------------------------------------------------- render loop
 
-let lastChartsMs = -1e9;
 function render(force = false) {
   if (page.firstDataMs == null && surfaces.size) page.firstDataMs = monoMs();
   autoSelect();
@@ -1226,21 +1358,16 @@ function render(force = false) {
   const surface = sel.key ? surfaces.get(sel.key) : null;
   document.getElementById("empty").hidden = !!surface;
   renderStatus();
+  renderCharts(force);  // with or without data: a panel says when Plotly.js is missing
+  ui.dirty = false;
   if (!surface) return;
   renderTable(surface);
   renderTenors(surface);
   renderUnderlying(surface);
   renderStrikes(surface);
   renderDepth(surface);
-  // charts redraw at most 5 times a second (the table every frame it changed)
-  if (force || monoMs() - lastChartsMs > 200) {
-    renderTerm(surface);
-    renderWings(surface);
-    renderSmile(surface);
-    renderSurface3d();
-    lastChartsMs = monoMs();
-    ui.dirty = false;
-  }
+  renderSmileHead(surface);
+  renderSurface3d();
 }
 
 function tick() {
@@ -1281,13 +1408,6 @@ function wire() {
     const s = surfaces.get(b.dataset.key);
     select({ key: b.dataset.key, expiry: s && s.expiries.length ? mostLiquid(s).expiry_ms : null, overlay: new Set() });
   });
-  for (const svgId of ["term", "wings"]) {
-    // pointerdown, not click: a chart is redrawn while patches flow, so the click's target may be replaced
-    document.getElementById(svgId).addEventListener("pointerdown", (e) => {
-      const t = e.target.closest("[data-expiry]");
-      if (t) select({ expiry: Number(t.dataset.expiry) });
-    });
-  }
   document.getElementById("jw-toggle").addEventListener("click", () => {
     sel.jw = !sel.jw;
     writeUrl();
@@ -1303,12 +1423,11 @@ if (typeof window !== "undefined") {
   readUrl();
   wire();
   watchSurface3d();
-  window.volgraph = { surfaces, sel, page, clock, surface3d };  // read-only handle for tests and the console
+  window.volgraph = { surfaces, sel, page, clock, surface3d, charts, plotlyLib };  // read-only handle for tests and the console
   loadConfig().finally(() => { connect(); });
   setInterval(tick, 500);  // ages, staleness and the reconnect countdown move without messages
   requestAnimationFrame(loop);
 } else if (typeof module !== "undefined") {
-  // Under node (tests/dashboard/test_merge_js.py, test_ticks_js.py): the merge and the tick rule.
-  module.exports = { applyPatch, onMessage, surfaces, seqs, page, niceTicks, fmtTick, deltaX, sviVol, normCdf, fmtDelta,
-    surfaceGrid };
+  // Under node (tests/dashboard/test_merge_js.py, test_ticks_js.py): the merge and the smile maths.
+  module.exports = { applyPatch, onMessage, surfaces, seqs, page, deltaX, deltaTicks, sviVol, normCdf, fmtDelta, surfaceGrid };
 }

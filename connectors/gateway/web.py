@@ -1,5 +1,5 @@
 """The gateway's plain HTTP side, on the websocket port: the dashboard page (/), its
-assets (/static/...), Plotly.js for the page's 3D surface (/static/plotly.min.js, the file
+assets (/static/...), Plotly.js for the page's charts (/static/plotly.min.js, the file
 the `plotly` Python package ships: never a CDN, never a copy in this repo), /favicon.ico and
 /dashboard.json (the page's settings), /healthz, /status (JSON) and /metrics (Prometheus). The handshake checks of /ws and /publish (browser
 origin, publish token) are connectors/gateway/auth.py's.
@@ -93,7 +93,7 @@ def http_response(gateway: "Gateway", path: str) -> Response:
 ICON_MAX_AGE_S = 86400
 # The page loads nothing from elsewhere and runs no inline script: say so to the browser.
 # Inline styles are allowed ('unsafe-inline' in style-src only): Plotly.js injects its own
-# <style> rules and style attributes for the 3D panel, and cannot draw it without them.
+# <style> rules and style attributes for its charts, and cannot draw them without them.
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
                                "style-src 'self' 'unsafe-inline'; script-src 'self'; object-src 'none'; base-uri 'none'; "
@@ -114,12 +114,12 @@ def static_file(root: Path, name: str, cache: str = "no-cache") -> Response:
     return answer
 
 
-# ---------------------------------------------------------------- Plotly.js for the 3D panel
+# ---------------------------------------------------------------- Plotly.js for the charts
 # The `plotly` PyPI package (a volgraph dependency, pinned in constraints.txt) ships the
 # minified Plotly.js bundle at plotly/package_data/plotly.min.js. The page is told its URL in
 # /dashboard.json with ?v=<content hash>, so the browser may keep it a year: a new plotly
-# release is a new hash, hence a new URL. Without the file the page still works and its 3D
-# panel says why it is empty.
+# release is a new hash, hence a new URL. Without the file the page still works (its tables)
+# and each chart panel says why it is empty.
 
 PLOTLY_PATH = "/static/plotly.min.js"
 PLOTLY_MAX_AGE_S = 365 * 86400
@@ -152,7 +152,7 @@ def _plotly_js(package: str) -> tuple[bytes, str] | None:
     path = find_plotly_js(package)
     if path is None:
         log.error("dashboard: plotly.min.js not found (the `%s` Python package is missing or has no %s), so "
-                  "the dashboard's 3D surface is off; install it into the gateway's environment: "
+                  "the dashboard's charts are off (its tables still work); install it into the gateway's environment: "
                   "pip install -c constraints.txt plotly (a volgraph dependency)", package, "/".join(PLOTLY_PACKAGE_FILE))
         return None
     body = path.read_bytes()
@@ -180,7 +180,7 @@ def dashboard_document(g: "Gateway") -> dict:
     """/dashboard.json, what the page needs before its websocket: the surfaces the gateway
     holds now (the page picks its opening view once their snapshots are in), the age past
     which the page greys data as stale (graph.toml sinks.gateway.stale_after_ms) and where
-    Plotly.js is (null when the gateway has none: the 3D panel then says so). No secrets."""
+    Plotly.js is (null when the gateway has none: each chart panel then says so). No secrets."""
     return {
         "surfaces": sorted(f"{venue}:{underlying}" for venue, underlying in g.surfaces),
         "stale_after_ms": round(g.stale_after_s * 1000),

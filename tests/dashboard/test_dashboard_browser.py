@@ -13,6 +13,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.browser
 
 import playwright.sync_api as playwright  # noqa: E402  (a dev dependency: `make test` installs it)
+from tests.dashboard.test_dashboard_view import drawn, one, traces
 from tests.helpers.config import RR15_NODE_TOML, postgres_sink
 from tests.helpers.gateway import serve_gateway
 
@@ -68,7 +69,13 @@ def test_dashboard_shows_surface_and_follows_patches(gateway):
                 page.wait_for_function("() => document.querySelector('#expiries tbody tr').innerText.includes('60.01')",
                                        timeout=15_000)
                 assert "52.34" in rows.nth(1).inner_text()
-                assert page.locator("svg").count() >= 2  # term structure and smile charts drawn
+                # the charts (Plotly) follow too: the term structure has both expiries at their vols
+                drawn(page, "term", epoch=2)
+                term = one(page, "term", "expiry")
+                assert term["customdata"] == [e1, e2] and term["y"] == pytest.approx([60.01, 52.34])
+                assert term["x"] == pytest.approx([7, 30])
+                drawn(page, "smile", epoch=2, expiry=e1)
+                assert one(page, "smile", "bid")["y"] == pytest.approx([55.0, 50.0, 52.0])
             finally:
                 browser.close()
 
@@ -138,8 +145,13 @@ def test_a_node_added_to_graph_toml_reaches_gateway_postgres_and_dashboard(gatew
             # graph.toml's order: the shipped nodes first, the user's rr15 after all of them
             assert list(cells)[3:8] == [f"{n} (vol pts)" for n in ("atm_vol", "rr25", "bf25", "rr10", "bf10")]
             assert list(cells).index("rr15 (vol pts)") > list(cells).index("bf25_ask (vol pts)")
-            assert page.locator("#term-missing").count() == 0
-            assert page.locator("#term circle.expiry-pt").count() == len(TENORS)
+            drawn(page, "term", key="deribit:BTC", epoch=snap.epoch)
+            assert page.locator("#term-note").is_hidden()
+            term = one(page, "term", "expiry")  # every expiry, at the gateway's atm_vol
+            assert term["customdata"] == [v.expiry_ms for v in snap.expiries] and len(term["x"]) == len(TENORS)
+            assert term["y"] == pytest.approx([100 * v.analytics["atm_vol"] for v in snap.expiries])
+            rr15_shown = {t["node"]: t for t in traces(page, "wings", "node")}["rr15"]
+            assert rr15_shown["y"] == pytest.approx([100 * rr15[e] for e in sorted(rr15)])  # the new node is charted too
 
             # a graph.toml without atm_vol: the term structure says so, the table follows the data
             with ws_connect(publish, additional_headers={"Authorization": "Bearer t"}) as pub:
@@ -147,8 +159,11 @@ def test_a_node_added_to_graph_toml_reaches_gateway_postgres_and_dashboard(gatew
                 renamed = ExpiryView(e1, view(e1, 0.5).fit, analytics={"atm": 0.5}, units={"atm": "vol pts"})
                 pub.send(to_json(SurfacePatch("deribit", "XRP", 1, T0, T0, expiries=(renamed,))))
                 page.locator("#tabs button", has_text="deribit:XRP").click(timeout=15_000)
-                page.locator("#term-missing").wait_for(timeout=15_000)
-                assert "atm_vol" in page.locator("#term-missing").text_content()
+                drawn(page, "term", key="deribit:XRP")
+                note = page.locator("#term-note")
+                assert note.is_visible() and note.get_attribute("data-reason") == "missing-node"
+                assert "no node named atm_vol in graph.toml" in note.text_content()
+                assert traces(page, "term") == []
                 assert table_cells(page)["atm (vol pts)"] == ["50.00"]
         finally:
             browser.close()
@@ -262,11 +277,11 @@ def test_underlying_and_instrument_levels_equal_the_gateways_state(gateway):
                     assert [r["strike"] for r in shown["strikes"]] == ["90000", "100000", "110000"]
                     assert {"delta_call", "dvol_dk (vol/ln(K/F))"} <= set(shown["strikes"][0])
                 # the smile's points name their strike's instrument-level values on hover (the charts
-                # redraw at most 5 times a second: wait for epoch 2's)
-                page.wait_for_function("() => { const t = document.querySelector('#smile circle.bid title');"
-                                       " return t && t.textContent.includes('\\niv_fit 57.01 vol pts'); }", timeout=15_000)
-                title = page.locator("#smile circle.bid title").first.text_content()
-                assert title.startswith("K=90000 bid 55.00%") and "\nvega 0.0123 coin/vol" in title, title
+                # redraw at most twice a second: wait for epoch 2's)
+                drawn(page, "smile", epoch=2, expiry=e1)
+                title = one(page, "smile", "bid")["text"][0]
+                assert title.startswith("K=90000 bid 55.00%") and "<br>vega 0.0123 coin/vol" in title, title
+                assert "<br>iv_fit 57.01 vol pts" in title, title
                 assert state.underlying_analytics["atm_slope_30_90"] == -0.1234  # kept through the patch
                 assert {r[0]: r[1] for r in shown["underlying"]}["fwd_vol_30_90"] == "49.87"
                 # the SVI-JW columns: hidden by default (still in the DOM), shown by the toggle, kept in the URL

@@ -3,7 +3,8 @@ dataflow, the gateway; no PostgreSQL) and headless Chromium on its dashboard URL
 
 - every expiry of every surface is shown, and the table's values equal the gateway's state
   at the epoch the table shows (a reference client merges the same stream with
-  operators/merge.py and keeps each epoch's state);
+  operators/merge.py and keeps each epoch's state); so do the term structure and RR/BF
+  charts' points (as Plotly holds them) at the epoch each chart shows;
 - 10 s of exchange time of live patches with no console error, no failed request, never stale.
 
 Every wait is on a condition with a deadline. Screenshots go to $VOLGRAPH_TEST_ARTIFACTS
@@ -209,6 +210,9 @@ def test_live_system_every_expiry_shown_and_equal_to_the_gateway(system, tmp_pat
                     page.locator(f"#tabs button[data-key='{tab}']").click()
                     compared = compare_with_gateway(page, ref, tab)
                     assert compared, f"{tab}: the page's epoch never matched a state the reference client saw"
+                    for chart in ("term", "wings"):
+                        assert compare_chart_with_gateway(page, ref, tab, chart), \
+                            f"{tab} {chart}: the chart's epoch never matched a state the reference client saw"
                     page.screenshot(path=str(artifacts / f"live-{tab.replace(':', '-')}.png"))
             finally:
                 browser.close()
@@ -259,6 +263,51 @@ def compare_with_gateway(page, ref: ReferenceClient, key: str) -> bool:
             assert und["rows"] and strikes["rows"]
             assert sorted(und["rows"]) in [expected_underlying(s) for s in states], (key, und, states[-1].underlying_analytics)
             assert [r["iv_fit (vol pts)"] for r in strikes["rows"]] in [expected_iv_fit(s, strikes["expiry"]) for s in states]
+            return True
+        return False
+    finally:
+        timer.cancel()
+
+
+RR_BF_NODES = ("rr25", "bf25", "rr10", "bf10")
+
+
+def chart_points(state: SurfaceSnapshot, node: str) -> dict:
+    """The points a chart draws for one node of `state`: per expiry that has it, days to expiry
+    on the exchange clock and the value in vol points (dashboard/app.js termFigure / wingsFigure)."""
+    views = [v for v in state.expiries if v.analytics.get(node) is not None]
+    return {"customdata": [v.expiry_ms for v in views],
+            "x": [(v.expiry_ms - state.ts_exchange_ms) / 86_400_000 for v in views],
+            "y": [100 * v.analytics[node] for v in views]}
+
+
+def compare_chart_with_gateway(page, ref: ReferenceClient, key: str, chart: str) -> bool:
+    """Read a chart's points (Plotly's gd.data) and the epoch it shows in one go; when the
+    reference client saw that epoch, the term structure's expiry points (atm_vol) or the RR/BF
+    chart's points per node must equal its state there: every expiry, every value. Retried only
+    while the epoch is one the client has not seen."""
+    deadline = threading.Event()
+    timer = threading.Timer(DEADLINE_S, deadline.set)
+    timer.start()
+    try:
+        while not deadline.is_set():
+            page.wait_for_function("([id, k]) => document.getElementById(id).dataset.key === k", arg=[chart, key],
+                                   timeout=DEADLINE_S * 1000)
+            shown = page.evaluate("""(id) => { const gd = document.getElementById(id);
+                return { epoch: Number(gd.dataset.epoch), traces: gd.data.filter((t) => t.meta.kind === 'expiry' || t.meta.kind === 'node')
+                  .map((t) => [t.meta.node || 'atm_vol', { customdata: t.customdata, x: t.x, y: t.y }]) }; }""", chart)
+            states = ref.states_at(key, shown["epoch"])
+            if not states:
+                page.wait_for_function("([id, e]) => Number(document.getElementById(id).dataset.epoch) !== e",
+                                       arg=[chart, shown["epoch"]], timeout=DEADLINE_S * 1000)
+                continue
+            got = dict(shown["traces"])
+            nodes = ("atm_vol",) if chart == "term" else RR_BF_NODES
+            assert set(nodes) <= set(got), (key, chart, sorted(got))
+            got = {n: got[n] for n in nodes}
+            assert all(got[n]["customdata"] for n in nodes), (key, chart, got)
+            assert any(got == {n: chart_points(s, n) for n in nodes} for s in states), (
+                key, chart, shown["epoch"], got, {n: chart_points(states[-1], n) for n in nodes})
             return True
         return False
     finally:

@@ -2,9 +2,11 @@
 against a real Gateway on loopback, fed over /publish as the flow feeds it: the opening view
 and the URL, axis ticks, fixed tenors, RR/BF charts and columns with units, calendar and
 butterfly flags, diagnostics, venue attribution, ages on the exchange clock, stable table
-rows, greying on disconnect or stale data and resync after a restart, and no 404 or console
-error. Every wait is on a condition with a deadline; screenshots go to $VOLGRAPH_TEST_ARTIFACTS
-(else the test's tmp dir)."""
+rows, chart points that select their expiry, greying on disconnect or stale data and resync
+after a restart, the chart panels without Plotly.js, and no 404 or console error. The charts
+are Plotly.js graph divs: the tests read what Plotly holds (gd.data, each trace's meta.kind,
+x, y, customdata and hover text) and click at a point's pixel. Every wait is on a condition
+with a deadline; screenshots go to $VOLGRAPH_TEST_ARTIFACTS (else the test's tmp dir)."""
 
 from __future__ import annotations
 
@@ -172,6 +174,50 @@ def labels(page, selector: str) -> list[str]:
     return page.eval_on_selector_all(selector, "els => els.map((e) => e.textContent)")
 
 
+CHARTS = ("term", "wings", "smile")
+
+
+def traces(page, chart: str, kind: str | None = None) -> list[dict]:
+    """The traces Plotly holds on a chart's graph div (gd.data), each as its meta (kind, node,
+    side, ...) with x, y, customdata, hover text and marker; only those of `kind` if given."""
+    got = page.evaluate("""(id) => (document.getElementById(id).data || []).map((t) => ({ ...t.meta,
+        x: t.x, y: t.y, customdata: t.customdata || null, text: t.hovertext || null, marker: t.marker || {} }))""", chart)
+    return [t for t in got if kind is None or t["kind"] == kind]
+
+
+def one(page, chart: str, kind: str) -> dict:
+    [t] = traces(page, chart, kind)
+    return t
+
+
+def drawn(page, chart: str, **shown) -> None:
+    """Wait until the chart's graph div shows that state (data-key, -epoch, -expiry, -axis:
+    set once Plotly.react has drawn it)."""
+    wait(page, "([id, want]) => { const d = document.getElementById(id).dataset;"
+               " return !!d.revision && Object.entries(want).every(([k, v]) => d[k] === String(v)); }", [chart, shown])
+
+
+def tick_labels(page, chart: str, axis: str = "x") -> list[str]:
+    """The tick labels Plotly drew on a chart's axis, with its typographic minus as '-'."""
+    return [t.replace("\u2212", "-") for t in labels(page, f"#{chart} .{axis}tick text")]
+
+
+def click_point(page, chart: str, kind: str, index: int, hover: str, node: str | None = None) -> None:
+    """A reader's click on a trace's point: the mouse moves to its pixel (Plotly's own SVG
+    point), the hover label comes up with `hover` in it, and the button is pressed there."""
+    page.locator(f"#{chart}").scroll_into_view_if_needed()
+    box = page.evaluate("""([id, kind, node, j]) => { const gd = document.getElementById(id);
+        const i = gd.data.findIndex((t) => t.meta.kind === kind && (node == null || t.meta.node === node));
+        const pt = gd.querySelectorAll('.scatterlayer .trace')[i].querySelectorAll('path.point')[j];
+        const r = pt.getBoundingClientRect(); return { x: r.x + r.width / 2, y: r.y + r.height / 2 }; }""",
+                        [chart, kind, node, index])
+    page.mouse.move(box["x"], box["y"])
+    wait(page, "([id, text]) => { const h = document.querySelector(`#${id} .hoverlayer .hovertext`);"
+               " return !!h && h.textContent.includes(text); }", [chart, hover])
+    page.mouse.down()
+    page.mouse.up()
+
+
 def day(ms: int) -> str:
     import datetime as dt
     return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d")
@@ -216,8 +262,10 @@ def test_opens_on_the_most_liquid_expiry_and_the_url_keeps_the_view(gateway, pub
     wait(page, "(e) => { const tr = document.querySelector('#expiries tbody tr.sel'); return tr && Number(tr.dataset.expiry) === e; }", E_90D)
     assert page.locator("#axis button.active").text_content() == "delta"
     assert page.locator(f"tr[data-expiry='{E_30D}'] input.overlay").is_checked()
-    assert page.locator("#smile polyline.svi").count() == 2  # the selected fit and the overlaid one
-    assert page.locator("#smile polyline.overlay-curve").get_attribute("data-expiry") == str(E_30D)
+    drawn(page, "smile", expiry=E_90D, axis="delta")
+    svi = traces(page, "smile", "svi")  # the selected fit and the overlaid one (dashed)
+    assert [(t["expiry"], t["overlay"]) for t in svi] == [(E_90D, False), (E_30D, True)]
+    assert all(len(t["x"]) > 20 and all(0 <= x <= 1 for x in t["x"]) for t in svi)  # on the delta axis
 
     # a shared link opens on what it names
     page.goto(f"{gateway.http_url}/?venue=deribit&underlying=ETH&expiry={day(T0 + 30 * DAY)}&axis=strike")
@@ -231,7 +279,8 @@ def test_opens_on_the_most_liquid_expiry_and_the_url_keeps_the_view(gateway, pub
 def test_axes_have_sane_ticks_in_every_mode(gateway, publisher, page):
     btc_and_eth(publisher)
     page.goto(f"{gateway.http_url}/?venue=deribit&underlying=BTC&expiry={day(E_40MIN)}&axis=k")
-    wait(page, "() => document.querySelectorAll('#smile .xtick').length > 2")
+    drawn(page, "smile", expiry=E_40MIN, axis="k")
+    drawn(page, "term", key="deribit:BTC")
 
     def check(ticks: list[str]) -> list[float]:
         assert len(ticks) >= 3 and len(set(ticks)) == len(ticks), ticks
@@ -239,30 +288,39 @@ def test_axes_have_sane_ticks_in_every_mode(gateway, publisher, page):
         return [float(t.rstrip("k")) for t in ticks]
 
     # 40 minutes to expiry: k spans about ±0.01, the labels have the decimals the step needs
-    ks = check(labels(page, "#smile .xtick"))
+    ks = check(tick_labels(page, "smile"))
     steps = {round(b - a, 9) for a, b in zip(ks, ks[1:])}
     assert len(steps) == 1, ks  # evenly spaced
     assert 0.0 in ks and max(ks) < 0.05 and min(ks) > -0.05
-    check(labels(page, "#smile .ytick"))
+    check(tick_labels(page, "smile", "y"))
+    titles = page.evaluate("() => ['term', 'smile'].map((id) => { const l = document.getElementById(id).layout;"
+                           " return [l.xaxis.title.text, l.yaxis.title.text]; })")
+    assert titles == [["days to expiry", "ATM vol (%)"], ["log-moneyness k = ln(K/F)", "implied vol (%)"]]
 
     # the term structure starts at 0 days (never negative), with the fixed tenors' axis
-    days = check(labels(page, "#term .xtick"))
+    days = check(tick_labels(page, "term"))
     assert days[0] == 0 and all(d >= 0 for d in days)
 
     page.locator(f"tr[data-expiry='{E_30D}'] td").first.click()
     page.locator("#axis button[data-axis=strike]").click()
-    wait(page, "() => document.querySelector('#axis button.active').dataset.axis === 'strike'")
-    strikes = check(labels(page, "#smile .xtick"))
+    drawn(page, "smile", expiry=E_30D, axis="strike")
+    strikes = check(tick_labels(page, "smile"))
     assert all(60 <= s <= 160 for s in strikes), strikes  # in thousands ("70k"), around the 100k forward
+    assert page.evaluate("() => document.getElementById('smile').layout.xaxis.title.text") == "strike (USD)"
 
     page.locator("#axis button[data-axis=delta]").click()
-    wait(page, "() => document.querySelector('#axis button.active').dataset.axis === 'delta'")
-    deltas = labels(page, "#smile .xtick")
+    drawn(page, "smile", expiry=E_30D, axis="delta")
+    deltas = tick_labels(page, "smile")
     assert "50Δ" in deltas and set(deltas) <= {"5ΔP", "10ΔP", "25ΔP", "50Δ", "25ΔC", "10ΔC", "5ΔC"}, deltas
-    # bid, ask and mid points: one each per strike of the selected expiry
-    assert page.locator("#smile circle.bid").count() == 9
-    assert page.locator("#smile circle.ask").count() == 9
-    assert page.locator("#smile circle.mid").count() == 9
+    # bid, ask and mid points: one each per strike of the selected expiry, at its quotes
+    state = gateway.state("deribit", "BTC")
+    quoted = next(v for v in state.expiries if v.expiry_ms == E_30D)
+    for side, ivs in (("bid", quoted.bid_iv), ("ask", quoted.ask_iv),
+                      ("mid", [(b + a) / 2 for b, a in zip(quoted.bid_iv, quoted.ask_iv)])):
+        t = one(page, "smile", side)
+        assert len(t["x"]) == 9 and t["y"] == pytest.approx([100 * x for x in ivs], abs=1e-9), side
+        assert all(0 < x < 1 for x in t["x"]) and t["x"] == sorted(t["x"])  # deltas, rising with the strike
+        assert t["text"][0].startswith(f"K={quoted.strikes[0]:g} {side} "), t["text"][0]
     assert page.errors == []
 
 
@@ -274,7 +332,9 @@ def test_tenors_rr_bf_flags_and_diagnostics(gateway, publisher, page):
     calendar = (CalendarCheck(E_7D, E_30D, True, 0.001), CalendarCheck(E_30D, E_90D, False, -0.0021))
     publisher.send(snapshot(views, tenors=tenors, calendar=calendar))
     page.goto(gateway.http_url)
-    wait(page, "() => document.querySelectorAll('#expiries tbody tr').length === 3 && document.querySelectorAll('#term rect.tenor').length === 3")
+    wait(page, "() => document.querySelectorAll('#expiries tbody tr').length === 3")
+    drawn(page, "term", key="deribit:BTC", epoch=1)
+    drawn(page, "wings", key="deribit:BTC", epoch=1)
 
     cells = table(page)
     assert list(cells)[3:8] == [f"{n} (vol pts)" for n in ("atm_vol", "rr25", "bf25", "rr10", "bf10")]
@@ -294,25 +354,48 @@ def test_tenors_rr_bf_flags_and_diagnostics(gateway, publisher, page):
     tenor_rows = page.eval_on_selector_all("#tenors tbody tr", "els => els.map((tr) => [...tr.children].map((td) => td.textContent))")
     assert tenor_rows == [["7 d", "55.12", "-1.75", "0.42", "ok"], ["30 d", "52.34", "-2.10", "0.42", "ok"],
                           ["60 d", "51.50", "-2.30", "0.43", "arb"]]
-    # term structure: a point per expiry, a square per fixed tenor (the flagged one marked),
-    # a ring on the butterfly- and calendar-flagged expiries, the failing pair joined in red
-    assert page.locator("#term circle.expiry-pt").count() == 3
-    assert page.locator("#term rect.tenor.flagged").count() == 1
-    assert page.locator("#term circle.flag:not(.cal)").count() == 1
-    assert page.locator("#term circle.flag.cal").count() == 2
-    assert page.locator("#term line.cal-arb").count() == 1
+    # term structure: a point per expiry (days, ATM vol %), a square per fixed tenor (the flagged
+    # one red), a ring on the butterfly- and calendar-flagged expiries whose hover says why, the
+    # failing pair joined in red
+    expiries = one(page, "term", "expiry")
+    assert expiries["customdata"] == [E_7D, E_30D, E_90D]
+    assert expiries["x"] == pytest.approx([7, 30, 90]) and expiries["y"] == pytest.approx([55.12, 52.34, 51.0])
+    assert expiries["text"][0] == f"{day(E_7D)}: ATM 55.12 vol pts"
+    tenor = one(page, "term", "tenor")
+    assert tenor["x"] == [7, 30, 60] and tenor["y"] == pytest.approx([55.12, 52.34, 51.5])
+    assert [c == "#f85149" for c in tenor["marker"]["color"]] == [False, False, True]
+    assert "calendar arbitrage" in tenor["text"][2] and tenor["text"][0] == "7d fixed tenor: ATM 55.12 vol pts"
+    butterfly = one(page, "term", "butterfly-flag")
+    assert butterfly["customdata"] == [E_90D] and "butterfly arbitrage (min g -0.012)" in butterfly["text"][0]
+    calendar_flag = one(page, "term", "calendar-flag")
+    assert calendar_flag["customdata"] == [E_30D, E_90D] and all("calendar arbitrage" in t for t in calendar_flag["text"])
+    pair = one(page, "term", "calendar-pair")
+    assert pair["x"] == pytest.approx([30, 90, None]) and pair["y"] == pytest.approx([52.34, 51.0, None])
+    assert f"between {day(E_30D)} and {day(E_90D)}" in pair["text"][0]
     # RR/BF chart: every vol-pts node but atm_vol per expiry, the tenors' rr25/bf25, flags
-    nodes = page.eval_on_selector_all("#wings circle.node-pt", "els => els.map((e) => e.dataset.node)")
-    assert sorted(nodes) == sorted(["rr25", "bf25", "rr10", "bf10"] * 3)
-    assert page.locator("#wings rect.tenor").count() == 6
-    assert page.locator("#wings line.flag-line").count() == 2
+    nodes = {t["node"]: t for t in traces(page, "wings", "node")}
+    assert sorted(nodes) == ["bf10", "bf25", "rr10", "rr25"]
+    assert all(t["customdata"] == [E_7D, E_30D, E_90D] and t["x"] == pytest.approx([7, 30, 90]) for t in nodes.values())
+    assert nodes["rr25"]["y"] == pytest.approx([-1.75, -2.1, -2.5]) and nodes["rr10"]["y"] == pytest.approx([-3.5, -4.2, -5.0])
+    assert nodes["bf25"]["y"] == pytest.approx([0.42] * 3) and nodes["bf10"]["y"] == pytest.approx([1.05] * 3)
+    wing_tenors = {t["node"]: t for t in traces(page, "wings", "tenor")}
+    assert wing_tenors["rr25"]["y"] == pytest.approx([-1.75, -2.1, -2.3]) and wing_tenors["bf25"]["y"] == pytest.approx([0.42, 0.42, 0.43])
+    bars = one(page, "wings", "flag-bar")
+    why = {x: t for x, t in zip(bars["x"], bars["text"]) if x is not None}  # a bar per flagged expiry, saying why
+    assert why == {30: f"{day(E_30D)}: calendar arbitrage", 90: f"{day(E_90D)}: butterfly and calendar arbitrage"}, why
+    assert set(bars["customdata"]) - {None} == {E_30D, E_90D}
     assert "rr25 (vol pts)" in page.locator("#wings-legend").text_content()
-    # a point of either chart selects its expiry
-    page.locator(f"#term circle.expiry-pt[data-expiry='{E_90D}']").click()
-    assert selected(page) == E_90D
-    page.locator(f"#wings circle.node-pt[data-expiry='{E_30D}'][data-node='rr25']").click()
-    assert selected(page) == E_30D
-    assert page.locator("#term circle.expiry-pt.sel").get_attribute("data-expiry") == str(E_30D)
+    # a point of either chart selects its expiry (a real click at the point's pixel: plotly_click)
+    assert one(page, "term", "selected")["customdata"] == [E_7D]
+    click_point(page, "term", "expiry", 2, day(E_90D))
+    wait(page, "(e) => Number(document.querySelector('#expiries tbody tr.sel').dataset.expiry) === e", E_90D)
+    drawn(page, "wings", expiry=E_90D)
+    click_point(page, "wings", "node", 1, f"{day(E_30D)} rr25", node="rr25")
+    wait(page, "(e) => Number(document.querySelector('#expiries tbody tr.sel').dataset.expiry) === e", E_30D)
+    drawn(page, "term", expiry=E_30D)
+    assert one(page, "term", "selected")["customdata"] == [E_30D]  # the selected expiry highlighted
+    assert one(page, "wings", "selected")["customdata"] == [E_30D] * 4
+    assert query(page)["expiry"] == day(E_30D)
 
     # the combined surface: quotes attributed to venues, in the table and the smile
     attributed = view(E_7D, T0, venue="all", bid_venue=["deribit"] * 5 + ["okx"] * 4, ask_venue=["okx"] * 9)
@@ -320,8 +403,13 @@ def test_tenors_rr_bf_flags_and_diagnostics(gateway, publisher, page):
     page.locator("#tabs button", has_text="all:BTC").click()
     wait(page, "() => [...document.querySelectorAll('#expiries thead th')].some((th) => th.textContent === 'venues')")
     assert table(page)["venues"] == ["deribit 5 · okx 13"]
+    drawn(page, "smile", key="all:BTC")
     legend = page.locator("#smile-legend").text_content()
     assert "deribit quote" in legend and "okx quote" in legend
+    bids, asks = one(page, "smile", "bid"), one(page, "smile", "ask")  # each quote ringed in its venue's colour
+    assert bids["marker"]["line"]["color"] == ["#ffd33d"] * 5 + ["#d2a8ff"] * 4
+    assert asks["marker"]["line"]["color"] == ["#d2a8ff"] * 9
+    assert bids["text"][0].endswith("(deribit)") and asks["text"][0].endswith("(okx)")
     assert page.errors == []
 
 
@@ -374,18 +462,33 @@ def test_rows_keep_their_identity_and_a_click_selects_first_try(gateway, publish
     done = threading.Event()
     flow = Publisher(gateway)
 
-    def stream():
-        epoch = 100
+    def stream(epoch: int = 100, pace: threading.Event | None = None):
         while not done.is_set():
             ts = T0 + epoch * 100
             flow.send(patch(epoch, [view(e, ts, vol=0.5 + (epoch % 50) / 1000) for e in expiries], ts_ms=ts))
             epoch += 1
+            if pace is not None:
+                pace.wait(0.02)  # a steady 50 patches a second, not as fast as the gateway takes them
 
+    # the charts are updated in place (Plotly.react: the same graph div and SVG), at most twice a second
+    for chart in CHARTS:
+        drawn(page, chart, epoch=21)
+    charts = "() => ['term', 'wings', 'smile'].map((id) => document.querySelector(`#${id} .main-svg`))"
+    page.evaluate(f"() => ({charts})().forEach((n) => {{ n.dataset.tag = 'kept'; }})")
+    revisions = page.evaluate("() => ['term', 'wings', 'smile'].map((id) => Number(document.getElementById(id).dataset.revision))")
     thread = threading.Thread(target=stream, daemon=True)
     thread.start()
     try:
         before = gateway.counters["published.SurfacePatch"]
         assert gateway.wait_until(lambda g: g.counters["published.SurfacePatch"] > before + 10, timeout=10)
+        wait(page, "(r) => ['term', 'wings', 'smile'].every((id, i) => Number(document.getElementById(id).dataset.revision) >= r[i] + 3)",
+             revisions)
+        for chart in CHARTS:
+            started = page.evaluate("(id) => volgraph.charts[id].drawnMs", chart)[-4:]
+            gaps = [b - a for a, b in zip(started, started[1:])]
+            assert len(gaps) == 3 and min(gaps) >= 499, (chart, gaps)  # CHART_MIN_MS = 500 (timer resolution aside)
+        assert page.evaluate(f"() => ({charts})().every((n) => n && n.isConnected && n.dataset.tag === 'kept')")
+
         handle.click()
         assert selected(page) == target
         assert query(page)["expiry"] == day(target)
@@ -393,7 +496,38 @@ def test_rows_keep_their_identity_and_a_click_selects_first_try(gateway, publish
     finally:
         done.set()
         thread.join(10)
+
+    # a chart point too, while patches flow and the charts redraw: one real click on the term
+    # structure's, then the RR/BF chart's. At a steady rate: flooded as above, the gateway drops
+    # the page now and then, and its reconnect banner moves the charts under the pointer.
+    done.clear()
+    thread = threading.Thread(target=stream, args=(10_000, threading.Event()), daemon=True)
+    thread.start()
+    try:
+        drawn(page, "term", expiry=target)
+        revision = page.evaluate("() => Number(document.getElementById('term').dataset.revision)")
+        wait(page, "(r) => Number(document.getElementById('term').dataset.revision) >= r + 2", revision)  # redrawing
+        click_point(page, "term", "expiry", 1, day(expiries[1]))
+        wait(page, "(e) => Number(document.querySelector('#expiries tbody tr.sel').dataset.expiry) === e", expiries[1])
+        click_point(page, "wings", "node", 4, f"{day(expiries[4])} rr25", node="rr25")
+        wait(page, "(e) => Number(document.querySelector('#expiries tbody tr.sel').dataset.expiry) === e", expiries[4])
+        assert query(page)["expiry"] == day(expiries[4])
+        assert page.evaluate("() => Number(document.getElementById('term').dataset.revision)") > revision + 2
+    finally:
+        done.set()
+        thread.join(10)
         flow.close()
+    # the charts catch up with the last patch: every expiry, at the gateway's values
+    state = gateway.state("deribit", "BTC")
+    for chart in CHARTS:
+        drawn(page, chart, epoch=state.epoch, expiry=expiries[4])
+    assert one(page, "term", "expiry")["y"] == pytest.approx([100 * v.analytics["atm_vol"] for v in state.expiries])
+    assert one(page, "term", "expiry")["customdata"] == expiries
+    assert one(page, "term", "selected")["customdata"] == [expiries[4]]
+    wings = {t["node"]: t["y"] for t in traces(page, "wings", "node")}
+    assert sorted(wings) == ["bf10", "bf25", "rr10", "rr25"]
+    for node, ys in wings.items():
+        assert ys == pytest.approx([100 * v.analytics[node] for v in state.expiries]), node
     assert page.errors == []
 
 
@@ -409,6 +543,8 @@ def test_disconnect_greys_with_age_and_a_new_gateway_resyncs(browser, artifacts)
     try:
         page.goto(gw.http_url)
         wait(page, "() => document.querySelector('#conn').textContent === 'live' && document.querySelectorAll('#expiries tbody tr').length === 2")
+        for chart in CHARTS:
+            drawn(page, chart, epoch=1)
         pub.close()
         gw.stop()
         wait(page, "() => document.body.classList.contains('greyed') && document.querySelector('#conn').textContent === 'disconnected'",
@@ -416,6 +552,12 @@ def test_disconnect_greys_with_age_and_a_new_gateway_resyncs(browser, artifacts)
         banner = page.locator("#banner").text_content()
         assert "disconnected" in banner and re.search(r"showing data [\d.]+ m?s old", banner), banner
         assert table(page)["atm_vol (vol pts)"] == ["55.12", "52.34"]  # kept on screen, greyed, not blanked
+        assert one(page, "term", "expiry")["y"] == pytest.approx([55.12, 52.34])  # the charts too
+        # the greying covers the charts: each graph div sits in the grey, half-transparent <main>
+        wait(page, "() => { const m = getComputedStyle(document.querySelector('main'));"
+                   " return m.filter === 'grayscale(1)' && Number(m.opacity) === 0.5; }")
+        assert page.evaluate("() => ['term', 'wings', 'smile'].every((id) => document.getElementById(id).closest('main')"
+                             " && document.getElementById(id).data.length > 0)")
         page.screenshot(path=str(artifacts / "disconnected.png"))
 
         gw = start_gateway(port)  # a new gateway on the same port, with a newer surface
@@ -425,6 +567,9 @@ def test_disconnect_greys_with_age_and_a_new_gateway_resyncs(browser, artifacts)
                    " && document.querySelectorAll('#expiries tbody tr').length === 1", timeout_ms=20_000)
         assert table(page)["atm_vol (vol pts)"] == ["60.01"]  # the snapshot replaced the old surface whole
         assert selected(page) == E_30D  # the selected 7-day expiry is gone: the most liquid one left
+        drawn(page, "term", expiry=E_30D)
+        assert one(page, "term", "expiry")["y"] == pytest.approx([60.01])
+        wait(page, "() => getComputedStyle(document.querySelector('main')).filter === 'none'")
         page.screenshot(path=str(artifacts / "resynced.png"))
     finally:
         pub.close()
@@ -450,3 +595,46 @@ def test_favicon_and_assets_are_served_without_404(gateway, publisher, page):
         publisher.send(patch(epoch, [view(E_7D, ts, n_quotes=40, vol=0.55 + epoch / 1000)], ts_ms=ts))
     wait(page, "() => document.querySelector(`tr[data-expiry='%d']`).children[3].textContent === '56.10'" % E_7D)
     assert page.errors == []  # no 404 (favicon included), no console error
+
+
+def test_without_plotly_each_chart_panel_says_why_and_the_tables_work(gateway, publisher, page):
+    """Plotly.js that does not load (here: the request fails): every chart panel says so, the
+    tables show the surface as before; nothing is fetched from another host instead."""
+    requested: list[str] = []
+    page.on("request", lambda r: requested.append(r.url))
+    page.route("**/static/plotly.min.js*", lambda route: route.abort())
+    publisher.send(snapshot([view(E_7D, T0, vol=0.5512), view(E_30D, T0, vol=0.5234)]))
+    page.goto(gateway.http_url)
+    wait(page, "() => document.querySelectorAll('#expiries tbody tr').length === 2"
+               " && ['term', 'wings', 'smile'].every((id) => document.getElementById(id + '-panel').dataset.state === 'error')")
+    assert table(page)["atm_vol (vol pts)"] == ["55.12", "52.34"]
+    for chart in CHARTS:
+        note = page.locator(f"#{chart}-note")
+        assert note.is_visible() and note.get_attribute("data-reason") == "plotly-error"
+        assert note.text_content().startswith("chart off: could not load Plotly.js from the gateway (/static/plotly.min.js?v=")
+        assert "retrying when it reconnects" in note.text_content()
+        assert page.evaluate("(id) => document.getElementById(id).data === undefined", chart)  # nothing drawn
+    assert page.locator("#surface3d-note").text_content().startswith("3D surface: could not load Plotly.js")
+    assert all(u.startswith(gateway.http_url) for u in requested), requested
+    # the aborted request is the only error the page saw
+    assert [e for e in page.errors if "net::ERR_FAILED" not in e] == []
+    page.errors.clear()
+
+
+def test_a_missing_node_is_said_in_its_chart_panel(gateway, publisher, page):
+    """An expiry without atm_vol or any other vol-pts node: the term structure and RR/BF panels
+    say what graph.toml lacks, drawn nothing; the smile still draws."""
+    v = view(E_7D, T0)
+    bare = ExpiryView(E_7D, v.fit, analytics={"jw_v": 0.2}, units={"jw_v": "var/yr"}, strikes=v.strikes,
+                      bid_iv=v.bid_iv, ask_iv=v.ask_iv)
+    publisher.send(snapshot([bare]))
+    page.goto(gateway.http_url)
+    for chart in CHARTS:
+        drawn(page, chart, key="deribit:BTC", epoch=1)
+    term, wings = page.locator("#term-note"), page.locator("#wings-note")
+    assert term.is_visible() and term.get_attribute("data-reason") == "missing-node"
+    assert term.text_content() == "no node named atm_vol in graph.toml: add [nodes.atm_vol] to plot the term structure"
+    assert wings.is_visible() and wings.text_content() == "no vol-pts nodes besides atm_vol in graph.toml"
+    assert traces(page, "term") == [] and traces(page, "wings") == []
+    assert page.locator("#smile-note").is_hidden() and len(one(page, "smile", "bid")["x"]) == 9
+    assert page.errors == []

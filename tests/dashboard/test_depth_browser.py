@@ -14,6 +14,7 @@ from websockets.sync.client import connect as ws_connect
 import playwright.sync_api as playwright
 from operators.events import Ladders, SurfacePatch, to_json
 from tests.dashboard.test_dashboard_browser import BROWSER_ARGS, CHROMIUM, DAY, T0, js_fixed, view
+from tests.dashboard.test_dashboard_view import traces
 from tests.helpers.gateway import serve_gateway
 
 pytestmark = pytest.mark.browser
@@ -170,11 +171,12 @@ def test_depth_ladder_equals_the_gateways_merged_state(gateway):
                 # the smile's execution-vol band at 10 contracts: one point per strike that has a vol there
                 page.locator("#band button[data-size='10']").click()
                 page.wait_for_function("() => location.search.includes('band=10')"
-                                       " && document.querySelector('#smile polyline.band-ask[data-size=\"10\"]')",
-                                       timeout=15_000)
-                band = page.evaluate("() => Object.fromEntries([...document.querySelectorAll('#smile polyline.band')]"
-                                     ".map((l) => [l.classList[1], Number(l.dataset.points)]))")
+                                       " && (document.getElementById('smile').data || []).some((t) => t.meta.kind === 'band'"
+                                       " && t.meta.size === 10)", timeout=15_000)
+                band = {f"band-{t['side']}": len(t["x"]) for t in traces(page, "smile", "band") if t["size"] == 10}
                 assert band == expected_band(gw.state("deribit", "BTC"), e1, 10.0) == {"band-bid": 0, "band-ask": 2}
+                ask = next(t for t in traces(page, "smile", "band") if t["side"] == "ask")
+                assert all("buying 10 contracts: execution vol" in text for text in ask["text"])
             finally:
                 browser.close()
     assert errors == []

@@ -3,7 +3,8 @@ against a real Gateway: the gateway serves the plotly.min.js that the `plotly` p
 (never a CDN); Chromium really has WebGL (SwiftShader through ANGLE, no GPU needed); the
 panel draws each expiry's SVI smile as a row whose z the test recomputes from the gateway's
 own fits; the WebGL canvas holds real pixels; a patch updates the plot in place; without
-WebGL, or without plotly.min.js, the panel says why and the rest of the page works.
+WebGL the panel says why while the 2D charts (Plotly's SVG scatter) still draw; without
+plotly.min.js every chart panel says why and the rest of the page works.
 
 Every wait is on a condition with a deadline (Playwright's wait_for_function); screenshots go
 to $VOLGRAPH_TEST_ARTIFACTS (else the test's tmp dir). Never imports plotly's Python code."""
@@ -28,7 +29,8 @@ import pytest
 from connectors.gateway import web
 from operators.events import CalendarCheck
 from connectors.gateway.server import Gateway
-from tests.dashboard.test_dashboard_view import TOKEN, DAY, T0, Publisher, patch, snapshot, table, view
+from tests.dashboard.test_dashboard_view import (TOKEN, DAY, T0, Publisher, drawn, one, patch, snapshot, table, traces,
+                                                  view)
 from tests.helpers.config import gateway_kwargs
 
 pytestmark = pytest.mark.browser
@@ -202,11 +204,11 @@ def test_gateway_serves_plotly_from_the_package_and_the_page_names_no_other_host
     assert body == web.find_plotly_js("plotly").read_bytes()  # the package's own file, not a copy
     assert not list(web.DASHBOARD_DIR.glob("plotly*")), "plotly.min.js must not be copied into dashboard/"
 
-    # the page and its assets load nothing from another host (the SVG namespace is a name, not a fetch)
+    # the page and its assets load nothing from another host
     for name in ("index.html", "app.js", "style.css"):
         with urllib.request.urlopen(f"{gateway.http_url}/static/{name}", timeout=10) as r:
             text = r.read().decode()
-        urls = set(re.findall(r"https?://[^\s\"'`<>)]+", text)) - {"http://www.w3.org/2000/svg"}
+        urls = set(re.findall(r"https?://[^\s\"'`<>)]+", text))
         assert not urls, f"{name} names external URLs: {sorted(urls)}"
         assert "//cdn" not in text.lower()
 
@@ -291,6 +293,9 @@ def test_3d_surface_draws_the_svi_fits_with_webgl(gateway, publisher, artifacts)
             # the smile's delta axis: y becomes 1 − call delta from each fit, z unchanged
             page.locator("#axis button[data-axis=delta]").click()
             wait(page, "() => document.querySelector('#surface3d-panel').dataset.axis === 'delta'")
+            # one WebGL context on the page: the 2D charts are SVG (Plotly's scatter, no scattergl)
+            assert page.evaluate("() => document.querySelectorAll('canvas').length === document.querySelectorAll('#surface3d canvas').length")
+            assert page.evaluate("() => ['term', 'wings', 'smile'].every((id) => document.getElementById(id).data.every((t) => t.type === 'scatter'))")
             check_against_gateway(page, gateway, axis="delta")
             page.screenshot(path=str(artifacts / "surface3d-delta.png"))
             assert page.errors == []
@@ -298,7 +303,7 @@ def test_3d_surface_draws_the_svi_fits_with_webgl(gateway, publisher, artifacts)
             browser.close()
 
 
-def test_without_webgl_the_panel_says_why_and_plotly_is_not_loaded(gateway, publisher, artifacts):
+def test_without_webgl_the_panel_says_why_and_the_2d_charts_draw(gateway, publisher, artifacts):
     publisher.send(snapshot([view(E_7D, T0), view(E_30D, T0)]))
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=NO_WEBGL_ARGS)
@@ -309,9 +314,16 @@ def test_without_webgl_the_panel_says_why_and_plotly_is_not_loaded(gateway, publ
             assert panel(page)["webgl"] == "none"
             note = page.locator("#surface3d-note")
             assert note.is_visible() and note.inner_text().startswith("3D needs WebGL: "), note.inner_text()
-            assert not any("plotly" in u for u in page.requested), page.requested  # never fetched in vain
+            # Plotly.js is loaded for the 2D charts (SVG: no WebGL needed), from the gateway only
+            assert [u for u in page.requested if "plotly" in u] == [gateway.http_url + json.loads(
+                urllib.request.urlopen(f"{gateway.http_url}/dashboard.json", timeout=10).read())["plotly_js"]]
             assert table(page)["atm_vol (vol pts)"] == ["55.00", "55.00"]  # the 2D page works as before
-            assert page.locator("#smile polyline.svi").count() == 1
+            drawn(page, "smile", key="deribit:BTC")
+            assert len(traces(page, "smile", "svi")) == 1 and len(one(page, "smile", "bid")["x"]) == 9
+            drawn(page, "term", key="deribit:BTC")
+            assert one(page, "term", "expiry")["y"] == pytest.approx([55.0, 55.0])
+            assert page.evaluate("() => document.getElementById('surface3d').data === undefined")  # no 3D drawn
+            assert "WebGL is not supported" not in page.locator(PANEL).inner_text()
             page.screenshot(path=str(artifacts / "surface3d-no-webgl.png"))
             assert page.errors == []
         finally:
@@ -341,6 +353,12 @@ def test_without_plotly_js_the_gateway_logs_the_fix_and_the_page_still_works(mon
                            " && document.querySelectorAll('#expiries tbody tr').length === 2")
                 assert "pip install plotly" in page.locator("#surface3d-note").inner_text()
                 assert not any("plotly" in u for u in page.requested), page.requested
+                # every 2D chart panel says why it is empty; the tables work
+                for chart in ("term", "wings", "smile"):
+                    note = page.locator(f"#{chart}-note")
+                    assert note.is_visible() and note.get_attribute("data-reason") == "plotly-missing"
+                    assert "the gateway has no Plotly.js (pip install plotly" in note.inner_text()
+                assert table(page)["atm_vol (vol pts)"] == ["55.00", "55.00"]
                 page.screenshot(path=str(artifacts / "surface3d-no-plotly.png"))
                 assert page.errors == []
             finally:
