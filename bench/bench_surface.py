@@ -5,6 +5,8 @@ real Deribit chain in tests/data (the snapshot and tests/data/chains/*.csv.gz: B
 every expiry with ≥ svi.MIN_QUOTES two-sided OTM quotes):
 
   mid fit      svi.fit_svi per slice as the flow calls it (prepare_slice weights 1/spread²)
+  band plain   svi.fit_svi_band(rescue=False) per slice: the band loss alone (before issue #17's
+               share rescue, kept as a row so that before and after print side by side)
   band slice   svi.fit_svi_band per slice (no calendar floor)
   surface      operators.svi.fit_surface per underlying and snapshot (band-aware, calendar-free)
 
@@ -42,7 +44,7 @@ from tests.helpers.data import CHAINS, SNAPSHOT  # noqa: E402
 from tests.helpers.real_chains import (band_figures, butterfly_min_g, calendar_crossings,  # noqa: E402
                                        load_slices, mark_iv_errors_vol_pts, prepared)
 
-METHODS = ("mid fit", "band slice", "surface")
+METHODS = ("mid fit", "band plain", "band slice", "surface")
 
 
 def underlyings(path: Path) -> list[list[tuple[dict, svi.SliceInputs]]]:
@@ -72,7 +74,8 @@ def fit_group(method: str, group, prevs=None, bump=None):
         if method == "mid fit":
             f = svi.fit_svi(p.k, w, p.weights, prev, t_years=s["t_years"], w_bid=p.w_bid, w_ask=p.w_ask)
         else:
-            f = svi.fit_svi_band(p.k, w, p.w_bid, p.w_ask, p.weights, prev, t_years=s["t_years"])
+            f = svi.fit_svi_band(p.k, w, p.w_bid, p.w_ask, p.weights, prev, t_years=s["t_years"],
+                                 rescue=method != "band plain")
         ms.append((time.perf_counter() - t0) * 1e3)
         fits.append(f)
     return fits, ms
@@ -140,17 +143,18 @@ def main(argv=None) -> int:
     # synthetic 100-strike slices: slice fits only (the surface fits real chains above)
     syn = synthetic(args.synthetic)
     syn_rows = []
-    for method in ("mid fit", "band slice"):
+    for method in ("mid fit", "band plain", "band slice"):
         cold, warm = [], []
+        rescue = method == "band slice"
         for t, k, w, wt, wb, wa in syn:
             t0 = time.perf_counter()
             f = (svi.fit_svi(k, w, wt, t_years=t) if method == "mid fit"
-                 else svi.fit_svi_band(k, w, wb, wa, wt, t_years=t))
+                 else svi.fit_svi_band(k, w, wb, wa, wt, t_years=t, rescue=rescue))
             cold.append((time.perf_counter() - t0) * 1e3)
             t0 = time.perf_counter()
             w2 = w * (1.0 + 0.002 * rng.standard_normal(k.size))
             (svi.fit_svi(k, w2, wt, f, t_years=t) if method == "mid fit"
-             else svi.fit_svi_band(k, w2, wb, wa, wt, f, t_years=t))
+             else svi.fit_svi_band(k, w2, wb, wa, wt, f, t_years=t, rescue=rescue))
             warm.append((time.perf_counter() - t0) * 1e3)
         syn_rows.append((method, np.median(warm), np.median(cold), np.percentile(cold + warm, 99)))
 

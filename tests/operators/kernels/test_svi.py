@@ -346,3 +346,41 @@ def test_band_fit_without_a_band_is_a_mid_fit():
     mid = svi.fit_svi(k, w, t_years=0.5)
     assert band.objective == pytest.approx(mid.objective, rel=1e-6)
     assert np.max(np.abs(svi.total_variance(band.params, k) - svi.total_variance(mid.params, k))) < 1e-6 * w.max()
+
+
+def band_count_and_excursion(params, k, wb, wa, t):
+    """(quotes in band, largest excursion outside a band in vol pts), written out plainly."""
+    w = svi.total_variance(params, k)
+    vol = np.sqrt(np.maximum(w, 0.0) / t)
+    exc = np.maximum(np.sqrt(wb / t) - vol, 0.0) + np.maximum(vol - np.sqrt(wa / t), 0.0)
+    return int(np.sum((w >= wb) & (w <= wa))), float(exc.max()) * 100.0
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@given(params_st, st.integers(8, 60), st.floats(0.02, 1.5), st.floats(0.5, 3.0), st.integers(0, 2**31 - 1))
+def test_the_share_rescue_keeps_more_in_band_never_fewer_and_stays_arbitrage_free(p, n, t, zig, seed):
+    """Bands that zig-zag around an SVI by `zig` half-widths (so no SVI keeps them all): the
+    rescued fit keeps at least as many quotes in band as the plain band fit, is butterfly-free
+    on an independent grid, and its largest excursion stays within max(the plain fit's, 0.4
+    vol pts) whenever it differs from the plain fit."""
+    assume(arbitrage_free(p))
+    rng = np.random.default_rng(seed)
+    k = np.linspace(min(p.m - 2 * p.sigma, -0.4), max(p.m + 2 * p.sigma, 0.4), n)
+    true = svi.total_variance(p, k)
+    half = true * rng.uniform(0.005, 0.03, n)
+    centre = true + zig * half * np.where(np.arange(n) % 2 == 0, 1.0, -1.0) * rng.uniform(0.5, 1.0, n)
+    wb, wa = centre - half, centre + half
+    assume(np.all(wb > 0))
+    plain = svi.fit_svi_band(k, centre, wb, wa, None, t_years=t, rescue=False)
+    fit = svi.fit_svi_band(k, centre, wb, wa, None, t_years=t)
+    n_plain, exc_plain = band_count_and_excursion(plain.params, k, wb, wa, t)
+    n_fit, exc_fit = band_count_and_excursion(fit.params, k, wb, wa, t)
+    assert fit.butterfly_ok and fit.lee_ok
+    assert svi.butterfly_g(fit.params, dense_grid(fit.params, -6, 6)).min() >= 0.0
+    assert n_fit >= n_plain
+    assert fit.inside_band_frac == pytest.approx(n_fit / n)
+    if fit.params != plain.params:
+        assert n_fit > n_plain
+        assert exc_fit <= max(exc_plain, svi.RESCUE_MAX_EXC_VOL_PTS) + 1e-9
+    warm = svi.fit_svi_band(k, centre, wb, wa, None, fit, t_years=t)
+    assert warm.butterfly_ok
