@@ -13,7 +13,7 @@ from bytewax.operators import StatefulBatchLogic
 from flows.metrics import COUNTERS
 from operators.state.chain import ChainLogic, ChainState, FitBudget, now_wall_ms
 from operators.events import split_chain_key
-from operators.items import ExpiryFit, ExpiryGone
+from operators.items import ExpiryFit, ExpiryGone, ExpiryLadders
 from flows.config import Config
 from operators.state.surface import SurfaceLogic, SurfaceState
 
@@ -65,7 +65,7 @@ class ChainStep(_KeyedStep):
 
     Values arrive as ChainBatches (operators/items.py); bytewax's builder is not told the key,
     so the logic is made on the first batch (or from the snapshot on resume). Emits ExpiryFit,
-    ExpiryGone and FeedError items."""
+    ExpiryLadders (vol at size between fits), ExpiryGone and FeedError items."""
 
     def __init__(self, make: Callable[[ChainState], ChainLogic], resume: Optional[ChainState], clock: FlowClock):
         self.make = make
@@ -95,6 +95,8 @@ class ChainStep(_KeyedStep):
             s = self.logic.state
             return [ExpiryGone(s.venue, s.underlying, s.expiry_ms)], StatefulBatchLogic.DISCARD
         out: list = [ExpiryFit(fit, chain) for fit, chain in self.logic.on_epoch()]
+        s = self.logic.state
+        out.extend(ExpiryLadders(s.venue, s.underlying, s.expiry_ms, lad) for lad in self.logic.take_between())
         out.extend(self.logic.take_errors())
         self._report()
         if self.logic.pending():  # deferred by the fit interval or the budget
@@ -135,7 +137,7 @@ class SurfaceStep(_KeyedStep):
         if self.logic is None:
             first = values[0]
             venue, underlying = (first.fit.venue, first.fit.underlying) if type(first) is ExpiryFit \
-                else (first.venue, first.underlying)
+                else (first.venue, first.underlying)  # ExpiryLadders, ExpiryGone, IndexPrice
             self.logic = self.make(SurfaceState(venue, underlying))
         self.logic.on_items(values)
         if self._due is None and self.logic.has_work():

@@ -1,6 +1,6 @@
 """The volgraph dataflow (docs/architecture.md §4), read top to bottom like its diagram:
 
-    feed ─ChainBatch─► chain[venue|underlying|expiry] ─ExpiryFit/ExpiryGone─► surface[venue|underlying] ─► sinks
+    feed ─ChainBatch─► chain[venue|underlying|expiry] ─ExpiryFit/ExpiryLadders/ExpiryGone─► surface[venue|underlying] ─► sinks
            (flows/routing.py)  L2 books, forward, IVs (dirty        analytics nodes, calendar,
                                strikes, small moves), SVI fits      tenors, one patch per epoch
                                    └── SmileFit ─────────────────────────────────────────────► sinks
@@ -38,7 +38,7 @@ from flows.metrics import (CALENDAR_VIOLATIONS, COUNTERS, DEPENDENCIES, HANDOFF_
 from flows.routing import BatchingSource, MarketEvents
 from flows.steps import FlowClock, chain_builder, surface_builder
 from operators.events import CONSOLIDATED, FeedError, IndexPrice, SmileFit, StatusReport, SurfacePatch, surface_key
-from operators.items import ChainBatch, ExpiryFit, ExpiryGone
+from operators.items import ChainBatch, ExpiryFit, ExpiryGone, ExpiryLadders
 from operators.state.chain import now_wall_ms
 
 OUTPUT_TYPES = (SmileFit, SurfacePatch, StatusReport)  # what sinks can consume
@@ -62,6 +62,7 @@ class ChainOut:
     fits: Stream[ExpiryFit]
     gone: Stream[ExpiryGone]
     errors: Stream[FeedError]
+    ladders: Stream[ExpiryLadders]  # vol at size between fits
 
 
 @operator
@@ -85,7 +86,8 @@ def chains(step_id: str, batches: Stream[ChainBatch], builder) -> ChainOut:
     out = op.key_rm("unkey", op.stateful_batch("chain", keyed, builder))
     fits = op.branch("fits", out, lambda x: type(x) is ExpiryFit)
     gone = op.branch("gone", fits.falses, lambda x: type(x) is ExpiryGone)
-    return ChainOut(fits.trues, gone.trues, gone.falses)
+    ladders = op.branch("ladders", gone.falses, lambda x: type(x) is ExpiryLadders)
+    return ChainOut(fits.trues, gone.trues, ladders.falses, ladders.trues)
 
 
 @operator
@@ -118,7 +120,8 @@ def build_flow(config: Config, source, sinks: list, *, now_ms: Callable[[], int]
     chain = chains("chains", merged("batches", [f.batches for f in feeds]), chain_builder(config, clock))
     op.inspect("count_errors", chain.errors, lambda _s, e: COUNTERS.add(f"errors.{e.reason}"))
     op.inspect("forget_fits", chain.gone, lambda _s, g: forget_fit(g.venue, g.underlying, g.expiry_ms))
-    patches = surfaces("surfaces", op.merge("to_surface", chain.fits, chain.gone, *(f.indices for f in feeds)),
+    patches = surfaces("surfaces", op.merge("to_surface", chain.fits, chain.ladders, chain.gone,
+                                            *(f.indices for f in feeds)),
                        surface_builder(config, clock))
     by_type = {SmileFit: op.map("smile_fits", chain.fits, _observe_fit), SurfacePatch: patches,
                StatusReport: merged("statuses", [f.statuses for f in feeds])}

@@ -1,7 +1,7 @@
 """The typed items that travel between the dataflow's steps (flows/surface.py), as opposed to
 the events of operators/events.py, which cross sockets and tables:
 
-    source ──ChainBatch──► chain[venue|underlying|expiry] ──ExpiryFit / ExpiryGone──► surface[venue|underlying]
+    source ──ChainBatch──► chain[venue|underlying|expiry] ──ExpiryFit / ExpiryLadders / ExpiryGone──► surface[venue|underlying]
                                         └── FeedError (counted) ───────────────► errors
 
 Each step dispatches on the item's type (`type(item) is ExpiryFit`), never on a string tag, and
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import msgspec
 
-from operators.events import ChainUpdate, SmileFit, surface_key
+from operators.events import ChainUpdate, Ladders, SmileFit, surface_key
 
 
 class ChainBatch(msgspec.Struct, frozen=True):
@@ -36,6 +36,20 @@ class ExpiryFit(msgspec.Struct, frozen=True):
     @property
     def surface_key(self) -> str:
         return surface_key(self.fit.venue, self.fit.underlying)
+
+
+class ExpiryLadders(msgspec.Struct, frozen=True):
+    """Vol at size between fits: the depth ladders of one expiry that changed since it last sent
+    any (the touch stood still, deeper levels moved), at most once per chain.fit_interval_ms."""
+
+    venue: str
+    underlying: str
+    expiry_ms: int
+    ladders: Ladders
+
+    @property
+    def surface_key(self) -> str:
+        return surface_key(self.venue, self.underlying)
 
 
 class ExpiryGone(msgspec.Struct, frozen=True):

@@ -61,14 +61,16 @@ def run_cluster_proc(job: dict) -> dict:
 
     patches: list = []
     exchange_lat: list = []  # paced: (wall out, newest exchange ts → patch emit, wall ms)
+    fit_seen: dict = {}  # newest_fit_ms's memory
     fits = [0]
 
     def sink(item) -> None:
         if isinstance(item, SurfacePatch):
             wall = now_wall_ms()
             patches.append((wall, item.underlying, [(v.expiry_ms, v.fit.ts_exchange_ms) for v in item.expiries]))
-            if speed != "max" and item.ts_emit_ms and item.expiries:
-                exchange_lat.append((wall, (item.ts_emit_ms - newest_fit_ms(item)) / rate))
+            newest = newest_fit_ms(item, fit_seen)
+            if speed != "max" and item.ts_emit_ms and newest is not None:
+                exchange_lat.append((wall, (item.ts_emit_ms - newest) / rate))
         elif isinstance(item, SmileFit):
             fits[0] += 1
 

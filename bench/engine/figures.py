@@ -84,10 +84,18 @@ def shock_vols(row: dict, probe, counts_at_patch: list) -> Optional[dict]:
     return out
 
 
-def newest_fit_ms(patch) -> int:
-    """The newest exchange time among a patch's fits: what its exchange-to-patch latency is
-    measured from (a patch without fits has no new book data to measure)."""
-    return max(v.fit.ts_exchange_ms for v in patch.expiries)
+def newest_fit_ms(patch, seen: dict) -> Optional[int]:
+    """The newest exchange time among a patch's NEW fits: what its exchange-to-patch latency is
+    measured from. A view re-sent with the fit it already had (vol at size between fits, a
+    calendar flag) brings no new book data to measure: None when the patch has no new fit.
+    `seen`: (underlying, expiry_ms) → the fit time last seen, updated here."""
+    newest = None
+    for v in patch.expiries:
+        key, ts = (patch.underlying, v.expiry_ms), v.fit.ts_exchange_ms
+        if seen.get(key) != ts:
+            seen[key] = ts
+            newest = ts if newest is None or ts > newest else newest
+    return newest
 
 
 def patch_rows(patches) -> list:
@@ -107,7 +115,7 @@ def view_latencies(rows: list, probe_for, warm_until: float) -> tuple[list[float
             key = (underlying, expiry_ms)
             xp = prev_ts.get(key)
             prev_ts[key] = x
-            if xp is None or probe is None:
+            if xp is None or probe is None or x == xp:  # x == xp: the view re-sent with the fit it had
                 continue
             first_in = probe.entered_wall(xp, strictly_after=True)
             newest_in = probe.entered_wall(x, strictly_after=False)

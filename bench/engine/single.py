@@ -99,11 +99,13 @@ def run_volgraph(job: dict) -> dict:
     lat_exchange = []
     warm_until = (probe.live_wall or 0.0) + (warmup_ms(meta) if speed != "max" else 0.0)
     lat_oldest, lat_newest = view_latencies(patch_rows(patches), lambda _u, _x: probe, warm_until)
+    fit_seen: dict = {}
     for wall_out, patch in patches:
-        if speed != "max" and patch.ts_emit_ms and patch.expiries and (probe.live_wall and wall_out >= warm_until):
-            # emit time − the newest exchange time among the patch's fits, back in wall ms (a patch
-            # without fits reflects no new book data; its own ts_exchange_ms is the surface's last)
-            lat_exchange.append((patch.ts_emit_ms - newest_fit_ms(patch)) / probe.speed)
+        # emit time − the newest exchange time among the patch's new fits, back in wall ms (a patch
+        # without new fits reflects no new book data; its own ts_exchange_ms is the surface's last)
+        newest = newest_fit_ms(patch, fit_seen)
+        if speed != "max" and patch.ts_emit_ms and newest is not None and (probe.live_wall and wall_out >= warm_until):
+            lat_exchange.append((patch.ts_emit_ms - newest) / probe.speed)
 
     shock_row = None
     if shock is not None and probe.started:

@@ -152,6 +152,7 @@ class ChainState:
     lv_config: tuple = (0, ())
     lv_changed: set[int] = field(default_factory=set)  # rows whose levels changed since the last ChainUpdate
     lv_solved_forward: Optional[float] = None
+    lv_sent_ms: int = 0  # flow time ladders were last sent (with a fit or alone)
     lv_strike: np.ndarray = field(default_factory=lambda: np.zeros(0))
     lv_call: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     lv_stale: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
@@ -233,6 +234,7 @@ class ChainLogic:
         self.sizes_arr = np.array(self.sizes_contracts, np.float64)
         self.lv_width = self.level_depth + len(self.sizes_contracts)  # 0 = level vols off
         self.errors: list[FeedError] = []
+        self.between: list[Ladders] = []  # ladders taken between fits, for the step to send
         self._solo: Optional[dict[str, str]] = None  # see _solo_legs; rebuilt when options are added
         self.epochs = 0
         self.counters = {"items": 0, "dirty": 0, "iv_solves": 0, "iv_full": 0, "iv_taylor": 0, "iv_skipped": 0,
@@ -440,8 +442,11 @@ class ChainLogic:
         return errors
 
     def pending(self) -> bool:
+        """Work owed: dirty quotes or forward, a smile owed a fit, or ladders changed since last
+        sent (taken between fits within fit_interval_ms)."""
         s = self.state
-        return bool(s.dirty) or s.forward_dirty or s.smile_changed
+        return (bool(s.dirty) or s.forward_dirty or s.smile_changed
+                or bool(self.lv_width and s.lv_changed and s.last_fit is not None))
 
     def next_epoch_ms(self, at_ms: Optional[int] = None) -> int:
         """The epoch boundary after `at_ms` (default: now)."""
@@ -459,7 +464,10 @@ class ChainLogic:
         """
         started = time.perf_counter()
         try:
-            return self._epoch(flush)
+            out = self._epoch(flush)
+            if not out and self.lv_width:
+                self._ladders_between_fits()
+            return out
         finally:
             self.counters["epoch_us"] += int((time.perf_counter() - started) * 1e6)
 
@@ -509,6 +517,28 @@ class ChainLogic:
             self.counters["fits_deferred"] += 1
             return []
         return self._fit(epoch, ts, now, t)
+
+    def _ladders_between_fits(self) -> None:
+        """The touch may stand still while deeper levels move: with no fit this epoch, the ladders
+        that changed are taken on their own (`take_between`), at most once per fit_interval_ms
+        since ladders were last sent — and only once the expiry has had a fit (its first fit
+        carries every ladder, so a surface never sees ladders for a view it does not hold)."""
+        s = self.state
+        now = self.now_ms()
+        if s.last_fit is None or s.forward is None or now - s.lv_sent_ms < self.fit_interval_ms:
+            return
+        t = t_years(s.expiry_ms, s.ts_exchange_ms or now)
+        if t <= 0:
+            return
+        ladders = self.take_ladders(t)
+        if ladders is not None:
+            s.lv_sent_ms = now
+            self.between.append(ladders)
+
+    def take_between(self) -> list:
+        """Ladders taken between fits since the last call (see _ladders_between_fits)."""
+        out, self.between = self.between, []
+        return out
 
     def _moved_materially(self, t: float) -> bool:
         """Has any published vol moved by fit_change_bp since the last fit (or appeared/gone)?"""
@@ -768,6 +798,8 @@ class ChainLogic:
             bid_venue=self._venues(s.call_bid_venue, s.put_bid_venue, usable, order),
             ask_venue=self._venues(s.call_ask_venue, s.put_ask_venue, usable, order),
             ladders=self.take_ladders(t) if self.lv_width else None)
+        if chain.ladders is not None:
+            s.lv_sent_ms = now
         return [(smile, chain)]
 
     def take_ladders(self, t: float) -> Optional[Ladders]:

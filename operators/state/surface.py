@@ -16,13 +16,16 @@ ChainUpdate carries (only the books that changed) go into that expiry's view in 
 only, merged by instrument when several fits arrive in one epoch (operators/merge.py
 merge_ladders); the views kept here hold none, so a view re-sent for another reason (its
 calendar flag, a repair) carries no ladders, and the publisher's merge keeps the current ones.
+Ladders that changed between fits (ExpiryLadders: the touch stood still, deeper levels moved)
+re-send that expiry's current view with them in the next patch; its fit, analytics and calendar
+flag are unchanged, so nothing is recomputed for it.
 A node that fails is counted in `counters` (`node_errors.<node>.<reason>`, read by the flow)
 and logged once. State logic only: no I/O, never imports flows or connectors.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Callable, Optional
 
 import msgspec
@@ -32,7 +35,7 @@ from operators.kernels import calendar, svi
 from operators.kernels.variance_clock import MS_PER_DAY, MS_PER_YEAR, weighted_years
 from operators.events import (CalendarCheck, ChainUpdate, ExpiryView, IndexPrice, SmileFit,
                               SurfacePatch, TenorPoint)
-from operators.items import ExpiryFit, ExpiryGone
+from operators.items import ExpiryFit, ExpiryGone, ExpiryLadders
 from operators.kernels.strike import StrikeData
 from operators.merge import merge_ladders
 from operators.kernels.term import TermFits
@@ -53,6 +56,18 @@ class SurfaceState:
     calendar: tuple[CalendarCheck, ...] = ()
     tenors: tuple[TenorPoint, ...] = ()
     underlying_values: dict[str, Optional[float]] = field(default_factory=dict)  # last sent, by node
+    ladders: dict[int, object] = field(default_factory=dict)  # expiry_ms -> Ladders for the next patch
+
+    def __setstate__(self, state: dict) -> None:
+        """A state snapshotted before a field existed resumes with that field's default (before
+        `ladders`, a pending fit held its ladders in its ChainUpdate: they move there)."""
+        if "ladders" not in state:
+            state["ladders"] = {e: chain.ladders for e, (_fit, chain) in state.get("pending", {}).items()
+                                if chain.ladders is not None}
+        for f in fields(self):
+            if f.name not in state:
+                state[f.name] = f.default_factory() if f.default_factory is not MISSING else f.default
+        self.__dict__.update(state)
 
 
 class SurfaceLogic:
@@ -88,37 +103,47 @@ class SurfaceLogic:
             kind = type(item)
             if kind is ExpiryFit:
                 fit, chain = item.fit, item.chain
-                before = s.pending.get(fit.expiry_ms)
-                if before is not None and before[1].ladders is not None:  # two fits in one epoch: keep both's books
-                    chain = msgspec.structs.replace(chain, ladders=merge_ladders(before[1].ladders, chain.ladders))
+                if chain.ladders is not None:
+                    self._add_ladders(fit.expiry_ms, chain.ladders)
                 s.pending[fit.expiry_ms] = (fit, chain)  # stays in `removed` if it went first: the patch
                 # then drops the old view (and its ladders) before it sends this one
+            elif kind is ExpiryLadders:
+                self._add_ladders(item.expiry_ms, item.ladders)
             elif kind is ExpiryGone:
                 s.removed.add(item.expiry_ms)
                 s.pending.pop(item.expiry_ms, None)
+                s.ladders.pop(item.expiry_ms, None)
             elif kind is IndexPrice:
                 if item.price != s.index_px:
                     s.index_px, s.index_changed = item.price, True
                     s.ts_exchange_ms = max(s.ts_exchange_ms, item.ts_exchange_ms)
 
+    def _add_ladders(self, expiry_ms: int, ladders) -> None:
+        """Ladders for the next patch, merged by instrument in arrival order (several fits, or
+        ladders between fits, in one epoch: the newest row of each book wins)."""
+        before = self.state.ladders.get(expiry_ms)
+        self.state.ladders[expiry_ms] = ladders if before is None else merge_ladders(before, ladders)
+
     def has_work(self) -> bool:
         s = self.state
-        return bool(s.pending or s.removed)
+        return bool(s.pending or s.removed or s.ladders)
 
     def on_epoch(self) -> Optional[SurfacePatch]:
         s = self.state
-        if not (s.pending or s.removed):
+        if not (s.pending or s.removed or s.ladders):
             return None
         now = self.now_ms()
+        if not (s.pending or s.removed):
+            return self._ladders_patch(now)
         gone = tuple(sorted(e for e in s.removed if e in s.views))
         for e in s.removed:
             s.views.pop(e, None)
         s.removed.clear()
         changed: dict[int, ExpiryView] = {}
-        ladders = {}  # expiry_ms -> the ladders that changed, for this patch only
+        # expiry_ms -> the ladders that changed, for this patch only (with fits or between them)
+        ladders = {e: lad for e, lad in s.ladders.items() if e in s.views or e in s.pending}
+        s.ladders.clear()
         for expiry_ms, (fit, chain) in s.pending.items():
-            if chain.ladders is not None:
-                ladders[expiry_ms] = chain.ladders
             params = (fit.a, fit.b, fit.rho, fit.m, fit.sigma)
             analytics, per_strike = self.levels.evaluate(params, fit.t_years, fit.forward, chain.strikes,
                                                          chain.bid_iv, chain.ask_iv, self.failures)
@@ -149,6 +174,9 @@ class SurfaceLogic:
         newest = max((v.fit.ts_exchange_ms for v in changed.values()), default=0)
         s.ts_exchange_ms = max(newest, s.ts_exchange_ms)
         ts_exchange = s.ts_exchange_ms or now  # the flow clock only before the surface has any data
+        for e in ladders:  # ladders between fits: the view as it stands, re-sent to carry them
+            if e not in changed:
+                changed[e] = s.views[e]
         patch = SurfacePatch(
             venue=s.venue, underlying=s.underlying, epoch=now // self.epoch_ms,
             ts_exchange_ms=ts_exchange, ts_emit_ms=now,
@@ -158,6 +186,21 @@ class SurfaceLogic:
             underlying_units={n: u for n, u in self.underlying_units.items() if n in underlying})
         s.index_changed = False
         return patch
+
+    def _ladders_patch(self, now: int) -> Optional[SurfacePatch]:
+        """Only ladders changed between fits: their views re-sent as they stand, with them; the
+        calendar, tenors and underlying values are unchanged (sent whole, as every patch does)."""
+        s = self.state
+        ladders = {e: lad for e, lad in s.ladders.items() if e in s.views}
+        s.ladders.clear()
+        if not ladders:
+            return None
+        return SurfacePatch(
+            venue=s.venue, underlying=s.underlying, epoch=now // self.epoch_ms,
+            ts_exchange_ms=s.ts_exchange_ms or now, ts_emit_ms=now,
+            expiries=tuple(msgspec.structs.replace(s.views[e], ladders=ladders[e]) for e in sorted(ladders)),
+            removed=(), tenors=s.tenors, calendar=s.calendar, index_px=s.index_px, underlying_analytics={},
+            underlying_units={})
 
     def _underlying(self) -> dict[str, Optional[float]]:
         """The underlying-level values that changed since the last patch (all of them the first

@@ -150,6 +150,8 @@ def test_level_and_execution_vols_stay_within_1bp_of_exact(t_days, vol, n, depth
         chain.state.ts_exchange_ms = clock.ms
         for _fit, update in chain.on_epoch():  # a fit's ChainUpdate carries the ladders changed since the last
             ladders.update(by_book(update.ladders))
+        for lad in chain.take_between():  # and so do ladders taken between fits
+            ladders.update(by_book(lad))
         t_now = (expiry - clock.ms) / MS_PER_YEAR
         published = chain.published_level_vols(t_now)
         exact = reference_vols(chain, t_now)
@@ -253,8 +255,9 @@ def test_a_silent_venue_withholds_its_ladders_in_the_consolidated_chain():
     # okx goes silent: after venue_stale_ms its ladders are withheld (stale, no vols), deribit's stay
     clock.ms += 2_000
     chain.on_items([BookUpdate("deribit", "D-70000.0-C", T0 + 2_000, T0 + 2_000, 2, 1, "change", (), ())])
-    chain.on_epoch()  # the same quotes from deribit: the smile stands, no fit — the ladders changed
-    ladders = by_book(chain.take_ladders((chain.state.expiry_ms - clock.ms) / MS_PER_YEAR))
+    assert chain.on_epoch() == []  # the same quotes from deribit: the smile stands, no fit — the ladders
+    (between,) = chain.take_between()  # changed, so they are sent on their own
+    ladders = by_book(between)
     assert {name for name, lad in ladders.items() if lad["stale"]} == {chain.state.book_names[r] for r in okx}
     vols = chain.published_level_vols((chain.state.expiry_ms - clock.ms) / MS_PER_YEAR)
     assert np.isnan(vols[:, okx]).all() and np.isfinite(np.delete(vols, okx, axis=1)[:, :, 0]).any()
@@ -299,3 +302,41 @@ def test_a_state_from_before_levels_resumes_with_them():
     assert vols.shape == (2, len(books), 2) and np.isfinite(vols[:, :, 0]).all()
     exact = chain.exact_level_vols(t)
     assert np.nanmax(np.abs(vols - exact)) <= BP
+
+
+def test_ladders_that_move_between_fits_are_sent_on_their_own_at_most_once_per_fit_interval():
+    """The touch stands still while a level inside the ladder changes: no refit, yet that book's
+    ladder is sent alone (take_between) once fit_interval_ms has passed since ladders were last
+    sent, and the chain says work is owed (pending) until then; nothing else is sent."""
+    t0 = 1_900_000_000_000
+    expiry = t0 + int(0.25 * MS_PER_YEAR)
+    clock = Clock(t0)
+    chain = ChainLogic(ChainState("deribit", "BTC", expiry), now_ms=clock,
+                       **settings_with(fit_interval_ms=1_000, budget=FitBudget(8), level_depth=3, sizes_contracts=[]))
+    forward = 61_000.0
+    items = []
+    for k in np.arange(50_000.0, 75_001.0, 2_500.0):
+        for cp in "CP":
+            p = float(black_price(forward, k, 0.25, 0.6, cp == "C")) / forward
+            name = f"{k}{cp}"
+            items += [Instrument("deribit", name, "BTC", "option", expiry, float(k), cp, 0.0001, 1.0, "BTC"),
+                      BookUpdate("deribit", name, t0, t0, 1, None, "snapshot",
+                                 tuple((p * (1 - 0.01 * i), 1.0) for i in range(1, 6)),
+                                 tuple((p * (1 + 0.01 * i), 1.0) for i in range(1, 6)))]
+    chain.on_items(items + [FuturePrice("deribit", "F", "BTC", expiry, t0, t0, forward, forward, forward)])
+    fits = chain.on_epoch()
+    assert len(fits) == 1 and len(fits[0][1].ladders.instrument) == len(chain.state.book_names)  # all, at the first fit
+    assert chain.take_between() == [] and not chain.pending()
+    name = "60000.0C"
+    second = sorted(book(chain, name).bids, reverse=True)[1]
+    chain.on_items([BookUpdate("deribit", name, t0, t0, 2, 1, "change", ((second, 7.0),), ())])
+    clock.ms += 100
+    assert chain.on_epoch() == [] and chain.take_between() == []  # within the fit interval: owed
+    assert chain.pending()
+    clock.ms = t0 + 1_000
+    assert chain.on_epoch() == []  # the touch did not move: no refit
+    (lad,) = chain.take_between()
+    assert lad.instrument == (name,) and lad.bid_size_contracts[0][1] == 7.0
+    assert not chain.pending()
+    clock.ms += 1_000
+    assert chain.on_epoch() == [] and chain.take_between() == []  # nothing moved since

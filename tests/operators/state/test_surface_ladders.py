@@ -1,8 +1,10 @@
 """Vol at size through the surface step (operators/state/surface.py): the ladders each
-ChainUpdate carries reach the next patch's view of that expiry only (merged by instrument when
-several fits arrive in one epoch), the views the step keeps hold none, and folding the patches
-with the one merge rule (operators/merge.py) gives, per live expiry, every book's latest ladder
-as sent by the chain — an independent per-instrument dict here; a removed expiry's go with it."""
+ChainUpdate carries, and those sent between fits (ExpiryLadders), reach the next patch's view of
+that expiry only (merged by instrument in arrival order when several arrive in one epoch; between
+fits the view is re-sent as it stands), the views the step keeps hold none, and folding the
+patches with the one merge rule (operators/merge.py) gives, per live expiry, every book's latest
+ladder as sent by the chain — an independent per-instrument dict here; a removed expiry's go with
+it, and ladders for an expiry the surface does not hold are dropped."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from operators.events import ChainUpdate, SmileFit, to_dict
-from operators.items import ExpiryFit, ExpiryGone
+from operators.items import ExpiryFit, ExpiryGone, ExpiryLadders
 from operators.merge import apply_patch
 from operators.state.surface import SurfaceLogic, SurfaceState
 from tests.helpers.patches import ladders
@@ -45,8 +47,11 @@ def epochs(draw):
         items = []
         for _ in range(draw(st.integers(0, 4))):
             i = draw(st.integers(0, 2))
-            if draw(st.integers(0, 5)) == 0:
+            roll = draw(st.integers(0, 6))
+            if roll == 0:
                 items.append(("gone", i))
+            elif roll == 1:  # vol at size between fits
+                items.append(("between", i, draw(ladders(epoch))))
             else:
                 items.append(("fit", i, draw(st.none() | ladders(epoch))))
         out.append(items)
@@ -61,21 +66,34 @@ def test_folded_patches_hold_every_books_latest_ladder(seq):
     shown = None
     expected: dict[int, dict] = {}  # expiry_ms -> instrument -> row
     for epoch, items in enumerate(seq, 1):
-        sent: dict[int, dict] = {}  # what this epoch's fits carried, per expiry
+        held = set(surface.state.views)  # expiries the surface holds as the epoch starts
+        fitted, gone = set(), set()  # a fit this epoch (after any removal); removed this epoch
+        arrived: dict[int, list] = {}  # expiry -> its ladders this epoch since its last removal, in order
         for entry in items:
+            e = T0 + (entry[1] + 1) * 7 * DAY_MS
             if entry[0] == "gone":
-                e = T0 + (entry[1] + 1) * 7 * DAY_MS
                 surface.on_items([ExpiryGone("deribit", "BTC", e)])
                 expected.pop(e, None)
-                sent.pop(e, None)
-                continue
-            item = fit_item(entry[1], epoch, entry[2])
-            surface.on_items([item])
-            e = item.fit.expiry_ms
-            expected.setdefault(e, {})
-            if entry[2] is not None:
-                expected[e].update(books(entry[2]))
-                sent.setdefault(e, {}).update(books(entry[2]))
+                fitted.discard(e)
+                gone.add(e)
+                arrived.pop(e, None)
+            elif entry[0] == "between":  # vol at size between fits
+                surface.on_items([ExpiryLadders("deribit", "BTC", e, entry[2])])
+                arrived.setdefault(e, []).append(books(entry[2]))
+            else:
+                surface.on_items([fit_item(entry[1], epoch, entry[2])])
+                fitted.add(e)
+                expected.setdefault(e, {})
+                if entry[2] is not None:
+                    arrived.setdefault(e, []).append(books(entry[2]))
+        # ladders count for an expiry the surface holds when the patch is made: one fitted this
+        # epoch, or one it held and did not remove; the others are dropped
+        sent: dict[int, dict] = {}  # what this epoch's patch carries, per expiry
+        for e, rows in arrived.items():
+            if e in fitted or (e in held and e not in gone):
+                for r in rows:
+                    expected[e].update(r)
+                    sent.setdefault(e, {}).update(r)
         patch = surface.on_epoch()
         if patch is None:
             continue
