@@ -71,7 +71,7 @@ from operators.kernels import svi  # noqa: E402
 from operators.kernels import iv  # noqa: E402
 from operators.kernels.black import black_price  # noqa: E402
 from tests.helpers.data import CHAINS, SNAPSHOT  # noqa: E402
-from tests.helpers.real_chains import band_figures, load_slices, prepared  # noqa: E402
+from tests.helpers.real_chains import band_figures, underlyings  # noqa: E402
 
 PRICE_SCALE = 1.0e4  # prices in units of 1e-4·F (≈ one Deribit tick) inside the MILP
 # HiGHS accepts z = 1 − 1e-6 as integral, and with big-M ≈ 1e4 scaled units that lets a
@@ -265,16 +265,6 @@ def group_ceiling(group: list[tuple[dict, svi.SliceInputs]], time_limit: float, 
         c = sol[i * n + at] / PRICE_SCALE
         per.append(_verified(c, xs[i][0], p, s["t_years"]))
     return dict(best=best, bound=bound, proven=proven, per_slice=per)
-
-
-def underlyings(path: Path) -> list[list[tuple[dict, svi.SliceInputs]]]:
-    """Per currency: its slices (T ascending) with ≥ MIN_QUOTES prepared quotes (as the figures)."""
-    by_cur: dict[str, list] = {}
-    for s in load_slices(path):
-        p = prepared(s)
-        if p.k.size >= svi.MIN_QUOTES:
-            by_cur.setdefault(s["currency"], []).append((s, p))
-    return [sorted(v, key=lambda x: x[0]["t_years"]) for _, v in sorted(by_cur.items())]
 
 
 def surface_inside(group) -> list[int]:

@@ -42,19 +42,9 @@ from operators import svi as public  # noqa: E402
 from operators.kernels import svi  # noqa: E402
 from tests.helpers.data import CHAINS, SNAPSHOT  # noqa: E402
 from tests.helpers.real_chains import (band_figures, butterfly_min_g, calendar_crossings,  # noqa: E402
-                                       load_slices, mark_iv_errors_vol_pts, prepared)
+                                       load_slices, mark_iv_errors_vol_pts, underlyings)
 
 METHODS = ("mid fit", "band plain", "band slice", "surface")
-
-
-def underlyings(path: Path) -> list[list[tuple[dict, svi.SliceInputs]]]:
-    """Per currency: its slices (T ascending) with ≥ MIN_QUOTES prepared quotes."""
-    by_cur: dict[str, list] = {}
-    for s in load_slices(path):
-        p = prepared(s)
-        if p.k.size >= svi.MIN_QUOTES:
-            by_cur.setdefault(s["currency"], []).append((s, p))
-    return [sorted(v, key=lambda x: x[0]["t_years"]) for _, v in sorted(by_cur.items())]
 
 
 def fit_group(method: str, group, prevs=None, bump=None):

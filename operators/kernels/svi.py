@@ -1039,6 +1039,19 @@ def _rescue(kq, kk, Wk, wtk, aux, wb, wa, two, T, params, g_margin, prev=None):
     return None if best is None else best[1:]
 
 
+def _grid_guard(kk, WW, wt, aux, k_lo: float, k_hi: float, span: float, f_warm: float):
+    """The warm search's guard: the loss on a coarse (m, log σ) grid; when a point beats the warm
+    result, the basin moved: (x0, step) to restart Nelder–Mead from there, else None."""
+    m_grid = np.linspace(k_lo - 0.25 * span, k_hi + 0.25 * span, 7)
+    ls_grid = np.linspace(math.log(span * 3e-3), math.log(span * 3.0), 5)
+    grid = _grid_scan(kk, WW, wt, *aux, m_grid, ls_grid)
+    i, j = np.unravel_index(int(np.argmin(grid)), grid.shape)
+    if not grid[i, j] < f_warm * (1.0 - 1e-6):
+        return None
+    return (np.array([m_grid[i], ls_grid[j]]),
+            np.array([(m_grid[1] - m_grid[0]) * 0.5, (ls_grid[1] - ls_grid[0]) * 0.5]))
+
+
 def _warm_search(kq, kk, Wk, wtk, aux, params, g_margin, maxiter=300):
     """The warm half of _fit_core without its repair: Nelder–Mead from params' (m, σ), and
     from the best point of a coarse grid when that beats it. Returns [(m, log σ), ...]."""
@@ -1050,14 +1063,9 @@ def _warm_search(kq, kk, Wk, wtk, aux, params, g_margin, maxiter=300):
     m_, ls_, f_, _ = _nelder_mead(kk, Wk, wtk, *aux, x0, np.array([0.05 * span, 0.1]), lo, hi, False, _EMPTY,
                                   _M_OFFSETS, g_margin, maxiter, 1e-7, 1e-12)
     out = [(m_, ls_)]
-    m_grid = np.linspace(k_lo - 0.25 * span, k_hi + 0.25 * span, 7)
-    ls_grid = np.linspace(math.log(span * 3e-3), math.log(span * 3.0), 5)
-    grid = _grid_scan(kk, Wk, wtk, *aux, m_grid, ls_grid)
-    i, j = np.unravel_index(int(np.argmin(grid)), grid.shape)
-    if grid[i, j] < f_ * (1.0 - 1e-6):
-        x0 = np.array([m_grid[i], ls_grid[j]])
-        step = np.array([(m_grid[1] - m_grid[0]) * 0.5, (ls_grid[1] - ls_grid[0]) * 0.5])
-        m_, ls_, _, _ = _nelder_mead(kk, Wk, wtk, *aux, x0, step, lo, hi, False, _EMPTY, _M_OFFSETS, g_margin,
+    moved = _grid_guard(kk, Wk, wtk, aux, k_lo, k_hi, span, f_)
+    if moved is not None:
+        m_, ls_, _, _ = _nelder_mead(kk, Wk, wtk, *aux, *moved, lo, hi, False, _EMPTY, _M_OFFSETS, g_margin,
                                      maxiter, 1e-7, 1e-12)
         out.append((m_, ls_))
     return out
@@ -1183,14 +1191,9 @@ def _fit_core(kq, kk, WW, wt, aux, prev, n_m, n_sigma, n_starts, maxiter, g_marg
                                       maxiter, xtol, ftol)
         cands.append((f_, m_, ls_))
         # guard: a coarse grid; any point better than the warm result means the basin moved
-        m_grid = np.linspace(k_lo - 0.25 * span, k_hi + 0.25 * span, 7)
-        ls_grid = np.linspace(math.log(span * 3e-3), math.log(span * 3.0), 5)
-        grid = _grid_scan(kk, WW, wt, *aux, m_grid, ls_grid)
-        i, j = np.unravel_index(int(np.argmin(grid)), grid.shape)
-        if grid[i, j] < f_ * (1.0 - 1e-6):
-            x0 = np.array([m_grid[i], ls_grid[j]])
-            step = np.array([(m_grid[1] - m_grid[0]) * 0.5, (ls_grid[1] - ls_grid[0]) * 0.5])
-            m_, ls_, f_, _ = _nelder_mead(kk, WW, wt, *aux, x0, step, lo, hi, False, gk, _M_OFFSETS,
+        moved = _grid_guard(kk, WW, wt, aux, k_lo, k_hi, span, f_)
+        if moved is not None:
+            m_, ls_, f_, _ = _nelder_mead(kk, WW, wt, *aux, *moved, lo, hi, False, gk, _M_OFFSETS,
                                           g_margin, maxiter, xtol, ftol)
             cands.append((f_, m_, ls_))
     else:

@@ -78,6 +78,17 @@ def prepared(s: dict) -> svi.SliceInputs:
     return svi.prepare_slice(s["strikes"], s["forward"], s["t_years"], s["bid_iv"], s["ask_iv"], s["is_call"])
 
 
+def underlyings(path: Path) -> list[list[tuple[dict, svi.SliceInputs]]]:
+    """A chain file's slices per currency, T ascending, each with its prepared quotes: the slices
+    with ≥ svi.MIN_QUOTES of them (what the figures, bench_surface.py and band_ceiling.py use)."""
+    by_cur: dict[str, list] = {}
+    for s in load_slices(path):
+        p = prepared(s)
+        if p.k.size >= svi.MIN_QUOTES:
+            by_cur.setdefault(s["currency"], []).append((s, p))
+    return [sorted(v, key=lambda x: x[0]["t_years"]) for _, v in sorted(by_cur.items())]
+
+
 def band_figures(params, prep: svi.SliceInputs, t_years: float) -> tuple[np.ndarray, np.ndarray]:
     """Per two-sided OTM quote: inside its [bid, ask] IV band (bool) and the excursion
     outside it in vol points (0 inside)."""

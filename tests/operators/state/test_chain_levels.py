@@ -185,6 +185,21 @@ def test_level_and_execution_vols_stay_within_1bp_of_exact(t_days, vol, n, depth
                 assert np.all(np.abs(sent[ok] - pub[ok]) <= chain.change_bp * BP * (1 + 1e-9))
 
 
+def listed_books(expiry: int, t0: int, forward: float, strikes, levels: int) -> list:
+    """Every call and put of `strikes` listed, each book a snapshot of `levels` levels a side
+    (1 % apart, 1 contract each) around its Black price at 60 % vol, then the future."""
+    items = []
+    for k in strikes:
+        for cp in "CP":
+            p = float(black_price(forward, k, 0.25, 0.6, cp == "C")) / forward
+            name = f"{k}{cp}"
+            items += [Instrument("deribit", name, "BTC", "option", expiry, float(k), cp, 0.0001, 1.0, "BTC"),
+                      BookUpdate("deribit", name, t0, t0, 1, None, "snapshot",
+                                 tuple((p * (1 - 0.01 * i), 1.0) for i in range(1, levels + 1)),
+                                 tuple((p * (1 + 0.01 * i), 1.0) for i in range(1, levels + 1)))]
+    return items + [FuturePrice("deribit", "F", "BTC", expiry, t0, t0, forward, forward, forward)]
+
+
 def test_a_change_beyond_the_ladder_solves_nothing_and_inside_it_only_its_book():
     t0 = 1_900_000_000_000
     expiry = t0 + int(0.25 * MS_PER_YEAR)
@@ -194,16 +209,7 @@ def test_a_change_beyond_the_ladder_solves_nothing_and_inside_it_only_its_book()
                                        sizes_contracts=[2.0], audit_every=1))
     forward = 61_000.0
     strikes = np.arange(50_000.0, 75_001.0, 2_500.0)
-    items = []
-    for k in strikes:
-        for cp in "CP":
-            p = float(black_price(forward, k, 0.25, 0.6, cp == "C")) / forward
-            name = f"{k}{cp}"
-            items += [Instrument("deribit", name, "BTC", "option", expiry, float(k), cp, 0.0001, 1.0, "BTC"),
-                      BookUpdate("deribit", name, t0, t0, 1, None, "snapshot",
-                                 tuple((p * (1 - 0.01 * i), 1.0) for i in range(1, 9)),
-                                 tuple((p * (1 + 0.01 * i), 1.0) for i in range(1, 9)))]
-    chain.on_items(items + [FuturePrice("deribit", "F", "BTC", expiry, t0, t0, forward, forward, forward)])
+    chain.on_items(listed_books(expiry, t0, forward, strikes, 8))
     chain.on_epoch()
     books = len(strikes) * 2
     assert chain.counters["lv_full"] > 0 and chain.counters["lv_books"] == books
@@ -313,17 +319,7 @@ def test_ladders_that_move_between_fits_are_sent_on_their_own_at_most_once_per_f
     clock = Clock(t0)
     chain = ChainLogic(ChainState("deribit", "BTC", expiry), now_ms=clock,
                        **settings_with(fit_interval_ms=1_000, budget=FitBudget(8), level_depth=3, sizes_contracts=[]))
-    forward = 61_000.0
-    items = []
-    for k in np.arange(50_000.0, 75_001.0, 2_500.0):
-        for cp in "CP":
-            p = float(black_price(forward, k, 0.25, 0.6, cp == "C")) / forward
-            name = f"{k}{cp}"
-            items += [Instrument("deribit", name, "BTC", "option", expiry, float(k), cp, 0.0001, 1.0, "BTC"),
-                      BookUpdate("deribit", name, t0, t0, 1, None, "snapshot",
-                                 tuple((p * (1 - 0.01 * i), 1.0) for i in range(1, 6)),
-                                 tuple((p * (1 + 0.01 * i), 1.0) for i in range(1, 6)))]
-    chain.on_items(items + [FuturePrice("deribit", "F", "BTC", expiry, t0, t0, forward, forward, forward)])
+    chain.on_items(listed_books(expiry, t0, 61_000.0, np.arange(50_000.0, 75_001.0, 2_500.0), 5))
     fits = chain.on_epoch()
     assert len(fits) == 1 and len(fits[0][1].ladders.instrument) == len(chain.state.book_names)  # all, at the first fit
     assert chain.take_between() == [] and not chain.pending()
