@@ -96,7 +96,8 @@ class ChainStep(_KeyedStep):
             return [ExpiryGone(s.venue, s.underlying, s.expiry_ms)], StatefulBatchLogic.DISCARD
         out: list = [ExpiryFit(fit, chain) for fit, chain in self.logic.on_epoch()]
         s = self.logic.state
-        out.extend(ExpiryLadders(s.venue, s.underlying, s.expiry_ms, lad) for lad in self.logic.take_between())
+        out.extend(ExpiryLadders(s.venue, s.underlying, s.expiry_ms, lad, s.ts_exchange_ms)
+                   for lad in self.logic.take_between())
         out.extend(self.logic.take_errors())
         self._report()
         if self.logic.pending():  # deferred by the fit interval or the budget

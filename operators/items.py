@@ -46,6 +46,7 @@ class ExpiryLadders(msgspec.Struct, frozen=True):
     underlying: str
     expiry_ms: int
     ladders: Ladders
+    ts_exchange_ms: int  # the newest exchange time behind them (the chain's)
 
     @property
     def surface_key(self) -> str:

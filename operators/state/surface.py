@@ -109,6 +109,8 @@ class SurfaceLogic:
                 # then drops the old view (and its ladders) before it sends this one
             elif kind is ExpiryLadders:
                 self._add_ladders(item.expiry_ms, item.ladders)
+                # book data newer than the fits: a ladders-only patch is as new as it (never backwards)
+                s.ts_exchange_ms = max(s.ts_exchange_ms, item.ts_exchange_ms)
             elif kind is ExpiryGone:
                 s.removed.add(item.expiry_ms)
                 s.pending.pop(item.expiry_ms, None)

@@ -64,6 +64,7 @@ def test_folded_patches_hold_every_books_latest_ladder(seq):
     surface = SurfaceLogic(SurfaceState("deribit", "BTC"), nodes=(), tenors_days=[7], drop_calendar_violators=False,
                            repair_calendar=False, weekend_weight=1.0, epoch_ms=50, now_ms=lambda: T0)
     shown = None
+    last_ts = 0
     expected: dict[int, dict] = {}  # expiry_ms -> instrument -> row
     for epoch, items in enumerate(seq, 1):
         held = set(surface.state.views)  # expiries the surface holds as the epoch starts
@@ -78,7 +79,7 @@ def test_folded_patches_hold_every_books_latest_ladder(seq):
                 gone.add(e)
                 arrived.pop(e, None)
             elif entry[0] == "between":  # vol at size between fits
-                surface.on_items([ExpiryLadders("deribit", "BTC", e, entry[2])])
+                surface.on_items([ExpiryLadders("deribit", "BTC", e, entry[2], T0 + epoch)])
                 arrived.setdefault(e, []).append(books(entry[2]))
             else:
                 surface.on_items([fit_item(entry[1], epoch, entry[2])])
@@ -97,6 +98,12 @@ def test_folded_patches_hold_every_books_latest_ladder(seq):
         patch = surface.on_epoch()
         if patch is None:
             continue
+        # the surface's exchange clock never goes back, and ladders sent between fits move it on
+        # (their book data is newer than the fits: each here carries T0 + its epoch)
+        assert patch.ts_exchange_ms >= last_ts
+        if any(entry[0] == "between" for entry in items) and arrived:
+            assert patch.ts_exchange_ms >= T0 + epoch
+        last_ts = patch.ts_exchange_ms
         for view in patch.expiries:  # a patch carries only this epoch's books
             assert (books(view.ladders) if view.ladders is not None else {}) == sent.get(view.expiry_ms, {})
         assert all(v.ladders is None for v in surface.state.views.values())
