@@ -2,31 +2,26 @@
 snapshot's expiries, and follows live patches (Playwright driving Debian's chromium); and a
 node added to graph.toml alone reaches the gateway, PostgreSQL and a dashboard column."""
 
-import shutil
 
 import pytest
 from websockets.sync.client import connect as ws_connect
 
 from operators.events import ExpiryView, SmileFit, SurfacePatch, to_json
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.browser
 
-import playwright.sync_api as playwright  # noqa: E402  (a dev dependency: `make test` installs it)
 from tests.dashboard.test_dashboard_view import drawn, one, traces
+from tests.helpers.browser import chromium, require_chromium, watch
 from tests.helpers.config import RR15_NODE_TOML, postgres_sink
 from tests.helpers.gateway import serve_gateway
 
-if not shutil.which("chromium"):  # a failure, never a skip: a skipped browser test hides a broken dashboard
-    pytest.fail("Debian's chromium is not installed: apt-get install chromium (.ci/run does)", pytrace=False)
+require_chromium()
 
 T0 = 1_795_300_000_000
 DAY = 86_400_000
 
 
 VOL_PTS = {name: "vol pts" for name in ("atm_vol", "rr25", "bf25", "rr10", "bf10")}
-BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync"]
 
 
 def view(expiry_ms, atm_vol, **analytics):
@@ -53,31 +48,27 @@ def test_dashboard_shows_surface_and_follows_patches(gateway):
     with ws_connect(ws_url, additional_headers={"Authorization": "Bearer t"}) as pub:
         pub.send(to_json(patch(1, [view(e1, 0.5512), view(e2, 0.5234)])))
         assert gw.wait_until(lambda g: g.epoch("deribit", "BTC") == 1, timeout=10)
-        with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-            try:
-                page = browser.new_page()
-                page.goto(http_url)
-                rows = page.locator("#expiries tbody tr")
-                rows.first.wait_for(timeout=15_000)
-                assert rows.count() == 2
-                first = rows.nth(0).inner_text()
-                assert "55.12" in first and "-1.75" in first and "ok" in first
-                assert "52.34" in rows.nth(1).inner_text()
-                # a live patch changes one expiry: the page follows without a reload
-                pub.send(to_json(patch(2, [view(e1, 0.6001)])))
-                page.wait_for_function("() => document.querySelector('#expiries tbody tr').innerText.includes('60.01')",
-                                       timeout=15_000)
-                assert "52.34" in rows.nth(1).inner_text()
-                # the charts (Plotly) follow too: the term structure has both expiries at their vols
-                drawn(page, "term", epoch=2)
-                term = one(page, "term", "expiry")
-                assert term["customdata"] == [e1, e2] and term["y"] == pytest.approx([60.01, 52.34])
-                assert term["x"] == pytest.approx([7, 30])
-                drawn(page, "smile", epoch=2, expiry=e1)
-                assert one(page, "smile", "bid")["y"] == pytest.approx([55.0, 50.0, 52.0])
-            finally:
-                browser.close()
+        with chromium() as browser:
+            page = browser.new_page()
+            page.goto(http_url)
+            rows = page.locator("#expiries tbody tr")
+            rows.first.wait_for(timeout=15_000)
+            assert rows.count() == 2
+            first = rows.nth(0).inner_text()
+            assert "55.12" in first and "-1.75" in first and "ok" in first
+            assert "52.34" in rows.nth(1).inner_text()
+            # a live patch changes one expiry: the page follows without a reload
+            pub.send(to_json(patch(2, [view(e1, 0.6001)])))
+            page.wait_for_function("() => document.querySelector('#expiries tbody tr').innerText.includes('60.01')",
+                                   timeout=15_000)
+            assert "52.34" in rows.nth(1).inner_text()
+            # the charts (Plotly) follow too: the term structure has both expiries at their vols
+            drawn(page, "term", epoch=2)
+            term = one(page, "term", "expiry")
+            assert term["customdata"] == [e1, e2] and term["y"] == pytest.approx([60.01, 52.34])
+            assert term["x"] == pytest.approx([7, 30])
+            drawn(page, "smile", epoch=2, expiry=e1)
+            assert one(page, "smile", "bid")["y"] == pytest.approx([55.0, 50.0, 52.0])
 
 
 def table_cells(page):
@@ -131,42 +122,38 @@ def test_a_node_added_to_graph_toml_reaches_gateway_postgres_and_dashboard(gatew
     assert stored == rr15
 
     # 3. the dashboard: a column labelled with the node's name and unit, values in vol points
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-        try:
-            page = browser.new_page()
-            page.goto(http_url)
-            page.locator("#tabs button", has_text="deribit:BTC").click(timeout=15_000)
-            page.wait_for_function(
-                "() => [...document.querySelectorAll('#expiries thead th')].some((th) => th.textContent === 'rr15 (vol pts)')"
-                " && document.querySelectorAll('#expiries tbody tr').length === %d" % len(TENORS), timeout=15_000)
-            cells = table_cells(page)
-            assert cells["rr15 (vol pts)"] == [f"{100 * rr15[e]:.2f}" for e in sorted(rr15)]
-            # graph.toml's order: the shipped nodes first, the user's rr15 after all of them
-            assert list(cells)[3:8] == [f"{n} (vol pts)" for n in ("atm_vol", "rr25", "bf25", "rr10", "bf10")]
-            assert list(cells).index("rr15 (vol pts)") > list(cells).index("bf25_ask (vol pts)")
-            drawn(page, "term", key="deribit:BTC", epoch=snap.epoch)
-            assert page.locator("#term-note").is_hidden()
-            term = one(page, "term", "expiry")  # every expiry, at the gateway's atm_vol
-            assert term["customdata"] == [v.expiry_ms for v in snap.expiries] and len(term["x"]) == len(TENORS)
-            assert term["y"] == pytest.approx([100 * v.analytics["atm_vol"] for v in snap.expiries])
-            rr15_shown = {t["node"]: t for t in traces(page, "wings", "node")}["rr15"]
-            assert rr15_shown["y"] == pytest.approx([100 * rr15[e] for e in sorted(rr15)])  # the new node is charted too
+    with chromium() as browser:
+        page = browser.new_page()
+        page.goto(http_url)
+        page.locator("#tabs button", has_text="deribit:BTC").click(timeout=15_000)
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#expiries thead th')].some((th) => th.textContent === 'rr15 (vol pts)')"
+            " && document.querySelectorAll('#expiries tbody tr').length === %d" % len(TENORS), timeout=15_000)
+        cells = table_cells(page)
+        assert cells["rr15 (vol pts)"] == [f"{100 * rr15[e]:.2f}" for e in sorted(rr15)]
+        # graph.toml's order: the shipped nodes first, the user's rr15 after all of them
+        assert list(cells)[3:8] == [f"{n} (vol pts)" for n in ("atm_vol", "rr25", "bf25", "rr10", "bf10")]
+        assert list(cells).index("rr15 (vol pts)") > list(cells).index("bf25_ask (vol pts)")
+        drawn(page, "term", key="deribit:BTC", epoch=snap.epoch)
+        assert page.locator("#term-note").is_hidden()
+        term = one(page, "term", "expiry")  # every expiry, at the gateway's atm_vol
+        assert term["customdata"] == [v.expiry_ms for v in snap.expiries] and len(term["x"]) == len(TENORS)
+        assert term["y"] == pytest.approx([100 * v.analytics["atm_vol"] for v in snap.expiries])
+        rr15_shown = {t["node"]: t for t in traces(page, "wings", "node")}["rr15"]
+        assert rr15_shown["y"] == pytest.approx([100 * rr15[e] for e in sorted(rr15)])  # the new node is charted too
 
-            # a graph.toml without atm_vol: the term structure says so, the table follows the data
-            with ws_connect(publish, additional_headers={"Authorization": "Bearer t"}) as pub:
-                e1 = T0 + 7 * DAY
-                renamed = ExpiryView(e1, view(e1, 0.5).fit, analytics={"atm": 0.5}, units={"atm": "vol pts"})
-                pub.send(to_json(SurfacePatch("deribit", "XRP", 1, T0, T0, expiries=(renamed,))))
-                page.locator("#tabs button", has_text="deribit:XRP").click(timeout=15_000)
-                drawn(page, "term", key="deribit:XRP")
-                note = page.locator("#term-note")
-                assert note.is_visible() and note.get_attribute("data-reason") == "missing-node"
-                assert "no node named atm_vol in graph.toml" in note.text_content()
-                assert traces(page, "term") == []
-                assert table_cells(page)["atm (vol pts)"] == ["50.00"]
-        finally:
-            browser.close()
+        # a graph.toml without atm_vol: the term structure says so, the table follows the data
+        with ws_connect(publish, additional_headers={"Authorization": "Bearer t"}) as pub:
+            e1 = T0 + 7 * DAY
+            renamed = ExpiryView(e1, view(e1, 0.5).fit, analytics={"atm": 0.5}, units={"atm": "vol pts"})
+            pub.send(to_json(SurfacePatch("deribit", "XRP", 1, T0, T0, expiries=(renamed,))))
+            page.locator("#tabs button", has_text="deribit:XRP").click(timeout=15_000)
+            drawn(page, "term", key="deribit:XRP")
+            note = page.locator("#term-note")
+            assert note.is_visible() and note.get_attribute("data-reason") == "missing-node"
+            assert "no node named atm_vol in graph.toml" in note.text_content()
+            assert traces(page, "term") == []
+            assert table_cells(page)["atm (vol pts)"] == ["50.00"]
 
 
 def js_fixed(x: float, digits: int) -> str:
@@ -246,55 +233,49 @@ def test_underlying_and_instrument_levels_equal_the_gateways_state(gateway):
     with ws_connect(ws_url, additional_headers={"Authorization": "Bearer t"}) as pub:
         pub.send(to_json(first))
         assert gw.wait_until(lambda g: g.epoch("deribit", "BTC") == 1, timeout=10)
-        with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-            try:
-                page = browser.new_page(viewport={"width": 1400, "height": 900})
-                page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
-                page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
-                page.goto(http_url)
-                for epoch in (1, 2):
-                    if epoch == 2:
-                        pub.send(to_json(second))
-                        assert gw.wait_until(lambda g: g.epoch("deribit", "BTC") == 2, timeout=10)
-                    page.wait_for_function(
-                        "(e) => Number(document.querySelector('#underlying tbody').dataset.epoch) === e"
-                        " && Number(document.querySelector('#strikes tbody').dataset.epoch) === e", arg=epoch,
-                        timeout=15_000)
-                    state = gw.state("deribit", "BTC")
-                    shown = shown_levels(page)
-                    assert not shown["hidden"]
-                    assert sorted(shown["underlying"]) == expected_levels(state)
-                    assert len(shown["underlying"]) == 4
-                    chosen = next(v for v in state.expiries if v.expiry_ms == shown["expiry"])
-                    assert chosen.expiry_ms == e1  # the most liquid expiry is selected
-                    assert [r["iv_fit (vol pts)"] for r in shown["strikes"]] == [
-                        node_text(x, "vol pts") for x in chosen.strike_analytics["iv_fit"]]
-                    assert [r["vega (coin/vol)"] for r in shown["strikes"]] == [
-                        "0.0123", "0.0141", "0.0119"]
-                    assert [r["bid IV (vol pts)"] for r in shown["strikes"]] == [
-                        js_fixed(100 * x, 2) for x in chosen.bid_iv]
-                    assert [r["strike"] for r in shown["strikes"]] == ["90000", "100000", "110000"]
-                    assert {"delta_call", "dvol_dk (vol/ln(K/F))"} <= set(shown["strikes"][0])
-                # the smile's points name their strike's instrument-level values on hover (the charts
-                # redraw at most twice a second: wait for epoch 2's)
-                drawn(page, "smile", epoch=2, expiry=e1)
-                title = one(page, "smile", "bid")["text"][0]
-                assert title.startswith("K=90000 bid 55.00%") and "<br>vega 0.0123 coin/vol" in title, title
-                assert "<br>iv_fit 57.01 vol pts" in title, title
-                assert state.underlying_analytics["atm_slope_30_90"] == -0.1234  # kept through the patch
-                assert {r[0]: r[1] for r in shown["underlying"]}["fwd_vol_30_90"] == "49.87"
-                # the SVI-JW columns: hidden by default (still in the DOM), shown by the toggle, kept in the URL
-                jw = page.locator("#expiries thead th[data-node='jw_v']")
-                assert jw.text_content() == "jw_v (var/yr)" and jw.is_hidden()
-                assert table_cells(page)["jw_psi"] == ["-0.05120", "-0.05120"]
-                page.locator("#jw-toggle").click()
-                page.wait_for_function("() => location.search.includes('jw=1') && document.querySelector("
-                                       "\"#expiries thead th[data-node='jw_v']\").offsetParent !== null", timeout=15_000)
-                assert table_cells(page)["jw_v (var/yr)"] == ["0.2345", "0.2345"]
-                page.locator("#jw-toggle").click()
-                page.wait_for_function("() => !location.search.includes('jw=1')", timeout=15_000)
-                assert jw.is_hidden()
-            finally:
-                browser.close()
+        with chromium() as browser:
+            page = watch(browser.new_page(viewport={"width": 1400, "height": 900}), errors, http=False)
+            page.goto(http_url)
+            for epoch in (1, 2):
+                if epoch == 2:
+                    pub.send(to_json(second))
+                    assert gw.wait_until(lambda g: g.epoch("deribit", "BTC") == 2, timeout=10)
+                page.wait_for_function(
+                    "(e) => Number(document.querySelector('#underlying tbody').dataset.epoch) === e"
+                    " && Number(document.querySelector('#strikes tbody').dataset.epoch) === e", arg=epoch,
+                    timeout=15_000)
+                state = gw.state("deribit", "BTC")
+                shown = shown_levels(page)
+                assert not shown["hidden"]
+                assert sorted(shown["underlying"]) == expected_levels(state)
+                assert len(shown["underlying"]) == 4
+                chosen = next(v for v in state.expiries if v.expiry_ms == shown["expiry"])
+                assert chosen.expiry_ms == e1  # the most liquid expiry is selected
+                assert [r["iv_fit (vol pts)"] for r in shown["strikes"]] == [
+                    node_text(x, "vol pts") for x in chosen.strike_analytics["iv_fit"]]
+                assert [r["vega (coin/vol)"] for r in shown["strikes"]] == [
+                    "0.0123", "0.0141", "0.0119"]
+                assert [r["bid IV (vol pts)"] for r in shown["strikes"]] == [
+                    js_fixed(100 * x, 2) for x in chosen.bid_iv]
+                assert [r["strike"] for r in shown["strikes"]] == ["90000", "100000", "110000"]
+                assert {"delta_call", "dvol_dk (vol/ln(K/F))"} <= set(shown["strikes"][0])
+            # the smile's points name their strike's instrument-level values on hover (the charts
+            # redraw at most twice a second: wait for epoch 2's)
+            drawn(page, "smile", epoch=2, expiry=e1)
+            title = one(page, "smile", "bid")["text"][0]
+            assert title.startswith("K=90000 bid 55.00%") and "<br>vega 0.0123 coin/vol" in title, title
+            assert "<br>iv_fit 57.01 vol pts" in title, title
+            assert state.underlying_analytics["atm_slope_30_90"] == -0.1234  # kept through the patch
+            assert {r[0]: r[1] for r in shown["underlying"]}["fwd_vol_30_90"] == "49.87"
+            # the SVI-JW columns: hidden by default (still in the DOM), shown by the toggle, kept in the URL
+            jw = page.locator("#expiries thead th[data-node='jw_v']")
+            assert jw.text_content() == "jw_v (var/yr)" and jw.is_hidden()
+            assert table_cells(page)["jw_psi"] == ["-0.05120", "-0.05120"]
+            page.locator("#jw-toggle").click()
+            page.wait_for_function("() => location.search.includes('jw=1') && document.querySelector("
+                                   "\"#expiries thead th[data-node='jw_v']\").offsetParent !== null", timeout=15_000)
+            assert table_cells(page)["jw_v (var/yr)"] == ["0.2345", "0.2345"]
+            page.locator("#jw-toggle").click()
+            page.wait_for_function("() => !location.search.includes('jw=1')", timeout=15_000)
+            assert jw.is_hidden()
     assert errors == []

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
-import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,18 +27,14 @@ from websockets.sync.client import connect as ws_connect
 
 from operators.events import SurfaceSnapshot
 from operators.merge import apply_patch
+from tests.helpers.browser import chromium, require_chromium, watch
 from tests.helpers.flowrun import DEADLINE_S
 from tests.helpers.gateway import surface_event
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-import playwright.sync_api as playwright  # noqa: E402  (a dev dependency: `make test` installs it)
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-if not shutil.which("chromium"):
-    pytest.fail("Debian's chromium is not installed: apt-get install chromium (.ci/run does)", pytrace=False)
-BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync"]
+require_chromium()
 
 
 def js_fixed(x: float, digits: int) -> str:
@@ -179,43 +173,34 @@ def system(tmp_path):
             t.join(timeout=10)
 
 
-def test_live_system_every_expiry_shown_and_equal_to_the_gateway(system, tmp_path):
-    artifacts = Path(os.environ.get("VOLGRAPH_TEST_ARTIFACTS") or tmp_path)
-    artifacts.mkdir(parents=True, exist_ok=True)
+def test_live_system_every_expiry_shown_and_equal_to_the_gateway(system, artifacts):
     ref = ReferenceClient(system.replace("http://", "ws://") + "/ws")
     errors: list[str] = []
     try:
-        with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
-            page.on("response", lambda r: errors.append(f"HTTP {r.status} {r.url}") if r.status >= 400 else None)
-            try:
-                page.goto(system)
-                page.wait_for_function("() => document.querySelector('#expiries tbody tr.sel') && location.search.includes('expiry=')",
-                                       timeout=DEADLINE_S * 1000)
-                # 10 s of the selected surface's exchange time, live all along
-                key = page.evaluate("() => window.volgraph.sel.key")
-                first = page.evaluate("(k) => window.volgraph.surfaces.get(k).ts_exchange_ms", key)
-                page.wait_for_function(
-                    "([k, t]) => { if (document.body.classList.contains('greyed')) throw new Error('greyed: ' + document.querySelector('#banner').textContent);"
-                    " return window.volgraph.surfaces.get(k).ts_exchange_ms >= t + 10000; }",
-                    arg=[key, first], timeout=DEADLINE_S * 1000)
-                assert page.locator("#conn").text_content() == "live"
+        with chromium() as browser:
+            page = watch(browser.new_page(viewport={"width": 1400, "height": 900}), errors)
+            page.goto(system)
+            page.wait_for_function("() => document.querySelector('#expiries tbody tr.sel') && location.search.includes('expiry=')",
+                                   timeout=DEADLINE_S * 1000)
+            # 10 s of the selected surface's exchange time, live all along
+            key = page.evaluate("() => window.volgraph.sel.key")
+            first = page.evaluate("(k) => window.volgraph.surfaces.get(k).ts_exchange_ms", key)
+            page.wait_for_function(
+                "([k, t]) => { if (document.body.classList.contains('greyed')) throw new Error('greyed: ' + document.querySelector('#banner').textContent);"
+                " return window.volgraph.surfaces.get(k).ts_exchange_ms >= t + 10000; }",
+                arg=[key, first], timeout=DEADLINE_S * 1000)
+            assert page.locator("#conn").text_content() == "live"
 
-                tabs = page.eval_on_selector_all("#tabs button", "els => els.map((b) => b.dataset.key)")
-                assert {"deribit:BTC", "okx:BTC", "all:BTC"} <= set(tabs), tabs
-                for tab in tabs:
-                    page.locator(f"#tabs button[data-key='{tab}']").click()
-                    compared = compare_with_gateway(page, ref, tab)
-                    assert compared, f"{tab}: the page's epoch never matched a state the reference client saw"
-                    for chart in ("term", "wings"):
-                        assert compare_chart_with_gateway(page, ref, tab, chart), \
-                            f"{tab} {chart}: the chart's epoch never matched a state the reference client saw"
-                    page.screenshot(path=str(artifacts / f"live-{tab.replace(':', '-')}.png"))
-            finally:
-                browser.close()
+            tabs = page.eval_on_selector_all("#tabs button", "els => els.map((b) => b.dataset.key)")
+            assert {"deribit:BTC", "okx:BTC", "all:BTC"} <= set(tabs), tabs
+            for tab in tabs:
+                page.locator(f"#tabs button[data-key='{tab}']").click()
+                compared = compare_with_gateway(page, ref, tab)
+                assert compared, f"{tab}: the page's epoch never matched a state the reference client saw"
+                for chart in ("term", "wings"):
+                    assert compare_chart_with_gateway(page, ref, tab, chart), \
+                        f"{tab} {chart}: the chart's epoch never matched a state the reference client saw"
+                page.screenshot(path=str(artifacts / f"live-{tab.replace(':', '-')}.png"))
     finally:
         ref.close()
     assert errors == []

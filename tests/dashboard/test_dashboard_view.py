@@ -11,12 +11,9 @@ with a deadline; screenshots go to $VOLGRAPH_TEST_ARTIFACTS (else the test's tmp
 from __future__ import annotations
 
 import math
-import os
 import re
-import shutil
 import threading
 import urllib.request
-from pathlib import Path
 
 import pytest
 from websockets.sync.client import connect as ws_connect
@@ -24,16 +21,12 @@ from websockets.sync.client import connect as ws_connect
 from connectors.gateway import web
 from connectors.gateway.server import Gateway
 from operators.events import CalendarCheck, ExpiryView, SmileFit, SurfacePatch, SurfaceSnapshot, TenorPoint, to_json
+from tests.helpers.browser import chromium, require_chromium, watch
 from tests.helpers.config import gateway_kwargs
 
 pytestmark = pytest.mark.browser
-import playwright.sync_api as playwright  # noqa: E402  (a dev dependency: `make test` installs it)
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-if not shutil.which("chromium"):  # a failure, never a skip: a skipped browser test hides a broken dashboard
-    pytest.fail("Debian's chromium is not installed: apt-get install chromium (.ci/run does)", pytrace=False)
-BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync"]
+require_chromium()
 
 # The exchange clock of these surfaces is two weeks behind the browser's: every age the page
 # shows must come from ts_exchange_ms (a page using its own clock would show "13.x days").
@@ -83,8 +76,9 @@ def patch(epoch, views, ts_ms=T0, venue="deribit", underlying="BTC", **extra) ->
 
 # ---------------------------------------------------------------- fixtures
 
-def start_gateway(port: int = 0) -> Gateway:
-    gw = Gateway(**gateway_kwargs(host="127.0.0.1", port=port, publish_token=TOKEN, stale_after_ms=STALE_MS))
+def start_gateway(port: int = 0, stale_after_ms: int = STALE_MS) -> Gateway:
+    """A real gateway on loopback (port 0: a free one) taking TOKEN's publisher."""
+    gw = Gateway(**gateway_kwargs(host="127.0.0.1", port=port, publish_token=TOKEN, stale_after_ms=stale_after_ms))
     gw.start()
     return gw
 
@@ -122,17 +116,8 @@ def publisher(gateway):
 
 @pytest.fixture(scope="module")
 def browser():
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+    with chromium() as b:
         yield b
-        b.close()
-
-
-@pytest.fixture
-def artifacts(tmp_path) -> Path:
-    path = Path(os.environ.get("VOLGRAPH_TEST_ARTIFACTS") or tmp_path)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 @pytest.fixture
@@ -141,9 +126,7 @@ def page(browser, request, artifacts):
     ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
     pg = ctx.new_page()
     pg.errors = []
-    pg.on("console", lambda m: pg.errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
-    pg.on("pageerror", lambda e: pg.errors.append(f"page error: {e}"))
-    pg.on("response", lambda r: pg.errors.append(f"HTTP {r.status} {r.url}") if r.status >= 400 else None)
+    watch(pg, pg.errors)
     yield pg
     pg.screenshot(path=str(artifacts / f"{request.node.name}.png"))
     ctx.close()

@@ -11,10 +11,10 @@ import msgspec
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-import playwright.sync_api as playwright
 from operators.events import Ladders, SurfacePatch, to_json
-from tests.dashboard.test_dashboard_browser import BROWSER_ARGS, CHROMIUM, DAY, T0, js_fixed, view
+from tests.dashboard.test_dashboard_browser import DAY, T0, js_fixed, view
 from tests.dashboard.test_dashboard_view import traces
+from tests.helpers.browser import chromium, watch
 from tests.helpers.gateway import serve_gateway
 
 pytestmark = pytest.mark.browser
@@ -132,51 +132,45 @@ def test_depth_ladder_equals_the_gateways_merged_state(gateway):
                                       expiries=(with_ladders(view(e1, 0.5512), first, n_quotes=30),
                                                 view(e2, 0.5234)))))
         assert gw.wait_until(lambda g: g.epoch("deribit", "BTC") == 1, timeout=10)
-        with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-            try:
-                page = browser.new_page(viewport={"width": 1400, "height": 1200})
-                page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
-                page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
-                page.goto(http_url)
-                page.wait_for_function("() => Number(document.getElementById('depth-books').dataset.epoch) === 1",
-                                       timeout=15_000)
-                shown = shown_books(page)
-                # no strike picked: the one nearest the forward (100000), calls first
-                assert not shown["hidden"] and shown["expiry"] == e1 and shown["strike"] == 100_000.0
-                same(shown, expected_books(gw.state("deribit", "BTC"), e1, 100_000.0))
-                assert [b["instrument"] for b in shown["books"]] == ["BTC-6NOV26-100000-C", "BTC-6NOV26-100000-P"]
-                assert shown["books"][0]["rows"][0] == ["1", "44.88", "2.5", "0.0512", "0.0512", "1.5", "57.12"]
-                assert shown["books"][0]["rows"][3] == ["size 1", "44.88", "", "0.0512", "0.0516", "", "57.22"]
-                page.evaluate("() => { for (const t of document.getElementById('depth-books').children) t.dataset.mark = 'kept'; }")
-                pub.send(to_json(SurfacePatch("deribit", "BTC", 2, T0 + 1000, T0 + 1000, index_px=99_951.0,
-                                              expiries=(with_ladders(view(e1, 0.5612), second, n_quotes=30),))))
-                assert gw.wait_until(lambda g: g.epoch("deribit", "BTC") == 2, timeout=10)
-                page.wait_for_function("() => Number(document.getElementById('depth-books').dataset.epoch) === 2",
-                                       timeout=15_000)
-                state = gw.state("deribit", "BTC")
-                assert len(next(v for v in state.expiries if v.expiry_ms == e1).ladders.instrument) == 4  # merged
-                shown = shown_books(page)
-                same(shown, expected_books(state, e1, 100_000.0))
-                assert [b["stale"] for b in shown["books"]] == [False, True]
-                assert shown["books"][1]["rows"][0] == ["1", "–", "–", "–", "–", "–", "–"]
-                assert page.evaluate("() => [...document.getElementById('depth-books').children]"
-                                     ".every((t) => t.dataset.mark === 'kept')")  # the same tables, refilled
-                # a click on the strike table's 90000 row picks that strike: the books the patch left alone
-                page.locator("#strikes tbody tr[data-strike='90000']").click()
-                page.wait_for_function("() => Number(document.getElementById('depth-books').dataset.strike) === 90000"
-                                       " && location.search.includes('strike=90000')", timeout=15_000)
-                assert page.locator("#strikes tbody tr.sel").get_attribute("data-strike") == "90000"
-                same(shown_books(page), expected_books(gw.state("deribit", "BTC"), e1, 90_000.0))
-                # the smile's execution-vol band at 10 contracts: one point per strike that has a vol there
-                page.locator("#band button[data-size='10']").click()
-                page.wait_for_function("() => location.search.includes('band=10')"
-                                       " && (document.getElementById('smile').data || []).some((t) => t.meta.kind === 'band'"
-                                       " && t.meta.size === 10)", timeout=15_000)
-                band = {f"band-{t['side']}": len(t["x"]) for t in traces(page, "smile", "band") if t["size"] == 10}
-                assert band == expected_band(gw.state("deribit", "BTC"), e1, 10.0) == {"band-bid": 0, "band-ask": 2}
-                ask = next(t for t in traces(page, "smile", "band") if t["side"] == "ask")
-                assert all("buying 10 contracts: execution vol" in text for text in ask["text"])
-            finally:
-                browser.close()
+        with chromium() as browser:
+            page = watch(browser.new_page(viewport={"width": 1400, "height": 1200}), errors, http=False)
+            page.goto(http_url)
+            page.wait_for_function("() => Number(document.getElementById('depth-books').dataset.epoch) === 1",
+                                   timeout=15_000)
+            shown = shown_books(page)
+            # no strike picked: the one nearest the forward (100000), calls first
+            assert not shown["hidden"] and shown["expiry"] == e1 and shown["strike"] == 100_000.0
+            same(shown, expected_books(gw.state("deribit", "BTC"), e1, 100_000.0))
+            assert [b["instrument"] for b in shown["books"]] == ["BTC-6NOV26-100000-C", "BTC-6NOV26-100000-P"]
+            assert shown["books"][0]["rows"][0] == ["1", "44.88", "2.5", "0.0512", "0.0512", "1.5", "57.12"]
+            assert shown["books"][0]["rows"][3] == ["size 1", "44.88", "", "0.0512", "0.0516", "", "57.22"]
+            page.evaluate("() => { for (const t of document.getElementById('depth-books').children) t.dataset.mark = 'kept'; }")
+            pub.send(to_json(SurfacePatch("deribit", "BTC", 2, T0 + 1000, T0 + 1000, index_px=99_951.0,
+                                          expiries=(with_ladders(view(e1, 0.5612), second, n_quotes=30),))))
+            assert gw.wait_until(lambda g: g.epoch("deribit", "BTC") == 2, timeout=10)
+            page.wait_for_function("() => Number(document.getElementById('depth-books').dataset.epoch) === 2",
+                                   timeout=15_000)
+            state = gw.state("deribit", "BTC")
+            assert len(next(v for v in state.expiries if v.expiry_ms == e1).ladders.instrument) == 4  # merged
+            shown = shown_books(page)
+            same(shown, expected_books(state, e1, 100_000.0))
+            assert [b["stale"] for b in shown["books"]] == [False, True]
+            assert shown["books"][1]["rows"][0] == ["1", "–", "–", "–", "–", "–", "–"]
+            assert page.evaluate("() => [...document.getElementById('depth-books').children]"
+                                 ".every((t) => t.dataset.mark === 'kept')")  # the same tables, refilled
+            # a click on the strike table's 90000 row picks that strike: the books the patch left alone
+            page.locator("#strikes tbody tr[data-strike='90000']").click()
+            page.wait_for_function("() => Number(document.getElementById('depth-books').dataset.strike) === 90000"
+                                   " && location.search.includes('strike=90000')", timeout=15_000)
+            assert page.locator("#strikes tbody tr.sel").get_attribute("data-strike") == "90000"
+            same(shown_books(page), expected_books(gw.state("deribit", "BTC"), e1, 90_000.0))
+            # the smile's execution-vol band at 10 contracts: one point per strike that has a vol there
+            page.locator("#band button[data-size='10']").click()
+            page.wait_for_function("() => location.search.includes('band=10')"
+                                   " && (document.getElementById('smile').data || []).some((t) => t.meta.kind === 'band'"
+                                   " && t.meta.size === 10)", timeout=15_000)
+            band = {f"band-{t['side']}": len(t["x"]) for t in traces(page, "smile", "band") if t["size"] == 10}
+            assert band == expected_band(gw.state("deribit", "BTC"), e1, 10.0) == {"band-bid": 0, "band-ask": 2}
+            ask = next(t for t in traces(page, "smile", "band") if t["side"] == "ask")
+            assert all("buying 10 contracts: execution vol" in text for text in ask["text"])
     assert errors == []

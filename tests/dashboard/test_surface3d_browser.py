@@ -14,34 +14,26 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
-import shutil
 import struct
 import threading
 import urllib.error
 import urllib.request
 import zlib
-from pathlib import Path
 
 import pytest
 
 from connectors.gateway import web
 from operators.events import CalendarCheck
 from connectors.gateway.server import Gateway
-from tests.dashboard.test_dashboard_view import (TOKEN, DAY, T0, Publisher, drawn, one, patch, snapshot, table, traces,
-                                                  view)
-from tests.helpers.config import gateway_kwargs
+from tests.dashboard.test_dashboard_view import DAY, T0, Publisher, drawn, one, patch, snapshot, table, traces, view
+from tests.dashboard.test_dashboard_view import start_gateway as view_gateway
+from tests.helpers.browser import COMMON_ARGS, chromium, require_chromium, watch
 
 pytestmark = pytest.mark.browser
-import playwright.sync_api as playwright  # noqa: E402  (a dev dependency: `make test` installs it)
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-if not shutil.which("chromium"):  # a failure, never a skip: a skipped browser test hides a broken dashboard
-    pytest.fail("Debian's chromium is not installed: apt-get install chromium (.ci/run does)", pytrace=False)
+require_chromium()
 
-COMMON_ARGS = ["--no-sandbox", "--disable-quic", "--disable-background-networking", "--disable-component-update",
-               "--disable-sync"]
 # WebGL with no GPU: ANGLE over SwiftShader (Chromium's CPU Vulkan), allowed explicitly
 # (--enable-unsafe-swiftshader: newer Chromiums refuse the software fallback otherwise).
 WEBGL_ARGS = [*COMMON_ARGS, "--use-gl=angle", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
@@ -112,19 +104,10 @@ def png_rgb(data: bytes) -> tuple[int, int, list[tuple[int, int, int]]]:
 
 # ---------------------------------------------------------------- fixtures
 
-@pytest.fixture
-def artifacts(tmp_path) -> Path:
-    path = Path(os.environ.get("VOLGRAPH_TEST_ARTIFACTS") or tmp_path)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def start_gateway() -> Gateway:
-    """A real gateway on loopback. Its stale limit is long: the page would grey (grayscale)
-    stale data, and the pixel check looks for the surface's colours."""
-    gw = Gateway(**gateway_kwargs(host="127.0.0.1", port=0, publish_token=TOKEN, stale_after_ms=STALE_MS))
-    gw.start()
-    return gw
+    """The view tests' gateway with a long stale limit: the page would grey (grayscale) stale
+    data, and the pixel check looks for the surface's colours."""
+    return view_gateway(stale_after_ms=STALE_MS)
 
 
 @pytest.fixture
@@ -146,9 +129,7 @@ def open_page(browser, url: str):
     requests are listed (page.requested)."""
     page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
     page.errors, page.requested = [], []
-    page.on("console", lambda m: page.errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
-    page.on("pageerror", lambda e: page.errors.append(f"page error: {e}"))
-    page.on("response", lambda r: page.errors.append(f"HTTP {r.status} {r.url}") if r.status >= 400 else None)
+    watch(page, page.errors)
     page.on("request", lambda r: page.requested.append(r.url))
     page.goto(url)
     return page
@@ -217,117 +198,109 @@ def test_3d_surface_draws_the_svi_fits_with_webgl(gateway, publisher, artifacts)
     views = [view(E_7D, T0, vol=0.55), view(E_30D, T0, vol=0.53, calendar_ok=False),
              view(E_90D, T0, vol=0.56, butterfly_ok=False, min_g=-0.01), view(E_180D, T0, vol=0.58)]
     publisher.send(snapshot(views, calendar=(CalendarCheck(E_7D, E_30D, False, -0.002),)))
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=WEBGL_ARGS)
+    with chromium(WEBGL_ARGS) as browser:
+        page = open_page(browser, gateway.http_url)
+        wait(page, "() => { const d = document.querySelector('#surface3d-panel').dataset;"
+                   " return d.state === 'drawn' && d.key === 'deribit:BTC' && d.epoch === '1'; }")
+        # WebGL is real: a context with a renderer string, the software one on a machine without a GPU
+        info = panel(page)
+        renderer = info["renderer"]
+        print(f"WebGL: {info['webgl']} renderer: {renderer!r} chromium flags: {WEBGL_ARGS}")
+        (artifacts / "surface3d-webgl-renderer.txt").write_text(f"{info['webgl']}\n{renderer}\n{' '.join(WEBGL_ARGS)}\n")
+        assert info["webgl"] in ("webgl2", "webgl") and renderer.strip(), info
+        assert SOFTWARE_RENDERERS.search(renderer), f"unexpected WebGL renderer {renderer!r}"
+        assert page.locator("#surface3d-note").is_hidden()
+        assert "WebGL is not supported" not in page.locator(PANEL).inner_text()
+
+        # the drawn grid is the gateway's SVI fits; the flagged expiries (calendar pair, butterfly) are marked
+        check_against_gateway(page, gateway)
+        flag = plotted(page)["flag"]
+        assert flag["type"] == "scatter3d"
+        days = {round(x) for x in flag["x"] if x is not None}
+        assert days == {7, 30, 90}, days
+
+        # the WebGL canvas has real pixels: the surface's colour scale in the middle of the scene
+        canvas = page.locator("#surface3d canvas").first
+        page.wait_for_function("() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(() => r(true))))")
+        assert not page.evaluate("document.body.classList.contains('greyed')")
+        box = canvas.bounding_box()
+        assert box["width"] > 300 and box["height"] > 200, box
+        middle = {"x": box["x"] + box["width"] / 4, "y": box["y"] + box["height"] / 4,
+                  "width": box["width"] / 2, "height": box["height"] / 2}
+        shot = page.screenshot(clip=middle)
+        (artifacts / "surface3d-middle.png").write_bytes(shot)
+        width, height, pixels = png_rgb(shot)
+        colours = set(pixels)
+        coloured = sum(1 for px in pixels if max(px) - min(px) > 60)  # the theme's greys are not
+        assert len(colours) > 50, f"the 3D canvas is nearly blank: {len(colours)} colours"
+        assert coloured > 0.03 * width * height, f"no surface drawn: {coloured} coloured pixels of {width * height}"
+        page.screenshot(path=str(artifacts / "surface3d.png"))
+
+        # a patch: the same graph div and canvas, updated in place (Plotly.react), to the new fit
+        nodes = "() => [document.getElementById('surface3d'), document.querySelector('#surface3d canvas')]"
+        page.evaluate(f"() => {{ const [gd, c] = ({nodes})(); gd.dataset.tag = 'kept'; c.dataset.tag = 'kept'; }}")
+        publisher.send(patch(2, [view(E_30D, T0, vol=0.61, calendar_ok=False)]))
+        wait(page, "() => document.querySelector('#surface3d-panel').dataset.epoch === '2'")
+        check_against_gateway(page, gateway)
+        assert page.evaluate(f"() => ({nodes})().every((n) => n && n.isConnected && n.dataset.tag === 'kept')")
+        assert page.locator("#surface3d canvas").count() == 1
+
+        # patches streaming: Plotly.react at most twice a second, on the same nodes
+        before = int(panel(page)["revision"])
+        done = threading.Event()
+
+        def stream():
+            epoch = 3
+            while not done.is_set():
+                publisher.send(patch(epoch, [view(E_30D, T0, vol=0.6 + (epoch % 20) / 1000, calendar_ok=False)]))
+                epoch += 1
+
+        thread = threading.Thread(target=stream, daemon=True)
+        thread.start()
         try:
-            page = open_page(browser, gateway.http_url)
-            wait(page, "() => { const d = document.querySelector('#surface3d-panel').dataset;"
-                       " return d.state === 'drawn' && d.key === 'deribit:BTC' && d.epoch === '1'; }")
-            # WebGL is real: a context with a renderer string, the software one on a machine without a GPU
-            info = panel(page)
-            renderer = info["renderer"]
-            print(f"WebGL: {info['webgl']} renderer: {renderer!r} chromium flags: {WEBGL_ARGS}")
-            (artifacts / "surface3d-webgl-renderer.txt").write_text(f"{info['webgl']}\n{renderer}\n{' '.join(WEBGL_ARGS)}\n")
-            assert info["webgl"] in ("webgl2", "webgl") and renderer.strip(), info
-            assert SOFTWARE_RENDERERS.search(renderer), f"unexpected WebGL renderer {renderer!r}"
-            assert page.locator("#surface3d-note").is_hidden()
-            assert "WebGL is not supported" not in page.locator(PANEL).inner_text()
-
-            # the drawn grid is the gateway's SVI fits; the flagged expiries (calendar pair, butterfly) are marked
-            check_against_gateway(page, gateway)
-            flag = plotted(page)["flag"]
-            assert flag["type"] == "scatter3d"
-            days = {round(x) for x in flag["x"] if x is not None}
-            assert days == {7, 30, 90}, days
-
-            # the WebGL canvas has real pixels: the surface's colour scale in the middle of the scene
-            canvas = page.locator("#surface3d canvas").first
-            page.wait_for_function("() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(() => r(true))))")
-            assert not page.evaluate("document.body.classList.contains('greyed')")
-            box = canvas.bounding_box()
-            assert box["width"] > 300 and box["height"] > 200, box
-            middle = {"x": box["x"] + box["width"] / 4, "y": box["y"] + box["height"] / 4,
-                      "width": box["width"] / 2, "height": box["height"] / 2}
-            shot = page.screenshot(clip=middle)
-            (artifacts / "surface3d-middle.png").write_bytes(shot)
-            width, height, pixels = png_rgb(shot)
-            colours = set(pixels)
-            coloured = sum(1 for px in pixels if max(px) - min(px) > 60)  # the theme's greys are not
-            assert len(colours) > 50, f"the 3D canvas is nearly blank: {len(colours)} colours"
-            assert coloured > 0.03 * width * height, f"no surface drawn: {coloured} coloured pixels of {width * height}"
-            page.screenshot(path=str(artifacts / "surface3d.png"))
-
-            # a patch: the same graph div and canvas, updated in place (Plotly.react), to the new fit
-            nodes = "() => [document.getElementById('surface3d'), document.querySelector('#surface3d canvas')]"
-            page.evaluate(f"() => {{ const [gd, c] = ({nodes})(); gd.dataset.tag = 'kept'; c.dataset.tag = 'kept'; }}")
-            publisher.send(patch(2, [view(E_30D, T0, vol=0.61, calendar_ok=False)]))
-            wait(page, "() => document.querySelector('#surface3d-panel').dataset.epoch === '2'")
-            check_against_gateway(page, gateway)
-            assert page.evaluate(f"() => ({nodes})().every((n) => n && n.isConnected && n.dataset.tag === 'kept')")
-            assert page.locator("#surface3d canvas").count() == 1
-
-            # patches streaming: Plotly.react at most twice a second, on the same nodes
-            before = int(panel(page)["revision"])
-            done = threading.Event()
-
-            def stream():
-                epoch = 3
-                while not done.is_set():
-                    publisher.send(patch(epoch, [view(E_30D, T0, vol=0.6 + (epoch % 20) / 1000, calendar_ok=False)]))
-                    epoch += 1
-
-            thread = threading.Thread(target=stream, daemon=True)
-            thread.start()
-            try:
-                wait(page, "(n) => Number(document.querySelector('#surface3d-panel').dataset.revision) >= n", before + 3)
-            finally:
-                done.set()
-                thread.join(10)
-            started = page.evaluate("() => volgraph.surface3d.drawnMs")
-            gaps = [b - a for a, b in zip(started, started[1:])]
-            assert len(gaps) >= 3 and min(gaps) >= 499, gaps  # SURFACE_MIN_MS = 500 (timer resolution aside)
-            assert page.evaluate(f"() => ({nodes})().every((n) => n && n.isConnected && n.dataset.tag === 'kept')")
-            wait(page, "(e) => document.querySelector('#surface3d-panel').dataset.epoch === String(e)", gateway.state("deribit", "BTC").epoch)
-            check_against_gateway(page, gateway)
-
-            # the smile's delta axis: y becomes 1 − call delta from each fit, z unchanged
-            page.locator("#axis button[data-axis=delta]").click()
-            wait(page, "() => document.querySelector('#surface3d-panel').dataset.axis === 'delta'")
-            # one WebGL context on the page: the 2D charts are SVG (Plotly's scatter, no scattergl)
-            assert page.evaluate("() => document.querySelectorAll('canvas').length === document.querySelectorAll('#surface3d canvas').length")
-            assert page.evaluate("() => ['term', 'wings', 'smile'].every((id) => document.getElementById(id).data.every((t) => t.type === 'scatter'))")
-            check_against_gateway(page, gateway, axis="delta")
-            page.screenshot(path=str(artifacts / "surface3d-delta.png"))
-            assert page.errors == []
+            wait(page, "(n) => Number(document.querySelector('#surface3d-panel').dataset.revision) >= n", before + 3)
         finally:
-            browser.close()
+            done.set()
+            thread.join(10)
+        started = page.evaluate("() => volgraph.surface3d.drawnMs")
+        gaps = [b - a for a, b in zip(started, started[1:])]
+        assert len(gaps) >= 3 and min(gaps) >= 499, gaps  # SURFACE_MIN_MS = 500 (timer resolution aside)
+        assert page.evaluate(f"() => ({nodes})().every((n) => n && n.isConnected && n.dataset.tag === 'kept')")
+        wait(page, "(e) => document.querySelector('#surface3d-panel').dataset.epoch === String(e)", gateway.state("deribit", "BTC").epoch)
+        check_against_gateway(page, gateway)
+
+        # the smile's delta axis: y becomes 1 − call delta from each fit, z unchanged
+        page.locator("#axis button[data-axis=delta]").click()
+        wait(page, "() => document.querySelector('#surface3d-panel').dataset.axis === 'delta'")
+        # one WebGL context on the page: the 2D charts are SVG (Plotly's scatter, no scattergl)
+        assert page.evaluate("() => document.querySelectorAll('canvas').length === document.querySelectorAll('#surface3d canvas').length")
+        assert page.evaluate("() => ['term', 'wings', 'smile'].every((id) => document.getElementById(id).data.every((t) => t.type === 'scatter'))")
+        check_against_gateway(page, gateway, axis="delta")
+        page.screenshot(path=str(artifacts / "surface3d-delta.png"))
+        assert page.errors == []
 
 
 def test_without_webgl_the_panel_says_why_and_the_2d_charts_draw(gateway, publisher, artifacts):
     publisher.send(snapshot([view(E_7D, T0), view(E_30D, T0)]))
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=NO_WEBGL_ARGS)
-        try:
-            page = open_page(browser, gateway.http_url)
-            wait(page, "() => document.querySelector('#surface3d-panel').dataset.state === 'no-webgl'"
-                       " && document.querySelectorAll('#expiries tbody tr').length === 2")
-            assert panel(page)["webgl"] == "none"
-            note = page.locator("#surface3d-note")
-            assert note.is_visible() and note.inner_text().startswith("3D needs WebGL: "), note.inner_text()
-            # Plotly.js is loaded for the 2D charts (SVG: no WebGL needed), from the gateway only
-            assert [u for u in page.requested if "plotly" in u] == [gateway.http_url + json.loads(
-                urllib.request.urlopen(f"{gateway.http_url}/dashboard.json", timeout=10).read())["plotly_js"]]
-            assert table(page)["atm_vol (vol pts)"] == ["55.00", "55.00"]  # the 2D page works as before
-            drawn(page, "smile", key="deribit:BTC")
-            assert len(traces(page, "smile", "svi")) == 1 and len(one(page, "smile", "bid")["x"]) == 9
-            drawn(page, "term", key="deribit:BTC")
-            assert one(page, "term", "expiry")["y"] == pytest.approx([55.0, 55.0])
-            assert page.evaluate("() => document.getElementById('surface3d').data === undefined")  # no 3D drawn
-            assert "WebGL is not supported" not in page.locator(PANEL).inner_text()
-            page.screenshot(path=str(artifacts / "surface3d-no-webgl.png"))
-            assert page.errors == []
-        finally:
-            browser.close()
+    with chromium(NO_WEBGL_ARGS) as browser:
+        page = open_page(browser, gateway.http_url)
+        wait(page, "() => document.querySelector('#surface3d-panel').dataset.state === 'no-webgl'"
+                   " && document.querySelectorAll('#expiries tbody tr').length === 2")
+        assert panel(page)["webgl"] == "none"
+        note = page.locator("#surface3d-note")
+        assert note.is_visible() and note.inner_text().startswith("3D needs WebGL: "), note.inner_text()
+        # Plotly.js is loaded for the 2D charts (SVG: no WebGL needed), from the gateway only
+        assert [u for u in page.requested if "plotly" in u] == [gateway.http_url + json.loads(
+            urllib.request.urlopen(f"{gateway.http_url}/dashboard.json", timeout=10).read())["plotly_js"]]
+        assert table(page)["atm_vol (vol pts)"] == ["55.00", "55.00"]  # the 2D page works as before
+        drawn(page, "smile", key="deribit:BTC")
+        assert len(traces(page, "smile", "svi")) == 1 and len(one(page, "smile", "bid")["x"]) == 9
+        drawn(page, "term", key="deribit:BTC")
+        assert one(page, "term", "expiry")["y"] == pytest.approx([55.0, 55.0])
+        assert page.evaluate("() => document.getElementById('surface3d').data === undefined")  # no 3D drawn
+        assert "WebGL is not supported" not in page.locator(PANEL).inner_text()
+        page.screenshot(path=str(artifacts / "surface3d-no-webgl.png"))
+        assert page.errors == []
 
 
 def test_without_plotly_js_the_gateway_logs_the_fix_and_the_page_still_works(monkeypatch, caplog, artifacts):
@@ -345,24 +318,20 @@ def test_without_plotly_js_the_gateway_logs_the_fix_and_the_page_still_works(mon
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(f"{gw.http_url}/static/plotly.min.js", timeout=10)
         assert refused.value.code == 404 and b"pip install" in refused.value.read()
-        with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=WEBGL_ARGS)
-            try:
-                page = open_page(browser, gw.http_url)
-                wait(page, "() => document.querySelector('#surface3d-panel').dataset.state === 'no-plotly'"
-                           " && document.querySelectorAll('#expiries tbody tr').length === 2")
-                assert "pip install plotly" in page.locator("#surface3d-note").inner_text()
-                assert not any("plotly" in u for u in page.requested), page.requested
-                # every 2D chart panel says why it is empty; the tables work
-                for chart in ("term", "wings", "smile"):
-                    note = page.locator(f"#{chart}-note")
-                    assert note.is_visible() and note.get_attribute("data-reason") == "plotly-missing"
-                    assert "the gateway has no Plotly.js (pip install plotly" in note.inner_text()
-                assert table(page)["atm_vol (vol pts)"] == ["55.00", "55.00"]
-                page.screenshot(path=str(artifacts / "surface3d-no-plotly.png"))
-                assert page.errors == []
-            finally:
-                browser.close()
+        with chromium(WEBGL_ARGS) as browser:
+            page = open_page(browser, gw.http_url)
+            wait(page, "() => document.querySelector('#surface3d-panel').dataset.state === 'no-plotly'"
+                       " && document.querySelectorAll('#expiries tbody tr').length === 2")
+            assert "pip install plotly" in page.locator("#surface3d-note").inner_text()
+            assert not any("plotly" in u for u in page.requested), page.requested
+            # every 2D chart panel says why it is empty; the tables work
+            for chart in ("term", "wings", "smile"):
+                note = page.locator(f"#{chart}-note")
+                assert note.is_visible() and note.get_attribute("data-reason") == "plotly-missing"
+                assert "the gateway has no Plotly.js (pip install plotly" in note.inner_text()
+            assert table(page)["atm_vol (vol pts)"] == ["55.00", "55.00"]
+            page.screenshot(path=str(artifacts / "surface3d-no-plotly.png"))
+            assert page.errors == []
     finally:
         pub.close()
         gw.stop()

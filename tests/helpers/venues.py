@@ -1,7 +1,8 @@
 """Shared helpers of the venue connector tests (tests/test_{deribit,okx}_{client,parse}.py):
 reading a client's events until a condition holds, grouping and chain-checking book events,
-and the hand-written real-shape frames with one field changed. Test support only: no fixtures
-with side effects, no sleeps."""
+and the hand-written real-shape frames with one field changed; json_paths (every path into a
+decoded JSON value) serves the gateway's frame fuzzing too. Test support only: no fixtures with
+side effects, no sleeps."""
 
 from __future__ import annotations
 
@@ -147,15 +148,17 @@ def frame_with(frames: dict, name: str, path: tuple, value) -> bytes:
     return json.dumps(frame).encode()  # stdlib json: fuzzed values include ints beyond 64 bits
 
 
-def json_paths(node, prefix=()):
-    """Every path (tuple of keys and indices) into a decoded JSON value, the root () first."""
-    yield prefix
+def json_paths(node, prefix=(), *, leaves_only: bool = False):
+    """Every path (tuple of keys and indices) into a decoded JSON value, the root () first;
+    leaves_only: only the paths to values that are neither objects nor arrays."""
+    if not (leaves_only and isinstance(node, (dict, list))):
+        yield prefix
     if isinstance(node, dict):
         for k, v in node.items():
-            yield from json_paths(v, prefix + (k,))
+            yield from json_paths(v, prefix + (k,), leaves_only=leaves_only)
     elif isinstance(node, list):
         for i, v in enumerate(node):
-            yield from json_paths(v, prefix + (i,))
+            yield from json_paths(v, prefix + (i,), leaves_only=leaves_only)
 
 
 def monday_noon_ms() -> int:

@@ -22,6 +22,7 @@ from connectors.gateway.protocol import Refused
 from connectors.gateway.surfaces import validate_frame
 from operators.events import ExpiryView, Ladders, SmileFit, SurfacePatch, to_json
 from tests.helpers.patches import ladders
+from tests.helpers.venues import json_paths
 
 ROOT = Path(__file__).resolve().parents[3]
 LIMIT = tomllib.loads((ROOT / "graph.toml").read_text())["sinks"]["gateway"]["publish_max_message_bytes"]
@@ -75,22 +76,11 @@ def test_malformed_ladders_are_refused_naming_the_field():
         assert exc.value.reason == "bad_value"
 
 
-def _paths(node, path=()):
-    if isinstance(node, dict):
-        for k, v in node.items():
-            yield from _paths(v, path + (k,))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            yield from _paths(v, path + (i,))
-    else:
-        yield path
-
-
 @settings(max_examples=200, deadline=None)
 @given(data=st.data())
 def test_any_ladder_leaf_replaced_by_anything_is_refused_or_sound(data):
     frame = orjson.loads(to_json(patch_with(data.draw(ladders(3)))))
-    paths = [p for p in _paths(frame["expiries"][0]["ladders"])]
+    paths = list(json_paths(frame["expiries"][0]["ladders"], leaves_only=True))
     path = data.draw(st.sampled_from(paths))
     node = frame["expiries"][0]["ladders"]
     for step in path[:-1]:

@@ -35,6 +35,7 @@ from connectors.gateway.surfaces import validate_frame, with_seq
 from connectors.gateway.watch import StreamClient
 from operators.events import SurfacePatch, SurfaceSnapshot, to_json
 from tests.connectors.gateway.test_gateway import Watcher, publisher  # noqa: F401 (fixture)
+from tests.helpers.venues import json_paths
 
 SCHEMA_FILE = Path(__file__).resolve().parents[3] / "docs" / "gateway-protocol.schema.json"
 
@@ -203,17 +204,6 @@ NUMBERS = (st.integers(-2**70, 2**70) | st.floats(allow_nan=False) | st.just("1e
            | st.text(max_size=5) | st.none() | st.booleans())
 
 
-def _paths(node, path=()):
-    if isinstance(node, dict):
-        for k, v in node.items():
-            yield from _paths(v, path + (k,))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            yield from _paths(v, path + (i,))
-    else:
-        yield path
-
-
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=400) | st.text(max_size=400), st.integers(64, 1 << 20))
 def test_published_frames_of_arbitrary_bytes_are_refused_with_refused_only(message, limit):
@@ -231,7 +221,7 @@ def test_published_frames_with_any_value_anywhere_are_refused_or_sound(data, see
     import math
 
     frame = orjson.loads(to_json(surface_factory(seed=seed).patch(5, changed=[0, 1], removed=[2])))
-    paths = [p for p in _paths(frame) if p and p[0] != "type"]
+    paths = [p for p in json_paths(frame, leaves_only=True) if p and p[0] != "type"]
     path = data.draw(st.sampled_from(paths))
     value = data.draw(NUMBERS)
     node = frame

@@ -19,6 +19,7 @@ from operators.kernels.black import black_price
 from operators.state.book import OrderBook
 from operators.state.chain import MS_PER_YEAR, ChainLogic, ChainState, FitBudget
 from tests.helpers.chain import Clock, chain_kwargs
+from tests.operators.kernels.test_levels import walk_reference
 
 BP = 1e-4
 _SETTINGS = []
@@ -29,17 +30,6 @@ def settings_with(**over) -> dict:
     if not _SETTINGS:
         _SETTINGS.append(chain_kwargs())
     return {**_SETTINGS[0], **over}
-
-
-def walk(side, size):
-    left, cost = size, 0.0
-    for px, q in side:
-        take = min(q, left)
-        cost += px * take
-        left -= take
-        if left <= 0:
-            return min(max(cost / size, min(side[0][0], px)), max(side[0][0], px))
-    return math.nan
 
 
 def by_book(ladders):
@@ -69,7 +59,7 @@ def reference_vols(chain: ChainLogic, t: float) -> np.ndarray:
         inst = b.instrument
         for j, side in enumerate((sorted(b.bids.items(), reverse=True), sorted(b.asks.items()))):
             prices = [px for px, _ in side[:depth]] + [math.nan] * max(0, depth - len(side))
-            prices += [walk(side, q) for q in sizes]
+            prices += [walk_reference(side, q) for q in sizes]
             out[j, row] = iv.implied_vol_coin(np.array(prices), s.forward, inst.strike, t, inst.option_type == "C")
     return out
 
