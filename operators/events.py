@@ -206,7 +206,7 @@ class ChainUpdate(Message):
 
 
 class SmileFit(Event):
-    """An SVI fit of one expiry: raw params, quality and arbitrage diagnostics."""
+    """An SVI fit of one expiry: raw params (plus any spline), quality and arbitrage diagnostics."""
 
     venue: str
     underlying: str
@@ -231,6 +231,12 @@ class SmileFit(Event):
     forward_method: str = ""  # how the forward was found: "future" | "parity" | "underlying" | "index"
     repaired: bool = False  # the unconstrained fit had butterfly arbitrage and was replaced
     calendar_repaired: bool = False  # refitted by the surface step between its neighbours (a crossing)
+    # the smooth local correction on [spline_lo_k, spline_hi_k] (k = ln(K/F)) a slice under 98.5 % in
+    # band may carry: w(k) = raw SVI(a, b, rho, m, sigma) + Σ spline_w[j]·B_j(k), uniform cubic
+    # B-splines zero at and beyond both ends (operators/kernels/bspline.py); () = raw SVI alone
+    spline_lo_k: float = 0.0
+    spline_hi_k: float = 0.0
+    spline_w: tuple[float, ...] = ()
     v: int = SCHEMA_VERSION
 
 

@@ -31,7 +31,8 @@ import numpy as np
 from numba import njit
 from scipy.special import ndtri
 
-from operators.kernels.svi import SviParams, as_params
+from operators.kernels import bspline
+from operators.kernels.svi import SviParams, as_params, total_variance
 
 
 @njit(cache=True)
@@ -39,7 +40,11 @@ def _w_blend(coef, P, k):
     w = 0.0
     for i in range(coef.size):
         x = k - P[i, 3]
-        w += coef[i] * (P[i, 0] + P[i, 1] * (P[i, 2] * x + math.sqrt(x * x + P[i, 4] * P[i, 4])))
+        wi = P[i, 0] + P[i, 1] * (P[i, 2] * x + math.sqrt(x * x + P[i, 4] * P[i, 4]))
+        n = int(P[i, 7])
+        if n > 0:
+            wi += bspline.value_at(P[i, 5], P[i, 6], P[i, 8:], n, k)
+        w += coef[i] * wi
     return w
 
 
@@ -106,20 +111,27 @@ def _k_for_d1(coef, P, targets):
 
 @dataclass(frozen=True, slots=True)
 class BlendSmile:
-    """w(k) = Σ weightᵢ · w_SVI(paramsᵢ, k): one SVI slice, or a fixed-tenor blend of two."""
+    """w(k) = Σ weightᵢ · w(paramsᵢ, k): one slice (raw SVI and its spline, if any), or a
+    fixed-tenor blend of two."""
 
     weights: tuple[float, ...]
     params: tuple[SviParams, ...]
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        return (np.asarray(self.weights, float),
-                np.asarray([tuple(as_params(p)) for p in self.params], float).reshape(-1, 5))
+        """(weights, P): P's row i is slice i's a, b, ρ, m, σ, spline_lo_k, spline_hi_k, the
+        number of spline coefficients n, then the n coefficients (zero-padded to the widest)."""
+        ps = [as_params(p) for p in self.params]
+        P = np.zeros((len(ps), 8 + max((len(p.spline_w) for p in ps), default=0)))
+        for i, p in enumerate(ps):
+            P[i, :5] = p[:5]
+            P[i, 5], P[i, 6] = p.spline_lo_k, p.spline_hi_k
+            P[i, 7] = len(p.spline_w)
+            P[i, 8:8 + len(p.spline_w)] = p.spline_w
+        return np.asarray(self.weights, float), P
 
     def total_variance(self, k) -> np.ndarray:
-        coef, P = self.arrays()
         k = np.asarray(k, float)
-        x = k[..., None] - P[:, 3]
-        return (coef * (P[:, 0] + P[:, 1] * (P[:, 2] * x + np.sqrt(x * x + P[:, 4] ** 2)))).sum(-1)
+        return sum(c * total_variance(p, k) for c, p in zip(self.weights, self.params))
 
 
 def _smile(params: Any) -> BlendSmile:
@@ -206,7 +218,9 @@ def butterfly(params: Any, t_years: float, delta: float = 0.25) -> float:
 
 
 def svi_jw(params: Any, t_years: float) -> dict[str, float]:
-    """Gatheral's SVI jump-wings view of raw SVI params at maturity t (variances per year):
+    """Gatheral's SVI jump-wings view of raw SVI params at maturity t (variances per year); of a
+    slice with a spline, its raw-SVI part (the spline never reaches the wings, but moves w(0):
+    jw_v is then not atm_vol²):
 
     v  = w(0)/t                                    ATM variance
     ψ  = (1/√w₀)·(b/2)·(ρ − m/√(m² + σ²))          ATM skew: ∂√w/∂k at k = 0 (= √t·∂σ/∂k)
@@ -216,7 +230,7 @@ def svi_jw(params: Any, t_years: float) -> dict[str, float]:
     with w₀ = v·t. NaN (except ṽ) when w₀ ≤ 0.
     """
     t = _check_t(t_years)
-    a, b, rho, m, sigma = as_params(params)
+    a, b, rho, m, sigma = as_params(params)[:5]
     w0 = a + b * (-rho * m + math.sqrt(m * m + sigma * sigma))
     vt = (a + b * sigma * math.sqrt(max(0.0, 1.0 - rho * rho))) / t
     if not w0 > 0:

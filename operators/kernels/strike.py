@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import ndtr
 
+from operators.kernels import bspline
 from operators.kernels.svi import as_params
 
 _INV_SQRT_2PI = 1.0 / np.sqrt(2.0 * np.pi)
@@ -54,10 +55,15 @@ class StrikeData:
 
 
 def _w_and_slope(params, k):
-    a, b, rho, m, sigma = as_params(params)
+    p = as_params(params)
+    a, b, rho, m, sigma = p[:5]
     x = np.asarray(k, float) - m
     r = np.sqrt(x * x + sigma * sigma)
-    return a + b * (rho * x + r), b * (rho + x / r)
+    w, dw = a + b * (rho * x + r), b * (rho + x / r)
+    if p.spline_w:  # the slice's spline (svi.SviParams): zero beyond its support
+        w = w + bspline.value(p.spline_lo_k, p.spline_hi_k, p.spline_w, k)
+        dw = dw + bspline.value(p.spline_lo_k, p.spline_hi_k, p.spline_w, k, 1)
+    return w, dw
 
 
 def fitted_vol(params, strike: StrikeData, t_years: float):

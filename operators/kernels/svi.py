@@ -36,7 +36,9 @@ quadratic, solved by an active-set Newton loop in _inner; optional floor / ceili
 add one-sided calendar bounds on a k-grid (used by operators/kernels/surface.py). Where a slice
 keeps under 98.5 % of its quotes in band, fit_svi_band also tries a few variant losses and keeps
 the one with the most quotes in band, under a guard on the largest excursion (the "share
-rescue", said and measured beside RESCUE_BELOW).
+rescue", said and measured beside RESCUE_BELOW); a slice still under it gets a smooth local
+correction on its quoted range, raw SVI + a cubic B-spline (SplineSvi, the "spline rescue",
+said and measured beside SPLINE_BELOW), still butterfly- and calendar-checked as above.
 
 Why one module of ~1400 lines: the numba kernels (inner solve, g-minimum search, objective,
 Nelder–Mead, repair) call one another as compiled functions and share private constants
@@ -50,10 +52,13 @@ import functools
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Union
 
 import numpy as np
 from numba import njit
+from scipy.optimize import minimize
+
+from operators.kernels import bspline
 
 # ------------------------------------------------------------------------- parameters
 
@@ -63,7 +68,8 @@ from numba import njit
 METHOD_VERSION = "svi/raw-quasi-explicit/3"  # 3: fit_svi_band's share rescue (issue #17)
 
 class SviParams(NamedTuple):
-    """Raw SVI parameters (total variance, not variance): w(k) = a + b(ρ(k−m) + √((k−m)²+σ²))."""
+    """Raw SVI parameters (total variance, not variance): w(k) = a + b(ρ(k−m) + √((k−m)²+σ²)).
+    A fit that carries a spline is a SplineSvi instead; spline_* here say "none"."""
 
     a: float
     b: float
@@ -71,44 +77,105 @@ class SviParams(NamedTuple):
     m: float
     sigma: float
 
+    spline_lo_k = 0.0  # class attributes, not fields (no annotation): a raw-SVI smile has no spline
+    spline_hi_k = 0.0
+    spline_w = ()
 
-def as_params(obj: Any) -> SviParams:
+    def raw(self) -> "SviParams":
+        return self
+
+
+class SplineSvi(NamedTuple):
+    """Raw SVI plus a smooth local correction on [spline_lo_k, spline_hi_k]:
+    w(k) = raw SVI(k) + Σⱼ spline_w[j]·Bⱼ(k), uniform cubic B-splines that vanish with their
+    slope and curvature at and beyond both ends (operators/kernels/bspline.py), so the wings
+    stay raw SVI's. Only fit_svi_band makes one (the spline rescue, said beside SPLINE_BELOW).
+    Its first five fields are SviParams'; raw() is the SVI part alone (the wings, Lee's
+    bound, the jump-wings view); unpack with p[:5]."""
+
+    a: float
+    b: float
+    rho: float
+    m: float
+    sigma: float
+    spline_lo_k: float
+    spline_hi_k: float
+    spline_w: tuple[float, ...]
+
+    def raw(self) -> SviParams:
+        return SviParams(self.a, self.b, self.rho, self.m, self.sigma)
+
+
+Smile = Union[SviParams, "SplineSvi"]  # what a fit's params are
+
+
+_RAW = ("a", "b", "rho", "m", "sigma")
+_SPLINE = ("spline_lo_k", "spline_hi_k", "spline_w")
+
+
+def _with_spline(raw: SviParams, lo, hi, coefs) -> Smile:
+    c = tuple(float(x) for x in coefs)
+    if not c:
+        return SviParams(*raw[:5])
+    lo, hi = float(lo), float(hi)
+    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo and all(math.isfinite(x) for x in c)):
+        raise ValueError(f"SVI params: spline on [{lo!r}, {hi!r}] with {len(c)} coefficients; pass finite "
+                         "spline_lo_k < spline_hi_k and finite spline_w")
+    return SplineSvi(*raw[:5], lo, hi, c)
+
+
+def as_params(obj: Any) -> Smile:
     """Accept SviParams, an SviFit, any object with a, b, rho, m, sigma (e.g. a SmileFit
-    event) or a 5-sequence (a, b, rho, m, sigma)."""
-    if isinstance(obj, SviParams):
+    event; with spline_lo_k, spline_hi_k, spline_w too where it has them), a 5-sequence
+    (a, b, rho, m, sigma) or an 8-sequence (..., spline_lo_k, spline_hi_k, spline_w)."""
+    if isinstance(obj, (SviParams, SplineSvi)):
         return obj
     if isinstance(obj, SviFit):
         return obj.params
-    if all(hasattr(obj, n) for n in SviParams._fields):
-        return SviParams(*(float(getattr(obj, n)) for n in SviParams._fields))
+    if all(hasattr(obj, n) for n in _RAW):
+        raw = SviParams(*(float(getattr(obj, n)) for n in _RAW))
+        if all(hasattr(obj, n) for n in _SPLINE) and getattr(obj, "spline_w"):
+            return _with_spline(raw, *(getattr(obj, n) for n in _SPLINE))
+        return raw
     try:
-        vals = [float(x) for x in obj]
+        vals = list(obj)
     except TypeError:
         raise TypeError(f"SVI params: got {type(obj).__name__} {obj!r}; pass (a, b, rho, m, sigma), "
                         "SviParams, an SviFit or an object with those attributes") from None
+    if len(vals) == 8:
+        return _with_spline(SviParams(*(float(x) for x in vals[:5])), *vals[5:])
     if len(vals) != 5:
         raise ValueError(f"SVI params: got {len(vals)} values {vals!r}; pass exactly (a, b, rho, m, sigma)")
-    return SviParams(*vals)
+    return SviParams(*(float(x) for x in vals))
+
+
+def _spline(p: SplineSvi, k, nu: int = 0):
+    return bspline.value(p.spline_lo_k, p.spline_hi_k, p.spline_w, k, nu)
 
 
 def total_variance(params: Any, k) -> np.ndarray:
-    """w(k) of raw SVI params at log-moneyness k (array or scalar)."""
-    a, b, rho, m, sigma = as_params(params)
+    """w(k) of SVI params (raw SVI plus its spline, if any) at log-moneyness k (array or scalar)."""
+    p = as_params(params)
+    a, b, rho, m, sigma = p[:5]
     x = np.asarray(k, float) - m
-    return a + b * (rho * x + np.sqrt(x * x + sigma * sigma))
+    w = a + b * (rho * x + np.sqrt(x * x + sigma * sigma))
+    return w + _spline(p, k) if p.spline_w else w
 
 
 _tv = total_variance  # for functions whose argument is named total_variance
 
 
 def _derivs(params: Any, k):
-    a, b, rho, m, sigma = as_params(params)
+    p = as_params(params)
+    a, b, rho, m, sigma = p[:5]
     k = np.asarray(k, float)
     x = k - m
     r = np.sqrt(x * x + sigma * sigma)
     w = a + b * (rho * x + r)
     w1 = b * (rho + x / r)
     w2 = b * sigma * sigma / (r * r * r)
+    if p.spline_w:
+        w, w1, w2 = w + _spline(p, k), w1 + _spline(p, k, 1), w2 + _spline(p, k, 2)
     return k, w, w1, w2
 
 
@@ -125,15 +192,21 @@ def butterfly_g(params: Any, k) -> np.ndarray:
 
 
 def lee_ok(params: Any) -> bool:
-    """Lee's moment bound on both wings: b(1 + |ρ|) ≤ 2 (total-variance slopes)."""
-    a, b, rho, m, sigma = as_params(params)
+    """Lee's moment bound on both wings: b(1 + |ρ|) ≤ 2 (total-variance slopes; a spline never
+    reaches the wings)."""
+    a, b, rho, m, sigma = as_params(params)[:5]
     return b >= 0 and abs(rho) <= 1 and b * (1 + abs(rho)) <= 2.0 + 1e-12
 
 
 def min_variance(params: Any) -> float:
-    """min_k w(k) = a + bσ√(1 − ρ²)."""
-    a, b, rho, m, sigma = as_params(params)
-    return a + b * sigma * math.sqrt(max(0.0, 1.0 - rho * rho))
+    """min_k w(k): raw SVI's a + bσ√(1 − ρ²), or lower where a spline dips below it (its support
+    on SPLINE_CHECK_N points)."""
+    p = as_params(params)
+    a, b, rho, m, sigma = p[:5]
+    w_min = a + b * sigma * math.sqrt(max(0.0, 1.0 - rho * rho))
+    if p.spline_w:
+        w_min = min(w_min, float(total_variance(p, _spline_grid(p)).min()))
+    return w_min
 
 
 # ------------------------------------------------------------------------- result
@@ -143,7 +216,7 @@ def min_variance(params: Any) -> float:
 class SviFit:
     """One fitted slice.
 
-    params: raw SVI; rmse_vol_pts: plain RMSE of fitted vs mid vol over the n fitted quotes
+    params: raw SVI (SviParams), or SplineSvi where the spline rescue added a spline; rmse_vol_pts: plain RMSE of fitted vs mid vol over the n fitted quotes
     (vol points; with t_years=None vols are √w, i.e. T taken as 1); objective: the weighted
     error actually minimised (≈ weighted mean squared vol error, decimals²);
     butterfly_ok: min_g ≥ 0 and w > 0 on the check grid; min_g, min_g_k: the worst g and
@@ -153,7 +226,7 @@ class SviFit:
     those that do not (None/() when no band given); warm: warm-started from `prev`.
     """
 
-    params: SviParams
+    params: Smile
     rmse_vol_pts: float
     n: int
     butterfly_ok: bool
@@ -730,7 +803,33 @@ def _wings(n_wing: int) -> np.ndarray:
     return wings
 
 
-def _params_tuple(obj: Any) -> Optional[SviParams]:
+def _floats(p: Smile) -> Smile:
+    """p with every number a Python float (numba and numpy hand back their own scalars)."""
+    raw = SviParams(*(float(x) for x in p[:5]))
+    return _with_spline(raw, *p[5:]) if p.spline_w else raw
+
+
+SPLINE_CHECK_N = 4001  # butterfly check points over a spline's support (g is smooth there; see SPLINE_BELOW)
+
+
+def _spline_grid(p: SplineSvi) -> np.ndarray:
+    return np.linspace(p.spline_lo_k, p.spline_hi_k, SPLINE_CHECK_N)
+
+
+def _g_min(p: Smile, gk: np.ndarray) -> tuple[float, float]:
+    """(min g, k at it) of params that may carry a spline: raw SVI's search (_min_g) where the
+    spline is zero, the spline's support on its check grid."""
+    g, k_at = _min_g(*p[:5], gk, _M_OFFSETS)
+    if p.spline_w:
+        grid = _spline_grid(p)
+        gs = butterfly_g(p, grid)
+        i = int(np.argmin(gs))
+        if not gs[i] >= g:
+            g, k_at = float(gs[i]), float(grid[i])
+    return g, k_at
+
+
+def _params_tuple(obj: Any) -> Optional[Smile]:
     if obj is None:
         return None
     return as_params(obj)
@@ -843,6 +942,28 @@ BAND_HUBER = 0.0  # > 0: Huber's hinge, linear beyond this fraction of the band 
 RESCUE_BELOW = 0.985
 RESCUE_VARIANTS = ((0.0, 0.0), (0.15, 0.0), (0.25, 0.0), (BAND_INSET, 0.05))
 RESCUE_MAX_EXC_VOL_PTS = 0.4
+# Spline rescue (fit_svi_band(rescue=True), issue #17): a slice still under SPLINE_BELOW in band
+# after the SVI fit and the share rescue gets a smooth local correction on its quoted range
+# (± SPLINE_PAD of it): w = raw SVI + Σ cⱼBⱼ(k), one cubic B-spline per SPLINE_QUOTES_PER_COEF
+# quotes (SPLINE_MIN_COEFS to SPLINE_MAX_COEFS), zero with its slope and curvature at both ends
+# so the wings stay raw SVI's (SplineSvi, operators/kernels/bspline.py). c minimises the same
+# band loss plus SPLINE_SMOOTH × the largest band weight × Σ(Δ²c)² under g ≥ SPLINE_G_MARGIN and
+# the calendar bounds on SPLINE_GRID_N points (SLSQP, scipy), and is kept only if it passes the
+# full checks, keeps more quotes in band and its largest excursion stays under the share
+# rescue's guard. Raw SVI's two straight wings cannot follow real bands that zig-zag more than
+# their width (the rows above); bench/band_ceiling.py shows a butterfly-free curve can keep
+# 99.98 % of the real quotes in band. Measured 2026-12-06 on the 291 real slices (fit_surface,
+# calendar bounds on): see docs/benchmarks.md "Band-aware surface" and bench/bench_surface.py.
+SPLINE_BELOW = RESCUE_BELOW
+SPLINE_PAD = 0.05
+SPLINE_QUOTES_PER_COEF = 3
+SPLINE_MIN_COEFS = 6
+SPLINE_MAX_COEFS = 16
+SPLINE_SMOOTH = 1e-3
+SPLINE_G_MARGIN = 1e-4
+SPLINE_GRID_N = 400
+SPLINE_MAXITER = 200
+SPLINE_SHRINKS = 20
 # Calendar bounds (fit_svi_band(floor=..., ceiling=...)): on the calendar k-grid, w must stay
 # ≥ the floor slice (a shorter expiry) and ≤ the ceiling slice (a longer one). The grid
 # points enter the loss as one-sided band points with CALENDAR_WEIGHT × the band weight,
@@ -947,7 +1068,7 @@ def fit_svi_band(k, total_variance, w_bid, w_ask, weights=None, prev=None, *, t_
             if shifted is not None:
                 dense2 = _calendar_check_grid(float(kc[0]), float(kc[-1]), shifted, floor_p, ceil_p)
                 if _between(shifted, *_bounds(floor_p, ceil_p, dense2, 0.0), dense2):
-                    g2, gk2 = _min_g(*shifted, gk, _M_OFFSETS)
+                    g2, gk2 = _g_min(shifted, gk)
                     if g2 >= g_margin:
                         params, gmin, gk_at, repaired = shifted, g2, gk2, True
                         f_best = _loss(params, kk, Wk, wtk, aux)
@@ -962,7 +1083,7 @@ def fit_svi_band(k, total_variance, w_bid, w_ask, weights=None, prev=None, *, t_
                     dense2 = _calendar_check_grid(float(kc[0]), float(kc[-1]), c, floor_p, ceil_p)
                     if not _between(c, *_bounds(floor_p, ceil_p, dense2, 0.0), dense2):
                         continue
-                    g2, gk2 = _min_g(*c, gk, _M_OFFSETS)
+                    g2, gk2 = _g_min(c, gk)
                     f2 = _loss(c, kk, Wk, wtk, aux)
                     if g2 >= g_margin and (best is None or f2 < best[0]):
                         best = (f2, c, g2, gk2)
@@ -986,8 +1107,94 @@ def fit_svi_band(k, total_variance, w_bid, w_ask, weights=None, prev=None, *, t_
             params, f_best, rep2, _, gmin, gk_at = _fit_core(kq, kk, Wk, wtk, aux, params, n_m, n_sigma, n_starts,
                                                              maxiter, g_margin)
             repaired = True
+    if rescue and two.any():
+        got = _spline_rescue(kq, WW, wt, wb, wa, two, T, params, g_margin, floor_p, ceil_p,
+                             None if floor_p is None and ceil_p is None else (float(kc[0]), float(kc[-1])))
+        if got is not None:
+            params, gmin, gk_at = got
+            f_best = _loss(params, kk, Wk, wtk, aux)
     return _finish(params, k, W, idx, kq, WW, w_hat, T, t_years, wb_all, wa_all, gmin, gk_at, repaired,
                    warm, f_best, t0)
+
+
+def _spline_rescue(kq, WW, wt, wb, wa, two, T, params, g_margin, floor_p, ceil_p, cal_range):
+    """The spline rescue (said beside SPLINE_BELOW): where the SVI fit keeps under SPLINE_BELOW of
+    its quotes in band, the best correction Σ cⱼBⱼ(k) on the quoted range (the band loss of
+    fit_svi_band plus a curvature penalty on c, by SLSQP from c = 0) under g ≥ SPLINE_G_MARGIN on
+    SPLINE_GRID_N points and floor ≤ w ≤ ceiling on as many; then checked as every fit is
+    (g on SPLINE_CHECK_N points, the calendar on fit_svi_band's dense grid), shrunk towards
+    c = 0 (the SVI fit, which passes) until it passes. Returns (params, min g, k at min g) when
+    it keeps more quotes in band with its largest excursion ≤ max(the fit's,
+    RESCUE_MAX_EXC_VOL_PTS), else None."""
+    n_two = int(two.sum())
+    n_in, exc0 = _band_count(params, kq, wb, wa, two, T)
+    if n_in >= SPLINE_BELOW * n_two:
+        return None
+    base = params.raw()
+    k_lo, k_hi = float(kq.min()), float(kq.max())
+    pad = SPLINE_PAD * max(k_hi - k_lo, 1e-3)
+    lo, hi = k_lo - pad, k_hi + pad
+    n = int(min(max(kq.size // SPLINE_QUOTES_PER_COEF, SPLINE_MIN_COEFS), SPLINE_MAX_COEFS))
+    B = bspline.basis(lo, hi, n, kq)
+    w0 = total_variance(base, kq)
+    width = np.where(two, wa - wb, 0.0)
+    lo_b = np.where(two, wb + BAND_INSET * width, -np.inf)
+    hi_b = np.where(two, wa - BAND_INSET * width, np.inf)
+    wband = np.where(two, BAND_WEIGHT * float(wt.mean()), 0.0)
+    D = np.diff(np.eye(n), 2, axis=0)
+    R = SPLINE_SMOOTH * float(wband.max()) * (D.T @ D)
+
+    def loss(c):
+        w = w0 + B @ c
+        r = w - WW
+        d_lo, d_hi = np.maximum(lo_b - w, 0.0), np.maximum(w - hi_b, 0.0)
+        val = float(np.sum(wt * r * r) + np.sum(wband * (d_lo * d_lo + d_hi * d_hi)) + c @ R @ c)
+        return val, B.T @ (2.0 * wt * r + 2.0 * wband * (d_hi - d_lo)) + 2.0 * (R @ c)
+
+    kg = np.linspace(lo, hi, SPLINE_GRID_N)
+    Bg, Bg1, Bg2 = (bspline.basis(lo, hi, n, kg, nu) for nu in (0, 1, 2))
+    _, w0g, w1g, w2g = _derivs(base, kg)
+
+    def g_con(c):
+        w, w1, w2 = w0g + Bg @ c, w1g + Bg1 @ c, w2g + Bg2 @ c
+        return (1.0 - kg * w1 / (2.0 * w)) ** 2 - 0.25 * w1 * w1 * (1.0 / w + 0.25) + 0.5 * w2 - SPLINE_G_MARGIN
+
+    def g_jac(c):
+        w, w1 = w0g + Bg @ c, w1g + Bg1 @ c
+        A = 1.0 - kg * w1 / (2.0 * w)
+        dg_dw = A * kg * w1 / (w * w) + 0.25 * w1 * w1 / (w * w)
+        dg_dw1 = -A * kg / w - 0.5 * w1 * (1.0 / w + 0.25)
+        return dg_dw[:, None] * Bg + dg_dw1[:, None] * Bg1 + 0.5 * Bg2
+
+    cons = [{"type": "ineq", "fun": g_con, "jac": g_jac}]
+    if cal_range is not None:
+        L, U = _bounds(floor_p, ceil_p, kg, CALENDAR_MARGIN_REL)
+        for sign, bound in ((1.0, L), (-1.0, U)):
+            ok = np.isfinite(bound)
+            if ok.any():
+                Bc, rhs = sign * Bg[ok], sign * (bound[ok] - w0g[ok])
+                cons.append({"type": "ineq", "fun": lambda c, Bc=Bc, rhs=rhs: Bc @ c - rhs,
+                             "jac": lambda c, Bc=Bc: Bc})
+    res = minimize(loss, np.zeros(n), jac=True, method="SLSQP", constraints=cons,
+                   options={"maxiter": SPLINE_MAXITER, "ftol": 1e-14})
+    if not np.all(np.isfinite(res.x)):
+        return None
+    gk = _check_grid(kq)
+    scale = 1.0
+    for _ in range(SPLINE_SHRINKS):
+        cand = _with_spline(base, lo, hi, scale * res.x)
+        g2, gk2 = _g_min(cand, gk)
+        ok = g2 >= g_margin
+        if ok and cal_range is not None:
+            dense = np.concatenate([_calendar_check_grid(cal_range[0], cal_range[1], cand, floor_p, ceil_p), kg])
+            ok = _between(cand, *_bounds(floor_p, ceil_p, dense, 0.0), dense)
+        if ok:
+            n2, exc2 = _band_count(cand, kq, wb, wa, two, T)
+            if n2 > n_in and exc2 <= max(exc0, RESCUE_MAX_EXC_VOL_PTS):
+                return cand, g2, gk2
+            return None
+        scale *= 0.7
+    return None
 
 
 def _band_count(params, kq, wb, wa, two, T) -> tuple[int, float]:
@@ -1033,7 +1240,7 @@ def _rescue(kq, kk, Wk, wtk, aux, wb, wa, two, T, params, g_margin, prev=None):
             if n2 <= (n_in if best is None else best[0]) or exc2 > exc_cap:
                 continue
             gk = _check_grid(kq) if gk is None else gk
-            g2, gk2 = _min_g(*cand, gk, _M_OFFSETS)
+            g2, gk2 = _min_g(*cand[:5], gk, _M_OFFSETS)
             if g2 >= g_margin:
                 best = (n2, cand, g2, gk2)
     return None if best is None else best[1:]
@@ -1119,7 +1326,7 @@ def evaluate_fit(params, k, total_variance, weights=None, *, t_years: float, w_b
     kk, WW = k[use], W[use]
     T = float(t_years)
     wt = wts[use] / (4.0 * WW * T) / wts[use].sum()
-    gmin, gk_at = _min_g(*p, _check_grid(kk), _M_OFFSETS)
+    gmin, gk_at = _g_min(p, _check_grid(kk))
     f = _loss(p, kk, WW, wt, _no_band(np.inf))
     return _finish(p, k, W, np.flatnonzero(use), kk, WW, wts[use], T, t_years, w_bid, w_ask, gmin, gk_at, False,
                    True, f, t0)
@@ -1209,13 +1416,13 @@ def _fit_core(kq, kk, WW, wt, aux, prev, n_m, n_sigma, n_starts, maxiter, g_marg
     f_best, m_best, ls_best = min(cands)
     f_best, a, u, v = _inner(kk, WW, wt, *aux, m_best, math.exp(ls_best))
     params = SviParams(*_raw(a, u, v, m_best, math.exp(ls_best)))
-    gmin, gk_at = _min_g(*params, gk, _M_OFFSETS)
+    gmin, gk_at = _min_g(*params[:5], gk, _M_OFFSETS)
     repaired = False
     if not gmin >= g_margin:
         repaired = True
         starts = [(prev_p.m, math.log(prev_p.sigma))] if warm else []
         params, f_best = _repair(kq, kk, WW, wt, aux, params, lo, hi, gk, g_margin, maxiter, xtol, ftol, starts)
-        gmin, gk_at = _min_g(*params, gk, _M_OFFSETS)
+        gmin, gk_at = _min_g(*params[:5], gk, _M_OFFSETS)
     return params, f_best, repaired, warm, gmin, gk_at
 
 
@@ -1264,7 +1471,7 @@ def _repair(kq, kk, WW, wt, aux, params, lo, hi, gk, g_margin, maxiter, xtol, ft
             continue
         f2, a, u, v = _inner(kk, WW, wt, *aux, x[0], math.exp(x[1]))
         p = SviParams(*_raw(a, u, v, x[0], math.exp(x[1])))
-        if _min_g(*p, gk, _M_OFFSETS)[0] < g_margin:  # the dense grid saw a dip the coarse one missed
+        if _min_g(*p[:5], gk, _M_OFFSETS)[0] < g_margin:  # the dense grid saw a dip the coarse one missed
             p = _shrink(kk, wt, p, gk, g_margin)
             f2 = _loss(p, kk, WW, wt, aux)
         if best is None or f2 < best[0]:
@@ -1279,7 +1486,7 @@ def _repair(kq, kk, WW, wt, aux, params, lo, hi, gk, g_margin, maxiter, xtol, ft
 
 def _shrink(kk, wt, params, gk, g_margin) -> SviParams:
     """Wing shrink: b → λb keeping w at the data's weighted centre; λ = 0 is flat (g ≡ 1)."""
-    a, b, rho, m, sig = params
+    a, b, rho, m, sig = params[:5]
     k_c = float(np.average(kk, weights=wt))
     w_c = float(total_variance(params, k_c))
     if not w_c > 0:
@@ -1318,7 +1525,7 @@ def _finish(params, k, W, idx, kk, WW, wts_used, T, t_years, w_bid, w_ask, gmin,
             inside_frac = float(inside.sum() / two.sum())
             outside = tuple(int(i) for i in np.flatnonzero(two & ~inside))
     gmin = float(gmin)
-    return SviFit(params=SviParams(*(float(x) for x in params)), rmse_vol_pts=rmse, n=int(kk.size),
+    return SviFit(params=_floats(params), rmse_vol_pts=rmse, n=int(kk.size),
                   butterfly_ok=bool(gmin >= 0.0), min_g=gmin, min_g_k=float(gk_at), repaired=repaired,
                   inside_band_frac=inside_frac, outside_idx=outside, fit_ms=(time.perf_counter() - t0) * 1e3,
                   warm=bool(warm), t_years=None if t_years is None else float(t_years),
@@ -1389,7 +1596,9 @@ MIN_QUOTES = 5
 
 def fit_slice(strikes, forward: float, t_years: float, bid_iv, ask_iv, is_call=None, prev=None,
               **opts) -> Optional[SviFit]:
-    """prepare_slice + fit_svi for one expiry; None when fewer than MIN_QUOTES usable quotes.
+    """prepare_slice + fit_svi_band for one expiry (the flow's fit: inside the bid/ask band first,
+    near mid second, with the share and spline rescues); None when fewer than MIN_QUOTES usable
+    quotes. opts go to fit_svi_band.
 
     SviFit.outside_idx indexes the prepared (sorted OTM) quotes; map back with
     prepare_slice(...).idx when needed.
@@ -1397,8 +1606,7 @@ def fit_slice(strikes, forward: float, t_years: float, bid_iv, ask_iv, is_call=N
     s = prepare_slice(strikes, forward, t_years, bid_iv, ask_iv, is_call)
     if s.k.size < MIN_QUOTES:
         return None
-    return fit_svi(s.k, s.total_variance, s.weights, prev, t_years=t_years, w_bid=s.w_bid, w_ask=s.w_ask,
-                   **opts)
+    return fit_svi_band(s.k, s.total_variance, s.w_bid, s.w_ask, s.weights, prev, t_years=t_years, **opts)
 
 
 def warm_up() -> None:
@@ -1414,6 +1622,6 @@ def warm_up() -> None:
     fit_svi_band(k, w * 0.9, w * 0.88, w * 0.92, prev=fb, t_years=0.4, ceiling=fb)
 
 
-__all__ = ["SviParams", "SviFit", "SliceInputs", "as_params", "total_variance", "butterfly_g", "lee_ok",
+__all__ = ["SviParams", "SplineSvi", "Smile", "SviFit", "SliceInputs", "as_params", "total_variance", "butterfly_g", "lee_ok",
            "min_variance", "fit_svi", "fit_svi_band", "evaluate_fit", "within_calendar_bounds", "prepare_slice",
            "fit_slice", "warm_up", "MIN_QUOTES"]

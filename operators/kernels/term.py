@@ -31,10 +31,10 @@ MS_PER_DAY = 86_400_000
 @dataclass(frozen=True, slots=True)
 class TermFits:
     """Every live expiry's SVI fit of one underlying, sorted by expiry: t_years (n,) strictly
-    increasing, params (n, 5) raw SVI (a, b, ρ, m, σ) and expiry_ms (n,)."""
+    increasing, params (n,) their SviParams (raw SVI and any spline) and expiry_ms (n,)."""
 
     t_years: np.ndarray
-    params: np.ndarray
+    params: tuple
     expiry_ms: tuple[int, ...]
 
     @classmethod
@@ -42,7 +42,7 @@ class TermFits:
         """From (t_years, params, expiry_ms) triples in expiry order."""
         slices = list(slices)
         t = np.array([float(s[0]) for s in slices], float)
-        p = np.array([tuple(as_params(s[1])) for s in slices], float).reshape(-1, 5)
+        p = tuple(as_params(s[1]) for s in slices)
         return cls(t, p, tuple(int(s[2]) for s in slices))
 
     def __len__(self) -> int:
@@ -64,7 +64,7 @@ def tenor_smile(fits: TermFits, t_years: float) -> analytics.BlendSmile:
     if np.any(np.diff(ts) <= 0):
         raise ValueError(f"t_years not strictly increasing: {ts.tolist()}; pass the fits in expiry order")
     wts, idx, _, _ = calendar.bracket(ts, t_years)  # the fixed tenors' rule (operators/kernels/calendar.py)
-    return analytics.BlendSmile(wts, tuple(as_params(fits.params[n]) for n in idx))
+    return analytics.BlendSmile(wts, tuple(fits.params[n] for n in idx))
 
 
 def atm_total_variance(fits: TermFits, t_years: float) -> float:

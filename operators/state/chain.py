@@ -778,11 +778,12 @@ class ChainLogic:
         if fit is None:
             return []
         self.counters["fits"] += 1
-        a, b, rho, m, sigma = (float(x) for x in fit.params)
+        a, b, rho, m, sigma = fit.params[:5]
         smile = SmileFit(
             venue=s.venue, underlying=s.underlying, expiry_ms=s.expiry_ms, epoch=epoch,
             ts_exchange_ms=ts, ts_emit_ms=now, t_years=t, forward=s.forward,
-            a=a, b=b, rho=rho, m=m, sigma=sigma, rmse_vol_pts=_finite(fit.rmse_vol_pts),
+            a=a, b=b, rho=rho, m=m, sigma=sigma, spline_lo_k=fit.params.spline_lo_k,
+            spline_hi_k=fit.params.spline_hi_k, spline_w=fit.params.spline_w, rmse_vol_pts=_finite(fit.rmse_vol_pts),
             n_quotes=int(usable.sum()), butterfly_ok=bool(fit.butterfly_ok), min_g=_finite(fit.min_g),
             fit_ms=fit_ms, inside_band_frac=_opt(fit.inside_band_frac), warm=prev is not None,
             forward_method=s.forward_method, repaired=bool(fit.repaired))

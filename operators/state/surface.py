@@ -288,8 +288,8 @@ class SurfaceLogic:
                      for p in points if p is not None)
 
 
-def _params(fit: SmileFit) -> tuple[float, float, float, float, float]:
-    return fit.a, fit.b, fit.rho, fit.m, fit.sigma
+def _params(fit: SmileFit) -> svi.SviParams:
+    return svi.as_params(fit)
 
 
 @dataclass(frozen=True)
@@ -334,12 +334,13 @@ def _refitted(view: ExpiryView, floor: Optional[SmileFit], ceiling: Optional[Smi
                                calendar_k=calendar.DEFAULT_K_GRID)
     except ValueError:
         return None
-    p = tuple(float(x) for x in res.params)
+    p = res.params
     if not res.butterfly_ok or not bounds or not svi.within_calendar_bounds(
             p, _params(floor) if floor is not None else None, _params(ceiling) if ceiling is not None else None,
             calendar.DEFAULT_K_GRID):
         return None
-    fit = msgspec.structs.replace(f, a=p[0], b=p[1], rho=p[2], m=p[3], sigma=p[4], rmse_vol_pts=float(res.rmse_vol_pts),
+    fit = msgspec.structs.replace(f, a=p.a, b=p.b, rho=p.rho, m=p.m, sigma=p.sigma, spline_lo_k=p.spline_lo_k,
+                                  spline_hi_k=p.spline_hi_k, spline_w=p.spline_w, rmse_vol_pts=float(res.rmse_vol_pts),
                                   butterfly_ok=True, min_g=float(res.min_g), repaired=bool(res.repaired),
                                   inside_band_frac=(None if res.inside_band_frac is None
                                                     else float(res.inside_band_frac)),
