@@ -153,13 +153,31 @@ const fmtAge = (ms) => (ms == null ? "–" : ms < 1000 ? `${Math.max(0, ms) | 0}
 const sameDay = (ms, dayMs) => dayMs != null && ms >= dayMs && ms < dayMs + DAY_MS;
 
 // ---------------------------------------------------------------- smile maths (display only)
-// Raw SVI total variance w(k) = a + b(ρ(k−m) + √((k−m)² + σ²)), vol = √(w/T); the delta axis
+// Raw SVI total variance w(k) = a + b(ρ(k−m) + √((k−m)² + σ²)) (plus the fit's spline, if any),
+// vol = √(w/T); the delta axis
 // uses the fitted vol at each strike: d1 = (−k + w/2)/√w and x = N(−d1) = 1 − call delta
 // (undiscounted, forward), which rises with the strike from 0 (deep puts' wing) to 1.
 
 function sviW(f, k) {
   const d = k - f.m;
-  return f.a + f.b * (f.rho * d + Math.sqrt(d * d + f.sigma * f.sigma));
+  return f.a + f.b * (f.rho * d + Math.sqrt(d * d + f.sigma * f.sigma)) + splineW(f, k);
+}
+
+// A fit may carry a spline on [spline_lo_k, spline_hi_k]: w(k) += Σ spline_w[j]·B_j(k), uniform
+// cubic B-splines on n + 3 equal intervals, zero at and beyond both ends (the formula of
+// operators/kernels/bspline.py value_at, held to it by tests/dashboard/test_ticks_js.py).
+function splineW(f, k) {
+  const c = f.spline_w, n = c ? c.length : 0, lo = f.spline_lo_k, hi = f.spline_hi_k;
+  if (!n || !(k > lo && k < hi)) return 0;
+  const u = (k - lo) / ((hi - lo) / (n + 3)), top = Math.min(Math.floor(u), n - 1);
+  let s = 0;
+  for (let j = Math.max(top - 3, 0); j <= top; j++) {
+    const t = u - j;
+    const b = t < 1 ? t * t * t : t < 2 ? ((-3 * t + 12) * t - 12) * t + 4
+      : t < 3 ? ((3 * t - 24) * t + 60) * t - 44 : t < 4 ? (4 - t) ** 3 : 0;
+    s += c[j] * b;
+  }
+  return s / 6;
 }
 
 function sviVol(f, k) {
@@ -383,6 +401,7 @@ function nodeColumns(surface) {
 
 const forwardMethod = (v) => v.forward_method ?? v.fit.forward_method;
 const repaired = (v) => v.repaired ?? v.fit.repaired;
+const splineOf = (v) => ((v.fit.spline_w || []).length || null);  // the fit's spline coefficients, if any
 
 function venueMix(v) {
   const counts = new Map();
@@ -415,6 +434,8 @@ function tableColumns(surface) {
     ["in band (%)", "share of two-sided quotes the fit sits inside", (s, v) => [pct(v.fit.inside_band_frac, 0)]],
   ];
   if (has(forwardMethod)) cols.push(["fwd method", "how the forward was found", (s, v) => [forwardMethod(v) ?? "–"]]);
+  if (has(splineOf)) cols.push(["curve", "raw SVI, or raw SVI + a local spline on the quoted range where SVI alone left quotes outside their band",
+    (s, v) => (splineOf(v) ? [`SVI + spline (${splineOf(v)})`, "warn"] : ["SVI"])]);
   if (has(repaired)) cols.push(["repaired", "the unconstrained fit had butterfly arbitrage and was replaced",
     (s, v) => (repaired(v) == null ? ["–"] : repaired(v) ? ["yes", "warn"] : ["no"])]);
   cols.push(

@@ -42,15 +42,17 @@ STALE_MS = 1500  # the tests' sinks.gateway.stale_after_ms: short, so greying is
 
 def view(expiry_ms: int, ts_ms: int, *, vol: float = 0.55, n_quotes: int = 25, venue: str = "deribit",
          underlying: str = "BTC", butterfly_ok: bool = True, min_g: float = 0.05, calendar_ok: bool = True,
-         rr25: float = -0.0175, bid_venue=(), ask_venue=(), n_strikes: int = 9) -> ExpiryView:
+         rr25: float = -0.0175, bid_venue=(), ask_venue=(), n_strikes: int = 9, spline_w=()) -> ExpiryView:
     """An expiry with a real SVI smile of ATM vol `vol`, its quotes (bid/ask ±1 vol pt around the
-    fit at strikes spread over ±2.5 standard deviations) and node values."""
+    fit at strikes spread over ±2.5 standard deviations) and node values; spline_w: a spline on
+    k ∈ [−0.1, 0.1] (SmileFit.spline_*), not in the quotes."""
     t = (expiry_ms - ts_ms) / (365 * DAY)
     b, s, rho = 2 * vol * vol * t, 0.1, -0.3
     a = vol * vol * t - b * s
     fwd = 100_000.0
     fit = SmileFit(venue, underlying, expiry_ms, 1, ts_ms, ts_ms, t, fwd, a, b, rho, 0.0, s, 0.21, n_quotes,
-                   butterfly_ok, min_g, 0.8, inside_band_frac=0.75)
+                   butterfly_ok, min_g, 0.8, inside_band_frac=0.75,
+                   **({"spline_lo_k": -0.1, "spline_hi_k": 0.1, "spline_w": tuple(spline_w)} if spline_w else {}))
     half = 2.5 * vol * math.sqrt(t)
     strikes, bids, asks = [], [], []
     for i in range(n_strikes):
@@ -308,7 +310,8 @@ def test_axes_have_sane_ticks_in_every_mode(gateway, publisher, page):
 
 
 def test_tenors_rr_bf_flags_and_diagnostics(gateway, publisher, page):
-    views = [view(E_7D, T0, vol=0.5512, rr25=-0.0175), view(E_30D, T0, vol=0.5234, rr25=-0.021, calendar_ok=False),
+    views = [view(E_7D, T0, vol=0.5512, rr25=-0.0175),
+             view(E_30D, T0, vol=0.5234, rr25=-0.021, calendar_ok=False, spline_w=(1e-4, -2e-4, 1e-4, 0.0, 1e-4, 0.0)),
              view(E_90D, T0, vol=0.51, rr25=-0.025, calendar_ok=False, butterfly_ok=False, min_g=-0.0123)]
     tenors = (TenorPoint(7, 0.5512, -0.0175, 0.0042), TenorPoint(30, 0.5234, -0.021, 0.0042),
               TenorPoint(60, 0.515, -0.023, 0.0043, calendar_flag=True))
@@ -331,6 +334,7 @@ def test_tenors_rr_bf_flags_and_diagnostics(gateway, publisher, page):
     assert cells["quotes used"] == ["25"] * 3
     assert cells["in band (%)"] == ["75"] * 3
     assert cells["butterfly"] == ["ok", "ok", "g=-0.012"]
+    assert cells["curve"] == ["SVI", "SVI + spline (6)", "SVI"]  # how each smile was made
     assert cells["calendar"][0] == "ok" and all(c.startswith("arb Δw=-2.1e-3") for c in cells["calendar"][1:])
     assert "venues" not in cells  # a single-venue surface has no attribution to show
 

@@ -27,9 +27,9 @@ rl.on("line", (line) => {
   const { fn, args } = JSON.parse(line);
   let out;
   try {
-  if (fn === "deltaX") {
+  if (fn === "deltaX" || fn === "sviVol") {
     const [f, ks] = args;
-    out = ks.map((k) => app.deltaX(f, k));
+    out = ks.map((k) => app[fn](f, k));
   } else {
     out = app[fn](...args);
   }
@@ -85,3 +85,21 @@ def test_delta_ticks_keep_50_delta_and_32_px_apart(js, lo, span, px):
         assert 0.5 in ticks
     labels = [js("fmtDelta", d) for d in ticks]
     assert len(set(labels)) == len(labels)
+
+
+@settings(max_examples=100, deadline=None)
+@given(lo=st.floats(-0.8, 0.2), width=st.floats(0.05, 1.5), coefs=st.lists(st.floats(-2e-3, 2e-3), min_size=1,
+                                                                            max_size=16), t_years=st.floats(0.01, 2.0))
+def test_the_smile_curve_carries_the_fits_spline(js, lo, width, coefs, t_years):
+    """sviVol of a fit with a spline (SmileFit's spline_lo_k / spline_hi_k / spline_w) is the
+    Python kernels' √(w/T) (operators/kernels/svi.py total_variance), inside the spline's range,
+    at its ends and beyond them."""
+    from operators.kernels import svi
+    p = svi.as_params((0.04 * t_years, 0.1, -0.3, 0.0, 0.2, lo, lo + width, tuple(coefs)))
+    f = {"a": p.a, "b": p.b, "rho": p.rho, "m": p.m, "sigma": p.sigma, "t_years": t_years,
+         "spline_lo_k": p.spline_lo_k, "spline_hi_k": p.spline_hi_k, "spline_w": list(p.spline_w)}
+    ks = [lo - 0.3 + (width + 0.6) * i / 60 for i in range(61)] + [lo, lo + width]
+    w = svi.total_variance(p, ks)
+    got = js("sviVol", f, ks)
+    for wi, g in zip(w, got):
+        assert (g is None) if wi <= 0 else abs(g - math.sqrt(wi / t_years)) < 1e-12, (wi, g)
