@@ -4,10 +4,11 @@ Prints one table (machine, date, command); asserts nothing. One run, side by sid
 real Deribit chain in tests/data (the snapshot and tests/data/chains/*.csv.gz: BTC and ETH,
 every expiry with ≥ svi.MIN_QUOTES two-sided OTM quotes):
 
-  mid fit      svi.fit_svi per slice as the flow calls it (prepare_slice weights 1/spread²)
+  mid fit      svi.fit_svi per slice (prepare_slice weights 1/spread²): the flow's fit before issue #17
   band plain   svi.fit_svi_band(rescue=False) per slice: the band loss alone (before issue #17's
                share rescue, kept as a row so that before and after print side by side)
-  band slice   svi.fit_svi_band per slice (no calendar floor)
+  band slice   svi.fit_svi_band per slice (no calendar floor), with its share and spline rescues:
+               the flow's fit (svi.fit_slice)
   surface      operators.svi.fit_surface per underlying and snapshot (band-aware, calendar-free)
 
 Columns: share of OTM two-sided quotes whose bid/ask IV band contains the fitted vol (all
