@@ -785,15 +785,23 @@ def _nelder_mead(k, W, wt, lo_b, hi_b, wband, hub, a_hi, x0, step, lo, hi, stric
 
 
 def _check_grid(k: np.ndarray, n_near: int = 241, n_wing: int = 480) -> np.ndarray:
-    """Fixed part of the butterfly check grid: quoted range ± padding, and far wings."""
-    k_lo, k_hi = float(k.min()), float(k.max())
+    """Fixed part of the butterfly check grid: quoted range ± padding, and far wings (read-only;
+    cached by range, so a warm refit of the same strikes reuses it: 65 µs of a 0.52 ms warm fit
+    on the synthetic 100-strike slices, measured 2026-12-06)."""
+    return _check_grid_of(float(k.min()), float(k.max()), n_near, n_wing)
+
+
+@functools.lru_cache(maxsize=1024)
+def _check_grid_of(k_lo: float, k_hi: float, n_near: int, n_wing: int) -> np.ndarray:
     span = max(k_hi - k_lo, 1e-3)
     pad = max(0.5 * span, 0.1)
     near = np.linspace(k_lo - pad, k_hi + pad, n_near)
     # far wings: g's asymptote is approached slowly, and with ρ → ±1 a shallow dip can sit
     # tens of units out; 2 % spacing keeps such a dip between refinable neighbours
     wings = _wings(n_wing)
-    return np.unique(np.concatenate([near, -wings + min(k_lo - pad, 0.0), wings + max(k_hi + pad, 0.0)]))
+    grid = np.unique(np.concatenate([near, -wings + min(k_lo - pad, 0.0), wings + max(k_hi + pad, 0.0)]))
+    grid.flags.writeable = False  # shared between fits
+    return grid
 
 
 @functools.lru_cache(maxsize=4)
@@ -1257,11 +1265,18 @@ def _rescue(kq, kk, Wk, wtk, aux, wb, wa, two, T, params, g_margin, prev=None):
     return None if best is None else best[1:]
 
 
+# The warm guard's coarse (m, log σ) grid. Measured 2026-12-06 on 982 warm refits (291 real slices
+# and 200 synthetic 100-strike ones, each twice with 1 % noise on w), against a cold fit of the
+# same data: 7 × 5 points and 5 × 4 leave the same 4 warm fits > 1 % worse in loss and the same
+# share in band (99.845 %); 5 × 4 takes 0.09 ms less (synthetic warm median 0.52 → 0.41 ms).
+GUARD_M_N, GUARD_LS_N = 5, 4
+
+
 def _grid_guard(kk, WW, wt, aux, k_lo: float, k_hi: float, span: float, f_warm: float):
     """The warm search's guard: the loss on a coarse (m, log σ) grid; when a point beats the warm
     result, the basin moved: (x0, step) to restart Nelder–Mead from there, else None."""
-    m_grid = np.linspace(k_lo - 0.25 * span, k_hi + 0.25 * span, 7)
-    ls_grid = np.linspace(math.log(span * 3e-3), math.log(span * 3.0), 5)
+    m_grid = np.linspace(k_lo - 0.25 * span, k_hi + 0.25 * span, GUARD_M_N)
+    ls_grid = np.linspace(math.log(span * 3e-3), math.log(span * 3.0), GUARD_LS_N)
     grid = _grid_scan(kk, WW, wt, *aux, m_grid, ls_grid)
     i, j = np.unravel_index(int(np.argmin(grid)), grid.shape)
     if not grid[i, j] < f_warm * (1.0 - 1e-6):
