@@ -13,7 +13,9 @@ rows: no volatility maths anywhere in the package. Every table has a natural key
 writing the same event twice is a no-op (ON CONFLICT); its first column is the run, so a run
 never overwrites another's rows (deploy/sql/003_runs.sql). Graph.toml nodes are stored by name
 in expiry_nodes (deploy/sql/002_expiry_nodes.sql says why a long table), instrument_nodes (a row
-per node and view, strikes and values as arrays) and underlying_nodes (deploy/sql/006_level_nodes.sql).
+per node and view, strikes and values as arrays) and underlying_nodes (deploy/sql/006_level_nodes.sql);
+vol at size in depth_views (a row per view, the books as arrays; view depth_vol_books: a row per
+book, with the rows table depth_vols held before, deploy/sql/009_depth_views.sql).
 """
 
 from connectors.postgres.embedded import connect, embedded_postgres, embedded_server

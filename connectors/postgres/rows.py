@@ -5,9 +5,11 @@ expiry_nodes (one row per level = "expiry" graph.toml node per view, by node nam
 name is known here), instrument_nodes (one per level = "instrument" node per view: the view's
 strikes and the node's values as two aligned arrays),
 underlying_nodes (one per level = "underlying" value an event carries), surface_state and
-depth_vols (one per option book whose vol-at-size ladder a SurfacePatch view carries, per fit
-time: only the changed books travel; none unless graph.toml [chain] level_depth / sizes_contracts)
-(deploy/sql/001_init.sql, 002_expiry_nodes.sql, 003_runs.sql, 006_level_nodes.sql, 008_depth_vols.sql).
+depth_views (one per SurfacePatch view carrying vol-at-size ladders: only the changed books travel,
+as arrays aligned by book, the ladders books × levels; none unless graph.toml [chain] level_depth /
+sizes_contracts) (deploy/sql/001_init.sql, 002_expiry_nodes.sql, 003_runs.sql, 006_level_nodes.sql,
+009_depth_views.sql). Table depth_vols (008_depth_vols.sql, a row per book) is no longer written:
+SQL view depth_vol_books gives a row per book over both.
 Every row carries the run that wrote it (a BatchPlan is one run's) as the first column of
 its natural key, so one run never touches another's rows; the run must be registered first
 (connectors/postgres/runs.py register_run; foreign keys check it). Within a batch, the
@@ -19,20 +21,31 @@ apply the same rule in SQL. Only translates: no volatility maths, no threads
 
 from __future__ import annotations
 
+import struct
 from typing import Any, Iterable, Union
 
 import msgspec
+import numpy as np
 import psycopg
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
 
 from connectors.postgres.runs import check_run_id
-from operators.events import SmileFit, SurfacePatch, SurfaceSnapshot, dumps, to_json
-from operators.merge import coalesce
+from operators.events import Ladders, SmileFit, SurfacePatch, SurfaceSnapshot, dumps, to_json
+from operators.merge import coalesce, merge_ladders
 
-# depth_vols: the key, then the book, then its arrays (the Ladders fields of the same names)
+# The ladders (the Ladders fields of the same names): per book, one element per level or per size
 DEPTH_ARRAYS = ("bid_px", "bid_size_contracts", "bid_iv", "ask_px", "ask_size_contracts", "ask_iv",
                 "bid_exec_px", "bid_exec_iv", "ask_exec_px", "ask_exec_iv")
+# A row per book (depth_vols, 008; SQL view depth_vol_books, 009): the key, then the book, then its ladders
 DEPTH_COLS = ("run_id", "venue", "underlying", "expiry_ms", "instrument", "ts_exchange_ms", "epoch", "book_venue",
               "strike", "option_type", "contract_size", "stale", "level_depth", "sizes_contracts", *DEPTH_ARRAYS)
+# Ladders' per-book fields -> depth_views' 1-D array columns (the book's venue is `book_venue`)
+DEPTH_BOOK_FIELDS = {"instrument": "instrument", "venue": "book_venue", "strike": "strike",
+                     "option_type": "option_type", "contract_size": "contract_size", "stale": "stale"}
+# A row per view (depth_views, 009): the key, then the per-book 1-D arrays, then the ladders books × levels/sizes
+DEPTH_VIEW_COLS = ("run_id", "venue", "underlying", "expiry_ms", "ts_exchange_ms", "epoch", "level_depth",
+                   "sizes_contracts", *DEPTH_BOOK_FIELDS.values(), *DEPTH_ARRAYS)
 
 # Column order of each table's staged COPY; the first `key` columns are the natural key,
 # run_id first (deploy/sql/003_runs.sql).
@@ -90,11 +103,14 @@ TABLES: dict[str, dict[str, Any]] = {
         " n_changed = EXCLUDED.n_changed, n_removed = EXCLUDED.n_removed,"
         " tenors = EXCLUDED.tenors, calendar = EXCLUDED.calendar",
     },
-    "depth_vols": {
-        "cols": DEPTH_COLS,
+    "depth_views": {
+        "cols": DEPTH_VIEW_COLS,
+        # binary COPY (the ladders are ~70 floats a book: text COPY spent 3x as long formatting them)
+        "types": ("text", "text", "text", "int8", "int8", "int8", "int4", "float8[]", "text[]", "text[]", "float8[]",
+                  "text[]", "float8[]", "bool[]", *("float8[]",) * len(DEPTH_ARRAYS)),
         "key": 6,
-        # A book's ladder at one fit time: last write wins (a resent batch rewrites the same values).
-        "conflict": "DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in DEPTH_COLS[6:]),
+        # One patch's books of one view: last write wins (a resent batch rewrites the same values).
+        "conflict": "DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in DEPTH_VIEW_COLS[6:]),
     },
 }
 
@@ -132,8 +148,9 @@ class BatchPlan:
         self._view_json: dict[tuple, str] = {}
         # (venue, underlying, epoch) -> (tenors, calendar) JSON of the latest event (coalesce keeps its)
         self._global_json: dict[tuple, tuple[str, str]] = {}
-        # depth_vols key without the run -> row without the run: each patch's books at its view's fit time
-        self.depth: dict[tuple, tuple] = {}
+        # depth_views key without the run (venue, underlying, expiry_ms, fit ts_exchange_ms, epoch) ->
+        # that view's ladders, merged by instrument in arrival order (merge.merge_ladders) if sent twice
+        self.depth: dict[tuple, Ladders] = {}
 
     def add(self, event: Any) -> None:
         if isinstance(event, SmileFit):
@@ -155,13 +172,14 @@ class BatchPlan:
         global_json = (_json_text(event.tenors), _json_text(event.calendar))
         # a patch's ladders are the books that changed at its fits; a snapshot's restate them all
         depth = [] if isinstance(event, SurfaceSnapshot) else \
-            [row for v in event.expiries if v.ladders is not None for row in _depth_rows(venue, und, epoch, v)]
+            [((venue, und, v.expiry_ms, v.fit.ts_exchange_ms, epoch), v.ladders) for v in event.expiries
+             if v.ladders is not None and v.ladders.instrument]
         surface = coalesce(self.surfaces.get((venue, und, epoch)), event)
         for row in fit_rows:  # every fit is history, even of a view a later patch replaces
             self.fits.setdefault(row[:4], row)
         self._view_json.update(texts)
-        for row in depth:
-            self.depth[row[:5]] = row
+        for key, ladders in depth:
+            self.depth[key] = merge_ladders(self.depth.get(key), ladders)
         self._global_json[(venue, und, epoch)] = global_json
         self.surfaces[(venue, und, epoch)] = surface
 
@@ -202,17 +220,73 @@ class BatchPlan:
                            len(s.expiries), len(removed), *self._global_json[(venue, und, epoch)]))
         return {"smile_fits": [(run, *row) for row in self.fits.values()], "expiry_views": views,
                 "expiry_nodes": nodes, "instrument_nodes": strike_nodes, "underlying_nodes": und_nodes,
-                "surface_state": states, "depth_vols": [(run, *row) for row in self.depth.values()]}
+                "surface_state": states,
+                "depth_views": [(run, *key, *depth_view_row(lad)) for key, lad in self.depth.items()]}
 
 
-def _depth_rows(venue: str, und: str, epoch: int, view: Any) -> list[tuple]:
-    """depth_vols rows (without the run) of one view's ladders, one per book."""
-    lad, ts = view.ladders, view.fit.ts_exchange_ms
-    sizes = list(lad.sizes_contracts)
-    arrays = [getattr(lad, name) for name in DEPTH_ARRAYS]
-    return [(venue, und, view.expiry_ms, name, ts, epoch, lad.venue[i], lad.strike[i], lad.option_type[i],
-             lad.contract_size[i], lad.stale[i], lad.level_depth, sizes, *(list(a[i]) for a in arrays))
-            for i, name in enumerate(lad.instrument)]
+def depth_view_row(lad: Ladders) -> tuple:
+    """A depth_views row after its key: level_depth, sizes, the books' 1-D arrays (lists: psycopg
+    sends a tuple as a record), the ladders as 2-D float arrays (NaN: None, sent as NULL)."""
+    return (lad.level_depth, list(lad.sizes_contracts), *(list(getattr(lad, f)) for f in DEPTH_BOOK_FIELDS),
+            *(_matrix(getattr(lad, name)) for name in DEPTH_ARRAYS))
+
+
+def _matrix(rows: tuple) -> np.ndarray:
+    """Books × levels as a rectangular float array (PostgreSQL has no ragged arrays), None as NaN;
+    a shorter row padded with NaN (a level past the side's end)."""
+    try:
+        return np.array(rows, dtype=np.float64)
+    except ValueError:  # ragged
+        width = max(map(len, rows), default=0)
+        return np.array([(*r, *(None,) * (width - len(r))) for r in rows], dtype=np.float64)
+
+
+class Float8ArrayBinaryDumper(Dumper):
+    """float8[] in PostgreSQL's binary array format, from a float array (numpy, any number of
+    dimensions) or a list: NaN and None are NULL (the ladders' "no value": never a value of its
+    own there); no elements: an empty array. Registered only on the cursor of a binary COPY
+    (stage_rows: depth_views' float8[] columns), so no other table's values are sent this way."""
+
+    format = Format.BINARY
+    oid = psycopg.postgres.types["float8"].array_oid
+    _elem_oid = psycopg.postgres.types["float8"].oid
+
+    def dump(self, obj: Any) -> bytes:
+        a = np.asarray(obj, dtype=np.float64)
+        if not a.size:
+            return struct.pack(">iii", 0, 0, self._elem_oid)
+        null = np.isnan(a).ravel()
+        cells = np.empty(a.size, dtype=[("len", ">i4"), ("val", ">f8")])
+        cells["len"] = np.where(null, -1, 8)
+        cells["val"] = a.ravel()
+        raw = cells.view(np.uint8).reshape(a.size, 12)
+        has_null = bool(null.any())
+        if has_null:  # a NULL element is its length (-1) alone
+            keep = np.ones(raw.shape, dtype=bool)
+            keep[null, 4:] = False
+            body = raw[keep].tobytes()
+        else:
+            body = raw.tobytes()
+        dims = [x for n in a.shape for x in (n, 1)]  # each dimension: its length, lower bound 1
+        return struct.pack(f">iii{len(dims)}i", a.ndim, has_null, self._elem_oid, *dims) + body
+
+
+def stage_rows(conn: psycopg.Connection, table: str, rows: list[tuple]) -> None:
+    """COPY `rows` into stage_<table> (prepare_stage), in the caller's transaction: text, or
+    binary for a table whose TABLES entry names its column types."""
+    spec = TABLES[table]
+    cols = ", ".join(spec["cols"])
+    with conn.cursor() as cur:
+        if "types" not in spec:
+            with cur.copy(f"COPY stage_{table} ({cols}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            return
+        cur.adapters.register_dumper(None, Float8ArrayBinaryDumper)  # this cursor's float8[] only
+        with cur.copy(f"COPY stage_{table} ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(spec["types"])
+            for row in rows:
+                copy.write_row(row)
 
 
 def rows_for(events: Iterable[Any], run_id: str) -> dict[str, list[tuple]]:
@@ -263,9 +337,7 @@ def write_plan(conn: psycopg.Connection, plan: BatchPlan) -> dict[str, int]:
                 counts[table] = 0
                 continue
             cols = ", ".join(spec["cols"])
-            with cur.copy(f"COPY stage_{table} ({cols}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
+            stage_rows(conn, table, rows)
             key = ", ".join(spec["cols"][: spec["key"]])
             if table == "expiry_views" and any(r[6] for r in rows):  # tombstones (column `removed`)
                 for nodes_table in ("expiry_nodes", "instrument_nodes"):

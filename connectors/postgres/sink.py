@@ -2,8 +2,9 @@
 and connection), keyed by surface so one surface's rows are written in order by one writer.
 
 Stores SmileFit, SurfacePatch and SurfaceSnapshot events and counts the others as ignored;
-a patch's vol-at-size ladders (ExpiryView.ladders) go to table depth_vols only with
-depth_vols (graph.toml [sinks.postgres] depth_vols), else they are dropped here.
+a patch's vol-at-size ladders (ExpiryView.ladders) go to table depth_views (a row per view, the
+books as arrays; SQL view depth_vol_books: a row per book) only with depth_vols (graph.toml
+[sinks.postgres] depth_vols), else they are dropped here.
 Every row is written under the sink's run (connectors/postgres/runs.py RunInfo), registered in
 the `runs` table when a writer first connects. flush_ms, batch_rows, handoff_timeout_s, depth_vols, spill_dir and
 partitions are required keywords: their defaults live in graph.toml ([sinks.postgres],
