@@ -8,7 +8,7 @@ underlying_nodes (one per level = "underlying" value an event carries), surface_
 depth_views (one per SurfacePatch view carrying vol-at-size ladders: only the changed books travel,
 as arrays aligned by book, the ladders books × levels; none unless graph.toml [chain] level_depth /
 sizes_contracts) (deploy/sql/001_init.sql, 002_expiry_nodes.sql, 003_runs.sql, 006_level_nodes.sql,
-009_depth_views.sql). Table depth_vols (008_depth_vols.sql, a row per book) is no longer written:
+009_depth_views.sql, 010_fit_spline.sql: a fit's spline). Table depth_vols (008_depth_vols.sql, a row per book) is no longer written:
 SQL view depth_vol_books gives a row per book over both.
 Every row carries the run that wrote it (a BatchPlan is one run's) as the first column of
 its natural key, so one run never touches another's rows; the run must be registered first
@@ -54,7 +54,8 @@ TABLES: dict[str, dict[str, Any]] = {
         "cols": (
             "run_id", "venue", "underlying", "expiry_ms", "epoch", "ts_exchange_ms", "ts_emit_ms", "t_years",
             "forward", "a", "b", "rho", "m", "sigma", "rmse_vol_pts", "n_quotes", "butterfly_ok",
-            "min_g", "fit_ms", "inside_band_frac", "warm", "forward_method", "repaired",
+            "min_g", "fit_ms", "inside_band_frac", "warm", "forward_method", "repaired", "spline_lo_k",
+            "spline_hi_k", "spline_w",
         ),
         "key": 5,
         # A fit is immutable history: the first write of a key stands.
@@ -129,7 +130,7 @@ def _fit_row(fit: SmileFit) -> tuple:
         fit.venue, fit.underlying, fit.expiry_ms, fit.epoch, fit.ts_exchange_ms, fit.ts_emit_ms,
         fit.t_years, fit.forward, fit.a, fit.b, fit.rho, fit.m, fit.sigma, fit.rmse_vol_pts,
         fit.n_quotes, fit.butterfly_ok, fit.min_g, fit.fit_ms, fit.inside_band_frac, fit.warm,
-        fit.forward_method, fit.repaired,
+        fit.forward_method, fit.repaired, fit.spline_lo_k, fit.spline_hi_k, list(fit.spline_w),
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 
 import msgspec
+import numpy as np
 import psycopg
 import pytest
 
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 
 from connectors import postgres as pg
 from operators.events import SmileFit, StatusReport, SurfacePatch
+from operators.kernels import svi
 
 
 def count(dsn: str, table: str, where: str = "TRUE") -> int:
@@ -151,15 +153,27 @@ def test_latest_surface_matches_apply_patch_with_snapshots_and_removals(pg_db, s
 
 
 def test_smile_fit_columns_round_trip(pg_db, surface_factory):
+    """Every stored field of a fit comes back as it went in, its spline too (010_fit_spline.sql),
+    and the stored spline evaluates to the kernels' curve."""
     f = surface_factory()
     fit = f.fit(f.expiry(3), 77, inside_band_frac=None, rho=-0.123456789012345678)
+    spline = msgspec.structs.replace(f.fit(f.expiry(4), 78), spline_lo_k=-0.31, spline_hi_k=0.27,
+                                     spline_w=(1e-4, -3.5e-4, 2.25e-4, 0.0, 1.5e-5, -6e-5))
+    cols = pg.TABLES["smile_fits"]["cols"]
     with pg.connect(pg_db) as conn:
         migrated(conn)
-        pg.write_events(conn, [fit], RUN)
-        row = conn.execute(
-            "SELECT " + ", ".join(pg.TABLES["smile_fits"]["cols"]) + " FROM smile_fits"
-        ).fetchone()
-    assert row[0] == RUN and SmileFit(*row[1:]) == fit
+        pg.write_events(conn, [fit, spline], RUN)
+        rows = conn.execute("SELECT " + ", ".join(cols) + " FROM smile_fits ORDER BY expiry_ms").fetchall()
+    back = []
+    for row in rows:
+        stored = dict(zip(cols, row))
+        assert stored.pop("run_id") == RUN
+        back.append(SmileFit(**{**stored, "spline_w": tuple(stored["spline_w"])}))
+    assert back == [fit, spline]
+    assert rows[0][cols.index("spline_w")] == []  # raw SVI: no spline
+    k = np.linspace(-0.5, 0.5, 101)
+    assert np.array_equal(svi.total_variance(back[1], k), svi.total_variance(spline, k))
+    assert not np.array_equal(svi.total_variance(back[1], k), svi.total_variance(svi.as_params(back[1]).raw(), k))
 
 
 def test_instrument_nodes_are_one_row_per_node_per_view_with_arrays(pg_db, surface_factory):
