@@ -253,12 +253,13 @@ class NaiveEngine:
         if fit is None:
             return
         self.counters["fits"] += 1
-        params = tuple(float(x) for x in fit.params)
+        params = fit.params  # SviParams, or SplineSvi where the fit took a spline (svi.py)
         exp.last_fit = params
         analytics = evaluate_nodes(self.nodes, params, t)
         now = self.now_ms()
         smile = SmileFit("deribit", exp.underlying, exp.expiry_ms, 0, exp.ts_exchange_ms, now, t, exp.forward,
-                         *params, rmse_vol_pts=float(fit.rmse_vol_pts), n_quotes=int(usable.sum()),
+                         *params[:5], rmse_vol_pts=float(fit.rmse_vol_pts), n_quotes=int(usable.sum()),
+                         spline_lo_k=params.spline_lo_k, spline_hi_k=params.spline_hi_k, spline_w=params.spline_w,
                          butterfly_ok=bool(fit.butterfly_ok), min_g=float(fit.min_g), fit_ms=fit_ms)
         view = ExpiryView(expiry_ms=exp.expiry_ms, fit=smile, analytics=analytics)
         patch = SurfacePatch("deribit", exp.underlying, 0, exp.ts_exchange_ms, now, expiries=(view,),
