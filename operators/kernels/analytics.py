@@ -32,7 +32,7 @@ from numba import njit
 from scipy.special import ndtri
 
 from operators.kernels import bspline
-from operators.kernels.svi import SviParams, as_params, total_variance
+from operators.kernels.svi import SviParams, as_params, min_variance, total_variance
 
 
 @njit(cache=True)
@@ -93,19 +93,22 @@ def _k_for_d1(coef, P, targets):
         if hi != hi:
             continue
         flo = _d1(coef, P, lo) - tgt
+        ok = True
         for _ in range(200):
             mid = 0.5 * (lo + hi)
             if mid == lo or mid == hi:
                 break
             fm = _d1(coef, P, mid) - tgt
-            if fm != fm:
+            if fm != fm:  # w ≤ 0 inside the bracket: no strike there has the delta (hypothesis found
+                ok = False  # a = −0.5, b = 3, m = 2, σ = 0.125 returning k10c where w < 0)
                 break
             if (fm > 0.0) == (flo > 0.0):
                 lo = mid
                 flo = fm
             else:
                 hi = mid
-        out[j] = 0.5 * (lo + hi)
+        if ok:
+            out[j] = 0.5 * (lo + hi)
     return out
 
 
@@ -218,26 +221,33 @@ def butterfly(params: Any, t_years: float, delta: float = 0.25) -> float:
 
 
 def svi_jw(params: Any, t_years: float) -> dict[str, float]:
-    """Gatheral's SVI jump-wings view of raw SVI params at maturity t (variances per year); of a
-    slice with a spline, its raw-SVI part (the spline never reaches the wings, but moves w(0):
-    jw_v is then not atm_vol²):
+    """Gatheral's SVI jump-wings view of raw SVI params at maturity t (variances per year):
 
     v  = w(0)/t                                    ATM variance
     ψ  = (1/√w₀)·(b/2)·(ρ − m/√(m² + σ²))          ATM skew: ∂√w/∂k at k = 0 (= √t·∂σ/∂k)
     p  = (1/√w₀)·b(1 − ρ)                          put (left) wing slope
     c  = (1/√w₀)·b(1 + ρ)                          call (right) wing slope
     ṽ  = (a + bσ√(1 − ρ²))/t                       minimum implied variance
-    with w₀ = v·t. NaN (except ṽ) when w₀ ≤ 0.
+    with w₀ = v·t. NaN (except ṽ) when w₀ ≤ 0. Of a slice with a spline (svi.SplineSvi) the same
+    quantities of the curve itself: w₀ and ψ = w′(0)/(2√w₀) with the spline, ṽ its minimum
+    (svi.min_variance), the wing slopes b(1 ∓ ρ) raw SVI's (the spline never reaches the wings)
+    over √w₀ — so v stays atm_vol² whatever the curve.
     """
     t = _check_t(t_years)
-    a, b, rho, m, sigma = as_params(params)[:5]
+    p = as_params(params)
+    a, b, rho, m, sigma = p[:5]
     w0 = a + b * (-rho * m + math.sqrt(m * m + sigma * sigma))
+    dw0 = b * (rho - m / math.sqrt(m * m + sigma * sigma))
     vt = (a + b * sigma * math.sqrt(max(0.0, 1.0 - rho * rho))) / t
+    if p.spline_w:
+        w0 += float(bspline.value(p.spline_lo_k, p.spline_hi_k, p.spline_w, 0.0))
+        dw0 += float(bspline.value(p.spline_lo_k, p.spline_hi_k, p.spline_w, 0.0, 1))
+        vt = min_variance(p) / t
     if not w0 > 0:
         return {"jw_v": math.nan, "jw_psi": math.nan, "jw_p": math.nan, "jw_c": math.nan, "jw_vt": vt}
     s = math.sqrt(w0)
     return {"jw_v": w0 / t,
-            "jw_psi": (0.5 * b / s) * (rho - m / math.sqrt(m * m + sigma * sigma)),
+            "jw_psi": 0.5 * dw0 / s,
             "jw_p": b * (1.0 - rho) / s,
             "jw_c": b * (1.0 + rho) / s,
             "jw_vt": vt}

@@ -95,6 +95,13 @@ def test_a_spline_smile_is_evaluated_alike_everywhere(p, t):
     w_s, dw_s = strike._w_and_slope(p, some)
     assert np.allclose(w_s, svi.total_variance(p, some), atol=1e-14)
     assert np.allclose(dw_s, (svi.total_variance(p, some + h) - svi.total_variance(p, some - h)) / (2 * h), atol=1e-6)
+    # the jump-wings view describes the curve: v is the ATM variance, ψ its slope in √w
+    jw = analytics.svi_jw(p, t)
+    w0 = float(svi.total_variance(p, 0.0))
+    assert jw["jw_v"] == pytest.approx(w0 / t, rel=1e-12) and jw["jw_v"] == pytest.approx(analytics.atm_vol(p, t) ** 2, rel=1e-9)
+    slope = (math.sqrt(svi.total_variance(p, h)) - math.sqrt(svi.total_variance(p, -h))) / (2 * h)
+    assert jw["jw_psi"] == pytest.approx(slope, rel=1e-5, abs=1e-7)
+    assert jw["jw_vt"] <= float(w.min()) / t * (1 + 1e-6)  # both minima on grids
     # the wings are raw SVI's
     far = np.array([p.spline_lo_k - 0.01, p.spline_hi_k + 0.01, -50.0, 50.0])
     assert np.array_equal(svi.total_variance(p, far), svi.total_variance(raw, far))
