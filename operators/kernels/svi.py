@@ -967,16 +967,26 @@ RESCUE_MAX_EXC_VOL_PTS = 0.4
 #   on, constraints on 400 points                        99.80 % / 90.9 % / 0.37 / 0.41; 7.4, 18.3
 #   on, 200 points (this)                                99.72 % / 90.9 % / 0.35 / 0.41; 6.9, 15.8
 # 47 of 291 slices take a spline: SLSQP runs a median 37 iterations, 7 ms (max 33 ms). The
-# synthetic 100-strike slices of the speed goals are all ≥ 98.5 % in band and never pay it.
+# synthetic 100-strike slices of the speed goals are all ≥ 98.5 % in band and never pay it; the
+# engine benchmark's simulated chains do (~3 % of fits, ~95 quotes each), and with 16
+# coefficients and ftol 1e-14 that cost the flow 8 % of its msg/s (bench_engine A/B, 07:17–07:28
+# UTC). Then, 07:35 UTC, the same 110,000 simulated messages through the naive engine's 54,370
+# fits (ms per fit mean / per spline fit) and the real chains (in band / worst / splines):
+#   16 coefficients                                      1.23 / 20.7 ms;  99.72 % / 90.9 % / 44
+#   12                                                   0.93 / 14.6 ms;  99.70 % / 90.9 % / 43
+#   10                                                   0.84 / 11.1 ms;  99.61 % / 81.8 % / 42
+#   12, SLSQP ftol 1e-14 → 1e-10 → 1e-8 (this)           iterations on the real chains 1,564 →
+#       1,205 → 759 (47 solves), figures identical
 SPLINE_BELOW = RESCUE_BELOW
 SPLINE_PAD = 0.05
 SPLINE_QUOTES_PER_COEF = 3
 SPLINE_MIN_COEFS = 6
-SPLINE_MAX_COEFS = 16
+SPLINE_MAX_COEFS = 12
 SPLINE_SMOOTH = 1e-3
 SPLINE_G_MARGIN = 1e-4
 SPLINE_GRID_N = 200
 SPLINE_MAXITER = 200
+SPLINE_FTOL = 1e-8  # absolute, on the loss (≈ a weighted mean squared vol error)
 SPLINE_SHRINKS = 20
 # Calendar bounds (fit_svi_band(floor=..., ceiling=...)): on the calendar k-grid, w must stay
 # ≥ the floor slice (a shorter expiry) and ≤ the ceiling slice (a longer one). The grid
@@ -1195,7 +1205,7 @@ def _spline_rescue(kq, WW, wt, wb, wa, two, T, params, g_margin, floor_p, ceil_p
     if prev is not None and len(prev.spline_w) == n and (prev.spline_lo_k, prev.spline_hi_k) == (lo, hi):
         c0 = np.asarray(prev.spline_w, float)  # warm: the same quotes' range, start from its spline
     res = minimize(loss, c0, jac=True, method="SLSQP", constraints=cons,
-                   options={"maxiter": SPLINE_MAXITER, "ftol": 1e-14})
+                   options={"maxiter": SPLINE_MAXITER, "ftol": SPLINE_FTOL})
     if not np.all(np.isfinite(res.x)):
         return None
     gk = _check_grid(kq)
