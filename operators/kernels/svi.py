@@ -972,8 +972,11 @@ RESCUE_MAX_EXC_VOL_PTS = 0.4
 # coefficients and ftol 1e-14 that cost the flow 8 % of its msg/s (bench_engine A/B, 07:17–07:28
 # UTC). Then, 07:35 UTC, the same 110,000 simulated messages through the naive engine's 54,370
 # fits (ms per fit mean / per spline fit) and the real chains (in band / worst / splines):
-#   16 coefficients                                      1.23 / 20.7 ms;  99.72 % / 90.9 % / 44
+#   16 coefficients (this)                               1.23 / 20.7 ms;  99.72 % / 90.9 % / 44
 #   12                                                   0.93 / 14.6 ms;  99.70 % / 90.9 % / 43
+#       but in the flow (bench_engine, 08:05–08:13 UTC, side by side) 12 made the 1-process row
+#       43k msg/s, 3.2 CPU s in chain epochs, fit latency p99 2.8 s, where 16 gave 89k, 1.1 s,
+#       169 ms (the base before the spline 84k, 1.0 s, 183 ms): kept at 16
 #   10                                                   0.84 / 11.1 ms;  99.61 % / 81.8 % / 42
 #   12, SLSQP ftol 1e-14 (this) → 1e-10 → 1e-8          iterations on the real chains 1,564 →
 #       1,205 → 759 (47 solves), figures identical; but on the simulated chains ftol 1e-8 made a
@@ -983,7 +986,7 @@ SPLINE_BELOW = RESCUE_BELOW
 SPLINE_PAD = 0.05
 SPLINE_QUOTES_PER_COEF = 3
 SPLINE_MIN_COEFS = 6
-SPLINE_MAX_COEFS = 12
+SPLINE_MAX_COEFS = 16
 SPLINE_SMOOTH = 1e-3
 SPLINE_G_MARGIN = 1e-4
 SPLINE_GRID_N = 200
