@@ -769,10 +769,8 @@ class ChainLogic:
         order = np.argsort(strikes[usable])
         k_strikes = strikes[usable][order]
         started = time.perf_counter()
-        prev = None
-        if s.last_fit is not None:
-            lf = s.last_fit
-            prev = (lf.a, lf.b, lf.rho, lf.m, lf.sigma)
+        # the last fit whole (its spline too: a warm spline rescue starts from it, svi.py SPLINE_BELOW)
+        prev = s.last_fit
         fit = svi.fit_slice(k_strikes, s.forward, t, bid_iv[usable][order], ask_iv[usable][order], prev=prev)
         fit_ms = (time.perf_counter() - started) * 1000.0
         if fit is None:
