@@ -48,7 +48,7 @@ if str(REPO) not in sys.path:
 from connectors.venues.deribit import VENUE, parse_instrument_name  # noqa: E402
 from connectors.capture.replay import write_frames  # noqa: E402
 from connectors.sim.deribit import Simulator  # noqa: E402
-from connectors.venues.placement import expiry_slot, slot_names  # noqa: E402
+from connectors.venues.placement import Placement, slot_names  # noqa: E402
 
 FORMAT_VERSION = 4
 CACHE_DIR = REPO / ".data" / "bench"
@@ -307,7 +307,28 @@ _NAME_RE = re.compile(rb'"instrument_name\\?":\\?"([A-Za-z0-9_.-]+)')
 _LIST_RE = re.compile(rb'"result\\?":\[')
 
 
-def _frame_targets(line: bytes, lineno: int, path: Path, workers: int) -> tuple[str, Optional[int]]:
+def recording_placements(path: Path, meta: dict, workers: int) -> Placement:
+    """The expiry placement every slot's client would make of this recording: the options
+    subscribed (each has a first frame in the preamble) counted per expiry and placed at the
+    first live frame's time by connectors.venues.placement.Placement, as the live source does."""
+    listings: dict[str, dict[int, set]] = {}
+    with gzip.open(path, "rb") as fh:
+        for i, line in enumerate(fh):
+            if i >= meta["preamble_frames"]:
+                break
+            name = _NAME_RE.search(line)
+            if name is None or _LIST_RE.search(line):
+                continue
+            underlying, expiry_ms, strike, _ = parse_instrument_name(name.group(1).decode())
+            if strike is not None:
+                listings.setdefault(underlying, {}).setdefault(expiry_ms, set()).add(name.group(1))
+    placement = Placement(workers)
+    for underlying, listing in sorted(listings.items()):
+        placement.assign(underlying, {e: len(names) for e, names in listing.items()}, meta["first_live_ts_ms"])
+    return placement
+
+
+def _frame_targets(line: bytes, lineno: int, path: Path, placement: Placement) -> tuple[str, Optional[int]]:
     """(currency, worker slot) a recorded line belongs to; slot None: every slot of the currency
     (instrument lists, index prices, perpetuals: what every partition's connection receives)."""
     m = _CURRENCY_RE.search(line)
@@ -316,10 +337,10 @@ def _frame_targets(line: bytes, lineno: int, path: Path, workers: int) -> tuple[
                          "instrument_name or index_name); split_recording needs Deribit option, "
                          f"future or index frames: {line[:120]!r}")
     currency = (m.group(1) or m.group(2)).decode().upper()
-    if workers == 1 or m.group(2) is not None or _LIST_RE.search(line):
+    if placement.workers == 1 or m.group(2) is not None or _LIST_RE.search(line):
         return currency, None
     underlying, expiry_ms, _, _ = parse_instrument_name(_NAME_RE.search(line).group(1).decode())
-    return currency, expiry_slot(VENUE, underlying, expiry_ms, workers)
+    return currency, placement.slot_of(VENUE, underlying, expiry_ms)
 
 
 def split_path(path: Path, part: str) -> Path:
@@ -330,9 +351,10 @@ def split_recording(path: Path, meta: dict, workers: int = 1, quiet: bool = Fals
     """Per-partition recordings of a workload (cached beside it): {part: (path, meta)}, as the
     live source's partitions would have recorded them — one per currency, or with `workers`
     > 1 one per (currency, worker slot) named by connectors.venues.placement.slot_names ("BTC.w0of2"): a
-    slot keeps the options and futures whose chain key bytewax runs on worker k, plus what
-    every connection of that currency receives (instrument lists, index, perpetual), so
-    slot k read on worker k never ships a book event to another process.
+    slot keeps the options and futures of the expiries placed on it (`recording_placements`,
+    the live source's rule), plus what every connection of that currency receives (instrument
+    lists, index, perpetual), so slot k read on worker k never ships a book event to another
+    process (flows/routing.py salts the chain keys to run there).
 
     Each keeps its frames in their order, so it starts with its own discovery preamble. Its
     meta is the workload's restated for the file: frames, preamble_frames, first_live_ts_ms,
@@ -343,8 +365,11 @@ def split_recording(path: Path, meta: dict, workers: int = 1, quiet: bool = Fals
     out = {name: (split_path(path, name), split_path(path, name).with_name(
         split_path(path, name).name.replace(".jsonl.gz", ".meta.json"))) for name in parts.values()}
     if all(p.exists() and m.exists() for p, m in out.values()):
-        return {name: (p, json.loads(m.read_text())) for name, (p, m) in out.items()}
+        cached = {name: (p, json.loads(m.read_text())) for name, (p, m) in out.items()}
+        if workers == 1 or all("placement" in m for _, m in cached.values()):  # else split by the older hash rule
+            return cached
     started = time.monotonic()
+    placement = recording_placements(path, meta, workers)
     shock_spans = [(s["first_frame"], s["first_frame"] + s["n_frames"], s) for s in meta["shocks"]]
     expiry_last = {i: (s, e) for s in meta["shocks"] for e, i in s.get("expiry_last_frame", {}).items()}
     shocks: dict[str, list[dict]] = {name: [] for name in out}
@@ -359,7 +384,7 @@ def split_recording(path: Path, meta: dict, workers: int = 1, quiet: bool = Fals
             for i, line in enumerate(fh):
                 if not line.strip():
                     continue
-                cur, slot = _frame_targets(line, i + 1, path, workers)
+                cur, slot = _frame_targets(line, i + 1, path, placement)
                 if cur not in currencies:
                     raise ValueError(f"{path}:{i + 1}: frame of {cur}, not one of the workload's "
                                      f"currencies {currencies}")
@@ -394,7 +419,8 @@ def split_recording(path: Path, meta: dict, workers: int = 1, quiet: bool = Fals
         m = dict(meta, frames=counts[name], preamble_frames=preamble[name], live_frames=counts[name] - preamble[name],
                  first_live_ts_ms=first, last_ts_ms=last_ts[name], avg_rate_msg_s=(counts[name] - preamble[name]) / span_s,
                  n_options={cur: meta["n_options"][cur]}, shocks=[s for s in shocks[name] if s["n_frames"]],
-                 kinds={}, currency=cur, slot=slot, workers=workers, split_of=path.name)
+                 kinds={}, currency=cur, slot=slot, workers=workers, split_of=path.name,
+                 placement={str(e): k for e, k in sorted(placement.placed(cur).items())})
         mpath.write_text(json.dumps(m, indent=1))
         result[name] = (p, m)
     if not quiet:

@@ -7,8 +7,10 @@ item per step — plus the index prices and StatusReports that go elsewhere. It 
 instrument → chain-key routing built from Instrument events. With market-event storage on
 (`market=True`), the same loop also makes one `MarketEvents` item per surface per batch: the
 events it routed, for connectors/postgres/market_sink.py. Which worker reads which
-instruments is connectors/venues/placement.py's rule; this module never parses and never
-computes anything about volatility.
+instruments is connectors/venues/placement.py's rule: a partition split per worker slot
+(`deribit-BTC.w1of2`) salts its venue's chain keys so that bytewax runs each on the slot's own
+worker (placement.routed_key). This module never parses and never computes anything about
+volatility.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ import os
 import socket
 import time
 from datetime import datetime, timezone
-from typing import Callable
+from typing import Callable, Optional
 
 import msgspec
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from connectors.venues.placement import routed_key, slot_of_name
 from flows.metrics import COUNTERS, STOP
 from operators.events import (BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument, StatusReport, Ticker,
                               CONSOLIDATED, chain_key, surface_key)
@@ -60,7 +63,8 @@ class BatchingSource(FixedPartitionedSource):
     def build_part(self, step_id, for_part, resume_state):
         inner_state, routing = resume_state if isinstance(resume_state, _Resume) else (resume_state, None)
         part = _BatchingPartition(self.inner.build_part(step_id, for_part, inner_state), self.interval_ms,
-                                  self.consolidate, self.now_ms, self.index_venue, self.market)
+                                  self.consolidate, self.now_ms, self.index_venue, self.market,
+                                  slot_of_name(for_part))
         if routing is not None:
             part.route, part.expiries = routing
         return part
@@ -76,8 +80,10 @@ class _Resume(tuple):
 
 class _BatchingPartition(StatefulSourcePartition):
     def __init__(self, inner: StatefulSourcePartition, interval_ms: int, consolidate: bool,
-                 now_ms: Callable[[], int], index_venue: str = "", market: bool = False):
+                 now_ms: Callable[[], int], index_venue: str = "", market: bool = False,
+                 slot: Optional[tuple[int, int]] = None):
         self.inner = inner
+        self.slot = slot  # (worker slot, workers) this partition is read on, or None: keys unsalted
         self.consolidate = consolidate
         self.index_venue = index_venue
         self.market = market
@@ -168,7 +174,11 @@ class _BatchingPartition(StatefulSourcePartition):
         return out
 
     def _keys(self, venue: str, underlying: str, expiry_ms: int) -> tuple[str, ...]:
-        keys = [chain_key(venue, underlying, expiry_ms)]
+        # an expiry this slot reads runs on this slot's worker (it reads all of that expiry, by
+        # placement); perpetuals (expiry 0, read by every slot) and the combined surface (fed by
+        # every venue's slots) keep bytewax's hash routing
+        key = chain_key(venue, underlying, expiry_ms)
+        keys = [routed_key(key, *self.slot) if self.slot is not None and expiry_ms != 0 else key]
         self.expiries.setdefault((venue, underlying), set()).add(keys[0])
         if self.consolidate:
             keys.append(chain_key(CONSOLIDATED, underlying, expiry_ms))

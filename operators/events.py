@@ -31,8 +31,10 @@ def chain_key(venue: str, underlying: str, expiry_ms: int) -> str:
 
 
 def split_chain_key(key: str) -> tuple[str, str, int]:
+    """(venue, underlying, expiry_ms) of a chain key, routed or not: a key salted to run on its
+    placed worker (`deribit|BTC|1767254400000#3`, connectors/venues/placement.py) drops the salt."""
     venue, underlying, expiry = key.split("|")
-    return venue, underlying, int(expiry)
+    return venue, underlying, int(expiry.partition("#")[0])
 
 
 def surface_key(venue: str, underlying: str) -> str:

@@ -228,14 +228,13 @@ def combine_cluster(job: dict, outs: list[dict]) -> dict:
 
 def expiry_probes(parts: list[dict], probes: dict):
     """probe_for(underlying, expiry_ms): the probe of the partition that carries that expiry's
-    events — its currency's, or with a split per worker slot, the slot bytewax runs its chain on."""
-    from connectors.venues.deribit import VENUE
-    from connectors.venues.placement import expiry_slot
-
+    events — its currency's, or with a split per worker slot, the slot the split placed it on
+    (bench/workload.py split_recording writes each file's placement in its meta)."""
     by_slot = {(p["meta"].get("currency", p["currency"]), p["meta"].get("slot")): Path(p["path"]).name for p in parts}
-    workers = max((p["meta"].get("workers") or 1) for p in parts)
+    placed = {(p["meta"].get("currency", p["currency"]), int(e)): k
+              for p in parts for e, k in (p["meta"].get("placement") or {}).items()}
 
     def probe_for(underlying: str, expiry_ms: int):
-        return probes.get(by_slot.get((underlying, expiry_slot(VENUE, underlying, expiry_ms, workers)), ""))
+        return probes.get(by_slot.get((underlying, placed.get((underlying, expiry_ms))), ""))
 
     return probe_for

@@ -45,7 +45,7 @@ from typing import Any, Callable, Iterable, Optional
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from connectors.venues.folding import DROPPED, OVERFLOW, FoldingQueue
-from connectors.venues.placement import expiry_slot, slot_names
+from connectors.venues.placement import Placement, slot_names
 from operators.events import BookUpdate, FeedError, Instrument
 from operators.state.book import OrderBook
 
@@ -280,7 +280,9 @@ class VenueClient:
         self.frame_tap = frame_tap
         if route is not None and not 0 <= route[0] < route[1]:
             raise ValueError(f"route={route!r}: (worker slot, workers) with 0 <= slot < workers")
-        self.route = route  # read only the expiries whose chain runs on this worker (None: all)
+        self.route = route  # read only the expiries placed on this worker slot (None: all)
+        # every slot's client places the whole listing by the same rule (connectors/venues/placement.py)
+        self.placement = Placement(route[1] if route is not None else 1)
         self._rng = random.Random(seed)
         self._queue = make_queue(queue_max)  # BoundedQueue or LockedFoldingQueue
         self._thread_name = thread_name
@@ -298,12 +300,23 @@ class VenueClient:
         self._resync_task: Optional[asyncio.Task] = None
 
     def on_this_worker(self, inst: Instrument) -> bool:
-        """Whether this client reads `inst`: with a route, only options and futures whose chain
-        key bytewax runs on the client's own worker (perpetuals and the index: every slot)."""
+        """Whether this client reads `inst`: with a route, only options and futures of the
+        expiries placed on the client's own slot (perpetuals and the index: every slot). Call
+        `_place` with the chosen options first, or every expiry falls back to the hash rule."""
         if self.route is None:
             return True
-        slot, workers = self.route
-        return expiry_slot(inst.venue, inst.underlying, inst.expiry_ms, workers) in (None, slot)
+        return self.placement.slot_of(inst.venue, inst.underlying, inst.expiry_ms) in (None, self.route[0])
+
+    def _place(self, options: Iterable[Instrument], now: int) -> None:
+        """Places the expiries of the options chosen across all slots (the same list on every
+        slot's client): new ones to the least-loaded slot, live ones kept, expired ones let go."""
+        if self.route is None:
+            return
+        listings: dict[str, collections.Counter] = {}
+        for inst in options:
+            listings.setdefault(inst.underlying, collections.Counter())[inst.expiry_ms] += 1
+        for underlying, listing in listings.items():
+            self.placement.assign(underlying, listing, now)
 
     # -------------------------------------------------- consumer side (any thread)
 
@@ -542,8 +555,10 @@ SOURCE_GATHER_MS = 2.0
 
 
 class ClientPartition(StatefulSourcePartition):
-    """One started client, drained in batches. snapshot() is None: a live source resubscribes
-    after a restart and every book starts again from a fresh snapshot."""
+    """One started client, drained in batches. snapshot() is the client's expiry placement
+    only (connectors/venues/placement.py), so a restart keeps every live chain on its worker:
+    a live source resubscribes after a restart and every book starts again from a fresh
+    snapshot."""
 
     def __init__(self, client: VenueClient, run_seconds: Optional[float], batch_max: int, idle_ms: float,
                  gather_ms: float = SOURCE_GATHER_MS):
@@ -570,8 +585,8 @@ class ClientPartition(StatefulSourcePartition):
     def next_awake(self) -> Optional[datetime]:
         return self.awake
 
-    def snapshot(self) -> None:
-        return None
+    def snapshot(self) -> Optional[dict]:
+        return self.client.placement.state() if self.client.route is not None else None
 
     def close(self) -> None:
         self.client.stop()
@@ -618,7 +633,10 @@ class ClientSource(FixedPartitionedSource):
             raise ValueError(f"partition {for_part!r} is not one of this source's {sorted(self._parts)}; was the "
                              "flow resumed with another runtime.workers × runtime.processes or venue list?")
         key, slot = self._parts[for_part]
-        return ClientPartition(self.make_client(key, slot), self.run_seconds, self.batch_max, self.idle_ms)
+        client = self.make_client(key, slot)
+        if resume_state and client.route is not None:  # the placement this slot had: live chains stay put
+            client.placement = Placement(self.route_workers, resume_state)
+        return ClientPartition(client, self.run_seconds, self.batch_max, self.idle_ms)
 
     def make_client(self, key: str, slot: int) -> VenueClient:
         raise NotImplementedError

@@ -292,7 +292,9 @@ class DeribitClient(VenueClient):
 
     def _choose(self, listed: dict[str, Instrument], spot: Optional[float]) -> list[Instrument]:
         options = [i for i in listed.values() if i.kind == "option"]
-        chosen = [i for i in filter_options(options, spot, self.max_expiries, self.max_strikes) if self.on_this_worker(i)]
+        chosen = filter_options(options, spot, self.max_expiries, self.max_strikes)
+        self._place(chosen, self.clock_ms())
+        chosen = [i for i in chosen if self.on_this_worker(i)]
         if self.include_futures:
             chosen.extend(sorted((i for i in listed.values() if i.kind != "option" and self.on_this_worker(i)),
                                  key=lambda i: i.instrument))

@@ -281,12 +281,13 @@ def test_source_in_a_dataflow_one_partition_per_currency(sim):
         part.close()
 
 
-def test_source_on_a_cluster_reads_each_expiry_on_the_worker_of_its_chain(sim):
-    """route_workers=2: a partition (connection) per currency and worker slot; slot k lists only
-    the options and futures whose chain key bytewax runs on worker k, and between them the
-    slots read exactly what one connection would."""
-    from connectors.venues.placement import worker_of
-    from operators.events import chain_key
+def test_source_on_a_cluster_splits_expiries_evenly_and_keeps_the_split_through_a_restart(sim):
+    """route_workers=2: a partition (connection) per currency and worker slot; both slots place
+    the listing alike (connectors/venues/placement.py), slot k lists only the options and
+    futures of the expiries placed on it, between them they read exactly what one connection
+    would, the option counts differ by at most one expiry's worth, and a partition resumed
+    from its snapshot keeps every expiry where it was."""
+    from collections import Counter
 
     source = DeribitSource(**deribit_kwargs(DeribitSource, url=sim.url, currencies=["BTC", "ETH"], heartbeat_s=0.3,
                                             max_expiries=6, max_strikes=2, reconnect_min_s=0.05,
@@ -295,22 +296,36 @@ def test_source_on_a_cluster_reads_each_expiry_on_the_worker_of_its_chain(sim):
                                    "deribit-ETH.w1of2"]
     whole = deribit_client(sim.url, ("BTC",), max_expiries=6, max_strikes=2).start()
     parts = [source.build_part("in", name, None) for name in ("deribit-BTC.w0of2", "deribit-BTC.w1of2")]
+    resumed = None
     try:
         for client in [whole] + [p.client for p in parts]:
             assert client.wait_for(lambda k: k.get("sessions_streaming", 0) >= 1, 10)
         listed = [{n: i for n, i in p.client.active.items()} for p in parts]
         assert listed[0] and listed[1] and set(listed[0]) & set(listed[1]) == {"BTC-PERPETUAL"}
         assert set(listed[0]) | set(listed[1]) == set(whole.active)
+        states = [p.snapshot() for p in parts]
+        expiries = {i.expiry_ms for i in whole.active.values() if i.kind == "option"}
+        assert states[0] == states[1] and set(states[0]["BTC"]) == expiries  # both slots placed them alike
+        options = [Counter(i.expiry_ms for i in insts.values() if i.kind == "option") for insts in listed]
         for slot, insts in enumerate(listed):
             assert parts[slot].client.route == (slot, 2)
             for inst in insts.values():
-                if inst.expiry_ms:  # futures and options: their chain's worker; perpetuals: both
-                    assert worker_of(chain_key("deribit", inst.underlying, inst.expiry_ms), 2) == slot
+                if inst.expiry_ms:  # futures and options: their expiry's slot; perpetuals: both
+                    assert parts[0].client.placement.slot_of("deribit", "BTC", inst.expiry_ms) == slot
+        # the simulator lists max_strikes=2 strikes (4 options) in every expiry: an even split is by expiry count
+        whole_counts = Counter(i.expiry_ms for i in whole.active.values() if i.kind == "option")
+        assert set(whole_counts.values()) == {4}
+        assert sorted([len(options[0]), len(options[1])]) == [len(expiries) // 2, (len(expiries) + 1) // 2]
+        assert options[0] + options[1] == whole_counts
+        parts[1].close()
+        resumed = source.build_part("in", "deribit-BTC.w1of2", states[1])
+        assert resumed.client.wait_for(lambda k: k.get("sessions_streaming", 0) >= 1, 10)
+        assert resumed.snapshot() == states[1] and set(resumed.client.active) == set(listed[1])
         with pytest.raises(ValueError, match="runtime.workers"):
             source.build_part("in", "deribit-BTC", None)
     finally:
         whole.stop()
-        for p in parts:
+        for p in parts + ([resumed] if resumed else []):
             p.close()
 
 

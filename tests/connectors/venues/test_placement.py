@@ -11,8 +11,11 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSource, cluster_main
 
-from connectors.venues.placement import expiry_slot, slot_names, worker_of
-from operators.events import chain_key
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from connectors.venues.placement import Placement, expiry_slot, routed_key, slot_names, slot_of_name, worker_of
+from operators.events import chain_key, split_chain_key
 
 
 class _WorkerSink(DynamicSink):
@@ -57,6 +60,24 @@ def test_worker_of_is_where_bytewax_runs_the_key(workers):
     wrong = {k: (ran_on[k], worker_of(k, workers)) for k in ran_on if ran_on[k] != worker_of(k, workers)}
     assert not wrong, f"bytewax ran these keys elsewhere (ran on, predicted): {wrong}"
     assert len(set(ran_on.values())) == workers  # the keys really spread
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_a_routed_key_runs_on_its_slot(workers):
+    bases = [chain_key("deribit", u, 1767686400000 + d * 86_400_000) for u in ("BTC", "ETH") for d in range(30)]
+    wanted = {routed_key(b, slot, workers): slot for b in bases for slot in range(workers)}
+    flow = Dataflow("placement_routed")
+    keyed = op.input("in", flow, TestingSource([(k, 1) for k in wanted]))
+    counted = op.stateful_map("count", keyed, lambda state, v: ((state or 0) + v, (state or 0) + v))
+    sink = _WorkerSink()
+    op.output("out", op.map("key", counted, lambda kv: kv[0]), sink)
+    cluster_main(flow, [], 0, worker_count_per_proc=workers)
+    assert dict(sink.seen) == wanted
+    for b in bases:
+        home = worker_of(b, workers)
+        assert routed_key(b, home, workers) == b  # a key already on its slot is left as it is
+        for slot in range(workers):
+            assert split_chain_key(routed_key(b, slot, workers)) == split_chain_key(b)
 
 
 class _NamedParts(FixedPartitionedSource):
@@ -112,3 +133,69 @@ def test_expiry_slot_is_the_chain_keys_worker_and_none_for_what_every_slot_reads
     assert expiry_slot("deribit", "BTC", expiry, 2) == worker_of(chain_key("deribit", "BTC", expiry), 2)
     assert expiry_slot("deribit", "BTC", 0, 2) is None  # a perpetual: every slot
     assert expiry_slot("deribit", "BTC", expiry, 1) is None  # one worker: one slot reads all
+
+
+def test_slot_of_name_inverts_slot_names():
+    for workers in (2, 3, 12):
+        for k, name in enumerate(slot_names("deribit-BTC", workers)):
+            assert slot_of_name(name) == (k, workers)
+    assert slot_of_name("workload.BTC.w1of2.jsonl.gz") == (1, 2)  # a replayed recording of slot 1
+    assert slot_of_name("deribit-BTC") is None and slot_of_name("BTC.w2of2") is None
+    assert slot_of_name("BTC.w1of2x") is None
+
+
+# ---------------------------------------------------------------- Placement (pure)
+
+DAY_MS = 86_400_000
+T0_MS = 1_767_686_400_000
+
+
+def test_a_fresh_start_splits_a_skewed_listing_evenly():
+    """12 expiries of 24 to 1,148 options (4,008 in all, short expiries thin and long ones deep,
+    as listings are): longest first to the least-loaded slot splits them 6/6 and 2,004/2,004."""
+    counts = [24, 40, 56, 80, 120, 160, 240, 320, 400, 520, 900, 1148]
+    listing = {T0_MS + (i + 1) * DAY_MS: n for i, n in enumerate(counts)}
+    assert sum(counts) == 4008
+    slots = Placement(2).assign("BTC", listing, T0_MS)
+    load = [sum(n for e, n in listing.items() if slots[e] == k) for k in (0, 1)]
+    assert load == [2004, 2004] and sorted(slots.values()).count(0) == 6
+
+
+def test_new_listings_go_to_the_least_loaded_slot_and_live_expiries_never_move():
+    p = Placement(2)
+    first = p.assign("BTC", {T0_MS + DAY_MS: 100, T0_MS + 2 * DAY_MS: 60, T0_MS + 3 * DAY_MS: 30}, T0_MS)
+    assert first == {T0_MS + DAY_MS: 0, T0_MS + 2 * DAY_MS: 1, T0_MS + 3 * DAY_MS: 1}
+    # a day on: the first expiry is gone (slot 0 is now empty), a new one is listed and goes there
+    later = p.assign("BTC", {T0_MS + 2 * DAY_MS: 500, T0_MS + 3 * DAY_MS: 30, T0_MS + 4 * DAY_MS: 10}, T0_MS + DAY_MS)
+    assert later == {T0_MS + 2 * DAY_MS: 1, T0_MS + 3 * DAY_MS: 1, T0_MS + 4 * DAY_MS: 0}
+    assert p.slot_of("deribit", "BTC", 0) is None  # a perpetual: every slot reads it
+    assert p.slot_of("deribit", "ETH", T0_MS) == expiry_slot("deribit", "ETH", T0_MS, 2)  # not placed: the hash
+    assert Placement(2, p.state()).state() == p.state()
+    with pytest.raises(ValueError, match="another worker count"):
+        Placement(1, {"BTC": {T0_MS + 4 * DAY_MS: (1, 10)}})
+
+
+_listing = st.dictionaries(st.integers(1, 60).map(lambda d: T0_MS + d * DAY_MS), st.integers(1, 1_000),
+                           min_size=1, max_size=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(workers=st.integers(2, 4), listings=st.lists(_listing, min_size=1, max_size=6))
+def test_placement_properties(workers, listings):
+    """Over any sequence of listings a day apart: every live listed expiry has one slot, a live
+    expiry keeps its slot, expired ones leave, the same sequence placed twice agrees (every
+    slot's client places alike), and a fresh start's busiest slot exceeds the mean load by at
+    most the largest expiry (longest-processing-time bound)."""
+    p, q = Placement(workers), Placement(workers)
+    seen: dict[int, int] = {}
+    for day, listing in enumerate(listings):
+        now = T0_MS + day * DAY_MS
+        got = p.assign("BTC", listing, now)
+        assert got == q.assign("BTC", dict(reversed(listing.items())), now)
+        assert all(0 <= s < workers for s in got.values()) and all(e > now for e in got)
+        assert {e for e in listing if e > now} <= set(got)
+        for e, s in got.items():
+            assert seen.setdefault(e, s) == s
+        if day == 0:
+            load = [sum(n for e, n in listing.items() if got[e] == k) for k in range(workers)]
+            assert max(load) <= sum(load) / workers + max(listing.values())
