@@ -424,8 +424,12 @@ def split_recording(path: Path, meta: dict, workers: int = 1, quiet: bool = Fals
         mpath.write_text(json.dumps(m, indent=1))
         result[name] = (p, m)
     if not quiet:
+        placed = placement.state()
+        held = {(cur, k): [n for slot, n in placed.get(cur, {}).values() if slot == k] for cur, k in parts}
         print(f"# split {path.name} per partition in {time.monotonic() - started:.1f} s: "
-              + ", ".join(f"{name} {m['frames']:,} frames" for name, (_, m) in result.items()),
+              + ", ".join(f"{name} {m['frames']:,} frames" + (f" ({len(held[key])} expiries, {sum(held[key]):,} options)"
+                                                            if key[1] is not None else "")
+                          for key, name in parts.items() for m in [result[name][1]]),
               file=sys.stderr, flush=True)
     return result
 
