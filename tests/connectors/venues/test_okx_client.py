@@ -282,6 +282,32 @@ def test_source_in_a_dataflow_one_partition_per_family(sim):
         part.close()
 
 
+def test_source_on_a_cluster_splits_each_familys_expiries_evenly(sim):
+    """route_workers=2: a connection per family and worker slot; both slots place the listing
+    alike, read disjoint expiries that together are what one connection reads, and hold
+    option counts within one expiry's worth of each other."""
+    from collections import Counter
+
+    source = OkxSource(**okx_kwargs(OkxSource, url=sim.url, families=["BTC-USD"], reconnect_min_s=0.05,
+                                    connects_per_s=1000.0, route_workers=2))
+    assert source.list_parts() == ["okx-BTC-USD.w0of2", "okx-BTC-USD.w1of2"]
+    whole = okx_client(sim.url).start()
+    parts = [source.build_part("in", name, None) for name in source.list_parts()]
+    try:
+        for client in [whole] + [p.client for p in parts]:
+            assert client.wait_for(lambda k: k.get("discoveries", 0) >= 1, 10)
+        options = [Counter(i.expiry_ms for i in c.instruments.values() if i.kind == "option")
+                   for c in [whole] + [p.client for p in parts]]
+        assert len(options[0]) >= 2 and options[1] + options[2] == options[0]
+        assert set(options[1]).isdisjoint(options[2])
+        assert abs(sum(options[1].values()) - sum(options[2].values())) <= max(options[0].values())
+        assert parts[0].snapshot() == parts[1].snapshot() and set(parts[0].snapshot()["BTC"]) == set(options[0])
+    finally:
+        whole.stop()
+        for p in parts:
+            p.close()
+
+
 @pytest.mark.slow
 def test_flow_fits_match_the_true_surface():
     """OkxSource → flows.surface → SmileFits (venue okx) within 0.5 vol pts RMS of the true smile
