@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 from collections import Counter
 
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import cluster_main
 
 from connectors.sim.deribit import Simulator
@@ -20,30 +19,10 @@ from operators.events import SmileFit
 from operators.state import chain
 from tests.helpers.config import sim_kwargs
 from tests.helpers.flowrun import StoppableSource, run_until
+from tests.helpers.sinks import WorkerSink
 from tests.helpers.venues import monday_noon_ms
 
 PLAN = {"daily": 2, "weekly": 2, "monthly": 1, "quarterly": 1}  # 6 BTC expiries
-
-
-class _FitsByWorker(DynamicSink):
-    """(expiry_ms, worker index) of every SmileFit: a dynamic sink writes on the worker that
-    made the item, and a fit is made by its chain step."""
-
-    consumes = (SmileFit,)
-
-    def __init__(self):
-        self.seen: list[tuple[int, int]] = []
-        self.lock = threading.Lock()
-
-    def build(self, step_id, worker_index, worker_count):
-        sink = self
-
-        class _Part(StatelessSinkPartition):
-            def write_batch(self, items):
-                with sink.lock:
-                    sink.seen.extend((f.expiry_ms, worker_index) for f in items if isinstance(f, SmileFit))
-
-        return _Part()
 
 
 def test_two_workers_split_the_expiries_evenly_and_fit_each_where_its_books_are_read():
@@ -58,7 +37,7 @@ def test_two_workers_split_the_expiries_evenly_and_fit_each_where_its_books_are_
         assert source.list_parts() == ["deribit-BTC.w0of2", "deribit-BTC.w1of2"]
         stop = threading.Event()
         wrapped = StoppableSource(source, stop)
-        sink = _FitsByWorker()
+        sink = WorkerSink(lambda fit: fit.expiry_ms, consumes=(SmileFit,))  # a fit is written where its chain ran
         listed = set(sim.instrument_names("BTC", "option"))
         expiries = {parse_instrument_name(n)[1] for n in listed}
         assert len(expiries) == 6

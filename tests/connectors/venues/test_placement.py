@@ -2,13 +2,11 @@
 worker reads each slot of a source split per worker."""
 
 import random
-import threading
 
 import bytewax.operators as op
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSource, cluster_main
 
 from hypothesis import given, settings
@@ -16,25 +14,7 @@ from hypothesis import strategies as st
 
 from connectors.venues.placement import Placement, expiry_slot, routed_key, slot_names, slot_of_name, worker_of
 from operators.events import chain_key, split_chain_key
-
-
-class _WorkerSink(DynamicSink):
-    """Records (item, index of the worker that wrote it); a dynamic sink writes on the worker
-    that produced the item, with no exchange before it."""
-
-    def __init__(self):
-        self.seen: list[tuple[object, int]] = []
-        self.lock = threading.Lock()
-
-    def build(self, step_id, worker_index, worker_count):
-        sink = self
-
-        class _Part(StatelessSinkPartition):
-            def write_batch(self, items):
-                with sink.lock:
-                    sink.seen.extend((item, worker_index) for item in items)
-
-        return _Part()
+from tests.helpers.sinks import WorkerSink
 
 
 def _keys() -> list[str]:
@@ -46,16 +26,21 @@ def _keys() -> list[str]:
     return keys
 
 
+def _ran_on(name: str, keys, workers: int) -> dict:
+    """key → the worker a real bytewax cluster of `workers` ran its stateful step on."""
+    flow = Dataflow(name)
+    keyed = op.input("in", flow, TestingSource([(k, 1) for k in keys]))
+    counted = op.stateful_map("count", keyed, lambda state, v: ((state or 0) + v, (state or 0) + v))
+    sink = WorkerSink()
+    op.output("out", op.map("key", counted, lambda kv: kv[0]), sink)
+    cluster_main(flow, [], 0, worker_count_per_proc=workers)
+    return dict(sink.seen)
+
+
 @pytest.mark.parametrize("workers", [2, 3])
 def test_worker_of_is_where_bytewax_runs_the_key(workers):
     keys = _keys()
-    flow = Dataflow("placement_keys")
-    keyed = op.input("in", flow, TestingSource([(k, 1) for k in keys]))
-    counted = op.stateful_map("count", keyed, lambda state, v: ((state or 0) + v, (state or 0) + v))
-    sink = _WorkerSink()
-    op.output("out", op.map("key", counted, lambda kv: kv[0]), sink)
-    cluster_main(flow, [], 0, worker_count_per_proc=workers)
-    ran_on = dict(sink.seen)
+    ran_on = _ran_on("placement_keys", keys, workers)
     assert sorted(ran_on) == sorted(set(keys))
     wrong = {k: (ran_on[k], worker_of(k, workers)) for k in ran_on if ran_on[k] != worker_of(k, workers)}
     assert not wrong, f"bytewax ran these keys elsewhere (ran on, predicted): {wrong}"
@@ -66,13 +51,7 @@ def test_worker_of_is_where_bytewax_runs_the_key(workers):
 def test_a_routed_key_runs_on_its_slot(workers):
     bases = [chain_key("deribit", u, 1767686400000 + d * 86_400_000) for u in ("BTC", "ETH") for d in range(30)]
     wanted = {routed_key(b, slot, workers): slot for b in bases for slot in range(workers)}
-    flow = Dataflow("placement_routed")
-    keyed = op.input("in", flow, TestingSource([(k, 1) for k in wanted]))
-    counted = op.stateful_map("count", keyed, lambda state, v: ((state or 0) + v, (state or 0) + v))
-    sink = _WorkerSink()
-    op.output("out", op.map("key", counted, lambda kv: kv[0]), sink)
-    cluster_main(flow, [], 0, worker_count_per_proc=workers)
-    assert dict(sink.seen) == wanted
+    assert _ran_on("placement_routed", wanted, workers) == wanted
     for b in bases:
         home = worker_of(b, workers)
         assert routed_key(b, home, workers) == b  # a key already on its slot is left as it is
@@ -110,7 +89,7 @@ def test_slot_k_of_every_group_is_read_on_worker_k(workers):
     names = [n for base in ("deribit-ETH", "deribit-BTC", "okx-BTC") for n in slot_names(base, workers)]
     random.Random(3).shuffle(names)  # bytewax sorts them: the order given must not matter
     flow = Dataflow("placement_parts")
-    sink = _WorkerSink()
+    sink = WorkerSink()
     op.output("out", op.input("in", flow, _NamedParts(names)), sink)
     cluster_main(flow, [], 0, worker_count_per_proc=workers)
     read_on = dict(sink.seen)
