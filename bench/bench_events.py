@@ -340,7 +340,7 @@ def _depth_vols_rows_008(run: str, batch: list) -> list[tuple]:
             for i, name in enumerate(lad.instrument):
                 row = (run, ev.venue, ev.underlying, view.expiry_ms, name, ts, ev.epoch, lad.venue[i], lad.strike[i],
                        lad.option_type[i], lad.contract_size[i], lad.stale[i], lad.level_depth, sizes,
-                       *(list(a[i]) for a in arrays))
+                       *([None if v != v else v for v in a[i].tolist()] for a in arrays))  # NaN: NULL, as 008 stored it
                 rows[row[:6]] = row
     return list(rows.values())
 

@@ -38,7 +38,8 @@ const monoMs = () => (typeof performance !== "undefined" ? performance.now() : D
 // (a patch carries only the values that changed; a snapshot's replace them whole); a re-sent
 // expiry's `ladders` (vol at size, columns per option book) are the old view's updated by
 // instrument (mergeLadders: a known book keeps its place, new ones follow; none sent keeps the
-// old), and go with their expiry when it is removed.
+// old; another level_depth or sizes_contracts replaces them whole), and go with their expiry
+// when it is removed.
 // tests/dashboard/test_merge_js.py runs applyPatch and onMessage under Node.js against the
 // Python rule on generated patch sequences: change both together.
 
@@ -49,6 +50,8 @@ const LADDER_BOOK_FIELDS = ["instrument", "venue", "strike", "option_type", "con
 function mergeLadders(old, add) {
   if (!add || !add.instrument.length) return old != null ? old : add;
   if (!old || !old.instrument.length) return add;
+  // a ladder of another shape (a config change across a restart) is replaced whole
+  if (old.level_depth !== add.level_depth || old.sizes_contracts.join() !== add.sizes_contracts.join()) return add;
   const rows = new Map();  // instrument -> [ladders, index]; Map.set keeps a known key's place
   old.instrument.forEach((name, i) => rows.set(name, [old, i]));
   add.instrument.forEach((name, i) => rows.set(name, [add, i]));

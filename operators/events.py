@@ -6,7 +6,11 @@ object with a `type` tag and a version field `v`. Pure data: no I/O, no bytewax,
 Units are in the names: `*_ms` are UTC epoch milliseconds, prices named `*_px` are in the
 venue's quote unit (coin for Deribit options, USD for futures and indices), IVs are
 decimals (0.65 = 65 %), `*_vol_pts` are vol points (0.65 → 65.0). A value that does not
-exist (an empty book side, an IV the exchange marks as absent) is None, never NaN.
+exist (an empty book side, an IV the exchange marks as absent) is None, never NaN — with one
+exception: the ladders' books × levels matrices (`Ladders`, `LevelMatrix`) are float64 numpy
+arrays whose NaN is the missing value, written as JSON null and read back as NaN. A shock's
+ladders are ~4,000 books × 72 values: as tuples of Python floats they took a third of the
+chain's tick to build and most of the cost of crossing processes (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import types
 from typing import Any, Optional, Union
 
 import msgspec
+import numpy as np
 import orjson
 
 SCHEMA_VERSION = 1
@@ -152,11 +157,13 @@ class FeedError(Message):
 class Ladders(Event):
     """Depth ladders (vol at size) of some option books of one expiry, column by column: entry i
     of every field is book `instrument[i]`'s. Per side, its best `level_depth` levels, best first
-    (None past the side's end), each with the implied vol of its price; then per size of
+    (none past the side's end), each with the implied vol of its price; then per size of
     `sizes_contracts` the price of walking the side to it (its size-weighted average: a sale walks
-    the bids, a purchase the asks) and that price's vol (None where the side is thinner). Prices
-    in coin, sizes in the book's contracts (contract_size coin each), vols decimals, None where
-    a price carries no vol. Every vol is within 1 bp of an exact solve (docs/architecture.md §4.3)."""
+    the bids, a purchase the asks) and that price's vol (none where the side is thinner). Prices
+    in coin, sizes in the book's contracts (contract_size coin each), vols decimals, none where
+    a price carries no vol. Every vol is within 1 bp of an exact solve (docs/architecture.md §4.3).
+    The per-level fields are books × levels float64 matrices (LADDER_MATRICES): "none" is NaN in
+    memory and null on the wire."""
 
     level_depth: int = 0
     sizes_contracts: tuple[float, ...] = ()
@@ -166,17 +173,57 @@ class Ladders(Event):
     option_type: tuple[str, ...] = ()  # "C" | "P"
     contract_size: tuple[float, ...] = ()
     stale: tuple[bool, ...] = ()  # the book is withheld (gap, crossed, venue silent): no levels
-    bid_px: tuple[tuple[Optional[float], ...], ...] = ()
-    bid_size_contracts: tuple[tuple[Optional[float], ...], ...] = ()
-    bid_iv: tuple[tuple[Optional[float], ...], ...] = ()
-    ask_px: tuple[tuple[Optional[float], ...], ...] = ()
-    ask_size_contracts: tuple[tuple[Optional[float], ...], ...] = ()
-    ask_iv: tuple[tuple[Optional[float], ...], ...] = ()
-    bid_exec_px: tuple[tuple[Optional[float], ...], ...] = ()
-    bid_exec_iv: tuple[tuple[Optional[float], ...], ...] = ()
-    ask_exec_px: tuple[tuple[Optional[float], ...], ...] = ()
-    ask_exec_iv: tuple[tuple[Optional[float], ...], ...] = ()
+    # books × level_depth (the levels) or books × len(sizes_contracts) (the walks): LevelMatrix
+    bid_px: np.ndarray = msgspec.field(default_factory=lambda: no_levels())
+    bid_size_contracts: np.ndarray = msgspec.field(default_factory=lambda: no_levels())
+    bid_iv: np.ndarray = msgspec.field(default_factory=lambda: no_levels())
+    ask_px: np.ndarray = msgspec.field(default_factory=lambda: no_levels())
+    ask_size_contracts: np.ndarray = msgspec.field(default_factory=lambda: no_levels())
+    ask_iv: np.ndarray = msgspec.field(default_factory=lambda: no_levels())
+    bid_exec_px: np.ndarray = msgspec.field(default_factory=lambda: no_levels())
+    bid_exec_iv: np.ndarray = msgspec.field(default_factory=lambda: no_levels())
+    ask_exec_px: np.ndarray = msgspec.field(default_factory=lambda: no_levels())
+    ask_exec_iv: np.ndarray = msgspec.field(default_factory=lambda: no_levels())
     v: int = SCHEMA_VERSION
+
+    def __eq__(self, other: object) -> bool:
+        # the matrices compare element by element, NaN equal to NaN (a missing value is one value)
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(np.array_equal(a, b, equal_nan=True) if name in LADDER_MATRICES else a == b
+                   for name, a, b in zip(self.__struct_fields__, msgspec.structs.astuple(self),
+                                         msgspec.structs.astuple(other)))
+
+    __hash__ = None  # type: ignore[assignment]  # holds arrays
+
+
+# Ladders' books × levels fields, float64 with NaN for none (JSON null)
+LADDER_MATRICES = frozenset(("bid_px", "bid_size_contracts", "bid_iv", "ask_px", "ask_size_contracts", "ask_iv",
+                             "bid_exec_px", "bid_exec_iv", "ask_exec_px", "ask_exec_iv"))
+_LevelRows = list[list[Optional[float]]]
+
+
+def no_levels() -> np.ndarray:
+    """The matrix of no books."""
+    return np.empty((0, 0))
+
+
+def level_matrix(rows: Any) -> np.ndarray:
+    """Books × levels as a float64 matrix, None → NaN: from decoded JSON (strictly numbers or
+    null, rows of one length) or an array. Raises ValueError naming what is wrong."""
+    if isinstance(rows, np.ndarray):
+        matrix = rows.astype(np.float64, copy=False)
+    else:
+        try:
+            rows = msgspec.convert(rows, _LevelRows)
+        except msgspec.ValidationError as exc:
+            raise ValueError(f"a ladder is rows of numbers or null ({str(exc).partition(' - at ')[0]})") from None
+        if len({len(r) for r in rows}) > 1:
+            raise ValueError("a ladder's rows differ in length")
+        matrix = np.array(rows, dtype=np.float64) if rows else no_levels()
+    if matrix.ndim != 2:
+        raise ValueError(f"a ladder is books × levels (2 dimensions), got {matrix.ndim}")
+    return matrix
 
 
 class ChainUpdate(Message):
@@ -357,7 +404,29 @@ class ContractError(ValueError):
     """Bytes that are not a valid event of this schema."""
 
 
-_encode = msgspec.json.Encoder().encode
+def enc_hook(obj: Any) -> Any:
+    """msgspec's hook for what it cannot encode itself: a ladder matrix as nested lists (NaN is
+    then written as null, as every NaN is)."""
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
+
+
+def dec_hook(typ: type, obj: Any) -> Any:
+    """msgspec's hook for the types it cannot decode itself: a ladder matrix (`level_matrix`)."""
+    if typ is np.ndarray:
+        return level_matrix(obj)
+    raise NotImplementedError(f"cannot decode {typ!r}")
+
+
+def schema_hook(typ: type) -> dict:
+    """The JSON Schema of a ladder matrix, for msgspec.json.schema."""
+    if typ is np.ndarray:
+        return {"type": "array", "items": {"type": "array", "items": {"anyOf": [{"type": "number"}, {"type": "null"}]}}}
+    raise NotImplementedError(f"no schema for {typ!r}")
+
+
+_encode = msgspec.json.Encoder(enc_hook=enc_hook).encode
 
 
 def dumps(value: Any) -> bytes:
@@ -410,11 +479,11 @@ def decoder(*classes: type) -> msgspec.json.Decoder:
     for cls in classes:
         if not (isinstance(cls, type) and issubclass(cls, Message)):
             raise TypeError(f"decoder() takes Message classes (tagged); {cls!r} is not one")
-    return msgspec.json.Decoder(Union[classes])  # type: ignore[valid-type]
+    return msgspec.json.Decoder(Union[classes], dec_hook=dec_hook)  # type: ignore[valid-type]
 
 
 _ANY = Union[tuple(c for c in EVENT_TYPES.values() if issubclass(c, Message)) + tuple(_TWINS)]  # type: ignore[valid-type]
-_decode_any = msgspec.json.Decoder(_ANY).decode
+_decode_any = msgspec.json.Decoder(_ANY, dec_hook=dec_hook).decode
 
 
 def contract_error(data: Any, exc: Exception) -> ContractError:
@@ -460,7 +529,7 @@ def from_json(raw: bytes | str) -> Any:
 def from_dict(data: dict) -> Any:
     """The event in a decoded JSON object (e.g. a jsonb row), validated as from_json does."""
     try:
-        event = msgspec.convert(data, _ANY)
+        event = msgspec.convert(data, _ANY, dec_hook=dec_hook)
     except msgspec.ValidationError as exc:
         raise contract_error(data, exc) from None
     return checked(event)

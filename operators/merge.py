@@ -22,9 +22,13 @@ The result lists expiries sorted by expiry_ms.
 
 Coalescing law (property-tested in tests/operators/test_merge.py): for every snapshot s
 (None included) and patches a, b,
-    apply_patch(apply_patch(s, a), b) == apply_patch(s, merge_patches(a, b)).
+    apply_patch(apply_patch(s, a), b) == apply_patch(s, merge_patches(a, b)),
+while the ladders keep one shape (level_depth, sizes_contracts). A ladder of another shape (a
+config change across a restart) replaces the old one whole, which no associative rule can do:
+a client folding patches across such a change may keep books from before it.
 
-Pure: no I/O, no bytewax, no logging; imports only msgspec and operators.events.
+Pure: no I/O, no bytewax, no logging; imports only msgspec, numpy (the ladders' matrices) and
+operators.events.
 """
 
 from __future__ import annotations
@@ -32,28 +36,39 @@ from __future__ import annotations
 from typing import Optional, Union
 
 import msgspec
+import numpy as np
 
-from operators.events import ExpiryView, Ladders, SurfacePatch, SurfaceSnapshot
+from operators.events import LADDER_MATRICES, ExpiryView, Ladders, SurfacePatch, SurfaceSnapshot, level_matrix
 
 __all__ = ["apply_patch", "merge_patches", "coalesce", "fold_patches", "merge_ladders", "SurfaceState"]
 
-# Ladders' per-book columns (everything but level_depth, sizes_contracts and v)
+# Ladders' per-book columns (everything but level_depth, sizes_contracts and v): tuples, and
+# the books × levels matrices (arrays)
 LADDER_COLUMNS = tuple(f for f in Ladders.__struct_fields__ if f not in ("level_depth", "sizes_contracts", "v"))
+_TUPLE_COLUMNS = tuple(f for f in LADDER_COLUMNS if f not in LADDER_MATRICES)
 
 
 def merge_ladders(old: Optional[Ladders], new: Optional[Ladders]) -> Optional[Ladders]:
     """`old` updated by `new`, book by book (keyed by instrument): a book in both takes new's
     values at old's place, new books follow in new's order; level_depth and sizes_contracts are
-    new's. None stands for no books."""
+    new's (old ladders of another depth or sizes — a config change across a restart — are
+    dropped). None stands for no books."""
     if new is None or not new.instrument:
         return old if old is not None else new
-    if old is None or not old.instrument:
+    if old is None or not old.instrument or (old.level_depth, old.sizes_contracts) != (
+            new.level_depth, new.sizes_contracts):
         return new
-    rows: dict[str, tuple[Ladders, int]] = {name: (old, i) for i, name in enumerate(old.instrument)}
+    n_old = len(old.instrument)
+    rows: dict[str, int] = {name: i for i, name in enumerate(old.instrument)}  # row of old, or n_old + row of new
     for j, name in enumerate(new.instrument):
-        rows[name] = (new, j)
-    picks = tuple(rows.values())
-    columns = {f: tuple(getattr(src, f)[i] for src, i in picks) for f in LADDER_COLUMNS}
+        rows[name] = n_old + j
+    picks = list(rows.values())
+    both = old.instrument + new.instrument
+    columns = {f: tuple(both_f[i] for i in picks)
+               for f in _TUPLE_COLUMNS for both_f in [getattr(old, f) + getattr(new, f)]}
+    take = np.fromiter(picks, np.intp, len(picks))
+    for f in LADDER_MATRICES:
+        columns[f] = np.concatenate((level_matrix(getattr(old, f)), level_matrix(getattr(new, f))))[take]
     return Ladders(level_depth=new.level_depth, sizes_contracts=new.sizes_contracts, **columns)
 
 

@@ -18,6 +18,7 @@ import re
 from typing import Any, Optional, Union
 
 import msgspec
+import numpy as np
 
 from operators.events import (
     Ladders,
@@ -25,6 +26,9 @@ from operators.events import (
     StatusReport,
     SurfacePatch,
     SurfaceSnapshot,
+    dec_hook,
+    enc_hook,
+    schema_hook,
 )
 
 PROTOCOL_VERSION = 1
@@ -107,9 +111,9 @@ ServerMessage = Union[Hello, StreamSnapshot, StreamPatch, Subscribed, Ping, Erro
 ClientMessage = Union[Subscribe, Resync, Pong]
 PublishMessage = Union[SurfacePatch, SurfaceSnapshot, StatusReport]  # /publish (the dataflow's frames)
 
-_decode_client = msgspec.json.Decoder(ClientMessage).decode
-_decode_server = msgspec.json.Decoder(ServerMessage).decode
-encode = msgspec.json.Encoder().encode
+_decode_client = msgspec.json.Decoder(ClientMessage, dec_hook=dec_hook).decode
+_decode_server = msgspec.json.Decoder(ServerMessage, dec_hook=dec_hook).decode
+encode = msgspec.json.Encoder(enc_hook=enc_hook).encode
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")  # venue and underlying names
 MAX_FILTER_NAMES = 64
@@ -216,9 +220,9 @@ def _ladders(ladders: Ladders, where: str) -> None:
         raise Refused("bad_value", f"{where}: a strike or contract_size is not a positive finite number")
     for names, width in ((_LADDER_LEVELS, ladders.level_depth), (_LADDER_SIZES, len(ladders.sizes_contracts))):
         for name in names:
-            rows = getattr(ladders, name)
-            if len(rows) != n or not all(len(r) == width and all(v is None or (math.isfinite(v) and v >= 0) for v in r)
-                                         for r in rows):
+            rows = getattr(ladders, name)  # a float matrix (operators.events.level_matrix), NaN for null
+            if rows.shape != (n, width) and not (n == 0 and rows.size == 0) or \
+                    not bool(np.all(np.isnan(rows) | (np.isfinite(rows) & (rows >= 0)))):
                 raise Refused("bad_value", f"{where}.{name}: per book {width} finite values >= 0 (or null)")
 
 
@@ -285,7 +289,7 @@ def schema_document() -> dict:
     """The JSON Schema of both directions, generated from the types above (and the events of
     operators/events.py they carry)."""
     (server, client, publish), components = msgspec.json.schema_components(
-        (ServerMessage, ClientMessage, PublishMessage), ref_template="#/$defs/{name}")
+        (ServerMessage, ClientMessage, PublishMessage), ref_template="#/$defs/{name}", schema_hook=schema_hook)
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": SCHEMA_ID,

@@ -31,7 +31,7 @@ from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
 from connectors.postgres.runs import check_run_id
-from operators.events import Ladders, SmileFit, SurfacePatch, SurfaceSnapshot, dumps, to_json
+from operators.events import Ladders, SmileFit, SurfacePatch, SurfaceSnapshot, dumps, level_matrix, to_json
 from operators.merge import coalesce, merge_ladders
 
 # The ladders (the Ladders fields of the same names): per book, one element per level or per size
@@ -227,19 +227,9 @@ class BatchPlan:
 
 def depth_view_row(lad: Ladders) -> tuple:
     """A depth_views row after its key: level_depth, sizes, the books' 1-D arrays (lists: psycopg
-    sends a tuple as a record), the ladders as 2-D float arrays (NaN: None, sent as NULL)."""
+    sends a tuple as a record), the ladders' matrices as they are (NaN sent as NULL)."""
     return (lad.level_depth, list(lad.sizes_contracts), *(list(getattr(lad, f)) for f in DEPTH_BOOK_FIELDS),
-            *(_matrix(getattr(lad, name)) for name in DEPTH_ARRAYS))
-
-
-def _matrix(rows: tuple) -> np.ndarray:
-    """Books × levels as a rectangular float array (PostgreSQL has no ragged arrays), None as NaN;
-    a shorter row padded with NaN (a level past the side's end)."""
-    try:
-        return np.array(rows, dtype=np.float64)
-    except ValueError:  # ragged
-        width = max(map(len, rows), default=0)
-        return np.array([(*r, *(None,) * (width - len(r))) for r in rows], dtype=np.float64)
+            *(level_matrix(getattr(lad, name)) for name in DEPTH_ARRAYS))
 
 
 class Float8ArrayBinaryDumper(Dumper):

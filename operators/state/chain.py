@@ -830,12 +830,14 @@ class ChainLogic:
             venue=tuple(i.venue for i in insts), strike=tuple(float(i.strike) for i in insts),
             option_type=tuple(i.option_type for i in insts), contract_size=tuple(i.contract_size for i in insts),
             stale=tuple(s.lv_stale[rows].tolist()),
-            bid_px=_opt_rows(px[0, :, :depth]), bid_size_contracts=_opt_rows(level_size[0]),
-            bid_iv=_opt_rows(vols[0, :, :depth]),
-            ask_px=_opt_rows(px[1, :, :depth]), ask_size_contracts=_opt_rows(level_size[1]),
-            ask_iv=_opt_rows(vols[1, :, :depth]),
-            bid_exec_px=_opt_rows(px[0, :, depth:]), bid_exec_iv=_opt_rows(vols[0, :, depth:]),
-            ask_exec_px=_opt_rows(px[1, :, depth:]), ask_exec_iv=_opt_rows(vols[1, :, depth:]))
+            # the matrices as arrays (NaN: none), each its own compact copy: as tuples of Python
+            # floats they were a third of a shock's ticks (docs/benchmarks.md, "Vol at size")
+            bid_px=_matrix(px[0, :, :depth]), bid_size_contracts=_matrix(level_size[0]),
+            bid_iv=_matrix(vols[0, :, :depth]),
+            ask_px=_matrix(px[1, :, :depth]), ask_size_contracts=_matrix(level_size[1]),
+            ask_iv=_matrix(vols[1, :, :depth]),
+            bid_exec_px=_matrix(px[0, :, depth:]), bid_exec_iv=_matrix(vols[0, :, depth:]),
+            ask_exec_px=_matrix(px[1, :, depth:]), ask_exec_iv=_matrix(vols[1, :, depth:]))
 
     def _venues(self, calls: list[str], puts: list[str], usable: np.ndarray, order: np.ndarray) -> tuple[str, ...]:
         side = self.state.side
@@ -852,9 +854,10 @@ def _opt_tuple(a: np.ndarray) -> tuple:
     return tuple(np.where(np.isfinite(a), a, None).tolist())
 
 
-def _opt_rows(a: np.ndarray) -> tuple:
-    """A 2-d array as a tuple of row tuples, None where not finite."""
-    return tuple(map(tuple, np.where(np.isfinite(a), a, None).tolist()))
+def _matrix(a: np.ndarray) -> np.ndarray:
+    """A ladder matrix (operators.events.LADDER_MATRICES): a contiguous float64 copy, NaN where
+    there is no value (a non-finite vol or price is none)."""
+    return np.where(np.isfinite(a), a, np.nan)
 
 
 def _opt(x) -> Optional[float]:

@@ -51,12 +51,12 @@ def with_ladders(v, lad, n_quotes=25):
     return msgspec.structs.replace(v, fit=msgspec.structs.replace(v.fit, n_quotes=n_quotes), ladders=lad)
 
 
-def pct(x):
-    return "–" if x is None else js_fixed(100 * x, 2)
+def pct(x):  # a ladder value: NaN is none (null on the wire)
+    return "–" if x != x else js_fixed(100 * x, 2)
 
 
 def fixed(x, d):
-    return "–" if x is None else js_fixed(x, d)
+    return "–" if x != x else js_fixed(x, d)
 
 
 def expected_books(state, expiry_ms: int, strike: float) -> list[dict]:
@@ -87,9 +87,10 @@ def expected_band(state, expiry_ms: int, size: float) -> dict:
         otm = (k >= view.fit.forward) == (lad.option_type[i] == "C")
         if k not in chosen or (otm and not chosen[k][1]):
             chosen[k] = (i, otm)
-    picked = [i for i, _ in chosen.values() if lad.bid_exec_iv[i][j] is not None or lad.ask_exec_iv[i][j] is not None]
-    return {"band-bid": sum(lad.bid_exec_iv[i][j] is not None for i in picked),
-            "band-ask": sum(lad.ask_exec_iv[i][j] is not None for i in picked)}
+    has = lambda v: v == v  # noqa: E731  (NaN: no execution vol)
+    picked = [i for i, _ in chosen.values() if has(lad.bid_exec_iv[i][j]) or has(lad.ask_exec_iv[i][j])]
+    return {"band-bid": sum(has(lad.bid_exec_iv[i][j]) for i in picked),
+            "band-ask": sum(has(lad.ask_exec_iv[i][j]) for i in picked)}
 
 
 def shown_books(page) -> dict:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from operators.events import CalendarCheck, ExpiryView, Ladders, SmileFit, SurfacePatch, SurfaceSnapshot, TenorPoint
+from operators.events import (CalendarCheck, ExpiryView, Ladders, SmileFit, SurfacePatch, SurfaceSnapshot, TenorPoint,
+                              level_matrix)
 
 VENUE, UNDERLYING = "deribit", "BTC"
 EXPIRY0_MS = 1_767_254_400_000  # 2026-01-01 08:00 UTC
@@ -43,8 +44,8 @@ def ladders(draw, epoch: int) -> Ladders:
     px = st.none() | st.floats(0.0005, 0.5)
     size = st.none() | st.floats(0.1, 50.0)
 
-    def rows(values, n):
-        return tuple(tuple(draw(values) for _ in range(n)) for _ in picks)
+    def rows(values, n):  # a ladder matrix as the flow makes it (None drawn: NaN)
+        return level_matrix([[draw(values) for _ in range(n)] for _ in picks])
 
     stale = tuple(draw(st.booleans()) for _ in picks)
     return Ladders(

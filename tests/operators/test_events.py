@@ -4,16 +4,21 @@ format keeps its shape (tag first, nested events untagged), versions and bad inp
 import typing
 
 import msgspec
+import numpy as np
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from operators import events as ev
 
 finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
 ints = st.integers(min_value=-(2**53), max_value=2**53)
 names = st.text(min_size=0, max_size=12)
+# a ladder matrix: books × levels, NaN for none (no books: no levels either, as JSON [] reads back)
+matrices = st.tuples(st.integers(0, 4), st.integers(0, 3)).map(lambda s: s if s[0] else (0, 0)).flatmap(
+    lambda shape: hnp.arrays(np.float64, shape, elements=st.floats(allow_infinity=False, width=64)))
 
 
 def strategy_for(tp):
@@ -31,7 +36,7 @@ def strategy_for(tp):
         return st.dictionaries(names, strategy_for(vt), max_size=3)
     if isinstance(tp, type) and issubclass(tp, ev.Event):
         return event_strategy(tp)
-    return {float: finite, int: ints, str: names, bool: st.booleans()}[tp]
+    return {float: finite, int: ints, str: names, bool: st.booleans(), np.ndarray: matrices}[tp]
 
 
 def event_strategy(cls):

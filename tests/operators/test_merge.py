@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -140,20 +141,23 @@ def test_an_expiry_removed_and_sent_in_one_patch_is_present(data):
 def test_ladders_merge_by_instrument_and_go_with_their_expiry():
     """A hand-made case: a patch's ladders replace books by instrument, keep the others, and a
     view without ladders keeps the current ones; a removal drops them."""
-    from operators.events import ExpiryView, Ladders
+    from operators.events import ExpiryView, Ladders, level_matrix
     from operators.merge import merge_ladders
 
     def lad(*books):
         n = len(books)
+        none = level_matrix([[None]] * n)
         return Ladders(level_depth=1, sizes_contracts=(1.0,), instrument=tuple(b for b, _ in books),
                        venue=("deribit",) * n, strike=(1.0,) * n, option_type=("C",) * n, contract_size=(1.0,) * n,
-                       stale=(False,) * n, bid_px=tuple((px,) for _, px in books), bid_size_contracts=((1.0,),) * n,
-                       bid_iv=((0.5,),) * n, ask_px=((None,),) * n, ask_size_contracts=((None,),) * n,
-                       ask_iv=((None,),) * n, bid_exec_px=((None,),) * n, bid_exec_iv=((None,),) * n,
-                       ask_exec_px=((None,),) * n, ask_exec_iv=((None,),) * n)
+                       stale=(False,) * n, bid_px=level_matrix([[px] for _, px in books]),
+                       bid_size_contracts=level_matrix([[1.0]] * n), bid_iv=level_matrix([[0.5]] * n), ask_px=none,
+                       ask_size_contracts=none, ask_iv=none, bid_exec_px=none, bid_exec_iv=none, ask_exec_px=none,
+                       ask_exec_iv=none)
 
     assert merge_ladders(lad(("A", 1.0), ("B", 2.0)), lad(("C", 3.0), ("A", 4.0))) == \
         lad(("A", 4.0), ("B", 2.0), ("C", 3.0))
+    resized = msgspec.structs.replace(lad(("C", 3.0)), sizes_contracts=(5.0,))  # a config change across a restart
+    assert merge_ladders(lad(("A", 1.0)), resized) is resized
     base = SurfaceSnapshot("deribit", "BTC", 1, 0, 0, expiries=(ExpiryView(expiry_ms(1), _fit(1), ladders=lad(("A", 1.0))),))
     kept = apply_patch(base, SurfacePatch("deribit", "BTC", 2, 0, 0, expiries=(ExpiryView(expiry_ms(1), _fit(2)),)))
     assert kept.expiries[0].ladders == lad(("A", 1.0)) and kept.expiries[0].fit == _fit(2)

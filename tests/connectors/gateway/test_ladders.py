@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from connectors.gateway.protocol import Refused
 from connectors.gateway.surfaces import validate_frame
-from operators.events import ExpiryView, Ladders, SmileFit, SurfacePatch, to_json
+from operators.events import ExpiryView, Ladders, SmileFit, SurfacePatch, level_matrix, to_json
 from tests.helpers.patches import ladders
 from tests.helpers.venues import json_paths
 
@@ -34,8 +34,8 @@ def seed_ladders(books: int = 300, depth: int = 10, sizes=(1.0, 10.0, 50.0)) -> 
     px = lambda: round(rnd.uniform(0.0005, 0.3) / 0.0005) * 0.0005  # noqa: E731
     size = lambda: round(rnd.uniform(0.1, 100.0), 1)  # noqa: E731
     vol = lambda: rnd.uniform(0.3, 1.5)  # noqa: E731
-    levels = lambda f: tuple(tuple(f() for _ in range(depth)) for _ in range(books))  # noqa: E731
-    walks = lambda f: tuple(tuple(f() for _ in sizes) for _ in range(books))  # noqa: E731
+    levels = lambda f: level_matrix([[f() for _ in range(depth)] for _ in range(books)])  # noqa: E731
+    walks = lambda f: level_matrix([[f() for _ in sizes] for _ in range(books)])  # noqa: E731
     strikes = tuple(50_000.0 + 500.0 * (i // 2) for i in range(books))
     return Ladders(level_depth=depth, sizes_contracts=sizes,
                    instrument=tuple(f"BTC-26JUN27-{k:.0f}-{'CP'[i % 2]}" for i, k in enumerate(strikes)),
@@ -63,17 +63,24 @@ def test_a_seed_sized_expiry_fits_the_publish_bound():
 
 def test_malformed_ladders_are_refused_naming_the_field():
     good = orjson.loads(to_json(patch_with(seed_ladders(books=4, depth=3))))
-    cases = [(("strike",), lambda v: v[:-1], r"ladders\.strike: one entry per book"),
-             (("bid_iv",), lambda v: [v[0][:2]] + v[1:], r"ladders\.bid_iv: per book 3 finite"),
-             (("ask_px",), lambda v: [[-0.1] + r[1:] for r in v], r"ladders\.ask_px"),
-             (("ask_exec_iv",), lambda v: v[:3], r"ladders\.ask_exec_iv: per book 3")]
-    for (field,), change, message in cases:
+    # a ragged matrix is not a ladder at all (bad_event, from decoding); a well-formed one with
+    # a wrong shape or value is a bad value
+    cases = [("strike", lambda v: v[:-1], r"ladders\.strike: one entry per book", "bad_value"),
+             ("bid_iv", lambda v: [v[0][:2]] + v[1:], r"rows differ in length - at `SurfacePatch\.expiries\[0\]"
+                                                       r"\.ladders\.bid_iv`", "bad_event"),
+             ("bid_iv", lambda v: [r[:2] for r in v], r"ladders\.bid_iv: per book 3 finite", "bad_value"),
+             ("ask_px", lambda v: [[-0.1] + r[1:] for r in v], r"ladders\.ask_px", "bad_value"),
+             ("ask_exec_iv", lambda v: v[:3], r"ladders\.ask_exec_iv: per book 3", "bad_value"),
+             ("ask_iv", lambda v: [["0.5"] + r[1:] for r in v],
+              r"rows of numbers or null \(Expected `float \| null`, got `str`\) - at `SurfacePatch\.expiries\[0\]"
+              r"\.ladders\.ask_iv`", "bad_event")]
+    for field, change, message, reason in cases:
         frame = json.loads(json.dumps(good))
         lad = frame["expiries"][0]["ladders"]
         lad[field] = change(lad[field])
         with pytest.raises(Refused, match=message) as exc:
             validate_frame(orjson.dumps(frame), LIMIT)
-        assert exc.value.reason == "bad_value"
+        assert exc.value.reason == reason, (field, exc.value)
 
 
 @settings(max_examples=200, deadline=None)
@@ -95,6 +102,6 @@ def test_any_ladder_leaf_replaced_by_anything_is_refused_or_sound(data):
     lad = event.expiries[0].ladders
     n = len(lad.instrument)
     for name in ("bid_px", "bid_iv", "ask_exec_iv"):
-        rows = getattr(lad, name)
-        assert len(rows) == n and all(v is None or (math.isfinite(v) and v >= 0) for r in rows for v in r)
+        rows = getattr(lad, name)  # null reads back as NaN
+        assert len(rows) == n and all(math.isnan(v) or (math.isfinite(v) and v >= 0) for r in rows for v in r)
     assert msgspec.structs.asdict(lad)

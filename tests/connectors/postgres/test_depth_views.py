@@ -10,7 +10,7 @@ import msgspec
 
 from connectors import postgres as pg
 from connectors.postgres.rows import DEPTH_ARRAYS, DEPTH_COLS
-from operators.events import Ladders
+from operators.events import Ladders, level_matrix, no_levels
 from tests.connectors.postgres.test_postgres import RUN, migrated, run_info
 
 BOOKS_SQL = "SELECT * FROM depth_vol_books WHERE run_id = %s ORDER BY venue, underlying, expiry_ms, instrument, ts_exchange_ms"
@@ -24,15 +24,22 @@ def ladders(names, depth: int = 3, sizes=(1.0, 10.0), seed: int = 0) -> Ladders:
                            for j in range(width)) for i in range(len(names)))
 
     n = len(names)
+    matrix = lambda rows: level_matrix(rows) if n else no_levels()  # noqa: E731  (as the chain makes them)
     return Ladders(
         level_depth=depth, sizes_contracts=tuple(sizes), instrument=tuple(names),
         venue=tuple("deribit" if i % 3 else "okx" for i in range(n)),
         strike=tuple(float(name.split("-")[2]) for name in names), option_type=tuple(name[-1] for name in names),
         contract_size=tuple(1.0 if i % 2 else 0.1 for i in range(n)), stale=tuple(i == 2 for i in range(n)),
-        bid_px=side(0.05, -1, depth), bid_size_contracts=side(3.0 + seed, 1, depth), bid_iv=side(0.50, -1, depth),
-        ask_px=side(0.06, 1, depth), ask_size_contracts=side(2.0 + seed, 1, depth), ask_iv=side(0.55, 1, depth),
-        bid_exec_px=side(0.049, -1, len(sizes)), bid_exec_iv=side(0.49, -1, len(sizes)),
-        ask_exec_px=side(0.061, 1, len(sizes)), ask_exec_iv=side(0.56, 1, len(sizes)))
+        bid_px=matrix(side(0.05, -1, depth)), bid_size_contracts=matrix(side(3.0 + seed, 1, depth)),
+        bid_iv=matrix(side(0.50, -1, depth)), ask_px=matrix(side(0.06, 1, depth)),
+        ask_size_contracts=matrix(side(2.0 + seed, 1, depth)), ask_iv=matrix(side(0.55, 1, depth)),
+        bid_exec_px=matrix(side(0.049, -1, len(sizes))), bid_exec_iv=matrix(side(0.49, -1, len(sizes))),
+        ask_exec_px=matrix(side(0.061, 1, len(sizes))), ask_exec_iv=matrix(side(0.56, 1, len(sizes))))
+
+
+def row(matrix, i: int) -> list:
+    """Book i's row of a ladder matrix as PostgreSQL returns it: NaN is NULL (None)."""
+    return [None if v != v else v for v in matrix[i].tolist()]
 
 
 def names(*strikes, kind: str = "C") -> list[str]:
@@ -49,7 +56,7 @@ def book_rows(run: str, patch, view, lad: Ladders) -> list[tuple]:
     """The rows 008 wrote to depth_vols for `view` of `patch`: one per book, DEPTH_COLS' order."""
     return [(run, patch.venue, patch.underlying, view.expiry_ms, name, view.fit.ts_exchange_ms, patch.epoch,
              lad.venue[i], lad.strike[i], lad.option_type[i], lad.contract_size[i], lad.stale[i], lad.level_depth,
-             list(lad.sizes_contracts), *(list(getattr(lad, a)[i]) for a in DEPTH_ARRAYS))
+             list(lad.sizes_contracts), *(row(getattr(lad, a), i) for a in DEPTH_ARRAYS))
             for i, name in enumerate(lad.instrument)]
 
 
@@ -74,7 +81,7 @@ def test_one_row_per_view_and_depth_vol_books_gives_each_book(pg_db, surface_fac
         bid_px, exec_iv, dims = conn.execute(
             "SELECT bid_px, ask_exec_iv, array_dims(bid_px) FROM depth_views WHERE expiry_ms = %s",
             (f.expiry(1),)).fetchone()
-        assert bid_px == [list(b) for b in lad1.bid_px] and exec_iv == [list(b) for b in lad1.ask_exec_iv]
+        assert bid_px == [row(lad1.bid_px, i) for i in range(4)] and exec_iv == [row(lad1.ask_exec_iv, i) for i in range(4)]
         assert dims == "[1:4][1:3]" and bid_px[1][2] is None
         assert columns(conn, "depth_vol_books") == columns(conn, "depth_vols") == list(DEPTH_COLS)
         books = conn.execute(BOOKS_SQL, (RUN,)).fetchall()
@@ -146,22 +153,19 @@ def test_ladders_sent_between_fits_keep_their_own_row(pg_db, surface_factory):
             assert books == [(run, *r[1:]) for _, r in sorted(want.items())], run
 
 
-def test_a_ladder_with_no_levels_or_a_short_row_reads_back_as_008_stored_it(pg_db, surface_factory):
+def test_a_ladder_with_no_levels_reads_back_as_008_stored_it(pg_db, surface_factory):
     """level_depth 0 (walks only): the level arrays have no columns, stored '{}' (a book's: '{}', as
-    in depth_vols); a book with fewer levels than another in one array is padded with NULL."""
+    in depth_vols); the walks as usual, NULL where a side is thinner than the size."""
     f = surface_factory()
     walks_only = ladders(names(80000, 82500), depth=0)
-    assert walks_only.bid_px == ((), ())
-    short = ladders(names(90000, 92500), depth=2)
-    short = msgspec.structs.replace(short, ask_iv=(short.ask_iv[0][:1], short.ask_iv[1]))
-    patch = with_ladders(f.patch(100, changed=[0, 1]), {0: walks_only, 1: short})
+    assert walks_only.bid_px.shape == (2, 0)
+    patch = with_ladders(f.patch(100, changed=[0]), {0: walks_only})
     with pg.connect(pg_db) as conn:
         migrated(conn)
         pg.write_events(conn, [patch], RUN)
         assert conn.execute("SELECT bid_px, bid_exec_px FROM depth_views WHERE expiry_ms = %s",
-                            (f.expiry(0),)).fetchone() == ([], [list(b) for b in walks_only.bid_exec_px])
+                            (f.expiry(0),)).fetchone() == ([], [row(walks_only.bid_exec_px, i) for i in range(2)])
         books = conn.execute(BOOKS_SQL, (RUN,)).fetchall()
-    padded = msgspec.structs.replace(short, ask_iv=((short.ask_iv[0][0], None), short.ask_iv[1]))
-    assert books == (book_rows(RUN, patch, patch.expiries[0], walks_only)
-                     + book_rows(RUN, patch, patch.expiries[1], padded))
-    assert list(books[0][14:20]) == [[]] * 6 and books[0][20] == list(walks_only.bid_exec_px[0])
+    assert books == book_rows(RUN, patch, patch.expiries[0], walks_only)
+    assert list(books[0][14:20]) == [[]] * 6 and books[0][20] == row(walks_only.bid_exec_px, 0)
+    assert books[1][20][-1] is None  # book 1's walk to the last size fails

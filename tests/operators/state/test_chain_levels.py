@@ -13,7 +13,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from operators.events import BookUpdate, FeedError, FuturePrice, Instrument
+from operators.events import LADDER_MATRICES, BookUpdate, FeedError, FuturePrice, Instrument
 from operators.kernels import iv
 from operators.kernels.black import black_price
 from operators.state.book import OrderBook
@@ -37,7 +37,13 @@ def by_book(ladders):
     if ladders is None:
         return {}
     cols = {f: getattr(ladders, f) for f in ladders.__struct_fields__ if f not in ("level_depth", "sizes_contracts", "v")}
-    return {name: {f: col[i] for f, col in cols.items()} for i, name in enumerate(ladders.instrument)}
+    return {name: {f: _row(col[i]) if f in LADDER_MATRICES else col[i] for f, col in cols.items()}
+            for i, name in enumerate(ladders.instrument)}
+
+
+def _row(values: np.ndarray) -> tuple:
+    """One book's row of a ladder matrix as the wire reads it: None for NaN."""
+    return tuple(None if v != v else v for v in values.tolist())
 
 
 def book(chain: ChainLogic, name: str) -> SimpleNamespace:
