@@ -426,10 +426,11 @@ def split_recording(path: Path, meta: dict, workers: int = 1, quiet: bool = Fals
     if not quiet:
         placed = placement.state()
         held = {(cur, k): [n for slot, n in placed.get(cur, {}).values() if slot == k] for cur, k in parts}
-        print(f"# split {path.name} per partition in {time.monotonic() - started:.1f} s: "
-              + ", ".join(f"{name} {m['frames']:,} frames" + (f" ({len(held[key])} expiries, {sum(held[key]):,} options)"
-                                                            if key[1] is not None else "")
-                          for key, name in parts.items() for m in [result[name][1]]),
+        said = []
+        for key, name in parts.items():
+            slot_note = f" ({len(held[key])} expiries, {sum(held[key]):,} options)" if key[1] is not None else ""
+            said.append(f"{name} {result[name][1]['frames']:,} frames{slot_note}")
+        print(f"# split {path.name} per partition in {time.monotonic() - started:.1f} s: " + ", ".join(said),
               file=sys.stderr, flush=True)
     return result
 

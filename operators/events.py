@@ -7,7 +7,7 @@ Units are in the names: `*_ms` are UTC epoch milliseconds, prices named `*_px` a
 venue's quote unit (coin for Deribit options, USD for futures and indices), IVs are
 decimals (0.65 = 65 %), `*_vol_pts` are vol points (0.65 → 65.0). A value that does not
 exist (an empty book side, an IV the exchange marks as absent) is None, never NaN — with one
-exception: the ladders' books × levels matrices (`Ladders`, `LevelMatrix`) are float64 numpy
+exception: the ladders' books × levels matrices (`Ladders`, `level_matrix`) are float64 numpy
 arrays whose NaN is the missing value, written as JSON null and read back as NaN. A shock's
 ladders are ~4,000 books × 72 values: as tuples of Python floats they took a third of the
 chain's tick to build and most of the cost of crossing processes (docs/benchmarks.md).
@@ -154,6 +154,11 @@ class FeedError(Message):
 # ---------------------------------------------------------------- derived events (steps)
 
 
+def no_levels() -> np.ndarray:
+    """The matrix of no books."""
+    return np.empty((0, 0))
+
+
 class Ladders(Event):
     """Depth ladders (vol at size) of some option books of one expiry, column by column: entry i
     of every field is book `instrument[i]`'s. Per side, its best `level_depth` levels, best first
@@ -173,17 +178,17 @@ class Ladders(Event):
     option_type: tuple[str, ...] = ()  # "C" | "P"
     contract_size: tuple[float, ...] = ()
     stale: tuple[bool, ...] = ()  # the book is withheld (gap, crossed, venue silent): no levels
-    # books × level_depth (the levels) or books × len(sizes_contracts) (the walks): LevelMatrix
-    bid_px: np.ndarray = msgspec.field(default_factory=lambda: no_levels())
-    bid_size_contracts: np.ndarray = msgspec.field(default_factory=lambda: no_levels())
-    bid_iv: np.ndarray = msgspec.field(default_factory=lambda: no_levels())
-    ask_px: np.ndarray = msgspec.field(default_factory=lambda: no_levels())
-    ask_size_contracts: np.ndarray = msgspec.field(default_factory=lambda: no_levels())
-    ask_iv: np.ndarray = msgspec.field(default_factory=lambda: no_levels())
-    bid_exec_px: np.ndarray = msgspec.field(default_factory=lambda: no_levels())
-    bid_exec_iv: np.ndarray = msgspec.field(default_factory=lambda: no_levels())
-    ask_exec_px: np.ndarray = msgspec.field(default_factory=lambda: no_levels())
-    ask_exec_iv: np.ndarray = msgspec.field(default_factory=lambda: no_levels())
+    # books × level_depth (the levels) or books × len(sizes_contracts) (the walks): level_matrix
+    bid_px: np.ndarray = msgspec.field(default_factory=no_levels)
+    bid_size_contracts: np.ndarray = msgspec.field(default_factory=no_levels)
+    bid_iv: np.ndarray = msgspec.field(default_factory=no_levels)
+    ask_px: np.ndarray = msgspec.field(default_factory=no_levels)
+    ask_size_contracts: np.ndarray = msgspec.field(default_factory=no_levels)
+    ask_iv: np.ndarray = msgspec.field(default_factory=no_levels)
+    bid_exec_px: np.ndarray = msgspec.field(default_factory=no_levels)
+    bid_exec_iv: np.ndarray = msgspec.field(default_factory=no_levels)
+    ask_exec_px: np.ndarray = msgspec.field(default_factory=no_levels)
+    ask_exec_iv: np.ndarray = msgspec.field(default_factory=no_levels)
     v: int = SCHEMA_VERSION
 
     def __eq__(self, other: object) -> bool:
@@ -198,14 +203,8 @@ class Ladders(Event):
 
 
 # Ladders' books × levels fields, float64 with NaN for none (JSON null)
-LADDER_MATRICES = frozenset(("bid_px", "bid_size_contracts", "bid_iv", "ask_px", "ask_size_contracts", "ask_iv",
-                             "bid_exec_px", "bid_exec_iv", "ask_exec_px", "ask_exec_iv"))
+LADDER_MATRICES = frozenset(f.name for f in msgspec.structs.fields(Ladders) if f.type is np.ndarray)
 _LevelRows = list[list[Optional[float]]]
-
-
-def no_levels() -> np.ndarray:
-    """The matrix of no books."""
-    return np.empty((0, 0))
 
 
 def level_matrix(rows: Any) -> np.ndarray:

@@ -63,9 +63,10 @@ def merge_ladders(old: Optional[Ladders], new: Optional[Ladders]) -> Optional[La
     for j, name in enumerate(new.instrument):
         rows[name] = n_old + j
     picks = list(rows.values())
-    both = old.instrument + new.instrument
-    columns = {f: tuple(both_f[i] for i in picks)
-               for f in _TUPLE_COLUMNS for both_f in [getattr(old, f) + getattr(new, f)]}
+    columns = {}
+    for f in _TUPLE_COLUMNS:
+        both = getattr(old, f) + getattr(new, f)
+        columns[f] = tuple(both[i] for i in picks)
     take = np.fromiter(picks, np.intp, len(picks))
     for f in LADDER_MATRICES:
         columns[f] = np.concatenate((level_matrix(getattr(old, f)), level_matrix(getattr(new, f))))[take]

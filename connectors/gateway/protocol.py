@@ -221,8 +221,8 @@ def _ladders(ladders: Ladders, where: str) -> None:
     for names, width in ((_LADDER_LEVELS, ladders.level_depth), (_LADDER_SIZES, len(ladders.sizes_contracts))):
         for name in names:
             rows = getattr(ladders, name)  # a float matrix (operators.events.level_matrix), NaN for null
-            if rows.shape != (n, width) and not (n == 0 and rows.size == 0) or \
-                    not bool(np.all(np.isnan(rows) | (np.isfinite(rows) & (rows >= 0)))):
+            shaped = rows.shape == (n, width) or (n == 0 and rows.size == 0)
+            if not shaped or not bool(np.all(np.isnan(rows) | (np.isfinite(rows) & (rows >= 0)))):
                 raise Refused("bad_value", f"{where}.{name}: per book {width} finite values >= 0 (or null)")
 
 

@@ -110,8 +110,7 @@ class Placement:
         self._slots: dict[str, dict[int, tuple[int, int]]] = {}
         for underlying, expiries in (state or {}).items():
             placed = self._slots[underlying] = {}
-            for expiry, entry in expiries.items():
-                slot, count = entry if isinstance(entry, (tuple, list)) else (entry, 0)
+            for expiry, (slot, count) in expiries.items():
                 if not 0 <= int(slot) < workers:
                     raise ValueError(f"recovered placement {underlying} {expiry}: slot {slot} is not one of 0 … "
                                      f"{workers - 1}; was the flow resumed with another worker count?")
