@@ -526,8 +526,7 @@ def replay_source(args, speed):
     from connectors.capture.replay import ReplaySource
     from connectors.venues import venue
 
-    parse_frame = venue(args.venue).parse_frame()
-    return ReplaySource(args.file, speed=speed, parse=parse_frame, run_seconds=args.seconds)
+    return ReplaySource(args.file, speed=speed, parse=venue(args.venue).parse_frames(), run_seconds=args.seconds)
 
 
 def db_replay_source(args, config, dsn: str, run_info):

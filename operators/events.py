@@ -27,6 +27,44 @@ SCHEMA_VERSION = 1
 Level = tuple[float, float]  # (price, size); size 0 deletes the level in a change
 
 
+class BookLevels(np.ndarray):
+    """The annotation of a book side: at run time a plain float64 numpy array of levels × 2,
+    (price, size) per row as the venue sent them. On the wire it is [[price, size], …] of numbers
+    only (`book_levels`), which is what this marker type tells the JSON hooks apart from a ladder
+    matrix (numbers or null). Only the JSON hook makes one, which BookUpdate turns back into a
+    plain array."""
+
+
+_NO_BOOK_LEVELS = np.empty((0, 2))
+_NO_BOOK_LEVELS.flags.writeable = False
+_Levels = tuple[Level, ...]
+
+
+def book_levels(levels: Any) -> np.ndarray:
+    """A book side as levels × 2 float64, from an array or from (price, size) pairs of numbers
+    (tuples, lists, numpy scalars). Raises ValueError naming what is wrong."""
+    if type(levels) is np.ndarray and levels.dtype == np.float64 and levels.ndim == 2 and levels.shape[1] == 2:
+        return levels
+    if not len(levels):
+        return _NO_BOOK_LEVELS
+    try:
+        out = np.asarray(levels, np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"a book side is (price, size) pairs of numbers ({exc})") from None
+    if out.ndim != 2 or out.shape[1] != 2:
+        raise ValueError(f"a book side is levels × 2 (price, size), got shape {out.shape}")
+    return out
+
+
+def _wire_book_levels(rows: Any) -> np.ndarray:
+    """A book side read from JSON or msgpack: [price, size] pairs of numbers and nothing else."""
+    try:
+        return book_levels(msgspec.convert(rows, _Levels))
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"a book side is [price, size] pairs of numbers ({str(exc).partition(' - at ')[0]})") \
+            from None
+
+
 CONSOLIDATED = "all"  # the venue name of the surface combined across venues
 
 
@@ -82,7 +120,14 @@ class Instrument(Message):
 
 
 class BookUpdate(Message):
-    """An L2 book snapshot or change. Levels set absolute sizes; size 0 deletes."""
+    """An L2 book snapshot or change. Levels set absolute sizes; size 0 deletes.
+
+    Each side is a levels × 2 float64 array of (price, size) rows in the venue's order
+    (`book_levels`; any sequence of pairs given here becomes one): the books' compiled apply
+    (operators/kernels/books.py) reads them as they are, and the Deribit batch decoder writes a
+    whole source batch's levels into one array whose slices these are. As tuples of Python
+    floats, building the levels and flattening them again for the apply was ~35 % of a shock's
+    read-to-books time (docs/benchmarks.md, "Frames into arrays")."""
 
     venue: str
     instrument: str
@@ -91,9 +136,25 @@ class BookUpdate(Message):
     seq: int  # Deribit change_id, OKX seqId
     prev_seq: Optional[int]  # None on a snapshot
     kind: str  # "snapshot" | "change"
-    bids: tuple[Level, ...] = ()
-    asks: tuple[Level, ...] = ()
+    bids: BookLevels = msgspec.field(default_factory=lambda: _NO_BOOK_LEVELS)
+    asks: BookLevels = msgspec.field(default_factory=lambda: _NO_BOOK_LEVELS)
     v: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        bids, asks = self.bids, self.asks
+        if type(bids) is not np.ndarray or type(asks) is not np.ndarray:  # the parsers' arrays pass as they are
+            msgspec.structs.force_setattr(self, "bids", book_levels(bids))
+            msgspec.structs.force_setattr(self, "asks", book_levels(asks))
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not BookUpdate:
+            return NotImplemented
+        return (self.instrument == other.instrument and self.seq == other.seq and self.prev_seq == other.prev_seq
+                and self.kind == other.kind and self.ts_exchange_ms == other.ts_exchange_ms
+                and self.ts_recv_ms == other.ts_recv_ms and self.venue == other.venue and self.v == other.v
+                and np.array_equal(self.bids, other.bids) and np.array_equal(self.asks, other.asks))
+
+    __hash__ = None  # type: ignore[assignment]  # holds arrays
 
 
 class Ticker(Message):
@@ -412,9 +473,12 @@ def enc_hook(obj: Any) -> Any:
 
 
 def dec_hook(typ: type, obj: Any) -> Any:
-    """msgspec's hook for the types it cannot decode itself: a ladder matrix (`level_matrix`)."""
+    """msgspec's hook for the types it cannot decode itself: a ladder matrix (`level_matrix`), a
+    book side (`book_levels`)."""
     if typ is np.ndarray:
         return level_matrix(obj)
+    if typ is BookLevels:
+        return _wire_book_levels(obj).view(BookLevels)  # msgspec checks the type; BookUpdate keeps a plain array
     raise NotImplementedError(f"cannot decode {typ!r}")
 
 
@@ -422,6 +486,8 @@ def schema_hook(typ: type) -> dict:
     """The JSON Schema of a ladder matrix, for msgspec.json.schema."""
     if typ is np.ndarray:
         return {"type": "array", "items": {"type": "array", "items": {"anyOf": [{"type": "number"}, {"type": "null"}]}}}
+    if typ is BookLevels:
+        return msgspec.json.schema(_Levels)
     raise NotImplementedError(f"no schema for {typ!r}")
 
 

@@ -73,9 +73,11 @@ def warmup_ms(meta: dict) -> float:
 
 def warm_kernels() -> None:
     # compile / load numba caches before timing anything, in both systems alike
+    from connectors.venues.deribit import levels
     from operators.state import chain
 
     chain.warm_up()
+    levels.warm_up()  # the replay's batch decoder
 
 
 def child_command(job: dict) -> list[str]:

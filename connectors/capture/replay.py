@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from connectors.venues.deribit import parse_frame
+from connectors.venues.deribit.parse import parse_frames
 from connectors.venues.base import SOURCE_BATCH_MAX, SOURCE_GATHER_MS
 from operators.events import EVENT_TYPES
 
@@ -231,7 +231,8 @@ class ReplaySource(FixedPartitionedSource):
     per-currency partitions. File names must differ (they are the partition keys).
     speed: "max" emits as fast as the flow accepts; a number paces the frames by their
     recorded ts_recv_ms gaps (1 = real time, 10 = ten times faster).
-    parse: the venue parser, called as parse(frame, ts_recv_ms, max_frame_bytes) → events;
+    parse: the venue's batch parser (connectors/venues/registry.py Venue.parse_frames), called
+    once per batch as parse(frames, ts_recv_ms per frame, max_frame_bytes) → events in order.
     Anything that is not an event (either venue's session frames: heartbeats, acks, pongs) is dropped.
     stamp_recv: "recorded" keeps the recorded ts_recv_ms; "wall" stamps the wall clock at
     replay time (latency measured in processing terms).
@@ -249,7 +250,7 @@ class ReplaySource(FixedPartitionedSource):
     """
 
     def __init__(self, path: Union[str, Path, Sequence[Union[str, Path]]], *, speed: Union[str, float] = "max",
-                 parse: Callable[..., list] = parse_frame, batch_max: int = SOURCE_BATCH_MAX,
+                 parse: Callable[..., list] = parse_frames, batch_max: int = SOURCE_BATCH_MAX,
                  run_seconds: Optional[float] = None, max_frames: Optional[int] = None,
                  stamp_recv: str = "recorded", max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
                  prefetch: bool = True, start_wall_ms: Optional[float] = None,
@@ -351,10 +352,11 @@ class ReplayPartition(StatefulSourcePartition):
         if src.speed != "max":
             # frames whose recorded time, scaled, has come
             due_ts = self.first_ts_ms + (now - self.started_wall_ms) * float(src.speed)
-        out: list = []
-        append = out.append
-        parse, max_bytes, wall = src.parse, src.max_frame_bytes, src.stamp_recv == "wall"
+        raws: list = []
+        stamps: list = []
+        wall = src.stamp_recv == "wall"
         frames = self._frames
+        clock = src._clock_ms
         n = 0
         while n < limit:
             item = self._next
@@ -369,13 +371,13 @@ class ReplayPartition(StatefulSourcePartition):
                 self._next = item  # not due yet: keep it for a later batch
                 break
             n += 1
-            if item[0] > src._clock_ms:
-                src._clock_ms = item[0]
-            events = parse(item[1], now if wall else item[0], max_bytes)
-            if len(events) == 1 and type(events[0]) in _EVENTS:
-                append(events[0])
-            else:  # session frames (each venue's Control: heartbeats, acks, pongs) are not events
-                out.extend(ev for ev in events if type(ev) in _EVENTS)
+            if item[0] > clock:
+                clock = item[0]
+            raws.append(item[1])
+            stamps.append(now if wall else item[0])
+        src._clock_ms = clock
+        # session frames (each venue's Control: heartbeats, acks, pongs) are not events
+        out = [ev for ev in src.parse(raws, stamps, src.max_frame_bytes) if type(ev) in _EVENTS] if n else []
         self.offset += n
         self._awake = None
         if due_ts is not None:

@@ -32,7 +32,7 @@ import psycopg
 from connectors.postgres.runs import check_run_id
 from connectors.postgres.writer import PostgresWriter
 from operators.events import (BookUpdate, ContractError, FeedError, FuturePrice, IndexPrice, Instrument, Ticker,
-                              checked, contract_error, decoder)
+                              checked, contract_error, dec_hook, decoder, enc_hook)
 
 log = logging.getLogger("volgraph.postgres")
 
@@ -117,9 +117,10 @@ class _SpillBatch(msgspec.Struct, array_like=True):
     events: list[Union[MARKET_EVENTS]]  # type: ignore[valid-type]
 
 
-_spill_decode = msgspec.json.Decoder(_SpillBatch).decode
-_encode = msgspec.json.Encoder().encode  # spill lines
-_pack = msgspec.msgpack.Encoder().encode  # row bodies
+# the hooks: a book side is a levels × 2 array in memory, [[price, size], …] in a body (events.py)
+_spill_decode = msgspec.json.Decoder(_SpillBatch, dec_hook=dec_hook).decode
+_encode = msgspec.json.Encoder(enc_hook=enc_hook).encode  # spill lines
+_pack = msgspec.msgpack.Encoder(enc_hook=enc_hook).encode  # row bodies
 
 
 def decode_event(body: bytes | str) -> Any:
@@ -131,8 +132,8 @@ def decode_event(body: bytes | str) -> Any:
         raise contract_error(body, exc) from None
 
 
-_decode_list = msgspec.json.Decoder(list[Union[MARKET_EVENTS]]).decode  # type: ignore[valid-type]
-_unpack_list = msgspec.msgpack.Decoder(list[Union[MARKET_EVENTS]]).decode  # type: ignore[valid-type]
+_decode_list = msgspec.json.Decoder(list[Union[MARKET_EVENTS]], dec_hook=dec_hook).decode  # type: ignore[valid-type]
+_unpack_list = msgspec.msgpack.Decoder(list[Union[MARKET_EVENTS]], dec_hook=dec_hook).decode  # type: ignore[valid-type]
 
 
 def decode_events(body: bytes | memoryview | str) -> list:

@@ -49,16 +49,16 @@ class _BookAcc:
         self.ts_exchange_ms = ev.ts_exchange_ms
         self.ts_recv_ms = ev.ts_recv_ms
         if ev.kind == "snapshot":  # a snapshot holds only live levels
-            self.bids = {px: sz for px, sz in ev.bids if sz > 0}
-            self.asks = {px: sz for px, sz in ev.asks if sz > 0}
+            self.bids = {px: sz for px, sz in ev.bids.tolist() if sz > 0}
+            self.asks = {px: sz for px, sz in ev.asks.tolist() if sz > 0}
         else:
-            self.bids = dict(ev.bids)
-            self.asks = dict(ev.asks)
+            self.bids = dict(ev.bids.tolist())
+            self.asks = dict(ev.asks.tolist())
 
     def add(self, ev: BookUpdate) -> None:
         snapshot = self.kind == "snapshot"
         for side, levels in ((self.bids, ev.bids), (self.asks, ev.asks)):
-            for px, sz in levels:
+            for px, sz in levels.tolist():
                 if sz > 0 or not snapshot:
                     side[px] = sz  # a change keeps its deletes (size 0)
                 else:

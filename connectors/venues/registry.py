@@ -21,7 +21,8 @@ class Venue:
     name: the events' `venue` field, the source's partition prefix, [sources.<name>] in graph.toml
     and the package: a venue's code is found by the layout docs/adding-a-venue.md gives —
     connectors/venues/<name>/parse.py `parse_frame(raw, ts_recv_ms=None, max_bytes=…) -> list`
-    (never raises), client.py `<client_class>(url=…, <keys_field>=…, frame_tap=…, **options)` (a
+    (never raises) and, where a batch reads faster, `parse_frames(raws, ts_recv_ms, max_bytes) ->
+    list` (the same events as parse_frame frame by frame), client.py `<client_class>(url=…, <keys_field>=…, frame_tap=…, **options)` (a
     base.VenueClient), source.py `client_options(section) -> kwargs` and `from_config(section, *,
     url=None, run_seconds=None, route_workers=1) -> source`; its simulator is
     connectors/sim/<name>.py `main(argv, defaults=…)` (defaults from [simulator]).
@@ -44,6 +45,20 @@ class Venue:
 
     def parse_frame(self) -> Callable[..., list]:
         return self._load("parse", "parse_frame")
+
+    def parse_frames(self) -> Callable[..., list]:
+        """The batch parser a replay calls per source batch: the venue's own `parse_frames`, or
+        its parse_frame frame by frame."""
+        module = importlib.import_module(f"connectors.venues.{self.name}.parse")
+        batch = getattr(module, "parse_frames", None)
+        if batch is not None:
+            return batch
+        parse_frame = module.parse_frame
+
+        def frame_by_frame(raws: list, ts_recv_ms: list, max_bytes: int) -> list:
+            return [ev for raw, ts in zip(raws, ts_recv_ms) for ev in parse_frame(raw, ts, max_bytes)]
+
+        return frame_by_frame
 
     def client(self) -> type:
         return self._load("client", self.client_class)

@@ -32,7 +32,6 @@ them); `top(n)` reads the best n per side, `sides()` every live level of both, b
 from __future__ import annotations
 
 import math
-from itertools import chain as iter_chain
 from typing import Optional, Sequence
 
 import numpy as np
@@ -40,8 +39,6 @@ import numpy as np
 from operators.events import BookUpdate, FeedError, Instrument
 from operators.kernels import books as kernel
 from operators.kernels.books import CHANGE, NO_SEQ, REACH_ANY, SEQ_GAP, SNAPSHOT
-
-_from_levels = iter_chain.from_iterable
 
 
 class BookStore:
@@ -92,8 +89,7 @@ class BookStore:
             row = store.add(book.instrument)
             if book.last_seq is not None:
                 bids, asks = book.sides()
-                store.apply([BookUpdate("", "", 0, 0, book.last_seq, None, "snapshot", tuple(bids), tuple(asks))],
-                            [row])
+                store.apply([BookUpdate("", "", 0, 0, book.last_seq, None, "snapshot", bids, asks)], [row])
             store.stale[row] = book.stale
         return store
 
@@ -109,7 +105,7 @@ class BookStore:
         """Apply `updates` in order, update i to book `rows[i]`; returns the FeedErrors ("seq_gap":
         not applied; "crossed_book": applied; either leaves the book stale until its next
         snapshot) and the rows whose touch (best bid, best ask, staleness) changed.
-        `levels`: the updates' bids and asks tuples in order (bids₀, asks₀, bids₁, …) when the
+        `levels`: the updates' bids and asks arrays in order (bids₀, asks₀, bids₁, …) when the
         caller has already gathered them."""
         n = len(updates)
         if levels is None:
@@ -120,7 +116,7 @@ class BookStore:
         sides = np.fromiter(map(len, levels), np.int64, 2 * n)
         n_bids, n_asks = sides[0::2], sides[1::2]
         total = int(sides.sum())
-        flat = np.fromiter(_from_levels(_from_levels(levels)), np.float64, 2 * total).reshape(-1, 2)
+        flat = np.concatenate(levels)  # the sides are levels × 2 arrays already (BookUpdate)
         row_arr = np.fromiter(rows, np.int64, n)
         # room for every level the batch could add to a side (a snapshot only ever needs less):
         # the cheap bound first, the exact one per book only when that bound does not fit
@@ -175,7 +171,7 @@ def _seq(value: int) -> Optional[int]:
     return None if value == NO_SEQ else value
 
 
-def _best_live(levels: tuple, pick) -> float:
+def _best_live(levels: list, pick) -> float:
     """The best price among levels with a size (NaN if none): the slow way, for a snapshot
     whose best level has size 0."""
     live = [px for px, sz in levels if sz > 0]
@@ -187,8 +183,8 @@ class OrderBook:
 
     The best bid and ask are kept up to date as levels change (NaN on an empty side), so
     reading them costs nothing; only deleting the best level rescans that side. A snapshot is
-    kept as the venue's level tuples and turned into price → size dicts only when a change
-    arrives (a grouped channel sends nothing but snapshots: a shock re-quoting thousands of
+    kept as the venue's levels ([price, size] lists) and turned into price → size dicts only
+    when a change arrives (a grouped channel sends nothing but snapshots: a shock re-quoting thousands of
     books then costs one max and one min per book).
     """
 
@@ -199,8 +195,8 @@ class OrderBook:
         self.instrument = instrument
         self._bids: Optional[dict[float, float]] = {}
         self._asks: Optional[dict[float, float]] = {}
-        self._snap_bids: tuple = ()  # the last snapshot's levels, while _bids is None
-        self._snap_asks: tuple = ()
+        self._snap_bids: list = []  # the last snapshot's [price, size] levels, while _bids is None
+        self._snap_asks: list = []
         self.last_seq: Optional[int] = None
         self.stale = True  # until the first snapshot
         self.best_bid = math.nan
@@ -229,17 +225,17 @@ class OrderBook:
         # a snapshot holds live levels only (a size-0 level in one is simply absent)
         self._bids = {px: sz for px, sz in self._snap_bids if sz > 0}
         self._asks = {px: sz for px, sz in self._snap_asks if sz > 0}
-        self._snap_bids = self._snap_asks = ()
+        self._snap_bids = self._snap_asks = []
 
     def apply(self, update: BookUpdate) -> Optional[FeedError]:
         """Apply a snapshot or change; a FeedError ("seq_gap": not applied; "crossed_book":
         applied) leaves the book stale until its next snapshot."""
         if update.kind == "snapshot":
-            bids, asks = update.bids, update.asks
+            bids, asks = update.bids.tolist(), update.asks.tolist()  # Python floats: the levels are read one by one
             self._bids = self._asks = None
             self._snap_bids, self._snap_asks = bids, asks
             if bids:
-                top = max(bids)  # the highest price (tuples compare by price first)
+                top = max(bids)  # the highest price (levels compare by price first)
                 self.best_bid = top[0] if top[1] > 0 else _best_live(bids, max)
             else:
                 self.best_bid = math.nan
@@ -263,14 +259,14 @@ class OrderBook:
             bids, asks = self._bids, self._asks
             best_bid, best_ask = self.best_bid, self.best_ask
             rescan_bids = rescan_asks = False
-            for px, sz in update.bids:
+            for px, sz in update.bids.tolist():
                 if sz > 0:
                     bids[px] = sz
                     if not px <= best_bid:  # also when the side was empty (NaN)
                         best_bid = px
                 elif bids.pop(px, None) is not None and px == best_bid:
                     rescan_bids = True
-            for px, sz in update.asks:
+            for px, sz in update.asks.tolist():
                 if sz > 0:
                     asks[px] = sz
                     if not px >= best_ask:
@@ -294,6 +290,6 @@ class OrderBook:
         """Every live level, best first: (bids high → low, asks low → high) of (price, size).
         A book holding only its last snapshot is read from it, not turned into dicts."""
         if self._bids is None:
-            return (sorted((lv for lv in self._snap_bids if lv[1] > 0), reverse=True),
-                    sorted(lv for lv in self._snap_asks if lv[1] > 0))
+            return (sorted(((px, sz) for px, sz in self._snap_bids if sz > 0), reverse=True),
+                    sorted((px, sz) for px, sz in self._snap_asks if sz > 0))
         return sorted(self._bids.items(), reverse=True), sorted(self._asks.items())

@@ -20,6 +20,7 @@ from operators.events import BookUpdate, Instrument
 from operators.state.book import OrderBook
 from tests.flows.test_replay_db import END_MS, START_MS, differing, run_db, run_file
 from tests.helpers.scaleout import FIT_COLUMNS, record_deribit
+from tests.helpers.levels import pairs
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def test_a_window_starting_mid_stream_begins_with_every_book_as_it_stood_and_fit
         for name, snap in snaps.items():
             assert snap.kind == "snapshot" and snap.prev_seq is None and snap.ts_recv_ms < start
             assert snap.seq == truth[name].last_seq
-            assert (list(snap.bids), list(snap.asks)) == truth[name].sides(), name
+            assert (list(pairs(snap.bids)), list(pairs(snap.asks))) == truth[name].sides(), name
         # the window's books chain from the preamble's: no book of it is withheld as gapped
         books: dict[str, OrderBook] = {}
         window = [e for e in evs if type(e) is BookUpdate and start <= e.ts_recv_ms < END_MS]

@@ -19,6 +19,8 @@ names = st.text(min_size=0, max_size=12)
 # a ladder matrix: books × levels, NaN for none (no books: no levels either, as JSON [] reads back)
 matrices = st.tuples(st.integers(0, 4), st.integers(0, 3)).map(lambda s: s if s[0] else (0, 0)).flatmap(
     lambda shape: hnp.arrays(np.float64, shape, elements=st.floats(allow_infinity=False, width=64)))
+# a book side: levels × (price, size), numbers only
+book_sides = st.integers(0, 4).flatmap(lambda n: hnp.arrays(np.float64, (n, 2), elements=finite))
 
 
 def strategy_for(tp):
@@ -36,7 +38,8 @@ def strategy_for(tp):
         return st.dictionaries(names, strategy_for(vt), max_size=3)
     if isinstance(tp, type) and issubclass(tp, ev.Event):
         return event_strategy(tp)
-    return {float: finite, int: ints, str: names, bool: st.booleans(), np.ndarray: matrices}[tp]
+    return {float: finite, int: ints, str: names, bool: st.booleans(), np.ndarray: matrices,
+            ev.BookLevels: book_sides}[tp]
 
 
 def event_strategy(cls):

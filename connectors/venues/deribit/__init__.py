@@ -21,10 +21,10 @@ from connectors.venues.deribit.names import (EXPIRY_HOUR_UTC, VENUE, InstrumentN
                                              format_instrument_name, format_strike, instrument_kind,
                                              parse_instrument_name)
 from connectors.venues.deribit.parse import (DEFAULT_MAX_FRAME_BYTES, GROUPED_DEPTHS, MAX_AMOUNT, MAX_PRICE, Control,
-                                             grouped_depth, parse_frame)
+                                             grouped_depth, parse_frame, parse_frames)
 from connectors.venues.deribit.source import DeribitPartition, DeribitSource, from_config
 
 __all__ = ["DEFAULT_MAX_FRAME_BYTES", "EXPIRY_HOUR_UTC", "GROUPED_DEPTHS", "MAX_AMOUNT", "MAX_PRICE",
            "VENUE", "Control", "DeribitClient", "DeribitPartition", "DeribitSource", "InstrumentNameError", "RpcError",
            "format_expiry", "format_instrument_name", "format_strike", "from_config", "grouped_depth",
-           "instrument_kind", "now_ms", "parse_frame", "parse_instrument_name"]
+           "instrument_kind", "now_ms", "parse_frame", "parse_frames", "parse_instrument_name"]

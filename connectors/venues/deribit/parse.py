@@ -2,6 +2,12 @@
 frame -> event translation, a msgspec fast path for book and ticker notifications, and the
 careful parser that names every bad field.
 
+Many frames at once (`parse_frames`, what a replay reads per source batch): the book
+notifications' envelopes are decoded by msgspec with their level lists left as raw JSON, and
+every level list of the batch is then read in one compiled pass into one array
+(levels.py), of which each BookUpdate's sides are slices; every other frame, and any level list
+the pass declines, goes through `parse_frame`, so the events are the same either way.
+
 Translation only: bytes in, events (operators.events) out. It never raises (bad input becomes a
 FeedError with a reason code), keeps no state, never judges a book (sequence chains and crossed
 books are the client's, connectors/venues/base.py BookGuard), never imports the client or bytewax.
@@ -17,13 +23,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Callable, Literal, Optional
+from typing import Annotated, Any, Callable, Literal, Optional, Sequence
 
 import msgspec
+import numpy as np
 import orjson
 
 from connectors.venues.base import BadFrame as _Bad
 from connectors.venues.base import check_frame, check_not_crossed, now_ms, parse_name
+from connectors.venues.deribit import levels as level_scan
 from connectors.venues.deribit.names import VENUE, InstrumentNameError, parse_instrument_name
 from operators.events import BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument, Ticker
 
@@ -91,8 +99,9 @@ def _str(value: Any, field: str) -> str:
 
 _INF = float("inf")
 # No option (coin), future or index (USD) price comes near this; 1e308 on the wire is corruption.
-MAX_PRICE = 1e9
-MAX_AMOUNT = 1e12
+MAX_PRICE = level_scan.MAX_PRICE
+MAX_AMOUNT = level_scan.MAX_AMOUNT
+_NO_LEVELS = np.empty((0, 2))
 _DELETE_ACTIONS = {"new": False, "change": False, "delete": True}
 GROUPED_DEPTHS = (1, 10, 20)  # the depths Deribit offers on book.{instrument}.{group}.{depth}.{interval}
 
@@ -106,8 +115,8 @@ def grouped_depth(depth: int) -> int:
                      "use the incremental book for more")
 
 
-def _levels(raw: Any, side: str, instrument: str, snapshot: bool) -> tuple[tuple[float, float], ...]:
-    """[[action, price, amount], …] (or grouped [[price, amount], …]) → ((price, size), …).
+def _levels(raw: Any, side: str, instrument: str, snapshot: bool) -> np.ndarray:
+    """[[action, price, amount], …] (or grouped [[price, amount], …]) → levels × (price, size).
     Hot path: inline type checks, one pass; any bad level rejects the whole frame."""
     if raw is None:
         return ()
@@ -136,7 +145,7 @@ def _levels(raw: Any, side: str, instrument: str, snapshot: bool) -> tuple[tuple
             raise _Bad("bad_price", f"{side} level price {px} amount {amt}: price must be in (0, {MAX_PRICE:g}) "
                        f"and amount in [0, {MAX_AMOUNT:g})", instrument)
         append((float(px), 0.0 if delete else float(amt)))
-    return tuple(out)
+    return np.array(out, np.float64) if out else _NO_LEVELS
 
 
 # The hot path (~90 % of the traffic): a well-formed book notification, decoded and checked
@@ -216,7 +225,11 @@ def _fast_grouped(raw: bytes | str, ts_recv_ms: int) -> Optional[list]:
         return None
     # a crossed book is the client's to find (connectors/venues/base.py), not the parser's
     return [BookUpdate(VENUE, d.instrument_name, d.timestamp, ts_recv_ms, d.change_id, None, "snapshot",
-                       d.bids, d.asks)]
+                       _pairs(d.bids), _pairs(d.asks))]
+
+
+def _pairs(levels: tuple) -> np.ndarray:
+    return np.array(levels, np.float64) if levels else _NO_LEVELS
 
 
 def _fast_book(raw: bytes | str, ts_recv_ms: int) -> Optional[list]:
@@ -224,21 +237,145 @@ def _fast_book(raw: bytes | str, ts_recv_ms: int) -> Optional[list]:
     d = _book_data(_decode_book, raw)
     if d is None:
         return None
+    flat: list = []  # price, size, price, size, … of the bids then the asks: one array for both sides
+    add = flat.append
     if d.type == "snapshot":
         for levels in (d.bids, d.asks):
             for lvl in levels:
                 if lvl[0] != "new":
                     return None  # the careful parser names the bad action
-        bids = tuple([(px, amt) for _, px, amt in d.bids])
-        asks = tuple([(px, amt) for _, px, amt in d.asks])
+        for _, px, amt in d.bids:
+            add(px)
+            add(amt)
+        n_bids = len(d.bids)
+        for _, px, amt in d.asks:
+            add(px)
+            add(amt)
         prev = None
     else:
         prev = d.prev_change_id
         if prev is None:
             return None
-        bids = tuple([(px, 0.0 if action == "delete" else amt) for action, px, amt in d.bids])
-        asks = tuple([(px, 0.0 if action == "delete" else amt) for action, px, amt in d.asks])
-    return [BookUpdate(VENUE, d.instrument_name, d.timestamp, ts_recv_ms, d.change_id, prev, d.type, bids, asks)]
+        for action, px, amt in d.bids:
+            add(px)
+            add(0.0 if action == "delete" else amt)
+        n_bids = len(d.bids)
+        for action, px, amt in d.asks:
+            add(px)
+            add(0.0 if action == "delete" else amt)
+    both = np.array(flat, np.float64).reshape(-1, 2) if flat else _NO_LEVELS
+    return [BookUpdate(VENUE, d.instrument_name, d.timestamp, ts_recv_ms, d.change_id, prev, d.type,
+                       both[:n_bids], both[n_bids:])]
+
+
+class _RawBookData(msgspec.Struct):
+    """A book notification's data with its level lists left as JSON (for parse_frames)."""
+
+    type: Literal["snapshot", "change"]
+    timestamp: int
+    instrument_name: Annotated[str, msgspec.Meta(min_length=1)]
+    change_id: int
+    bids: msgspec.Raw
+    asks: msgspec.Raw
+    prev_change_id: Optional[int] = None
+
+
+class _RawBookParams(msgspec.Struct):
+    channel: str
+    data: _RawBookData
+
+
+class _RawBookFrame(msgspec.Struct):
+    method: Literal["subscription"]
+    params: _RawBookParams
+
+
+class _RawGroupedData(msgspec.Struct):
+    timestamp: int
+    instrument_name: Annotated[str, msgspec.Meta(min_length=1)]
+    change_id: int
+    bids: msgspec.Raw
+    asks: msgspec.Raw
+    type: msgspec.UnsetType = msgspec.UNSET
+    prev_change_id: msgspec.UnsetType = msgspec.UNSET
+
+
+class _RawGroupedParams(msgspec.Struct):
+    channel: str
+    data: _RawGroupedData
+
+
+class _RawGroupedFrame(msgspec.Struct):
+    method: Literal["subscription"]
+    params: _RawGroupedParams
+
+
+_decode_raw_book = msgspec.json.Decoder(_RawBookFrame).decode
+_decode_raw_grouped = msgspec.json.Decoder(_RawGroupedFrame).decode
+_SNAPSHOT, _CHANGE = level_scan.SNAPSHOT, level_scan.CHANGE
+
+
+def parse_frames(raws: Sequence[Any], ts_recv_ms: Sequence[int], max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> list:
+    """Many frames → their events in order, the same as `parse_frame` frame by frame (Control
+    objects included). Never raises. Book notifications have their envelopes decoded one by one
+    and all their level lists read in one compiled pass (levels.py); a BookUpdate's sides are
+    slices of one array for the whole batch."""
+    found: list = []  # (frame position, decoded data, grouped) of the book notifications
+    lists: list = []  # their raw level lists: bids, asks, bids, …
+    modes: list = []  # per notification: how its lists are read (levels.py SNAPSHOT or CHANGE)
+    parts: list = [None] * len(raws)  # per frame: its events (books: filled in after the pass)
+    add_list = lists.append
+    for i, raw in enumerate(raws):
+        kind = type(raw)
+        if (kind is bytes or kind is str) and len(raw) <= max_bytes:
+            grouped = (_GROUPED_MARK in raw) if kind is str else (_GROUPED_MARK_B in raw)
+            try:
+                params = (_decode_raw_grouped if grouped else _decode_raw_book)(raw).params
+            except _NOT_FAST:
+                params = None
+            if params is not None and params.channel.startswith("book."):
+                d = params.data
+                found.append((i, d, grouped))
+                add_list(d.bids)
+                add_list(d.asks)
+                modes.append(_SNAPSHOT if grouped or d.type == "snapshot" else _CHANGE)
+                continue
+        parts[i] = parse_frame(raw, ts_recv_ms[i], max_bytes)
+    if found:
+        lengths = np.fromiter(map(len, lists), np.int64, len(lists))
+        ends = np.cumsum(lengths)
+        buf = np.frombuffer(b"".join(lists), np.uint8)
+        modes = np.repeat(np.array(modes, np.int64), 2)
+        room = level_scan.levels_room(buf.size)
+        px, amount, counts = np.empty(room), np.empty(room), np.empty(len(lists), np.int64)
+        k = level_scan.scan_levels(buf, ends - lengths, ends, modes, level_scan.POW10, px, amount, counts)
+        both = np.stack((px[:k], amount[:k]), axis=1)
+        counts_list = counts.tolist()
+        at = 0
+        for j, (i, d, grouped) in enumerate(found):
+            n_bids, n_asks = counts_list[2 * j], counts_list[2 * j + 1]
+            if n_bids < 0 or n_asks < 0:  # a list the pass declined: the careful parser says why
+                at += max(n_bids, 0) + max(n_asks, 0)
+                parts[i] = parse_frame(raws[i], ts_recv_ms[i], max_bytes)
+                continue
+            mid, end = at + n_bids, at + n_bids + n_asks
+            if grouped:
+                parts[i] = [BookUpdate(VENUE, d.instrument_name, d.timestamp, ts_recv_ms[i], d.change_id, None,
+                                       "snapshot", both[at:mid], both[mid:end])]
+            elif d.type == "change" and d.prev_change_id is None:
+                parts[i] = parse_frame(raws[i], ts_recv_ms[i], max_bytes)  # says the change is unchained
+            else:
+                prev = None if d.type == "snapshot" else d.prev_change_id
+                parts[i] = [BookUpdate(VENUE, d.instrument_name, d.timestamp, ts_recv_ms[i], d.change_id, prev,
+                                       d.type, both[at:mid], both[mid:end])]
+            at = end
+    out: list = []
+    for events in parts:
+        if len(events) == 1:
+            out.append(events[0])
+        else:
+            out.extend(events)
+    return out
 
 
 _Price = Optional[Annotated[float, msgspec.Meta(ge=0, lt=MAX_PRICE)]]  # 0 or absent: none

@@ -355,7 +355,7 @@ class OkxClient(VenueClient):
             if not self._book_event(ev):  # the integrity rule: connectors/venues/base.py
                 return
             if ev.kind == "change":
-                if ev.seq == ev.prev_seq and not ev.bids and not ev.asks:
+                if ev.seq == ev.prev_seq and not len(ev.bids) and not len(ev.asks):
                     counters["keepalives"] += 1  # ~60 s without change: alive, not a gap
                 elif ev.seq < ev.prev_seq:
                     counters["seq_resets"] += 1  # maintenance reset: continue from the new seqId

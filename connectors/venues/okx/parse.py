@@ -46,6 +46,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+import numpy as np
 import orjson
 
 from connectors.venues.base import BadFrame as _Bad
@@ -147,13 +148,14 @@ def _str(value: Any, field: str, instrument: str = "") -> str:
 
 
 _INF = float("inf")
+_NO_LEVELS = np.empty((0, 2))
 
 
-def _levels(raw: Any, side: str, instrument: str) -> tuple[tuple[float, float], ...]:
-    """[[px, sz, "0", nOrders], …] → ((px, sz), …); sz 0 deletes the level in an update.
+def _levels(raw: Any, side: str, instrument: str) -> np.ndarray:
+    """[[px, sz, "0", nOrders], …] → levels × (px, sz); sz 0 deletes the level in an update.
     Hot path: one pass; any bad level rejects the whole frame."""
     if raw is None:
-        return ()
+        return _NO_LEVELS
     if type(raw) is not list:
         raise _Bad("bad_field", f"{side} must be a list, got {type(raw).__name__}", instrument)
     out = []
@@ -174,7 +176,7 @@ def _levels(raw: Any, side: str, instrument: str) -> tuple[tuple[float, float], 
             raise _Bad("bad_price", f"{side} level px {px_raw!r:.30} sz {sz_raw!r:.30}: px must be > 0 "
                        "and sz >= 0", instrument)
         append((px, sz))
-    return tuple(out)
+    return np.array(out, np.float64) if out else _NO_LEVELS
 
 
 def _book(channel: str, arg: dict, action: Any, row: Any, ts_recv_ms: int) -> BookUpdate:

@@ -13,7 +13,7 @@ import pytest
 from bytewax.testing import run_main
 
 from connectors.venues import okx
-from connectors.venues import deribit
+from connectors.venues import deribit, venue
 from connectors.venues.deribit import DeribitClient
 from connectors.sim.okx import OkxSimulator
 from connectors.capture.record import main as record_main
@@ -40,9 +40,9 @@ class FrameClock:
         self._parse = parse
         self.now = 0
 
-    def parse(self, raw, ts_recv_ms, max_bytes):
-        self.now = max(self.now, ts_recv_ms)
-        return self._parse(raw, ts_recv_ms, max_bytes)
+    def parse(self, raws, ts_recv_ms, max_bytes):  # a replay's batch parser
+        self.now = max(self.now, *ts_recv_ms)
+        return self._parse(raws, ts_recv_ms, max_bytes)
 
     def __call__(self) -> int:
         return self.now
@@ -122,7 +122,7 @@ def test_deribit_record_then_replay_gives_the_true_fits(tmp_path):
         # in flight then are not recorded (51 were, in a CI run under load on 2026-12-06)
         assert counts["frames"] >= n_books + 1000
         assert counts["client"]["frames"] == counts["frames"]  # every frame the client read was kept
-        check_fits(replay_fits(path, deribit.parse_frame), sim, "BTC", "deribit")
+        check_fits(replay_fits(path, venue("deribit").parse_frames()), sim, "BTC", "deribit")
 
 
 def test_okx_record_then_replay_gives_the_true_fits(tmp_path):
@@ -140,7 +140,7 @@ def test_okx_record_then_replay_gives_the_true_fits(tmp_path):
         assert first.startswith('{"code":"0"') and any(
             isinstance(e, Instrument) for e in okx.parse_frame(first, first_ts))
         assert counts["client"]["frames"] + counts["client"]["discoveries"] * 2 == counts["frames"]
-        check_fits(replay_fits(path, okx.parse_frame), sim, "BTC-USD", "okx")
+        check_fits(replay_fits(path, venue("okx").parse_frames()), sim, "BTC-USD", "okx")
 
 
 def test_a_failing_tap_is_counted_and_never_stops_the_feed():

@@ -15,7 +15,7 @@ from bytewax.testing import run_main
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectors.venues.deribit import Control, parse_frame
+from connectors.venues.deribit import Control, parse_frame, parse_frames
 from connectors.capture.replay import (PrefetchReader, ReplayFormatError, ReplaySource, count_frames, read_frames,
                                write_frames)
 from connectors.capture.replay import _wall_ms as replay_wall_ms
@@ -47,10 +47,10 @@ class EventClock:
         self.now = 0
         self.parsed: list[int] = []  # ts_recv_ms of every frame parsed (to see what was replayed)
 
-    def parse(self, raw, ts_recv_ms, max_bytes):
-        self.parsed.append(ts_recv_ms)
-        self.now = max(self.now, ts_recv_ms)
-        return parse_frame(raw, ts_recv_ms, max_bytes)
+    def parse(self, raws, ts_recv_ms, max_bytes):  # a replay's batch parser
+        self.parsed.extend(ts_recv_ms)
+        self.now = max(self.now, *ts_recv_ms)
+        return parse_frames(raws, ts_recv_ms, max_bytes)
 
     def __call__(self) -> int:
         return self.now

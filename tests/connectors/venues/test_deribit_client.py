@@ -336,6 +336,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from connectors.venues.folding import APPENDED, DROPPED, FOLDED, OVERFLOW, FoldingQueue  # noqa: E402
 from tests.helpers.config import deribit_kwargs, sim_kwargs
+from tests.helpers.levels import pairs
 
 _INSTS = ("A", "B", "C")
 # bids and asks from disjoint price ranges: a book never crosses, so staleness only comes from
@@ -440,9 +441,9 @@ def test_folding_merges_changes_and_snapshots_exactly():
     q.push(BookUpdate("x", "B", 2, 2, 21, 20, "change", ((1.0, 0.0), (2.0, 1.0)), ()))
     (a, b) = q.drain()
     assert a.kind == "snapshot" and a.seq == 12 and a.prev_seq is None and a.ts_exchange_ms == 3
-    assert a.bids == ((4.0, 2.0), (3.0, 8.0)) and a.asks == ((6.0, 1.0), (6.5, 1.0))
+    assert pairs(a.bids) == ((4.0, 2.0), (3.0, 8.0)) and pairs(a.asks) == ((6.0, 1.0), (6.5, 1.0))
     assert b.kind == "change" and (b.prev_seq, b.seq) == (19, 21)
-    assert b.bids == ((1.0, 0.0), (2.0, 1.0))  # the delete survives: the consumer's level goes
+    assert pairs(b.bids) == ((1.0, 0.0), (2.0, 1.0))  # the delete survives: the consumer's level goes
     assert q.fold_ratio() == 2.5
 
 

@@ -18,6 +18,7 @@ from connectors.venues.deribit import (Control, InstrumentNameError, format_inst
 from operators.events import BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument, Ticker
 from tests.helpers.venues import DELETE, json_paths, load_frames
 from tests.helpers.venues import frame_with as _frame_with
+from tests.helpers.levels import pairs
 
 FRAMES = load_frames("deribit_real_shapes.jsonl")
 TS = 1_733_990_400_999
@@ -126,8 +127,8 @@ def test_book_snapshot():
 def test_book_change_delete_means_size_zero():
     (ev,) = parse("book_change")
     assert ev.kind == "change" and ev.seq == 68219473350 and ev.prev_seq == 68219473012
-    assert ev.bids == ((0.0405, 0.0), (0.0415, 9.5))
-    assert ev.asks == ((0.0425, 2.0),)
+    assert pairs(ev.bids) == ((0.0405, 0.0), (0.0415, 9.5))
+    assert pairs(ev.asks) == ((0.0425, 2.0),)
 
 
 @pytest.mark.parametrize("name, kind", [("book_change", "change"), ("book_snapshot", "snapshot")])
@@ -304,7 +305,7 @@ def _check_events(events):
             assert ev.reason and isinstance(ev.detail, str)
             assert len(events) == 1 or any(isinstance(e, Control) for e in events)
         elif isinstance(ev, BookUpdate):
-            for px, sz in ev.bids + ev.asks:
+            for px, sz in pairs(ev.bids) + pairs(ev.asks):
                 assert math.isfinite(px) and px > 0 and math.isfinite(sz) and sz >= 0
             assert ev.kind in ("snapshot", "change")
             assert (ev.prev_seq is None) == (ev.kind == "snapshot")
@@ -434,7 +435,7 @@ def test_grouped_book_is_a_whole_snapshot_of_pairs():
     # (connectors/venues/base.py; tests/connectors/venues/test_deribit_client.py)
     crossed = frame.replace(b"[0.041,12.5]", b"[0.043,12.5]")
     (ev,) = parse_frame(crossed, TS)
-    assert isinstance(ev, BookUpdate) and ev.bids[0] == (0.043, 12.5)
+    assert isinstance(ev, BookUpdate) and pairs(ev.bids)[0] == (0.043, 12.5)
 
 
 def _fast_equals_careful(fast_fn, careful_fn, channel: str, data: dict) -> None:

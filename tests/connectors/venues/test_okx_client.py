@@ -19,6 +19,7 @@ from operators.events import (BookUpdate, FeedError, FuturePrice, IndexPrice, In
 from tests.helpers.venues import (books, check_chains, check_discovery, check_smile_against_truth, collect,
                                   inject_when_streaming, monday_noon_ms, okx_client, run_source)
 from tests.helpers.config import okx_kwargs, sim_cli_defaults, sim_kwargs
+from tests.helpers.levels import pairs
 
 
 @pytest.fixture
@@ -51,7 +52,7 @@ def test_discovery_snapshots_chained_updates_and_summary(sim):
         for t in ticks[:20]:
             fwd = sim.forward("BTC", expiry_of[t.instrument])
             assert t.underlying_px == pytest.approx(fwd, rel=0.02)
-        prices = [p for e in events if isinstance(e, BookUpdate) for p, _ in e.bids + e.asks]
+        prices = [p for e in events if isinstance(e, BookUpdate) for p, _ in pairs(e.bids) + pairs(e.asks)]
         assert prices and all(0 < p < 1 for p in prices)  # coin premiums
         idx = [e for e in events if isinstance(e, IndexPrice)]
         assert all(e.underlying == "BTC" and e.price == pytest.approx(sim.spot("BTC"), rel=0.05) for e in idx)
@@ -115,7 +116,7 @@ def test_keepalive_and_seq_reset_are_not_gaps():
         collect(client, events, lambda ev: client.counters().get("seq_resets", 0) >= 1
                 and len(books(ev)[target]) >= n_before + 3, what="reset and updates after it")
         bk = books(events)[target]
-        keep = [e for e in bk if e.kind == "change" and e.seq == e.prev_seq and not e.bids and not e.asks]
+        keep = [e for e in bk if e.kind == "change" and e.seq == e.prev_seq and not len(e.bids) and not len(e.asks)]
         reset = [e for e in bk if e.kind == "change" and e.seq < e.prev_seq]
         assert keep and reset
         after = bk[bk.index(reset[0]) + 1]

@@ -19,6 +19,7 @@ from connectors.venues.okx import (Control, InstIdError, default_rest_url, famil
 from operators.events import BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument, Ticker
 from tests.helpers.venues import DELETE, json_paths, load_frames
 from tests.helpers.venues import frame_with as _frame_with
+from tests.helpers.levels import pairs
 
 FRAMES = load_frames("okx_real_shapes.jsonl")
 TS = 1_733_990_400_999
@@ -120,20 +121,20 @@ def test_books_snapshot():
     ev = only(parse("books_snapshot"), BookUpdate)
     assert (ev.venue, ev.instrument, ev.kind, ev.seq, ev.prev_seq) == ("okx", OPT, "snapshot", 123456, None)
     assert ev.ts_exchange_ms == 1733990400123 and ev.ts_recv_ms == TS
-    assert ev.bids == ((0.0415, 125.0), (0.041, 30.0), (0.0405, 200.0))  # coin prices, contracts, as sent
-    assert ev.asks == ((0.043, 71.0), (0.0435, 150.0), (0.044, 10.0))
+    assert pairs(ev.bids) == ((0.0415, 125.0), (0.041, 30.0), (0.0405, 200.0))  # coin prices, contracts, as sent
+    assert pairs(ev.asks) == ((0.043, 71.0), (0.0435, 150.0), (0.044, 10.0))
 
 
 def test_books_update_size_zero_deletes():
     ev = only(parse("books_update"), BookUpdate)
     assert (ev.kind, ev.seq, ev.prev_seq) == ("change", 123457, 123456)
-    assert ev.bids == ((0.0405, 0.0), (0.0415, 95.0))  # sz "0": delete that level
-    assert ev.asks == ((0.0425, 20.0),)
+    assert pairs(ev.bids) == ((0.0405, 0.0), (0.0415, 95.0))  # sz "0": delete that level
+    assert pairs(ev.asks) == ((0.0425, 20.0),)
 
 
 def test_keepalive_is_an_empty_change_not_a_gap():
     ev = only(parse("books_keepalive"), BookUpdate)
-    assert (ev.kind, ev.seq, ev.prev_seq, ev.bids, ev.asks) == ("change", 123457, 123457, (), ())
+    assert (ev.kind, ev.seq, ev.prev_seq, pairs(ev.bids), pairs(ev.asks)) == ("change", 123457, 123457, (), ())
 
 
 def test_seq_reset_below_prev_is_accepted():
@@ -158,7 +159,7 @@ def test_books5_and_bbo_are_snapshots():
     ev = only(parse("books5"), BookUpdate)
     assert (ev.kind, ev.prev_seq, ev.seq) == ("snapshot", None, 123460) and len(ev.bids) == len(ev.asks) == 5
     ev = only(parse("bbo_tbt"), BookUpdate)
-    assert (ev.kind, ev.bids, ev.asks) == ("snapshot", ((0.0415, 125.0),), ((0.043, 71.0),))
+    assert (ev.kind, pairs(ev.bids), pairs(ev.asks)) == ("snapshot", ((0.0415, 125.0),), ((0.043, 71.0),))
 
 
 @pytest.mark.parametrize("path, value, reason", [
@@ -337,7 +338,7 @@ def check_events(events):
         if isinstance(e, FeedError):
             assert e.reason and isinstance(e.detail, str)
         if isinstance(e, BookUpdate):
-            assert all(p > 0 and s >= 0 and math.isfinite(p) and math.isfinite(s) for p, s in e.bids + e.asks)
+            assert all(p > 0 and s >= 0 and math.isfinite(p) and math.isfinite(s) for p, s in pairs(e.bids) + pairs(e.asks))
         if isinstance(e, Ticker):
             for iv in (e.bid_iv, e.ask_iv, e.mark_iv):
                 assert iv is None or (iv > 0 and math.isfinite(iv))
