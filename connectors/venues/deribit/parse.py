@@ -102,6 +102,7 @@ _INF = float("inf")
 MAX_PRICE = level_scan.MAX_PRICE
 MAX_AMOUNT = level_scan.MAX_AMOUNT
 _NO_LEVELS = np.empty((0, 2))
+_NO_LEVELS.flags.writeable = False
 _DELETE_ACTIONS = {"new": False, "change": False, "delete": True}
 GROUPED_DEPTHS = (1, 10, 20)  # the depths Deribit offers on book.{instrument}.{group}.{depth}.{interval}
 
@@ -237,35 +238,24 @@ def _fast_book(raw: bytes | str, ts_recv_ms: int) -> Optional[list]:
     d = _book_data(_decode_book, raw)
     if d is None:
         return None
-    flat: list = []  # price, size, price, size, … of the bids then the asks: one array for both sides
-    add = flat.append
     if d.type == "snapshot":
         for levels in (d.bids, d.asks):
             for lvl in levels:
                 if lvl[0] != "new":
                     return None  # the careful parser names the bad action
-        for _, px, amt in d.bids:
-            add(px)
-            add(amt)
-        n_bids = len(d.bids)
-        for _, px, amt in d.asks:
-            add(px)
-            add(amt)
+        bids = np.array([(px, amt) for _, px, amt in d.bids], np.float64) if d.bids else _NO_LEVELS
+        asks = np.array([(px, amt) for _, px, amt in d.asks], np.float64) if d.asks else _NO_LEVELS
         prev = None
     else:
         prev = d.prev_change_id
         if prev is None:
             return None
-        for action, px, amt in d.bids:
-            add(px)
-            add(0.0 if action == "delete" else amt)
-        n_bids = len(d.bids)
-        for action, px, amt in d.asks:
-            add(px)
-            add(0.0 if action == "delete" else amt)
-    both = np.array(flat, np.float64).reshape(-1, 2) if flat else _NO_LEVELS
-    return [BookUpdate(VENUE, d.instrument_name, d.timestamp, ts_recv_ms, d.change_id, prev, d.type,
-                       both[:n_bids], both[n_bids:])]
+        # an array per side that has levels (most changes touch one side): ~0.6 µs each
+        bids = (np.array([(px, 0.0 if action == "delete" else amt) for action, px, amt in d.bids], np.float64)
+                if d.bids else _NO_LEVELS)
+        asks = (np.array([(px, 0.0 if action == "delete" else amt) for action, px, amt in d.asks], np.float64)
+                if d.asks else _NO_LEVELS)
+    return [BookUpdate(VENUE, d.instrument_name, d.timestamp, ts_recv_ms, d.change_id, prev, d.type, bids, asks)]
 
 
 class _RawBookData(msgspec.Struct):
@@ -320,10 +310,10 @@ def parse_frames(raws: Sequence[Any], ts_recv_ms: Sequence[int], max_bytes: int 
     objects included). Never raises. Book notifications have their envelopes decoded one by one
     and all their level lists read in one compiled pass (levels.py); a BookUpdate's sides are
     slices of one array for the whole batch."""
-    found: list = []  # (frame position, decoded data, grouped) of the book notifications
+    out: list = []  # the events in order; a book notification's place holds None until the pass
+    found: list = []  # (its place in out, frame position, decoded data, grouped) per book notification
     lists: list = []  # their raw level lists: bids, asks, bids, …
     modes: list = []  # per notification: how its lists are read (levels.py SNAPSHOT or CHANGE)
-    parts: list = [None] * len(raws)  # per frame: its events (books: filled in after the pass)
     add_list = lists.append
     for i, raw in enumerate(raws):
         kind = type(raw)
@@ -335,46 +325,47 @@ def parse_frames(raws: Sequence[Any], ts_recv_ms: Sequence[int], max_bytes: int 
                 params = None
             if params is not None and params.channel.startswith("book."):
                 d = params.data
-                found.append((i, d, grouped))
+                found.append((len(out), i, d, grouped))
+                out.append(None)
                 add_list(d.bids)
                 add_list(d.asks)
                 modes.append(_SNAPSHOT if grouped or d.type == "snapshot" else _CHANGE)
                 continue
-        parts[i] = parse_frame(raw, ts_recv_ms[i], max_bytes)
-    if found:
-        lengths = np.fromiter(map(len, lists), np.int64, len(lists))
-        ends = np.cumsum(lengths)
-        buf = np.frombuffer(b"".join(lists), np.uint8)
-        modes = np.repeat(np.array(modes, np.int64), 2)
-        room = level_scan.levels_room(buf.size)
-        px, amount, counts = np.empty(room), np.empty(room), np.empty(len(lists), np.int64)
-        k = level_scan.scan_levels(buf, ends - lengths, ends, modes, level_scan.POW10, px, amount, counts)
-        both = np.stack((px[:k], amount[:k]), axis=1)
-        counts_list = counts.tolist()
-        at = 0
-        for j, (i, d, grouped) in enumerate(found):
-            n_bids, n_asks = counts_list[2 * j], counts_list[2 * j + 1]
-            if n_bids < 0 or n_asks < 0:  # a list the pass declined: the careful parser says why
-                at += max(n_bids, 0) + max(n_asks, 0)
-                parts[i] = parse_frame(raws[i], ts_recv_ms[i], max_bytes)
-                continue
-            mid, end = at + n_bids, at + n_bids + n_asks
-            if grouped:
-                parts[i] = [BookUpdate(VENUE, d.instrument_name, d.timestamp, ts_recv_ms[i], d.change_id, None,
-                                       "snapshot", both[at:mid], both[mid:end])]
-            elif d.type == "change" and d.prev_change_id is None:
-                parts[i] = parse_frame(raws[i], ts_recv_ms[i], max_bytes)  # says the change is unchained
-            else:
-                prev = None if d.type == "snapshot" else d.prev_change_id
-                parts[i] = [BookUpdate(VENUE, d.instrument_name, d.timestamp, ts_recv_ms[i], d.change_id, prev,
-                                       d.type, both[at:mid], both[mid:end])]
-            at = end
-    out: list = []
-    for events in parts:
-        if len(events) == 1:
-            out.append(events[0])
+        out.extend(parse_frame(raw, ts_recv_ms[i], max_bytes))
+    if not found:
+        return out
+    lengths = np.fromiter(map(len, lists), np.int64, len(lists))
+    ends = np.cumsum(lengths)
+    buf = np.frombuffer(b"".join(lists), np.uint8)
+    room = level_scan.levels_room(buf.size)
+    px, amount, counts = np.empty(room), np.empty(room), np.empty(len(lists), np.int64)
+    k = level_scan.scan_levels(buf, ends - lengths, ends, np.repeat(np.array(modes, np.int64), 2), level_scan.POW10,
+                               px, amount, counts)
+    both = np.stack((px[:k], amount[:k]), axis=1)
+    counts_list = counts.tolist()
+    at = 0
+    redo: list = []  # (place, frame) of the notifications the careful parser reads after all
+    for j, (place, i, d, grouped) in enumerate(found):
+        n_bids, n_asks = counts_list[2 * j], counts_list[2 * j + 1]
+        if n_bids < 0 or n_asks < 0:  # a list the pass declined: the careful parser says why
+            at += max(n_bids, 0) + max(n_asks, 0)
+            redo.append((place, i))
+            continue
+        mid, end = at + n_bids, at + n_bids + n_asks
+        # most changes touch one side: the other is the shared empty array, not a slice (0.3 µs each)
+        bids = both[at:mid] if n_bids else _NO_LEVELS
+        asks = both[mid:end] if n_asks else _NO_LEVELS
+        at = end
+        if grouped:
+            out[place] = BookUpdate(VENUE, d.instrument_name, d.timestamp, ts_recv_ms[i], d.change_id, None,
+                                    "snapshot", bids, asks)
+        elif d.type == "change" and d.prev_change_id is None:
+            redo.append((place, i))  # the careful parser says the change is unchained
         else:
-            out.extend(events)
+            out[place] = BookUpdate(VENUE, d.instrument_name, d.timestamp, ts_recv_ms[i], d.change_id,
+                                    None if d.type == "snapshot" else d.prev_change_id, d.type, bids, asks)
+    for place, i in reversed(redo):  # from the back: a frame of several events shifts only what follows it
+        out[place:place + 1] = parse_frame(raws[i], ts_recv_ms[i], max_bytes)
     return out
 
 
