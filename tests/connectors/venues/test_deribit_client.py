@@ -459,3 +459,30 @@ def test_folding_bounds_overflow_books_and_drop_prices_counted():
     assert q.push(FeedError("x", "seq_gap", "d", 0, "C")) == APPENDED  # errors are never refused
     assert q.counters["overflow"] == 2 and q.counters["dropped"] == 1 and len(q) == 3
     assert q.discard("A") == 1 and len(q) == 2
+
+
+def test_a_burst_is_parsed_as_a_batch_and_gives_the_simulators_books():
+    """Frames that arrive together (the snapshots after subscribing, a fast feed) go through the
+    batch parser in one call, and the books they give are exactly the simulator's."""
+    with Simulator(**sim_kwargs(seed=5, rate=8_000, currencies=["BTC"], min_heartbeat_s=0.2)) as fast:
+        client = deribit_client(fast.url, ("BTC",), heartbeat_s=2.0).start()  # a busy box delays heartbeats
+        try:
+            names = fast.instrument_names("BTC")
+            events: list = []
+            collect(client, events, lambda ev: len(books(ev)) == len(names)
+                    and sum(len(v) >= 3 for v in books(ev).values()) >= 20, what="every book, moving")
+            fast.pause()
+            final = fast.books()
+            collect(client, events, lambda ev: all(books(ev)[n][-1].seq == final[n][2] for n in names),
+                    what="every book at the simulator's last change_id")
+            assert client.counters().get("frames_batch_parsed", 0) >= 100
+            assert not [e for e in events if isinstance(e, FeedError)]
+            check_chains(events)
+            for name in names:
+                book = OrderBook()
+                for e in books(events)[name]:
+                    assert book.apply(e) is None
+                bids, asks, _ = final[name]
+                assert (book.bids, book.asks) == (bids, asks), name
+        finally:
+            client.stop()
