@@ -1,5 +1,5 @@
-"""`make bench`: run every benchmark in sequence — bench_iv.py, bench_svi.py, bench_engine.py (twice:
-graph.toml's engine, then every row with level vols on against issue #13's goals), … — each in its
+"""`make bench`: run every benchmark in sequence — bench_iv.py, bench_svi.py, bench_parse.py,
+bench_engine.py (twice: graph.toml's engine, then every row with level vols on against issue #13's goals), … — each in its
 own process, printing its table as it goes. Extra arguments go to bench_engine.py
 (e.g. `--scenario small --seconds 5`). Never asserts timings; the exit code says only whether
 every benchmark ran to the end.
@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ("bench_iv.py", "bench_svi.py", "bench_surface.py", "bench_engine.py",
+BENCHES = ("bench_iv.py", "bench_svi.py", "bench_surface.py", "bench_parse.py", "bench_engine.py",
            "bench_engine.py --levels-on",  # like for like: volgraph and naive solve the same level vols
            "bench_stop.py", "bench_gateway.py",  # stop time per signal; the gateway under 1,000 clients (60 s)
            "bench_events.py")  # market events stored: COPY rate, the flow with storage on vs off

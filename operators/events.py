@@ -6,11 +6,13 @@ object with a `type` tag and a version field `v`. Pure data: no I/O, no bytewax,
 Units are in the names: `*_ms` are UTC epoch milliseconds, prices named `*_px` are in the
 venue's quote unit (coin for Deribit options, USD for futures and indices), IVs are
 decimals (0.65 = 65 %), `*_vol_pts` are vol points (0.65 → 65.0). A value that does not
-exist (an empty book side, an IV the exchange marks as absent) is None, never NaN — with one
-exception: the ladders' books × levels matrices (`Ladders`, `level_matrix`) are float64 numpy
-arrays whose NaN is the missing value, written as JSON null and read back as NaN. A shock's
-ladders are ~4,000 books × 72 values: as tuples of Python floats they took a third of the
-chain's tick to build and most of the cost of crossing processes (docs/benchmarks.md).
+exist (an IV the exchange marks as absent) is None, never NaN — with one exception: the
+ladders' books × levels matrices (`Ladders`, `level_matrix`) are float64 numpy arrays whose
+NaN is the missing value, written as JSON null and read back as NaN. A shock's ladders are
+~4,000 books × 72 values: as tuples of Python floats they took a third of the chain's tick to
+build and most of the cost of crossing processes (docs/benchmarks.md). A book side
+(`BookUpdate.bids`/`asks`, `book_levels`) is a float64 array too, levels × (price, size), with
+no missing values: an empty side has no rows; on the wire it is [[price, size], …].
 """
 
 from __future__ import annotations

@@ -183,7 +183,8 @@ def _link_lines(s: dict) -> list[str]:
 FOOTNOTES = """
 notes:
   msgs = websocket frames of the live stream (after the preamble of instrument lists and first
-    frames), all through connectors.venues.deribit.parse_frame; msg/s = msgs / wall time from the first
+    frames), all through connectors.venues.deribit's parser (volgraph: parse_frames, a source batch
+    at a time; naive: parse_frame, a message at a time); msg/s = msgs / wall time from the first
     live frame entering the system to the end of the run (EOF or --seconds, final flush included).
   CPU s/M msgs = process CPU time (all threads) over the same window, per million frames;
     msg/CPU-s = frames per CPU second, the throughput one free core would give.

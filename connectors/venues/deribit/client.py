@@ -21,16 +21,11 @@ from connectors.venues.base import (FrameTap, LockedFoldingQueue, TokenBucket, V
                                     filter_options, now_ms)
 from connectors.venues.deribit import levels
 from connectors.venues.deribit.names import VENUE, InstrumentNameError, parse_instrument_name
-from connectors.venues.deribit.parse import GROUPED_DEPTHS, Control, parse_frame, parse_frames
+from connectors.venues.deribit.parse import BATCH_MIN, GROUPED_DEPTHS, Control, parse_frames
 from operators.events import Instrument
 
 log = logging.getLogger(__name__)
 
-# From this many frames read at once the batch parser is cheaper than parse_frame one by one: its
-# compiled pass costs ~19 µs a call before the first frame (measured 2026-12-06 on the seed stream's
-# book frames, 1.6 levels each: 22.8 µs a frame in batches of 1, 5.4 of 8, 4.2 of 16, against 4.0
-# one by one; a shock's frames of 21 levels gain from far fewer)
-BATCH_PARSE_MIN = 16
 PENDING_FRAMES_MAX = 5_000  # = SOURCE_BATCH_MAX: frames read ahead of the parser, at most
 
 
@@ -454,10 +449,10 @@ class DeribitClient(VenueClient):
         frames already delivered, so the parser, which runs when the reader waits, takes every
         frame that arrived meanwhile at once: one at a time when the feed is quiet, hundreds in a
         burst (a spot move re-quoting every book), which parse_frames then reads in one compiled
-        pass. At PENDING_FRAMES_MAX unparsed frames the reader waits for the parser, so a consumer
-        slower than the feed pushes back on the socket as before (the websocket's own queue, then
-        TCP) instead of growing a list. Frames still unparsed when the session ends are parsed
-        before it is left."""
+        pass (from BATCH_MIN frames). At PENDING_FRAMES_MAX unparsed frames the reader waits for
+        the parser, so a consumer slower than the feed pushes back on the socket as before (the
+        websocket's own queue, then TCP) instead of growing a list. Frames still unparsed when the
+        session ends are parsed before it is left."""
         monotonic = time.monotonic
         if self.inline_work is not None:  # the naive design, as it was: each frame's work before the next read
             while True:
@@ -495,11 +490,9 @@ class DeribitClient(VenueClient):
     def _parse(self, ws, batch: list) -> None:
         """Parse and hand on a batch of frames, in order, with no await: nothing interrupts it."""
         limit = self.discovery_max_bytes if self._discovering else self.max_frame_bytes
-        if len(batch) >= BATCH_PARSE_MIN:
-            events = parse_frames([raw for raw, _ in batch], [ts for _, ts in batch], limit)
+        events = parse_frames([raw for raw, _ in batch], [ts for _, ts in batch], limit)
+        if len(batch) >= BATCH_MIN:
             self._counters["frames_batch_parsed"] += len(batch)
-        else:
-            events = [ev for raw, ts in batch for ev in parse_frame(raw, ts, limit)]
         inline = self.inline_work
         for ev in events:
             if type(ev) is Control:

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from connectors.venues.deribit import levels as scan
-from connectors.venues.deribit.parse import MAX_AMOUNT, MAX_PRICE, parse_frame, parse_frames
+from connectors.venues.deribit.parse import BATCH_MIN, MAX_AMOUNT, MAX_PRICE, parse_frame, parse_frames
 from operators.events import BookUpdate
 from tests.helpers.venues import json_paths, load_frames
 
@@ -135,9 +135,10 @@ def mutate(frame: dict, data) -> dict:
     return frame
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.sampled_from(sorted(FRAMES)), min_size=1, max_size=8), st.data())
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(sorted(FRAMES)), min_size=1, max_size=BATCH_MIN + 8), st.data())
 def test_a_batch_gives_the_events_of_its_frames_one_by_one(names, data):
+    """Below BATCH_MIN frames parse_frames parses them one by one; from it, in one pass."""
     raws = []
     for name in names:
         frame = mutate(orjson.loads(orjson.dumps(FRAMES[name])), data)
@@ -149,17 +150,18 @@ def test_a_batch_gives_the_events_of_its_frames_one_by_one(names, data):
 
 
 def test_a_batch_of_book_frames_shares_one_array():
-    raws = [orjson.dumps(FRAMES[name]) for name in BOOKS]
+    raws = [orjson.dumps(FRAMES[name]) for name in BOOKS] * BATCH_MIN
     events = parse_frames(raws, [TS] * len(raws))
     books = [e for e in events if type(e) is BookUpdate]
-    assert len(books) == len(BOOKS) and any(len(b.bids) for b in books)
+    assert len(books) == len(raws) and any(len(b.bids) for b in books)
     bases = {id(side.base) for b in books for side in (b.bids, b.asks) if len(side)}
     assert len(bases) == 1  # slices of one array, no per-frame copy
 
 
 def test_an_oversized_or_unreadable_frame_in_a_batch_is_its_own_error():
     good = orjson.dumps(FRAMES["book_change"])
-    events = parse_frames([good, b"{not json", good[:-5], good], [TS] * 4, max_bytes=len(good))
-    assert [type(e).__name__ for e in events] == ["BookUpdate", "FeedError", "FeedError", "BookUpdate"]
-    assert events[1].reason == "malformed_json"
-    assert parse_frames([good + b" "], [TS], max_bytes=len(good))[0].reason == "oversized"
+    raws = [good, b"{not json", good[:-5], good + b" "] + [good] * BATCH_MIN
+    events = parse_frames(raws, [TS] * len(raws), max_bytes=len(good))
+    assert [type(e).__name__ for e in events[:5]] == ["BookUpdate", "FeedError", "FeedError", "FeedError", "BookUpdate"]
+    assert [e.reason for e in events[1:4]] == ["malformed_json", "malformed_json", "oversized"]
+    assert len(events) == len(raws)
