@@ -13,8 +13,8 @@ applied to a BookStore (the chain step's books, operators/state/book.py), two wa
                    frames waiting).
 
 Both give the same events (tests/connectors/venues/test_deribit_levels.py). The sets: the first
-snapshots (every book's 8 levels a side, after discovery), the quiet changes before the shock
-(1–2 levels a frame) and the shock (every BTC book re-quoted: ~21 levels a frame). Figures are
+snapshots (every book's levels after discovery, with the tickers between them), the quiet changes
+before the shock (~4 levels a frame) and the shock (every BTC book re-quoted: ~21 levels a frame). Figures are
 the best of --passes passes (the machine drifts; the best pass is the least disturbed), per
 frame and per set. Prints a table with the machine, the date and the command; asserts nothing.
 
@@ -25,18 +25,15 @@ from __future__ import annotations
 
 import argparse
 import gc
-import gzip
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import orjson
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import describe_machine  # noqa: E402
-from bench.workload import CACHE_DIR, ensure_workload, shock_spec  # noqa: E402
+from bench.workload import CACHE_DIR, seed_shock  # noqa: E402
 from connectors.venues.base import SOURCE_BATCH_MAX  # noqa: E402
 from connectors.venues.deribit import levels  # noqa: E402
 from connectors.venues.deribit.parse import parse_frame, parse_frames  # noqa: E402
@@ -83,9 +80,8 @@ def main(argv=None) -> int:
     p.add_argument("--passes", type=int, default=15, help="passes per way and set; the best counts (default: 15)")
     p.add_argument("--cache-dir", default=str(CACHE_DIR), help="where workloads are cached (default: .data/bench)")
     args = p.parse_args(argv)
-    path, meta = ensure_workload(shock_spec("seed"), "shock", Path(args.cache_dir))
-    records = [orjson.loads(line) for line in gzip.open(path, "rb").read().splitlines()]
-    raws, stamps = [r["frame"] for r in records], [r["ts_recv_ms"] for r in records]
+    path, meta, frames = seed_shock(Path(args.cache_dir))
+    raws, stamps = [frame for _, frame in frames], [ts for ts, _ in frames]
     shock = meta["shocks"][0]
     first, end = shock["first_frame"], shock["first_frame"] + shock["n_frames"]
     preamble = meta["preamble_frames"]

@@ -15,18 +15,15 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
-import gzip
 import pstats
 import sys
 import time
 from pathlib import Path
 
-import orjson
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.engine.common import LEVELS_ON  # noqa: E402
-from bench.workload import CACHE_DIR, ensure_workload, shock_spec  # noqa: E402
+from bench.workload import CACHE_DIR, seed_shock  # noqa: E402
 from connectors.venues.deribit.parse import parse_frame  # noqa: E402
 from flows.config import load_config  # noqa: E402
 from flows.steps import chain_settings  # noqa: E402
@@ -42,10 +39,9 @@ def main(argv=None) -> int:
     p.add_argument("--top", type=int, default=28, help="profile lines to print (default: 28)")
     p.add_argument("--cache-dir", default=str(CACHE_DIR), help="where workloads are cached (default: .data/bench)")
     args = p.parse_args(argv)
-    path, meta = ensure_workload(shock_spec("seed"), "shock", Path(args.cache_dir))
+    _path, meta, frames = seed_shock(Path(args.cache_dir))
     shock = meta["shocks"][0]
     underlying = shock["underlying"]
-    lines = gzip.open(path, "rb").read().splitlines()
     settings = chain_settings(load_config(overrides={"chain": dict(LEVELS_ON)}))
     clock = [0]
     budget = chain_state.FitBudget(1_000_000)  # every owed fit runs: the shock's whole work
@@ -56,10 +52,9 @@ def main(argv=None) -> int:
     def feed(lo: int, hi: int) -> None:
         per: dict[int, list] = {}
         index = None
-        for line in lines[lo:hi]:
-            rec = orjson.loads(line)
-            clock[0] = max(clock[0], rec["ts_recv_ms"])
-            for e in parse_frame(rec["frame"], rec["ts_recv_ms"], max_bytes=1 << 26):  # instrument lists are large
+        for ts, frame in frames[lo:hi]:
+            clock[0] = max(clock[0], ts)
+            for e in parse_frame(frame, ts, max_bytes=1 << 26):  # instrument lists are large
                 kind = type(e)
                 if kind is Instrument and e.kind == "option" and e.underlying == underlying:
                     route[e.instrument] = e.expiry_ms

@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
+import orjson
+
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -300,6 +302,14 @@ def ensure_workload(spec: WorkloadSpec, name: str = "workload", cache_dir: Path 
               + " " * 10, file=sys.stderr, flush=True)
     meta_path.write_text(json.dumps(dataclasses.asdict(meta), indent=1))
     return path, dataclasses.asdict(meta)
+
+
+def seed_shock(cache_dir: Path = CACHE_DIR) -> tuple[Path, dict, list[tuple[int, str]]]:
+    """The seed scenario's shock recording (generated and cached if need be): its path, its meta
+    and every frame as (ts_recv_ms, frame), in order."""
+    path, meta = ensure_workload(shock_spec("seed"), "shock", cache_dir)
+    records = [orjson.loads(line) for line in gzip.open(path, "rb").read().splitlines()]
+    return path, meta, [(r["ts_recv_ms"], r["frame"]) for r in records]
 
 
 _CURRENCY_RE = re.compile(rb'"instrument_name\\?":\\?"([A-Z0-9]+)-|"index_name\\?":\\?"([a-z0-9]+)_')

@@ -17,4 +17,4 @@ def test_both_ways_run_over_every_set(tmp_path, capsys):
                                            for w in ("frame by frame", "batch")], out
     by_set = {r[0]: (int(r[1].replace(",", "")), float(r[2])) for r in rows}
     assert by_set["shock"][0] == 4021 and by_set["shock"][1] > 10  # every BTC book re-quoted, ~21 levels a frame
-    assert by_set["quiet changes"][1] < 5 and by_set["first snapshots"][1] >= 8
+    assert 0 < by_set["quiet changes"][1] < by_set["shock"][1] and by_set["first snapshots"][0] > 10_000

@@ -11,6 +11,7 @@ import json
 import time
 
 import orjson
+from hypothesis import strategies as st
 
 from operators.events import BookUpdate, FeedError, Instrument
 
@@ -159,6 +160,24 @@ def json_paths(node, prefix=(), *, leaves_only: bool = False):
     elif isinstance(node, list):
         for i, v in enumerate(node):
             yield from json_paths(v, prefix + (i,), leaves_only=leaves_only)
+
+
+def mutate_json(value, data, values, times) -> None:
+    """Change `value` (decoded JSON) in place `data.draw(times)` times: at a drawn path, drop the
+    key (half the time, in an object) or set a value drawn from `values` (hypothesis strategies)."""
+    paths = [p for p in json_paths(value) if p]
+    for _ in range(data.draw(times)):
+        path = data.draw(st.sampled_from(paths))
+        node = value
+        try:
+            for key in path[:-1]:
+                node = node[key]
+            if data.draw(st.booleans()) and isinstance(node, dict):
+                node.pop(path[-1], None)
+            else:
+                node[path[-1]] = data.draw(values)
+        except (KeyError, IndexError, TypeError):
+            continue
 
 
 def monday_noon_ms() -> int:

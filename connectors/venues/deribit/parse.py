@@ -156,51 +156,34 @@ def _levels(raw: Any, side: str, instrument: str, snapshot: bool) -> np.ndarray:
 _Px = Annotated[float, msgspec.Meta(gt=0, lt=MAX_PRICE)]
 _Amt = Annotated[float, msgspec.Meta(ge=0, lt=MAX_AMOUNT)]
 _Action = Literal["new", "change", "delete"]
+_NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 
 
-class _BookData(msgspec.Struct):
-    type: Literal["snapshot", "change"]
-    timestamp: int
-    instrument_name: Annotated[str, msgspec.Meta(min_length=1)]
-    change_id: int
-    bids: list[tuple[_Action, _Px, _Amt]]
-    asks: list[tuple[_Action, _Px, _Amt]]
-    prev_change_id: Optional[int] = None
+def _notification_decoder(name: str, data: type) -> Callable:
+    """The decoder of a subscription notification {"method": "subscription", "params":
+    {"channel": …, "data": <data>}} (its other members ignored)."""
+    params = msgspec.defstruct(f"_{name}Params", [("channel", str), ("data", data)])
+    frame = msgspec.defstruct(f"_{name}Frame", [("method", Literal["subscription"]), ("params", params)])
+    return msgspec.json.Decoder(frame).decode
 
 
-class _BookParams(msgspec.Struct):
-    channel: str
-    data: _BookData
+def _book_decoder(name: str, levels: Any) -> Callable:
+    """An incremental book notification's decoder, its bids and asks read as `levels`."""
+    return _notification_decoder(name, msgspec.defstruct(f"_{name}Data", [
+        ("type", Literal["snapshot", "change"]), ("timestamp", int), ("instrument_name", _NonEmpty),
+        ("change_id", int), ("bids", levels), ("asks", levels), ("prev_change_id", Optional[int], None)]))
 
 
-class _BookFrame(msgspec.Struct):
-    method: Literal["subscription"]
-    params: _BookParams
+def _grouped_decoder(name: str, levels: Any) -> Callable:
+    """A grouped book notification's decoder: a whole snapshot, no change chain. A frame carrying
+    an incremental book's `type` or `prev_change_id` is refused (not a grouped snapshot)."""
+    return _notification_decoder(name, msgspec.defstruct(f"_{name}Data", [
+        ("timestamp", int), ("instrument_name", _NonEmpty), ("change_id", int), ("bids", levels), ("asks", levels),
+        ("type", msgspec.UnsetType, msgspec.UNSET), ("prev_change_id", msgspec.UnsetType, msgspec.UNSET)]))
 
 
-class _GroupedData(msgspec.Struct):
-    timestamp: int
-    instrument_name: Annotated[str, msgspec.Meta(min_length=1)]
-    change_id: int
-    bids: tuple[tuple[_Px, _Amt], ...]
-    asks: tuple[tuple[_Px, _Amt], ...]
-    # an incremental book's fields: a frame carrying either is not a grouped snapshot
-    type: msgspec.UnsetType = msgspec.UNSET
-    prev_change_id: msgspec.UnsetType = msgspec.UNSET
-
-
-class _GroupedParams(msgspec.Struct):
-    channel: str
-    data: _GroupedData
-
-
-class _GroupedFrame(msgspec.Struct):
-    method: Literal["subscription"]
-    params: _GroupedParams
-
-
-_decode_book = msgspec.json.Decoder(_BookFrame).decode
-_decode_grouped = msgspec.json.Decoder(_GroupedFrame).decode
+_decode_book = _book_decoder("Book", list[tuple[_Action, _Px, _Amt]])
+_decode_grouped = _grouped_decoder("Grouped", tuple[tuple[_Px, _Amt], ...])
 _NOT_FAST = (msgspec.ValidationError, msgspec.DecodeError)
 # Grouped (depth-limited) channels are named book.{instrument}.{group}.{depth}.{interval};
 # the client always asks for group "none". The marker only picks which decoder to try: a frame
@@ -258,46 +241,9 @@ def _fast_book(raw: bytes | str, ts_recv_ms: int) -> Optional[list]:
     return [BookUpdate(VENUE, d.instrument_name, d.timestamp, ts_recv_ms, d.change_id, prev, d.type, bids, asks)]
 
 
-class _RawBookData(msgspec.Struct):
-    """A book notification's data with its level lists left as JSON (for parse_frames)."""
-
-    type: Literal["snapshot", "change"]
-    timestamp: int
-    instrument_name: Annotated[str, msgspec.Meta(min_length=1)]
-    change_id: int
-    bids: msgspec.Raw
-    asks: msgspec.Raw
-    prev_change_id: Optional[int] = None
-
-
-class _RawBookParams(msgspec.Struct):
-    channel: str
-    data: _RawBookData
-
-
-class _RawBookFrame(msgspec.Struct):
-    method: Literal["subscription"]
-    params: _RawBookParams
-
-
-class _RawGroupedData(msgspec.Struct):
-    timestamp: int
-    instrument_name: Annotated[str, msgspec.Meta(min_length=1)]
-    change_id: int
-    bids: msgspec.Raw
-    asks: msgspec.Raw
-    type: msgspec.UnsetType = msgspec.UNSET
-    prev_change_id: msgspec.UnsetType = msgspec.UNSET
-
-
-class _RawGroupedParams(msgspec.Struct):
-    channel: str
-    data: _RawGroupedData
-
-
-class _RawGroupedFrame(msgspec.Struct):
-    method: Literal["subscription"]
-    params: _RawGroupedParams
+# parse_frames: the same notifications with their level lists left as JSON, for the compiled pass
+_decode_raw_book = _book_decoder("RawBook", msgspec.Raw)
+_decode_raw_grouped = _grouped_decoder("RawGrouped", msgspec.Raw)
 
 
 # From this many frames the batch is cheaper than parse_frame one by one: the compiled pass costs
@@ -305,8 +251,6 @@ class _RawGroupedFrame(msgspec.Struct):
 # levels each: 22.8 µs a frame in batches of 1, 5.4 of 8, 4.2 of 16, against 4.0 one by one; a
 # shock's frames of 21 levels gain from far fewer)
 BATCH_MIN = 16
-_decode_raw_book = msgspec.json.Decoder(_RawBookFrame).decode
-_decode_raw_grouped = msgspec.json.Decoder(_RawGroupedFrame).decode
 _SNAPSHOT, _CHANGE = level_scan.SNAPSHOT, level_scan.CHANGE
 
 
@@ -382,7 +326,7 @@ _PctIv = Optional[Annotated[float, msgspec.Meta(ge=0, lt=MAX_AMOUNT)]]
 
 
 class _TickerData(msgspec.Struct):
-    instrument_name: Annotated[str, msgspec.Meta(min_length=1)]
+    instrument_name: _NonEmpty
     timestamp: int
     state: str = "open"
     best_bid_price: _Price = None
@@ -398,17 +342,7 @@ class _TickerData(msgspec.Struct):
     mark_iv: _PctIv = None
 
 
-class _TickerParams(msgspec.Struct):
-    channel: str
-    data: _TickerData
-
-
-class _TickerFrame(msgspec.Struct):
-    method: Literal["subscription"]
-    params: _TickerParams
-
-
-_decode_ticker = msgspec.json.Decoder(_TickerFrame).decode
+_decode_ticker = _notification_decoder("Ticker", _TickerData)
 
 
 def _fast_ticker(raw: bytes | str, ts_recv_ms: int) -> Optional[list]:

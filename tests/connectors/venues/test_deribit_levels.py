@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from connectors.venues.deribit import levels as scan
 from connectors.venues.deribit.parse import BATCH_MIN, MAX_AMOUNT, MAX_PRICE, parse_frame, parse_frames
 from operators.events import BookUpdate
-from tests.helpers.venues import json_paths, load_frames
+from tests.helpers.venues import load_frames, mutate_json
 
 FRAMES = load_frames("deribit_real_shapes.jsonl")
 TS = 1_733_990_400_999
@@ -116,23 +116,8 @@ def test_tick_prices_and_contract_amounts_are_read_not_declined(rows):
     assert run_scan([raw], [False]) == [reference(raw, False)]
 
 
-def mutate(frame: dict, data) -> dict:
-    paths = [p for p in json_paths(frame) if p]
-    for _ in range(data.draw(st.integers(0, 3))):
-        path = data.draw(st.sampled_from(paths))
-        node = frame
-        try:
-            for key in path[:-1]:
-                node = node[key]
-            if data.draw(st.booleans()) and isinstance(node, dict):
-                node.pop(path[-1], None)
-            else:
-                node[path[-1]] = data.draw(st.one_of(
-                    st.none(), st.booleans(), st.integers(-2**60, 2**60), st.floats(allow_nan=False),
-                    st.text(max_size=8), st.lists(st.floats(0, 10, allow_nan=False), max_size=3)))
-        except (KeyError, IndexError, TypeError):
-            continue
-    return frame
+_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-2**60, 2**60), st.floats(allow_nan=False),
+                   st.text(max_size=8), st.lists(st.floats(0, 10, allow_nan=False), max_size=3))
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
@@ -141,7 +126,8 @@ def test_a_batch_gives_the_events_of_its_frames_one_by_one(names, data):
     """Below BATCH_MIN frames parse_frames parses them one by one; from it, in one pass."""
     raws = []
     for name in names:
-        frame = mutate(orjson.loads(orjson.dumps(FRAMES[name])), data)
+        frame = orjson.loads(orjson.dumps(FRAMES[name]))
+        mutate_json(frame, data, _VALUES, st.integers(0, 3))
         raw = json.dumps(frame, indent=data.draw(st.sampled_from([None, 1])))
         raws.append(raw.encode() if data.draw(st.booleans()) else raw)
     stamps = [TS + i for i in range(len(raws))]

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from connectors.venues.deribit import (Control, InstrumentNameError, format_instrument_name, instrument_kind,
                                 parse_frame, parse_instrument_name)
 from operators.events import BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument, Ticker
-from tests.helpers.venues import DELETE, json_paths, load_frames
+from tests.helpers.venues import DELETE, load_frames, mutate_json
 from tests.helpers.venues import frame_with as _frame_with
 from tests.helpers.levels import pairs
 
@@ -343,19 +343,7 @@ def test_fuzz_arbitrary_json_never_raises(value):
 @given(st.sampled_from(sorted(FRAMES)), st.data())
 def test_fuzz_mutated_real_frames_never_raise(name, data):
     frame = orjson.loads(orjson.dumps(FRAMES[name]))
-    paths = [p for p in json_paths(frame) if p]
-    for _ in range(data.draw(st.integers(1, 3))):
-        path = data.draw(st.sampled_from(paths))
-        node = frame
-        try:
-            for key in path[:-1]:
-                node = node[key]
-            if data.draw(st.booleans()) and isinstance(node, dict):
-                node.pop(path[-1], None)
-            else:
-                node[path[-1]] = data.draw(_json)
-        except (KeyError, IndexError, TypeError):
-            continue
+    mutate_json(frame, data, _json, st.integers(1, 3))
     _check_events(parse_frame(json.dumps(frame).encode(), TS))
 
 
