@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import describe_machine  # noqa: E402
-from bench.workload import CACHE_DIR, seed_shock  # noqa: E402
+from bench.workload import add_cache_dir, seed_shock  # noqa: E402
 from connectors.venues.base import SOURCE_BATCH_MAX  # noqa: E402
 from connectors.venues.deribit import levels  # noqa: E402
 from connectors.venues.deribit.parse import parse_frame, parse_frames  # noqa: E402
@@ -78,7 +78,7 @@ def one_pass(parse, raws: list, stamps: list) -> tuple[float, float, int]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Deribit frames into the books: frame by frame against batches.")
     p.add_argument("--passes", type=int, default=15, help="passes per way and set; the best counts (default: 15)")
-    p.add_argument("--cache-dir", default=str(CACHE_DIR), help="where workloads are cached (default: .data/bench)")
+    add_cache_dir(p)
     args = p.parse_args(argv)
     path, meta, frames = seed_shock(Path(args.cache_dir))
     raws, stamps = [frame for _, frame in frames], [ts for ts, _ in frames]

@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.engine.common import LEVELS_ON  # noqa: E402
-from bench.workload import CACHE_DIR, seed_shock  # noqa: E402
+from bench.workload import add_cache_dir, seed_shock  # noqa: E402
 from connectors.venues.deribit.parse import parse_frame  # noqa: E402
 from flows.config import load_config  # noqa: E402
 from flows.steps import chain_settings  # noqa: E402
@@ -37,7 +37,7 @@ EPOCH_STEP_MS = 60  # flow time between settling epochs (> runtime.epoch_ms)
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Profile one seed shock's chain ticks (level vols on).")
     p.add_argument("--top", type=int, default=28, help="profile lines to print (default: 28)")
-    p.add_argument("--cache-dir", default=str(CACHE_DIR), help="where workloads are cached (default: .data/bench)")
+    add_cache_dir(p)
     args = p.parse_args(argv)
     _path, meta, frames = seed_shock(Path(args.cache_dir))
     shock = meta["shocks"][0]

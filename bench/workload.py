@@ -304,6 +304,11 @@ def ensure_workload(spec: WorkloadSpec, name: str = "workload", cache_dir: Path 
     return path, dataclasses.asdict(meta)
 
 
+def add_cache_dir(parser: argparse.ArgumentParser) -> None:
+    """The --cache-dir option of a benchmark reading cached workloads."""
+    parser.add_argument("--cache-dir", default=str(CACHE_DIR), help="where workloads are cached (default: .data/bench)")
+
+
 def seed_shock(cache_dir: Path = CACHE_DIR) -> tuple[Path, dict, list[tuple[int, str]]]:
     """The seed scenario's shock recording (generated and cached if need be): its path, its meta
     and every frame as (ts_recv_ms, frame), in order."""
