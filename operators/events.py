@@ -37,8 +37,8 @@ class BookLevels(np.ndarray):
     plain array."""
 
 
-_NO_BOOK_LEVELS = np.empty((0, 2))
-_NO_BOOK_LEVELS.flags.writeable = False
+NO_BOOK_LEVELS = np.empty((0, 2))  # the empty book side, shared (read-only): every parser's "no levels"
+NO_BOOK_LEVELS.flags.writeable = False
 _Levels = tuple[Level, ...]
 
 
@@ -48,7 +48,7 @@ def book_levels(levels: Any) -> np.ndarray:
     if type(levels) is np.ndarray and levels.dtype == np.float64 and levels.ndim == 2 and levels.shape[1] == 2:
         return levels
     if not len(levels):
-        return _NO_BOOK_LEVELS
+        return NO_BOOK_LEVELS
     try:
         out = np.asarray(levels, np.float64)
     except (TypeError, ValueError) as exc:
@@ -138,8 +138,8 @@ class BookUpdate(Message):
     seq: int  # Deribit change_id, OKX seqId
     prev_seq: Optional[int]  # None on a snapshot
     kind: str  # "snapshot" | "change"
-    bids: BookLevels = msgspec.field(default_factory=lambda: _NO_BOOK_LEVELS)
-    asks: BookLevels = msgspec.field(default_factory=lambda: _NO_BOOK_LEVELS)
+    bids: BookLevels = msgspec.field(default_factory=lambda: NO_BOOK_LEVELS)
+    asks: BookLevels = msgspec.field(default_factory=lambda: NO_BOOK_LEVELS)
     v: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:

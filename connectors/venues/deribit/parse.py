@@ -33,7 +33,7 @@ from connectors.venues.base import BadFrame as _Bad
 from connectors.venues.base import check_frame, check_not_crossed, now_ms, parse_name
 from connectors.venues.deribit import levels as level_scan
 from connectors.venues.deribit.names import VENUE, InstrumentNameError, parse_instrument_name
-from operators.events import BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument, Ticker
+from operators.events import NO_BOOK_LEVELS, BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument, Ticker
 
 DEFAULT_MAX_FRAME_BYTES = 1 << 20
 
@@ -101,8 +101,6 @@ _INF = float("inf")
 # No option (coin), future or index (USD) price comes near this; 1e308 on the wire is corruption.
 MAX_PRICE = level_scan.MAX_PRICE
 MAX_AMOUNT = level_scan.MAX_AMOUNT
-_NO_LEVELS = np.empty((0, 2))
-_NO_LEVELS.flags.writeable = False
 _DELETE_ACTIONS = {"new": False, "change": False, "delete": True}
 GROUPED_DEPTHS = (1, 10, 20)  # the depths Deribit offers on book.{instrument}.{group}.{depth}.{interval}
 
@@ -146,7 +144,7 @@ def _levels(raw: Any, side: str, instrument: str, snapshot: bool) -> np.ndarray:
             raise _Bad("bad_price", f"{side} level price {px} amount {amt}: price must be in (0, {MAX_PRICE:g}) "
                        f"and amount in [0, {MAX_AMOUNT:g})", instrument)
         append((float(px), 0.0 if delete else float(amt)))
-    return np.array(out, np.float64) if out else _NO_LEVELS
+    return np.array(out, np.float64) if out else NO_BOOK_LEVELS
 
 
 # The hot path (~90 % of the traffic): a well-formed book notification, decoded and checked
@@ -213,7 +211,7 @@ def _fast_grouped(raw: bytes | str, ts_recv_ms: int) -> Optional[list]:
 
 
 def _pairs(levels: tuple) -> np.ndarray:
-    return np.array(levels, np.float64) if levels else _NO_LEVELS
+    return np.array(levels, np.float64) if levels else NO_BOOK_LEVELS
 
 
 def _fast_book(raw: bytes | str, ts_recv_ms: int) -> Optional[list]:
@@ -226,8 +224,8 @@ def _fast_book(raw: bytes | str, ts_recv_ms: int) -> Optional[list]:
             for lvl in levels:
                 if lvl[0] != "new":
                     return None  # the careful parser names the bad action
-        bids = np.array([(px, amt) for _, px, amt in d.bids], np.float64) if d.bids else _NO_LEVELS
-        asks = np.array([(px, amt) for _, px, amt in d.asks], np.float64) if d.asks else _NO_LEVELS
+        bids = np.array([(px, amt) for _, px, amt in d.bids], np.float64) if d.bids else NO_BOOK_LEVELS
+        asks = np.array([(px, amt) for _, px, amt in d.asks], np.float64) if d.asks else NO_BOOK_LEVELS
         prev = None
     else:
         prev = d.prev_change_id
@@ -235,9 +233,9 @@ def _fast_book(raw: bytes | str, ts_recv_ms: int) -> Optional[list]:
             return None
         # an array per side that has levels (most changes touch one side): ~0.6 µs each
         bids = (np.array([(px, 0.0 if action == "delete" else amt) for action, px, amt in d.bids], np.float64)
-                if d.bids else _NO_LEVELS)
+                if d.bids else NO_BOOK_LEVELS)
         asks = (np.array([(px, 0.0 if action == "delete" else amt) for action, px, amt in d.asks], np.float64)
-                if d.asks else _NO_LEVELS)
+                if d.asks else NO_BOOK_LEVELS)
     return [BookUpdate(VENUE, d.instrument_name, d.timestamp, ts_recv_ms, d.change_id, prev, d.type, bids, asks)]
 
 
@@ -304,8 +302,8 @@ def parse_frames(raws: Sequence[Any], ts_recv_ms: Sequence[int], max_bytes: int 
             continue
         mid, end = at + n_bids, at + n_bids + n_asks
         # most changes touch one side: the other is the shared empty array, not a slice (0.3 µs each)
-        bids = both[at:mid] if n_bids else _NO_LEVELS
-        asks = both[mid:end] if n_asks else _NO_LEVELS
+        bids = both[at:mid] if n_bids else NO_BOOK_LEVELS
+        asks = both[mid:end] if n_asks else NO_BOOK_LEVELS
         at = end
         if grouped:
             out[place] = BookUpdate(VENUE, d.instrument_name, d.timestamp, ts_recv_ms[i], d.change_id, None,

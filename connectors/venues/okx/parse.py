@@ -52,7 +52,7 @@ import orjson
 from connectors.venues.base import BadFrame as _Bad
 from connectors.venues.base import check_frame, check_not_crossed, now_ms, parse_name
 from connectors.venues.okx.names import DEPTH_CHANNELS, INCREMENTAL_BOOKS, VENUE, InstIdError, parse_inst_id
-from operators.events import BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument, Ticker
+from operators.events import NO_BOOK_LEVELS, BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument, Ticker
 
 DEFAULT_MAX_FRAME_BYTES = 1 << 20
 
@@ -148,14 +148,13 @@ def _str(value: Any, field: str, instrument: str = "") -> str:
 
 
 _INF = float("inf")
-_NO_LEVELS = np.empty((0, 2))
 
 
 def _levels(raw: Any, side: str, instrument: str) -> np.ndarray:
     """[[px, sz, "0", nOrders], …] → levels × (px, sz); sz 0 deletes the level in an update.
     Hot path: one pass; any bad level rejects the whole frame."""
     if raw is None:
-        return _NO_LEVELS
+        return NO_BOOK_LEVELS
     if type(raw) is not list:
         raise _Bad("bad_field", f"{side} must be a list, got {type(raw).__name__}", instrument)
     out = []
@@ -176,7 +175,7 @@ def _levels(raw: Any, side: str, instrument: str) -> np.ndarray:
             raise _Bad("bad_price", f"{side} level px {px_raw!r:.30} sz {sz_raw!r:.30}: px must be > 0 "
                        "and sz >= 0", instrument)
         append((px, sz))
-    return np.array(out, np.float64) if out else _NO_LEVELS
+    return np.array(out, np.float64) if out else NO_BOOK_LEVELS
 
 
 def _book(channel: str, arg: dict, action: Any, row: Any, ts_recv_ms: int) -> BookUpdate:
