@@ -464,6 +464,8 @@ class Gateway:
             self._publish_error(exc.reason, exc.detail)
             return
         kind = type(event).__name__
+        # counted before the fan-out: a client that has seen the event finds it counted too
+        self.counters[f"published.{kind}"] += 1
         if kind == "StatusReport":
             self.workers[event.source] = event
         else:
@@ -478,7 +480,6 @@ class Gateway:
                 surface.replace(event)
                 self._fan_out(key, SNAPSHOT)
             self.last_update_s[key] = time.time()
-        self.counters[f"published.{kind}"] += 1
 
     def _fan_out(self, key: SurfaceKey, message: Any) -> None:
         """Queue per client and surface: a short list of shared patch objects (merged into
