@@ -146,7 +146,7 @@ class SurfaceLogic:
         ladders = {e: lad for e, lad in s.ladders.items() if e in s.views or e in s.pending}
         s.ladders.clear()
         for expiry_ms, (fit, chain) in s.pending.items():
-            params = (fit.a, fit.b, fit.rho, fit.m, fit.sigma)
+            params = svi.as_params(fit)  # raw SVI and its spline, if the fit took one
             analytics, per_strike = self.levels.evaluate(params, fit.t_years, fit.forward, chain.strikes,
                                                          chain.bid_iv, chain.ask_iv, self.failures)
             changed[expiry_ms] = ExpiryView(expiry_ms=expiry_ms, fit=fit, analytics=analytics,

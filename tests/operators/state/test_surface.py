@@ -61,6 +61,33 @@ def test_every_node_is_published_by_name_with_its_unit():
     assert dict(surface.counters) == {}
 
 
+def test_nodes_read_the_fit_with_its_spline():
+    """A fit that took the spline rescue: every node reads the fitted curve (raw SVI plus its
+    spline), as the dashboard draws it, not the raw SVI part alone."""
+    import msgspec
+
+    from operators.kernels import strike as S
+    from operators.kernels.svi import SplineSvi
+
+    spline = dict(spline_lo_k=-0.3, spline_hi_k=0.3, spline_w=(0.0, 0.004, 0.006, 0.004, 0.0))
+    curve = SplineSvi(*PARAMS, *spline.values())
+    nodes = [node("atm_vol", A.atm_vol), node("rr25", A.risk_reversal, delta=0.25),
+             Node("iv_fit", "tests:iv_fit", S.fitted_vol, ("fit", "strike"), "instrument", {}, "")]
+    surface = logic(nodes)
+    fit_item = item(T0 + 30 * 86_400_000, 0.25)
+    strikes = (90_000.0, 100_000.0, 110_000.0)
+    fit_item = ExpiryFit(msgspec.structs.replace(fit_item.fit, **spline),
+                         msgspec.structs.replace(fit_item.chain, strikes=strikes, bid_iv=(0.5,) * 3, ask_iv=(0.6,) * 3))
+    surface.on_items([fit_item])
+    view = surface.on_epoch().expiries[0]
+    assert view.analytics["atm_vol"] == A.atm_vol(curve, 0.25)
+    assert view.analytics["atm_vol"] > A.atm_vol(PARAMS, 0.25) + 0.005  # the spline lifts the money
+    assert view.analytics["rr25"] == A.risk_reversal(curve, 0.25, 0.25)
+    data = S.StrikeData.of(strikes, 100_000.0)
+    assert view.strike_analytics["iv_fit"] == tuple(S.fitted_vol(curve, data, 0.25).tolist())
+    assert view.strike_analytics["iv_fit"][1] != S.fitted_vol(PARAMS, data, 0.25)[1]
+
+
 def test_a_failing_node_is_counted_per_reason_and_logged_once(caplog):
     nodes = [node("bad", boom), node("nan", lambda p, t: float("nan")), node("text", lambda p, t: "n/a"),
              node("after_bad", ratio, inputs=("bad", "nan")), node("atm_vol", A.atm_vol)]
