@@ -1,7 +1,7 @@
 """Risk reversals and butterflies of the bid and the ask smiles, beside the fitted (mid) ones.
 
-Pure numerics over numpy arrays: no I/O, no bytewax, never imports connectors, flows or
-operators.state.
+Pure numerics over numpy arrays (a numba kernel reads a side, cache=True): no I/O, no
+bytewax, never imports connectors, flows or operators.state.
 
 The definition (docs/architecture.md §6 conventions: forward deltas, k = ln(K/F), decimals):
   1. the Δ-call, Δ-put and ATM strikes are the fitted mid smile's (analytics.k_at_delta, k = 0):
@@ -25,34 +25,60 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numba import njit
 
 from operators.kernels import analytics
 from operators.kernels.novalue import NoValue
 from operators.kernels.strike import StrikeData
 
 
-def side_vol_at(quotes: StrikeData, k: float, side: str) -> float:
-    """σ_side(k): the side's quoted IVs, linear in k between the nearest quoted strikes; NaN
-    outside their range or with fewer than two quotes on that side."""
+@njit(cache=True)
+def _side_vols(k, iv, targets):
+    """The quotes (k, iv) with a finite k and a positive IV, in k order, read linearly at each
+    target; NaN outside their range, at a target that is not finite, or with fewer than two."""
+    xs, ys = np.empty(k.size), np.empty(k.size)
+    n = 0
+    for i in range(k.size):
+        if np.isfinite(k[i]) and np.isfinite(iv[i]) and iv[i] > 0.0:
+            xs[n], ys[n] = k[i], iv[i]
+            n += 1
+    out = np.full(targets.size, np.nan)
+    if n < 2:
+        return out
+    xs, ys = xs[:n], ys[:n]
+    for i in range(1, n):
+        if xs[i] < xs[i - 1]:  # a view's strikes come sorted; any other order is sorted here
+            order = np.argsort(xs, kind="mergesort")
+            xs, ys = xs[order], ys[order]
+            break
+    for j in range(targets.size):
+        x = targets[j]
+        if np.isfinite(x) and xs[0] <= x <= xs[n - 1]:
+            out[j] = np.interp(x, xs, ys)
+    return out
+
+
+def side_vols_at(quotes: StrikeData, ks, side: str) -> np.ndarray:
+    """σ_side at each k of `ks`: the side's quoted IVs, linear in k between the nearest quoted
+    strikes; NaN outside their range, at a k that is not finite, or everywhere with fewer than
+    two quotes on that side. (Compiled: the same in numpy was 28 µs a call, 3 calls per node,
+    measured 2026-12-07.)"""
     if side not in ("bid", "ask"):
         raise ValueError(f"side={side!r}; use side = \"bid\" or side = \"ask\"")
     iv = quotes.bid_iv if side == "bid" else quotes.ask_iv
-    ks = np.asarray(quotes.k, float)
-    ok = np.isfinite(iv) & np.isfinite(ks) & (iv > 0)
-    if int(ok.sum()) < 2 or not math.isfinite(k):
-        return math.nan
-    x, y = ks[ok], np.asarray(iv, float)[ok]
-    order = np.argsort(x)
-    x, y = x[order], y[order]
-    if not x[0] <= k <= x[-1]:
-        return math.nan
-    return float(np.interp(k, x, y))
+    return _side_vols(np.asarray(quotes.k, np.float64), np.asarray(iv, np.float64), np.asarray(ks, np.float64))
+
+
+def side_vol_at(quotes: StrikeData, k: float, side: str) -> float:
+    """σ_side(k) of one k (side_vols_at)."""
+    return float(side_vols_at(quotes, (k,), side)[0])
 
 
 def _wings(fit, quotes: StrikeData, t_years: float, delta: float, side: str) -> tuple[float, float, float]:
     kc = analytics.k_at_delta(fit, t_years, delta, True)
     kp = analytics.k_at_delta(fit, t_years, delta, False)
-    return side_vol_at(quotes, kc, side), side_vol_at(quotes, kp, side), side_vol_at(quotes, 0.0, side)
+    c, p, atm = side_vols_at(quotes, (kc, kp, 0.0), side).tolist()
+    return c, p, atm
 
 
 def side_risk_reversal(fit, quotes: StrikeData, t_years: float, delta: float = 0.25, side: str = "bid") -> float:
@@ -73,4 +99,9 @@ def _value(x: float, side: str, delta: float) -> float:
     return x
 
 
-__all__ = ["side_vol_at", "side_risk_reversal", "side_butterfly"]
+def warm_up() -> None:
+    """Compile (or load cached) the side-vol kernel."""
+    _side_vols(np.array([-0.1, 0.0, 0.1]), np.array([0.5, 0.45, 0.5]), np.array([0.05]))
+
+
+__all__ = ["warm_up", "side_vols_at", "side_vol_at", "side_risk_reversal", "side_butterfly"]

@@ -37,7 +37,7 @@ MS_PER_YEAR = 365.0 * 86_400_000.0  # ACT/365, to the millisecond
 def warm_up() -> None:
     """Compile (or load from the numba cache) every kernel an epoch runs, before market data:
     a JIT compile holds the GIL for long (the feed's heartbeats must not wait on it)."""
-    from operators.kernels import analytics, books
+    from operators.kernels import analytics, books, quoted
 
     books.warm_up()
     iv.warm_up()
@@ -45,6 +45,7 @@ def warm_up() -> None:
     small_moves.warm_up()
     svi.warm_up()
     analytics.warm_up()
+    quoted.warm_up()
 
 
 def now_wall_ms() -> int:

@@ -151,15 +151,21 @@ def _per_strike(node: Node, raw: Any, n: int, where: Any, failures: Optional[Nod
     is data (e.g. no bid there); none at all is a failure."""
     try:
         arr = np.asarray(raw, dtype=float)
-        arr = np.broadcast_to(arr, (n,)).astype(float) if arr.ndim == 0 or arr.shape == (n,) else None
+        if arr.ndim == 0:
+            arr = np.full(n, float(arr))
+        elif arr.shape != (n,):
+            arr = None
     except (TypeError, ValueError):
         arr = None
     if arr is None:
         if failures is not None:
             failures.note(node, NOT_A_NUMBER, where, f"returned {str(raw)[:80]}, not one number per strike ({n})")
         return None
-    arr = np.where(np.isfinite(arr), arr, np.nan)
-    if n and not np.isfinite(arr).any():
+    finite = np.isfinite(arr)
+    if finite.all():
+        return arr
+    arr = np.where(finite, arr, np.nan)
+    if n and not finite.any():
         if failures is not None:
             failures.note(node, NON_FINITE, where, "returned no finite value at any strike")
         return None

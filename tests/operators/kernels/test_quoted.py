@@ -48,6 +48,20 @@ def test_side_rr_bf_match_the_plain_reference(quotes):
                 assert fn(FIT, data, T, 0.25, side) == pytest.approx(ref, abs=1e-12)
 
 
+@given(st.lists(st.tuples(st.floats(0.5, 2.0), st.none() | st.floats(0.2, 1.5) | st.just(math.nan) | st.just(-0.1)),
+                max_size=20, unique_by=lambda x: round(x[0], 6)),
+       st.lists(st.floats(-1.0, 1.0) | st.just(math.nan) | st.just(math.inf), max_size=6))
+def test_side_vols_at_any_k_match_the_plain_reference(quotes, targets):
+    """The compiled reading of a side, at any k, against the plain loop: unsorted strikes, sides
+    with holes, non-positive IVs, targets outside the quotes or not finite."""
+    data = StrikeData.of([F * q[0] for q in quotes], F, [q[1] for q in quotes], ())
+    got = Q.side_vols_at(data, targets, "bid")
+    want = [interp_plain(list(data.k), [q[1] for q in quotes], k) if math.isfinite(k) else math.nan for k in targets]
+    assert got.shape == (len(targets),)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    assert all(math.isnan(x) for x in Q.side_vols_at(data, targets, "ask"))  # no ask quotes at all
+
+
 def test_quotes_on_the_fitted_smile_give_the_fitted_rr_and_bf_and_a_spread_orders_them():
     k = np.linspace(-0.8, 0.6, 57)
     mid = np.sqrt(np.asarray([analytics._smile(FIT).total_variance(x) for x in k]) / T)
