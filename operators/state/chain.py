@@ -157,6 +157,12 @@ class ChainState:
     lv_strike: np.ndarray = field(default_factory=lambda: np.zeros(0))
     lv_call: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     lv_stale: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    # per row, what a ladder says of its book besides the levels: instrument, venue, "C"/"P"
+    # (object arrays) and contract size, so a ladder takes its rows' in one indexing each
+    lv_name: np.ndarray = field(default_factory=lambda: np.zeros(0, object))
+    lv_venue: np.ndarray = field(default_factory=lambda: np.zeros(0, object))
+    lv_type: np.ndarray = field(default_factory=lambda: np.zeros(0, object))
+    lv_contract: np.ndarray = field(default_factory=lambda: np.zeros(0))
     lv_px: np.ndarray = field(default_factory=lambda: np.zeros((2, 0, 0)))
     lv_size: np.ndarray = field(default_factory=lambda: np.zeros((2, 0, 0)))  # level sizes, contracts
     lv_x0: np.ndarray = field(default_factory=lambda: np.zeros((2, 0, 0)))
@@ -252,6 +258,8 @@ class ChainLogic:
         if s.lv_config != config:
             s.lv_config = config
             s.lv_strike, s.lv_call = np.zeros(0), np.zeros(0, bool)
+            s.lv_name, s.lv_venue, s.lv_type = (np.zeros(0, object) for _ in range(3))
+            s.lv_contract = np.zeros(0)
             s.lv_stale = np.zeros(0, bool)
             s.lv_px = s.lv_size = s.lv_x0 = s.lv_s0 = s.lv_s1 = s.lv_s2 = s.lv_s = s.lv_iv_sent = None
             s.lv_solved_forward = None
@@ -263,7 +271,16 @@ class ChainLogic:
         """Rows for books listed since the arrays were last laid out (NaN: nothing solved)."""
         s = self.state
         n, have = len(s.book_names), s.lv_strike.size
-        if not self.lv_width or (s.lv_px is not None and n == have):
+        if not self.lv_width:
+            return
+        if s.lv_name.size < n:  # the books' static columns (a state from before them: from row 0)
+            books = s.store.instruments[s.lv_name.size:n]
+            s.lv_name, s.lv_venue, s.lv_type = (
+                np.append(a, np.array(vals, object)) for a, vals in
+                ((s.lv_name, s.book_names[s.lv_name.size:n]), (s.lv_venue, [i.venue for i in books]),
+                 (s.lv_type, [i.option_type for i in books])))
+            s.lv_contract = np.append(s.lv_contract, [float(i.contract_size) for i in books])
+        if s.lv_px is not None and n == have:
             return
         add = n - have
         books = s.store.instruments[have:n]
@@ -823,13 +840,11 @@ class ChainLogic:
         s.lv_iv_sent[:, rows] = vols
         depth = self.level_depth
         px, size = s.lv_px[:, rows], s.lv_size[:, rows]
-        names = [s.book_names[r] for r in rows.tolist()]
-        insts = [s.store.instruments[r] for r in rows.tolist()]
         level_size = np.where(size > 0, size, math.nan)
         return Ladders(
-            level_depth=depth, sizes_contracts=self.sizes_contracts, instrument=tuple(names),
-            venue=tuple(i.venue for i in insts), strike=tuple(float(i.strike) for i in insts),
-            option_type=tuple(i.option_type for i in insts), contract_size=tuple(i.contract_size for i in insts),
+            level_depth=depth, sizes_contracts=self.sizes_contracts, instrument=tuple(s.lv_name[rows].tolist()),
+            venue=tuple(s.lv_venue[rows].tolist()), strike=tuple(s.lv_strike[rows].tolist()),
+            option_type=tuple(s.lv_type[rows].tolist()), contract_size=tuple(s.lv_contract[rows].tolist()),
             stale=tuple(s.lv_stale[rows].tolist()),
             # the matrices as arrays (NaN: none), each its own compact copy: as tuples of Python
             # floats they were a third of a shock's ticks (docs/benchmarks.md, "Vol at size")
