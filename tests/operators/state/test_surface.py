@@ -88,6 +88,22 @@ def test_nodes_read_the_fit_with_its_spline():
     assert view.strike_analytics["iv_fit"][1] != S.fitted_vol(PARAMS, data, 0.25)[1]
 
 
+def test_the_calendar_check_reads_the_fits_with_their_splines():
+    """Two expiries with the same raw SVI (calendar-flat, allowed); a spline that lifts the near
+    one's money above the far one's is a calendar crossing (the later expiry is flagged)."""
+    import msgspec
+
+    surface = logic([])
+    near, far = item(T0 + 7 * 86_400_000, 0.25), item(T0 + 30 * 86_400_000, 0.5)
+    surface.on_items([near, far])
+    assert [c.ok for c in surface.on_epoch().calendar] == [True]
+    bump = dict(spline_lo_k=-0.3, spline_hi_k=0.3, spline_w=(0.0, 0.004, 0.006, 0.004, 0.0))
+    surface.on_items([ExpiryFit(msgspec.structs.replace(near.fit, epoch=2, **bump), near.chain)])
+    patch = surface.on_epoch()
+    assert [c.ok for c in patch.calendar] == [False] and patch.calendar[0].worst < -0.001
+    assert {v.expiry_ms: v.calendar_ok for v in patch.expiries} == {near.fit.expiry_ms: True, far.fit.expiry_ms: False}
+
+
 def test_a_failing_node_is_counted_per_reason_and_logged_once(caplog):
     nodes = [node("bad", boom), node("nan", lambda p, t: float("nan")), node("text", lambda p, t: "n/a"),
              node("after_bad", ratio, inputs=("bad", "nan")), node("atm_vol", A.atm_vol)]
