@@ -8,9 +8,11 @@ The only part that starts cluster processes; the figures themselves are bench/en
 from __future__ import annotations
 
 import subprocess
+import tempfile
+import time
 from pathlib import Path
 
-from bench.engine.common import (AUDIT_EVERY, CLUSTER_START_MS, REPO, WARMUP_S, child_command, child_result,
+from bench.engine.common import (AUDIT_EVERY, REPO, START_AFTER_READY_MS, WARMUP_S, child_command, child_result,
                                  now_wall_ms, peak_rss_mb, warm_kernels)
 from bench.engine.figures import flow_figures, kept_levels, newest_fit_ms, shock_figures, view_latencies
 from bench.engine.probes import Probe, StageTimer, probe_source
@@ -49,9 +51,9 @@ def run_cluster_proc(job: dict) -> dict:
             probes[name] = Probe(meta["preamble_frames"], shock)
         return probes[name]
 
-    # one flow clock for the whole cluster: the workload's exchange clock from a wall time the
-    # parent chose, so both processes agree on epochs and expiries (paced: the replay's clock,
-    # both partitions pacing from the same start)
+    # one flow clock for the whole cluster: the workload's exchange clock from one wall time, so
+    # both processes agree on epochs and expiries (max speed: the parent's launch; paced: the
+    # replay's clock, every partition pacing from the start the processes agree on, all_ready)
     speed = job.get("speed", "max")
     rate = flow_rate(job)
     base_wall, base_ts = job["base_wall_ms"], job["base_ts_ms"]
@@ -74,6 +76,8 @@ def run_cluster_proc(job: dict) -> dict:
         elif isinstance(item, SmileFit):
             fits[0] += 1
 
+    if job.get("ready_dir"):  # paced: pacing starts once every process is ready
+        base_wall = all_ready(Path(job["ready_dir"]), job["proc_id"], job["processes"])
     source = ReplaySource([p["path"] for p in parts], speed=speed,
                           run_seconds=job.get("seconds"), stamp_recv="wall", prefetch=job.get("prefetch", True),
                           preload=job.get("preload", False), start_wall_ms=base_wall if speed != "max" else None)
@@ -88,13 +92,34 @@ def run_cluster_proc(job: dict) -> dict:
     end_wall = now_wall_ms()
     samples = sampler.stop()
     profile_text = stacks.report() if stacks is not None else None
-    return {"proc_id": job["proc_id"], "end_wall": end_wall, "cpu_samples": samples, "epoch_ms": config.runtime.epoch_ms,
+    return {"proc_id": job["proc_id"], "base_wall_ms": base_wall, "end_wall": end_wall, "cpu_samples": samples,
+            "epoch_ms": config.runtime.epoch_ms,
             "kept_levels": kept_levels(job["shock_meta"]["shocks"][0], config) if job.get("shock") else None,
             "probes": {name: pr.to_json() for name, pr in probes.items()}, "patches": patches,
             "step_spans": timer.spans if timer is not None else None,
             "exchange_latency": exchange_lat,
             "fits_seen": fits[0], "counters": COUNTERS.snapshot(), "peak_rss_mb": peak_rss_mb(),
             "profile": profile_text}
+
+
+def all_ready(ready_dir: Path, proc_id: int, processes: int, timeout_s: float = 300.0) -> float:
+    """A barrier for a paced cluster: this process says it is ready (imports done, kernels
+    compiled) and waits for the others; returns the wall ms they all start pacing from, the
+    same in each (the last one ready, plus START_AFTER_READY_MS). Before this, pacing started a
+    fixed 8 s after launch: idle time on a quick box, too little on a slow one."""
+    mine = ready_dir / f"{proc_id}.ready"
+    tmp = mine.with_suffix(".tmp")
+    tmp.write_text(repr(now_wall_ms()))
+    tmp.replace(mine)  # whole or absent for the others
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = sorted(ready_dir.glob("*.ready"))
+        if len(found) >= processes:
+            return max(float(f.read_text()) for f in found) + START_AFTER_READY_MS
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"cluster process {proc_id}: {len(found)} of {processes} processes ready after "
+                               f"{timeout_s:g} s in {ready_dir}; a peer failed to start (its stderr says why)")
+        time.sleep(0.005)  # a few polls: a peer's imports take seconds
 
 
 def free_ports(n: int) -> list[int]:
@@ -146,13 +171,26 @@ def _run_cluster(job: dict, addresses: list[list[str]], prefixes: list[list[str]
     """The cluster's processes, process i given addresses[i] (-a) and started behind prefixes[i]."""
     n = job["processes"]
     base = dict(job, base_wall_ms=now_wall_ms() + 0.0)
+    ready = None
     if job.get("speed", "max") != "max":
-        # paced: both processes pace from one start a few seconds ahead (imports, kernel
-        # warm-up), the flow clock being the recording's from its first frame
+        # paced: the processes pace from one start once all are ready (imports, kernel warm-up:
+        # all_ready), the flow clock being the recording's from its first frame
         from connectors.capture.replay import read_frames
 
         first_ts = min(next(iter(read_frames(p["path"])))[0] for p in job["parts"])
-        base.update(base_wall_ms=now_wall_ms() + CLUSTER_START_MS, base_ts_ms=first_ts + job.get("clock_offset_ms", 0))
+        ready = tempfile.TemporaryDirectory(prefix="bench-ready-")
+        base.update(base_ts_ms=first_ts + job.get("clock_offset_ms", 0), ready_dir=ready.name)
+    try:
+        outs = _start_and_collect(job, base, n, addresses, prefixes)
+    finally:
+        if ready is not None:
+            ready.cleanup()
+    base["base_wall_ms"] = min(o["base_wall_ms"] for o in outs)  # paced: the start they agreed on
+    return combine_cluster(base, outs)  # with the flow clock the processes shared
+
+
+def _start_and_collect(job: dict, base: dict, n: int, addresses: list[list[str]], prefixes: list[list[str]]
+                       ) -> list[dict]:
     procs = []
     for i in range(n):
         child = dict(base, proc_id=i, kind="cluster_proc", addresses=addresses[i])
@@ -174,7 +212,7 @@ def _run_cluster(job: dict, addresses: list[list[str]], prefixes: list[list[str]
             outs.append(res)
     if failed:
         raise RuntimeError(f"bench cluster {job['name']}: {len(failed)} of {n} processes failed\n" + "\n".join(failed))
-    return combine_cluster(base, outs)  # with the flow clock the processes shared
+    return outs
 
 
 def combine_cluster(job: dict, outs: list[dict]) -> dict:

@@ -27,7 +27,8 @@ NETNS_ROW = CLUSTER_ROW + "_netns"  # the scale-out row across two network names
 NETNS_LINK_MBIT = 100.0  # that link's rate each way: a modest pod network
 NETNS_DELAY_MS = 1.0  # and its delay each way (a relay in each namespace: no netem here): a cross-zone hop
 PACED_RATE_MSG_S = 50_000.0
-CLUSTER_START_MS = 8_000.0  # paced cluster: its processes start pacing this long after launch
+START_AFTER_READY_MS = 500.0  # paced cluster: pacing starts this long after its last process is ready
+# (the bytewax cluster still connects after that: ~0.1 s on loopback)
 SHOCK_ENTRY_LATE = 0.8  # where in its epoch the shock rows' shock enters (40 ms of 50: its tick due 10 ms later)
 WARMUP_S = 2.0  # paced run: latency counted for events entering after this much live traffic
 AUDIT_EVERY = 20  # epochs between exact re-solves in volgraph's audit mode
