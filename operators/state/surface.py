@@ -265,9 +265,9 @@ class SurfaceLogic:
 
     def _calendar(self) -> tuple[CalendarCheck, ...]:
         """Each neighbouring pair's check (calendar.calendar_check on the fitted curves, splines
-        included: until 2026-12-07 it read raw SVI's five numbers alone); a pair
-        whose two fits did not change keeps its check: a patch with one new fit checks two pairs,
-        not all of them (a one-fit patch of a 12-expiry surface: 1.2 → 0.3 ms, 2026-12-07)."""
+        included: until 2026-12-07 it read raw SVI's five numbers alone). A pair whose two fits
+        did not change keeps its check, so a patch with one new fit checks two pairs, not all
+        (a one-fit patch of the seed's 12 BTC expiries: 1.2 → 0.4 ms under cProfile, 2026-12-07)."""
         fits = self._ordered_fits()
         pairs: dict[tuple[int, int], tuple[SmileFit, SmileFit, CalendarCheck]] = {}
         for f1, f2 in zip(fits, fits[1:]):
