@@ -76,7 +76,8 @@ def main(argv=None, prog: str | None = "volgraph bench") -> int:
         try:
             import pyinstrument  # noqa: F401
         except ImportError:
-            print("--profile needs pyinstrument: .venv/bin/pip install pyinstrument", file=sys.stderr)
+            print("--profile needs pyinstrument (the bench extra, which `make bench` installs): "
+                  ".venv/bin/pip install -e '.[bench]'", file=sys.stderr)
             return 2
     command = "bench/bench_engine.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.levels:
