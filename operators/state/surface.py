@@ -144,6 +144,7 @@ class SurfaceLogic:
         gone = tuple(sorted(e for e in s.removed if e in s.views))
         for e in s.removed:
             s.views.pop(e, None)
+            self._smiles.pop(e, None)
         s.removed.clear()
         changed: dict[int, ExpiryView] = {}
         # expiry_ms -> the ladders that changed, for this patch only (with fits or between them)
@@ -278,7 +279,6 @@ class SurfaceLogic:
                 hit = (f1, f2, CalendarCheck(f1.expiry_ms, f2.expiry_ms, bool(p.ok), float(p.worst)))
             pairs[key] = hit
         self._pairs = pairs
-        self._smiles = {f.expiry_ms: self._smiles[f.expiry_ms] for f in fits if f.expiry_ms in self._smiles}
         return tuple(hit[2] for hit in pairs.values())
 
     def _tenors(self, bad: set[int]) -> tuple[TenorPoint, ...]:
