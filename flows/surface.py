@@ -127,6 +127,9 @@ def build_flow(config: Config, source, sinks: list, *, now_ms: Callable[[], int]
                StatusReport: merged("statuses", [f.statuses for f in feeds])}
     for i, sink in enumerate(sinks):
         if getattr(sink, "stores_market_events", False):  # the sources' events (market_event_sink)
+            # a resumed partition rolls back to its snapshot when any source sends its events again
+            # (a source that does not declare it is taken as live: connectors/postgres/market_sink.py)
+            sink.resends = any(getattr(src, "resends_after_resume", False) for src in sources)
             market_events_output(f"market_events_{i}", feeds, sink)
             continue
         wanted = getattr(sink, "consumes", OUTPUT_TYPES)

@@ -93,6 +93,10 @@ class DbReplaySource(FixedPartitionedSource):
     speed: "max", or a positive factor of the events' real time (1 = as they came).
     Raises EmptyWindow, naming the runs that do have events there, when the window holds none."""
 
+    # a resumed partition sends every event after the last row its snapshot read again
+    # (connectors/postgres/market_sink.py needs to know)
+    resends_after_resume = True
+
     def __init__(self, dsn: str, *, run_id: str, start_ms: int, end_ms: int, speed: Union[str, float] = "max",
                  batch_max: int = 1000, run_seconds: Optional[float] = None):
         if not (isinstance(start_ms, int) and isinstance(end_ms, int)) or end_ms <= start_ms:

@@ -249,6 +249,10 @@ class ReplaySource(FixedPartitionedSource):
     into batches as they do in a live partition's queue).
     """
 
+    # a resumed partition sends every frame after its snapshot's offset again (what the market-event
+    # sink needs to know: connectors/postgres/market_sink.py)
+    resends_after_resume = True
+
     def __init__(self, path: Union[str, Path, Sequence[Union[str, Path]]], *, speed: Union[str, float] = "max",
                  parse: Callable[..., list] = parse_frames, batch_max: int = SOURCE_BATCH_MAX,
                  run_seconds: Optional[float] = None, max_frames: Optional[int] = None,

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import logging
 import operator
+import os
 import struct
-from typing import Any, Iterable, Union
+from pathlib import Path
+from typing import Any, Iterable, Optional, Union
 
 import msgspec
 import psycopg
@@ -239,11 +241,12 @@ def retain(conn: psycopg.Connection, days: int, newest_ms: int) -> list[str]:
 
 def write_market_plan(conn: psycopg.Connection, plan: MarketPlan, known_days: set[int]) -> int:
     """Write one batch in one transaction; returns the events in the rows inserted. Fast path:
-    COPY straight into market_events. A batch that meets rows already stored (a resumed flow
-    handing the same events to the same positions again) is rolled back and written again
-    through a staging table, keeping the longer of two rows that start at one position (a resend
-    may group the events otherwise; rows that then overlap are read once by position:
-    connectors/capture/db_replay.py). known_days: the days known to have a
+    COPY straight into market_events. A batch that meets rows already stored (spilled rows
+    written again: a writer killed between a segment's COPY and the segment's removal) is rolled
+    back and written again through a staging table, keeping the longer of two rows that start at
+    one position (rows that overlap are read once by position: connectors/capture/db_replay.py).
+    A resumed flow's events after its snapshot never meet the killed life's: the writer removed
+    those first (MarketEventWriter rollback). known_days: the days known to have a
     partition (updated; the day after the newest is made ahead, so midnight never waits on DDL)."""
     if not plan.lines:
         return 0
@@ -262,7 +265,7 @@ def write_market_plan(conn: psycopg.Connection, plan: MarketPlan, known_days: se
                         " (LIKE market_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
             with cur.copy(f"COPY stage_market_events ({_COLS}) FROM STDIN (FORMAT BINARY)") as copy:
                 copy.write(data)
-            # the same position holds the same event in every resend (the sink numbers them), so of
+            # a position below a resumed life's snapshot holds the same event in every write, so of
             # two rows starting at one position the longer holds the other: it stays
             cur.execute(f"INSERT INTO market_events ({_COLS}) SELECT {_COLS} FROM stage_market_events"
                         " ON CONFLICT (run_id, venue, underlying, seg, ord, ts_ms) DO UPDATE SET"
@@ -271,6 +274,49 @@ def write_market_plan(conn: psycopg.Connection, plan: MarketPlan, known_days: se
             n = sum(r[0] for r in cur.fetchall())
     known_days.update(need)
     return n
+
+
+class _SpillHead(msgspec.Struct, array_like=True):
+    venue: str
+    underlying: str
+    seg: int
+    ord: int
+    events: msgspec.Raw  # not decoded: only the position is read
+
+
+_spill_head = msgspec.json.Decoder(_SpillHead).decode
+
+
+def _drop_spilled_beyond(folder: Path, name: str, seg: int, ord_: int) -> int:
+    """Remove from writer `name`'s spill segments in `folder` the lines of life `seg` at
+    positions ord_ and beyond; returns the events removed. Each changed segment is rewritten
+    (fsync'd, then renamed over); a line that does not read as a spill line stays for the
+    writer to set aside, counted (spill_corrupt)."""
+    removed = 0
+    for path in sorted(folder.glob(f"{name}.spill.*.jsonl")) if folder.is_dir() else ():
+        keep, drop = [], 0
+        with open(path, "rb") as fh:
+            for line in fh:
+                try:
+                    head = _spill_head(line)
+                except (msgspec.DecodeError, UnicodeError):
+                    keep.append(line)
+                    continue
+                if head.seg == seg and head.ord >= ord_:
+                    drop += len(msgspec.json.decode(head.events))
+                else:
+                    keep.append(line)
+        if len(keep) == 0 and drop:
+            path.unlink()
+        elif drop:
+            tmp = path.with_name(path.name + ".tmp")
+            with open(tmp, "wb") as fh:
+                fh.writelines(keep)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        removed += drop
+    return removed
 
 
 def write_market_events(conn: psycopg.Connection, items: Iterable[MarketBatch], run_id: str) -> int:
@@ -291,7 +337,13 @@ class MarketEventWriter(PostgresWriter):
 
     supported = (MarketRow, MarketBatch)
 
-    def __init__(self, dsn: str, *, retention_days: int, **options: Any) -> None:
+    def __init__(self, dsn: str, *, retention_days: int, rollback: Optional[tuple[int, int]] = None,
+                 **options: Any) -> None:
+        """rollback=(seg, ord): this writer continues a sink partition's life `seg` from a recovery
+        snapshot taken at position `ord`, and its sources send every event after the snapshot
+        again. What the killed life stored or spilled at positions ord and beyond is removed first
+        (the spill lines here, before the thread starts; the rows on the first connection, before
+        any write), so each position holds the event the resumed flow hands it."""
         if isinstance(retention_days, bool) or not isinstance(retention_days, int) or retention_days < 0:
             raise ValueError(f"retention_days={retention_days!r}: give an integer >= 0 (graph.toml [sinks.postgres]"
                              " market_retention_days; 0 keeps every day)")
@@ -299,6 +351,11 @@ class MarketEventWriter(PostgresWriter):
         self._known_days: set[int] = set()
         self._retained_day = -1
         self.dropped_partitions: list[str] = []
+        self._rollback = rollback
+        self.rolled_back = {"spilled": 0, "stored": 0}  # events removed beyond the snapshot (tests, logs)
+        if rollback is not None:
+            self.rolled_back["spilled"] = _drop_spilled_beyond(
+                Path(options["spill_dir"]) / options["run"].run_id, options.get("name", "pg"), *rollback)
         super().__init__(dsn, **options)
 
     def new_plan(self) -> MarketPlan:
@@ -306,6 +363,18 @@ class MarketEventWriter(PostgresWriter):
 
     def prepare(self, conn: psycopg.Connection) -> None:
         self._known_days = set()  # a new connection: partitions may have been dropped meanwhile
+        if self._rollback is not None:
+            seg, ord_ = self._rollback
+            with conn.transaction():
+                n = sum(r[0] for r in conn.execute(
+                    "DELETE FROM market_events WHERE run_id = %s AND seg = %s AND ord >= %s RETURNING n",
+                    (self.run.run_id, seg, ord_)).fetchall())
+            self._rollback = None
+            self.rolled_back["stored"] = n
+            if n or self.rolled_back["spilled"]:
+                log.info("writer %s: resumed at position %d of seg %d: removed %d stored and %d spilled events the"
+                         " killed flow had handed over after its last snapshot (its sources send them again)",
+                         self.name, ord_, seg, n, self.rolled_back["spilled"])
 
     def write(self, conn: psycopg.Connection, plan: MarketPlan) -> dict[str, int]:
         n = write_market_plan(conn, plan, self._known_days)

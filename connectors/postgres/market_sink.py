@@ -6,11 +6,22 @@ that COPYs the rows into market_events on its own thread: the flow encodes each 
 Items are (surface key, events) pairs, one per source batch of a surface (flows/routing.py
 MarketEvents; flows/surface.py build_flow wires them here when graph.toml [sinks.postgres]
 market_events is on), cut into rows of at most ROW_EVENTS events. Each partition numbers the
-events it accepts, (seg, ord): seg is the partition's start (wall ms x 1024 + its index), ord
-counts; both are its recovery snapshot, so a resumed flow gives the events it hands over again the
-positions they had (a no-op in PostgreSQL), and a replay reads a surface's events back in the
-order the flow saw them. The snapshot also waits for the durable hand-off
-(PostgresWriter.durable), as connectors/postgres/sink.py does. Never imports flows.
+events it accepts, (seg, ord): seg is the partition's life (its start, wall ms x 1024 + its
+index), ord counts; a replay reads a surface's events back in that order. Both are the
+partition's recovery snapshot, which also waits for the durable hand-off
+(PostgresWriter.durable), as connectors/postgres/sink.py does.
+
+What a resumed partition does depends on its sources (build_flow sets `resends`):
+- sources that send every event after their snapshot again (a replay of a recording or of the
+  database): the life goes on at the snapshot's position, and what the killed life stored beyond
+  it is removed first (MarketEventWriter rollback). The events come again, but not in the same
+  order: routing joins a surface's events per chain key within a source batch, and a resumed
+  source cuts its batches (and interleaves the surfaces of one partition) as the clock lets it, so
+  numbering them again over the killed life's rows put other events at stored positions
+  (tests/flows/test_kill_resume.py: 42 clashing positions in a CI run, 2026-12-07);
+- live sources, which subscribe afresh and never send an event twice: a new life (seg). The
+  killed life's events after its snapshot stay stored: they are what the venue sent.
+Never imports flows.
 """
 
 from __future__ import annotations
@@ -98,6 +109,9 @@ class MarketEventSink(FixedPartitionedSink):
         self.close_timeout_s = close_timeout_s
         self.handoff_timeout_s = handoff_timeout_s
         self.writers: list[MarketEventWriter] = []  # for status, metrics (backlog) and tests
+        # do the flow's sources send the events after their snapshot again on a resume? (build_flow
+        # sets it from the sources' resends_after_resume; the module header says what it changes)
+        self.resends = False
 
     @staticmethod
     def key_of(item) -> str:
@@ -108,12 +122,14 @@ class MarketEventSink(FixedPartitionedSink):
 
     def build_part(self, step_id: str, for_part: str, resume_state: Optional[tuple]) -> _MarketPartition:
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{step_id}-{for_part}")
-        writer = MarketEventWriter(self.dsn, name=name, run=self.run, **self.options)
+        if resume_state is not None and self.resends:  # the same life, from the snapshot's position
+            seg, ord_ = resume_state
+            rollback: Optional[tuple[int, int]] = (seg, ord_)
+        else:  # a new life of this partition: its own seg, after every earlier one of the run
+            seg, ord_ = int(time.time() * 1000) * 1024 + int(for_part.rsplit("-", 1)[1]) % 1024, 0
+            rollback = None
+        writer = MarketEventWriter(self.dsn, name=name, run=self.run, rollback=rollback, **self.options)
         orphans = [MarketEventWriter(self.dsn, name=name, run=other, **self.options)
                    for other in orphan_runs(self.options["spill_dir"], name, self.run.run_id)]
         self.writers.extend([writer, *orphans])
-        if resume_state is not None:
-            seg, ord_ = resume_state
-        else:  # a new life of this partition: its own seg, after every earlier one of the run
-            seg, ord_ = int(time.time() * 1000) * 1024 + int(for_part.rsplit("-", 1)[1]) % 1024, 0
         return _MarketPartition(writer, seg, ord_, self.close_timeout_s, self.handoff_timeout_s, orphans)

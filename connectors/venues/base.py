@@ -601,6 +601,9 @@ class ClientSource(FixedPartitionedSource):
     whose chain step runs on worker k, and read there (connectors/venues/placement.py): no book event
     crosses between processes."""
 
+    # a resumed partition subscribes afresh: no event is sent twice (connectors/postgres/market_sink.py)
+    resends_after_resume = False
+
     def __init__(self, prefix: str, keys: Iterable[str], *, queue_max: int, max_frame_bytes: int,
                  max_expiries: Optional[int], max_strikes: Optional[int], run_seconds: Optional[float],
                  batch_max: int, idle_ms: float, client_kwargs: dict, route_workers: int = 1):

@@ -13,11 +13,13 @@ final fits), and the sink's durable hand-off must leave nothing half-written.
 What the frozen clock leaves untested here: rows written before the kill (they all come at the
 end); tests/connectors/postgres/test_handoff.py checks the hand-off itself against a database
 that goes away. The variant with market events stored (graph.toml [sinks.postgres]
-market_events = true) does write before every kill — the events as they are read — and its
+market_events = true) does write before every kill — the events as they are read, and each kill
+waits until some are stored after the snapshot the resume starts from — and its
 market_events table must hold what the uninterrupted run's holds: every event of every
 instrument once, in the order read, each position (seg, ord) of the event sink once
 (connectors/postgres/market_sink.py numbers them and keeps the count in its snapshot; a resumed
-flow hands the events after the snapshot over again to the same positions).
+replay sends the events after the snapshot again, in other batches and so in another order, and
+the resumed sink first removes what the killed one stored beyond its snapshot).
 """
 
 from __future__ import annotations
@@ -75,6 +77,17 @@ def recordings(tmp_path_factory) -> list[str]:
     return [str(p) for p in record_deribit(tmp_path_factory.mktemp("rec"), START_MS, ticks=20)]
 
 
+def events_stored(dsn: str) -> int:
+    """How many market events the run has stored so far (0 before the table exists)."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        try:
+            return conn.execute("SELECT coalesce(sum(n), 0) FROM market_events").fetchone()[0]
+        except psycopg.errors.UndefinedTable:
+            return 0
+
+
 def stored_events(dsn: str) -> dict:
     """The market events a run stored: per (venue, underlying, instrument), the event bodies in
     position order — every event but the index prices, which the source folds to the newest per
@@ -127,6 +140,10 @@ def test_ten_kills_and_resumes_leave_the_rows_of_an_uninterrupted_run(pg_server,
         deadline = time.monotonic() + DEADLINE_S
         while proc.poll() is None and snapshots(recovery) < want and time.monotonic() < deadline:
             time.sleep(0.01)  # polling another process's sqlite file, which offers nothing to wait on
+        if market:  # kill once it has stored events after that snapshot, which the resume must replace
+            stored = events_stored(dsn)
+            while proc.poll() is None and events_stored(dsn) == stored and time.monotonic() < deadline:
+                time.sleep(0.01)  # polling another process's rows, which offers nothing to wait on
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             killed += 1

@@ -280,3 +280,78 @@ def test_a_database_replay_resumes_after_the_last_row_it_read(db):
     assert head[0] == events[4]  # the preamble: the newest index price before the window
     assert head[1:] + tail == window
     assert source.clock_ms() == DAY0_MS + 24  # the newest receive time emitted
+
+
+def sink(dsn: str, spill_dir, resends: bool):
+    from connectors.postgres.market_sink import MarketEventSink
+
+    s = MarketEventSink(dsn, run=run("r1"), partitions=1, spill_dir=spill_dir, flush_ms=10, batch_rows=50,
+                        handoff_timeout_s=30, retention_days=0)
+    s.resends = resends
+    return s
+
+
+def killed_life(db, tmp_path, seg: int, events: list) -> None:
+    """What a life `seg` of event-sink partition ev-0 left when SIGKILLed after a snapshot at
+    position 6: rows stored at 0–2 and 6–9, and spill lines at 3–5 (below the snapshot: handed
+    off durably while the database was away) and 10–11 (after it)."""
+    from tests.helpers.resources import free_port
+
+    with pg.connect(db) as conn:
+        write_market_events(conn, [MarketBatch("deribit", "BTC", seg, 0, events[0:3]),
+                                   MarketBatch("deribit", "BTC", seg, 6, events[6:10])], "r1")
+        conn.commit()
+    away = MarketEventWriter(f"postgresql://127.0.0.1:{free_port()}/none", run=run("r1"), name="ev-ev-0",
+                             flush_ms=10, batch_rows=50, spill_dir=tmp_path, retry_min_ms=10, retry_max_ms=50,
+                             connect_timeout_s=0.5, retention_days=0)
+    away.submit(MarketBatch("deribit", "BTC", seg, 3, events[3:6]))
+    away.submit(MarketBatch("deribit", "BTC", seg, 10, events[10:12]))
+    assert away.durable(timeout=60)
+    away.close(timeout=1)
+
+
+def positions(conn) -> list:
+    return conn.execute("SELECT seg, ord FROM market_event_rows WHERE run_id = 'r1' ORDER BY seg, ord").fetchall()
+
+
+def test_a_resumed_partition_whose_sources_send_again_replaces_what_the_killed_life_stored_after_its_snapshot(
+        db, tmp_path):
+    # a resumed replay sends the events after the snapshot again, cut into other batches and in another order
+    # than the killed life had them (flows/routing.py joins a surface's events per chain key per batch)
+    events = [IndexPrice("deribit", "BTC", DAY0_MS + i, DAY0_MS + i, float(i)) for i in range(12)]
+    seg = 7 * 1024
+    killed_life(db, tmp_path, seg, events)
+    again = events[6:][::-1]
+    part = sink(db, tmp_path, resends=True).build_part("ev", "ev-0", (seg, 6))
+    try:
+        part.write_batch([("deribit|BTC", again[:2]), ("deribit|BTC", again[2:])])
+        assert part.snapshot() == (seg, 12)  # the same life, on from the snapshot
+        assert part.writer.flush(timeout=60)
+    finally:
+        part.close()
+    assert part.writer.rolled_back == {"stored": 4, "spilled": 2}
+    with pg.connect(db) as conn:
+        assert stored(conn) == events[:6] + again  # below the snapshot kept (spilled ones too), after it replaced
+        assert positions(conn) == [(seg, i) for i in range(12)]  # each position once
+    assert list((tmp_path / "r1").glob("ev-ev-0.spill.*")) == []
+
+
+def test_a_resumed_partition_of_live_sources_starts_a_new_life_and_keeps_what_the_killed_one_stored(db, tmp_path):
+    # live sources subscribe afresh: the killed life's events after its snapshot are what the venue sent, and
+    # the resumed flow's events are new ones
+    events = [IndexPrice("deribit", "BTC", DAY0_MS + i, DAY0_MS + i, float(i)) for i in range(12)]
+    new = [IndexPrice("deribit", "BTC", DAY0_MS + 100 + i, DAY0_MS + 100 + i, 1.0) for i in range(3)]
+    seg = 7 * 1024
+    killed_life(db, tmp_path, seg, events)
+    part = sink(db, tmp_path, resends=False).build_part("ev", "ev-0", (seg, 6))
+    try:
+        part.write_batch([("deribit|BTC", new)])
+        new_seg, n = part.snapshot()
+        assert new_seg > seg and n == 3
+        assert part.writer.flush(timeout=60)
+    finally:
+        part.close()
+    assert part.writer.rolled_back == {"stored": 0, "spilled": 0}
+    with pg.connect(db) as conn:
+        assert stored(conn) == events + new
+        assert positions(conn) == [(seg, i) for i in range(12)] + [(new_seg, i) for i in range(3)]
