@@ -15,7 +15,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from operators.events import SurfaceSnapshot, to_dict, to_json
@@ -61,7 +61,6 @@ def same_surface(js: dict, py: SurfaceSnapshot) -> None:
         assert js[field] == expected[field], field
 
 
-@settings(max_examples=150)
 @given(start=st.none() | snapshots(1, with_underlying=True, with_ladders=True),
        seq=patch_sequences(max_size=8, with_underlying=True, with_ladders=True))
 def test_apply_patch_in_js_equals_the_python_rule(node, start, seq):
@@ -72,7 +71,6 @@ def test_apply_patch_in_js_equals_the_python_rule(node, start, seq):
     same_surface(result["shown"], expected)
 
 
-@settings(max_examples=150)
 @given(seq=event_sequences(with_underlying=True, with_ladders=True))
 def test_on_message_in_js_equals_the_python_rule(node, seq):
     """Snapshots replace the surface, patches merge into it, as the gateway's clients do."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 
 import msgspec
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from operators.events import SurfacePatch, SurfaceSnapshot, to_dict
@@ -68,7 +68,6 @@ def dict_apply(snapshot: dict | None, patch: dict) -> dict:
     }
 
 
-@settings(max_examples=150)
 @given(start=starts, seq=patch_sequences(**KW))
 def test_apply_patch_matches_an_independent_dict_merge(start, seq):
     state, reference = start, (None if start is None else to_dict(start))
@@ -79,7 +78,6 @@ def test_apply_patch_matches_an_independent_dict_merge(start, seq):
         assert to_dict(state) == reference
 
 
-@settings(max_examples=150)
 @given(start=starts, a=patches(2, **KW), b=patches(3, **KW))
 def test_merge_law(start, a, b):
     merged = merge_patches(a, b)
@@ -87,7 +85,6 @@ def test_merge_law(start, a, b):
     assert apply_patch(apply_patch(start, a), b) == apply_patch(start, merged)
 
 
-@settings(max_examples=100)
 @given(start=starts, seq=patch_sequences(max_size=8, **KW))
 def test_fold_and_coalesce_equal_applying_in_turn(start, seq):
     expected = functools.reduce(apply_patch, seq, start)
@@ -104,7 +101,6 @@ def test_fold_and_coalesce_equal_applying_in_turn(start, seq):
         assert isinstance(pending, SurfaceSnapshot) and pending == expected
 
 
-@settings(max_examples=100)
 @given(start=starts, seq=event_sequences(**KW))
 def test_surface_state_matches_apply_patch(start, seq):
     state = SurfaceState()
