@@ -856,9 +856,10 @@ class ChainLogic:
             ask_exec_px=_matrix(px[1, :, depth:]), ask_exec_iv=_matrix(vols[1, :, depth:]))
 
     def _venues(self, calls: list[str], puts: list[str], usable: np.ndarray, order: np.ndarray) -> tuple[str, ...]:
-        side = self.state.side
-        picked = [calls[i] if side[i] else puts[i] for i in np.flatnonzero(usable)]
-        return tuple(picked[j] for j in order)
+        # Python ints and bools, not numpy scalars indexed per strike: 118 -> 42 us a call on 340 strikes
+        # (2026-12-07; two calls a fit)
+        idx = np.flatnonzero(usable)[order]
+        return tuple(calls[i] if call else puts[i] for i, call in zip(idx.tolist(), self.state.side[idx].tolist()))
 
 
 def _same(a: float, b: float) -> bool:
