@@ -21,9 +21,18 @@ running chain where it is. The slot then owns the chain because the routing salt
 (`routed_key`: `deribit|BTC|1767254400000#3`) until bytewax's hash sends it to that worker.
 
 Every slot's client places the same listing by the same rule, so all agree which slot reads
-which expiry. What is not guarded: two slots that first see a new expiry in listings with
-different option counts (a discovery straddling a listing change) may disagree about it; the
-expiry would then be read by two slots (two chain states) or by none until a restart.
+which expiry — when they place the same new expiries in the same calls. What is not guarded:
+- two slots whose discoveries cut a listing change differently can disagree. Two listings in
+  one slot's discovery and in two of the other's are placed in different orders (within a call
+  earliest expiry first; across calls in listing order), so a daily listed after a month end is
+  placed before it by one slot and after it by the other
+  (tests/connectors/venues/test_placement.py, the xfail test); a fresh start whose first
+  discoveries straddle a listing, or option counts that differ between them, does the same;
+- the expiry is then read by two slots (two chain states, each fitting it) or by none.
+What would fix it: a decision per expiry from data every slot sees alike — the expiries in
+listing order (each venue's creation time: Deribit `creation_timestamp`, OKX `listTime`, which
+the Instrument event does not carry yet), each weighed by the options listed with it, with
+the expiries live at its listing (expired ones kept a grace period) as the loads.
 
 Never imports a venue package, the flow, or anything about volatility.
 """
