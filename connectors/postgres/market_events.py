@@ -306,7 +306,7 @@ def _drop_spilled_beyond(folder: Path, name: str, seg: int, ord_: int) -> int:
                     drop += len(msgspec.json.decode(head.events))
                 else:
                     keep.append(line)
-        if len(keep) == 0 and drop:
+        if drop and not keep:
             path.unlink()
         elif drop:
             tmp = path.with_name(path.name + ".tmp")
@@ -353,10 +353,14 @@ class MarketEventWriter(PostgresWriter):
         self.dropped_partitions: list[str] = []
         self._rollback = rollback
         self.rolled_back = {"spilled": 0, "stored": 0}  # events removed beyond the snapshot (tests, logs)
-        if rollback is not None:
-            self.rolled_back["spilled"] = _drop_spilled_beyond(
-                Path(options["spill_dir"]) / options["run"].run_id, options.get("name", "pg"), *rollback)
         super().__init__(dsn, **options)
+
+    def _recover_segments(self) -> int:
+        # the killed life's spilled lines beyond the snapshot go before the segments are counted
+        # (PostgresWriter.__init__ calls this once, before its thread starts)
+        if self._rollback is not None:
+            self.rolled_back["spilled"] = _drop_spilled_beyond(self.spill_dir, self.name, *self._rollback)
+        return super()._recover_segments()
 
     def new_plan(self) -> MarketPlan:
         return MarketPlan(self.run.run_id)

@@ -122,12 +122,11 @@ class MarketEventSink(FixedPartitionedSink):
 
     def build_part(self, step_id: str, for_part: str, resume_state: Optional[tuple]) -> _MarketPartition:
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{step_id}-{for_part}")
-        if resume_state is not None and self.resends:  # the same life, from the snapshot's position
-            seg, ord_ = resume_state
-            rollback: Optional[tuple[int, int]] = (seg, ord_)
+        rollback = resume_state if resume_state is not None and self.resends else None
+        if rollback is not None:  # the same life, from the snapshot's position
+            seg, ord_ = rollback
         else:  # a new life of this partition: its own seg, after every earlier one of the run
             seg, ord_ = int(time.time() * 1000) * 1024 + int(for_part.rsplit("-", 1)[1]) % 1024, 0
-            rollback = None
         writer = MarketEventWriter(self.dsn, name=name, run=self.run, rollback=rollback, **self.options)
         orphans = [MarketEventWriter(self.dsn, name=name, run=other, **self.options)
                    for other in orphan_runs(self.options["spill_dir"], name, self.run.run_id)]
