@@ -118,6 +118,7 @@ class Instrument(Message):
     contract_size: float = 1.0
     quote_currency: str = ""  # "BTC" means coin-quoted premiums
     ts_recv_ms: int = 0
+    listed_ms: int = 0  # when the venue listed it (Deribit creation_timestamp, OKX listTime); 0: not given
     v: int = SCHEMA_VERSION
 
 

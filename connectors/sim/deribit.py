@@ -121,6 +121,7 @@ class Simulator(DeribitFaults, SimServer):
         self._books: dict[str, _Book] = {}
         self._reprice_all()
         self._instrument_cache: dict[tuple[str, str], list] = {}
+        self._listed_ms: dict[str, int] = {}  # creation_timestamp of what is listed intraday (else a day before start)
         self._sub_lists: Optional[tuple[list, list, list]] = None
         self._book_variants: dict[str, list[str]] = {}  # instrument → its book channels, when several
         self._init_faults(seed, faults)
@@ -347,8 +348,8 @@ class Simulator(DeribitFaults, SimServer):
                     "option_type": "call" if cur.is_call[i] else "put",
                     "min_trade_amount": cur.model.option_min_amount, "maker_commission": 0.0003, "kind": "option",
                     "is_active": True, "instrument_name": name, "instrument_id": 100_000 + i,
-                    "expiration_timestamp": expiry, "creation_timestamp": created, "counter_currency": "USD",
-                    "contract_size": 1.0, "block_trade_tick_size": OPT_TICK_SMALL,
+                    "expiration_timestamp": expiry, "creation_timestamp": self._listed_ms.get(name, created),
+                    "counter_currency": "USD", "contract_size": 1.0, "block_trade_tick_size": OPT_TICK_SMALL,
                     "block_trade_min_trade_amount": 25, "block_trade_commission": 0.0003, "base_currency": currency})
         if kind in (None, "future"):
             for j, (name, expiry) in enumerate(sorted(cur.future_expiry.items(), key=lambda kv: kv[1] or 1 << 62)):

@@ -199,8 +199,10 @@ class DeribitFaults:
             step = ks[1] - ks[0] if len(ks) > 1 else cur.model.strike_step_min
             strikes = [ks[-1] + step * (i + 1) for i in range(n)]
         new = cur.add_options(expiry, strikes)
+        listed = self.stamp_ms()
         for name in new:
             self._by_option[name] = (cur, cur.index_of[name])
+            self._listed_ms[name] = listed
         self._instrument_cache.clear()
         self._reprice_all()
         self._state_notify(cur.name, "option", new, "created")

@@ -282,7 +282,9 @@ class VenueClient:
             raise ValueError(f"route={route!r}: (worker slot, workers) with 0 <= slot < workers")
         self.route = route  # read only the expiries placed on this worker slot (None: all)
         # every slot's client places the whole listing by the same rule (connectors/venues/placement.py)
-        self.placement = Placement(route[1] if route is not None else 1)
+        # weighed by the options a slot reads: max_strikes calls and puts at most
+        self.placement = Placement(route[1] if route is not None else 1,
+                                   cap=None if max_strikes is None else 2 * max_strikes)
         self._rng = random.Random(seed)
         self._queue = make_queue(queue_max)  # BoundedQueue or LockedFoldingQueue
         self._thread_name = thread_name
@@ -308,13 +310,14 @@ class VenueClient:
         return self.placement.slot_of(inst.venue, inst.underlying, inst.expiry_ms) in (None, self.route[0])
 
     def _place(self, options: Iterable[Instrument], now: int) -> None:
-        """Places the expiries of the options chosen across all slots (the same list on every
-        slot's client): new ones to the least-loaded slot, live ones kept, expired ones let go."""
+        """Places the expiries of a discovery's whole option listing, before any filter (every
+        slot's client sees the same listing, whatever spot it centres strikes on): new ones by
+        listing order to the least-loaded slot, live ones kept (connectors/venues/placement.py)."""
         if self.route is None:
             return
-        listings: dict[str, collections.Counter] = {}
+        listings: dict[str, list[tuple[int, int]]] = {}
         for inst in options:
-            listings.setdefault(inst.underlying, collections.Counter())[inst.expiry_ms] += 1
+            listings.setdefault(inst.underlying, []).append((inst.expiry_ms, inst.listed_ms))
         for underlying, listing in listings.items():
             self.placement.assign(underlying, listing, now)
 
@@ -638,7 +641,7 @@ class ClientSource(FixedPartitionedSource):
         key, slot = self._parts[for_part]
         client = self.make_client(key, slot)
         if resume_state and client.route is not None:  # the placement this slot had: live chains stay put
-            client.placement = Placement(self.route_workers, resume_state)
+            client.placement = Placement(self.route_workers, resume_state, cap=client.placement.cap)
         return ClientPartition(client, self.run_seconds, self.batch_max, self.idle_ms)
 
     def make_client(self, key: str, slot: int) -> VenueClient:

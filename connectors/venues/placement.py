@@ -20,19 +20,24 @@ or a restart (the assignment is kept in recovery state, connectors/venues/base.p
 running chain where it is. The slot then owns the chain because the routing salts its key
 (`routed_key`: `deribit|BTC|1767254400000#3`) until bytewax's hash sends it to that worker.
 
-Every slot's client places the same listing by the same rule, so all agree which slot reads
-which expiry — when they place the same new expiries in the same calls. What is not guarded:
-- two slots whose discoveries cut a listing change differently can disagree. Two listings in
-  one slot's discovery and in two of the other's are placed in different orders (within a call
-  earliest expiry first; across calls in listing order), so a daily listed after a month end is
-  placed before it by one slot and after it by the other
-  (tests/connectors/venues/test_placement.py, the xfail test); a fresh start whose first
-  discoveries straddle a listing, or option counts that differ between them, does the same;
-- the expiry is then read by two slots (two chain states, each fitting it) or by none.
-What would fix it: a decision per expiry from data every slot sees alike — the expiries in
-listing order (each venue's creation time: Deribit `creation_timestamp`, OKX `listTime`, which
-the Instrument event does not carry yet), each weighed by the options listed with it, with
-the expiries live at its listing (expired ones kept a grace period) as the loads.
+Every slot's client places the listing by itself, with nothing sent between slots, so each
+decision is a function of what every slot sees alike — whenever its discoveries happen:
+- the order of placing is the venue's listing order (`Instrument.listed_ms`: Deribit's
+  `creation_timestamp`, OKX's `listTime`), then expiry; never the order discoveries found them;
+- a fresh start places, longest first, the expiries listed by the start of its round
+  (`ROUND_MS`, rounds from hh:30, so that both slots' first discoveries fall in one round
+  and no 08:00 expiry or listing falls between them), each weighed by its options listed by
+  then;
+- a later listing goes to the slot least loaded *at its listing time*: by the expiries live
+  then (expired ones are remembered `GRACE_MS` for it), each weighed by its options listed
+  within `SETTLE_MS` of its own listing and not after the new one's;
+- an expiry whose end falls within the fresh start's round (gone before a later slot may see
+  it) is placed by the hash fallback and weighs nothing.
+The one case left (2026-12-07): two slots whose first discoveries straddle a round boundary,
+with a listing or an option's delisting between them, can place a chain twice; with a
+second's skew between slots that is about one fresh start in 3,600, and a restart without
+recovery places everything again
+(tests/connectors/venues/test_placement.py, the agreement property, draws everything else).
 
 Never imports a venue package, the flow, or anything about volatility.
 """
@@ -41,7 +46,7 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 from siphash24 import siphash13
 
@@ -103,59 +108,121 @@ def slot_of_name(name: str) -> Optional[tuple[int, int]]:
     return (slot, workers) if 0 <= slot < workers else None
 
 
+# A fresh start's round: both slots' first discoveries fall in one (they start together, seconds
+# apart at most), and its boundaries sit at hh:30, away from the venues' 08:00 expiries and
+# listings. An expiry ending within the round is placed by the hash (a slot starting later in
+# the round never sees it).
+ROUND_MS = 3_600_000
+ROUND_OFFSET_MS = 1_800_000
+# A new expiry's strikes are listed in one burst; its weight counts the options listed within
+# this much of its first, so a slot that discovered it mid-burst weighs it as the others do.
+SETTLE_MS = 60_000
+# Expired placements are remembered this long: a listing discovered late (a slot reconnecting)
+# is weighed against the expiries live at its listing, as the slot that saw it at once did.
+GRACE_MS = 86_400_000
+
+
 class Placement:
-    """Each underlying's expiries → worker slots, even by option count, live ones never moved.
+    """Each underlying's expiries → worker slots, even by option count, live ones never moved,
+    and the same on every slot whatever moments its discoveries see the listing at.
 
-    assign(venue, underlying, listing, now_ms) with listing {expiry_ms: option count} places
-    what is new; slot_of(venue, underlying, expiry_ms) answers for any expiry (None: every
-    slot reads it). state() / Placement(workers, state) round-trip the assignment through
-    recovery snapshots."""
+    assign(underlying, options, now_ms) with options [(expiry_ms, listed_ms)] (one pair per
+    listed option) places what is new; slot_of(venue, underlying, expiry_ms) answers for any
+    expiry (None: every slot reads it). state() / Placement(workers, state) round-trip the
+    assignment through recovery snapshots. `cap`: the most options of an expiry a slot reads
+    (the source's max_strikes × 2), so a weight counts what is read."""
 
-    def __init__(self, workers: int, state: Optional[Mapping[str, Mapping[int, int]]] = None):
+    def __init__(self, workers: int, state: Optional[Mapping[str, Any]] = None, cap: Optional[int] = None):
         if workers < 1:
             raise ValueError(f"workers={workers}: a cluster has at least one worker")
         self.workers = workers
-        # underlying → {expiry_ms: (slot, option count when placed)}
-        self._slots: dict[str, dict[int, tuple[int, int]]] = {}
-        for underlying, expiries in (state or {}).items():
+        self.cap = cap
+        self._round: dict[str, int] = {}  # underlying → its fresh start's round (start, ms)
+        # underlying → {expiry_ms: (slot, listed_ms, ((listed_ms, options listed by then), …))}
+        self._slots: dict[str, dict[int, tuple[int, int, tuple[tuple[int, int], ...]]]] = {}
+        for underlying, saved in (state or {}).items():
+            if "expiries" not in saved:  # a snapshot from before listing order: {expiry: (slot, count)}
+                saved = {"round_ms": 0, "expiries": {e: (s, 0, ((0, n),)) for e, (s, n) in saved.items()}}
+            self._round[underlying] = int(saved["round_ms"])
             placed = self._slots[underlying] = {}
-            for expiry, (slot, count) in expiries.items():
+            for expiry, (slot, listed, counts) in saved["expiries"].items():
                 if not 0 <= int(slot) < workers:
                     raise ValueError(f"recovered placement {underlying} {expiry}: slot {slot} is not one of 0 … "
                                      f"{workers - 1}; was the flow resumed with another worker count?")
-                placed[int(expiry)] = (int(slot), int(count))
+                placed[int(expiry)] = (int(slot), int(listed), tuple((int(t), int(n)) for t, n in counts))
 
-    def assign(self, underlying: str, listing: Mapping[int, int], now_ms: int) -> dict[int, int]:
-        """Places the listing's new expiries and forgets expired ones; returns {expiry_ms: slot}
-        of every live placed expiry. A fresh start (nothing live) places longest first
-        (largest option count, then earliest expiry) to the least-loaded slot; later listings
-        place new expiries earliest first the same way. Load is the option count each expiry
-        had when placed (frozen, so slots placing at different moments weigh alike); ties go
-        to the slot with fewer expiries, then the lower slot. Expiry 0 (perpetuals) is never
-        placed: every slot reads it."""
-        placed = {e: v for e, v in self._slots.get(underlying, {}).items() if e > now_ms}
-        new = [(e, int(n)) for e, n in listing.items() if e != 0 and e > now_ms and e not in placed]
-        if self.workers > 1 and new:
-            if placed:
-                new.sort()
-            else:
-                new.sort(key=lambda en: (-en[1], en[0]))
-            load = [0] * self.workers
-            held = [0] * self.workers
-            for slot, count in placed.values():
-                load[slot] += count
-                held[slot] += 1
-            for expiry, count in new:
-                slot = min(range(self.workers), key=lambda k: (load[k], held[k], k))
-                placed[expiry] = (slot, count)
-                load[slot] += count
-                held[slot] += 1
+    @staticmethod
+    def round_of(now_ms: int) -> int:
+        """The start of the fresh-start round holding `now_ms`."""
+        return (now_ms - ROUND_OFFSET_MS) // ROUND_MS * ROUND_MS + ROUND_OFFSET_MS
+
+    def assign(self, underlying: str, options: Iterable[tuple[int, int]], now_ms: int) -> dict[int, int]:
+        """Places the new expiries of a discovery's listing ([(expiry_ms, listed_ms)], one pair per
+        option; listed_ms 0 when the venue gives none, taken as now) and forgets those expired
+        `GRACE_MS` ago; returns {expiry_ms: slot} of every live placed expiry. Expiry 0
+        (perpetuals, read by every slot) is never placed."""
+        if self.workers <= 1:
+            return {}
+        fresh = underlying not in self._round
+        start = self._round.setdefault(underlying, self.round_of(now_ms))
+        unknown = start if fresh else now_ms  # no listing time: listed before the start, or now
+        listing: dict[int, list[int]] = {}
+        for expiry, listed in options:
+            if expiry > now_ms:
+                listing.setdefault(expiry, []).append(listed or unknown)
+        placed = {e: v for e, v in self._slots.get(underlying, {}).items() if e > now_ms - GRACE_MS}
+        for expiry, (slot, listed, counts) in list(placed.items()):
+            if listed > start and expiry in listing:  # a later listing's settle window, as this discovery sees it
+                seen = self._counts(listing[expiry], listed, start)
+                if seen and (not counts or seen[-1][1] > counts[-1][1]):  # a delisted option takes nothing back
+                    placed[expiry] = (slot, listed, seen)
+        new = [(min(times), e) for e, times in listing.items() if e not in placed and e > start + ROUND_MS]
+        if fresh:  # longest first, by the options listed when the round began
+            first = [(self._weight(self._counts(listing[e], listed, start), start), e)
+                     for listed, e in new if listed <= start]
+            for weight, expiry in sorted(first, key=lambda we: (-we[0], we[1])):
+                placed[expiry] = (self._least_loaded(placed, start, start),
+                                  min(listing[expiry]), self._counts(listing[expiry], start, start))
+        for listed, expiry in sorted(le for le in new if le[1] not in placed):
+            placed[expiry] = (self._least_loaded(placed, listed, start), listed,
+                              self._counts(listing[expiry], listed, start))
         self._slots[underlying] = placed
-        return self.placed(underlying)
+        return {e: s for e, (s, _, _) in placed.items() if e > now_ms}
+
+    def _counts(self, times: list[int], listed: int, start: int) -> tuple[tuple[int, int], ...]:
+        """(listed_ms, options listed by then) of an expiry's options up to the end of its settle
+        window (for an expiry of the fresh start: up to the round's start)."""
+        end = start if listed <= start else listed + SETTLE_MS
+        out: list[tuple[int, int]] = []
+        for n, t in enumerate(sorted(t for t in times if t <= end), 1):
+            if out and out[-1][0] == t:
+                out[-1] = (t, n)
+            else:
+                out.append((t, n))
+        return tuple(out)
+
+    def _weight(self, counts: tuple[tuple[int, int], ...], by_ms: int) -> int:
+        n = 0
+        for t, k in counts:
+            if t > by_ms:
+                break
+            n = k
+        return n if self.cap is None else min(n, self.cap)
+
+    def _least_loaded(self, placed: Mapping[int, tuple[int, int, tuple]], at_ms: int, start: int) -> int:
+        """The slot with the least weight of expiries live at `at_ms` (each weighed by its options
+        listed by then, within its settle window), ties to fewer expiries, then the lower slot."""
+        load = [0] * self.workers
+        held = [0] * self.workers
+        for expiry, (slot, _, counts) in placed.items():
+            if expiry > at_ms:
+                load[slot] += self._weight(counts, at_ms)
+                held[slot] += 1
+        return min(range(self.workers), key=lambda k: (load[k], held[k], k))
 
     def placed(self, underlying: str) -> dict[int, int]:
-        """{expiry_ms: slot} of the underlying's placed expiries."""
-        return {e: s for e, (s, _) in self._slots.get(underlying, {}).items()}
+        """{expiry_ms: slot} of the underlying's placed expiries (expired ones still remembered too)."""
+        return {e: s for e, (s, _, _) in self._slots.get(underlying, {}).items()}
 
     def slot_of(self, venue: str, underlying: str, expiry_ms: int) -> Optional[int]:
         """The slot that reads this expiry: its placed slot, else the hash fallback
@@ -165,6 +232,7 @@ class Placement:
         entry = self._slots.get(underlying, {}).get(expiry_ms)
         return entry[0] if entry is not None else expiry_slot(venue, underlying, expiry_ms, self.workers)
 
-    def state(self) -> dict[str, dict[int, tuple[int, int]]]:
-        """The assignment as plain data for a recovery snapshot: {underlying: {expiry_ms: (slot, count)}}."""
-        return {u: dict(e) for u, e in self._slots.items()}
+    def state(self) -> dict[str, dict[str, Any]]:
+        """The assignment as plain data for a recovery snapshot:
+        {underlying: {"round_ms": start, "expiries": {expiry_ms: (slot, listed_ms, counts)}}}."""
+        return {u: {"round_ms": self._round.get(u, 0), "expiries": dict(e)} for u, e in self._slots.items()}

@@ -298,8 +298,8 @@ class DeribitClient(VenueClient):
 
     def _choose(self, listed: dict[str, Instrument], spot: Optional[float]) -> list[Instrument]:
         options = [i for i in listed.values() if i.kind == "option"]
+        self._place(options, self.clock_ms())
         chosen = filter_options(options, spot, self.max_expiries, self.max_strikes)
-        self._place(chosen, self.clock_ms())
         chosen = [i for i in chosen if self.on_this_worker(i)]
         if self.include_futures:
             chosen.extend(sorted((i for i in listed.values() if i.kind != "option" and self.on_this_worker(i)),

@@ -473,7 +473,8 @@ def _instrument(row: Any, ts_recv_ms: int) -> Instrument:
         VENUE, name, base if isinstance(base, str) and base else underlying, out_kind, expiry_ms,
         strike, cp, _num(row.get("tick_size", 0.0), "tick_size", name),
         _num(row.get("contract_size", 1.0), "contract_size", name),
-        str(row.get("quote_currency", "")), ts_recv_ms)
+        str(row.get("quote_currency", "")), ts_recv_ms,
+        _int(row.get("creation_timestamp", 0), "creation_timestamp", name))  # the listing order (placement.py)
 
 
 _CHANNEL_RE = re.compile(rb'"channel"\s*:\s*"((?:book|ticker)\.[A-Za-z0-9_.-]{1,120})"')

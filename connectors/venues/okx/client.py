@@ -177,8 +177,8 @@ class OkxClient(VenueClient):
                     spot = await asyncio.to_thread(index_fn, fam)
                 except Exception:  # centring is best effort; the median strike will do
                     spot = None
+            self._place(options, now_ms())
             chosen = filter_options(options, spot, self.max_expiries, self.max_strikes)
-            self._place(chosen, now_ms())
             for inst in [i for i in chosen + futures if self.on_this_worker(i)]:
                 self.instruments[inst.instrument] = inst
                 self._push(inst)

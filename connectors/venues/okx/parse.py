@@ -261,6 +261,8 @@ def instrument_from_row(row: Any, ts_recv_ms: int = 0) -> Optional[Instrument]:
     underlying, expiry_from_id, strike, cp = parse_name(parse_inst_id, InstIdError, inst)
     exp_raw = row.get("expTime", "")
     expiry_ms = _ts(exp_raw, "expTime", inst) if exp_raw not in ("", None) else expiry_from_id
+    list_raw = row.get("listTime", "")  # the listing order (connectors/venues/placement.py)
+    listed_ms = _ts(list_raw, "listTime", inst) if list_raw not in ("", None) else 0
     ct_val = _dec(row.get("ctVal") or "1", "ctVal", inst)
     ct_mult = _dec(row.get("ctMult") or "1", "ctMult", inst)
     tick = _dec(row.get("tickSz") or "0", "tickSz", inst)
@@ -278,13 +280,13 @@ def instrument_from_row(row: Any, ts_recv_ms: int = 0) -> Optional[Instrument]:
         if opt != cp:
             raise _Bad("bad_field", f"optType {opt!r:.10} disagrees with {cp} in {inst}", inst)
         return Instrument(VENUE, inst, underlying, "option", expiry_ms, strike, cp, tick, ct_val * ct_mult,
-                          settle, ts_recv_ms)
+                          settle, ts_recv_ms, listed_ms)
     if inst_type in ("FUTURES", "SWAP"):
         if strike is not None:
             raise _Bad("bad_field", f"instType {inst_type} but {inst} is an option id", inst)
         kind = "perpetual" if expiry_from_id == 0 else "future"
         return Instrument(VENUE, inst, underlying, kind, 0 if kind == "perpetual" else expiry_ms, None, None, tick,
-                          ct_val * ct_mult, settle, ts_recv_ms)
+                          ct_val * ct_mult, settle, ts_recv_ms, listed_ms)
     raise _Bad("unknown_instrument", f"instType {inst_type!r:.20} of {inst} is not OPTION, FUTURES or SWAP", inst)
 
 

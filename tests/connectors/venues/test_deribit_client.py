@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from connectors.venues.deribit import DeribitClient, DeribitSource
+from connectors.venues.deribit.names import parse_instrument_name
 from connectors.sim.deribit import Simulator
 from connectors.venues.base import SOURCE_BATCH_MAX, SOURCE_GATHER_MS
 from operators.state.book import OrderBook
@@ -290,11 +291,11 @@ def test_source_on_a_cluster_splits_expiries_evenly_and_keeps_the_split_through_
     from collections import Counter
 
     source = DeribitSource(**deribit_kwargs(DeribitSource, url=sim.url, currencies=["BTC", "ETH"], heartbeat_s=0.3,
-                                            max_expiries=6, max_strikes=2, reconnect_min_s=0.05,
+                                            max_strikes=2, reconnect_min_s=0.05,
                                             subscribe_per_s=1000.0, route_workers=2))
     assert source.list_parts() == ["deribit-BTC.w0of2", "deribit-BTC.w1of2", "deribit-ETH.w0of2",
                                    "deribit-ETH.w1of2"]
-    whole = deribit_client(sim.url, ("BTC",), max_expiries=6, max_strikes=2).start()
+    whole = deribit_client(sim.url, ("BTC",), max_strikes=2).start()
     parts = [source.build_part("in", name, None) for name in ("deribit-BTC.w0of2", "deribit-BTC.w1of2")]
     resumed = None
     try:
@@ -305,7 +306,7 @@ def test_source_on_a_cluster_splits_expiries_evenly_and_keeps_the_split_through_
         assert set(listed[0]) | set(listed[1]) == set(whole.active)
         states = [p.snapshot() for p in parts]
         expiries = {i.expiry_ms for i in whole.active.values() if i.kind == "option"}
-        assert states[0] == states[1] and set(states[0]["BTC"]) == expiries  # both slots placed them alike
+        assert states[0] == states[1] and set(states[0]["BTC"]["expiries"]) == expiries  # both slots placed them alike
         options = [Counter(i.expiry_ms for i in insts.values() if i.kind == "option") for insts in listed]
         for slot, insts in enumerate(listed):
             assert parts[slot].client.route == (slot, 2)
@@ -317,6 +318,17 @@ def test_source_on_a_cluster_splits_expiries_evenly_and_keeps_the_split_through_
         assert set(whole_counts.values()) == {4}
         assert sorted([len(options[0]), len(options[1])]) == [len(expiries) // 2, (len(expiries) + 1) // 2]
         assert options[0] + options[1] == whole_counts
+        # an expiry listed while both run: each slot places it from its own discovery, alike, and one reads it
+        new = sim.inject("listing", underlying="BTC", new_expiry=True)
+        new_expiry = parse_instrument_name(new[0])[1]
+        for p in parts:
+            assert p.client.wait_for(lambda _k, c=p.client: new_expiry in c.placement.placed("BTC"), 10)
+        assert parts[0].snapshot() == parts[1].snapshot()
+        reader = parts[parts[0].client.placement.slot_of("deribit", "BTC", new_expiry)].client
+        assert reader.wait_for(lambda _k: set(new) <= set(reader.active), 10)
+        assert not set(new) & set(parts[1 - reader.route[0]].client.active)
+        states = [p.snapshot() for p in parts]
+        listed = [dict(p.client.active) for p in parts]
         parts[1].close()
         resumed = source.build_part("in", "deribit-BTC.w1of2", states[1])
         assert resumed.client.wait_for(lambda k: k.get("sessions_streaming", 0) >= 1, 10)

@@ -192,7 +192,7 @@ def test_get_instruments_gives_instruments():
     call, put, ctl = parse("get_instruments_option")
     assert ctl.kind == "response" and ctl.id == 2 and len(ctl.result) == 2
     assert call == Instrument("deribit", "BTC-27DEC24-100000-C", "BTC", "option", DEC27_MS, 100000.0, "C",
-                              0.0001, 1.0, "BTC", TS)
+                              0.0001, 1.0, "BTC", TS, 1719561602000)  # listed_ms: its creation_timestamp
     assert put.option_type == "P" and put.strike == 60000.0 and put.expiry_ms == 1734076800000
 
 

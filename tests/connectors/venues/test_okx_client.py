@@ -302,7 +302,7 @@ def test_source_on_a_cluster_splits_each_familys_expiries_evenly(sim):
         assert len(options[0]) >= 2 and options[1] + options[2] == options[0]
         assert set(options[1]).isdisjoint(options[2])
         assert abs(sum(options[1].values()) - sum(options[2].values())) <= max(options[0].values())
-        assert parts[0].snapshot() == parts[1].snapshot() and set(parts[0].snapshot()["BTC"]) == set(options[0])
+        assert parts[0].snapshot() == parts[1].snapshot() and set(parts[0].snapshot()["BTC"]["expiries"]) == set(options[0])
     finally:
         whole.stop()
         for p in parts:
