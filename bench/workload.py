@@ -342,7 +342,8 @@ def recording_placements(path: Path, meta: dict, workers: int) -> Placement:
                 listings.setdefault(underlying, {}).setdefault(expiry_ms, set()).add(name.group(1))
     placement = Placement(workers)
     for underlying, listing in sorted(listings.items()):
-        placement.assign(underlying, {e: len(names) for e, names in listing.items()}, meta["first_live_ts_ms"])
+        # a recording keeps no listing times: every option is one listed before the start
+        placement.assign(underlying, [(e, 0) for e, names in listing.items() for _ in names], meta["first_live_ts_ms"])
     return placement
 
 
@@ -442,8 +443,8 @@ def split_recording(path: Path, meta: dict, workers: int = 1, quiet: bool = Fals
         mpath.write_text(json.dumps(m, indent=1))
         result[name] = (p, m)
     if not quiet:
-        placed = placement.state()
-        held = {(cur, k): [n for slot, n in placed.get(cur, {}).values() if slot == k] for cur, k in parts}
+        held = {(cur, k): [n for e, n in placement.weights(cur).items() if placement.placed(cur)[e] == k]
+                for cur, k in parts}
         said = []
         for key, name in parts.items():
             slot_note = f" ({len(held[key])} expiries, {sum(held[key]):,} options)" if key[1] is not None else ""

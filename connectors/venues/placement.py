@@ -224,6 +224,10 @@ class Placement:
         """{expiry_ms: slot} of the underlying's placed expiries (expired ones still remembered too)."""
         return {e: s for e, (s, _, _) in self._slots.get(underlying, {}).items()}
 
+    def weights(self, underlying: str) -> dict[int, int]:
+        """{expiry_ms: the options it weighs} of the underlying's placed expiries."""
+        return {e: self._weight(c, 1 << 62) for e, (_, _, c) in self._slots.get(underlying, {}).items()}
+
     def slot_of(self, venue: str, underlying: str, expiry_ms: int) -> Optional[int]:
         """The slot that reads this expiry: its placed slot, else the hash fallback
         (`expiry_slot`); None for what every slot reads."""
