@@ -188,6 +188,13 @@ _NOT_FAST = (msgspec.ValidationError, msgspec.DecodeError)
 # it misleads is refused by that decoder and read by the careful parser.
 _GROUPED_MARK = ".none."
 _GROUPED_MARK_B = _GROUPED_MARK.encode()
+# A ticker frame named as such near its start goes straight to the ticker decoder: tried as a book
+# first, a ticker cost two failed decodes — 14 µs a frame in parse_frames against 3.5 µs
+# (2026-12-07, the seed stream's 20,125 tickers among 200,000 frames). Only a shortcut: a frame
+# written otherwise ("channel": "ticker. with a space, the channel late) takes the usual path.
+_TICKER_PEEK = '"channel":"ticker.'
+_TICKER_PEEK_B = _TICKER_PEEK.encode()
+_PEEK_END = 160
 
 
 def _book_data(decode: Callable, raw: bytes | str):
@@ -267,6 +274,10 @@ def parse_frames(raws: Sequence[Any], ts_recv_ms: Sequence[int], max_bytes: int 
     for i, raw in enumerate(raws):
         kind = type(raw)
         if (kind is bytes or kind is str) and len(raw) <= max_bytes:
+            if raw.find(_TICKER_PEEK_B if kind is bytes else _TICKER_PEEK, 0, _PEEK_END) >= 0:
+                fast = _fast_ticker(raw, ts_recv_ms[i])
+                out.extend(fast if fast is not None else parse_frame(raw, ts_recv_ms[i], max_bytes))
+                continue
             grouped = (_GROUPED_MARK in raw) if kind is str else (_GROUPED_MARK_B in raw)
             try:
                 params = (_decode_raw_grouped if grouped else _decode_raw_book)(raw).params
@@ -522,12 +533,17 @@ def parse_frame(raw: bytes | str, ts_recv_ms: Optional[int] = None,
 
 def _parse(raw: bytes | str, ts_recv_ms: int, max_bytes: int) -> list:
     check_frame(raw, max_bytes)
-    if (_GROUPED_MARK in raw) if type(raw) is str else (type(raw) is bytes and _GROUPED_MARK_B in raw):
-        fast = _fast_grouped(raw, ts_recv_ms)
-    else:
-        fast = _fast_book(raw, ts_recv_ms)
-    if fast is None:
+    kind = type(raw)
+    if (kind is bytes or kind is str) and raw.find(_TICKER_PEEK_B if kind is bytes else _TICKER_PEEK, 0,
+                                                   _PEEK_END) >= 0:
         fast = _fast_ticker(raw, ts_recv_ms)
+    else:
+        if (_GROUPED_MARK in raw) if kind is str else (kind is bytes and _GROUPED_MARK_B in raw):
+            fast = _fast_grouped(raw, ts_recv_ms)
+        else:
+            fast = _fast_book(raw, ts_recv_ms)
+        if fast is None:
+            fast = _fast_ticker(raw, ts_recv_ms)
     if fast is not None:
         return fast
     try:

@@ -128,7 +128,8 @@ def test_a_batch_gives_the_events_of_its_frames_one_by_one(names, data):
     for name in names:
         frame = orjson.loads(orjson.dumps(FRAMES[name]))
         mutate_json(frame, data, _VALUES, st.integers(0, 3))
-        raw = json.dumps(frame, indent=data.draw(st.sampled_from([None, 1])))
+        # as venues write them (compact: the ticker shortcut) and spaced out (the usual path)
+        raw = json.dumps(frame, **data.draw(st.sampled_from([{"separators": (",", ":")}, {}, {"indent": 1}])))
         raws.append(raw.encode() if data.draw(st.booleans()) else raw)
     stamps = [TS + i for i in range(len(raws))]
     one_by_one = [ev for raw, ts in zip(raws, stamps) for ev in parse_frame(raw, ts)]
@@ -151,3 +152,16 @@ def test_an_oversized_or_unreadable_frame_in_a_batch_is_its_own_error():
     assert [type(e).__name__ for e in events[:5]] == ["BookUpdate", "FeedError", "FeedError", "FeedError", "BookUpdate"]
     assert [e.reason for e in events[1:4]] == ["malformed_json", "malformed_json", "oversized"]
     assert len(events) == len(raws)
+
+
+def test_a_ticker_read_by_the_shortcut_is_the_ticker_read_the_usual_way():
+    """A compact ticker frame goes straight to the ticker decoder (parse.py _TICKER_PEEK); the same
+    frame spaced out is tried as a book first. Both give the same events, alone and in a batch."""
+    tickers = [f for name, f in sorted(FRAMES.items()) if f.get("params", {}).get("channel", "").startswith("ticker.")]
+    assert len(tickers) >= 3
+    for frame in tickers:
+        compact, spaced = orjson.dumps(frame), json.dumps(frame).encode()
+        assert b'"channel":"ticker.' in compact and b'"channel":"ticker.' not in spaced
+        assert parse_frame(compact, TS) == parse_frame(spaced, TS) and parse_frame(compact, TS)
+        assert parse_frames([compact] * BATCH_MIN, [TS] * BATCH_MIN) == parse_frames([spaced] * BATCH_MIN,
+                                                                                    [TS] * BATCH_MIN)
