@@ -71,12 +71,15 @@ class ChainStep(_KeyedStep):
         self.make = make
         self.clock = clock
         self.logic: Optional[ChainLogic] = make(resume) if resume is not None else None
+        self.key = ""  # as routed: the surface step tells two chains of one expiry apart by it
         self._due: Optional[int] = None
         self._reported: dict[str, int] = {}
 
     def on_batch(self, values):
         if self.logic is None:
             self.logic = self.make(ChainState(*split_chain_key(values[0].key)))
+        if not self.key:
+            self.key = values[0].key
         due = self._due
         for batch in values:  # each value is one source batch of this expiry's events
             self.logic.on_items(batch.events)
@@ -94,7 +97,7 @@ class ChainStep(_KeyedStep):
             self.logic.budget.forget(self.logic.key)
             s = self.logic.state
             return [ExpiryGone(s.venue, s.underlying, s.expiry_ms)], StatefulBatchLogic.DISCARD
-        out: list = [ExpiryFit(fit, chain) for fit, chain in self.logic.on_epoch()]
+        out: list = [ExpiryFit(fit, chain, self.key) for fit, chain in self.logic.on_epoch()]
         s = self.logic.state
         out.extend(ExpiryLadders(s.venue, s.underlying, s.expiry_ms, lad, s.ts_exchange_ms)
                    for lad in self.logic.take_between())
@@ -108,7 +111,7 @@ class ChainStep(_KeyedStep):
         # A finite input (replay, --seconds) ends: publish what is owed instead of dropping it.
         if self.logic is None:
             return [], StatefulBatchLogic.RETAIN
-        out: list = [ExpiryFit(fit, chain) for fit, chain in self.logic.on_epoch(flush=True)]
+        out: list = [ExpiryFit(fit, chain, self.key) for fit, chain in self.logic.on_epoch(flush=True)]
         out.extend(self.logic.take_errors())
         self._report()
         return out, StatefulBatchLogic.RETAIN

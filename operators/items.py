@@ -32,6 +32,7 @@ class ExpiryFit(msgspec.Struct, frozen=True):
 
     fit: SmileFit
     chain: ChainUpdate
+    chain_key: str = ""  # the chain step's key as routed (salted: connectors/venues/placement.py)
 
     @property
     def surface_key(self) -> str:

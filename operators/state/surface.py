@@ -20,10 +20,14 @@ Ladders that changed between fits (ExpiryLadders: the touch stood still, deeper 
 re-send that expiry's current view with them in the next patch; its fit, analytics and calendar
 flag are unchanged, so nothing is recomputed for it.
 A node that fails is counted in `counters` (`node_errors.<node>.<reason>`, read by the flow)
-and logged once. State logic only: no I/O, never imports flows or connectors.
+and logged once. Fits of one expiry from two chain steps (two worker slots placed it: the case
+connectors/venues/placement.py leaves unguarded) are counted (`errors.placement_conflict`) and
+logged once with the fix. State logic only: no I/O, never imports flows or connectors.
 """
 
 from __future__ import annotations
+
+import logging
 
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Callable, Optional
@@ -41,6 +45,8 @@ from operators.merge import merge_ladders
 from operators.kernels.term import TermFits
 from operators.state.nodes import (Node, NodeFailures, evaluate_nodes, evaluate_strike_nodes,
                                    evaluate_underlying_nodes)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -94,12 +100,34 @@ class SurfaceLogic:
         # node name -> unit for the nodes graph.toml gives one; one dict shared by every view
         self.units = {n.name: n.unit for n in nodes if n.unit and n.level != "underlying"}
         self.underlying_units = {n.name: n.unit for n in self.underlying_nodes if n.unit}
+        self._fitted_by: dict[int, str] = {}  # expiry → the chain key its fits come from (this life)
+        self.conflicts = 0  # fits from a second chain key of an expiry (only grows)
+        self._conflicted: set[int] = set()  # expiries logged
 
     @property
     def counters(self):
         """`node_errors.<node>.<reason>` -> failed evaluations so far, and `calendar_repairs`
         (only grow)."""
-        return {**self.failures.counts, "calendar_repairs": self.repairs} if self.repairs else self.failures.counts
+        out = self.failures.counts
+        if self.repairs or self.conflicts:
+            out = {**out, "calendar_repairs": self.repairs}
+            if self.conflicts:
+                out["errors.placement_conflict"] = self.conflicts
+        return out
+
+    def _check_origin(self, expiry_ms: int, chain_key: str) -> None:
+        """Every fit of an expiry comes from one chain step; another one means two worker slots
+        read the expiry (two chain states fit it): counted each time, logged once per expiry."""
+        first = self._fitted_by.setdefault(expiry_ms, chain_key)
+        if first != chain_key:
+            self.conflicts += 1
+            if expiry_ms not in self._conflicted:
+                self._conflicted.add(expiry_ms)
+                s = self.state
+                log.error("%s %s expiry %d is fitted by two chain steps (%s and %s): two worker slots placed it "
+                          "(connectors/venues/placement.py: slots whose first discoveries straddled a round). "
+                          "Restart the flow without recovery to place every expiry again", s.venue, s.underlying,
+                          expiry_ms, first, chain_key)
 
     def on_items(self, items) -> None:
         s = self.state
@@ -107,6 +135,8 @@ class SurfaceLogic:
             kind = type(item)
             if kind is ExpiryFit:
                 fit, chain = item.fit, item.chain
+                if item.chain_key:
+                    self._check_origin(fit.expiry_ms, item.chain_key)
                 if chain.ladders is not None:
                     self._add_ladders(fit.expiry_ms, chain.ladders)
                 s.pending[fit.expiry_ms] = (fit, chain)  # stays in `removed` if it went first: the patch
@@ -116,6 +146,7 @@ class SurfaceLogic:
                 # book data newer than the fits: a ladders-only patch is as new as it (never backwards)
                 s.ts_exchange_ms = max(s.ts_exchange_ms, item.ts_exchange_ms)
             elif kind is ExpiryGone:
+                self._fitted_by.pop(item.expiry_ms, None)
                 s.removed.add(item.expiry_ms)
                 s.pending.pop(item.expiry_ms, None)
                 s.ladders.pop(item.expiry_ms, None)

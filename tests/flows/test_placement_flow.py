@@ -14,6 +14,7 @@ from bytewax.testing import cluster_main
 from connectors.sim.deribit import Simulator
 from connectors.venues.deribit.names import parse_instrument_name
 from flows.config import load_config
+from flows.metrics import COUNTERS
 from flows.surface import build_flow, venue_sources
 from operators.events import SmileFit
 from operators.state import chain
@@ -42,6 +43,8 @@ def test_two_workers_split_the_expiries_evenly_and_fit_each_where_its_books_are_
         expiries = {parse_instrument_name(n)[1] for n in listed}
         assert len(expiries) == 6
 
+        conflicts_before = COUNTERS.snapshot().get("errors.placement_conflict", 0)
+
         def every_expiry_fitted():
             with sink.lock:
                 return {e for e, _ in sink.seen} == expiries
@@ -62,3 +65,4 @@ def test_two_workers_split_the_expiries_evenly_and_fit_each_where_its_books_are_
     for expiry, worker in sink.seen:
         assert fitted_on.setdefault(expiry, worker) == worker, f"expiry {expiry} fitted on two workers"
     assert fitted_on == {e: slot for slot, es in reads.items() for e in es}
+    assert COUNTERS.snapshot().get("errors.placement_conflict", 0) == conflicts_before  # the surface saw one chain each

@@ -204,3 +204,24 @@ def test_a_fit_that_crosses_its_neighbour_is_refitted_between_them(repair):
     # smile_fits keeps the chain's own fit: the refit shares its key (connectors/postgres/rows.py)
     from connectors.postgres.rows import rows_for
     assert [r[9:14] for r in rows_for([patch], "r")["smile_fits"]] == [short]
+
+
+def test_fits_of_one_expiry_from_two_chain_steps_are_counted_and_logged_once(caplog):
+    """Two worker slots that both placed an expiry run two chain steps for it (salted keys); the
+    surface step counts each fit from the second and logs it once, with the fix."""
+    from operators.items import ExpiryGone
+
+    expiry = T0 + 7 * 86_400_000
+    surface = logic([])
+    first, second = f"deribit|BTC|{expiry}", f"deribit|BTC|{expiry}#3"
+    plain = item(expiry)
+    with caplog.at_level(logging.ERROR, logger="operators.state.surface"):
+        surface.on_items([ExpiryFit(plain.fit, plain.chain, first), ExpiryFit(plain.fit, plain.chain, first)])
+        assert "errors.placement_conflict" not in surface.counters
+        surface.on_items([ExpiryFit(plain.fit, plain.chain, second), ExpiryFit(plain.fit, plain.chain, second)])
+    assert surface.counters["errors.placement_conflict"] == 2
+    (record,) = [r for r in caplog.records if "two chain steps" in r.getMessage()]
+    assert first in record.getMessage() and second in record.getMessage() and "without recovery" in record.getMessage()
+    # the expiry settles; a later listing of the same date from another key is no conflict
+    surface.on_items([ExpiryGone("deribit", "BTC", expiry), ExpiryFit(plain.fit, plain.chain, second)])
+    assert surface.counters["errors.placement_conflict"] == 2
