@@ -17,8 +17,6 @@ import time
 from typing import Any, Optional, Sequence
 
 from connectors.sim.deribit_names import OPT_TICK_LARGE, book_channel, notification
-from connectors.sim.expiries import YEAR_MS
-from connectors.sim.market import nice_step
 
 MALFORMED_VARIANTS = ("truncated", "nan_literal", "garbage", "not_object", "wrong_type")
 
@@ -188,11 +186,7 @@ class DeribitFaults:
         if params.get("new_expiry") or "expiry_ms" in params:
             # expiry_ms: any time, e.g. seconds ahead, for tests of expiry handling (not 08:00)
             expiry = int(params.get("expiry_ms", max(cur.expiries) + 7 * 86_400_000))
-            t = max((expiry - self._model_ms) / YEAR_MS, 1e-6)
-            fwd = float(cur.forward(t))
-            step = nice_step(fwd * 0.05, cur.model.strike_step_min)
-            first = round(fwd / step) * step - step * ((n - 1) // 2)
-            strikes = [first + i * step for i in range(n)]
+            strikes = cur.listing_strikes(expiry, n, self._model_ms)
         else:
             expiry = cur.expiries[0]
             ks = cur.strikes_by_expiry[expiry]

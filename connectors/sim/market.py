@@ -162,6 +162,15 @@ class Market:
         """The expiry (epoch ms) of option i."""
         return self.expiries[int(self.exp_idx[i])]
 
+    def listing_strikes(self, expiry: int, n: int, now_ms: int) -> list[float]:
+        """`n` strikes a venue would list at a new expiry now: around its forward, 5 % apart (a
+        nice step), the middle one nearest the forward (intraday listings, either simulator)."""
+        t = max((expiry - now_ms) / YEAR_MS, 1e-6)
+        fwd = float(self.forward(t))
+        step = nice_step(fwd * 0.05, self.model.strike_step_min)
+        first = round(fwd / step) * step - step * ((n - 1) // 2)
+        return [first + i * step for i in range(n)]
+
     def add_options(self, expiry: int, strikes: Sequence[float],
                     taken: Optional[Callable[[float], bool]] = None) -> list[float]:
         """List calls and puts at new (expiry, strike) pairs intraday; returns the strikes listed

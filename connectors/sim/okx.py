@@ -193,6 +193,7 @@ class OkxSimulator(SimServer):
         self._books: dict[str, _Book] = {}
         self._reprice_all()
         self._book_list: Optional[list[str]] = None
+        self._listed_ms: dict[str, int] = {}  # listTime of what list_expiry listed (else a day before start)
         self._gap_next: set[str] = set()
         self._reset_next: set[str] = set()
         self._next_summary = self._next_index = self._next_ticker = self._next_keepalive = 0.0
@@ -236,7 +237,8 @@ class OkxSimulator(SimServer):
         "keepalive" send an empty keep-alive update of `inst_id` now (prevSeqId == seqId);
         "notice"    send {"event":"notice","code":"64008"} to every connection, close them all
                     after notice_grace_s;
-        "drop"      abort every connection (no close handshake)."""
+        "drop"      abort every connection (no close handshake).
+        Listings: `list_expiry`."""
         if kind not in ("gap", "reset", "keepalive", "notice", "drop"):
             raise ValueError(f"inject({kind!r}): known faults are gap, reset, keepalive, notice, drop")
         if inst_id is not None and inst_id not in self._by_option and inst_id not in self._by_future:
@@ -244,6 +246,37 @@ class OkxSimulator(SimServer):
         if kind == "keepalive" and inst_id is None:
             raise ValueError("inject('keepalive') needs an inst_id")
         self._call_on_loop(lambda: self._inject(kind, inst_id), f"inject({kind!r})")
+
+    def list_expiry(self, underlying: str, expiry_ms: Optional[int] = None, n_strikes: int = 2) -> list[str]:
+        """List a new expiry now (calls and puts at `n_strikes` strikes around its forward; a week
+        past the last expiry unless `expiry_ms` says when, e.g. seconds ahead for tests of expiry
+        handling): the instruments endpoint lists them from now on, with listTime now. Returns
+        their instIds."""
+        fam = self._family(underlying)
+
+        def list_on_loop() -> list[str]:
+            cur = fam.cur
+            expiry = int(expiry_ms if expiry_ms is not None else max(cur.expiries) + 7 * DAY_MS)
+            clash = [e for e in cur.expiries if _yymmdd(e) == _yymmdd(expiry) and e != expiry]
+            if clash:  # an instId names the date only: two expiries on one date would share names
+                raise ValueError(f"list_expiry({expiry}): {_yymmdd(expiry)} already has an expiry ({clash[0]}); "
+                                 "OKX lists one a day — pick another date, or a plan without it")
+            before = len(cur.strike)
+            cur.add_options(expiry, cur.listing_strikes(expiry, n_strikes, self._model_ms))
+            listed = self.stamp_ms()
+            new = []
+            for i in range(before, len(cur.strike)):
+                inst = f"{fam.family}-{_yymmdd(expiry)}-{_strike_txt(float(cur.strike[i]))}-{'C' if cur.is_call[i] else 'P'}"
+                fam.ids.append(inst)
+                fam.index_of[inst] = i
+                self._by_option[inst] = (fam, i)
+                self._listed_ms[inst] = listed
+                new.append(inst)
+            self._reprice_all()
+            self._book_list = None
+            return new
+
+        return self._call_on_loop(list_on_loop, "list_expiry")
 
     def _model(self, underlying: str) -> Market:
         return self._family(underlying).cur
@@ -412,6 +445,7 @@ class OkxSimulator(SimServer):
                 for i, inst in enumerate(fam.ids):
                     rows.append({**common, "ctMult": "1", "ctType": "", "ctVal": _px(CT_VAL[coin]),
                                  "ctValCcy": coin, "expTime": str(fam.expiry_of(i)), "instId": inst,
+                                 "listTime": str(self._listed_ms.get(inst, list_ms)),
                                  "instType": "OPTION", "optType": "C" if fam.cur.is_call[i] else "P",
                                  "stk": _strike_txt(float(fam.cur.strike[i])), "tickSz": _px(OPTION_TICKS.small),
                                  "instIdCode": 100_000 + i})

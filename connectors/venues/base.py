@@ -321,6 +321,19 @@ class VenueClient:
         for underlying, listing in listings.items():
             self.placement.assign(underlying, listing, now)
 
+    def _let_go(self, inst: Instrument, why: str) -> None:
+        """Stop a book for good (loop thread): forget our copy, its resync, its queued events.
+        A delisted option is withheld downstream for good (a seq_gap no snapshot will end); at
+        an expiry ("expired") the chain step removes the whole expiry itself: nothing is sent."""
+        name = inst.instrument
+        self._books.pop(name, None)
+        self._stale.discard(name)
+        self._resync_pending.discard(name)
+        self._queue.discard(name, "BTF")
+        if why != "expired" and inst.kind == "option":
+            self._bump("errors.seq_gap")
+            self._push_error("seq_gap", f"{why}: {name} is no longer listed; withheld for good", name)
+
     # -------------------------------------------------- consumer side (any thread)
 
     def start(self):

@@ -368,9 +368,7 @@ class DeribitClient(VenueClient):
 
     def _forget(self, names: list[str], why: str) -> list[str]:
         """Forget `names` at once (frames already in flight are then dropped as late_frames) and
-        return their channels to unsubscribe. Delisted options are withheld downstream for good
-        (a seq_gap no snapshot will end); at expiry the chain step removes the whole expiry
-        itself, so nothing is sent."""
+        return their channels to unsubscribe (what else goes: VenueClient._let_go)."""
         channels: list[str] = []
         self._removals += 1
         for name in names:
@@ -378,13 +376,7 @@ class DeribitClient(VenueClient):
             if inst is None:
                 continue
             self._removed_at[name] = self._removals
-            self._books.pop(name, None)
-            self._stale.discard(name)
-            self._resync_pending.discard(name)
-            self._queue.discard(name, "BTF")
-            if why != "expired" and inst.kind == "option":
-                self._bump("errors.seq_gap")
-                self._push_error("seq_gap", f"{why}: {name} is no longer listed; withheld for good", name)
+            self._let_go(inst, why)
             channels.extend(c for c in self.channels if c.split(".")[1:2] == [name])
         dropped = set(channels)
         self.channels = [c for c in self.channels if c not in dropped]

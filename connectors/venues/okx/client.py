@@ -53,13 +53,20 @@ class OkxClient(VenueClient):
     in a bounded deque; when it is full, events are dropped (counted) and affected books are
     resynchronised; the socket loop never blocks on the consumer.
 
+    Listings: read again every `refresh_s` (REST, as at discovery); new ones are announced (their
+    Instrument events first) and subscribed — books on a depth connection with room, else a new
+    connection — delisted ones let go (a seq_gap downstream, no snapshot to follow), and each
+    instrument is let go at its expTime (the chain step removes the expiry itself); frames of
+    either still in flight are dropped (late_frames).
+
     `frame_tap(ts_recv_ms, frame)` (recording, connectors/capture/record.py) is called on the client's
     loop with every websocket frame received, and with each REST instruments response as the
     body text parse_frame reads (rest_instruments_frame), before it is parsed.
 
     Counters: frames, bytes, events.<Type>, errors.<reason>, gaps, keepalives, seq_resets,
     pings_sent, pongs, notices, proactive_reconnects, reconnects, connects, resyncs,
-    subscribe_requests, acks, queue_drops, subscribed_channels, connections, queue_len.
+    subscribe_requests, unsubscribe_requests, acks, queue_drops, subscribed_channels, connections,
+    queue_len, refreshes, listed_intraday, delisted, expired, late_frames.
     """
 
     venue = VENUE
@@ -75,8 +82,11 @@ class OkxClient(VenueClient):
                  subscribe_per_hour: int = 480, connects_per_s: float = 3.0,
                  reconnect_min_s: float = 0.5, reconnect_max_s: float = 30.0, resync_delay_s: float = 0.05,
                  open_timeout_s: float = 10.0, proxy: Any = None, seed: Optional[int] = None,
-                 frame_tap: Optional[FrameTap] = None, route: Optional[tuple[int, int]] = None):
+                 frame_tap: Optional[FrameTap] = None, route: Optional[tuple[int, int]] = None,
+                 refresh_s: float = 300.0):
         self.families = tuple(families)
+        if not refresh_s > 0:
+            raise ValueError(f"refresh_s={refresh_s}: the listings are read again every refresh_s seconds; use > 0")
         for fam in self.families:
             family_coin(fam)  # raises with the fix
         if book_channel not in ("books", "books5", "bbo-tbt"):
@@ -110,7 +120,9 @@ class OkxClient(VenueClient):
         # OKX allows 3 new connections per second per IP: one bucket over all connections
         self._connect_bucket = TokenBucket(connects_per_s, max(connects_per_s, 1.0))
         self.shards: list[_Shard] = []
-        self.instruments: dict[str, Instrument] = {}
+        self.instruments: dict[str, Instrument] = {}  # what this client reads, by instId
+        self.refresh_s = refresh_s
+        self._tasks: list[asyncio.Task] = []  # a loop per connection, and the listings' upkeep
 
     # -------------------------------------------------- loop thread
 
@@ -136,13 +148,15 @@ class OkxClient(VenueClient):
             for inst in shard.books:
                 self._shard_of[inst] = shard
         self._counters["connections"] = len(self.shards)
-        tasks = [asyncio.get_running_loop().create_task(self._shard_loop(s)) for s in self.shards]
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._shard_loop(s)) for s in self.shards]
+        self._tasks.append(loop.create_task(self._maintain()))
         try:
             await self._stop.wait()
         finally:
-            for t in tasks:
+            for t in self._tasks:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _discover(self) -> list[dict]:
         """Instruments per family (REST or the plugged fetcher), filtered; returns the channel args."""
@@ -151,45 +165,170 @@ class OkxClient(VenueClient):
             coin = family_coin(fam)
             for name in [n for n, i in self.instruments.items() if i.underlying == coin]:
                 del self.instruments[name]
-            ts = now_ms()
-            rows = await asyncio.to_thread(self.fetcher, "OPTION", fam)
-            if self.frame_tap is not None:
-                self._tap(ts, rest_instruments_frame(rows))
-            options = self._instruments(instruments_from_rows(rows, ts))
-            futures: list[Instrument] = []
-            if self.include_futures:
-                rows = await asyncio.to_thread(self.fetcher, "FUTURES", fam)
-                if self.frame_tap is not None:
-                    self._tap(ts, rest_instruments_frame(rows))
-                futures = [i for i in self._instruments(instruments_from_rows(rows, ts)) if i.kind == "future"]
-            options = [i for i in options if i.kind == "option" and i.underlying == coin]
-            wrong = sorted({i.quote_currency for i in options if i.quote_currency != coin})
-            if wrong:
-                # Premiums would not be coin per coin: the chain's coin Black-76 would be wrong.
-                self._bump("errors.unsupported_units")
-                self._push_error("unsupported_units", f"{fam}: options settle in {', '.join(wrong)}, not {coin}; "
-                                 "volgraph reads OKX premiums as coin (crypto-margined families such as BTC-USD)")
+            listing = await self._listing(fam)
+            if listing is None:
                 continue
-            spot = None
-            index_fn = getattr(self.fetcher, "index_price", None)
-            if index_fn is not None and self.max_strikes is not None:
-                try:
-                    spot = await asyncio.to_thread(index_fn, fam)
-                except Exception:  # centring is best effort; the median strike will do
-                    spot = None
-            self._place(options, now_ms())
-            chosen = filter_options(options, spot, self.max_expiries, self.max_strikes)
-            for inst in [i for i in chosen + futures if self.on_this_worker(i)]:
+            chosen, _listed = listing
+            for inst in chosen:
                 self.instruments[inst.instrument] = inst
                 self._push(inst)
-                if inst.kind == "option":
-                    books.append({"channel": self.book_channel, "instId": inst.instrument})
-                else:
-                    others.append({"channel": "tickers", "instId": inst.instrument})
+                (books if inst.kind == "option" else others).append(self._arg(inst))
             others.append({"channel": "opt-summary", "instFamily": fam})
             others.append({"channel": "index-tickers", "instId": fam})
         self._bump("discoveries", notify=True)
         return others + books
+
+    async def _listing(self, fam: str) -> Optional[tuple[list[Instrument], set[str]]]:
+        """One family's listing now: (the options and futures this client reads, every instId
+        listed); None when its options cannot be read (reported)."""
+        coin = family_coin(fam)
+        ts = now_ms()
+        rows = await asyncio.to_thread(self.fetcher, "OPTION", fam)
+        if self.frame_tap is not None:
+            self._tap(ts, rest_instruments_frame(rows))
+        options = self._instruments(instruments_from_rows(rows, ts))
+        futures: list[Instrument] = []
+        if self.include_futures:
+            rows = await asyncio.to_thread(self.fetcher, "FUTURES", fam)
+            if self.frame_tap is not None:
+                self._tap(ts, rest_instruments_frame(rows))
+            futures = [i for i in self._instruments(instruments_from_rows(rows, ts)) if i.kind == "future"]
+        now = now_ms()  # an instrument past its expiry may still be listed a while: it is not read again
+        futures = [i for i in futures if not 0 < i.expiry_ms <= now]
+        options = [i for i in options if i.kind == "option" and i.underlying == coin and i.expiry_ms > now]
+        wrong = sorted({i.quote_currency for i in options if i.quote_currency != coin})
+        if wrong:
+            # Premiums would not be coin per coin: the chain's coin Black-76 would be wrong.
+            self._bump("errors.unsupported_units")
+            self._push_error("unsupported_units", f"{fam}: options settle in {', '.join(wrong)}, not {coin}; "
+                             "volgraph reads OKX premiums as coin (crypto-margined families such as BTC-USD)")
+            return None
+        spot = None
+        index_fn = getattr(self.fetcher, "index_price", None)
+        if index_fn is not None and self.max_strikes is not None:
+            try:
+                spot = await asyncio.to_thread(index_fn, fam)
+            except Exception:  # centring is best effort; the median strike will do
+                spot = None
+        self._place(options, now)
+        chosen = filter_options(options, spot, self.max_expiries, self.max_strikes)
+        return ([i for i in chosen + futures if self.on_this_worker(i)],
+                {i.instrument for i in options} | {i.instrument for i in futures})
+
+    def _arg(self, inst: Instrument) -> dict:
+        """The channel that streams an instrument: its book (options), its ticker (futures)."""
+        return {"channel": self.book_channel if inst.kind == "option" else "tickers", "instId": inst.instrument}
+
+    # -------------------------------------------------- listings and expiries
+
+    async def _maintain(self) -> None:
+        """Let instruments go at their expiry; read the listings again every refresh_s (new
+        ones announced and subscribed, delisted ones let go)."""
+        next_refresh = time.monotonic() + self.refresh_s
+        while not self._stopping:
+            now = now_ms()
+            expired = [n for n, i in self.instruments.items() if 0 < i.expiry_ms <= now]
+            if expired:
+                await self._remove(expired, "expired")
+            if time.monotonic() >= next_refresh:
+                next_refresh = time.monotonic() + self.refresh_s
+                try:
+                    await self._refresh()
+                except Exception as exc:  # network, HTTP, JSON: report; the next refresh tries again
+                    self._bump("errors.discovery_failed", notify=True)
+                    self._push_error("discovery_failed", f"refresh: {type(exc).__name__}: {exc}"[:300])
+            future = [i.expiry_ms for i in self.instruments.values() if i.expiry_ms > now]
+            wait_s = next_refresh - time.monotonic()
+            if future:  # wake at the next expiry (checked again at least every second)
+                wait_s = min(wait_s, max((min(future) - now) / 1000.0, 0.0), 1.0)
+            try:
+                await asyncio.wait_for(self._stop.wait(), max(wait_s, 0.001))
+                return
+            except asyncio.TimeoutError:
+                pass
+
+    async def _refresh(self) -> None:
+        for fam in self.families:
+            coin = family_coin(fam)
+            listing = await self._listing(fam)
+            if listing is None:
+                continue
+            chosen, listed = listing
+            if not listed:  # a venue with nothing listed is a venue answering wrong: keep what is read
+                self._bump("errors.empty_listing", notify=True)
+                continue
+            now = now_ms()
+            gone = [n for n, i in self.instruments.items()
+                    if i.underlying == coin and n not in listed and not 0 < i.expiry_ms <= now]
+            if gone:
+                await self._remove(gone, "delisted")
+            new = [i for i in chosen if i.instrument not in self.instruments]
+            if new:
+                await self._add(new)
+                self._bump("listed_intraday", len(new), notify=True)
+        self._bump("refreshes", notify=True)
+
+    async def _add(self, insts: list[Instrument]) -> None:
+        """Announce new instruments (their Instrument events first) and subscribe them: books on
+        the depth connections with room, a new connection when none has; futures' tickers on
+        connection 0. A connection that is down subscribes them when it reconnects."""
+        added: dict[int, list[dict]] = collections.defaultdict(list)
+        started: list[_Shard] = []
+        for inst in insts:
+            self.instruments[inst.instrument] = inst
+            self._push(inst)
+            arg = self._arg(inst)
+            if arg["channel"] in DEPTH_CHANNELS:
+                shard = next((s for s in self.shards[1:] if len(s.args) < self.depth_per_conn), None)
+                if shard is None:
+                    shard = _Shard(len(self.shards), [])
+                    self.shards.append(shard)
+                    started.append(shard)
+                if arg["channel"] in INCREMENTAL_BOOKS:  # the books a dropped connection withholds
+                    shard.books.add(inst.instrument)
+                    self._shard_of[inst.instrument] = shard
+            else:
+                shard = self.shards[0]
+            shard.args.append(arg)
+            added[shard.index].append(arg)
+        loop = asyncio.get_running_loop()
+        for shard in started:  # its session subscribes everything it holds
+            self._tasks.append(loop.create_task(self._shard_loop(shard)))
+        self._counters["connections"] = len(self.shards)
+        for index, args in sorted(added.items()):
+            shard = self.shards[index]
+            if shard not in started and shard.ws is not None:
+                await self._send_quietly(shard, "subscribe", args)
+
+    async def _remove(self, names: list[str], why: str) -> None:
+        """Stop reading `names` at once (their frames still in flight are dropped, counted
+        late_frames) and unsubscribe them (what else goes: VenueClient._let_go)."""
+        dropped: dict[int, list[dict]] = collections.defaultdict(list)
+        for name in names:
+            inst = self.instruments.pop(name, None)
+            if inst is None:
+                continue
+            self._let_go(inst, why)
+            self._shard_of.pop(name, None)
+            arg = self._arg(inst)
+            for shard in self.shards:
+                if arg in shard.args:
+                    shard.args.remove(arg)
+                    shard.books.discard(name)
+                    dropped[shard.index].append(arg)
+        self._bump(why, len(names), notify=True)
+        for index, args in sorted(dropped.items()):
+            shard = self.shards[index]
+            if args and shard.ws is not None:
+                await self._send_quietly(shard, "unsubscribe", args)
+
+    async def _send_quietly(self, shard: _Shard, op: str, args: list[dict]) -> None:
+        """(Un)subscribe on a live connection; one that drops meanwhile resubscribes what it
+        holds when it reconnects."""
+        try:
+            await self._subscribe(shard, shard.ws, op, args)
+        except (OSError, WebSocketException, ConnectionError, AttributeError):
+            self._bump(f"{op}_lost")
 
     def _instruments(self, events: list) -> list[Instrument]:
         out = []
@@ -352,6 +491,9 @@ class OkxClient(VenueClient):
         counters["events." + kind.__name__] += 1
         if kind is BookUpdate:
             inst = ev.instrument
+            if inst not in self.instruments:
+                counters["late_frames"] += 1  # expired or delisted: in flight when we let it go
+                return
             if not self._book_event(ev):  # the integrity rule: connectors/venues/base.py
                 return
             if ev.kind == "change":
@@ -390,7 +532,9 @@ class OkxClient(VenueClient):
         A connection that is down is skipped (its reconnect resubscribes everything)."""
         by_shard: dict[int, list[str]] = collections.defaultdict(list)
         for inst in insts:
-            by_shard[self._shard_of[inst].index].append(inst)
+            shard = self._shard_of.get(inst)
+            if shard is not None:  # not let go meanwhile
+                by_shard[shard.index].append(inst)
         for index, names in sorted(by_shard.items()):
             shard = self.shards[index]
             ws = shard.ws

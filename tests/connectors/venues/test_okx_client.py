@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 import urllib.request
 
 import orjson
@@ -199,6 +200,52 @@ def test_notice_64008_reconnects_before_the_server_cuts(sim):
         assert {e.instrument for e in errors} == set(books(events))
     finally:
         client.stop()
+
+
+def test_listings_while_running_are_announced_subscribed_and_let_go_at_their_expiry():
+    """The listing is read again every refresh_s: a new expiry's options are announced (their
+    Instrument events before any of their books) and streamed, on a new connection when the
+    others are full; one that expires is let go at its expiry time and unsubscribed, and
+    nothing of it reaches the queue afterwards."""
+    # no expiry today (an instId names the date only): the short-lived one listed below takes today
+    plan = {"daily": 0, "weekly": 1, "monthly": 1, "quarterly": 0, "min_life_ms": 2 * 86_400_000}
+    with OkxSimulator(**sim_kwargs(seed=22, rate=800, families=["BTC-USD"], plan=plan)) as sim:
+        opts = sim.inst_ids("BTC-USD")
+        per_conn = max(d for d in range(1, 30) if len(opts) % d == 0)  # the first discovery fills its connections
+        client = okx_client(sim.url, depth_per_conn=per_conn, refresh_s=0.2).start()
+        try:
+            events: list = []
+            collect(client, events, lambda ev: len(books(ev)) == len(opts), what="every book streaming")
+            conns = client.counters()["connections"]
+            new = sim.list_expiry("BTC-USD", n_strikes=2)
+            short = sim.list_expiry("BTC-USD", expiry_ms=int(time.time() * 1000) + 3_000, n_strikes=1)
+            assert len(new) == 4 and len(short) == 2
+            mark = len(events)
+            collect(client, events, lambda ev: set(new + short) <= set(books(ev[mark:])), what="the new books streaming")
+            tail = events[mark:]
+            first_inst = {e.instrument: i for i, e in enumerate(tail) if isinstance(e, Instrument)}
+            first_book = {}
+            for i, e in enumerate(tail):
+                if isinstance(e, BookUpdate):
+                    first_book.setdefault(e.instrument, i)
+            for name in new + short:
+                assert first_inst[name] < first_book[name] and tail[first_book[name]].kind == "snapshot"
+            listed = {e.instrument: e for e in tail if isinstance(e, Instrument)}
+            assert all(listed[n].listed_ms > 0 for n in new + short)  # listTime, the listing order
+            assert client.counters()["listed_intraday"] == 6
+            assert client.counters()["connections"] > conns  # the full connections got a new one
+            # the short expiry goes at its expiry time: unsubscribed, and nothing received after is queued
+            assert client.wait_for(lambda k: k.get("expired", 0) == 2, 10)
+            gone_ms = int(time.time() * 1000)
+            assert not set(short) & set(client.instruments)
+            assert client.wait_for(lambda k: k.get("unsubscribe_requests", 0) >= 1, 5)
+            mark = len(events)
+            collect(client, events, lambda ev: len(books(ev[mark:])) >= len(opts) // 2, what="books still streaming")
+            late = [e for e in events if isinstance(e, BookUpdate) and e.instrument in short and e.ts_recv_ms > gone_ms]
+            assert not late
+            assert set(new) <= set(client.instruments) and client.counters()["refreshes"] >= 2
+        finally:
+            client.stop()
 
 
 def test_books5_mode_is_all_snapshots(sim):
