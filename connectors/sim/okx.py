@@ -194,6 +194,7 @@ class OkxSimulator(SimServer):
         self._reprice_all()
         self._book_list: Optional[list[str]] = None
         self._listed_ms: dict[str, int] = {}  # listTime of what list_expiry listed (else a day before start)
+        self._delisted: set[str] = set()  # options `delist` took off the instruments endpoint
         self._gap_next: set[str] = set()
         self._reset_next: set[str] = set()
         self._next_summary = self._next_index = self._next_ticker = self._next_keepalive = 0.0
@@ -277,6 +278,13 @@ class OkxSimulator(SimServer):
             return new
 
         return self._call_on_loop(list_on_loop, "list_expiry")
+
+    def delist(self, inst_id: str) -> None:
+        """Take an option off the instruments endpoint before its expiry (a venue's delisting);
+        subscribers keep receiving it until they unsubscribe."""
+        if inst_id not in self._by_option:
+            raise ValueError(f"delist({inst_id!r}): not an option of this simulator")
+        self._call_on_loop(lambda: self._delisted.add(inst_id), "delist")
 
     def _model(self, underlying: str) -> Market:
         return self._family(underlying).cur
@@ -443,6 +451,8 @@ class OkxSimulator(SimServer):
                       "state": "live", "uly": fam.family, "instCategory": "1", "upcChg": []}
             if inst_type == "OPTION":
                 for i, inst in enumerate(fam.ids):
+                    if inst in self._delisted:
+                        continue
                     rows.append({**common, "ctMult": "1", "ctType": "", "ctVal": _px(CT_VAL[coin]),
                                  "ctValCcy": coin, "expTime": str(fam.expiry_of(i)), "instId": inst,
                                  "listTime": str(self._listed_ms.get(inst, list_ms)),

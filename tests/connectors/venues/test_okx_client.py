@@ -206,7 +206,7 @@ def test_listings_while_running_are_announced_subscribed_and_let_go_at_their_exp
     """The listing is read again every refresh_s: a new expiry's options are announced (their
     Instrument events before any of their books) and streamed, on a new connection when the
     others are full; one that expires is let go at its expiry time and unsubscribed, and
-    nothing of it reaches the queue afterwards."""
+    nothing of it received afterwards is queued; a delisted one is withheld for good."""
     # no expiry today (an instId names the date only): the short-lived one listed below takes today
     plan = {"daily": 0, "weekly": 1, "monthly": 1, "quarterly": 0, "min_life_ms": 2 * 86_400_000}
     with OkxSimulator(**sim_kwargs(seed=22, rate=800, families=["BTC-USD"], plan=plan)) as sim:
@@ -244,6 +244,14 @@ def test_listings_while_running_are_announced_subscribed_and_let_go_at_their_exp
             late = [e for e in events if isinstance(e, BookUpdate) and e.instrument in short and e.ts_recv_ms > gone_ms]
             assert not late
             assert set(new) <= set(client.instruments) and client.counters()["refreshes"] >= 2
+            # a delisted option is let go at the next refresh: withheld downstream for good (seq_gap)
+            sim.delist(new[0])
+            mark = len(events)
+            collect(client, events, lambda ev: any(isinstance(e, FeedError) and e.reason == "seq_gap"
+                                                   and e.instrument == new[0] for e in ev[mark:]),
+                    what="the delisted option withheld")
+            assert new[0] not in client.instruments and client.counters()["delisted"] == 1
+            assert set(new[1:]) <= set(client.instruments)
         finally:
             client.stop()
 
