@@ -218,7 +218,7 @@ def test_listings_while_running_are_announced_subscribed_and_let_go_at_their_exp
             collect(client, events, lambda ev: len(books(ev)) == len(opts), what="every book streaming")
             conns = client.counters()["connections"]
             new = sim.list_expiry("BTC-USD", n_strikes=2)
-            short = sim.list_expiry("BTC-USD", expiry_ms=int(time.time() * 1000) + 3_000, n_strikes=1)
+            short = sim.list_expiry("BTC-USD", expiry_ms=int(time.time() * 1000) + 5_000, n_strikes=1)
             assert len(new) == 4 and len(short) == 2
             mark = len(events)
             collect(client, events, lambda ev: set(new + short) <= set(books(ev[mark:])), what="the new books streaming")
