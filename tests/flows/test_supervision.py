@@ -93,7 +93,9 @@ def test_a_killed_gateway_is_reported_restarted_on_its_port_and_clients_resync(t
         assert status(port)["pid"] == new  # the same port, the new process
         after = first_snapshot(port)  # the publisher came back with every surface whole
         assert after.expiries and after.epoch >= before.epoch
-        assert {v.expiry_ms for v in after.expiries} == {v.expiry_ms for v in before.expiries}
+        # every expiry the old gateway had (the flow may have fitted more since: `before` can be
+        # taken when only the first expiry's patch is out)
+        assert {v.expiry_ms for v in after.expiries} >= {v.expiry_ms for v in before.expiries}
         assert status(port)["published"].get("SurfaceSnapshot", 0) >= 1
     except BaseException:
         run.kill()
