@@ -52,6 +52,7 @@ class DeribitSourceConfig:
     book_interval: str
     depth: int  # levels per side asked of the venue where it can limit them (grouped channel)
     heartbeat_s: int
+    refresh_s: float
     queue_max: int
     max_frame_bytes: int
 
@@ -61,6 +62,7 @@ class OkxSourceConfig:
     enabled: bool
     url: str
     families: list[str]
+    refresh_s: float
     queue_max: int
     max_frame_bytes: int
 
@@ -192,11 +194,13 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "sources.deribit.book_interval": (lambda v: v in ("100ms", "agg2", "raw"), 'one of "100ms", "agg2", "raw"'),
     "sources.deribit.depth": (lambda v: 1 <= v <= 50, "an integer from 1 to 50"),
     "sources.deribit.heartbeat_s": (lambda v: v >= 10, "an integer ≥ 10 (Deribit's minimum)"),
+    "sources.deribit.refresh_s": (lambda v: v >= 10, "a number of seconds ≥ 10 (Deribit allows one listing call a 10 s)"),
     "sources.deribit.queue_max": (lambda v: v >= 100, "an integer ≥ 100"),
     "sources.deribit.max_frame_bytes": (lambda v: v >= 1024, "an integer ≥ 1024"),
     "sources.okx.url": (lambda v: v.startswith(("ws://", "wss://")), "a ws:// or wss:// URL"),
     "sources.okx.families": (lambda v: len(v) > 0 and all(isinstance(c, str) and c.endswith("-USD") for c in v),
                              'a non-empty list of OKX instrument families, e.g. ["BTC-USD", "ETH-USD"]'),
+    "sources.okx.refresh_s": (lambda v: v >= 1, "a number of seconds ≥ 1 (OKX allows 20 listing calls a 2 s)"),
     "sources.okx.queue_max": (lambda v: v >= 100, "an integer ≥ 100"),
     "sources.okx.max_frame_bytes": (lambda v: v >= 1024, "an integer ≥ 1024"),
     "consolidation.venue_stale_ms": (lambda v: v >= 100, "an integer ≥ 100"),

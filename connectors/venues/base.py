@@ -622,7 +622,7 @@ class ClientSource(FixedPartitionedSource):
 
     def __init__(self, prefix: str, keys: Iterable[str], *, queue_max: int, max_frame_bytes: int,
                  max_expiries: Optional[int], max_strikes: Optional[int], run_seconds: Optional[float],
-                 batch_max: int, idle_ms: float, client_kwargs: dict, route_workers: int = 1):
+                 batch_max: int, idle_ms: float, refresh_s: float, client_kwargs: dict, route_workers: int = 1):
         if route_workers < 1:
             raise ValueError(f"route_workers={route_workers}: the cluster's worker count (processes × workers), >= 1")
         self._prefix = prefix
@@ -634,6 +634,7 @@ class ClientSource(FixedPartitionedSource):
         self.max_frame_bytes = max_frame_bytes
         self.max_expiries = max_expiries
         self.max_strikes = max_strikes
+        self.refresh_s = refresh_s  # how often each client reads the venue's listings again
         self.run_seconds = run_seconds
         self.batch_max = batch_max
         self.idle_ms = idle_ms
@@ -642,7 +643,7 @@ class ClientSource(FixedPartitionedSource):
     def client_options(self, slot: Optional[int] = None) -> dict:
         route = (slot, self.route_workers) if slot is not None and self.route_workers > 1 else None
         return dict(queue_max=self.queue_max, max_frame_bytes=self.max_frame_bytes, max_expiries=self.max_expiries,
-                    max_strikes=self.max_strikes, route=route, **self.client_kwargs)
+                    max_strikes=self.max_strikes, refresh_s=self.refresh_s, route=route, **self.client_kwargs)
 
     def list_parts(self) -> list[str]:
         return list(self._parts)

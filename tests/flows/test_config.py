@@ -140,14 +140,17 @@ def test_venue_from_config_passes_every_section_key():
     """from_config / client_options (connectors/venues/*/source.py) carry each [sources.<venue>] key."""
     from connectors.venues import VENUES
 
-    config = load_config(overrides={"sources": {"deribit": {"queue_max": 1234, "heartbeat_s": 30,
+    config = load_config(overrides={"sources": {"deribit": {"queue_max": 1234, "heartbeat_s": 30, "refresh_s": 60,
                                                             "book_interval": "agg2", "depth": 10},
-                                                "okx": {"queue_max": 4321, "max_frame_bytes": 99_999}}})
+                                                "okx": {"queue_max": 4321, "max_frame_bytes": 99_999,
+                                                        "refresh_s": 30}}})
     deribit = VENUES["deribit"].source_from_config()(config.sources.deribit)
     assert (deribit.queue_max, deribit.heartbeat_s, deribit.interval, deribit.depth) == (1234, 30, "agg2", 10)
     assert deribit.url == config.sources.deribit.url and deribit.currencies == ("BTC", "ETH")
+    assert deribit.client_options(0)["refresh_s"] == 60
     okx = VENUES["okx"].source_from_config()(config.sources.okx, url="ws://127.0.0.1:1/ws/v5/public")
     assert (okx.queue_max, okx.max_frame_bytes, okx.url) == (4321, 99_999, "ws://127.0.0.1:1/ws/v5/public")
+    assert okx.client_options(0)["refresh_s"] == 30
     options = VENUES["okx"].client_options()(config.sources.okx)
-    assert options == dict(url=config.sources.okx.url, families=("BTC-USD", "ETH-USD"), queue_max=4321,
-                           max_frame_bytes=99_999)
+    assert options == dict(url=config.sources.okx.url, families=("BTC-USD", "ETH-USD"), refresh_s=30,
+                           queue_max=4321, max_frame_bytes=99_999)

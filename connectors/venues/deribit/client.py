@@ -72,7 +72,7 @@ class DeribitClient(VenueClient):
     seq_fields = ("prev_change_id", "change_id")
 
     def __init__(self, url: str, currencies: Iterable[str], *,
-                 interval: str, heartbeat_s: float, queue_max: int,
+                 interval: str, heartbeat_s: float, refresh_s: float, queue_max: int,
                  max_frame_bytes: int, discovery_max_bytes: int = 64 << 20,
                  max_expiries: Optional[int] = None, max_strikes: Optional[int] = None,
                  include_futures: bool = True, subscribe_batch: int = 500,
@@ -80,7 +80,7 @@ class DeribitClient(VenueClient):
                  reconnect_min_s: float = 0.5, reconnect_max_s: float = 30.0,
                  resync_delay_s: float = 0.05, open_timeout_s: float = 10.0,
                  proxy: Any = None, seed: Optional[int] = None,
-                 refresh_s: float = 300.0, instruments_per_s: float = 0.1, instruments_burst: int = 5,
+                 instruments_per_s: float = 0.1, instruments_burst: int = 5,
                  track_instrument_state: bool = True, silence_factor: float = 2.0,
                  fold_max_levels: int = 2_000, clock_ms: Optional[Callable[[], int]] = None,
                  inline_work: Optional[Callable[[Any], None]] = None, frame_tap: Optional[FrameTap] = None,

@@ -28,14 +28,15 @@ class DeribitSource(ClientSource):
     """
 
     def __init__(self, url: str, currencies: Iterable[str], *, depth: int, book: str, interval: str,
-                 heartbeat_s: float, queue_max: int, max_frame_bytes: int, run_seconds: Optional[float] = None,
+                 heartbeat_s: float, refresh_s: float, queue_max: int, max_frame_bytes: int,
+                 run_seconds: Optional[float] = None,
                  max_expiries: Optional[int] = None, max_strikes: Optional[int] = None,
                  batch_max: int = SOURCE_BATCH_MAX, idle_ms: float = 5.0, route_workers: int = 1, **client_kwargs: Any):
         self.url = url
         self.currencies = tuple(c.upper() for c in currencies)
         super().__init__("deribit", self.currencies, queue_max=queue_max, max_frame_bytes=max_frame_bytes,
                          max_expiries=max_expiries, max_strikes=max_strikes, run_seconds=run_seconds,
-                         batch_max=batch_max, idle_ms=idle_ms, client_kwargs=client_kwargs,
+                         batch_max=batch_max, idle_ms=idle_ms, refresh_s=refresh_s, client_kwargs=client_kwargs,
                          route_workers=route_workers)
         if book not in ("incremental", "grouped"):
             raise ValueError(f"book={book!r}: use \"grouped\" or \"incremental\"")
@@ -58,7 +59,8 @@ def client_options(section: Any) -> dict[str, Any]:
     """The DeribitClient keyword arguments a [sources.deribit] section (flows/config.py
     DeribitSourceConfig) sets, url and currencies included."""
     return dict(url=section.url, currencies=tuple(section.currencies), interval=section.book_interval,
-                heartbeat_s=section.heartbeat_s, queue_max=section.queue_max, max_frame_bytes=section.max_frame_bytes)
+                heartbeat_s=section.heartbeat_s, refresh_s=section.refresh_s, queue_max=section.queue_max,
+                max_frame_bytes=section.max_frame_bytes)
 
 
 def from_config(section: Any, *, url: Optional[str] = None, run_seconds: Optional[float] = None,

@@ -72,7 +72,7 @@ class OkxClient(VenueClient):
     venue = VENUE
     seq_fields = ("prevSeqId", "seqId")
 
-    def __init__(self, url: str, families: Iterable[str], *,
+    def __init__(self, url: str, families: Iterable[str], *, refresh_s: float,
                  rest_url: Optional[str] = None,
                  instruments_fetcher: Optional[Callable[[str, str], list]] = None,
                  book_channel: str = "books", depth_per_conn: int = 25, include_futures: bool = True,
@@ -82,8 +82,7 @@ class OkxClient(VenueClient):
                  subscribe_per_hour: int = 480, connects_per_s: float = 3.0,
                  reconnect_min_s: float = 0.5, reconnect_max_s: float = 30.0, resync_delay_s: float = 0.05,
                  open_timeout_s: float = 10.0, proxy: Any = None, seed: Optional[int] = None,
-                 frame_tap: Optional[FrameTap] = None, route: Optional[tuple[int, int]] = None,
-                 refresh_s: float = 300.0):
+                 frame_tap: Optional[FrameTap] = None, route: Optional[tuple[int, int]] = None):
         self.families = tuple(families)
         if not refresh_s > 0:
             raise ValueError(f"refresh_s={refresh_s}: the listings are read again every refresh_s seconds; use > 0")

@@ -19,7 +19,7 @@ class OkxSource(ClientSource):
     `max_expiries`/`max_strikes` trim the chain. Other keyword arguments go to OkxClient.
     """
 
-    def __init__(self, url: str, families: Iterable[str], *, queue_max: int, max_frame_bytes: int,
+    def __init__(self, url: str, families: Iterable[str], *, refresh_s: float, queue_max: int, max_frame_bytes: int,
                  run_seconds: Optional[float] = None, max_expiries: Optional[int] = None,
                  max_strikes: Optional[int] = None, batch_max: int = SOURCE_BATCH_MAX, idle_ms: float = 5.0,
                  route_workers: int = 1, **client_kwargs: Any):
@@ -29,7 +29,7 @@ class OkxSource(ClientSource):
             family_coin(fam)
         super().__init__("okx", self.families, queue_max=queue_max, max_frame_bytes=max_frame_bytes,
                          max_expiries=max_expiries, max_strikes=max_strikes, run_seconds=run_seconds,
-                         batch_max=batch_max, idle_ms=idle_ms, client_kwargs=client_kwargs,
+                         batch_max=batch_max, idle_ms=idle_ms, refresh_s=refresh_s, client_kwargs=client_kwargs,
                          route_workers=route_workers)
 
     def make_client(self, family: str, slot: int) -> OkxClient:
@@ -42,8 +42,8 @@ OkxPartition = ClientPartition  # one started OkxClient, drained in batches
 def client_options(section: Any) -> dict[str, Any]:
     """The OkxClient keyword arguments an [sources.okx] section (flows/config.py OkxSourceConfig)
     sets, url and families included."""
-    return dict(url=section.url, families=tuple(section.families), queue_max=section.queue_max,
-                max_frame_bytes=section.max_frame_bytes)
+    return dict(url=section.url, families=tuple(section.families), refresh_s=section.refresh_s,
+                queue_max=section.queue_max, max_frame_bytes=section.max_frame_bytes)
 
 
 def from_config(section: Any, *, url: Optional[str] = None, run_seconds: Optional[float] = None,
