@@ -158,7 +158,8 @@ class Placement:
 
     def assign(self, underlying: str, options: Iterable[tuple[int, int]], now_ms: int) -> dict[int, int]:
         """Places the new expiries of a discovery's listing ([(expiry_ms, listed_ms)], one pair per
-        option; listed_ms 0 when the venue gives none, taken as now) and forgets those expired
+        option; listed_ms 0 when the venue gives none: taken as listed before the round on a fresh
+        start, else as now) and forgets those expired
         `GRACE_MS` ago; returns {expiry_ms: slot} of every live placed expiry. Expiry 0
         (perpetuals, read by every slot) is never placed."""
         if self.workers <= 1:
@@ -178,14 +179,11 @@ class Placement:
                     placed[expiry] = (slot, listed, seen)
         new = [(min(times), e) for e, times in listing.items() if e not in placed and e > start + ROUND_MS]
         if fresh:  # longest first, by the options listed when the round began
-            first = [(self._weight(self._counts(listing[e], listed, start), start), e)
-                     for listed, e in new if listed <= start]
-            for weight, expiry in sorted(first, key=lambda we: (-we[0], we[1])):
-                placed[expiry] = (self._least_loaded(placed, start, start),
-                                  min(listing[expiry]), self._counts(listing[expiry], start, start))
+            first = [(listed, e, self._counts(listing[e], listed, start)) for listed, e in new if listed <= start]
+            for listed, expiry, counts in sorted(first, key=lambda f: (-self._weight(f[2], start), f[1])):
+                placed[expiry] = (self._least_loaded(placed, start), listed, counts)
         for listed, expiry in sorted(le for le in new if le[1] not in placed):
-            placed[expiry] = (self._least_loaded(placed, listed, start), listed,
-                              self._counts(listing[expiry], listed, start))
+            placed[expiry] = (self._least_loaded(placed, listed), listed, self._counts(listing[expiry], listed, start))
         self._slots[underlying] = placed
         return {e: s for e, (s, _, _) in placed.items() if e > now_ms}
 
@@ -209,7 +207,7 @@ class Placement:
             n = k
         return n if self.cap is None else min(n, self.cap)
 
-    def _least_loaded(self, placed: Mapping[int, tuple[int, int, tuple]], at_ms: int, start: int) -> int:
+    def _least_loaded(self, placed: Mapping[int, tuple[int, int, tuple]], at_ms: int) -> int:
         """The slot with the least weight of expiries live at `at_ms` (each weighed by its options
         listed by then, within its settle window), ties to fewer expiries, then the lower slot."""
         load = [0] * self.workers
