@@ -94,17 +94,19 @@ class _Family:
         self.coin = cur.name
         self.cur = cur
         self.depth = depth
-        self.ids: list[str] = []
-        for i in range(len(cur.strike)):
-            expiry = cur.expiries[int(cur.exp_idx[i])]
-            cp = "C" if cur.is_call[i] else "P"
-            self.ids.append(f"{family}-{_yymmdd(expiry)}-{_strike_txt(float(cur.strike[i]))}-{cp}")
+        self.ids: list[str] = [self.inst_id(i) for i in range(len(cur.strike))]
         self.index_of = {n: i for i, n in enumerate(self.ids)}
         # Futures for expiries more than 1.5 days out (no dailies), like the venue's weeklies+.
         self.futures = {f"{family}-{_yymmdd(e)}": e for e in cur.expiries if (e - created_ms) / DAY_MS > 1.5}
         self.created_ms = created_ms
         self.bid_levels: list = []
         self.ask_levels: list = []
+
+    def inst_id(self, i: int) -> str:
+        """Option i's OKX id: BTC-USD-241227-100000-C."""
+        cur = self.cur
+        return (f"{self.family}-{_yymmdd(cur.expiries[int(cur.exp_idx[i])])}-{_strike_txt(float(cur.strike[i]))}-"
+                f"{'C' if cur.is_call[i] else 'P'}")
 
     def reprice(self, now_ms: int) -> None:
         self.cur.reprice(now_ms)
@@ -267,7 +269,7 @@ class OkxSimulator(SimServer):
             listed = self.stamp_ms()
             new = []
             for i in range(before, len(cur.strike)):
-                inst = f"{fam.family}-{_yymmdd(expiry)}-{_strike_txt(float(cur.strike[i]))}-{'C' if cur.is_call[i] else 'P'}"
+                inst = fam.inst_id(i)
                 fam.ids.append(inst)
                 fam.index_of[inst] = i
                 self._by_option[inst] = (fam, i)
