@@ -323,6 +323,7 @@ def seed_shock(cache_dir: Path = CACHE_DIR) -> tuple[Path, dict, list[tuple[int,
 _CURRENCY_RE = re.compile(rb'"instrument_name\\?":\\?"([A-Z0-9]+)-|"index_name\\?":\\?"([a-z0-9]+)_')
 _NAME_RE = re.compile(rb'"instrument_name\\?":\\?"([A-Za-z0-9_.-]+)')
 _LIST_RE = re.compile(rb'"result\\?":\[')
+SPLIT_RULE = "placement; instrument lists per slot"  # in each split's meta: a cache split otherwise is redone
 
 
 def recording_placements(path: Path, meta: dict, workers: int) -> Placement:
@@ -349,7 +350,8 @@ def recording_placements(path: Path, meta: dict, workers: int) -> Placement:
 
 def _frame_targets(line: bytes, lineno: int, path: Path, placement: Placement) -> tuple[str, Optional[int]]:
     """(currency, worker slot) a recorded line belongs to; slot None: every slot of the currency
-    (instrument lists, index prices, perpetuals: what every partition's connection receives)."""
+    (instrument lists, index prices, perpetuals: what every partition's connection receives; an
+    instrument list is cut to each slot's rows on the way, `_slot_lists`)."""
     m = _CURRENCY_RE.search(line)
     if m is None:
         raise ValueError(f"{path}:{lineno}: cannot tell which currency this frame belongs to (no "
@@ -360,6 +362,32 @@ def _frame_targets(line: bytes, lineno: int, path: Path, placement: Placement) -
         return currency, None
     underlying, expiry_ms, _, _ = parse_instrument_name(_NAME_RE.search(line).group(1).decode())
     return currency, placement.slot_of(VENUE, underlying, expiry_ms)
+
+
+def _slot_lists(line: bytes, placement: Placement) -> list[bytes]:
+    """An instrument-list response as each slot's client announces it, one line per slot: the
+    rows of the expiries placed on that slot and of none (perpetuals), as VenueClient.on_this_worker
+    decides. Every slot's connection receives the whole list, but its client announces only what
+    it reads; given the whole list, each process of a cluster run kept a chain for every expiry,
+    half of them without a book, ticking on each index price (~1 ms each, 2026-12-07)."""
+    row = orjson.loads(line)
+    frame = orjson.loads(row["frame"])
+    rows = frame.get("result") if isinstance(frame, dict) else None
+    if not isinstance(rows, list):
+        return [line] * placement.workers
+
+    def slot(r) -> Optional[int]:
+        try:
+            underlying, expiry_ms, _, _ = parse_instrument_name(r["instrument_name"])
+        except (KeyError, TypeError, ValueError):
+            return None  # not an instrument row this rule reads: every slot keeps it
+        return placement.slot_of(VENUE, underlying, expiry_ms)
+
+    slots = [slot(r) for r in rows]
+    return [orjson.dumps({"ts_recv_ms": row["ts_recv_ms"],
+                          "frame": orjson.dumps(dict(frame, result=[r for r, k in zip(rows, slots)
+                                                                     if k is None or k == worker])).decode()})
+            + b"\n" for worker in range(placement.workers)]
 
 
 def split_path(path: Path, part: str) -> Path:
@@ -381,11 +409,13 @@ def split_recording(path: Path, meta: dict, workers: int = 1, quiet: bool = Fals
     currency with first_frame, n_frames and expiry_last_frame counted in the file."""
     currencies = list(meta["spec"]["currencies"])
     parts = {(c, k): name for c in currencies for k, name in enumerate(slot_names(c, workers))}
+    slot_of_part = {name: k for (_, k), name in parts.items()}
     out = {name: (split_path(path, name), split_path(path, name).with_name(
         split_path(path, name).name.replace(".jsonl.gz", ".meta.json"))) for name in parts.values()}
     if all(p.exists() and m.exists() for p, m in out.values()):
         cached = {name: (p, json.loads(m.read_text())) for name, (p, m) in out.items()}
-        if workers == 1 or all("placement" in m for _, m in cached.values()):  # else split by the older hash rule
+        # else split by an older rule: the hash (no placement), or every slot given whole instrument lists
+        if workers == 1 or all(m.get("split_rule") == SPLIT_RULE for _, m in cached.values()):
             return cached
     started = time.monotonic()
     placement = recording_placements(path, meta, workers)
@@ -409,8 +439,9 @@ def split_recording(path: Path, meta: dict, workers: int = 1, quiet: bool = Fals
                                      f"currencies {currencies}")
                 names = [parts[(cur, slot)]] if slot is not None else [parts[(cur, k)] for k in range(workers)]
                 ts = None if i < meta["preamble_frames"] else int(line[line.index(b":") + 1:line.index(b",")])
+                lines = _slot_lists(line, placement) if workers > 1 and _LIST_RE.search(line) else None
                 for name in names:
-                    writers[name].write(line)
+                    writers[name].write(line if lines is None else lines[slot_of_part[name]])
                     for lo, hi, shock in shock_spans:
                         if lo <= i < hi:
                             mine = _file_shock(shocks[name], shock)
@@ -439,7 +470,7 @@ def split_recording(path: Path, meta: dict, workers: int = 1, quiet: bool = Fals
                  first_live_ts_ms=first, last_ts_ms=last_ts[name], avg_rate_msg_s=(counts[name] - preamble[name]) / span_s,
                  n_options={cur: meta["n_options"][cur]}, shocks=[s for s in shocks[name] if s["n_frames"]],
                  kinds={}, currency=cur, slot=slot, workers=workers, split_of=path.name,
-                 placement={str(e): k for e, k in sorted(placement.placed(cur).items())})
+                 placement={str(e): k for e, k in sorted(placement.placed(cur).items())}, split_rule=SPLIT_RULE)
         mpath.write_text(json.dumps(m, indent=1))
         result[name] = (p, m)
     if not quiet:
