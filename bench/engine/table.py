@@ -110,10 +110,14 @@ def print_table(s: dict) -> None:
         p = s["systems"].get(name)
         if p is None:
             continue
+        # how near the cores its processes run on the row is: near them, the tail is waiting in queues
+        busy = (p["msgs_per_s"] * p["cpu_s_per_M_msgs"] / 1e6
+                if p.get("msgs_per_s") and p.get("cpu_s_per_M_msgs") else None)
         print(f"{'' if name != 'volgraph_paced' else chr(10)}paced run, {label}: {_f(p['msgs_per_s'])} msg/s "
               f"achieved (target {PACED_RATE_MSG_S:,.0f}); exchange ts → patch emit p50/p99/max: "
               f"{_f(p['exchange_latency_p50_ms'], '{:.1f}')}/{_f(p['exchange_latency_p99_ms'], '{:.1f}')}/"
-              f"{_f(p['exchange_latency_max_ms'], '{:.1f}')} ms")
+              f"{_f(p['exchange_latency_max_ms'], '{:.1f}')} ms; CPU {_f(busy, '{:.2f}')} cores busy "
+              f"({_f(p.get('processes', 1))} process{'es' if p.get('processes', 1) > 1 else ''}, all threads)")
     print()
     for line in projection_lines(s.get("projection")):
         print(line)
@@ -207,6 +211,9 @@ notes:
     latency (lat).
   volgraph 2 proc @50k/s = the scale-out row paced: both processes pace their partition from one
     shared start (ReplaySource start_wall_ms), the flow clock being the recording's.
+  cores busy (paced runs) = msg/s × CPU s per M msgs ÷ 10⁶: as it nears the row's processes
+    (one core each at most, for the work under the GIL), the latency's tail is time waiting in
+    queues, not the work of one patch.
   max err bp = volgraph's audit mode (chain.audit_every epochs: every published vol against an
     exact solve from the same quotes and forward); the naive baseline solves exactly every time.
   naive: preamble (and for the shock, everything before it) loaded untimed, then one full
