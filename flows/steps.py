@@ -126,7 +126,8 @@ class ChainStep(_KeyedStep):
     def _report(self) -> None:
         counts = self.logic.counters
         self._add_deltas(counts, ("items", "dirty", "iv_solves", "iv_full", "iv_taylor", "iv_skipped", "fits",
-                                  "fits_deferred", "epoch_us", "lv_books", "lv_full", "lv_taylor", "lv_skipped"))
+                                  "fits_deferred", "epoch_us", "lv_books", "lv_full", "lv_taylor", "lv_skipped",
+                                  "audits"))
         COUNTERS.max("audit_max_err_bp", counts["audit_max_err_bp"])
         COUNTERS.max("audit_level_max_err_bp", counts["audit_level_max_err_bp"])
 

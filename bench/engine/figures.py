@@ -53,6 +53,7 @@ def flow_figures(messages: int, elapsed_s: float, cpu_s: float, lat_oldest: list
         "epoch_cpu_s": counters.get("epoch_us", 0) / 1e6,  # chain ticks (IVs, fits), the whole run
         "iv_full": _opt_int(counters.get("iv_full")), "iv_taylor": _opt_int(counters.get("iv_taylor")),
         "iv_skipped": _opt_int(counters.get("iv_skipped")),
+        "audits": int(counters.get("audits", 0)),  # epochs audited, over all chains: what max_err_bp rests on
         **solve_counts(counters, ("lv_books", "lv_full", "lv_taylor", "lv_skipped")),
     }
 

@@ -34,12 +34,13 @@ def summarise(run: dict, args, command: str) -> dict:
                "latency_max_ms", "newest_latency_p50_ms", "newest_latency_p99_ms", "exchange_latency_p50_ms",
                "exchange_latency_p99_ms", "exchange_latency_max_ms", "iv_solves", "iv_full", "iv_taylor",
                "iv_skipped", "fits", "patches", "max_err_bp", "peak_rss_mb", "seconds", "reached_eof")
-    level_columns = ("lv_full", "lv_taylor", "lv_skipped")  # volgraph rows with level vols on
+    # volgraph rows only: level solves (with level vols on) and the epochs audited
+    volgraph_columns = ("lv_full", "lv_taylor", "lv_skipped", "audits")
     netns = (NETNS_ROW, NETNS_ROW + "_paced")
     unavailable = {n: r[n]["unavailable"] for n in netns if n in r and "unavailable" in r[n]}
     names = ("volgraph", CLUSTER_ROW, WORKERS_ROW, *(n for n in netns if n in r and n not in unavailable),
              "naive", "volgraph_paced", CLUSTER_ROW + "_paced")
-    systems = {name: {**{k: r[name][k] for k in columns}, **{k: r[name][k] for k in level_columns if k in r[name]}}
+    systems = {name: {**{k: r[name][k] for k in columns}, **{k: r[name][k] for k in volgraph_columns if k in r[name]}}
                for name in names if name in r}
     for name in ("volgraph_paced", CLUSTER_ROW + "_paced", NETNS_ROW + "_paced"):
         if name in systems:

@@ -31,6 +31,15 @@ def _solves(x: dict) -> str:
     return f"{_f(x['iv_solves'])} ({_f(x['iv_full'])}/{_f(x['iv_taylor'])}/{_f(x['iv_skipped'])})"
 
 
+def _err(x: dict) -> str:
+    """The max error and, for volgraph, how many chain epochs were audited to find it: a row at
+    full speed ticks once per source batch, so a short run may audit each chain only a few times."""
+    err, audits = _f(x["max_err_bp"], "{:.3f}"), x.get("audits")
+    if audits is None:  # naive: exact every time
+        return err
+    return f"{err} ({audits:,})" if audits else "none (0 audits)"
+
+
 def print_table(s: dict) -> None:
     w = s["workload"]
     print(f"# volgraph engine benchmark — {s['date']}")
@@ -55,7 +64,7 @@ def print_table(s: dict) -> None:
               "(the system it replaces) — not the same work: --levels-on compares like for like")
     print()
     hdr = ("system", "msgs", "msg/s", "CPU s/M msgs", "msg/CPU-s", "lat p50/p99/max ms", "newest p50/p99",
-           "IV solves (full/taylor/skip)", "fits", "patches", "max err bp", "peak RSS MB")
+           "IV solves (full/taylor/skip)", "fits", "patches", "max err bp (audits)", "peak RSS MB")
     rows = []
     for name, x in s["systems"].items():
         label = {"volgraph_paced": f"volgraph 1 proc @{PACED_RATE_MSG_S / 1000:.0f}k/s",
@@ -76,7 +85,7 @@ def print_table(s: dict) -> None:
             f"{_f(x['latency_max_ms'], '{:.1f}')}",
             f"{_f(x['newest_latency_p50_ms'], '{:.1f}')}/{_f(x['newest_latency_p99_ms'], '{:.1f}')}",
             _solves(x),
-            _f(x["fits"]), _f(x["patches"]), _f(x["max_err_bp"], "{:.3f}"), rss))
+            _f(x["fits"]), _f(x["patches"]), _err(x), rss))
     widths = [max(len(str(r[i])) for r in rows + [hdr]) for i in range(len(hdr))]
     line = lambda r: " | ".join(str(c).ljust(widths[i]) for i, c in enumerate(r))  # noqa: E731
     print(line(hdr))
@@ -214,8 +223,11 @@ notes:
   cores busy (paced runs) = msg/s × CPU s per M msgs ÷ 10⁶: as it nears the row's processes
     (one core each at most, for the work under the GIL), the latency's tail is time waiting in
     queues, not the work of one patch.
-  max err bp = volgraph's audit mode (chain.audit_every epochs: every published vol against an
-    exact solve from the same quotes and forward); the naive baseline solves exactly every time.
+  max err bp (audits) = volgraph's audit mode (chain.audit_every epochs: every published vol
+    against an exact solve from the same quotes and forward), and how many chain epochs were
+    audited (a row at full speed ticks a chain once per source batch with its events: a short
+    run audits each chain a few times, and a row that audited none says so). The naive baseline
+    solves exactly every time.
   naive: preamble (and for the shock, everything before it) loaded untimed, then one full
     recompute; IV solves count every book level it solves; its shock time is processing the
     shock frames one by one, end to end.

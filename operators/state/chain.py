@@ -245,7 +245,7 @@ class ChainLogic:
         self._solo: Optional[dict[str, str]] = None  # see _solo_legs; rebuilt when options are added
         self.epochs = 0
         self.counters = {"items": 0, "dirty": 0, "iv_solves": 0, "iv_full": 0, "iv_taylor": 0, "iv_skipped": 0,
-                         "fits": 0, "fits_deferred": 0, "epoch_us": 0, "audit_max_err_bp": 0.0,
+                         "fits": 0, "fits_deferred": 0, "epoch_us": 0, "audits": 0, "audit_max_err_bp": 0.0,
                          "lv_books": 0, "lv_full": 0, "lv_taylor": 0, "lv_skipped": 0, "audit_level_max_err_bp": 0.0}
         self._configure_levels()
 
@@ -514,6 +514,7 @@ class ChainLogic:
             self._solve_levels(t)
         if self.audit_every and self.epochs % self.audit_every == 0:
             self._audit(t)
+            self.counters["audits"] += 1
         if not s.smile_changed:
             return []
         if not flush and not self._moved_materially(t):

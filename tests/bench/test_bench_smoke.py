@@ -81,6 +81,8 @@ def test_small_scenario_json_has_every_figure(tmp_path, capsys):
     assert out["systems"]["naive"]["max_err_bp"] == 0.0  # exact by construction
     err = out["systems"]["volgraph"]["max_err_bp"]
     assert err == "n/a" or 0.0 <= err < 5.0
+    for name, row in out["systems"].items():  # the epochs audited, which a max error rests on: volgraph's rows
+        assert (type(row.get("audits")) is int and row["audits"] >= 0) == (name != "naive"), name
     assert set(out["shock"]) == {"volgraph 1 proc", "volgraph 2 proc", "volgraph 2 proc, early",
                                  "volgraph 2 proc, grouped", "naive"}
     for name, shock in out["shock"].items():

@@ -233,6 +233,7 @@ def test_a_change_beyond_the_ladder_solves_nothing_and_inside_it_only_its_book()
     # the run-time audit (chain.audit_every) measured every epoch's level vols against an exact solve
     assert 0 < chain.counters["audit_level_max_err_bp"] <= 1.0
     assert chain.counters["audit_level_mismatch"] == 0
+    assert chain.counters["audits"] == chain.epochs == 4  # every epoch audited, and counted (what the bench shows)
 
 
 def test_a_silent_venue_withholds_its_ladders_in_the_consolidated_chain():
