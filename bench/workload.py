@@ -48,7 +48,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from connectors.venues.deribit import VENUE, parse_instrument_name  # noqa: E402
-from connectors.capture.replay import write_frames  # noqa: E402
+from connectors.capture.replay import recording_line, write_frames  # noqa: E402
 from connectors.sim.deribit import Simulator  # noqa: E402
 from connectors.venues.placement import Placement, slot_names  # noqa: E402
 
@@ -384,10 +384,9 @@ def _slot_lists(line: bytes, placement: Placement) -> list[bytes]:
         return placement.slot_of(VENUE, underlying, expiry_ms)
 
     slots = [slot(r) for r in rows]
-    return [orjson.dumps({"ts_recv_ms": row["ts_recv_ms"],
-                          "frame": orjson.dumps(dict(frame, result=[r for r, k in zip(rows, slots)
-                                                                     if k is None or k == worker])).decode()})
-            + b"\n" for worker in range(placement.workers)]
+    return [recording_line(row["ts_recv_ms"], orjson.dumps(dict(frame, result=[r for r, k in zip(rows, slots)
+                                                                              if k is None or k == worker])))
+            for worker in range(placement.workers)]
 
 
 def split_path(path: Path, part: str) -> Path:

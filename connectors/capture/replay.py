@@ -43,6 +43,13 @@ class ReplayFormatError(ValueError):
     """A recording line that is not {"ts_recv_ms": int, "frame": str}."""
 
 
+def recording_line(ts_recv_ms: int, frame: Union[str, bytes]) -> bytes:
+    """One recording line, newline included: {"ts_recv_ms": <int>, "frame": "<raw frame>"}."""
+    if isinstance(frame, (bytes, bytearray)):
+        frame = frame.decode()
+    return orjson.dumps({"ts_recv_ms": int(ts_recv_ms), "frame": frame}) + b"\n"
+
+
 def write_frames(path: Union[str, Path], frames: Iterable[tuple[int, Union[str, bytes]]],
                  compresslevel: int = 3) -> int:
     """Write (ts_recv_ms, frame) pairs as a gzip JSON-lines recording; returns the frame count.
@@ -54,10 +61,7 @@ def write_frames(path: Union[str, Path], frames: Iterable[tuple[int, Union[str, 
     n = 0
     with gzip.open(tmp, "wb", compresslevel=compresslevel) as fh:
         for ts_recv_ms, frame in frames:
-            if isinstance(frame, (bytes, bytearray)):
-                frame = frame.decode()
-            fh.write(orjson.dumps({"ts_recv_ms": int(ts_recv_ms), "frame": frame}))
-            fh.write(b"\n")
+            fh.write(recording_line(ts_recv_ms, frame))
             n += 1
     os.replace(tmp, path)
     return n

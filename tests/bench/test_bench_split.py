@@ -23,7 +23,7 @@ def _replayed(path: Path) -> tuple[dict[tuple[str, str, int], int], set[int]]:
     recording."""
     src = ReplaySource(path)
     part = src.build_part("split", src.list_parts()[0], None)
-    listed: dict[tuple[str, int], int] = {}
+    listed: dict[tuple[str, str, int], int] = {}
     booked: set[int] = set()
     try:
         while True:
