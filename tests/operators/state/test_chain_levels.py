@@ -269,7 +269,7 @@ def test_a_silent_venue_withholds_its_ladders_in_the_consolidated_chain():
 def test_a_state_from_before_levels_resumes_with_them():
     """A ChainState pickled before the level fields and the BookStore existed — its books a dict
     of OrderBooks pickled as price → size dicts, rebuilt here as pickle would (__setstate__ with
-    the old slots) — resumes under level vols on: its books get rows with their levels, sequence
+    the old slots), its quote venues lists — resumes under level vols on: its books get rows with their levels, sequence
     numbers and staleness, and are read at the next epoch."""
     from tests.helpers.chain import T0, logic, quotes, ticker
 
@@ -290,8 +290,12 @@ def test_a_state_from_before_levels_resumes_with_them():
         books[name] = ob
     fields = {n: v for n, v in vars(state).items()
               if not (n.startswith("lv_") or n in ("book_names", "book_slot", "store"))}
+    venue_fields = ("call_bid_venue", "call_ask_venue", "put_bid_venue", "put_ask_venue")
+    fields.update({n: list(fields[n]) for n in venue_fields})  # lists of str until 2026-12-07
     resumed = ChainState.__new__(ChainState)
     resumed.__setstate__({**fields, "books": books})
+    for n in venue_fields:
+        assert getattr(resumed, n).dtype == object and list(getattr(resumed, n)) == list(getattr(state, n)), n
     for name, row in resumed.book_slot.items():
         was = state.book_slot[name]
         assert resumed.store.side(row, 0) == store.side(was, 0) and resumed.store.side(row, 1) == store.side(was, 1)
