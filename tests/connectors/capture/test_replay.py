@@ -19,6 +19,7 @@ from connectors.venues.deribit import Control, parse_frame, parse_frames
 from connectors.capture.replay import (PrefetchReader, ReplayFormatError, ReplaySource, count_frames, read_frames,
                                write_frames)
 from connectors.capture.replay import _wall_ms as replay_wall_ms
+from connectors.capture import replay as replay_module
 from connectors.sim.deribit import Simulator
 from flows.surface import build_flow
 from tests.helpers.sinks import CallbackSink
@@ -101,6 +102,46 @@ def test_a_bad_line_names_the_file_the_line_and_the_format(tmp_path):
         fh.write(b'{"ts_recv_ms": "2", "frame": "x"}\n')
     with pytest.raises(ReplayFormatError, match="must be an integer"):
         list(read_frames(path))
+
+
+_ODD_LINES = (b"", b"   ", b"not json", b'{"ts": 2, "frame": "x"}', b'{"ts_recv_ms": "2", "frame": "x"}',
+              b'{"ts_recv_ms": true, "frame": "x"}', b'{"ts_recv_ms": 1, "frame": "a"},{"ts_recv_ms": 2, "frame": "b"}',
+              b'{"ts_recv_ms": 1', b'"frame": "a"}', b"[]", b'{"ts_recv_ms": 3, "frame": "c", "extra": [1]}')
+
+
+def _one_by_one(data: bytes, skip: int) -> tuple[list, str]:
+    """The rule, plainly: every line after the first `skip` decoded alone, blank ones passed
+    over; the frames up to the first bad line, and that line's error."""
+    out = []
+    for lineno, line in enumerate(data.split(b"\n"), start=1):
+        if lineno <= skip or not line.strip():
+            continue
+        try:
+            out.append(replay_module._decode_line(line, "f", lineno))
+        except ReplayFormatError as exc:
+            return out, str(exc)
+    return out, ""
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(st.tuples(st.integers(0, 2**53), st.text(max_size=40)).map(
+           lambda r: orjson.dumps({"ts_recv_ms": r[0], "frame": r[1]})), st.sampled_from(_ODD_LINES)), max_size=30),
+       st.booleans(), st.lists(st.integers(0, 2_000), max_size=4), st.integers(0, 35))
+def test_lines_in_any_chunks_read_as_one_by_one(lines, newline_at_end, cuts, skip):
+    """Whatever the chunk cuts and the skip, frames_in_chunks gives the frames a plain
+    line-by-line read gives, and stops at the same bad line with the same error."""
+    data = b"\n".join(lines) + (b"\n" if newline_at_end else b"")
+    points = sorted({min(c, len(data)) for c in cuts} | {0, len(data)})
+    chunks = [data[a:b] for a, b in zip(points, points[1:])]
+    want, error = _one_by_one(data, skip)
+    got = []
+    try:
+        for row in replay_module.frames_in_chunks(iter(chunks), "f", skip):
+            got.append(row)
+        assert not error, error
+    except ReplayFormatError as exc:
+        assert str(exc) == error
+    assert got == want
 
 
 def test_bad_arguments_are_refused_with_the_fix(recording, tmp_path):
