@@ -22,7 +22,7 @@ run: $(STAMP)
 # test (pytest's exit code 5) when PYTEST_ARGS picks tests of the other part only.
 TEST_WORKERS ?= 4
 test: $(STAMP)
-	$(PY) -m pytest -n auto --maxprocesses $(TEST_WORKERS) -m "not serial" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(PY) -m pytest -n auto --maxprocesses $(TEST_WORKERS) --dist worksteal -m "not serial" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 	$(PY) -m pytest -m serial $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 bench: $(STAMP)
