@@ -17,13 +17,8 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/volgraph run $(ARGS)
 
-# The suite over the machine's cores (pytest-xdist, at most TEST_WORKERS), then the tests marked
-# `serial` alone: their outcome depends on having the machine to itself. Either part may select no
-# test (pytest's exit code 5) when PYTEST_ARGS picks tests of the other part only.
-TEST_WORKERS ?= 4
 test: $(STAMP)
-	$(PY) -m pytest -n auto --maxprocesses $(TEST_WORKERS) --dist worksteal -m "not serial" $(PYTEST_ARGS) || [ $$? -eq 5 ]
-	$(PY) -m pytest -m serial $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[bench]' || echo "some bench peers did not install; their rows will say so"

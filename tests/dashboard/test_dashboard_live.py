@@ -31,8 +31,7 @@ from tests.helpers.browser import chromium, require_chromium, watch
 from tests.helpers.flowrun import DEADLINE_S
 from tests.helpers.gateway import surface_event
 
-# never stale for 10 s on a 5 s limit, wall-clock: it runs alone (`make test`)
-pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.serial]
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 require_chromium()

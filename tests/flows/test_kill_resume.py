@@ -45,9 +45,6 @@ from tests.helpers.scaleout import ENV, build, persisted, record_deribit
 
 ROOT = Path(__file__).resolve().parents[2]
 START_MS = calendar.timegm((2026, 1, 5, 9, 0, 0)) * 1000
-# paced by the wall clock against bytewax's snapshot interval: on a machine shared with other tests
-# fewer kills land before the end of input (6 of 10 once, 2026-12-07), so it runs alone (`make test`)
-pytestmark = pytest.mark.serial
 SPEED = 0.1  # the recording (2 s of market) replays in 20 s: ten kills 1–2 snapshots (s) apart land inside it
 KILLS = 10
 

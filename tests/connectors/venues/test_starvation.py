@@ -17,7 +17,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 from bytewax.testing import run_main
 
 from connectors.venues.deribit import DeribitClient, DeribitSource
@@ -30,9 +29,6 @@ from tests.helpers import slow_nodes
 from tests.helpers.flowrun import StoppableSource
 from tests.helpers.config import deribit_kwargs
 
-# the simulator's heartbeat deadline is wall-clock: the saturated flow must be the only load (it failed
-# once with a benchmark beside it, 2026-12-07), so these run alone (`make test`)
-pytestmark = pytest.mark.serial
 HEARTBEAT_S = 0.5  # test_request every 0.5 s (Deribit: >= 10 s); the simulator closes a session missing one
 
 
