@@ -240,10 +240,17 @@ class DeribitClient(VenueClient):
         await self._call(ws, "public/set_heartbeat", {"interval": hb})
         self._heartbeat_on = True
         self._last_heartbeat = time.monotonic()
+        before = dict(self.active)  # what the last session read
         self.active.clear()  # a new session subscribes everything again
         channels: list[str] = []
         for cur in self.currencies:
             listed = await self._discover(ws, cur)
+            # gone from the listing while no session ran: let go as a refresh would have (counted,
+            # withheld for good), not just left unread
+            for inst in [i for n, i in before.items() if i.underlying == cur and n not in listed]:
+                why = self._why_gone(inst)
+                self._let_go(inst, why)
+                self._bump(why)
             spot = await self._spot(ws, cur)
             for inst in self._choose(listed, spot):
                 channels.extend(self._activate(inst))
@@ -404,11 +411,13 @@ class DeribitClient(VenueClient):
                     self._refresh_wanted.add(currency)
                     self._wake.set()
         elif name in self.active:
-            inst = self.active[name]
-            # a settlement notice just before 08:00 is the normal expiry, not a delisting
-            why = "expired" if 0 < inst.expiry_ms <= self.clock_ms() + 60_000 else "delisted"
             # forgotten now, not when the task runs: the frames read meanwhile are late
-            self._spawn(self._unsubscribe(self._ws, self._forget([name], why)))
+            self._spawn(self._unsubscribe(self._ws, self._forget([name], self._why_gone(self.active[name]))))
+
+    def _why_gone(self, inst: Instrument) -> str:
+        """An instrument no longer listed: "expired" at (or just before) its expiry — a settlement
+        notice just before 08:00 is the normal expiry, not a delisting — else "delisted"."""
+        return "expired" if 0 < inst.expiry_ms <= self.clock_ms() + 60_000 else "delisted"
 
     # -------------------------------------------------- reading
 

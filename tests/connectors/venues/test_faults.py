@@ -281,6 +281,32 @@ def test_listings_and_expiries_intraday(sim, via_state_channel):
         client.stop()
 
 
+def test_a_delisting_missed_by_a_session_is_let_go_when_the_next_one_starts(sim):
+    """A strike delisted while the session does not hear of it (no instrument.state channel, no
+    refresh due), then the connection drops: the new session's listing lacks it, and it is let go
+    as a refresh would have — counted as delisted, withheld downstream for good — not just left
+    unread (a reconnect under load made the intraday-listing test wait for a count that never came)."""
+    client = make_client(sim, track_instrument_state=False, refresh_s=3600.0).start()
+    try:
+        feed = Feed(sim, client)
+        feed.pump(feed.streaming, what="all books streaming")
+        one = next(n for n in feed.option_names())
+        assert sim.inject("expire", one) == [one]
+        assert one in client.active and client.counters().get("delisted", 0) == 0  # unheard of
+        mark = feed.mark()
+        sim.inject("drop")
+        feed.pump(lambda: client.counters().get("delisted", 0) == 1 and client.counters().get("sessions_streaming", 0) >= 2
+                  and feed.streaming(), what="the new session lets the delisted strike go")
+        assert one not in client.active and one not in client.instruments
+        withheld = [e for e in feed.events[mark:] if isinstance(e, FeedError) and e.instrument == one]
+        assert any("no longer listed" in e.detail for e in withheld), withheld
+        last_error = max(i for i, e in enumerate(feed.events) if isinstance(e, FeedError) and e.instrument == one)
+        assert not [e for e in feed.events[last_error:] if isinstance(e, BookUpdate) and e.instrument == one]
+        assert feed.books[one].stale
+    finally:
+        client.stop()
+
+
 def test_slow_consumer_gets_folded_exact_books_and_heartbeats_go_on(sim):
     client = make_client(sim).start()
     try:
