@@ -55,7 +55,8 @@ class DeribitClient(VenueClient):
     Liveness: set_heartbeat, test_requests answered at once on this loop; a session with no
     frame, or no heartbeat, for `silence_factor` × heartbeat_s is closed and reconnected with
     jittered exponential backoff; every book then starts again from a fresh snapshot and is
-    withheld downstream (seq_gap) from the disconnect until then.
+    withheld downstream (seq_gap) from the disconnect until then. What the new session's listing
+    no longer holds is let go as a refresh lets it go (counted delisted or expired).
 
     `inline_work` (tests and demonstrations only) runs a function on the socket loop for each
     market event: the naive design this client exists to avoid (see tests/connectors/venues/test_starvation.py).
