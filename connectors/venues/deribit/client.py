@@ -251,7 +251,7 @@ class DeribitClient(VenueClient):
             for inst in [i for n, i in before.items() if i.underlying == cur and n not in listed]:
                 why = self._why_gone(inst)
                 self._let_go(inst, why)
-                self._bump(why)
+                self._bump(why, notify=True)  # a session milestone, as _forget says it
             spot = await self._spot(ws, cur)
             for inst in self._choose(listed, spot):
                 channels.extend(self._activate(inst))

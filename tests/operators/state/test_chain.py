@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from operators.events import BookUpdate, FeedError
 from operators.kernels.svi import total_variance
+from operators.state import chain as chain_module
 from operators.state.chain import ChainLogic, ChainState, FitBudget
 from tests.helpers.chain import (EXPIRY, chain_kwargs, FORWARD, STRIKES, T0, TRUE, Clock, listing, logic, option_name, prices_coin,
                                  quotes, snapshot, ticker)
@@ -250,11 +251,21 @@ def _reference_quote(chain: ChainLogic, idx: int, is_call: bool) -> tuple:
     return bid, ask, bid_venue, ask_venue
 
 
-@given(st.data())
+@pytest.mark.parametrize("vectorised_from", [0, chain_module.TOUCHES_VECTORISED])
+@given(data=st.data())
 @hyp_settings(max_examples=40)
-def test_quotes_follow_the_books_whether_a_strike_has_one_venue_or_two(data):
-    """Solo books (a strike's only venue) are requoted in one vectorised pass, shared strikes
-    across venues one by one: either way each (strike, type) quotes its books' best fresh prices."""
+def test_quotes_follow_the_books_whether_a_strike_has_one_venue_or_two(vectorised_from, data):
+    """Solo books (a strike's only venue) are requoted in one vectorised pass when many are
+    touched at once, one by one otherwise, shared strikes across venues one by one: either way
+    each (strike, type) quotes its books' best fresh prices."""
+    saved, chain_module.TOUCHES_VECTORISED = chain_module.TOUCHES_VECTORISED, vectorised_from
+    try:
+        _quotes_follow_the_books(data)
+    finally:
+        chain_module.TOUCHES_VECTORISED = saved
+
+
+def _quotes_follow_the_books(data):
     clock = Clock(T0)
     chain = logic(clock, venue_stale_ms=10**9)
     strikes = STRIKES[:6]
