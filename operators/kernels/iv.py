@@ -681,6 +681,12 @@ def implied_vol_coin(price_coin, forward, strike, t_years, is_call):
     return implied_vol(price_usd, forward, strike, t_years, is_call)
 
 
+# For compiled callers that gather their own inputs (operators/kernels/levels.py solve_marked):
+# the block solver over USD prices and the guess tables it reads.
+solve_block = _iv_kernel
+guess_tables = _tables
+
+
 def implied_vol_coin_flat(price_coin: np.ndarray, forward: float, strike: np.ndarray, t_years: float,
                           is_call: np.ndarray) -> np.ndarray:
     """implied_vol_coin for the chain's epoch: 1-d prices and strikes of one length, bool call

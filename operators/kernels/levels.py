@@ -21,6 +21,7 @@ import numba as nb
 import numpy as np
 
 from operators.kernels import iv
+from operators.kernels.small_moves import s_derivatives_one
 
 
 def walk_sides(level_px: np.ndarray, level_size: np.ndarray, start: np.ndarray, count: np.ndarray, depth: int,
@@ -89,6 +90,58 @@ def _walk_kernel(level_px, level_size, start, count, depth, sizes, out_px, out_s
         out_complete[r] = complete
 
 
+def solve_marked(px: np.ndarray, full: np.ndarray, forward: float, t_years: float, x_book: np.ndarray,
+                 strike_book: np.ndarray, call_book: np.ndarray, width: int, x0: np.ndarray, s0: np.ndarray,
+                 s: np.ndarray, s1: np.ndarray, s2: np.ndarray) -> int:
+    """The chain's exact level solve in one compiled pass over flat (2, books, width) arrays (C order):
+    every element marked `full` is solved from its coin price at (forward, t_years) and becomes
+    an exact point — s0 = s = σ√T, x0 = ln(F/K), s1, s2 = its small-move derivatives
+    (small_moves.s_derivatives) — or, with no price (a level gone, a side thinner than a size),
+    has no vol (s0 = s = NaN). x_book, strike_book, call_book: ln(F/K), the strike and the call
+    flag per book. The same numbers as implied_vol_coin_flat then s_derivatives on the gathered
+    elements, without the gathers and scatters between them: ~40 % of a shock's level solve
+    (docs/benchmarks.md, "One compiled level solve"). Updates in place; returns how many solved."""
+    return _solve_marked_kernel(px, full, float(forward), float(t_years), x_book, strike_book, call_book, int(width),
+                                x0, s0, s, s1, s2, iv.guess_tables())
+
+
+@nb.njit(cache=True, error_model="numpy")
+def _solve_marked_kernel(px, full, forward, t_years, x_book, strike_book, call_book, width, x0, s0, s, s1, s2, tab):
+    nbooks = x_book.shape[0]
+    m = 0
+    for i in range(px.shape[0]):
+        if full[i]:
+            if px[i] == px[i]:
+                m += 1
+            else:
+                s[i] = s0[i] = math.nan
+    idx = np.empty(m, np.int64)
+    price_usd = np.empty(m)
+    strike = np.empty(m)
+    calls = np.empty(m, np.bool_)
+    j = 0
+    for i in range(px.shape[0]):
+        if full[i] and px[i] == px[i]:
+            b = (i // width) % nbooks
+            idx[j] = i
+            price_usd[j] = px[i] * forward
+            strike[j] = strike_book[b]
+            calls[j] = call_book[b]
+            j += 1
+    vol = np.empty(m)
+    status = np.empty(m, np.int8)
+    iv.solve_block(price_usd, np.full(m, forward), strike, np.full(m, t_years), calls, vol, status, tab)
+    sqrt_t = math.sqrt(t_years)
+    for j in range(m):
+        i = idx[j]
+        b = (i // width) % nbooks
+        total_std = vol[j] * sqrt_t
+        x0[i] = x_book[b]
+        s0[i] = s[i] = total_std
+        s1[i], s2[i] = s_derivatives_one(x_book[b], total_std, call_book[b])
+    return m
+
+
 def execution_price(level_px, level_size, size_contracts: float) -> float:
     """The size-weighted average price of walking one side (levels best first) to `size_contracts`;
     NaN where the side holds less."""
@@ -111,3 +164,6 @@ def warm_up() -> None:
     """Compile (or load from the numba cache) the walk on tiny arrays."""
     walk_sides(np.array([2.0, 1.0, 3.0]), np.array([1.0, 2.0, 1.0]), np.array([0, 2]), np.array([2, 1]), 2,
                np.array([1.5, 9.0]))
+    one = np.array([0.01, math.nan])
+    solve_marked(one, np.ones(2, np.bool_), 100.0, 0.5, np.array([0.1]), np.array([90.0]), np.array([True]), 2,
+                 *(np.zeros(2) for _ in range(5)))

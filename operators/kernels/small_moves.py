@@ -80,21 +80,25 @@ def warm_up() -> None:
 @nb.njit(cache=True, error_model="numpy")
 def _s_derivatives_kernel(x, s, is_call, s1_out, s2_out):
     for i in range(x.size):
-        xi, si = x[i], s[i]
-        d1 = xi / si + 0.5 * si
-        d2 = d1 - si
-        pdf = math.exp(-0.5 * d1 * d1) / SQRT_2PI
-        ex = math.exp(-xi)
-        if is_call[i]:
-            c_x = ex * 0.5 * math.erfc(-d2 / SQRT_2)  # e^{−x} N(d2)
-        else:
-            c_x = -ex * 0.5 * math.erfc(d2 / SQRT_2)  # −e^{−x} N(−d2)
-        c_ss = pdf * d1 * d2 / si
-        c_xs = -pdf * d1 / si
-        c_xx = -c_x + pdf / si
-        s1 = -c_x / pdf
-        s1_out[i] = s1
-        s2_out[i] = -(c_xx + 2.0 * c_xs * s1 + c_ss * s1 * s1) / pdf
+        s1_out[i], s2_out[i] = s_derivatives_one(x[i], s[i], is_call[i])
+
+
+@nb.njit(cache=True, error_model="numpy", inline="always")
+def s_derivatives_one(xi, si, is_call):
+    """(s′, s″) at one point, for compiled callers (levels.solve_marked): s_derivatives' formula."""
+    d1 = xi / si + 0.5 * si
+    d2 = d1 - si
+    pdf = math.exp(-0.5 * d1 * d1) / SQRT_2PI
+    ex = math.exp(-xi)
+    if is_call:
+        c_x = ex * 0.5 * math.erfc(-d2 / SQRT_2)  # e^{−x} N(d2)
+    else:
+        c_x = -ex * 0.5 * math.erfc(d2 / SQRT_2)  # −e^{−x} N(−d2)
+    c_ss = pdf * d1 * d2 / si
+    c_xs = -pdf * d1 / si
+    c_xx = -c_x + pdf / si
+    s1 = -c_x / pdf
+    return s1, -(c_xx + 2.0 * c_xs * s1 + c_ss * s1 * s1) / pdf
 
 
 @nb.njit(cache=True, error_model="numpy")

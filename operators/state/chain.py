@@ -797,25 +797,15 @@ class ChainLogic:
         x = np.log(forward / s.lv_strike)
         pxf, s0f, sf, x0f, s1f, s2f = (a.reshape(-1) for a in (s.lv_px, s.lv_s0, s.lv_s, s.lv_x0, s.lv_s1, s.lv_s2))
         fullf = full.reshape(-1)
-        gone = fullf & np.isnan(pxf)  # a level gone (or a side thinner than a size): no vol
-        sf[gone] = s0f[gone] = math.nan
-        fullf &= ~np.isnan(pxf)
-        width, nbooks = shape[2], shape[1]
-        sqrt_t = math.sqrt(t)
+        width = shape[2]
         if forward_moved:  # every level not solved now is re-planned from its exact point, in one pass
             skipped, stepped = small_moves.replan_levels(pxf, x0f, s0f, s1f, s2f, sf, fullf, x, s.lv_call, width,
-                                                         sqrt_t, self.skip_bp, self.approx_bp, self.taylor2_bp)
+                                                         math.sqrt(t), self.skip_bp, self.approx_bp, self.taylor2_bp)
             self.counters["lv_skipped"] += skipped
             self.counters["lv_taylor"] += stepped
-        sel = np.flatnonzero(fullf)
-        if sel.size:
-            book = (sel // width) % nbooks
-            strikes, calls = s.lv_strike[book], s.lv_call[book]
-            total_std = iv.implied_vol_coin_flat(pxf[sel], forward, strikes, t, calls) * sqrt_t
-            x0f[sel] = x[book]
-            s0f[sel] = sf[sel] = total_std
-            s1f[sel], s2f[sel] = small_moves.s_derivatives(x[book], total_std, calls)
-            self.counters["lv_full"] += int(sel.size)
+        # the marked: solved exactly, or no vol where the price went (a level gone, a side thinner than a size)
+        self.counters["lv_full"] += levels.solve_marked(pxf, fullf, forward, t, x, s.lv_strike, s.lv_call, width,
+                                                        x0f, s0f, sf, s1f, s2f)
 
     def published_vols(self, t: float) -> tuple[np.ndarray, np.ndarray]:
         """(bid_iv, ask_iv) per slot as published now: decimals, NaN = none."""

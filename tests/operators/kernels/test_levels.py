@@ -81,3 +81,38 @@ def test_execution_vol_of_one_level_deep_enough_is_its_vol():
     assert math.isnan(levels.execution_vol_coin([px], [5.0], 6.0, forward, strike, t, True))  # too thin
     between = levels.execution_vol_coin([px, px * 1.1], [5.0, 5.0], 8.0, forward, strike, t, True)
     assert vol < between < float(iv.implied_vol_coin(px * 1.1, forward, strike, t, True))
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), nbooks=st.integers(1, 6), width=st.integers(1, 5), log_f=st.floats(-0.3, 0.3),
+       t=st.floats(0.002, 2.0))
+def test_the_compiled_level_solve_is_the_plain_solve_then_derivatives(data, nbooks, width, log_f, t):
+    """solve_marked over (2, books, width): marked prices solved (the coin price through
+    implied_vol_coin_flat, then σ√T and small_moves.s_derivatives there), marked prices that went
+    (NaN) lose their vol, unmarked elements untouched — bit for bit."""
+    from operators.kernels import small_moves
+
+    strikes = np.array(data.draw(st.lists(st.floats(20_000.0, 120_000.0), min_size=nbooks, max_size=nbooks)))
+    calls = np.array(data.draw(st.lists(st.booleans(), min_size=nbooks, max_size=nbooks)))
+    n = 2 * nbooks * width
+    px = np.array(data.draw(st.lists(st.one_of(st.floats(1e-6, 1.2), st.just(math.nan)), min_size=n, max_size=n)))
+    full = np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+    forward = 60_000.0 * math.exp(log_f)
+    x_book = np.log(forward / strikes)
+    before = [np.array(data.draw(st.lists(st.floats(-1.0, 1.0), min_size=n, max_size=n))) for _ in range(5)]
+    x0, s0, s, s1, s2 = (a.copy() for a in before)
+    solved = levels.solve_marked(px, full.copy(), forward, t, x_book, strikes, calls, width, x0, s0, s, s1, s2)
+
+    book = (np.arange(n) // width) % nbooks
+    priced = full & ~np.isnan(px)
+    assert solved == int(priced.sum())
+    sel = np.flatnonzero(priced)
+    want = [a.copy() for a in before]
+    total_std = iv.implied_vol_coin_flat(px[sel], forward, strikes[book[sel]], t, calls[book[sel]]) * math.sqrt(t)
+    want[0][sel] = x_book[book[sel]]
+    want[1][sel] = want[2][sel] = total_std
+    want[3][sel], want[4][sel] = small_moves.s_derivatives(x_book[book[sel]], total_std, calls[book[sel]])
+    gone = full & np.isnan(px)
+    want[1][gone] = want[2][gone] = math.nan
+    for got, ref in zip((x0, s0, s, s1, s2), want):
+        np.testing.assert_array_equal(got, ref)
