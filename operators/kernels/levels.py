@@ -142,6 +142,61 @@ def _solve_marked_kernel(px, full, forward, t_years, x_book, strike_book, call_b
     return m
 
 
+def ladder_rows(px: np.ndarray, size: np.ndarray, s: np.ndarray, iv_sent: np.ndarray, changed: np.ndarray,
+                sqrt_t: float, change_bp: float):
+    """The ladders to publish, in one compiled pass over the chain's (2, books, width) arrays: a
+    book's row goes out when `changed` (its levels moved) or any of its vols σ = s / √T moved
+    beyond change_bp since `iv_sent` (or appeared or went); iv_sent takes the vols sent.
+    size: (2, books, depth) level sizes, the first `depth` columns of px the levels, the rest the
+    walks. Returns (rows, matrices): the books sent, ascending, and the ten LADDER_MATRICES
+    (operators/events.py Ladders) in its field order — rows × depth for the levels, rows × sizes
+    for the walks; NaN where there is no value (a non-finite price or vol, a size of 0)."""
+    rows = _ladder_rows_kernel(s, iv_sent, changed, float(sqrt_t), float(change_bp))
+    return rows, _ladder_matrices_kernel(px, size, s, iv_sent, rows, float(sqrt_t))
+
+
+@nb.njit(cache=True, error_model="numpy")
+def _ladder_rows_kernel(s, iv_sent, changed, sqrt_t, change_bp):
+    nbooks, width = s.shape[1], s.shape[2]
+    moved = changed.copy()
+    for b in range(nbooks):
+        k = 0
+        while not moved[b] and k < 2 * width:
+            v = s[k // width, b, k % width] / sqrt_t
+            w = iv_sent[k // width, b, k % width]
+            moved[b] = (v != v) != (w != w) or abs(v - w) * 1e4 > change_bp
+            k += 1
+    return np.flatnonzero(moved)
+
+
+@nb.njit(cache=True, error_model="numpy")
+def _finite_or_nan(v):
+    return v if math.isfinite(v) else math.nan
+
+
+@nb.njit(cache=True, error_model="numpy")
+def _ladder_matrices_kernel(px, size, s, iv_sent, rows, sqrt_t):
+    m, depth, width = rows.shape[0], size.shape[2], px.shape[2]
+    walks = width - depth
+    lv = [np.empty((m, depth)) for _ in range(6)]  # bid px, size, iv; ask px, size, iv
+    ex = [np.empty((m, walks)) for _ in range(4)]  # bid exec px, iv; ask exec px, iv
+    for r in range(m):
+        b = rows[r]
+        for j in range(2):
+            for k in range(width):
+                v = s[j, b, k] / sqrt_t
+                iv_sent[j, b, k] = v
+                if k < depth:
+                    lv[3 * j][r, k] = _finite_or_nan(px[j, b, k])
+                    q = size[j, b, k]
+                    lv[3 * j + 1][r, k] = _finite_or_nan(q) if q > 0 else math.nan
+                    lv[3 * j + 2][r, k] = _finite_or_nan(v)
+                else:
+                    ex[2 * j][r, k - depth] = _finite_or_nan(px[j, b, k])
+                    ex[2 * j + 1][r, k - depth] = _finite_or_nan(v)
+    return lv[0], lv[1], lv[2], lv[3], lv[4], lv[5], ex[0], ex[1], ex[2], ex[3]
+
+
 def execution_price(level_px, level_size, size_contracts: float) -> float:
     """The size-weighted average price of walking one side (levels best first) to `size_contracts`;
     NaN where the side holds less."""
@@ -167,3 +222,5 @@ def warm_up() -> None:
     one = np.array([0.01, math.nan])
     solve_marked(one, np.ones(2, np.bool_), 100.0, 0.5, np.array([0.1]), np.array([90.0]), np.array([True]), 2,
                  *(np.zeros(2) for _ in range(5)))
+    ladder_rows(np.ones((2, 1, 2)), np.ones((2, 1, 1)), np.ones((2, 1, 2)), np.zeros((2, 1, 2)), np.zeros(1, np.bool_),
+                0.5, 0.1)

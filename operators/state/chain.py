@@ -868,33 +868,27 @@ class ChainLogic:
         s = self.state
         if s.lv_px is None or not s.lv_px.size:
             return None
-        vols = s.lv_s / math.sqrt(t)  # σ as shown: passing time moves it too
-        with np.errstate(invalid="ignore"):
-            moved = (np.abs(vols - s.lv_iv_sent) * 1e4 > self.change_bp) | (np.isnan(vols) != np.isnan(s.lv_iv_sent))
-        rows = np.flatnonzero(moved.any(axis=(0, 2)))
+        changed = np.zeros(s.lv_px.shape[1], bool)
         if s.lv_changed:
-            rows = np.union1d(rows, np.fromiter(s.lv_changed, np.int64, len(s.lv_changed)))
+            changed[np.fromiter(s.lv_changed, np.int64, len(s.lv_changed))] = True
             s.lv_changed.clear()
+        # σ as shown (s / √T: passing time moves it too), compared and gathered in one compiled pass:
+        # as numpy steps over the whole (2, books, width) arrays this was a sixth of a tick's time
+        # (docs/benchmarks.md, "One compiled level solve")
+        rows, matrices = levels.ladder_rows(s.lv_px, s.lv_size, s.lv_s, s.lv_iv_sent, changed, math.sqrt(t),
+                                            self.change_bp)
         if not rows.size:
             return None
-        vols = vols[:, rows]
-        s.lv_iv_sent[:, rows] = vols
-        depth = self.level_depth
-        px, size = s.lv_px[:, rows], s.lv_size[:, rows]
-        level_size = np.where(size > 0, size, math.nan)
+        (bid_px, bid_size, bid_iv, ask_px, ask_size, ask_iv, bid_exec_px, bid_exec_iv, ask_exec_px,
+         ask_exec_iv) = matrices
         return Ladders(
-            level_depth=depth, sizes_contracts=self.sizes_contracts, instrument=tuple(s.lv_name[rows].tolist()),
-            venue=tuple(s.lv_venue[rows].tolist()), strike=tuple(s.lv_strike[rows].tolist()),
-            option_type=tuple(s.lv_type[rows].tolist()), contract_size=tuple(s.lv_contract[rows].tolist()),
-            stale=tuple(s.lv_stale[rows].tolist()),
-            # the matrices as arrays (NaN: none), each its own compact copy: as tuples of Python
-            # floats they were a third of a shock's ticks (docs/benchmarks.md, "Vol at size")
-            bid_px=_matrix(px[0, :, :depth]), bid_size_contracts=_matrix(level_size[0]),
-            bid_iv=_matrix(vols[0, :, :depth]),
-            ask_px=_matrix(px[1, :, :depth]), ask_size_contracts=_matrix(level_size[1]),
-            ask_iv=_matrix(vols[1, :, :depth]),
-            bid_exec_px=_matrix(px[0, :, depth:]), bid_exec_iv=_matrix(vols[0, :, depth:]),
-            ask_exec_px=_matrix(px[1, :, depth:]), ask_exec_iv=_matrix(vols[1, :, depth:]))
+            level_depth=self.level_depth, sizes_contracts=self.sizes_contracts,
+            instrument=tuple(s.lv_name[rows].tolist()), venue=tuple(s.lv_venue[rows].tolist()),
+            strike=tuple(s.lv_strike[rows].tolist()), option_type=tuple(s.lv_type[rows].tolist()),
+            contract_size=tuple(s.lv_contract[rows].tolist()), stale=tuple(s.lv_stale[rows].tolist()),
+            bid_px=bid_px, bid_size_contracts=bid_size, bid_iv=bid_iv, ask_px=ask_px, ask_size_contracts=ask_size,
+            ask_iv=ask_iv, bid_exec_px=bid_exec_px, bid_exec_iv=bid_exec_iv, ask_exec_px=ask_exec_px,
+            ask_exec_iv=ask_exec_iv)
 
     def _venues(self, calls: np.ndarray, puts: np.ndarray, usable: np.ndarray, order: np.ndarray) -> tuple[str, ...]:
         # one indexing of the object arrays: 15–26 µs a call on 340 strikes, against 29–48 µs picking per
@@ -910,12 +904,6 @@ def _same(a: float, b: float) -> bool:
 def _opt_tuple(a: np.ndarray) -> tuple:
     """Floats, None where not finite: the contract's "a value that does not exist"."""
     return tuple(np.where(np.isfinite(a), a, None).tolist())
-
-
-def _matrix(a: np.ndarray) -> np.ndarray:
-    """A ladder matrix (operators.events.LADDER_MATRICES): a contiguous float64 copy, NaN where
-    there is no value (a non-finite vol or price is none)."""
-    return np.where(np.isfinite(a), a, np.nan)
 
 
 def _opt(x) -> Optional[float]:

@@ -116,3 +116,46 @@ def test_the_compiled_level_solve_is_the_plain_solve_then_derivatives(data, nboo
     want[1][gone] = want[2][gone] = math.nan
     for got, ref in zip((x0, s0, s, s1, s2), want):
         np.testing.assert_array_equal(got, ref)
+
+
+def ladder_rows_reference(px, size, s, iv_sent, changed, sqrt_t, change_bp):
+    """The rule as plain numpy steps: vols moved beyond change_bp (or appeared or went) or levels
+    changed pick a row; iv_sent takes the rows' vols; matrices NaN where not finite (sizes: ≤ 0)."""
+    vols = s / sqrt_t
+    with np.errstate(invalid="ignore"):
+        moved = (np.abs(vols - iv_sent) * 1e4 > change_bp) | (np.isnan(vols) != np.isnan(iv_sent))
+    rows = np.flatnonzero(moved.any(axis=(0, 2)) | changed)
+    iv_sent[:, rows] = vols[:, rows]
+    depth = size.shape[2]
+    fin = lambda a: np.where(np.isfinite(a), a, np.nan)  # noqa: E731
+    p, q, v = px[:, rows], np.where(size[:, rows] > 0, size[:, rows], np.nan), vols[:, rows]
+    return rows, [fin(p[0, :, :depth]), fin(q[0]), fin(v[0, :, :depth]), fin(p[1, :, :depth]), fin(q[1]),
+                  fin(v[1, :, :depth]), fin(p[0, :, depth:]), fin(v[0, :, depth:]), fin(p[1, :, depth:]),
+                  fin(v[1, :, depth:])]
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), nbooks=st.integers(1, 6), depth=st.integers(1, 4), walks=st.integers(0, 3),
+       sqrt_t=st.floats(0.01, 1.5), change_bp=st.floats(0.0, 5.0))
+def test_ladder_rows_are_the_plain_rule(data, nbooks, depth, walks, sqrt_t, change_bp):
+    width = depth + walks
+    value = st.one_of(st.floats(-1.0, 2.0), st.just(math.nan), st.just(math.inf))
+
+    def arr(shape, elements):
+        n = int(np.prod(shape))
+        return np.array(data.draw(st.lists(elements, min_size=n, max_size=n)), float).reshape(shape)
+
+    px, s = arr((2, nbooks, width), value), arr((2, nbooks, width), value)
+    size = arr((2, nbooks, depth), st.one_of(st.floats(-1.0, 50.0), st.just(math.nan), st.just(math.inf)))
+    # vols sent: some equal to the vols now, some nudged by less or more than change_bp, some other
+    sent = s / sqrt_t + arr((2, nbooks, width), st.sampled_from([0.0, 0.0, 1e-5, 1e-3, math.nan]))
+    changed = np.array(data.draw(st.lists(st.booleans(), min_size=nbooks, max_size=nbooks)))
+    want_sent = sent.copy()
+    want_rows, want = ladder_rows_reference(px, size, s, want_sent, changed, sqrt_t, change_bp)
+    rows, got = levels.ladder_rows(px, size, s, sent, changed, sqrt_t, change_bp)
+    np.testing.assert_array_equal(rows, want_rows)
+    np.testing.assert_array_equal(sent, want_sent)
+    assert len(got) == 10
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and g.flags.c_contiguous
+        np.testing.assert_array_equal(g, w)
