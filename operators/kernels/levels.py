@@ -54,40 +54,96 @@ def walk_sides(level_px: np.ndarray, level_size: np.ndarray, start: np.ndarray, 
 @nb.njit(cache=True, error_model="numpy")
 def _walk_kernel(level_px, level_size, start, count, depth, sizes, out_px, out_size, out_needed, out_complete):
     for r in range(start.shape[0]):
-        a = start[r]
-        c = count[r]
-        for j in range(depth):
-            if j < c:
-                out_px[r, j] = level_px[a + j]
-                out_size[r, j] = level_size[a + j]
-            else:
-                out_px[r, j] = math.nan
-                out_size[r, j] = 0.0
-        needed = depth if depth < c else c
-        complete = c >= depth
-        for m in range(sizes.shape[0]):
-            want = sizes[m]
-            left = want
-            cost = 0.0
-            j = 0
-            while j < c and left > 0.0:
-                take = level_size[a + j] if level_size[a + j] < left else left
-                cost += take * level_px[a + j]
-                left -= take  # the last take is `left` itself: left becomes exactly 0
-                j += 1
-            if left > 0.0 or not want > 0.0:
-                out_px[r, depth + m] = math.nan
-                complete = False
-            else:
-                # an average of the levels walked, within them despite rounding (one level: its price)
-                best, worst = level_px[a], level_px[a + j - 1]
-                lo, hi = (worst, best) if worst < best else (best, worst)
-                vwap = cost / want
-                out_px[r, depth + m] = lo if vwap < lo else (hi if vwap > hi else vwap)
-            if j > needed:
-                needed = j
-        out_needed[r] = needed
-        out_complete[r] = complete
+        out_needed[r], out_complete[r] = _walk_one(level_px, level_size, start[r], count[r], depth, sizes, out_px[r],
+                                                   out_size[r])
+
+
+@nb.njit(cache=True, error_model="numpy", inline="always")
+def _walk_one(level_px, level_size, a, c, depth, sizes, out_px, out_size):
+    """One side: its c levels at level_px/level_size[a:a + c] into out_px (levels, then walks) and
+    out_size; returns (needed, complete) as walk_sides documents."""
+    for j in range(depth):
+        if j < c:
+            out_px[j] = level_px[a + j]
+            out_size[j] = level_size[a + j]
+        else:
+            out_px[j] = math.nan
+            out_size[j] = 0.0
+    needed = depth if depth < c else c
+    complete = c >= depth
+    for m in range(sizes.shape[0]):
+        want = sizes[m]
+        left = want
+        cost = 0.0
+        j = 0
+        while j < c and left > 0.0:
+            take = level_size[a + j] if level_size[a + j] < left else left
+            cost += take * level_px[a + j]
+            left -= take  # the last take is `left` itself: left becomes exactly 0
+            j += 1
+        if left > 0.0 or not want > 0.0:
+            out_px[depth + m] = math.nan
+            complete = False
+        else:
+            # an average of the levels walked, within them despite rounding (one level: its price)
+            best, worst = level_px[a], level_px[a + j - 1]
+            lo, hi = (worst, best) if worst < best else (best, worst)
+            vwap = cost / want
+            out_px[depth + m] = lo if vwap < lo else (hi if vwap > hi else vwap)
+        if j > needed:
+            needed = j
+    return needed, complete
+
+
+def read_books(ladder: np.ndarray, n: int, stale: np.ndarray, store_px: np.ndarray, store_sz: np.ndarray,
+               count: np.ndarray, sizes_contracts: np.ndarray, lv_px: np.ndarray, lv_size: np.ndarray,
+               lv_stale: np.ndarray, reach: np.ndarray, full: np.ndarray, reach_any: int) -> tuple[int, np.ndarray]:
+    """The chain's read of its flagged books in one compiled pass: every row r < n with ladder[r]
+    (the flag is lowered) is walked from the store (operators/state/book.py: px, sz (2, rows, cap)
+    best first, count (2, rows); a `stale` row reads as empty) into lv_px (2, books, depth + sizes)
+    and lv_size (2, books, depth); full marks the prices that changed (NaN equal to NaN); reach
+    (2, rows) takes how many levels each side's prices read (reach_any where the side is
+    incomplete: fewer than depth levels, or a size it cannot fill); lv_stale takes `stale`.
+    Returns (books read, the rows whose prices, sizes or staleness changed, ascending)."""
+    return _read_books_kernel(ladder, int(n), stale, store_px, store_sz, count,
+                              np.ascontiguousarray(sizes_contracts, np.float64), lv_px, lv_size, lv_stale, reach,
+                              full, int(reach_any))
+
+
+@nb.njit(cache=True, error_model="numpy")
+def _read_books_kernel(ladder, n, stale, store_px, store_sz, count, sizes, lv_px, lv_size, lv_stale, reach, full,
+                       reach_any):
+    depth, width = lv_size.shape[2], lv_px.shape[2]
+    flat_px, flat_sz = store_px.reshape(-1), store_sz.reshape(-1)
+    rows_cap, cap = store_px.shape[1], store_px.shape[2]
+    px = np.empty(width)
+    size = np.empty(depth)
+    moved = np.empty(n, np.int64)
+    read = m = 0
+    for r in range(n):
+        if not ladder[r]:
+            continue
+        ladder[r] = False
+        read += 1
+        changed = stale[r] != lv_stale[r]
+        lv_stale[r] = stale[r]
+        for j in range(2):
+            c = 0 if stale[r] else count[j, r]
+            needed, complete = _walk_one(flat_px, flat_sz, (j * rows_cap + r) * cap, c, depth, sizes, px, size)
+            reach[j, r] = needed if complete else reach_any
+            for k in range(width):
+                old = lv_px[j, r, k]
+                differs = not (px[k] == old or (px[k] != px[k] and old != old))
+                full[j, r, k] = differs
+                changed |= differs
+                lv_px[j, r, k] = px[k]
+            for k in range(depth):
+                changed |= size[k] != lv_size[j, r, k]
+                lv_size[j, r, k] = size[k]
+        if changed:
+            moved[m] = r
+            m += 1
+    return read, moved[:m]
 
 
 def solve_marked(px: np.ndarray, full: np.ndarray, forward: float, t_years: float, x_book: np.ndarray,

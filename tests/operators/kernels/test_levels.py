@@ -159,3 +159,65 @@ def test_ladder_rows_are_the_plain_rule(data, nbooks, depth, walks, sqrt_t, chan
     for g, w in zip(got, want):
         assert g.shape == w.shape and g.flags.c_contiguous
         np.testing.assert_array_equal(g, w)
+
+
+REACH_ANY = 1 << 62
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), nrows=st.integers(1, 6), spare=st.integers(0, 2), depth=st.integers(1, 4),
+       sizes=st.lists(st.floats(0.1, 60.0), max_size=3))
+def test_read_books_walks_the_flagged_rows_as_walk_sides_does(data, nrows, spare, depth, sizes):
+    """read_books against walk_sides row by row: flagged rows (flags lowered) read their sides
+    (empty when stale), changed prices are marked, reach and staleness follow, and only rows
+    whose prices, sizes or staleness changed are reported; unflagged rows are untouched."""
+    cap, width = 5, depth + len(sizes)
+    rows_cap = nrows + spare
+    store_px, store_sz = np.full((2, rows_cap, cap), math.nan), np.zeros((2, rows_cap, cap))
+    count = np.zeros((2, rows_cap), np.int64)
+    for r in range(nrows):
+        for j in (0, 1):
+            side = sorted(data.draw(side_st)[:cap], reverse=j == 0)
+            count[j, r] = len(side)
+            store_px[j, r, :len(side)] = [p for p, _ in side]
+            store_sz[j, r, :len(side)] = [q for _, q in side]
+    ladder = np.array(data.draw(st.lists(st.booleans(), min_size=rows_cap, max_size=rows_cap)))
+    stale = np.array(data.draw(st.lists(st.booleans(), min_size=rows_cap, max_size=rows_cap)))
+    # the last read: some rows as the store holds them now, some different
+    lv_px = np.full((2, nrows, width), math.nan)
+    lv_size = np.zeros((2, nrows, depth))
+    lv_stale = np.array(data.draw(st.lists(st.booleans(), min_size=nrows, max_size=nrows)))
+    arrays = (store_px.reshape(-1), store_sz.reshape(-1))
+    for r in range(nrows):
+        if data.draw(st.booleans()):
+            for j in (0, 1):
+                start, n = np.array([(j * rows_cap + r) * cap]), np.array([0 if lv_stale[r] else count[j, r]])
+                px, size, _, _ = levels.walk_sides(*arrays, start, n, depth, np.array(sizes))
+                lv_px[j, r], lv_size[j, r] = px[0], size[0]
+            if data.draw(st.booleans()):
+                lv_size[:, r] *= 2.0  # the same prices, other sizes
+    reach = np.full((2, rows_cap), -1, np.int64)
+    want_px, want_size, want_stale, want_reach = lv_px.copy(), lv_size.copy(), lv_stale.copy(), reach.copy()
+    want_full, want_moved = np.zeros(lv_px.shape, bool), []
+    for r in np.flatnonzero(ladder[:nrows]):
+        moved = bool(stale[r] != lv_stale[r])
+        for j in (0, 1):
+            start, n = np.array([(j * rows_cap + r) * cap]), np.array([0 if stale[r] else count[j, r]])
+            px, size, needed, complete = levels.walk_sides(*arrays, start, n, depth, np.array(sizes))
+            changed = ~((px[0] == lv_px[j, r]) | (np.isnan(px[0]) & np.isnan(lv_px[j, r])))
+            moved |= bool(changed.any() or (size[0] != lv_size[j, r]).any())
+            want_full[j, r], want_px[j, r], want_size[j, r] = changed, px[0], size[0]
+            want_reach[j, r] = needed[0] if complete[0] else REACH_ANY
+        want_stale[r] = stale[r]
+        if moved:
+            want_moved.append(r)
+    full = np.zeros(lv_px.shape, bool)
+    flags = ladder.copy()
+    read, moved = levels.read_books(flags, nrows, stale, store_px, store_sz, count, np.array(sizes), lv_px, lv_size,
+                                    lv_stale, reach, full, REACH_ANY)
+    assert read == int(ladder[:nrows].sum())
+    np.testing.assert_array_equal(flags, ladder & (np.arange(rows_cap) >= nrows))
+    np.testing.assert_array_equal(moved, np.array(want_moved, np.int64))
+    for got, want in ((lv_px, want_px), (lv_size, want_size), (lv_stale, want_stale), (reach, want_reach),
+                      (full, want_full)):
+        np.testing.assert_array_equal(got, want)
