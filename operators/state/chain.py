@@ -695,58 +695,22 @@ class ChainLogic:
         last exact point when the move is small enough (operators/kernels/small_moves.py).
         """
         s = self.state
-        n = len(s.strikes)
         strikes = s.strike_arr
         side = strikes >= s.forward
-        x = np.log(s.forward / strikes)
-        full = np.zeros(n, bool)
-        full[list(s.dirty)] = True
+        dirty = np.zeros(strikes.size, bool)
+        dirty[list(s.dirty)] = True
         # with the forward where it was, a clean slot's published vol stands as it is
         forward_moved = s.forward != s.solved_forward
         s.solved_forward = s.forward
-        if forward_moved:
-            full |= (side != s.side) | ~np.isfinite(s.x0)
-        old = s.s.copy()
-        prices = s.prices_coin(side)
-        # every slot not solved now is re-planned from its exact point (x back at x0 gives s0)
-        moved = ~full if forward_moved else np.zeros(n, bool)
-        if moved.any():
-            sqrt_t = math.sqrt(t)
-            dx = x[moved] - s.x0[moved]
-            plan = []
-            for j in (0, 1):
-                action, ds = small_moves.plan_moves(dx, s.s1[j, moved], s.s2[j, moved], sqrt_t,
-                                                    self.skip_bp, self.approx_bp, self.taylor2_bp)
-                # a put's coin price must stay below K/F (its upper bound) for a vol to exist
-                bound_ok = side[moved] | (prices[j, moved] < strikes[moved] / s.forward)
-                has_vol = np.isfinite(s.s0[j, moved])
-                action = np.where(has_vol & bound_ok, action, small_moves.FULL)
-                plan.append((action, ds))
-            needs_full = (plan[0][0] == small_moves.FULL) | (plan[1][0] == small_moves.FULL)
-            idx = np.flatnonzero(moved)
-            keep = idx[~needs_full]
-            for j in (0, 1):
-                action, ds = plan[j]
-                s.s[j, keep] = s.s0[j, keep] + ds[~needs_full]
-                self.counters["iv_skipped"] += int((action[~needs_full] == small_moves.SKIP).sum())
-                self.counters["iv_taylor"] += int((action[~needs_full] == small_moves.TAYLOR).sum())
-            full[idx[needs_full]] = True
-        sel = np.flatnonzero(full)
-        if sel.size:
-            k = strikes[sel]
-            vols = iv.implied_vol_coin_flat(prices[:, sel].reshape(-1), s.forward, np.concatenate([k, k]), t,
-                                            np.concatenate([side[sel], side[sel]])).reshape(2, -1)
-            total_std = vols * math.sqrt(t)
-            s.side[sel] = side[sel]
-            s.x0[sel] = x[sel]
-            s.s0[:, sel] = s.s[:, sel] = total_std
-            for j in (0, 1):
-                s.s1[j, sel], s.s2[j, sel] = small_moves.s_derivatives(x[sel], total_std[j], side[sel])
-            self.counters["iv_full"] += 2 * sel.size
-            self.counters["iv_solves"] += 2 * sel.size
-        with np.errstate(invalid="ignore"):
-            delta_bp = np.abs(s.s - old) / math.sqrt(t) * 1e4
-        if np.any(delta_bp > self.change_bp) or np.any(np.isnan(s.s) != np.isnan(old)):
+        # one compiled pass (small_moves.solve_touch): as numpy steps it cost ~75 µs a tick (2026-12-07)
+        solved, skipped, stepped, changed = small_moves.solve_touch(
+            s.prices_coin(side), strikes, s.forward, np.log(s.forward / strikes), side, dirty, forward_moved, s.side,
+            s.x0, s.s0, s.s1, s.s2, s.s, t, self.skip_bp, self.approx_bp, self.taylor2_bp, self.change_bp)
+        self.counters["iv_skipped"] += skipped
+        self.counters["iv_taylor"] += stepped
+        self.counters["iv_full"] += solved
+        self.counters["iv_solves"] += solved
+        if changed:
             s.smile_changed = True
 
     def _read_books(self) -> np.ndarray:
