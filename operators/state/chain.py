@@ -826,7 +826,7 @@ class ChainLogic:
             s.lv_changed.clear()
         # σ as shown (s / √T: passing time moves it too), compared and gathered in one compiled pass:
         # as numpy steps over the whole (2, books, width) arrays this was a sixth of a tick's time
-        # (docs/benchmarks.md, "One compiled level solve")
+        # (docs/benchmarks.md, "A chain tick's steps as compiled passes")
         rows, matrices = levels.ladder_rows(s.lv_px, s.lv_size, s.lv_s, s.lv_iv_sent, changed, math.sqrt(t),
                                             self.change_bp)
         if not rows.size:

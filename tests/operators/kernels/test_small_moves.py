@@ -205,7 +205,8 @@ def test_the_compiled_touch_solve_is_the_plain_one(data, n, log_move, t, forward
     prices = np.empty((2, n))
     for j, bump in enumerate((0.97, 1.03)):
         prices[j] = [black_price(forward, k, t, v, c) / forward * bump for k, v, c in zip(strikes, vols, side_now)]
-    holes = np.array(data.draw(st.lists(st.sampled_from([0, 0, 0, 1, 2]), min_size=2 * n, max_size=2 * n))).reshape(2, n)
+    holes = np.array(data.draw(st.lists(st.sampled_from([0, 0, 0, 1, 2]), min_size=2 * n, max_size=2 * n)))
+    holes = holes.reshape(2, n)
     prices[holes == 1] = math.nan
     prices[holes == 2] = np.broadcast_to(strikes / forward, (2, n))[holes == 2]  # a put at K/F has no vol
     # the exact points of a solve at the old forward (some lost: NaN)
