@@ -85,15 +85,27 @@ def _set_level(px, sz, count, side, row, p, q):
 
 
 @nb.njit(cache=True)
-def apply_batch(rows, kinds, seqs, prevs, offsets, n_bids, n_asks, level_px, level_size,
-                px, sz, count, last_seq, stale, reach, ladder, levels_on, outcome, said_seq, said_px, touched):
-    """Apply updates u = 0 … in order to the books rows[u]. Update u's levels are
-    level_px/level_size[offsets[u] : offsets[u] + n_bids[u]] (bids) followed by its n_asks[u]
-    asks. Writes outcome[u] (OK / SEQ_GAP / CROSSED; a gap said once is OK the next time), what
-    the error says (a gap: the book's last seq in said_seq[u]; a crossing: its best bid and ask in
-    said_px[u]), and
-    the rows whose touch (best bid, best ask or staleness) differs from before the batch to
-    touched[:k]; returns k. The caller sized px/sz for every level the batch can add."""
+def apply_batch(rows, kinds, seqs, prevs, sides, level_px, level_size, px, sz, count, last_seq, stale, reach, ladder,
+                levels_on, outcome, said_seq, said_px, touched, room_checked):
+    """Apply updates u = 0 … in order to the books rows[u]. Update u has sides[2u] bids and
+    sides[2u + 1] asks, its levels at level_px/level_size from the sum of the sides before it
+    (bids, then asks). Writes outcome[u] (OK / SEQ_GAP / CROSSED; a gap said once is OK the next
+    time), what the error says (a gap: the book's last seq in said_seq[u]; a crossing: its best
+    bid and ask in said_px[u]), and the rows whose touch (best bid, best ask or staleness) differs
+    from before the batch to touched[:k]; returns (k, updates with an error).
+    Unless room_checked, first checks the cheap bound on room (every level of the batch added to
+    the fullest side it touches) and returns (-1, 0), changing nothing, when px/sz are too narrow
+    for it: the caller then checks exactly (per book) and widens them."""
+    cap = px.shape[2]
+    if not room_checked:
+        total = 0
+        for i in range(sides.shape[0]):
+            total += sides[i]
+        fullest = 0
+        for u in range(rows.shape[0]):
+            fullest = max(fullest, count[0, rows[u]], count[1, rows[u]])
+        if fullest + total > cap:
+            return -1, 0
     nrows = count.shape[1]
     seen = np.zeros(nrows, np.bool_)
     was_bid = np.empty(nrows)
@@ -101,6 +113,8 @@ def apply_batch(rows, kinds, seqs, prevs, offsets, n_bids, n_asks, level_px, lev
     was_stale = np.zeros(nrows, np.bool_)
     order = np.empty(rows.shape[0], np.int64)
     n_seen = 0
+    at = 0
+    errors = 0
     for u in range(rows.shape[0]):
         r = rows[u]
         if not seen[r]:
@@ -110,8 +124,10 @@ def apply_batch(rows, kinds, seqs, prevs, offsets, n_bids, n_asks, level_px, lev
             was_stale[r] = stale[r]
             order[n_seen] = r
             n_seen += 1
-        a = offsets[u]
-        nb_ = n_bids[u]
+        a = at
+        nb_ = sides[2 * u]
+        na_ = sides[2 * u + 1]
+        at += nb_ + na_
         outcome[u] = OK
         if kinds[u] == SNAPSHOT:
             count[0, r] = 0
@@ -119,7 +135,7 @@ def apply_batch(rows, kinds, seqs, prevs, offsets, n_bids, n_asks, level_px, lev
             for i in range(a, a + nb_):
                 if level_size[i] > 0.0:  # a snapshot's size-0 level is absent, not a deletion
                     _set_level(px, sz, count, 0, r, level_px[i], level_size[i])
-            for i in range(a + nb_, a + nb_ + n_asks[u]):
+            for i in range(a + nb_, a + nb_ + na_):
                 if level_size[i] > 0.0:
                     _set_level(px, sz, count, 1, r, level_px[i], level_size[i])
             last_seq[r] = seqs[u]
@@ -131,6 +147,7 @@ def apply_batch(rows, kinds, seqs, prevs, offsets, n_bids, n_asks, level_px, lev
                 if not stale[r]:
                     stale[r] = True
                     outcome[u] = SEQ_GAP
+                    errors += 1
                     said_seq[u] = last_seq[r]
                     if levels_on:
                         ladder[r] = True
@@ -139,7 +156,7 @@ def apply_batch(rows, kinds, seqs, prevs, offsets, n_bids, n_asks, level_px, lev
                 j = _set_level(px, sz, count, 0, r, level_px[i], level_size[i])
                 if 0 <= j < reach[0, r]:
                     ladder[r] = True
-            for i in range(a + nb_, a + nb_ + n_asks[u]):
+            for i in range(a + nb_, a + nb_ + na_):
                 j = _set_level(px, sz, count, 1, r, level_px[i], level_size[i])
                 if 0 <= j < reach[1, r]:
                     ladder[r] = True
@@ -147,6 +164,7 @@ def apply_batch(rows, kinds, seqs, prevs, offsets, n_bids, n_asks, level_px, lev
         if count[0, r] > 0 and count[1, r] > 0 and px[0, r, 0] >= px[1, r, 0]:
             stale[r] = True
             outcome[u] = CROSSED
+            errors += 1
             said_px[u, 0] = px[0, r, 0]
             said_px[u, 1] = px[1, r, 0]
             if levels_on:
@@ -161,7 +179,7 @@ def apply_batch(rows, kinds, seqs, prevs, offsets, n_bids, n_asks, level_px, lev
         if not (same_bid and same_ask and stale[r] == was_stale[r]):
             touched[k] = r
             k += 1
-    return k
+    return k, errors
 
 
 def warm_up() -> None:
@@ -170,8 +188,7 @@ def warm_up() -> None:
     count = np.zeros((2, 1), np.int64)
     levels = np.array([[1.0, 1.0], [2.0, 1.0], [1.5, 0.0]])  # (price, size) rows, read by column as callers do
     apply_batch(np.zeros(2, np.int64), np.array([SNAPSHOT, CHANGE], np.int64), np.array([1, 2], np.int64),
-                np.array([NO_SEQ, 1], np.int64), np.array([0, 2], np.int64), np.array([1, 1], np.int64),
-                np.array([1, 0], np.int64), levels[:, 0], levels[:, 1], px, sz, count,
-                np.full(1, NO_SEQ, np.int64), np.ones(1, np.bool_), np.full((2, 1), REACH_ANY, np.int64),
+                np.array([NO_SEQ, 1], np.int64), np.array([1, 1, 1, 0], np.int64), levels[:, 0], levels[:, 1], px, sz,
+                count, np.full(1, NO_SEQ, np.int64), np.ones(1, np.bool_), np.full((2, 1), REACH_ANY, np.int64),
                 np.zeros(1, np.bool_), True, np.zeros(2, np.int64), np.zeros(2, np.int64), np.zeros((2, 2)),
-                np.zeros(1, np.int64))
+                np.zeros(1, np.int64), False)

@@ -80,8 +80,16 @@ def same_touch(a, b):
     return all(x == y or (x != x and y != y) for x, y in zip(a, b))
 
 
+# books deeper than a new store's 16 levels a side: the store widens mid-run, when one batch could
+# (the kernel's cheap bound), or does (the exact bound per book), overflow a side
+wide_prices = st.sampled_from([round(0.01 + 0.0005 * i, 4) for i in range(120)])
+wide_levels = st.lists(st.tuples(wide_prices, st.sampled_from([0.5, 1.0, 3.0, 0.0])), max_size=30)
+wide_updates = st.lists(st.tuples(st.integers(0, 2), st.sampled_from(["snapshot", "change", "change", "change"]),
+                                  wide_levels, wide_levels, st.sampled_from([1, 1, 1, 2])), max_size=30)
+
+
 @settings(max_examples=300, deadline=None)
-@given(updates, st.lists(st.integers(1, 8), min_size=1, max_size=10))
+@given(st.one_of(updates, wide_updates), st.lists(st.integers(1, 8), min_size=1, max_size=10))
 def test_a_batch_equals_one_at_a_time_and_the_dict_model(spec, cuts):
     ups = stream(spec)
     batched, single = BookStore(), [OrderBook() for _ in NAMES]
@@ -143,3 +151,21 @@ def test_ladder_flags_follow_the_levels_a_read_depended_on():
     off.add(None)
     off.apply([snap], [0])
     assert not off.ladder.any()
+
+
+def test_a_full_side_widens_the_store_before_one_more_level():
+    """Asks at exactly the store's width, bids empty, and a change adding one ask: the store
+    widens first (a side overflowing in place would write over the next book's levels)."""
+    store = BookStore()
+    for _ in NAMES:
+        store.add(None)
+    width = store.px.shape[2]
+    asks = tuple((round(0.02 + 0.001 * i, 4), 1.0) for i in range(width))
+    neighbour = BookUpdate("deribit", "B", 1, 1, 1, None, "snapshot", ((0.005, 2.0),), ((0.5, 2.0),))
+    full = BookUpdate("deribit", "A", 1, 1, 1, None, "snapshot", (), asks)
+    store.apply([neighbour, full], [1, 0])
+    one_more = BookUpdate("deribit", "A", 2, 2, 2, 1, "change", (), ((0.9, 1.0),))
+    errors, _ = store.apply([one_more], [0])
+    assert errors == [] and store.px.shape[2] > width
+    assert store.side(0, 1) == list(asks) + [(0.9, 1.0)] and store.side(0, 0) == []
+    assert store.side(1, 0) == [(0.005, 2.0)] and store.side(1, 1) == [(0.5, 2.0)]
