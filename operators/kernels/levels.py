@@ -273,7 +273,9 @@ def execution_vol_coin(level_px, level_size, size_contracts: float, forward: flo
 
 
 def warm_up() -> None:
-    """Compile (or load from the numba cache) the walk on tiny arrays."""
+    """Compile (or load from the numba cache) the walk, the chain's book read, level solve and
+    ladder pass on tiny arrays (tests/operators/kernels/test_levels.py checks none is left to the
+    first epoch)."""
     walk_sides(np.array([2.0, 1.0, 3.0]), np.array([1.0, 2.0, 1.0]), np.array([0, 2]), np.array([2, 1]), 2,
                np.array([1.5, 9.0]))
     one = np.array([0.01, math.nan])
@@ -281,3 +283,6 @@ def warm_up() -> None:
                  *(np.zeros(2) for _ in range(5)))
     ladder_rows(np.ones((2, 1, 2)), np.ones((2, 1, 1)), np.ones((2, 1, 2)), np.zeros((2, 1, 2)), np.zeros(1, np.bool_),
                 0.5, 0.1)
+    read_books(np.ones(1, np.bool_), 1, np.zeros(1, np.bool_), np.ones((2, 1, 2)), np.ones((2, 1, 2)),
+               np.ones((2, 1), np.int64), np.array([1.5]), np.zeros((2, 1, 2)), np.zeros((2, 1, 1)),
+               np.ones(1, np.bool_), np.zeros((2, 1), np.int64), np.zeros((2, 1, 2), np.bool_), 1 << 62)

@@ -25,7 +25,7 @@ def sigs():
 before = sigs()
 from tests.helpers.chain import Clock, T0, logic, quotes, ticker
 clock = Clock(T0)
-chain = logic(clock)
+chain = logic(clock, **{chain_kw!r})
 chain.on_items(quotes() + [ticker()])
 fits = chain.on_epoch()
 clock.ms += 300
@@ -35,10 +35,11 @@ print(json.dumps({{"before": before, "after": sigs(), "fits": len(fits)}}))
 """
 
 
-def warm_up_coverage(module: str) -> dict:
+def warm_up_coverage(module: str, **chain_kw) -> dict:
     """{"before": {dispatcher: n signatures after warm_up}, "after": {... after two epochs},
-    "fits": fits the epochs produced}."""
-    proc = subprocess.run([sys.executable, "-c", _PROBE.format(root=str(ROOT), module=module)], cwd=str(ROOT),
+    "fits": fits the epochs produced}. chain_kw: ChainLogic settings for the epochs (e.g. level vols on)."""
+    proc = subprocess.run([sys.executable, "-c", _PROBE.format(root=str(ROOT), module=module, chain_kw=chain_kw)],
+                          cwd=str(ROOT),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])

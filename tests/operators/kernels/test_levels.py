@@ -221,3 +221,16 @@ def test_read_books_walks_the_flagged_rows_as_walk_sides_does(data, nrows, spare
     for got, want in ((lv_px, want_px), (lv_size, want_size), (lv_stale, want_stale), (reach, want_reach),
                       (full, want_full)):
         np.testing.assert_array_equal(got, want)
+
+
+def test_warm_up_compiles_every_kernel_a_level_vol_epoch_runs():
+    """In a fresh process, per module: after warm_up(), two chain epochs with level vols on (the
+    books read, the levels solved and replanned, the touch solved, ladders taken) compile nothing
+    more — the first market data never waits on the JIT."""
+    from tests.helpers.jit import warm_up_coverage
+
+    for module in ("operators.kernels.levels", "operators.kernels.small_moves", "operators.kernels.books"):
+        report = warm_up_coverage(module, level_depth=4, sizes_contracts=(1.0, 10.0))
+        assert report["fits"] == 2, (module, report)
+        assert any(n > 0 for n in report["before"].values()), (module, report)
+        assert report["after"] == report["before"], (module, report)
