@@ -3,10 +3,12 @@
 `BatchingSource` wraps a venue source (connectors/venues/) or a replay (connectors/capture/):
 each batch it reads becomes one `ChainBatch` per expiry key (operators/items.py) — one bytewax
 item per expiry per batch instead of one per message, since bytewax costs microseconds per
-item per step — plus the index prices and StatusReports that go elsewhere. It owns the
-instrument → chain-key routing built from Instrument events. With market-event storage on
+item per step — plus the index prices and StatusReports that go elsewhere. A BookBatch (a run of
+book notifications in columns, operators/events.py) is split by expiry into one BookBatch per
+ChainBatch, with no object per notification. It owns the instrument → chain-key routing built
+from Instrument events. With market-event storage on
 (`market=True`), the same loop also makes one `MarketEvents` item per surface per batch: the
-events it routed, for connectors/postgres/market_sink.py. Which worker reads which
+events it routed (BookBatches as their BookUpdates), for connectors/postgres/market_sink.py. Which worker reads which
 instruments is connectors/venues/placement.py's rule: a partition split per worker slot
 (`deribit-BTC.w1of2`) salts its venue's chain keys so that bytewax runs each on the slot's own
 worker (placement.routed_key). This module never parses and never computes anything about
@@ -19,15 +21,17 @@ import os
 import socket
 import time
 from datetime import datetime, timezone
+from itertools import repeat
 from typing import Callable, Optional
 
 import msgspec
+import numpy as np
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from connectors.venues.placement import routed_key, slot_of_name
 from flows.metrics import COUNTERS, STOP
-from operators.events import (BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument, StatusReport, Ticker,
-                              CONSOLIDATED, chain_key, surface_key)
+from operators.events import (BookBatch, BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument, StatusReport,
+                              Ticker, CONSOLIDATED, ORDER_FREE, chain_key, expand_books, surface_key)
 from operators.items import ChainBatch
 
 _COMBINED = CONSOLIDATED + "|"
@@ -67,6 +71,7 @@ class BatchingSource(FixedPartitionedSource):
                                   slot_of_name(for_part))
         if routing is not None:
             part.route, part.expiries = routing
+            part.route_group = {name: part.group_of(keys) for name, keys in part.route.items()}
         return part
 
 
@@ -94,6 +99,10 @@ class _BatchingPartition(StatefulSourcePartition):
         self.next_report_ms = 0
         # option instrument → its chain keys (its venue's, and the combined one), from Instrument events
         self.route: dict[str, tuple[str, ...]] = {}
+        # the same as a small int per distinct keys, which a BookBatch's rows are split by
+        self.route_group: dict[str, int] = {}
+        self.group_keys: list[tuple[str, ...]] = []
+        self._group_ids: dict[tuple[str, ...], int] = {}
         self.expiries: dict[tuple[str, str], set[str]] = {}  # (venue, underlying) → chain keys
 
     def next_batch(self):
@@ -103,13 +112,18 @@ class _BatchingPartition(StatefulSourcePartition):
         events = self.inner.next_batch()
         out: list = []
         if events:
-            COUNTERS.add("messages_in", len(events))
+            # messages: a BookBatch is one per row
+            COUNTERS.add("messages_in", len(events) + sum(len(e) - 1 for e in events if type(e) is BookBatch))
             groups: dict[str, list] = {}
             route = self.route
             index: dict[tuple[str, str], IndexPrice] = {}
+            # BookBatches a chain may take as one (only order-free events between them); with storage
+            # on, each on its own, so each instrument's stored events keep the order they came in
+            books: list = []
+            join = not self.market
             for e in events:
                 kind = type(e)
-                if kind is BookUpdate or kind is Ticker:  # the bulk: no list made per event
+                if kind is Ticker:  # the bulk: no list made per event
                     keys = route.get(e.instrument)
                     if keys is not None:
                         for key in keys:
@@ -118,11 +132,27 @@ class _BatchingPartition(StatefulSourcePartition):
                                 groups[key] = [e]
                             else:
                                 group.append(e)
-                    elif kind is BookUpdate:
+                    continue
+                if kind is BookBatch:  # a run of book notifications in columns
+                    books.append(e)
+                    if join:
+                        continue
+                if books and kind not in ORDER_FREE:
+                    self._route_books(books, groups)
+                    books = []
+                    if kind is BookBatch:
+                        continue
+                if kind is BookUpdate:
+                    keys = route.get(e.instrument)
+                    if keys is not None:
+                        for key in keys:
+                            groups.setdefault(key, []).append(e)
+                    else:
                         COUNTERS.add("errors.unknown_instrument")
                 elif kind is Instrument:
                     if e.kind == "option":
                         keys = route[e.instrument] = self._keys(e.venue, e.underlying, e.expiry_ms)
+                        self.route_group[e.instrument] = self.group_of(keys)
                         for key in keys:
                             groups.setdefault(key, []).append(e)
                 elif kind is FuturePrice:
@@ -136,6 +166,8 @@ class _BatchingPartition(StatefulSourcePartition):
                         groups.setdefault(key, []).append(e)
                 else:
                     out.append(e)
+            if books:
+                self._route_books(books, groups)
             # market events to store: each surface's expiry groups joined (list.extend: C, no Python per
             # event), copied before the index prices are appended. One item per surface per batch instead of
             # one per ChainBatch through two filter_maps and a merge (until 2026-12-05): on the seed-scale
@@ -148,10 +180,10 @@ class _BatchingPartition(StatefulSourcePartition):
                     if skey.startswith(_COMBINED):
                         continue  # the combined surface's copies of the same events
                     stored = market.get(skey)
-                    if stored is None:
-                        market[skey] = list(evs)
+                    if stored is None:  # a copy: the group gets the index price after this
+                        market[skey] = list(expand_books(evs))
                     else:
-                        stored.extend(evs)
+                        stored.extend(expand_books(evs))
             for (venue, underlying), e in index.items():
                 out.append(e)
                 if market is not None:
@@ -172,6 +204,29 @@ class _BatchingPartition(StatefulSourcePartition):
             self.next_report_ms = now + self.interval_ms
             out.append(StatusReport(self.name, now, COUNTERS.started_ms, COUNTERS.snapshot()))
         return out
+
+    def _route_books(self, books: list, groups: dict[str, list]) -> None:
+        """BookBatches, joined into one, split by expiry: a BookBatch per chain key, appended to its group."""
+        batch = books[0] if len(books) == 1 else BookBatch.concat(books)
+        group = np.fromiter(map(self.route_group.get, batch.instruments, repeat(-1)), np.int64, len(batch))
+        unknown = int(np.count_nonzero(group < 0))
+        if unknown:
+            COUNTERS.add("errors.unknown_instrument", unknown)
+        for g, part in batch.split(group):
+            for key in self.group_keys[g]:
+                listed = groups.get(key)
+                if listed is None:
+                    groups[key] = [part]
+                else:
+                    listed.append(part)
+
+    def group_of(self, keys: tuple[str, ...]) -> int:
+        """The small int standing for these chain keys (route_group's values)."""
+        group = self._group_ids.get(keys)
+        if group is None:
+            group = self._group_ids[keys] = len(self.group_keys)
+            self.group_keys.append(keys)
+        return group
 
     def _keys(self, venue: str, underlying: str, expiry_ms: int) -> tuple[str, ...]:
         # an expiry this slot reads runs on this slot's worker (it reads all of that expiry, by

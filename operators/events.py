@@ -160,6 +160,126 @@ class BookUpdate(Message):
     __hash__ = None  # type: ignore[assignment]  # holds arrays
 
 
+# BookBatch's codes, read as they are by the books' compiled apply (operators/kernels/books.py)
+BOOK_SNAPSHOT, BOOK_CHANGE = 0, 1  # BookBatch.kind
+NO_PREV_SEQ = -(1 << 63)  # BookBatch.prev_seq of a snapshot (int64's least value)
+_KIND_NAMES = ("snapshot", "change")
+
+
+class BookBatch(Event):
+    """Many book notifications of one venue in columns, row i the i-th in arrival order: what a
+    batch parser emits for a run of them (connectors/venues/deribit/parse.py parse_columns) and
+    what a chain applies in one compiled call, with no object per notification. The same facts as
+    one BookUpdate per row (`updates()` makes those, for whoever holds books one update at a time).
+
+    Row i's levels are px/size[start : start + sides[2i] + sides[2i+1]], its bids then its asks, in
+    the venue's order, where start is the sum of the sides before it. Never serialised: it lives
+    between a source and the chain steps it feeds (BookUpdates are what is stored and sent).
+    Why: building a BookUpdate per notification, and reading one back per notification in the
+    routing and the chain, was a quarter of a full-speed message's CPU (docs/benchmarks.md,
+    "Book notifications in columns")."""
+
+    venue: str
+    instruments: list  # str per row
+    ts_exchange_ms: np.ndarray  # int64 per row
+    ts_recv_ms: np.ndarray  # int64 per row
+    seq: np.ndarray  # int64 per row
+    prev_seq: np.ndarray  # int64 per row, NO_PREV_SEQ on a snapshot
+    kind: np.ndarray  # int64 per row, BOOK_SNAPSHOT | BOOK_CHANGE
+    sides: np.ndarray  # int64, two per row: its bid levels, its ask levels
+    px: np.ndarray  # float64, every row's levels in order
+    size: np.ndarray  # float64, size 0 deletes the level in a change
+
+    def __len__(self) -> int:
+        return len(self.instruments)
+
+    @classmethod
+    def of(cls, updates: list) -> "BookBatch":
+        """The BookBatch of BookUpdates of one venue, row i update i (the inverse of `updates()`)."""
+        venues = {u.venue for u in updates}
+        if len(venues) != 1:
+            raise ValueError(f"a BookBatch holds one venue's updates, got venues {sorted(venues)}")
+        sides = [side for u in updates for side in (u.bids, u.asks)]
+        levels = np.concatenate(sides) if sides else NO_BOOK_LEVELS
+        return cls(venues.pop(), [u.instrument for u in updates],
+                   *(np.array(col, np.int64) for col in (
+                       [u.ts_exchange_ms for u in updates], [u.ts_recv_ms for u in updates], [u.seq for u in updates],
+                       [NO_PREV_SEQ if u.prev_seq is None else u.prev_seq for u in updates],
+                       [_KIND_NAMES.index(u.kind) for u in updates], [len(side) for side in sides])),
+                   levels[:, 0].copy(), levels[:, 1].copy())
+
+    @classmethod
+    def concat(cls, batches: list) -> "BookBatch":
+        """One BookBatch of several of one venue, their rows in the order given."""
+        first = batches[0]
+        return cls(first.venue, [name for b in batches for name in b.instruments],
+                   *(np.concatenate([getattr(b, f) for b in batches]) for f in _COLUMNS))
+
+    def updates(self) -> list:
+        """One BookUpdate per row, in order (their sides are views of px and size)."""
+        both = np.stack((self.px, self.size), axis=1)
+        out = []
+        at = 0
+        for i, (name, ts_x, ts_r, seq, prev, kind, n_bids, n_asks) in enumerate(zip(
+                self.instruments, self.ts_exchange_ms.tolist(), self.ts_recv_ms.tolist(), self.seq.tolist(),
+                self.prev_seq.tolist(), self.kind.tolist(), self.sides[0::2].tolist(), self.sides[1::2].tolist())):
+            mid, end = at + n_bids, at + n_bids + n_asks
+            out.append(BookUpdate(self.venue, name, ts_x, ts_r, seq, None if prev == NO_PREV_SEQ else prev,
+                                  _KIND_NAMES[kind], both[at:mid] if n_bids else NO_BOOK_LEVELS,
+                                  both[mid:end] if n_asks else NO_BOOK_LEVELS))
+            at = end
+        return out
+
+    def split(self, group: np.ndarray) -> list:
+        """[(g, BookBatch of the rows with group[row] == g, in arrival order)] for each g ≥ 0 present,
+        g ascending; rows of group < 0 are left out. A batch all of one group is returned as is."""
+        n = len(self.instruments)
+        order = np.argsort(group, kind="stable")
+        grouped = group[order]
+        first = int(np.searchsorted(grouped, 0))
+        if first == n:
+            return []
+        if first == 0 and grouped[0] == grouped[-1]:
+            return [(int(grouped[0]), self)]
+        order, grouped = order[first:], grouped[first:]
+        per_row = self.sides[0::2] + self.sides[1::2]
+        starts = np.cumsum(per_row) - per_row
+        counts = per_row[order]
+        ends = np.cumsum(counts)
+        total = int(ends[-1]) if ends.size else 0
+        # each kept row's levels, gathered in the new order
+        levels = np.repeat(starts[order] - (ends - counts), counts) + np.arange(total)
+        px, size = self.px[levels], self.size[levels]
+        sides = self.sides.reshape(-1, 2)[order].ravel()
+        ts_x, ts_r, seq, prev, kind = (a[order] for a in (self.ts_exchange_ms, self.ts_recv_ms, self.seq,
+                                                           self.prev_seq, self.kind))
+        names = self.instruments
+        names = [names[i] for i in order.tolist()]
+        cuts = [0, *(np.flatnonzero(grouped[1:] != grouped[:-1]) + 1).tolist(), len(order)]
+        level_at = [0, *ends.tolist()]
+        out = []
+        for a, b in zip(cuts, cuts[1:]):
+            la, lb = level_at[a], level_at[b]
+            out.append((int(grouped[a]), BookBatch(self.venue, names[a:b], ts_x[a:b], ts_r[a:b], seq[a:b], prev[a:b],
+                                                   kind[a:b], sides[2 * a:2 * b], px[la:lb], size[la:lb])))
+        return out
+
+
+_COLUMNS = ("ts_exchange_ms", "ts_recv_ms", "seq", "prev_seq", "kind", "sides", "px", "size")
+
+def expand_books(events: list) -> list:
+    """The events with each BookBatch replaced by its BookUpdates, in place of it."""
+    if not any(type(e) is BookBatch for e in events):
+        return events
+    out: list = []
+    for e in events:
+        if type(e) is BookBatch:
+            out.extend(e.updates())
+        else:
+            out.append(e)
+    return out
+
+
 class Ticker(Message):
     """Top of book plus the exchange's own marks; IVs are decimals, None if absent."""
 
@@ -213,6 +333,12 @@ class FeedError(Message):
     ts_recv_ms: int
     instrument: str = ""
     v: int = SCHEMA_VERSION
+
+
+# Events whose order relative to book updates no chain depends on (it reads them at its tick): a
+# run of book notifications may pass them (connectors/venues/deribit/parse.py parse_columns, and
+# flows/routing.py joining such runs for the chains).
+ORDER_FREE = frozenset((Ticker, IndexPrice, FuturePrice, FeedError))
 
 
 # ---------------------------------------------------------------- derived events (steps)

@@ -13,6 +13,8 @@ import bisect
 import time
 from typing import Optional
 
+import numpy as np
+
 from bench.engine.common import now_wall_ms
 
 
@@ -75,6 +77,8 @@ class Probe:
         newest = 0
         for ev in batch:
             ts = getattr(ev, "ts_exchange_ms", 0)
+            if type(ts) is np.ndarray:  # a BookBatch's column
+                ts = int(ts.max())
             if ts > newest:
                 newest = ts
         if newest:

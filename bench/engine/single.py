@@ -136,6 +136,7 @@ def run_volgraph(job: dict) -> dict:
 def run_naive(job: dict) -> dict:
     from bench.naive import NaiveEngine
     from connectors.capture.replay import ReplaySource
+    from connectors.venues.deribit.parse import parse_frames
     from flows.surface import tune_gc
     from flows.config import load_config
 
@@ -154,7 +155,9 @@ def run_naive(job: dict) -> dict:
 
     engine_config = load_config(overrides={"chain": job.get("chain", {})})  # level vols: the same as volgraph's
     engine = NaiveEngine(engine_config, on_patch=on_patch)
-    src = ReplaySource(job["path"], batch_max=1, stamp_recv="wall", preload=job.get("preload", False))
+    # one frame at a time, as BookUpdates: the naive design applies each message as it comes
+    src = ReplaySource(job["path"], batch_max=1, stamp_recv="wall", preload=job.get("preload", False),
+                       parse=parse_frames)
     part = src.build_part("naive", src.list_parts()[0], None)
     # untimed: reach the starting state (the preamble; for the shock file everything before it)
     start_at = shock["first_frame"] if shock is not None else meta["preamble_frames"]

@@ -28,11 +28,11 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from connectors.venues.deribit.parse import parse_frames
+from connectors.venues.deribit.parse import parse_columns
 from connectors.venues.base import SOURCE_BATCH_MAX, SOURCE_GATHER_MS
-from operators.events import EVENT_TYPES
+from operators.events import EVENT_TYPES, BookBatch
 
-_EVENTS = frozenset(EVENT_TYPES.values())
+_EVENTS = frozenset((*EVENT_TYPES.values(), BookBatch))
 
 # Discovery responses are large (Deribit's BTC option listing is several MB); the live client
 # allows 64 MiB for them, so a replay of its recording must too.
@@ -258,7 +258,7 @@ class ReplaySource(FixedPartitionedSource):
     resends_after_resume = True
 
     def __init__(self, path: Union[str, Path, Sequence[Union[str, Path]]], *, speed: Union[str, float] = "max",
-                 parse: Callable[..., list] = parse_frames, batch_max: int = SOURCE_BATCH_MAX,
+                 parse: Callable[..., list] = parse_columns, batch_max: int = SOURCE_BATCH_MAX,
                  run_seconds: Optional[float] = None, max_frames: Optional[int] = None,
                  stamp_recv: str = "recorded", max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
                  prefetch: bool = True, start_wall_ms: Optional[float] = None,

@@ -22,7 +22,8 @@ class Venue:
     and the package: a venue's code is found by the layout docs/adding-a-venue.md gives —
     connectors/venues/<name>/parse.py `parse_frame(raw, ts_recv_ms=None, max_bytes=…) -> list`
     (never raises) and, where a batch reads faster, `parse_frames(raws, ts_recv_ms, max_bytes) ->
-    list` (the same events as parse_frame frame by frame), client.py `<client_class>(url=…, <keys_field>=…, frame_tap=…, **options)` (a
+    list` (the same events as parse_frame frame by frame) and `parse_columns(raws, ts_recv_ms, max_bytes)
+    -> list` (the same with runs of book notifications as BookBatches), client.py `<client_class>(url=…, <keys_field>=…, frame_tap=…, **options)` (a
     base.VenueClient), source.py `client_options(section) -> kwargs` and `from_config(section, *,
     url=None, run_seconds=None, route_workers=1) -> source`; its simulator is
     connectors/sim/<name>.py `main(argv, defaults=…)` (defaults from [simulator]).
@@ -47,10 +48,10 @@ class Venue:
         return self._load("parse", "parse_frame")
 
     def parse_frames(self) -> Callable[..., list]:
-        """The batch parser a replay calls per source batch: the venue's own `parse_frames`, or
-        its parse_frame frame by frame."""
+        """The batch parser a replay calls per source batch: the venue's own `parse_columns` (book
+        notifications as BookBatches), else its `parse_frames`, else its parse_frame frame by frame."""
         module = importlib.import_module(f"connectors.venues.{self.name}.parse")
-        batch = getattr(module, "parse_frames", None)
+        batch = getattr(module, "parse_columns", None) or getattr(module, "parse_frames", None)
         if batch is not None:
             return batch
         parse_frame = module.parse_frame

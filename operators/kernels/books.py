@@ -1,7 +1,7 @@
 """L2 order books as arrays, and the compiled apply of a batch of snapshots and changes to them.
 
 Pure numerics over numpy arrays (numba loops): no I/O, no objects, never imports connectors,
-flows or operators.state. The rules a book follows live here once (operators/state/book.py wraps
+flows or operators.state (operators.events only for the codes of the columns it reads). The rules a book follows live here once (operators/state/book.py wraps
 them: BookStore for a chain's many books, OrderBook for one):
 
   * a snapshot replaces both sides (its size-0 levels are absent) and ends staleness;
@@ -30,9 +30,11 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-NO_SEQ = np.iinfo(np.int64).min
+from operators.events import BOOK_CHANGE as CHANGE  # the update kinds and "no seq" of BookBatch's columns,
+from operators.events import BOOK_SNAPSHOT as SNAPSHOT  # which the apply reads as they are
+from operators.events import NO_PREV_SEQ as NO_SEQ
+
 REACH_ANY = np.iinfo(np.int64).max
-SNAPSHOT, CHANGE = 0, 1
 OK, SEQ_GAP, CROSSED = 0, 1, 2  # per-update outcome codes
 _NO_SEQ = int(NO_SEQ)
 

@@ -36,7 +36,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from operators.events import BookUpdate, FeedError, Instrument
+from operators.events import BookBatch, BookUpdate, FeedError, Instrument
 from operators.kernels import books as kernel
 from operators.kernels.books import CHANGE, NO_SEQ, REACH_ANY, SEQ_GAP, SNAPSHOT
 
@@ -115,17 +115,28 @@ class BookStore:
                 levels.append(u.asks)
         sides = np.fromiter(map(len, levels), np.int64, 2 * n)
         flat = np.concatenate(levels)  # the sides are levels × 2 arrays already (BookUpdate)
-        row_arr = np.fromiter(rows, np.int64, n)
         kinds = np.fromiter((SNAPSHOT if u.kind == "snapshot" else CHANGE for u in updates), np.int64, n)
         seqs = np.fromiter((u.seq for u in updates), np.int64, n)
         prevs = np.fromiter((NO_SEQ if u.prev_seq is None else u.prev_seq for u in updates), np.int64, n)
+        return self._apply(np.fromiter(rows, np.int64, n), kinds, seqs, prevs, sides, flat[:, 0], flat[:, 1],
+                           lambda i: (updates[i].venue, updates[i].instrument, updates[i].ts_recv_ms))
+
+    def apply_columns(self, batch: BookBatch, rows: np.ndarray) -> tuple[list[FeedError], np.ndarray]:
+        """`apply` for a BookBatch, row i to book `rows[i]`: its columns go to the kernel as they are."""
+        return self._apply(rows, batch.kind, batch.seq, batch.prev_seq, batch.sides, batch.px, batch.size,
+                           lambda i: (batch.venue, batch.instruments[i], int(batch.ts_recv_ms[i])))
+
+    def _apply(self, row_arr, kinds, seqs, prevs, sides, level_px, level_size, who) -> tuple[list[FeedError], np.ndarray]:
+        """The compiled apply of n updates given as columns; who(i) → (venue, instrument,
+        ts_recv_ms) of update i, asked only for the errors."""
+        n = row_arr.shape[0]
         outcome, said_seq, said_px = np.empty(n, np.int64), np.empty(n, np.int64), np.empty((n, 2))
         touched = np.empty(n, np.int64)
         # The offsets, the sums and the cheap bound on room are the kernel's (as numpy calls here they
         # were ~4 of the 14 µs an apply of one change took, 2026-12-07); when that bound does not fit,
         # the exact one per book, and more room if even that does not fit
         for room_checked in (False, True):
-            k, n_errors = kernel.apply_batch(row_arr, kinds, seqs, prevs, sides, flat[:, 0], flat[:, 1], self.px,
+            k, n_errors = kernel.apply_batch(row_arr, kinds, seqs, prevs, sides, level_px, level_size, self.px,
                                              self.sz, self.count, self.last_seq, self.stale, self.reach, self.ladder,
                                              self.levels_on, outcome, said_seq, said_px, touched, room_checked)
             if k >= 0:
@@ -138,13 +149,13 @@ class BookStore:
         errors = []
         if n_errors:
             for i in np.flatnonzero(outcome).tolist():
-                u = updates[i]
+                venue, instrument, ts_recv_ms = who(i)
                 if outcome[i] == SEQ_GAP:
-                    errors.append(FeedError(u.venue, "seq_gap", f"prev_seq {u.prev_seq} != last seq "
-                                            f"{_seq(int(said_seq[i]))}", u.ts_recv_ms, u.instrument))
+                    errors.append(FeedError(venue, "seq_gap", f"prev_seq {_seq(int(prevs[i]))} != last seq "
+                                            f"{_seq(int(said_seq[i]))}", ts_recv_ms, instrument))
                 else:
-                    errors.append(FeedError(u.venue, "crossed_book", f"best bid {said_px[i, 0]} >= best ask "
-                                            f"{said_px[i, 1]}", u.ts_recv_ms, u.instrument))
+                    errors.append(FeedError(venue, "crossed_book", f"best bid {said_px[i, 0]} >= best ask "
+                                            f"{said_px[i, 1]}", ts_recv_ms, instrument))
         return errors, touched[:k]
 
     # ---------------------------------------------------------------- reading one book

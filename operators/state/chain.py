@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import MISSING, dataclass, field, fields
+from itertools import repeat
 from typing import Callable, Iterable, Optional
 
 import numpy as np
@@ -28,7 +29,7 @@ from operators.kernels import forward as fwd
 from operators.kernels import iv, levels, small_moves, svi
 from operators.state.book import BookStore
 from operators.kernels.books import REACH_ANY
-from operators.events import (BookUpdate, ChainUpdate, FeedError, FuturePrice, IndexPrice, Instrument, SmileFit,
+from operators.events import (BookBatch, BookUpdate, ChainUpdate, FeedError, FuturePrice, IndexPrice, Instrument, SmileFit,
                               Ladders, Ticker, chain_key)
 
 MS_PER_YEAR = 365.0 * 86_400_000.0  # ACT/365, to the millisecond
@@ -337,6 +338,11 @@ class ChainLogic:
                     seen[item.venue] = item.ts_recv_ms
                 if item.ts_exchange_ms > s.ts_exchange_ms:
                     s.ts_exchange_ms = item.ts_exchange_ms
+            elif kind is BookBatch:  # a run of book updates in columns, from a batch parser
+                if updates:
+                    self._apply_books(updates, rows, sides)
+                    updates, rows, sides = [], [], []
+                self._apply_columns(item)
             elif kind is Ticker:
                 if item.underlying_px is not None and item.underlying_px != s.underlying_px:
                     s.underlying_px = item.underlying_px
@@ -379,12 +385,36 @@ class ChainLogic:
             self._apply_books(updates, rows, sides)
         self.counters["items"] += n
 
+    def _apply_columns(self, batch: BookBatch) -> None:
+        """on_items' rule for BookUpdates, for a BookBatch's rows: no object per row."""
+        s = self.state
+        rows = np.fromiter(map(s.book_slot.get, batch.instruments, repeat(-1)), np.int64, len(batch))
+        if rows.min(initial=0) < 0:  # a book before its listing: said per book, the rest applied
+            for i in np.flatnonzero(rows < 0).tolist():
+                self.errors.append(FeedError(batch.venue, "unknown_instrument", "book update before the instrument "
+                                             "was listed", int(batch.ts_recv_ms[i]), batch.instruments[i]))
+            known = rows >= 0
+            parts = batch.split(np.where(known, 0, -1))
+            if not parts:
+                return
+            batch, rows = parts[0][1], rows[known]
+        seen = int(batch.ts_recv_ms.max())
+        if seen > s.venue_seen_ms.get(batch.venue, 0):
+            s.venue_seen_ms[batch.venue] = seen
+        newest = int(batch.ts_exchange_ms.max())
+        if newest > s.ts_exchange_ms:
+            s.ts_exchange_ms = newest
+        self._touched(*s.store.apply_columns(batch, rows))
+
     def _apply_books(self, updates: list, rows: list, sides: list) -> None:
         """Apply gathered book updates; requote the strikes whose book's touch moved (most
         changes are below the touch: nothing to requote)."""
+        self._touched(*self.state.store.apply(updates, rows, sides))
+
+    def _touched(self, errors: list, touched: np.ndarray) -> None:
+        """After an apply: keep its errors, requote the strikes whose book's touch moved."""
         s = self.state
         store = s.store
-        errors, touched = store.apply(updates, rows, sides)
         if errors:
             self.errors += errors
         if not touched.size:

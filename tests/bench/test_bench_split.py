@@ -15,7 +15,7 @@ sys.path.insert(0, str(ROOT))
 from bench.workload import ensure_workload, split_recording, workload_for  # noqa: E402
 from connectors.capture.replay import ReplaySource  # noqa: E402
 from connectors.venues.deribit.names import parse_instrument_name  # noqa: E402
-from operators.events import BookUpdate, Instrument  # noqa: E402
+from operators.events import BookUpdate, Instrument, expand_books  # noqa: E402
 
 
 def _replayed(path: Path) -> tuple[dict[tuple[str, str, int], int], set[int]]:
@@ -27,7 +27,7 @@ def _replayed(path: Path) -> tuple[dict[tuple[str, str, int], int], set[int]]:
     booked: set[int] = set()
     try:
         while True:
-            for ev in part.next_batch():
+            for ev in expand_books(part.next_batch()):  # BookBatches as their BookUpdates
                 if type(ev) is Instrument:
                     key = (ev.underlying, ev.kind, ev.expiry_ms)
                     listed[key] = listed.get(key, 0) + 1

@@ -46,3 +46,32 @@ def test_a_batch_gives_one_item_per_surface_with_every_routed_event_once():
     assert batches(out) == batches(run(events, market=False))
     assert any(key.startswith("all|") for key, _ in batches(out))
     assert not [x for x in run(events, market=False) if type(x) is MarketEvents]
+
+
+def test_books_in_columns_reach_each_chain_as_one_batch_and_are_stored_as_updates():
+    """A replay's BookBatches (operators/events.py): with storage off, runs with only order-free
+    events between are joined and split by expiry — one BookBatch per chain key holding its rows
+    in order; with storage on each run is routed on its own and stored as its BookUpdates, each
+    instrument's in the order read. Books never listed are counted, not routed."""
+    from flows.metrics import COUNTERS
+    from operators.events import BookBatch, Ticker, expand_books
+
+    d1, d2 = option("deribit", "D1", E1), option("deribit", "D2", E2)
+    ticker = Ticker("deribit", "D1", 3, 3, underlying_px=90_100.0)
+    run1 = [book("deribit", "D1", 2), book("deribit", "D2", 3), book("deribit", "NOPE", 3)]
+    run2 = [book("deribit", "D2", 4), book("deribit", "D1", 5)]
+    events = [d1, d2, BookBatch.of(run1), ticker, BookBatch.of(run2)]
+    before = COUNTERS.snapshot()
+    out = run(events, market=False)
+    after = COUNTERS.snapshot()
+    assert after["messages_in"] - before.get("messages_in", 0) == 2 + 3 + 1 + 2  # a BookBatch counts its rows
+    assert after["errors.unknown_instrument"] - before.get("errors.unknown_instrument", 0) == 1
+    chains = {b.key: b.events for b in out if type(b) is ChainBatch and b.key.startswith("deribit|")}
+    for key, listing, rows in ((f"deribit|BTC|{E1}", d1, [run1[0], run2[1]]), (f"deribit|BTC|{E2}", d2,
+                                                                                 [run1[1], run2[0]])):
+        got = chains[key]
+        assert got[0] == listing and [type(e) for e in got[1:]].count(BookBatch) == 1
+        assert [e for e in expand_books(got[1:]) if type(e) is BookUpdate] == rows
+    assert ticker in chains[f"deribit|BTC|{E1}"]
+    stored = {item[0]: item[1] for item in run(events, market=True) if type(item) is MarketEvents}
+    assert stored["deribit|BTC"] == [d1, run1[0], ticker, run2[1], d2, run1[1], run2[0]]

@@ -13,7 +13,7 @@ import time
 import orjson
 from hypothesis import strategies as st
 
-from operators.events import BookUpdate, FeedError, Instrument
+from operators.events import ORDER_FREE, BookUpdate, FeedError, Instrument, expand_books
 
 from tests.helpers.config import deribit_kwargs, okx_kwargs
 from tests.helpers.data import FRAMES_DIR
@@ -228,3 +228,20 @@ def smile_error_pts(view, true_vol):
                      / fit.t_years)
     true = np.array([true_vol(K, fit.forward) for K in strikes])
     return (fitted - true) * 100
+
+
+def assert_same_events_books_run_together(got: list, want: list) -> None:
+    """`got` (BookBatches included: a replay's parse_columns) holds `want` (parse_frame frame by
+    frame) as parse_columns promises: every event but the order-free ones (operators.events
+    ORDER_FREE) in the same order, the order-free ones in the same order, each instrument's own
+    events in the same order."""
+    got = expand_books(got)
+    for pick in (lambda e: type(e) not in ORDER_FREE, lambda e: type(e) in ORDER_FREE):
+        assert [e for e in got if pick(e)] == [e for e in want if pick(e)]
+    mine = collections.defaultdict(list)
+    for e in got:
+        mine[getattr(e, "instrument", "")].append(e)
+    theirs = collections.defaultdict(list)
+    for e in want:
+        theirs[getattr(e, "instrument", "")].append(e)
+    assert mine == theirs

@@ -135,3 +135,45 @@ def test_from_json_never_raises_anything_but_contract_error(raw):
 def fit(expiry_ms, epoch=1):
     return ev.SmileFit("deribit", "BTC", expiry_ms, epoch, 0, 0, 0.1, 100.0, 0.01, 0.1, -0.2, 0.0, 0.2,
                        0.3, 20, True, 0.5, 1.0)
+
+
+# ---------------------------------------------------------------- BookBatch: book updates in columns
+
+book_updates = st.lists(st.builds(
+    ev.BookUpdate, st.just("deribit"), st.sampled_from(["A", "B", "C", "D"]), ints, ints,
+    st.integers(-(2**62), 2**62), st.none() | st.integers(-(2**62), 2**62), st.sampled_from(["snapshot", "change"]),
+    book_sides, book_sides), max_size=12)
+
+
+@settings(max_examples=200)
+@given(book_updates)
+def test_a_book_batch_holds_the_same_updates_in_columns(updates):
+    updates = [msgspec.structs.replace(u, prev_seq=None) if u.kind == "snapshot" else u for u in updates]
+    if not updates:
+        return
+    batch = ev.BookBatch.of(updates)
+    assert len(batch) == len(updates) and batch.updates() == updates
+    assert ev.expand_books([1, batch, 2]) == [1, *updates, 2]
+
+
+@settings(max_examples=200)
+@given(book_updates, st.data())
+def test_a_split_book_batch_gives_each_group_its_rows_in_order(updates, data):
+    """BookBatch.split (how the routing hands each expiry its rows): every group's rows, in
+    arrival order, levels and all; rows of group -1 nowhere."""
+    updates = [msgspec.structs.replace(u, prev_seq=None) if u.kind == "snapshot" else u for u in updates]
+    if not updates:
+        return
+    group = np.array(data.draw(st.lists(st.integers(-1, 3), min_size=len(updates), max_size=len(updates))), np.int64)
+    parts = ev.BookBatch.of(updates).split(group)
+    want = {g: [u for u, h in zip(updates, group.tolist()) if h == g] for g in sorted(set(group.tolist()) - {-1})}
+    assert [g for g, _ in parts] == list(want)
+    for g, part in parts:
+        assert part.updates() == want[g]
+        assert part.sides.sum() == part.px.size == part.size.size
+
+
+def test_a_book_batch_is_one_venue():
+    a = ev.BookUpdate("deribit", "A", 1, 1, 1, None, "snapshot")
+    with pytest.raises(ValueError, match=r"one venue's updates, got venues \['deribit', 'okx'\]"):
+        ev.BookBatch.of([a, msgspec.structs.replace(a, venue="okx")])

@@ -2,11 +2,13 @@
 frame -> event translation, a msgspec fast path for book and ticker notifications, and the
 careful parser that names every bad field.
 
-Many frames at once (`parse_frames`, what a replay reads per source batch): the book
-notifications' envelopes are decoded by msgspec with their level lists left as raw JSON, and
-every level list of the batch is then read in one compiled pass into one array
-(levels.py), of which each BookUpdate's sides are slices; every other frame, and any level list
-the pass declines, goes through `parse_frame`, so the events are the same either way.
+Many frames at once: the book notifications' envelopes are decoded by msgspec with their level
+lists left as raw JSON, and every level list of the batch is then read in one compiled pass
+(levels.py) into the columns of a BookBatch (operators/events.py); every other frame, and any
+level list the pass declines, goes through `parse_frame`, so the events are the same either way.
+`parse_columns` (what a replay reads per source batch) keeps the BookBatches, each run of book
+notifications one; `parse_frames` (what the live client reads: its checks hold books one update
+at a time) turns them into BookUpdates, in exactly parse_frame's order.
 
 Translation only: bytes in, events (operators.events) out. It never raises (bad input becomes a
 FeedError with a reason code), keeps no state, never judges a book (sequence chains and crossed
@@ -33,7 +35,8 @@ from connectors.venues.base import BadFrame as _Bad
 from connectors.venues.base import check_frame, check_not_crossed, now_ms, parse_name
 from connectors.venues.deribit import levels as level_scan
 from connectors.venues.deribit.names import VENUE, InstrumentNameError, parse_instrument_name
-from operators.events import NO_BOOK_LEVELS, BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument, Ticker
+from operators.events import (BOOK_CHANGE, BOOK_SNAPSHOT, NO_BOOK_LEVELS, NO_PREV_SEQ, ORDER_FREE, BookBatch,
+                              BookUpdate, FeedError, FuturePrice, IndexPrice, Instrument, Ticker, expand_books)
 
 DEFAULT_MAX_FRAME_BYTES = 1 << 20
 
@@ -261,15 +264,36 @@ _SNAPSHOT, _CHANGE = level_scan.SNAPSHOT, level_scan.CHANGE
 
 def parse_frames(raws: Sequence[Any], ts_recv_ms: Sequence[int], max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> list:
     """Many frames → their events in order, the same as `parse_frame` frame by frame (Control
-    objects included). Never raises. Book notifications have their envelopes decoded one by one
-    and all their level lists read in one compiled pass (levels.py); a BookUpdate's sides are
-    slices of one array for the whole batch. Fewer than BATCH_MIN frames are parsed one by one."""
+    objects included): `parse_columns` with runs of book notifications only, each BookBatch as its
+    BookUpdates. What the live client reads (its checks hold books one update at a time). Never raises."""
+    return expand_books(parse_columns(raws, ts_recv_ms, max_bytes, order_free=frozenset()))
+
+
+def parse_columns(raws: Sequence[Any], ts_recv_ms: Sequence[int], max_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+                  order_free: frozenset = ORDER_FREE) -> list:
+    """Many frames → their events, the book notifications as BookBatches (operators/events.py):
+    each run of them with only events of the `order_free` types between (tickers, index and future
+    prices, frame errors) becomes one BookBatch at the place of its first, those events keeping
+    their order after it. A run also ends before a book whose instrument had such an event since
+    it began, so each instrument's events keep their order: what is stored of a replay does not
+    depend on where its batches were cut. What a replay reads per source batch. Never raises.
+
+    The notifications' envelopes are decoded by msgspec with their level lists left as raw JSON,
+    and every level list of the batch is then read in one compiled pass (levels.py) into the
+    BookBatch's columns; every other frame, and a notification the pass declines, goes through
+    `parse_frame`. Fewer than BATCH_MIN frames are parsed one by one (BookUpdates, no BookBatch)."""
     if len(raws) < BATCH_MIN:
         return [ev for raw, ts in zip(raws, ts_recv_ms) for ev in parse_frame(raw, ts, max_bytes)]
     out: list = []  # the events in order; a book notification's place holds None until the pass
-    found: list = []  # (its place in out, frame position, decoded data, grouped) per book notification
+    found: list = []  # the frame position of each book notification, in order
     lists: list = []  # their raw level lists: bids, asks, bids, …
     modes: list = []  # per notification: how its lists are read (levels.py SNAPSHOT or CHANGE)
+    names: list = []  # per notification: the columns of its BookBatch row
+    ts_x: list = []
+    ts_r: list = []
+    seqs: list = []
+    prevs: list = []  # None where a change is unchained: the careful parser says so
+    kinds: list = []
     add_list = lists.append
     for i, raw in enumerate(raws):
         kind = type(raw)
@@ -285,11 +309,18 @@ def parse_frames(raws: Sequence[Any], ts_recv_ms: Sequence[int], max_bytes: int 
                 params = None
             if params is not None and params.channel.startswith("book."):
                 d = params.data
-                found.append((len(out), i, d, grouped))
+                found.append(i)
                 out.append(None)
                 add_list(d.bids)
                 add_list(d.asks)
-                modes.append(_SNAPSHOT if grouped or d.type == "snapshot" else _CHANGE)
+                snapshot = grouped or d.type == "snapshot"
+                modes.append(_SNAPSHOT if snapshot else _CHANGE)
+                names.append(d.instrument_name)
+                ts_x.append(d.timestamp)
+                ts_r.append(ts_recv_ms[i])
+                seqs.append(d.change_id)
+                kinds.append(BOOK_SNAPSHOT if snapshot else BOOK_CHANGE)
+                prevs.append(NO_PREV_SEQ if snapshot else d.prev_change_id)
                 continue
         out.extend(parse_frame(raw, ts_recv_ms[i], max_bytes))
     if not found:
@@ -301,32 +332,70 @@ def parse_frames(raws: Sequence[Any], ts_recv_ms: Sequence[int], max_bytes: int 
     px, amount, counts = np.empty(room), np.empty(room), np.empty(len(lists), np.int64)
     k = level_scan.scan_levels(buf, ends - lengths, ends, np.repeat(np.array(modes, np.int64), 2), level_scan.POW10,
                                px, amount, counts)
-    both = np.stack((px[:k], amount[:k]), axis=1)
-    counts_list = counts.tolist()
-    at = 0
-    redo: list = []  # (place, frame) of the notifications the careful parser reads after all
-    for j, (place, i, d, grouped) in enumerate(found):
-        n_bids, n_asks = counts_list[2 * j], counts_list[2 * j + 1]
-        if n_bids < 0 or n_asks < 0:  # a list the pass declined: the careful parser says why
-            at += max(n_bids, 0) + max(n_asks, 0)
-            redo.append((place, i))
+    pairs = counts.reshape(-1, 2)
+    # a notification is a row when the pass read both its lists and, a change, it is chained
+    ok = (pairs >= 0).all(axis=1)
+    if None in prevs:
+        unchained = np.fromiter((p is None for p in prevs), bool, len(prevs))
+        ok &= ~unchained
+        prevs = [NO_PREV_SEQ if p is None else p for p in prevs]
+    ok_list = ok.tolist()
+    found_names = names  # per notification, rows or not
+    if all(ok_list):
+        rows, levels = slice(None), slice(0, k)
+    else:
+        rows = ok
+        levels = np.repeat(ok, np.maximum(pairs, 0).sum(axis=1))
+        names = [n for n, good in zip(names, ok_list) if good]
+    columns = (np.array(ts_x, np.int64)[rows], np.array(ts_r, np.int64)[rows], np.array(seqs, np.int64)[rows],
+               np.array(prevs, np.int64)[rows], np.array(kinds, np.int64)[rows])
+    sides, level_px, level_size = pairs[rows].ravel(), px[:k][levels], amount[:k][levels]
+    # runs: rows with nothing between them but order-free events
+    result: list = []
+    run_start = 0  # first row of the run being gathered
+    row = 0  # rows (ok notifications) seen
+    level = 0  # their levels seen
+    run_level = 0
+    open_at = -1  # where in result the open run's BookBatch goes, -1: no run open
+    j = 0
+    side_counts = pairs.sum(axis=1).tolist()
+
+    def close() -> None:
+        result[open_at] = BookBatch(VENUE, names[run_start:row], *(c[run_start:row] for c in columns),
+                                    sides[2 * run_start:2 * row], level_px[run_level:level],
+                                    level_size[run_level:level])
+
+    passed: set = set()  # instruments of the order-free events the open run has passed
+    for ev in out:
+        if ev is not None:
+            if open_at >= 0:
+                if type(ev) not in order_free:
+                    close()
+                    open_at = -1
+                else:
+                    passed.add(getattr(ev, "instrument", ""))
+            result.append(ev)
             continue
-        mid, end = at + n_bids, at + n_bids + n_asks
-        # most changes touch one side: the other is the shared empty array, not a slice (0.3 µs each)
-        bids = both[at:mid] if n_bids else NO_BOOK_LEVELS
-        asks = both[mid:end] if n_asks else NO_BOOK_LEVELS
-        at = end
-        if grouped:
-            out[place] = BookUpdate(VENUE, d.instrument_name, d.timestamp, ts_recv_ms[i], d.change_id, None,
-                                    "snapshot", bids, asks)
-        elif d.type == "change" and d.prev_change_id is None:
-            redo.append((place, i))  # the careful parser says the change is unchained
-        else:
-            out[place] = BookUpdate(VENUE, d.instrument_name, d.timestamp, ts_recv_ms[i], d.change_id,
-                                    None if d.type == "snapshot" else d.prev_change_id, d.type, bids, asks)
-    for place, i in reversed(redo):  # from the back: a frame of several events shifts only what follows it
-        out[place:place + 1] = parse_frame(raws[i], ts_recv_ms[i], max_bytes)
-    return out
+        if ok_list[j]:
+            if open_at >= 0 and found_names[j] in passed:  # its instrument's events keep their order
+                close()
+                open_at = -1
+            if open_at < 0:
+                open_at, run_start, run_level = len(result), row, level
+                passed.clear()
+                result.append(None)
+            row += 1
+            level += side_counts[j]
+        else:  # the careful parser reads it, and says why where it is bad
+            if open_at >= 0:
+                close()
+                open_at = -1
+            i = found[j]
+            result.extend(parse_frame(raws[i], ts_recv_ms[i], max_bytes))
+        j += 1
+    if open_at >= 0:
+        close()
+    return result
 
 
 _Price = Optional[Annotated[float, msgspec.Meta(ge=0, lt=MAX_PRICE)]]  # 0 or absent: none

@@ -23,11 +23,13 @@ from connectors.capture import replay as replay_module
 from connectors.sim.deribit import Simulator
 from flows.surface import build_flow
 from tests.helpers.sinks import CallbackSink
-from operators.events import BookUpdate, FuturePrice, IndexPrice, Instrument, SmileFit, SurfacePatch, Ticker
+from operators.events import (BookBatch, BookUpdate, FuturePrice, IndexPrice, Instrument, SmileFit, SurfacePatch, Ticker,
+                              expand_books)
 from flows.config import load_config
 from operators.kernels.svi import total_variance
 from tests.helpers.config import sim_kwargs
 from tests.helpers.recordings import HEARTBEAT, START_MS, record
+from tests.helpers.venues import assert_same_events_books_run_together
 
 @pytest.fixture(scope="module")
 def frames():
@@ -199,7 +201,9 @@ def test_partition_emits_parsed_events_and_skips_session_frames(recording, frame
     part = ReplaySource(recording, batch_max=64).build_part("in", "btc.jsonl.gz", None)
     events = drain(part)
     expected = [e for ts, f in frames for e in parse_frame(f, ts, 64 << 20) if not isinstance(e, Control)]
-    assert events == expected
+    assert_same_events_books_run_together(events, expected)
+    assert any(type(e) is BookBatch for e in events)  # the books in columns (operators/events.py)
+    events = expand_books(events)
     assert part.snapshot() == len(frames)
     kinds = {type(e) for e in events}
     assert {Instrument, BookUpdate, Ticker, FuturePrice, IndexPrice} <= kinds and Control not in kinds
@@ -214,7 +218,8 @@ def test_resuming_from_a_snapshot_skips_the_consumed_frames(recording, frames):
     offset = part.snapshot()
     assert offset == 100
     rest = drain(src.build_part("in", "btc.jsonl.gz", offset))
-    assert rest == [e for ts, f in frames[offset:] for e in parse_frame(f, ts, 64 << 20) if not isinstance(e, Control)]
+    assert_same_events_books_run_together(
+        rest, [e for ts, f in frames[offset:] for e in parse_frame(f, ts, 64 << 20) if not isinstance(e, Control)])
 
 
 def test_max_frames_ends_the_run_and_the_offset_carries_on(recording, frames):
@@ -273,7 +278,7 @@ def test_a_shared_start_paces_from_that_wall_time(tmp_path):
 
 def test_wall_stamping_replaces_the_recorded_receive_time(recording):
     part = ReplaySource(recording, stamp_recv="wall").build_part("in", "btc.jsonl.gz", None)
-    events = part.next_batch()
+    events = expand_books(part.next_batch())
     assert all(e.ts_recv_ms >= part.started_wall_ms for e in events) and part.started_wall_ms > START_MS + 10**9
 
 
@@ -341,10 +346,12 @@ def test_several_files_make_one_partition_each(tmp_path, frames):
     got_eth = drain(src.build_part("in", "eth.jsonl.gz", None))
     got_btc = drain(src.build_part("in", "btc.jsonl.gz", None))
     expect = lambda rows: [e for ts, f in rows for e in parse_frame(f, ts, 64 << 20) if not isinstance(e, Control)]  # noqa: E731
-    assert got_btc == expect(frames[:300]) and got_eth == expect(frames[300:])
+    assert_same_events_books_run_together(got_btc, expect(frames[:300]))
+    assert_same_events_books_run_together(got_eth, expect(frames[300:]))
     # each partition resumes from its own offset
     part = src.build_part("in", "eth.jsonl.gz", 5)
-    assert drain(part) == expect(frames[305:]) and part.snapshot() == len(frames) - 300
+    assert_same_events_books_run_together(drain(part), expect(frames[305:]))
+    assert part.snapshot() == len(frames) - 300
     with pytest.raises(ValueError, match="'btc.jsonl.gz', 'eth.jsonl.gz'"):
         src.build_part("in", "sol.jsonl.gz", None)
     other = tmp_path / "again"
@@ -401,11 +408,11 @@ def test_prefetch_preload_and_inline_partitions_emit_the_same_events(recording):
     def events(**kw):
         return drain(ReplaySource(recording, batch_max=33, **kw).build_part("in", "btc.jsonl.gz", None))
 
-    inline = events(prefetch=False)
-    assert events(prefetch=True) == inline and len(inline) > 100
-    assert events(preload=True) == inline and events(preload=True, prefetch=False) == inline
+    inline = expand_books(events(prefetch=False))
+    assert expand_books(events(prefetch=True)) == inline and len(inline) > 100
+    assert expand_books(events(preload=True)) == inline and expand_books(events(preload=True, prefetch=False)) == inline
     # a preloaded partition resumes after the frames its snapshot counts, like the others
     first = ReplaySource(recording, batch_max=33, preload=True).build_part("in", "btc.jsonl.gz", None)
     head = first.next_batch() + first.next_batch()
     resumed = ReplaySource(recording, batch_max=33, preload=True).build_part("in", "btc.jsonl.gz", first.snapshot())
-    assert head + drain(resumed) == inline
+    assert expand_books(head + drain(resumed)) == inline

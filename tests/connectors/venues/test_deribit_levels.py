@@ -13,8 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from connectors.venues.deribit import levels as scan
-from connectors.venues.deribit.parse import BATCH_MIN, MAX_AMOUNT, MAX_PRICE, parse_frame, parse_frames
-from operators.events import BookUpdate
+from connectors.venues.deribit.parse import (BATCH_MIN, MAX_AMOUNT, MAX_PRICE, parse_columns, parse_frame,
+                                            parse_frames)
+from operators.events import BookBatch, BookUpdate, FeedError, FuturePrice, IndexPrice, Ticker, expand_books
 from tests.helpers.venues import load_frames, mutate_json
 
 FRAMES = load_frames("deribit_real_shapes.jsonl")
@@ -134,6 +135,49 @@ def test_a_batch_gives_the_events_of_its_frames_one_by_one(names, data):
     stamps = [TS + i for i in range(len(raws))]
     one_by_one = [ev for raw, ts in zip(raws, stamps) for ev in parse_frame(raw, ts)]
     assert parse_frames(raws, stamps) == one_by_one
+
+
+_ORDER_FREE = (Ticker, IndexPrice, FuturePrice, FeedError)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(sorted(FRAMES)), min_size=BATCH_MIN, max_size=BATCH_MIN + 24), st.data())
+def test_book_notifications_in_columns_are_the_same_events_with_books_run_together(names, data):
+    """parse_columns (what a replay reads): its BookBatches expanded are the frames' events one by
+    one, but for order-free events (tickers, index and future prices, frame errors) a run of books
+    passes: every other event, every book, keeps its order, and so do the order-free ones, and so
+    do each instrument's own."""
+    raws = []
+    mutated = False
+    for name in names:
+        frame = orjson.loads(orjson.dumps(FRAMES[name]))
+        if data.draw(st.integers(0, 3)) == 0:
+            mutate_json(frame, data, _VALUES, st.integers(0, 2))
+            mutated = True
+        raws.append(orjson.dumps(frame))
+    stamps = [TS + i for i in range(len(raws))]
+    one_by_one = [ev for raw, ts in zip(raws, stamps) for ev in parse_frame(raw, ts)]
+    got = parse_columns(raws, stamps)
+    expanded = expand_books(got)
+    free = [e for e in one_by_one if type(e) in _ORDER_FREE]
+    assert [e for e in expanded if type(e) in _ORDER_FREE] == free
+    assert [e for e in expanded if type(e) not in _ORDER_FREE] == [e for e in one_by_one if type(e) not in _ORDER_FREE]
+    # each instrument's events in the order it sent them (what is stored does not depend on batching)
+    for name in {getattr(e, "instrument", "") for e in one_by_one}:
+        assert ([e for e in expanded if getattr(e, "instrument", "") == name]
+                == [e for e in one_by_one if getattr(e, "instrument", "") == name]), name
+    # each BookBatch stands where its first book stood: nothing but order-free events between its rows
+    at = 0
+    for e in got:
+        if type(e) is BookBatch:
+            rows = e.updates()
+            first = one_by_one.index(rows[0], at)
+            span = [x for x in one_by_one[first:] if type(x) not in _ORDER_FREE][:len(rows)]
+            assert span == rows
+            at = first + 1
+    if not mutated:  # the venue's own frames: every book in a BookBatch
+        assert not any(type(e) is BookUpdate for e in got)
+        assert sum(len(e) for e in got if type(e) is BookBatch) == sum(type(e) is BookUpdate for e in one_by_one)
 
 
 def test_a_batch_of_book_frames_shares_one_array():

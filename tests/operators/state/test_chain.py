@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
-from operators.events import BookUpdate, FeedError
+from operators.events import BookBatch, BookUpdate, FeedError
 from operators.kernels.svi import total_variance
 from operators.state import chain as chain_module
 from operators.state.chain import ChainLogic, ChainState, FitBudget
@@ -300,3 +300,50 @@ def _quotes_follow_the_books(data):
             got = (bids[idx], asks[idx], bid_venues[idx], ask_venues[idx])
             want = _reference_quote(chain, idx, is_call)
             assert np.allclose(got[:2], want[:2], equal_nan=True) and got[2:] == want[2:], (idx, is_call, got, want)
+
+
+@given(data=st.data())
+@hyp_settings(max_examples=60, deadline=None)
+def test_books_in_columns_leave_the_chain_as_the_same_updates_one_by_one_do(data):
+    """A BookBatch (the replay's book notifications in columns) and the same BookUpdates give a
+    chain the same books, sequence numbers, staleness, quotes, dirty strikes and errors — gaps,
+    crossed books and books never listed included."""
+    clocks = Clock(T0), Clock(T0)
+    chains = [logic(c, venue_stale_ms=10**9) for c in clocks]
+    strikes = STRIKES[:5]
+    names = [option_name(k, cp, "D") for k in strikes for cp in "CP"]
+    for c in chains:
+        c.on_items(listing("deribit", "D", strikes=strikes))
+    seq = {name: 0 for name in names}
+    price = st.floats(0.001, 0.2).map(lambda x: round(x, 4))
+    for _ in range(data.draw(st.integers(1, 5), label="batches")):
+        batch = []
+        for name in data.draw(st.lists(st.sampled_from(names + ["D-unlisted-C"]), min_size=1, max_size=14)):
+            bid = data.draw(price)
+            ask = bid + data.draw(st.floats(-0.01, 0.1).map(lambda x: round(x, 4)))  # crossed sometimes
+            seq.setdefault(name, 0)
+            if data.draw(st.booleans()) or not seq[name]:
+                seq[name] += 1
+                levels = data.draw(st.integers(1, 4))
+                batch.append(BookUpdate("deribit", name, T0 + seq[name], T0, seq[name], None, "snapshot",
+                                        tuple((round(bid - 0.0005 * i, 4), 1.0 + i) for i in range(levels)),
+                                        tuple((round(ask + 0.0005 * i, 4), 2.0) for i in range(levels))))
+            else:  # a change that chains or gaps, on either side, adding or deleting
+                prev = seq[name] if data.draw(st.booleans()) else seq[name] + 5
+                seq[name] += 10
+                side = ((bid, data.draw(st.sampled_from([0.0, 2.0]))),)
+                bids_side = data.draw(st.booleans())
+                batch.append(BookUpdate("deribit", name, T0 + seq[name], T0, seq[name], prev, "change",
+                                        side if bids_side else (), () if bids_side else side))
+        cut = data.draw(st.integers(0, len(batch)), label="cut")  # BookUpdates and a BookBatch in one list too
+        chains[0].on_items(batch)
+        chains[1].on_items(batch[:cut] + [BookBatch.of(batch[cut:])] if cut < len(batch) else batch)
+        a, b = (c.state for c in chains)
+        for field in ("count", "last_seq", "stale", "ladder"):
+            assert np.array_equal(getattr(a.store, field), getattr(b.store, field)), field
+        for row in range(len(a.store)):  # the live levels (how far a store has widened depends on its batches)
+            assert a.store.side(row, 0) == b.store.side(row, 0) and a.store.side(row, 1) == b.store.side(row, 1)
+        assert sorted(map(repr, chains[0].take_errors())) == sorted(map(repr, chains[1].take_errors()))
+        assert a.dirty == b.dirty and a.ts_exchange_ms == b.ts_exchange_ms and a.venue_seen_ms == b.venue_seen_ms
+        for field in ("call_bid", "call_ask", "put_bid", "put_ask"):
+            assert np.array_equal(getattr(a, field), getattr(b, field), equal_nan=True), field
