@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import orjson
+from orjson import loads
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from connectors.venues.deribit.parse import parse_columns
@@ -87,31 +88,73 @@ _RAW_BLOCK_BYTES = 1 << 18  # compressed bytes per zlib call on the reader threa
 def read_frames(path: Union[str, Path], skip: int = 0) -> Iterator[tuple[int, str]]:
     """Yield (ts_recv_ms, frame) from a recording, after skipping the first `skip` frames
     (skipped lines are not decoded)."""
+    for stamps, frames in read_blocks(path, skip):
+        yield from zip(stamps, frames)
+
+
+def read_blocks(path: Union[str, Path], skip: int = 0) -> Iterator[tuple[list[int], list[str]]]:
+    """read_frames a block at a time: (ts_recv_ms list, frame list) per decompressed chunk."""
     path = Path(path)
     # Big decompressed chunks split on newlines: ~5x cheaper per line than GzipFile.readline.
     with gzip.open(path, "rb") as fh:
-        yield from frames_in_chunks(iter(lambda: fh.read(_CHUNK_BYTES), b""), path, skip)
+        yield from blocks_in_chunks(iter(lambda: fh.read(_CHUNK_BYTES), b""), path, skip)
 
 
 def frames_in_chunks(chunks: Iterator[bytes], path: Path, skip: int) -> Iterator[tuple[int, str]]:
     """Recording lines from decompressed chunks cut anywhere; the first `skip` are not decoded."""
+    for stamps, frames in blocks_in_chunks(chunks, path, skip):
+        yield from zip(stamps, frames)
+
+
+def blocks_in_chunks(chunks: Iterator[bytes], path: Path, skip: int) -> Iterator[tuple[list[int], list[str]]]:
+    """frames_in_chunks a block at a time: (ts_recv_ms list, frame list) of each chunk's whole
+    lines (a block may be empty). A block's lines are decoded in list comprehensions, and a
+    partition hands on slices of blocks: no Python call or generator step per line. Draining
+    600,000 seed-workload frames with no parse took 1.35–1.37 µs of CPU a frame against 1.45–1.49
+    one line at a time (interleaved, 2026-12-07 22:25 UTC; decompression included). A line the
+    comprehensions cannot take is decoded again one by one, which names it as before."""
     tail = b""
     lineno = 0
     for chunk in chunks:
         lines = (tail + chunk).split(b"\n")
         tail = lines.pop()
-        if lineno + len(lines) <= skip:
-            lineno += len(lines)
+        first = lineno + 1
+        lineno += len(lines)
+        if lineno <= skip:
             continue
-        for line in lines:
-            lineno += 1
-            if lineno <= skip or not line.strip():
-                continue
-            yield _decode_line(line, path, lineno)
+        if first <= skip:
+            lines, first = lines[skip - first + 1:], skip + 1
+        yield from _decode_block(lines, path, first)
     if tail.strip():
         lineno += 1
         if lineno > skip:
-            yield _decode_line(tail, path, lineno)
+            yield from _decode_block([tail], path, lineno)
+
+
+def _decode_block(lines: list, path: Path, first: int) -> Iterator[tuple[list[int], list[str]]]:
+    """Lines numbered from `first` → one (ts_recv_ms list, frame list); blank lines give nothing.
+    At a bad line: the lines before it, then its ReplayFormatError."""
+    try:
+        rows = [loads(line) for line in lines if line and not line.isspace()]
+        stamps = [row["ts_recv_ms"] for row in rows]
+        frames = [row["frame"] for row in rows]
+        if all(type(ts) is int for ts in stamps) and all(type(frame) is str for frame in frames):
+            yield stamps, frames
+            return
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        pass
+    # a line the comprehensions could not take: one by one, to name it
+    stamps, frames = [], []
+    for i, line in enumerate(lines):
+        if line.strip():
+            try:
+                ts, frame = _decode_line(line, path, first + i)
+            except ReplayFormatError:
+                yield stamps, frames
+                raise
+            stamps.append(ts)
+            frames.append(frame)
+    yield stamps, frames
 
 
 def first_ts_ms(path: Union[str, Path]) -> int:
@@ -156,13 +199,18 @@ class PrefetchReader:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._read, name=f"replay-read:{self.path.name}", daemon=True)
         self._thread.start()
-        self._gen = self._frames()
+        self._blocks = blocks_in_chunks(self._chunks(), self.path, self.skip)
+        self._gen = (pair for stamps, frames in self._blocks for pair in zip(stamps, frames))
 
     def __iter__(self) -> "PrefetchReader":
         return self
 
     def __next__(self) -> tuple[int, str]:
         return next(self._gen)
+
+    def blocks(self) -> Iterator[tuple[list[int], list[str]]]:
+        """The same frames a block at a time (read_blocks); iterate either this or the reader."""
+        return self._blocks
 
     def _put(self, item) -> bool:
         # a bounded wait, re-checked, so close() always frees a reader blocked on a full queue
@@ -200,9 +248,6 @@ class PrefetchReader:
         except BaseException as exc:  # handed to the consumer, raised there
             self._put(exc)
 
-    def _frames(self) -> Iterator[tuple[int, str]]:
-        return frames_in_chunks(self._chunks(), self.path, self.skip)
-
     def _chunks(self) -> Iterator[bytes]:
         get = self._q.get
         while True:
@@ -216,6 +261,7 @@ class PrefetchReader:
     def close(self) -> None:
         self._stop.set()
         self._gen.close()
+        self._blocks.close()
         while True:  # free the queue (and a put waiting on it) at once
             try:
                 self._q.get_nowait()
@@ -319,14 +365,18 @@ class ReplayPartition(StatefulSourcePartition):
         self.path = path or source.path
         self.offset = offset  # frames consumed so far, this run and earlier ones
         self.started_offset = offset
-        self._frames: Iterator[tuple[int, str]]
+        self._reader: Optional[PrefetchReader] = None
         if source.preload:
-            self._frames = frames_in_chunks(iter([gzip.decompress(self.path.read_bytes())]), self.path, offset)
+            self._blocks = blocks_in_chunks(iter([gzip.decompress(self.path.read_bytes())]), self.path, offset)
         elif source.prefetch:
-            self._frames = PrefetchReader(self.path, skip=offset)
+            self._reader = PrefetchReader(self.path, skip=offset)
+            self._blocks = self._reader.blocks()
         else:
-            self._frames = read_frames(self.path, skip=offset)
-        self._next: Optional[tuple[int, str]] = None  # a frame read ahead, not yet due
+            self._blocks = read_blocks(self.path, skip=offset)
+        # the block being read: its stamps and frames, and the first not yet handed on
+        self._stamps: list[int] = []
+        self._raws: list[str] = []
+        self._at = 0
         self._eof = False
         self.started_wall_ms: Optional[int] = None
         self.first_ts_ms: Optional[int] = None
@@ -335,12 +385,17 @@ class ReplayPartition(StatefulSourcePartition):
         ahead_s = max(0.0, (source.start_wall_ms - _wall_ms()) / 1000.0) if source.start_wall_ms else 0.0
         self._deadline_s = (time.monotonic() + ahead_s + source.run_seconds) if source.run_seconds is not None else None
 
-    def _peek(self) -> Optional[tuple[int, str]]:
-        if self._next is None and not self._eof:
-            self._next = next(self._frames, None)
-            if self._next is None:
+    def _fill(self) -> bool:
+        """Frames are at hand (the block has some left, or the next one with any); False at the end."""
+        while self._at >= len(self._stamps):
+            if self._eof:
+                return False
+            block = next(self._blocks, None)
+            if block is None:
                 self._eof = True
-        return self._next
+                return False
+            (self._stamps, self._raws), self._at = block, 0
+        return True
 
     def next_batch(self) -> list:
         src = self.src
@@ -348,11 +403,11 @@ class ReplayPartition(StatefulSourcePartition):
             raise StopIteration
         if src.max_frames is not None and self.offset - self.started_offset >= src.max_frames:
             raise StopIteration
-        if self._peek() is None:
+        if not self._fill():
             raise StopIteration
         now = _wall_ms()
         if self.started_wall_ms is None:
-            self.started_wall_ms, self.first_ts_ms = src.start_wall_ms or now, self._next[0]
+            self.started_wall_ms, self.first_ts_ms = src.start_wall_ms or now, self._stamps[self._at]
         limit = src.batch_max
         if src.max_frames is not None:
             limit = min(limit, src.max_frames - (self.offset - self.started_offset))
@@ -362,36 +417,36 @@ class ReplayPartition(StatefulSourcePartition):
             due_ts = self.first_ts_ms + (now - self.started_wall_ms) * float(src.speed)
         raws: list = []
         stamps: list = []
-        wall = src.stamp_recv == "wall"
-        frames = self._frames
         clock = src._clock_ms
         n = 0
-        while n < limit:
-            item = self._next
-            if item is None:
-                item = next(frames, None)
-                if item is None:
-                    self._eof = True
-                    break
-            else:
-                self._next = None
-            if due_ts is not None and item[0] > due_ts:
-                self._next = item  # not due yet: keep it for a later batch
-                break
-            n += 1
-            if item[0] > clock:
-                clock = item[0]
-            raws.append(item[1])
-            stamps.append(now if wall else item[0])
+        # whole slices of the blocks, not a Python step per frame (blocks_in_chunks says what it saves)
+        while n < limit and self._fill():
+            at, block_stamps = self._at, self._stamps
+            end = min(len(block_stamps), at + limit - n)
+            if due_ts is not None:
+                due = at
+                while due < end and block_stamps[due] <= due_ts:
+                    due += 1
+                end = due
+            if end == at:
+                break  # the next frame is not due yet: it waits for a later batch
+            taken = block_stamps[at:end]
+            newest = max(taken)
+            if newest > clock:
+                clock = newest
+            raws += self._raws[at:end]
+            stamps += [now] * (end - at) if src.stamp_recv == "wall" else taken
+            n += end - at
+            self._at = end
         src._clock_ms = clock
         # session frames (each venue's Control: heartbeats, acks, pongs) are not events
         out = [ev for ev in src.parse(raws, stamps, src.max_frame_bytes) if type(ev) in _EVENTS] if n else []
         self.offset += n
         self._awake = None
-        if due_ts is not None:
-            item = self._peek()
-            if item is not None and item[0] > due_ts:
-                wake_ms = self.started_wall_ms + (item[0] - self.first_ts_ms) / float(src.speed)
+        if due_ts is not None and self._fill():
+            next_ts = self._stamps[self._at]
+            if next_ts > due_ts:
+                wake_ms = self.started_wall_ms + (next_ts - self.first_ts_ms) / float(src.speed)
                 if n:  # a part batch: let the next frames gather, as a live partition does
                     wake_ms = max(wake_ms, now + src.gather_ms)
                 self._awake = datetime.fromtimestamp(wake_ms / 1000.0, tz=timezone.utc)
@@ -404,4 +459,6 @@ class ReplayPartition(StatefulSourcePartition):
         return self.offset
 
     def close(self) -> None:
-        self._frames.close()  # PrefetchReader.close stops its thread
+        self._blocks.close()
+        if self._reader is not None:
+            self._reader.close()  # stops its thread
