@@ -9,10 +9,12 @@ applied to a BookStore (the chain step's books, operators/state/book.py), two wa
                    does with a frame that arrives alone);
   batch            parse_frames per batch — msgspec decodes the envelopes, one compiled pass reads
                    every level list of the batch into one array (connectors/venues/deribit/levels.py)
-                   — then the same apply (what a replay does, and a live client with 16 or more
-                   frames waiting).
+                   — then the same apply (what a live client does with 16 or more frames waiting);
+  columns          parse_columns per batch — the same, its runs of book notifications left as
+                   BookBatches (operators/events.py), no BookUpdate per frame — then the store's
+                   apply_columns per BookBatch (what a replay does).
 
-Both give the same events (tests/connectors/venues/test_deribit_levels.py). The sets: the first
+All give the same events (tests/connectors/venues/test_deribit_levels.py). The sets: the first
 snapshots (every book's levels after discovery, with the tickers between them), the quiet changes
 before the shock (~4 levels a frame) and the shock (every BTC book re-quoted: ~21 levels a frame). Figures are
 the best of --passes passes (the machine drifts; the best pass is the least disturbed), per
@@ -30,14 +32,16 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import describe_machine  # noqa: E402
 from bench.workload import add_cache_dir, seed_shock  # noqa: E402
 from connectors.venues.base import SOURCE_BATCH_MAX  # noqa: E402
 from connectors.venues.deribit import levels  # noqa: E402
-from connectors.venues.deribit.parse import parse_frame, parse_frames  # noqa: E402
-from operators.events import BookUpdate  # noqa: E402
+from connectors.venues.deribit.parse import parse_columns, parse_frame, parse_frames  # noqa: E402
+from operators.events import BookBatch, BookUpdate  # noqa: E402
 from operators.state.book import BookStore  # noqa: E402
 
 
@@ -49,10 +53,21 @@ def batch(raws: list, stamps: list) -> list:
     return parse_frames(raws, stamps, 1 << 26)
 
 
+def columns(raws: list, stamps: list) -> list:
+    return parse_columns(raws, stamps, 1 << 26)
+
+
 def one_pass(parse, raws: list, stamps: list) -> tuple[float, float, int]:
     """Seconds parsing, seconds applying, book updates applied: the frames in source batches."""
     store = BookStore(levels_on=True)
     rows: dict[str, int] = {}
+
+    def row_of(name: str) -> int:
+        row = rows.get(name)
+        if row is None:
+            row = rows[name] = store.add(None)
+        return row
+
     parse_s = apply_s = 0.0
     n_books = 0
     for lo in range(0, len(raws), SOURCE_BATCH_MAX):
@@ -60,18 +75,17 @@ def one_pass(parse, raws: list, stamps: list) -> tuple[float, float, int]:
         events = parse(raws[lo:lo + SOURCE_BATCH_MAX], stamps[lo:lo + SOURCE_BATCH_MAX])
         parsed = time.perf_counter()
         books = [e for e in events if type(e) is BookUpdate]
-        at = []
-        for b in books:
-            row = rows.get(b.instrument)
-            if row is None:
-                row = rows[b.instrument] = store.add(None)
-            at.append(row)
+        at = [row_of(b.instrument) for b in books]
+        batches = [(e, np.array([row_of(name) for name in e.instruments], np.int64)) for e in events
+                   if type(e) is BookBatch]
         started_apply = time.perf_counter()
         if books:
             store.apply(books, at)
+        for batch_, batch_rows in batches:
+            store.apply_columns(batch_, batch_rows)
         parse_s += parsed - started
         apply_s += time.perf_counter() - started_apply
-        n_books += len(books)
+        n_books += len(books) + sum(len(b) for b, _ in batches)
     return parse_s, apply_s, n_books
 
 
@@ -93,7 +107,7 @@ def main(argv=None) -> int:
     print(f"# Deribit frames into the books — {datetime.now(timezone.utc).isoformat(timespec='seconds')}")
     print(f"# machine: {describe_machine()}")
     print(f"# command: bench/bench_parse.py {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip())
-    print(f"# {path.name}: source batches of {SOURCE_BATCH_MAX:,} frames; best of {args.passes} passes, the two ways "
+    print(f"# {path.name}: source batches of {SOURCE_BATCH_MAX:,} frames; best of {args.passes} passes, the three ways "
           "alternating")
     print()
     head = (f"{'set':16s} | {'frames':>6s} | {'levels/frame':>12s} | {'way':14s} | {'parse ms':>8s} | {'µs/frame':>8s} "
@@ -103,9 +117,9 @@ def main(argv=None) -> int:
     for name, idx in sets.items():
         r, s = [raws[i] for i in idx], [stamps[i] for i in idx]
         n_levels = sum(len(e.bids) + len(e.asks) for e in batch(r, s) if type(e) is BookUpdate)
-        best = {"frame by frame": (1e9, 1e9), "batch": (1e9, 1e9)}
+        best = {"frame by frame": (1e9, 1e9), "batch": (1e9, 1e9), "columns": (1e9, 1e9)}
         for _ in range(args.passes):
-            for way, parse in (("frame by frame", frame_by_frame), ("batch", batch)):
+            for way, parse in (("frame by frame", frame_by_frame), ("batch", batch), ("columns", columns)):
                 parse_s, apply_s, _n = one_pass(parse, r, s)
                 best[way] = (min(best[way][0], parse_s), min(best[way][1], apply_s))
         for way, (parse_s, apply_s) in best.items():
@@ -114,7 +128,8 @@ def main(argv=None) -> int:
                   f"{1e3 * (parse_s + apply_s):8.1f}")
     print()
     print("parse = the frames' events (ticker and index frames too, as in the stream); apply = BookStore.apply "
-          "of each batch's book updates (level vols on); levels/frame = book levels per frame of the set")
+          "of each batch's book updates, or apply_columns of each BookBatch (level vols on; the rows looked up before); "
+          "levels/frame = book levels per frame of the set")
     return 0
 
 
