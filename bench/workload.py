@@ -8,7 +8,7 @@ the live stream — ≈90 % book changes, option and future tickers, index price
 with 1 % spot shocks where every book of the underlying is re-quoted at once.
 
 Scenarios: "seed" (BTC ~4,000 and ETH ~2,000 options, 8 levels a side; a BTC shock re-quotes
-4,008 books, 64,000+ levels; 3 M live frames, enough for 20 s at 150,000 msg/s) and "small"
+4,008 books, 64,000+ levels; 3 M live frames, lengthened for longer runs) and "small"
 (tests; 48 options per currency). `workload_for(scenario, seconds)` lengthens a workload so a
 run of `seconds` at HEADROOM_MSG_S does not reach its end (a recording cannot be looped: the
 books' change ids would go back).
