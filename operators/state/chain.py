@@ -29,8 +29,8 @@ from operators.kernels import forward as fwd
 from operators.kernels import iv, levels, small_moves, svi
 from operators.state.book import BookStore
 from operators.kernels.books import REACH_ANY
-from operators.events import (BookBatch, BookUpdate, ChainUpdate, FeedError, FuturePrice, IndexPrice, Instrument, SmileFit,
-                              Ladders, Ticker, chain_key)
+from operators.events import (BookBatch, BookUpdate, ChainUpdate, FeedError, FuturePrice, IndexPrice, Instrument,
+                              SmileFit, Ladders, Ticker, chain_key)
 
 MS_PER_YEAR = 365.0 * 86_400_000.0  # ACT/365, to the millisecond
 _VENUE_FIELDS = ("call_bid_venue", "call_ask_venue", "put_bid_venue", "put_ask_venue")
@@ -326,9 +326,7 @@ class ChainLogic:
             if kind is BookUpdate:  # ~90 % of the traffic: keep this branch lean
                 row = slot.get(item.instrument)
                 if row is None:
-                    self.errors.append(FeedError(item.venue, "unknown_instrument",
-                                                 "book update before the instrument was listed",
-                                                 item.ts_recv_ms, item.instrument))
+                    self.errors.append(_unlisted(item.venue, item.ts_recv_ms, item.instrument))
                     continue
                 updates.append(item)
                 rows.append(row)
@@ -391,8 +389,7 @@ class ChainLogic:
         rows = np.fromiter(map(s.book_slot.get, batch.instruments, repeat(-1)), np.int64, len(batch))
         if rows.min(initial=0) < 0:  # a book before its listing: said per book, the rest applied
             for i in np.flatnonzero(rows < 0).tolist():
-                self.errors.append(FeedError(batch.venue, "unknown_instrument", "book update before the instrument "
-                                             "was listed", int(batch.ts_recv_ms[i]), batch.instruments[i]))
+                self.errors.append(_unlisted(batch.venue, int(batch.ts_recv_ms[i]), batch.instruments[i]))
             known = rows >= 0
             parts = batch.split(np.where(known, 0, -1))
             if not parts:
@@ -877,6 +874,11 @@ class ChainLogic:
         # strike in Python (2026-12-07, timeit, interleaved; two calls a fit)
         idx = np.flatnonzero(usable)[order]
         return tuple(np.where(self.state.side[idx], calls[idx], puts[idx]).tolist())
+
+
+def _unlisted(venue: str, ts_recv_ms: int, instrument: str) -> FeedError:
+    return FeedError(venue, "unknown_instrument", "book update before the instrument was listed", ts_recv_ms,
+                     instrument)
 
 
 def _same(a: float, b: float) -> bool:
